@@ -1,0 +1,87 @@
+"""Model loading: `.onnx`, `.tflite` or `zoo:NAME[:int8]` into a Relax IRModule with weights as constants."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import tvm
+
+from tvm_patch.errors import TvmPatchError, UnsupportedOpError
+
+
+@dataclass
+class Model:
+    """A loaded model: its Relax module (function "main", weights bound as constants) and where it came from."""
+
+    name: str
+    mod: tvm.IRModule
+    source: str  # "onnx" or "tflite"
+    layout: str  # activation layout: "NCHW" (ONNX) or "NHWC" (TFLite)
+
+
+ZOO_PREFIX = "zoo:"
+
+
+def load(spec: str) -> Model:
+    """Load `spec`: a path to an .onnx/.tflite file, or `zoo:NAME` (float32) / `zoo:NAME:int8` (QDQ int8)."""
+    if spec.startswith(ZOO_PREFIX):
+        from tvm_patch import zoo
+
+        name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
+        if variant not in ("", "int8"):
+            raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
+        proto = zoo.onnx_model(name, int8=variant == "int8")
+        return Model(spec, onnx_to_relax(proto, spec), "onnx", "NCHW")
+    if not os.path.exists(spec):
+        raise TvmPatchError(f"{spec}: no such file; give an .onnx or .tflite path, or zoo:NAME (see `tvm-patch zoo`)")
+    if os.path.isdir(spec):
+        raise TvmPatchError(f"{spec}: is a directory; give an .onnx or .tflite file")
+    ext = os.path.splitext(spec)[1].lower()
+    with open(spec, "rb") as f:
+        data = f.read()
+    if ext == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load_model_from_string(data)
+            onnx.checker.check_model(proto)
+        except Exception as e:  # protobuf decode errors have many types
+            raise TvmPatchError(f"{spec}: not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
+        return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW")
+    if ext == ".tflite":
+        from tvm_patch.frontend.tflite_ext import tflite_to_relax
+
+        return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC")
+    raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx or .tflite")
+
+
+def onnx_to_relax(proto, where: str) -> tvm.IRModule:
+    """Import an ONNX ModelProto with TVM's frontend; symbolic (batch) dimensions are fixed to 1."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    init_names = {i.name for i in proto.graph.initializer}
+    shapes = {}
+    for inp in proto.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        shapes[inp.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims]
+    try:
+        return from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as e:
+        raise _import_error(e, where) from None
+
+
+def _import_error(e: Exception, where: str) -> TvmPatchError:
+    msg = _first_line(e)
+    if type(e).__name__ == "OpNotImplemented" or "not supported" in msg.lower() or "not implemented" in msg.lower():
+        return UnsupportedOpError(f"{where}: unsupported operator: {msg}")
+    return TvmPatchError(f"{where}: TVM could not import the model: {msg}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # TVM errors put the useful line last, after a traceback
+    return lines[-1] if lines else type(e).__name__
