@@ -1,0 +1,102 @@
+"""Analytic per-layer memory profile (MCUNetV2 Sec. 2, Fig. 1) computed from the layer graph.
+
+Convention (the paper's analytic profiling, which reproduces its figures exactly):
+- activations are int8, one byte per element, whatever dtype the imported graph computes in;
+- a layer's memory is its input(s) + its output + every other tensor live at that moment (e.g. the input of
+  a residual block, held for the skip connection);
+- a depthwise convolution runs in place: max(input, output) instead of input + output;
+- an elementwise binary op (the residual add, the squeeze-and-excitation multiply) writes into an input that
+  dies there, so its output adds nothing (the projection "adds the skip in place");
+- weights live in Flash and are not counted; kB = 1024 B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm_patch.graph import Graph, Layer
+
+BYTES_PER_ELEMENT = 1  # int8 activations
+
+
+@dataclass
+class LayerProfile:
+    """One row of the profile."""
+
+    index: int  # 1-based, as the CLI numbers layers (and `--split N` counts them)
+    name: str
+    op: str
+    out_shape: tuple[int, ...]
+    bytes: int
+    macs: int
+    rf: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    block: int
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "name": self.name, "op": self.op, "out_shape": list(self.out_shape),
+                "bytes": self.bytes, "macs": self.macs, "receptive_field": list(self.rf),
+                "kernel": list(self.kernel), "stride": list(self.stride), "block": self.block}
+
+
+def _elems(graph: Graph, tid: int) -> int:
+    return graph.tensors[tid].elements * BYTES_PER_ELEMENT
+
+
+def live_others(graph: Graph, layer: Layer) -> list[int]:
+    """Tensors other than the layer's inputs and output that are live while it runs."""
+    i = layer.index
+    out = []
+    for t in graph.tensors:
+        if t.id == layer.output or t.id in layer.inputs:
+            continue
+        produced = t.producer if t.producer is not None else -1
+        if produced < i < graph.last_use(t.id):
+            out.append(t.id)
+    return out
+
+
+def in_place(graph: Graph, layer: Layer) -> bool:
+    """True when the layer's output may overwrite one of its inputs (see the module docstring)."""
+    if layer.op == "depthwise_conv2d":
+        return True
+    if layer.op in ("add", "mul", "sub"):
+        n_out = graph.tensors[layer.output].elements
+        return any(graph.tensors[t].elements == n_out and graph.last_use(t) == layer.index for t in layer.inputs)
+    return False
+
+
+def layer_bytes(graph: Graph, layer: Layer) -> int:
+    """Activation bytes of one layer under the paper's convention."""
+    ins = sum(_elems(graph, t) for t in layer.inputs)
+    out = _elems(graph, layer.output)
+    if layer.op == "depthwise_conv2d":
+        core = max(ins, out)
+    elif in_place(graph, layer):
+        core = ins
+    else:
+        core = ins + out
+    return core + sum(_elems(graph, t) for t in live_others(graph, layer))
+
+
+def profile_layers(graph: Graph) -> list[LayerProfile]:
+    """The per-layer rows of the profile."""
+    return [
+        LayerProfile(layer.index + 1, layer.name, layer.op, graph.tensors[layer.output].shape,
+                     layer_bytes(graph, layer), layer.macs, layer.rf, layer.kernel, layer.stride, layer.block)
+        for layer in graph.layers
+    ]
+
+
+def peak(rows: list[LayerProfile]) -> LayerProfile:
+    """The row with the largest memory (the first one on ties)."""
+    return max(rows, key=lambda r: (r.bytes, -r.index))
+
+
+def describe_layer(row: LayerProfile) -> str:
+    """e.g. 'b3.1 (conv2d 1x1)': the name readers see for the peak layer."""
+    kind = row.op
+    if row.op in ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d"):
+        kind += f" {row.kernel[0]}x{row.kernel[1]}" + (f" s{row.stride[0]}" if row.stride[0] > 1 else "")
+    return f"{row.name} ({kind})"
