@@ -45,9 +45,13 @@ def load(spec: str) -> Model:
 
         try:
             proto = onnx.load_model_from_string(data)
-            onnx.checker.check_model(proto)
         except Exception as e:  # protobuf decode errors have many types
             raise TvmPatchError(f"{spec}: not a valid ONNX model ({_first_line(e)}); is the file complete?") from None
+        _check_onnx_ops(proto, spec)
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as e:
+            raise TvmPatchError(f"{spec}: invalid ONNX model: {_first_line(e)}") from None
         return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW")
     if ext == ".tflite":
         from tvm_patch.frontend.tflite_ext import tflite_to_relax
@@ -71,6 +75,19 @@ def onnx_to_relax(proto, where: str) -> tvm.IRModule:
         return from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
     except Exception as e:
         raise _import_error(e, where) from None
+
+
+def _check_onnx_ops(proto, where: str) -> None:
+    """Name the first node whose operator TVM's ONNX frontend cannot convert, before importing."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = _get_convert_map()
+    for i, node in enumerate(proto.graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in supported:
+            dom = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
+            raise UnsupportedOpError(
+                f"{where}: unsupported ONNX operator {dom}{node.op_type} at node #{i} '{node.name or node.output[0]}'; "
+                "TVM's ONNX frontend cannot import it: replace it, or export the model without it")
 
 
 def _import_error(e: Exception, where: str) -> TvmPatchError:

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.run --board h743` (or `make bench BOARD=h743`)."""

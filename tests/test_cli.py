@@ -1,0 +1,101 @@
+"""The command line: help, JSON output, plots, and one-line errors with exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from onnx_graphs import tiny_residual
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tvm_patch", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_help_lists_commands():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for cmd in ("zoo", "profile"):
+        assert cmd in proc.stdout
+
+
+def test_profile_json_and_plot(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_residual(), model)
+    png = tmp_path / "fig.png"
+    proc = run("profile", str(model), "--json", "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == "tiny.onnx"
+    for row in result["layers"]:
+        assert {"name", "op", "out_shape", "bytes", "macs"} <= row.keys()
+    lbl = result["layer_by_layer"]
+    assert lbl["peak_bytes"] == 3 * 8 * 8 * 8 and lbl["macs"] == sum(r["macs"] for r in result["layers"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_table(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_residual(), model)
+    proc = run("profile", str(model))
+    assert proc.returncode == 0, proc.stderr
+    assert "<- peak" in proc.stdout and "layer-by-layer peak: 1536 B" in proc.stdout
+
+
+def test_missing_file():
+    assert_one_line_error(run("profile", "/no/such/model.onnx"), "/no/such/model.onnx", "no such file")
+
+
+def test_directory_and_unknown_extension(tmp_path):
+    assert_one_line_error(run("profile", str(tmp_path)), "directory")
+    other = tmp_path / "model.pb"
+    other.write_bytes(b"abc")
+    assert_one_line_error(run("profile", str(other)), "unknown model format")
+
+
+def test_truncated_onnx(tmp_path):
+    data = tiny_residual().SerializeToString()
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("profile", str(bad)), "cut.onnx")
+
+
+@pytest.mark.parametrize("cut", [0.02, 0.5])
+def test_truncated_tflite(tmp_path, mlperf_paths, cut):
+    data = mlperf_paths["kws_int8"].read_bytes()
+    bad = tmp_path / "cut.tflite"
+    bad.write_bytes(data[: int(len(data) * cut)])
+    assert_one_line_error(run("profile", str(bad)), "cut.tflite")
+
+
+def test_unsupported_onnx_op(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOp", ["input"], ["output"], name="weird_node", domain="")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "weird.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    assert_one_line_error(run("profile", str(path)), "NoSuchOp", "weird_node")
+
+
+def test_unknown_zoo_name():
+    assert_one_line_error(run("profile", "zoo:no-such-net"), "no-such-net")
+
+
+def test_no_command_prints_help():
+    proc = run()
+    assert proc.returncode == 2 and "usage" in proc.stdout.lower()

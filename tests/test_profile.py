@@ -1,0 +1,87 @@
+"""The layer graph and the analytic memory profile on hand-made and real models."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from tvm_patch.frontend import load
+from tvm_patch.graph import build_graph
+from tvm_patch.profile import layer_bytes, peak, profile_layers
+from tvm_patch.report import profile
+
+from onnx_graphs import tiny_residual
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny.onnx"
+    onnx.save(tiny_residual(), path)
+    return str(path)
+
+
+def test_tiny_residual_layers(tiny_path):
+    graph = build_graph(load(tiny_path).mod)
+    ops = [layer.op for layer in graph.layers]
+    assert ops == ["conv2d", "depthwise_conv2d", "conv2d", "add", "global_pool2d", "dense"]
+    assert [layer.activation for layer in graph.layers[:3]] == ["minimum", "minimum", None]
+    # the residual add reads the stem output (tensor of layer 0) and the projection
+    add = graph.layers[3]
+    assert set(add.inputs) == {graph.layers[0].output, graph.layers[2].output}
+    assert graph.layers[0].macs == 8 * 8 * 8 * 3 * 3 * 3
+    assert graph.layers[1].macs == 8 * 8 * 8 * 3 * 3
+    assert graph.layers[5].macs == 8 * 10
+    # receptive fields: 3, then +2*2 for the 3x3 at stride 2
+    assert [layer.rf[0] for layer in graph.layers[:4]] == [3, 7, 7, 7]
+
+
+def test_tiny_residual_memory(tiny_path):
+    graph = build_graph(load(tiny_path).mod)
+    got = [layer_bytes(graph, layer) for layer in graph.layers]
+    stem_in, act = 3 * 16 * 16, 8 * 8 * 8
+    assert got == [
+        stem_in + act,  # stem: input + output
+        2 * act,  # depthwise: its input is held for the skip, so it cannot run in place
+        3 * act,  # projection: input + output + the held skip
+        2 * act,  # add: in place into the dying operand
+        act + 8,  # pooling
+        8 + 10,  # dense
+    ]
+
+
+def test_blocks_of_real_models(mlperf_paths):
+    vww = build_graph(load(str(mlperf_paths["vww_96_int8"])).mod)
+    # MobileNetV1: the stem, then one block per depthwise + pointwise pair
+    assert [layer.name for layer in vww.layers[:5]] == ["b1.1", "b2.1", "b2.2", "b3.1", "b3.2"]
+    resnet = build_graph(load(str(mlperf_paths["resnet8_int8"])).mod)
+    adds = [layer for layer in resnet.layers if layer.op == "add"]
+    assert len(adds) == 3
+    # each residual add closes its block
+    assert [layer.block for layer in adds] == [2, 3, 4]
+    assert all(resnet.layers[a.index + 1].block == a.block + 1 for a in adds)
+
+
+@pytest.mark.parametrize("name", ["vww_96_int8", "resnet8_int8", "kws_int8"])
+def test_mlperf_profiles(mlperf_paths, name):
+    result = profile(str(mlperf_paths[name]))
+    rows = result["layers"]
+    assert rows and all(r["bytes"] > 0 for r in rows)
+    lbl = result["layer_by_layer"]
+    assert lbl["peak_bytes"] == max(r["bytes"] for r in rows)
+    assert lbl["macs"] == sum(r["macs"] for r in rows)
+    # the layer-by-layer peak is at least the largest single tensor and at most all tensors together
+    graph = build_graph(load(str(mlperf_paths[name])).mod)
+    largest = max(t.elements for t in graph.tensors)
+    assert largest <= lbl["peak_bytes"] <= sum(t.elements for t in graph.tensors)
+
+
+def test_vww_peak_is_first_pointwise(mlperf_paths):
+    result = profile(str(mlperf_paths["vww_96_int8"]))
+    # 48x48x8 in + 48x48x16 out
+    assert result["layer_by_layer"]["peak_bytes"] == 48 * 48 * 8 + 48 * 48 * 16
+    assert result["layer_by_layer"]["peak_layer"].startswith("b2.2 (conv2d 1x1")
+
+
+def test_peak_picks_first_on_ties(tiny_path):
+    rows = profile_layers(build_graph(load(tiny_path).mod))
+    assert peak(rows).index == 3
