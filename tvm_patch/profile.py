@@ -4,7 +4,8 @@ Convention (the paper's analytic profiling, which reproduces its figures exactly
 - activations are int8, one byte per element, whatever dtype the imported graph computes in;
 - a layer's memory is its input(s) + its output + every other tensor live at that moment (e.g. the input of
   a residual block, held for the skip connection);
-- a depthwise convolution runs in place: max(input, output) instead of input + output;
+- a depthwise convolution runs in place: max(input, output) instead of input + output, when its input dies
+  there (an input still held for a skip connection cannot be overwritten);
 - an elementwise binary op (the residual add, the squeeze-and-excitation multiply) writes into an input that
   dies there, so its output adds nothing (the projection "adds the skip in place");
 - weights live in Flash and are not counted; kB = 1024 B.
@@ -60,7 +61,7 @@ def live_others(graph: Graph, layer: Layer) -> list[int]:
 def in_place(graph: Graph, layer: Layer) -> bool:
     """True when the layer's output may overwrite one of its inputs (see the module docstring)."""
     if layer.op == "depthwise_conv2d":
-        return True
+        return graph.last_use(layer.inputs[0]) == layer.index
     if layer.op in ("add", "mul", "sub"):
         n_out = graph.tensors[layer.output].elements
         return any(graph.tensors[t].elements == n_out and graph.last_use(t) == layer.index for t in layer.inputs)
@@ -71,7 +72,7 @@ def layer_bytes(graph: Graph, layer: Layer) -> int:
     """Activation bytes of one layer under the paper's convention."""
     ins = sum(_elems(graph, t) for t in layer.inputs)
     out = _elems(graph, layer.output)
-    if layer.op == "depthwise_conv2d":
+    if layer.op == "depthwise_conv2d" and in_place(graph, layer):
         core = max(ins, out)
     elif in_place(graph, layer):
         core = ins
