@@ -85,3 +85,28 @@ def test_vww_peak_is_first_pointwise(mlperf_paths):
 def test_peak_picks_first_on_ties(tiny_path):
     rows = profile_layers(build_graph(load(tiny_path).mod))
     assert peak(rows).index == 3
+
+
+def test_mbv2_table1_layer_by_layer():
+    """MCUNetV2 Table 1: MobileNetV2 224, peak 1,404,928 B (1372 kB) at the 1x1 expansion of block 3 (the
+    paper's Fig. 1 counts the stem as block 1; its text's 'block 2' counts inverted-residual blocks), 300.8 M MACs."""
+    result = profile("zoo:mbv2-w1.0-r224")
+    lbl = result["layer_by_layer"]
+    assert lbl["peak_bytes"] == 1_404_928 == 112 * 112 * 16 + 112 * 112 * 96
+    assert lbl["peak_layer"] == "b3.1 (conv2d 1x1)"
+    assert abs(lbl["macs"] / 300.8e6 - 1) <= 0.005
+
+
+def test_every_zoo_model_profiles():
+    from tvm_patch import zoo
+
+    for name in zoo.names():
+        for variant in ("", ":int8"):
+            result = profile(f"zoo:{name}{variant}")
+            lbl = result["layer_by_layer"]
+            assert lbl["peak_bytes"] > 0 and lbl["macs"] > 1e6, name
+            # the int8 QDQ graph has the same layers as the float one
+            if variant:
+                assert lbl == float_result["layer_by_layer"], name
+            else:
+                float_result = result
