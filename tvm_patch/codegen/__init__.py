@@ -1,0 +1,29 @@
+"""C export of TIR kernels: plain C99 functions and bare-metal objects, no TVM runtime."""
+
+from tvm_patch.codegen.c_kernels import (
+    ARM_TARGET,
+    C_TARGET,
+    CFunction,
+    CParam,
+    CSource,
+    PlainCError,
+    emit_c,
+    emit_object,
+    lower_plain,
+    lowering_passes,
+    undefined_symbols,
+)
+
+__all__ = [
+    "ARM_TARGET",
+    "C_TARGET",
+    "CFunction",
+    "CParam",
+    "CSource",
+    "PlainCError",
+    "emit_c",
+    "emit_object",
+    "lower_plain",
+    "lowering_passes",
+    "undefined_symbols",
+]
