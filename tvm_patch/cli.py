@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile (and, as they land, verify and build).
+"""The `tvm-patch` command line: zoo, profile, build (and, as it lands, verify).
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """
@@ -47,6 +47,40 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from tvm_patch.export import export_model
+
+    result = export_model(args.model, args.output, patches=args.patches, split=args.split, emit=args.emit,
+                          check=args.check)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(_build_summary(result))
+    if result.check is not None and not result.check.passed:
+        print(f"{PROG}: check failed: {result.check.summary()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build_summary(result) -> str:
+    def size(n: int | None) -> str:
+        return "n/a" if n is None else f"{n} B ({n / 1024:.1f} kB)"
+
+    lines = [
+        f"wrote {result.out_dir}: {', '.join(result.files)}",
+        f"arena:               {size(result.arena_bytes)}  ({result.calls} kernel calls, {result.inplace_calls} in place)",
+        f"planner lower bound: {size(result.lower_bound_bytes)}",
+        f"analytic peak:       {size(result.analytic_peak_bytes)}  (int8 activations, paper convention)",
+        f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
+        f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
+        f"weights:             {size(result.weights_bytes)}",
+        f"export time:         {result.export_seconds:.1f} s",
+    ]
+    if result.check is not None:
+        lines.append(f"check: {result.check.summary()}")
+    return "\n".join(lines)
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -76,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.add_argument("--plot", metavar="FILE.png", help="draw the per-layer memory bar chart (MCUNetV2 Fig. 1)")
     pr.set_defaults(func=_cmd_profile)
+
+    b = sub.add_parser("build", help="export the whole network as plain C over one static arena")
+    b.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    b.add_argument("--target", choices=["host"], default="host", help="host: gcc build with the generated Makefile")
+    b.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory (replaced atomically)")
+    b.add_argument("--patches", type=int, metavar="P", help="patch mode: number of patches (needs --split)")
+    b.add_argument("--split", type=int, metavar="S", help="patch mode: layers in the patch stage (needs --patches)")
+    b.add_argument("--emit", choices=["c", "object"], default="c",
+                   help="object: also the kernels as a Cortex-M7 object with model_driver.c")
+    b.add_argument("--check", action="store_true",
+                   help="build with gcc, run on seeded inputs, compare with TVM bit for bit (exit 1 if not equal)")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    b.set_defaults(func=_cmd_build)
     return p
 
 
@@ -91,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except TvmPatchError as e:
         if os.environ.get("TVM_PATCH_DEBUG"):
             raise
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
