@@ -33,7 +33,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 def _cmd_profile(args: argparse.Namespace) -> int:
     from tvm_patch import report
 
-    result = report.profile(args.model)
+    result = report.profile(args.model, patches=args.patches, split=args.split)
     if args.plot:
         from tvm_patch.plot import plot_profile
 
@@ -81,6 +81,23 @@ def _build_summary(result) -> str:
     return "\n".join(lines)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from tvm_patch.frontend import load
+    from tvm_patch.verify import verify_patch
+
+    if args.inputs < 1:
+        raise TvmPatchError(f"--inputs {args.inputs}: give at least 1")
+    if args.patches is None or args.split is None:
+        raise TvmPatchError("verify needs --patches P and --split S (the schedule to check against layer by layer)")
+    model = load(args.model)
+    r = verify_patch(model.mod, args.patches, args.split, args.inputs)
+    verdict = "PASS" if r.passed else "FAIL"
+    print(f"{verdict}: {model.name}, {args.patches}x{args.patches} patches, split {args.split}, {r.inputs} seeded "
+          f"inputs ({r.dtype}): largest difference {r.max_abs_diff:g} (relative {r.max_rel_diff:.3g}); "
+          f"required: {r.detail}")
+    return 0 if r.passed else 1
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -109,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.add_argument("--plot", metavar="FILE.png", help="draw the per-layer memory bar chart (MCUNetV2 Fig. 1)")
+    pr.add_argument("--patches", type=int, metavar="P", help="also profile running the first stage over PxP patches")
+    pr.add_argument("--split", metavar="S", help="with --patches: where the stage ends, a layer count N or block:N")
     pr.set_defaults(func=_cmd_profile)
 
     b = sub.add_parser("build", help="export the whole network as plain C over one static arena")
@@ -123,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build with gcc, run on seeded inputs, compare with TVM bit for bit (exit 1 if not equal)")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     b.set_defaults(func=_cmd_build)
+    v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one")
+    v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    v.add_argument("--patches", type=int, metavar="P", help="PxP patches")
+    v.add_argument("--split", metavar="S", help="where the stage ends: a layer count N, block:N or auto")
+    v.add_argument("--inputs", type=int, default=3, metavar="N", help="number of seeded random inputs (default 3)")
+    v.set_defaults(func=_cmd_verify)
     return p
 
 

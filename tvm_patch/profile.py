@@ -7,7 +7,10 @@ Convention (the paper's analytic profiling, which reproduces its figures exactly
 - a depthwise convolution runs in place: max(input, output) instead of input + output, when its input dies
   there (an input still held for a skip connection cannot be overwritten);
 - an elementwise binary op (the residual add, the squeeze-and-excitation multiply) writes into an input that
-  dies there, so its output adds nothing (the projection "adds the skip in place");
+  dies there, so its output adds nothing;
+- the projection of a residual block adds the skip in place: a convolution whose only reader is a residual
+  add, whose other operand (the held skip) dies there, accumulates into the skip's buffer, so its output
+  adds nothing either (and the add itself then holds only the skip);
 - weights live in Flash and are not counted; kB = 1024 B.
 """
 
@@ -68,11 +71,31 @@ def in_place(graph: Graph, layer: Layer) -> bool:
     return False
 
 
+def adds_into_skip(graph: Graph, layer: Layer) -> bool:
+    """True for a convolution that accumulates into a residual skip (see the module docstring)."""
+    if layer.op != "conv2d":
+        return False
+    readers = graph.tensors[layer.output].consumers
+    if len(readers) != 1 or layer.output in graph.outputs:
+        return False
+    add = graph.layers[readers[0]]
+    if add.op != "add" or not add.broadcast_free:
+        return False
+    skips = [t for t in add.inputs if t != layer.output]
+    return len(skips) == 1 and graph.last_use(skips[0]) == add.index
+
+
 def layer_bytes(graph: Graph, layer: Layer) -> int:
     """Activation bytes of one layer under the paper's convention."""
     ins = sum(_elems(graph, t) for t in layer.inputs)
     out = _elems(graph, layer.output)
-    if layer.op == "depthwise_conv2d" and in_place(graph, layer):
+    fused_into_skip = [t for t in layer.inputs if graph.tensors[t].producer is not None
+                       and adds_into_skip(graph, graph.layers[graph.tensors[t].producer])]
+    if adds_into_skip(graph, layer):
+        core = ins  # the output accumulates into the held skip, counted among the live tensors
+    elif layer.op == "add" and fused_into_skip:
+        core = out  # the projection already added itself into the skip buffer, which is this output
+    elif layer.op == "depthwise_conv2d" and in_place(graph, layer):
         core = max(ins, out)
     elif in_place(graph, layer):
         core = ins

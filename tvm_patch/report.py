@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from tvm import relax
+
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
 from tvm_patch.profile import describe_layer, peak, profile_layers
@@ -10,13 +13,21 @@ CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other l
               "residual add in place; weights in Flash; kB = 1024 B")
 
 
-def profile(model_spec: str) -> dict:
-    """Load a model and return its per-layer profile as a JSON-ready dict."""
+def profile(model_spec: str, patches: int | None = None, split: int | str | None = None,
+            tir: bool = True) -> dict:
+    """Load a model and return its per-layer profile as a JSON-ready dict.
+
+    With `patches` and `split`, a "patch_based" entry gives the figures of running the first `split` layers
+    patch by patch over patches x patches patches (and, with `tir`, what the generated PrimFunc allocates).
+    """
+    if (patches is None) != (split is None):
+        raise TvmPatchError("--patches and --split go together: give both, e.g. --patches 4 --split block:5")
     model = load(model_spec)
-    graph = build_graph(model.mod)
+    mod = relax.transform.FoldConstant()(model.mod)
+    graph = build_graph(mod)
     rows = profile_layers(graph)
     top = peak(rows)
-    return {
+    result = {
         "model": model.name,
         "layout": graph.layout,
         "convention": CONVENTION,
@@ -24,6 +35,46 @@ def profile(model_spec: str) -> dict:
         "layer_by_layer": {"peak_bytes": top.bytes, "macs": graph.macs, "peak_layer": describe_layer(top),
                            "peak_index": top.index},
     }
+    if patches is not None:
+        result["patch_based"] = patch_based(graph, mod, patches, split, tir)
+    return result
+
+
+def patch_based(graph, mod, patches: int, split: int | str, tir: bool) -> dict:
+    """The "patch_based" entry of the profile (see tvm_patch.patch.memory for the convention)."""
+    from tvm_patch.patch import allocated_bytes, build_stage, per_patch_bytes
+    from tvm_patch.patch.from_graph import stage_from_graph
+    from tvm_patch.patch.memory import int8_twin, patch_memory
+    from tvm_patch.split import resolve_split
+
+    if patches < 1:
+        raise TvmPatchError(f"--patches {patches}: give a patch count of at least 1")
+    pp = (patches, patches)
+    n = resolve_split(graph, split, pp)
+    stage, _ = stage_from_graph(graph, n, mod["main"])
+    m = patch_memory(graph, stage, n, pp)
+    out = {
+        "peak_bytes": m.peak_bytes,
+        "peak_bytes_with_input": m.peak_bytes_with_input,
+        "stage_peak_bytes": m.stage_peak_bytes,
+        "after_stage_peak_bytes": m.rest_peak_bytes,
+        "macs": m.macs,
+        "mac_overhead": m.macs / graph.macs - 1,
+        "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
+        "split": n,
+        "split_layer": graph.layers[n - 1].name,
+        "patches": list(m.patch_counts),
+        "patch_input_hw": list(m.patch_input_hw),
+        "reduction": None,
+    }
+    lbl_peak = peak(profile_layers(graph)).bytes
+    out["reduction"] = lbl_peak / m.peak_bytes
+    if tir:
+        twin = int8_twin(stage)  # the int8 stage: what the device runs, one byte per activation
+        analytic = per_patch_bytes(twin, pp)
+        out["tir_allocated_bytes"] = allocated_bytes(build_stage(twin, pp))
+        out["tir_buffer_bytes"] = {"total": analytic["total"], "peak": analytic["peak"]}
+    return out
 
 
 def _kb(n: int) -> str:
@@ -47,4 +98,16 @@ def format_profile(result: dict) -> str:
     lbl = result["layer_by_layer"]
     lines.append(f"layer-by-layer peak: {lbl['peak_bytes']} B ({_kb(lbl['peak_bytes'])} kB) at "
                  f"layer {lbl['peak_index']} {lbl['peak_layer']}; MACs {lbl['macs']:,} ({lbl['macs'] / 1e6:.1f} M)")
+    pb = result.get("patch_based")
+    if pb:
+        ph, pw = pb["patches"]
+        ih, iw = pb["patch_input_hw"]
+        lines.append(f"patch-based ({ph}x{pw} patches, stage = layers 1..{pb['split']} ending at {pb['split_layer']}, "
+                     f"patch input {ih}x{iw}): peak {pb['peak_bytes']} B ({_kb(pb['peak_bytes'])} kB, "
+                     f"{pb['reduction']:.1f}x smaller; {pb['peak_bytes_with_input']} B with the input image); "
+                     f"MACs {pb['macs']:,} (+{pb['mac_overhead']:.1%} network, +{pb['stage_mac_overhead']:.1%} stage)")
+        if "tir_allocated_bytes" in pb:
+            lines.append(f"patch stage PrimFunc (int8) allocates {pb['tir_allocated_bytes']} B per patch "
+                         f"(its buffers: {pb['tir_buffer_bytes']['peak']} B live at most, "
+                         f"{pb['tir_buffer_bytes']['total']} B in all)")
     return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Graph-level TVM passes of tvm-patch (Relax IR; the package keeps the name our users know from Relay).
+
+Importing this package registers the Relax pipeline "mcunetv2", so that
+`tvm.compile(mod, target, relax_pipeline="mcunetv2")` runs the patch stage (split="auto", 4x4 patches) and
+then TVM's default build pipeline. To choose the schedule, or to add the passes to a pipeline of your own:
+
+    import relay_passes
+    seq = tvm.transform.Sequential([relay_passes.PatchStage("block:5", (4, 4)), relax.get_pipeline("default")])
+    tvm.compile(mod, target, relax_pipeline=seq)        # or relax.get_pipeline("mcunetv2", split=..., patches=...)
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from relay_passes.patch_stage import PatchStage
+
+__all__ = ["PatchStage", "mcunetv2_pipeline"]
+
+PIPELINE = "mcunetv2"
+
+
+def mcunetv2_pipeline(split: int | str | None = "auto", patches: int | tuple[int, int] = 4) -> tvm.transform.Pass:
+    """The tvm-patch pipeline: the patch stage (skipped with split=None), then TVM's default build passes."""
+    passes = []
+    if split is not None:
+        passes.append(PatchStage(split, patches))
+    passes.append(relax.get_pipeline("default"))
+    return tvm.transform.Sequential(passes, name=PIPELINE)
+
+
+if PIPELINE not in relax.pipeline.PIPELINE_MAP:  # re-import safe (register_pipeline raises on duplicates)
+    relax.register_pipeline(PIPELINE)(mcunetv2_pipeline)

@@ -1,0 +1,153 @@
+"""Analytic memory and MACs of a network whose first stage runs patch by patch (MCUNetV2 Table 1).
+
+Same convention as `tvm_patch.profile` (int8, 1 B/element; input + output + other live tensors; depthwise and
+residual add in place when an operand dies there; a residual projection accumulates into its skip), applied
+per patch inside the stage:
+- a stage layer holds its per-patch input and output regions (the halo included), the per-patch regions of
+  other values still needed in the patch (a residual block's input), and the full-size stage output that the
+  patches fill; the last stage layer writes straight into that stage output;
+- the full input image is not held (it is streamed patch by patch): the first layer reads only its patch
+  region. `peak_bytes_with_input` instead keeps the whole image in SRAM during the stage (the first layer then
+  reads its region in place, so the region is not counted twice);
+- after the stage, layers are counted exactly as layer by layer.
+The patch region of a value is its per-patch buffer (the interior patch's region, the largest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm_patch.graph import Graph
+from tvm_patch.patch.regions import execution_order, patch_macs, plan_patches, stage_macs
+import numpy as np
+
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.profile import layer_bytes
+
+
+@dataclass
+class PatchMemory:
+    """The patch-based figures of one (split, patches) schedule."""
+
+    peak_bytes: int
+    peak_bytes_with_input: int
+    stage_peak_bytes: int  # the largest stage layer (per patch + the stage output)
+    rest_peak_bytes: int  # the largest layer after the stage
+    macs: int  # whole network, the stage computed patch by patch
+    stage_macs_layer_by_layer: int
+    stage_macs_patched: int
+    patch_input_hw: tuple[int, int]
+    patch_counts: tuple[int, int]
+    stage_layer_bytes: list[int]
+
+
+def _region_elems(stage: Stage, plan, v: int) -> int:
+    c = stage.value_shape(v)[0]
+    rows, cols = plan.region_shape(v)
+    return stage.batch * c * rows * cols
+
+
+def _adds_into_skip(stage: Stage, i: int, last_use: dict, pos: dict) -> bool:
+    """A non-depthwise conv whose only reader is a residual Add whose other operand dies there."""
+    layer = stage.layers[i]
+    if not isinstance(layer, Conv) or stage.geometry[i].groups > 1 or i == len(stage.layers) - 1:
+        return False
+    readers = stage.consumers(i)
+    if len(readers) != 1 or not isinstance(stage.layers[readers[0]], Add):
+        return False
+    j = readers[0]
+    others = [v for v in stage.inputs[j] if v != i]
+    return len(others) == 1 and last_use.get(others[0]) == pos[j]
+
+
+def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -> PatchMemory:
+    """Figures for running the first n layers of `graph` (described by `stage`) over `patches` patches."""
+    plan = plan_patches(stage, patches)
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    last = len(stage.layers) - 1
+    last_use = {v: max(pos[c] for c in stage.consumers(v)) for v in order if v != last}
+    stage_out = graph.tensors[graph.layers[n - 1].output].elements
+    image = graph.tensors[graph.inputs[0]].elements
+
+    rows = []
+    rows_with_input = []
+    for i in range(len(stage.layers)):
+        layer = stage.layers[i]
+        ins = list(dict.fromkeys(stage.inputs[i]))
+        in_bytes = sum(_region_elems(stage, plan, v) for v in ins)
+        out_bytes = 0 if i == last else _region_elems(stage, plan, i)
+        dies = [v for v in ins if last_use[v] == pos[i]]
+        if _adds_into_skip(stage, i, last_use, pos):
+            core = in_bytes  # accumulates into the held skip region, counted below
+        elif isinstance(layer, Add) and any(_adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0):
+            core = 0 if i == last else _region_elems(stage, plan, i)  # only the skip buffer, now the output
+        elif isinstance(layer, Conv) and stage.geometry[i].groups > 1 and dies and i != last:
+            core = max(in_bytes, out_bytes)  # depthwise in place
+        elif isinstance(layer, Add) and dies:
+            core = in_bytes  # residual add into the dying operand
+        else:
+            core = in_bytes + out_bytes
+        held = [v for v in last_use if v not in ins and pos[v] < pos[i] < last_use[v]]
+        held_bytes = sum(_region_elems(stage, plan, v) for v in held)
+        rows.append(core + held_bytes + stage_out)
+        # with the image in SRAM, the input region is a view of it: count the image instead of the region
+        input_live = STAGE_INPUT in ins or STAGE_INPUT in held
+        region = _region_elems(stage, plan, STAGE_INPUT) if input_live else 0
+        rows_with_input.append(rows[-1] - region + image)
+
+    rest = [layer_bytes(graph, layer) for layer in graph.layers[n:]]
+    rest_peak = max(rest, default=0)
+    patched = patch_macs(stage, patches)
+    flat = stage_macs(stage)
+    return PatchMemory(
+        peak_bytes=max(max(rows), rest_peak),
+        peak_bytes_with_input=max(max(rows_with_input), rest_peak),
+        stage_peak_bytes=max(rows),
+        rest_peak_bytes=rest_peak,
+        macs=graph.macs - flat + patched,
+        stage_macs_layer_by_layer=flat,
+        stage_macs_patched=patched,
+        patch_input_hw=plan.region_shape(STAGE_INPUT),
+        patch_counts=plan.counts,
+        stage_layer_bytes=rows,
+    )
+
+
+def int8_twin(stage: Stage) -> Stage:
+    """The same stage in int8 (zero weights, unit requantization): its buffers are what an int8 model allocates.
+
+    Allocation depends only on shapes and dtypes, so this twin answers "what does the device's PrimFunc
+    allocate per patch" for a float32 model too. Its outputs mean nothing.
+    """
+    if stage.dtype == "int8":
+        return stage
+    layers = []
+    for i, layer in enumerate(stage.layers):
+        if isinstance(layer, Conv):
+            q = ConvQuant(0, 0, np.array([1 << 30], "int32"), np.array([0], "int32"))
+            layers.append(Conv(np.zeros(layer.weight.shape, "int8"), None, layer.stride, layer.padding,
+                               layer.groups, layer.activation, layer.kernel_layout, layer.input, q))
+        else:
+            q = AddQuant((0, 0), (1 << 30, 1 << 30), (0, 0), 0, 1 << 30, 0)
+            layers.append(Add(layer.other, layer.input, layer.activation, q))
+    return Stage(stage.input_shape, tuple(layers), layout=stage.layout, dtype="int8")
+
+
+def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
+    """The split with the smallest patch-based peak (then the fewest extra MACs), or None when no split
+    lowers the layer-by-layer peak: the schedule `PatchStage(split="auto")` picks."""
+    from tvm_patch.patch.from_graph import stage_from_graph
+    from tvm_patch.profile import peak, profile_layers
+    from tvm_patch.split import valid_splits
+
+    best: tuple[int, int, int] | None = None
+    for n in valid_splits(graph, patches):
+        stage, _ = stage_from_graph(graph, n, func)
+        m = patch_memory(graph, stage, n, patches)
+        key = (m.peak_bytes, m.macs, n)
+        if best is None or key < best:
+            best = key
+    if best is None or best[0] >= peak(profile_layers(graph)).bytes:
+        return None
+    return best[2]

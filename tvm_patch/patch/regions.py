@@ -1,0 +1,297 @@
+"""Receptive-field (halo) arithmetic of a patch stage: which rows/columns of every value a patch needs.
+
+The arithmetic mirrors what the s_tir schedule in `schedule.py` makes TVM derive, so that the analytic
+figures here (per-patch buffer sizes, MACs, patch input size) are the ones the PrimFunc really has:
+
+- The stage output is split into tiles of `ceil(H / p)` rows (and columns): patch i covers output rows
+  [i*t, i*t + t); the last tile may run past the image (the output block is then predicated).
+- Going backwards, each value's per-patch *region* is the hull of what its consumers read over their
+  whole regions (compute_at relaxes over the consumer's loops and ignores predicates), so it has the
+  same extent for every patch: that extent is the size of the patch buffer.
+- Each value's *domain* (the TE tensor extent) is the hull of its regions over all patches, so no region
+  is ever clipped by a buffer bound: no predicates, and every buffer compacts to the region extent.
+- Each value's *live* interval is what the real (in-image) stage output needs, within the image. A conv is
+  computed only at live positions of its region (the rest of the region is padding, written as a select),
+  so border patches do no multiply-accumulate on padding.
+
+All intervals are half-open [lo, hi) in a value's own image coordinates (row 0 = first image row).
+H and W are independent, so everything is computed per axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+
+from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage, StageError
+
+_DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Half-open integer interval [lo, hi)."""
+
+    lo: int
+    hi: int
+
+    @property
+    def size(self) -> int:
+        return max(0, self.hi - self.lo)
+
+    def hull(self, other: Interval) -> Interval:
+        return Interval(min(self.lo, other.lo), max(self.hi, other.hi))
+
+    def clip(self, other: Interval) -> Interval:
+        return Interval(max(self.lo, other.lo), min(self.hi, other.hi))
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One spatial axis (H or W) of a value under a patch split."""
+
+    size: int  # image extent of the value
+    regions: tuple[Interval, ...]  # per patch index: rows the patch's buffer holds
+    live: Interval  # rows the real stage output needs, within the image
+    domain: Interval  # hull of the regions: the extent of the value's TE tensor
+
+    @property
+    def extent(self) -> int:
+        """The per-patch buffer extent (the same for every patch)."""
+        return self.regions[0].size
+
+    @property
+    def offset(self) -> int:
+        """Stored index = image index + offset."""
+        return -self.domain.lo
+
+    def computed(self, p: int) -> int:
+        """Rows of patch p's region that are really computed (in the live interval)."""
+        return self.regions[p].clip(self.live).size
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """The halo arithmetic of a stage under a (ph, pw) patch split, for every value.
+
+    `values[v]` is indexed by value: STAGE_INPUT (-1) is the stage input, then each layer.
+    `tiles` is the output tile size per axis, `counts` the number of patches per axis (at most the
+    requested number: a uniform tile of ceil(H/p) rows can make fewer patches, e.g. 9 rows in 4 -> 3x3).
+    """
+
+    stage: Stage
+    tiles: tuple[int, int]
+    counts: tuple[int, int]
+    h: dict[int, AxisPlan]
+    w: dict[int, AxisPlan]
+
+    def region_shape(self, v: int) -> tuple[int, int]:
+        """(rows, cols) of value v's per-patch buffer."""
+        return self.h[v].extent, self.w[v].extent
+
+
+def _conv_back(iv: Interval, k: int, s: int, pad_lo: int) -> Interval:
+    """Input rows read by output rows iv of a conv (kernel k, stride s, leading padding pad_lo)."""
+    if iv.size == 0:
+        return iv
+    return Interval(iv.lo * s - pad_lo, (iv.hi - 1) * s - pad_lo + k)
+
+
+def _axis(stage: Stage, axis: int, tile: int, count: int) -> dict[int, AxisPlan]:
+    """Per-value plan along one axis (0 = H, 1 = W)."""
+    n_layers = len(stage.layers)
+    out = n_layers - 1
+    size = {v: stage.value_shape(v)[1 + axis] for v in range(STAGE_INPUT, n_layers)}
+
+    def back(layer: int, iv: Interval) -> Interval:
+        g = stage.geometry[layer]
+        if g is None:  # Add: elementwise
+            return iv
+        k = g.kh if axis == 0 else g.kw
+        return _conv_back(iv, k, g.stride[axis], g.padding[axis])
+
+    regions: dict[int, list[Interval]] = {out: [Interval(i * tile, i * tile + tile) for i in range(count)]}
+    live: dict[int, Interval] = {out: Interval(0, size[out])}
+    for v in range(out - 1, STAGE_INPUT - 1, -1):
+        cons = stage.consumers(v)
+        reg = [None] * count
+        lv = None
+        slopes = set()
+        for c in cons:
+            mapped = [back(c, regions[c][i]) for i in range(count)]
+            if count > 1:
+                slopes.add((mapped[1].lo - mapped[0].lo, mapped[1].hi - mapped[0].hi))
+            for i in range(count):
+                reg[i] = mapped[i] if reg[i] is None else reg[i].hull(mapped[i])
+            r = back(c, live[c])
+            lv = r if lv is None else lv.hull(r)
+        if len(slopes) > 1:
+            # compute_at would have to take the hull of differently strided regions: no constant extent
+            raise StageError(
+                f"value {v} reaches the output along paths with different strides (axis {axis}); "
+                "patching such a stage is not supported"
+            )
+        extents = {r.size for r in reg}
+        if len(extents) != 1:
+            # Only possible if two paths from v to the output have different total strides.
+            raise StageError(f"value {v}: per-patch regions of unequal size {sorted(extents)} along axis {axis}")
+        regions[v] = reg
+        live[v] = lv.clip(Interval(0, size[v]))
+    plans = {}
+    for v, reg in regions.items():
+        dom = reg[0]
+        for r in reg[1:]:
+            dom = dom.hull(r)
+        if v == out:
+            dom = Interval(0, size[v])  # the output is the PrimFunc parameter, exact size
+        plans[v] = AxisPlan(size[v], tuple(reg), live[v], dom)
+    return plans
+
+
+def plan_patches(stage: Stage, patches: tuple[int, int]) -> PatchPlan:
+    """The halo arithmetic of `stage` split into `patches` = (rows, cols) of output patches."""
+    ph, pw = (int(p) for p in patches)
+    _, ho, wo = stage.value_shape(len(stage.layers) - 1)
+    if ph < 1 or pw < 1 or ph > ho or pw > wo:
+        raise StageError(f"patches {patches} must be between 1 and the output size {ho}x{wo}")
+    th, tw = ceil(ho / ph), ceil(wo / pw)
+    nh, nw = ceil(ho / th), ceil(wo / tw)
+    return PatchPlan(stage, (th, tw), (nh, nw), _axis(stage, 0, th, nh), _axis(stage, 1, tw, nw))
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+
+def acc_dtype(stage: Stage) -> str:
+    """The accumulator dtype of a conv: float32, or int32 for int8."""
+    return "float32" if stage.dtype == "float32" else "int32"
+
+
+def buffer_names(stage: Stage) -> dict[int, str]:
+    """Name of the patch buffer (TE tensor / TIR block) holding value v; the output is the parameter."""
+    names = {STAGE_INPUT: "input_patch"}
+    for i in range(len(stage.layers) - 1):
+        names[i] = f"layer{i}"
+    return names
+
+
+def acc_name(i: int) -> str:
+    """Name of layer i's conv accumulator (TE tensor / TIR block)."""
+    return f"layer{i}_acc"
+
+
+def patch_input_size(stage: Stage, patches: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the input region one patch reads (its receptive field, halo included).
+
+    Border patches read only the in-image part; the buffer still has this size (the rest is padding).
+    """
+    return plan_patches(stage, patches).region_shape(STAGE_INPUT)
+
+
+def execution_order(stage: Stage) -> list[int]:
+    """The order in which the patch loop body produces the values (STAGE_INPUT first).
+
+    Mirrors compute_at's rule (consumers first, each producer inserted just before its first consumer);
+    for a chain that is simply -1, 0, 1, ...
+    """
+    last = len(stage.layers) - 1
+    order = [last]
+    for v in range(last - 1, STAGE_INPUT - 1, -1):
+        first = min(order.index(c) for c in stage.consumers(v))
+        order.insert(first, v)
+    return order
+
+
+def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
+    """Analytic bytes of every buffer the patched PrimFunc allocates, plus "total" and "peak".
+
+    Per buffer: "input_patch" (the input receptive field, copied with its zero ring), "layer{i}" (each
+    intermediate: C x region rows x region cols in the stage dtype), "layer{i}_acc" (each conv's
+    accumulator: one float32/int32 element, since a conv is computed per output element inside its
+    consumer's loop). The stage output is a parameter, not an allocation.
+
+    "total" = all value buffers + one accumulator (each accumulator is allocated inside its consumer's
+    loop, so only one exists at a time). This is exactly what `calculate_allocated_bytes` reports after
+    `lower_for_analysis(func, storage_rewrite=False)`, and each buffer's compacted size equals its entry.
+
+    "peak" = the most bytes live at once in the patch loop body (values live from their production to
+    their last consumer, plus the running conv's accumulator): what an ideal arena planner needs, and
+    MCUNetV2's way of counting (without its in-place depthwise trick).
+
+    With TVM's StorageRewrite (the default lowering, `lower_for_analysis(func)`), memory of dead buffers
+    is reused by later ones, grouped by TVM's own size-class heuristic, and the accumulators are hoisted
+    to function scope (4 B each). So the reported figure R satisfies
+    peak <= R <= total + 4 * (number of convs - 1); an exact figure would mean re-implementing
+    StorageRewrite's heuristic. (MbV2 at 96, 3x3 patches: peak 249,604, R 302,576, total 661,776.)
+    """
+    plan = plan_patches(stage, patches)
+    item = _DTYPE_BYTES[stage.dtype]
+    acc = _DTYPE_BYTES[acc_dtype(stage)]
+    names = buffer_names(stage)
+    sizes: dict[int, int] = {}
+    out: dict[str, int] = {}
+    for v, name in names.items():
+        c = stage.value_shape(v)[0]
+        rows, cols = plan.region_shape(v)
+        sizes[v] = stage.batch * c * rows * cols * item
+        out[name] = sizes[v]
+    for i, layer in enumerate(stage.layers):
+        if isinstance(layer, Conv):
+            out[acc_name(i)] = acc
+
+    out["total"] = sum(sizes.values()) + acc
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    last_use = {v: max(pos[c] for c in stage.consumers(v)) for v in sizes}
+    peak = 0
+    for k, v in enumerate(order):
+        live = sum(sz for u, sz in sizes.items() if pos[u] <= k <= last_use[u])
+        if v >= 0 and isinstance(stage.layers[v], Conv):
+            live += acc
+        peak = max(peak, live)
+    out["peak"] = peak
+    return out
+
+
+def full_size_bytes(stage: Stage) -> dict[str, int]:
+    """Bytes of every intermediate at full size (layer-by-layer execution), for comparison."""
+    item = _DTYPE_BYTES[stage.dtype]
+    out = {}
+    for v, name in buffer_names(stage).items():
+        c, h, w = stage.value_shape(v)
+        out[name] = stage.batch * c * h * w * item
+    return out
+
+
+def macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
+    """MACs each patch performs, shape (rows of patches, cols of patches).
+
+    A conv computes the live part of its region only: the padding ring is a select, not a convolution.
+    """
+    plan = plan_patches(stage, patches)
+    nh, nw = plan.counts
+    out = np.zeros((nh, nw), dtype=np.int64)
+    for i, g in enumerate(stage.geometry):
+        if g is None:
+            continue
+        rows = np.array([plan.h[i].computed(p) for p in range(nh)], dtype=np.int64)
+        cols = np.array([plan.w[i].computed(p) for p in range(nw)], dtype=np.int64)
+        out += np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
+    return out
+
+
+def patch_macs(stage: Stage, patches: tuple[int, int]) -> int:
+    """Total MACs of the stage computed patch by patch (all patches; halos recomputed)."""
+    return int(macs_by_patch(stage, patches).sum())
+
+
+def stage_macs(stage: Stage) -> int:
+    """MACs of the stage computed layer by layer (every output element once)."""
+    total = 0
+    for i, g in enumerate(stage.geometry):
+        if g is not None:
+            _, h, w = stage.shapes[i]
+            total += stage.batch * g.c_out * h * w * g.macs_per_output
+    return total

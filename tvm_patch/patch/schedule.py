@@ -1,0 +1,171 @@
+"""The patch schedule: one TIR PrimFunc computing a stage patch by patch.
+
+`build_stage` takes the TE of `te_stage.stage_te` and applies an s_tir schedule:
+split the output's H and W into (patch, inner) by the tile size, reorder to (n, h_outer, w_outer, c,
+h_inner, w_inner) (NHWC: (n, h_outer, w_outer, h_inner, w_inner, c)), then, consumers first,
+`compute_at` every value's buffer block under w_outer (TVM infers each halo region) and every conv
+reduction under the innermost loop of its epilogue (one accumulator element; TVM adds the predicate
+that keeps the conv to the live image, so padding is never convolved).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import s_tir, te, tirx
+
+from tvm_patch.patch.regions import acc_name, buffer_names
+from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage
+from tvm_patch.patch.te_stage import stage_te
+
+
+def build_reference(stage: Stage) -> tirx.PrimFunc:
+    """The stage as an unscheduled PrimFunc (layer by layer, full-size buffers); same arguments."""
+    t = stage_te(stage, (1, 1))
+    return te.create_prim_func(t.args)
+
+
+def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
+    """The stage as one PrimFunc computing `patches` = (rows, cols) of output patches one by one.
+
+    Arguments: (input, then per conv layer weight and bias [and int8 multiplier, shift] as listed by
+    `te_stage.param_names`, then output), all in the stage layout / the weights' own layouts.
+    """
+    t = stage_te(stage, patches)
+    sch = s_tir.Schedule(te.create_prim_func(t.args))
+    th, tw = t.plan.tiles
+    out = sch.get_sblock("output")
+    if stage.layout == "NCHW":
+        n, c, h, w = sch.get_loops(out)
+    else:
+        n, h, w, c = sch.get_loops(out)
+    ho, hi = sch.split(h, [None, th])
+    wo, wi = sch.split(w, [None, tw])
+    if stage.layout == "NCHW":
+        sch.reorder(ho, wo, c, hi, wi)
+    else:
+        sch.reorder(ho, wo, hi, wi, c)
+
+    names = buffer_names(stage)
+    last = len(stage.layers) - 1
+    for v in range(last, STAGE_INPUT - 1, -1):
+        if v != last:
+            sch.compute_at(sch.get_sblock(names[v]), wo)
+        if v >= 0 and isinstance(stage.layers[v], Conv):
+            epilogue = out if v == last else sch.get_sblock(names[v])
+            sch.compute_at(sch.get_sblock(acc_name(v)), sch.get_loops(epilogue)[-1])
+    return sch.mod["main"]
+
+
+def lower_for_analysis(func: tirx.PrimFunc, storage_rewrite: bool = True) -> tvm.IRModule:
+    """Lower `func` far enough to see its real allocations, with TVM's allocation-analysis pass list.
+
+    `s_tir.analysis.get_vtcm_compaction_passes()` is the memory-relevant part of the default s_tir
+    pipeline (LowerInitBlock, PlanAndUpdateBufferAllocationLocation, ConvertBlocksToOpaque,
+    CompactBufferAllocation, LowerMatchBuffer, InjectSoftwarePipeline, LowerOpaqueBlock, FlattenBuffer,
+    StmtSimplify, VectorizeLoop, StorageRewrite). `storage_rewrite=False` drops StorageRewrite, leaving
+    each buffer's own compacted allocation.
+    """
+    passes = [
+        p for p in s_tir.analysis.get_vtcm_compaction_passes() if storage_rewrite or p.info.name != "tirx.StorageRewrite"
+    ]
+    return tvm.transform.Sequential(passes)(tvm.IRModule({"main": func}))
+
+
+def allocated_bytes(func: tirx.PrimFunc, storage_rewrite: bool = True) -> int:
+    """What `calculate_allocated_bytes` reports for `func` after `lower_for_analysis` (global scope)."""
+    sizes = s_tir.analysis.calculate_allocated_bytes(lower_for_analysis(func, storage_rewrite)["main"])
+    return int(sum(int(v) for v in sizes["main"].values()))
+
+
+def allocations(func: tirx.PrimFunc) -> dict[str, int]:
+    """Bytes of each buffer after compaction (`lower_for_analysis` without StorageRewrite), by name."""
+    out: dict[str, int] = {}
+
+    def visit(node: tirx.AllocBuffer) -> None:
+        buf = node.buffer
+        n = int(np.prod([int(d) for d in buf.shape]))
+        out[buf.name] = n * tvm.runtime.DataType(buf.dtype).bits // 8
+
+    tvm_ffi.structural_walk(lower_for_analysis(func, storage_rewrite=False)["main"].body, (tirx.AllocBuffer, visit))
+    return out
+
+
+# -- MACs as the schedule performs them --------------------------------------------------------------
+
+
+def _eval(e, env: dict):
+    """Evaluate an integer/boolean TIR expression with numpy (loop variables bound to arrays)."""
+    ev = lambda x: _eval(x, env)  # noqa: E731
+    if isinstance(e, tirx.IntImm):
+        return bool(e.value) if str(e.ty) == "bool" else np.int64(e.value)
+    if isinstance(e, tirx.Var):
+        return env[e]
+    table = {
+        tirx.Add: np.add, tirx.Sub: np.subtract, tirx.Mul: np.multiply, tirx.FloorDiv: np.floor_divide,
+        tirx.FloorMod: np.mod, tirx.Min: np.minimum, tirx.Max: np.maximum, tirx.LT: np.less,
+        tirx.LE: np.less_equal, tirx.GT: np.greater, tirx.GE: np.greater_equal, tirx.EQ: np.equal,
+        tirx.NE: np.not_equal, tirx.And: np.logical_and, tirx.Or: np.logical_or,
+    }
+    for cls, f in table.items():
+        if isinstance(e, cls):
+            return f(ev(e.a), ev(e.b))
+    if isinstance(e, tirx.Not):
+        return np.logical_not(ev(e.a))
+    if isinstance(e, tirx.Cast):
+        return ev(e.value)
+    raise NotImplementedError(f"cannot evaluate {type(e).__name__}: {e}")
+
+
+def measured_macs_by_patch(func: tirx.PrimFunc, stage: Stage) -> np.ndarray:
+    """MACs per patch that the scheduled (not yet lowered) `func` executes, read off its loop nest.
+
+    For every conv reduction block, the loops around it and its predicate are evaluated for each patch:
+    the number of loop iterations whose predicate holds is the number of multiply-accumulates.
+    An independent check of `regions.macs_by_patch`.
+    """
+    body = func.body
+    convs = {acc_name(i) for i, layer in enumerate(stage.layers) if isinstance(layer, Conv)}
+    found: list[tuple[list, object]] = []
+
+    def walk(node, loops):
+        if isinstance(node, tirx.For):
+            walk(node.body, loops + [node])
+        elif isinstance(node, tirx.SeqStmt):
+            for s in node.seq:
+                walk(s, loops)
+        elif isinstance(node, s_tir.SBlockRealize):
+            if node.block.name_hint in convs:
+                found.append((loops, node.predicate))
+            else:
+                walk(node.block.body, loops)
+        elif hasattr(node, "body"):
+            walk(node.body, loops)
+
+    root = body.block.body if isinstance(body, s_tir.SBlockRealize) else body
+    walk(root, [])
+    # the outer nest is (n, h_outer, w_outer) by construction of build_stage
+    outer = []
+    node = root
+    while isinstance(node, tirx.For) and len(outer) < 3:
+        outer.append(node)
+        node = node.body
+    common = len(outer)
+    patch_loops = outer[1:3]
+    nh, nw = (int(lp.extent) for lp in patch_loops)
+    out = np.zeros((nh, nw), dtype=np.int64)
+    for loops, pred in found:
+        inner = loops[common:]
+        pred_vars = set(tirx.analysis.undefined_vars(pred))
+        grid_loops = [lp for lp in inner if lp.loop_var in pred_vars]
+        other = int(np.prod([int(lp.extent) for lp in inner if lp.loop_var not in pred_vars]))
+        outer_n = int(outer[0].extent)
+        grids = np.meshgrid(*[np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in grid_loops], indexing="ij")
+        for i in range(nh):
+            for j in range(nw):
+                env = {patch_loops[0].loop_var: np.int64(i), patch_loops[1].loop_var: np.int64(j)}
+                env.update({lp.loop_var: g for lp, g in zip(grid_loops, grids)})
+                ok = np.broadcast_to(_eval(pred, env), grids[0].shape if grids else ())
+                out[i, j] += int(np.count_nonzero(ok)) * other * outer_n
+    return out

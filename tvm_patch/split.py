@@ -1,0 +1,87 @@
+"""Where the patch stage ends: parsing `--split`, and checking that a split can be run patch by patch.
+
+A split counts layers from the network input, as `tvm-patch profile` numbers them (`5` = the first five
+layers), or blocks (`block:5` = the first five blocks, the stem being block 1).
+"""
+
+from __future__ import annotations
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.graph import Graph, Layer
+
+# Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
+TILEABLE = ("conv2d", "depthwise_conv2d", "add")
+
+
+def _tileable(graph: Graph, layer: Layer) -> bool:
+    if layer.op not in TILEABLE:
+        return False
+    if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
+        return layer.broadcast_free
+    return True
+
+
+def _cut_after(graph: Graph, n: int) -> bool:
+    """True when, after the first n layers, only the n-th layer's output is still needed."""
+    out = graph.layers[n - 1].output
+    for t in graph.tensors:
+        produced = t.producer if t.producer is not None else -1
+        if t.id != out and produced < n <= graph.last_use(t.id):
+            return False
+    return True
+
+
+def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) -> str | None:
+    """Why the first n layers cannot be one patch stage, or None when they can."""
+    if n < 1 or n > len(graph.layers):
+        return f"split {n} is outside the network (1..{len(graph.layers)} layers)"
+    if len(graph.inputs) != 1:
+        return "the network has several inputs"
+    for layer in graph.layers[:n]:
+        if not _tileable(graph, layer):
+            return f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch"
+    if not _cut_after(graph, n):
+        return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"
+    out = graph.layers[n - 1].output
+    if len(graph.tensors[out].shape) != 4:
+        return f"the stage output of layer {n} is not a 4-D feature map"
+    if patches is not None:
+        h, w = graph.hw(out)
+        if patches[0] > h or patches[1] > w:
+            return f"{patches[0]}x{patches[1]} patches do not fit the {h}x{w} stage output of layer {n}"
+    return None
+
+
+def valid_splits(graph: Graph, patches: tuple[int, int] | None = None) -> list[int]:
+    """All layer counts that make a valid patch stage."""
+    return [n for n in range(1, len(graph.layers) + 1) if check_split(graph, n, patches) is None]
+
+
+def parse_split(graph: Graph, split: int | str) -> int:
+    """Turn `split` (a layer count, or 'block:N') into a layer count; errors name the valid range."""
+    text = str(split).strip()
+    if text.startswith("block:"):
+        try:
+            nb = int(text[len("block:"):])
+        except ValueError:
+            raise TvmPatchError(f"split '{text}': expected block:N with N a whole number") from None
+        blocks = max(layer.block for layer in graph.layers)
+        if nb < 1 or nb > blocks:
+            raise TvmPatchError(f"split '{text}' is beyond the network: it has blocks 1..{blocks}")
+        return max(layer.index for layer in graph.layers if layer.block == nb) + 1
+    try:
+        return int(text)
+    except ValueError:
+        raise TvmPatchError(f"split '{text}': expected a layer count N or block:N") from None
+
+
+def resolve_split(graph: Graph, split: int | str, patches: tuple[int, int]) -> int:
+    """The layer count of a valid split, or a TvmPatchError naming the problem and the largest valid split."""
+    n = parse_split(graph, split)
+    why = check_split(graph, n, patches)
+    if why is None:
+        return n
+    valid = valid_splits(graph, patches)
+    hint = (f"the largest valid split is {valid[-1]} (layer {graph.layers[valid[-1] - 1].name}, "
+            f"block:{graph.layers[valid[-1] - 1].block})" if valid else "no split of this network can be patched")
+    raise TvmPatchError(f"split {split}: {why}; {hint}")
