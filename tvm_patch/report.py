@@ -73,7 +73,8 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool) -> dict:
         twin = int8_twin(stage)  # the int8 stage: what the device runs, one byte per activation
         analytic = per_patch_bytes(twin, pp)
         out["tir_allocated_bytes"] = allocated_bytes(build_stage(twin, pp))
-        out["tir_buffer_bytes"] = {"total": analytic["total"], "peak": analytic["peak"]}
+        entries = sum(v for k, v in analytic.items() if k not in ("total", "peak"))
+        out["tir_buffer_bytes"] = {"total": analytic["total"], "peak": analytic["peak"], "entries": entries}
     return out
 
 

@@ -48,7 +48,8 @@ class _Builder:
             weight = self.rng.integers(-127, 128, shape, dtype=np.int8)
             bias = self.rng.integers(-2000, 2000, cout).astype("int32")
             # scale the accumulator (std ~ 128*74*sqrt(fan_in)) back to ~ +-64
-            mults, shifts = zip(*(quantize_multiplier(r) for r in 40.0 / (9000.0 * np.sqrt(fan_in)) * self.rng.uniform(0.5, 1.5, cout)))
+            reals = 40.0 / (9000.0 * np.sqrt(fan_in)) * self.rng.uniform(0.5, 1.5, cout)
+            mults, shifts = zip(*(quantize_multiplier(float(r)) for r in reals))
             zp_in = self.layers[-1].quant.output_zero_point if self.layers else -5
             zp_out = int(self.rng.integers(-20, 20))
             lo, hi = (-128, 127) if act == "none" else (zp_out, 127 if act == "relu" else min(127, zp_out + 90))
@@ -104,3 +105,47 @@ def mbv2_stage(
                 b.add(block_in)
             done += 1
     return Stage(shape, tuple(b.layers), layout, dtype)
+
+
+def report(resolution: int = 224, patches: int = 4, layout: str = "NCHW", dtype: str = "float32") -> dict:
+    """Build the MbV2 head patched and print/return its figures (build time, bytes, MACs)."""
+    import time
+
+    from tvm_patch.patch.regions import full_size_bytes, patch_input_size, patch_macs, per_patch_bytes, stage_macs
+    from tvm_patch.patch.schedule import allocated_bytes, allocations, build_stage
+
+    stage = mbv2_stage(resolution, layout=layout, dtype=dtype, padding="symmetric" if layout == "NCHW" else "same")
+    p = (patches, patches)
+    t0 = time.perf_counter()
+    func = build_stage(stage, p)
+    build_s = time.perf_counter() - t0
+    analytic = per_patch_bytes(stage, p)
+    buffers = {k: v for k, v in analytic.items() if k not in ("total", "peak")}
+    figures = {
+        "stage": f"MbV2 {resolution} {layout} {dtype}, {len(stage.layers)} layers, output {stage.output_shape}",
+        "patches": p,
+        "build_stage_s": round(build_s, 3),
+        "patch_input": patch_input_size(stage, p),
+        "buffers_match_analytic": allocations(func) == buffers,
+        "allocated_no_storage_rewrite": allocated_bytes(func, storage_rewrite=False),
+        "analytic_total": analytic["total"],
+        "allocated_default_lowering": allocated_bytes(func),
+        "analytic_peak": analytic["peak"],
+        "full_size_intermediates": sum(full_size_bytes(stage).values()),
+        "mac_overhead": round(patch_macs(stage, p) / stage_macs(stage) - 1, 4),
+    }
+    for k, v in figures.items():
+        print(f"{k:30s} {v}")
+    return figures
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="figures of the patched MobileNetV2 head")
+    ap.add_argument("--res", type=int, default=224)
+    ap.add_argument("--patches", type=int, default=4)
+    ap.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "int8"])
+    a = ap.parse_args()
+    report(a.res, a.patches, a.layout, a.dtype)

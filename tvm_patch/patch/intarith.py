@@ -36,13 +36,16 @@ def _int(x: tirx.PrimExpr | int) -> int | None:
     return x.value if isinstance(x, tirx.IntImm) else None
 
 
-def srdhm_tir(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def srdhm_tir(a: tirx.PrimExpr, b: tirx.PrimExpr | int) -> tirx.PrimExpr:
     """SaturatingRoundingDoublingHighMul(a, b) on int32 expressions, for a multiplier b >= 0.
 
     With b >= 0 (TFLite multipliers are 0 or in [2^30, 2^31)) the saturating case
     INT32_MIN * INT32_MIN cannot occur, and a*b >= 0 exactly when a >= 0 or b == 0.
+    `a` appears twice in the result.
     """
     bc = _int(b)
+    if bc is not None:
+        b = tirx.const(bc, "int32")
     nonneg = (a >= 0) if bc is not None and bc > 0 else tirx.Or(a >= 0, b == 0)
     nudge = tirx.Select(nonneg, tirx.const(1 << 30, "int64"), tirx.const(1 - (1 << 30), "int64"))
     ab = _i64(a) * _i64(b)
@@ -50,23 +53,45 @@ def srdhm_tir(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def rounding_divide_by_pot_tir(x: tirx.PrimExpr, exponent: tirx.PrimExpr | int) -> tirx.PrimExpr:
-    """RoundingDivideByPOT(x, exponent): x / 2^exponent rounded half away from zero (int32, 0 <= exponent < 32)."""
+    """RoundingDivideByPOT(x, exponent): x / 2^exponent rounded half away from zero.
+
+    int32, 0 <= exponent < 32. `x` appears three times in the result.
+    """
     one = tirx.const(1, "int32")
     zero = tirx.const(0, "int32")
     ec = _int(exponent)
+    if ec == 0:
+        return x
     if ec is not None:
-        if ec == 0:
-            return x
         mask = tirx.const((1 << ec) - 1, "int32")
         threshold = tirx.const(((1 << ec) - 1) >> 1, "int32") + tirx.Select(x < 0, one, zero)
         e = tirx.const(ec, "int32")
     else:
         # 2^e - 1 in int64 (1 << 31 does not fit int32); the result fits
-        mask = (tirx.shift_left(tirx.const(1, "int64"), _i64(exponent)) - tirx.const(1, "int64")).astype("int32")
+        one64 = tirx.const(1, "int64")
+        mask = (tirx.shift_left(one64, _i64(exponent)) - one64).astype("int32")
         threshold = tirx.shift_right(mask, one) + tirx.Select(x < 0, one, zero)
         e = exponent
     remainder = tirx.bitwise_and(x, mask)
     return tirx.shift_right(x, e) + tirx.Select(remainder > threshold, one, zero)
+
+
+def left_shift_tir(x: tirx.PrimExpr, shift: tirx.PrimExpr | int) -> tirx.PrimExpr:
+    """x * 2^max(shift, 0), the first step of MultiplyByQuantizedMultiplier (int64, wrapped to int32)."""
+    sc = _int(shift)
+    if sc is not None:
+        return x if sc <= 0 else tirx.shift_left(_i64(x), tirx.const(sc, "int64")).astype("int32")
+    left = tirx.max(shift, tirx.const(0, "int32"))
+    return tirx.shift_left(_i64(x), _i64(left)).astype("int32")
+
+
+def right_shift_amount_tir(shift: tirx.PrimExpr | int) -> tirx.PrimExpr | int:
+    """max(-shift, 0): the rounding right shift of MultiplyByQuantizedMultiplier."""
+    sc = _int(shift)
+    if sc is not None:
+        return max(-sc, 0)
+    zero = tirx.const(0, "int32")
+    return tirx.max(zero - shift, zero)
 
 
 def multiply_by_quantized_multiplier_tir(
@@ -74,22 +99,13 @@ def multiply_by_quantized_multiplier_tir(
 ) -> tirx.PrimExpr:
     """TFLite MultiplyByQuantizedMultiplier(x, multiplier, shift) on int32 expressions (multiplier >= 0).
 
-    Constant multiplier/shift are folded in Python. The left shift is done in int64 and wrapped to
-    int32 (TFLite does it in int32; it never overflows for real models, where the left shift is 0 or
-    the value small). Expressions are not Let-bound (Let-bound variables trip NarrowDataType's bound
-    memoization in TVM 0.27); x appears 6 times in the result, LLVM's CSE merges the copies.
+    = RDBPOT(SRDHM(x << max(shift, 0), multiplier), max(-shift, 0)). The left shift is done in int64
+    and wrapped to int32 (TFLite does it in int32; it never overflows for real models). `x` appears six
+    times in the result: for a large x, store the SRDHM result first (as `te_stage` does, in a
+    one-element buffer). Let-binding is not an option: Let variables trip NarrowDataType's bound
+    memoization in TVM 0.27 ("Detected bound ... conflicts with memorization").
     """
-    if isinstance(multiplier, int):
-        multiplier = tirx.const(multiplier, "int32")
-    sc = _int(shift)
-    zero = tirx.const(0, "int32")
-    if sc is not None:
-        shifted = x if sc <= 0 else tirx.shift_left(_i64(x), tirx.const(sc, "int64")).astype("int32")
-        return rounding_divide_by_pot_tir(srdhm_tir(shifted, multiplier), max(-sc, 0))
-    left = tirx.max(shift, zero)
-    right = tirx.max(zero - shift, zero)
-    shifted = tirx.shift_left(_i64(x), _i64(left)).astype("int32")
-    return rounding_divide_by_pot_tir(srdhm_tir(shifted, multiplier), right)
+    return rounding_divide_by_pot_tir(srdhm_tir(left_shift_tir(x, shift), multiplier), right_shift_amount_tir(shift))
 
 
 # -- numpy -------------------------------------------------------------------------------------------

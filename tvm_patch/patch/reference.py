@@ -85,7 +85,7 @@ def run_numpy(stage: Stage, x: np.ndarray) -> np.ndarray:
 
 
 def add_int8_numpy(q, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """TFLite int8 ADD (numpy reference of `te_stage._add_int8`)."""
+    """TFLite int8 ADD of a (Add.input) and b (Add.other), numpy reference."""
     mq = intarith.multiply_by_quantized_multiplier
 
     def scaled(v, k):

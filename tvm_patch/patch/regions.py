@@ -25,7 +25,7 @@ from math import ceil
 
 import numpy as np
 
-from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage, StageError
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage, StageError
 
 _DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
 
@@ -182,6 +182,19 @@ def acc_name(i: int) -> str:
     return f"layer{i}_acc"
 
 
+def scalar_names(stage: Stage, i: int) -> list[str]:
+    """Names of layer i's per-element temporaries, each a one-element buffer in the patched PrimFunc.
+
+    A conv: its accumulator, and in int8 the SRDHM result of the requantization ("_high"). An int8 add:
+    the two rescaled inputs, their sum and the output SRDHM result. A float add: none.
+    """
+    if isinstance(stage.layers[i], Conv):
+        return [acc_name(i)] + ([f"layer{i}_high"] if stage.dtype == "int8" else [])
+    if stage.dtype == "int8":
+        return [f"layer{i}_in0", f"layer{i}_in1", f"layer{i}_sum", f"layer{i}_high"]
+    return []
+
+
 def patch_input_size(stage: Stage, patches: tuple[int, int]) -> tuple[int, int]:
     """(rows, cols) of the input region one patch reads (its receptive field, halo included).
 
@@ -207,66 +220,99 @@ def execution_order(stage: Stage) -> list[int]:
 def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
     """Analytic bytes of every buffer the patched PrimFunc allocates, plus "total" and "peak".
 
-    Per buffer: "input_patch" (the input receptive field, copied with its zero ring), "layer{i}" (each
-    intermediate: C x region rows x region cols in the stage dtype), "layer{i}_acc" (each conv's
-    accumulator: one float32/int32 element, since a conv is computed per output element inside its
-    consumer's loop). The stage output is a parameter, not an allocation.
+    Sizes are for one image (the batch loop is outside the patch loops). Per buffer: "input_patch"
+    (the input receptive field, copied with its zero ring), "layer{i}" (each intermediate:
+    C x region rows x region cols in the stage dtype), and each layer's per-element temporaries
+    (`scalar_names`: the conv accumulator, int8 requantization steps), 4 bytes each, since
+    they are computed per output element inside their consumer's loop. The stage output is a
+    parameter, not an allocation.
 
-    "total" = all value buffers + one accumulator (each accumulator is allocated inside its consumer's
-    loop, so only one exists at a time). This is exactly what `calculate_allocated_bytes` reports after
-    `lower_for_analysis(func, storage_rewrite=False)`, and each buffer's compacted size equals its entry.
+    "total" = all value buffers + the largest layer's temporaries (a layer's temporaries are allocated
+    inside its consumer's loop, so only one layer's exist at a time). This is exactly what
+    `calculate_allocated_bytes` reports after `lower_for_analysis(func, storage_rewrite=False)`, and each
+    buffer's compacted size equals its entry. (Degenerate exception, irrelevant to real networks: when a
+    layer's loop nest has a single iteration -- one channel, a 1x1 patch region, see
+    `single_iteration_layers` -- TVM hoists its temporaries into the patch loop body, up to 4 bytes
+    each more.)
 
     "peak" = the most bytes live at once in the patch loop body (values live from their production to
-    their last consumer, plus the running conv's accumulator): what an ideal arena planner needs, and
-    MCUNetV2's way of counting (without its in-place depthwise trick).
+    their last consumer, plus the running layer's temporaries; elementwise steps may write in place: an
+    add over an input that dies with it, each requantization step over the previous one): what an ideal
+    arena planner needs, and MCUNetV2's way of counting (without its in-place depthwise trick).
 
     With TVM's StorageRewrite (the default lowering, `lower_for_analysis(func)`), memory of dead buffers
-    is reused by later ones, grouped by TVM's own size-class heuristic, and the accumulators are hoisted
-    to function scope (4 B each). So the reported figure R satisfies
-    peak <= R <= total + 4 * (number of convs - 1); an exact figure would mean re-implementing
-    StorageRewrite's heuristic. (MbV2 at 96, 3x3 patches: peak 249,604, R 302,576, total 661,776.)
+    is reused by later ones, grouped by TVM's own size-class heuristic (an elementwise add may reuse its
+    dying input in place), and the temporaries are hoisted to function scope. So the reported figure R
+    satisfies peak <= R <= the sum of all entries; an exact figure would mean re-implementing
+    StorageRewrite's heuristic.
+    (MbV2 at 96, float32, 3x3 patches: peak 249,604, R 302,576, total 661,776.)
     """
     plan = plan_patches(stage, patches)
     item = _DTYPE_BYTES[stage.dtype]
-    acc = _DTYPE_BYTES[acc_dtype(stage)]
     names = buffer_names(stage)
     sizes: dict[int, int] = {}
     out: dict[str, int] = {}
     for v, name in names.items():
         c = stage.value_shape(v)[0]
         rows, cols = plan.region_shape(v)
-        sizes[v] = stage.batch * c * rows * cols * item
+        sizes[v] = c * rows * cols * item
         out[name] = sizes[v]
-    for i, layer in enumerate(stage.layers):
-        if isinstance(layer, Conv):
-            out[acc_name(i)] = acc
-
-    out["total"] = sum(sizes.values()) + acc
+    temps = {i: 4 * len(scalar_names(stage, i)) for i in range(len(stage.layers))}
+    for i in range(len(stage.layers)):
+        for name in scalar_names(stage, i):
+            out[name] = 4
+    out["total"] = sum(sizes.values()) + max(temps.values())
     order = execution_order(stage)
     pos = {v: k for k, v in enumerate(order)}
     last_use = {v: max(pos[c] for c in stage.consumers(v)) for v in sizes}
     peak = 0
     for k, v in enumerate(order):
         live = sum(sz for u, sz in sizes.items() if pos[u] <= k <= last_use[u])
-        if v >= 0 and isinstance(stage.layers[v], Conv):
-            live += acc
-        peak = max(peak, live)
+        if v in sizes and isinstance(stage.layers[v], Add):
+            # an add may write over an input that dies with it (MCUNetV2 adds in place)
+            if any(last_use[u] == k and sizes[u] >= sizes[v] for u in stage.inputs[v]):
+                live -= sizes[v]
+        peak = max(peak, live + _temps_peak(stage, v) if v >= 0 else live)
     out["peak"] = peak
     return out
 
 
+def _temps_peak(stage: Stage, i: int) -> int:
+    """Bytes of layer i's temporaries live at once when elementwise steps work in place."""
+    if isinstance(stage.layers[i], Conv):
+        return 4  # the accumulator (int8: the SRDHM result overwrites it)
+    return 8 if stage.dtype == "int8" else 0  # int8 add: both rescaled inputs, then in place
+
+
+def single_iteration_layers(stage: Stage, patches: tuple[int, int]) -> list[int]:
+    """Layers whose value is computed by a loop nest of one iteration (1 channel, 1x1 patch region)."""
+    plan = plan_patches(stage, patches)
+    last = len(stage.layers) - 1
+    out = []
+    for i in range(len(stage.layers)):
+        c = stage.value_shape(i)[0]
+        if i == last:
+            n = c * plan.tiles[0] * plan.tiles[1]
+        else:
+            rows, cols = plan.region_shape(i)
+            n = c * rows * cols
+        if n == 1:
+            out.append(i)
+    return out
+
+
 def full_size_bytes(stage: Stage) -> dict[str, int]:
-    """Bytes of every intermediate at full size (layer-by-layer execution), for comparison."""
+    """Bytes of every intermediate at full size for one image (layer-by-layer execution), for comparison."""
     item = _DTYPE_BYTES[stage.dtype]
     out = {}
     for v, name in buffer_names(stage).items():
         c, h, w = stage.value_shape(v)
-        out[name] = stage.batch * c * h * w * item
+        out[name] = c * h * w * item
     return out
 
 
 def macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
-    """MACs each patch performs, shape (rows of patches, cols of patches).
+    """MACs each patch position performs (summed over the batch), shape (rows of patches, cols of patches).
 
     A conv computes the live part of its region only: the padding ring is a select, not a convolution.
     """

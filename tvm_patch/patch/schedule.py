@@ -4,8 +4,13 @@
 split the output's H and W into (patch, inner) by the tile size, reorder to (n, h_outer, w_outer, c,
 h_inner, w_inner) (NHWC: (n, h_outer, w_outer, h_inner, w_inner, c)), then, consumers first,
 `compute_at` every value's buffer block under w_outer (TVM infers each halo region) and every conv
-reduction under the innermost loop of its epilogue (one accumulator element; TVM adds the predicate
-that keeps the conv to the live image, so padding is never convolved).
+reduction (and int8 requantization step) under the innermost loop of its epilogue (one element each;
+TVM adds the predicate that keeps the conv to the live image, so padding is never convolved). Block
+predicates are finally wrapped in `T.likely` so that every buffer compacts to its region (see
+`_likely_predicates`).
+
+Analysis helpers: `lower_for_analysis` / `allocated_bytes` / `allocations` (what the PrimFunc allocates)
+and `measured_macs_by_patch` (MACs read off the scheduled loop nest).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from tvm_patch.patch.regions import acc_name, buffer_names
+from tvm_patch.patch.regions import acc_name, buffer_names, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
 
@@ -51,11 +56,37 @@ def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
     last = len(stage.layers) - 1
     for v in range(last, STAGE_INPUT - 1, -1):
         if v != last:
-            sch.compute_at(sch.get_sblock(names[v]), wo)
-        if v >= 0 and isinstance(stage.layers[v], Conv):
-            epilogue = out if v == last else sch.get_sblock(names[v])
-            sch.compute_at(sch.get_sblock(acc_name(v)), sch.get_loops(epilogue)[-1])
-    return sch.mod["main"]
+            sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
+        if v >= 0:
+            inner = sch.get_loops(out if v == last else sch.get_sblock(names[v]))[-1]
+            for name in reversed(scalar_names(stage, v)):
+                sch.compute_at(sch.get_sblock(name), inner)
+    return _likely_predicates(sch.mod["main"])
+
+
+def _likely_predicates(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Wrap every block predicate in `T.likely` (a hint; the value is unchanged).
+
+    compute_at derived each buffer region ignoring predicates, so every patch buffer is written over a
+    region of constant extent. CompactBufferAllocation, though, narrows the reads of a predicated block
+    (a conv clipped to its live image part, the output clipped by the split) by the predicate into
+    min/max expressions; their union with the constant-extent write region is exact, but the analyzer
+    cannot always prove it (e.g. min(4p, 4p + 2*max(1 - 2p, 0)) with a stride-2 conv) and falls back to
+    a loose bound, up to the full buffer. Under `likely` the compactor does not parse the predicate and
+    relaxes the reads over their loops, as compute_at did, so the buffer compacts to that region.
+    """
+
+    def visit(realize: s_tir.SBlockRealize) -> s_tir.SBlockRealize:
+        pred = realize.predicate
+        if isinstance(pred, tirx.IntImm) or _is_likely(pred):
+            return realize
+        return s_tir.SBlockRealize(realize.iter_values, tirx.likely(pred), realize.block)
+
+    return tvm_ffi.structural_map(func, (s_tir.SBlockRealize, visit))
+
+
+def _is_likely(e) -> bool:
+    return isinstance(e, tvm.ir.expr.Call) and e.op.name in ("tirx.likely", "prim.likely")
 
 
 def lower_for_analysis(func: tirx.PrimFunc, storage_rewrite: bool = True) -> tvm.IRModule:
@@ -68,7 +99,9 @@ def lower_for_analysis(func: tirx.PrimFunc, storage_rewrite: bool = True) -> tvm
     each buffer's own compacted allocation.
     """
     passes = [
-        p for p in s_tir.analysis.get_vtcm_compaction_passes() if storage_rewrite or p.info.name != "tirx.StorageRewrite"
+        p
+        for p in s_tir.analysis.get_vtcm_compaction_passes()
+        if storage_rewrite or p.info.name != "tirx.StorageRewrite"
     ]
     return tvm.transform.Sequential(passes)(tvm.IRModule({"main": func}))
 
@@ -88,7 +121,8 @@ def allocations(func: tirx.PrimFunc) -> dict[str, int]:
         n = int(np.prod([int(d) for d in buf.shape]))
         out[buf.name] = n * tvm.runtime.DataType(buf.dtype).bits // 8
 
-    tvm_ffi.structural_walk(lower_for_analysis(func, storage_rewrite=False)["main"].body, (tirx.AllocBuffer, visit))
+    lowered = lower_for_analysis(func, storage_rewrite=False)["main"]
+    tvm_ffi.structural_walk(lowered.body, (tirx.AllocBuffer, visit))
     return out
 
 
@@ -115,6 +149,8 @@ def _eval(e, env: dict):
         return np.logical_not(ev(e.a))
     if isinstance(e, tirx.Cast):
         return ev(e.value)
+    if _is_likely(e):
+        return ev(e.args[0])
     raise NotImplementedError(f"cannot evaluate {type(e).__name__}: {e}")
 
 
@@ -161,7 +197,8 @@ def measured_macs_by_patch(func: tirx.PrimFunc, stage: Stage) -> np.ndarray:
         grid_loops = [lp for lp in inner if lp.loop_var in pred_vars]
         other = int(np.prod([int(lp.extent) for lp in inner if lp.loop_var not in pred_vars]))
         outer_n = int(outer[0].extent)
-        grids = np.meshgrid(*[np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in grid_loops], indexing="ij")
+        ranges = [np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in grid_loops]
+        grids = np.meshgrid(*ranges, indexing="ij")
         for i in range(nh):
             for j in range(nw):
                 env = {patch_loops[0].loop_var: np.int64(i), patch_loops[1].loop_var: np.int64(j)}

@@ -218,6 +218,12 @@ class Stage:
             else:
                 raise StageError(f"layer {i}: unknown layer type {type(layer).__name__}")
             inputs.append(srcs)
+        if self.dtype == "int8":
+            for v in range(STAGE_INPUT, len(self.layers)):
+                zps = {self.layers[i].quant.input_zero_point for i, srcs in enumerate(inputs)
+                       if v in srcs and isinstance(self.layers[i], Conv)}
+                if len(zps) > 1:  # the zero ring of v must be one value
+                    raise StageError(f"value {v} is read by convs with different input zero points {sorted(zps)}")
         used = {s for srcs in inputs for s in srcs}
         for i in range(len(self.layers) - 1):
             if i not in used:

@@ -2,10 +2,11 @@
 
 Every value v (the stage input, then each non-final layer) is a TE tensor `buffer_names(stage)[v]` over
 its *domain* from `regions.plan_patches`: the image plus whatever ring the patch regions reach, stored at
-index = image index + offset. Its body is `if_then_else(live, value, pad)`, so padding is a select
-written into the buffer and the consumers read it without boundary predicates. A conv is two tensors:
-the reduction `layer{i}_acc` over the live image part only, and its epilogue (bias, activation or int8
-requantization, zero ring) as the layer's value. The last layer writes the output parameter.
+index = image index + offset. Its body is `if_then_else(live, value, pad)` (a Select for adds), so
+padding is a select written into the buffer and the consumers read it without boundary predicates.
+A conv is two tensors (more in int8): the reduction `layer{i}_acc` over the live image part only, and
+its epilogue (bias, activation or int8 requantization, zero ring) as the layer's value. The last layer
+writes the output parameter.
 
 With patches (1, 1) the domains are the image plus its padding: that TE, unscheduled, is the
 layer-by-layer reference.
@@ -19,7 +20,7 @@ import numpy as np
 from tvm import te, tirx
 
 from tvm_patch.patch import intarith
-from tvm_patch.patch.regions import PatchPlan, acc_dtype, acc_name, buffer_names, plan_patches
+from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 
 
@@ -33,7 +34,7 @@ class StageTE:
     params: list[te.Tensor]
     output: te.Tensor
     values: dict[int, te.Tensor]  # value index -> patch buffer tensor (not the output)
-    accs: dict[int, te.Tensor]  # conv layer index -> accumulator tensor
+    scalars: dict[int, list[te.Tensor]]  # layer -> per-element temporaries (conv accumulator, ...)
 
     @property
     def args(self) -> list[te.Tensor]:
@@ -80,7 +81,8 @@ def _compute(stage: Stage, c: int, h: int, w: int, fn, name: str) -> te.Tensor:
 
 
 def _at(stage: Stage, t: te.Tensor, n, c, y, x):
-    return t[n, c, y, x] if stage.layout == "NCHW" else t[n, y, x, c]
+    """t at (n, c, y, x) in the stage layout, as a PrimExpr."""
+    return t(n, c, y, x) if stage.layout == "NCHW" else t(n, y, x, c)
 
 
 def _float_act(v, act: str):
@@ -100,22 +102,25 @@ def pad_value(stage: Stage, v: int):
     if stage.dtype == "float32":
         return tirx.const(0.0, "float32")
     zps = {stage.layers[c].quant.input_zero_point for c in stage.consumers(v) if isinstance(stage.layers[c], Conv)}
-    if len(zps) > 1:
-        from tvm_patch.patch.stage import StageError
-
-        raise StageError(f"value {v} is read by convs with different input zero points {sorted(zps)}")
-    return tirx.const(zps.pop() if zps else 0, "int8")
+    return tirx.const(zps.pop() if zps else 0, "int8")  # Stage checks there is at most one
 
 
 def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
-    """Build the TE compute of `stage` with value domains for a `patches` split (see module doc)."""
+    """Build the TE compute of `stage` with value domains for a `patches` split (see module doc).
+
+    Per layer, besides its value: the conv accumulator `layer{i}_acc` over the live image part, and in
+    int8 the intermediate integers of the requantization (`regions.scalar_names`), each computed per
+    element in the schedule. Storing them (one element each) keeps every TIR expression small: written
+    out in one expression, TFLite's requantization repeats its input six times (three nested in an
+    int8 add: hundreds of copies, and minutes in TVM's passes).
+    """
     plan = plan_patches(stage, patches)
     names = buffer_names(stage)
     out_index = len(stage.layers) - 1
     x = te.placeholder(stage.input_shape, stage.dtype, name="input")
     params: list[te.Tensor] = []
     values: dict[int, te.Tensor] = {}
-    accs: dict[int, te.Tensor] = {}
+    scalars: dict[int, list[te.Tensor]] = {}
 
     def live_cond(v: int, y, xx):
         lh, lw = plan.h[v].live, plan.w[v].live
@@ -124,6 +129,12 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
     def read(v: int, n, c, y, xx):
         """Value v at image position (y, xx) (which must lie in its domain)."""
         return _at(stage, values[v], n, c, y + plan.h[v].offset, xx + plan.w[v].offset)
+
+    def value_domain(v: int) -> tuple[int, int, int, int]:
+        """(rows, cols, row offset, col offset) of value v's tensor; the output is exact."""
+        if v == out_index:
+            return plan.h[v].size, plan.w[v].size, 0, 0
+        return plan.h[v].domain.size, plan.w[v].domain.size, plan.h[v].offset, plan.w[v].offset
 
     def make_value(v: int, body, lazy: bool = True) -> te.Tensor:
         """Value v over its domain: body(n, c, image y, image x) where live, else the pad value.
@@ -136,32 +147,53 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
         c = stage.value_shape(v)[0]
         if v == out_index:
             return _compute(stage, c, plan.h[v].size, plan.w[v].size, body, "output")
-        ph, pw = plan.h[v], plan.w[v]
+        rows, cols, oh, ow = value_domain(v)
         pad = pad_value(stage, v)
         select = te.if_then_else if lazy else tirx.Select
 
         def fn(n, ci, j, k):
-            y, xx = j - ph.offset, k - pw.offset
+            y, xx = j - oh, k - ow
             return select(live_cond(v, y, xx), body(n, ci, y, xx), pad)
 
-        return _compute(stage, c, ph.domain.size, pw.domain.size, fn, names[v])
+        return _compute(stage, c, rows, cols, fn, names[v])
+
+    def over_live(i: int, fn, name: str) -> te.Tensor:
+        """A per-element temporary of layer i over its live image part: fn(n, c, image y, image x)."""
+        lh, lw = plan.h[i].live, plan.w[i].live
+        c = stage.value_shape(i)[0]
+        return _compute(stage, c, lh.size, lw.size, lambda n, ci, j, k: fn(n, ci, j + lh.lo, k + lw.lo), name)
+
+    def live_at(i: int, t: te.Tensor, n, c, y, xx):
+        """A temporary of `over_live` at image position (y, xx)."""
+        return _at(stage, t, n, c, y - plan.h[i].live.lo, xx - plan.w[i].live.lo)
+
+    def over_domain(i: int, fn, name: str) -> te.Tensor:
+        """A per-element temporary of layer i over its value's domain: fn(n, c, image y, image x)."""
+        rows, cols, oh, ow = value_domain(i)
+        c = stage.value_shape(i)[0]
+        return _compute(stage, c, rows, cols, lambda n, ci, j, k: fn(n, ci, j - oh, k - ow), name)
+
+    def domain_at(i: int, t: te.Tensor, n, c, y, xx):
+        _, _, oh, ow = value_domain(i)
+        return _at(stage, t, n, c, y + oh, xx + ow)
 
     values[STAGE_INPUT] = make_value(STAGE_INPUT, lambda n, c, y, xx: _at(stage, x, n, c, y, xx))
+    zi = lambda v: tirx.const(int(v), "int32")  # noqa: E731
 
     for i, layer in enumerate(stage.layers):
         src = stage.inputs[i][0]
+        tmp = scalar_names(stage, i)
         if isinstance(layer, Conv):
             g = stage.geometry[i]
             w = te.placeholder(layer.weight.shape, stage.dtype, name=f"layer{i}_weight")
             b = te.placeholder((g.c_out,), acc_dtype(stage), name=f"layer{i}_bias")
             params += [w, b]
             acc = _conv_acc(stage, plan, i, g, layer, w, read, src)
-            accs[i] = acc
-            lh, lw = plan.h[i].live, plan.w[i].live
             if stage.dtype == "float32":
+                scalars[i] = [acc]
 
-                def body(n, c, y, xx, acc=acc, b=b, lh=lh, lw=lw, act=layer.activation):
-                    return _float_act(_at(stage, acc, n, c, y - lh.lo, xx - lw.lo) + b[c], act)
+                def body(n, c, y, xx, i=i, acc=acc, b=b, act=layer.activation):
+                    return _float_act(live_at(i, acc, n, c, y, xx) + b(c), act)
 
             else:
                 mult = te.placeholder((g.c_out,), "int32", name=f"layer{i}_multiplier")
@@ -169,29 +201,68 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                 params += [mult, shift]
                 q = layer.quant
 
-                def body(n, c, y, xx, acc=acc, b=b, lh=lh, lw=lw, q=q, mult=mult, shift=shift):
-                    a = _at(stage, acc, n, c, y - lh.lo, xx - lw.lo) + b[c]
-                    r = intarith.multiply_by_quantized_multiplier_tir(a, mult(c), shift(c))
-                    return _clamp_i8(r + tirx.const(q.output_zero_point, "int32"), q.act_min, q.act_max)
+                def high_fn(n, c, y, xx, i=i, acc=acc, b=b, mult=mult, shift=shift):
+                    a = live_at(i, acc, n, c, y, xx) + b(c)
+                    return intarith.srdhm_tir(intarith.left_shift_tir(a, shift(c)), mult(c))
+
+                high = over_live(i, high_fn, tmp[1])
+                scalars[i] = [acc, high]
+
+                def body(n, c, y, xx, i=i, high=high, shift=shift, q=q):
+                    r = intarith.rounding_divide_by_pot_tir(
+                        live_at(i, high, n, c, y, xx), intarith.right_shift_amount_tir(shift(c))
+                    )
+                    return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
         else:
             assert isinstance(layer, Add)
             other = layer.other
             if stage.dtype == "float32":
+                scalars[i] = []
 
                 def body(n, c, y, xx, src=src, other=other, act=layer.activation):
                     return _float_act(read(src, n, c, y, xx) + read(other, n, c, y, xx), act)
 
             else:
+                # TFLite ADD: each input offset, shifted left by left_shift, rescaled (SRDHM then
+                # RDBPOT); the sum rescaled to the output, offset, clamped.
                 q = layer.quant
+                ins = []
+                for k, v in enumerate((src, other)):
 
-                def body(n, c, y, xx, src=src, other=other, q=q):
-                    return _add_int8(q, read(src, n, c, y, xx), read(other, n, c, y, xx))
+                    def in_fn(n, c, y, xx, v=v, k=k, q=q):
+                        a = (read(v, n, c, y, xx).astype("int32") - zi(q.input_zero_points[k])) * zi(1 << q.left_shift)
+                        return intarith.srdhm_tir(intarith.left_shift_tir(a, q.input_shifts[k]), q.input_multipliers[k])
+
+                    ins.append(over_domain(i, in_fn, tmp[k]))
+
+                def sum_fn(n, c, y, xx, i=i, ins=ins, q=q):
+                    return sum(
+                        intarith.rounding_divide_by_pot_tir(
+                            domain_at(i, t, n, c, y, xx), intarith.right_shift_amount_tir(q.input_shifts[k])
+                        )
+                        for k, t in enumerate(ins)
+                    )
+
+                total = over_domain(i, sum_fn, tmp[2])
+
+                def high_fn(n, c, y, xx, i=i, total=total, q=q):
+                    t = domain_at(i, total, n, c, y, xx)
+                    return intarith.srdhm_tir(intarith.left_shift_tir(t, q.output_shift), q.output_multiplier)
+
+                high = over_domain(i, high_fn, tmp[3])
+                scalars[i] = [*ins, total, high]
+
+                def body(n, c, y, xx, i=i, high=high, q=q):
+                    r = intarith.rounding_divide_by_pot_tir(
+                        domain_at(i, high, n, c, y, xx), intarith.right_shift_amount_tir(q.output_shift)
+                    )
+                    return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
         values[i] = make_value(i, body, lazy=isinstance(layer, Conv))
 
     output = values.pop(out_index)
-    return StageTE(stage, plan, x, params, output, values, accs)
+    return StageTE(stage, plan, x, params, output, values, scalars)
 
 
 def _conv_acc(stage: Stage, plan: PatchPlan, i: int, g, layer: Conv, w: te.Tensor, read, src: int) -> te.Tensor:
@@ -213,7 +284,7 @@ def _conv_acc(stage: Stage, plan: PatchPlan, i: int, g, layer: Conv, w: te.Tenso
         y, xx = j + lh.lo, k + lw.lo
         cin = rc if g.groups == 1 else (o // cout_g) * cin_g + rc
         a = read(src, n, cin, y * sh - pt + ry, xx * sw - pl + rx)
-        wv = w[widx(o, rc, ry, rx)]
+        wv = w(*widx(o, rc, ry, rx))
         if stage.dtype == "float32":
             return te.sum(a * wv, axis=[rc, ry, rx])
         q = layer.quant
@@ -221,16 +292,4 @@ def _conv_acc(stage: Stage, plan: PatchPlan, i: int, g, layer: Conv, w: te.Tenso
         w32 = wv.astype("int32") - tirx.const(q.weight_zero_point, "int32")
         return te.sum(a32 * w32, axis=[rc, ry, rx])
 
-    return _compute(stage, g.c_out, lh.size, lw.size, fn, acc_name(i))
-
-
-def _add_int8(q, a, b):
-    """TFLite int8 ADD of a (Add.input) and b (Add.other)."""
-    mq = intarith.multiply_by_quantized_multiplier_tir
-
-    def scaled(v, k):
-        s = (v.astype("int32") - tirx.const(q.input_zero_points[k], "int32")) * tirx.const(1 << q.left_shift, "int32")
-        return mq(s, int(q.input_multipliers[k]), int(q.input_shifts[k]))
-
-    raw = mq(scaled(a, 0) + scaled(b, 1), int(q.output_multiplier), int(q.output_shift))
-    return _clamp_i8(raw + tirx.const(q.output_zero_point, "int32"), q.act_min, q.act_max)
+    return _compute(stage, g.c_out, lh.size, lw.size, fn, scalar_names(stage, i)[0])
