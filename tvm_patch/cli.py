@@ -50,7 +50,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from tvm_patch.export import export_model
 
-    result = export_model(args.model, args.output, patches=args.patches, split=args.split, emit=args.emit,
+    split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
+    result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -134,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     b.add_argument("--target", choices=["host"], default="host", help="host: gcc build with the generated Makefile")
     b.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory (replaced atomically)")
-    b.add_argument("--patches", type=int, metavar="P", help="patch mode: number of patches (needs --split)")
-    b.add_argument("--split", type=int, metavar="S", help="patch mode: layers in the patch stage (needs --patches)")
+    b.add_argument("--patches", type=int, metavar="P", help="patch mode: P x P patches (needs --split)")
+    b.add_argument("--split", metavar="S",
+                   help="patch mode: layers in the patch stage, block:N or auto (needs --patches)")
     b.add_argument("--emit", choices=["c", "object"], default="c",
                    help="object: also the kernels as a Cortex-M7 object with model_driver.c")
     b.add_argument("--check", action="store_true",

@@ -1,0 +1,280 @@
+"""``export_model``: a model (spec, loaded Model or Relax IRModule) -> a directory of plain C.
+
+Pipeline: [PatchStage] -> fuse and walk (lower.py) -> lean kernel schedules (schedule.py) -> in-place
+analysis (inplace.py) -> one arena (plan.py) -> C kernels (tvm_patch.codegen) + driver (driver.py) +
+host program (host.py). The directory is written beside its target under a temporary name and renamed
+at the end, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
+from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import baselines
+from tvm_patch.export.driver import driver_source, model_header
+from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
+from tvm_patch.export.inplace import inplace_pairs
+from tvm_patch.export.lower import Program, lower_module
+from tvm_patch.export.prefold import prefold_constants
+from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, plan_arena
+from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.stderr import captured_stderr
+
+__all__ = ["ExportResult", "OUTPUT_FILES", "apply_patch_stage", "check_target", "export_model", "write_directory"]
+
+# Every file an export may write; an existing output directory holding anything else is not replaced.
+OUTPUT_FILES = frozenset(
+    {"model.c", "tvmp_model.h", "main.c", "Makefile", "tvmp_export.json", "model_host",
+     "model_driver.c", "tvmp_kernels.h", "tvmp_kernels_cm7.o"}
+)
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and measured. Sizes in bytes; ``None`` where a figure does not apply."""
+
+    model: str
+    out_dir: Path
+    files: list[str]
+    arena_bytes: int
+    analytic_peak_bytes: int | None
+    lower_bound_bytes: int
+    weights_bytes: int
+    tvm_static_plan_bytes: int
+    tflm_arena_head_bytes: int | None
+    plan: dict[str, int | str | None]
+    kernels: int
+    calls: int
+    inplace_calls: int
+    heuristic: str
+    export_seconds: float
+    program: Program = field(repr=False)
+    arena_plan: ArenaPlan = field(repr=False)
+    source_mod: tvm.IRModule = field(repr=False)
+    check: CheckResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "out_dir": str(self.out_dir),
+            "files": self.files,
+            "arena_bytes": self.arena_bytes,
+            "analytic_peak_bytes": self.analytic_peak_bytes,
+            "lower_bound_bytes": self.lower_bound_bytes,
+            "weights_bytes": self.weights_bytes,
+            "plan": dict(self.plan),
+            "tvm_static_plan_bytes": self.tvm_static_plan_bytes,
+            "tflm_arena_head_bytes": self.tflm_arena_head_bytes,
+            "kernels": self.kernels,
+            "calls": self.calls,
+            "inplace_calls": self.inplace_calls,
+            "planner_heuristic": self.heuristic,
+            "export_seconds": round(self.export_seconds, 3),
+            "check": self.check.to_json() if self.check is not None else None,
+        }
+
+
+def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
+    """Run the ``PatchStage`` pass of ``relay_passes.patch_stage`` (the first ``split`` layers — a count,
+    "block:N" or "auto" — over ``patches`` x ``patches`` patches); a clear error while that pass is missing."""
+    if patches < 1:
+        raise TvmPatchError(f"--patches must be positive (got {patches})")
+    try:
+        module = importlib.import_module("relay_passes.patch_stage")
+    except ModuleNotFoundError as e:
+        if e.name in ("relay_passes", "relay_passes.patch_stage"):
+            raise TvmPatchError(
+                "patch mode is not available yet: relay_passes.patch_stage (the PatchStage pass) is not there; "
+                "build without --patches/--split"
+            ) from None
+        raise TvmPatchError(f"patch mode is not available yet: relay_passes.patch_stage needs {e.name}") from None
+    stage = getattr(module, "PatchStage", None)
+    if stage is None:
+        raise TvmPatchError("patch mode is not available yet: relay_passes.patch_stage has no PatchStage pass")
+    return stage(split=split, patches=patches)(mod)
+
+
+def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
+    """(name, Relax module, .tflite path or None) of a spec, a frontend Model or an IRModule."""
+    if isinstance(model, (str, os.PathLike)):
+        from tvm_patch.frontend import load
+
+        spec = os.fspath(model)
+        m = load(spec)
+        tflite = spec if spec.lower().endswith(".tflite") else None
+        return spec, m.mod, tflite
+    if isinstance(model, tvm.IRModule):
+        return "IRModule", model, None
+    mod = getattr(model, "mod", None)
+    if isinstance(mod, tvm.IRModule):
+        return str(getattr(model, "name", "model")), mod, None
+    raise TvmPatchError(f"cannot export a {type(model).__name__}: give a model path, zoo:NAME, a Model or an IRModule")
+
+
+def export_model(
+    model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    patches: int | None = None,
+    split: int | str | None = None,
+    emit: str = "c",
+    check: bool = False,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    lean: bool = True,
+    io_in_arena: bool = True,
+    alignment: int = 16,
+    tflite_path: str | None = None,
+) -> ExportResult:
+    """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
+
+    ``emit="object"`` also writes the kernels as a Cortex-M7 object (``tvmp_kernels_cm7.o``, with
+    ``tvmp_kernels.h`` and ``model_driver.c``). ``check`` builds the host program and compares it with
+    TVM on ``seeds``. ``lean=False`` keeps TVM's kernel schedules (full-size intermediates in workspaces).
+    ``io_in_arena=False`` leaves inputs/outputs in the caller's buffers instead of copying them in/out.
+    """
+    t0 = time.monotonic()
+    if emit not in ("c", "object"):
+        raise TvmPatchError(f"unknown --emit {emit!r}; use c or object")
+    if (patches is None) != (split is None):
+        raise TvmPatchError("patch mode needs both --patches and --split")
+    check_target(Path(out_dir))  # before the work: a bad output path fails at once
+    name, src_mod, tflite = _resolve(model)
+    tflite = tflite_path or tflite
+    # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
+    mod = apply_patch_stage(prefold_constants(src_mod), patches, split) if patches is not None else src_mod
+    prog = lower_module(mod)
+    funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
+    n_out = {c.func: c.n_outputs for c in prog.calls}
+    pairs = {n: inplace_pairs(f, n_out[n]) for n, f in funcs.items()}
+    check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
+    _, infos = lower_plain(funcs, C_TARGET, alignment)
+    workspace = {n: i.workspace_bytes for n, i in infos.items()}
+    aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
+    final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
+    csrc = emit_c(final, alignment)
+    if csrc.workspace_bytes != workspace:
+        raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
+    files: dict[str, bytes | str] = {
+        "model.c": driver_source(prog, csrc.functions, aplan, name, csrc),
+        "tvmp_model.h": model_header(prog, aplan.arena_bytes, name),
+        "main.c": host_main(prog.inputs, prog.outputs),
+        "Makefile": makefile(),
+    }
+    if emit == "object":
+        with captured_stderr():  # LLVM's note on the thumb target's vector width
+            obj, oinfos = emit_object(final, ARM_TARGET, alignment)
+        files["tvmp_kernels_cm7.o"] = obj
+        files["tvmp_kernels.h"] = csrc.header("TVMP_KERNELS_H")
+        files["model_driver.c"] = driver_source(prog, oinfos, aplan, name, None, "tvmp_kernels.h")
+    result = ExportResult(
+        model=name,
+        out_dir=Path(out_dir),
+        files=sorted(files) + ["tvmp_export.json"],
+        arena_bytes=aplan.arena_bytes,
+        analytic_peak_bytes=baselines.analytic_peak_bytes(src_mod),
+        lower_bound_bytes=aplan.lower_bound,
+        weights_bytes=prog.weights_bytes,
+        tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
+        tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
+        plan={"split": split, "patches": patches},
+        kernels=len(prog.funcs),
+        calls=len(prog.calls),
+        inplace_calls=len(aplan.inplace_calls),
+        heuristic=aplan.plan.heuristic,
+        export_seconds=0.0,
+        program=prog,
+        arena_plan=aplan,
+        source_mod=mod,
+    )
+    result.export_seconds = time.monotonic() - t0
+    files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
+    write_directory(Path(out_dir), files)
+    if check:
+        exe = build_host(out_dir)
+        result.check = check_outputs(exe, mod, prog.inputs, prog.outputs, seeds)
+    return result
+
+
+def _created_parents(path: Path) -> list[Path]:
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def check_target(out_dir: Path) -> None:
+    """Refuse an output path that is a file, lies under a file, or is a directory with foreign files."""
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise TvmPatchError(f"{out_dir}: exists and is not a directory; choose a directory path")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TvmPatchError(f"{out_dir}: cannot write ({ancestor} is not a directory); nothing was left behind")
+    if out.is_dir():
+        try:
+            foreign = sorted(set(os.listdir(out)) - OUTPUT_FILES)
+        except OSError as e:
+            raise TvmPatchError(f"{out_dir}: cannot read ({e.strerror}); choose a writable directory") from None
+        if foreign:
+            raise TvmPatchError(f"{out_dir}: holds files an export did not write ({', '.join(foreign[:3])}); choose an empty or new directory")
+
+
+def write_directory(out_dir: Path, files: dict[str, bytes | str]) -> None:
+    """Write ``files`` into ``out_dir`` atomically: a temporary directory beside it, renamed at the end.
+    An existing ``out_dir`` is replaced only when it holds nothing but export files."""
+    check_target(out_dir)
+    out = Path(os.path.abspath(out_dir))
+    made = _created_parents(out.parent)
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+        for fname, data in files.items():
+            mode = "wb" if isinstance(data, bytes) else "w"
+            with open(tmp / fname, mode) as f:
+                f.write(data)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old", dir=out.parent))
+            os.rename(out, old / out.name)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(old / out.name, out)  # put the previous export back
+                old.rmdir()
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except OSError as e:
+        left = []
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                left.append(str(tmp))
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                if d.exists():
+                    left.append(str(d))
+        tail = f"; left behind: {', '.join(left)}" if left else "; nothing was left behind"
+        raise TvmPatchError(f"{out_dir}: cannot write ({e.strerror or e}){tail}") from None

@@ -1,0 +1,69 @@
+"""What others would need for the same model: the paper's analytic peak, TVM's Relax memory plan, and
+TensorFlow Lite Micro's activation arena. Reported beside the planned arena, never used to build it."""
+
+from __future__ import annotations
+
+import re
+
+import tvm
+from tvm import relax
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.stderr import captured_stderr
+
+__all__ = ["analytic_peak_bytes", "tvm_static_plan_bytes", "tflm_arena_head_bytes"]
+
+
+def analytic_peak_bytes(mod: tvm.IRModule) -> int | None:
+    """Peak of the per-layer analytic profile (int8 activations, the MCUNetV2 convention), or None
+    when the layer graph cannot be built from this module (e.g. after a pass that left opaque calls)."""
+    from tvm_patch.graph import build_graph
+    from tvm_patch.profile import peak, profile_layers
+
+    try:
+        rows = profile_layers(build_graph(mod))
+    except (TvmPatchError, RuntimeError, KeyError, IndexError, ValueError, AttributeError, TypeError):
+        return None
+    return peak(rows).bytes if rows else None
+
+
+def tvm_static_plan_bytes(fused_mod: tvm.IRModule, func_name: str = "main") -> int:
+    """Total bytes of the storages TVM's StaticPlanBlockMemory allocates for ``func_name`` (after
+    ToNonDataflow, RemovePurityChecking, CallTIRRewrite). It plans by storage token and size class, does
+    not see kernel-internal allocations, and leaves the function's output tensor unplanned."""
+    T = relax.transform
+    seq = tvm.transform.Sequential([T.ToNonDataflow(), T.RemovePurityChecking(), T.CallTIRRewrite(), T.StaticPlanBlockMemory()])
+    mod = seq(fused_mod)
+    total = 0
+    for block in mod[func_name].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.memory.alloc_storage":
+                size = v.args[0]
+                if not isinstance(size, relax.ShapeExpr):
+                    raise TvmPatchError("StaticPlanBlockMemory produced a storage of dynamic size")
+                total += int(size.values[0])
+    return total
+
+
+_HEAD = re.compile(r"Arena allocation head\D*(\d+)")
+
+
+def tflm_arena_head_bytes(tflite_path: str, arena_sizes: tuple[int, ...] = (8 << 20, 64 << 20)) -> int | None:
+    """The "head" of TensorFlow Lite Micro's arena for a .tflite model (its activation plan), from the
+    interpreter's ``print_allocations`` on C-level stderr. None when tflite-micro is not installed or
+    cannot allocate the model in the largest arena tried: a missing baseline never fails an export."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        return None
+    for size in arena_sizes:
+        try:
+            with captured_stderr() as captured:
+                interp = runtime.Interpreter.from_file(tflite_path, arena_size=size)
+                interp.print_allocations()
+        except RuntimeError:  # "TFLM failed to allocate tensors": try a larger arena
+            continue
+        m = _HEAD.search("".join(captured))
+        return int(m.group(1)) if m else None
+    return None
