@@ -99,3 +99,30 @@ def test_unknown_zoo_name():
 def test_no_command_prints_help():
     proc = run()
     assert proc.returncode == 2 and "usage" in proc.stdout.lower()
+
+
+def test_verify_reference_tflm(mlperf_paths):
+    proc = run("verify", str(mlperf_paths["kws_int8"]), "--reference", "tflm", "--inputs", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("PASS") and "100.00% of" in proc.stdout
+
+
+def test_verify_needs_a_mode(mlperf_paths):
+    assert_one_line_error(run("verify", str(mlperf_paths["kws_int8"])), "--patches", "--reference")
+    assert_one_line_error(run("verify", str(mlperf_paths["kws_int8"]), "--reference", "onnxruntime"), "ONNX")
+
+
+def test_build_int8_tflite_is_integer_and_bit_exact(tmp_path, mlperf_paths):
+    import json as _json
+
+    out = tmp_path / "kws"
+    proc = run("build", str(mlperf_paths["kws_int8"]), "-o", str(out), "--check", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = _json.loads(proc.stdout)
+    assert result["check"]["passed"] and result["tflm_arena_head_bytes"] == 16000
+    assert result["analytic_peak_bytes"] == 16000  # 25x5x64 in + out, as imported
+    header = (out / "tvmp_model.h").read_text()
+    assert f"#define TVMP_ARENA_BYTES {result['arena_bytes']}u" in header
+    model_c = (out / "model.c").read_text()
+    assert "float" not in model_c  # integer-only: LowerToInteger ran before the export
+    assert "malloc" not in model_c and "#include <tvm" not in model_c and "TVMFFI" not in model_c

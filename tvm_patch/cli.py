@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile, build (and, as it lands, verify).
+"""The `tvm-patch` command line: zoo, profile, verify, build.
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """
@@ -52,7 +52,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
-                          check=args.check)
+                          check=args.check, integer=not args.float_chains)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -83,19 +83,35 @@ def _build_summary(result) -> str:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    if args.inputs is not None and args.inputs < 1:
+        raise TvmPatchError(f"--inputs {args.inputs}: give at least 1")
+    if args.reference:
+        return _verify_reference(args)
     from tvm_patch.frontend import load
     from tvm_patch.verify import verify_patch
 
-    if args.inputs < 1:
-        raise TvmPatchError(f"--inputs {args.inputs}: give at least 1")
     if args.patches is None or args.split is None:
-        raise TvmPatchError("verify needs --patches P and --split S (the schedule to check against layer by layer)")
+        raise TvmPatchError("verify needs --patches P and --split S (patched vs layer by layer), "
+                            "or --reference tflm|onnxruntime (integer lowering vs a reference runtime)")
     model = load(args.model)
-    r = verify_patch(model.mod, args.patches, args.split, args.inputs)
+    n = args.inputs or 3
+    r = verify_patch(model.mod, args.patches, args.split, n)
     verdict = "PASS" if r.passed else "FAIL"
     print(f"{verdict}: {model.name}, {args.patches}x{args.patches} patches, split {args.split}, {r.inputs} seeded "
           f"inputs ({r.dtype}): largest difference {r.max_abs_diff:g} (relative {r.max_rel_diff:.3g}); "
           f"required: {r.detail}")
+    return 0 if r.passed else 1
+
+
+def _verify_reference(args: argparse.Namespace) -> int:
+    from tvm_patch.reference import verify_against_reference
+
+    if args.patches is not None or args.split is not None:
+        raise TvmPatchError("--reference compares the integer-lowered model layer by layer; drop --patches/--split "
+                            "(check patching with a separate `verify --patches P --split S`)")
+    ref = {"tflm": "tflite-micro"}.get(args.reference, args.reference)
+    r = verify_against_reference(args.model, ref, n_inputs=args.inputs or 20)
+    print(r.summary())
     return 0 if r.passed else 1
 
 
@@ -143,12 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="build with gcc, run on seeded inputs, compare with TVM bit for bit (exit 1 if not equal)")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    b.add_argument("--float-chains", action="store_true",
+                   help="skip LowerToInteger: export quantized models' dequantize/quantize chains as imported")
     b.set_defaults(func=_cmd_build)
     v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one")
     v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     v.add_argument("--patches", type=int, metavar="P", help="PxP patches")
     v.add_argument("--split", metavar="S", help="where the stage ends: a layer count N, block:N or auto")
-    v.add_argument("--inputs", type=int, default=3, metavar="N", help="number of seeded random inputs (default 3)")
+    v.add_argument("--reference", choices=["tflm", "tflite-micro", "onnxruntime", "auto"],
+                   help="compare the integer-lowered model with TensorFlow Lite Micro (.tflite, bit-exact) or "
+                        "onnxruntime (ONNX QDQ, every layer within one quantization step)")
+    v.add_argument("--inputs", type=int, metavar="N",
+                   help="number of seeded random inputs (default 3 with --patches, 20 with --reference)")
     v.set_defaults(func=_cmd_verify)
     return p
 
