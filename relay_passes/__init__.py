@@ -1,11 +1,13 @@
 """Graph-level TVM passes of tvm-patch (Relax IR; the package keeps the name our users know from Relay).
 
 Importing this package registers the Relax pipeline "mcunetv2", so that
-`tvm.compile(mod, target, relax_pipeline="mcunetv2")` runs the patch stage (split="auto", 4x4 patches) and
-then TVM's default build pipeline. To choose the schedule, or to add the passes to a pipeline of your own:
+`tvm.compile(mod, target, relax_pipeline="mcunetv2")` runs LowerToInteger (int8 models become integer-only;
+float32 models pass unchanged), the patch stage (split="auto", 4x4 patches) and then TVM's default build
+pipeline. To choose the schedule, or to add the passes to a pipeline of your own:
 
     import relay_passes
-    seq = tvm.transform.Sequential([relay_passes.PatchStage("block:5", (4, 4)), relax.get_pipeline("default")])
+    seq = tvm.transform.Sequential([relay_passes.LowerToInteger(), relay_passes.PatchStage("block:5", (4, 4)),
+                                    relax.get_pipeline("default")])
     tvm.compile(mod, target, relax_pipeline=seq)        # or relax.get_pipeline("mcunetv2", split=..., patches=...)
 """
 
@@ -14,16 +16,21 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining, lower_to_integer
 from relay_passes.patch_stage import PatchStage
 
-__all__ = ["PatchStage", "mcunetv2_pipeline"]
+__all__ = ["LowerToInteger", "PatchStage", "float_ops_remaining", "lower_to_integer", "mcunetv2_pipeline"]
 
 PIPELINE = "mcunetv2"
 
 
-def mcunetv2_pipeline(split: int | str | None = "auto", patches: int | tuple[int, int] = 4) -> tvm.transform.Pass:
-    """The tvm-patch pipeline: the patch stage (skipped with split=None), then TVM's default build passes."""
+def mcunetv2_pipeline(split: int | str | None = "auto", patches: int | tuple[int, int] = 4,
+                      integer: bool = True) -> tvm.transform.Pass:
+    """The tvm-patch pipeline: integer lowering (skipped with integer=False), the patch stage (skipped with
+    split=None), then TVM's default build passes."""
     passes = []
+    if integer:
+        passes.append(LowerToInteger())
     if split is not None:
         passes.append(PatchStage(split, patches))
     passes.append(relax.get_pipeline("default"))
