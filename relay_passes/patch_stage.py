@@ -1,7 +1,8 @@
 """PatchStage: run a CNN's first stage patch by patch (MCUNetV2 Sec. 3.1) as one TIR loop nest.
 
 The pass finds the first `split` layers of `main` (a layer count as `tvm-patch profile` numbers them,
-`"block:N"`, or `"auto"`: the split with the smallest analytic peak, none if no split helps), describes them as a `tvm_patch.patch.Stage`, builds one PrimFunc that loops over p x p output
+`"block:N"`, or `"auto"`: the fewest MACs among the splits within 10 % of the smallest analytic peak, none
+if no split lowers the peak), describes them as a `tvm_patch.patch.Stage`, builds one PrimFunc that loops over p x p output
 patches (`tvm_patch.patch.build_stage`), and replaces the stage by one `call_tir` to it with the weights as
 constant arguments. The rest of the network is untouched, so the module still computes the same outputs.
 """

@@ -134,20 +134,25 @@ def int8_twin(stage: Stage) -> Stage:
     return Stage(stage.input_shape, tuple(layers), layout=stage.layout, dtype="int8")
 
 
+PEAK_SLACK = 0.10  # auto split: a peak within 10 % of the smallest counts as small enough
+
+
 def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
-    """The split with the smallest patch-based peak (then the fewest extra MACs), or None when no split
-    lowers the layer-by-layer peak: the schedule `PatchStage(split="auto")` picks."""
+    """The split `PatchStage(split="auto")` picks: the fewest MACs among the splits whose patch-based peak is
+    within PEAK_SLACK of the smallest (deeper stages buy little memory for many recomputed MACs), or None when
+    no split lowers the layer-by-layer peak."""
     from tvm_patch.patch.from_graph import stage_from_graph
     from tvm_patch.profile import peak, profile_layers
     from tvm_patch.split import valid_splits
 
-    best: tuple[int, int, int] | None = None
+    options = []
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)
         m = patch_memory(graph, stage, n, patches)
-        key = (m.peak_bytes, m.macs, n)
-        if best is None or key < best:
-            best = key
-    if best is None or best[0] >= peak(profile_layers(graph)).bytes:
+        options.append((m.peak_bytes, m.macs, n))
+    if not options:
         return None
-    return best[2]
+    smallest = min(o[0] for o in options)
+    if smallest >= peak(profile_layers(graph)).bytes:
+        return None
+    return min((macs, n) for p, macs, n in options if p <= smallest * (1 + PEAK_SLACK))[1]
