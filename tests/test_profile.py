@@ -104,7 +104,7 @@ def test_every_zoo_model_profiles():
 
     for name in zoo.names():
         for variant in ("", ":int8"):
-            result = profile(f"zoo:{name}{variant}")
+            result = profile(f"zoo:{name}{variant}", lowering=False)
             lbl = result["layer_by_layer"]
             assert lbl["peak_bytes"] > 0 and lbl["macs"] > 1e6, name
             # the int8 QDQ graph has the same layers as the float one
@@ -112,3 +112,12 @@ def test_every_zoo_model_profiles():
                 assert lbl == float_result["layer_by_layer"], name
             else:
                 float_result = result
+
+
+def test_profile_reports_float_ops_after_lowering(mlperf_paths):
+    assert profile(str(mlperf_paths["kws_int8"]))["integer_lowering"] == {"integer_only": True, "float_ops": []}
+    zoo_int8 = profile("zoo:mbv2-w0.3-r80:int8")["integer_lowering"]
+    # an ONNX QDQ model takes a float image and returns float logits: only that boundary stays float
+    assert not zoo_int8["integer_only"]
+    assert len(zoo_int8["float_ops"]) == 2 and "quantize" in zoo_int8["float_ops"][0]
+    assert "integer_lowering" not in profile("zoo:mbv2-w0.3-r80")  # a float32 model is not lowered

@@ -14,11 +14,13 @@ CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other l
 
 
 def profile(model_spec: str, patches: int | None = None, split: int | str | None = None,
-            tir: bool = True) -> dict:
+            tir: bool = True, lowering: bool = True) -> dict:
     """Load a model and return its per-layer profile as a JSON-ready dict.
 
     With `patches` and `split`, a "patch_based" entry gives the figures of running the first `split` layers
     patch by patch over patches x patches patches (and, with `tir`, what the generated PrimFunc allocates).
+    With `lowering`, a quantized model is run through LowerToInteger and "integer_lowering" lists the ops
+    still computing in float.
     """
     if (patches is None) != (split is None):
         raise TvmPatchError("--patches and --split go together: give both, e.g. --patches 4 --split block:5")
@@ -35,9 +37,22 @@ def profile(model_spec: str, patches: int | None = None, split: int | str | None
         "layer_by_layer": {"peak_bytes": top.bytes, "macs": graph.macs, "peak_layer": describe_layer(top),
                            "peak_index": top.index},
     }
+    if lowering and _quantized(mod):
+        from relay_passes.lower_to_integer import float_ops_remaining, lower_to_integer
+
+        left = float_ops_remaining(lower_to_integer(model.mod))
+        result["integer_lowering"] = {"integer_only": not left, "float_ops": left}
     if patches is not None:
         result["patch_based"] = patch_based(graph, mod, patches, split, tir)
     return result
+
+
+def _quantized(mod) -> bool:
+    """True when `main` has quantize/dequantize ops (an int8 model imported as float chains)."""
+    func = mod["main"]
+    return any(isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") in ("relax.quantize",
+                                                                                      "relax.dequantize")
+               for blk in func.body.blocks for b in blk.bindings)
 
 
 def patch_based(graph, mod, patches: int, split: int | str, tir: bool) -> dict:
@@ -99,6 +114,10 @@ def format_profile(result: dict) -> str:
     lbl = result["layer_by_layer"]
     lines.append(f"layer-by-layer peak: {lbl['peak_bytes']} B ({_kb(lbl['peak_bytes'])} kB) at "
                  f"layer {lbl['peak_index']} {lbl['peak_layer']}; MACs {lbl['macs']:,} ({lbl['macs'] / 1e6:.1f} M)")
+    il = result.get("integer_lowering")
+    if il:
+        lines.append("after LowerToInteger: integer only" if il["integer_only"] else
+                     f"after LowerToInteger, still in float (the model's own float boundary): {', '.join(il['float_ops'])}")
     pb = result.get("patch_based")
     if pb:
         ph, pw = pb["patches"]

@@ -228,16 +228,21 @@ def _finalize_passes() -> list[tvm.transform.Pass]:
     ]
 
 
-def _c_identifier(name: str, taken: set[str]) -> str:
-    ident = re.sub(r"\W", "_", name) or "p"
-    if ident[0].isdigit() or ident in _C_KEYWORDS:
-        ident = "p_" + ident
+def unique_identifier(ident: str, taken: set[str]) -> str:
+    """`ident`, or `ident_1`, `ident_2`, ... : the first one not in `taken`, which it is then added to."""
     base, k = ident, 1
     while ident in taken:
         ident = f"{base}_{k}"
         k += 1
     taken.add(ident)
     return ident
+
+
+def _c_identifier(name: str, taken: set[str]) -> str:
+    ident = re.sub(r"\W", "_", name) or "p"
+    if ident[0].isdigit() or ident in _C_KEYWORDS:
+        ident = "p_" + ident
+    return unique_identifier(ident, taken)
 
 
 def _dtype_str(dtype: Any) -> str:

@@ -27,6 +27,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
+from tvm_patch.codegen.c_kernels import unique_identifier
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.prefold import prefold_constants
 
@@ -151,12 +152,7 @@ def _c_name(name: str, taken: set[str]) -> str:
     ident = "tvmp_" + re.sub(r"\W", "_", name)
     if _RESERVED.fullmatch(ident):
         ident += "_kernel"
-    base, k = ident, 1
-    while ident in taken:
-        ident = f"{base}_{k}"
-        k += 1
-    taken.add(ident)
-    return ident
+    return unique_identifier(ident, taken)
 
 
 def _op_label(call: relax.Call) -> str:
