@@ -121,3 +121,17 @@ def test_profile_reports_float_ops_after_lowering(mlperf_paths):
     assert not zoo_int8["integer_only"]
     assert len(zoo_int8["float_ops"]) == 2 and "quantize" in zoo_int8["float_ops"][0]
     assert "integer_lowering" not in profile("zoo:mbv2-w0.3-r80")  # a float32 model is not lowered
+
+
+@pytest.mark.parametrize("name", ["mcunet-in0", "mbv2-w0.3-r80"])
+def test_tflite_with_pads_profiles_like_onnx(name):
+    """The .tflite export of a zoo model has explicit PAD ops before stride-2 convolutions; done inside the
+    convolution, they add nothing, so both files of the same network have the same peak and MACs."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "tflite" / "zoo" / f"{name}_int8.tflite"
+    tfl = profile(str(path), lowering=False)
+    assert any(r["op"] == "pad" for r in tfl["layers"])
+    onnx_lbl = profile(f"zoo:{name}", lowering=False)["layer_by_layer"]
+    assert tfl["layer_by_layer"]["peak_bytes"] == onnx_lbl["peak_bytes"]
+    assert tfl["layer_by_layer"]["macs"] == onnx_lbl["macs"]

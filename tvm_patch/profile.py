@@ -11,6 +11,8 @@ Convention (the paper's analytic profiling, which reproduces its figures exactly
 - the projection of a residual block adds the skip in place: a convolution whose only reader is a residual
   add, whose other operand (the held skip) dies there, accumulates into the skip's buffer, so its output
   adds nothing either (and the add itself then holds only the skip);
+- a pad that only feeds convolutions is done inside them (the convolution reads its padding as the zero
+  point, as MCU kernels do): the pad holds only its input, and the convolution counts the unpadded input;
 - weights live in Flash and are not counted; kB = 1024 B.
 """
 
@@ -44,8 +46,22 @@ class LayerProfile:
                 "kernel": list(self.kernel), "stride": list(self.stride), "block": self.block}
 
 
+_CONVS = ("conv2d", "depthwise_conv2d")
+
+
+def pad_into_conv(graph: Graph, layer: Layer) -> bool:
+    """True for a pad layer whose every reader is a convolution (see the module docstring)."""
+    readers = graph.tensors[layer.output].consumers
+    return (layer.op == "pad" and bool(readers) and layer.output not in graph.outputs
+            and all(graph.layers[r].op in _CONVS for r in readers))
+
+
 def _elems(graph: Graph, tid: int) -> int:
-    return graph.tensors[tid].elements * BYTES_PER_ELEMENT
+    """Bytes of a tensor; a pad done inside its convolutions stands for its unpadded input."""
+    t = graph.tensors[tid]
+    if t.producer is not None and pad_into_conv(graph, graph.layers[t.producer]):
+        return _elems(graph, graph.layers[t.producer].inputs[0])
+    return t.elements * BYTES_PER_ELEMENT
 
 
 def live_others(graph: Graph, layer: Layer) -> list[int]:
@@ -91,8 +107,8 @@ def layer_bytes(graph: Graph, layer: Layer) -> int:
     out = _elems(graph, layer.output)
     fused_into_skip = [t for t in layer.inputs if graph.tensors[t].producer is not None
                        and adds_into_skip(graph, graph.layers[graph.tensors[t].producer])]
-    if adds_into_skip(graph, layer):
-        core = ins  # the output accumulates into the held skip, counted among the live tensors
+    if adds_into_skip(graph, layer) or pad_into_conv(graph, layer):
+        core = ins  # the output accumulates into the held skip / the padding is done by the convolution
     elif layer.op == "add" and fused_into_skip:
         core = out  # the projection already added itself into the skip buffer, which is this output
     elif layer.op == "depthwise_conv2d" and in_place(graph, layer):
