@@ -45,6 +45,10 @@ Relax form produced (``x``, ``y`` int8 tensors, per-tensor activation parameters
   point], take, strided_slice, resize2d nearest, concat with equal parameters): the same Relax op applied to
   the int8 tensor itself.
 
+The integer parameters baked into the ``requantize``, ``q_add``, ``q_sub`` and ``q_mul`` PrimFuncs are also
+recorded in the lowered function's ``tvm_patch.qparams`` attribute, {PrimFunc name: {parameter: int}} (see
+`quant_params`), so that later passes (the patch stage) recover them without reading TIR.
+
 The ``call_tir`` ops for add, mul, pooling, mean, softmax, LUTs and requantize already include the fused
 activation clamp and the cast, so their result is the int8 tensor. An int8 ``R.clip`` right after a
 lowered chain is folded into the chain's clamp. Nothing of the float chain remains; a ``R.dequantize`` /
@@ -72,7 +76,11 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_patch import quant as Q
 from tvm_patch.errors import UnsupportedOpError
 
-__all__ = ["LowerToInteger", "float_ops_remaining", "lower_to_integer"]
+__all__ = ["QPARAMS_ATTR", "LowerToInteger", "float_ops_remaining", "lower_to_integer", "quant_params"]
+
+QPARAMS_ATTR = "tvm_patch.qparams"
+"""Relax function attribute: {PrimFunc name: {parameter: int}} for the ``requantize``, ``q_add``, ``q_sub``
+and ``q_mul`` PrimFuncs the function calls, so that later passes (the patch stage) need not read TIR."""
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 _INT_STORAGE = ("int8", "uint8", "int16")
@@ -245,6 +253,7 @@ class _Lowerer(PyExprMutator):
         self.values: dict = {}  # original Var -> _QT | _FOp | _Const | _Pending
         self.orig: dict = {}  # original Var -> its bound value in the original function
         self.func_name = ""
+        self.qparams: dict[str, dict] = {}  # PrimFunc name -> baked integer parameters (QPARAMS_ATTR)
         self._in_dataflow = False
 
     # ------------------------------------------------------------------ helpers
@@ -331,9 +340,19 @@ class _Lowerer(PyExprMutator):
                 out.append(a)
         return out
 
-    def _emit_te(self, fn: Callable, tensors: list, *params: Any, name: str) -> relax.Expr:
-        """emit_te of `fn(*te_tensors, *params)`; params (ints, lists, dataclasses) are closed over."""
-        return self.builder_.emit_te(lambda *ts: fn(*ts, *params), *tensors, primfunc_name_hint=name)
+    def _emit_te(self, fn: Callable, tensors: list, *params: Any, name: str,
+                 record: dict | None = None) -> relax.Expr:
+        """emit_te of `fn(*te_tensors, *params)`; params (ints, lists, dataclasses) are closed over.
+
+        `record`: the integer parameters baked into the PrimFunc, kept in the function's `QPARAMS_ATTR`
+        map under the PrimFunc's name (see `quant_params`)."""
+        call = self.builder_.call_te(lambda *ts: fn(*ts, *params), *tensors, primfunc_name_hint=name)
+        if record is not None:
+            key = call.args[0].name_hint
+            rec = {k: (v if isinstance(v, str) else int(v)) for k, v in record.items()}
+            if self.qparams.setdefault(key, rec) != rec:  # identical PrimFuncs bake identical parameters
+                raise AssertionError(f"LowerToInteger: PrimFunc {key} recorded with two parameter sets")
+        return self.builder_.emit(call)
 
     def _bind_output(self, var: Any, expr: relax.Expr) -> None:
         """Bind `var` of the original function to `expr` in the new one (an output var stays an output)."""
@@ -846,10 +865,13 @@ class _Lowerer(PyExprMutator):
                                      out_c_axis, om, osh, ctx.zo, lo, hi, ctx.dtype, name="q_conv_logistic")
             if per_tensor:
                 rq = self._emit_te(Q.requantize_te, [accv], int(mult[0]), int(shift[0]), ctx.zo, out_c_axis,
-                                name="requantize")
+                                name="requantize", record={"op": "requantize", "output_zero_point": ctx.zo,
+                                                           "axis": out_c_axis, "multiplier": int(mult[0]),
+                                                           "shift": int(shift[0])})
             else:
                 rq = self._emit_te(Q.requantize_te, [accv, relax.const(mult, "int32"), relax.const(shift, "int32")],
-                                   ctx.zo, out_c_axis, name="requantize")
+                                   ctx.zo, out_c_axis, name="requantize",
+                                   record={"op": "requantize", "output_zero_point": ctx.zo, "axis": out_c_axis})
             cl = bb.emit(relax.op.clip(rq, lo, hi))
             return bb.emit(relax.op.astype(cl, ctx.dtype))
 
@@ -873,7 +895,8 @@ class _Lowerer(PyExprMutator):
         def build(lo: int, hi: int) -> relax.Expr:
             p = Q.add_params(a.s, a.z, b.s, b.z, ctx.so, ctx.zo, (lo, hi), float32_ratios=negate)
             return self._emit_te(Q.add_te, [a.expr(), b.expr()], p, list(ctx.shape), ctx.dtype, negate,
-                                         name="q_sub" if negate else "q_add")
+                                         name="q_sub" if negate else "q_add",
+                                         record={"op": "q_sub" if negate else "q_add", **vars(p)})
 
         return ctx.pending(build)
 
@@ -884,7 +907,7 @@ class _Lowerer(PyExprMutator):
         def build(lo: int, hi: int) -> relax.Expr:
             p = Q.mul_params(a.s, a.z, b.s, b.z, ctx.so, ctx.zo, (lo, hi))
             return self._emit_te(Q.mul_te, [a.expr(), b.expr()], p, list(ctx.shape), ctx.dtype,
-                                         name="q_mul")
+                                         name="q_mul", record={"op": "q_mul", **vars(p)})
 
         return ctx.pending(build)
 
@@ -1074,11 +1097,26 @@ class LowerToInteger:
             if isinstance(func, relax.Function):
                 lw.func_name = gv.name_hint
                 lw.values = {}
+                lw.qparams = {}
                 new = lw.visit_expr(func)
                 new = relax.analysis.remove_all_unused(new)
+                if lw.qparams:
+                    new = new.with_attr(QPARAMS_ATTR, lw.qparams)
                 lw.builder_.update_func(gv, new)
         out = lw.builder_.get()
         return _drop_unused_prim_funcs(out)
+
+
+def quant_params(func: relax.Function) -> dict[str, dict]:
+    """The integer parameters LowerToInteger baked into the PrimFuncs `func` calls (its `QPARAMS_ATTR`):
+    {PrimFunc name: {"op": "requantize", "output_zero_point", "axis"[, "multiplier", "shift"]}} (per-tensor
+    multiplier and shift are baked; per channel they are the call's 2nd and 3rd arguments), or
+    {"op": "q_add" | "q_sub", **AddParams fields} / {"op": "q_mul", **MulParams fields}. Empty when absent."""
+    attrs = func.attrs
+    if attrs is None or QPARAMS_ATTR not in attrs:
+        return {}
+    return {str(k): {str(n): (str(v) if isinstance(v, str) else int(v)) for n, v in rec.items()}
+            for k, rec in attrs[QPARAMS_ATTR].items()}
 
 
 def lower_to_integer(mod: tvm.IRModule) -> tvm.IRModule:

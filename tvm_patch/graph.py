@@ -23,6 +23,8 @@ _DENSE = {"relax.matmul", "relax.linear", "relax.nn.dense"}
 _POOL = {"relax.nn.avg_pool2d": "avg_pool2d", "relax.nn.max_pool2d": "max_pool2d",
          "relax.nn.adaptive_avg_pool2d": "global_pool2d", "relax.mean": "mean"}
 _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub", "relax.divide": "div"}
+# call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
+_TIR_BINARY = {"q_add": "add", "q_sub": "sub", "q_mul": "mul"}
 # Unary ops fused into the preceding layer (no tensor of their own when their input has no other user).
 _FUSIBLE = {
     "relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.clip", "relax.nn.relu",
@@ -199,7 +201,11 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
                 kind = _call_tir_name(value)
                 _extend(layers, tensors, act, src, b.var, f"relax.{kind}")
             else:
-                _new_layer(layers, tensors, act, _call_tir_name(value), [act[a] for a in acts], b.var)
+                kind = _call_tir_name(value)
+                binary = _TIR_BINARY.get(kind) if len(acts) == 2 else None
+                layer = _new_layer(layers, tensors, act, binary or kind, [act[a] for a in acts], b.var)
+                if binary:  # LowerToInteger's TFLite ADD / SUB / MUL of two activations
+                    layer.broadcast_free = all(tensors[act[a]].shape == _shape_of(b.var) for a in acts)
             continue
         acts = [a for a in args if isinstance(a, relax.Var) and a in act]
         if not acts:

@@ -1,7 +1,29 @@
 """A patch stage described from the layer graph: the first n layers of a Relax module as a `Stage`.
 
-Weights and biases come from the module's constants (run FoldConstant first); the epilogue ops fused into
-each layer (bias add, relu/relu6 as imported by TVM's frontends) become the stage layer's bias and activation.
+Weights and biases come from the module's constants (run FoldConstant first).
+
+float32 graphs: the epilogue ops fused into each layer (bias add, relu/relu6 as imported by TVM's frontends)
+become the stage layer's bias and activation.
+
+int8 graphs after `LowerToInteger` (its Relax form, see `relay_passes.lower_to_integer`):
+
+- a conv layer ``conv2d(int8, int8) -> add(bias') -> call_tir requantize -> clip(lo, hi) -> astype(int8)``
+  becomes ``Conv(weight, bias, quant=ConvQuant(z, zo, multiplier[C], shift[C], 0, lo, hi))``. The
+  requantize parameters (zo, per-tensor multiplier/shift) come from the function's ``tvm_patch.qparams``
+  attribute (`relay_passes.lower_to_integer.quant_params`), per-channel ones from the call's constant
+  arguments: no TIR is read. The lowered bias has ``-zx * sum(w)`` folded in and the conv computes
+  ``sum(x * w)`` over an input padded with ``zx``; the stage computes ``sum((x - z) * w) + bias`` with a
+  ring of ``z``, so the bias is un-folded with the stage's ``z``: ``bias = bias' + z * sum(w)`` per output
+  channel (exact integers; for ``z = zx`` it is the model's own bias). ``z`` is the value that pads the
+  conv's input (the explicit pad's value, 0 for a conv that pads itself), else the zero point its
+  producer writes, so every conv reading a value agrees on its zero ring;
+- a ``pad`` layer feeding one conv (the zero-point pad LowerToInteger writes when zx != 0, or a model's own
+  PAD) is no stage layer: its H/W widths are added to the conv's padding, its value is the conv's z;
+- a residual ``call_tir q_add(a, b)`` becomes ``Add(quant=AddQuant(...))`` from the recorded TFLite ADD
+  parameters (an int8 clip after it narrows the clamp).
+
+The requantization of the stage (`tvm_patch.patch.intarith`) is bit-identical to LowerToInteger's
+(`tvm_patch.quant`), so the patched module equals the unpatched one bit for bit.
 """
 
 from __future__ import annotations
@@ -12,13 +34,41 @@ from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph, Layer
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+
+QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
+_INT8 = (-128, 127)
 
 
 def _const(expr: relax.Expr, what: str) -> np.ndarray:
     if not isinstance(expr, tvm.ir.expr.Constant):
         raise TvmPatchError(f"{what} is not a constant; the patch stage needs weights known at compile time")
     return expr.value.numpy()
+
+
+def _op(call: relax.Call) -> str:
+    """'relax.<op>', or 'tir:<PrimFunc name>' for a call_tir."""
+    name = call.op.name if isinstance(call.op, tvm.ir.Op) else str(call.op)
+    if name == "relax.call_tir":
+        return "tir:" + call.args[0].name_hint
+    return name
+
+
+def _prim_int(v) -> int:
+    """An int out of a PrimValue / IntImm / FloatImm argument holding an integral value."""
+    while hasattr(v, "value") and not isinstance(v, (int, float)):
+        v = v.value
+    if float(v) != int(v):
+        raise TvmPatchError(f"expected an integral bound, got {v}")
+    return int(v)
+
+
+def _qparams(func: relax.Function) -> dict[str, dict]:
+    attrs = func.attrs
+    if attrs is None or QPARAMS_ATTR not in attrs:
+        return {}
+    return {str(k): {str(n): (str(v) if isinstance(v, str) else int(v)) for n, v in rec.items()}
+            for k, rec in attrs[QPARAMS_ATTR].items()}
 
 
 def _epilogue(layer: Layer, bindings: dict, channels: int) -> tuple[np.ndarray | None, str]:
@@ -62,34 +112,265 @@ def _epilogue(layer: Layer, bindings: dict, channels: int) -> tuple[np.ndarray |
     return bias, act
 
 
-def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage, relax.Expr]:
-    """The first n layers of `func` (whose layer graph is `graph`) as a Stage, and the stage input expression."""
+def _record(layer: Layer, call: relax.Call, qparams: dict, ops: tuple[str, ...]) -> dict:
+    name = call.args[0].name_hint
+    rec = qparams.get(name)
+    if rec is None or rec.get("op") not in ops:
+        raise TvmPatchError(f"layer {layer.name}: no LowerToInteger parameters recorded for call_tir {name} "
+                            f"(the function's {QPARAMS_ATTR} attribute); int8 stages need a module lowered by "
+                            "LowerToInteger")
+    return rec
+
+
+def _int8_conv_epilogue(layer: Layer, bindings: dict, qparams: dict, channels: int, out_c_axis: int):
+    """(bias', multiplier[C], shift[C], output zero point, act_min, act_max) of a lowered int8 conv layer."""
+    bias = np.zeros(channels, dtype=np.int64)
+    rec = mult = shift = None
+    lo, hi = _INT8
+    dtype = None
+    has_bias = False
+    for var in layer.bindings[1:]:
+        call = bindings[var]
+        op = _op(call)
+        if op == "relax.add" and rec is None and not has_bias:
+            has_bias = True
+            operands = [a for a in call.args[:2] if isinstance(a, tvm.ir.expr.Constant)]
+            if len(operands) != 1:
+                raise TvmPatchError(f"layer {layer.name}: an add after the conv that is not a constant bias")
+            b = _const(operands[0], f"layer {layer.name}: bias")
+            if b.size != channels or b.dtype != np.int32:
+                raise TvmPatchError(f"layer {layer.name}: a {b.dtype} bias of {b.size} values for {channels} "
+                                    "channels")
+            bias = b.reshape(-1).astype(np.int64)
+        elif op.startswith("tir:") and rec is None:
+            rec = _record(layer, call, qparams, ("requantize",))
+            args = list(call.args[1].fields)
+            if rec["axis"] != out_c_axis:
+                raise TvmPatchError(f"layer {layer.name}: requantize along axis {rec['axis']}, not the channels")
+            if "multiplier" in rec:
+                mult = np.full(channels, rec["multiplier"], dtype=np.int64)
+                shift = np.full(channels, rec["shift"], dtype=np.int64)
+            elif len(args) == 3:
+                mult = _const(args[1], f"layer {layer.name}: multiplier").astype(np.int64).reshape(-1)
+                shift = _const(args[2], f"layer {layer.name}: shift").astype(np.int64).reshape(-1)
+            else:
+                raise TvmPatchError(f"layer {layer.name}: requantize without multipliers")
+        elif op == "relax.clip" and rec is not None and dtype is None:
+            lo, hi = max(lo, _prim_int(call.args[1])), min(hi, _prim_int(call.args[2]))
+        elif op == "relax.astype" and rec is not None and dtype is None:
+            dtype = str(call.attrs.dtype)
+            if dtype != "int8":
+                raise TvmPatchError(f"layer {layer.name}: int8 patch stages need int8 activations, not {dtype}")
+        else:
+            raise TvmPatchError(f"layer {layer.name}: {op} after the {layer.op} cannot be fused into the int8 "
+                                "patch stage (it takes LowerToInteger's bias, requantize, clip, astype)")
+    if rec is None or dtype is None:
+        raise TvmPatchError(f"layer {layer.name}: the {layer.op} does not end in LowerToInteger's requantize "
+                            "and int8 cast")
+    return bias, mult, shift, rec["output_zero_point"], lo, hi
+
+
+def _int8_add(layer: Layer, bindings: dict, qparams: dict) -> AddQuant:
+    rec = None
+    lo = hi = None
+    for var in layer.bindings:
+        call = bindings[var]
+        op = _op(call)
+        if op.startswith("tir:") and rec is None:
+            rec = _record(layer, call, qparams, ("q_add",))
+            lo, hi = rec["act_min"], rec["act_max"]
+        elif op == "relax.clip" and rec is not None:  # an int8 clip LowerToInteger did not fold
+            lo, hi = max(lo, _prim_int(call.args[1])), min(hi, _prim_int(call.args[2]))
+        else:
+            raise TvmPatchError(f"layer {layer.name}: {op} in the residual add cannot be part of an int8 patch "
+                                "stage (it takes LowerToInteger's q_add)")
+    if rec is None:
+        raise TvmPatchError(f"layer {layer.name}: an int8 residual add that is not LowerToInteger's q_add")
+    return AddQuant(input_zero_points=(-rec["input1_offset"], -rec["input2_offset"]),
+                    input_multipliers=(rec["input1_multiplier"], rec["input2_multiplier"]),
+                    input_shifts=(rec["input1_shift"], rec["input2_shift"]),
+                    output_zero_point=rec["output_offset"], output_multiplier=rec["output_multiplier"],
+                    output_shift=rec["output_shift"], left_shift=rec["left_shift"], act_min=lo, act_max=hi)
+
+
+def _pad_spec(graph: Graph, layer: Layer, call: relax.Call) -> tuple[tuple[int, int, int, int], float]:
+    """(top, left, bottom, right) and the value of a spatial constant pad."""
+    if _op(call) != "relax.nn.pad":
+        raise TvmPatchError(f"layer {layer.name}: a {_op(call)} pad cannot be merged into a convolution")
+    attrs = call.attrs
+    mode = str(getattr(attrs, "pad_mode", "constant"))
+    if mode != "constant":
+        raise TvmPatchError(f"layer {layer.name}: {mode} padding cannot be merged into a convolution")
+    width = [int(v) for v in attrs.pad_width]
+    c = 1 if graph.layout == "NCHW" else 3
+    if len(width) != 8 or width[0] or width[1] or width[2 * c] or width[2 * c + 1]:
+        raise TvmPatchError(f"layer {layer.name}: a pad of {width} pads more than H and W")
+    return layer.padding, float(attrs.pad_value)
+
+
+def _operands(call: relax.Call) -> list:
+    """The tensor arguments of a layer's anchor call, in order."""
+    if _op(call).startswith("tir:"):
+        args = call.args[1]
+        return list(args.fields) if isinstance(args, relax.Tuple) else [args]
+    return list(call.args)
+
+
+def is_qdq_stage(graph: Graph, n: int, func: relax.Function) -> bool:
+    """True when the first n layers hold quantize / dequantize ops (a quantized model as imported, not lowered:
+    its stage is `stage_from_qdq`'s)."""
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
+    return any(isinstance(bindings.get(v), relax.Call) and _op(bindings[v]) in ("relax.quantize", "relax.dequantize")
+               for layer in graph.layers[:n] for v in layer.bindings)
+
+
+def stage_from_qdq(mod: tvm.IRModule, graph: Graph, n: int) -> tuple[Stage, tvm.IRModule, int]:
+    """The int8 stage of the first n layers of a quantized model as imported (QDQ: dequantize -> float op ->
+    quantize chains), whose layer graph is `graph`: what `PatchStage` builds once the model is lowered.
+
+    `mod` is the imported module before FoldConstant (LowerToInteger needs the quantized weights as
+    ``dequantize(constant)``). It is lowered (LowerToInteger, FoldConstant) and the stage read from the
+    lowered graph, where the same stage has more layers (LowerToInteger's zero-point pads are layers of
+    their own). Returns (stage, lowered module, the stage's layer count in the lowered graph)."""
+    from relay_passes.lower_to_integer import lower_to_integer  # here: relay_passes imports this module
+    from tvm_patch.graph import build_graph
+    from tvm_patch.split import check_split
+
+    low = relax.transform.FoldConstant()(lower_to_integer(mod))
+    lgraph = build_graph(low)
+
+    def compute_layers(g: Graph, layers: list) -> list:
+        return [(la.op, g.tensors[la.output].shape) for la in layers if la.op != "pad"]
+
+    want = compute_layers(graph, graph.layers[:n])
+    count, n_low = 0, None
+    for la in lgraph.layers:
+        count += la.op != "pad"
+        if count == len(want):
+            n_low = la.index + 1
+            break
+    if n_low is None or compute_layers(lgraph, lgraph.layers[:n_low]) != want:
+        raise TvmPatchError(f"the first {n} layers do not match the integer-lowered graph's layers")
+    why = check_split(lgraph, n_low)
+    if why is not None:
+        raise TvmPatchError(f"split {n} in the integer-lowered graph: {why}")
+    stage, _ = stage_from_graph(lgraph, n_low, low["main"])
+    return stage, low, n_low
+
+
+def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage, relax.Expr]:
+    """The first n layers of `func` (whose layer graph is `graph`) as a Stage, and the stage input expression.
+
+    float32 graphs, and int8 graphs lowered by LowerToInteger (see the module docstring for the mapping)."""
+    bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
+    out_tensor = {layer.out_var: layer.output for layer in graph.layers}
     value = {graph.inputs[0]: STAGE_INPUT}  # tensor id -> stage value index
-    layers = []
+    pads: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}  # pad tensor -> (source, widths, value)
     stage_input = None
+
+    def operand_tensors(layer: Layer, args: list) -> list[int]:
+        """The activation tensors `args` are, in order (repeats kept); the one not produced by a layer's
+        last binding (an alias of the network input, e.g. its quantize) is the layer's remaining input."""
+        nonlocal stage_input
+        tids = [out_tensor.get(a) for a in args]
+        missing = [t for t in layer.inputs if t not in tids]
+        if None in tids:
+            if len(missing) != 1:
+                raise TvmPatchError(f"layer {layer.name}: cannot tell which tensors the {layer.op} reads")
+            for k, a in enumerate(args):
+                if tids[k] is None:
+                    tids[k] = missing[0]
+                    if missing[0] == graph.inputs[0] and stage_input is None:
+                        stage_input = a
+        return tids
+
+    # pass 1: the layers, with the pads merged into their convolutions
+    specs = []  # (layer, source tensors, padding, pad value or None when the conv pads itself or not at all)
     for layer in graph.layers[:n]:
         anchor = bindings[layer.anchor]
-        if layer.op in ("conv2d", "depthwise_conv2d"):
-            src = layer.inputs[0]
-            if src == graph.inputs[0]:
-                stage_input = anchor.args[0]
-            attrs = anchor.attrs
-            weight = _const(anchor.args[1], f"layer {layer.name}: weight")
-            bias, act = _epilogue(layer, bindings, graph.channels(layer.output))
-            layers.append(Conv(weight, bias, stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                               activation=act, kernel_layout=str(attrs.kernel_layout), input=value[src]))
+        if layer.op == "pad":
+            (src,) = operand_tensors(layer, [anchor.args[0]])
+            widths, pv = _pad_spec(graph, layer, anchor)
+            if src in pads:
+                raise TvmPatchError(f"layer {layer.name}: a pad of a pad cannot be merged into a convolution")
+            pads[layer.output] = (src, widths, pv)
+        elif layer.op in ("conv2d", "depthwise_conv2d"):
+            (src,) = operand_tensors(layer, [anchor.args[0]])
+            padding, pv = layer.padding, (0.0 if any(layer.padding) else None)
+            if src in pads:
+                src, widths, pv_pad = pads[src]
+                if any(padding) and pv_pad != 0.0:
+                    raise TvmPatchError(f"layer {layer.name}: a conv padding itself with 0 after a pad with "
+                                        f"{pv_pad:g}")
+                padding = tuple(a + b for a, b in zip(padding, widths))
+                pv = pv_pad if any(widths) else pv
+            specs.append((layer, [src], padding, pv))
         elif layer.op == "add":
-            a, b = layer.inputs
-            _, act = _epilogue(layer, bindings, graph.channels(layer.output))
-            layers.append(Add(other=value[b], input=value[a], activation=act))
+            specs.append((layer, operand_tensors(layer, _operands(anchor)[:2]), None, None))
         else:  # resolve_split already refused it; keep the message if called directly
             raise TvmPatchError(f"layer {layer.name} ({layer.op}) cannot be computed patch by patch")
-        value[layer.output] = len(layers) - 1
     if stage_input is None:
         raise TvmPatchError("the patch stage does not read the network input")
-    in_shape = graph.tensors[graph.inputs[0]].shape
     dtype = str(stage_input.ty.dtype)
-    if dtype != "float32":
+    in_shape = tuple(int(d) for d in stage_input.ty.shape.values)
+    if dtype not in ("float32", "int8"):
         raise TvmPatchError(f"patch stages of {dtype} graphs need the integer lowering (LowerToInteger) first")
+    int8 = dtype == "int8"
+    qparams = _qparams(func) if int8 else {}
+
+    # pass 2 (int8): each value's zero ring z, then the layers
+    if int8:
+        zero_point: dict[int, int] = {}  # tensor -> the zero point its producer writes
+        ring: dict[int, set] = {}  # tensor -> pad values its padded readers need
+        for layer, srcs, padding, pv in specs:
+            if layer.op != "add" and pv is not None:
+                if float(pv) != int(pv):
+                    raise TvmPatchError(f"layer {layer.name}: pad value {pv} is not an integer")
+                ring.setdefault(srcs[0], set()).add(int(pv))
+        for t, values in ring.items():
+            if len(values) > 1:
+                raise TvmPatchError(f"tensor {t} is padded with {sorted(values)} by different convolutions")
+
+    layers = []
+    for layer, srcs, padding, pv in specs:
+        if layer.op in ("conv2d", "depthwise_conv2d"):
+            anchor = bindings[layer.anchor]
+            attrs = anchor.attrs
+            kl = str(attrs.kernel_layout)
+            weight = _const(anchor.args[1], f"layer {layer.name}: weight")
+            src = srcs[0]
+            if not int8:
+                if pv not in (None, 0.0):
+                    raise TvmPatchError(f"layer {layer.name}: a float32 pad with {pv:g} cannot be merged into "
+                                        "the convolution (the stage pads with 0)")
+                bias, act = _epilogue(layer, bindings, graph.channels(layer.output))
+                layers.append(Conv(weight, bias, stride=layer.stride, padding=padding, groups=layer.groups,
+                                   activation=act, kernel_layout=kl, input=value[src]))
+            else:
+                c_out = graph.channels(layer.output)
+                out_layout = str(attrs.out_layout or attrs.data_layout)
+                bias, mult, shift, zo, lo, hi = _int8_conv_epilogue(layer, bindings, qparams, c_out,
+                                                                    out_layout.index("C"))
+                z = next(iter(ring[src])) if src in ring else zero_point.get(src, 0)
+                w64 = weight.astype(np.int64)
+                wsum = w64.sum(axis=tuple(i for i in range(4) if i != kl.index("O")))
+                full = bias + z * wsum  # un-fold: bias' = bias - zx * sum(w)
+                if full.min() < -(2**31) or full.max() >= 2**31:
+                    raise TvmPatchError(f"layer {layer.name}: the bias with the zero point {z} overflows int32")
+                q = ConvQuant(z, zo, mult.astype(np.int32), shift.astype(np.int32), 0, lo, hi)
+                layers.append(Conv(weight, full.astype(np.int32), stride=layer.stride, padding=padding,
+                                   groups=layer.groups, kernel_layout=kl, input=value[src], quant=q))
+                zero_point[layer.output] = zo
+        else:  # add
+            if len(srcs) != 2:
+                raise TvmPatchError(f"layer {layer.name}: an add of {len(srcs)} operands")
+            a, b = srcs
+            if int8:
+                q = _int8_add(layer, bindings, qparams)
+                layers.append(Add(other=value[b], input=value[a], quant=q))
+                zero_point[layer.output] = q.output_zero_point
+            else:
+                _, act = _epilogue(layer, bindings, graph.channels(layer.output))
+                layers.append(Add(other=value[b], input=value[a], activation=act))
+        value[layer.output] = len(layers) - 1
     return Stage(in_shape, tuple(layers), layout=graph.layout, dtype=dtype), stage_input
