@@ -134,3 +134,9 @@ def test_verify_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tvm_patch", "verify", str(path), "--patches", "3", "--split", "7"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "largest valid split is 5" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mbv2_int8_qdq_patch_profile():
+    """The int8 QDQ zoo model: the stage is read from the integer-lowered module; same figures as float32."""
+    pb = profile("zoo:mbv2-w1.0-r224:int8", patches=4, split="block:5", tir=False, lowering=False)["patch_based"]
+    assert pb["peak_bytes"] == 175_616 and pb["patch_input_hw"] == [75, 75]

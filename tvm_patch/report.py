@@ -43,7 +43,7 @@ def profile(model_spec: str, patches: int | None = None, split: int | str | None
         left = float_ops_remaining(lower_to_integer(model.mod))
         result["integer_lowering"] = {"integer_only": not left, "float_ops": left}
     if patches is not None:
-        result["patch_based"] = patch_based(graph, mod, patches, split, tir)
+        result["patch_based"] = patch_based(graph, mod, patches, split, tir, imported=model.mod)
     return result
 
 
@@ -55,10 +55,13 @@ def _quantized(mod) -> bool:
                for blk in func.body.blocks for b in blk.bindings)
 
 
-def patch_based(graph, mod, patches: int, split: int | str, tir: bool) -> dict:
-    """The "patch_based" entry of the profile (see tvm_patch.patch.memory for the convention)."""
+def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=None) -> dict:
+    """The "patch_based" entry of the profile (see tvm_patch.patch.memory for the convention).
+
+    `mod` is the folded module of `graph`; `imported` the module as imported, needed for quantized (QDQ)
+    models, whose int8 stage is read from the integer-lowered module."""
     from tvm_patch.patch import allocated_bytes, build_stage, per_patch_bytes
-    from tvm_patch.patch.from_graph import stage_from_graph
+    from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
     from tvm_patch.patch.memory import int8_twin, patch_memory
     from tvm_patch.split import resolve_split
 
@@ -66,7 +69,10 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool) -> dict:
         raise TvmPatchError(f"--patches {patches}: give a patch count of at least 1")
     pp = (patches, patches)
     n = resolve_split(graph, split, pp)
-    stage, _ = stage_from_graph(graph, n, mod["main"])
+    if is_qdq_stage(graph, n, mod["main"]):
+        stage, _, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
+    else:
+        stage, _ = stage_from_graph(graph, n, mod["main"])
     m = patch_memory(graph, stage, n, pp)
     out = {
         "peak_bytes": m.peak_bytes,
