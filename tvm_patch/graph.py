@@ -376,7 +376,7 @@ def _set_pad(layer: Layer, call: relax.Call, layout: str) -> None:
 # Blocks and receptive fields
 
 
-def _cut_after(graph: Graph, i: int) -> bool:
+def cut_after(graph: Graph, i: int) -> bool:
     """True when only the output of layer i is live after it (nothing else is held for later layers)."""
     out = graph.layers[i].output
     for t in graph.tensors:
@@ -398,7 +398,7 @@ def _assign_blocks(graph: Graph) -> None:
     layers = graph.layers
     if not layers:
         return
-    cuts = [_cut_after(graph, i) for i in range(len(layers))]
+    cuts = [cut_after(graph, i) for i in range(len(layers))]
     compute = {"conv2d", "depthwise_conv2d", "dense", "add"}
     linear = [layer.op in compute and layer.activation is None for layer in layers]
     boundaries = set()

@@ -7,7 +7,7 @@ layers), or blocks (`block:5` = the first five blocks, the stem being block 1).
 from __future__ import annotations
 
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.graph import Graph, Layer
+from tvm_patch.graph import Graph, Layer, cut_after
 
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
 # A "pad" only as the spatial padding of the one convolution that reads it (merged into that conv's padding:
@@ -46,16 +46,6 @@ def _tileable(graph: Graph, layer: Layer) -> bool:
     return True
 
 
-def _cut_after(graph: Graph, n: int) -> bool:
-    """True when, after the first n layers, only the n-th layer's output is still needed."""
-    out = graph.layers[n - 1].output
-    for t in graph.tensors:
-        produced = t.producer if t.producer is not None else -1
-        if t.id != out and produced < n <= graph.last_use(t.id):
-            return False
-    return True
-
-
 def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) -> str | None:
     """Why the first n layers cannot be one patch stage, or None when they can."""
     if n < 1 or n > len(graph.layers):
@@ -68,7 +58,7 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
         if layer.op == "pad" and conv_padded_by(graph, layer) >= n:
             return (f"layer {layer.index + 1} {layer.name} pads the input of layer {conv_padded_by(graph, layer) + 1}, "
                     "which is not in the stage (a pad joins the stage with its convolution)")
-    if not _cut_after(graph, n):
+    if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage
         return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"
     out = graph.layers[n - 1].output
     if len(graph.tensors[out].shape) != 4:
