@@ -16,7 +16,9 @@ How (TVM 0.27):
    a ``DeclBuffer`` at the top of the body.
 3. Workspace: every ``AllocBuffer`` becomes a ``DeclBuffer`` whose data is ``workspace + offset``.
    Offsets follow scope nesting like a C stack: allocations in sibling scopes share bytes, nested ones
-   stack up, each aligned to ``workspace_align``; the peak is the function's workspace size.
+   stack up, each aligned to ``workspace_align``; the peak is the function's workspace size. Exception:
+   a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
+   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena.
 4. ``FP8StorageLegalize``, ``BF16StorageLegalize``, ``LowerIntrin`` (the rest of the host
    finalization): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic here.
 5. ``target.build.c`` / ``target.build.llvm``.
@@ -267,6 +269,9 @@ def _is_op(expr: Any, name: str) -> bool:
     return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
+LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
+
+
 def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, int]], int]:
     """Stack-discipline offsets for every AllocBuffer in ``body``: [(buffer var, offset)], peak bytes."""
     state = {"top": 0, "peak": 0}
@@ -278,6 +283,8 @@ def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, 
         if scope not in ("", "global", "local"):
             raise PlainCError(f"{fname}: buffer {buf.name!r} has storage scope {scope!r}; only global/local")
         nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * _dtype_bytes(_dtype_str(buf.ty.dtype))
+        if nbytes <= LOCAL_MAX_BYTES:
+            return  # a C local of the kernel (a register or a few bytes of stack), not workspace
         off = -(-state["top"] // align) * align
         placed.append((buf, off))
         state["top"] = off + nbytes
@@ -291,6 +298,32 @@ def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, 
     tvm_ffi.structural_visit(body, [(tirx.AllocBuffer, on_alloc), (object, on_other)])
     peak = -(-state["peak"] // align) * align
     return placed, peak
+
+
+def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
+    """Each small buffer kept as a C local is zeroed right after its declaration. The kernels always write
+    before they read (TVM's reduction init), but a reduction whose init sits under a condition in the
+    loop nest makes gcc's -Wmaybe-uninitialized fire; one store per element settles it for any compiler."""
+
+    def on_seq(seq: Any) -> Any:
+        out: list[Any] = []
+        changed = False
+        for stmt in seq.seq:
+            out.append(stmt)
+            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace:
+                buf = stmt.buffer
+                shape = _const_shape(buf, "local buffer")
+                zero = tirx.const(0, _dtype_str(buf.ty.dtype))
+                for i in range(math.prod(shape)):
+                    idx = []
+                    for d in reversed(shape):
+                        idx.append(i % d)
+                        i //= d
+                    out.append(tirx.BufferStore(buf, zero, [tirx.IntImm("int32", j) for j in reversed(idx)]))
+                changed = True
+        return tirx.SeqStmt(out) if changed else seq
+
+    return tvm_ffi.structural_map(body, (tirx.SeqStmt, on_seq))
 
 
 def _written_roots(body: Any, ptr_params: list[Any], workspace: Any | None) -> set[int] | None:
@@ -373,13 +406,15 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
             info.append({"name": p.name, "dtype": dtype, "pointer": False, "shape": None})
 
     placed, ws_bytes = _plan_workspace(func.body, workspace_align, name)
-    body = func.body
+    body = _zero_locals(func.body, {buf for buf, _ in placed})
     workspace = None
     if placed:
         workspace = tvm.ir.Var(_c_identifier("workspace", taken), PointerType(PrimType("uint8")))
         offsets = {buf: off for buf, off in placed}
 
         def to_workspace(stmt: Any) -> Any:
+            if stmt.buffer not in offsets:
+                return stmt
             off = offsets[stmt.buffer]
             ptr = tirx.call_intrin("handle", "tirx.handle_add_byte_offset", workspace, tirx.IntImm("int32", off))
             return tirx.DeclBuffer(stmt.buffer, data=ptr)

@@ -27,9 +27,10 @@ from tvm_patch.export import baselines
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
+from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 from tvm_patch.export.lower import Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
-from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, plan_arena
+from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stderr import captured_stderr
 
@@ -166,7 +167,9 @@ def export_model(
     prog = lower_module(mod)
     funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
-    pairs = {n: inplace_pairs(f, n_out[n]) for n, f in funcs.items()}
+    if lean:
+        funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
+    pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
@@ -215,6 +218,28 @@ def export_model(
         exe = build_host(out_dir)
         result.check = check_outputs(exe, mod, prog.inputs, prog.outputs, seeds)
     return result
+
+
+def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:
+    """Depthwise / 1x1 kernels rescheduled to run in place (inplace_conv.py), where every call of the
+    kernel can use it: its input dies at that call and lives in the arena. Elsewhere the copy buffer
+    would only cost workspace, so the lean kernel stays."""
+    life = tensor_lifetimes(prog)
+    external = {io.tensor for io in prog.inputs + prog.outputs} if not io_in_arena else set()
+    out = dict(funcs)
+    for name, func in funcs.items():
+        cand = inplace_conv_schedule(func, n_out[name])
+        if cand is func:
+            continue
+        found = inplace_conv_pairs(cand, n_out[name])
+        calls = [(k, c) for k, c in enumerate(prog.calls) if c.func == name]
+        if found and all(
+            any(c.args[si].kind == "tensor" and c.args[si].index not in external and life[c.args[si].index][1] == k + 1
+                for si, _ in found)
+            for k, c in calls
+        ):
+            out[name] = cand
+    return out
 
 
 def _created_parents(path: Path) -> list[Path]:

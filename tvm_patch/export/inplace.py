@@ -29,6 +29,8 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.export.patterns import same_element
+
 __all__ = ["inplace_pairs"]
 
 _ESCAPING = {"tirx.address_of", "tirx.tvm_access_ptr", "tirx.call_extern", "tirx.call_packed", "tirx.call_cpacked"}
@@ -90,10 +92,6 @@ def _collect(func: tirx.PrimFunc) -> tuple[list[_BlockInfo], bool] | None:
         tvm_ffi.structural_walk(stmt, [(s_tir.SBlockRealize, on_realize)], order="pre")
         tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)], order="pre")
     return infos, escapes[0]
-
-
-def _same_indices(a: Any, b: Any) -> bool:
-    return len(a) == len(b) and all(tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
 
 
 def _loop_iterations(func: tirx.PrimFunc, block_name: str) -> int | None:
@@ -160,7 +158,7 @@ def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
                 for ld in i.loads:
                     if not ld.source.same_as(src):
                         continue
-                    if i is b and _same_indices(ld.indices, store.indices):
+                    if i is b and same_element(ld.indices, store.indices, out_shape):
                         continue
                     if i.top < b.top:
                         continue

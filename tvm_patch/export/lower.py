@@ -29,6 +29,8 @@ from tvm.ir.expr import Constant
 
 from tvm_patch.codegen.c_kernels import unique_identifier
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.padfuse import merge_pads
+from tvm_patch.export.patterns import mark_elementwise
 from tvm_patch.export.prefold import prefold_constants
 
 __all__ = ["Arg", "IOTensor", "KernelCall", "Program", "TensorInfo", "fuse", "lower_module"]
@@ -112,13 +114,15 @@ def _dtype_bytes(dtype: str) -> int:
 
 
 def fuse(mod: tvm.IRModule) -> tvm.IRModule:
-    """TVM's fusion pipeline, after a numpy pre-fold of weight preprocessing (see prefold.py)."""
+    """TVM's fusion pipeline, after a numpy pre-fold of weight preprocessing (see prefold.py) and with
+    pads merged into the convolutions that read them (see padfuse.py)."""
     T = relax.transform
-    mod = prefold_constants(mod)
+    mod = merge_pads(prefold_constants(mod))
     seq = tvm.transform.Sequential(
         [
             T.LegalizeOps(),
             T.AnnotateTIROpPattern(),
+            mark_elementwise,
             T.FoldConstant(),
             T.FuseOps(),
             T.FuseTIR(),

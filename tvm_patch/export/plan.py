@@ -16,7 +16,8 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Program
 from tvm_patch.memplan import Buffer, InPlace, Plan, lower_bound, plan_memory, validate
 
-__all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "plan_arena", "tensor_buffer", "workspace_buffer"]
+__all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "plan_arena", "tensor_buffer", "tensor_lifetimes",
+           "workspace_buffer"]
 
 MAX_ARENA_BYTES = 2**32 - 1  # offsets and sizes are 32-bit on the target
 
@@ -47,7 +48,8 @@ class ArenaPlan:
         return self.plan.arena_size
 
 
-def _lifetimes(prog: Program) -> dict[int, tuple[int, int]]:
+def tensor_lifetimes(prog: Program) -> dict[int, tuple[int, int]]:
+    """(first step, last step) of every stored tensor, by index (steps as in the module docstring)."""
     end = len(prog.calls) + 1
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -77,7 +79,7 @@ def arena_buffers(
 ) -> tuple[list[Buffer], list[InPlace]]:
     """The planner's problem: one buffer per stored tensor (inputs/outputs only when ``io_in_arena``)
     and per non-empty kernel workspace, and the in-place hints that are safe at their call."""
-    life = _lifetimes(prog)
+    life = tensor_lifetimes(prog)
     external = _external(prog, io_in_arena)
     buffers: list[Buffer] = []
     for t in prog.tensors:

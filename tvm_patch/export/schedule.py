@@ -10,7 +10,8 @@ element's arithmetic (each value is computed by the same expression, only where 
    expression is substituted into its readers;
 2. ``reverse_compute_at`` the single consumer of each reduction (the epilogue) under the reduction's
    innermost spatial loop: each output element is finished right after its accumulation, so the
-   accumulator compacts to one element.
+   accumulator compacts to one element, which the C emitter keeps as a C local (a register) instead of
+   a slot of kernel workspace in the arena.
 
 Guards (found necessary: TVM 0.27's ``reverse_compute_at`` moved a trailing pad, whose domain is larger
 than the convolution's, under the convolution's loops without complaint and never wrote the pad border):
@@ -31,6 +32,8 @@ from typing import Any
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
+
+from tvm_patch.export.patterns import same_element
 
 __all__ = ["lean_schedule", "is_default_form"]
 
@@ -128,16 +131,22 @@ def _reads_pointwise(block: s_tir.SBlock, buf: Any) -> bool:
         return False
     ok = [True]
 
+    shape = _int_shape(buf)
+
     def on_load(ld: Any) -> tvm_ffi.WalkResult:
         if ld.source.same_as(buf):
-            same = len(ld.indices) == len(store.indices) and all(
-                tvm_ffi.structural_equal(a, b) for a, b in zip(ld.indices, store.indices)
-            )
-            ok[0] = ok[0] and same
+            ok[0] = ok[0] and same_element(ld.indices, store.indices, shape)
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(store.value, [(TensorLoad, on_load)], order="pre")
     return ok[0]
+
+
+def _int_shape(buf: Any) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(s) for s in buf.shape)
+    except (TypeError, ValueError):
+        return None
 
 
 def _after_reduction(sch: s_tir.Schedule, rv: Any, seen: set[str] | None = None) -> bool:
@@ -188,4 +197,18 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
             sch.reverse_compute_at(consumers[0], loop, preserve_unit_loops=True)
         except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
             continue
+        _decompose_init(sch, rv, loop)
     return sch.mod["main"]
+
+
+def _decompose_init(sch: s_tir.Schedule, rv: Any, spatial: Any) -> None:
+    """Move the reduction's initialisation out of its reduction loops (one store before them instead of
+    a test on every tap; also what lets C compilers see the accumulator is always initialised)."""
+    loops = list(sch.get_loops(rv))
+    for k, lp in enumerate(loops[:-1]):
+        if sch.get(lp).same_as(sch.get(spatial)):
+            try:
+                sch.decompose_reduction(rv, loops[k + 1])
+            except (RuntimeError, ValueError, TypeError):  # ScheduleError: left with its init inside
+                pass
+            return

@@ -1,0 +1,115 @@
+"""The export's memory-saving rewrites: pads merged into convolutions, elementwise residual adds fused into
+the convolution before them, accumulators as C locals. Each must leave results bit-exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te, tirx
+
+from tvm_patch.export import export_model, lower_module
+from tvm_patch.export.padfuse import merge_pads
+from tvm_patch.export.patterns import BROADCAST, ELEMWISE, is_elementwise, mark_elementwise
+
+
+def _ops(mod: tvm.IRModule) -> list[str]:
+    names = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
+                names.append(v.op.name)
+    return names
+
+
+def pad_conv_int8(layout: str = "NHWC", pool_too: bool = False) -> tvm.IRModule:
+    """An int8 pad with a non-zero pad value (a zero point) before an unpadded 3x3 convolution."""
+    rng = np.random.default_rng(3)
+    shape = (1, 7, 9, 4) if layout == "NHWC" else (1, 4, 7, 9)
+    kshape, klayout = ((3, 3, 4, 6), "HWIO") if layout == "NHWC" else ((6, 4, 3, 3), "OIHW")
+    pw = [0, 0, 1, 1, 2, 1, 0, 0] if layout == "NHWC" else [0, 0, 0, 0, 1, 1, 2, 1]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.pad(x, pw, pad_value=-5.0))
+            w = relax.const(rng.integers(-128, 128, size=kshape, dtype=np.int8))
+            c = bb.emit(relax.op.nn.conv2d(p, w, strides=(2, 1), data_layout=layout, kernel_layout=klayout,
+                                           out_dtype="int32"))
+            outs = [c]
+            if pool_too:
+                outs.append(bb.emit(relax.op.nn.max_pool2d(p, pool_size=(2, 2), layout=layout)))
+            gv = bb.emit_output(relax.Tuple(outs) if pool_too else c)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_pad_merged_into_conv(layout, tmp_path):
+    mod = pad_conv_int8(layout)
+    merged = merge_pads(mod)
+    assert "relax.nn.pad" not in _ops(merged) and "relax.nn.conv2d" not in _ops(merged)
+    prog = lower_module(mod)
+    assert len(prog.calls) == 1  # no pad kernel, no padded tensor: input -> output
+    assert [t.role for t in prog.tensors] == ["input", "output"]
+    result = export_model(mod, tmp_path / "out", check=True, seeds=(0, 1))
+    assert result.check.bit_exact, result.check.summary()
+    assert not result.arena_plan.workspace_offsets  # the padded tensor is nowhere, not even workspace
+    assert result.arena_bytes < sum(t.nbytes for t in prog.tensors) + 16  # input + output (aligned)
+
+
+def test_pad_with_other_readers_is_kept(tmp_path):
+    mod = pad_conv_int8("NHWC", pool_too=True)
+    merged = merge_pads(mod)
+    assert _ops(merged).count("relax.nn.pad") == 1  # still there for the pool
+    result = export_model(mod, tmp_path / "out", check=True, seeds=(0,))
+    assert result.check.bit_exact, result.check.summary()
+
+
+def test_non_spatial_pad_is_not_merged():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 6, 4), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.pad(x, [0, 0, 1, 1, 1, 1, 0, 2], pad_value=3.0))  # pads channels too
+            w = relax.const(np.ones((3, 3, 6, 2), dtype=np.int8))
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(p, w, data_layout="NHWC", kernel_layout="HWIO",
+                                                            out_dtype="int32")))
+        bb.emit_func_output(gv)
+    assert "relax.nn.pad" in _ops(merge_pads(bb.get()))
+
+
+def _prim(fn, *shapes) -> tirx.PrimFunc:
+    args = [te.placeholder(s, "int8", name=f"a{i}") for i, s in enumerate(shapes)]
+    out = fn(*args)
+    return te.create_prim_func([*args, out])
+
+
+def test_elementwise_with_unit_batch_index():
+    shape = (1, 4, 4, 8)
+    # reads a[0, h, w, c] while writing y[n, h, w, c]: elementwise, though TVM calls it a broadcast
+    add = _prim(lambda a, b: te.compute(shape, lambda n, h, w, c: a[0, h, w, c] + b[n, h, w, c]), shape, shape)
+    assert is_elementwise(add)
+    bias = _prim(lambda a, b: te.compute(shape, lambda n, h, w, c: a[n, h, w, c] + b[c]), shape, (8,))
+    assert not is_elementwise(bias)
+    shifted = _prim(lambda a: te.compute(shape, lambda n, h, w, c: a[n, w, h, c]), shape)
+    assert not is_elementwise(shifted)
+    mod = tvm.IRModule({"add": add.with_attr("op_pattern", BROADCAST), "bias": bias.with_attr("op_pattern", BROADCAST)})
+    out = mark_elementwise(mod)
+    assert int(out["add"].attrs["op_pattern"]) == ELEMWISE
+    assert int(out["bias"].attrs["op_pattern"]) == BROADCAST
+
+
+def test_kws_runs_in_place(mlperf_paths, tmp_path):
+    """kws (DS-CNN): zero-point pads inside the convolutions, accumulators in registers, depthwise layers
+    channel by channel and the 64->64 1x1 layers pixel by pixel in place: bit-exact, and the only
+    workspace left is one channel (25x5 B) or one pixel (64 B) of copy buffer."""
+    result = export_model(str(mlperf_paths["kws_int8"]), tmp_path / "kws", check=True, seeds=(0,))
+    assert result.check.bit_exact, result.check.summary()
+    assert not any("pad" in c.func for c in result.program.calls)
+    ws = [b.size for b in result.arena_plan.buffers if b.name.startswith("ws")]
+    assert ws and max(ws) <= 128
+    assert len(result.arena_plan.inplace_calls) >= 8  # 4 depthwise + 4 pointwise layers
+    largest = max(t.nbytes for t in result.program.tensors)
+    assert result.arena_bytes < 2 * largest  # no layer holds its input and output side by side

@@ -1,0 +1,263 @@
+"""In-place convolutions: a depthwise layer channel by channel, a 1x1 layer pixel by pixel.
+
+The paper's memory convention (and TinyEngine) runs a depthwise convolution in place: its output takes
+the place of its input when the input dies there. A depthwise output channel depends on one input
+channel only, so the kernel copies input channel ``c`` into a one-channel buffer, then computes output
+channel ``c`` from that buffer straight into the shared storage. In NHWC the element (p, c) of either
+tensor sits at ``p * C + c``: writing channel ``c`` of the output only overwrites channel-``c`` elements
+of the input, which are already in the buffer, and channels still to come are untouched. The same holds
+pixel by pixel for a 1x1 convolution with no more output than input channels: pixel ``p``'s inputs go
+to a one-pixel buffer, and its outputs land at offsets below ``(p + 1) * C_in``, i.e. on pixels already
+read.
+
+:func:`inplace_conv_schedule` turns a lean kernel (:mod:`tvm_patch.export.schedule`) of either kind into
+that form with TVM's own primitives (``reorder``, ``cache_read``, ``compute_at``, which compacts the
+buffer to one channel or one pixel). :func:`inplace_conv_pairs` proves the property on the result's TIR
+(the reads and writes of both tensors, the loop they hang under, the layouts); the export trusts only
+that proof, never the schedule's intent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+from tvm.tirx.buffer import is_buffer_var
+
+__all__ = ["inplace_conv_pairs", "inplace_conv_schedule"]
+
+_ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
+
+
+def _substitute(expr: Any, vmap: dict[Any, Any]) -> Any:
+    """``expr`` with the variables of ``vmap`` replaced (by identity)."""
+
+    def sub(v: Any) -> Any:
+        for old, new in vmap.items():
+            if v.same_as(old):
+                return new
+        return v
+
+    return tvm_ffi.structural_map(expr, (tirx.Var, sub))
+
+
+def _shape(buf: Any) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(s) for s in buf.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _blocks(sch: s_tir.Schedule) -> list[Any]:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _reads_param(block: s_tir.SBlock, param: Any) -> bool:
+    return any(r.source.same_as(param) for r in block.reads)
+
+
+def _kind(reduction: s_tir.SBlock, src: Any) -> str | None:
+    """'depthwise' or 'pointwise' for an NHWC convolution update block reading ``src``, else None."""
+    red = [iv for iv in reduction.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+    loads: list[Any] = []
+    tvm_ffi.structural_walk(
+        reduction.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)], order="pre"
+    )
+    src_loads = [ld for ld in loads if ld.source.same_as(src)]
+    if not src_loads or len(reduction.iter_vars) < 4:
+        return None
+    spatial = [iv.var for iv in reduction.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    if len(spatial) != 4:
+        return None
+    _, h, w, c = spatial
+    ext = {iv.var: int(iv.dom.extent) for iv in reduction.iter_vars}
+    red_vars = [iv.var for iv in red]
+    if any(len(ld.indices) != 4 for ld in src_loads):
+        return None
+    # unit reduction axes (a 1x1 kernel's ry, rx; a depthwise kernel's rc) at 0
+    units = {v: tirx.const(0, v.ty.dtype) for v in red_vars if ext[v] == 1}
+    ana = tvm.sym.Analyzer()
+    idx = [ana.simplify(_substitute(i, units)) for i in src_loads[0].indices]
+    if not (_uses(idx[1], h) and _uses(idx[2], w)):
+        return None  # not an activation read (a weight)
+    if idx[3].same_as(c):  # depthwise: the input channel is the output channel
+        return "depthwise"
+    big = [v for v in red_vars if ext[v] > 1]
+    if len(big) == 1 and idx[3].same_as(big[0]) and idx[1].same_as(h) and idx[2].same_as(w):
+        return "pointwise"  # a 1x1 stride-1 unpadded convolution: input pixel = output pixel
+    return None
+
+
+def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
+    """``func`` rescheduled to run in place channel by channel (depthwise) or pixel by pixel (1x1), when
+    it is such a convolution in NHWC whose input and output may share storage; else ``func`` itself."""
+    params = list(func.params)
+    if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
+        return func
+    out = params[-1]
+    out_shape = _shape(out)
+    if out_shape is None or len(out_shape) != 4 or out_shape[0] != 1:
+        return func
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = _blocks(sch)
+    except _ERRORS:
+        return func
+    updates = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
+    if len(updates) != 1:
+        return func
+    upd = updates[0]
+    block = sch.get(upd)
+    srcs = [p for p in params[:-1] if _reads_param(block, p) and _shape(p) is not None and len(_shape(p)) == 4
+            and _shape(p)[0] == 1 and str(p.ty.dtype) == str(out.ty.dtype) and _kind(block, p) is not None]
+    if len(srcs) != 1:
+        return func
+    src = srcs[0]
+    src_shape = _shape(src)
+    kind = _kind(block, src)
+    if kind == "depthwise" and src_shape[3] != out_shape[3]:
+        return func
+    if kind == "pointwise" and (src_shape[:3] != out_shape[:3] or out_shape[3] > src_shape[3]):
+        return func
+    try:
+        loops = list(sch.get_loops(upd))
+        spatial = loops[:4]  # n, h, w, c: the lean schedule keeps TOPI's loop order, reductions inside
+        if kind == "depthwise":
+            sch.reorder(spatial[3], spatial[0], spatial[1], spatial[2])
+            at = sch.get_loops(upd)[0]
+        else:
+            at = spatial[2]
+        read_index = [i for i, r in enumerate(sch.get(upd).reads) if r.source.same_as(src)][0]
+        cache = sch.cache_read(upd, read_index, "global")
+        sch.compute_at(cache, at, preserve_unit_loops=True)
+    except _ERRORS:
+        return func
+    return sch.mod["main"]
+
+
+def _loop_chain(sch: s_tir.Schedule, block_name: str) -> list[tirx.For] | None:
+    """The For loops around the block named ``block_name``, outermost first."""
+    try:
+        return [sch.get(lp) for lp in sch.get_loops(sch.get_sblock(block_name))]
+    except _ERRORS:
+        return None
+
+
+def _bound_indices(realize: s_tir.SBlockRealize, indices: list[Any], units: dict[Any, Any]) -> list[Any]:
+    """``indices`` (in block iterators) in terms of the surrounding loop variables, unit loops at 0."""
+    vmap = {iv.var: val for iv, val in zip(realize.block.iter_vars, realize.iter_values)}
+    ana = tvm.sym.Analyzer()
+    return [ana.simplify(_substitute(_substitute(i, vmap), units)) for i in indices]
+
+
+def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
+    """(input param, output param) of a kernel in :func:`inplace_conv_schedule`'s form, proven safe.
+
+    The proof: the input ``S`` is read by exactly one block, a copy into a kernel-local buffer; the output
+    ``O`` is written by exactly one block, with no init and once per element; both sit under a common
+    loop nest and the copy comes first in it; and either (channel by channel) both index their channel
+    axis, the last of an NHWC layout with the same channel count, with the same outer loop variable, so
+    iteration ``c`` writes only offsets ``= c (mod C)`` after reading all of them; or (pixel by pixel)
+    both index H and W with the same two outer loop variables, same H and W, no more output than input
+    channels, so iteration ``p`` writes only below ``(p + 1) * C_in``, on pixels already read.
+    """
+    params = list(func.params)
+    if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
+        return []
+    out = params[-1]
+    realizes: list[s_tir.SBlockRealize] = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlockRealize, lambda r: realizes.append(r) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+    loads: dict[str, list[Any]] = {}
+    stores: dict[str, list[Any]] = {}
+    for r in realizes:
+        if r.block.name_hint == "root":
+            continue
+        ls: list[Any] = []
+        ss: list[Any] = []
+        tvm_ffi.structural_walk(r.block.body, [(TensorLoad, lambda x: ls.append(x) or tvm_ffi.WalkResult.ADVANCE),
+                                               (tirx.BufferStore, lambda x: ss.append(x) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+        if r.block.init is not None:
+            tvm_ffi.structural_walk(r.block.init, [(TensorLoad, lambda x: ls.append(x) or tvm_ffi.WalkResult.ADVANCE),
+                                                   (tirx.BufferStore, lambda x: ss.append(x) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+        loads[r.block.name_hint], stores[r.block.name_hint] = ls, ss
+    by_name = {r.block.name_hint: r for r in realizes}
+    writers = [n for n, ss in stores.items() if any(s.buffer.same_as(out) for s in ss)]
+    if any(ld.source.same_as(out) for ls in loads.values() for ld in ls) or len(writers) != 1:
+        return []
+    wname = writers[0]
+    wreal = by_name[wname]
+    if wreal.block.init is not None or len(stores[wname]) != 1 or not isinstance(wreal.block.body, tirx.BufferStore):
+        return []
+    o_shape = _shape(out)
+    if o_shape is None or len(o_shape) != 4 or o_shape[0] != 1:
+        return []
+    pairs = []
+    for si, src in enumerate(params[:-1]):
+        s_shape = _shape(src)
+        if s_shape is None or len(s_shape) != 4 or str(src.ty.dtype) != str(out.ty.dtype):
+            continue
+        readers = [n for n, ls in loads.items() if any(ld.source.same_as(src) for ld in ls)]
+        if len(readers) != 1 or readers[0] == wname:
+            continue
+        cname = readers[0]
+        creal = by_name[cname]
+        cstore = creal.block.body
+        if not isinstance(cstore, tirx.BufferStore) or any(cstore.buffer.same_as(p) for p in params):
+            continue  # the copy must go to a kernel-local buffer
+        cload = [ld for ld in loads[cname] if ld.source.same_as(src)]
+        if len(cload) != 1 or not cstore.value.same_as(cload[0]):
+            continue
+        sch = s_tir.Schedule(func)
+        cchain, wchain = _loop_chain(sch, cname), _loop_chain(sch, wname)
+        if cchain is None or wchain is None:
+            continue
+        common = 0
+        while common < min(len(cchain), len(wchain)) and cchain[common].same_as(wchain[common]):
+            common += 1
+        if common == 0 or not _copy_first(cchain[common - 1], cname, wname):
+            continue
+        units = {lp.loop_var: tirx.const(0, lp.loop_var.ty.dtype) for lp in cchain + wchain if _is_one(lp.extent)}
+        src_idx = _bound_indices(creal, list(cload[0].indices), units)
+        out_idx = _bound_indices(wreal, list(wreal.block.body.indices), units)
+        outer = [lp.loop_var for lp in cchain[:common] if not _is_one(lp.extent)]
+        if len(outer) == 1 and s_shape[3] == o_shape[3]:  # channel by channel
+            c = outer[0]
+            if src_idx[3].same_as(c) and out_idx[3].same_as(c) and all(
+                not _uses(i, c) for i in src_idx[:3] + out_idx[:3]
+            ):
+                pairs.append((si, len(params) - 1))
+        elif len(outer) == 2 and s_shape[:3] == o_shape[:3] and o_shape[3] <= s_shape[3]:  # pixel by pixel
+            h, w = outer
+            if src_idx[1].same_as(h) and src_idx[2].same_as(w) and out_idx[1].same_as(h) and out_idx[2].same_as(w) and all(
+                not _uses(i, h) and not _uses(i, w) for i in (src_idx[3], out_idx[3])
+            ):
+                pairs.append((si, len(params) - 1))
+    return pairs
+
+
+def _is_one(extent: Any) -> bool:
+    return isinstance(extent, tirx.IntImm) and int(extent) == 1
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    hit = [False]
+
+    def on_var(v: Any) -> tvm_ffi.WalkResult:
+        if v.same_as(var):
+            hit[0] = True
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
+    return hit[0]
+
+
+def _copy_first(loop: tirx.For, copy: str, writer: str) -> bool:
+    """In ``loop``'s body, does the block ``copy`` come (in program order) before the block ``writer``?"""
+    order: list[str] = []
+    tvm_ffi.structural_walk(
+        loop.body, [(s_tir.SBlock, lambda b: order.append(b.name_hint) or tvm_ffi.WalkResult.ADVANCE)], order="pre"
+    )
+    return copy in order and writer in order and order.index(copy) < order.index(writer)
