@@ -113,3 +113,94 @@ def test_kws_runs_in_place(mlperf_paths, tmp_path):
     assert len(result.arena_plan.inplace_calls) >= 8  # 4 depthwise + 4 pointwise layers
     largest = max(t.nbytes for t in result.program.tensors)
     assert result.arena_bytes < 2 * largest  # no layer holds its input and output side by side
+
+
+def conv_stack(layout: str, dtype: str = "int8") -> tvm.IRModule:
+    """conv3x3 -> depthwise 3x3 (stride 1) -> depthwise 3x3 stride 2 -> 1x1 (8->8) -> 1x1 (8->16)."""
+    rng = np.random.default_rng(11)
+    nhwc = layout == "NHWC"
+    shape = (1, 9, 7, 3) if nhwc else (1, 3, 9, 7)
+    kl = "HWIO" if nhwc else "OIHW"
+
+    def w(o: int, i: int, k: int) -> relax.Expr:
+        s = (k, k, i, o) if nhwc else (o, i, k, k)
+        if dtype == "int8":
+            return relax.const(rng.integers(-8, 8, size=s, dtype=np.int8))
+        return relax.const(rng.standard_normal(s).astype(dtype))
+
+    def conv(x, o, i, k, stride=1, groups=1, pad=0):
+        y = relax.op.nn.conv2d(x, w(o, i, k), strides=stride, padding=pad, groups=groups, data_layout=layout,
+                               kernel_layout=kl, out_dtype="int32" if dtype == "int8" else dtype)
+        if dtype == "int8":  # keep the values in int8: a shift and a clip stand in for requantization
+            return relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(4, "int32")), -128, 127), "int8")
+        bshape = (1, 1, 1, o) if nhwc else (1, o, 1, 1)
+        return relax.op.nn.relu(relax.op.add(y, relax.const(rng.standard_normal(bshape).astype(dtype))))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(conv(x, 8, 3, 3, pad=1))
+            b = bb.emit(conv(a, 8, 1, 3, groups=8, pad=1))
+            c = bb.emit(conv(b, 8, 1, 3, stride=2, groups=8, pad=1))
+            d = bb.emit(conv(c, 8, 8, 1))
+            gv = bb.emit_output(bb.emit(conv(d, 16, 8, 1)))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+@pytest.mark.parametrize("layout,dtype", [("NHWC", "int8"), ("NCHW", "int8"), ("NCHW", "float32")])
+def test_depthwise_and_pointwise_in_place(layout, dtype, tmp_path):
+    result = export_model(conv_stack(layout, dtype), tmp_path / "out", check=True, seeds=(0, 1))
+    assert result.check.bit_exact, result.check.summary()
+    # both depthwise layers and the 8->8 1x1 may run in place (the planner then uses what helps); the
+    # first conv and the 8->16 expansion may not
+    outs = {call.outputs[0].index: k for k, call in enumerate(result.program.calls)}
+    assert sorted(outs[int(h.dst[1:])] for h in result.arena_plan.plan.hints) == [1, 2, 3]
+    assert {1, 2} <= result.arena_plan.inplace_calls
+    ws = [b.size for b in result.arena_plan.buffers if b.name.startswith("ws")]
+    elt = 1 if dtype == "int8" else 4
+    assert max(ws, default=0) <= -(-9 * 7 * elt // 16) * 16  # one channel of the largest depthwise input
+
+
+def test_inplace_proof_rejects_unsafe_kernels():
+    """The proof looks at the TIR, not at what the schedule meant: kernels that would clobber input
+    still to be read get no pair."""
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
+    from tvm_patch.export.schedule import lean_schedule
+
+    prog = lower_module(conv_stack("NHWC"))
+    funcs = {c.func: lean_schedule(prog.funcs[c.func]) for c in prog.calls}
+    first, dw, dw2, pw, expand = (funcs[c.func] for c in prog.calls)
+    assert inplace_conv_schedule(first, 1) is first  # a 3x3 over 3 channels: neither kind
+    assert inplace_conv_schedule(expand, 1) is expand  # 1x1 8->16: pixel p would overwrite pixel p + 1
+    for f in (dw, dw2, pw):
+        assert inplace_conv_pairs(f, 1) == []  # not in the copy-then-write form yet
+        assert inplace_conv_pairs(inplace_conv_schedule(f, 1), 1) == [(0, len(f.params) - 1)]
+
+
+def test_float_input_quantized_from_the_callers_buffer(tmp_path):
+    """A float image that the model quantizes first (ONNX QDQ) is read in place from the caller's buffer:
+    the arena holds int8 tensors only. An int8 input is still copied in (TFLite Micro's convention)."""
+    from tvm_patch.export.plan import external_tensors
+
+    rng = np.random.default_rng(4)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 8, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            q = bb.emit(relax.op.quantize(x, relax.const(0.05, "float32"), relax.const(3, "int8"), axis=-1, out_dtype="int8"))
+            w = relax.const(rng.integers(-8, 8, size=(1, 1, 4, 4), dtype=np.int8))
+            c = bb.emit(relax.op.nn.conv2d(q, w, data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
+            gv = bb.emit_output(bb.emit(relax.op.astype(relax.op.clip(c, -128, 127), "int8")))
+        bb.emit_func_output(gv)
+    out = tmp_path / "out"
+    result = export_model(bb.get(), out, check=True, seeds=(0, 1))
+    assert result.check.bit_exact, result.check.summary()
+    prog = result.program
+    assert external_tensors(prog, True) == {prog.inputs[0].tensor}
+    assert prog.inputs[0].tensor not in result.arena_plan.tensor_offsets
+    assert result.arena_bytes < prog.inputs[0].nbytes  # the 1 kB float image is not in the arena
+    assert "x: used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
+    int8_in = export_model(pad_conv_int8(), tmp_path / "int8")
+    assert external_tensors(int8_in.program, True) == set()

@@ -30,7 +30,7 @@ from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 from tvm_patch.export.lower import Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
-from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, plan_arena, tensor_lifetimes
+from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stderr import captured_stderr
 
@@ -181,7 +181,7 @@ def export_model(
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
         "model.c": driver_source(prog, csrc.functions, aplan, name, csrc),
-        "tvmp_model.h": model_header(prog, aplan.arena_bytes, name),
+        "tvmp_model.h": model_header(prog, aplan.arena_bytes, name, frozenset(external_tensors(prog, io_in_arena))),
         "main.c": host_main(prog.inputs, prog.outputs),
         "Makefile": makefile(),
     }
@@ -225,7 +225,7 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
     kernel can use it: its input dies at that call and lives in the arena. Elsewhere the copy buffer
     would only cost workspace, so the lean kernel stays."""
     life = tensor_lifetimes(prog)
-    external = {io.tensor for io in prog.inputs + prog.outputs} if not io_in_arena else set()
+    external = external_tensors(prog, io_in_arena)
     out = dict(funcs)
     for name, func in funcs.items():
         cand = inplace_conv_schedule(func, n_out[name])

@@ -1,4 +1,4 @@
-"""In-place convolutions: a depthwise layer channel by channel, a 1x1 layer pixel by pixel.
+"""In-place convolutions: a depthwise layer channel by channel, a 1x1 layer pixel by pixel (NHWC, NCHW).
 
 The paper's memory convention (and TinyEngine) runs a depthwise convolution in place: its output takes
 the place of its input when the input dies there. A depthwise output channel depends on one input
@@ -8,7 +8,8 @@ tensor sits at ``p * C + c``: writing channel ``c`` of the output only overwrite
 of the input, which are already in the buffer, and channels still to come are untouched. The same holds
 pixel by pixel for a 1x1 convolution with no more output than input channels: pixel ``p``'s inputs go
 to a one-pixel buffer, and its outputs land at offsets below ``(p + 1) * C_in``, i.e. on pixels already
-read.
+read. In NCHW the channel-by-channel order writes channel ``c`` below ``(c + 1) * H * W`` (channels
+already read), and pixel ``p``'s outputs sit at offsets ``= p (mod H * W)``, on no other input pixel.
 
 :func:`inplace_conv_schedule` turns a lean kernel (:mod:`tvm_patch.export.schedule`) of either kind into
 that form with TVM's own primitives (``reorder``, ``cache_read``, ``compute_at``, which compacts the
@@ -59,35 +60,32 @@ def _reads_param(block: s_tir.SBlock, param: Any) -> bool:
     return any(r.source.same_as(param) for r in block.reads)
 
 
-def _kind(reduction: s_tir.SBlock, src: Any) -> str | None:
-    """'depthwise' or 'pointwise' for an NHWC convolution update block reading ``src``, else None."""
+def _kind(reduction: s_tir.SBlock, src: Any) -> tuple[str, str] | None:
+    """("depthwise" | "pointwise", "NHWC" | "NCHW") for a convolution update block reading activation
+    ``src`` (its spatial iterators in TOPI's order: n, h, w, c or n, c, h, w), else None."""
     red = [iv for iv in reduction.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
     loads: list[Any] = []
     tvm_ffi.structural_walk(
         reduction.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)], order="pre"
     )
     src_loads = [ld for ld in loads if ld.source.same_as(src)]
-    if not src_loads or len(reduction.iter_vars) < 4:
-        return None
     spatial = [iv.var for iv in reduction.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
-    if len(spatial) != 4:
+    if not src_loads or len(spatial) != 4 or any(len(ld.indices) != 4 for ld in src_loads):
         return None
-    _, h, w, c = spatial
     ext = {iv.var: int(iv.dom.extent) for iv in reduction.iter_vars}
     red_vars = [iv.var for iv in red]
-    if any(len(ld.indices) != 4 for ld in src_loads):
-        return None
     # unit reduction axes (a 1x1 kernel's ry, rx; a depthwise kernel's rc) at 0
     units = {v: tirx.const(0, v.ty.dtype) for v in red_vars if ext[v] == 1}
     ana = tvm.sym.Analyzer()
     idx = [ana.simplify(_substitute(i, units)) for i in src_loads[0].indices]
-    if not (_uses(idx[1], h) and _uses(idx[2], w)):
-        return None  # not an activation read (a weight)
-    if idx[3].same_as(c):  # depthwise: the input channel is the output channel
-        return "depthwise"
     big = [v for v in red_vars if ext[v] > 1]
-    if len(big) == 1 and idx[3].same_as(big[0]) and idx[1].same_as(h) and idx[2].same_as(w):
-        return "pointwise"  # a 1x1 stride-1 unpadded convolution: input pixel = output pixel
+    for layout, (h, w, c), (ih, iw, ic) in (("NHWC", spatial[1:], (1, 2, 3)), ("NCHW", (*spatial[2:], spatial[1]), (2, 3, 1))):
+        if not (_uses(idx[ih], h) and _uses(idx[iw], w)):
+            continue  # not this layout, or not an activation read (a weight)
+        if idx[ic].same_as(c):  # depthwise: the input channel is the output channel
+            return "depthwise", layout
+        if len(big) == 1 and idx[ic].same_as(big[0]) and idx[ih].same_as(h) and idx[iw].same_as(w):
+            return "pointwise", layout  # a 1x1 stride-1 unpadded convolution: input pixel = output pixel
     return None
 
 
@@ -117,19 +115,27 @@ def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
         return func
     src = srcs[0]
     src_shape = _shape(src)
-    kind = _kind(block, src)
-    if kind == "depthwise" and src_shape[3] != out_shape[3]:
+    kind, layout = _kind(block, src)
+    c_ax = 3 if layout == "NHWC" else 1
+    if kind == "depthwise" and src_shape[c_ax] != out_shape[c_ax]:
         return func
-    if kind == "pointwise" and (src_shape[:3] != out_shape[:3] or out_shape[3] > src_shape[3]):
+    pix = [1, 2] if layout == "NHWC" else [2, 3]
+    if kind == "pointwise" and ([src_shape[a] for a in pix] != [out_shape[a] for a in pix] or out_shape[c_ax] > src_shape[c_ax]):
         return func
     try:
-        loops = list(sch.get_loops(upd))
-        spatial = loops[:4]  # n, h, w, c: the lean schedule keeps TOPI's loop order, reductions inside
-        if kind == "depthwise":
-            sch.reorder(spatial[3], spatial[0], spatial[1], spatial[2])
-            at = sch.get_loops(upd)[0]
+        n, a, b, c = list(sch.get_loops(upd))[:4]  # TOPI's spatial loop order, reductions inside
+        if layout == "NHWC":
+            h, w, ch = a, b, c
         else:
-            at = spatial[2]
+            ch, h, w = a, b, c
+        if kind == "depthwise":
+            if layout == "NHWC":
+                sch.reorder(ch, n, h, w)
+            at = ch
+        else:
+            if layout == "NCHW":
+                sch.reorder(h, w, ch)
+            at = w
         read_index = [i for i, r in enumerate(sch.get(upd).reads) if r.source.same_as(src)][0]
         cache = sch.cache_read(upd, read_index, "global")
         sch.compute_at(cache, at, preserve_unit_loops=True)
@@ -157,12 +163,11 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
     """(input param, output param) of a kernel in :func:`inplace_conv_schedule`'s form, proven safe.
 
     The proof: the input ``S`` is read by exactly one block, a copy into a kernel-local buffer; the output
-    ``O`` is written by exactly one block, with no init and once per element; both sit under a common
-    loop nest and the copy comes first in it; and either (channel by channel) both index their channel
-    axis, the last of an NHWC layout with the same channel count, with the same outer loop variable, so
-    iteration ``c`` writes only offsets ``= c (mod C)`` after reading all of them; or (pixel by pixel)
-    both index H and W with the same two outer loop variables, same H and W, no more output than input
-    channels, so iteration ``p`` writes only below ``(p + 1) * C_in``, on pixels already read.
+    ``O`` is written by exactly one block (no init, nothing reads ``O``); both sit under a common loop
+    nest and the copy comes first in its body, so within an iteration every read of ``S`` precedes every
+    write of ``O``. Across iterations, :func:`_safe` shows from the indices and shapes that iteration
+    ``i`` writes only bytes no later iteration reads: channel by channel (the channel axis indexed by the
+    one outer variable) or pixel by pixel (H and W indexed by the two outer variables), in NHWC or NCHW.
     """
     params = list(func.params)
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
@@ -223,19 +228,33 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
         src_idx = _bound_indices(creal, list(cload[0].indices), units)
         out_idx = _bound_indices(wreal, list(wreal.block.body.indices), units)
         outer = [lp.loop_var for lp in cchain[:common] if not _is_one(lp.extent)]
-        if len(outer) == 1 and s_shape[3] == o_shape[3]:  # channel by channel
-            c = outer[0]
-            if src_idx[3].same_as(c) and out_idx[3].same_as(c) and all(
-                not _uses(i, c) for i in src_idx[:3] + out_idx[:3]
-            ):
-                pairs.append((si, len(params) - 1))
-        elif len(outer) == 2 and s_shape[:3] == o_shape[:3] and o_shape[3] <= s_shape[3]:  # pixel by pixel
-            h, w = outer
-            if src_idx[1].same_as(h) and src_idx[2].same_as(w) and out_idx[1].same_as(h) and out_idx[2].same_as(w) and all(
-                not _uses(i, h) and not _uses(i, w) for i in (src_idx[3], out_idx[3])
-            ):
-                pairs.append((si, len(params) - 1))
+        if s_shape[0] == 1 and _safe(outer, src_idx, out_idx, s_shape, o_shape):
+            pairs.append((si, len(params) - 1))
     return pairs
+
+
+def _safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], s: tuple[int, ...], o: tuple[int, ...]) -> bool:
+    """The layout half of the proof (see inplace_conv_pairs), for batch-1 4-D tensors S and O sharing
+    their first byte, whose copy-then-write iterations run over the loop variables ``outer``."""
+
+    def only(axes: tuple[int, ...], vs: list[Any]) -> bool:  # axes indexed by exactly vs, others free of them
+        return all(s_idx[a].same_as(v) and o_idx[a].same_as(v) for a, v in zip(axes, vs)) and all(
+            not _uses(i, v) for a in range(4) if a not in axes for i in (s_idx[a], o_idx[a]) for v in vs
+        )
+
+    if len(outer) == 1:
+        # channel last: iteration c writes offsets = c (mod C), later ones read the other residues
+        if only((3,), outer) and s[3] == o[3]:
+            return True
+        # channel second: iteration c writes below (c + 1) * Ho * Wo <= (c + 1) * H * W, later ones read above
+        return only((1,), outer) and s[1] == o[1] and o[2] * o[3] <= s[2] * s[3]
+    if len(outer) == 2:
+        # channel last: pixel p writes below (p + 1) * C_out <= (p + 1) * C_in, later pixels read above
+        if only((1, 2), outer) and s[1:3] == o[1:3] and o[3] <= s[3]:
+            return True
+        # channel second: pixel p writes offsets = p (mod H * W), later pixels read the other residues
+        return only((2, 3), outer) and s[2:] == o[2:]
+    return False
 
 
 def _is_one(extent: Any) -> bool:

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.export.lower import Program
+from tvm_patch.export.lower import Arg, Program
 from tvm_patch.memplan import Buffer, InPlace, Plan, lower_bound, plan_memory, validate
 
-__all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "plan_arena", "tensor_buffer", "tensor_lifetimes",
+__all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "external_tensors", "plan_arena", "tensor_buffer", "tensor_lifetimes",
            "workspace_buffer"]
 
 MAX_ARENA_BYTES = 2**32 - 1  # offsets and sizes are 32-bit on the target
@@ -80,7 +80,7 @@ def arena_buffers(
     """The planner's problem: one buffer per stored tensor (inputs/outputs only when ``io_in_arena``)
     and per non-empty kernel workspace, and the in-place hints that are safe at their call."""
     life = tensor_lifetimes(prog)
-    external = _external(prog, io_in_arena)
+    external = external_tensors(prog, io_in_arena)
     buffers: list[Buffer] = []
     for t in prog.tensors:
         if t.index in external:
@@ -113,10 +113,24 @@ def arena_buffers(
     return buffers, hints
 
 
-def _external(prog: Program, io_in_arena: bool) -> set[int]:
-    if io_in_arena:
-        return set()
-    return {io.tensor for io in prog.inputs} | {io.tensor for io in prog.outputs}
+def external_tensors(prog: Program, io_in_arena: bool) -> set[int]:
+    """Tensors the kernels use straight from the caller's buffers instead of the arena: every input and
+    output when not ``io_in_arena``; otherwise only a float input that the model itself quantizes (an
+    ONNX QDQ model's image), read once by its quantize kernel, so the arena holds the int8 tensors only,
+    as the paper's convention and the analytic peak count them."""
+    if not io_in_arena:
+        return {io.tensor for io in prog.inputs} | {io.tensor for io in prog.outputs}
+    outputs = {io.tensor for io in prog.outputs}
+    ext = set()
+    for io in prog.inputs:
+        if not io.dtype.startswith(("float", "bfloat")) or io.tensor in outputs:
+            continue
+        readers = [c for c in prog.calls if any(a == Arg("tensor", io.tensor) for a in c.inputs)]
+        if len(readers) == 1 and all(
+            o.kind == "tensor" and prog.tensors[o.index].dtype in ("int8", "uint8") for o in readers[0].outputs
+        ):
+            ext.add(io.tensor)
+    return ext
 
 
 def check_fits(buffers: Sequence[Buffer], hints: Sequence[InPlace]) -> int:
@@ -142,7 +156,7 @@ def plan_arena(
     in-place pairs. Raises :class:`TvmPatchError` when the arena would exceed 4 GB.
     """
     buffers, hints = arena_buffers(prog, workspace, pairs, io_in_arena)
-    external = _external(prog, io_in_arena)
+    external = external_tensors(prog, io_in_arena)
     lb = check_fits(buffers, hints)
     plan = plan_memory(buffers, hints, alignment)
     if plan.arena_size > MAX_ARENA_BYTES:

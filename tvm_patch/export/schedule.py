@@ -7,11 +7,13 @@ workspace on top of its input and output. Two schedule primitives remove that, w
 element's arithmetic (each value is computed by the same expression, only where it is stored changes):
 
 1. ``compute_inline`` every non-output block that can be inlined (padding, elementwise chains): its
-   expression is substituted into its readers;
-2. ``reverse_compute_at`` the single consumer of each reduction (the epilogue) under the reduction's
-   innermost spatial loop: each output element is finished right after its accumulation, so the
-   accumulator compacts to one element, which the C emitter keeps as a C local (a register) instead of
-   a slot of kernel workspace in the arena.
+   expression is substituted into its readers; after a reduction, only into readers that read it once
+   (the requantization reads its input several times: inlining it into a residual add copied it per
+   read and took TVM's simplifier 17 s on one kernel);
+2. ``reverse_compute_at`` the single consumer of each reduction (the epilogue), and each next stage of a
+   chain of them, under the reduction's innermost spatial loop: each output element is finished right
+   after its accumulation, so the accumulator and every epilogue stage compact to one element, which
+   the C emitter keeps as a C local (a register) instead of a slot of kernel workspace in the arena.
 
 Guards (found necessary: TVM 0.27's ``reverse_compute_at`` moved a trailing pad, whose domain is larger
 than the convolution's, under the convolution's loops without complaint and never wrote the pad border):
@@ -176,8 +178,12 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
             if block.name_hint in outputs or _is_reduction(block):
                 continue
             buf = _written(block)
-            if _after_reduction(sch, rv) and not all(_reads_pointwise(sch.get(c), buf) for c in sch.get_consumers(rv)):
-                continue  # inlined there, a reduction's epilogue would read it at other indices (e.g. a pad)
+            if _after_reduction(sch, rv):
+                readers = [sch.get(c) for c in sch.get_consumers(rv)]
+                if not all(_reads_pointwise(c, buf) for c in readers):
+                    continue  # inlined there, a reduction's epilogue would read it at other indices (e.g. a pad)
+                if any(_loads_of(c, buf) > 1 for c in readers):
+                    continue  # a stage of its own (one scalar at the reduction): inlining copies it per read
             try:
                 sch.compute_inline(rv)
                 changed = True
@@ -198,7 +204,29 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
         except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
             continue
         _decompose_init(sch, rv, loop)
+        stage = consumers[0]
+        while stage is not None:  # the rest of the epilogue chain follows, one scalar stage after another
+            nxt = list(sch.get_consumers(stage))
+            if len(nxt) != 1 or not _reads_pointwise(sch.get(nxt[0]), _written(sch.get(stage))):
+                break
+            try:
+                sch.reverse_compute_at(nxt[0], loop, preserve_unit_loops=True)
+            except (RuntimeError, ValueError, TypeError):
+                break
+            stage = nxt[0]
     return sch.mod["main"]
+
+
+def _loads_of(block: s_tir.SBlock, buf: Any) -> int:
+    """How many times ``block``'s body reads ``buf``."""
+    n = [0]
+
+    def on_load(ld: Any) -> tvm_ffi.WalkResult:
+        n[0] += ld.source.same_as(buf)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(block.body, [(TensorLoad, on_load)], order="pre")
+    return n[0]
 
 
 def _decompose_init(sch: s_tir.Schedule, rv: Any, spatial: Any) -> None:
