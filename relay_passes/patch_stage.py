@@ -20,6 +20,7 @@ from tvm_patch.patch.memory import best_split
 from tvm_patch.split import resolve_split
 
 STAGE_FUNC = "patch_stage"
+PATCHES_ATTR = "tvm_patch.patches"  # on the stage PrimFunc: (rows, cols) of patches
 
 
 @relax.expr_functor.mutator
@@ -63,6 +64,7 @@ class PatchStage:
             n = resolve_split(graph, self.split, self.patches)
         stage, stage_input = stage_from_graph(graph, n, func)
         prim = build_stage(stage, self.patches).with_attr("global_symbol", STAGE_FUNC)
+        prim = prim.with_attr(PATCHES_ATTR, list(self.patches))  # the C export reads its input patch by patch
         out = graph.layers[n - 1].out_var
         out_ty = relax.TensorType(graph.tensors[graph.layers[n - 1].output].shape, stage.dtype)
         consts = [relax.const(a) for a in param_arrays(stage)]

@@ -52,6 +52,7 @@ class ExportResult:
     files: list[str]
     arena_bytes: int
     analytic_peak_bytes: int | None
+    analytic_patch_peak_bytes: int | None  # patch mode: the profile's patched peak (input image not counted)
     lower_bound_bytes: int
     weights_bytes: int
     tvm_static_plan_bytes: int
@@ -74,6 +75,7 @@ class ExportResult:
             "files": self.files,
             "arena_bytes": self.arena_bytes,
             "analytic_peak_bytes": self.analytic_peak_bytes,
+            "analytic_patch_peak_bytes": self.analytic_patch_peak_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
             "weights_bytes": self.weights_bytes,
             "plan": dict(self.plan),
@@ -163,7 +165,8 @@ def export_model(
 
         src_mod = lower_to_integer(src_mod)
     # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
-    mod = apply_patch_stage(prefold_constants(src_mod), patches, split) if patches is not None else src_mod
+    base = prefold_constants(src_mod) if patches is not None else src_mod
+    mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
     prog = lower_module(mod)
     funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
@@ -191,17 +194,19 @@ def export_model(
         files["tvmp_kernels_cm7.o"] = obj
         files["tvmp_kernels.h"] = csrc.header("TVMP_KERNELS_H")
         files["model_driver.c"] = driver_source(prog, oinfos, aplan, name, None, "tvmp_kernels.h")
+    patch_figs = baselines.analytic_patch_figures(base, patches, split) if patches is not None else None
     result = ExportResult(
         model=name,
         out_dir=Path(out_dir),
         files=sorted(files) + ["tvmp_export.json"],
         arena_bytes=aplan.arena_bytes,
         analytic_peak_bytes=baselines.analytic_peak_bytes(imported),
+        analytic_patch_peak_bytes=patch_figs["peak_bytes"] if patch_figs else None,
         lower_bound_bytes=aplan.lower_bound,
         weights_bytes=prog.weights_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
-        plan={"split": split, "patches": patches},
+        plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None},
         kernels=len(prog.funcs),
         calls=len(prog.calls),
         inplace_calls=len(aplan.inplace_calls),

@@ -27,6 +27,29 @@ def analytic_peak_bytes(mod: tvm.IRModule) -> int | None:
     return peak(rows).bytes if rows else None
 
 
+def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str) -> dict | None:
+    """The profile's "patch_based" figures (``peak_bytes``: the patched analytic peak, full input image
+    not counted; ``split``: the resolved layer count) of ``mod``, the module PatchStage runs on (after
+    LowerToInteger for int8 models, so "auto" resolves to the same split), or None when the profile
+    cannot be built."""
+    from tvm_patch.export.prefold import prefold_constants
+    from tvm_patch.graph import build_graph
+    from tvm_patch.report import patch_based
+
+    from tvm_patch.patch.memory import best_split
+
+    try:
+        folded = relax.transform.FoldConstant()(prefold_constants(mod))
+        graph = build_graph(folded)
+        if str(split) == "auto":  # as PatchStage resolves it
+            split = best_split(graph, folded["main"], (patches, patches))
+            if split is None:
+                return None
+        return patch_based(graph, folded, patches, split, tir=False, imported=mod)
+    except (TvmPatchError, RuntimeError, KeyError, IndexError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def tvm_static_plan_bytes(fused_mod: tvm.IRModule, func_name: str = "main") -> int:
     """Total bytes of the storages TVM's StaticPlanBlockMemory allocates for ``func_name`` (after
     ToNonDataflow, RemovePurityChecking, CallTIRRewrite). It plans by storage token and size class, does

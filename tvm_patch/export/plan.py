@@ -10,8 +10,10 @@ an input that dies at that call. :func:`tvm_patch.memplan.plan_memory` places th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
+from relay_passes.patch_stage import PATCHES_ATTR
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.memplan import Buffer, InPlace, Plan, lower_bound, plan_memory, validate
@@ -115,22 +117,29 @@ def arena_buffers(
 
 def external_tensors(prog: Program, io_in_arena: bool) -> set[int]:
     """Tensors the kernels use straight from the caller's buffers instead of the arena: every input and
-    output when not ``io_in_arena``; otherwise only a float input that the model itself quantizes (an
-    ONNX QDQ model's image), read once by its quantize kernel, so the arena holds the int8 tensors only,
-    as the paper's convention and the analytic peak count them."""
+    output when not ``io_in_arena``. Otherwise two kinds of input, as the paper's convention counts them:
+    an input read only by a patch stage (patch mode streams the image patch by patch: each patch reads
+    its own window of the caller's buffer), and a float input that the model itself quantizes first (an
+    ONNX QDQ model's image), read once by its quantize kernel, so the arena holds int8 tensors only."""
     if not io_in_arena:
         return {io.tensor for io in prog.inputs} | {io.tensor for io in prog.outputs}
     outputs = {io.tensor for io in prog.outputs}
     ext = set()
     for io in prog.inputs:
-        if not io.dtype.startswith(("float", "bfloat")) or io.tensor in outputs:
+        if io.tensor in outputs:
             continue
         readers = [c for c in prog.calls if any(a == Arg("tensor", io.tensor) for a in c.inputs)]
-        if len(readers) == 1 and all(
+        if readers and all(_is_patch_stage(prog.funcs[c.func]) for c in readers):
+            ext.add(io.tensor)
+        elif io.dtype.startswith(("float", "bfloat")) and len(readers) == 1 and all(
             o.kind == "tensor" and prog.tensors[o.index].dtype in ("int8", "uint8") for o in readers[0].outputs
         ):
             ext.add(io.tensor)
     return ext
+
+
+def _is_patch_stage(func: Any) -> bool:
+    return func.attrs is not None and PATCHES_ATTR in func.attrs
 
 
 def check_fits(buffers: Sequence[Buffer], hints: Sequence[InPlace]) -> int:
