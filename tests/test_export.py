@@ -321,7 +321,7 @@ def test_kws_bit_exact_with_baselines(mlperf_paths, tmp_path):
     j = result.to_json()
     assert {"arena_bytes", "analytic_peak_bytes", "lower_bound_bytes", "weights_bytes", "plan",
             "tvm_static_plan_bytes", "tflm_arena_head_bytes"} <= j.keys()
-    assert j["plan"] == {"split": None, "patches": None}
+    assert j["plan"] == {"split": None, "patches": None, "split_layers": None}
 
 
 @pytest.mark.slow
@@ -463,7 +463,8 @@ def test_patch_mode_bit_exact(tmp_path):
     layer = export_model("zoo:mcunet-in0", tmp_path / "layer")
     patch = export_model("zoo:mcunet-in0", tmp_path / "patch", patches=3, split="auto", check=True, seeds=(0, 1))
     _check_result(patch, tmp_path / "patch")
-    assert patch.to_json()["plan"] == {"split": "auto", "patches": 3}
+    plan = patch.to_json()["plan"]
+    assert plan["split"] == "auto" and plan["patches"] == 3 and plan["split_layers"] >= 1
     assert patch.arena_bytes < layer.arena_bytes
 
 
@@ -484,7 +485,7 @@ def test_cli_build_json_check(tmp_path):
     for key in ("arena_bytes", "analytic_peak_bytes", "lower_bound_bytes", "weights_bytes", "plan",
                 "tvm_static_plan_bytes", "tflm_arena_head_bytes"):
         assert key in j
-    assert j["tflm_arena_head_bytes"] is None and j["plan"] == {"split": None, "patches": None}
+    assert j["tflm_arena_head_bytes"] is None and j["plan"] == {"split": None, "patches": None, "split_layers": None}
     assert j["check"]["passed"] and j["check"]["bit_exact"]
     assert j["arena_bytes"] >= j["lower_bound_bytes"] > 0
     assert f"#define TVMP_ARENA_BYTES {j['arena_bytes']}u" in (out / "tvmp_model.h").read_text()
