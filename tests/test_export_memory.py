@@ -9,6 +9,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from tvm_patch.export import export_model, lower_module
+from tvm_patch.export.lower import Arg
 from tvm_patch.export.padfuse import merge_pads
 from tvm_patch.export.patterns import BROADCAST, ELEMWISE, is_elementwise, mark_elementwise
 
@@ -219,3 +220,18 @@ def test_patch_mode_streams_the_input(mlperf_paths, tmp_path):
     assert isinstance(j["plan"]["split_layers"], int) and j["plan"]["split_layers"] > 0
     assert 0 < j["analytic_patch_peak_bytes"] < j["analytic_peak_bytes"]
     assert "used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
+
+
+def test_input_quantize_becomes_the_stage_prologue(tmp_path):
+    """An ONNX QDQ model quantizes its float image first: in patch mode that quantize is folded into the
+    stage (no full-size int8 image in the arena), bit-exact with TVM running the unfolded module."""
+    out = tmp_path / "in0"
+    result = export_model("zoo:mcunet-in0:int8", out, patches=3, split=4, check=True, seeds=(0,))
+    assert result.check.bit_exact, result.check.summary()
+    prog = result.program
+    assert not any("quantize" in c.func for c in prog.calls[:1])  # the stage is the first call
+    stage = prog.calls[0]
+    assert stage.inputs[0] == Arg("tensor", prog.inputs[0].tensor)  # it reads the float image itself
+    assert prog.inputs[0].tensor not in result.arena_plan.tensor_offsets
+    image = tuple(prog.inputs[0].shape)
+    assert not any(t.shape == image and t.dtype == "int8" for t in prog.tensors)  # no int8 copy of the image

@@ -30,6 +30,7 @@ from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 from tvm_patch.export.lower import Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
+from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stderr import captured_stderr
@@ -168,6 +169,8 @@ def export_model(
     base = prefold_constants(src_mod) if patches is not None else src_mod
     mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
     prog = lower_module(mod)
+    if patches is not None:
+        prog = merge_prologues(prog)
     funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:

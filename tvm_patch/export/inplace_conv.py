@@ -28,21 +28,13 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.export.patterns import substitute_vars
+
 __all__ = ["inplace_conv_pairs", "inplace_conv_schedule"]
 
 _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 
 
-def _substitute(expr: Any, vmap: dict[Any, Any]) -> Any:
-    """``expr`` with the variables of ``vmap`` replaced (by identity)."""
-
-    def sub(v: Any) -> Any:
-        for old, new in vmap.items():
-            if v.same_as(old):
-                return new
-        return v
-
-    return tvm_ffi.structural_map(expr, (tirx.Var, sub))
 
 
 def _shape(buf: Any) -> tuple[int, ...] | None:
@@ -77,7 +69,7 @@ def _kind(reduction: s_tir.SBlock, src: Any) -> tuple[str, str] | None:
     # unit reduction axes (a 1x1 kernel's ry, rx; a depthwise kernel's rc) at 0
     units = {v: tirx.const(0, v.ty.dtype) for v in red_vars if ext[v] == 1}
     ana = tvm.sym.Analyzer()
-    idx = [ana.simplify(_substitute(i, units)) for i in src_loads[0].indices]
+    idx = [ana.simplify(substitute_vars(i, units)) for i in src_loads[0].indices]
     big = [v for v in red_vars if ext[v] > 1]
     for layout, (h, w, c), (ih, iw, ic) in (("NHWC", spatial[1:], (1, 2, 3)), ("NCHW", (*spatial[2:], spatial[1]), (2, 3, 1))):
         if not (_uses(idx[ih], h) and _uses(idx[iw], w)):
@@ -156,7 +148,7 @@ def _bound_indices(realize: s_tir.SBlockRealize, indices: list[Any], units: dict
     """``indices`` (in block iterators) in terms of the surrounding loop variables, unit loops at 0."""
     vmap = {iv.var: val for iv, val in zip(realize.block.iter_vars, realize.iter_values)}
     ana = tvm.sym.Analyzer()
-    return [ana.simplify(_substitute(_substitute(i, vmap), units)) for i in indices]
+    return [ana.simplify(substitute_vars(substitute_vars(i, vmap), units)) for i in indices]
 
 
 def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-__all__ = ["ELEMWISE", "BROADCAST", "mark_elementwise", "is_elementwise", "same_element"]
+__all__ = ["ELEMWISE", "BROADCAST", "mark_elementwise", "is_elementwise", "same_element", "substitute_vars"]
 
 ELEMWISE, BROADCAST = 0, 1  # TVM's OpPatternKind values
 
@@ -38,6 +38,18 @@ def _shape(buf: Any) -> tuple[int, ...] | None:
         return tuple(int(s) for s in buf.shape)
     except (TypeError, ValueError):
         return None
+
+
+def substitute_vars(expr: Any, vmap: dict[Any, Any]) -> Any:
+    """``expr`` with the variables of ``vmap`` (matched by identity) replaced."""
+
+    def sub(v: Any) -> Any:
+        for old, new in vmap.items():
+            if v.same_as(old):
+                return new
+        return v
+
+    return tvm_ffi.structural_map(expr, (tirx.Var, sub))
 
 
 def same_element(load: Any, store: Any, shape: tuple[int, ...] | None) -> bool:
