@@ -56,6 +56,13 @@ lowered chain is folded into the chain's clamp. Nothing of the float chain remai
 `float_ops_remaining`. A quantized chain this pass cannot lower raises `UnsupportedOpError` naming the op
 and the binding: there is no silent float fallback.
 
+``LowerToInteger(rounding="onnxruntime")`` replaces TFLite's fixed-point requantization of conv / dense
+("ort_requantize"), add ("ort_add"), mean / global pooling ("ort_mean") and requantize (a 256-entry table)
+by onnxruntime's float32 requantization, reproduced exactly with int64 integer operations
+(`tvm_patch.quant.ort_requantize_te`); softmax, logistic, hard swish, mul, sub and windowed average pooling
+keep TFLite's arithmetic. Bit-exact with onnxruntime's int8 kernels (session entry
+``session.qdqisint8allowed=1``) layer by layer. The patch stage reads only the "tflite" form.
+
 uint8 activations (ONNX) are accepted: a conv input is first shifted to int8 ("uint8_to_int8", zero
 point - 128). Known limits: TFLite softmax ``beta`` is dropped by TVM's importer (assumed 1); weights
 must be symmetric (zero point 0) as in TFLite; average pooling with different input/output quantization
@@ -76,7 +83,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_patch import quant as Q
 from tvm_patch.errors import UnsupportedOpError
 
-__all__ = ["QPARAMS_ATTR", "LowerToInteger", "float_ops_remaining", "lower_to_integer", "quant_params"]
+__all__ = ["QPARAMS_ATTR", "ROUNDINGS", "LowerToInteger", "float_ops_remaining", "lower_to_integer", "quant_params"]
 
 QPARAMS_ATTR = "tvm_patch.qparams"
 """Relax function attribute: {PrimFunc name: {parameter: int}} for the ``requantize``, ``q_add``, ``q_sub``
@@ -247,9 +254,10 @@ class _Lowerer(PyExprMutator):
     """Rebuilds each Relax function binding by binding, keeping quantized chains symbolic until the
     quantize that ends them, then emitting the integer form."""
 
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, rounding: str = "tflite") -> None:
         super().__init__(mod)
         self.mod = mod
+        self.ort = rounding == "onnxruntime"
         self.values: dict = {}  # original Var -> _QT | _FOp | _Const | _Pending
         self.orig: dict = {}  # original Var -> its bound value in the original function
         self.func_name = ""
@@ -769,6 +777,10 @@ class _Lowerer(PyExprMutator):
                 return x
             if same:
                 return self.builder_.emit(relax.op.clip(x, lo, hi))
+            if self.ort and qt.dtype in ("int8", "uint8"):
+                t = Q.ort_requantize_table(qt.s, qt.z, ctx.so, ctx.zo, qt.dtype, ctx.dtype, lo, hi)
+                return self._emit_te(Q.lut_te, [x, relax.const(t, ctx.dtype)], qt.dtype, ctx.dtype, "ort_requantize",
+                                     name="ort_requantize")
             return self._emit_te(Q.requantize_int_te, [x], qt.z, m, sh, ctx.zo, ctx.dtype, lo, hi,
                                          name="q_requantize")
 
@@ -825,7 +837,17 @@ class _Lowerer(PyExprMutator):
         b_eff = b - zx * wsum
         if np.any(b_eff > Q.INT32_MAX) or np.any(b_eff < Q.INT32_MIN):
             raise self._unsupported(f"{name} bias overflowing int32", acc.var)
-        mult, shift = Q.conv_multipliers(x.s, w_scales, ctx.so)
+        ort = self.ort and epilogue is None
+        # |acc| bound: above 2^24 onnxruntime's int32 -> float32 conversion rounds too
+        acc_bound = int((np.abs(wq).sum(axis=red_axes) * 255 + np.abs(b)).max()) if wq.size else 0
+        if ort:
+            try:
+                mult, shift = Q.ort_conv_multipliers(x.s, w_scales, ctx.so)
+            except ValueError:
+                raise self._unsupported(f"{name} with an output scale too large for onnxruntime rounding",
+                                        acc.var) from None
+        else:
+            mult, shift = Q.conv_multipliers(x.s, w_scales, ctx.so)
         per_tensor = bool(np.all(mult == mult[0]) and np.all(shift == shift[0]))
         if epilogue == "logistic":
             try:
@@ -863,7 +885,17 @@ class _Lowerer(PyExprMutator):
             if epilogue == "logistic":
                 return self._emit_te(Q.acc_logistic_te, [accv, relax.const(lm, "int32"), relax.const(ls, "int32")],
                                      out_c_axis, om, osh, ctx.zo, lo, hi, ctx.dtype, name="q_conv_logistic")
-            if per_tensor:
+            if ort:
+                rec = {"op": "ort_requantize", "output_zero_point": ctx.zo, "axis": out_c_axis}
+                if per_tensor:
+                    rq = self._emit_te(Q.ort_requantize_te, [accv], int(mult[0]), int(shift[0]), ctx.zo, out_c_axis,
+                                       acc_bound, name="ort_requantize", record={**rec, "mantissa": int(mult[0]),
+                                                                      "shift": int(shift[0])})
+                else:
+                    rq = self._emit_te(Q.ort_requantize_te, [accv, relax.const(mult, "int32"),
+                                                             relax.const(shift, "int32")],
+                                       ctx.zo, out_c_axis, acc_bound, name="ort_requantize", record=rec)
+            elif per_tensor:
                 rq = self._emit_te(Q.requantize_te, [accv], int(mult[0]), int(shift[0]), ctx.zo, out_c_axis,
                                 name="requantize", record={"op": "requantize", "output_zero_point": ctx.zo,
                                                            "axis": out_c_axis, "multiplier": int(mult[0]),
@@ -892,6 +924,18 @@ class _Lowerer(PyExprMutator):
         if ctx.dtype != "int8" and ctx.dtype != "uint8":
             raise self._unsupported(f"{what} to {ctx.dtype}", node.var)
 
+        if self.ort and not negate and a.dtype == b.dtype == ctx.dtype == "int8":
+            def build_ort(lo: int, hi: int) -> relax.Expr:
+                try:
+                    p = Q.ort_add_params(a.s, a.z, b.s, b.z, ctx.so, ctx.zo, (lo, hi), a.dtype)
+                except ValueError as e:
+                    raise self._unsupported(f"add with onnxruntime rounding ({e})", node.var) from None
+                table = relax.const(np.asarray(p.b_table, dtype=np.int64), "int64")
+                return self._emit_te(Q.ort_add_te, [a.expr(), b.expr(), table], p, list(ctx.shape), ctx.dtype,
+                                     name="ort_add")
+
+            return ctx.pending(build_ort)
+
         def build(lo: int, hi: int) -> relax.Expr:
             p = Q.add_params(a.s, a.z, b.s, b.z, ctx.so, ctx.zo, (lo, hi), float32_ratios=negate)
             return self._emit_te(Q.add_te, [a.expr(), b.expr()], p, list(ctx.shape), ctx.dtype, negate,
@@ -919,8 +963,10 @@ class _Lowerer(PyExprMutator):
         a = node.call.attrs
         axes = list(range(len(x.shape))) if a.axis is None else [int(v) % len(x.shape) for v in a.axis]
         n = int(np.prod([x.shape[i] for i in axes]))
-        m, sh = Q.mean_multiplier(x.s, ctx.so, n)
         keep = bool(a.keepdims)
+        if self.ort:
+            return self._ort_mean(ctx, x, axes, keep, n)
+        m, sh = Q.mean_multiplier(x.s, ctx.so, n)
 
         def build(lo: int, hi: int) -> relax.Expr:
             return self._emit_te(Q.mean_te, [x.expr()], axes, keep, x.z, m, sh, ctx.zo, ctx.dtype, lo, hi,
@@ -955,6 +1001,8 @@ class _Lowerer(PyExprMutator):
         H, W = x.shape[layout.index("H")], x.shape[layout.index("W")]
         if [int(v) for v in a.pool_size] == [H, W]:
             axes = [layout.index("H"), layout.index("W")]
+            if self.ort:
+                return self._ort_mean(ctx, x, axes, True, H * W)
             m, sh = Q.mean_multiplier(x.s, ctx.so, H * W)
 
             def build(lo: int, hi: int) -> relax.Expr:
@@ -963,6 +1011,17 @@ class _Lowerer(PyExprMutator):
 
             return ctx.pending(build)
         raise self._unsupported("windowed avg_pool2d with different input/output quantization", node.var)
+
+    def _ort_mean(self, ctx: "_QCtx", x: _QT, axes: list[int], keep: bool, n: int) -> _Pending:
+        """Mean / global average pooling with onnxruntime's QLinearGlobalAveragePool arithmetic."""
+        zx = x.z - 128 if x.dtype == "uint8" else x.z
+        m, sh = Q.ort_mean_multiplier(x.s, ctx.so, n)
+
+        def build(lo: int, hi: int) -> relax.Expr:
+            return self._emit_te(Q.ort_mean_te, [self._as_int8(x)], axes, keep, zx, m, sh, ctx.zo, ctx.dtype, lo, hi,
+                                 name="ort_mean")
+
+        return ctx.pending(build)
 
     def _lower_softmax(self, ctx: "_QCtx", node: _FOp) -> _Pending:
         x = node.args[0]
@@ -1084,15 +1143,28 @@ class _QCtx:
 # ----------------------------------------------------------------------------------------------------------
 
 
+ROUNDINGS = ("tflite", "onnxruntime")
+
+
 @tvm.transform.module_pass(opt_level=0, name="LowerToInteger")
 class LowerToInteger:
     """Module pass: rewrite every quantized dequantize -> float op -> quantize chain of every Relax function
-    into integer arithmetic bit-exact with TFLite Micro (see the module docstring for the Relax form).
+    into integer arithmetic (see the module docstring for the Relax form).
+
+    `rounding`: ``"tflite"`` (default) is bit-exact with TFLite Micro's int8 kernels; ``"onnxruntime"``
+    reproduces onnxruntime's float32 requantization with integer operations (conv / depthwise / dense,
+    add, mean / global average pooling, requantize; see `tvm_patch.quant.ort_requantize_te`), the other ops
+    keep TFLite's arithmetic. Both emit integer-only TIR.
 
     Raises `tvm_patch.errors.UnsupportedOpError` for a quantized chain it cannot lower."""
 
+    def __init__(self, rounding: str = "tflite") -> None:
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"LowerToInteger: rounding must be one of {ROUNDINGS}, not {rounding!r}")
+        self.rounding = rounding
+
     def transform_module(self, mod: tvm.IRModule, ctx: Any) -> tvm.IRModule:
-        lw = _Lowerer(mod)
+        lw = _Lowerer(mod, self.rounding)
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 lw.func_name = gv.name_hint
@@ -1119,9 +1191,9 @@ def quant_params(func: relax.Function) -> dict[str, dict]:
             for k, rec in attrs[QPARAMS_ATTR].items()}
 
 
-def lower_to_integer(mod: tvm.IRModule) -> tvm.IRModule:
-    """Apply `LowerToInteger` to `mod` (convenience for callers that do not build pass pipelines)."""
-    return LowerToInteger()(mod)
+def lower_to_integer(mod: tvm.IRModule, rounding: str = "tflite") -> tvm.IRModule:
+    """Apply `LowerToInteger(rounding)` to `mod` (convenience for callers that do not build pass pipelines)."""
+    return LowerToInteger(rounding)(mod)
 
 
 def _drop_unused_prim_funcs(mod: tvm.IRModule) -> tvm.IRModule:

@@ -117,10 +117,16 @@ def run_onnxruntime(model: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray
     return OnnxRuntimeRunner(model)(inputs)
 
 
-class OnnxRuntimeRunner:
-    """An onnxruntime session kept open for many inferences (graph optimizations at their default)."""
+ORT_INT8_KERNELS = {"session.qdqisint8allowed": "1"}
+"""onnxruntime session configuration under which its QDQ fusion keeps int8 tensors int8 (x86 converts QDQ
+pairs to uint8 by default, which leaves some convolutions and additions of the zoo models unfused, in float)."""
 
-    def __init__(self, model: Any) -> None:
+
+class OnnxRuntimeRunner:
+    """An onnxruntime session kept open for many inferences (graph optimizations at their default;
+    `config`: extra session configuration entries, e.g. `ORT_INT8_KERNELS`)."""
+
+    def __init__(self, model: Any, config: dict[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         if hasattr(model, "SerializeToString"):
@@ -130,6 +136,8 @@ class OnnxRuntimeRunner:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
+        for k, v in (config or {}).items():
+            opts.add_session_config_entry(k, v)
         self.sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.sess.get_inputs()]
 
@@ -228,6 +236,8 @@ class VerifyResult:
     tolerance_steps: int
     float_ops: list[str] = field(default_factory=list)
     layers: list | None = None
+    rounding: str = "tflite"
+    ort_config: dict | None = None
 
     @property
     def share_equal(self) -> float:
@@ -249,10 +259,15 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        """tflite-micro: every output bit-exact. onnxruntime: every layer within `tolerance_steps` of the
-        reference (end to end when the model has no quantized layers)."""
+        """tflite-micro: every output bit-exact. onnxruntime with TFLite rounding: every layer within
+        `tolerance_steps` of the reference (end to end when the model has no quantized layers); with
+        onnxruntime rounding: every layer and every output within `tolerance_steps`."""
         if self.tolerance_steps == 0:
             return self.n_equal == self.n_values
+        if self.rounding == "onnxruntime":
+            steps = self.max_diff_steps if self.max_diff_steps is not None else self.max_abs_diff
+            return steps <= self.tolerance_steps and (not self.layers or
+                                                       self.layer_max_diff_steps <= self.tolerance_steps)
         if self.layers:
             return self.layer_max_diff_steps <= self.tolerance_steps
         steps = self.max_diff_steps if self.max_diff_steps is not None else self.max_abs_diff
@@ -262,7 +277,10 @@ class VerifyResult:
         """One line for the CLI."""
         steps = "" if self.max_diff_steps is None else f" ({self.max_diff_steps:g} quantization steps)"
         verdict = "PASS" if self.passed else "FAIL"
-        text = (f"{verdict} {self.model} vs {self.reference}: {self.n_inputs} inputs, "
+        how = ""
+        if self.reference == "onnxruntime":
+            how = f" [{self.rounding} rounding" + (", onnxruntime int8 QDQ kernels]" if self.ort_config else "]")
+        text = (f"{verdict} {self.model} vs {self.reference}{how}: {self.n_inputs} inputs, "
                 f"{self.share_equal:.2%} of {self.n_values} output values equal, max |diff| "
                 f"{self.max_abs_diff:g}{steps}")
         if self.layers:
@@ -373,10 +391,11 @@ def onnx_cut_at_quantized_tensors(proto: Any) -> tuple[Any, list[str], list[str]
     return m, cut_sources, q_outputs
 
 
-def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0) -> list[LayerAgreement]:
-    """Per quantized tensor of a QDQ ONNX model: how often the integer-lowered TVM layer equals onnxruntime's
-    and the largest difference in quantization steps, both computing from onnxruntime's own int8 inputs
-    (see `onnx_cut_at_quantized_tensors`)."""
+def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0, rounding: str = "tflite",
+                             config: dict[str, str] | None = None) -> list[LayerAgreement]:
+    """Per quantized tensor of a QDQ ONNX model: how often the integer-lowered TVM layer (`rounding` of
+    `LowerToInteger`) equals onnxruntime's (session `config`) and the largest difference in quantization
+    steps, both computing from onnxruntime's own int8 inputs (see `onnx_cut_at_quantized_tensors`)."""
     import onnx
     from onnx import helper
 
@@ -390,7 +409,7 @@ def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0) -> li
     del full.graph.output[:]
     for o in cut.graph.output:
         full.graph.output.append(o)
-    full_run = OnnxRuntimeRunner(full)
+    full_run = OnnxRuntimeRunner(full, config)
     float_inputs = [i for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}]
     shapes = [(tuple(d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim), "float32")
               for i in float_inputs]
@@ -409,8 +428,8 @@ def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0) -> li
         out.type.tensor_type.ClearField("shape")
         for d in shp:
             out.type.tensor_type.shape.dim.add().dim_value = int(d)
-    run_tvm = compile_for_host(LowerToInteger()(frontend.onnx_to_relax(cut, "<cut onnx model>")))
-    cut_run = OnnxRuntimeRunner(cut)
+    run_tvm = compile_for_host(LowerToInteger(rounding)(frontend.onnx_to_relax(cut, "<cut onnx model>")))
+    cut_run = OnnxRuntimeRunner(cut, config)
     cut_input_names = [i.name for i in cut.graph.input if i.name not in {x.name for x in cut.graph.initializer}]
     prod = {o: n for n in proto.graph.node for o in n.output}
     agg = {o: [0, 0, 0] for o in outputs}
@@ -442,13 +461,17 @@ def verify_against_reference(
     seed: int = 0,
     lowered: Any = None,
     layerwise: bool = True,
+    rounding: str = "tflite",
+    ort_config: dict[str, str] | None = None,
 ) -> VerifyResult:
     """Lower `model` (a .tflite / .onnx path, ``zoo:NAME[:int8]`` or an onnx ModelProto) to integer
     arithmetic, run it with TVM on `n_inputs` seeded random inputs and compare every output value with the
     reference runtime: ``"tflite-micro"`` (must be bit-exact), ``"onnxruntime"`` (every layer within one
     quantization step, see `VerifyResult`) or ``"auto"`` (by model format). `lowered` skips the import and
     lowering when the caller already has the lowered module; `layerwise` adds the per-layer comparison of
-    ONNX QDQ models (one more compile)."""
+    ONNX QDQ models (one more compile). `rounding`: the `LowerToInteger` arithmetic; `ort_config`: extra
+    onnxruntime session entries (`ORT_INT8_KERNELS` makes onnxruntime run its int8 kernels on every layer
+    but the float classifier, which the ``"onnxruntime"`` rounding reproduces bit for bit per layer)."""
     from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining
     from tvm_patch import frontend
 
@@ -467,7 +490,7 @@ def verify_against_reference(
 
     if lowered is None:
         mod = frontend.onnx_to_relax(proto, spec) if proto is not None else frontend.load(spec).mod
-        lowered = LowerToInteger()(mod)
+        lowered = LowerToInteger(rounding)(mod)
     run_tvm = compile_for_host(lowered)
     float_ops = float_ops_remaining(lowered)
 
@@ -488,7 +511,7 @@ def verify_against_reference(
             proto = zoo.onnx_model(name, int8=variant == "int8")
         else:
             proto = onnx.load(spec)
-        ref = OnnxRuntimeRunner(proto)
+        ref = OnnxRuntimeRunner(proto, ort_config)
         grids = _onnx_input_grids(proto)
         steps = _onnx_output_steps(proto)
         tolerance = 1
@@ -518,6 +541,8 @@ def verify_against_reference(
                 max_steps = s if max_steps is None else max(max_steps, s)
     layers = None
     if reference == "onnxruntime" and layerwise and any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
-        layers = onnx_layerwise_agreement(proto, n_inputs=min(n_inputs, 5), seed=seed)
+        layers = onnx_layerwise_agreement(proto, n_inputs=min(n_inputs, 5), seed=seed, rounding=rounding,
+                                          config=ort_config)
     return VerifyResult(spec, reference, n_inputs, n_values, n_equal, max_abs,
-                        None if max_steps is None else round(max_steps, 3), tolerance, float_ops, layers)
+                        None if max_steps is None else round(max_steps, 3), tolerance, float_ops, layers,
+                        rounding, ort_config)
