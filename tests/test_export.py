@@ -510,6 +510,7 @@ def test_cli_build_text(tmp_path):
         (["--patches", "2"], "both --patches and --split"),
         (["--patches", "0", "--split", "3"], "--patches must be positive"),
         (["--emit", "c", "--split", "3"], "both --patches and --split"),
+        (["--rounding", "onnxruntime", "--patches", "2", "--split", "3"], "works layer by layer only"),
     ],
 )
 def test_cli_build_errors(tmp_path, args, needle):

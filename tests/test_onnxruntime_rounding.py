@@ -260,3 +260,16 @@ def test_zoo_end_to_end_within_one_step_with_onnxruntime_rounding(name):
     assert r.max_diff_steps <= 1 and r.share_equal >= 0.999, r.summary()
     assert r.layers and r.layer_max_diff_steps == 0, r.summary()
     assert r.passed
+
+
+@pytest.mark.parametrize("case", ["conv", "add"])
+def test_onnxruntime_rounding_exports_to_plain_c(case, tmp_path):
+    """`build --rounding onnxruntime`: the emulated float32 roundings are plain int64 C, bit-exact with TVM."""
+    from tvm_patch import frontend
+    from tvm_patch.export import export_model
+
+    model = _conv_near_ties_onnx()[0] if case == "conv" else _add_onnx()[0]
+    result = export_model(frontend.onnx_to_relax(model, "<test model>"), tmp_path / "out", check=True, seeds=(0, 1),
+                          rounding="onnxruntime")
+    assert result.check.passed and result.check.bit_exact, result.check.summary()
+    assert "float" not in "".join(f.script() for n, f in result.program.funcs.items() if "quantize" not in n)

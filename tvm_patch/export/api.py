@@ -142,6 +142,7 @@ def export_model(
     alignment: int = 16,
     tflite_path: str | None = None,
     integer: bool = True,
+    rounding: str = "tflite",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -151,6 +152,8 @@ def export_model(
     ``io_in_arena=False`` leaves inputs/outputs in the caller's buffers instead of copying them in/out.
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
+    ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
+    patches, which need TFLite's requantization).
     """
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -161,10 +164,13 @@ def export_model(
     name, src_mod, tflite = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
+    if rounding != "tflite" and patches is not None:
+        raise TvmPatchError(f"--rounding {rounding} works layer by layer only; patch stages use TFLite's "
+                            "requantization: drop --patches/--split or use --rounding tflite")
     if integer:
         from relay_passes.lower_to_integer import lower_to_integer
 
-        src_mod = lower_to_integer(src_mod)
+        src_mod = lower_to_integer(src_mod, rounding)
     # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
     base = prefold_constants(src_mod) if patches is not None else src_mod
     mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
