@@ -107,6 +107,18 @@ def test_verify_reference_tflm(mlperf_paths):
     assert proc.stdout.startswith("PASS") and "100.00% of" in proc.stdout
 
 
+def test_verify_patches_int8_qdq():
+    """An int8 QDQ ONNX model: lowered by LowerToInteger, then patched vs unpatched bit for bit, with the
+    split numbered as `tvm-patch profile` numbers the imported model."""
+    proc = run("verify", "zoo:mbv2-w0.3-r80:int8", "--patches", "2", "--split", "block:3", "--inputs", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("PASS") and "largest difference 0 " in proc.stdout
+    assert "bit-exact (both after LowerToInteger)" in proc.stdout
+    # a split inside a residual block: one line naming the largest valid split, as `profile --patches` does
+    assert_one_line_error(run("verify", "zoo:mbv2-w0.3-r80:int8", "--patches", "2", "--split", "8"),
+                          "split 8", "inside a residual block", "largest valid split is 62 (layer b19.1")
+
+
 def test_verify_needs_a_mode(mlperf_paths):
     assert_one_line_error(run("verify", str(mlperf_paths["kws_int8"])), "--patches", "--reference")
     assert_one_line_error(run("verify", str(mlperf_paths["kws_int8"]), "--reference", "onnxruntime"), "ONNX")

@@ -5,8 +5,11 @@ compared here also return the stage outputs: the lowered module is rebuilt to re
 output of every tested split), compiled once per model as the reference; for each (split, patches) the
 module returning (final output, outputs of that split and deeper ones) is patched, compiled and compared.
 Every compared tensor must be equal, element for element. The zoo models are compared on their first
-layers in the default run (the module cut after the deepest tested split); the whole networks, and
-`verify_patch` itself on every combination, are the slow tests.
+layers in the default run (the module cut after the deepest tested split); the whole networks, every zoo
+model at three splits, and `verify_patch` itself on every combination, are the slow tests.
+
+Splits count layers as `tvm-patch profile` numbers the model as imported: the lowered graph numbers its
+layers the same way (a zero-point pad is part of its convolution, `tvm_patch.graph`), which is asserted here.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tvm import relax
 from relay_passes import PatchStage
 from relay_passes.lower_to_integer import QPARAMS_ATTR, float_ops_remaining, lower_to_integer, quant_params
 from tvm_patch import quant as Q
+from tvm_patch import zoo
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
@@ -34,15 +38,15 @@ from tvm_patch.verify import compile_vm, run_vm, seeded_inputs, verify_patch
 
 N_INPUTS = 3
 FIXTURES = Path(__file__).parent / "fixtures" / "tflite"
-# layer counts as `tvm-patch profile` numbers the *lowered* graph (LowerToInteger's zero-point pads are
-# layers of their own): vww: stem (s2, pad 0,0,1,1) + dw/pw; + the first stride-2 depthwise; 3 blocks more.
+# layer counts as `tvm-patch profile` numbers the .tflite files (the same in the lowered graph):
+# vww: stem (s2, pad 0,0,1,1) + dw/pw; + the first stride-2 depthwise block; 2 blocks more.
 # resnet8: stem; + the first residual block; + the stride-2 block (1x1 s2 shortcut, 3x3 s2 with pad 0,0,1,1).
-# kws: the 10x4 stride-2 stem (pad 4,1,5,1); + 2 depthwise-separable blocks; the whole conv trunk.
-MLPERF_SPLITS = {"vww_96_int8": (5, 8, 14), "resnet8_int8": (2, 7, 13), "kws_int8": (2, 8, 14)}
+# kws: the 10x4 stride-2 stem (pad 4,1,5,1); + 2 depthwise-separable blocks; 2 more.
+MLPERF_SPLITS = {"vww_96_int8": (3, 5, 9), "resnet8_int8": (1, 4, 8), "kws_int8": (1, 5, 9)}
 MLPERF_PATCHES = (2, 3)
 # mcunet-in0: stem + dw + pw (+ expansion); through the first two residual adds.
 # mbv2-w0.35-r144: stem block + expansion; through the first residual add; through the next two.
-ZOO_SPLITS = {"mcunet-in0": (6, 14, 19), "mbv2-w0.35-r144": (6, 14, 23)}
+ZOO_SPLITS = {"mcunet-in0": (4, 10, 14), "mbv2-w0.35-r144": (4, 10, 17)}
 ZOO_PATCHES = (2, 3, 4)
 
 
@@ -98,8 +102,12 @@ class Case:
 
 
 def make_case(spec: str, splits: tuple[int, ...], patches: int, keep_final: bool) -> Case:
-    folded = relax.transform.FoldConstant()(lower_to_integer(load(spec).mod))
+    imported = load(spec).mod
+    folded = relax.transform.FoldConstant()(lower_to_integer(imported))
     graph = build_graph(folded)
+    # the splits name the same layers in the imported graph (what `tvm-patch profile` shows) and the lowered one
+    first = build_graph(imported).layers[:max(splits)]  # (build_graph does not need folded weights)
+    assert [(la.op, la.name) for la in first] == [(la.op, la.name) for la in graph.layers[:max(splits)]], spec
     for n in splits:
         assert check_split(graph, n, (patches, patches)) is None, (spec, n)
     out_vars = [graph.layers[n - 1].out_var for n in splits]
@@ -153,15 +161,19 @@ def test_mlperf_patched_equals_unpatched(mlperf_case):
             check_patched(mlperf_case, n, p)
 
 
-@pytest.mark.parametrize("name, split, p", [("kws_int8", 8, 3), ("resnet8_int8", 13, 2)])
-def test_verify_patch_lowered(mlperf_paths, name, split, p):
-    r = verify_patch(lower_to_integer(load(str(mlperf_paths[name])).mod), p, split)
+@pytest.mark.parametrize("name, split, p, lowered", [("kws_int8", 5, 3, True), ("resnet8_int8", 8, 2, True),
+                                                     ("kws_int8", "block:3", 2, False)])
+def test_verify_patch_lowered(mlperf_paths, name, split, p, lowered):
+    """On a lowered module, or on the model as imported (verify_patch lowers it itself)."""
+    mod = load(str(mlperf_paths[name])).mod
+    r = verify_patch(lower_to_integer(mod) if lowered else mod, p, split)
     assert r.passed and r.max_abs_diff == 0 and r.dtype == "int8", r
+    assert r.detail.startswith("bit-exact") and ("LowerToInteger" in r.detail) == (not lowered)
 
 
 def test_mini_mcunet_explicit_pads():
-    """A model's own PAD ops (before VALID convs, MCUNet style) merge like LowerToInteger's."""
-    case = make_case(str(FIXTURES / "mini_mcunet.tflite"), (7, 11), 2, keep_final=True)
+    """A model's own PAD ops (before VALID convs, MCUNet style) fold into their convs like LowerToInteger's."""
+    case = make_case(str(FIXTURES / "mini_mcunet.tflite"), (5, 8), 2, keep_final=True)
     for n in case.splits:
         check_patched(case, n, 2)
 
@@ -182,6 +194,37 @@ def test_zoo_stage_equals_unpatched(name):
 def test_zoo_patched_module_equals_unpatched(name):
     case = make_case(f"zoo:{name}:int8", ZOO_SPLITS[name], max(ZOO_PATCHES), keep_final=True)
     for n in case.splits:
+        for p in ZOO_PATCHES:
+            check_patched(case, n, p)
+
+
+def three_splits(graph) -> tuple[int, ...]:
+    """The first three block ends after the stem that are valid 4x4 splits (as tests/test_patch_zoo.py picks
+    them for the float models), numbered as `tvm-patch profile` numbers the model."""
+    ends = [n for n in valid_splits(graph, (max(ZOO_PATCHES),) * 2)
+            if n >= 2 and (n == len(graph.layers) or graph.layers[n].block != graph.layers[n - 1].block)]
+    return tuple(ends[:3])
+
+
+# the default run: one more combination on the zoo families the two models above do not cover
+# (ProxylessNAS; MnasNet, whose squeeze-excite blocks end the valid splits)
+@pytest.mark.parametrize("name, p", [("proxyless-w0.25-r112", 3), ("mnasnet-a1-r224", 4)])
+def test_zoo_family_stage_equals_unpatched(name, p):
+    spec = f"zoo:{name}:int8"
+    n = three_splits(build_graph(load(spec).mod))[-1]
+    check_patched(make_case(spec, (n,), p, keep_final=False), n, p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_zoo_model_patched_equals_unpatched(name):
+    """Every zoo model's int8 variant, 2x2 / 3x3 / 4x4 patches at its first three block ends (the splits
+    read from the model as imported): the whole patched module equals the unpatched lowered one."""
+    spec = f"zoo:{name}:int8"
+    splits = three_splits(build_graph(load(spec).mod))
+    assert len(splits) == 3, (name, splits)
+    case = make_case(spec, splits, max(ZOO_PATCHES), keep_final=True)
+    for n in splits:
         for p in ZOO_PATCHES:
             check_patched(case, n, p)
 
@@ -231,9 +274,9 @@ def test_conv_quant_is_the_tflite_conv(vww):
     """The stage's ConvQuant and bias are the .tflite file's own: the input zero point, the bias before
     LowerToInteger folded -zp * sum(w) into it, and TFLite's per-channel multipliers and shifts."""
     path, folded, graph = vww
-    stage, _ = stage_from_graph(graph, 8, folded["main"])
+    stage, _ = stage_from_graph(graph, 5, folded["main"])
     convs = [la for la in stage.layers if isinstance(la, Conv)]
-    assert len(convs) == 5 and len(stage.layers) == 5  # the two zero-point pads merged, no layer of their own
+    assert len(convs) == 5 and len(stage.layers) == 5  # the zero-point pads are part of their convs
     assert [c.padding for c in convs] == [(0, 0, 1, 1), (1, 1, 1, 1), (0, 0, 0, 0), (0, 0, 1, 1), (0, 0, 0, 0)]
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (2, 2), (1, 1)]
     tfl_convs = [(op, sg, model) for code, op, sg, model in _tflite_ops(path)
@@ -261,7 +304,7 @@ def test_residual_add_quant(mlperf_paths):
     graph = build_graph(folded)
     adds = [la for la in graph.layers if la.op == "add"]  # LowerToInteger's q_add is an add layer
     assert len(adds) == 3 and all(a.broadcast_free for a in adds)
-    stage, _ = stage_from_graph(graph, 13, folded["main"])
+    stage, _ = stage_from_graph(graph, 8, folded["main"])
     add = [la for la in stage.layers if isinstance(la, Add)]
     assert len(add) == 2
     qp = quant_params(folded["main"])
@@ -286,15 +329,22 @@ def test_quant_params_recorded_for_every_call(vww):
     assert all(qp[c]["op"] == "requantize" for c in requantize)
 
 
-def test_splits_with_pads(vww):
+def test_zero_point_pads_fold_into_convs(vww, mlperf_paths):
+    """LowerToInteger's zero-point pads are part of the convolution that reads them: no layer of their own,
+    the conv reads the unpadded tensor and carries the pad's widths and value."""
     _, folded, graph = vww
-    assert graph.layers[0].op == "pad" and graph.layers[1].op == "conv2d"
-    why = check_split(graph, 1)
-    assert why is not None and "pads the input of layer 2" in why
-    pads = [la.index + 1 for la in graph.layers if la.op == "pad"]
-    assert pads and not set(pads) & set(valid_splits(graph, (2, 2)))
-    with pytest.raises(TvmPatchError, match="largest valid split"):
-        resolve_split(graph, 3, (2, 2))
+    assert "pad" not in [la.op for la in graph.layers]
+    stem, dw = graph.layers[0], graph.layers[1]
+    pad = folded["main"].body.blocks[0].bindings[0]
+    assert pad.value.op.name == "relax.nn.pad" and stem.prologue == [pad.var]
+    assert stem.op == "conv2d" and stem.inputs == graph.inputs and stem.pad_width == stem.padding == (0, 0, 1, 1)
+    assert stem.pad_value == -128.0  # the input zero point
+    assert dw.padding == (1, 1, 1, 1) and dw.pad_width == (1, 1, 1, 1) and dw.inputs == [stem.output]
+    imported = build_graph(load(str(mlperf_paths["vww_96_int8"])).mod)  # the conv pads itself there
+    assert imported.layers[0].padding == (0, 0, 1, 1) and imported.layers[0].pad_value is None
+    assert check_split(graph, 1) is None  # the stem alone is a stage
+    with pytest.raises(TvmPatchError, match="largest valid split is 27"):
+        resolve_split(graph, 28, (2, 2))
 
 
 def test_int8_stage_needs_lowering_parameters(vww):
@@ -313,9 +363,9 @@ def test_auto_split_on_lowered_graph(vww):
 
 def test_qdq_stage_is_the_lowered_stage():
     """A QDQ model as imported: `stage_from_graph` refuses it (LowerToInteger first); `stage_from_qdq` gives
-    the int8 stage PatchStage builds after lowering, numbered like the imported graph, with the float
+    the int8 stage PatchStage builds after lowering, from the same layers of the lowered graph, with the float
     model's geometry and patch-based figures."""
-    from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_qdq
+    from tvm_patch.patch.from_graph import is_qdq_stage, needs_integer_lowering, stage_from_qdq
     from tvm_patch.patch.memory import patch_memory
 
     qdq = load("zoo:mbv2-w0.35-r144:int8").mod
@@ -325,10 +375,13 @@ def test_qdq_stage_is_the_lowered_stage():
     assert is_qdq_stage(graph, n, qdq_folded["main"])
     with pytest.raises(TvmPatchError, match="LowerToInteger"):
         stage_from_graph(graph, n, qdq_folded["main"])
-    stage, low, n_low = stage_from_qdq(qdq, graph, n)
-    assert not is_qdq_stage(build_graph(low), n_low, low["main"])
-    assert stage.dtype == "int8" and n_low > n  # the zero-point pads are layers of the lowered graph
-    assert build_graph(low).layers[n_low - 1].output is not None
+    stage, low = stage_from_qdq(qdq, graph, n)
+    lgraph = build_graph(low)
+    assert not is_qdq_stage(lgraph, n, low["main"]) and stage.dtype == "int8"
+    assert needs_integer_lowering(qdq) and not needs_integer_lowering(low)
+    assert not needs_integer_lowering(load("zoo:mbv2-w0.35-r144").mod)
+    assert [la.name for la in lgraph.layers[:n]] == [la.name for la in graph.layers[:n]]
+    assert resolve_split(lgraph, "block:5", (4, 4)) == n
     fmod = relax.transform.FoldConstant()(load("zoo:mbv2-w0.35-r144").mod)
     fgraph = build_graph(fmod)
     fstage, _ = stage_from_graph(fgraph, n, fmod["main"])

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
+from tvm import relax
 
+from relay_passes.lower_to_integer import lower_to_integer
+from tvm_patch import zoo
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
 from tvm_patch.profile import layer_bytes, peak, profile_layers
 from tvm_patch.report import profile
 
+from conftest import MLPERF
 from onnx_graphs import tiny_residual
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tflite"
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +133,45 @@ def test_profile_reports_float_ops_after_lowering(mlperf_paths):
 
 @pytest.mark.parametrize("name", ["mcunet-in0", "mbv2-w0.3-r80"])
 def test_tflite_with_pads_profiles_like_onnx(name):
-    """The .tflite export of a zoo model has explicit PAD ops before stride-2 convolutions; done inside the
-    convolution, they add nothing, so both files of the same network have the same peak and MACs."""
-    from pathlib import Path
+    """The .tflite export of a zoo model has explicit PAD ops before stride-2 convolutions; they are part of
+    the convolution that reads them, so both files of the same network have the same layers, peak and MACs."""
+    tfl = profile(str(FIXTURES / "zoo" / f"{name}_int8.tflite"), lowering=False)
+    onnx_result = profile(f"zoo:{name}", lowering=False)
+    assert [(r["op"], r["name"]) for r in tfl["layers"]] == [(r["op"], r["name"]) for r in onnx_result["layers"]]
+    assert tfl["layers"][0]["out_shape"][1:3] == onnx_result["layers"][0]["out_shape"][2:4]  # NHWC / NCHW
+    assert tfl["layer_by_layer"]["peak_bytes"] == onnx_result["layer_by_layer"]["peak_bytes"]
+    assert tfl["layer_by_layer"]["macs"] == onnx_result["layer_by_layer"]["macs"]
 
-    path = Path(__file__).parent / "fixtures" / "tflite" / "zoo" / f"{name}_int8.tflite"
-    tfl = profile(str(path), lowering=False)
-    assert any(r["op"] == "pad" for r in tfl["layers"])
-    onnx_lbl = profile(f"zoo:{name}", lowering=False)["layer_by_layer"]
-    assert tfl["layer_by_layer"]["peak_bytes"] == onnx_lbl["peak_bytes"]
-    assert tfl["layer_by_layer"]["macs"] == onnx_lbl["macs"]
+
+QUANTIZED = ([f"zoo:{name}:int8" for name in zoo.names()] + [f"mlperf:{name}" for name in MLPERF]
+             + ["zoo/mcunet-in0_int8.tflite", "zoo/mbv2-w0.3-r80_int8.tflite", "mini_mcunet.tflite"])
+
+
+@pytest.mark.parametrize("spec", QUANTIZED)
+def test_lowered_graph_numbers_layers_like_the_imported(mlperf_paths, spec):
+    """A quantized model as imported and after LowerToInteger has the same layers: the same op, name (block)
+    and output shape at every index, so `--split N` / `block:N` mean the same layers in `tvm-patch profile`
+    (the imported graph) and in the patch stage (the lowered one). LowerToInteger's zero-point pads are part
+    of their convolutions, and its saturating clips are no activation (a ReLU clamp that coincides with the
+    int8 range still is). Within a block the same kinds of layers have an activation; LowerToInteger may
+    emit the branches of a residual block in another order (resnet8's stride-2 blocks)."""
+    if spec.startswith("mlperf:"):
+        path = str(mlperf_paths[spec[len("mlperf:"):]])
+    else:
+        path = spec if spec.startswith("zoo:") else str(FIXTURES / spec)
+    mod = load(path).mod
+    imported, lowered = build_graph(mod), build_graph(lower_to_integer(mod))  # no FoldConstant needed
+
+    def rows(g):
+        return [(la.op, la.name, g.tensors[la.output].shape) for la in g.layers]
+
+    def activations(g):
+        return sorted((la.block, la.op, la.activation is None) for la in g.layers)
+
+    assert rows(lowered) == rows(imported)
+    assert activations(lowered) == activations(imported)
+    assert "pad" not in [la.op for la in lowered.layers]
+    if spec.startswith("zoo:"):  # and the float model's layers (profile reads the folded modules: the same)
+        assert rows(build_graph(load(spec[:-len(":int8")]).mod)) == rows(imported)
+    if spec == "mlperf:kws_int8":  # profile reads the folded module: the same graph
+        assert rows(build_graph(relax.transform.FoldConstant()(mod))) == rows(imported)

@@ -52,7 +52,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
-                          check=args.check, integer=not args.float_chains)
+                          check=args.check, integer=not args.float_chains, rounding=args.rounding)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -72,6 +72,8 @@ def _build_summary(result) -> str:
         f"arena:               {size(result.arena_bytes)}  ({result.calls} kernel calls, {result.inplace_calls} in place)",
         f"planner lower bound: {size(result.lower_bound_bytes)}",
         f"analytic peak:       {size(result.analytic_peak_bytes)}  (int8 activations, paper convention)",
+        *([f"analytic patch peak: {size(result.analytic_patch_peak_bytes)}  (patch mode, input streamed from the caller's buffer)"]
+          if result.analytic_patch_peak_bytes is not None else []),
         f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
         f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
         f"weights:             {size(result.weights_bytes)}",
@@ -109,7 +111,25 @@ def _verify_reference(args: argparse.Namespace) -> int:
     if args.patches is not None or args.split is not None:
         raise TvmPatchError("--reference compares the integer-lowered model layer by layer; drop --patches/--split "
                             "(check patching with a separate `verify --patches P --split S`)")
+    from tvm_patch.reference import ORT_INT8_KERNELS
+
     ref = {"tflm": "tflite-micro"}.get(args.reference, args.reference)
+    rounding = args.rounding or "both"
+    if ref == "onnxruntime" or (ref == "auto" and not str(args.model).endswith(".tflite")):
+        # TFLite arithmetic against onnxruntime as configured by default (every layer within one step), and
+        # onnxruntime's own float32 requantization against onnxruntime's int8 kernels (end to end within one
+        # step; bit-exact layer by layer)
+        runs = {"tflite": ("tflite", None), "onnxruntime": ("onnxruntime", ORT_INT8_KERNELS)}
+        chosen = list(runs) if rounding == "both" else [rounding]
+        ok = True
+        for name in chosen:
+            rnd, cfg = runs[name]
+            r = verify_against_reference(args.model, ref, n_inputs=args.inputs or 20, rounding=rnd, ort_config=cfg)
+            print(r.summary())
+            ok = ok and r.passed
+        return 0 if ok else 1
+    if rounding == "onnxruntime":
+        raise TvmPatchError("--rounding onnxruntime needs --reference onnxruntime")
     r = verify_against_reference(args.model, ref, n_inputs=args.inputs or 20)
     print(r.summary())
     return 0 if r.passed else 1
@@ -161,14 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     b.add_argument("--float-chains", action="store_true",
                    help="skip LowerToInteger: export quantized models' dequantize/quantize chains as imported")
+    b.add_argument("--rounding", choices=["tflite", "onnxruntime"], default="tflite",
+                   help="LowerToInteger's requantization: TFLite Micro's (default) or onnxruntime's int8 "
+                        "kernels', emulated in integers (layer by layer only)")
     b.set_defaults(func=_cmd_build)
-    v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one")
+    v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one "
+                                      "(quantized models: both after LowerToInteger, bit-exact)")
     v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     v.add_argument("--patches", type=int, metavar="P", help="PxP patches")
     v.add_argument("--split", metavar="S", help="where the stage ends: a layer count N, block:N or auto")
     v.add_argument("--reference", choices=["tflm", "tflite-micro", "onnxruntime", "auto"],
                    help="compare the integer-lowered model with TensorFlow Lite Micro (.tflite, bit-exact) or "
                         "onnxruntime (ONNX QDQ, every layer within one quantization step)")
+    v.add_argument("--rounding", choices=["tflite", "onnxruntime", "both"],
+                   help="with --reference onnxruntime: the integer arithmetic compared, TFLite's (vs onnxruntime's "
+                        "default session; every layer within one step) or onnxruntime's float32 requantization "
+                        "emulated in integers (vs onnxruntime's int8 kernels; end to end within one step); "
+                        "default both")
     v.add_argument("--inputs", type=int, metavar="N",
                    help="number of seeded random inputs (default 3 with --patches, 20 with --reference)")
     v.set_defaults(func=_cmd_verify)

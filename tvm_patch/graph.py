@@ -6,6 +6,17 @@ binary elementwise op, data movement ...) together with the unary elementwise op
 activation, quantize/dequantize, cast, reshape), which a device fuses into the anchor. A *tensor* is what a
 layer produces (or the network input); weights, and anything else computed only from constants, are not
 tensors: they live in Flash.
+
+Two rules make a quantized model and its `LowerToInteger` form number their layers alike (so that a split
+`N` or `block:N` names the same layer in both):
+
+- a spatial constant pad whose only readers are convolutions (LowerToInteger's zero-point pad, a TFLite PAD
+  before a VALID convolution) is no layer: it folds into each convolution that reads it (`Layer.prologue`,
+  `pad_width`, `pad_value`; `padding` is the total);
+- a clip that only saturates (its bounds cover the int8 range, or its dtype's range) is no activation,
+  unless its floor is the zero point of the values it clamps: that is a ReLU / ReLU6 whose clamp coincides
+  with the range (TFLite and LowerToInteger fold the activation into the clip when the output zero point is
+  -128). LowerToInteger ends every convolution in such a clip, and a linear projection must stay linear.
 """
 
 from __future__ import annotations
@@ -25,6 +36,12 @@ _POOL = {"relax.nn.avg_pool2d": "avg_pool2d", "relax.nn.max_pool2d": "max_pool2d
 _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub", "relax.divide": "div"}
 # call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
 _TIR_BINARY = {"q_add": "add", "q_sub": "sub", "q_mul": "mul"}
+# call_tir PrimFuncs of LowerToInteger that are activations fused into the producer
+_TIR_ACTIVATIONS = {"q_logistic": "relax.sigmoid", "q_conv_logistic": "relax.sigmoid"}
+# layers whose requantized output a ReLU clamp may coincide with (see _clamps)
+_WEIGHTED = {"conv2d", "depthwise_conv2d", "dense"}
+# call_tir PrimFuncs of LowerToInteger that are layers of their own (never fused into the producer)
+_TIR_LAYERS = {"q_avg_pool2d": "avg_pool2d", "q_mean": "mean", "q_softmax": "softmax"}
 # Unary ops fused into the preceding layer (no tensor of their own when their input has no other user).
 _FUSIBLE = {
     "relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.clip", "relax.nn.relu",
@@ -37,6 +54,10 @@ _ALIASES = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dim
             "relax.dequantize", "relax.astype"}
 _ACTIVATIONS = {"relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid", "relax.maximum",
                 "relax.minimum", "relax.nn.silu", "relax.tanh", "relax.nn.leakyrelu"}
+# dtype conversions a folded pad may pass through before its convolution (QDQ: pad on int8, then dequantize)
+_CONVERSIONS = {"relax.quantize", "relax.dequantize", "relax.astype"}
+_INT8_RANGE = (-128, 127)
+QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
 
 
 @dataclass
@@ -82,6 +103,10 @@ class Layer:
     block: int = 0  # 1-based block number (the stem is block 1)
     name: str = ""
     rf: tuple[int, int] = (1, 1)  # receptive field (H, W) of one output element, in input pixels
+    # a pad folded into this convolution: its bindings (the pad, then dtype conversions), before the anchor
+    prologue: list[relax.Var] = field(default_factory=list)
+    pad_width: tuple[int, int, int, int] = (0, 0, 0, 0)  # the folded pad's (top, left, bottom, right)
+    pad_value: float | None = None  # the folded pad's value (None: no folded pad)
 
     broadcast_free: bool = False  # for binary ops: both inputs have the output's shape
 
@@ -164,6 +189,9 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
     layers: list[Layer] = []
     act: dict[relax.Var, int] = {}  # Relax var -> activation tensor id
     uses: dict[relax.Var, int] = {}  # Relax var -> number of uses
+    zero_point: dict[int, int] = {}  # tensor id -> the zero point its layer's chain last wrote (for clips)
+    pending: dict[relax.Var, _FoldedPad] = {}  # var of a pad folding into its convolutions -> the pad
+    qparams = recorded_qparams(func)
 
     for p in func.params:
         tid = len(tensors)
@@ -178,6 +206,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
     ret = func.body.body
     for v in _vars_in(ret):
         uses[v] = uses.get(v, 0) + 1
+    folding = _pads_into_convs(bindings, ret)
 
     for b in bindings:
         value = b.value
@@ -190,6 +219,16 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             continue
         args = value.args
         op = _op_name(value)
+        if b.var in folding and isinstance(args[0], relax.Var) and args[0] in act:
+            pending[b.var] = _FoldedPad(act[args[0]], [b.var], folding[b.var], float(value.attrs.pad_value))
+            continue
+        if args and isinstance(args[0], relax.Var) and args[0] in pending:
+            pad = pending[args[0]]
+            if op == _CONV:
+                _conv_layer(layers, tensors, act, value, b.var, layout, pad)
+            else:  # a dtype conversion between the pad and its convolutions (checked by _pads_into_convs)
+                pending[b.var] = _FoldedPad(pad.source, [*pad.bindings, b.var], pad.width, pad.value)
+            continue
         if op == "relax.call_tir":
             tir_args = list(args[1].fields) if isinstance(args[1], relax.Tuple) else [args[1]]
             acts = [a for a in tir_args if isinstance(a, relax.Var) and a in act]
@@ -197,15 +236,27 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
                 continue
             src = act[acts[0]]
             same = _shape_of(b.var) == tensors[src].shape
-            if len(acts) == 1 and same and _single_use(acts[0], uses, layers, tensors, src):
-                kind = _call_tir_name(value)
-                _extend(layers, tensors, act, src, b.var, f"relax.{kind}")
+            rec = qparams.get(args[0].name_hint, {}) if isinstance(args[0], tvm.ir.GlobalVar) else {}
+            zp = rec.get("output_zero_point", rec.get("output_offset"))
+            kind = _call_tir_name(value)
+            if kind in _TIR_LAYERS and len(acts) == 1:  # LowerToInteger's pooling, mean, softmax
+                layer = _new_layer(layers, tensors, act, _TIR_LAYERS[kind], [src], b.var)
+                if kind in ("q_avg_pool2d", "q_mean") and _reduces_hw(layout, tensors[src].shape, _shape_of(b.var)):
+                    layer.op = "global_pool2d"
+                out = layer.output
+            elif len(acts) == 1 and same and _single_use(acts[0], uses, layers, tensors, src):
+                _extend(layers, tensors, act, src, b.var, _TIR_ACTIVATIONS.get(kind, f"relax.{kind}"))
+                out = src
             else:
-                kind = _call_tir_name(value)
                 binary = _TIR_BINARY.get(kind) if len(acts) == 2 else None
                 layer = _new_layer(layers, tensors, act, binary or kind, [act[a] for a in acts], b.var)
                 if binary:  # LowerToInteger's TFLite ADD / SUB / MUL of two activations
                     layer.broadcast_free = all(tensors[act[a]].shape == _shape_of(b.var) for a in acts)
+                    if "act_min" in rec and _clamps(rec["act_min"], rec["act_max"], "int8", None):
+                        layer.activation = "clip"  # the fused activation folded into the op's clamp
+                out = layer.output
+            if zp is not None:
+                zero_point[out] = int(zp)
             continue
         acts = [a for a in args if isinstance(a, relax.Var) and a in act]
         if not acts:
@@ -230,10 +281,16 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             src = act[acts[0]]
             if _single_use(acts[0], uses, layers, tensors, src):
                 _extend(layers, tensors, act, src, b.var, None)
+                if op == "relax.quantize" and _scalar_int(args[2]) is not None:
+                    zero_point[src] = _scalar_int(args[2])
             else:
                 act[b.var] = src  # a view read by one of several consumers
         elif op in _FUSIBLE and len(acts) == 1 and _single_use(acts[0], uses, layers, tensors, act[acts[0]]):
-            _extend(layers, tensors, act, act[acts[0]], b.var, op)
+            src = act[acts[0]]
+            producer = tensors[src].producer
+            written = zero_point.get(src) if producer is not None and layers[producer].op in _WEIGHTED else None
+            is_act = op != "relax.clip" or _clamps(_bound(args[1]), _bound(args[2]), _dtype_of(args[0]), written)
+            _extend(layers, tensors, act, src, b.var, op if is_act else None)
         else:
             kind = op.split(".")[-1] if op.startswith("relax.") else op
             layer = _new_layer(layers, tensors, act, kind, [act[a] for a in acts], b.var)
@@ -245,6 +302,104 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
     _assign_blocks(graph)
     _receptive_fields(graph)
     return graph
+
+
+@dataclass
+class _FoldedPad:
+    """A pad folding into the convolutions that read it: its input tensor, bindings, widths and value."""
+
+    source: int
+    bindings: list[relax.Var]
+    width: tuple[int, int, int, int]  # top, left, bottom, right
+    value: float
+
+
+def recorded_qparams(func: relax.Function) -> dict[str, dict]:
+    """LowerToInteger's recorded integer parameters, {PrimFunc name: {parameter: value}} (or {})."""
+    attrs = func.attrs
+    if attrs is None or QPARAMS_ATTR not in attrs:
+        return {}
+    return {str(k): {str(n): (str(v) if isinstance(v, str) else int(v)) for n, v in rec.items()}
+            for k, rec in attrs[QPARAMS_ATTR].items()}
+
+
+def _scalar_int(expr) -> int | None:
+    """The value of a one-element integer constant (a zero point), else None."""
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    v = expr.value.numpy()
+    if v.size != 1 or v.dtype.kind not in "iu":
+        return None
+    return int(v.reshape(-1)[0])
+
+
+def _bound(v) -> float:
+    """A clip bound (PrimValue / IntImm / FloatImm) as a number."""
+    while hasattr(v, "value") and not isinstance(v, (int, float)):
+        v = v.value
+    return float(v)
+
+
+def _clamps(lo: float, hi: float, dtype: str, zero_point: int | None) -> bool:
+    """True when clamping `dtype` values to [lo, hi] is an activation: not when it only saturates (the bounds
+    cover int8's range or the dtype's), unless its floor is `zero_point`, the zero point a convolution or
+    dense layer wrote (a ReLU / ReLU6 whose clamp coincides with the range; a residual add or a multiply
+    whose output zero point is -128 is no ReLU for that, as LowerToInteger clamps them all)."""
+    if not dtype.startswith(("int", "uint")):
+        return True
+    bits = tvm.runtime.DataType(dtype).bits
+    full = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if dtype.startswith("int") else (0, 2**bits - 1)
+    if not any(lo <= a and b <= hi for a, b in (_INT8_RANGE, full)):
+        return True
+    return zero_point is not None and lo == zero_point
+
+
+def _reduces_hw(layout: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    """True when a pooling / mean of a 4-D `src` keeps batch and channels and reduces H and W to 1."""
+    if len(src) != 4:
+        return False
+    n, c = src[0], (src[1] if layout == "NCHW" else src[3])
+    return out in ((n, c), (n, c, 1, 1) if layout == "NCHW" else (n, 1, 1, c))
+
+
+def _pads_into_convs(bindings: list, ret: relax.Expr) -> dict[relax.Var, tuple[int, int, int, int]]:
+    """The pads that fold into their convolutions: {pad var: (top, left, bottom, right)}.
+
+    A constant-mode `R.nn.pad` of H and W only, not returned, whose every reader is a conv2d reading it as
+    its data (through one chain of dtype conversions, as a QDQ model reads an int8 pad in float)."""
+    readers: dict[relax.Var, list] = {}
+    for b in bindings:
+        for v in _vars_in(b.value):
+            readers.setdefault(v, []).append(b)
+    returned = _vars_in(ret)
+
+    def conv_layouts(var) -> set[str] | None:
+        """The data layouts of the convolutions reading `var` (through conversions), None if not all convs."""
+        if any(var.same_as(r) for r in returned):
+            return None
+        rs = readers.get(var, [])
+        if len(rs) == 1 and isinstance(rs[0].value, relax.Call) and _op_name(rs[0].value) in _CONVERSIONS:
+            return conv_layouts(rs[0].var) if rs[0].value.args[0].same_as(var) else None
+        if not rs or not all(isinstance(r.value, relax.Call) and _op_name(r.value) == _CONV
+                             and r.value.args[0].same_as(var) and not r.value.args[1].same_as(var) for r in rs):
+            return None
+        return {str(r.value.attrs.data_layout) for r in rs}
+
+    out = {}
+    for b in bindings:
+        v = b.value
+        if not (isinstance(v, relax.Call) and _op_name(v) == "relax.nn.pad") or str(v.attrs.pad_mode) != "constant":
+            continue
+        layouts = conv_layouts(b.var)
+        width = _ints(v.attrs.pad_width)
+        if layouts is None or len(layouts) != 1 or len(width) != 8:
+            continue
+        lay = next(iter(layouts))
+        if lay not in ("NCHW", "NHWC") or any(width[2 * lay.index(a) + k] for a in "NC" for k in (0, 1)):
+            continue
+        h, w = lay.index("H"), lay.index("W")
+        out[b.var] = (width[2 * h], width[2 * w], width[2 * h + 1], width[2 * w + 1])
+    return out
 
 
 def _vars_in(expr) -> list[relax.Var]:
@@ -311,29 +466,35 @@ def _detect_layout(func: relax.Function) -> str:
     return "NHWC" if found["NHWC"] > found["NCHW"] else "NCHW"
 
 
-def _conv_layer(layers, tensors, act, call: relax.Call, var: relax.Var, layout: str) -> None:
+def _conv_layer(layers, tensors, act, call: relax.Call, var: relax.Var, layout: str,
+                pad: _FoldedPad | None = None) -> None:
     attrs = call.attrs
     data_layout = str(attrs.data_layout)
     if data_layout not in ("NCHW", "NHWC"):
         raise TvmPatchError(f"conv2d with data layout {data_layout} is not supported (NCHW or NHWC)")
     x, w = call.args[0], call.args[1]
+    x_tid = pad.source if pad is not None else act[x]
     if w in act:
-        layer = _new_layer(layers, tensors, act, "conv2d_dynamic_weight", [act[x], act[w]], var)
-        return
-    wshape = _shape_of(w)
-    klayout = str(attrs.kernel_layout)
-    kh, kw = wshape[klayout.index("H")], wshape[klayout.index("W")]
-    cin_per_group = wshape[klayout.index("I")]
-    groups = int(attrs.groups)
-    cin = _shape_of(x)[data_layout.index("C")]
-    op = "depthwise_conv2d" if groups > 1 and groups == cin and cin_per_group == 1 else "conv2d"
-    layer = _new_layer(layers, tensors, act, op, [act[x]], var)
-    layer.kernel = (kh, kw)
-    layer.stride = _ints(attrs.strides)[:2]
-    pad = _ints(attrs.padding)
-    layer.padding = (pad[0], pad[1], pad[2], pad[3]) if len(pad) == 4 else (pad[0], pad[1], pad[0], pad[1])
-    layer.groups = groups
-    layer.macs = tensors[layer.output].elements * kh * kw * cin_per_group
+        layer = _new_layer(layers, tensors, act, "conv2d_dynamic_weight", [x_tid, act[w]], var)
+    else:
+        wshape = _shape_of(w)
+        klayout = str(attrs.kernel_layout)
+        kh, kw = wshape[klayout.index("H")], wshape[klayout.index("W")]
+        cin_per_group = wshape[klayout.index("I")]
+        groups = int(attrs.groups)
+        cin = _shape_of(x)[data_layout.index("C")]
+        op = "depthwise_conv2d" if groups > 1 and groups == cin and cin_per_group == 1 else "conv2d"
+        layer = _new_layer(layers, tensors, act, op, [x_tid], var)
+        layer.kernel = (kh, kw)
+        layer.stride = _ints(attrs.strides)[:2]
+        p = _ints(attrs.padding)
+        layer.padding = (p[0], p[1], p[2], p[3]) if len(p) == 4 else (p[0], p[1], p[0], p[1])
+        layer.groups = groups
+        layer.macs = tensors[layer.output].elements * kh * kw * cin_per_group
+    if pad is not None:
+        layer.prologue = list(pad.bindings)
+        layer.pad_width, layer.pad_value = pad.width, pad.value
+        layer.padding = tuple(a + b for a, b in zip(layer.padding, pad.width))
 
 
 def _pool_layer(layers, tensors, act, call: relax.Call, var: relax.Var, op: str, layout: str) -> None:

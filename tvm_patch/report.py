@@ -70,7 +70,7 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
     pp = (patches, patches)
     n = resolve_split(graph, split, pp)
     if is_qdq_stage(graph, n, mod["main"]):
-        stage, _, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
+        stage, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
     else:
         stage, _ = stage_from_graph(graph, n, mod["main"])
     m = patch_memory(graph, stage, n, pp)

@@ -1,7 +1,9 @@
 """Where the patch stage ends: parsing `--split`, and checking that a split can be run patch by patch.
 
 A split counts layers from the network input, as `tvm-patch profile` numbers them (`5` = the first five
-layers), or blocks (`block:5` = the first five blocks, the stem being block 1).
+layers), or blocks (`block:5` = the first five blocks, the stem being block 1). A quantized model is
+numbered the same as imported and after LowerToInteger (see `tvm_patch.graph`), so a split read from the
+profile of the imported model names the same layers in the lowered module that is patched.
 """
 
 from __future__ import annotations
@@ -10,39 +12,15 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph, Layer, cut_after
 
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
-# A "pad" only as the spatial padding of the one convolution that reads it (merged into that conv's padding:
-# LowerToInteger pads with the input zero point explicitly, TFLite models carry PAD ops before stride-2 convs).
-TILEABLE = ("conv2d", "depthwise_conv2d", "add", "pad")
-_CONVS = ("conv2d", "depthwise_conv2d")
+# (A pad feeding convolutions is part of each convolution that reads it: `tvm_patch.graph` folds it in.)
+TILEABLE = ("conv2d", "depthwise_conv2d", "add")
 
 
-def conv_padded_by(graph: Graph, layer: Layer) -> int | None:
-    """For a pad layer that only pads H and W of the input of one convolution: that conv's index, else None."""
-    if layer.op != "pad" or layer.output in graph.outputs or len(layer.inputs) != 1:
-        return None
-    readers = graph.tensors[layer.output].consumers
-    if len(readers) != 1 or graph.layers[readers[0]].op not in _CONVS:
-        return None
-    conv = graph.layers[readers[0]]
-    if conv.inputs[0] != layer.output:
-        return None
-    src, out = graph.tensors[layer.inputs[0]].shape, graph.tensors[layer.output].shape
-    if len(src) != 4 or len(out) != 4 or src[0] != out[0] or graph.channels(layer.inputs[0]) != graph.channels(
-            layer.output):
-        return None
-    (h, w), (ho, wo), (top, left, bottom, right) = graph.hw(layer.inputs[0]), graph.hw(layer.output), layer.padding
-    if (ho, wo) != (h + top + bottom, w + left + right):  # a pad whose widths the graph does not know (call_tir)
-        return None
-    return conv.index
-
-
-def _tileable(graph: Graph, layer: Layer) -> bool:
+def _tileable(layer: Layer) -> bool:
     if layer.op not in TILEABLE:
         return False
     if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
         return layer.broadcast_free
-    if layer.op == "pad":
-        return conv_padded_by(graph, layer) is not None
     return True
 
 
@@ -53,11 +31,8 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
     if len(graph.inputs) != 1:
         return "the network has several inputs"
     for layer in graph.layers[:n]:
-        if not _tileable(graph, layer):
+        if not _tileable(layer):
             return f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch"
-        if layer.op == "pad" and conv_padded_by(graph, layer) >= n:
-            return (f"layer {layer.index + 1} {layer.name} pads the input of layer {conv_padded_by(graph, layer) + 1}, "
-                    "which is not in the stage (a pad joins the stage with its convolution)")
     if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage
         return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"
     out = graph.layers[n - 1].output

@@ -1,7 +1,10 @@
 """`tvm-patch verify`: the patched module against the unpatched one, on seeded inputs.
 
-int8 outputs must be equal bit for bit; float32 outputs within 1e-5 relative (largest absolute difference
-over the largest reference magnitude).
+A quantized model as imported (int8 QDQ ONNX, int8 TFLite) is first lowered by LowerToInteger, and both
+modules are that lowered one, unpatched and patched: the split names the same layers in the imported and the
+lowered graph (`tvm_patch.graph`). int8 outputs, and every output of an integer-lowered module (a float
+logit dequantized from the same int8 values), must be equal bit for bit; float32 outputs of float models
+within 1e-5 relative (largest absolute difference over the largest reference magnitude).
 """
 
 from __future__ import annotations
@@ -74,16 +77,26 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float,
 
 def verify_patch(mod: tvm.IRModule, patches: int, split: int | str, n_inputs: int = 3,
                  seed: int = 0) -> VerifyResult:
-    """Compare `mod` with `PatchStage(split, patches)(mod)` on n_inputs seeded inputs."""
-    from relay_passes import PatchStage
+    """Compare `mod` with `PatchStage(split, patches)(mod)` on n_inputs seeded inputs.
 
+    A quantized model as imported is lowered by LowerToInteger first (`lower_for_patching`), and then both
+    are compared bit for bit; `detail` says so."""
+    from relay_passes import PatchStage
+    from tvm_patch.patch.from_graph import QPARAMS_ATTR, lower_for_patching, needs_integer_lowering
+
+    lowered = needs_integer_lowering(mod)
+    if lowered:
+        mod = lower_for_patching(mod)
+    integer = lowered or (mod["main"].attrs is not None and QPARAMS_ATTR in mod["main"].attrs)
     patched = PatchStage(split, (patches, patches))(mod)
     vm_ref, vm_patch = compile_vm(mod), compile_vm(patched)
     worst_abs, worst_rel, dtype = 0.0, 0.0, ""
     for args in seeded_inputs(mod["main"], n_inputs, seed):
         a, r, dtype = compare(run_vm(vm_ref, args), run_vm(vm_patch, args))
         worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-    exact = not dtype.startswith("float")
+    exact = integer or not dtype.startswith("float")
     passed = worst_abs == 0 if exact else worst_rel <= FLOAT_RTOL
     rule = "bit-exact" if exact else f"relative difference <= {FLOAT_RTOL:g}"
+    if lowered:
+        rule += " (both after LowerToInteger)"
     return VerifyResult(n_inputs, worst_abs, worst_rel, dtype, passed, rule)

@@ -17,8 +17,9 @@ int8 graphs after `LowerToInteger` (its Relax form, see `relay_passes.lower_to_i
   channel (exact integers; for ``z = zx`` it is the model's own bias). ``z`` is the value that pads the
   conv's input (the explicit pad's value, 0 for a conv that pads itself), else the zero point its
   producer writes, so every conv reading a value agrees on its zero ring;
-- a ``pad`` layer feeding one conv (the zero-point pad LowerToInteger writes when zx != 0, or a model's own
-  PAD) is no stage layer: its H/W widths are added to the conv's padding, its value is the conv's z;
+- a pad feeding convolutions (the zero-point pad LowerToInteger writes when zx != 0, or a model's own PAD)
+  is part of each conv that reads it in the layer graph (`Layer.prologue`): its H/W widths are in the conv's
+  padding, its value is the conv's z;
 - a residual ``call_tir q_add(a, b)`` becomes ``Add(quant=AddQuant(...))`` from the recorded TFLite ADD
   parameters (an int8 clip after it narrows the clamp).
 
@@ -33,7 +34,7 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.graph import Graph, Layer
+from tvm_patch.graph import Graph, Layer, recorded_qparams
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
 
 QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
@@ -63,12 +64,6 @@ def _prim_int(v) -> int:
     return int(v)
 
 
-def _qparams(func: relax.Function) -> dict[str, dict]:
-    attrs = func.attrs
-    if attrs is None or QPARAMS_ATTR not in attrs:
-        return {}
-    return {str(k): {str(n): (str(v) if isinstance(v, str) else int(v)) for n, v in rec.items()}
-            for k, rec in attrs[QPARAMS_ATTR].items()}
 
 
 def _epilogue(layer: Layer, bindings: dict, channels: int) -> tuple[np.ndarray | None, str]:
@@ -193,21 +188,6 @@ def _int8_add(layer: Layer, bindings: dict, qparams: dict) -> AddQuant:
                     output_shift=rec["output_shift"], left_shift=rec["left_shift"], act_min=lo, act_max=hi)
 
 
-def _pad_spec(graph: Graph, layer: Layer, call: relax.Call) -> tuple[tuple[int, int, int, int], float]:
-    """(top, left, bottom, right) and the value of a spatial constant pad."""
-    if _op(call) != "relax.nn.pad":
-        raise TvmPatchError(f"layer {layer.name}: a {_op(call)} pad cannot be merged into a convolution")
-    attrs = call.attrs
-    mode = str(getattr(attrs, "pad_mode", "constant"))
-    if mode != "constant":
-        raise TvmPatchError(f"layer {layer.name}: {mode} padding cannot be merged into a convolution")
-    width = [int(v) for v in attrs.pad_width]
-    c = 1 if graph.layout == "NCHW" else 3
-    if len(width) != 8 or width[0] or width[1] or width[2 * c] or width[2 * c + 1]:
-        raise TvmPatchError(f"layer {layer.name}: a pad of {width} pads more than H and W")
-    return layer.padding, float(attrs.pad_value)
-
-
 def _operands(call: relax.Call) -> list:
     """The tensor arguments of a layer's anchor call, in order."""
     if _op(call).startswith("tir:"):
@@ -221,41 +201,62 @@ def is_qdq_stage(graph: Graph, n: int, func: relax.Function) -> bool:
     its stage is `stage_from_qdq`'s)."""
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
     return any(isinstance(bindings.get(v), relax.Call) and _op(bindings[v]) in ("relax.quantize", "relax.dequantize")
-               for layer in graph.layers[:n] for v in layer.bindings)
+               for layer in graph.layers[:n] for v in [*layer.prologue, *layer.bindings])
 
 
-def stage_from_qdq(mod: tvm.IRModule, graph: Graph, n: int) -> tuple[Stage, tvm.IRModule, int]:
+def needs_integer_lowering(mod: tvm.IRModule) -> bool:
+    """True for a quantized model as imported: an op of `main` computes on dequantized values (a QDQ chain,
+    which LowerToInteger rewrites). False for float models and for modules already lowered (their
+    dequantize, if any, only hands a float output back)."""
+    func = mod["main"]
+    deq = set()
+    for blk in func.body.blocks:
+        for b in blk.bindings:
+            v = b.value
+            if not isinstance(v, relax.Call):
+                continue
+            if _op(v) == "relax.dequantize":
+                deq.add(b.var)
+            elif _op(v) != "relax.quantize":
+                args = [f for a in v.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+                if any(isinstance(a, relax.Var) and a in deq for a in args):
+                    return True
+    return False
+
+
+def lower_for_patching(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` run through LowerToInteger and FoldConstant: what int8 patch stages are built from.
+
+    The layer graph numbers the lowered module's layers as the imported one's (`tvm_patch.graph`), so a split
+    means the same layers in both."""
+    from relay_passes.lower_to_integer import lower_to_integer  # here: relay_passes imports this module
+
+    return relax.transform.FoldConstant()(lower_to_integer(mod))
+
+
+def stage_from_qdq(mod: tvm.IRModule, graph: Graph, n: int) -> tuple[Stage, tvm.IRModule]:
     """The int8 stage of the first n layers of a quantized model as imported (QDQ: dequantize -> float op ->
     quantize chains), whose layer graph is `graph`: what `PatchStage` builds once the model is lowered.
 
     `mod` is the imported module before FoldConstant (LowerToInteger needs the quantized weights as
-    ``dequantize(constant)``). It is lowered (LowerToInteger, FoldConstant) and the stage read from the
-    lowered graph, where the same stage has more layers (LowerToInteger's zero-point pads are layers of
-    their own). Returns (stage, lowered module, the stage's layer count in the lowered graph)."""
-    from relay_passes.lower_to_integer import lower_to_integer  # here: relay_passes imports this module
+    ``dequantize(constant)``). It is lowered (`lower_for_patching`) and the stage read from the lowered
+    graph, whose first n layers are the same ops. Returns (stage, lowered module)."""
     from tvm_patch.graph import build_graph
     from tvm_patch.split import check_split
 
-    low = relax.transform.FoldConstant()(lower_to_integer(mod))
+    low = lower_for_patching(mod)
     lgraph = build_graph(low)
 
-    def compute_layers(g: Graph, layers: list) -> list:
-        return [(la.op, g.tensors[la.output].shape) for la in layers if la.op != "pad"]
+    def kinds(g: Graph) -> list:
+        return [(la.op, g.tensors[la.output].shape) for la in g.layers[:n]]
 
-    want = compute_layers(graph, graph.layers[:n])
-    count, n_low = 0, None
-    for la in lgraph.layers:
-        count += la.op != "pad"
-        if count == len(want):
-            n_low = la.index + 1
-            break
-    if n_low is None or compute_layers(lgraph, lgraph.layers[:n_low]) != want:
+    if len(lgraph.layers) < n or kinds(lgraph) != kinds(graph):
         raise TvmPatchError(f"the first {n} layers do not match the integer-lowered graph's layers")
-    why = check_split(lgraph, n_low)
+    why = check_split(lgraph, n)
     if why is not None:
         raise TvmPatchError(f"split {n} in the integer-lowered graph: {why}")
-    stage, _ = stage_from_graph(lgraph, n_low, low["main"])
-    return stage, low, n_low
+    stage, _ = stage_from_graph(lgraph, n, low["main"])
+    return stage, low
 
 
 def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage, relax.Expr]:
@@ -265,7 +266,6 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
     bindings = {b.var: b.value for blk in func.body.blocks for b in blk.bindings}
     out_tensor = {layer.out_var: layer.output for layer in graph.layers}
     value = {graph.inputs[0]: STAGE_INPUT}  # tensor id -> stage value index
-    pads: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}  # pad tensor -> (source, widths, value)
     stage_input = None
 
     def operand_tensors(layer: Layer, args: list) -> list[int]:
@@ -284,27 +284,21 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
                         stage_input = a
         return tids
 
-    # pass 1: the layers, with the pads merged into their convolutions
+    # pass 1: the layers (a pad folded into a conv is part of its padding)
     specs = []  # (layer, source tensors, padding, pad value or None when the conv pads itself or not at all)
     for layer in graph.layers[:n]:
         anchor = bindings[layer.anchor]
-        if layer.op == "pad":
-            (src,) = operand_tensors(layer, [anchor.args[0]])
-            widths, pv = _pad_spec(graph, layer, anchor)
-            if src in pads:
-                raise TvmPatchError(f"layer {layer.name}: a pad of a pad cannot be merged into a convolution")
-            pads[layer.output] = (src, widths, pv)
-        elif layer.op in ("conv2d", "depthwise_conv2d"):
-            (src,) = operand_tensors(layer, [anchor.args[0]])
-            padding, pv = layer.padding, (0.0 if any(layer.padding) else None)
-            if src in pads:
-                src, widths, pv_pad = pads[src]
-                if any(padding) and pv_pad != 0.0:
+        if layer.op in ("conv2d", "depthwise_conv2d"):
+            data = bindings[layer.prologue[0]].args[0] if layer.prologue else anchor.args[0]
+            (src,) = operand_tensors(layer, [data])
+            own = tuple(a - b for a, b in zip(layer.padding, layer.pad_width))  # the conv's own padding
+            pv = 0.0 if any(own) else None
+            if any(layer.pad_width):
+                if any(own) and layer.pad_value != 0.0:
                     raise TvmPatchError(f"layer {layer.name}: a conv padding itself with 0 after a pad with "
-                                        f"{pv_pad:g}")
-                padding = tuple(a + b for a, b in zip(padding, widths))
-                pv = pv_pad if any(widths) else pv
-            specs.append((layer, [src], padding, pv))
+                                        f"{layer.pad_value:g}")
+                pv = layer.pad_value
+            specs.append((layer, [src], layer.padding, pv))
         elif layer.op == "add":
             specs.append((layer, operand_tensors(layer, _operands(anchor)[:2]), None, None))
         else:  # resolve_split already refused it; keep the message if called directly
@@ -316,7 +310,7 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
     if dtype not in ("float32", "int8"):
         raise TvmPatchError(f"patch stages of {dtype} graphs need the integer lowering (LowerToInteger) first")
     int8 = dtype == "int8"
-    qparams = _qparams(func) if int8 else {}
+    qparams = recorded_qparams(func) if int8 else {}
 
     # pass 2 (int8): each value's zero ring z, then the layers
     if int8:
