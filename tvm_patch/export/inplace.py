@@ -29,9 +29,9 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
-from tvm_patch.export.patterns import same_element
+from tvm_patch.export.patterns import const_shape, same_element
 
-__all__ = ["inplace_pairs"]
+__all__ = ["block_accesses", "inplace_pairs"]
 
 _ESCAPING = {"tirx.address_of", "tirx.tvm_access_ptr", "tirx.call_extern", "tirx.call_packed", "tirx.call_cpacked"}
 
@@ -45,7 +45,7 @@ class _BlockInfo:
         self.stores: list[tirx.BufferStore] = []
 
 
-def _collect(func: tirx.PrimFunc) -> tuple[list[_BlockInfo], bool] | None:
+def block_accesses(func: tirx.PrimFunc) -> tuple[list[_BlockInfo], bool] | None:
     """Every non-root block with the loads/stores directly in it; and whether anything escapes."""
     body = func.body
     if not isinstance(body, s_tir.SBlockRealize):
@@ -113,19 +113,13 @@ def _is_true(expr: Any) -> bool:
     return isinstance(expr, tirx.IntImm) and int(expr) == 1 or (isinstance(expr, bool) and expr)
 
 
-def _shape(buf: Any) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(s) for s in buf.shape)
-    except (TypeError, ValueError):
-        return None
-
 
 def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
     """(input parameter index, output parameter index) pairs safe to alias (see the module docstring)."""
     params = list(func.params)
     if not all(is_buffer_var(p) for p in params) or n_outputs <= 0:
         return []
-    collected = _collect(func)
+    collected = block_accesses(func)
     if collected is None:
         return []
     infos, escapes = collected
@@ -146,12 +140,12 @@ def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
             continue
         if any(ld.source.same_as(out) for i in infos for ld in i.loads):
             continue
-        out_shape = _shape(out)
+        out_shape = const_shape(out)
         if out_shape is None or _loop_iterations(func, b.block.name_hint) != math.prod(out_shape):
             continue
         for si in range(n_in):
             src = params[si]
-            if _shape(src) != out_shape or str(src.ty.dtype) != str(out.ty.dtype):
+            if const_shape(src) != out_shape or str(src.ty.dtype) != str(out.ty.dtype):
                 continue
             ok = True
             for i in infos:

@@ -28,7 +28,8 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
-from tvm_patch.export.patterns import substitute_vars
+from tvm_patch.export.inplace import block_accesses
+from tvm_patch.export.patterns import const_shape, substitute_vars
 
 __all__ = ["inplace_conv_pairs", "inplace_conv_schedule"]
 
@@ -36,12 +37,6 @@ _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and frien
 
 
 
-
-def _shape(buf: Any) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(s) for s in buf.shape)
-    except (TypeError, ValueError):
-        return None
 
 
 def _blocks(sch: s_tir.Schedule) -> list[Any]:
@@ -88,7 +83,7 @@ def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
         return func
     out = params[-1]
-    out_shape = _shape(out)
+    out_shape = const_shape(out)
     if out_shape is None or len(out_shape) != 4 or out_shape[0] != 1:
         return func
     try:
@@ -101,12 +96,12 @@ def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
         return func
     upd = updates[0]
     block = sch.get(upd)
-    srcs = [p for p in params[:-1] if _reads_param(block, p) and _shape(p) is not None and len(_shape(p)) == 4
-            and _shape(p)[0] == 1 and str(p.ty.dtype) == str(out.ty.dtype) and _kind(block, p) is not None]
+    srcs = [p for p in params[:-1] if _reads_param(block, p) and const_shape(p) is not None and len(const_shape(p)) == 4
+            and const_shape(p)[0] == 1 and str(p.ty.dtype) == str(out.ty.dtype) and _kind(block, p) is not None]
     if len(srcs) != 1:
         return func
     src = srcs[0]
-    src_shape = _shape(src)
+    src_shape = const_shape(src)
     kind, layout = _kind(block, src)
     c_ax = 3 if layout == "NHWC" else 1
     if kind == "depthwise" and src_shape[c_ax] != out_shape[c_ax]:
@@ -165,49 +160,38 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
         return []
     out = params[-1]
-    realizes: list[s_tir.SBlockRealize] = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlockRealize, lambda r: realizes.append(r) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-    loads: dict[str, list[Any]] = {}
-    stores: dict[str, list[Any]] = {}
-    for r in realizes:
-        if r.block.name_hint == "root":
-            continue
-        ls: list[Any] = []
-        ss: list[Any] = []
-        tvm_ffi.structural_walk(r.block.body, [(TensorLoad, lambda x: ls.append(x) or tvm_ffi.WalkResult.ADVANCE),
-                                               (tirx.BufferStore, lambda x: ss.append(x) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-        if r.block.init is not None:
-            tvm_ffi.structural_walk(r.block.init, [(TensorLoad, lambda x: ls.append(x) or tvm_ffi.WalkResult.ADVANCE),
-                                                   (tirx.BufferStore, lambda x: ss.append(x) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-        loads[r.block.name_hint], stores[r.block.name_hint] = ls, ss
-    by_name = {r.block.name_hint: r for r in realizes}
-    writers = [n for n, ss in stores.items() if any(s.buffer.same_as(out) for s in ss)]
+    collected = block_accesses(func)
+    if collected is None or collected[1]:
+        return []  # not block-level TIR, or an address escapes
+    infos = {i.block.name_hint: i for i in collected[0]}
+    loads = {n: i.loads for n, i in infos.items()}
+    writers = [n for n, i in infos.items() if any(s.buffer.same_as(out) for s in i.stores)]
     if any(ld.source.same_as(out) for ls in loads.values() for ld in ls) or len(writers) != 1:
         return []
     wname = writers[0]
-    wreal = by_name[wname]
-    if wreal.block.init is not None or len(stores[wname]) != 1 or not isinstance(wreal.block.body, tirx.BufferStore):
+    wreal = infos[wname].realize
+    if wreal.block.init is not None or len(infos[wname].stores) != 1 or not isinstance(wreal.block.body, tirx.BufferStore):
         return []
-    o_shape = _shape(out)
+    o_shape = const_shape(out)
     if o_shape is None or len(o_shape) != 4 or o_shape[0] != 1:
         return []
     pairs = []
+    sch = s_tir.Schedule(func)
     for si, src in enumerate(params[:-1]):
-        s_shape = _shape(src)
+        s_shape = const_shape(src)
         if s_shape is None or len(s_shape) != 4 or str(src.ty.dtype) != str(out.ty.dtype):
             continue
         readers = [n for n, ls in loads.items() if any(ld.source.same_as(src) for ld in ls)]
         if len(readers) != 1 or readers[0] == wname:
             continue
         cname = readers[0]
-        creal = by_name[cname]
+        creal = infos[cname].realize
         cstore = creal.block.body
         if not isinstance(cstore, tirx.BufferStore) or any(cstore.buffer.same_as(p) for p in params):
             continue  # the copy must go to a kernel-local buffer
         cload = [ld for ld in loads[cname] if ld.source.same_as(src)]
         if len(cload) != 1 or not cstore.value.same_as(cload[0]):
             continue
-        sch = s_tir.Schedule(func)
         cchain, wchain = _loop_chain(sch, cname), _loop_chain(sch, wname)
         if cchain is None or wchain is None:
             continue

@@ -19,12 +19,14 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-__all__ = ["ELEMWISE", "BROADCAST", "mark_elementwise", "is_elementwise", "same_element", "substitute_vars"]
+__all__ = ["ELEMWISE", "BROADCAST", "const_shape", "is_elementwise", "mark_elementwise", "same_element", "single_block",
+           "substitute_vars"]
 
 ELEMWISE, BROADCAST = 0, 1  # TVM's OpPatternKind values
 
 
-def _single_block(func: tirx.PrimFunc) -> s_tir.SBlock | None:
+def single_block(func: tirx.PrimFunc) -> s_tir.SBlock | None:
+    """The one non-root block of ``func``, or None."""
     blocks: list[s_tir.SBlock] = []
     tvm_ffi.structural_walk(
         func.body, [(s_tir.SBlock, lambda b: blocks.append(b) or tvm_ffi.WalkResult.ADVANCE)], order="pre"
@@ -33,7 +35,8 @@ def _single_block(func: tirx.PrimFunc) -> s_tir.SBlock | None:
     return inner[0] if len(inner) == 1 else None
 
 
-def _shape(buf: Any) -> tuple[int, ...] | None:
+def const_shape(buf: Any) -> tuple[int, ...] | None:
+    """A buffer's shape as ints, or None when it is symbolic."""
     try:
         return tuple(int(s) for s in buf.shape)
     except (TypeError, ValueError):
@@ -71,11 +74,11 @@ def same_element(load: Any, store: Any, shape: tuple[int, ...] | None) -> bool:
 def is_elementwise(func: tirx.PrimFunc) -> bool:
     """True when ``func`` is one block storing ``y[i...]`` from reads ``x[j...]`` of y's shape, where each
     ``j`` is the store's index on that axis or the constant 0 on an axis of extent 1."""
-    block = _single_block(func)
+    block = single_block(func)
     if block is None or block.init is not None or not isinstance(block.body, tirx.BufferStore):
         return False
     store = block.body
-    shape = _shape(store.buffer)
+    shape = const_shape(store.buffer)
     ivs = [iv.var for iv in block.iter_vars]
     if shape is None or len(store.indices) != len(shape) or len(ivs) != len(shape):
         return False
@@ -84,7 +87,7 @@ def is_elementwise(func: tirx.PrimFunc) -> bool:
     ok = [True]
 
     def on_load(ld: Any) -> tvm_ffi.WalkResult:
-        if _shape(ld.source) != shape or not same_element(ld.indices, store.indices, shape):
+        if const_shape(ld.source) != shape or not same_element(ld.indices, store.indices, shape):
             ok[0] = False
         return tvm_ffi.WalkResult.ADVANCE
 

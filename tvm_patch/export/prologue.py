@@ -19,30 +19,22 @@ from dataclasses import replace
 from typing import Any
 
 import tvm_ffi
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.ir.expr import TensorLoad, TensorRegion
 from tvm.tirx.buffer import is_buffer_var
 
 from relay_passes.patch_stage import PATCHES_ATTR
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
-from tvm_patch.export.patterns import is_elementwise, substitute_vars
+from tvm_patch.export.patterns import is_elementwise, single_block, substitute_vars
 
 __all__ = ["merge_prologues"]
-
-
-def _store(func: tirx.PrimFunc) -> tuple[s_tir.SBlock, tirx.BufferStore]:
-    blocks: list[s_tir.SBlock] = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: blocks.append(b) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-    (block,) = [b for b in blocks if b.name_hint != "root"]
-    return block, block.body
-
-
 
 
 def _with_prologue(stage: tirx.PrimFunc, pos: int, producer: tirx.PrimFunc) -> tirx.PrimFunc:
     """``stage`` with parameter ``pos`` replaced by ``producer``'s input, each of its loads by the
     producer's expression at the load's indices."""
-    block, store = _store(producer)
+    block = single_block(producer)  # is_elementwise() checked: one block, one store
+    store = block.body
     src = producer.params[0]
     new = tirx.decl_buffer(tuple(int(d) for d in src.shape), str(src.ty.dtype), name=src.name)
     old = stage.params[pos]

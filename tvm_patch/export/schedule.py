@@ -35,7 +35,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.export.patterns import same_element
+from tvm_patch.export.patterns import const_shape, same_element
 
 __all__ = ["lean_schedule", "is_default_form"]
 
@@ -133,7 +133,7 @@ def _reads_pointwise(block: s_tir.SBlock, buf: Any) -> bool:
         return False
     ok = [True]
 
-    shape = _int_shape(buf)
+    shape = const_shape(buf)
 
     def on_load(ld: Any) -> tvm_ffi.WalkResult:
         if ld.source.same_as(buf):
@@ -143,12 +143,6 @@ def _reads_pointwise(block: s_tir.SBlock, buf: Any) -> bool:
     tvm_ffi.structural_walk(store.value, [(TensorLoad, on_load)], order="pre")
     return ok[0]
 
-
-def _int_shape(buf: Any) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(s) for s in buf.shape)
-    except (TypeError, ValueError):
-        return None
 
 
 def _after_reduction(sch: s_tir.Schedule, rv: Any, seen: set[str] | None = None) -> bool:
