@@ -8,6 +8,7 @@ at the end, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -28,7 +29,7 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
-from tvm_patch.export.lower import Program, lower_module
+from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
@@ -68,6 +69,7 @@ class ExportResult:
     arena_plan: ArenaPlan = field(repr=False)
     source_mod: tvm.IRModule = field(repr=False)
     check: CheckResult | None = None
+    model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,7 +90,26 @@ class ExportResult:
             "planner_heuristic": self.heuristic,
             "export_seconds": round(self.export_seconds, 3),
             "check": self.check.to_json() if self.check is not None else None,
+            "model_sha256": self.model_sha256,
+            "inputs": [_io_json(io) for io in self.program.inputs],
+            "outputs": [_io_json(io) for io in self.program.outputs],
         }
+
+
+def _io_json(io: IOTensor) -> dict[str, Any]:
+    """An input or output of ``tvmp_run`` as the board projects need it: name, dtype, shape, bytes."""
+    return {"name": io.name, "dtype": io.dtype, "shape": list(io.shape), "bytes": io.nbytes}
+
+
+def model_sha256(spec: str) -> str:
+    """The SHA-256 of a model: the file's bytes, or for ``zoo:NAME[:int8]`` the bytes of its ONNX model."""
+    if spec.startswith("zoo:"):
+        from tvm_patch import zoo
+
+        name, _, variant = spec[len("zoo:"):].partition(":")
+        return hashlib.sha256(zoo.onnx_model(name, int8=variant == "int8").SerializeToString()).hexdigest()
+    with open(spec, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
@@ -224,6 +245,7 @@ def export_model(
         program=prog,
         arena_plan=aplan,
         source_mod=mod,
+        model_sha256=model_sha256(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None,
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"

@@ -118,6 +118,7 @@ def model_header(prog: Program, arena_bytes: int, model_name: str, in_caller: fr
         f"#define TVMP_WEIGHTS_BYTES {prog.weights_bytes}u",
         f"#define TVMP_NUM_INPUTS {len(prog.inputs)}",
         f"#define TVMP_NUM_OUTPUTS {len(prog.outputs)}",
+        f"#define TVMP_NUM_CALLS {len(prog.calls)}",
     ]
     for i, io in enumerate(prog.inputs):
         lines += _macro_block(f"TVMP_INPUT{i}", io)
@@ -187,7 +188,8 @@ def _call_line(k: int, prog: Program, fn: CFunction, loc: _Locations, aplan: Are
     shapes = " ".join(
         "x".join(map(str, prog.tensors[a.index].shape)) for a in call.args if a.kind == "tensor"
     )
-    return f"    /* {k + 1}: {call.binding} = {fn.name} ({shapes}) */\n    {fn.name}({', '.join(args)});"
+    return (f"    /* {k + 1}: {call.binding} = {fn.name} ({shapes}) */\n"
+            f"    TVMP_KERNEL_BEGIN({k});\n    {fn.name}({', '.join(args)});\n    TVMP_KERNEL_END({k}, \"{fn.name}\");")
 
 
 def driver_source(
@@ -236,6 +238,11 @@ def driver_source(
         "#define TVMP_WEIGHTS_ATTRIBUTES",
         "#endif",
         consts,
+        "/* ---------------------------------------------------------------- per-call hooks (board profile builds) */",
+        "#ifndef TVMP_KERNEL_BEGIN",
+        "#define TVMP_KERNEL_BEGIN(index)",
+        "#define TVMP_KERNEL_END(index, name)",
+        "#endif",
         "/* ---------------------------------------------------------------- arena (SRAM) */",
         "#ifndef TVMP_ARENA_ATTRIBUTES /* e.g. a section attribute to place the arena in a given SRAM */",
         "#define TVMP_ARENA_ATTRIBUTES",
