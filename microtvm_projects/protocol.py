@@ -186,7 +186,7 @@ class SessionParser:
         if self._begin is None:
             parts.append("no BEGIN seen")
         else:
-            parts.append(f"after BEGIN ({self._protocol_lines} protocol lines)")
+            parts.append(f"after BEGIN, {self._protocol_lines} protocol lines in")
         if self._partial:
             text = self._partial.decode("ascii", errors="replace")
             parts.append(f"stopped mid-line after {len(self._partial)} bytes of {show(text)}")
