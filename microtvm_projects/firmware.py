@@ -120,9 +120,12 @@ def _run(cmd: list[str], what: str, timeout: float, cwd: Path | None = None) -> 
 
 
 def _first_error(text: str) -> str:
-    for line in text.splitlines():
-        if "error" in line.lower():
-            return line.strip()
+    """The line of a compiler or linker log that says what went wrong (not collect2's summary)."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    for needle in ("error:", "undefined reference", "error"):
+        for line in lines:
+            if needle in line.lower() and not line.startswith("collect2"):
+                return line
     lines = text.strip().splitlines()
     return lines[-1] if lines else "no message"
 

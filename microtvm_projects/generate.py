@@ -1,6 +1,6 @@
 """``generate_project``: an export directory (``tvm-patch build``) -> a board project directory.
 
-The project holds the exported network (``model/``), the firmware sources (``src/``, copied from
+The project holds the export itself (``export/``), the exported network (``model/``), the firmware sources (``src/``, copied from
 ``template/src``), a seeded input compiled into Flash with the output the host build gives for it (``io/``),
 the device and emulator link scripts made from the board record (``linker/``), a Makefile, and
 ``tvmp_project.json`` (board, options, the export's figures). The host build's output is what every run is
@@ -172,6 +172,7 @@ def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLi
         expected = host_outputs(export, tmp, info, inputs)
         shutil.rmtree(tmp / "host")
         shutil.copytree(TEMPLATE / "src", tmp / "src")
+        shutil.copytree(export, tmp / "export", ignore=shutil.ignore_patterns("model_host"))
         (tmp / "model").mkdir()
         for name in ("model.c", "tvmp_model.h"):
             shutil.copy2(export / name, tmp / "model" / name)

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from microtvm_projects.errors import ProjectError
+
 from tvm_patch.errors import TvmPatchError
 
 PROG = "tvm-patch"
@@ -51,6 +53,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from tvm_patch.export import export_model
 
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
+    if args.board:
+        return _build_board(args, split)
+    if args.run or args.profile:
+        raise TvmPatchError("--run and --profile need --board f412|f746|h743")
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding)
     if args.json:
@@ -82,6 +88,86 @@ def _build_summary(result) -> str:
     if result.check is not None:
         lines.append(f"check: {result.check.summary()}")
     return "\n".join(lines)
+
+
+def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
+    from tvm_patch.board_build import build_for_board
+
+    if args.check or args.emit != "c":
+        raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
+                            "build with --run")
+    report = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
+                             runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
+                             opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
+                             port=args.port, probe=args.probe, integer=not args.float_chains,
+                             rounding=args.rounding)
+    return _board_output(args, report)
+
+
+def _board_output(args: argparse.Namespace, report: dict) -> int:
+    """Print a board build / run (JSON or a summary); exit 1 when a run's outputs differ from the host build."""
+    run = report.get("run")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(_board_summary(report))
+    if run is not None and not run["bit_exact"]:
+        print(f"{PROG}: the {run['runner']} run's outputs {run['mismatched_outputs']} differ from the host build",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _board_summary(report: dict) -> str:
+    c = report["conditions"]
+    lines = []
+    if "elf" in report:
+        lines += [
+            f"{report['board']}: {report['elf']} ({c['compiler']}, -{c['opt']}, {c['clock_mhz']} MHz, caches "
+            f"{c['caches']})",
+            f"SRAM:  {report['sram_bytes']:,} of {report['board_sram_bytes']:,} B (arena {report['arena_bytes']:,} + "
+            f"stack {report['stack_bytes']:,} + data/bss {report['data_bss_bytes']:,})",
+            f"Flash: {report['flash_bytes']:,} of {report['board_flash_bytes']:,} B",
+        ]
+    run = report.get("run")
+    if run is not None:
+        if run["runner"] == "emulator":
+            lines.append(f"run (QEMU): {run['instructions']:,} instructions; est. {run['est_cycles']:,} cycles at CPI "
+                         f"{run['cpi']} = {run['latency_ms']:.2f} ms at {c['clock_mhz']} MHz (estimated)")
+        else:
+            lines.append(f"run (board): {run['cycles']:,} cycles = {run['latency_ms']:.2f} ms at {c['clock_mhz']} MHz")
+        lines.append(f"stack used: {run['stack_used_bytes']:,} B; outputs "
+                     f"{'bit-exact with the host build' if run['bit_exact'] else 'DIFFER from the host build'}")
+        for k in run.get("kernels", []):
+            unit = "instructions" if "instructions" in k else "cycles"
+            lines.append(f"  {k['index']:4d} {k['name']:60s} {k[unit]:>14,}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from microtvm_projects.firmware import load_project
+
+    from tvm_patch.board_build import run_project
+
+    project = load_project(args.project)
+    run = run_project(args.project, runner=args.runner, profile=args.profile, timeout_sec=args.timeout,
+                      port=args.port, probe=args.probe)
+    from microtvm_projects.boards import get_board
+
+    board = get_board(project["board"])
+    report = {"board": board.key, "project_dir": args.project, "run": run,
+              "conditions": {"clock_mhz": board.mhz, "caches": board.caches, "opt": project["options"]["opt"],
+                             "model_sha256": project.get("model_sha256")}}
+    return _board_output(args, report)
+
+
+def _add_board_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", action="store_true",
+                   help="count the instructions (emulator) or cycles (board) of every kernel call")
+    p.add_argument("--port", help="device: the board's serial port (default: found by the ST-LINK's USB id)")
+    p.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool (default: the one installed)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SEC",
+                   help="longest wait for a build step, a flash or one run (default 600)")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -169,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="export the whole network as plain C over one static arena")
     b.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
-    b.add_argument("--target", choices=["host"], default="host", help="host: gcc build with the generated Makefile")
+    b.add_argument("--target", choices=["host"], default="host",
+                   help="host: gcc build with the generated Makefile (see --board for the STM32 boards)")
     b.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory (replaced atomically)")
     b.add_argument("--patches", type=int, metavar="P", help="patch mode: P x P patches (needs --split)")
     b.add_argument("--split", metavar="S",
@@ -184,7 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounding", choices=["tflite", "onnxruntime"], default="tflite",
                    help="LowerToInteger's requantization: TFLite Micro's (default) or onnxruntime's int8 "
                         "kernels', emulated in integers (layer by layer only)")
+    b.add_argument("--board", choices=["f412", "f746", "h743"],
+                   help="write a board project to -o DIR (STM32 firmware over the export) and build it")
+    b.add_argument("--run", choices=["emulator", "device"],
+                   help="with --board: run once on QEMU (exact instruction count) or on the board, and check the "
+                        "outputs against the host build")
+    b.add_argument("--opt", choices=["O0", "O1", "O2", "O3", "Os", "Ofast"], default="O3",
+                   help="with --board: arm-none-eabi-gcc optimisation level (default O3)")
+    b.add_argument("--stack", type=int, default=8192, metavar="BYTES",
+                   help="with --board: stack reserved in SRAM (default 8192)")
+    b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
+    _add_board_run_options(b)
     b.set_defaults(func=_cmd_build)
+    r = sub.add_parser("run", help="run a board project already built (tvm-patch build --board) once")
+    r.add_argument("project", help="the project directory (-o DIR of `tvm-patch build --board`)")
+    r.add_argument("--runner", choices=["emulator", "device"], default="emulator",
+                   help="emulator: QEMU, exact instruction counts; device: flash the board and read its serial port")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    _add_board_run_options(r)
+    r.set_defaults(func=_cmd_run)
     v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one "
                                       "(quantized models: both after LowerToInteger, bit-exact)")
     v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
@@ -213,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except TvmPatchError as e:
+    except (TvmPatchError, ProjectError) as e:
         if os.environ.get("TVM_PATCH_DEBUG"):
             raise
         print(f"{PROG}: error: {e.one_line()}", file=sys.stderr)

@@ -1,0 +1,84 @@
+"""A model on a board: export it as plain C, wrap it in the board's project, build the firmware, and run it on
+the emulator or the board when asked. The glue between the C export (tvm_patch.export) and the board
+projects (microtvm_projects), used by `tvm-patch build --board`, `tvm-patch run` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.api import ProjectAPI
+from microtvm_projects.boards import get_board
+from microtvm_projects.firmware import FirmwareBuild, load_project
+
+import tvm_patch
+from tvm_patch.export import export_model
+
+
+def firmware_json(fw: FirmwareBuild, project: dict[str, Any]) -> dict[str, Any]:
+    """The board build as JSON: memory (bytes: SRAM = arena + stack + data/bss, as linked), fit, conditions."""
+    board = get_board(fw.board)
+    return {
+        "board": board.key,
+        "flash_bytes": fw.flash_bytes,
+        "sram_bytes": fw.sram_bytes,
+        "arena_bytes": fw.arena_bytes,
+        "stack_bytes": fw.stack_bytes,
+        "data_bss_bytes": fw.data_bss_bytes,
+        "board_sram_bytes": board.sram_bytes,
+        "board_flash_bytes": board.flash_bytes,
+        "fits": fw.sram_bytes <= board.sram_bytes and fw.flash_bytes <= board.flash_bytes,
+        "runner": fw.runner,
+        "elf": str(fw.elf),
+        "conditions": {
+            "clock_mhz": board.mhz,
+            "caches": board.caches,
+            "opt": fw.opt,
+            "compiler": fw.compiler,
+            "model_sha256": project.get("model_sha256"),
+            "tvm_patch_version": tvm_patch.__version__,
+        },
+    }
+
+
+def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int | None = None,
+                    split: int | str | None = None, runner: str = "emulator", run: bool = False,
+                    profile: bool = False, opt: str = "O3", stack_bytes: int = 8192, seed: int = 0,
+                    timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None,
+                    integer: bool = True, rounding: str = "tflite") -> dict[str, Any]:
+    """Export ``model``, generate the ``board`` project in ``out_dir``, build it for ``runner`` and, with
+    ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
+    get_board(board)  # an unknown board fails before the export's work
+    with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
+        export_dir = Path(tmp) / "export"
+        result = export_model(model, export_dir, patches=patches, split=split, integer=integer, rounding=rounding)
+        api = ProjectAPI()
+        api.generate_project(export_dir, out_dir, {"board": board, "opt": opt, "stack_bytes": stack_bytes,
+                                                   "seed": seed})
+    report = build_project(out_dir, runner=runner, run=run, profile=profile, timeout_sec=timeout_sec, port=port,
+                           probe=probe)
+    report["export"] = {k: v for k, v in result.to_json().items() if k not in ("out_dir", "files", "check")}
+    return report
+
+
+def build_project(project_dir: str | Path, *, runner: str = "emulator", run: bool = False, profile: bool = False,
+                  timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None) -> dict[str, Any]:
+    """Build a generated project's firmware for ``runner`` and, with ``run``, run it once."""
+    api = ProjectAPI(project_dir)
+    fw = api.build({"runner": runner, "profile": profile, "timeout_sec": timeout_sec})
+    report = firmware_json(fw, load_project(project_dir))
+    report["project_dir"] = str(Path(project_dir))
+    if run:
+        report["run"] = run_project(project_dir, runner=runner, profile=profile, timeout_sec=timeout_sec,
+                                    port=port, probe=probe)
+    return report
+
+
+def run_project(project_dir: str | Path, *, runner: str = "emulator", profile: bool = False,
+                timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None) -> dict[str, Any]:
+    """Run the firmware already built in ``project_dir`` once (flashing it on a board); the run as JSON."""
+    api = ProjectAPI(project_dir)
+    return api.run({"runner": runner, "profile": profile, "timeout_sec": timeout_sec, "port": port,
+                    "probe": probe}).to_json()
