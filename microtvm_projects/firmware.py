@@ -141,6 +141,11 @@ def build_firmware(project_dir: str | Path, runner: str = "emulator", profile: b
     stack = opts["stack_bytes"]
     check_fit_before(project, board, stack)
     compiler = toolchain()
+    for kind in ("device", "emulator"):  # the project's options are the one source of the stack size
+        script = proj_dir / "linker" / f"{kind}.ld"
+        text = linker_script(board, kind, stack)
+        if not script.is_file() or script.read_text() != text:
+            script.write_text(text)
     make = ["make", "-C", str(proj_dir), f"RUNNER={runner}", f"PROFILE={int(profile)}", f"OPT=-{opt}"]
     build = proj_dir / "build" / (runner + ("-profile" if profile else ""))
     proc = _run(make + ["-j2"], "firmware build", timeout_sec)

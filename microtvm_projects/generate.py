@@ -115,7 +115,7 @@ def makefile(board: Board, options: dict[str, Any], model_id: str) -> str:
     subst = {
         "@BOARD_NAME@": board.name, "@BOARD_KIT@": board.kit, "@BOARD_KEY@": board.key,
         "@QEMU_MACHINE@": board.qemu_machine, "@OPT@": f"-{options['opt']}",
-        "@STACK_BYTES@": str(options["stack_bytes"]), "@ICOUNT_SHIFT@": str(options["icount_shift"]),
+        "@ICOUNT_SHIFT@": str(options["icount_shift"]),
         "@MODEL_ID@": model_id, "@CPU_FLAGS@": " ".join(board.cpu_flags),
     }
     text = (TEMPLATE / "Makefile").read_text()

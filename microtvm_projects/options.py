@@ -33,6 +33,7 @@ class ProjectOption:
         """The record as JSON (for ``server_info_query``)."""
         d = asdict(self)
         d["choices"] = list(self.choices) if self.choices is not None else None
+        d["required"], d["optional"] = list(self.required), list(self.optional)
         return d
 
 
