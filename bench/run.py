@@ -18,7 +18,9 @@ import sys
 import tempfile
 import time
 
-from bench.boards import BOARDS
+from microtvm_projects.boards import BOARDS
+
+from bench.firmware import SMALL_ZOO, firmware_models, firmware_section
 
 PATCHES = 4
 QUICK = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112")
@@ -106,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     from tvm_patch.errors import TvmPatchError
 
     print(f"board {board.name} ({board.core}, {board.mhz} MHz): SRAM {board.sram_bytes // 1024} kB, "
-          f"Flash {board.flash_bytes // 1024} kB. Host measurements; nothing here ran on the board.")
+          f"Flash {board.flash_bytes // 1024} kB. Host and emulator measurements; nothing here ran on the board.")
     try:
         patch_section(board, list(QUICK) if args.quick else zoo.names())
         export_section(list(QUICK) if args.quick else zoo.names())
+        firmware_section(board, [f"zoo:{SMALL_ZOO[0]}:int8"] if args.quick else firmware_models())
     except TvmPatchError as e:
         print(f"bench: error: {e.one_line()}", file=sys.stderr)
         return 2
-    print("\nnot built yet (open issues): on-board/QEMU latency and SRAM, the peers side by side (TinyEngine, "
+    print("\nnot built yet (open issues): cycles measured on a board, the peers side by side (TinyEngine, "
           "TFLite Micro on the board), the cost model and search. No figure for them is printed.")
     return 0
 
