@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 
+from microtvm_projects.boards import BOARDS
+
 from tvm_patch.errors import TvmPatchError
 
-# SRAM of the boards this project targets, drawn as reference lines.
-BOARD_SRAM_KB = {"STM32F412 (256 kB)": 256, "STM32H743 (512 kB)": 512}
+# SRAM of the boards this project targets, drawn as reference lines (the smallest and the largest).
+BOARD_SRAM_KB = {f"{b.name[:9]} ({b.sram_bytes // 1024} kB)": b.sram_bytes // 1024
+                 for b in (BOARDS["f412"], BOARDS["h743"])}
 
 
 def plot_profile(result: dict, path: str) -> None:
