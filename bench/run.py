@@ -1,124 +1,130 @@
-"""Benchmarks for one board: every figure printed is measured in this run; what is not built yet is named.
+"""`python -m bench.run --board h743`: measure the models on a board (or its emulator) and write
+results.json, results.csv, results.md and PNG plots, with the paper's and the peers' published figures beside.
 
-Sections:
-1. patch-based inference per zoo model: layer-by-layer peak, patched peak (4x4 patches, the split
-   `PatchStage(split="auto")` picks), reduction, MAC overhead, what the stage PrimFunc allocates, and how long
-   the PatchStage pass and the TVM build take (goal: < 30 s per model on 2 cores);
-2. plain-C export: (a) the MLPerf Tiny models, layer by layer and with 4x4 patches: planned arena against
-   the analytic peak, the planner's lower bound, TVM's StaticPlanBlockMemory and TensorFlow Lite Micro's
-   arena (goals: below TFLite Micro; >= 3x below it with patches); (b) the zoo's int8 models: arena
-   against the analytic peak (goal: <= analytic x 1.05 + the largest kernel workspace).
-`--quick` restricts sections 1 and 2b to the small zoo models.
+Per model, layer by layer and with the paper's 4x4 patches at the auto split: analytic peaks, the planned
+arena, the firmware's SRAM and Flash and fit, MACs and their overhead, one run (instructions and estimated
+latency on the emulator, cycles on a device), bit-exactness, TFLite Micro's arena (.tflite), export time.
+results.json is rewritten after each model, so an interrupted or failing run keeps what it measured.
+See docs/bench.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
+from pathlib import Path
+from typing import NoReturn
 
-from microtvm_projects.boards import BOARDS
+from tqdm import tqdm
 
-from bench.firmware import SMALL_ZOO, firmware_models, firmware_section
+from microtvm_projects.boards import BOARDS, get_board
+from microtvm_projects.errors import ProjectError
 
-PATCHES = 4
-QUICK = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112")
+from bench.conditions import conditions
+from bench.markdown import write_markdown
+from bench.measure import measure_model
+from bench.models import Model, UnknownModel, default_models, resolve
+from bench.plots import write_plots
+from bench.results import Results, write_csv
+from bench.tables import summary_table
 
-
-def _kb(n: int) -> str:
-    return f"{n / 1024:.0f}"
-
-
-def patch_section(board, names: list[str]) -> None:
-    """Section 1 (see the module docstring)."""
-    import tvm
-    from tvm import relax
-
-    from relay_passes import PatchStage
-    from tvm_patch.frontend import load
-    from tvm_patch.graph import build_graph
-    from tvm_patch.patch.memory import best_split
-    from tvm_patch.report import patch_based
-    from tvm_patch.profile import peak, profile_layers
-
-    print(f"\n1. patch-based inference, {PATCHES}x{PATCHES} patches, auto split (int8 analytic; kB = 1024 B)")
-    print(f"{'model':22} {'layer kB':>8} {'patch kB':>8} {'x':>5} {'MACs+':>6} {'split':>10} {'TIR B':>8} "
-          f"{'fits':>4} {'pass s':>6} {'build s':>7}")
-    target = tvm.target.Target({"kind": "llvm"})
-    for name in names:
-        mod = relax.transform.FoldConstant()(load(f"zoo:{name}").mod)
-        graph = build_graph(mod)
-        lbl = peak(profile_layers(graph)).bytes
-        n = best_split(graph, mod["main"], (PATCHES, PATCHES))
-        if n is None:
-            print(f"{name:22} {_kb(lbl):>8} {'-':>8}  no split lowers the peak")
-            continue
-        pb = patch_based(graph, mod, PATCHES, n, tir=True)
-        t0 = time.perf_counter()
-        patched = PatchStage(n, PATCHES)(mod)
-        t1 = time.perf_counter()
-        tvm.compile(patched, target)
-        t2 = time.perf_counter()
-        fits = "yes" if pb["peak_bytes"] <= board.sram_bytes else "no"
-        print(f"{name:22} {_kb(lbl):>8} {_kb(pb['peak_bytes']):>8} {pb['reduction']:>5.1f} "
-              f"{pb['mac_overhead']:>6.1%} {pb['split_layer']:>10} {pb['tir_allocated_bytes']:>8} {fits:>4} "
-              f"{t1 - t0:>6.1f} {t2 - t1:>7.1f}")
+RUNNERS = ("emulator", "device")
 
 
-def export_section(zoo_names: list[str]) -> None:
-    """Section 2 (see the module docstring)."""
-    from tvm_patch.export import export_model
-    from tvm_patch.paths import shared_models_dir
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit 2."""
 
-    print("\n2a. plain-C export of the MLPerf Tiny models, int8 (bytes); goal: below TFLite Micro layer by "
-          f"layer, >= 3x below it with {PATCHES}x{PATCHES} patches")
-    print(f"{'model':16} {'arena':>8} {'analytic':>8} {'bound':>8} {'TVM plan':>8} {'TFLM':>8} {'TFLM/arena':>10} "
-          f"{'patched':>8} {'analytic':>8} {'TFLM/patched':>12}")
-    for path in sorted((shared_models_dir() / "mlperf_tiny").glob("*.tflite")):
-        with tempfile.TemporaryDirectory() as tmp:
-            r = export_model(str(path), f"{tmp}/out")
-            p = export_model(str(path), f"{tmp}/patch", patches=PATCHES, split="auto")
-        tflm = r.tflm_arena_head_bytes
-        ratio = f"{tflm / r.arena_bytes:.2f}x" if tflm else "-"
-        pratio = f"{tflm / p.arena_bytes:.2f}x" if tflm else "-"
-        print(f"{path.stem:16} {r.arena_bytes:>8} {r.analytic_peak_bytes:>8} {r.lower_bound_bytes:>8} "
-              f"{r.tvm_static_plan_bytes:>8} {tflm or '-':>8} {ratio:>10} {p.arena_bytes:>8} "
-              f"{p.analytic_patch_peak_bytes or '-':>8} {pratio:>12}")
-    print("\n2b. plain-C export of the zoo's int8 models, layer by layer (bytes); goal: arena <= analytic peak x 1.05"
-          " + largest kernel workspace")
-    print(f"{'model':22} {'arena':>9} {'analytic':>9} {'bound':>9} {'workspace':>9} {'goal':>9} {'met':>4} {'in place':>8}")
-    for name in zoo_names:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = export_model(f"zoo:{name}:int8", f"{tmp}/out")
-        ws = max((b.size for b in r.arena_plan.buffers if b.name.startswith("ws")), default=0)
-        goal = int(r.analytic_peak_bytes * 1.05) + ws
-        print(f"{name:22} {r.arena_bytes:>9} {r.analytic_peak_bytes:>9} {r.lower_bound_bytes:>9} {ws:>9} {goal:>9} "
-              f"{'yes' if r.arena_bytes <= goal else 'NO':>4} {len(r.arena_plan.inplace_calls):>8}")
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2), not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
+    p = _Parser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
+    p.add_argument("--models", nargs="+", metavar="NAME_OR_PATH",
+                   help="zoo names, MLPerf Tiny names (vww, kws, resnet8) or .onnx/.tflite paths "
+                        "(default: every MLPerf Tiny and zoo model)")
+    p.add_argument("--out", help="output folder (default: bench_out/<board>)")
+    p.add_argument("--quick", action="store_true", help="a few small models (vww, kws, mcunet-in0)")
+    p.add_argument("--runner", default="emulator", help="emulator (QEMU, default) or device (the board)")
+    return p.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> tuple[object, list[Model], Path]:
+    """Check the board, the models and the output folder before any work; UsageError on the first problem."""
+    try:
+        board = get_board(args.board)
+    except ProjectError as e:
+        raise UsageError(e.one_line()) from None
+    if args.runner not in RUNNERS:
+        raise UsageError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
+    try:
+        models = [resolve(m) for m in args.models] if args.models else default_models(args.quick)
+    except UnknownModel as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out or f"bench_out/{board.key}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    return board, models, out
+
+
+def write_all(results: Results, out: Path, plots: bool) -> None:
+    """results.json, results.csv, results.md and (at the end) the plots, from what has been measured so far."""
+    results.write()
+    write_csv(results.data, out / "results.csv")
+    write_markdown(results.data, out / "results.md")
+    if plots:
+        write_plots(results.data, out)
+
+
+def run(board, models: list[Model], out: Path, runner: str, argv: list[str]) -> int:
+    """Measure every model, writing the results after each; returns the exit code."""
+    t0 = time.perf_counter()
+    results = Results(out, conditions(board, runner, argv))
+    complete = False
+    try:
+        bar = tqdm(models, desc=f"bench {board.key}", unit="model", file=sys.stderr)
+        for model in bar:
+            bar.set_postfix_str(model.key)
+            entry = measure_model(model, board, runner, step=lambda s, m=model.key: bar.set_postfix_str(f"{m}: {s}"))
+            results.add(entry)
+            write_all(results, out, plots=False)
+        complete = True
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; writing what was measured", file=sys.stderr)
+    finally:
+        elapsed = time.perf_counter() - t0
+        results.finish(elapsed, complete)
+        write_all(results, out, plots=True)
+    print("\n".join(summary_table(results.data)))
+    failed = [k for k, e in results.data["models"].items() if e["status"] != "ok"]
+    print(f"\n{len(models)} models on {board.name} ({runner}) in {elapsed:,.0f} s ({elapsed / 60:.1f} min); "
+          f"{len(failed)} with errors{': ' + ', '.join(failed) if failed else ''}. Results in {out}/ "
+          "(results.json, results.csv, results.md, *.png)")
+    return 0 if complete else 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks for --board and print the tables."""
-    p = argparse.ArgumentParser(prog="python -m bench.run")
-    p.add_argument("--board", required=True, choices=sorted(BOARDS))
-    p.add_argument("--quick", action="store_true", help="only the small zoo models in section 1")
-    args = p.parse_args(argv)
-    board = BOARDS[args.board]
-    from tvm_patch import zoo
-    from tvm_patch.errors import TvmPatchError
-
-    print(f"board {board.name} ({board.core}, {board.mhz} MHz): SRAM {board.sram_bytes // 1024} kB, "
-          f"Flash {board.flash_bytes // 1024} kB. Host and emulator measurements; nothing here ran on the board.")
+    """Entry point: one clear line and exit 2 for a bad board, model, runner or --out."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        patch_section(board, list(QUICK) if args.quick else zoo.names())
-        export_section(list(QUICK) if args.quick else zoo.names())
-        firmware_section(board, [f"zoo:{SMALL_ZOO[0]}:int8"] if args.quick else firmware_models())
-    except TvmPatchError as e:
-        print(f"bench: error: {e.one_line()}", file=sys.stderr)
+        args = parse(argv)
+        board, models, out = prepare(args)
+    except UsageError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
         return 2
-    print("\nnot built yet (open issues): cycles measured on a board, the peers side by side (TinyEngine, "
-          "TFLite Micro on the board), the cost model and search. No figure for them is printed.")
-    return 0
+    return run(board, models, out, args.runner, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Measure one model on one board: the analytic profiles, and per schedule the export, the firmware and one run.
+
+Only the public entry points are used: `tvm_patch.report.profile`, `tvm_patch.export.export_model` and
+`tvm_patch.board_build.build_for_board`. Every figure in the returned entry is measured in this call.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from microtvm_projects.boards import Board
+from microtvm_projects.errors import FitError, ProjectError
+
+from tvm_patch.board_build import build_for_board
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.report import profile
+
+from bench import peers
+from bench.models import Model
+
+PATCHES = 4
+PLAN_SOURCE = "paper's settings (4x4, auto split); tvm-patch plan not built yet"
+# results.json key -> (patches, split) given to the entry points.
+SCHEDULES: dict[str, tuple[int | None, str | None]] = {
+    "layer_by_layer": (None, None),
+    "patch_4x4_auto": (PATCHES, "auto"),
+}
+FIRMWARE_KEYS = ("fits", "sram_bytes", "flash_bytes", "arena_bytes", "stack_bytes", "data_bss_bytes",
+                 "board_sram_bytes", "board_flash_bytes", "conditions")
+EXPORT_DROP = ("out_dir", "files", "check")
+ERRORS = (TvmPatchError, ProjectError)
+
+Step = Callable[[str], None]
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: the project's own errors as they word it, anything else with its type."""
+    if isinstance(e, ERRORS):
+        return e.one_line()
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _export_json(result: Any) -> dict[str, Any]:
+    """An ExportResult as the board build reports it (without paths and host-check details)."""
+    return {k: v for k, v in result.to_json().items() if k not in EXPORT_DROP}
+
+
+def measure_schedule(model: Model, board: Board, runner: str, patches: int | None, split: str | None,
+                     work: Path) -> dict[str, Any]:
+    """Export, build and run one schedule; a firmware that does not fit is recorded with its one-line reason."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"patches": patches, "split": split, "status": "ok", "message": None, "run": None}
+    try:
+        report = build_for_board(model.spec, work, board.key, patches=patches, split=split, run=True, runner=runner)
+        out.update({k: report[k] for k in FIRMWARE_KEYS})
+        out["export"] = report["export"]
+        out["run"] = report.get("run")
+    except FitError as e:
+        out.update(status="does_not_fit", message=e.one_line(), fits=False)
+        try:  # the export alone still gives the planned arena, the analytic peaks and the export time
+            with tempfile.TemporaryDirectory(prefix="tvmp_bench_") as tmp:
+                out["export"] = _export_json(export_model(model.spec, Path(tmp) / "x", patches=patches, split=split))
+        except Exception as e2:  # noqa: BLE001  (recorded in the entry; the run goes on)
+            out["export_error"] = one_line(e2)
+    except Exception as e:  # noqa: BLE001  (one schedule failing is recorded and does not stop the other)
+        out.update(status="error", message=one_line(e))
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def analytic(model: Model, split_layers: int | None) -> dict[str, Any]:
+    """The per-layer profile and, at the split the export resolved, the patch-based one (int8, the paper's way)."""
+    prof = profile(model.spec, patches=PATCHES, split=split_layers) if split_layers else profile(model.spec)
+    lbl = prof["layer_by_layer"]
+    out: dict[str, Any] = {
+        "convention": prof["convention"],
+        "macs": lbl["macs"],
+        "layer_by_layer_peak_bytes": lbl["peak_bytes"],
+        "peak_layer": lbl["peak_layer"],
+        "stage": bool(split_layers),
+        "layers": [{k: r[k] for k in ("index", "name", "op", "bytes", "macs", "block")} for r in prof["layers"]],
+    }
+    pb = prof.get("patch_based")
+    if pb is None:  # the auto split picked no stage: the patched schedule is the layer-by-layer one
+        out.update(patch_peak_bytes=lbl["peak_bytes"], patch_peak_bytes_with_input=lbl["peak_bytes"], reduction=1.0,
+                   patched_macs=lbl["macs"], mac_overhead=0.0, stage_mac_overhead=0.0, split_layers=None,
+                   split_layer=None, patches=None, patch_input_hw=None, stage_peak_bytes=None,
+                   after_stage_peak_bytes=None, tir_allocated_bytes=None)
+        return out
+    out.update(patch_peak_bytes=pb["peak_bytes"], patch_peak_bytes_with_input=pb["peak_bytes_with_input"],
+               reduction=pb["reduction"], patched_macs=pb["macs"], mac_overhead=pb["mac_overhead"],
+               stage_mac_overhead=pb["stage_mac_overhead"], split_layers=pb["split"], split_layer=pb["split_layer"],
+               patches=pb["patches"], patch_input_hw=pb["patch_input_hw"], stage_peak_bytes=pb["stage_peak_bytes"],
+               after_stage_peak_bytes=pb["after_stage_peak_bytes"], tir_allocated_bytes=pb.get("tir_allocated_bytes"))
+    return out
+
+
+def _split_layers(configs: dict[str, dict[str, Any]]) -> int | None:
+    """The layer count the export's auto split resolved to (None: no stage, or no export)."""
+    export = configs["patch_4x4_auto"].get("export") or {}
+    return (export.get("plan") or {}).get("split_layers")
+
+
+def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _: None) -> dict[str, Any]:
+    """The results.json entry of one model: each schedule's firmware and run, the analytic figures, the published ones."""
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"model": model.key, "spec": model.spec, "zoo_name": model.zoo_name, "status": "ok",
+                             "error": None, "plan_source": PLAN_SOURCE, "configs": {}}
+    with tempfile.TemporaryDirectory(prefix="tvmp_bench_") as tmp:
+        for key, (patches, split) in SCHEDULES.items():
+            step(key)
+            entry["configs"][key] = measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
+    step("profile")
+    try:
+        entry["analytic"] = analytic(model, _split_layers(entry["configs"]))
+    except Exception as e:  # noqa: BLE001  (recorded in the entry; the run goes on)
+        entry["analytic"] = None
+        entry.update(status="error", error=one_line(e))
+    failed = [c["message"] for c in entry["configs"].values() if c["status"] == "error"]
+    if failed and entry["status"] == "ok":
+        entry.update(status="error", error=failed[0])
+    exports = [c["export"] for c in entry["configs"].values() if c.get("export")]
+    entry["sha256"] = exports[0]["model_sha256"] if exports else None
+    entry["published"] = peers.published_for(model.zoo_name) if model.zoo_name else {}
+    entry["seconds"] = round(time.perf_counter() - t0, 2)
+    return entry

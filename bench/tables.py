@@ -1,0 +1,143 @@
+"""results.md: the run's measured tables, and the paper's and peers' published figures beside them."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from bench.results import schedule_macs
+
+SCHEDULE_LABEL = {"layer_by_layer": "layer by layer", "patch_4x4_auto": "4x4, auto split"}
+NOT_BUILT = ("cycles on a real board (nothing has run on one; `--runner device` needs one attached), the "
+             "cost model and the search (`tvm-patch plan`: the plan is the paper's 4x4 with the auto split "
+             "until then), fast Cortex-M kernels")
+
+
+def fmt(v: Any) -> str:
+    """An integer with thousands separators, a float to 2 places, '-' for None."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return str(v)
+
+
+def kb(v: int | None) -> str:
+    """Bytes as whole kB (1024 B), '-' for None."""
+    return "-" if v is None else f"{v / 1024:,.0f}"
+
+
+def pct(v: float | None) -> str:
+    """A signed percentage, '-' for None."""
+    return "-" if v is None else f"{v:+.1%}"
+
+
+def ratio(a: int | None, b: int | None) -> str:
+    """a / b as '1.23x', '-' when either is missing."""
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def md_table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A markdown table, cells formatted by fmt."""
+    headers = list(headers)
+    rows = [[fmt(c) for c in r] for r in rows]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _ok(entries: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries whose analytic profile was measured."""
+    return [e for e in entries.values() if e.get("analytic")]
+
+
+def summary_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """The main table: per model and schedule, memory, fit, MACs, run and bit-exactness."""
+    rows = []
+    for e in data["models"].values():
+        for sched, c in e.get("configs", {}).items():
+            run = c.get("run") or {}
+            export = c.get("export") or {}
+            count = run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
+            lat = run.get("latency_ms")
+            lat_s = "-" if lat is None else f"{lat:,.1f}{' (est.)' if run.get('latency_estimated') else ''}"
+            fits = c.get("fits") if c["status"] != "error" else "error"
+            rows.append([e["model"], SCHEDULE_LABEL[sched], export.get("arena_bytes"), c.get("sram_bytes"),
+                         c.get("flash_bytes"), fits, schedule_macs(e, sched), count, lat_s, run.get("bit_exact")])
+    return rows
+
+
+SUMMARY_HEADERS = ("model", "schedule", "arena B", "SRAM B", "Flash B", "fits", "MACs", "instructions/cycles",
+                   "latency ms", "bit-exact")
+
+
+def summary_table(data: dict[str, Any]) -> list[str]:
+    """The main table (also the README's)."""
+    return md_table(SUMMARY_HEADERS, summary_rows(data))
+
+
+def patch_table(data: dict[str, Any]) -> list[str]:
+    """Analytic per-layer vs patched peak, MAC overhead, the split, what the stage PrimFunc allocates."""
+    rows = []
+    for e in _ok(data["models"]):
+        a = e["analytic"]
+        hw = "x".join(map(str, a["patch_input_hw"])) if a["patch_input_hw"] else "-"
+        split = f"{a['split_layers']} ({a['split_layer']})" if a["stage"] else "no stage"
+        rows.append([e["model"], kb(a["layer_by_layer_peak_bytes"]), kb(a["patch_peak_bytes"]),
+                     f"{a['reduction']:.2f}x", a["macs"], pct(a["mac_overhead"]), pct(a["stage_mac_overhead"]),
+                     split, hw, a["tir_allocated_bytes"]])
+    return md_table(("model", "per layer kB", "patched kB", "reduction", "MACs", "MACs +", "stage MACs +",
+                     "split (layers)", "patch input", "stage TIR alloc B"), rows)
+
+
+def export_table(data: dict[str, Any]) -> list[str]:
+    """The plain-C arena against the analytic peak, the planner's bound, TVM's plan and TFLite Micro's arena."""
+    rows = []
+    for e in data["models"].values():
+        lx = e.get("configs", {}).get("layer_by_layer", {}).get("export") or {}
+        px = e.get("configs", {}).get("patch_4x4_auto", {}).get("export") or {}
+        if not lx and not px:
+            continue
+        tflm = lx.get("tflm_arena_head_bytes") or px.get("tflm_arena_head_bytes")
+        rows.append([e["model"], lx.get("arena_bytes"), lx.get("analytic_peak_bytes"), lx.get("lower_bound_bytes"),
+                     lx.get("tvm_static_plan_bytes"), tflm, ratio(tflm, lx.get("arena_bytes")), px.get("arena_bytes"),
+                     px.get("analytic_patch_peak_bytes"), ratio(tflm, px.get("arena_bytes")),
+                     lx.get("inplace_calls"), lx.get("export_seconds"), px.get("export_seconds")])
+    return md_table(("model", "arena", "analytic", "bound", "TVM plan", "TFLM", "TFLM/arena", "patched arena",
+                     "patched analytic", "TFLM/patched", "in-place calls", "export s", "patched export s"), rows)
+
+
+def firmware_table(data: dict[str, Any]) -> list[str]:
+    """The firmware as linked and run: SRAM parts, Flash, instructions per MAC, stack used, bit-exactness, time."""
+    rows = []
+    for e in data["models"].values():
+        for sched, c in e.get("configs", {}).items():
+            if c["status"] != "ok":
+                continue
+            run = c.get("run") or {}
+            macs = schedule_macs(e, sched)
+            count = run.get("instructions")
+            per_mac = f"{count / macs:.2f}" if count and macs else "-"
+            rows.append([e["model"], SCHEDULE_LABEL[sched], c["sram_bytes"], c["arena_bytes"], c["stack_bytes"],
+                         c["data_bss_bytes"], c["flash_bytes"], count, run.get("cycles"), per_mac,
+                         run.get("stack_used_bytes"), run.get("bit_exact"), c["seconds"]])
+    return md_table(("model", "schedule", "SRAM B", "arena", "stack", "data/bss", "Flash B", "instructions", "cycles",
+                     "instr/MAC", "stack used", "bit-exact", "s"), rows)
+
+
+def failures(data: dict[str, Any]) -> list[str]:
+    """Every schedule that did not fit or failed, with its one-line reason."""
+    lines = []
+    for e in data["models"].values():
+        if e.get("status") == "error" and e.get("error") and not e.get("configs"):
+            lines.append(f"- {e['model']}: error: {e['error']}")
+        for sched, c in e.get("configs", {}).items():
+            if c["status"] != "ok":
+                word = "does not fit" if c["status"] == "does_not_fit" else "error"
+                lines.append(f"- {e['model']}, {SCHEDULE_LABEL[sched]}: {word}: {c['message']}")
+        if e.get("configs") and e.get("analytic") is None and e.get("error"):
+            lines.append(f"- {e['model']}, profile: error: {e['error']}")
+    return lines or ["- none"]
