@@ -107,7 +107,7 @@ def _split_layers(configs: dict[str, dict[str, Any]]) -> int | None:
 
 
 def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _: None) -> dict[str, Any]:
-    """The results.json entry of one model: each schedule's firmware and run, the analytic figures, the published ones."""
+    """The results.json entry of one model: each schedule's firmware and run, the analytic and published figures."""
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"model": model.key, "spec": model.spec, "zoo_name": model.zoo_name, "status": "ok",
                              "error": None, "plan_source": PLAN_SOURCE, "configs": {}}

@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
-from bench import peers  # noqa: E402
 
 LBL, PATCH, FW, TFLM, PUB = "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#c44e52"
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from microtvm_projects.boards import BOARDS, get_board
+from microtvm_projects.boards import BOARDS, Board, get_board
 from microtvm_projects.errors import ProjectError
 
 from bench.conditions import conditions
@@ -56,7 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace) -> tuple[object, list[Model], Path]:
+def prepare(args: argparse.Namespace) -> tuple[Board, list[Model], Path]:
     """Check the board, the models and the output folder before any work; UsageError on the first problem."""
     try:
         board = get_board(args.board)
@@ -88,7 +88,7 @@ def write_all(results: Results, out: Path, plots: bool) -> None:
         write_plots(results.data, out)
 
 
-def run(board, models: list[Model], out: Path, runner: str, argv: list[str]) -> int:
+def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[str]) -> int:
     """Measure every model, writing the results after each; returns the exit code."""
     t0 = time.perf_counter()
     results = Results(out, conditions(board, runner, argv))
@@ -109,7 +109,8 @@ def run(board, models: list[Model], out: Path, runner: str, argv: list[str]) -> 
         write_all(results, out, plots=True)
     print("\n".join(summary_table(results.data)))
     failed = [k for k, e in results.data["models"].items() if e["status"] != "ok"]
-    print(f"\n{len(models)} models on {board.name} ({runner}) in {elapsed:,.0f} s ({elapsed / 60:.1f} min); "
+    print(f"\nbench: {len(results.data['models'])} of {len(models)} models on {board.name} ({runner}) took "
+          f"{elapsed:,.0f} s ({elapsed / 60:.1f} min); "
           f"{len(failed)} with errors{': ' + ', '.join(failed) if failed else ''}. Results in {out}/ "
           "(results.json, results.csv, results.md, *.png)")
     return 0 if complete else 130

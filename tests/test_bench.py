@@ -1,0 +1,202 @@
+"""The benchmark runner: its four kinds of output, their documented keys and plausible values, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import peers
+from bench.markdown import render
+from bench.measure import SCHEDULES
+from bench.results import CSV_COLUMNS, csv_rows
+from bench.run import main
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CONDITION_KEYS = {"board", "board_name", "core", "clock_mhz", "caches", "board_sram_bytes", "board_flash_bytes",
+                  "runner", "opt", "compiler", "tvm_patch_version", "git_commit", "started", "command"}
+ENTRY_KEYS = {"model", "spec", "zoo_name", "status", "error", "plan_source", "configs", "analytic", "sha256",
+              "published", "seconds"}
+CONFIG_KEYS = {"patches", "split", "status", "message", "run", "fits", "sram_bytes", "flash_bytes", "arena_bytes",
+               "stack_bytes", "data_bss_bytes", "board_sram_bytes", "board_flash_bytes", "conditions", "export",
+               "seconds"}
+ANALYTIC_KEYS = {"convention", "macs", "layer_by_layer_peak_bytes", "peak_layer", "stage", "layers",
+                 "patch_peak_bytes", "patch_peak_bytes_with_input", "reduction", "patched_macs", "mac_overhead",
+                 "stage_mac_overhead", "split_layers", "split_layer", "patches", "patch_input_hw", "stage_peak_bytes",
+                 "after_stage_peak_bytes", "tir_allocated_bytes"}
+
+
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m bench.run` from the repository, as a user would."""
+    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_outputs(out: Path, models: set[str]) -> dict:
+    """The four kinds of output exist and agree; returns results.json."""
+    data = json.loads((out / "results.json").read_text())
+    assert data["complete"] is True and data["elapsed_seconds"] > 0
+    assert CONDITION_KEYS <= set(data["conditions"])
+    cond = data["conditions"]
+    assert cond["board"] == "h743" and cond["clock_mhz"] == 480 and cond["runner"] == "emulator"
+    assert cond["compiler"].startswith("arm-none-eabi-gcc") and len(cond["git_commit"]) in (40, len("unknown"))
+    assert set(data["models"]) == models
+    for key, e in data["models"].items():
+        assert ENTRY_KEYS <= set(e), key
+        assert e["status"] == "ok", (key, e["error"])
+        assert len(e["sha256"]) == 64
+        assert ANALYTIC_KEYS <= set(e["analytic"])
+        a = e["analytic"]
+        assert a["macs"] > 0 and a["patch_peak_bytes"] <= a["layer_by_layer_peak_bytes"]
+        assert a["patched_macs"] >= a["macs"] and a["mac_overhead"] >= 0
+        assert set(e["configs"]) == set(SCHEDULES)
+        for sched, c in e["configs"].items():
+            assert CONFIG_KEYS <= set(c), (key, sched)
+            assert c["status"] == "ok" and c["fits"] is True, (key, sched, c["message"])
+            assert c["sram_bytes"] == c["arena_bytes"] + c["stack_bytes"] + c["data_bss_bytes"]
+            assert 0 < c["sram_bytes"] <= c["board_sram_bytes"] and 0 < c["flash_bytes"] <= c["board_flash_bytes"]
+            assert c["arena_bytes"] == c["export"]["arena_bytes"] and c["export"]["export_seconds"] > 0
+            run = c["run"]
+            assert run["bit_exact"] is True and run["instructions"] > 0 and run["latency_estimated"] is True
+            assert run["latency_ms"] == pytest.approx(run["instructions"] * cond["qemu_cpi"] / (480 * 1e3))
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == len(models) * len(SCHEDULES)
+    for row, want in zip(rows, csv_rows(data)):
+        e = data["models"][row["model"]]
+        c = e["configs"][row["schedule"]]
+        assert int(row["ram_bytes"]) == c["sram_bytes"] and int(row["rom_bytes"]) == c["flash_bytes"]
+        assert int(row["instructions"]) == c["run"]["instructions"] and row["bit_exact"] == "True"
+        assert row == {k: "" if v is None else str(v) for k, v in want.items()}
+    md = (out / "results.md").read_text()
+    assert "## Summary" in md and "published" in md and md == render(data)
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} >= {f"latency_sram_h743.png", *(f"memory_{m}.png" for m in models),
+                                      *(f"peaks_{m}.png" for m in models)}
+    for p in pngs:
+        assert p.stat().st_size > 1000 and p.read_bytes()[:8] == PNG_SIGNATURE, p
+    return data
+
+
+def test_bench_vww_kws(tmp_path):
+    """Two MLPerf Tiny models end to end: every output, patched vww below its per-layer peak, kws unpatched."""
+    r = bench("--board", "h743", "--models", "vww", "kws", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = check_outputs(tmp_path, {"vww_96_int8", "kws_int8"})
+    vww = data["models"]["vww_96_int8"]
+    assert vww["analytic"]["patch_peak_bytes"] < vww["analytic"]["layer_by_layer_peak_bytes"]
+    assert vww["configs"]["patch_4x4_auto"]["sram_bytes"] < vww["configs"]["layer_by_layer"]["sram_bytes"]
+    assert vww["configs"]["layer_by_layer"]["export"]["tflm_arena_head_bytes"] > 0
+    assert vww["plan_source"] == "paper's settings (4x4, auto split); tvm-patch plan not built yet"
+    assert "took" in r.stdout and "| vww_96_int8 |" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    """`--quick` as CI runs it: every output, within the 5-minute budget."""
+    r = bench("--board", "h743", "--quick", "--out", str(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = check_outputs(tmp_path, {"vww_96_int8", "kws_int8", "mcunet-in0"})
+    assert data["elapsed_seconds"] < 300
+    assert data["models"]["mcunet-in0"]["published"]["peers"]["published"] is True
+
+
+def one_error_line(capsys, *args: str) -> str:
+    """Run the CLI in this process; it must print nothing on stdout, one line on stderr, and return 2."""
+    assert main(list(args)) == 2
+    got = capsys.readouterr()
+    lines = got.err.strip().splitlines()
+    assert got.out == "" and len(lines) == 1 and lines[0].startswith("bench: error: "), got.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--board", "z999"], "unknown board 'z999'"),
+    (["--board", "h743", "--models", "no-such-net"], "unknown model 'no-such-net'"),
+    (["--board", "h743", "--models", "zoo:no-such-net"], "unknown zoo model"),
+    (["--board", "h743", "--models", "/nonexistent/m.tflite"], "not found"),
+    (["--board", "h743", "--runner", "jtag"], "unknown runner 'jtag'"),
+    (["--board", "h743", "--bogus"], "unrecognized arguments"),
+    (["--models", "kws"], "required: --board"),
+])
+def test_bad_command_line_is_one_line_exit_2(args, words, tmp_path, capsys):
+    assert words in one_error_line(capsys, *args, "--out", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or words == "unrecognized arguments"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_is_one_line_exit_2(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    assert "cannot write to --out" in one_error_line(capsys, "--board", "h743", "--models", "kws", "--out",
+                                                     str(ro / "x"))
+
+
+def test_unwritable_out_file_is_one_line_exit_2(tmp_path, capsys):
+    """--out below an existing file (unwritable as a folder, even for root)."""
+    f = tmp_path / "file"
+    f.write_text("")
+    assert "cannot write to --out" in one_error_line(capsys, "--board", "h743", "--models", "kws", "--out",
+                                                     str(f / "sub"))
+
+
+def test_bad_board_as_a_user_sees_it(tmp_path):
+    """The same through `python -m bench.run`: exit code 2, one line, no traceback."""
+    r = bench("--board", "z999", "--out", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown board" in r.stderr
+
+
+def test_published_figures_are_labelled_with_source_and_convention():
+    """Every published figure carries published=True, a source and a memory convention."""
+    for model in ("mbv2-w1.0-r224", "mnasnet-a1-r224", "mcunet-in2", "mcunet-in4", "proxyless-w0.3-r176",
+                  "mbv2-w0.35-r144"):
+        pub = peers.published_for(model)
+        assert pub, model
+        for fig in pub.values():
+            assert fig["published"] is True and fig["source"] and fig["convention"]
+    assert peers.published_for("mcunet-in4")["peers"]["libraries"]["TFLite Micro"] == {"out_of_memory": True}
+    assert peers.published_for("mcunet-in2")["peers"]["libraries"]["TinyEngine"] == {"latency_ms": 280,
+                                                                                     "sram_bytes": 215 * 1024}
+    assert peers.TABLE1.patch_bytes == 175_616 and peers.published_for("vww") == {}
+
+
+def test_failing_model_is_recorded_and_the_others_run(tmp_path):
+    """A corrupt model gets an error entry with one line; the model after it is measured as usual."""
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 8)
+    out = tmp_path / "out"
+    r = bench("--board", "h743", "--models", str(bad), "kws", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    broken, kws = data["models"]["broken"], data["models"]["kws_int8"]
+    assert broken["status"] == "error" and broken["error"] and "\n" not in broken["error"]
+    assert all(c["status"] == "error" for c in broken["configs"].values())
+    assert kws["status"] == "ok" and kws["configs"]["layer_by_layer"]["run"]["bit_exact"] is True
+    assert "broken" in (out / "results.md").read_text().split("## Did not fit or failed")[1]
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+
+
+def test_interrupt_keeps_what_was_measured(tmp_path):
+    """Ctrl-C after the first model: results.json holds it, marked incomplete; exit 130."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--board", "h743", "--models", "kws", "vww",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "results.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (results.exists() and "kws_int8" in results.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    data = json.loads(results.read_text())
+    assert data["complete"] is False and "kws_int8" in data["models"]
+    assert "interrupted" in (out / "results.md").read_text()
