@@ -33,7 +33,8 @@ from onnx_graphs import tiny_residual
 FIXTURES = Path(__file__).parent / "fixtures" / "tflite"
 ARM_GCC = shutil.which("arm-none-eabi-gcc")
 ARM_NM = shutil.which("arm-none-eabi-nm")
-STD_HEADERS = {"stdint.h", "string.h", "math.h", "stdbool.h", "tvmp_model.h", "tvmp_kernels.h"}
+# arm_acle.h: the compiler's ACLE intrinsics, included by the micro-kernels only on cores with the DSP extension
+STD_HEADERS = {"stdint.h", "string.h", "math.h", "stdbool.h", "tvmp_model.h", "tvmp_kernels.h", "arm_acle.h"}
 
 
 # ---------------------------------------------------------------- small Relax modules

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 if TYPE_CHECKING:
     from tvm import te
@@ -347,6 +349,8 @@ class _TEOps:
     """TIR backend: int32 PrimExprs, int64 where TFLite widens. Values are inlined (`bind` is the identity):
     fine for the short requantization chains; long fixed-point chains use `_StagedTEOps`."""
 
+    is_tir = True
+
     @staticmethod
     def bind(x: Any) -> Any:
         return x
@@ -555,8 +559,45 @@ def _rdbpot_compact(B, x, exponent):
     return B.to32(B.shr(B.to64(x) + bias, ex))
 
 
+REQUANT_EXTERN = "tvmp_requant"
+_EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
+
+
+@contextmanager
+def extern_requantization():
+    """Inside: TIR built from this module calls the C micro-kernel `tvmp_requant` (tvm_patch/codegen/
+    tvmp_kernels.h) for MultiplyByQuantizedMultiplier instead of spelling it out (the C export's kernels)."""
+    token = _EXTERN_REQUANT.set(True)
+    try:
+        yield
+    finally:
+        _EXTERN_REQUANT.reset(token)
+
+
+def expand_extern_requantization(func):
+    """The PrimFunc with every `tvmp_requant` call replaced by the TIR expression it stands for."""
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+
+    def on_call(c):
+        if not (isinstance(c.op, tvm.ir.Op) and c.op.name == "tirx.call_pure_extern"):
+            return c
+        if str(c.args[0].value) != REQUANT_EXTERN:
+            return c
+        x, m, s = c.args[1:]
+        mv, sv = _const_value(m), _const_value(s)
+        return _mbqm(_TEOps, x, m if mv is None else mv, s if sv is None else sv)
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+
+
 def _mbqm(B, x, multiplier, shift):
     """MultiplyByQuantizedMultiplier(int32 x, m, shift) of TFLite's default (double rounding) build."""
+    if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
+        from tvm import tirx
+
+        return tirx.call_pure_extern("int32", REQUANT_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift))
     if _is_int(shift):
         ls, rs = max(int(shift), 0), max(-int(shift), 0)
         xs = x if ls == 0 else B.to32(B.shl(B.to64(x), B.c64(ls)))  # int32 multiply by 2^ls (wraps in C)

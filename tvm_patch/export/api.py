@@ -24,6 +24,7 @@ import tvm
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
@@ -94,6 +95,15 @@ class ExportResult:
             "inputs": [_io_json(io) for io in self.program.inputs],
             "outputs": [_io_json(io) for io in self.program.outputs],
         }
+
+
+def expand_micro_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with every micro-kernel call spelled out in TIR again, so TVM itself can build and run it
+    (the reference the exported C is checked against)."""
+    out = {}
+    for gv, func in mod.functions.items():
+        out[gv] = expand_extern_requantization(func) if isinstance(func, tvm.tirx.PrimFunc) else func
+    return tvm.IRModule(out, attrs=mod.attrs)
 
 
 def _io_json(io: IOTensor) -> dict[str, Any]:
@@ -188,13 +198,14 @@ def export_model(
     if rounding != "tflite" and patches is not None:
         raise TvmPatchError(f"--rounding {rounding} works layer by layer only; patch stages use TFLite's "
                             "requantization: drop --patches/--split or use --rounding tflite")
-    if integer:
-        from relay_passes.lower_to_integer import lower_to_integer
+    with extern_requantization():  # kernels call the C micro-kernel tvmp_requant (codegen/tvmp_kernels.h)
+        if integer:
+            from relay_passes.lower_to_integer import lower_to_integer
 
-        src_mod = lower_to_integer(src_mod, rounding)
-    # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
-    base = prefold_constants(src_mod) if patches is not None else src_mod
-    mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
+            src_mod = lower_to_integer(src_mod, rounding)
+        # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
+        base = prefold_constants(src_mod) if patches is not None else src_mod
+        mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
@@ -220,7 +231,8 @@ def export_model(
     }
     if emit == "object":
         with captured_stderr():  # LLVM's note on the thumb target's vector width
-            obj, oinfos = emit_object(final, ARM_TARGET, alignment)
+            obj, oinfos = emit_object({n: expand_extern_requantization(f) for n, f in final.items()}, ARM_TARGET,
+                                      alignment)
         files["tvmp_kernels_cm7.o"] = obj
         files["tvmp_kernels.h"] = csrc.header("TVMP_KERNELS_H")
         files["model_driver.c"] = driver_source(prog, oinfos, aplan, name, None, "tvmp_kernels.h")
@@ -252,7 +264,7 @@ def export_model(
     write_directory(Path(out_dir), files)
     if check:
         exe = build_host(out_dir)
-        result.check = check_outputs(exe, mod, prog.inputs, prog.outputs, seeds)
+        result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
 
 

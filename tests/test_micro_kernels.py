@@ -1,0 +1,156 @@
+"""The C micro-kernels (tvm_patch/codegen/tvmp_kernels.h) and the rewrites that call them: bit-exact with the
+integer reference on the host and on the emulated Cortex-M4/M7 (DSP path), and the dot-product rewrite on
+random shapes against TVM's own build."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvm import te, tirx
+
+from microtvm_projects import generate
+from microtvm_projects.boards import get_board
+from microtvm_projects.emulator import qemu_command
+from tvm_patch.codegen import emit_c
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
+                             multiply_by_quantized_multiplier_ref, requantize_te)
+
+TEMPLATE_SRC = Path(generate.__file__).parent / "template" / "src"
+FIRMWARE = Path(__file__).parent / "fixtures" / "firmware" / "micro_kernels.c"
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@pytest.fixture(scope="module")
+def requant_lib(tmp_path_factory) -> ctypes.CDLL:
+    d = tmp_path_factory.mktemp("rq")
+    (d / "rq.c").write_text(f'#include "{MICRO_KERNELS}"\n'
+                            "void rq(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n")
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
+                    str(d / "rq.so")], check=True)
+    return ctypes.CDLL(str(d / "rq.so"))
+
+
+def test_requant_equals_the_reference_on_the_host(requant_lib):
+    rng = np.random.default_rng(7)
+    n = 400_000
+    acc = rng.integers(INT32_MIN, INT32_MAX + 1, n, dtype=np.int64)
+    acc[::2] >>= rng.integers(0, 31, n // 2)
+    mult = rng.integers(2**30, 2**31, n, dtype=np.int64)
+    mult[::7] = rng.integers(INT32_MIN, INT32_MAX + 1, len(mult[::7]))
+    shift = rng.integers(-31, 32, n, dtype=np.int64)
+    edges = np.array([0, 1, -1, 127, -128, 2**30, -(2**30), INT32_MAX, INT32_MIN], dtype=np.int64)
+    ea, em, es = np.meshgrid(edges, edges, np.arange(-31, 32), indexing="ij")
+    acc, mult, shift = (np.concatenate([x, y.ravel()]).astype(np.int32) for x, y in ((acc, ea), (mult, em), (shift, es)))
+    out = np.empty_like(acc)
+    p = ctypes.POINTER(ctypes.c_int32)
+    requant_lib.rq(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
+                   len(acc))
+    want = multiply_by_quantized_multiplier_ref(acc, mult, shift)
+    np.testing.assert_array_equal(out, want)
+
+
+def _xorshift(state: int):
+    while True:
+        state ^= (state << 13) & 0xFFFFFFFF
+        state ^= state >> 17
+        state ^= (state << 5) & 0xFFFFFFFF
+        yield state
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                    reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize("key", ["f412", "f746"])
+def test_micro_kernels_on_the_emulator(tmp_path, key):
+    """The DSP path (SXTB16 + SMLAD, unaligned word loads) on Cortex-M4 and M7, against numpy."""
+    board = get_board(key)
+    script = tmp_path / "fw.ld"
+    script.write_text(generate.linker_script(board, "emulator", 4096))
+    elf = tmp_path / "fw.elf"
+    subprocess.run(["arm-none-eabi-gcc", *board.cpu_flags, "-O3", "-Wall", "-Werror", f"-I{TEMPLATE_SRC}",
+                    f"-I{MICRO_KERNELS.parent}", str(FIRMWARE), str(TEMPLATE_SRC / "startup.c"),
+                    str(TEMPLATE_SRC / "board_qemu.c"), str(TEMPLATE_SRC / "cortexm.c"), "-nostartfiles",
+                    "--specs=nano.specs", "--specs=nosys.specs", "-T", str(script), "-o", str(elf)],
+                   check=True, timeout=120)
+    asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
+    assert "smlad" in asm and "sxtb16" in asm  # the DSP path was compiled
+    out = subprocess.run(qemu_command(board, elf, 7), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    lines = out.stderr.splitlines()
+    rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
+    dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
+    assert len(rq) == 400 and len(dots) == 200
+    a, m, s, got = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
+    for n, _off, got, acc0, *pairs in dots:
+        x = np.array(pairs[0::2], dtype=np.int64)
+        w = np.array(pairs[1::2], dtype=np.int64)
+        assert len(x) == n and got == acc0 + int(np.dot(x, w))
+
+
+def _matmul_requant(k: int, transposed: bool, extern: bool) -> tirx.PrimFunc:
+    """out[i, f] = requant(sum_k A[i, k] * W[f, k] + bias[f]); W stored (F, K) or, transposed, (K, F)."""
+    a = te.placeholder((3, k), "int8", name="A")
+    w = te.placeholder((k, 5) if transposed else (5, k), "int8", name="W")
+    b = te.placeholder((5,), "int32", name="bias")
+    r = te.reduce_axis((0, k), name="r")
+    acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * (w[r, f] if transposed else w[f, r])
+                                                 .astype("int32"), axis=r), name="acc")
+    biased = te.compute((3, 5), lambda i, f: acc[i, f] + b[f], name="biased")
+    with extern_requantization() if extern else _nothing():
+        q = requantize_te(biased, 1518500250, -9, -3)
+    out = te.compute((3, 5), lambda i, f: te.max(te.min(q[i, f], 127), -128).astype("int8"), name="out")
+    return te.create_prim_func([a, w, b, out])
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 70), transposed=st.booleans(), seed=st.integers(0, 2**16))
+def test_dot_rewrite_is_exact_on_random_shapes(tmp_path_factory, k, transposed, seed):
+    func = lean_schedule(_matmul_requant(k, transposed, extern=True))  # the export's schedule
+    src = emit_c({"kern": func})
+    kernels = src.code.replace(MICRO_KERNELS.read_text(), "")  # the generated code, without the header
+    calls = len(re.findall(r"\btvmp_dot_s8\(", kernels))
+    assert calls == (1 if k >= 4 and not transposed else 0)
+    assert re.search(rf"\b{REQUANT_EXTERN}\(", src.code)
+    d = tmp_path_factory.mktemp("dot")
+    (d / "k.c").write_text(src.code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "k.c"), "-o",
+                    str(d / "k.so")], check=True)
+    lib = ctypes.CDLL(str(d / "k.so"))
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8),
+              rng.integers(-128, 128, (k, 5) if transposed else (5, k), dtype=np.int8),
+              rng.integers(-(2**14), 2**14, 5, dtype=np.int32), np.full((3, 5), 77, dtype=np.int8)]
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in arrays])
+    ref = [x.copy() for x in arrays]
+    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
+    tensors = [tvm.runtime.tensor(x) for x in ref]
+    ex(*tensors)
+    np.testing.assert_array_equal(arrays[-1], tensors[-1].numpy())
+
+
+def test_expand_leaves_no_extern_call():
+    func = _matmul_requant(8, False, extern=True)
+    assert REQUANT_EXTERN in func.script()
+    assert REQUANT_EXTERN not in expand_extern_requantization(func).script()
+    assert REQUANT_EXTERN not in _matmul_requant(8, False, extern=False).script()

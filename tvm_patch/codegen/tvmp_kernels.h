@@ -1,0 +1,59 @@
+/* tvm-patch micro-kernels: the C functions the exported kernels call for their hot inner parts.
+ *
+ * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
+ *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
+ *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
+ * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
+ *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD.
+ *
+ * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
+ */
+#ifndef TVMP_KERNELS_H
+#define TVMP_KERNELS_H
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define TVMP_INLINE static inline __attribute__((always_inline))
+#define TVMP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define TVMP_INLINE static inline
+#define TVMP_UNLIKELY(x) (x)
+#endif
+
+TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t x = acc;
+    int32_t right = -shift;
+    if (shift > 0) { /* the left shift wraps to 32 bits, as x * 2^shift does in TFLite's int32 arithmetic */
+        x = (int32_t)((uint32_t)acc << shift);
+        right = 0;
+    }
+    int64_t p = (int64_t)x * mult + ((int64_t)1 << 30);
+    int32_t hi = (int32_t)(p >> 32);
+    int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
+    if (TVMP_UNLIKELY(x == INT32_MIN && mult == INT32_MIN)) v = INT32_MAX; /* ... but for this one product */
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    return (v >> right) + ((v & mask) > ((mask >> 1) + (hi < 0)));
+}
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
+    for (; n >= 4; n -= 4, a += 4, b += 4) {
+        uint32_t x, y;
+        memcpy(&x, a, 4); /* one LDR: unaligned word loads are allowed on Cortex-M4/M7 */
+        memcpy(&y, b, 4);
+        acc = __smlad(__sxtb16(x), __sxtb16(y), acc);                                     /* bytes 0, 2 */
+        acc = __smlad(__sxtb16((x >> 8) | (x << 24)), __sxtb16((y >> 8) | (y << 24)), acc); /* bytes 1, 3 */
+    }
+    for (; n > 0; n--) acc += (int32_t)*a++ * (int32_t)*b++;
+    return acc;
+}
+#else
+TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
+    for (int32_t i = 0; i < n; i++) acc += (int32_t)a[i] * (int32_t)b[i];
+    return acc;
+}
+#endif
+
+#endif
