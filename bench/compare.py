@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import peers
-from bench.tables import kb, pct, md_table
+from bench.tables import kb, latency_cell, md_table, pct, sram_cell
 
 PUB = "published"
 MEASURED = "measured here"
@@ -89,16 +89,6 @@ def table2(data: dict[str, Any]) -> list[str]:
         f"{peers.OURS_FIRMWARE}. kB = 1024 B."]
 
 
-def _ours_cell(c: dict[str, Any]) -> tuple[str, str]:
-    """(SRAM kB, latency ms) of one of our schedules, or the reason there is none."""
-    if c.get("status") != "ok":
-        return ("does not fit" if c.get("status") == "does_not_fit" else "error"), "-"
-    run = c.get("run") or {}
-    lat = run.get("latency_ms")
-    lat_s = "-" if lat is None else f"{lat:,.0f}{' (estimated)' if run.get('latency_estimated') else ''}"
-    return kb(c.get("sram_bytes")), lat_s
-
-
 def peer_table(data: dict[str, Any]) -> list[str]:
     """TinyEngine's published H743 table (four libraries) beside our two schedules, per zoo model it lists."""
     out: list[str] = []
@@ -113,8 +103,10 @@ def peer_table(data: dict[str, Any]) -> list[str]:
             rows.append([f"{lib} ({PUB})", peers.PEER_BOARD, "out of memory" if v.get("out_of_memory") else
                          kb(v["sram_bytes"]), "-" if v.get("out_of_memory") else f"{v['latency_ms']:,}"])
         for sched, label in (("layer_by_layer", "layer by layer"), ("patch_4x4_auto", "4x4 patches, auto split")):
-            sram, lat = _ours_cell(_cfg(e, sched))
-            rows.append([f"tvm-patch, {label} ({MEASURED})", board, sram, lat])
+            c = _cfg(e, sched)
+            sram = sram_cell(c)
+            rows.append([f"tvm-patch, {label} ({MEASURED})", board, kb(sram) if isinstance(sram, int) else sram,
+                         latency_cell(c, mark=True)])
         out += [f"**{name}**", ""] + md_table(("library", "board", "SRAM kB", "latency ms"), rows) + [""]
     if not out:
         return ["Not measured in this run (none of " + ", ".join(peers.PEER_TABLE) + ")."]

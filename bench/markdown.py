@@ -32,7 +32,8 @@ def render(data: dict[str, Any]) -> str:
             if elapsed is not None else "Run in progress")
     parts = [f"# tvm-patch benchmarks on {c['board_name']}", "", *conditions_lines(c), f"- {done}.", "",
              "Every figure not labelled published was measured in this run. Bytes unless kB (1024 B).", "",
-             "## Summary", "", *tables.summary_table(data), "",
+             "## Per model (layer by layer / 4x4 patches, auto split)", "", *tables.model_table(data), "",
+             "## Per model and schedule", "", *tables.summary_table(data), "",
              f"Memory: {peers.OURS_FIRMWARE}; arena = the planned static arena. Latency: {peers.LATENCY_OURS}.", "",
              "## Patch-based inference (analytic, int8)", "", *tables.patch_table(data), "",
              f"Convention: {peers.OURS_ANALYTIC}. MACs + = recomputed halos over the network and over the stage.", "",

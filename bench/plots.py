@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
@@ -100,7 +101,7 @@ def peaks_plot(entry: dict[str, Any], board: dict[str, Any], path: Path) -> Path
 def latency_plot(data: dict[str, Any], path: Path) -> Path:
     """Latency against firmware SRAM for every model and schedule (the Pareto view), with the peers' points."""
     board = data["conditions"]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.6))
     for e in data["models"].values():
         pts = []
         for sched, marker in (("layer_by_layer", "o"), ("patch_4x4_auto", "s")):
@@ -115,18 +116,25 @@ def latency_plot(data: dict[str, Any], path: Path) -> Path:
         for lib, color in (("TinyEngine", PUB), ("X-CUBE-AI 7.3", TFLM)):
             v = e.get("published", {}).get("peers", {}).get("libraries", {}).get(lib, {})
             if v.get("latency_ms"):
-                ax.scatter(v["sram_bytes"] / 1024, v["latency_ms"], marker="^", facecolors="none", edgecolors=color)
+                xy = (v["sram_bytes"] / 1024, v["latency_ms"])
+                ax.scatter(*xy, marker="^", facecolors="none", edgecolors=color)
+                ax.annotate(e["model"], xy, fontsize=6, color=color, xytext=(3, -8), textcoords="offset points")
     est = "estimated: QEMU instructions x CPI" if board["runner"] == "emulator" else "DWT cycles"
     ax.scatter([], [], marker="o", color=LBL, label=f"tvm-patch, layer by layer ({est})")
     ax.scatter([], [], marker="s", color=PATCH, label="tvm-patch, 4x4 patches, auto split")
     ax.scatter([], [], marker="^", facecolors="none", edgecolors=PUB, label="TinyEngine on h743 (published)")
     ax.scatter([], [], marker="^", facecolors="none", edgecolors=TFLM, label="X-CUBE-AI 7.3 on h743 (published)")
     _sram_line(ax, board, vertical=True)
+    ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("SRAM (kB; ours: firmware as linked)")
     ax.set_ylabel(f"latency (ms) at {board['clock_mhz']} MHz")
     ax.set_title(f"latency against SRAM on {board['board_name']} ({board['runner']})", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     return _save(fig, path)
 
 

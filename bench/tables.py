@@ -79,6 +79,44 @@ def summary_table(data: dict[str, Any]) -> list[str]:
     return md_table(SUMMARY_HEADERS, summary_rows(data))
 
 
+def _pair(lbl: Any, patched: Any, fmt_one=fmt) -> str:
+    """'per layer / patched' in one cell."""
+    return f"{fmt_one(lbl)} / {fmt_one(patched)}"
+
+
+def sram_cell(c: dict[str, Any]) -> Any:
+    """Firmware SRAM, or why there is none."""
+    if c.get("status") == "ok":
+        return c["sram_bytes"]
+    if c.get("status") == "does_not_fit":
+        return f"does not fit ({(c.get('message') or '').split(':')[0]})"
+    return "error"
+
+
+def latency_cell(c: dict[str, Any], mark: bool = False) -> str:
+    """Latency in whole ms ('-' without a run); with `mark`, '(estimated)' after an emulator estimate."""
+    run = c.get("run") or {}
+    if run.get("latency_ms") is None:
+        return "-"
+    return f"{run['latency_ms']:,.0f}" + (" (estimated)" if mark and run.get("latency_estimated") else "")
+
+
+def model_table(data: dict[str, Any]) -> list[str]:
+    """One row per model, each cell 'layer by layer / 4x4 patches': the README's table."""
+    rows = []
+    for e in _ok(data["models"]):
+        a = e["analytic"]
+        lx, px = (e["configs"].get(k, {}) for k in ("layer_by_layer", "patch_4x4_auto"))
+        exact = [(c.get("run") or {}).get("bit_exact") for c in (lx, px) if c.get("run")]
+        rows.append([e["model"], f"{a['macs'] / 1e6:,.1f} M", pct(a["mac_overhead"]),
+                     _pair(a["layer_by_layer_peak_bytes"], a["patch_peak_bytes"]),
+                     _pair(sram_cell(lx), sram_cell(px)), _pair(lx.get("flash_bytes"), px.get("flash_bytes")),
+                     _pair(latency_cell(lx), latency_cell(px), str), all(exact) if exact else None])
+    run = "est. latency ms" if data["conditions"]["runner"] == "emulator" else "latency ms"
+    return md_table(("model", "MACs", "MACs + (4x4)", "analytic peak B", "firmware SRAM B", "Flash B", run,
+                     "bit-exact"), rows)
+
+
 def patch_table(data: dict[str, Any]) -> list[str]:
     """Analytic per-layer vs patched peak, MAC overhead, the split, what the stage PrimFunc allocates."""
     rows = []

@@ -77,7 +77,7 @@ def check_outputs(out: Path, models: set[str]) -> dict:
         assert int(row["instructions"]) == c["run"]["instructions"] and row["bit_exact"] == "True"
         assert row == {k: "" if v is None else str(v) for k, v in want.items()}
     md = (out / "results.md").read_text()
-    assert "## Summary" in md and "published" in md and md == render(data)
+    assert "## Per model" in md and "published" in md and md == render(data)
     pngs = sorted(out.glob("*.png"))
     assert {p.name for p in pngs} >= {f"latency_sram_h743.png", *(f"memory_{m}.png" for m in models),
                                       *(f"peaks_{m}.png" for m in models)}
