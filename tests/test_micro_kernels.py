@@ -154,3 +154,70 @@ def test_expand_leaves_no_extern_call():
     assert REQUANT_EXTERN in func.script()
     assert REQUANT_EXTERN not in expand_extern_requantization(func).script()
     assert REQUANT_EXTERN not in _matmul_requant(8, False, extern=False).script()
+
+
+def _conv_nhwc_ohwi(cin: int, k: int, stride: int, pad_value: int) -> tirx.PrimFunc:
+    """A padded NHWC convolution with OHWI weights (the export's layout), requantized: border taps read the
+    pad value, the others the input."""
+    from tvm import topi
+
+    a = te.placeholder((1, 7, 6, cin), "int8", name="A")
+    w = te.placeholder((4, k, k, cin), "int8", name="W")
+    p = k // 2
+    padded = topi.nn.pad(a, [0, p, p, 0], [0, p, p, 0], pad_value=tvm.tirx.const(pad_value, "int8"), name="pad_temp")
+    acc = topi.nn.conv(padded, w, stride, 0, 1, 1, "NHWC", "OHWI", "int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -8, 5)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    return te.create_prim_func([a, w, out])
+
+
+@settings(max_examples=20, deadline=None)
+@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_padded_conv_taps_use_the_dot_kernel_exactly(tmp_path_factory, cin, k, stride, pad_value, seed):
+    func = lean_schedule(_conv_nhwc_ohwi(cin, k, stride, pad_value))
+    src = emit_c({"kern": func})
+    kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
+    assert ("tvmp_dot_s8(" in kernels) == (cin >= 4)
+    assert ("tvmp_sum_s8(" in kernels) == (cin >= 4 and k > 1)
+    d = tmp_path_factory.mktemp("conv")
+    (d / "k.c").write_text(src.code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "k.c"), "-o",
+                    str(d / "k.so")], check=True)
+    lib = ctypes.CDLL(str(d / "k.so"))
+    rng = np.random.default_rng(seed)
+    out_shape = tuple(int(x) for x in func.params[-1].shape)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
+              rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8), np.full(out_shape, 77, dtype=np.int8)]
+    ref = [x.copy() for x in arrays]
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in arrays])
+    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
+    tensors = [tvm.runtime.tensor(x) for x in ref]
+    ex(*tensors)
+    np.testing.assert_array_equal(arrays[-1], tensors[-1].numpy())
+
+
+def test_nhwc_weights_are_stored_output_major():
+    """The export's weight layout rewrite: HWIO constants become OHWI, outputs unchanged (--check)."""
+    from tvm import relax
+
+    from tvm_patch.export.weight_layout import output_major_weights
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 5, 5, 3), "float32"))
+    w = np.arange(2 * 2 * 3 * 4, dtype=np.float32).reshape(2, 2, 3, 4)
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), data_layout="NHWC", kernel_layout="HWIO"))
+        bb.emit_func_output(y)
+    orig = bb.get()
+    mod = output_major_weights(orig)
+    text = mod["main"].script()
+    assert 'kernel_layout="OHWI"' in text
+    ref = tvm.compile(orig, target=tvm.target.Target({"kind": "llvm"}))
+    new = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    data = np.random.default_rng(0).standard_normal((1, 5, 5, 3)).astype("float32")
+    want = relax.VirtualMachine(ref, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    got = relax.VirtualMachine(new, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_array_equal(got, want)

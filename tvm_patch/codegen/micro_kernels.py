@@ -6,7 +6,8 @@ A TIR pass for the plain-C lowering: an innermost reduction loop
 
 over two contiguous int8 vectors becomes ``acc[i] = tvmp_dot_s8(&A[a], &W[w], K, acc[i])``, which uses the
 DSP extension's SXTB16 + SMLAD on Cortex-M4/M7 (two multiply-accumulates per instruction) and plain C
-elsewhere. The integer result is the same for every order of summation, so the kernels stay bit-exact.
+elsewhere. When the activation read is a padded one, ``if_then_else(border test, A[a + k], pad)`` with a test
+that does not depend on ``k`` (a convolution tap), the border case becomes ``acc + pad * tvmp_sum_s8(&W[w], K)``. The integer result is the same for every order of summation, so the kernels stay bit-exact.
 (``tvmp_requant`` calls come from the integer arithmetic itself: ``tvm_patch.quant.extern_requantization``.)
 """
 
@@ -20,6 +21,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 DOT = "tvmp_dot_s8"
+SUM = "tvmp_sum_s8"
 MIN_DOT_LENGTH = 4  # shorter loops gain nothing from a call
 
 
@@ -35,13 +37,33 @@ def _unit_stride_base(index: Any, var: tirx.Var) -> Any | None:
     return coeffs[1]
 
 
-def _int8_operand(expr: Any) -> TensorLoad | None:
-    """The int8 load under an int32 cast."""
-    if isinstance(expr, tirx.Cast) and str(expr.ty) == "int32":
-        inner = expr.value
-        if isinstance(inner, TensorLoad) and str(inner.ty) == "int8" and len(inner.indices) == 1:
-            return inner
+def _int8_operand(expr: Any, var: tirx.Var) -> tuple[TensorLoad, Any, Any] | None:
+    """(load, condition, pad value) of an int8 load under an int32 cast, possibly guarded by a border test
+    that does not depend on ``var`` (``if_then_else(cond, load, pad)``; condition None when unguarded)."""
+    if not (isinstance(expr, tirx.Cast) and str(expr.ty) == "int32"):
+        return None
+    inner, cond, pad = expr.value, None, None
+    if isinstance(inner, tvm.ir.Call) and isinstance(inner.op, tvm.ir.Op) and inner.op.name.endswith(".if_then_else"):
+        cond, inner, pad = inner.args
+        if _uses(cond, var) or not isinstance(pad, tirx.IntImm):
+            return None
+    if isinstance(inner, TensorLoad) and str(inner.ty) == "int8" and len(inner.indices) == 1:
+        return inner, cond, pad
     return None
+
+
+def _peel_lets(body: Any, var: tirx.Var) -> tuple[list[tirx.Stmt], Any]:
+    """The loop-invariant bindings before the loop's one store (CSE puts them inside the loop: ``Bind``
+    statements of a sequence, or ``LetStmt``), and the store; the bindings go first, unchanged."""
+    if isinstance(body, tirx.SeqStmt):
+        *binds, last = list(body.seq)
+        if all(isinstance(b, tirx.Bind) and not _uses(b.value, var) for b in binds):
+            return binds, last
+        return [], body
+    if isinstance(body, tirx.LetStmt) and not _uses(body.value, var):
+        binds, inner = _peel_lets(body.body, var)
+        return [tirx.Bind(body.var, body.value), *binds], inner
+    return [], body
 
 
 def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
@@ -49,10 +71,10 @@ def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
     extent, start = _int(loop.extent), _int(loop.min)
     if loop.kind != tirx.ForKind.SERIAL or start != 0 or extent is None or extent < MIN_DOT_LENGTH:
         return None
-    store = loop.body
+    var = loop.loop_var
+    lets, store = _peel_lets(loop.body, var)
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
         return None
-    var = loop.loop_var
     value = store.value
     if not isinstance(value, tirx.Add):
         return None
@@ -63,16 +85,21 @@ def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
             continue
         if any(_uses(i, var) for i in store.indices) or not isinstance(prod, tirx.Mul):
             return None
-        a, w = _int8_operand(prod.a), _int8_operand(prod.b)
-        if a is None or w is None:
+        a, w = _int8_operand(prod.a, var), _int8_operand(prod.b, var)
+        if a is None or w is None or w[1] is not None:
             return None
-        base_a, base_w = _unit_stride_base(a.indices[0], var), _unit_stride_base(w.indices[0], var)
+        (a_load, cond, pad), w_load = a, w[0]
+        base_a, base_w = _unit_stride_base(a_load.indices[0], var), _unit_stride_base(w_load.indices[0], var)
         if base_a is None or base_w is None:
             return None
-        call = tirx.call_extern("int32", DOT, tirx.address_of(tirx.BufferLoad(a.source, [base_a])),
-                                tirx.address_of(tirx.BufferLoad(w.source, [base_w])), tirx.const(extent, "int32"),
-                                acc)
-        return tirx.BufferStore(store.buffer, call, list(store.indices))
+        k = tirx.const(extent, "int32")
+        w_ptr = tirx.address_of(tirx.BufferLoad(w_load.source, [base_w]))
+        new = tirx.call_extern("int32", DOT, tirx.address_of(tirx.BufferLoad(a_load.source, [base_a])), w_ptr, k, acc)
+        if cond is not None:  # a border tap reads the pad value for every channel
+            border = acc + tirx.Cast("int32", pad) * tirx.call_extern("int32", SUM, w_ptr, k)
+            new = tirx.if_then_else(cond, new, border)
+        stmt: tirx.Stmt = tirx.BufferStore(store.buffer, new, list(store.indices))
+        return tirx.SeqStmt([*lets, stmt]) if lets else stmt
     return None
 
 
@@ -80,9 +107,7 @@ def _uses(expr: Any, var: tirx.Var) -> bool:
     found = [False]
 
     def on_var(v: Any) -> tvm_ffi.WalkResult:
-        if v.same_as(var):
-            found[0] = True
-            return tvm_ffi.WalkResult.INTERRUPT
+        found[0] = found[0] or v.same_as(var)
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")

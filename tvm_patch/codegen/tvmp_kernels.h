@@ -3,6 +3,7 @@
  * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
+ * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights).
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD.
  *
@@ -55,5 +56,12 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
     return acc;
 }
 #endif
+
+/* The sum of n int8 values (the weights of a convolution tap that reads only padding). */
+TVMP_INLINE int32_t tvmp_sum_s8(const int8_t *w, int32_t n) {
+    int32_t sum = 0;
+    for (int32_t i = 0; i < n; i++) sum += w[i];
+    return sum;
+}
 
 #endif

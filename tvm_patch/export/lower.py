@@ -32,6 +32,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.padfuse import merge_pads
 from tvm_patch.export.patterns import mark_elementwise
 from tvm_patch.export.prefold import prefold_constants
+from tvm_patch.export.weight_layout import output_major_weights
 
 __all__ = ["Arg", "IOTensor", "KernelCall", "Program", "TensorInfo", "fuse", "lower_module"]
 
@@ -114,10 +115,10 @@ def _dtype_bytes(dtype: str) -> int:
 
 
 def fuse(mod: tvm.IRModule) -> tvm.IRModule:
-    """TVM's fusion pipeline, after a numpy pre-fold of weight preprocessing (see prefold.py) and with
-    pads merged into the convolutions that read them (see padfuse.py)."""
+    """TVM's fusion pipeline, after a numpy pre-fold of weight preprocessing (see prefold.py), with NHWC
+    weights stored output-major (weight_layout.py) and pads merged into the convolutions (padfuse.py)."""
     T = relax.transform
-    mod = merge_pads(prefold_constants(mod))
+    mod = merge_pads(output_major_weights(prefold_constants(mod)))
     seq = tvm.transform.Sequential(
         [
             T.LegalizeOps(),
