@@ -122,6 +122,22 @@ class _nothing:
         return False
 
 
+def _c_and_tvm(func: tirx.PrimFunc, code: str, arrays: list[np.ndarray], tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The last array (the output) after the C kernel ``code`` (gcc) and after TVM's build of ``func`` with its
+    micro-kernel calls expanded, from the same inputs."""
+    (tmp / "k.c").write_text(code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
+                    str(tmp / "k.so")], check=True)
+    lib = ctypes.CDLL(str(tmp / "k.so"))
+    ours = [x.copy() for x in arrays]
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours])
+    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
+    tensors = [tvm.runtime.tensor(x) for x in arrays]
+    ex(*tensors)
+    return ours[-1], tensors[-1].numpy()
+
+
 @settings(max_examples=25, deadline=None)
 @given(k=st.integers(1, 70), transposed=st.booleans(), seed=st.integers(0, 2**16))
 def test_dot_rewrite_is_exact_on_random_shapes(tmp_path_factory, k, transposed, seed):
@@ -131,22 +147,12 @@ def test_dot_rewrite_is_exact_on_random_shapes(tmp_path_factory, k, transposed, 
     calls = len(re.findall(r"\btvmp_dot_s8\(", kernels))
     assert calls == (1 if k >= 4 and not transposed else 0)
     assert re.search(rf"\b{REQUANT_EXTERN}\(", src.code)
-    d = tmp_path_factory.mktemp("dot")
-    (d / "k.c").write_text(src.code)
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "k.c"), "-o",
-                    str(d / "k.so")], check=True)
-    lib = ctypes.CDLL(str(d / "k.so"))
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8),
               rng.integers(-128, 128, (k, 5) if transposed else (5, k), dtype=np.int8),
               rng.integers(-(2**14), 2**14, 5, dtype=np.int32), np.full((3, 5), 77, dtype=np.int8)]
-    lib.kern.restype = None
-    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in arrays])
-    ref = [x.copy() for x in arrays]
-    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
-    tensors = [tvm.runtime.tensor(x) for x in ref]
-    ex(*tensors)
-    np.testing.assert_array_equal(arrays[-1], tensors[-1].numpy())
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dot"))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_expand_leaves_no_extern_call():
@@ -181,22 +187,12 @@ def test_padded_conv_taps_use_the_dot_kernel_exactly(tmp_path_factory, cin, k, s
     kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
     assert ("tvmp_dot_s8(" in kernels) == (cin >= 4)
     assert ("tvmp_sum_s8(" in kernels) == (cin >= 4 and k > 1)
-    d = tmp_path_factory.mktemp("conv")
-    (d / "k.c").write_text(src.code)
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "k.c"), "-o",
-                    str(d / "k.so")], check=True)
-    lib = ctypes.CDLL(str(d / "k.so"))
     rng = np.random.default_rng(seed)
     out_shape = tuple(int(x) for x in func.params[-1].shape)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
               rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8), np.full(out_shape, 77, dtype=np.int8)]
-    ref = [x.copy() for x in arrays]
-    lib.kern.restype = None
-    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in arrays])
-    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
-    tensors = [tvm.runtime.tensor(x) for x in ref]
-    ex(*tensors)
-    np.testing.assert_array_equal(arrays[-1], tensors[-1].numpy())
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("conv"))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_nhwc_weights_are_stored_output_major():
