@@ -11,6 +11,7 @@ See docs/bench.md.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -88,22 +89,38 @@ def write_all(results: Results, out: Path, plots: bool) -> None:
         write_plots(results.data, out)
 
 
+class _Interrupts:
+    """Remembers Ctrl-C even when a library swallows the KeyboardInterrupt (e.g. inside a TVM call)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[str]) -> int:
     """Measure every model, writing the results after each; returns the exit code."""
     t0 = time.perf_counter()
     results = Results(out, conditions(board, runner, argv))
     complete = False
+    interrupts = _Interrupts()
+    previous = signal.signal(signal.SIGINT, interrupts)
     try:
         bar = tqdm(models, desc=f"bench {board.key}", unit="model", file=sys.stderr)
         for model in bar:
             bar.set_postfix_str(model.key)
             entry = measure_model(model, board, runner, step=lambda s, m=model.key: bar.set_postfix_str(f"{m}: {s}"))
+            if interrupts.seen:  # interrupted while measuring this model: its entry may hold the interrupt as an error
+                raise KeyboardInterrupt
             results.add(entry)
             write_all(results, out, plots=False)
         complete = True
     except KeyboardInterrupt:
         print("\nbench: interrupted; writing what was measured", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGINT, previous)
         elapsed = time.perf_counter() - t0
         results.finish(elapsed, complete)
         write_all(results, out, plots=True)
