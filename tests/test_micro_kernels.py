@@ -217,3 +217,20 @@ def test_nhwc_weights_are_stored_output_major():
     want = relax.VirtualMachine(ref, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     got = relax.VirtualMachine(new, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("spec", ["vww_96_int8.tflite", "kws_int8.tflite", "zoo:mcunet-in0:int8"])
+def test_kernel_macs_add_up_to_the_analytic_profile(spec, shared_models):
+    """Per-call MACs read from the kernels' TIR (export JSON ``call_info``) equal the profile's MACs."""
+    from tvm_patch.export.kernel_info import kernel_info
+    from tvm_patch.export.lower import lower_module
+    from tvm_patch.frontend import load
+    from tvm_patch.report import profile
+    from relay_passes.lower_to_integer import lower_to_integer
+
+    path = spec if spec.startswith("zoo:") else str(shared_models / "mlperf_tiny" / spec)
+    prog = lower_module(lower_to_integer(load(path).mod))
+    infos = [kernel_info(prog.funcs[c.func]) for c in prog.calls]
+    assert sum(i.macs for i in infos) == profile(path)["layer_by_layer"]["macs"]
+    kinds = {i.kind for i in infos}
+    assert {"conv1x1", "depthwise", "dense"} <= kinds

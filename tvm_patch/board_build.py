@@ -5,6 +5,7 @@ projects (microtvm_projects), used by `tvm-patch build --board`, `tvm-patch run`
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,34 @@ def build_project(project_dir: str | Path, *, runner: str = "emulator", run: boo
 
 def run_project(project_dir: str | Path, *, runner: str = "emulator", profile: bool = False,
                 timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None) -> dict[str, Any]:
-    """Run the firmware already built in ``project_dir`` once (flashing it on a board); the run as JSON."""
+    """Run the firmware already built in ``project_dir`` once (flashing it on a board); the run as JSON, with
+    the network's MACs and, with ``profile``, each kernel's kind and MACs from the export."""
     api = ProjectAPI(project_dir)
-    return api.run({"runner": runner, "profile": profile, "timeout_sec": timeout_sec, "port": port,
-                    "probe": probe}).to_json()
+    run = api.run({"runner": runner, "profile": profile, "timeout_sec": timeout_sec, "port": port,
+                   "probe": probe}).to_json()
+    export_json = Path(project_dir) / "export" / "tvmp_export.json"
+    calls = json.loads(export_json.read_text()).get("call_info", []) if export_json.is_file() else []
+    return per_mac(run, calls)
+
+
+def per_mac(run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """``run`` with instructions (or cycles) per MAC for the network, each kernel call and each op kind."""
+    unit = "instructions" if run.get("instructions") is not None else "cycles"
+    macs = sum(c["macs"] for c in calls)
+    run = dict(run, macs=macs, per_mac=round(run[unit] / macs, 3) if macs else None)
+    by_index = {c["index"]: c for c in calls}
+    kinds: dict[str, dict[str, Any]] = {}
+    kernels = []
+    for k in run.get("kernels", []):
+        info = by_index.get(k["index"], {"kind": "other", "macs": 0})
+        kernels.append(dict(k, kind=info["kind"], macs=info["macs"],
+                            per_mac=round(k[unit] / info["macs"], 3) if info["macs"] else None))
+        agg = kinds.setdefault(info["kind"], {"calls": 0, "macs": 0, unit: 0})
+        agg["calls"] += 1
+        agg["macs"] += info["macs"]
+        agg[unit] += k[unit]
+    if kernels:
+        for agg in kinds.values():
+            agg["per_mac"] = round(agg[unit] / agg["macs"], 3) if agg["macs"] else None
+        run.update(kernels=kernels, per_kind=kinds)
+    return run

@@ -136,11 +136,17 @@ def _board_summary(report: dict) -> str:
                          f"{run['cpi']} = {run['latency_ms']:.2f} ms at {c['clock_mhz']} MHz (estimated)")
         else:
             lines.append(f"run (board): {run['cycles']:,} cycles = {run['latency_ms']:.2f} ms at {c['clock_mhz']} MHz")
+        unit = "instructions" if run["runner"] == "emulator" else "cycles"
+        if run.get("per_mac"):
+            lines.append(f"{run[unit] / run['macs']:.2f} {unit} per MAC ({run['macs']:,} MACs)")
         lines.append(f"stack used: {run['stack_used_bytes']:,} B; outputs "
                      f"{'bit-exact with the host build' if run['bit_exact'] else 'DIFFER from the host build'}")
         for k in run.get("kernels", []):
-            unit = "instructions" if "instructions" in k else "cycles"
-            lines.append(f"  {k['index']:4d} {k['name']:60s} {k[unit]:>14,}")
+            ratio = f"{k['per_mac']:8.2f}/MAC" if k.get("per_mac") else " " * 12
+            lines.append(f"  {k['index']:4d} {k['name']:58s} {k['kind']:10s} {k[unit]:>13,} {ratio}")
+        for kind, agg in sorted(run.get("per_kind", {}).items()):
+            ratio = f"{agg['per_mac']:.2f} per MAC" if agg.get("per_mac") else ""
+            lines.append(f"  {kind:10s} {agg['calls']:3d} calls {agg[unit]:>13,} {unit} {ratio}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tvm_patch.export import baselines
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
+from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
@@ -71,6 +72,7 @@ class ExportResult:
     source_mod: tvm.IRModule = field(repr=False)
     check: CheckResult | None = None
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
+    call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +94,8 @@ class ExportResult:
             "export_seconds": round(self.export_seconds, 3),
             "check": self.check.to_json() if self.check is not None else None,
             "model_sha256": self.model_sha256,
+            "macs": sum(c["macs"] for c in self.call_info),
+            "call_info": self.call_info,
             "inputs": [_io_json(io) for io in self.program.inputs],
             "outputs": [_io_json(io) for io in self.program.outputs],
         }
@@ -258,6 +262,8 @@ def export_model(
         arena_plan=aplan,
         source_mod=mod,
         model_sha256=model_sha256(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None,
+        call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
+                   for k, c in enumerate(prog.calls)],
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
