@@ -5,7 +5,8 @@
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights).
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
- *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD.
+ *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
+ *   (unrolled to eight per iteration).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -39,13 +40,33 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
 
 #if defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
+/* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
+TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+TVMP_INLINE int32_t tvmp_dot4(uint32_t x, uint32_t y, int32_t acc) {
+    acc = __smlad(__sxtb16(x), __sxtb16(y), acc);                     /* bytes 0, 2 */
+    return __smlad(tvmp_sxtb16_ror8(x), tvmp_sxtb16_ror8(y), acc);    /* bytes 1, 3 */
+}
+
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
-    for (; n >= 4; n -= 4, a += 4, b += 4) {
+    for (; n >= 8; n -= 8, a += 8, b += 8) {
+        uint32_t x0, y0, x1, y1;
+        memcpy(&x0, a, 4); /* LDR: unaligned word loads are allowed on Cortex-M4/M7 */
+        memcpy(&y0, b, 4);
+        memcpy(&x1, a + 4, 4);
+        memcpy(&y1, b + 4, 4);
+        acc = tvmp_dot4(x1, y1, tvmp_dot4(x0, y0, acc));
+    }
+    if (n >= 4) {
         uint32_t x, y;
-        memcpy(&x, a, 4); /* one LDR: unaligned word loads are allowed on Cortex-M4/M7 */
+        memcpy(&x, a, 4);
         memcpy(&y, b, 4);
-        acc = __smlad(__sxtb16(x), __sxtb16(y), acc);                                     /* bytes 0, 2 */
-        acc = __smlad(__sxtb16((x >> 8) | (x << 24)), __sxtb16((y >> 8) | (y << 24)), acc); /* bytes 1, 3 */
+        acc = tvmp_dot4(x, y, acc);
+        a += 4, b += 4, n -= 4;
     }
     for (; n > 0; n--) acc += (int32_t)*a++ * (int32_t)*b++;
     return acc;

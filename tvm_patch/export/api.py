@@ -30,7 +30,7 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
-from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
+from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
@@ -214,9 +214,11 @@ def export_model(
     if patches is not None:
         prog = merge_prologues(prog)
     funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
+    lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:
         funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
+        funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)

@@ -39,6 +39,9 @@ _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and frien
 
 
 
+LOCAL_COPY_BYTES = 64  # a copy buffer this small stays a C local (tvm_patch.codegen keeps <= 64 B buffers local)
+
+
 def _blocks(sch: s_tir.Schedule) -> list[Any]:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -79,6 +82,17 @@ def _kind(reduction: s_tir.SBlock, src: Any) -> tuple[str, str] | None:
 def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
     """``func`` rescheduled to run in place channel by channel (depthwise) or pixel by pixel (1x1), when
     it is such a convolution in NHWC whose input and output may share storage; else ``func`` itself."""
+    return _copy_schedule(func, n_outputs, for_speed=False)
+
+
+def pixel_copy_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
+    """An NCHW 1x1 convolution (any number of outputs) rescheduled pixel by pixel through a copy of the
+    pixel's input channels, so its reduction reads them contiguously (the tvmp_dot_s8 micro-kernel); only when
+    that copy fits a C local (at most 64 channels: no arena bytes). Else ``func`` itself."""
+    return _copy_schedule(func, n_outputs, for_speed=True)
+
+
+def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool) -> tirx.PrimFunc:
     params = list(func.params)
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
         return func
@@ -107,7 +121,10 @@ def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
     if kind == "depthwise" and src_shape[c_ax] != out_shape[c_ax]:
         return func
     pix = [1, 2] if layout == "NHWC" else [2, 3]
-    if kind == "pointwise" and ([src_shape[a] for a in pix] != [out_shape[a] for a in pix] or out_shape[c_ax] > src_shape[c_ax]):
+    if for_speed and (kind != "pointwise" or layout != "NCHW" or src_shape[c_ax] > LOCAL_COPY_BYTES):
+        return func
+    if kind == "pointwise" and ([src_shape[a] for a in pix] != [out_shape[a] for a in pix]
+                                or (out_shape[c_ax] > src_shape[c_ax] and not for_speed)):
         return func
     try:
         n, a, b, c = list(sch.get_loops(upd))[:4]  # TOPI's spatial loop order, reductions inside
