@@ -50,16 +50,22 @@ def _export_json(result: Any) -> dict[str, Any]:
     return {k: v for k, v in result.to_json().items() if k not in EXPORT_DROP}
 
 
+def _firmware(out: dict[str, Any], report: dict[str, Any]) -> None:
+    """Copy the board build's figures (and its run, if any) into a schedule's entry."""
+    out.update({k: report[k] for k in FIRMWARE_KEYS})
+    out["export"] = report["export"]
+    out["run"] = report.get("run")
+
+
 def measure_schedule(model: Model, board: Board, runner: str, patches: int | None, split: str | None,
                      work: Path) -> dict[str, Any]:
-    """Export, build and run one schedule; a firmware that does not fit is recorded with its one-line reason."""
+    """Export, build and run one schedule; a firmware that does not fit, or a run that fails, is recorded with
+    its one-line reason and the figures measured before it."""
     t0 = time.perf_counter()
     out: dict[str, Any] = {"patches": patches, "split": split, "status": "ok", "message": None, "run": None}
     try:
-        report = build_for_board(model.spec, work, board.key, patches=patches, split=split, run=True, runner=runner)
-        out.update({k: report[k] for k in FIRMWARE_KEYS})
-        out["export"] = report["export"]
-        out["run"] = report.get("run")
+        _firmware(out, build_for_board(model.spec, work, board.key, patches=patches, split=split, run=True,
+                                       runner=runner))
     except FitError as e:
         out.update(status="does_not_fit", message=e.one_line(), fits=False)
         try:  # the export alone still gives the planned arena, the analytic peaks and the export time
@@ -69,6 +75,11 @@ def measure_schedule(model: Model, board: Board, runner: str, patches: int | Non
             out["export_error"] = one_line(e2)
     except Exception as e:  # noqa: BLE001  (one schedule failing is recorded and does not stop the other)
         out.update(status="error", message=one_line(e))
+        try:  # a run that failed (no board attached, a fault) still leaves the firmware's sizes to measure
+            _firmware(out, build_for_board(model.spec, work, board.key, patches=patches, split=split, run=False,
+                                           runner=runner))
+        except Exception:  # noqa: BLE001  (the export or the build itself failed: the first message says why)
+            pass
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 

@@ -98,10 +98,21 @@ def peaks_plot(entry: dict[str, Any], board: dict[str, Any], path: Path) -> Path
     return _save(fig, path)
 
 
+def _log_axes(ax: Any) -> None:
+    """Both axes logarithmic, ticked at 1, 2, 5 x 10^n with plain numbers."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def latency_plot(data: dict[str, Any], path: Path) -> Path:
     """Latency against firmware SRAM for every model and schedule (the Pareto view), with the peers' points."""
     board = data["conditions"]
     fig, ax = plt.subplots(figsize=(7.5, 5.6))
+    measured = 0  # points drawn, ours and the peers'
     for e in data["models"].values():
         pts = []
         for sched, marker in (("layer_by_layer", "o"), ("patch_4x4_auto", "s")):
@@ -109,6 +120,7 @@ def latency_plot(data: dict[str, Any], path: Path) -> Path:
             run = c.get("run") or {}
             if c.get("status") == "ok" and run.get("latency_ms"):
                 pts.append((c["sram_bytes"] / 1024, run["latency_ms"]))
+                measured += 1
                 ax.scatter(*pts[-1], marker=marker, color=PATCH if sched != "layer_by_layer" else LBL, zorder=3)
         if pts:
             ax.plot(*zip(*pts), color="0.6", linewidth=0.8)
@@ -118,6 +130,7 @@ def latency_plot(data: dict[str, Any], path: Path) -> Path:
             if v.get("latency_ms"):
                 xy = (v["sram_bytes"] / 1024, v["latency_ms"])
                 ax.scatter(*xy, marker="^", facecolors="none", edgecolors=color)
+                measured += 1
                 ax.annotate(e["model"], xy, fontsize=6, color=color, xytext=(3, -8), textcoords="offset points")
     est = "estimated: QEMU instructions x CPI" if board["runner"] == "emulator" else "DWT cycles"
     ax.scatter([], [], marker="o", color=LBL, label=f"tvm-patch, layer by layer ({est})")
@@ -125,12 +138,10 @@ def latency_plot(data: dict[str, Any], path: Path) -> Path:
     ax.scatter([], [], marker="^", facecolors="none", edgecolors=PUB, label="TinyEngine on h743 (published)")
     ax.scatter([], [], marker="^", facecolors="none", edgecolors=TFLM, label="X-CUBE-AI 7.3 on h743 (published)")
     _sram_line(ax, board, vertical=True)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
-        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if measured:
+        _log_axes(ax)
+    else:
+        ax.text(0.5, 0.5, "no latency measured (see results.md)", transform=ax.transAxes, ha="center")
     ax.set_xlabel("SRAM (kB; ours: firmware as linked)")
     ax.set_ylabel(f"latency (ms) at {board['clock_mhz']} MHz")
     ax.set_title(f"latency against SRAM on {board['board_name']} ({board['runner']})", fontsize=10)

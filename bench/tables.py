@@ -64,7 +64,7 @@ def summary_rows(data: dict[str, Any]) -> list[list[Any]]:
             count = run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
             lat = run.get("latency_ms")
             lat_s = "-" if lat is None else f"{lat:,.1f}{' (est.)' if run.get('latency_estimated') else ''}"
-            fits = c.get("fits") if c["status"] != "error" else "error"
+            fits = c.get("fits") if c.get("fits") is not None else ("error" if c["status"] == "error" else None)
             rows.append([e["model"], SCHEDULE_LABEL[sched], export.get("arena_bytes"), c.get("sram_bytes"),
                          c.get("flash_bytes"), fits, schedule_macs(e, sched), count, lat_s, run.get("bit_exact")])
     return rows

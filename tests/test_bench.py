@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -200,3 +201,16 @@ def test_interrupt_keeps_what_was_measured(tmp_path):
     data = json.loads(results.read_text())
     assert data["complete"] is False and "kws_int8" in data["models"]
     assert "interrupted" in (out / "results.md").read_text()
+
+
+@pytest.mark.skipif(bool(glob.glob("/dev/ttyACM*")), reason="a board may be attached")
+def test_device_runner_without_a_board_keeps_the_firmware_figures(tmp_path):
+    """--runner device with no board: each schedule is an error with one line, its firmware sizes still measured."""
+    r = bench("--board", "h743", "--models", "kws", "--runner", "device", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["conditions"]["runner"] == "device" and data["conditions"]["qemu_cpi"] is None
+    for c in data["models"]["kws_int8"]["configs"].values():
+        assert c["status"] == "error" and "\n" not in c["message"] and c["run"] is None
+        assert c["fits"] is True and c["sram_bytes"] == c["arena_bytes"] + c["stack_bytes"] + c["data_bss_bytes"]
+    assert (tmp_path / "latency_sram_h743.png").read_bytes()[:8] == PNG_SIGNATURE
