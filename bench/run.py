@@ -24,7 +24,7 @@ from microtvm_projects.errors import ProjectError
 
 from bench.conditions import conditions
 from bench.markdown import write_markdown
-from bench.measure import measure_model
+from bench.measure import measure_model, one_line
 from bench.models import Model, UnknownModel, default_models, resolve
 from bench.plots import write_plots
 from bench.results import Results, write_csv
@@ -86,7 +86,10 @@ def write_all(results: Results, out: Path, plots: bool) -> None:
     write_csv(results.data, out / "results.csv")
     write_markdown(results.data, out / "results.md")
     if plots:
-        write_plots(results.data, out)
+        try:
+            write_plots(results.data, out)
+        except Exception as e:  # noqa: BLE001  (the measurements are written; a plot must not lose the summary)
+            print(f"bench: warning: plots not drawn: {one_line(e)}", file=sys.stderr)
 
 
 class _Interrupts:
