@@ -234,3 +234,18 @@ def test_kernel_macs_add_up_to_the_analytic_profile(spec, shared_models):
     assert sum(i.macs for i in infos) == profile(path)["layer_by_layer"]["macs"]
     kinds = {i.kind for i in infos}
     assert {"conv1x1", "depthwise", "dense"} <= kinds
+
+
+def test_plain_and_micro_exports_agree(tmp_path, shared_models):
+    """--kernels plain (TVM's kernels) and micro (the default) export the same network, bit-exact with TVM."""
+    from tvm_patch.export import export_model
+
+    model = str(shared_models / "mlperf_tiny" / "kws_int8.tflite")
+    micro = export_model(model, tmp_path / "micro", check=True)
+    plain = export_model(model, tmp_path / "plain", check=True, kernels="plain")
+    assert micro.check.bit_exact and plain.check.bit_exact
+    assert micro.micro_kernels and not plain.micro_kernels
+    micro_c, plain_c = ((tmp_path / d / "model.c").read_text() for d in ("micro", "plain"))
+    assert re.search(r"= tvmp_dot_s8\(", micro_c) and re.search(r"tvmp_requant\(", micro_c)
+    assert "tvmp_dot_s8" not in plain_c and "tvmp_requant" not in plain_c
+    assert micro.arena_bytes == plain.arena_bytes and micro.weights_bytes == plain.weights_bytes

@@ -58,7 +58,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.run or args.profile:
         raise TvmPatchError("--run and --profile need --board f412|f746|h743")
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
-                          check=args.check, integer=not args.float_chains, rounding=args.rounding)
+                          check=args.check, integer=not args.float_chains, rounding=args.rounding,
+                          kernels=args.kernels)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -100,7 +101,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding)
+                             rounding=args.rounding, kernels=args.kernels)
     return _board_output(args, report)
 
 
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounding", choices=["tflite", "onnxruntime"], default="tflite",
                    help="LowerToInteger's requantization: TFLite Micro's (default) or onnxruntime's int8 "
                         "kernels', emulated in integers (layer by layer only)")
+    b.add_argument("--kernels", choices=["micro", "plain"], default="micro",
+                   help="micro (default): kernels call the Cortex-M micro-kernels (SMLAD dot products, a 32-bit "
+                        "requantization); plain: TVM's own kernels only, the baseline")
     b.add_argument("--board", choices=["f412", "f746", "h743"],
                    help="write a board project to -o DIR (STM32 firmware over the export) and build it")
     b.add_argument("--run", choices=["emulator", "device"],

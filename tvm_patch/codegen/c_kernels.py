@@ -51,7 +51,7 @@ from tvm import s_tir, tirx
 from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
-from tvm_patch.codegen.micro_kernels import MicroKernels
+from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 
 __all__ = [
@@ -215,7 +215,7 @@ def lowering_passes(for_c: bool) -> list[tvm.transform.Pass]:
         tirx.transform.RemoveNoOp(),
         s_tir.transform.RewriteUnsafeSelect(),
     ]
-    if for_c:
+    if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
     if not bool(config.get("tirx.disable_cse_tir", False)):
         passes.append(tirx.transform.CommonSubexprElim())

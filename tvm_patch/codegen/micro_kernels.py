@@ -13,12 +13,34 @@ that does not depend on ``k`` (a convolution tap), the border case becomes ``acc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
+
+_ENABLED: ContextVar[bool] = ContextVar("tvmp_micro_kernels", default=True)
+
+
+def micro_kernels_enabled() -> bool:
+    """Whether the export uses the micro-kernels (the default) or plain TVM kernels (``plain_kernels()``)."""
+    return _ENABLED.get()
+
+
+@contextmanager
+def plain_kernels() -> Iterator[None]:
+    """Inside: the C export emits TVM's own kernels only (no micro-kernel call, no weight re-layout, no pixel
+    copy): the baseline the micro-kernels are measured against (``tvm-patch build --kernels plain``)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
 
 DOT = "tvmp_dot_s8"
 SUM = "tvmp_sum_s8"

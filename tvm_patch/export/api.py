@@ -8,6 +8,7 @@ at the end, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -23,6 +24,7 @@ import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
@@ -73,6 +75,7 @@ class ExportResult:
     check: CheckResult | None = None
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
+    micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +97,7 @@ class ExportResult:
             "export_seconds": round(self.export_seconds, 3),
             "check": self.check.to_json() if self.check is not None else None,
             "model_sha256": self.model_sha256,
+            "micro_kernels": self.micro_kernels,
             "macs": sum(c["macs"] for c in self.call_info),
             "call_info": self.call_info,
             "inputs": [_io_json(io) for io in self.program.inputs],
@@ -178,6 +182,7 @@ def export_model(
     tflite_path: str | None = None,
     integer: bool = True,
     rounding: str = "tflite",
+    kernels: str = "micro",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -187,9 +192,21 @@ def export_model(
     ``io_in_arena=False`` leaves inputs/outputs in the caller's buffers instead of copying them in/out.
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
+    ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
+    if kernels not in ("micro", "plain"):
+        raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
+    with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
+        return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
+                       integer, rounding)
+
+
+def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
+            check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
+            tflite_path: str | None, integer: bool, rounding: str) -> ExportResult:
+    """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
         raise TvmPatchError(f"unknown --emit {emit!r}; use c or object")
@@ -202,7 +219,9 @@ def export_model(
     if rounding != "tflite" and patches is not None:
         raise TvmPatchError(f"--rounding {rounding} works layer by layer only; patch stages use TFLite's "
                             "requantization: drop --patches/--split or use --rounding tflite")
-    with extern_requantization():  # kernels call the C micro-kernel tvmp_requant (codegen/tvmp_kernels.h)
+    micro = micro_kernels_enabled()
+    # micro-kernels: the kernels call tvmp_requant (codegen/tvmp_kernels.h) for the requantization
+    with extern_requantization() if micro else contextlib.nullcontext():
         if integer:
             from relay_passes.lower_to_integer import lower_to_integer
 
@@ -218,7 +237,8 @@ def export_model(
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:
         funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
-        funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
+        if micro:
+            funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
@@ -266,6 +286,7 @@ def export_model(
         model_sha256=model_sha256(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None,
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
+        micro_kernels=micro,
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"

@@ -28,6 +28,7 @@ from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from tvm_patch.codegen.c_kernels import unique_identifier
+from tvm_patch.codegen.micro_kernels import micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.padfuse import merge_pads
 from tvm_patch.export.patterns import mark_elementwise
@@ -118,7 +119,8 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
     """TVM's fusion pipeline, after a numpy pre-fold of weight preprocessing (see prefold.py), with NHWC
     weights stored output-major (weight_layout.py) and pads merged into the convolutions (padfuse.py)."""
     T = relax.transform
-    mod = merge_pads(output_major_weights(prefold_constants(mod)))
+    mod = prefold_constants(mod)
+    mod = merge_pads(output_major_weights(mod) if micro_kernels_enabled() else mod)
     seq = tvm.transform.Sequential(
         [
             T.LegalizeOps(),
