@@ -18,7 +18,20 @@ import sys
 import tempfile
 import time
 
+import tvm
+from tvm import relax
+
 from bench.boards import BOARDS
+from relay_passes import PatchStage
+from tvm_patch import zoo
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.frontend import load
+from tvm_patch.graph import build_graph
+from tvm_patch.patch.figures import patch_based
+from tvm_patch.patch.memory import best_split
+from tvm_patch.paths import shared_models_dir
+from tvm_patch.profile import peak, profile_layers
 
 PATCHES = 4
 QUICK = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112")
@@ -30,16 +43,6 @@ def _kb(n: int) -> str:
 
 def patch_section(board, names: list[str]) -> None:
     """Section 1 (see the module docstring)."""
-    import tvm
-    from tvm import relax
-
-    from relay_passes import PatchStage
-    from tvm_patch.frontend import load
-    from tvm_patch.graph import build_graph
-    from tvm_patch.patch.memory import best_split
-    from tvm_patch.report import patch_based
-    from tvm_patch.profile import peak, profile_layers
-
     print(f"\n1. patch-based inference, {PATCHES}x{PATCHES} patches, auto split (int8 analytic; kB = 1024 B)")
     print(f"{'model':22} {'layer kB':>8} {'patch kB':>8} {'x':>5} {'MACs+':>6} {'split':>10} {'TIR B':>8} "
           f"{'fits':>4} {'pass s':>6} {'build s':>7}")
@@ -66,9 +69,6 @@ def patch_section(board, names: list[str]) -> None:
 
 def export_section(zoo_names: list[str]) -> None:
     """Section 2 (see the module docstring)."""
-    from tvm_patch.export import export_model
-    from tvm_patch.paths import shared_models_dir
-
     print("\n2a. plain-C export of the MLPerf Tiny models, int8 (bytes); goal: below TFLite Micro layer by "
           f"layer, >= 3x below it with {PATCHES}x{PATCHES} patches")
     print(f"{'model':16} {'arena':>8} {'analytic':>8} {'bound':>8} {'TVM plan':>8} {'TFLM':>8} {'TFLM/arena':>10} "
@@ -102,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="only the small zoo models in section 1")
     args = p.parse_args(argv)
     board = BOARDS[args.board]
-    from tvm_patch import zoo
-    from tvm_patch.errors import TvmPatchError
 
     print(f"board {board.name} ({board.core}, {board.mhz} MHz): SRAM {board.sram_bytes // 1024} kB, "
           f"Flash {board.flash_bytes // 1024} kB. Host measurements; nothing here ran on the board.")

@@ -28,7 +28,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from tvm import relax, te  # noqa: E402
 
-from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining  # noqa: E402
+from relay_passes import LowerToInteger, float_ops_remaining  # noqa: E402
 from tvm_patch import quant as Q  # noqa: E402
 from tvm_patch.errors import UnsupportedOpError  # noqa: E402
 from tvm_patch.reference import (  # noqa: E402

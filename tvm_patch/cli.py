@@ -10,14 +10,18 @@ import json
 import os
 import sys
 
+from tvm_patch import report, zoo
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.frontend import load
+from tvm_patch.plot import plot_profile
+from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
+from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
-    from tvm_patch import zoo
-
     if args.export:
         if not args.output:
             raise TvmPatchError("zoo --export NAME needs -o FILE.onnx")
@@ -31,12 +35,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from tvm_patch import report
-
     result = report.profile(args.model, patches=args.patches, split=args.split)
     if args.plot:
-        from tvm_patch.plot import plot_profile
-
         plot_profile(result, args.plot)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -48,8 +48,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from tvm_patch.export import export_model
-
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding)
@@ -89,9 +87,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise TvmPatchError(f"--inputs {args.inputs}: give at least 1")
     if args.reference:
         return _verify_reference(args)
-    from tvm_patch.frontend import load
-    from tvm_patch.verify import verify_patch
-
     if args.patches is None or args.split is None:
         raise TvmPatchError("verify needs --patches P and --split S (patched vs layer by layer), "
                             "or --reference tflm|onnxruntime (integer lowering vs a reference runtime)")
@@ -106,13 +101,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_reference(args: argparse.Namespace) -> int:
-    from tvm_patch.reference import verify_against_reference
-
     if args.patches is not None or args.split is not None:
         raise TvmPatchError("--reference compares the integer-lowered model layer by layer; drop --patches/--split "
                             "(check patching with a separate `verify --patches P --split S`)")
-    from tvm_patch.reference import ORT_INT8_KERNELS
-
     ref = {"tflm": "tflite-micro"}.get(args.reference, args.reference)
     rounding = args.rounding or "both"
     if ref == "onnxruntime" or (ref == "auto" and not str(args.model).endswith(".tflite")):

@@ -27,6 +27,8 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
+                             QPARAMS_ATTR)
 
 # Relax ops that start a layer of their own when applied to an activation.
 _CONV = "relax.nn.conv2d"
@@ -35,13 +37,13 @@ _POOL = {"relax.nn.avg_pool2d": "avg_pool2d", "relax.nn.max_pool2d": "max_pool2d
          "relax.nn.adaptive_avg_pool2d": "global_pool2d", "relax.mean": "mean"}
 _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub", "relax.divide": "div"}
 # call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
-_TIR_BINARY = {"q_add": "add", "q_sub": "sub", "q_mul": "mul"}
+_TIR_BINARY = {Q_ADD: "add", Q_SUB: "sub", Q_MUL: "mul"}
 # call_tir PrimFuncs of LowerToInteger that are activations fused into the producer
-_TIR_ACTIVATIONS = {"q_logistic": "relax.sigmoid", "q_conv_logistic": "relax.sigmoid"}
+_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid"}
 # layers whose requantized output a ReLU clamp may coincide with (see _clamps)
 _WEIGHTED = {"conv2d", "depthwise_conv2d", "dense"}
 # call_tir PrimFuncs of LowerToInteger that are layers of their own (never fused into the producer)
-_TIR_LAYERS = {"q_avg_pool2d": "avg_pool2d", "q_mean": "mean", "q_softmax": "softmax"}
+_TIR_LAYERS = {Q_AVG_POOL2D: "avg_pool2d", Q_MEAN: "mean", Q_SOFTMAX: "softmax"}
 # Unary ops fused into the preceding layer (no tensor of their own when their input has no other user).
 _FUSIBLE = {
     "relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.clip", "relax.nn.relu",
@@ -57,7 +59,6 @@ _ACTIVATIONS = {"relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid"
 # dtype conversions a folded pad may pass through before its convolution (QDQ: pad on int8, then dequantize)
 _CONVERSIONS = {"relax.quantize", "relax.dequantize", "relax.astype"}
 _INT8_RANGE = (-128, 127)
-QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
 
 
 @dataclass
@@ -241,7 +242,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             kind = _call_tir_name(value)
             if kind in _TIR_LAYERS and len(acts) == 1:  # LowerToInteger's pooling, mean, softmax
                 layer = _new_layer(layers, tensors, act, _TIR_LAYERS[kind], [src], b.var)
-                if kind in ("q_avg_pool2d", "q_mean") and _reduces_hw(layout, tensors[src].shape, _shape_of(b.var)):
+                if kind in (Q_AVG_POOL2D, Q_MEAN) and _reduces_hw(layout, tensors[src].shape, _shape_of(b.var)):
                     layer.op = "global_pool2d"
                 out = layer.output
             elif len(acts) == 1 and same and _single_use(acts[0], uses, layers, tensors, src):

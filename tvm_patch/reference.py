@@ -8,7 +8,7 @@
 * `tflite_with_outputs` rewrites a .tflite so chosen intermediate tensors become outputs (to compare
   every layer, not only a saturated softmax).
 * `verify_against_reference` (the CLI ``verify`` command) imports a model, lowers it with
-  `relay_passes.lower_to_integer.LowerToInteger`, compiles it for the host with LLVM, runs it on seeded
+  `tvm_patch.transform.lower_to_integer.LowerToInteger`, compiles it for the host with LLVM, runs it on seeded
   random inputs and compares with the reference.
 """
 
@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tvm_patch import frontend, zoo
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.transform.lower_to_integer import LowerToInteger, float_ops_remaining
 
 _DEFAULT_ARENA = 4 << 20
 
@@ -399,9 +401,6 @@ def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0, round
     import onnx
     from onnx import helper
 
-    from relay_passes.lower_to_integer import LowerToInteger
-    from tvm_patch import frontend
-
     cut, sources, outputs = onnx_cut_at_quantized_tensors(proto)
     # the full model with every quantized tensor as an output gives the layer inputs
     full = onnx.ModelProto()
@@ -472,9 +471,6 @@ def verify_against_reference(
     ONNX QDQ models (one more compile). `rounding`: the `LowerToInteger` arithmetic; `ort_config`: extra
     onnxruntime session entries (`ORT_INT8_KERNELS` makes onnxruntime run its int8 kernels on every layer
     but the float classifier, which the ``"onnxruntime"`` rounding reproduces bit for bit per layer)."""
-    from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining
-    from tvm_patch import frontend
-
     proto = model if hasattr(model, "SerializeToString") else None
     spec = "<onnx model>" if proto is not None else str(model)
     is_zoo = proto is None and spec.startswith(frontend.ZOO_PREFIX)
@@ -505,8 +501,6 @@ def verify_against_reference(
         if proto is not None:
             pass
         elif is_zoo:
-            from tvm_patch import zoo
-
             name, _, variant = spec[len(frontend.ZOO_PREFIX):].partition(":")
             proto = zoo.onnx_model(name, int8=variant == "int8")
         else:

@@ -8,7 +8,6 @@ at the end, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -34,6 +33,9 @@ from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stderr import captured_stderr
+from tvm_patch.frontend import load
+from tvm_patch.transform.lower_to_integer import lower_to_integer
+from tvm_patch.transform.patch_stage import PatchStage
 
 __all__ = ["ExportResult", "OUTPUT_FILES", "apply_patch_stage", "check_target", "export_model", "write_directory"]
 
@@ -92,30 +94,16 @@ class ExportResult:
 
 
 def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
-    """Run the ``PatchStage`` pass of ``relay_passes.patch_stage`` (the first ``split`` layers — a count,
-    "block:N" or "auto" — over ``patches`` x ``patches`` patches); a clear error while that pass is missing."""
+    """Run the ``PatchStage`` pass (the first ``split`` layers — a count, "block:N" or "auto" — over
+    ``patches`` x ``patches`` patches)."""
     if patches < 1:
         raise TvmPatchError(f"--patches must be positive (got {patches})")
-    try:
-        module = importlib.import_module("relay_passes.patch_stage")
-    except ModuleNotFoundError as e:
-        if e.name in ("relay_passes", "relay_passes.patch_stage"):
-            raise TvmPatchError(
-                "patch mode is not available yet: relay_passes.patch_stage (the PatchStage pass) is not there; "
-                "build without --patches/--split"
-            ) from None
-        raise TvmPatchError(f"patch mode is not available yet: relay_passes.patch_stage needs {e.name}") from None
-    stage = getattr(module, "PatchStage", None)
-    if stage is None:
-        raise TvmPatchError("patch mode is not available yet: relay_passes.patch_stage has no PatchStage pass")
-    return stage(split=split, patches=patches)(mod)
+    return PatchStage(split=split, patches=patches)(mod)
 
 
 def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
     """(name, Relax module, .tflite path or None) of a spec, a frontend Model or an IRModule."""
     if isinstance(model, (str, os.PathLike)):
-        from tvm_patch.frontend import load
-
         spec = os.fspath(model)
         m = load(spec)
         tflite = spec if spec.lower().endswith(".tflite") else None
@@ -168,8 +156,6 @@ def export_model(
         raise TvmPatchError(f"--rounding {rounding} works layer by layer only; patch stages use TFLite's "
                             "requantization: drop --patches/--split or use --rounding tflite")
     if integer:
-        from relay_passes.lower_to_integer import lower_to_integer
-
         src_mod = lower_to_integer(src_mod, rounding)
     # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
     base = prefold_constants(src_mod) if patches is not None else src_mod

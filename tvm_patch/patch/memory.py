@@ -22,7 +22,9 @@ from tvm_patch.patch.regions import execution_order, patch_macs, plan_patches, s
 import numpy as np
 
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
-from tvm_patch.profile import layer_bytes
+from tvm_patch.patch.from_graph import stage_from_graph
+from tvm_patch.profile import layer_bytes, peak, profile_layers
+from tvm_patch.split import valid_splits
 
 
 @dataclass
@@ -141,10 +143,6 @@ def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
     """The split `PatchStage(split="auto")` picks: the fewest MACs among the splits whose patch-based peak is
     within PEAK_SLACK of the smallest (deeper stages buy little memory for many recomputed MACs), or None when
     no split lowers the layer-by-layer peak."""
-    from tvm_patch.patch.from_graph import stage_from_graph
-    from tvm_patch.profile import peak, profile_layers
-    from tvm_patch.split import valid_splits
-
     options = []
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)

@@ -82,12 +82,10 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_patch import quant as Q
 from tvm_patch.errors import UnsupportedOpError
+from tvm_patch.names import QPARAMS_ATTR
 
 __all__ = ["QPARAMS_ATTR", "ROUNDINGS", "LowerToInteger", "float_ops_remaining", "lower_to_integer", "quant_params"]
 
-QPARAMS_ATTR = "tvm_patch.qparams"
-"""Relax function attribute: {PrimFunc name: {parameter: int}} for the ``requantize``, ``q_add``, ``q_sub``
-and ``q_mul`` PrimFuncs the function calls, so that later passes (the patch stage) need not read TIR."""
 
 _FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 _INT_STORAGE = ("int8", "uint8", "int16")
