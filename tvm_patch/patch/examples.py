@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from tvm_patch.patch.intarith import quantize_multiplier
 from tvm_patch.patch.regions import full_size_bytes, patch_input_size, patch_macs, per_patch_bytes, stage_macs
 from tvm_patch.patch.schedule import allocated_bytes, allocations, build_stage
 from tvm_patch.patch.stage import Add, AddQuant, Conv, ConvQuant, Layer, Stage
+from tvm_patch.quant.params import quantize_multiplier
 
 # MobileNetV2 inverted residual settings (expand ratio t, output channels c, repeats n, first stride s)
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
