@@ -27,6 +27,7 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.geometry import RegionMap
 from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
                              QPARAMS_ATTR)
 
@@ -110,6 +111,11 @@ class Layer:
     pad_value: float | None = None  # the folded pad's value (None: no folded pad)
 
     broadcast_free: bool = False  # for binary ops: both inputs have the output's shape
+
+    @property
+    def region(self) -> RegionMap:
+        """The layer's per-axis region map (identity for layers without a window)."""
+        return RegionMap.of(self.kernel, self.stride, self.padding)
 
 
 @dataclass
@@ -590,8 +596,8 @@ def _receptive_fields(graph: Graph) -> None:
         r = tuple(max(rf.get(t, (1, 1))[a] for t in ins) for a in (0, 1))
         j = tuple(max(jump.get(t, (1, 1))[a] for t in ins) for a in (0, 1))
         if layer.op in ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d"):
-            r = tuple(r[a] + (layer.kernel[a] - 1) * j[a] for a in (0, 1))
-            j = tuple(j[a] * layer.stride[a] for a in (0, 1))
+            (rh, jh), (rw, jw) = (layer.region.axis(a).receptive(r[a], j[a]) for a in (0, 1))
+            r, j = (rh, rw), (jh, jw)
         elif layer.op in ("global_pool2d", "mean", "dense"):
             full = graph.hw(graph.inputs[0]) if graph.inputs else (1, 1)
             r = full

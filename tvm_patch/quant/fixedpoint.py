@@ -1,10 +1,11 @@
-"""The fixed-point core, written once over two backends: `_NumpyOps` (int64 arrays holding int32 values,
-gemmlowp's literal formulations) and `_TEOps` / `_StagedTEOps` (TIR PrimExprs, shorter equivalent
+"""The fixed-point core, written once over two backends: `NumpyOps` (int64 arrays holding int32 values,
+gemmlowp's literal formulations) and `TEOps` / `StagedTEOps` (TIR PrimExprs, shorter equivalent
 formulations). gemmlowp / TFLite primitives: SRDHM, RDBPOT, MultiplyByQuantizedMultiplier, exp, logistic,
 reciprocal; the 16-bit helpers of hard swish."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,6 +13,11 @@ import tvm_ffi
 from tvm import te, tirx
 
 from tvm_patch.quant.params import INT32_MAX, INT32_MIN
+
+
+def _unchanged(x: Any) -> Any:
+    """The identity: `bind` and `wrap` of the backends that inline every value."""
+    return x
 
 
 class NumpyOps:
@@ -25,13 +31,7 @@ class NumpyOps:
     def rdbpot(self, x, e):
         return _rdbpot_literal(self, np.asarray(x, dtype=np.int64), np.asarray(e, dtype=np.int64))
 
-    @staticmethod
-    def bind(x: Any) -> Any:
-        return x
-
-    @staticmethod
-    def wrap(x: Any) -> Any:
-        return x
+    bind = wrap = staticmethod(_unchanged)  # values are inlined; no cast at the end
 
     @staticmethod
     def c32(v: int) -> np.ndarray:
@@ -51,30 +51,14 @@ class NumpyOps:
         return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
     select = staticmethod(np.where)
-
-    @staticmethod
-    def lt(a, b):
-        return np.less(a, b)
-
-    @staticmethod
-    def le(a, b):
-        return np.less_equal(a, b)
-
-    @staticmethod
-    def gt(a, b):
-        return np.greater(a, b)
-
-    @staticmethod
-    def ge(a, b):
-        return np.greater_equal(a, b)
-
-    @staticmethod
-    def eq(a, b):
-        return np.equal(a, b)
-
-    @staticmethod
-    def land(a, b):
-        return np.logical_and(a, b)
+    lt = staticmethod(np.less)
+    le = staticmethod(np.less_equal)
+    gt = staticmethod(np.greater)
+    ge = staticmethod(np.greater_equal)
+    eq = staticmethod(np.equal)
+    land = staticmethod(np.logical_and)
+    minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
 
     @staticmethod
     def band(a, b):
@@ -88,14 +72,6 @@ class NumpyOps:
     def shl(x, n):
         return np.left_shift(np.asarray(x, dtype=np.int64), np.asarray(n, dtype=np.int64))
 
-    @staticmethod
-    def minimum(a, b):
-        return np.minimum(a, b)
-
-    @staticmethod
-    def maximum(a, b):
-        return np.maximum(a, b)
-
 
 def _expr_dtype(x: Any) -> str:
     """dtype of a TE TensorSlice (`.dtype`) or of a PrimExpr (TVM 0.27 PrimExprs carry it as `.ty`)."""
@@ -106,13 +82,7 @@ class TEOps:
     """TIR backend: int32 PrimExprs, int64 where TFLite widens. Values are inlined (`bind` is the identity):
     fine for the short requantization chains; long fixed-point chains use `StagedTEOps`."""
 
-    @staticmethod
-    def bind(x: Any) -> Any:
-        return x
-
-    @staticmethod
-    def wrap(x: Any) -> Any:
-        return x
+    bind = wrap = staticmethod(_unchanged)  # values are inlined; no cast at the end
 
     @classmethod
     def srdhm(cls, a, b):
@@ -142,53 +112,18 @@ class TEOps:
             return tirx.const(int(x), "int32")
         return x if _expr_dtype(x) == "int32" else x.astype("int32")
 
-    @staticmethod
-    def select(c, a, b):
-        return tirx.Select(c, a, b)
-
-    @staticmethod
-    def lt(a, b):
-        return a < b
-
-    @staticmethod
-    def le(a, b):
-        return a <= b
-
-    @staticmethod
-    def gt(a, b):
-        return a > b
-
-    @staticmethod
-    def ge(a, b):
-        return a >= b
-
-    @staticmethod
-    def eq(a, b):
-        return tirx.EQ(a, b)
-
-    @staticmethod
-    def land(a, b):
-        return tirx.And(a, b)
-
-    @staticmethod
-    def band(a, b):
-        return a & b
-
-    @staticmethod
-    def shr(x, n):
-        return x >> n
-
-    @staticmethod
-    def shl(x, n):
-        return x << n
-
-    @staticmethod
-    def minimum(a, b):
-        return tirx.min(a, b)
-
-    @staticmethod
-    def maximum(a, b):
-        return tirx.max(a, b)
+    select = staticmethod(tirx.Select)
+    lt = staticmethod(operator.lt)
+    le = staticmethod(operator.le)
+    gt = staticmethod(operator.gt)
+    ge = staticmethod(operator.ge)
+    eq = staticmethod(tirx.EQ)
+    land = staticmethod(tirx.And)
+    band = staticmethod(operator.and_)
+    shr = staticmethod(operator.rshift)
+    shl = staticmethod(operator.lshift)
+    minimum = staticmethod(tirx.min)
+    maximum = staticmethod(tirx.max)
 
 
 class StagedTEOps(TEOps):

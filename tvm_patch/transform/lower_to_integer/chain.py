@@ -451,6 +451,14 @@ class Lowerer(PyExprMutator):
 
     # ------------------------------------------------------------------ individual lowerings
 
+    def quantized_input(self, node: FOp, what: str) -> QT:
+        """The first argument of `node` as a per-tensor quantized tensor (else UnsupportedOpError)."""
+        x = node.args[0]
+        if not isinstance(x, QT):
+            raise self.unsupported(f"{what} of a non-quantized tensor", node.var)
+        self.require_per_tensor(x, what, node.var)
+        return x
+
     def require_per_tensor(self, qt: QT, what: str, var: Any) -> None:
         if not qt.per_tensor:
             raise self.unsupported(f"{what} with per-channel activation quantization", var)

@@ -39,10 +39,7 @@ def lower_stock_avg_pool(lw: Any, var: Any, call: Any) -> Pending:
 
 @register("relax.mean")
 def lower_mean(lw: Any, ctx: QCtx, node: FOp) -> Pending:
-    x = node.args[0]
-    if not isinstance(x, QT):
-        raise lw.unsupported("mean of a non-quantized tensor", node.var)
-    lw.require_per_tensor(x, "mean", node.var)
+    x = lw.quantized_input(node, "mean")
     a = node.call.attrs
     axes = list(range(len(x.shape))) if a.axis is None else [int(v) % len(x.shape) for v in a.axis]
     n = int(np.prod([x.shape[i] for i in axes]))
@@ -60,10 +57,7 @@ def lower_mean(lw: Any, ctx: QCtx, node: FOp) -> Pending:
 
 @register("relax.nn.avg_pool2d")
 def lower_avg_pool(lw: Any, ctx: QCtx, node: FOp) -> Pending:
-    x = node.args[0]
-    if not isinstance(x, QT):
-        raise lw.unsupported("avg_pool2d of a non-quantized tensor", node.var)
-    lw.require_per_tensor(x, "avg_pool2d", node.var)
+    x = lw.quantized_input(node, "avg_pool2d")
     a = node.call.attrs
     check_pool_attrs(lw, node.var, a)
     if not (np.float32(x.s) == np.float32(ctx.so) and x.z == ctx.zo and x.dtype == ctx.dtype):

@@ -11,15 +11,12 @@ from tvm import relax
 from tvm_patch import quant as Q
 
 from tvm_patch.transform.lower_to_integer.registry import register
-from tvm_patch.transform.lower_to_integer.values import QT, FOp, Pending, QCtx
+from tvm_patch.transform.lower_to_integer.values import FOp, Pending, QCtx
 
 
 @register("relax.nn.softmax")
 def lower_softmax(lw: Any, ctx: QCtx, node: FOp) -> Pending:
-    x = node.args[0]
-    if not isinstance(x, QT):
-        raise lw.unsupported("softmax of a non-quantized tensor", node.var)
-    lw.require_per_tensor(x, "softmax", node.var)
+    x = lw.quantized_input(node, "softmax")
     if x.dtype != "int8":
         raise lw.unsupported(f"softmax on {x.dtype}", node.var)
     axis = int(node.call.attrs.axis) % len(x.shape)
