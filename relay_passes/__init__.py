@@ -1,9 +1,10 @@
 """Graph-level TVM passes of tvm-patch (Relax IR; the package keeps the name our users know from Relay).
 
-Importing this package registers the Relax pipeline "mcunetv2", so that
-`tvm.compile(mod, target, relax_pipeline="mcunetv2")` runs LowerToInteger (int8 models become integer-only;
-float32 models pass unchanged), the patch stage (split="auto", 4x4 patches) and then TVM's default build
-pipeline. To choose the schedule, or to add the passes to a pipeline of your own:
+The passes live in `tvm_patch.transform`; this package is their public face: it re-exports them and
+registers the Relax pipeline "mcunetv2", so that `tvm.compile(mod, target, relax_pipeline="mcunetv2")` runs
+LowerToInteger (int8 models become integer-only; float32 models pass unchanged), the patch stage
+(split="auto", 4x4 patches) and then TVM's default build pipeline. To choose the schedule, or to add the
+passes to a pipeline of your own:
 
     import relay_passes
     seq = tvm.transform.Sequential([relay_passes.LowerToInteger(), relay_passes.PatchStage("block:5", (4, 4)),
@@ -16,10 +17,13 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining, lower_to_integer
-from relay_passes.patch_stage import PatchStage
+from tvm_patch.names import PATCHES_ATTR, QPARAMS_ATTR
+from tvm_patch.transform.lower_to_integer import (ROUNDINGS, LowerToInteger, float_ops_remaining, lower_to_integer,
+                                                  quant_params)
+from tvm_patch.transform.patch_stage import PatchStage
 
-__all__ = ["LowerToInteger", "PatchStage", "float_ops_remaining", "lower_to_integer", "mcunetv2_pipeline"]
+__all__ = ["PATCHES_ATTR", "QPARAMS_ATTR", "ROUNDINGS", "LowerToInteger", "PatchStage", "float_ops_remaining",
+           "lower_to_integer", "mcunetv2_pipeline", "quant_params"]
 
 PIPELINE = "mcunetv2"
 

@@ -19,12 +19,14 @@ import pytest
 import tvm
 from tvm import relax, topi
 
+from relay_passes import lower_to_integer
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model, lower_module
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.lower import Arg, _c_name
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.frontend import load
 from tvm_patch.memplan import lower_bound, validate
 from tvm_patch.codegen.c_kernels import C_TARGET, lower_plain
 
@@ -348,11 +350,8 @@ def test_zoo_bit_exact(spec, tmp_path):
 @pytest.mark.parametrize("name", ["kws_int8", "vww_96_int8", "resnet8_int8"])
 def test_after_lower_to_integer_bit_exact(name, mlperf_paths, tmp_path):
     """Whatever ran before: the integer-only module of LowerToInteger exports and stays bit-exact."""
-    lti = pytest.importorskip("relay_passes.lower_to_integer")
-    from tvm_patch.frontend import load
-
     path = str(mlperf_paths[name])
-    mod = lti.lower_to_integer(load(path).mod)
+    mod = lower_to_integer(load(path).mod)
     out = tmp_path / name
     result = export_model(mod, out, check=True, seeds=(0, 1, 2), tflite_path=path)
     _check_result(result, out)
@@ -449,10 +448,7 @@ def test_existing_output_directory(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_patch_mode_not_available(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "relay_passes.patch_stage", None)  # as before the pass landed
-    with pytest.raises(TvmPatchError, match="patch mode is not available yet"):
-        export_model(two_outputs(), tmp_path / "out", patches=3, split=4)
+def test_patch_mode_needs_both(tmp_path):
     with pytest.raises(TvmPatchError, match="both --patches and --split"):
         export_model(two_outputs(), tmp_path / "out", patches=3)
     assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
@@ -460,7 +456,6 @@ def test_patch_mode_not_available(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_patch_mode_bit_exact(tmp_path):
-    pytest.importorskip("relay_passes.patch_stage")
     layer = export_model("zoo:mcunet-in0", tmp_path / "layer")
     patch = export_model("zoo:mcunet-in0", tmp_path / "patch", patches=3, split="auto", check=True, seeds=(0, 1))
     _check_result(patch, tmp_path / "patch")

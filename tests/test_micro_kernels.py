@@ -226,7 +226,7 @@ def test_kernel_macs_add_up_to_the_analytic_profile(spec, shared_models):
     from tvm_patch.export.lower import lower_module
     from tvm_patch.frontend import load
     from tvm_patch.report import profile
-    from relay_passes.lower_to_integer import lower_to_integer
+    from tvm_patch.transform.lower_to_integer import lower_to_integer
 
     path = spec if spec.startswith("zoo:") else str(shared_models / "mlperf_tiny" / spec)
     prog = lower_module(lower_to_integer(load(path).mod))

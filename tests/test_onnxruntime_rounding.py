@@ -11,15 +11,13 @@ operations.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-tvm = pytest.importorskip("tvm")
-ort = pytest.importorskip("onnxruntime")
-from tvm import te  # noqa: E402
-
-from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining  # noqa: E402
-from tvm_patch import quant as Q  # noqa: E402
-from tvm_patch.reference import (  # noqa: E402
+from conftest import compile_te
+from relay_passes import LowerToInteger, float_ops_remaining
+from tvm_patch import quant as Q
+from tvm_patch.reference import (
     ORT_INT8_KERNELS,
     OnnxRuntimeRunner,
     compile_for_host,
@@ -28,19 +26,6 @@ from tvm_patch.reference import (  # noqa: E402
 )
 
 f32 = np.float32
-
-
-def _compile_te(fn, specs):
-    phs = [te.placeholder(s, d, name=f"in{i}") for i, (s, d) in enumerate(specs)]
-    out = fn(*phs)
-    f = tvm.compile(te.create_prim_func([*phs, out]), target=tvm.target.Target({"kind": "llvm"}))
-
-    def run(*arrays):
-        o = tvm.runtime.empty([int(d) for d in out.shape], str(out.dtype))
-        f(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], o)
-        return o.numpy()
-
-    return run
 
 
 def _float32_requant(acc, scale, zp):
@@ -82,10 +67,10 @@ def test_requantize_te_equals_ref():
     acc[:64] = rng.integers(-(1 << 31), 1 << 31, (64, C))
     acc = np.clip(acc, -(1 << 31), (1 << 31) - 1).astype(np.int32)
     want = np.clip(_float32_requant(acc, scales, -5), -300, 300)
-    run = _compile_te(lambda a, m, s: Q.ort_requantize_te(a, m, s, -5, axis=1), [(acc.shape, "int32"), ((C,), "int32"),
+    run = compile_te(lambda a, m, s: Q.ort_requantize_te(a, m, s, -5, axis=1), [(acc.shape, "int32"), ((C,), "int32"),
                                                                                    ((C,), "int32")])
     assert np.array_equal(np.clip(run(acc, ms, ss), -300, 300), want)
-    run = _compile_te(lambda a: Q.ort_requantize_te(a, int(ms[2]), int(ss[2]), -5, acc_bound=1 << 20),
+    run = compile_te(lambda a: Q.ort_requantize_te(a, int(ms[2]), int(ss[2]), -5, acc_bound=1 << 20),
                       [(acc[:, 2:3].shape, "int32")])
     small = np.abs(acc[:, 2:3]) <= 1 << 24
     assert np.array_equal(np.clip(run(acc[:, 2:3]), -300, 300)[small], want[:, 2:3][small])
@@ -109,7 +94,7 @@ def test_add_ref_and_te_equal_float32():
         za, zb, zc = (int(v) for v in rng.integers(-100, 100, 3))
         p = Q.ort_add_params(sa, za, sb, zb, sc, zc, (-128, 127))
         assert np.array_equal(Q.ort_add_ref(qa, qb, p), _mlas_qlinear_add(qa, qb, sa, za, sb, zb, sc, zc))
-    run = _compile_te(lambda a, b, t: Q.ort_add_te(a, b, t, p, (256, 256)),
+    run = compile_te(lambda a, b, t: Q.ort_add_te(a, b, t, p, (256, 256)),
                       [((256, 1), "int8"), ((1, 256), "int8"), ((256,), "int64")])
     got = run(qa.astype(np.int8), qb.astype(np.int8), np.asarray(p.b_table, np.int64))
     assert np.array_equal(got, Q.ort_add_ref(qa, qb, p))

@@ -24,7 +24,7 @@ import tvm
 from tvm import relax
 
 from relay_passes import PatchStage
-from relay_passes.lower_to_integer import QPARAMS_ATTR, float_ops_remaining, lower_to_integer, quant_params
+from relay_passes import QPARAMS_ATTR, float_ops_remaining, lower_to_integer, quant_params
 from tvm_patch import quant as Q
 from tvm_patch import zoo
 from tvm_patch.errors import TvmPatchError

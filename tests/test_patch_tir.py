@@ -29,11 +29,12 @@ from tvm_patch.patch import (
     per_patch_bytes,
     stage_macs,
 )
-from tvm_patch.patch import intarith
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_tvm
 from tvm_patch.patch.regions import full_size_bytes, plan_patches, scalar_names, single_iteration_layers
 from tvm_patch.patch.schedule import allocations, measured_macs_by_patch
+from tvm_patch.quant import activation_range, multiply_by_quantized_multiplier_ref, quantize_multiplier
+from tvm_patch.quant.fixedpoint import TEOps, mbqm
 
 # -- helpers -----------------------------------------------------------------------------------------
 
@@ -273,24 +274,30 @@ def test_int_arithmetic_tir_numpy_python_agree() -> None:
     shift = rng.integers(-31, 1, n).astype(np.int32)
     shift[::7] = rng.integers(0, 4, len(shift[::7]))  # some left shifts (small x so they do not wrap)
     x[::7] = np.clip(x[::7], -(2**20), 2**20)
-    ref = intarith.multiply_by_quantized_multiplier(x, m, shift)
+    ref = multiply_by_quantized_multiplier_ref(x, m, shift)
     python = np.array([_mbqm_python(int(a), int(b), int(c)) for a, b, c in zip(x, m, shift)])
     np.testing.assert_array_equal(ref, python)
 
     X, M, S = (te.placeholder((n,), "int32", name) for name in "xms")
-    out = te.compute((n,), lambda i: intarith.multiply_by_quantized_multiplier_tir(X(i), M(i), S(i)), name="out")
+    out = te.compute((n,), lambda i: mbqm(TEOps, X(i), M(i), S(i)), name="out")
     func = compile_func(te.create_prim_func([X, M, S, out]), fast=True)
     y = tvm.runtime.empty((n,), "int32")
     func(*(tvm.runtime.tensor(a) for a in (x, m, shift)), y)
     np.testing.assert_array_equal(y.numpy(), ref)
 
 
+def _activation_range(activation: str, scale: float, zero_point: int) -> tuple[int, int]:
+    """int8 clamp bounds of none / relu / relu6 (TFLite CalculateActivationRangeQuantized)."""
+    bounds = {"none": (None, None), "relu": (0.0, None), "relu6": (0.0, 6.0)}[activation]
+    return activation_range(scale, zero_point, *bounds)
+
+
 def test_quantized_activation_range() -> None:
-    assert intarith.quantized_activation_range("relu6", 6.0 / 255, -128) == (-128, 127)
-    assert intarith.quantized_activation_range("relu6", 0.05, -10) == (-10, 110)
-    assert intarith.quantized_activation_range("relu", 0.05, -10) == (-10, 127)
-    assert intarith.quantize_multiplier(0.5) == (1 << 30, 0)
-    assert intarith.quantize_multiplier(0.25) == (1 << 30, -1)
+    assert _activation_range("relu6", 6.0 / 255, -128) == (-128, 127)
+    assert _activation_range("relu6", 0.05, -10) == (-10, 110)
+    assert _activation_range("relu", 0.05, -10) == (-10, 127)
+    assert quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quantize_multiplier(0.25) == (1 << 30, -1)
 
 
 # -- property test over random conv stacks -----------------------------------------------------------
@@ -299,17 +306,17 @@ def test_quantized_activation_range() -> None:
 def _conv_quant(rng, zp_in: int, fan_in: int, cout: int, act: str) -> ConvQuant:
     """Random int8 conv parameters that keep outputs spread over the int8 range."""
     reals = 30.0 / (128 * 74 * np.sqrt(fan_in)) * rng.uniform(0.5, 2.0, cout)
-    mults, shifts = zip(*(intarith.quantize_multiplier(float(r)) for r in reals))
+    mults, shifts = zip(*(quantize_multiplier(float(r)) for r in reals))
     zp_out = int(rng.integers(-20, 20))
-    lo, hi = intarith.quantized_activation_range(act, float(rng.uniform(0.02, 0.1)), zp_out)
+    lo, hi = _activation_range(act, float(rng.uniform(0.02, 0.1)), zp_out)
     return ConvQuant(zp_in, zp_out, np.array(mults), np.array(shifts), 0, lo, hi)
 
 
 def _add_quant(rng, zp_a: int, zp_b: int, act: str) -> AddQuant:
-    (m1, s1), (m2, s2) = (intarith.quantize_multiplier(float(r)) for r in rng.uniform(0.2, 0.5, 2))
-    mo, so = intarith.quantize_multiplier(float(rng.uniform(1.0, 2.0)) / (1 << 20))
+    (m1, s1), (m2, s2) = (quantize_multiplier(float(r)) for r in rng.uniform(0.2, 0.5, 2))
+    mo, so = quantize_multiplier(float(rng.uniform(1.0, 2.0)) / (1 << 20))
     zp = int(rng.integers(-20, 20))
-    lo, hi = intarith.quantized_activation_range(act, 0.05, zp)
+    lo, hi = _activation_range(act, 0.05, zp)
     return AddQuant((zp_a, zp_b), (m1, m2), (s1, s2), zp, mo, so, 20, lo, hi)
 
 

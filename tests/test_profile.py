@@ -8,7 +8,7 @@ import onnx
 import pytest
 from tvm import relax
 
-from relay_passes.lower_to_integer import lower_to_integer
+from relay_passes import lower_to_integer
 from tvm_patch import zoo
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph

@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tvm = pytest.importorskip("tvm")
-pytest.importorskip("tflite_micro")
-
-from relay_passes.lower_to_integer import LowerToInteger, float_ops_remaining  # noqa: E402
-from tvm_patch import frontend, zoo  # noqa: E402
-from tvm_patch.reference import (  # noqa: E402
+from relay_passes import LowerToInteger, float_ops_remaining
+from tvm_patch import frontend, zoo
+from tvm_patch.reference import (
     TfliteMicroRunner,
     compile_for_host,
     random_inputs,
@@ -29,7 +26,7 @@ from tvm_patch.reference import (  # noqa: E402
     tflite_with_outputs,
     verify_against_reference,
 )
-from tvm_patch.zoo.graph import lower  # noqa: E402
+from tvm_patch.zoo.graph import lower
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tflite" / "zoo"
 MODELS = ["mcunet-in0", "mbv2-w0.3-r80"]

@@ -10,16 +10,23 @@ import json
 import os
 import sys
 
+from microtvm_projects.boards import get_board
 from microtvm_projects.errors import ProjectError
+from microtvm_projects.firmware import load_project
 
+from tvm_patch import report, zoo
+from tvm_patch.board_build import build_for_board, run_project
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.frontend import load
+from tvm_patch.plot import plot_profile
+from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
+from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
-    from tvm_patch import zoo
-
     if args.export:
         if not args.output:
             raise TvmPatchError("zoo --export NAME needs -o FILE.onnx")
@@ -33,12 +40,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from tvm_patch import report
-
     result = report.profile(args.model, patches=args.patches, split=args.split)
     if args.plot:
-        from tvm_patch.plot import plot_profile
-
         plot_profile(result, args.plot)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -50,8 +53,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from tvm_patch.export import export_model
-
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     if args.board:
         return _build_board(args, split)
@@ -92,26 +93,24 @@ def _build_summary(result) -> str:
 
 
 def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
-    from tvm_patch.board_build import build_for_board
-
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
-    report = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
+    built = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
                              rounding=args.rounding, kernels=args.kernels)
-    return _board_output(args, report)
+    return _board_output(args, built)
 
 
-def _board_output(args: argparse.Namespace, report: dict) -> int:
+def _board_output(args: argparse.Namespace, result: dict) -> int:
     """Print a board build / run (JSON or a summary); exit 1 when a run's outputs differ from the host build."""
-    run = report.get("run")
+    run = result.get("run")
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(result, indent=1))
     else:
-        print(_board_summary(report))
+        print(_board_summary(result))
     if run is not None and not run["bit_exact"]:
         print(f"{PROG}: the {run['runner']} run's outputs {run['mismatched_outputs']} differ from the host build",
               file=sys.stderr)
@@ -119,18 +118,18 @@ def _board_output(args: argparse.Namespace, report: dict) -> int:
     return 0
 
 
-def _board_summary(report: dict) -> str:
-    c = report["conditions"]
+def _board_summary(result: dict) -> str:
+    c = result["conditions"]
     lines = []
-    if "elf" in report:
+    if "elf" in result:
         lines += [
-            f"{report['board']}: {report['elf']} ({c['compiler']}, -{c['opt']}, {c['clock_mhz']} MHz, caches "
+            f"{result['board']}: {result['elf']} ({c['compiler']}, -{c['opt']}, {c['clock_mhz']} MHz, caches "
             f"{c['caches']})",
-            f"SRAM:  {report['sram_bytes']:,} of {report['board_sram_bytes']:,} B (arena {report['arena_bytes']:,} + "
-            f"stack {report['stack_bytes']:,} + data/bss {report['data_bss_bytes']:,})",
-            f"Flash: {report['flash_bytes']:,} of {report['board_flash_bytes']:,} B",
+            f"SRAM:  {result['sram_bytes']:,} of {result['board_sram_bytes']:,} B (arena {result['arena_bytes']:,} + "
+            f"stack {result['stack_bytes']:,} + data/bss {result['data_bss_bytes']:,})",
+            f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B",
         ]
-    run = report.get("run")
+    run = result.get("run")
     if run is not None:
         if run["runner"] == "emulator":
             lines.append(f"run (QEMU): {run['instructions']:,} instructions; est. {run['est_cycles']:,} cycles at CPI "
@@ -152,20 +151,14 @@ def _board_summary(report: dict) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from microtvm_projects.firmware import load_project
-
-    from tvm_patch.board_build import run_project
-
     project = load_project(args.project)
     run = run_project(args.project, runner=args.runner, profile=args.profile, timeout_sec=args.timeout,
                       port=args.port, probe=args.probe)
-    from microtvm_projects.boards import get_board
-
     board = get_board(project["board"])
-    report = {"board": board.key, "project_dir": args.project, "run": run,
+    result = {"board": board.key, "project_dir": args.project, "run": run,
               "conditions": {"clock_mhz": board.mhz, "caches": board.caches, "opt": project["options"]["opt"],
                              "model_sha256": project.get("model_sha256")}}
-    return _board_output(args, report)
+    return _board_output(args, result)
 
 
 def _add_board_run_options(p: argparse.ArgumentParser) -> None:
@@ -182,9 +175,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise TvmPatchError(f"--inputs {args.inputs}: give at least 1")
     if args.reference:
         return _verify_reference(args)
-    from tvm_patch.frontend import load
-    from tvm_patch.verify import verify_patch
-
     if args.patches is None or args.split is None:
         raise TvmPatchError("verify needs --patches P and --split S (patched vs layer by layer), "
                             "or --reference tflm|onnxruntime (integer lowering vs a reference runtime)")
@@ -199,13 +189,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_reference(args: argparse.Namespace) -> int:
-    from tvm_patch.reference import verify_against_reference
-
     if args.patches is not None or args.split is not None:
         raise TvmPatchError("--reference compares the integer-lowered model layer by layer; drop --patches/--split "
                             "(check patching with a separate `verify --patches P --split S`)")
-    from tvm_patch.reference import ORT_INT8_KERNELS
-
     ref = {"tflm": "tflite-micro"}.get(args.reference, args.reference)
     rounding = args.rounding or "both"
     if ref == "onnxruntime" or (ref == "auto" and not str(args.model).endswith(".tflite")):

@@ -27,6 +27,9 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.geometry import RegionMap
+from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
+                             QPARAMS_ATTR)
 
 # Relax ops that start a layer of their own when applied to an activation.
 _CONV = "relax.nn.conv2d"
@@ -35,13 +38,13 @@ _POOL = {"relax.nn.avg_pool2d": "avg_pool2d", "relax.nn.max_pool2d": "max_pool2d
          "relax.nn.adaptive_avg_pool2d": "global_pool2d", "relax.mean": "mean"}
 _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub", "relax.divide": "div"}
 # call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
-_TIR_BINARY = {"q_add": "add", "q_sub": "sub", "q_mul": "mul"}
+_TIR_BINARY = {Q_ADD: "add", Q_SUB: "sub", Q_MUL: "mul"}
 # call_tir PrimFuncs of LowerToInteger that are activations fused into the producer
-_TIR_ACTIVATIONS = {"q_logistic": "relax.sigmoid", "q_conv_logistic": "relax.sigmoid"}
+_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid"}
 # layers whose requantized output a ReLU clamp may coincide with (see _clamps)
 _WEIGHTED = {"conv2d", "depthwise_conv2d", "dense"}
 # call_tir PrimFuncs of LowerToInteger that are layers of their own (never fused into the producer)
-_TIR_LAYERS = {"q_avg_pool2d": "avg_pool2d", "q_mean": "mean", "q_softmax": "softmax"}
+_TIR_LAYERS = {Q_AVG_POOL2D: "avg_pool2d", Q_MEAN: "mean", Q_SOFTMAX: "softmax"}
 # Unary ops fused into the preceding layer (no tensor of their own when their input has no other user).
 _FUSIBLE = {
     "relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.clip", "relax.nn.relu",
@@ -57,7 +60,6 @@ _ACTIVATIONS = {"relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid"
 # dtype conversions a folded pad may pass through before its convolution (QDQ: pad on int8, then dequantize)
 _CONVERSIONS = {"relax.quantize", "relax.dequantize", "relax.astype"}
 _INT8_RANGE = (-128, 127)
-QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
 
 
 @dataclass
@@ -109,6 +111,11 @@ class Layer:
     pad_value: float | None = None  # the folded pad's value (None: no folded pad)
 
     broadcast_free: bool = False  # for binary ops: both inputs have the output's shape
+
+    @property
+    def region(self) -> RegionMap:
+        """The layer's per-axis region map (identity for layers without a window)."""
+        return RegionMap.of(self.kernel, self.stride, self.padding)
 
 
 @dataclass
@@ -241,7 +248,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             kind = _call_tir_name(value)
             if kind in _TIR_LAYERS and len(acts) == 1:  # LowerToInteger's pooling, mean, softmax
                 layer = _new_layer(layers, tensors, act, _TIR_LAYERS[kind], [src], b.var)
-                if kind in ("q_avg_pool2d", "q_mean") and _reduces_hw(layout, tensors[src].shape, _shape_of(b.var)):
+                if kind in (Q_AVG_POOL2D, Q_MEAN) and _reduces_hw(layout, tensors[src].shape, _shape_of(b.var)):
                     layer.op = "global_pool2d"
                 out = layer.output
             elif len(acts) == 1 and same and _single_use(acts[0], uses, layers, tensors, src):
@@ -589,8 +596,8 @@ def _receptive_fields(graph: Graph) -> None:
         r = tuple(max(rf.get(t, (1, 1))[a] for t in ins) for a in (0, 1))
         j = tuple(max(jump.get(t, (1, 1))[a] for t in ins) for a in (0, 1))
         if layer.op in ("conv2d", "depthwise_conv2d", "avg_pool2d", "max_pool2d"):
-            r = tuple(r[a] + (layer.kernel[a] - 1) * j[a] for a in (0, 1))
-            j = tuple(j[a] * layer.stride[a] for a in (0, 1))
+            (rh, jh), (rw, jw) = (layer.region.axis(a).receptive(r[a], j[a]) for a in (0, 1))
+            r, j = (rh, rw), (jh, jw)
         elif layer.op in ("global_pool2d", "mean", "dense"):
             full = graph.hw(graph.inputs[0]) if graph.inputs else (1, 1)
             r = full

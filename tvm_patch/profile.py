@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tvm_patch.convention import accumulates_into_skip, core_bytes
 from tvm_patch.graph import Graph, Layer
 
 BYTES_PER_ELEMENT = 1  # int8 activations
@@ -88,17 +89,13 @@ def in_place(graph: Graph, layer: Layer) -> bool:
 
 
 def adds_into_skip(graph: Graph, layer: Layer) -> bool:
-    """True for a convolution that accumulates into a residual skip (see the module docstring)."""
-    if layer.op != "conv2d":
-        return False
-    readers = graph.tensors[layer.output].consumers
-    if len(readers) != 1 or layer.output in graph.outputs:
-        return False
-    add = graph.layers[readers[0]]
-    if add.op != "add" or not add.broadcast_free:
-        return False
-    skips = [t for t in add.inputs if t != layer.output]
-    return len(skips) == 1 and graph.last_use(skips[0]) == add.index
+    """True for a convolution that accumulates into a residual skip (see `tvm_patch.convention`)."""
+    dense = layer.op == "conv2d" and layer.output not in graph.outputs
+    return accumulates_into_skip(
+        dense, graph.tensors[layer.output].consumers,
+        residual_add=lambda j: graph.layers[j].op == "add" and graph.layers[j].broadcast_free,
+        skips_of=lambda j: [t for t in graph.layers[j].inputs if t != layer.output],
+        dies_at=lambda t, j: graph.last_use(t) == graph.layers[j].index)
 
 
 def layer_bytes(graph: Graph, layer: Layer) -> int:
@@ -107,16 +104,9 @@ def layer_bytes(graph: Graph, layer: Layer) -> int:
     out = _elems(graph, layer.output)
     fused_into_skip = [t for t in layer.inputs if graph.tensors[t].producer is not None
                        and adds_into_skip(graph, graph.layers[graph.tensors[t].producer])]
-    if adds_into_skip(graph, layer) or pad_into_conv(graph, layer):
-        core = ins  # the output accumulates into the held skip / the padding is done by the convolution
-    elif layer.op == "add" and fused_into_skip:
-        core = out  # the projection already added itself into the skip buffer, which is this output
-    elif layer.op == "depthwise_conv2d" and in_place(graph, layer):
-        core = max(ins, out)
-    elif in_place(graph, layer):
-        core = ins
-    else:
-        core = ins + out
+    kind = ("depthwise" if layer.op == "depthwise_conv2d" else "elementwise") if in_place(graph, layer) else None
+    core = core_bytes(ins, out, output_in_input=adds_into_skip(graph, layer) or pad_into_conv(graph, layer),
+                      output_is_skip=layer.op == "add" and bool(fused_into_skip), in_place=kind)
     return core + sum(_elems(graph, t) for t in live_others(graph, layer))
 
 

@@ -7,7 +7,9 @@ from tvm import relax
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
+from tvm_patch.patch.figures import patch_based
 from tvm_patch.profile import describe_layer, peak, profile_layers
+from tvm_patch.transform.lower_to_integer import float_ops_remaining, lower_to_integer
 
 CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other live tensors; depthwise in place; "
               "residual add in place; weights in Flash; kB = 1024 B")
@@ -38,8 +40,6 @@ def profile(model_spec: str, patches: int | None = None, split: int | str | None
                            "peak_index": top.index},
     }
     if lowering and _quantized(mod):
-        from relay_passes.lower_to_integer import float_ops_remaining, lower_to_integer
-
         left = float_ops_remaining(lower_to_integer(model.mod))
         result["integer_lowering"] = {"integer_only": not left, "float_ops": left}
     if patches is not None:
@@ -53,50 +53,6 @@ def _quantized(mod) -> bool:
     return any(isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") in ("relax.quantize",
                                                                                       "relax.dequantize")
                for blk in func.body.blocks for b in blk.bindings)
-
-
-def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=None) -> dict:
-    """The "patch_based" entry of the profile (see tvm_patch.patch.memory for the convention).
-
-    `mod` is the folded module of `graph`; `imported` the module as imported, needed for quantized (QDQ)
-    models, whose int8 stage is read from the integer-lowered module."""
-    from tvm_patch.patch import allocated_bytes, build_stage, per_patch_bytes
-    from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
-    from tvm_patch.patch.memory import int8_twin, patch_memory
-    from tvm_patch.split import resolve_split
-
-    if patches < 1:
-        raise TvmPatchError(f"--patches {patches}: give a patch count of at least 1")
-    pp = (patches, patches)
-    n = resolve_split(graph, split, pp)
-    if is_qdq_stage(graph, n, mod["main"]):
-        stage, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
-    else:
-        stage, _ = stage_from_graph(graph, n, mod["main"])
-    m = patch_memory(graph, stage, n, pp)
-    out = {
-        "peak_bytes": m.peak_bytes,
-        "peak_bytes_with_input": m.peak_bytes_with_input,
-        "stage_peak_bytes": m.stage_peak_bytes,
-        "after_stage_peak_bytes": m.rest_peak_bytes,
-        "macs": m.macs,
-        "mac_overhead": m.macs / graph.macs - 1,
-        "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
-        "split": n,
-        "split_layer": graph.layers[n - 1].name,
-        "patches": list(m.patch_counts),
-        "patch_input_hw": list(m.patch_input_hw),
-        "reduction": None,
-    }
-    lbl_peak = peak(profile_layers(graph)).bytes
-    out["reduction"] = lbl_peak / m.peak_bytes
-    if tir:
-        twin = int8_twin(stage)  # the int8 stage: what the device runs, one byte per activation
-        analytic = per_patch_bytes(twin, pp)
-        out["tir_allocated_bytes"] = allocated_bytes(build_stage(twin, pp))
-        entries = sum(v for k, v in analytic.items() if k not in ("total", "peak"))
-        out["tir_buffer_bytes"] = {"total": analytic["total"], "peak": analytic["peak"], "entries": entries}
-    return out
 
 
 def _kb(n: int) -> str:

@@ -15,6 +15,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_patch.names import QPARAMS_ATTR
+from tvm_patch.patch.from_graph import lower_for_patching, needs_integer_lowering
+from tvm_patch.transform.patch_stage import PatchStage
+
 FLOAT_RTOL = 1e-5
 LLVM = {"kind": "llvm"}
 
@@ -81,9 +85,6 @@ def verify_patch(mod: tvm.IRModule, patches: int, split: int | str, n_inputs: in
 
     A quantized model as imported is lowered by LowerToInteger first (`lower_for_patching`), and then both
     are compared bit for bit; `detail` says so."""
-    from relay_passes import PatchStage
-    from tvm_patch.patch.from_graph import QPARAMS_ATTR, lower_for_patching, needs_integer_lowering
-
     lowered = needs_integer_lowering(mod)
     if lowered:
         mod = lower_for_patching(mod)

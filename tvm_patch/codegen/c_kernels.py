@@ -51,6 +51,7 @@ from tvm import s_tir, tirx
 from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.codegen.c_types import C_TYPES, dtype_bytes
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 
@@ -74,20 +75,6 @@ ARM_TARGET: dict[str, Any] = {
     "mtriple": "thumbv7em-none-eabihf",
     "mcpu": "cortex-m7",
     "mfloat-abi": "hard",
-}
-
-_C_TYPES = {
-    "int8": "int8_t",
-    "int16": "int16_t",
-    "int32": "int32_t",
-    "int64": "int64_t",
-    "uint8": "uint8_t",
-    "uint16": "uint16_t",
-    "uint32": "uint32_t",
-    "uint64": "uint64_t",
-    "float32": "float",
-    "float64": "double",
-    "bool": "bool",
 }
 
 _C_KEYWORDS = frozenset(
@@ -259,11 +246,6 @@ def _dtype_str(dtype: Any) -> str:
     return str(dtype.dtype if isinstance(dtype, PrimType) else dtype)
 
 
-def _dtype_bytes(dtype: str) -> int:
-    t = tvm.runtime.DataType(dtype)
-    return (t.bits * t.lanes + 7) // 8
-
-
 def _const_shape(buf: Any, what: str) -> tuple[int, ...]:
     shape = []
     for s in buf.shape:
@@ -290,7 +272,7 @@ def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, 
         scope = buf.ty.storage_scope
         if scope not in ("", "global", "local"):
             raise PlainCError(f"{fname}: buffer {buf.name!r} has storage scope {scope!r}; only global/local")
-        nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * _dtype_bytes(_dtype_str(buf.ty.dtype))
+        nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * dtype_bytes(_dtype_str(buf.ty.dtype))
         if nbytes <= LOCAL_MAX_BYTES:
             return  # a C local of the kernel (a register or a few bytes of stack), not workspace
         off = -(-state["top"] // align) * align
@@ -393,7 +375,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
     for p in func.params:
         if is_buffer_var(p):
             dtype = _dtype_str(p.ty.dtype)
-            if dtype not in _C_TYPES:
+            if dtype not in C_TYPES:
                 raise PlainCError(f"{name}: parameter {p.name!r} has dtype {dtype}, not supported in plain C")
             shape = _const_shape(p, f"{name}: parameter")
             if len(p.strides) and list(p.strides) != _compact_strides(shape):
@@ -407,7 +389,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
             info.append({"name": v.name, "dtype": dtype, "pointer": True, "shape": shape})
         else:
             dtype = _dtype_str(p.ty) if isinstance(p.ty, PrimType) else None
-            if dtype not in _C_TYPES:
+            if dtype not in C_TYPES:
                 raise PlainCError(f"{name}: parameter {p.name!r} of type {p.ty} is not supported")
             taken.add(p.name)
             new_params.append(p)
@@ -443,7 +425,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         else:
             role = "output" if written is None or k in written else "input"
             k += 1
-        params.append(CParam(item["name"], _C_TYPES[item["dtype"]], item["pointer"], role, item["dtype"], item["shape"]))
+        params.append(CParam(item["name"], C_TYPES[item["dtype"]], item["pointer"], role, item["dtype"], item["shape"]))
 
     attrs = {k: v for k, v in func.attrs.items() if k not in ("tirx.is_entry_func", "global_symbol", "calling_conv")}
     attrs["global_symbol"] = name

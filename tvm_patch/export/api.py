@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -39,6 +38,10 @@ from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stderr import captured_stderr
+from tvm_patch import zoo
+from tvm_patch.frontend import load
+from tvm_patch.transform.lower_to_integer import lower_to_integer
+from tvm_patch.transform.patch_stage import PatchStage
 
 __all__ = ["ExportResult", "OUTPUT_FILES", "apply_patch_stage", "check_target", "export_model", "write_directory"]
 
@@ -122,8 +125,6 @@ def _io_json(io: IOTensor) -> dict[str, Any]:
 def model_sha256(spec: str) -> str:
     """The SHA-256 of a model: the file's bytes, or for ``zoo:NAME[:int8]`` the bytes of its ONNX model."""
     if spec.startswith("zoo:"):
-        from tvm_patch import zoo
-
         name, _, variant = spec[len("zoo:"):].partition(":")
         return hashlib.sha256(zoo.onnx_model(name, int8=variant == "int8").SerializeToString()).hexdigest()
     with open(spec, "rb") as f:
@@ -131,30 +132,16 @@ def model_sha256(spec: str) -> str:
 
 
 def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
-    """Run the ``PatchStage`` pass of ``relay_passes.patch_stage`` (the first ``split`` layers — a count,
-    "block:N" or "auto" — over ``patches`` x ``patches`` patches); a clear error while that pass is missing."""
+    """Run the ``PatchStage`` pass (the first ``split`` layers — a count, "block:N" or "auto" — over
+    ``patches`` x ``patches`` patches)."""
     if patches < 1:
         raise TvmPatchError(f"--patches must be positive (got {patches})")
-    try:
-        module = importlib.import_module("relay_passes.patch_stage")
-    except ModuleNotFoundError as e:
-        if e.name in ("relay_passes", "relay_passes.patch_stage"):
-            raise TvmPatchError(
-                "patch mode is not available yet: relay_passes.patch_stage (the PatchStage pass) is not there; "
-                "build without --patches/--split"
-            ) from None
-        raise TvmPatchError(f"patch mode is not available yet: relay_passes.patch_stage needs {e.name}") from None
-    stage = getattr(module, "PatchStage", None)
-    if stage is None:
-        raise TvmPatchError("patch mode is not available yet: relay_passes.patch_stage has no PatchStage pass")
-    return stage(split=split, patches=patches)(mod)
+    return PatchStage(split=split, patches=patches)(mod)
 
 
 def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
     """(name, Relax module, .tflite path or None) of a spec, a frontend Model or an IRModule."""
     if isinstance(model, (str, os.PathLike)):
-        from tvm_patch.frontend import load
-
         spec = os.fspath(model)
         m = load(spec)
         tflite = spec if spec.lower().endswith(".tflite") else None
@@ -223,8 +210,6 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     # micro-kernels: the kernels call tvmp_requant (codegen/tvmp_kernels.h) for the requantization
     with extern_requantization() if micro else contextlib.nullcontext():
         if integer:
-            from relay_passes.lower_to_integer import lower_to_integer
-
             src_mod = lower_to_integer(src_mod, rounding)
         # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
         base = prefold_constants(src_mod) if patches is not None else src_mod

@@ -9,7 +9,12 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.stderr import captured_stderr
+from tvm_patch.graph import build_graph
+from tvm_patch.patch.figures import patch_based
+from tvm_patch.patch.memory import best_split
+from tvm_patch.profile import peak, profile_layers
 
 __all__ = ["analytic_peak_bytes", "tvm_static_plan_bytes", "tflm_arena_head_bytes"]
 
@@ -17,9 +22,6 @@ __all__ = ["analytic_peak_bytes", "tvm_static_plan_bytes", "tflm_arena_head_byte
 def analytic_peak_bytes(mod: tvm.IRModule) -> int | None:
     """Peak of the per-layer analytic profile (int8 activations, the MCUNetV2 convention), or None
     when the layer graph cannot be built from this module (e.g. after a pass that left opaque calls)."""
-    from tvm_patch.graph import build_graph
-    from tvm_patch.profile import peak, profile_layers
-
     try:
         rows = profile_layers(build_graph(mod))
     except (TvmPatchError, RuntimeError, KeyError, IndexError, ValueError, AttributeError, TypeError):
@@ -32,12 +34,6 @@ def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str) ->
     not counted; ``split``: the resolved layer count) of ``mod``, the module PatchStage runs on (after
     LowerToInteger for int8 models, so "auto" resolves to the same split), or None when the profile
     cannot be built."""
-    from tvm_patch.export.prefold import prefold_constants
-    from tvm_patch.graph import build_graph
-    from tvm_patch.report import patch_based
-
-    from tvm_patch.patch.memory import best_split
-
     try:
         folded = relax.transform.FoldConstant()(prefold_constants(mod))
         graph = build_graph(folded)

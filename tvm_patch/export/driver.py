@@ -13,26 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from tvm_patch.codegen import CFunction, CSource
+from tvm_patch.codegen.c_types import c_type
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, IOTensor, Program
 from tvm_patch.export.plan import ArenaPlan
 
-__all__ = ["C_TYPES", "c_type", "constant_arrays", "model_header", "driver_source", "entry_signature"]
+__all__ = ["constant_arrays", "model_header", "driver_source", "entry_signature"]
 
-C_TYPES = {
-    "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
-    "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
-    "float32": "float", "float64": "double", "bool": "bool",
-}
 ARENA = "tvmp_arena"
 _PER_LINE = 12
-
-
-def c_type(dtype: str) -> str:
-    """The C type of a tensor dtype."""
-    if dtype not in C_TYPES:
-        raise TvmPatchError(f"tensors of dtype {dtype} have no plain C type")
-    return C_TYPES[dtype]
 
 
 def _float_literal(x: float, bits: int) -> str:

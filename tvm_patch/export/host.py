@@ -17,8 +17,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_patch.codegen.c_types import c_type
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.export.driver import c_type
 from tvm_patch.export.lower import IOTensor
 
 __all__ = [

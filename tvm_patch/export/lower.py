@@ -28,6 +28,7 @@ from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from tvm_patch.codegen.c_kernels import unique_identifier
+from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.padfuse import merge_pads
@@ -50,7 +51,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * _dtype_bytes(self.dtype)
+        return math.prod(self.shape) * dtype_bytes(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class IOTensor:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * _dtype_bytes(self.dtype)
+        return math.prod(self.shape) * dtype_bytes(self.dtype)
 
 
 @dataclass
@@ -108,11 +109,6 @@ class Program:
     @property
     def weights_bytes(self) -> int:
         return sum(c.nbytes for c in self.constants)
-
-
-def _dtype_bytes(dtype: str) -> int:
-    t = tvm.runtime.DataType(dtype)
-    return (t.bits * t.lanes + 7) // 8
 
 
 def fuse(mod: tvm.IRModule) -> tvm.IRModule:
@@ -250,7 +246,7 @@ class _Walker:
         if isinstance(src, Arg) and src.kind == "tensor":
             shape, dtype = _static_shape(var.ty, where)
             t = self.tensors[src.index]
-            if math.prod(shape) * _dtype_bytes(dtype) != t.nbytes:
+            if math.prod(shape) * dtype_bytes(dtype) != t.nbytes:
                 raise TvmPatchError(f"{where}: a view of {t.nbytes} B as {shape} {dtype} changes the size")
         self.value[var] = src
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass
 
-from relay_passes.patch_stage import PATCHES_ATTR
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.memplan import Buffer, InPlace, Plan, lower_bound, plan_memory, validate
+from tvm_patch.names import PATCHES_ATTR
 
 __all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "external_tensors", "plan_arena", "tensor_buffer", "tensor_lifetimes",
            "workspace_buffer"]

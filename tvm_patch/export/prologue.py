@@ -23,9 +23,9 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad, TensorRegion
 from tvm.tirx.buffer import is_buffer_var
 
-from relay_passes.patch_stage import PATCHES_ATTR
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
 from tvm_patch.export.patterns import is_elementwise, single_block, substitute_vars
+from tvm_patch.names import PATCHES_ATTR
 
 __all__ = ["merge_prologues"]
 

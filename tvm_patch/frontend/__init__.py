@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import tvm
 
+from tvm_patch import zoo
 from tvm_patch.errors import TvmPatchError, UnsupportedOpError
+from tvm_patch.frontend.tflite_ext import tflite_to_relax
 
 
 @dataclass
@@ -26,8 +28,6 @@ ZOO_PREFIX = "zoo:"
 def load(spec: str) -> Model:
     """Load `spec`: a path to an .onnx/.tflite file, or `zoo:NAME` (float32) / `zoo:NAME:int8` (QDQ int8)."""
     if spec.startswith(ZOO_PREFIX):
-        from tvm_patch import zoo
-
         name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
         if variant not in ("", "int8"):
             raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
@@ -54,8 +54,6 @@ def load(spec: str) -> Model:
             raise TvmPatchError(f"{spec}: invalid ONNX model: {_first_line(e)}") from None
         return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW")
     if ext == ".tflite":
-        from tvm_patch.frontend.tflite_ext import tflite_to_relax
-
         return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC")
     raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx or .tflite")
 

@@ -19,7 +19,6 @@ integer truncation where TFLite rounds. `ExtOperatorConverter` subclasses TVM's 
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ from tvm import relax
 from tvm.relax.frontend.tflite import tflite_frontend as _tfl
 
 from tvm_patch.errors import TvmPatchError, UnsupportedOpError
+from tvm_patch.quant.params import QRANGE, quantize_real_to_q
 
 __all__ = ["ExtOperatorConverter", "SUPPORTED_INT8_OPS", "tflite_to_relax"]
 
@@ -39,9 +39,6 @@ __all__ = ["ExtOperatorConverter", "SUPPORTED_INT8_OPS", "tflite_to_relax"]
 _ADDED_INT8_OPS = frozenset({"PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR"})
 #: Every TFLite builtin this module imports when its tensors are quantized.
 SUPPORTED_INT8_OPS = _tfl.OperatorConverter._SUPPORTED_QUANTIZED_OPS | _ADDED_INT8_OPS
-
-_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
-
 
 class _OpImportError(Exception):
     """Raised inside the converter; `tflite_to_relax` turns it into a one-line user error."""
@@ -54,11 +51,6 @@ class _OpImportError(Exception):
 
 class _Refuse(Exception):
     """An op's attributes are outside what this importer handles exactly (reported as unsupported)."""
-
-
-def _tflite_round(x: float) -> int:
-    """Round half away from zero, as TfLiteRound / std::round do (Python's round() is half-to-even)."""
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 
 
 def _one_line(e: BaseException) -> str:
@@ -220,10 +212,10 @@ class ExtOperatorConverter(_tfl.OperatorConverter):
         if fused == A.NONE:
             return expr
         scale, zp = self._qparams(out)
-        lo, hi = _INT_RANGE[self._dtype(out)]
+        lo, hi = QRANGE[self._dtype(out)]
 
         def q(v: float) -> int:
-            return zp + _tflite_round(float(np.float32(v) / np.float32(scale)))
+            return quantize_real_to_q(v, scale, zp)
 
         bounds = {A.RELU: (q(0.0), hi), A.RELU6: (q(0.0), q(6.0)), A.RELU_N1_TO_1: (q(-1.0), q(1.0))}
         if fused not in bounds:

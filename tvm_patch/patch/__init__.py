@@ -3,7 +3,7 @@
 - `stage`: the description (`Stage` of `Conv` / `Add` layers, int8 `ConvQuant` / `AddQuant`).
 - `regions`: the halo arithmetic (`plan_patches`), per-patch bytes, patch input size, MACs.
 - `te_stage`: the TE compute; `schedule`: `build_stage` (patched PrimFunc), `build_reference`.
-- `intarith`: TFLite integer requantization in TIR and numpy; `reference`: numpy reference and runner.
+- `reference`: numpy reference and runner (TFLite's integer arithmetic comes from `tvm_patch.quant`).
 """
 
 from tvm_patch.patch.regions import (

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from tvm_patch.patch.intarith import quantize_multiplier
+from tvm_patch.patch.regions import full_size_bytes, patch_input_size, patch_macs, per_patch_bytes, stage_macs
+from tvm_patch.patch.schedule import allocated_bytes, allocations, build_stage
 from tvm_patch.patch.stage import Add, AddQuant, Conv, ConvQuant, Layer, Stage
+from tvm_patch.quant.params import quantize_multiplier
 
 # MobileNetV2 inverted residual settings (expand ratio t, output channels c, repeats n, first stride s)
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
@@ -109,11 +113,6 @@ def mbv2_stage(
 
 def report(resolution: int = 224, patches: int = 4, layout: str = "NCHW", dtype: str = "float32") -> dict:
     """Build the MbV2 head patched and print/return its figures (build time, bytes, MACs)."""
-    import time
-
-    from tvm_patch.patch.regions import full_size_bytes, patch_input_size, patch_macs, per_patch_bytes, stage_macs
-    from tvm_patch.patch.schedule import allocated_bytes, allocations, build_stage
-
     stage = mbv2_stage(resolution, layout=layout, dtype=dtype, padding="symmetric" if layout == "NCHW" else "same")
     p = (patches, patches)
     t0 = time.perf_counter()

@@ -5,12 +5,12 @@ Weights and biases come from the module's constants (run FoldConstant first).
 float32 graphs: the epilogue ops fused into each layer (bias add, relu/relu6 as imported by TVM's frontends)
 become the stage layer's bias and activation.
 
-int8 graphs after `LowerToInteger` (its Relax form, see `relay_passes.lower_to_integer`):
+int8 graphs after `LowerToInteger` (its Relax form, see `tvm_patch.transform.lower_to_integer`):
 
 - a conv layer ``conv2d(int8, int8) -> add(bias') -> call_tir requantize -> clip(lo, hi) -> astype(int8)``
   becomes ``Conv(weight, bias, quant=ConvQuant(z, zo, multiplier[C], shift[C], 0, lo, hi))``. The
   requantize parameters (zo, per-tensor multiplier/shift) come from the function's ``tvm_patch.qparams``
-  attribute (`relay_passes.lower_to_integer.quant_params`), per-channel ones from the call's constant
+  attribute (`tvm_patch.transform.lower_to_integer.quant_params`), per-channel ones from the call's constant
   arguments: no TIR is read. The lowered bias has ``-zx * sum(w)`` folded in and the conv computes
   ``sum(x * w)`` over an input padded with ``zx``; the stage computes ``sum((x - z) * w) + bias`` with a
   ring of ``z``, so the bias is un-folded with the stage's ``z``: ``bias = bias' + z * sum(w)`` per output
@@ -23,8 +23,8 @@ int8 graphs after `LowerToInteger` (its Relax form, see `relay_passes.lower_to_i
 - a residual ``call_tir q_add(a, b)`` becomes ``Add(quant=AddQuant(...))`` from the recorded TFLite ADD
   parameters (an int8 clip after it narrows the clamp).
 
-The requantization of the stage (`tvm_patch.patch.intarith`) is bit-identical to LowerToInteger's
-(`tvm_patch.quant`), so the patched module equals the unpatched one bit for bit.
+The stage requantizes with LowerToInteger's own arithmetic (`tvm_patch.quant`), so the patched module
+equals the unpatched one bit for bit.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.graph import Graph, Layer, recorded_qparams
+from tvm_patch.graph import Graph, Layer, build_graph, recorded_qparams
+from tvm_patch.names import Q_ADD, QPARAMS_ATTR
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.split import check_split
+from tvm_patch.transform.lower_to_integer import lower_to_integer
 
-QPARAMS_ATTR = "tvm_patch.qparams"  # = relay_passes.lower_to_integer.QPARAMS_ATTR (not imported: no cycle)
 _INT8 = (-128, 127)
 
 
@@ -172,7 +174,7 @@ def _int8_add(layer: Layer, bindings: dict, qparams: dict) -> AddQuant:
         call = bindings[var]
         op = _op(call)
         if op.startswith("tir:") and rec is None:
-            rec = _record(layer, call, qparams, ("q_add",))
+            rec = _record(layer, call, qparams, (Q_ADD,))
             lo, hi = rec["act_min"], rec["act_max"]
         elif op == "relax.clip" and rec is not None:  # an int8 clip LowerToInteger did not fold
             lo, hi = max(lo, _prim_int(call.args[1])), min(hi, _prim_int(call.args[2]))
@@ -229,8 +231,6 @@ def lower_for_patching(mod: tvm.IRModule) -> tvm.IRModule:
 
     The layer graph numbers the lowered module's layers as the imported one's (`tvm_patch.graph`), so a split
     means the same layers in both."""
-    from relay_passes.lower_to_integer import lower_to_integer  # here: relay_passes imports this module
-
     return relax.transform.FoldConstant()(lower_to_integer(mod))
 
 
@@ -241,9 +241,6 @@ def stage_from_qdq(mod: tvm.IRModule, graph: Graph, n: int) -> tuple[Stage, tvm.
     `mod` is the imported module before FoldConstant (LowerToInteger needs the quantized weights as
     ``dequantize(constant)``). It is lowered (`lower_for_patching`) and the stage read from the lowered
     graph, whose first n layers are the same ops. Returns (stage, lowered module)."""
-    from tvm_patch.graph import build_graph
-    from tvm_patch.split import check_split
-
     low = lower_for_patching(mod)
     lgraph = build_graph(low)
 

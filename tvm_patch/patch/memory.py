@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tvm_patch.convention import accumulates_into_skip, core_bytes
 from tvm_patch.graph import Graph
 from tvm_patch.patch.regions import execution_order, patch_macs, plan_patches, stage_macs
 import numpy as np
 
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
-from tvm_patch.profile import layer_bytes
+from tvm_patch.patch.from_graph import stage_from_graph
+from tvm_patch.profile import layer_bytes, peak, profile_layers
+from tvm_patch.split import valid_splits
 
 
 @dataclass
@@ -48,16 +51,14 @@ def _region_elems(stage: Stage, plan, v: int) -> int:
 
 
 def _adds_into_skip(stage: Stage, i: int, last_use: dict, pos: dict) -> bool:
-    """A non-depthwise conv whose only reader is a residual Add whose other operand dies there."""
+    """A non-depthwise conv accumulating into a residual skip (see `tvm_patch.convention`)."""
     layer = stage.layers[i]
-    if not isinstance(layer, Conv) or stage.geometry[i].groups > 1 or i == len(stage.layers) - 1:
-        return False
-    readers = stage.consumers(i)
-    if len(readers) != 1 or not isinstance(stage.layers[readers[0]], Add):
-        return False
-    j = readers[0]
-    others = [v for v in stage.inputs[j] if v != i]
-    return len(others) == 1 and last_use.get(others[0]) == pos[j]
+    dense = isinstance(layer, Conv) and stage.geometry[i].groups == 1 and i != len(stage.layers) - 1
+    return accumulates_into_skip(
+        dense, stage.consumers(i) if dense else [],
+        residual_add=lambda j: isinstance(stage.layers[j], Add),
+        skips_of=lambda j: [v for v in stage.inputs[j] if v != i],
+        dies_at=lambda v, j: last_use.get(v) == pos[j])
 
 
 def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -> PatchMemory:
@@ -78,16 +79,12 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -
         in_bytes = sum(_region_elems(stage, plan, v) for v in ins)
         out_bytes = 0 if i == last else _region_elems(stage, plan, i)
         dies = [v for v in ins if last_use[v] == pos[i]]
-        if _adds_into_skip(stage, i, last_use, pos):
-            core = in_bytes  # accumulates into the held skip region, counted below
-        elif isinstance(layer, Add) and any(_adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0):
-            core = 0 if i == last else _region_elems(stage, plan, i)  # only the skip buffer, now the output
-        elif isinstance(layer, Conv) and stage.geometry[i].groups > 1 and dies and i != last:
-            core = max(in_bytes, out_bytes)  # depthwise in place
-        elif isinstance(layer, Add) and dies:
-            core = in_bytes  # residual add into the dying operand
-        else:
-            core = in_bytes + out_bytes
+        depthwise = isinstance(layer, Conv) and stage.geometry[i].groups > 1
+        kind = ("depthwise" if depthwise else "elementwise" if isinstance(layer, Add) else None) if dies else None
+        core = core_bytes(in_bytes, out_bytes, output_in_input=_adds_into_skip(stage, i, last_use, pos),
+                          output_is_skip=isinstance(layer, Add) and any(
+                              _adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0),
+                          in_place=kind)
         held = [v for v in last_use if v not in ins and pos[v] < pos[i] < last_use[v]]
         held_bytes = sum(_region_elems(stage, plan, v) for v in held)
         rows.append(core + held_bytes + stage_out)
@@ -141,10 +138,6 @@ def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
     """The split `PatchStage(split="auto")` picks: the fewest MACs among the splits whose patch-based peak is
     within PEAK_SLACK of the smallest (deeper stages buy little memory for many recomputed MACs), or None when
     no split lowers the layer-by-layer peak."""
-    from tvm_patch.patch.from_graph import stage_from_graph
-    from tvm_patch.profile import peak, profile_layers
-    from tvm_patch.split import valid_splits
-
     options = []
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)

@@ -6,9 +6,9 @@ import numpy as np
 import tvm
 from tvm import tirx
 
-from tvm_patch.patch import intarith
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import param_arrays
+from tvm_patch.quant.reference import multiply_by_quantized_multiplier_ref
 
 
 def _to_nchw(stage: Stage, a: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def run_numpy(stage: Stage, x: np.ndarray) -> np.ndarray:
                 acc = _conv_nchw(xs, ws, g.stride, g.padding, g.groups, 0) + bias.astype(np.int64)[None, :, None, None]
                 mult = np.broadcast_to(q.multiplier, (g.c_out,))[None, :, None, None]
                 shift = np.broadcast_to(q.shift, (g.c_out,))[None, :, None, None]
-                r = intarith.multiply_by_quantized_multiplier(acc.astype(np.int32), mult, shift)
+                r = multiply_by_quantized_multiplier_ref(acc.astype(np.int32), mult, shift)
                 values[i] = np.clip(r.astype(np.int64) + q.output_zero_point, q.act_min, q.act_max).astype(np.int8)
         else:
             assert isinstance(layer, Add)
@@ -86,7 +86,7 @@ def run_numpy(stage: Stage, x: np.ndarray) -> np.ndarray:
 
 def add_int8_numpy(q, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """TFLite int8 ADD of a (Add.input) and b (Add.other), numpy reference."""
-    mq = intarith.multiply_by_quantized_multiplier
+    mq = multiply_by_quantized_multiplier_ref
 
     def scaled(v, k):
         s = (v.astype(np.int64) - q.input_zero_points[k]) * (1 << q.left_shift)

@@ -92,13 +92,6 @@ class PatchPlan:
         return self.h[v].extent, self.w[v].extent
 
 
-def _conv_back(iv: Interval, k: int, s: int, pad_lo: int) -> Interval:
-    """Input rows read by output rows iv of a conv (kernel k, stride s, leading padding pad_lo)."""
-    if iv.size == 0:
-        return iv
-    return Interval(iv.lo * s - pad_lo, (iv.hi - 1) * s - pad_lo + k)
-
-
 def _axis(stage: Stage, axis: int, tile: int, count: int) -> dict[int, AxisPlan]:
     """Per-value plan along one axis (0 = H, 1 = W)."""
     n_layers = len(stage.layers)
@@ -109,8 +102,7 @@ def _axis(stage: Stage, axis: int, tile: int, count: int) -> dict[int, AxisPlan]
         g = stage.geometry[layer]
         if g is None:  # Add: elementwise
             return iv
-        k = g.kh if axis == 0 else g.kw
-        return _conv_back(iv, k, g.stride[axis], g.padding[axis])
+        return Interval(*g.region.axis(axis).input_range(iv.lo, iv.hi))
 
     regions: dict[int, list[Interval]] = {out: [Interval(i * tile, i * tile + tile) for i in range(count)]}
     live: dict[int, Interval] = {out: Interval(0, size[out])}

@@ -14,6 +14,7 @@ from typing import Literal, Union
 import numpy as np
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.geometry import RegionMap
 
 STAGE_INPUT = -1
 """Value index of the stage input (for `Conv.input`, `Add.input`, `Add.other`)."""
@@ -159,6 +160,11 @@ class ConvGeometry:
     kernel_layout: str
 
     @property
+    def region(self) -> RegionMap:
+        """The conv's per-axis region map."""
+        return RegionMap.of((self.kh, self.kw), self.stride, self.padding)
+
+    @property
     def macs_per_output(self) -> int:
         """Multiply-accumulates per output element (one output channel at one pixel)."""
         return self.kh * self.kw * (self.c_in // self.groups)
@@ -200,8 +206,7 @@ class Stage:
             c, h, w = self.value_shape(src, shapes)
             if isinstance(layer, Conv):
                 g = self._conv_geometry(i, layer, c)
-                ho = (h + g.padding[0] + g.padding[2] - g.kh) // g.stride[0] + 1
-                wo = (w + g.padding[1] + g.padding[3] - g.kw) // g.stride[1] + 1
+                ho, wo = g.region.h.output_size(h), g.region.w.output_size(w)
                 if ho < 1 or wo < 1:
                     raise StageError(f"layer {i}: kernel {g.kh}x{g.kw} larger than padded input {h}x{w}")
                 shapes.append((g.c_out, ho, wo))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from tvm_patch.patch import intarith
 from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
+from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
 
 
 @dataclass
@@ -203,15 +203,13 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
 
                 def high_fn(n, c, y, xx, i=i, acc=acc, b=b, mult=mult, shift=shift):
                     a = live_at(i, acc, n, c, y, xx) + b(c)
-                    return intarith.srdhm_tir(intarith.left_shift_tir(a, shift(c)), mult(c))
+                    return mbqm_high(TEOps, a, mult(c), mbqm_shifts(TEOps, shift(c))[0])
 
                 high = over_live(i, high_fn, tmp[1])
                 scalars[i] = [acc, high]
 
                 def body(n, c, y, xx, i=i, high=high, shift=shift, q=q):
-                    r = intarith.rounding_divide_by_pot_tir(
-                        live_at(i, high, n, c, y, xx), intarith.right_shift_amount_tir(shift(c))
-                    )
+                    r = rdbpot(TEOps, live_at(i, high, n, c, y, xx), mbqm_shifts(TEOps, shift(c))[1])
                     return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
         else:
@@ -232,15 +230,14 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
 
                     def in_fn(n, c, y, xx, v=v, k=k, q=q):
                         a = (read(v, n, c, y, xx).astype("int32") - zi(q.input_zero_points[k])) * zi(1 << q.left_shift)
-                        return intarith.srdhm_tir(intarith.left_shift_tir(a, q.input_shifts[k]), q.input_multipliers[k])
+                        left = mbqm_shifts(TEOps, q.input_shifts[k])[0]
+                        return mbqm_high(TEOps, a, q.input_multipliers[k], left)
 
                     ins.append(over_domain(i, in_fn, tmp[k]))
 
                 def sum_fn(n, c, y, xx, i=i, ins=ins, q=q):
                     return sum(
-                        intarith.rounding_divide_by_pot_tir(
-                            domain_at(i, t, n, c, y, xx), intarith.right_shift_amount_tir(q.input_shifts[k])
-                        )
+                        rdbpot(TEOps, domain_at(i, t, n, c, y, xx), mbqm_shifts(TEOps, q.input_shifts[k])[1])
                         for k, t in enumerate(ins)
                     )
 
@@ -248,15 +245,13 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
 
                 def high_fn(n, c, y, xx, i=i, total=total, q=q):
                     t = domain_at(i, total, n, c, y, xx)
-                    return intarith.srdhm_tir(intarith.left_shift_tir(t, q.output_shift), q.output_multiplier)
+                    return mbqm_high(TEOps, t, q.output_multiplier, mbqm_shifts(TEOps, q.output_shift)[0])
 
                 high = over_domain(i, high_fn, tmp[3])
                 scalars[i] = [*ins, total, high]
 
                 def body(n, c, y, xx, i=i, high=high, q=q):
-                    r = intarith.rounding_divide_by_pot_tir(
-                        domain_at(i, high, n, c, y, xx), intarith.right_shift_amount_tir(q.output_shift)
-                    )
+                    r = rdbpot(TEOps, domain_at(i, high, n, c, y, xx), mbqm_shifts(TEOps, q.output_shift)[1])
                     return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
         values[i] = make_value(i, body, lazy=isinstance(layer, Conv))

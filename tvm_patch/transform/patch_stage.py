@@ -14,13 +14,12 @@ from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import build_graph
+from tvm_patch.names import PATCHES_ATTR, STAGE_FUNC
 from tvm_patch.patch import build_stage, param_arrays
 from tvm_patch.patch.from_graph import stage_from_graph
 from tvm_patch.patch.memory import best_split
 from tvm_patch.split import resolve_split
 
-STAGE_FUNC = "patch_stage"
-PATCHES_ATTR = "tvm_patch.patches"  # on the stage PrimFunc: (rows, cols) of patches
 
 
 @relax.expr_functor.mutator

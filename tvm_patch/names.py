@@ -1,0 +1,26 @@
+"""Names shared by the passes and their consumers (function attributes, PrimFunc names), defined once."""
+
+from __future__ import annotations
+
+QPARAMS_ATTR = "tvm_patch.qparams"
+"""Relax function attribute LowerToInteger sets: {PrimFunc name: {parameter: int}} of the integer parameters
+baked into the ``q_requantize``, ``q_add``, ``q_sub`` and ``q_mul`` PrimFuncs it emits."""
+
+PATCHES_ATTR = "tvm_patch.patches"
+"""PrimFunc attribute PatchStage sets on the stage: (rows, cols) of patches (the C export streams its input)."""
+
+STAGE_FUNC = "patch_stage"
+"""Global symbol of the PrimFunc PatchStage emits."""
+
+# PrimFuncs LowerToInteger emits (the TE compute names; TVM may suffix them when several exist)
+Q_REQUANTIZE = "q_requantize"
+Q_ADD = "q_add"
+Q_SUB = "q_sub"
+Q_MUL = "q_mul"
+Q_AVG_POOL2D = "q_avg_pool2d"
+Q_MEAN = "q_mean"
+Q_SOFTMAX = "q_softmax"
+Q_LOGISTIC = "q_logistic"
+Q_HARD_SWISH = "q_hard_swish"
+Q_CONV_LOGISTIC = "q_conv_logistic"
+Q_LUT = "q_lut"

@@ -1,0 +1,52 @@
+"""The "patch_based" figures of a model: patched peak, reduction, MAC overhead and what the stage allocates.
+
+Library logic shared by the profile (`tvm_patch.report`), the export's baselines and the bench."""
+
+from __future__ import annotations
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
+from tvm_patch.patch.memory import int8_twin, patch_memory
+from tvm_patch.patch.regions import per_patch_bytes
+from tvm_patch.patch.schedule import allocated_bytes, build_stage
+from tvm_patch.profile import peak, profile_layers
+from tvm_patch.split import resolve_split
+
+
+def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=None) -> dict:
+    """The "patch_based" entry of the profile (see tvm_patch.patch.memory for the convention).
+
+    `mod` is the folded module of `graph`; `imported` the module as imported, needed for quantized (QDQ)
+    models, whose int8 stage is read from the integer-lowered module."""
+    if patches < 1:
+        raise TvmPatchError(f"--patches {patches}: give a patch count of at least 1")
+    pp = (patches, patches)
+    n = resolve_split(graph, split, pp)
+    if is_qdq_stage(graph, n, mod["main"]):
+        stage, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
+    else:
+        stage, _ = stage_from_graph(graph, n, mod["main"])
+    m = patch_memory(graph, stage, n, pp)
+    out = {
+        "peak_bytes": m.peak_bytes,
+        "peak_bytes_with_input": m.peak_bytes_with_input,
+        "stage_peak_bytes": m.stage_peak_bytes,
+        "after_stage_peak_bytes": m.rest_peak_bytes,
+        "macs": m.macs,
+        "mac_overhead": m.macs / graph.macs - 1,
+        "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
+        "split": n,
+        "split_layer": graph.layers[n - 1].name,
+        "patches": list(m.patch_counts),
+        "patch_input_hw": list(m.patch_input_hw),
+        "reduction": None,
+    }
+    lbl_peak = peak(profile_layers(graph)).bytes
+    out["reduction"] = lbl_peak / m.peak_bytes
+    if tir:
+        twin = int8_twin(stage)  # the int8 stage: what the device runs, one byte per activation
+        analytic = per_patch_bytes(twin, pp)
+        out["tir_allocated_bytes"] = allocated_bytes(build_stage(twin, pp))
+        entries = sum(v for k, v in analytic.items() if k not in ("total", "peak"))
+        out["tir_buffer_bytes"] = {"total": analytic["total"], "peak": analytic["peak"], "entries": entries}
+    return out
