@@ -11,7 +11,6 @@ ld's own message.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -174,7 +173,7 @@ def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], 
     script = proj_dir / "linker" / "measure.ld"
     script.write_text(linker_script(board, runner, stack, MEASURE_BYTES, MEASURE_BYTES))
     try:
-        proc = _run(make + [f"LDSCRIPT=linker/measure.ld", "-B", str(build.relative_to(proj_dir) / "firmware.elf")],
+        proc = _run(make + ["LDSCRIPT=linker/measure.ld", "-B", str(build.relative_to(proj_dir) / "firmware.elf")],
                     "measuring link", timeout_sec)
         if proc.returncode != 0:
             raise ProjectError(f"firmware does not fit {board.key}, and the measuring link failed: "

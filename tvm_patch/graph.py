@@ -27,6 +27,7 @@ import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.relax_util import call_tir_name, ints, op_name
 from tvm_patch.geometry import RegionMap
 from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
                              QPARAMS_ATTR)
@@ -153,16 +154,12 @@ class Graph:
         return sum(layer.macs for layer in self.layers)
 
 
-def _ints(seq) -> tuple[int, ...]:
-    return tuple(int(v) for v in seq)
-
-
 def _shape_of(expr: relax.Expr) -> tuple[int, ...]:
     sinfo = expr.ty  # TVM 0.27 calls struct info `ty` (relax.TensorType)
     if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
         raise TvmPatchError(f"tensor {expr} has no static shape; export the model with fixed input shapes")
     try:
-        return _ints(sinfo.shape.values)
+        return tuple(ints(sinfo.shape.values))
     except (TypeError, ValueError):
         raise TvmPatchError(f"tensor {expr} has a symbolic shape {sinfo.shape}; export with fixed shapes") from None
 
@@ -172,18 +169,15 @@ def _dtype_of(expr: relax.Expr) -> str:
 
 
 def _op_name(call: relax.Call) -> str:
-    if isinstance(call.op, tvm.ir.Op):
-        return call.op.name
+    """A layer's op as the profile names it: 'relax.<op>', 'extern:<symbol>', or 'call' for anything else."""
     if isinstance(call.op, relax.ExternFunc):
         return f"extern:{call.op.global_symbol}"
-    return "call"
+    return op_name(call) if isinstance(call.op, tvm.ir.Op) else "call"
 
 
 def _call_tir_name(call: relax.Call) -> str:
     """The PrimFunc name of a call_tir (e.g. 'maximum'), stripped of numeric suffixes."""
-    gv = call.args[0]
-    name = gv.name_hint if isinstance(gv, tvm.ir.GlobalVar) else str(gv)
-    return name.rstrip("0123456789").rstrip("_")
+    return call_tir_name(call).rstrip("0123456789").rstrip("_")
 
 
 def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
@@ -398,7 +392,7 @@ def _pads_into_convs(bindings: list, ret: relax.Expr) -> dict[relax.Var, tuple[i
         if not (isinstance(v, relax.Call) and _op_name(v) == "relax.nn.pad") or str(v.attrs.pad_mode) != "constant":
             continue
         layouts = conv_layouts(b.var)
-        width = _ints(v.attrs.pad_width)
+        width = tuple(ints(v.attrs.pad_width))
         if layouts is None or len(layouts) != 1 or len(width) != 8:
             continue
         lay = next(iter(layouts))
@@ -493,8 +487,8 @@ def _conv_layer(layers, tensors, act, call: relax.Call, var: relax.Var, layout: 
         op = "depthwise_conv2d" if groups > 1 and groups == cin and cin_per_group == 1 else "conv2d"
         layer = _new_layer(layers, tensors, act, op, [x_tid], var)
         layer.kernel = (kh, kw)
-        layer.stride = _ints(attrs.strides)[:2]
-        p = _ints(attrs.padding)
+        layer.stride = tuple(ints(attrs.strides))[:2]
+        p = tuple(ints(attrs.padding))
         layer.padding = (p[0], p[1], p[2], p[3]) if len(p) == 4 else (p[0], p[1], p[0], p[1])
         layer.groups = groups
         layer.macs = tensors[layer.output].elements * kh * kw * cin_per_group
@@ -509,9 +503,9 @@ def _pool_layer(layers, tensors, act, call: relax.Call, var: relax.Var, op: str,
     layer = _new_layer(layers, tensors, act, op, [act[x]], var)
     in_shape = _shape_of(x)
     if op in ("avg_pool2d", "max_pool2d"):
-        layer.kernel = _ints(call.attrs.pool_size)[:2]
-        layer.stride = _ints(call.attrs.strides)[:2]
-        pad = _ints(call.attrs.padding)
+        layer.kernel = tuple(ints(call.attrs.pool_size))[:2]
+        layer.stride = tuple(ints(call.attrs.strides))[:2]
+        pad = tuple(ints(call.attrs.padding))
         layer.padding = (pad[0], pad[1], pad[2], pad[3]) if len(pad) == 4 else (pad[0], pad[1], pad[0], pad[1])
         h = 2 if layout == "NCHW" else 1
         if op == "avg_pool2d" and len(in_shape) == 4 and layer.kernel == (in_shape[h], in_shape[h + 1]) \
@@ -534,7 +528,7 @@ def _is_spatial_reduce(call: relax.Call, layout: str, in_shape) -> bool:
 
 
 def _set_pad(layer: Layer, call: relax.Call, layout: str) -> None:
-    width = _ints(call.attrs.pad_width)
+    width = tuple(ints(call.attrs.pad_width))
     h = 2 if layout == "NCHW" else 1
     if len(width) == 8:
         layer.padding = (width[2 * h], width[2 * (h + 1)], width[2 * h + 1], width[2 * (h + 1) + 1])

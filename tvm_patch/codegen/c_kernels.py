@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -51,7 +50,7 @@ from tvm import s_tir, tirx
 from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
-from tvm_patch.codegen.c_types import C_TYPES, dtype_bytes
+from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 
@@ -473,27 +472,13 @@ def lower_plain(
 _MARK = "TVMPATCHFLT"
 
 
-def _c_float_literal(value: float, bits: int) -> str:
-    if math.isnan(value):
-        return "NAN" if bits == 32 else "((double)NAN)"
-    if math.isinf(value):
-        s = "INFINITY" if bits == 32 else "((double)INFINITY)"
-        return f"(-{s})" if value < 0 else s
-    return f"{_to_f32(value).hex()}f" if bits == 32 else value.hex()
-
-
-def _to_f32(value: float) -> float:
-    """Round a double to the nearest float32, as a C compiler does with a float literal."""
-    return struct.unpack("<f", struct.pack("<f", value))[0]
-
-
 def _printed_exactly(value: float, bits: int) -> bool:
     """Does TVM's '%.6e' printing give back the same value (after rounding to the constant's type)?"""
     if not math.isfinite(value):
         return False
     text = f"{value:.6e}"
     if bits == 32:
-        return _to_f32(float(text)) == _to_f32(value)
+        return to_f32(float(text)) == to_f32(value)
     return float(text) == value
 
 
@@ -510,7 +495,7 @@ def _mark_float_constants(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, st
         if _printed_exactly(value, bits):
             return imm
         marker = f"{_MARK}{len(literals)}"
-        literals[marker] = _c_float_literal(value, bits)
+        literals[marker] = c_float_literal(value, bits)
         return tirx.call_pure_extern(dtype, marker)
 
     funcs = {gv.name_hint: tvm_ffi.structural_map(f, (tirx.FloatImm, on_float)) for gv, f in mod.functions.items()}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import tvm
 
 from tvm_patch.errors import TvmPatchError
 
-__all__ = ["C_TYPES", "c_type", "dtype_bytes"]
+__all__ = ["C_TYPES", "c_float_literal", "c_type", "dtype_bytes", "to_f32"]
 
 C_TYPES = {
     "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
@@ -26,3 +29,18 @@ def dtype_bytes(dtype: str) -> int:
     """Bytes of one element of `dtype` (vector lanes included, rounded up to whole bytes)."""
     t = tvm.runtime.DataType(dtype)
     return (t.bits * t.lanes + 7) // 8
+
+
+def to_f32(value: float) -> float:
+    """Round a double to the nearest float32, as a C compiler does with a float literal."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def c_float_literal(value: float, bits: int) -> str:
+    """A C literal of exactly ``value`` as a float (``bits`` 32, hex ``...f``) or a double (64)."""
+    if math.isnan(value):
+        return "NAN" if bits == 32 else "((double)NAN)"
+    if math.isinf(value):
+        s = "INFINITY" if bits == 32 else "((double)INFINITY)"
+        return f"(-{s})" if value < 0 else s
+    return f"{to_f32(value).hex()}f" if bits == 32 else float(value).hex()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tvm_patch.codegen import CFunction, CSource
-from tvm_patch.codegen.c_types import c_type
+from tvm_patch.codegen.c_types import c_float_literal, c_type
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, IOTensor, Program
 from tvm_patch.export.plan import ArenaPlan
@@ -22,18 +22,6 @@ __all__ = ["constant_arrays", "model_header", "driver_source", "entry_signature"
 
 ARENA = "tvmp_arena"
 _PER_LINE = 12
-
-
-def _float_literal(x: float, bits: int) -> str:
-    if math.isnan(x):
-        return "NAN" if bits == 32 else "((double)NAN)"
-    if math.isinf(x):
-        s = "INFINITY" if bits == 32 else "((double)INFINITY)"
-        return f"(-{s})" if x < 0 else s
-    text = ("%.9g" if bits == 32 else "%.17g") % x  # enough digits to round-trip exactly
-    if "." not in text and "e" not in text:
-        text += ".0"
-    return text + ("f" if bits == 32 else "")
 
 
 def _int_literal(v: int, dtype: str) -> str:
@@ -53,7 +41,7 @@ def _values(arr: np.ndarray) -> list[str]:
     flat = arr.reshape(-1)
     if dtype in ("float32", "float64"):
         bits = 32 if dtype == "float32" else 64
-        return [_float_literal(x, bits) for x in flat.tolist()]
+        return [c_float_literal(x, bits) for x in flat.tolist()]
     if dtype == "bool":
         return ["1" if x else "0" for x in flat.tolist()]
     return [_int_literal(int(x), dtype) for x in flat.tolist()]

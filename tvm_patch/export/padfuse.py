@@ -23,11 +23,9 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_patch.relax_util import op_name
+
 __all__ = ["merge_pads"]
-
-
-def _op_name(call: Any) -> str:
-    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else ""
 
 
 def _spatial_pad(pad: relax.Call, data_layout: str) -> tuple[list[int], list[int]] | None:
@@ -54,14 +52,14 @@ class _PadMerger(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM's visitor name)
         call = super().visit_call_(call)
-        if _op_name(call) != "relax.nn.conv2d":
+        if op_name(call) != "relax.nn.conv2d":
             return call
         a = call.attrs
         if any(int(p) for p in a.padding) or str(a.out_layout or a.data_layout) != str(a.data_layout):
             return call
         data = call.args[0]
         bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-        if _op_name(bound) != "relax.nn.pad":
+        if op_name(bound) != "relax.nn.pad":
             return call
         pads = _spatial_pad(bound, str(a.data_layout))
         if pads is None:

@@ -121,7 +121,6 @@ def onnx_layerwise_agreement(proto: Any, n_inputs: int = 5, seed: int = 0, round
     `LowerToInteger`) equals onnxruntime's (session `config`) and the largest difference in quantization
     steps, both computing from onnxruntime's own int8 inputs (see `onnx_cut_at_quantized_tensors`)."""
     import onnx
-    from onnx import helper
 
     cut, sources, outputs = onnx_cut_at_quantized_tensors(proto)
     # the full model with every quantized tensor as an output gives the layer inputs
