@@ -138,3 +138,17 @@ def test_build_int8_tflite_is_integer_and_bit_exact(tmp_path, mlperf_paths):
     model_c = (out / "model.c").read_text()
     assert "float" not in model_c  # integer-only: LowerToInteger ran before the export
     assert "malloc" not in model_c and "#include <tvm" not in model_c and "TVMFFI" not in model_c
+
+
+def test_profile_auto_split_says_what_it_chose(mlperf_paths):
+    """`profile --split auto` resolves the split PatchStage would pick (on the lowered module for int8
+    models) and says so; a network no stage helps is one line saying auto keeps it layer by layer."""
+    proc = run("profile", str(mlperf_paths["vww_96_int8"]), "--patches", "4", "--split", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr
+    pb = json.loads(proc.stdout)["patch_based"]
+    assert pb["split"] == 8 and pb["peak_bytes"] == 18432
+    assert pb["split_choice"].startswith("auto: the fewest MACs")
+    table = run("profile", str(mlperf_paths["vww_96_int8"]), "--patches", "4", "--split", "auto")
+    assert "split auto: the fewest MACs among the splits whose peak is within 10% of the smallest: layer 8" in table.stdout
+    assert_one_line_error(run("profile", str(mlperf_paths["kws_int8"]), "--patches", "4", "--split", "auto"),
+                          "split auto", "layer by layer")

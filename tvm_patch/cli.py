@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.add_argument("--plot", metavar="FILE.png", help="draw the per-layer memory bar chart (MCUNetV2 Fig. 1)")
     pr.add_argument("--patches", type=int, metavar="P", help="also profile running the first stage over PxP patches")
-    pr.add_argument("--split", metavar="S", help="with --patches: where the stage ends, a layer count N or block:N")
+    pr.add_argument("--split", metavar="S",
+                    help="with --patches: where the stage ends, a layer count N, block:N or auto (the split "
+                         "PatchStage picks; the profile says which)")
     pr.set_defaults(func=_cmd_profile)
 
     b = sub.add_parser("build", help="export the whole network as plain C over one static arena")

@@ -84,6 +84,8 @@ def format_profile(result: dict) -> str:
     if pb:
         ph, pw = pb["patches"]
         ih, iw = pb["patch_input_hw"]
+        if pb["split_choice"] != "given":
+            lines.append(f"split {pb['split_choice']}: layer {pb['split']}")
         lines.append(f"patch-based ({ph}x{pw} patches, stage = layers 1..{pb['split']} ending at {pb['split_layer']}, "
                      f"patch input {ih}x{iw}): peak {pb['peak_bytes']} B ({_kb(pb['peak_bytes'])} kB, "
                      f"{pb['reduction']:.1f}x smaller; {pb['peak_bytes_with_input']} B with the input image); "

@@ -4,13 +4,26 @@ Library logic shared by the profile (`tvm_patch.report`), the export's baselines
 
 from __future__ import annotations
 
+from tvm import relax
+
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.graph import build_graph
 from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
-from tvm_patch.patch.memory import int8_twin, patch_memory
+from tvm_patch.patch.memory import PEAK_SLACK, best_split, int8_twin, patch_memory
 from tvm_patch.patch.regions import per_patch_bytes
 from tvm_patch.patch.schedule import allocated_bytes, build_stage
 from tvm_patch.profile import peak, profile_layers
 from tvm_patch.split import resolve_split
+from tvm_patch.transform.lower_to_integer import lower_to_integer
+
+
+def _auto_split(graph, mod, imported, pp: tuple[int, int]) -> int | None:
+    """The split `PatchStage(split="auto")` picks, on the module it would run on: an int8 QDQ model's stage is
+    chosen after LowerToInteger (whose layers are numbered as the imported ones)."""
+    if not is_qdq_stage(graph, 1, mod["main"]):
+        return best_split(graph, mod["main"], pp)
+    low = relax.transform.FoldConstant()(lower_to_integer(imported if imported is not None else mod))
+    return best_split(build_graph(low), low["main"], pp)
 
 
 def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=None) -> dict:
@@ -21,6 +34,13 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
     if patches < 1:
         raise TvmPatchError(f"--patches {patches}: give a patch count of at least 1")
     pp = (patches, patches)
+    auto = str(split).strip() == "auto"
+    if auto:
+        chosen = _auto_split(graph, mod, imported, pp)
+        if chosen is None:
+            raise TvmPatchError(f"split auto: no patch stage with {patches}x{patches} patches lowers this network's "
+                                "peak, so auto runs it layer by layer; give --split N or block:N to see a stage")
+        split = chosen
     n = resolve_split(graph, split, pp)
     if is_qdq_stage(graph, n, mod["main"]):
         stage, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
@@ -37,6 +57,8 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
         "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
         "split": n,
         "split_layer": graph.layers[n - 1].name,
+        "split_choice": (f"auto: the fewest MACs among the splits whose peak is within {PEAK_SLACK:.0%} of the "
+                         "smallest" if auto else "given"),
         "patches": list(m.patch_counts),
         "patch_input_hw": list(m.patch_input_hw),
         "reduction": None,
