@@ -73,7 +73,6 @@ class ProjectAPI:
     def __init__(self, project_dir: str | os.PathLike | None = None) -> None:
         self.project_dir = Path(project_dir) if project_dir is not None else None
         self._transport: emulator.QemuTransport | device.SerialTransport | None = None
-        self._last_build: firmware.FirmwareBuild | None = None
 
     # ------------------------------------------------------------------ microTVM's methods
     def server_info_query(self) -> dict[str, Any]:
@@ -93,9 +92,8 @@ class ProjectAPI:
     def build(self, options: dict[str, Any] | None = None) -> firmware.FirmwareBuild:
         """Compile and link the firmware for the runner (checked to fit the board) and measure it."""
         opts = resolve_options(options, "build")
-        self._last_build = firmware.build_firmware(self._dir(), opts["runner"], opts["profile"],
-                                                   options.get("opt") if options else None, opts["timeout_sec"])
-        return self._last_build
+        return firmware.build_firmware(self._dir(), opts["runner"], opts["profile"],
+                                       options.get("opt") if options else None, opts["timeout_sec"])
 
     def flash(self, options: dict[str, Any] | None = None) -> str:
         """Device: write the firmware with openocd or pyocd. Emulator: nothing to write (QEMU loads the ELF)."""

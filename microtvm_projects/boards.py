@@ -36,11 +36,6 @@ class Board:
     openocd_target: str
     pyocd_target: str
 
-    @property
-    def has_cache(self) -> bool:
-        """Cortex-M7 boards have I/D caches that the firmware enables."""
-        return self.caches != "none"
-
 
 _M4 = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 _M7_SP = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,6 @@ class FirmwareBuild:
     sections: dict[str, int]
     compiler: str
     opt: str
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["elf"] = str(self.elf)
-        return d
 
 
 def load_project(project_dir: str | Path) -> dict[str, Any]:
@@ -187,9 +182,3 @@ def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], 
                        f"data/bss {m.data_bss_bytes:,}), {board.key} has {_fmt(board.sram_bytes)}")
     raise FitError(f"Flash: needs {_fmt(m.flash_bytes)} (code, weights and constants), {board.key} has "
                    f"{_fmt(board.flash_bytes)}")
-
-
-def fits_message(fw: FirmwareBuild, board: Board) -> str:
-    """One line: the firmware's SRAM and Flash against the board's."""
-    return (f"SRAM {fw.sram_bytes:,} of {board.sram_bytes:,} B (arena {fw.arena_bytes:,} + stack {fw.stack_bytes:,}"
-            f" + data/bss {fw.data_bss_bytes:,}); Flash {fw.flash_bytes:,} of {board.flash_bytes:,} B")

@@ -5,6 +5,7 @@ Test modules import the helpers with ``from conftest import ...`` (pytest puts `
 from __future__ import annotations
 
 import glob
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ import pytest
 import tvm
 from tvm import te
 
+from microtvm_projects import generate
+from microtvm_projects.boards import Board
+from microtvm_projects.emulator import qemu_command
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.paths import shared_models_dir
 
@@ -55,3 +60,23 @@ def mlperf_tflite_files() -> list[str]:
         return sorted(glob.glob(str(shared_models_dir() / "mlperf_tiny" / "*.tflite")))
     except TvmPatchError:
         return []
+
+
+FIRMWARE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "firmware"
+TEMPLATE_SRC = Path(generate.__file__).parent / "template" / "src"
+
+
+def run_test_firmware(source: Path, board: Board, tmp: Path, *cflags: str) -> tuple[Path, str]:
+    """Build a test firmware (``source`` with ``main``, over the template's start-up code and QEMU board file)
+    for ``board``'s emulator link, run it on QEMU (-icount shift=7); returns the ELF and what it printed."""
+    script = tmp / f"{source.stem}_{board.key}.ld"
+    script.write_text(generate.linker_script(board, "emulator", 4096))
+    elf = tmp / f"{source.stem}_{board.key}.elf"
+    subprocess.run(["arm-none-eabi-gcc", *board.cpu_flags, "-O3", "-Wall", "-Werror", "-DTVMP_ICOUNT_SHIFT=7",
+                    f"-I{TEMPLATE_SRC}", f"-I{MICRO_KERNELS.parent}", *cflags, str(source),
+                    *(str(TEMPLATE_SRC / f) for f in ("startup.c", "board_qemu.c", "cortexm.c", "tvmp_print.c")),
+                    "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-T", str(script), "-o", str(elf)],
+                   check=True, timeout=120)
+    out = subprocess.run(qemu_command(board, elf, 7), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    return elf, out.stderr  # semihosting output: QEMU writes it to its stderr

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from microtvm_projects import generate
 from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import BOARDS, get_board
-from microtvm_projects.emulator import qemu_command
 from microtvm_projects.errors import FitError, ProjectError, ProtocolError
 from microtvm_projects.firmware import build_firmware, load_project
 from microtvm_projects.options import PROJECT_OPTIONS, resolve_options
 
+from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.export import export_model
 
-TEMPLATE_SRC = Path(generate.__file__).parent / "template" / "src"
-FIXTURE = Path(__file__).parent / "fixtures" / "firmware" / "calibrate.c"
 
 pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
                                 reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
@@ -107,19 +104,9 @@ def test_emulator_profile_counts_every_call(projects, export_in0):
 
 def test_instruction_counter_is_exact(tmp_path):
     """A loop of 2n instructions measures 2n + c with the same c for every n, on both emulated cores."""
-    board = get_board("h743")
     for key in ("f412", "h743"):
-        board = get_board(key)
-        script = tmp_path / "cal.ld"
-        script.write_text(generate.linker_script(board, "emulator", 4096))
-        elf = tmp_path / f"cal_{key}.elf"
-        subprocess.run(["arm-none-eabi-gcc", *board.cpu_flags, "-O2", "-DTVMP_ICOUNT_SHIFT=7", f"-I{TEMPLATE_SRC}",
-                        str(FIXTURE), str(TEMPLATE_SRC / "startup.c"), str(TEMPLATE_SRC / "board_qemu.c"),
-                        str(TEMPLATE_SRC / "cortexm.c"), "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
-                        "-T", str(script), "-o", str(elf)], check=True, timeout=120)
-        out = subprocess.run(qemu_command(board, elf, 7), capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0
-        counts = {int(n): int(c) for n, c in re.findall(r"n=(\d+) count=(\d+)", out.stderr)}
+        _, printed = run_test_firmware(FIRMWARE_FIXTURES / "calibrate.c", get_board(key), tmp_path)
+        counts = {int(n): int(c) for n, c in re.findall(r"n=(\d+) count=(\d+)", printed)}
         assert len(counts) == 7
         const = counts[1] - 2
         assert const > 0

@@ -4,6 +4,7 @@ random shapes against TVM's own build."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 import shutil
@@ -17,17 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import te, tirx
 
-from microtvm_projects import generate
 from microtvm_projects.boards import get_board
-from microtvm_projects.emulator import qemu_command
+from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
                              multiply_by_quantized_multiplier_ref, requantize_te)
 
-TEMPLATE_SRC = Path(generate.__file__).parent / "template" / "src"
-FIRMWARE = Path(__file__).parent / "fixtures" / "firmware" / "micro_kernels.c"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -74,20 +72,10 @@ def _xorshift(state: int):
 @pytest.mark.parametrize("key", ["f412", "f746"])
 def test_micro_kernels_on_the_emulator(tmp_path, key):
     """The DSP path (SXTB16 + SMLAD, unaligned word loads) on Cortex-M4 and M7, against numpy."""
-    board = get_board(key)
-    script = tmp_path / "fw.ld"
-    script.write_text(generate.linker_script(board, "emulator", 4096))
-    elf = tmp_path / "fw.elf"
-    subprocess.run(["arm-none-eabi-gcc", *board.cpu_flags, "-O3", "-Wall", "-Werror", f"-I{TEMPLATE_SRC}",
-                    f"-I{MICRO_KERNELS.parent}", str(FIRMWARE), str(TEMPLATE_SRC / "startup.c"),
-                    str(TEMPLATE_SRC / "board_qemu.c"), str(TEMPLATE_SRC / "cortexm.c"), "-nostartfiles",
-                    "--specs=nano.specs", "--specs=nosys.specs", "-T", str(script), "-o", str(elf)],
-                   check=True, timeout=120)
+    elf, printed = run_test_firmware(FIRMWARE_FIXTURES / "micro_kernels.c", get_board(key), tmp_path)
     asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
     assert "smlad" in asm and "sxtb16" in asm  # the DSP path was compiled
-    out = subprocess.run(qemu_command(board, elf, 7), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0
-    lines = out.stderr.splitlines()
+    lines = printed.splitlines()
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
@@ -108,18 +96,10 @@ def _matmul_requant(k: int, transposed: bool, extern: bool) -> tirx.PrimFunc:
     acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * (w[r, f] if transposed else w[f, r])
                                                  .astype("int32"), axis=r), name="acc")
     biased = te.compute((3, 5), lambda i, f: acc[i, f] + b[f], name="biased")
-    with extern_requantization() if extern else _nothing():
+    with extern_requantization() if extern else contextlib.nullcontext():
         q = requantize_te(biased, 1518500250, -9, -3)
     out = te.compute((3, 5), lambda i, f: te.max(te.min(q[i, f], 127), -128).astype("int8"), name="out")
     return te.create_prim_func([a, w, b, out])
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _c_and_tvm(func: tirx.PrimFunc, code: str, arrays: list[np.ndarray], tmp: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@
 #include "tvmp_board.h"
 #include "tvmp_model.h"
 #include "tvmp_io.h"
+#include "tvmp_print.h"
 #include "tvmp_profile.h"
 
 #ifndef TVMP_BOARD_KEY
@@ -20,29 +21,7 @@
 
 extern uint32_t _sstack, _estack;
 
-/* ------------------------------------------------------------------ console formatting (no printf) */
-static void put(const char *s) { tvmp_console_write(s, (uint32_t)strlen(s)); }
-
-static void put_u64(uint64_t v) {
-    char buf[21];
-    int i = 20;
-    buf[i] = 0;
-    do { buf[--i] = (char)('0' + (int)(v % 10u)); v /= 10u; } while (v);
-    put(buf + i);
-}
-
-static void put_i32(int32_t v) {
-    if (v < 0) { put("-"); put_u64((uint64_t)(-(int64_t)v)); } else put_u64((uint64_t)v);
-}
-
 static const char HEX[] = "0123456789abcdef";
-
-static void put_hex32(uint32_t v) {
-    char buf[9];
-    for (int i = 7; i >= 0; i--) { buf[i] = HEX[v & 15u]; v >>= 4; }
-    buf[8] = 0;
-    put(buf);
-}
 
 /* zlib's CRC-32 (reflected polynomial 0xEDB88320), bit by bit: small, and only run after the timing */
 static uint32_t crc32(const uint8_t *p, uint32_t n) {
@@ -55,9 +34,9 @@ static uint32_t crc32(const uint8_t *p, uint32_t n) {
 }
 
 void tvmp_report_fault(const char *kind, uint32_t pc, uint32_t cfsr) {
-    put("\nTVMP1 FAULT kind="); put(kind);
-    put(" pc=0x"); put_hex32(pc);
-    put(" cfsr=0x"); put_hex32(cfsr); put("\n");
+    tvmp_put("\nTVMP1 FAULT kind="); tvmp_put(kind);
+    tvmp_put(" pc=0x"); tvmp_put_hex32(pc);
+    tvmp_put(" cfsr=0x"); tvmp_put_hex32(cfsr); tvmp_put("\n");
     tvmp_board_exit(3);
 }
 
@@ -93,9 +72,9 @@ static uint32_t stack_used(void) {
 }
 
 static void put_output(uint32_t index, const uint8_t *data, uint32_t n) {
-    put("TVMP1 OUTPUT index="); put_u64(index);
-    put(" bytes="); put_u64(n);
-    put(" crc32="); put_hex32(crc32(data, n)); put("\n");
+    tvmp_put("TVMP1 OUTPUT index="); tvmp_put_u64(index);
+    tvmp_put(" bytes="); tvmp_put_u64(n);
+    tvmp_put(" crc32="); tvmp_put_hex32(crc32(data, n)); tvmp_put("\n");
     for (uint32_t off = 0; off < n; off += 32u) {
         char hex[65];
         uint32_t k = n - off < 32u ? n - off : 32u;
@@ -104,9 +83,9 @@ static void put_output(uint32_t index, const uint8_t *data, uint32_t n) {
             hex[2 * j + 1] = HEX[data[off + j] & 15u];
         }
         hex[2 * k] = 0;
-        put("TVMP1 DATA index="); put_u64(index);
-        put(" offset="); put_u64(off);
-        put(" hex="); put(hex); put("\n");
+        tvmp_put("TVMP1 DATA index="); tvmp_put_u64(index);
+        tvmp_put(" offset="); tvmp_put_u64(off);
+        tvmp_put(" hex="); tvmp_put(hex); tvmp_put("\n");
     }
 }
 
@@ -119,9 +98,9 @@ static uint64_t counter_overhead(void) {
 
 int main(void) {
     tvmp_board_init();
-    put("\nTVMP1 BEGIN board=" TVMP_BOARD_KEY " runner="); put(tvmp_runner);
-    put(" model=" TVMP_MODEL_ID " arena="); put_u64(TVMP_ARENA_BYTES);
-    put(" opt=" TVMP_OPT "\n");
+    tvmp_put("\nTVMP1 BEGIN board=" TVMP_BOARD_KEY " runner="); tvmp_put(tvmp_runner);
+    tvmp_put(" model=" TVMP_MODEL_ID " arena="); tvmp_put_u64(TVMP_ARENA_BYTES);
+    tvmp_put(" opt=" TVMP_OPT "\n");
 
     uint64_t overhead = counter_overhead();
 #if TVMP_PROFILE
@@ -137,15 +116,15 @@ int main(void) {
 
 #if TVMP_PROFILE
     for (uint32_t i = 0; i < TVMP_NUM_CALLS; i++) {
-        put("TVMP1 KERNEL index="); put_u64(i);
-        put(" name="); put(prof_name[i] ? prof_name[i] : "unknown");
-        put(" count="); put_u64(prof_count[i]); put("\n");
+        tvmp_put("TVMP1 KERNEL index="); tvmp_put_u64(i);
+        tvmp_put(" name="); tvmp_put(prof_name[i] ? prof_name[i] : "unknown");
+        tvmp_put(" count="); tvmp_put_u64(prof_count[i]); tvmp_put("\n");
     }
 #endif
-    put("TVMP1 TOTAL unit="); put(tvmp_count_unit); put(" count="); put_u64(total); put("\n");
-    put("TVMP1 STACK used="); put_u64(used);
-    put(" size="); put_u64((uint32_t)((uint8_t *)&_estack - (uint8_t *)&_sstack)); put("\n");
+    tvmp_put("TVMP1 TOTAL unit="); tvmp_put(tvmp_count_unit); tvmp_put(" count="); tvmp_put_u64(total); tvmp_put("\n");
+    tvmp_put("TVMP1 STACK used="); tvmp_put_u64(used);
+    tvmp_put(" size="); tvmp_put_u64((uint32_t)((uint8_t *)&_estack - (uint8_t *)&_sstack)); tvmp_put("\n");
     TVMP_PUT_OUTPUTS;
-    put("TVMP1 END status="); put_i32(rc); put("\n");
+    tvmp_put("TVMP1 END status="); tvmp_put_i64(rc); tvmp_put("\n");
     return rc;
 }
