@@ -125,6 +125,65 @@ def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
     return None
 
 
+ROWS = {2: "tvmp_dot_s8_rows2", 4: "tvmp_dot_s8_rows4"}
+PAD_ROWS = "tvmp_pad_rows"
+
+
+def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
+    """A register-blocked reduction as one ``tvmp_dot_s8_rows{J}`` call, or None when it is not one:
+
+        for k in range(K):
+            for j in range(J):  acc[c + j] = acc[c + j] + int32(A[a + k]) * int32(W[w + j * S + k])
+
+    (one activation vector against J weight rows S bytes apart: the schedule of ``export/blocking.py``). A
+    padded activation read whose border test depends on neither loop becomes ``border ? rows call :
+    tvmp_pad_rows(pad, ...)``, as for ``tvmp_dot_s8``."""
+    extent, start = _int(loop.extent), _int(loop.min)
+    if loop.kind != tirx.ForKind.SERIAL or start != 0 or extent is None or extent < MIN_DOT_LENGTH:
+        return None
+    k = loop.loop_var
+    lets, inner = _peel_lets(loop.body, k)
+    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in ROWS:
+        return None
+    rows, j = _int(inner.extent), inner.loop_var
+    store = inner.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32" or len(store.indices) != 1:
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc, prod = value.a, value.b
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(acc.indices) == 1
+            and tvm_ffi.structural_equal(acc.indices[0], store.indices[0])):
+        return None
+    base_acc = _unit_stride_base(store.indices[0], j)
+    if base_acc is None or _uses(base_acc, k):
+        return None
+    a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
+    if a is None or w is None or w[1] is not None:
+        return None
+    (a_load, cond, pad), w_load = a, w[0]
+    if _uses(a_load.indices[0], j) or (cond is not None and _uses(cond, j)):
+        return None
+    base_a = _unit_stride_base(a_load.indices[0], k)
+    coeffs = tvm.sym.detect_linear_equation(w_load.indices[0], [j, k])
+    if base_a is None or len(coeffs) != 3 or _int(coeffs[1]) != 1 or _uses(coeffs[0], k) or _uses(coeffs[0], j):
+        return None
+    stride, base_w = coeffs[0], coeffs[2]
+
+    def addr(load: TensorLoad, index: Any) -> Any:
+        return tirx.address_of(tirx.BufferLoad(load.source, [index]))
+
+    w_ptr, ws, n = addr(w_load, base_w), tirx.Cast("int32", stride), tirx.const(extent, "int32")
+    acc_ptr = tirx.address_of(tirx.BufferLoad(store.buffer, [base_acc]))
+    call = tirx.Evaluate(tirx.call_extern("void", ROWS[rows], addr(a_load, base_a), w_ptr, ws, n, acc_ptr))
+    if cond is None:
+        return call
+    # a border tap reads the pad value for every channel: acc[j] += pad * sum(row j)
+    border = tirx.call_extern("void", PAD_ROWS, tirx.Cast("int32", pad), w_ptr, ws, n, tirx.const(rows, "int32"), acc_ptr)
+    return tirx.IfThenElse(cond, call, tirx.Evaluate(border))
+
+
 def _uses(expr: Any, var: tirx.Var) -> bool:
     found = [False]
 
@@ -137,10 +196,11 @@ def _uses(expr: Any, var: tirx.Var) -> bool:
 
 
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call."""
+    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, and every
+    register-blocked one by a ``tvmp_dot_s8_rows{J}`` call."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
-        return _dot_call(loop) or loop
+        return _dot_call(loop) or _rows_call(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for)])
 

@@ -3,10 +3,14 @@
  * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
- * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights).
+ * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
+ *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
  *   (unrolled to eight per iteration).
+ * tvmp_dot_s8_rows2 / _rows4: one activation vector against two or four weight rows (``ws`` bytes apart),
+ *   added to acc[0..1] / acc[0..3]: each activation word is loaded and sign-extended once for all rows
+ *   (register blocking of a 1x1 convolution or a dense layer over its output channels).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -71,18 +75,47 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
     for (; n > 0; n--) acc += (int32_t)*a++ * (int32_t)*b++;
     return acc;
 }
+
+/* Rows of weights against one activation vector: the activation's two SXTB16 are shared by the rows. */
+#define TVMP_ROW_STEP(j) do { uint32_t y; memcpy(&y, w + (j) * ws, 4); \
+        s[j] = __smlad(xo, tvmp_sxtb16_ror8(y), __smlad(xe, __sxtb16(y), s[j])); } while (0)
+#define TVMP_ROWS_KERNEL(name, rows)                                                            \
+TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
+    int32_t s[rows];                                                                            \
+    for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                           \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                    \
+        uint32_t x;                                                                             \
+        memcpy(&x, a, 4);                                                                       \
+        uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+    }                                                                                           \
+    for (; n > 0; n--, a++, w++)                                                                \
+        for (int32_t j = 0; j < rows; j++) s[j] += (int32_t)*a * (int32_t)w[j * ws];             \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
+}
 #else
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
     for (int32_t i = 0; i < n; i++) acc += (int32_t)a[i] * (int32_t)b[i];
     return acc;
 }
+#define TVMP_ROWS_KERNEL(name, rows)                                                            \
+TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
+    for (int32_t j = 0; j < rows; j++) acc[j] = tvmp_dot_s8(a, w + j * ws, n, acc[j]);          \
+}
 #endif
+TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
+TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
 
 /* The sum of n int8 values (the weights of a convolution tap that reads only padding). */
 TVMP_INLINE int32_t tvmp_sum_s8(const int8_t *w, int32_t n) {
     int32_t sum = 0;
     for (int32_t i = 0; i < n; i++) sum += w[i];
     return sum;
+}
+
+/* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */
+TVMP_INLINE void tvmp_pad_rows(int32_t pad, const int8_t *w, int32_t ws, int32_t n, int32_t rows, int32_t *acc) {
+    for (int32_t j = 0; j < rows; j++) acc[j] += pad * tvmp_sum_s8(w + j * ws, n);
 }
 
 #endif

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
@@ -170,6 +172,7 @@ def export_model(
     integer: bool = True,
     rounding: str = "tflite",
     kernels: str = "micro",
+    rows: int | Mapping[str, int] = DEFAULT_ROWS,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -180,6 +183,8 @@ def export_model(
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
+    ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
+    one for all kernels or per kernel name (a tuning session's choice; kernels not named get the default).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
@@ -187,12 +192,12 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding)
+                       integer, rounding, rows)
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
-            tflite_path: str | None, integer: bool, rounding: str) -> ExportResult:
+            tflite_path: str | None, integer: bool, rounding: str, rows: int | Mapping[str, int]) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -217,7 +222,11 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
-    funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
+    blocked = prog.funcs
+    if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
+        blocked = {n: block_output_channels(f, rows.get(n, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows)
+                   for n, f in prog.funcs.items()}
+    funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:
