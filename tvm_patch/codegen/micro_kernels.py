@@ -350,13 +350,29 @@ def _uses(expr: Any, var: tirx.Var) -> bool:
 
 
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, and every
-    register-blocked one by a ``tvmp_dot_s8_rows{J}`` call."""
+    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, every
+    register-blocked one by a ``tvmp_dot_s8_rows{J}`` call, every convolution window by ``tvmp_window_s8`` and
+    every int8 clamp by ``tvmp_sat_s8``."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
         return _dot_call(loop) or _rows_call(loop) or _window_call(loop) or loop
 
-    return tvm_ffi.structural_map(func, [(tirx.For, on_for)])
+    return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
+
+
+SAT = "tvmp_sat_s8"
+
+
+def _saturate(node: Any) -> Any:
+    """``max(min(x, 127), -128)`` (or ``min(max(x, -128), 127)``) on int32 as one ``tvmp_sat_s8(x)``: an
+    epilogue's int8 clamp, one SSAT on Cortex-M4/M7."""
+    inner_type, bounds = (tirx.Min, (-128, 127)) if isinstance(node, tirx.Max) else (tirx.Max, (127, -128))
+    inner = node.a
+    if str(node.ty) != "int32" or not isinstance(inner, inner_type):
+        return node
+    if _int(node.b) != bounds[0] or _int(inner.b) != bounds[1]:
+        return node
+    return tirx.call_pure_extern("int32", SAT, inner.a)
 
 
 def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
