@@ -176,7 +176,10 @@ def search(board: str, population: int = 100, iterations: int = 30, seed: int = 
             result.population = sorted(pop.values(), key=Candidate.rank_key)
     finally:
         bar.close()
-    result.population = sorted((_best_schedule(c, score) for c in result.population), key=Candidate.rank_key)
+    try:
+        result.population = sorted([_best_schedule(c, score) for c in result.population], key=Candidate.rank_key)
+    except KeyboardInterrupt:  # a second Ctrl-C: keep the schedules evolution found
+        result.interrupted = True
     result.evaluated = len(score.seen)
     return result
 

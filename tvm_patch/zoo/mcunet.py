@@ -99,10 +99,12 @@ def parse_config(cfg: dict[str, Any], name: str, where: str) -> NetSpec:
     width = re.search(r"-w([0-9.]+)-", name)
     family = "MCUNet (TinyNAS)" if name.startswith("mcunet") else \
         "MobileNetV2 (MCUNet zoo)" if name.startswith("mbv2") else "ProxylessNAS (MCUNet zoo)"
-    family = cfg.get(META, {}).get("family", family)
+    meta = cfg.get(META) or {}
+    family = meta.get("family", family)
+    width = meta.get("width", float(width.group(1)) if width else None)
     net = NetSpec(name=name, family=family, resolution=resolution, stem=stem,
                   blocks=tuple(blocks), head=_conv(head, where) if head else None,
-                  num_classes=num_classes, width=float(width.group(1)) if width else None)
+                  num_classes=num_classes, width=width)
     if net.feature_ch != classifier["in_features"]:
         raise TvmPatchError(f"{where}: classifier expects {classifier['in_features']} features, "
                             f"network gives {net.feature_ch}")
@@ -150,7 +152,7 @@ def to_config(net: NetSpec, meta: dict[str, Any] | None = None) -> dict[str, Any
                        "bias": True, "use_bn": False, "act_func": None, "dropout_rate": 0,
                        "ops_order": "weight_bn_act"},
         "resolution": net.resolution,
-        META: {"name": net.name, "family": net.family, **(meta or {})},
+        META: {"name": net.name, "family": net.family, "width": net.width, **(meta or {})},
     }
 
 
