@@ -179,3 +179,22 @@ def test_spec_file_errors(tmp_path):
     bad.write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="variant 'int4' is unknown"):
         zoo.spec_file(bad)
+
+
+@pytest.mark.slow
+def test_board_build_of_a_searched_spec(tmp_path, capsys):
+    """`tvm-patch build DIR/best.json --board f412` builds the int8 firmware; the evaluator's weights are the
+    export's, and its SRAM and Flash (with the reserves) are at least the linked firmware's (layer by layer,
+    where the arena is the analytic peak)."""
+    out = tmp_path / "s"
+    assert cli.main(["search", "--board", "f412", "--seed", "2", "--population", "6", "--iterations", "1",
+                     "--out", str(out)]) == 0
+    best = json.loads((out / "best.json").read_text())["tvm_patch"]
+    assert best["schedule"]["split"] is None  # layer by layer fits f412 at this seed: the cheapest plan
+    capsys.readouterr()
+    assert cli.main(["build", str(out / "best.json"), "--board", "f412", "-o", str(tmp_path / "fw"), "--json"]) == 0
+    fw = json.loads(capsys.readouterr().out)
+    ev = best["evaluation"]
+    assert fw["fits"] and fw["export"]["weights_bytes"] == ev["weights_bytes"]
+    assert fw["arena_bytes"] == ev["activation_peak_bytes"]
+    assert fw["sram_bytes"] <= ev["sram_bytes"] and fw["flash_bytes"] <= ev["flash_bytes"]
