@@ -4,6 +4,7 @@ the board's limits, the spec files it writes, and the CLI's errors."""
 from __future__ import annotations
 
 import json
+import random
 import sys
 from dataclasses import replace
 
@@ -46,7 +47,6 @@ def test_spec_graph_is_the_imported_graph(name):
 
 @pytest.fixture(scope="module")
 def tiny_genome():
-    import random
     g = random_genome(random.Random(5))
     return replace(g, resolution=96, width=0.5, split=4, patches=3)
 
@@ -151,9 +151,8 @@ def test_interrupt_keeps_the_best_so_far(tmp_path, monkeypatch, capsys):
     (["--board", "f412", "--proxy", "json:no_such"], "json has no attribute 'no_such'"),
 ])
 def test_cli_errors(argv, message, tmp_path, capsys):
-    assert cli.main(["search", *argv, "--population" if "--population" not in argv else "--seed",
-                     "6" if "--population" not in argv else "0", "--iterations", "0",
-                     "--out", str(tmp_path / "o")]) == 2
+    small = [] if "--population" in argv else ["--population", "6"]
+    assert cli.main(["search", *argv, *small, "--iterations", "0", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]  # after tqdm's cleared bar
     assert message in err and err.startswith("tvm-patch: error:")
     assert not (tmp_path / "o").exists()
