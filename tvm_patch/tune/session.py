@@ -1,0 +1,225 @@
+"""``tune_model``: a tuning session over a network's kernels with tvm.s_tir.meta_schedule.
+
+The network is exported once as usual (its program gives the kernels as the export lowers them, the patch
+stage's PrimFunc included with --patches). Every kernel with a knob (space.py) becomes a TuneContext: the
+design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
+built into harness exports (builder.py) and measured by a runner (runners.py). Before the search, each
+kernel's reference output (unblocked) and its default schedule's cost are measured: the summary reports
+default vs tuned per kernel. Ctrl-C stops the search and keeps every record committed so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.boards import get_board
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.cost_model import XGBModel
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.database import TuningRecord
+from tvm.s_tir.meta_schedule.measure_callback import (AddToDatabase, PyMeasureCallback, RemoveBuildArtifact,
+                                                      UpdateCostModel)
+from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
+from tvm.s_tir.meta_schedule.space_generator import ScheduleFn
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.tune.builder import HarnessBuilder
+from tvm_patch.tune.harness import KernelHarness, kernel_program
+from tvm_patch.tune.measure import RUNNERS, CandidateError
+from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
+from tvm_patch.tune.runners import HarnessRunner, local_measure, rpc_key, rpc_measure
+from tvm_patch.tune.space import fixed_trace, row_choices, rows_space
+
+__all__ = ["KernelTuning", "TuneSummary", "tune_model"]
+
+log = logging.getLogger("tvm_patch.tune")
+
+
+@dataclass
+class KernelTuning:
+    """One kernel's session: its knob's choices, the default schedule's cost, the best record's."""
+
+    name: str
+    calls: int
+    choices: list[int]
+    default_rows: int
+    default_cost: float | None
+    best_rows: int | None = None
+    best_cost: float | None = None
+    failed: int = 0
+
+
+@dataclass
+class TuneSummary:
+    """What a session did, for the CLI (table or JSON). Costs in ``unit``."""
+
+    model: str
+    board: str
+    runner: str
+    unit: str
+    db: str
+    trials: int
+    measured: int
+    interrupted: bool
+    kernels: list[KernelTuning] = field(default_factory=list)
+    untunable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@derived_object
+class _Progress(PyMeasureCallback):
+    """tqdm bar: trials measured and the best cost so far; each failed candidate logged in one line."""
+
+    def __init__(self, bar: tqdm, names: list[str], failed: dict[str, int]) -> None:
+        super().__init__()
+        self.bar = bar
+        self.names = names
+        self.failed = failed
+        self.best: dict[str, float] = {}
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list, builder_results: list,
+              runner_results: list) -> None:
+        name = self.names[task_id]
+        for b, r in zip(builder_results, runner_results):
+            err = b.error_msg or r.error_msg
+            if err:
+                self.failed[name] = self.failed.get(name, 0) + 1
+                self.bar.write(f"tvm-patch tune: {name}: candidate failed, skipped: {err.splitlines()[0]}")
+            elif r.run_secs:
+                self.best[name] = min(self.best.get(name, float("inf")), float(r.run_secs[0]))
+        self.bar.update(len(runner_results))
+        if name in self.best:
+            self.bar.set_postfix_str(f"{name[:32]} best {self.best[name]:,.6g}")
+
+
+@contextlib.contextmanager
+def _without_tensor_intrinsics() -> Iterator[None]:
+    """TuneContext imports tvm.s_tir.tensor_intrin (TVM's CUDA, ROCm, x86, Arm... tensor intrinsics) on
+    construction: 25-75 s of TVMScript parsing on this machine, for intrinsics a "c" target never uses. A
+    placeholder module stands in while the contexts are made and is removed after (a real import later works)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = types.ModuleType(name)
+    try:
+        yield
+    finally:
+        del sys.modules[name]
+
+
+def _unit(runner: str, rpc_runner: str) -> str:
+    kind = rpc_runner if runner == "rpc" else runner
+    return {"emulator": "instructions", "device": "cycles", "host": "seconds"}[kind]
+
+
+def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emulator", db_dir: str | Path = "tuning_db",
+               patches: int | None = None, split: int | str | None = None, kernels: list[str] | None = None,
+               tracker: tuple[str, int] | None = None, rpc_runner: str = "emulator", parallel: int = 1,
+               timeout_sec: float = 120.0, port: str | None = None, probe: str | None = None, seed: int = 1,
+               progress: bool = True) -> TuneSummary:
+    """Tune ``model``'s kernels for ``board`` (see the module doc); records go to ``db_dir``."""
+    b = get_board(board)
+    if runner not in RUNNERS:
+        raise TvmPatchError(f"unknown --runner {runner!r}; use one of {', '.join(RUNNERS)}")
+    if runner == "rpc" and tracker is None:
+        raise TvmPatchError("--runner rpc needs --tracker HOST:PORT")
+    if trials < 1:
+        raise TvmPatchError(f"--trials {trials}: give at least 1")
+    db = open_database(db_dir, create=True)
+    measured_by = rpc_runner if runner == "rpc" else runner
+    target = tuning_target(b.core, measured_by)
+    with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
+        work = Path(tmp)
+        res = export_model(model, work / "network", patches=patches, split=split)
+        prog = res.program
+        harnesses: dict[str, KernelHarness] = {}
+        untunable = []
+        for name, func in prog.funcs.items():
+            if kernels and name not in kernels:
+                continue
+            if not row_choices(func):
+                untunable.append(name)
+                continue
+            in_place = any(k in res.arena_plan.inplace_calls for k, c in enumerate(prog.calls) if c.func == name)
+            harnesses[name] = KernelHarness(name, kernel_program(prog, name), in_place)
+        unknown = sorted(set(kernels or ()) - set(prog.funcs))
+        if unknown:
+            raise TvmPatchError(f"--kernel {unknown[0]}: no such kernel in {model}; its kernels: "
+                                f"{', '.join(prog.funcs)}")
+        if not harnesses:
+            raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
+                                "convolutions and dense layers with a contiguous reduction)")
+        failed: dict[str, int] = {}
+        if runner == "rpc":
+            measure = rpc_measure(tracker, rpc_key(board, rpc_runner), timeout_sec)
+        else:
+            measure = local_measure(board, runner, timeout_sec, port, probe)
+        ref_measure = local_measure(board, "host", timeout_sec)
+        references: dict[str, list[bytes]] = {}
+        summary = TuneSummary(model, board, runner, _unit(runner, rpc_runner), str(db_dir), trials, 0, False,
+                              untunable=untunable)
+        for name, h in harnesses.items():
+            ref_dir = work / "reference" / name
+            references[name] = ref_measure(h.export(1, ref_dir / "export"), None).outputs
+            choices = row_choices(h.func)
+            default = DEFAULT_ROWS if DEFAULT_ROWS in choices else 1
+            try:
+                cost = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
+            except CandidateError as e:
+                log.warning("%s: default schedule failed: %s", name, e.one_line())
+                cost = None
+            else:  # the default is a record too: a build never picks a schedule slower than it
+                db.commit_tuning_record(TuningRecord(fixed_trace(name, h.func, default),
+                                                     db.commit_workload(workload(h.func)), [cost], target,
+                                                     ArgInfo.from_prim_func(h.func)))
+            summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, default, cost))
+        names = list(harnesses)
+        with _without_tensor_intrinsics():
+            contexts = [ms.TuneContext(workload(h.func), target=target,
+                                       space_generator=ScheduleFn(rows_space(n), sch_rules=[], postprocs=[],
+                                                                  mutator_probs={}),
+                                       search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
+                                                                          genetic_num_iters=2),
+                                       task_name=n, rand_state=seed, num_threads=1)
+                        for n, h in harnesses.items()]
+        cand_dir = work / "candidates"
+        cand_dir.mkdir()
+        run = HarnessRunner(measure, references, parallel)
+        bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
+        progress_cb = _Progress(bar, names, failed)
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=[float(k.calls) for k in summary.kernels],
+                          work_dir=str(work / "ms"), max_trials_global=trials,
+                          max_trials_per_task=trials, num_trials_per_iter=max(2, parallel),
+                          builder=HarnessBuilder(harnesses, cand_dir), runner=run, database=db,
+                          cost_model=XGBModel(num_warmup_samples=2, num_tuning_cores=1),
+                          measure_callbacks=[AddToDatabase(), RemoveBuildArtifact(), UpdateCostModel(), progress_cb],
+                          task_scheduler="round-robin")
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            bar.close()
+            run.pool.shutdown(wait=False, cancel_futures=True)
+        summary.measured = bar.n
+        best = TunedRows(db, b.core, measured_by)
+        for k in summary.kernels:
+            found = best.best(harnesses[k.name].func)
+            if found is not None:
+                k.best_rows, k.best_cost = found[0], found[1]
+            k.failed = failed.get(k.name, 0)
+    return summary
