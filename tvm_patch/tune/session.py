@@ -90,6 +90,7 @@ class _Progress(PyMeasureCallback):
         self.names = names
         self.failed = failed
         self.best: dict[str, float] = {}
+        self.count = 0
 
     def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list, builder_results: list,
               runner_results: list) -> None:
@@ -101,6 +102,7 @@ class _Progress(PyMeasureCallback):
                 self.bar.write(f"tvm-patch tune: {name}: candidate failed, skipped: {err.splitlines()[0]}")
             elif r.run_secs:
                 self.best[name] = min(self.best.get(name, float("inf")), float(r.run_secs[0]))
+        self.count += len(runner_results)
         self.bar.update(len(runner_results))
         if name in self.best:
             self.bar.set_postfix_str(f"{name[:32]} best {self.best[name]:,.6g}")
@@ -215,7 +217,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         finally:
             bar.close()
             run.pool.shutdown(wait=False, cancel_futures=True)
-        summary.measured = bar.n
+        summary.measured = progress_cb.count
         best = TunedRows(db, b.core, measured_by)
         for k in summary.kernels:
             found = best.best(harnesses[k.name].func)

@@ -1,0 +1,137 @@
+"""Tuning sessions (tvm_patch/tune): a short emulator session on one kws kernel whose records change the
+build (still bit-exact), an RPC session through a local tracker and two servers, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tvm import rpc
+from tvm.rpc.tracker import Tracker
+
+from conftest import mlperf_tflite_files
+from tvm_patch import cli
+from tvm_patch.export import export_model
+from tvm_patch.tune import tune_model
+from tvm_patch.tune.harness import KernelHarness, kernel_program
+from tvm_patch.tune.measure import measure_export
+from tvm_patch.tune.records import TunedRows, open_database
+from tvm_patch.tune.space import trace_rows
+
+KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
+CONV = "tvmp_fused_conv2d2_add_requantize_tir_clip_cast"  # kws's 1x1 convolution (64 -> 64 channels)
+DENSE = "tvmp_fused_matmul_add1_requantize1_tir_clip1_cast1"
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(KWS is None, reason="the MLPerf Tiny models are not in the shared folder")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """Three emulator trials on kws's 1x1 convolution (its blockings 1, 2, 4) into a fresh database."""
+    db = tmp_path_factory.mktemp("tune") / "db"
+    return tune_model(KWS, "h743", trials=3, runner="emulator", db_dir=db, kernels=[CONV], progress=False), db
+
+
+def test_session_records_every_blocking_and_the_best(session):
+    s, db = session
+    (k,) = s.kernels
+    assert k.name == CONV and k.choices == [1, 2, 4] and k.failed == 0
+    assert s.measured >= 2 and not s.interrupted
+    records = open_database(db, create=False).get_all_tuning_records()
+    assert len(records) == 1 + s.measured  # the default's record, then one per trial
+    by_rows: dict[int, set[float]] = {}
+    for r in records:
+        by_rows.setdefault(trace_rows(r.trace), set()).add(float(r.run_secs[0]))
+    assert all(len(c) == 1 for c in by_rows.values()), by_rows  # exact counts: a blocking always costs the same
+    assert by_rows[k.default_rows] == {k.default_cost}
+    assert k.best_cost == min(min(c) for c in by_rows.values()) and by_rows[k.best_rows] == {k.best_cost}
+    assert k.best_cost <= k.default_cost
+
+
+def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
+    s, db = session
+    (k,) = s.kernels
+    assert k.best_rows != k.default_rows, "the emulator's counts make another blocking than the default win here"
+    assert cli.main(["build", KWS, "-o", str(tmp_path / "tuned"), "--tuning-db", str(db), "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][CONV]["rows"] == k.best_rows
+    assert list(out["tuning"]["tuned_kernels"]) == [CONV]
+    default = export_model(KWS, tmp_path / "default")
+    tuned_c = (tmp_path / "tuned" / "model.c").read_text()
+    assert tuned_c != (tmp_path / "default" / "model.c").read_text()
+    assert f"tvmp_dot_s8_rows{k.best_rows}" in tuned_c if k.best_rows > 1 else True
+    # the applied choice is the database's: the same lookup on the default build's kernel
+    assert TunedRows(open_database(db, create=False))(CONV, default.program.funcs[CONV]) == k.best_rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_session_with_a_local_tracker_and_two_servers(tmp_path):
+    port = _free_port()
+    tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    servers = []
+    try:
+        for _ in range(2):
+            sp = _free_port()
+            servers.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm_patch", "rpc-server", "--tracker", f"127.0.0.1:{tracker.port}",
+                 "--board", "h743", "--runner", "emulator", "--port", str(sp), "--port-end", str(sp + 1)],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        while True:
+            info = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
+            free = info["queue_info"].get("h743-emulator", {}).get("free", 0)
+            if free == 2:
+                break
+            assert time.monotonic() < deadline, f"the servers did not register: {info}"
+            assert all(p.poll() is None for p in servers), servers[0].stderr.read() if servers[0].poll() else ""
+            time.sleep(0.5)
+        s = tune_model(KWS, "h743", trials=2, runner="rpc", tracker=("127.0.0.1", tracker.port), parallel=2,
+                       db_dir=tmp_path / "db", kernels=[DENSE], progress=False, timeout_sec=60)
+        (k,) = s.kernels
+        assert k.failed == 0 and s.measured >= 1 and k.best_cost is not None
+        # what the farm measured is what this machine's emulator measures
+        prog = export_model(KWS, tmp_path / "export").program
+        h = KernelHarness(DENSE, kernel_program(prog, DENSE), False)
+        ref = measure_export(h.export(1, tmp_path / "r1" / "export"), tmp_path / "r1", "h743", "host", None).outputs
+        local = measure_export(h.export(k.default_rows, tmp_path / "r4" / "export"), tmp_path / "r4", "h743",
+                               "emulator", ref)
+        assert k.default_cost == local.cost
+    finally:
+        for p in servers:
+            p.terminate()
+        for p in servers:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        tracker.terminate()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["tune", "MODEL", "--board", "zz"], "unknown board 'zz'"),
+    (["tune", "MODEL", "--board", "h743", "--runner", "rpc"], "--runner rpc needs --tracker"),
+    (["build", "MODEL", "-o", "OUT", "--tuning-db", "DB"], "unreadable tuning database"),
+    (["build", "MODEL", "-o", "OUT", "--tuning-db", "NODB"], "no tuning records"),
+    (["rpc-server", "--tracker", "127.0.0.1:1", "--board", "h743"], "cannot reach the tracker"),
+    (["rpc-server", "--tracker", "nohost", "--board", "h743"], "give HOST:PORT"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    (tmp_path / "DB").mkdir()
+    (tmp_path / "DB" / "database_tuning_record.json").write_text("{not json\n")
+    argv = [str(tmp_path / a) if a in ("OUT", "DB", "NODB") else KWS if a == "MODEL" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
