@@ -10,17 +10,17 @@ else the candidate computes something else and fails. Then:
 * ``host``: a timing main around ``tvmp_run`` (gcc -O2, best of 5 repetitions of a loop), seconds per call
   including the harness's input and output copies; a quick check, not a Cortex-M figure.
 
-Every failure is a ``CandidateError`` (one line); every process has a timeout.
+Every failure is a ``CandidateError`` (one line); every process has a timeout (``run_checked``).
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from microtvm_projects.api import ProjectAPI
 from microtvm_projects.errors import ProjectError
+from microtvm_projects.generate import run_checked
 
 from tvm_patch.errors import TvmPatchError
 
@@ -102,13 +102,13 @@ def _host_seconds(project: Path, n_outputs: int, want: list[bytes], timeout_sec:
     src = project / "tune_host.c"
     src.write_text(_TIMING_MAIN % {"repeats": HOST_REPEATS, "writes": writes})
     exe = project / "tune_host"
-    _run(["gcc", "-O2", "-std=gnu99", "-fno-strict-aliasing", f"-I{project / 'model'}", f"-I{project / 'io'}",
+    run_checked(["gcc", "-O2", "-std=gnu99", "-fno-strict-aliasing", f"-I{project / 'model'}", f"-I{project / 'io'}",
           "-o", str(exe), str(src), str(project / "io" / "tvmp_io.c"), str(project / "model" / "model.c"), "-lm"],
          "host build", timeout_sec)
     outs = [project / f"host_output{i}.bin" for i in range(n_outputs)]
     loops = 1
     while True:
-        proc = _run([str(exe), str(loops), *map(str, outs)], "host run", timeout_sec)
+        proc = run_checked([str(exe), str(loops), *map(str, outs)], "host run", timeout_sec)
         seconds = float(proc.stdout.split()[0])
         if seconds * loops * HOST_REPEATS > 0.05 or loops >= 1 << 20:
             break
@@ -117,13 +117,3 @@ def _host_seconds(project: Path, n_outputs: int, want: list[bytes], timeout_sec:
         raise CandidateError("wrong output on the host")
     return seconds
 
-
-def _run(cmd: list[str], what: str, timeout_sec: float) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_sec)
-    except subprocess.TimeoutExpired:
-        raise CandidateError(f"{what} took more than {timeout_sec:.0f} s; stopped") from None
-    if proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()
-        raise CandidateError(f"{what} failed (exit {proc.returncode}): {last[-1] if last else 'no message'}")
-    return proc
