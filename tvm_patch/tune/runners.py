@@ -117,31 +117,30 @@ class _Done(PyRunnerFuture):
 
 @derived_object
 class HarnessRunner(PyRunner):
-    """Measures candidates with ``measure`` on ``parallel`` threads; ``references``: each kernel's outputs."""
+    """Measures candidates with ``measure`` on ``parallel`` threads; ``references``: each kernel's outputs;
+    once ``stopped()`` (Ctrl-C), candidates fail at once unmeasured."""
 
     def __init__(self, measure: Measure, references: Mapping[str, list[bytes]], parallel: int = 1,
-                 on_error: Callable[[str, str], None] | None = None) -> None:
+                 stopped: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self.measure = measure
+        self.stopped = stopped
         self.references = dict(references)
         self.pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="tvmp-measure")
-        self.on_error = on_error
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[PyRunnerFuture]:
         return [_Done(self.pool.submit(self._one, ri.artifact_path)) for ri in runner_inputs]
 
     def _one(self, artifact: str) -> RunnerResult:
         export = Path(artifact)
-        kernel = "?"
+        if self.stopped():
+            return RunnerResult(None, "interrupted (Ctrl-C): not measured")
         try:
             kernel = json.loads((export / "tvmp_export.json").read_text())["model"]
             m = self.measure(export, self.references[kernel])
             return RunnerResult([m.cost], None)
         except Exception as e:  # a failing candidate is logged and skipped, never stops the session
-            msg = e.one_line() if isinstance(e, TvmPatchError) else first_line(e)
-            if self.on_error is not None:
-                self.on_error(kernel, msg)
-            return RunnerResult(None, msg)
+            return RunnerResult(None, e.one_line() if isinstance(e, TvmPatchError) else first_line(e))
 
 
 def start_server(tracker: tuple[str, int], board: str, runner: str, host: str = "127.0.0.1", port: int = 9091,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import tempfile
 import types
 from collections.abc import Iterator
@@ -84,8 +86,9 @@ class TuneSummary:
 class _Progress(PyMeasureCallback):
     """tqdm bar: trials measured and the best cost so far; each failed candidate logged in one line."""
 
-    def __init__(self, bar: tqdm, names: list[str], failed: dict[str, int]) -> None:
+    def __init__(self, bar: tqdm, names: list[str], failed: dict[str, int], stop: _StopFlag) -> None:
         super().__init__()
+        self.stop = stop
         self.bar = bar
         self.names = names
         self.failed = failed
@@ -95,6 +98,11 @@ class _Progress(PyMeasureCallback):
     def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list, builder_results: list,
               runner_results: list) -> None:
         name = self.names[task_id]
+        if self.stop.seen:
+            self.count += sum(1 for r in runner_results if r.run_secs)
+            for i in range(len(self.names)):
+                task_scheduler.terminate_task(i)
+            return
         for b, r in zip(builder_results, runner_results):
             err = b.error_msg or r.error_msg
             if err:
@@ -122,6 +130,32 @@ def _without_tensor_intrinsics() -> Iterator[None]:
         yield
     finally:
         del sys.modules[name]
+
+
+class _StopFlag:
+    """Ctrl-C during the search sets a flag instead of raising inside meta_schedule's C++ loop (a
+    KeyboardInterrupt thrown through it crashed the process): the runner stops measuring and the progress
+    callback terminates the tasks, so the session ends with its records. A second Ctrl-C raises as usual.
+    Main thread only (signals)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.seen:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.seen = True
 
 
 def _unit(runner: str, rpc_runner: str) -> str:
@@ -201,10 +235,12 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                         for n, h in harnesses.items()]
         cand_dir = work / "candidates"
         cand_dir.mkdir()
-        run = HarnessRunner(measure, references, parallel)
+        stop = _StopFlag()
+        run = HarnessRunner(measure, references, parallel, stopped=lambda: stop.seen)
         bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
-        progress_cb = _Progress(bar, names, failed)
+        progress_cb = _Progress(bar, names, failed, stop)
         try:
+            stop.install()
             ms.tune_tasks(tasks=contexts, task_weights=[float(k.calls) for k in summary.kernels],
                           work_dir=str(work / "ms"), max_trials_global=trials,
                           max_trials_per_task=trials, num_trials_per_iter=max(2, parallel),
@@ -215,6 +251,8 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            stop.uninstall()
+            summary.interrupted = summary.interrupted or stop.seen
             bar.close()
             run.pool.shutdown(wait=False, cancel_futures=True)
         summary.measured = progress_cb.count
