@@ -18,10 +18,15 @@ from tvm.rpc.tracker import Tracker
 from conftest import mlperf_tflite_files
 from tvm_patch import cli
 from tvm_patch.export import export_model
-from tvm_patch.tune import tune_model
+from tvm.s_tir.meta_schedule.builder import BuilderInput
+from tvm.s_tir.meta_schedule.runner import RunnerInput
+from tvm.target import Target
+from tvm_patch.tune import CandidateError, tune_model
+from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.harness import KernelHarness, kernel_program
 from tvm_patch.tune.measure import measure_export
-from tvm_patch.tune.records import TunedRows, open_database
+from tvm_patch.tune.records import TunedRows, open_database, workload
+from tvm_patch.tune.runners import HarnessRunner, local_measure
 from tvm_patch.tune.space import trace_rows
 
 KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
@@ -70,13 +75,23 @@ def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
     assert TunedRows(open_database(db, create=False))(CONV, default.program.funcs[CONV]) == k.best_rows
 
 
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """kws's dense kernel as a harness, with its reference outputs (host build of the unblocked kernel)."""
+    tmp = tmp_path_factory.mktemp("dense")
+    prog = export_model(KWS, tmp / "network").program
+    h = KernelHarness(DENSE, kernel_program(prog, DENSE), False)
+    ref = measure_export(h.export(1, tmp / "ref" / "export"), tmp / "ref", "h743", "host", None).outputs
+    return h, ref, tmp
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_rpc_session_with_a_local_tracker_and_two_servers(tmp_path):
+def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
     port = _free_port()
     tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -102,9 +117,7 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(tmp_path):
         (k,) = s.kernels
         assert k.failed == 0 and s.measured >= 1 and k.best_cost is not None
         # what the farm measured is what this machine's emulator measures
-        prog = export_model(KWS, tmp_path / "export").program
-        h = KernelHarness(DENSE, kernel_program(prog, DENSE), False)
-        ref = measure_export(h.export(1, tmp_path / "r1" / "export"), tmp_path / "r1", "h743", "host", None).outputs
+        h, ref, _ = dense
         local = measure_export(h.export(k.default_rows, tmp_path / "r4" / "export"), tmp_path / "r4", "h743",
                                "emulator", ref)
         assert k.default_cost == local.cost
@@ -135,3 +148,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):
+    h, ref, tmp = dense
+    wrong = [bytes(b ^ 1 for b in ref[0])] + ref[1:]
+    export = h.export(2, tmp / "c2" / "export")
+    host = measure_export(export, tmp / "c2", "h743", "host", ref)
+    assert host.unit == "seconds" and host.cost > 0 and host.outputs == ref
+    with pytest.raises(CandidateError, match="wrong output"):
+        measure_export(export, tmp / "c2w", "h743", "host", wrong)
+    # as meta_schedule sees it: a result with the error and no cost, not an exception
+    runner = HarnessRunner(local_measure("h743", "host", 60), {DENSE: wrong})
+    (res,) = [f.result() for f in runner.run([RunnerInput(str(export), "cpu", [])])]
+    assert res.run_secs is None and "wrong output" in res.error_msg
+    # a candidate the builder cannot make is a build error, not an exception
+    (built,) = HarnessBuilder({DENSE: h}, tmp).build([BuilderInput(workload(h.func), Target({"kind": "c"}))])
+    assert built.artifact_path is None and "annotation" in built.error_msg

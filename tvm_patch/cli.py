@@ -253,10 +253,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return 0
     print(f"{s.model} on {s.board} ({s.runner}, {s.unit}): {s.measured} trials"
           f"{' (interrupted)' if s.interrupted else ''}, records in {s.db}")
+    def cost(c: float | None) -> str:
+        return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
+
     for k in s.kernels:
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
-        print(f"  {k.name}: default rows {k.default_rows} {k.default_cost or float('nan'):,.6g}, tuned rows "
-              f"{k.best_rows} {k.best_cost or float('nan'):,.6g} ({gain}), {k.failed} failed, {k.calls} calls")
+        print(f"  {k.name}: default rows {k.default_rows} {cost(k.default_cost)}, tuned rows {k.best_rows} "
+              f"{cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
     if s.untunable:
         print(f"  no knob: {', '.join(s.untunable)}")
     return 0
