@@ -217,6 +217,46 @@ def test_blocked_padded_conv_is_exact(tmp_path_factory, cin, k, stride, rows, pa
     np.testing.assert_array_equal(got, want)
 
 
+def _depthwise(layout: str, h: int, w: int, k: int, stride: int, pad: int, pad_value: int) -> tirx.PrimFunc:
+    """A padded depthwise convolution (3 channels) in NHWC or NCHW, requantized, as TOPI builds it."""
+    from tvm import topi
+
+    c = 3
+    shape = (1, h, w, c) if layout == "NHWC" else (1, c, h, w)
+    a = te.placeholder(shape, "int8", name="A")
+    if layout == "NHWC":
+        wt = te.placeholder((k, k, c, 1), "int8", name="W")
+        padded = topi.nn.pad(a, [0, pad, pad, 0], [0, pad, pad, 0], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+        acc = topi.nn.depthwise_conv2d_nhwc(padded, wt, stride, 0, 1, out_dtype="int32")
+    else:
+        wt = te.placeholder((c, 1, k, k), "int8", name="W")
+        padded = topi.nn.pad(a, [0, 0, pad, pad], [0, 0, pad, pad], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+        acc = topi.nn.depthwise_conv2d_nchw(padded, wt, stride, 0, 1, out_dtype="int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -6, 3)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    return te.create_prim_func([a, wt, out])
+
+
+@settings(max_examples=12, deadline=None)
+@given(layout=st.sampled_from(["NHWC", "NCHW"]), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]), pad=st.integers(0, 2),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, pad, pad_value, seed):
+    """Depthwise taps become tvmp_window_s8 calls (interior windows test-free, border ones bounded), bit-exact."""
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return  # no output
+    func = lean_schedule(_depthwise(layout, h, w, k, stride, pad, pad_value))
+    src = emit_c({"kern": func})
+    # a window call, or a dot product where a window row is contiguous in both operands (NCHW, stride 1)
+    assert re.search(r"\btvmp_(window|dot)_s8\(", src.code.replace(MICRO_KERNELS.read_text(), ""))
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dw"))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_blocking_leaves_other_kernels_alone():
     """Channels that rows does not divide, depthwise-like reads and rows=1 keep the function as it is."""
     dense = _matmul_requant(8, False, extern=True, f_out=5)

@@ -81,6 +81,7 @@ class ExportResult:
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
     micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
+    kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # as emitted, after every schedule
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -239,6 +240,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    if lean and micro:
+        funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
+                                                            io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
@@ -282,6 +286,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
+        kernel_funcs=final,
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
@@ -320,6 +325,28 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         ):
             out[name] = cand
     return out
+
+
+def _free_pixel_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                       pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
+                       alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """NCHW 1x1 kernels with more input channels than a C local holds get the pixel copy too (it lets the
+    dot-product micro-kernels read the channels contiguously) wherever its workspace leaves the planned arena
+    as it is: each candidate is kept only if re-planning with its workspace gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    for name, func in list(funcs.items()):
+        if func is not lean_funcs[name]:
+            continue  # already rescheduled (in place, or a pixel copy in a C local)
+        cand = pixel_copy_schedule(func, n_out[name], max_channels=1 << 30)
+        if cand is func:
+            continue
+        _, info = lower_plain({name: cand}, C_TARGET, alignment)
+        trial_ws = {**workspace, name: info[name].workspace_bytes}
+        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
+        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+        if trial.arena_bytes <= aplan.arena_bytes:
+            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _created_parents(path: Path) -> list[Path]:

@@ -13,9 +13,10 @@ word is loaded and sign-extended once for ``rows`` weight rows. The accumulator 
 
 Applied to a kernel in TVM's default form (``schedule.is_default_form``) with exactly one reduction whose
 block reads an activation not indexed by the output channel and weights indexed by it, whose innermost
-non-unit reduction iterator is the weights' last (contiguous) index and the activation's too (NHWC, dense)
-or its channel axis when ``inplace_conv.pixel_copy_schedule`` will copy it pixel by pixel (NCHW, at most
-64 channels); ``rows`` must divide the channel count. Anything else is returned unchanged. Integer sums do not depend on their order: bit-exact.
+non-unit reduction iterator is the weights' last (contiguous) index and indexes the activation (its last
+axis in NHWC and dense layers; in NCHW its channel axis, contiguous once ``inplace_conv`` copies the pixel,
+else a scalar loop that still loads each activation once for ``rows`` outputs); ``rows`` must divide the
+channel count. Anything else is returned unchanged. Integer sums do not depend on their order: bit-exact.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.export.inplace_conv import LOCAL_COPY_BYTES
 from tvm_patch.export.schedule import is_default_form
 
 __all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "rows_loop", "split_rows"]
@@ -69,7 +69,7 @@ def _channel_and_reduction(block: s_tir.SBlock) -> tuple[Any, Any] | None:
         ch = w_spatial[0]
         if any(u.same_as(ch) for i in a.indices for u in _vars_of(i)):
             continue  # a depthwise convolution: the activation is indexed by the channel too
-        if _innermost(w).same_as(k) and (_innermost(a).same_as(k) or _copied_contiguous(a, k)):
+        if _innermost(w).same_as(k) and any(i.same_as(k) for i in a.indices):
             return ch, k
     return None
 
@@ -79,12 +79,6 @@ def _innermost(load: TensorLoad) -> Any:
     shape = [int(d) for d in load.source.shape]
     axes = [i for i, d in enumerate(shape) if d > 1]
     return load.indices[axes[-1]] if axes else load.indices[-1]
-
-
-def _copied_contiguous(a: TensorLoad, k: Any) -> bool:
-    """An NCHW activation read along its channels (axis 1) that ``pixel_copy_schedule`` will copy pixel by
-    pixel into a C local (at most LOCAL_COPY_BYTES channels), where the reduction reads it contiguously."""
-    return len(a.indices) == 4 and a.indices[1].same_as(k) and int(a.source.shape[1]) <= LOCAL_COPY_BYTES
 
 
 def rows_loop(sch: s_tir.Schedule) -> tuple[Any, list[Any], int] | None:

@@ -2,18 +2,22 @@
 measured with.
 
 ``kernel_program`` cuts the kernel's first call out of the network's program (its activation operands
-become the harness's inputs and outputs, its weights stay the network's); ``write_kernel_export`` runs the
-export's back end on it (lean schedule, the same in-place or pixel-copy choice as in the network, arena
-plan, C kernels, driver, host program) and writes a directory that ``microtvm_projects`` turns into a board
-project like any export: seeded inputs, the host build's outputs as the expected ones, firmware, QEMU.
+become the harness's inputs and outputs, its weights stay the network's); ``network_rewrite`` finds which
+of the export's rewrites after the lean schedule (in place, pixel copy in a C local or in the arena, none)
+the network's export gave the kernel, so the harness applies the same one to every candidate;
+``write_kernel_export`` then plans the harness's arena, emits the C kernel, driver and host program, and
+writes a directory that ``microtvm_projects`` turns into a board project like any export: seeded inputs,
+the host build's outputs as the expected ones, firmware, QEMU.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tvm_ffi
 from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET, emit_c
@@ -28,7 +32,7 @@ from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInf
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
 
-__all__ = ["ALIGNMENT", "KernelHarness", "kernel_program", "write_kernel_export"]
+__all__ = ["ALIGNMENT", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
 
 ALIGNMENT = 16
 
@@ -60,20 +64,32 @@ def kernel_program(prog: Program, kernel: str) -> Program:
                    tensors, consts, ins, outs, prog.fused_mod)
 
 
-def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, in_place: bool) -> Path:
-    """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking) into
-    ``out_dir``; ``in_place``: the network runs this kernel in place (export/api.py's choice), so must the
-    harness. Raises what the export raises when the candidate does not lower."""
+REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
+    "none": lambda f, n: f,
+    "in place": inplace_conv_schedule,
+    "pixel copy": pixel_copy_schedule,
+    "pixel copy in the arena": lambda f, n: pixel_copy_schedule(f, n, max_channels=1 << 30),
+}
+
+
+def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
+    return tvm_ffi.structural_equal(a.with_attr("tirx.noalias", True), b.with_attr("tirx.noalias", True))
+
+
+def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> str | None:
+    """The rewrite (a REWRITES key) that turns ``func`` blocked by ``rows`` and lean-scheduled into
+    ``emitted`` (the network export's kernel), None if none does."""
+    lean = lean_schedule(block_output_channels(func, rows))
+    return next((k for k, rw in REWRITES.items() if _same(rw(lean, n_outputs), emitted)), None)
+
+
+def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str) -> Path:
+    """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
+    lean-scheduled and rewritten as ``rewrite`` (the network's choice), into ``out_dir``. Raises what the
+    export raises when the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
-    lean = lean_schedule(func)
-    final = lean
-    if in_place:
-        cand = inplace_conv_schedule(lean, n_out)
-        if cand is not lean and inplace_conv_pairs(cand, n_out):
-            final = cand
-    if final is lean:
-        final = pixel_copy_schedule(lean, n_out)
+    final = REWRITES[rewrite](lean_schedule(func), n_out)
     pairs = {name: inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
     _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
@@ -81,7 +97,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, in_p
         final = final.with_attr("tirx.noalias", False)
     csrc = emit_c({name: final}, ALIGNMENT)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
-            "weights_bytes": kprog.weights_bytes, "in_place": bool(aplan.inplace_calls),
+            "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     write_directory(out_dir, {
         "model.c": driver_source(kprog, csrc.functions, aplan, name, csrc),
@@ -99,11 +115,11 @@ def _io(io: IOTensor) -> dict:
 
 @dataclass
 class KernelHarness:
-    """One tunable kernel of a network: its one-call program and whether the network runs it in place."""
+    """One tunable kernel of a network: its one-call program and the rewrite the network's export gave it."""
 
     name: str
     program: Program
-    in_place: bool
+    rewrite: str
 
     @property
     def func(self) -> tirx.PrimFunc:
@@ -112,4 +128,4 @@ class KernelHarness:
 
     def export(self, rows: int, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``rows`` (the export's own ``block_output_channels``)."""
-        return write_kernel_export(self.program, block_output_channels(self.func, rows), out_dir, self.in_place)
+        return write_kernel_export(self.program, block_output_channels(self.func, rows), out_dir, self.rewrite)

@@ -38,7 +38,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.export.blocking import DEFAULT_ROWS
 from tvm_patch.tune.builder import HarnessBuilder
-from tvm_patch.tune.harness import KernelHarness, kernel_program
+from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, local_measure, rpc_key, rpc_measure
@@ -191,8 +191,14 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
             if not row_choices(func):
                 untunable.append(name)
                 continue
-            in_place = any(k in res.arena_plan.inplace_calls for k, c in enumerate(prog.calls) if c.func == name)
-            harnesses[name] = KernelHarness(name, kernel_program(prog, name), in_place)
+            n_out = next(c.n_outputs for c in prog.calls if c.func == name)
+            rewrite = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
+            if rewrite is None:  # the harness could not reproduce the network's kernel: measuring it would lie
+                log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped",
+                            name)
+                untunable.append(name)
+                continue
+            harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite)
         unknown = sorted(set(kernels or ()) - set(prog.funcs))
         if unknown:
             raise TvmPatchError(f"--kernel {unknown[0]}: no such kernel in {model}; its kernels: "
