@@ -18,6 +18,7 @@ from tvm.rpc.tracker import Tracker
 
 from conftest import mlperf_tflite_files
 from tvm_patch import cli
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import RunnerInput
@@ -99,6 +100,8 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     servers = []
     try:
+        with pytest.raises(TvmPatchError, match="no server with key h743-emulator"):
+            tune_model(KWS, "h743", runner="rpc", tracker=("127.0.0.1", tracker.port), db_dir=tmp_path / "none")
         for _ in range(2):
             sp = _free_port()
             servers.append(subprocess.Popen(
@@ -138,6 +141,7 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["tune", "MODEL", "--board", "zz"], "unknown board 'zz'"),
     (["tune", "MODEL", "--board", "h743", "--runner", "rpc"], "--runner rpc needs --tracker"),
+    (["tune", "MODEL", "--board", "h743", "--runner", "rpc", "--tracker", "127.0.0.1:1"], "cannot reach the tracker"),
     (["build", "MODEL", "-o", "OUT", "--tuning-db", "DB"], "unreadable tuning database"),
     (["build", "MODEL", "-o", "OUT", "--tuning-db", "NODB"], "no tuning records"),
     (["rpc-server", "--tracker", "127.0.0.1:1", "--board", "h743"], "cannot reach the tracker"),

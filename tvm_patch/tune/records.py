@@ -3,7 +3,7 @@
 Records are keyed by workload: the kernel's PrimFunc before blocking, as the export lowers it (structural
 equality), so a record applies to the same kernel in any build of any model. Each record's target names
 the core (``mcpu``) and the runner (``model``: emulator, device or host); a build takes, per kernel, the
-fastest record measured by the chosen runner kind on its board's core.
+fastest record on its board's core of the most faithful runner that measured it (device, emulator, host).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = ["WORKLOADS", "RECORDS", "TunedRows", "open_database", "tuning_target"
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TOP_K = 64
+RUNNER_PRECEDENCE = ("device", "emulator", "host")
 
 
 def tuning_target(core: str, runner: str) -> tvm.target.Target:
@@ -76,19 +77,26 @@ class TunedRows:
         self.used: dict[str, dict[str, Any]] = {}
 
     def best(self, func: tirx.PrimFunc) -> tuple[int, float, str] | None:
-        """(rows, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none."""
+        """(rows, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none.
+        Costs of different runners are not compared: the records of the most faithful runner present win
+        (device cycles, then emulator instructions, then host seconds)."""
         mod = workload(func)
         if not self.db.has_workload(mod):
             return None
-        for rec in self.db.get_top_k(self.db.commit_workload(mod), TOP_K):
+        best: dict[str, tuple[int, float]] = {}
+        for rec in self.db.get_top_k(self.db.commit_workload(mod), TOP_K):  # fastest first
             attrs = rec.target.attrs if rec.target is not None else {}
+            runner = str(attrs.get("model", ""))
             if self.core is not None and str(attrs.get("mcpu", "")) != self.core:
                 continue
-            if self.runner is not None and str(attrs.get("model", "")) != self.runner:
+            if self.runner is not None and runner != self.runner:
                 continue
             rows = trace_rows(rec.trace)
-            if rows is not None and rec.run_secs:
-                return rows, float(sum(float(x) for x in rec.run_secs) / len(rec.run_secs)), str(attrs.get("model", ""))
+            if rows is not None and rec.run_secs and runner not in best:
+                best[runner] = rows, float(sum(float(x) for x in rec.run_secs) / len(rec.run_secs))
+        for runner in (*RUNNER_PRECEDENCE, *sorted(best)):
+            if runner in best:
+                return (*best[runner], runner)
         return None
 
     def __call__(self, name: str, func: tirx.PrimFunc) -> int:

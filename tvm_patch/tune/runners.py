@@ -14,9 +14,11 @@ import json
 import socket
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import tvm
 import tvm_ffi
@@ -30,7 +32,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.tune.builder import first_line
 from tvm_patch.tune.measure import CandidateError, Measurement, measure_export
 
-__all__ = ["MEASURE_FUNC", "HarnessRunner", "local_measure", "register_measure", "rpc_key", "rpc_measure",
+__all__ = ["MEASURE_FUNC", "HarnessRunner", "check_tracker", "local_measure", "register_measure", "rpc_key", "rpc_measure",
            "parse_address", "start_server"]
 
 MEASURE_FUNC = "tvm_patch.tune.measure"
@@ -69,7 +71,7 @@ def rpc_measure(tracker: tuple[str, int], key: str, timeout_sec: float) -> Measu
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(export, arcname="export")
         try:
-            sess = rpc.connect_tracker(*tracker).request(key, priority=1, session_timeout=timeout_sec)
+            sess = _request_session(tracker, key, timeout_sec)
             sess.upload(bytearray(buf.getvalue()), "candidate.tar")
             answer = json.loads(sess.get_function(MEASURE_FUNC)(
                 "candidate.tar", json.dumps({"reference": [r.hex() for r in reference], "timeout_sec": timeout_sec})))
@@ -80,6 +82,47 @@ def rpc_measure(tracker: tuple[str, int], key: str, timeout_sec: float) -> Measu
         return Measurement(answer["cost"], answer["unit"], [bytes.fromhex(o) for o in answer["outputs"]])
 
     return measure
+
+
+def _request_session(tracker: tuple[str, int], key: str, timeout_sec: float) -> Any:
+    """A session with a free server of ``key``; TVM's request waits for one without a timeout, so it runs in a
+    daemon thread given ``timeout_sec``."""
+    box: dict[str, Any] = {}
+
+    def request() -> None:
+        try:
+            box["sess"] = rpc.connect_tracker(*tracker).request(key, priority=1, session_timeout=timeout_sec)
+        except Exception as e:  # handed to the caller
+            box["err"] = e
+
+    t = threading.Thread(target=request, daemon=True, name="tvmp-rpc-request")
+    t.start()
+    t.join(timeout_sec)
+    if t.is_alive():
+        raise CandidateError(f"no {key} server of the tracker {tracker[0]}:{tracker[1]} became free within "
+                             f"{timeout_sec:.0f} s")
+    if "err" in box:
+        raise box["err"]
+    return box["sess"]
+
+
+def check_tracker(tracker: tuple[str, int], key: str | None = None) -> None:
+    """The tracker answers (and, given ``key``, has a server of that key): else a one-line error."""
+    try:
+        socket.create_connection(tracker, timeout=5.0).close()
+    except OSError as e:
+        raise TvmPatchError(f"cannot reach the tracker at {tracker[0]}:{tracker[1]} ({e.strerror or e}); start one "
+                            "with `python -m tvm.exec.rpc_tracker --port PORT`") from None
+    if key is None:
+        return
+    box: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: box.update(info=rpc.connect_tracker(*tracker).summary()), daemon=True)
+    t.start()
+    t.join(10.0)
+    queue = box.get("info", {}).get("queue_info", {})
+    if key not in queue:
+        raise TvmPatchError(f"the tracker at {tracker[0]}:{tracker[1]} has no server with key {key}; start one with "
+                            f"`tvm-patch rpc-server --tracker {tracker[0]}:{tracker[1]} --board BOARD --runner RUNNER`")
 
 
 def register_measure(board: str, runner: str) -> None:
@@ -150,10 +193,6 @@ def start_server(tracker: tuple[str, int], board: str, runner: str, host: str = 
     get_board(board)
     if runner not in ("emulator", "device"):
         raise TvmPatchError(f"rpc-server --runner {runner!r}: use emulator or device")
-    try:
-        socket.create_connection(tracker, timeout=5.0).close()
-    except OSError as e:
-        raise TvmPatchError(f"cannot reach the tracker at {tracker[0]}:{tracker[1]} ({e.strerror or e}); start one "
-                            "with `python -m tvm.exec.rpc_tracker --port PORT`") from None
+    check_tracker(tracker)
     return rpc.Server(host=host, port=port, port_end=port_end, tracker_addr=tracker, key=rpc_key(board, runner),
                       silent=True, server_init_callback=functools.partial(register_measure, board, runner))

@@ -41,7 +41,7 @@ from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
-from tvm_patch.tune.runners import HarnessRunner, local_measure, rpc_key, rpc_measure
+from tvm_patch.tune.runners import HarnessRunner, check_tracker, local_measure, rpc_key, rpc_measure
 from tvm_patch.tune.space import fixed_trace, row_choices, rows_space
 
 __all__ = ["KernelTuning", "TuneSummary", "tune_model"]
@@ -107,7 +107,8 @@ class _Progress(PyMeasureCallback):
             err = b.error_msg or r.error_msg
             if err:
                 self.failed[name] = self.failed.get(name, 0) + 1
-                self.bar.write(f"tvm-patch tune: {name}: candidate failed, skipped: {err.splitlines()[0]}")
+                self.bar.write(f"tvm-patch tune: {name}: candidate failed, skipped: {err.splitlines()[0]}",
+                               file=sys.stderr)
             elif r.run_secs:
                 self.best[name] = min(self.best.get(name, float("inf")), float(r.run_secs[0]))
         self.count += len(runner_results)
@@ -176,6 +177,8 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         raise TvmPatchError("--runner rpc needs --tracker HOST:PORT")
     if trials < 1:
         raise TvmPatchError(f"--trials {trials}: give at least 1")
+    if runner == "rpc":
+        check_tracker(tracker, rpc_key(board, rpc_runner))
     db = open_database(db_dir, create=True)
     measured_by = rpc_runner if runner == "rpc" else runner
     target = tuning_target(b.core, measured_by)
