@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile, verify, build.
+"""The `tvm-patch` command line: zoo, profile, verify, build, run, tune, rpc-server.
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """

@@ -28,7 +28,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.cost_model import XGBModel
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-from tvm.s_tir.meta_schedule.database import TuningRecord
+from tvm.s_tir.meta_schedule.database import Database, TuningRecord
 from tvm.s_tir.meta_schedule.measure_callback import (AddToDatabase, PyMeasureCallback, RemoveBuildArtifact,
                                                       UpdateCostModel)
 from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
@@ -36,12 +36,14 @@ from tvm.s_tir.meta_schedule.space_generator import ScheduleFn
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
+from tvm_patch.export.api import ExportResult
+from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
 from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
-from tvm_patch.tune.runners import HarnessRunner, check_tracker, local_measure, rpc_key, rpc_measure
+from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
 from tvm_patch.tune.space import fixed_trace, row_choices, rows_space
 
 __all__ = ["KernelTuning", "TuneSummary", "tune_model"]
@@ -159,6 +161,56 @@ class _StopFlag:
         self.seen = True
 
 
+def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -> tuple[dict[str, KernelHarness],
+                                                                                     list[str]]:
+    """The harness of each kernel with a knob (those named in ``kernels`` if given), and the others' names."""
+    prog = res.program
+    unknown = sorted(set(kernels or ()) - set(prog.funcs))
+    if unknown:
+        raise TvmPatchError(f"--kernel {unknown[0]}: no such kernel in {model}; its kernels: {', '.join(prog.funcs)}")
+    harnesses: dict[str, KernelHarness] = {}
+    untunable = []
+    for name, func in prog.funcs.items():
+        if kernels and name not in kernels:
+            continue
+        if not row_choices(func):
+            untunable.append(name)
+            continue
+        n_out = next(c.n_outputs for c in prog.calls if c.func == name)
+        rewrite = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
+        if rewrite is None:  # the harness could not reproduce the network's kernel: measuring it would lie
+            log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped", name)
+            untunable.append(name)
+            continue
+        harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite)
+    if not harnesses:
+        raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
+                            "convolutions and dense layers with a contiguous reduction)")
+    return harnesses, untunable
+
+
+def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measure, board: str, timeout_sec: float,
+              work: Path, db: Database, target: Any, summary: TuneSummary, progress: bool) -> dict[str, list[bytes]]:
+    """Each kernel's reference outputs (unblocked, host build) and its default schedule's cost, which is also
+    committed as a record (a build never picks a schedule slower than the default); returns the references."""
+    ref_measure = local_measure(board, "host", timeout_sec)
+    references: dict[str, list[bytes]] = {}
+    for name, h in tqdm(harnesses.items(), desc="defaults", unit="kernel", disable=not progress):
+        references[name] = ref_measure(h.export(1, work / "reference" / name / "export"), None).outputs
+        choices = row_choices(h.func)
+        default = DEFAULT_ROWS if DEFAULT_ROWS in choices else 1
+        try:
+            cost: float | None = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
+        except CandidateError as e:
+            log.warning("%s: default schedule failed: %s", name, e.one_line())
+            cost = None
+        else:
+            db.commit_tuning_record(TuningRecord(fixed_trace(name, h.func, default), db.commit_workload(workload(h.func)),
+                                                 [cost], target, ArgInfo.from_prim_func(h.func)))
+        summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, default, cost))
+    return references
+
+
 def _unit(runner: str, rpc_runner: str) -> str:
     kind = rpc_runner if runner == "rpc" else runner
     return {"emulator": "instructions", "device": "cycles", "host": "seconds"}[kind]
@@ -185,54 +237,16 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
     with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
         work = Path(tmp)
         res = export_model(model, work / "network", patches=patches, split=split)
-        prog = res.program
-        harnesses: dict[str, KernelHarness] = {}
-        untunable = []
-        for name, func in prog.funcs.items():
-            if kernels and name not in kernels:
-                continue
-            if not row_choices(func):
-                untunable.append(name)
-                continue
-            n_out = next(c.n_outputs for c in prog.calls if c.func == name)
-            rewrite = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
-            if rewrite is None:  # the harness could not reproduce the network's kernel: measuring it would lie
-                log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped",
-                            name)
-                untunable.append(name)
-                continue
-            harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite)
-        unknown = sorted(set(kernels or ()) - set(prog.funcs))
-        if unknown:
-            raise TvmPatchError(f"--kernel {unknown[0]}: no such kernel in {model}; its kernels: "
-                                f"{', '.join(prog.funcs)}")
-        if not harnesses:
-            raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
-                                "convolutions and dense layers with a contiguous reduction)")
+        harnesses, untunable = _tunable_kernels(res, model, kernels)
         failed: dict[str, int] = {}
         if runner == "rpc":
             measure = rpc_measure(tracker, rpc_key(board, rpc_runner), timeout_sec)
         else:
             measure = local_measure(board, runner, timeout_sec, port, probe)
-        ref_measure = local_measure(board, "host", timeout_sec)
-        references: dict[str, list[bytes]] = {}
         summary = TuneSummary(model, board, runner, _unit(runner, rpc_runner), str(db_dir), trials, 0, False,
                               untunable=untunable)
-        for name, h in harnesses.items():
-            ref_dir = work / "reference" / name
-            references[name] = ref_measure(h.export(1, ref_dir / "export"), None).outputs
-            choices = row_choices(h.func)
-            default = DEFAULT_ROWS if DEFAULT_ROWS in choices else 1
-            try:
-                cost = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
-            except CandidateError as e:
-                log.warning("%s: default schedule failed: %s", name, e.one_line())
-                cost = None
-            else:  # the default is a record too: a build never picks a schedule slower than it
-                db.commit_tuning_record(TuningRecord(fixed_trace(name, h.func, default),
-                                                     db.commit_workload(workload(h.func)), [cost], target,
-                                                     ArgInfo.from_prim_func(h.func)))
-            summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, default, cost))
+        references = _defaults(harnesses, res.program, measure, board, timeout_sec, work, db, target, summary,
+                               progress)
         names = list(harnesses)
         with _without_tensor_intrinsics():
             contexts = [ms.TuneContext(workload(h.func), target=target,
