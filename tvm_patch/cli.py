@@ -270,7 +270,8 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def _cmd_rpc_server(args: argparse.Namespace) -> int:
-    server = start_server(parse_address(args.tracker), args.board, args.runner, args.host, args.port, args.port_end)
+    server = start_server(parse_address(args.tracker), args.board, args.runner, args.host, args.port, args.port_end,
+                          args.serial, args.probe)
     signal.signal(signal.SIGTERM, _stop)
     print(f"serving {args.board}-{args.runner} on {args.host}:{server.port} for the tracker {args.tracker}", flush=True)
     try:
@@ -312,6 +313,8 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     r.add_argument("--port", type=int, default=9091, help="first port to try (default 9091)")
     r.add_argument("--port-end", type=int, default=9199, help="last port to try (default 9199)")
+    r.add_argument("--serial", help="device: the board's serial port (default: found by the ST-LINK's USB id)")
+    r.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool")
     r.set_defaults(func=_cmd_rpc_server)
 
 

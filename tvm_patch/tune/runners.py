@@ -125,19 +125,20 @@ def check_tracker(tracker: tuple[str, int], key: str | None = None) -> None:
                             f"`tvm-patch rpc-server --tracker {tracker[0]}:{tracker[1]} --board BOARD --runner RUNNER`")
 
 
-def register_measure(board: str, runner: str) -> None:
+def register_measure(board: str, runner: str, port: str | None = None, probe: str | None = None) -> None:
     """The RPC server's side (``server_init_callback``): register ``MEASURE_FUNC``(tar name, options JSON)
-    -> result JSON, measuring on ``board`` with ``runner``."""
+    -> result JSON, measuring on ``board`` with ``runner`` (a board: on serial ``port``, flashed by ``probe``)."""
 
     def serve(tar_name: str, options: str) -> str:
         opts = json.loads(options)
-        work = Path(tempfile.mkdtemp(prefix="tvmp_rpc_"))
         path = tvm.get_global_func("tvm.rpc.server.workpath")(tar_name)
         try:
-            with tarfile.open(path) as tar:
-                tar.extractall(work, filter="data")
-            m = measure_export(work / "export", work, board, runner,
-                               [bytes.fromhex(r) for r in opts["reference"]], float(opts["timeout_sec"]))
+            with tempfile.TemporaryDirectory(prefix="tvmp_rpc_") as tmp:
+                work = Path(tmp)
+                with tarfile.open(path) as tar:
+                    tar.extractall(work, filter="data")
+                m = measure_export(work / "export", work, board, runner,
+                                   [bytes.fromhex(r) for r in opts["reference"]], float(opts["timeout_sec"]), port, probe)
             return json.dumps(m.to_json())
         except Exception as e:  # the client logs it as the candidate's failure
             return json.dumps({"error": e.one_line() if isinstance(e, TvmPatchError) else first_line(e)})
@@ -187,7 +188,7 @@ class HarnessRunner(PyRunner):
 
 
 def start_server(tracker: tuple[str, int], board: str, runner: str, host: str = "127.0.0.1", port: int = 9091,
-                 port_end: int = 9199) -> rpc.Server:
+                 port_end: int = 9199, serial: str | None = None, probe: str | None = None) -> rpc.Server:
     """An RPC server (TVM's, in its own process) registered with ``tracker`` under ``rpc_key(board, runner)``,
     serving ``MEASURE_FUNC`` on this machine's emulator or board. Stop it with ``.terminate()``."""
     get_board(board)
@@ -195,4 +196,4 @@ def start_server(tracker: tuple[str, int], board: str, runner: str, host: str = 
         raise TvmPatchError(f"rpc-server --runner {runner!r}: use emulator or device")
     check_tracker(tracker)
     return rpc.Server(host=host, port=port, port_end=port_end, tracker_addr=tracker, key=rpc_key(board, runner),
-                      silent=True, server_init_callback=functools.partial(register_measure, board, runner))
+                      silent=True, server_init_callback=functools.partial(register_measure, board, runner, serial, probe))
