@@ -119,8 +119,10 @@ def check_tracker(tracker: tuple[str, int], key: str | None = None) -> None:
     t = threading.Thread(target=lambda: box.update(info=rpc.connect_tracker(*tracker).summary()), daemon=True)
     t.start()
     t.join(10.0)
-    queue = box.get("info", {}).get("queue_info", {})
-    if key not in queue:
+    if "info" not in box:
+        raise TvmPatchError(f"the tracker at {tracker[0]}:{tracker[1]} did not answer within 10 s; is it a TVM RPC "
+                            "tracker?")
+    if key not in box["info"].get("queue_info", {}):
         raise TvmPatchError(f"the tracker at {tracker[0]}:{tracker[1]} has no server with key {key}; start one with "
                             f"`tvm-patch rpc-server --tracker {tracker[0]}:{tracker[1]} --board BOARD --runner RUNNER`")
 
