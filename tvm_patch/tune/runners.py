@@ -116,7 +116,13 @@ def check_tracker(tracker: tuple[str, int], key: str | None = None) -> None:
     if key is None:
         return
     box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.update(info=rpc.connect_tracker(*tracker).summary()), daemon=True)
+    def summary() -> None:
+        try:
+            box["info"] = rpc.connect_tracker(*tracker).summary()
+        except Exception:  # no answer: reported below
+            pass
+
+    t = threading.Thread(target=summary, daemon=True, name="tvmp-rpc-summary")
     t.start()
     t.join(10.0)
     if "info" not in box:
