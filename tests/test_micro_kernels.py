@@ -319,5 +319,6 @@ def test_plain_and_micro_exports_agree(tmp_path, shared_models):
     assert micro.micro_kernels and not plain.micro_kernels
     micro_c, plain_c = ((tmp_path / d / "model.c").read_text() for d in ("micro", "plain"))
     assert re.search(r"= tvmp_dot_s8\(", micro_c) and re.search(r"tvmp_requant\(", micro_c)
+    assert all(f"{k}(" in micro_c for k in ("tvmp_dot_s8_rows4", "tvmp_window_s8", "tvmp_sat_s8"))
     assert "tvmp_dot_s8" not in plain_c and "tvmp_requant" not in plain_c
     assert micro.arena_bytes == plain.arena_bytes and micro.weights_bytes == plain.weights_bytes
