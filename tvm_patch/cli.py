@@ -253,22 +253,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     out = res.to_json()
     if args.json:
         print(json.dumps(out, indent=1))
-        return 0
+    else:
+        _print_plan(args, res)
+    if res.chosen is None:
+        raise TvmPatchError(f"no plan of {args.model} fits {args.board}" + (
+            f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
+            "B of Flash" if res.best_miss else ": no plan could be exported"))
+    return 0
+
+
+def _print_plan(args: argparse.Namespace, res) -> None:
     print(f"{args.model} on {args.board}: {res.note}")
     for p in res.pareto:
         print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14}  "
               f"SRAM {p.sram_bytes:>9,} B  latency {p.latency_ms:9.2f} ms (estimated)")
-    if res.chosen is None:
-        miss = res.best_miss
-        print("nothing fits" + (f": the closest plan misses by {out.get('misses_sram_by_bytes', 0):,} B of SRAM and "
-                                f"{out.get('misses_flash_by_bytes', 0):,} B of Flash" if miss else ""))
-        return 1
     c = res.chosen
+    if c is None:
+        return
     print(f"chosen: split {c.plan['split']}, patches {c.plan['patches']}, halo {c.plan['halo']}: SRAM "
           f"{c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms (estimated)" if c.plan["split"]
           else f"chosen: layer by layer: SRAM {c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms "
                "(estimated)")
-    return 0
 
 
 def _add_cost_parsers(sub) -> None:

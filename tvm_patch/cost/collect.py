@@ -3,12 +3,14 @@ JSONL file. Resumable: every item has an id, items already in the file are skipp
 one flushed line, so Ctrl-C and a re-run continue where it stopped.
 
 Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
-split and 2..4 patches a side), for training; then the held-out real networks (zoo and MLPerf Tiny models,
+split and 2..4 patches a side; ``seed`` >= 1: with inserted plain convolutions and a second patch plan), for
+training; then the held-out real networks (zoo and MLPerf Tiny models,
 layer by layer and 4x4 patches at the middle valid split), which training never reads and ``eval`` scores.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import tempfile
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from tvm_patch.cost.measure import core_key, measure
 from tvm_patch.cost.plan import Plan
-from tvm_patch.cost.synth import sample_net, write_onnx
+from tvm_patch.cost.synth import sample_inserts, sample_net, write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
@@ -61,8 +63,13 @@ def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[s
     """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched"."""
     for i in range(n):
         s = seed * 100_000 + i
-        yield f"synth-{s}-lbl", {"synth": s, "patched": False}
-        yield f"synth-{s}-patch", {"synth": s, "patched": True}
+        # round 0: the MCUNet-space networks; later rounds add plain k x k convolutions and a second patch plan
+        # (where round 0's held-out error was largest)
+        more = seed >= 1
+        yield f"synth-{s}-lbl", {"synth": s, "inserts": more, "patched": False}
+        yield f"synth-{s}-patch", {"synth": s, "inserts": more, "patched": True}
+        if more:
+            yield f"synth-{s}-patch2", {"synth": s, "inserts": more, "patched": True}
     if heldout:
         for m in heldout_models():
             yield f"heldout-{Path(m).name}-lbl", {"model": m, "patched": False}
@@ -81,12 +88,27 @@ def done_ids(path: Path) -> set[str]:
     return ids
 
 
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line left unfinished by an interrupted run, so the next record starts on its own line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a JSONL file; a missing file is a one-line error."""
+    """Every complete record of a JSONL file (``.jsonl.gz``: gzip-compressed); a missing file is a one-line
+    error."""
     if not path.is_file():
         raise TvmPatchError(f"{path}: no such measurements file; run `tvm-patch costmodel collect` first")
+    try:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise TvmPatchError(f"{path}: unreadable measurements ({type(e).__name__}); collect again") from None
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
@@ -101,6 +123,7 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
     """Measure the items not yet in ``out``; returns counts (measured, skipped, failed)."""
     core_key(board)  # an unknown board fails here
     out.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_line(out)
     done = done_ids(out)
     todo = [(i, it) for i, it in items(n, seed, heldout) if i not in done]
     counts = {"measured": 0, "skipped": len(done), "failed": 0}
@@ -108,7 +131,9 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
         for item_id, item in tqdm(todo, desc=f"collect {board}", unit="net"):
             try:
                 if "synth" in item:
-                    model = str(write_onnx(sample_net(item["synth"]), Path(tmp) / f"{item_id}.onnx"))
+                    net = sample_net(item["synth"])
+                    inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
+                    model = str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
                 else:
                     model = item["model"]
                 plan = _patched_plan(model, zlib.crc32(item_id.encode())) if item["patched"] else Plan()

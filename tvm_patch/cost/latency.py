@@ -1,7 +1,7 @@
 """The latency model: an XGBoost regressor of a kernel's instructions (emulator) or cycles (board) per unit
 of work (its MACs, or the bytes it moves when it has none) from its features, summed over a network's
 kernels, plus the driver's input/output copies (a line in the copied bytes). One model per core (M4, M7),
-stored as one versioned JSON file; a file that is corrupt, of another format version or another feature
+stored as one versioned JSON file (the booster as zlib-compressed UBJSON in base64); a file that is corrupt, of another format version or another feature
 set is refused with one line.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,9 +24,9 @@ from tvm_patch.errors import TvmPatchError
 FORMAT = "tvm-patch-cost-model"
 FORMAT_VERSION = 1
 CORES = ("m4", "m7")
-PARAMS = {"max_depth": 5, "eta": 0.08, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 2,
+PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 2,
           "objective": "reg:squarederror", "seed": 0, "nthread": 1}
-ROUNDS = 300
+ROUNDS = 200
 
 
 @dataclass
@@ -51,12 +52,12 @@ class LatencyModel:
         return sum(self.kernel_counts(rows)) + self.overhead[0] + self.overhead[1] * io_bytes
 
     def save(self, path: str | Path) -> Path:
-        """Write the model file (JSON; the booster as base64 UBJSON)."""
+        """Write the model file (JSON; the booster as base64 of zlib-compressed UBJSON)."""
         path = Path(path)
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION,
                 "core": self.core, "unit": self.unit, "columns": columns(), "overhead": list(self.overhead),
                 "meta": self.meta,
-                "booster": base64.b64encode(bytes(self.booster.save_raw(raw_format="ubj"))).decode()}
+                "booster": base64.b64encode(zlib.compress(bytes(self.booster.save_raw(raw_format="ubj")), 9)).decode()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(data) + "\n")
@@ -103,10 +104,10 @@ def load(path: str | Path) -> LatencyModel:
                             f"{FEATURES_VERSION}; {fix}")
     try:
         booster = xgb.Booster()
-        booster.load_model(bytearray(base64.b64decode(data["booster"], validate=True)))
+        booster.load_model(bytearray(zlib.decompress(base64.b64decode(data["booster"], validate=True))))
         return LatencyModel(data["core"], data["unit"], booster, tuple(map(float, data["overhead"])),
                             dict(data.get("meta", {})))
-    except (KeyError, TypeError, ValueError, xgb.core.XGBoostError) as e:
+    except (KeyError, TypeError, ValueError, zlib.error, xgb.core.XGBoostError) as e:
         raise TvmPatchError(f"cost model {path}: corrupt ({type(e).__name__}); {fix}") from None
 
 
@@ -117,6 +118,9 @@ def default_path(core: str) -> Path:
 
 def for_core(core: str, path: str | Path | None = None) -> LatencyModel:
     """The model at ``path``, or the shipped default of ``core``; a model for another core is refused."""
+    if path is None and not default_path(core).is_file():
+        raise TvmPatchError(f"no shipped cost model for {core} in this installation; make one with `tvm-patch "
+                            f"costmodel collect` and `train`, and give it with --cost-model FILE")
     model = load(path if path is not None else default_path(core))
     if model.core != core:
         raise TvmPatchError(f"cost model {path}: trained for {model.core}, the board has a {core}; "

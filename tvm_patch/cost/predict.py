@@ -32,6 +32,7 @@ class Prediction:
     split_layers: int | None
     sram_bytes: int
     flash_bytes: int
+    flash_exact: bool  # False: weights + input only, a lower bound (the search's ranking before it compiles)
     arena_bytes: int
     stack_bytes: int
     instructions: int
@@ -83,7 +84,7 @@ def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan:
     count = cost_model.network_count(rows, sum(ins) + sum(outs))
     ms = count * b.qemu_cpi / (b.mhz * 1e3) if cost_model.unit == "instructions" else count / (b.mhz * 1e3)
     return Prediction(board=b.key, plan=plan.to_json(), split_layers=result.plan.get("split_layers"),
-                      sram_bytes=sram, flash_bytes=flash_b, arena_bytes=result.arena_bytes, stack_bytes=STACK_BYTES,
+                      sram_bytes=sram, flash_bytes=flash_b, flash_exact=flash, arena_bytes=result.arena_bytes, stack_bytes=STACK_BYTES,
                       instructions=int(round(count)), latency_ms=round(ms, 3),
                       latency_estimated=cost_model.unit == "instructions",
                       fits=sram <= b.sram_bytes and flash_b <= b.flash_bytes,

@@ -118,6 +118,7 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
         front.insert(0, lbl)
     picked = _spread(front, max_exact)
     preds: list[Prediction] = []
+    dirs: dict[int, tuple[Any, list[dict[str, Any]], Path]] = {}
     with tempfile.TemporaryDirectory(prefix="tvmp_plan_") as tmp:
         for i, e in enumerate(picked):
             out = Path(tmp) / f"p{i}"
@@ -126,6 +127,7 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
             except TvmPatchError:
                 continue
             preds.append(predict_export(result, rows, out / "model.c", e.plan, board, lm, flash=False))
+            dirs[id(preds[-1])] = (result, rows, out)
         exact = pareto(preds, key=lambda p: (p.sram_bytes, p.latency_ms))
         order = sorted(exact, key=lambda p: (p.latency_ms, p.sram_bytes) if objective == "latency"
                        else (p.sram_bytes, p.latency_ms))
@@ -133,10 +135,9 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
         for p in order:
             if p.sram_bytes > b.sram_bytes or p.flash_bytes > b.flash_bytes:
                 continue
-            # the Flash check with the code: export again and compile (only for the plan that is chosen)
-            out = Path(tmp) / "chosen"
+            # Flash with the code (compiling the network's objects) only for the plan about to be chosen
+            result, rows, out = dirs[id(p)]
             plan = Plan(p.plan["split"], tuple(p.plan["patches"]) if p.plan["patches"] else None, p.plan["halo"])
-            result, rows = export_plan(model, plan, out)
             full = predict_export(result, rows, out / "model.c", plan, board, lm, flash=True)
             if full.fits:
                 chosen = full

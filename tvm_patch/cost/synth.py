@@ -1,15 +1,22 @@
 """Seeded synthetic networks for the cost model's measurements (nn-Meter's way: configurations sampled
 around the ones real networks use). Each is a small MCUNet-space classifier (stem, inverted residual
-blocks with kernel 3/5/7, expand ratio 1/3/4/6, stride 1/2, optional head conv, pool, linear), built by the
-zoo's own lowering, calibration and ONNX export as an int8 QDQ model, so one firmware run measures all of
-its kernels at once with the per-kernel profile."""
+blocks with kernel 3/5/7, expand ratio 1/3/4/6, stride 1/2, optional head conv, pool, linear) with, from
+the second collection round on, plain k x k convolutions over many channels inserted as ResNet-like
+layers (the kernels the first round's held-out error was largest on), built by the zoo's own lowering,
+calibration and ONNX export as an int8 QDQ model, so one firmware run measures all of its kernels at once
+with the per-kernel profile."""
 
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 
-from tvm_patch.zoo.graph import lower
+from dataclasses import dataclass
+
+import numpy as np
+
+from tvm_patch.zoo.graph import Layer, lower
 from tvm_patch.zoo.onnx_export import export
 from tvm_patch.zoo.quantize import calibrate
 from tvm_patch.zoo.spec import BlockSpec, ConvSpec, NetSpec
@@ -26,6 +33,16 @@ def _near(rng: random.Random, ch: int) -> int:
     """A channel count next to ``ch`` in CHANNELS (the way widths grow along real networks)."""
     i = CHANNELS.index(ch)
     return CHANNELS[max(0, min(len(CHANNELS) - 1, i + rng.choice((-1, 0, 0, 1, 1, 2))))]
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """A plain k x k convolution (channels kept, then relu6) inserted after the layer named ``after``."""
+
+    after: str
+    channels: int
+    kernel: int
+    stride: int
 
 
 def sample_net(seed: int) -> NetSpec:
@@ -51,9 +68,45 @@ def sample_net(seed: int) -> NetSpec:
     return NetSpec(f"synth-{seed}", "synthetic", res, stem, tuple(blocks), head, num_classes=rng.choice((10, 100)))
 
 
-def write_onnx(net: NetSpec, path: str | Path) -> Path:
-    """``net`` as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded inputs)."""
+def sample_inserts(net: NetSpec, seed: int) -> tuple[Inserted, ...]:
+    """0 to 2 plain k x k convolutions for ``net`` (seeded): after the stem or a block output."""
+    rng = random.Random(seed * 7919 + 1)
+    points = [("stem." + (net.stem.act or ""), net.stem.out_ch)]
+    for i, b in enumerate(net.blocks, start=2):
+        points.append((f"b{i}.add" if b.residual else f"b{i}.project", b.out_ch))
+    out = []
+    for _ in range(rng.choice((0, 1, 1, 2))):
+        after, ch = rng.choice(points)
+        out.append(Inserted(after, ch, rng.choice((3, 3, 5)), rng.choice((1, 1, 2))))
+    return tuple(out)
+
+
+def _insert(layers: list[Layer], net_name: str, ins: Inserted, k: int) -> list[Layer]:
+    """``layers`` with ``ins`` after its layer: every reader of that layer reads the new convolution."""
+    name = f"x{k}.conv"
+    rng = np.random.default_rng([zlib.crc32(net_name.encode()), k])
+    fan_in = ins.channels * ins.kernel * ins.kernel
+    w = rng.normal(0.0, np.sqrt(2.0 / fan_in), (ins.channels, ins.channels, ins.kernel, ins.kernel)).astype(np.float32)
+    b = rng.normal(0.0, 0.1, ins.channels).astype(np.float32)
+    conv = Layer("conv", name, (ins.after,), w, b, {"stride": ins.stride, "pad": ins.kernel // 2, "groups": 1})
+    act = Layer("relu6", f"x{k}.relu6", (name,))
+    out = []
+    for layer in layers:
+        if ins.after in layer.inputs:
+            layer = Layer(layer.kind, layer.name, tuple(act.name if i == ins.after else i for i in layer.inputs),
+                          layer.weight, layer.bias, layer.attrs)
+        out.append(layer)
+        if layer.name == ins.after:
+            out += [conv, act]
+    return out
+
+
+def write_onnx(net: NetSpec, path: str | Path, inserts: tuple[Inserted, ...] = ()) -> Path:
+    """``net`` (with ``inserts``) as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded
+    inputs)."""
     layers = lower(net)
+    for k, ins in enumerate(inserts):
+        layers = _insert(layers, net.name, ins, k)
     model = export(net, layers, calibrate(net.name, layers, net.resolution))
     path = Path(path)
     path.write_bytes(model.SerializeToString())
