@@ -182,3 +182,25 @@ def test_nothing_fits_says_by_how_much(monkeypatch, shared_models, capsys):
     assert res.best_miss.sram_bytes == min(p.sram_bytes for p in res.pareto)
     with pytest.raises(TvmPatchError, match="bad objective|unknown --objective"):
         search(str(shared_models / KWS), "f746", objective="speed")
+
+
+DATA = Path(__file__).resolve().parent.parent / "bench" / "cost_data"
+
+
+def test_train_and_eval_on_the_shipped_measurements(tmp_path, capsys):
+    """`train` on the M7 measurements writes a model that `eval` scores on the held-out networks only."""
+    model = tmp_path / "m7.json"
+    assert main(["costmodel", "train", "--core", "m7", "--data", str(DATA / "m7.jsonl.gz"), "--model", str(model)]) == 0
+    capsys.readouterr()
+    trained = load_cost_model(model)
+    assert trained.meta["n_networks"] == len([r for r in cost_collect.read_records(DATA / "m7.jsonl.gz")
+                                              if not r.get("heldout")])
+    assert main(["costmodel", "eval", "--core", "m7", "--data", str(DATA / "m7.jsonl.gz"), "--model", str(model)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"mape", "within_10pct_share", "n_heldout", "per_op"} <= set(out)
+    nets = out["networks"]
+    assert out["n_heldout"] == len(nets) > 0 and all(n["id"].startswith("heldout-") for n in nets)
+    assert out["mape"] == pytest.approx(sum(abs(n["error"]) for n in nets) / len(nets), abs=1e-3)
+    assert out["within_10pct_share"] == pytest.approx(sum(abs(n["error"]) <= 0.10 for n in nets) / len(nets), abs=1e-3)
+    for n in nets:
+        assert n["error"] == pytest.approx((n["predicted"] - n["measured"]) / n["measured"], abs=1e-3)
