@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from microtvm_projects.boards import get_board
 from microtvm_projects.errors import ProjectError
@@ -18,6 +19,10 @@ from microtvm_projects.firmware import load_project
 
 from tvm_patch import report, zoo
 from tvm_patch.board_build import build_for_board, run_project
+from tvm_patch.cost import collect as cost_collect, latency as cost_latency
+from tvm_patch.cost.evaluate import evaluate as cost_evaluate
+from tvm_patch.cost.measure import core_key
+from tvm_patch.cost.search import search as plan_search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
@@ -238,6 +243,85 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the cost model and the schedule search (tvm_patch/cost, docs/cost-model.md) ---
+def _cost_data(args: argparse.Namespace, core: str) -> list[dict]:
+    paths = args.data or [str(cost_collect.default_data(core))]
+    return [r for p in paths for r in cost_collect.read_records(Path(p))]
+
+
+def _cmd_costmodel(args: argparse.Namespace) -> int:
+    if args.action == "collect":
+        if not args.board:
+            raise TvmPatchError("costmodel collect needs --board f412|f746|h743")
+        out = args.data[0] if args.data else str(cost_collect.default_data(core_key(args.board)))
+        counts = cost_collect.collect(args.board, Path(out), n=args.n, seed=args.seed, runner=args.runner,
+                                      timeout_sec=args.timeout)
+        print(f"{out}: {counts['measured']} measured, {counts['skipped']} already there, {counts['failed']} failed")
+        return 0
+    core = args.core or (core_key(args.board) if args.board else None)
+    if core not in cost_latency.CORES:
+        raise TvmPatchError(f"costmodel {args.action} needs --core m4|m7 (or --board)")
+    if args.action == "train":
+        model = cost_latency.fit([r for r in _cost_data(args, core) if not r.get("heldout")], core)
+        path = model.save(args.model or cost_collect.default_model(core))
+        print(f"wrote {path}: {core}, {model.meta['n_kernels']} kernels of {model.meta['n_networks']} networks; "
+              f"use it with --cost-model {path}")
+        return 0
+    model = cost_latency.for_core(core, args.model)
+    print(json.dumps(cost_evaluate(model, _cost_data(args, core)), indent=1))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    res = plan_search(args.model, args.board, args.objective, args.cost_model)
+    out = res.to_json()
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        _print_plan(args, res)
+    if res.chosen is None:
+        raise TvmPatchError(f"no plan of {args.model} fits {args.board}" + (
+            f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
+            "B of Flash" if res.best_miss else ": no plan could be exported"))
+    return 0
+
+
+def _print_plan(args: argparse.Namespace, res) -> None:
+    print(f"{args.model} on {args.board}: {res.note}")
+    for p in res.pareto:
+        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14}  "
+              f"SRAM {p.sram_bytes:>9,} B  latency {p.latency_ms:9.2f} ms (estimated)")
+    c = res.chosen
+    if c is None:
+        return
+    print(f"chosen: split {c.plan['split']}, patches {c.plan['patches']}, halo {c.plan['halo']}: SRAM "
+          f"{c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms (estimated)" if c.plan["split"]
+          else f"chosen: layer by layer: SRAM {c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms "
+               "(estimated)")
+
+
+def _add_cost_parsers(sub) -> None:
+    c = sub.add_parser("costmodel", help="the latency cost model: collect measurements, train, evaluate")
+    c.add_argument("action", choices=["collect", "train", "eval"])
+    c.add_argument("--board", choices=["f412", "f746", "h743"], help="collect: the board measured")
+    c.add_argument("--core", choices=list(cost_latency.CORES), help="train/eval: the core (default: the board's)")
+    c.add_argument("--n", type=int, default=40, help="collect: synthetic networks (each layer by layer and patched)")
+    c.add_argument("--seed", type=int, default=0, help="collect: seed of the synthetic networks and plans")
+    c.add_argument("--runner", choices=["emulator", "device"], default="emulator",
+                   help="collect: instructions on QEMU (default) or cycles on the board")
+    c.add_argument("--data", nargs="+", metavar="FILE.jsonl", help="measurements (default: the cache's, per core)")
+    c.add_argument("--model", metavar="FILE.json", help="train: where to write; eval: the model (default: shipped)")
+    c.add_argument("--timeout", type=float, default=600.0, metavar="SEC", help="collect: longest build or run")
+    c.set_defaults(func=_cmd_costmodel)
+    pl = sub.add_parser("plan", help="search splits, patch counts and halo modes for the fastest plan that fits")
+    pl.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    pl.add_argument("--board", choices=["f412", "f746", "h743"], required=True)
+    pl.add_argument("--objective", choices=["latency", "memory"], default="latency")
+    pl.add_argument("--cost-model", metavar="FILE.json", help="a trained latency model (default: the shipped one)")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    pl.set_defaults(func=_cmd_plan)
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -427,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sram", type=int, metavar="BYTES", help="a tighter SRAM limit than the board's")
     s.add_argument("--max-flash", type=int, metavar="BYTES", help="a tighter Flash limit than the board's")
     s.set_defaults(func=_cmd_search)
+    _add_cost_parsers(sub)
     return p
 
 
