@@ -192,6 +192,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
     uses: dict[relax.Var, int] = {}  # Relax var -> number of uses
     zero_point: dict[int, int] = {}  # tensor id -> the zero point its layer's chain last wrote (for clips)
     pending: dict[relax.Var, _FoldedPad] = {}  # var of a pad folding into its convolutions -> the pad
+    tuples: dict[relax.Var, list[int]] = {}  # var bound to a tuple of activations -> their tensor ids
     qparams = recorded_qparams(func)
 
     for p in func.params:
@@ -215,8 +216,14 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             _extend(layers, tensors, act, act[value], b.var, None)
             continue
         if not isinstance(value, relax.Call):
-            if isinstance(value, (relax.Tuple, relax.TupleGetItem)) and any(v in act for v in _vars_in(value)):
-                _new_layer(layers, tensors, act, "tuple", [act[v] for v in _vars_in(value) if v in act], b.var)
+            if isinstance(value, relax.Tuple):  # a tuple of tensors (the outputs of a multi-output model): no layer
+                tuples[b.var] = [t for f in value.fields for t in _tensors_of(f, act, tuples)]
+            elif isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var) \
+                    and value.tuple_value in tuples:
+                act[b.var] = tuples[value.tuple_value][int(value.index)]
+            elif isinstance(value, (relax.Tuple, relax.TupleGetItem)) and any(v in act for v in _vars_in(value)):
+                raise TvmPatchError(f"binding {b.var.name}: a tuple produced by an op is not supported "
+                                    "(multi-output ops such as SPLIT); the profile handles single-output ops")
             continue
         args = value.args
         op = _op_name(value)
@@ -259,7 +266,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             if zp is not None:
                 zero_point[out] = int(zp)
             continue
-        acts = [a for a in args if isinstance(a, relax.Var) and a in act]
+        acts = [v for a in args for v in _vars_in(a) if v in act]  # a concat's operands come in a tuple
         if not acts:
             continue  # a computation on constants only: part of the weights
         if op == _CONV:
@@ -298,7 +305,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             if op == "relax.nn.pad":
                 _set_pad(layer, value, layout)
 
-    outputs = [act[v] for v in _vars_in(ret) if v in act]
+    outputs = _tensors_of(ret, act, tuples)
     graph = Graph(layers, tensors, graph_inputs, outputs, layout)
     _assign_blocks(graph)
     _receptive_fields(graph)
@@ -401,6 +408,15 @@ def _pads_into_convs(bindings: list, ret: relax.Expr) -> dict[relax.Var, tuple[i
         h, w = lay.index("H"), lay.index("W")
         out[b.var] = (width[2 * h], width[2 * w], width[2 * h + 1], width[2 * w + 1])
     return out
+
+
+def _tensors_of(expr, act: dict, tuples: dict) -> list[int]:
+    """The activation tensors an expression holds, in order (a tensor, or a tuple of them, nested or bound)."""
+    if isinstance(expr, relax.Var):
+        return list(tuples[expr]) if expr in tuples else [act[expr]] if expr in act else []
+    if isinstance(expr, relax.Tuple):
+        return [t for f in expr.fields for t in _tensors_of(f, act, tuples)]
+    return []
 
 
 def _vars_in(expr) -> list[relax.Var]:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir.expr import TensorLoad
+from tvm.ir.expr import Expr, TensorLoad
 
 from tvm_patch.export.patterns import const_shape, same_element
 
@@ -178,11 +179,14 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
                     continue  # inlined there, a reduction's epilogue would read it at other indices (e.g. a pad)
                 if any(_loads_of(c, buf) > 1 for c in readers):
                     continue  # a stage of its own (one scalar at the reduction): inlining copies it per read
+            if _heavy(block) and _elementwise_consumer(sch, rv) is not None:
+                continue  # its own scalar stage (below): inlined, its expression would nest in the next one
             try:
                 sch.compute_inline(rv)
                 changed = True
             except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
                 continue
+    _scalar_stages(sch, outputs)
     for rv in _children(sch):
         block = sch.get(rv)
         if not _is_reduction(block):
@@ -209,6 +213,56 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 break
             stage = nxt[0]
     return sch.mod["main"]
+
+
+def _heavy(block: s_tir.SBlock) -> bool:
+    """Does the stage compute in 64 bits or call a helper (a requantization, a fixed-point function)?
+    Such a stage is not inlined into an elementwise reader: requantization reads its input several times
+    (rounding, sign), so each inlined stage would copy the previous ones and a chain of n stages would
+    grow as 2^n, past what TVM's simplifier can handle (a hard sigmoid ADD -> MUL -> MUL took minutes)."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    found = [False]
+
+    def on_expr(e: Any) -> tvm_ffi.WalkResult:
+        ty = getattr(e, "ty", None)
+        if str(getattr(ty, "dtype", ty)) == "int64" or (
+                isinstance(e, tvm.ir.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name.endswith("call_pure_extern")):
+            found[0] = True
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(store.value, [(Expr, on_expr)], order="pre")
+    return found[0]
+
+
+def _elementwise_consumer(sch: s_tir.Schedule, rv: Any) -> Any | None:
+    """The block's one consumer when it is a non-reduction stage storing one element per iteration."""
+    consumers = list(sch.get_consumers(rv))
+    if len(consumers) != 1:
+        return None
+    block = sch.get(consumers[0])
+    if _is_reduction(block) or not isinstance(block.body, tirx.BufferStore) or block.init is not None:
+        return None
+    return consumers[0]
+
+
+def _scalar_stages(sch: s_tir.Schedule, outputs: set[str]) -> None:
+    """Each heavy stage left by the inlining (not after a reduction: those are epilogues, moved below) is
+    computed at its elementwise consumer's innermost loop, last stage first: its buffer compacts to one
+    element, a C local, and every stage's expression stays its own size whatever the chain's length."""
+    for rv in reversed(_children(sch)):
+        block = sch.get(rv)
+        if block.name_hint in outputs or _is_reduction(block) or not _heavy(block) or _after_reduction(sch, rv):
+            continue
+        consumer = _elementwise_consumer(sch, rv)
+        loops = list(sch.get_loops(consumer)) if consumer is not None else []
+        if not loops:
+            continue
+        try:
+            sch.compute_at(rv, loops[-1], preserve_unit_loops=True)
+        except (RuntimeError, ValueError, TypeError):  # ScheduleError: left a buffer of its own
+            continue
 
 
 def _loads_of(block: s_tir.SBlock, buf: Any) -> int:
