@@ -3,8 +3,9 @@
 Each model is exported to host C (`tvm-patch build M --target host --json`) in its own process, with a
 timeout, so one that blows up is reported instead of stalling the run; the time is the export's own
 `export_seconds` (import, integer lowering, fusion, schedules, C emission; no gcc). Default models: every
-zoo model (int8), every test model in tests/fixtures/tflite (the 224x224 squeeze-and-excitation network
-se_net_224 among them), every MLPerf Tiny model. Writes export_time.json and export_time.md to --out.
+zoo model (int8), every test model in tests/fixtures (the 224x224 squeeze-and-excitation network
+tflite/models/se_net_224 among them; those in tflite/refused are refused at once), every MLPerf Tiny model.
+Writes export_time.json and export_time.md to --out.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from tvm_patch import zoo
 
 from bench.models import mlperf_models
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tflite"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 GOAL_SECONDS = 30.0
 
 
 def default_models() -> list[str]:
-    """Every zoo model (int8), every .tflite test model, every MLPerf Tiny model."""
-    tests = sorted(str(p) for p in FIXTURES.rglob("*.tflite"))
+    """Every zoo model (int8), every .tflite / .onnx test model, every MLPerf Tiny model."""
+    tests = sorted(str(p) for ext in ("*.tflite", "*.onnx") for p in FIXTURES.rglob(ext))
     return [f"zoo:{n}:int8" for n in zoo.names()] + tests + [str(p) for p in mlperf_models().values()]
 
 

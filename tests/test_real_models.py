@@ -1,9 +1,10 @@
 """Real-model shapes end to end (issue 11): squeeze-and-excitation chains, several outputs, the rough edges.
 
-Fixtures (tests/fixtures): se_net.tflite (SE blocks: MEAN, 1x1 conv or FC gate, hard sigmoid as ADD / MUL,
-MUL with the features, hard swish), det_net.tflite (backbone, two RESIZE_NEAREST_NEIGHBOR merged by ADD and
-CONCATENATION, three float32 heads) and its ONNX QDQ twin det_qdq.onnx, conv_per_tensor / uint8_io /
-dynamic_batch.tflite, and refused/ (a fully uint8 model, a dynamic height and width).
+Fixtures in tests/fixtures/tflite/models (make_fixtures.py): se_net (SE blocks: MEAN, 1x1 conv or FC gate,
+hard sigmoid as ADD / MUL, MUL with the features, hard swish), det_net (backbone, two RESIZE_NEAREST_NEIGHBOR
+merged by ADD and CONCATENATION, three float32 heads; its ONNX QDQ twin is tests/fixtures/onnx/det_qdq.onnx),
+conv_per_tensor, uint8_io, dynamic_batch; in tests/fixtures/tflite/refused a fully uint8 model and a dynamic
+height and width.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from tvm_patch.report import profile
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 from tvm_patch.verify import verify_patch
 
-SE = FIXTURES / "se_net.tflite"
-DET = FIXTURES / "det_net.tflite"
+MODELS = FIXTURES / "models"
+SE = MODELS / "se_net.tflite"
+DET = MODELS / "det_net.tflite"
 DET_QDQ = FIXTURES.parent / "onnx" / "det_qdq.onnx"
 REFUSED = FIXTURES / "refused"
 HEADS = [(1, 8, 10, 6), (1, 4, 5, 6), (1, 16, 20, 6)]  # det_net's outputs in the .tflite's order
@@ -88,6 +90,11 @@ def test_se_gate_chain_stages_stay_their_own_size(se_program):
         for b in list(sch.get_child_blocks(sch.get_sblock("root")))[:-1]:
             sch.compute_inline(b)
         assert max(_store_sizes(sch.mod["main"])) > 2 * max(after), name
+
+
+def test_se_net_export_bit_exact(tmp_path):
+    result = export_model(str(SE), tmp_path / "out", check=True, seeds=(0,))
+    assert result.check.bit_exact and result.micro_kernels
 
 
 @pytest.mark.slow
@@ -184,12 +191,12 @@ def test_det_onnx_qdq_twin_bit_exact_with_onnxruntime():
 
 
 def test_per_tensor_convolutions_bit_exact_with_tflite_micro():
-    res = verify_against_reference(str(FIXTURES / "conv_per_tensor.tflite"), "tflite-micro", n_inputs=3)
+    res = verify_against_reference(str(MODELS / "conv_per_tensor.tflite"), "tflite-micro", n_inputs=3)
     assert res.passed and res.max_abs_diff == 0
 
 
 def test_uint8_input_output_bit_exact_with_tflite_micro():
-    res = verify_against_reference(str(FIXTURES / "uint8_io.tflite"), "tflite-micro", n_inputs=3)
+    res = verify_against_reference(str(MODELS / "uint8_io.tflite"), "tflite-micro", n_inputs=3)
     assert res.passed and res.max_abs_diff == 0
 
 
@@ -199,7 +206,7 @@ def test_fully_uint8_model_refused_naming_the_tensor():
 
 
 def test_dynamic_batch_is_compiled_as_one():
-    assert [int(d) for d in load(str(FIXTURES / "dynamic_batch.tflite")).mod["main"].params[0].ty.shape] == [1, 8, 8, 4]
+    assert [int(d) for d in load(str(MODELS / "dynamic_batch.tflite")).mod["main"].params[0].ty.shape] == [1, 8, 8, 4]
 
 
 def test_dynamic_height_refused_naming_the_input():
