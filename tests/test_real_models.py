@@ -9,6 +9,7 @@ height and width.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import Expr
 
+from bench import export_time
 from conftest import FIXTURES
 from onnx_graphs import tiny_residual
 from tvm_patch.board_build import build_for_board
@@ -228,3 +230,12 @@ def test_plot_with_patches(tmp_path, det_profile):
     plot_profile(det_profile, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(path).stat().st_size > 10_000
+
+
+def test_export_time_bench_records_each_model(tmp_path):
+    code = export_time.main(["--models", str(FIXTURES / "add.tflite"), str(REFUSED / "uint8_conv.tflite"),
+                             "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "export_time.json").read_text())["rows"]
+    assert code == 0 and [r["status"].split(":")[0] for r in rows] == ["ok", "refused"]
+    assert rows[0]["export_seconds"] > 0 and rows[0]["within_goal"] and rows[1]["export_seconds"] is None
+    assert "| add.tflite | micro | c |" in (tmp_path / "export_time.md").read_text()
