@@ -29,8 +29,8 @@ from tvm import relax
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.relax_util import call_tir_name, ints, op_name
 from tvm_patch.geometry import RegionMap
-from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
-                             QPARAMS_ATTR)
+from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_HARD_SWISH, Q_LOGISTIC, Q_MEAN, Q_MUL,
+                             Q_SOFTMAX, Q_SUB, QPARAMS_ATTR)
 
 # Relax ops that start a layer of their own when applied to an activation.
 _CONV = "relax.nn.conv2d"
@@ -41,7 +41,7 @@ _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub",
 # call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
 _TIR_BINARY = {Q_ADD: "add", Q_SUB: "sub", Q_MUL: "mul"}
 # call_tir PrimFuncs of LowerToInteger that are activations fused into the producer
-_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid"}
+_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid", Q_HARD_SWISH: "relax.hard_swish"}
 # layers whose requantized output a ReLU clamp may coincide with (see _clamps)
 _WEIGHTED = {"conv2d", "depthwise_conv2d", "dense"}
 # call_tir PrimFuncs of LowerToInteger that are layers of their own (never fused into the producer)
@@ -57,7 +57,8 @@ _FUSIBLE = {
 _ALIASES = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims", "relax.quantize",
             "relax.dequantize", "relax.astype"}
 _ACTIVATIONS = {"relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid", "relax.maximum",
-                "relax.minimum", "relax.nn.silu", "relax.tanh", "relax.nn.leakyrelu"}
+                "relax.minimum", "relax.nn.silu", "relax.tanh", "relax.nn.leakyrelu",
+                "relax.hard_swish"}  # TFLite's HARD_SWISH: TVM's hard_swish PrimFunc, or LowerToInteger's table
 # dtype conversions a folded pad may pass through before its convolution (QDQ: pad on int8, then dequantize)
 _CONVERSIONS = {"relax.quantize", "relax.dequantize", "relax.astype"}
 _INT8_RANGE = (-128, 127)
