@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile, verify, build.
+"""The `tvm-patch` command line: zoo, profile, verify, build, run, tune, rpc-server, search.
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 
 from microtvm_projects.boards import get_board
 from microtvm_projects.errors import ProjectError
@@ -21,6 +23,9 @@ from tvm_patch.export import export_model
 from tvm_patch.frontend import load
 from tvm_patch.plot import plot_profile
 from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
+from tvm_patch.search import search, write_results
+from tvm_patch.search.output import format_summary
+from tvm_patch.tune import RUNNERS, TunedRows, open_database, parse_address, start_server, tune_model
 from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
@@ -58,11 +63,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _build_board(args, split)
     if args.run or args.profile:
         raise TvmPatchError("--run and --profile need --board f412|f746|h743")
+    rows = _tuned_rows(args)
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
-                          kernels=args.kernels)
+                          kernels=args.kernels, **({"rows": rows} if rows else {}))
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(json.dumps(dict(result.to_json(), **({"tuning": rows.to_json()} if rows else {})), indent=1))
     else:
         print(_build_summary(result))
     if result.check is not None and not result.check.passed:
@@ -96,11 +102,14 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
+    rows = _tuned_rows(args)
     built = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels)
+                             rounding=args.rounding, kernels=args.kernels, **({"rows": rows} if rows else {}))
+    if rows:
+        built["tuning"] = rows.to_json()
     return _board_output(args, built)
 
 
@@ -214,6 +223,21 @@ def _verify_reference(args: argparse.Namespace) -> int:
     return 0 if r.passed else 1
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    result = search(args.board, population=args.population, iterations=args.iterations, seed=args.seed,
+                    proxy=args.proxy, max_sram=args.max_sram, max_flash=args.max_flash)
+    if not result.population:
+        print(f"{PROG}: interrupted before any architecture was found; nothing written", file=sys.stderr)
+        return 130
+    settings = {k: getattr(args, k) for k in ("population", "iterations", "max_sram", "max_flash")}
+    write_results(result, args.out, settings)
+    print(format_summary(result, args.out))
+    if result.interrupted:
+        print(f"{PROG}: interrupted; wrote the best so far to {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -225,6 +249,90 @@ def _write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise TvmPatchError(f"{path}: cannot write ({e.strerror}); choose a writable path") from None
+
+
+# ---------------------------------------------------------------- tuning (tvm_patch/tune, docs/tuning.md)
+def _tuned_rows(args: argparse.Namespace) -> TunedRows | None:
+    if not args.tuning_db:
+        return None
+    return TunedRows(open_database(args.tuning_db, create=False), get_board(args.board).core if args.board else None)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
+    s = tune_model(args.model, args.board, trials=args.trials, runner=args.runner, db_dir=args.db,
+                   patches=args.patches, split=split, kernels=args.kernel,
+                   tracker=parse_address(args.tracker) if args.tracker else None, rpc_runner=args.rpc_runner,
+                   parallel=args.parallel, timeout_sec=args.timeout, port=args.port, probe=args.probe,
+                   progress=not args.json)
+    if args.json:
+        print(json.dumps(s.to_json(), indent=1))
+        return 0
+    print(f"{s.model} on {s.board} ({s.runner}, {s.unit}): {s.measured} trials"
+          f"{' (interrupted)' if s.interrupted else ''}, records in {s.db}")
+    def cost(c: float | None) -> str:
+        return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
+
+    for k in s.kernels:
+        gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
+        print(f"  {k.name}: default rows {k.default_rows} {cost(k.default_cost)}, tuned rows {k.best_rows} "
+              f"{cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
+    if s.untunable:
+        print(f"  no knob: {', '.join(s.untunable)}")
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_rpc_server(args: argparse.Namespace) -> int:
+    server = start_server(parse_address(args.tracker), args.board, args.runner, args.host, args.port, args.port_end,
+                          args.serial, args.probe)
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"serving {args.board}-{args.runner} on {args.host}:{server.port} for the tracker {args.tracker}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.terminate()
+
+
+def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="tune the kernels' schedules with meta_schedule; records to --db")
+    t.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    t.add_argument("--board", required=True, help="the board tuned for: f412, f746 or h743")
+    t.add_argument("--trials", type=int, default=16, help="measured candidates in all (default 16)")
+    t.add_argument("--runner", choices=RUNNERS, default="emulator",
+                   help="emulator (exact instructions on QEMU), host (seconds, a quick check), device (cycles on "
+                        "the board), rpc (a farm behind --tracker)")
+    t.add_argument("--db", default="tuning_db", metavar="DIR", help="the record database (default tuning_db)")
+    t.add_argument("--patches", type=int, metavar="P", help="tune the patch-mode network (needs --split)")
+    t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
+    t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
+    t.add_argument("--tracker", metavar="HOST:PORT", help="with --runner rpc: the RPC tracker")
+    t.add_argument("--rpc-runner", choices=["emulator", "device"], default="emulator",
+                   help="with --runner rpc: the servers' runner (key BOARD-RUNNER)")
+    t.add_argument("--parallel", type=int, default=1, help="candidates measured at once (rpc: servers used)")
+    t.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    t.add_argument("--port", help="device: the board's serial port")
+    t.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool")
+    t.add_argument("--timeout", type=float, default=120.0, metavar="SEC",
+                   help="longest wait for one candidate's build step or run (default 120)")
+    t.set_defaults(func=_cmd_tune)
+    r = sub.add_parser("rpc-server", help="serve measurements on this machine's emulator or board to a TVM RPC "
+                                          "tracker (key BOARD-RUNNER), for `tune --runner rpc`")
+    r.add_argument("--tracker", required=True, metavar="HOST:PORT")
+    r.add_argument("--board", required=True, help="f412, f746 or h743")
+    r.add_argument("--runner", choices=["emulator", "device"], default="emulator")
+    r.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    r.add_argument("--port", type=int, default=9091, help="first port to try (default 9091)")
+    r.add_argument("--port-end", type=int, default=9199, help="last port to try (default 9199)")
+    r.add_argument("--serial", help="device: the board's serial port (default: found by the ST-LINK's USB id)")
+    r.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool")
+    r.set_defaults(func=_cmd_rpc_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --board: stack reserved in SRAM (default 8192)")
     b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
     _add_board_run_options(b)
+    b.add_argument("--tuning-db", metavar="DIR", help="apply a `tvm-patch tune` database: each kernel takes its "
+                   "fastest record's schedule (on --board's core, else any); --json says which")
     b.set_defaults(func=_cmd_build)
+    _add_tune_commands(sub)
     r = sub.add_parser("run", help="run a board project already built (tvm-patch build --board) once")
     r.add_argument("project", help="the project directory (-o DIR of `tvm-patch build --board`)")
     r.add_argument("--runner", choices=["emulator", "device"], default="emulator",
@@ -304,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--inputs", type=int, metavar="N",
                    help="number of seeded random inputs (default 3 with --patches, 20 with --reference)")
     v.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("search", help="evolve MCUNet architectures and their patch schedules for a board "
+                                      "(docs/search.md)")
+    s.add_argument("--board", required=True, help="f412, f746 or h743: its SRAM and Flash bound the search")
+    s.add_argument("--population", type=int, default=100, help="architectures per generation (default 100)")
+    s.add_argument("--iterations", type=int, default=30, help="generations after the first (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the whole run: a seed repeats a run (default 0)")
+    s.add_argument("--out", default="search_out", metavar="DIR", help="where best.json and search.json go")
+    s.add_argument("--proxy", metavar="MODULE:FUNCTION",
+                   help="accuracy proxy f(spec, evaluation) -> float, higher is better (default: the MACs)")
+    s.add_argument("--max-sram", type=int, metavar="BYTES", help="a tighter SRAM limit than the board's")
+    s.add_argument("--max-flash", type=int, metavar="BYTES", help="a tighter Flash limit than the board's")
+    s.set_defaults(func=_cmd_search)
     return p
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
@@ -79,6 +81,7 @@ class ExportResult:
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
     micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
+    kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # as emitted, after every schedule
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +173,7 @@ def export_model(
     integer: bool = True,
     rounding: str = "tflite",
     kernels: str = "micro",
+    rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -180,6 +184,9 @@ def export_model(
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
+    ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
+    one for all kernels, per kernel name (kernels not named get the default), or a callable (name, PrimFunc) ->
+    rows (a tuning database's choice by workload: ``tvm_patch.tune.TunedRows``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
@@ -187,12 +194,13 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding)
+                       integer, rounding, rows)
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
-            tflite_path: str | None, integer: bool, rounding: str) -> ExportResult:
+            tflite_path: str | None, integer: bool, rounding: str,
+            rows: int | Mapping[str, int] | Callable[[str, Any], int]) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -217,7 +225,10 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
-    funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
+    blocked = prog.funcs
+    if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
+        blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}
+    funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:
@@ -229,6 +240,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    if lean and micro:
+        funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
+                                                            io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
@@ -272,6 +286,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
+        kernel_funcs=final,
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
@@ -280,6 +295,14 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: str, func: Any) -> int:
+    """The blocking of kernel ``name``: one for all, per name, or chosen by a callable (name, PrimFunc before
+    blocking) -> rows, as tvm_patch.tune.records.TunedRows chooses from a tuning database by workload."""
+    if callable(rows):
+        return rows(name, func)
+    return rows.get(name, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:
@@ -302,6 +325,28 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         ):
             out[name] = cand
     return out
+
+
+def _free_pixel_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                       pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
+                       alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """NCHW 1x1 kernels with more input channels than a C local holds get the pixel copy too (it lets the
+    dot-product micro-kernels read the channels contiguously) wherever its workspace leaves the planned arena
+    as it is: each candidate is kept only if re-planning with its workspace gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    for name, func in list(funcs.items()):
+        if func is not lean_funcs[name]:
+            continue  # already rescheduled (in place, or a pixel copy in a C local)
+        cand = pixel_copy_schedule(func, n_out[name], max_channels=1 << 30)
+        if cand is func:
+            continue
+        _, info = lower_plain({name: cand}, C_TARGET, alignment)
+        trial_ws = {**workspace, name: info[name].workspace_bytes}
+        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
+        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+        if trial.arena_bytes <= aplan.arena_bytes:
+            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _created_parents(path: Path) -> list[Path]:
