@@ -18,6 +18,7 @@ from microtvm_projects.errors import ProjectError
 from microtvm_projects.firmware import load_project
 
 from tvm_patch import report, zoo
+from tvm_patch.atomic import write_atomic
 from tvm_patch.board_build import build_for_board, run_project
 from tvm_patch.cost import collect as cost_collect, latency as cost_latency
 from tvm_patch.cost.evaluate import evaluate as cost_evaluate
@@ -324,14 +325,9 @@ def _add_cost_parsers(sub) -> None:
 
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise TvmPatchError(f"{path}: cannot write ({e.strerror}); choose a writable path") from None
 
 
