@@ -98,6 +98,8 @@ def test_cli_search_writes_zoo_specs(tmp_path, capsys):
     assert int8 and net.name == summary["top"][0]["name"] and f"{net.name}:" in text
     ev = summary["top"][0]["evaluation"]
     assert ev["fits"] and ev["sram_bytes"] <= ev["sram_limit"] and ev["latency_ms"] is None
+    lat = summary["best_latency"]  # the cost model's prediction for the best architecture under its schedule
+    assert lat["instructions"] > zoo.macs(net) and lat["latency_ms"] > 0 and "predicted" in text
     assert zoo.macs(net) == ev["arch_macs"] == summary["top"][0]["score"]
     sched = best["tvm_patch"]["schedule"]
     split = int(sched["split"][len("block:"):]) if sched["split"] else None

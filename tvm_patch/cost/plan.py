@@ -14,9 +14,10 @@ MAX_PATCHES = 8  # rows and columns 1..8, as the issue asks
 
 @dataclass(frozen=True)
 class Plan:
-    """Layer by layer (``split is None``) or the first ``split`` layers over ``patches`` = (rows, cols)."""
+    """Layer by layer (``split is None``) or the first ``split`` layers (a count, or "block:N" as the search's
+    schedules give it) over ``patches`` = (rows, cols)."""
 
-    split: int | None = None
+    split: int | str | None = None
     patches: tuple[int, int] | None = None
     halo: str = "recompute"
 
@@ -33,7 +34,7 @@ class Plan:
     def layer_by_layer(self) -> bool:
         return self.split is None
 
-    def export_args(self) -> dict[str, int | None]:
+    def export_args(self) -> dict[str, int | str | None]:
         """The ``export_model`` keyword arguments of this plan."""
         return {"split": self.split, "patches": None if self.patches is None else self.patches[0]}
 

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 from tvm_patch.atomic import write_atomic
+from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.predict import predict
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.search.loop import Candidate, SearchResult
 from tvm_patch.zoo import to_config
@@ -67,13 +69,30 @@ def write_results(result: SearchResult, out_dir: str | os.PathLike, settings: di
         summary = {**settings, "board": result.board, "seed": result.seed, "proxy": result.proxy,
                    "interrupted": result.interrupted, "generations": len(result.history),
                    "best_score_per_generation": result.history, "evaluated": result.evaluated,
-                   "latency": "not predicted: no cost model is wired in yet",
+                   "best_latency": best_latency(best[0], out / "best.json", result.board) if best else None,
                    "top": [candidate_json(c, r) for r, c in enumerate(best, start=1)]}
         _write(out / "search.json", summary)
         written.append(out / "search.json")
     except OSError as e:
         raise TvmPatchError(f"{out}: cannot write the search results ({e.strerror}); choose a writable --out") from None
     return written
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def best_latency(c: Candidate, spec_path: Path, board: str) -> dict:
+    """The cost model's latency of the best architecture under its schedule (``tvm_patch.cost.predict`` on
+    the written spec: one export; evolution itself ranks by the proxy and memory only, milliseconds a genome)."""
+    s = c.genome.schedule()
+    plan = Plan() if s.split is None else Plan(split=f"block:{s.split}", patches=(s.patches, s.patches), halo=s.halo)
+    p = predict(str(spec_path), plan, board, flash=False)
+    return {"instructions": p.instructions, "latency_ms": p.latency_ms, "latency_estimated": p.latency_estimated,
+            "predicted_sram_bytes": p.sram_bytes}
 
 
 def format_summary(result: SearchResult, out_dir: str | os.PathLike) -> str:
@@ -89,9 +108,13 @@ def format_summary(result: SearchResult, out_dir: str | os.PathLike) -> str:
             f"score {c.score:.6g}",
             f"   {g.schedule().describe()}; SRAM {ev.sram_bytes:,} of {ev.sram_limit:,} B (activations "
             f"{ev.activation_peak_bytes:,}), Flash {ev.flash_bytes:,} of {ev.flash_limit:,} B (weights "
-            f"{ev.weights_bytes:,}); latency: not predicted (no cost model yet)",
+            f"{ev.weights_bytes:,})",
         ]
     path = Path(out_dir) / "best.json"
+    lat = _read_json(Path(out_dir) / "search.json").get("best_latency")
+    if lat:
+        lines.append(f"best: predicted {lat['latency_ms']:,.1f} ms ({lat['instructions']:,} instructions"
+                     f"{', estimated from emulator counts' if lat['latency_estimated'] else ''}; docs/cost-model.md)")
     lines.append(f"wrote {path} (and rank01..rank{len(best):02d}.json, search.json); try: tvm-patch profile "
                  f"{path} {' '.join(best[0].genome.schedule().cli_args())}".rstrip())
     return "\n".join(lines)
