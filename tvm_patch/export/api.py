@@ -37,6 +37,7 @@ from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.stage_arena import is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch import zoo
 from tvm_patch.frontend import load
@@ -224,6 +225,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
+        # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
+        funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) else f for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)

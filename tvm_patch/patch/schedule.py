@@ -20,7 +20,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from tvm_patch.patch.regions import acc_name, buffer_names, scalar_names
+from tvm_patch.patch.regions import acc_name, buffer_names, execution_order, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
 
@@ -31,11 +31,14 @@ def build_reference(stage: Stage) -> tirx.PrimFunc:
     return te.create_prim_func(t.args)
 
 
-def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
+def build_stage(stage: Stage, patches: tuple[int, int], inplace_depthwise: bool = False) -> tirx.PrimFunc:
     """The stage as one PrimFunc computing `patches` = (rows, cols) of output patches one by one.
 
     Arguments: (input, then per conv layer weight and bias [and int8 multiplier, shift] as listed by
     `te_stage.param_names`, then output), all in the stage layout / the weights' own layouts.
+    `inplace_depthwise`: every depthwise layer whose input dies there (`depthwise_in_place_layers`) runs
+    channel by channel from a one-channel copy of its input (`<input>_global`), so that its output may be
+    placed over its input (`tvm_patch.export.stage_arena` proves and plans it).
     """
     t = stage_te(stage, patches)
     sch = s_tir.Schedule(te.create_prim_func(t.args))
@@ -54,14 +57,45 @@ def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
 
     names = buffer_names(stage)
     last = len(stage.layers) - 1
+    dw = depthwise_in_place_layers(stage) if inplace_depthwise else set()
     for v in range(last, STAGE_INPUT - 1, -1):
         if v != last:
             sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
         if v >= 0:
-            inner = sch.get_loops(out if v == last else sch.get_sblock(names[v]))[-1]
+            block = out if v == last else sch.get_sblock(names[v])
+            channel = None
+            if v in dw:  # channel loop outermost (before the scalars come under it: their bindings are not affine)
+                loops = sch.get_loops(block)[-4:]
+                if stage.layout == "NHWC":
+                    _, h_, w_, channel = loops
+                    sch.reorder(channel, h_, w_)
+                else:
+                    channel = loops[1]
+            inner = sch.get_loops(block)[-1]
             for name in reversed(scalar_names(stage, v)):
                 sch.compute_at(sch.get_sblock(name), inner)
+            if channel is not None:
+                acc = sch.get_sblock(acc_name(v))
+                src = names[stage.inputs[v][0]]
+                index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
+                sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
     return _likely_predicates(sch.mod["main"])
+
+
+def depthwise_in_place_layers(stage: Stage) -> set[int]:
+    """Depthwise layers (as many outputs as input channels, not the last layer) whose input's last reader
+    they are in the patch body's order: their output may take their input's place, channel by channel."""
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    out = set()
+    for i, layer in enumerate(stage.layers[:-1]):
+        g = stage.geometry[i]
+        if g is None or g.groups == 1 or g.groups != g.c_in or g.c_out != g.c_in:
+            continue
+        src = stage.inputs[i][0]
+        if max(pos[c] for c in stage.consumers(src)) == pos[i]:
+            out.add(i)
+    return out
 
 
 def _likely_predicates(func: tirx.PrimFunc) -> tirx.PrimFunc:
