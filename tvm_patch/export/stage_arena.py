@@ -9,7 +9,10 @@ patch body in execution order, with the same alias rules as the network's plan:
 - a depthwise convolution whose input buffer dies there runs channel by channel from a one-channel copy
   (`build_stage(inplace_depthwise=True)`, as `inplace_conv` does for a whole layer) and may write over its
   input (`DepthwiseInPlace`);
-- an elementwise value (a residual add) may write over a same-shaped input that dies there (`InPlace`).
+- an elementwise value (a residual add) may write over a same-shaped input that dies there (`InPlace`);
+- a residual add after a dense convolution (`build_stage`'s skip accumulation: the convolution computed
+  inside the add, one element at a time) writes over its skip; the update is proven here too
+  (`_prove_update`), and an unprovable one is an error, never a silent plan.
 
 Each alias is used only when proven on the compacted TIR (`_prove_depthwise`, `_prove_elementwise`): the
 proof reads the loads and stores, their loops and indices, never the schedule's intent. The plan is
@@ -33,6 +36,7 @@ from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES, STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
 
@@ -178,9 +182,11 @@ def _lifetimes(body: _Body) -> dict[str, tuple[int, int]]:
     return life
 
 
-def _simplified(indices: list[Any]) -> list[Any]:
+def _simplified(indices: list[Any], loops: tuple = ()) -> list[Any]:
+    """The indices simplified, the variables of unit loops among `loops` set to 0."""
+    units = {lp.loop_var: tirx.const(0, lp.loop_var.ty.dtype) for lp in loops if int(lp.extent) == 1}
     ana = tvm.sym.Analyzer()
-    return [ana.simplify(i) for i in indices]
+    return [ana.simplify(substitute_vars(i, units) if units else i) for i in indices]
 
 
 def _equal(a: list[Any], b: list[Any]) -> bool:
@@ -190,7 +196,7 @@ def _equal(a: list[Any], b: list[Any]) -> bool:
 def _bijective_store(st: _Access) -> bool:
     """The store's indices are distinct loop variables of its loops (or 0 on a unit axis), each loop's extent
     the buffer's extent on that axis, and there are no other non-unit loops: each element written once."""
-    idx = _simplified(st.indices)
+    idx = _simplified(st.indices, st.loops)
     shape = [int(d) for d in st.buffer.shape]
     used = set()
     for i, d in zip(idx, shape):
@@ -214,7 +220,7 @@ def _prove_elementwise(body: _Body, k: int, src: str, dst: str) -> bool:
     if len(stores) != 1 or stores[0].guarded or stores[0] not in body.stmts[k] or not _bijective_store(stores[0]):
         return False
     st = stores[0]
-    target = _simplified(st.indices)
+    target = _simplified(st.indices, st.loops)
     for a in body.stmts[k]:
         if a.buffer.same_as(d) and not a.store:
             return False  # nothing reads dst while it is being written
@@ -222,9 +228,52 @@ def _prove_elementwise(body: _Body, k: int, src: str, dst: str) -> bool:
             continue
         if a.store or a.order > st.order or len(a.loops) != len(st.loops):
             return False
-        if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices), target):
+        if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices, a.loops), target):
             return False
     return True
+
+
+def _prove_update(body: _Body, k: int, name: str) -> bool:
+    """Statement k updates buffer `name` in place (a residual add written over its skip): one unguarded store
+    whose indices are distinct loop variables plus constants covering every non-unit loop (each element
+    written once), and every read of the buffer there is at the store's element, before it, in the same
+    iteration."""
+    buf = body.allocs[name]
+    stores = [a for a in body.stmts[k] if a.store and a.buffer.same_as(buf)]
+    if len(stores) != 1 or stores[0].guarded:
+        return False
+    st = stores[0]
+    ana = tvm.sym.Analyzer()
+    used = set()
+    for i in _simplified(st.indices, st.loops):
+        loops = [lp for lp in st.loops if int(lp.extent) != 1 and _mentions(i, lp.loop_var)]
+        if not loops:
+            continue
+        if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
+            return False
+        used.add(id(loops[0]))
+    if any(int(lp.extent) != 1 and id(lp) not in used for lp in st.loops):
+        return False
+    target = _simplified(st.indices, st.loops)
+    for a in body.stmts[k]:
+        if a is st or not a.buffer.same_as(buf):
+            continue
+        if a.store or a.order > st.order or len(a.loops) != len(st.loops):
+            return False
+        if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices, a.loops), target):
+            return False
+    return True
+
+
+def _mentions(expr: Any, var: Any) -> bool:
+    hit = [False]
+
+    def on_var(v: Any) -> tvm_ffi.WalkResult:
+        hit[0] = hit[0] or v.same_as(var)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
+    return hit[0]
 
 
 def _prove_depthwise(body: _Body, k: int, src: str, dst: str, copy: str) -> bool:
@@ -315,6 +364,11 @@ def plan_stage_arena(func: tirx.PrimFunc, alignment: int = 16) -> tuple[tirx.Pri
                 hints.append(InPlace(src, b.name))
                 used_src.add(src)
                 break
+    for b in buffers:  # a buffer written again after its first statement: a residual add over its skip
+        for k in range(b.first + 1, b.last + 1):
+            if any(a.store and a.buffer.name == b.name for a in body.stmts[k]) and not _prove_update(body, k, b.name):
+                raise TvmPatchError(f"internal error: the patch stage updates {b.name} in place at step {k} "
+                                    "and that cannot be proven safe")
     plan = plan_memory(buffers, hints, alignment)
     validate(plan, buffers)
     attr = {"offsets": {n: int(o) for n, o in plan.offsets.items()}, "bytes": int(plan.arena_size)}

@@ -19,9 +19,11 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
+from tvm.ir.expr import TensorLoad, TensorRegion
 
 from tvm_patch.patch.regions import acc_name, buffer_names, execution_order, scalar_names
-from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage
+from tvm_patch.convention import accumulates_into_skip
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
 
 
@@ -58,8 +60,12 @@ def build_stage(stage: Stage, patches: tuple[int, int], inplace_depthwise: bool 
     names = buffer_names(stage)
     last = len(stage.layers) - 1
     dw = depthwise_in_place_layers(stage) if inplace_depthwise else set()
+    fused = skip_accumulations(stage, t.plan) if inplace_depthwise else {}
     for v in range(last, STAGE_INPUT - 1, -1):
-        if v != last:
+        if v in fused:  # computed element by element inside its residual add: no buffer of its own
+            add = out if fused[v][0] == last else sch.get_sblock(names[fused[v][0]])
+            sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
+        elif v != last:
             sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
         if v >= 0:
             block = out if v == last else sch.get_sblock(names[v])
@@ -79,7 +85,74 @@ def build_stage(stage: Stage, patches: tuple[int, int], inplace_depthwise: bool 
                 src = names[stage.inputs[v][0]]
                 index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
                 sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
-    return _likely_predicates(sch.mod["main"])
+    func = sch.mod["main"]
+    for conv, (add, skip) in fused.items():
+        if add != last and skip is not None:
+            func = _into_skip(func, stage, t.plan, add, skip)
+    return _likely_predicates(func)
+
+
+def skip_accumulations(stage: Stage, plan) -> dict[int, tuple[int, int | None]]:
+    """conv -> (its residual add, the skip the add writes over or None): a dense conv whose only reader is a
+    residual add whose other operand dies there (`convention.accumulates_into_skip`, the analytic rule). The
+    conv is computed inside the add, one element at a time; a non-final add writes its output over the skip
+    (a sub-rectangle of the skip's region, checked patch by patch), as the projection accumulating into the
+    skip does in MCUNetV2's count."""
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    last = len(stage.layers) - 1
+    last_use = {v: max(pos[c] for c in stage.consumers(v)) for v in order if v != last}
+    out = {}
+    for i, layer in enumerate(stage.layers[:-1]):
+        g = stage.geometry[i]
+        readers = stage.consumers(i)
+        dense = g is not None and g.groups == 1
+        if not accumulates_into_skip(dense, readers, lambda j: isinstance(stage.layers[j], Add),
+                                     lambda j: [v for v in stage.inputs[j] if v != i],
+                                     lambda v, j: last_use.get(v) == pos[j]):
+            continue
+        add = readers[0]
+        skip = next(v for v in stage.inputs[add] if v != i)
+        inside = all(plan.h[skip].regions[p].lo <= plan.h[add].regions[p].lo
+                     and plan.h[add].regions[p].hi <= plan.h[skip].regions[p].hi for p in range(plan.counts[0])) and all(
+            plan.w[skip].regions[p].lo <= plan.w[add].regions[p].lo
+            and plan.w[add].regions[p].hi <= plan.w[skip].regions[p].hi for p in range(plan.counts[1]))
+        out[i] = (add, skip if inside and add != last else None)
+    return out
+
+
+def _into_skip(func: tirx.PrimFunc, stage: Stage, plan, add: int, skip: int) -> tirx.PrimFunc:
+    """`func` with value `add`'s buffer replaced by `skip`'s (same image position: index + offset change):
+    the residual add updates the skip in place and its readers read it there."""
+    names = buffer_names(stage)
+    root = func.body.block
+    bufs = {b.name: b for b in root.alloc_buffers}
+    old, new = bufs[names[add]], bufs[names[skip]]
+    hx, wx = (2, 3) if stage.layout == "NCHW" else (1, 2)
+    delta = {hx: plan.h[skip].offset - plan.h[add].offset, wx: plan.w[skip].offset - plan.w[add].offset}
+
+    def idx(indices):
+        return [i + delta[k] if delta.get(k) else i for k, i in enumerate(indices)]
+
+    def on_load(ld):
+        return tirx.BufferLoad(new, idx(list(ld.indices))) if ld.source.same_as(old) else ld
+
+    def on_store(st):
+        return tirx.BufferStore(new, st.value, idx(list(st.indices))) if st.buffer.same_as(old) else st
+
+    def on_region(r, *_):
+        if not r.source.same_as(old):
+            return r
+        return tirx.BufferRegion(new, [tvm.ir.Range.from_min_extent(rg.min + delta.get(k, 0), rg.extent)
+                                       for k, rg in enumerate(r.region)])
+
+    body = tvm_ffi.structural_map(func.body, [(TensorLoad, on_load), (tirx.BufferStore, on_store)],
+                                  (TensorRegion, on_region))
+    blk = body.block
+    blk = s_tir.SBlock(blk.iter_vars, blk.reads, blk.writes, blk.name_hint, blk.body, blk.init,
+                       [b for b in blk.alloc_buffers if not b.same_as(old)], blk.match_buffers, blk.annotations)
+    body = s_tir.SBlockRealize(body.iter_values, body.predicate, blk)
+    return tirx.PrimFunc(func.params, body, func.ret_type, func.attrs)
 
 
 def depthwise_in_place_layers(stage: Stage) -> set[int]:
