@@ -7,7 +7,7 @@ against 175,616). Here they are placed by `tvm_patch.memplan` instead, at steps 
 patch body in execution order, with the same alias rules as the network's plan:
 
 - a depthwise convolution whose input buffer dies there runs channel by channel from a one-channel copy
-  (`build_stage(inplace_depthwise=True)`, as `inplace_conv` does for a whole layer) and may write over its
+  (`build_stage(in_place=True)`, as `inplace_conv` does for a whole layer) and may write over its
   input (`DepthwiseInPlace`);
 - an elementwise value (a residual add) may write over a same-shaped input that dies there (`InPlace`);
 - a residual add after a dense convolution (`build_stage`'s skip accumulation: the convolution computed
@@ -315,7 +315,7 @@ def _prove_depthwise(body: _Body, k: int, src: str, dst: str, copy: str) -> bool
 
 def _copies(body: _Body, life: dict[str, tuple[int, int]]) -> list[tuple[int, str, str]]:
     """(statement, source, copy) for every kernel-local buffer filled, in one store, by a load of a buffer
-    whose last statement that is: a channel copy (`build_stage(inplace_depthwise=True)`)."""
+    whose last statement that is: a channel copy (`build_stage(in_place=True)`)."""
     out = []
     for name, k in body.nested.items():
         stores = [a for a in body.stmts[k] if a.store and a.buffer.same_as(body.allocs[name])]

@@ -33,14 +33,16 @@ def build_reference(stage: Stage) -> tirx.PrimFunc:
     return te.create_prim_func(t.args)
 
 
-def build_stage(stage: Stage, patches: tuple[int, int], inplace_depthwise: bool = False) -> tirx.PrimFunc:
+def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) -> tirx.PrimFunc:
     """The stage as one PrimFunc computing `patches` = (rows, cols) of output patches one by one.
 
     Arguments: (input, then per conv layer weight and bias [and int8 multiplier, shift] as listed by
     `te_stage.param_names`, then output), all in the stage layout / the weights' own layouts.
-    `inplace_depthwise`: every depthwise layer whose input dies there (`depthwise_in_place_layers`) runs
-    channel by channel from a one-channel copy of its input (`<input>_global`), so that its output may be
-    placed over its input (`tvm_patch.export.stage_arena` proves and plans it).
+    `in_place`: the analytic convention's in-place rules, for the C export's plan
+    (`tvm_patch.export.stage_arena` proves and places them): every depthwise layer whose input dies there
+    (`depthwise_in_place_layers`) runs channel by channel from a one-channel copy of its input
+    (`<input>_global`), so that its output may take its input's place; a dense conv feeding a residual
+    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`).
     """
     t = stage_te(stage, patches)
     sch = s_tir.Schedule(te.create_prim_func(t.args))
@@ -59,8 +61,8 @@ def build_stage(stage: Stage, patches: tuple[int, int], inplace_depthwise: bool 
 
     names = buffer_names(stage)
     last = len(stage.layers) - 1
-    dw = depthwise_in_place_layers(stage) if inplace_depthwise else set()
-    fused = skip_accumulations(stage, t.plan) if inplace_depthwise else {}
+    dw = depthwise_in_place_layers(stage) if in_place else set()
+    fused = skip_accumulations(stage, t.plan) if in_place else {}
     for v in range(last, STAGE_INPUT - 1, -1):
         if v in fused:  # computed element by element inside its residual add: no buffer of its own
             add = out if fused[v][0] == last else sch.get_sblock(names[fused[v][0]])

@@ -62,7 +62,7 @@ class PatchStage:
         else:
             n = resolve_split(graph, self.split, self.patches)
         stage, stage_input = stage_from_graph(graph, n, func)
-        prim = build_stage(stage, self.patches, inplace_depthwise=True).with_attr("global_symbol", STAGE_FUNC)
+        prim = build_stage(stage, self.patches, in_place=True).with_attr("global_symbol", STAGE_FUNC)
         prim = prim.with_attr(PATCHES_ATTR, list(self.patches))  # the C export reads its input patch by patch
         out = graph.layers[n - 1].out_var
         out_ty = relax.TensorType(graph.tensors[graph.layers[n - 1].output].shape, stage.dtype)
