@@ -53,6 +53,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.names import STAGE_OFFSETS_ATTR
 
 __all__ = [
     "PlainCError",
@@ -261,10 +262,9 @@ def _is_op(expr: Any, name: str) -> bool:
 
 LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
 
-STAGE_OFFSETS_ATTR = "tvm_patch.workspace_plan"
-"""PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size}: a plan made by the
-caller (`tvm_patch.export.stage_arena`). Such a function is lowered without StorageRewrite and each named
-buffer is placed at its offset (its size checked against the plan's); other buffers stack above it."""
+# STAGE_OFFSETS_ATTR (tvm_patch.names): a plan made by the kernel's builder. Such a function is lowered without
+# StorageRewrite and each named buffer is placed at its offset (its size checked against the plan's); other
+# buffers stack above it.
 
 
 def _fixed_plan(func: tirx.PrimFunc) -> tuple[dict[str, int], int] | None:

@@ -37,7 +37,7 @@ from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
-from tvm_patch.export.stage_arena import is_patch_stage, plan_stage_arena
+from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch import zoo
 from tvm_patch.frontend import load
@@ -132,12 +132,12 @@ def model_sha256(spec: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
+def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str, halo: str = "recompute") -> tvm.IRModule:
     """Run the ``PatchStage`` pass (the first ``split`` layers — a count, "block:N" or "auto" — over
-    ``patches`` x ``patches`` patches)."""
+    ``patches`` x ``patches`` patches, the halo recomputed or cached)."""
     if patches < 1:
         raise TvmPatchError(f"--patches must be positive (got {patches})")
-    return PatchStage(split=split, patches=patches)(mod)
+    return PatchStage(split=split, patches=patches, halo=halo)(mod)
 
 
 def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
@@ -171,6 +171,7 @@ def export_model(
     integer: bool = True,
     rounding: str = "tflite",
     kernels: str = "micro",
+    halo: str = "recompute",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -181,19 +182,20 @@ def export_model(
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
-    ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
+    ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
+    row and column caches) or "auto" (see ``PatchStage``). ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
     if kernels not in ("micro", "plain"):
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding)
+                       integer, rounding, halo)
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
-            tflite_path: str | None, integer: bool, rounding: str) -> ExportResult:
+            tflite_path: str | None, integer: bool, rounding: str, halo: str = "recompute") -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -214,7 +216,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             src_mod = lower_to_integer(src_mod, rounding)
         # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
         base = prefold_constants(src_mod) if patches is not None else src_mod
-        mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
+        mod = apply_patch_stage(base, patches, split, halo) if patches is not None else src_mod
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
@@ -226,7 +228,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
-        funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) else f for n, f in funcs.items()}
+        funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
+                 for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
@@ -250,7 +253,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         files["tvmp_kernels_cm7.o"] = obj
         files["tvmp_kernels.h"] = csrc.header("TVMP_KERNELS_H")
         files["model_driver.c"] = driver_source(prog, oinfos, aplan, name, None, "tvmp_kernels.h")
-    patch_figs = baselines.analytic_patch_figures(base, patches, split) if patches is not None else None
+    patch_figs = baselines.analytic_patch_figures(base, patches, split, halo) if patches is not None else None
     result = ExportResult(
         model=name,
         out_dir=Path(out_dir),
@@ -262,7 +265,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         weights_bytes=prog.weights_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
-        plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None},
+        plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,
+              "halo": patch_figs["halo"] if patch_figs else None},
         kernels=len(prog.funcs),
         calls=len(prog.calls),
         inplace_calls=len(aplan.inplace_calls),

@@ -32,7 +32,8 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES, STAGE_OFFSETS_ATTR
+from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
@@ -40,11 +41,16 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
 
-__all__ = ["StageArena", "is_patch_stage", "plan_stage_arena"]
+__all__ = ["StageArena", "has_workspace_plan", "is_patch_stage", "plan_stage_arena"]
 
 def is_patch_stage(func: Any) -> bool:
     """True for the PrimFunc PatchStage emits (it carries the patch counts)."""
     return isinstance(func, tirx.PrimFunc) and func.attrs is not None and PATCHES_ATTR in func.attrs
+
+
+def has_workspace_plan(func: Any) -> bool:
+    """True for a kernel whose builder already placed its buffers (`STAGE_OFFSETS_ATTR`: cache mode)."""
+    return func.attrs is not None and STAGE_OFFSETS_ATTR in func.attrs
 
 
 @dataclass

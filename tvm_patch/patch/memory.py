@@ -146,6 +146,14 @@ def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
     return None if best is None else best[0]
 
 
+def best_halo(graph: Graph, func, n: int, patches: tuple[int, int]) -> str:
+    """The halo mode `best_schedule`'s rule picks for a given split n."""
+    stage, _ = stage_from_graph(graph, n, func)
+    options = [(patch_memory(graph, stage, n, patches, h), h) for h in HALO_MODES]
+    smallest = min(m.peak_bytes for m, _ in options)
+    return min((m.macs, HALO_MODES.index(h), h) for m, h in options if m.peak_bytes <= smallest * (1 + PEAK_SLACK))[2]
+
+
 def best_schedule(graph: Graph, func, patches: tuple[int, int],
                   halos: tuple[str, ...] = HALO_MODES) -> tuple[int, str] | None:
     """(split, halo mode) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
