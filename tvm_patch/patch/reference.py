@@ -162,7 +162,8 @@ def run_numpy_cached(stage: Stage, x: np.ndarray, patches: tuple[int, int]) -> C
     whole domain width), the column cache (columns the patch to the left computed, for the region's rows)
     and by computing the rest (its live part; the ring is padding); then each cache takes what the next
     patches need from the buffer. Every cache entry carries flags: reading an entry never written, or a
-    stale one, raises AssertionError, as does computing a live element twice or not at all. Float stages
+    stale one, raises AssertionError, as does computing a needed element (the live part of the patches'
+    regions) twice or not at all. Float stages
     compute in float64.
     """
     plan = plan_patches(stage, patches)
@@ -270,9 +271,11 @@ def run_numpy_cached(stage: Stage, x: np.ndarray, patches: tuple[int, int]) -> C
     for v in range(last):
         k = caches[v]
         k["unread"] += int((k["row_ok"] & ~k["row_read"]).sum()) + int((k["col_ok"] & ~k["col_read"]).sum())
-        lh, lw = plan.h[v].live, plan.w[v].live
-        needed = np.zeros_like(done[v])
-        needed[:, :, lh.lo:lh.hi, lw.lo:lw.hi] = 1
+        needed = np.zeros_like(done[v])  # the live part of the patches' regions (strides may leave gaps)
+        for rh in plan.h[v].regions:
+            for rw in plan.w[v].regions:
+                lh, lw = rh.clip(plan.h[v].live), rw.clip(plan.w[v].live)
+                needed[:, :, lh.lo:max(lh.lo, lh.hi), lw.lo:max(lw.lo, lw.hi)] = 1
         assert (done[v] == needed).all(), f"value {v}: live elements not computed exactly once"
     result = out.astype(np.float32) if stage.dtype == "float32" else out
     return CachedRun(_from_nchw(stage, result), macs * nb,
