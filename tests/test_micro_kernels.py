@@ -22,6 +22,7 @@ from microtvm_projects.boards import get_board
 from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.export.blocking import block_output_channels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
                              multiply_by_quantized_multiplier_ref, requantize_te)
@@ -71,7 +72,8 @@ def _xorshift(state: int):
                     reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
 @pytest.mark.parametrize("key", ["f412", "f746"])
 def test_micro_kernels_on_the_emulator(tmp_path, key):
-    """The DSP path (SXTB16 + SMLAD, unaligned word loads) on Cortex-M4 and M7, against numpy."""
+    """The DSP path (SXTB16 + SMLAD, unaligned word loads; one and several weight rows) on Cortex-M4 and M7,
+    against numpy."""
     elf, printed = run_test_firmware(FIRMWARE_FIXTURES / "micro_kernels.c", get_board(key), tmp_path)
     asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
     assert "smlad" in asm and "sxtb16" in asm  # the DSP path was compiled
@@ -85,20 +87,27 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)
         assert len(x) == n and got == acc0 + int(np.dot(x, w))
+    blocked = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("B ")]
+    assert len(blocked) == 100
+    for rows, n, ws, *rest in blocked:
+        got, acc0 = rest[:rows], rest[rows:2 * rows]
+        a = np.array(rest[2 * rows:2 * rows + n], dtype=np.int64)
+        w = np.array(rest[2 * rows + n:], dtype=np.int64).reshape(rows, ws)[:, :n]
+        assert got == [acc0[j] + int(np.dot(a, w[j])) for j in range(rows)]
 
 
-def _matmul_requant(k: int, transposed: bool, extern: bool) -> tirx.PrimFunc:
+def _matmul_requant(k: int, transposed: bool, extern: bool, f_out: int = 5) -> tirx.PrimFunc:
     """out[i, f] = requant(sum_k A[i, k] * W[f, k] + bias[f]); W stored (F, K) or, transposed, (K, F)."""
     a = te.placeholder((3, k), "int8", name="A")
-    w = te.placeholder((k, 5) if transposed else (5, k), "int8", name="W")
-    b = te.placeholder((5,), "int32", name="bias")
+    w = te.placeholder((k, f_out) if transposed else (f_out, k), "int8", name="W")
+    b = te.placeholder((f_out,), "int32", name="bias")
     r = te.reduce_axis((0, k), name="r")
-    acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * (w[r, f] if transposed else w[f, r])
+    acc = te.compute((3, f_out), lambda i, f: te.sum(a[i, r].astype("int32") * (w[r, f] if transposed else w[f, r])
                                                  .astype("int32"), axis=r), name="acc")
-    biased = te.compute((3, 5), lambda i, f: acc[i, f] + b[f], name="biased")
+    biased = te.compute((3, f_out), lambda i, f: acc[i, f] + b[f], name="biased")
     with extern_requantization() if extern else contextlib.nullcontext():
         q = requantize_te(biased, 1518500250, -9, -3)
-    out = te.compute((3, 5), lambda i, f: te.max(te.min(q[i, f], 127), -128).astype("int8"), name="out")
+    out = te.compute((3, f_out), lambda i, f: te.max(te.min(q[i, f], 127), -128).astype("int8"), name="out")
     return te.create_prim_func([a, w, b, out])
 
 
@@ -175,6 +184,89 @@ def test_padded_conv_taps_use_the_dot_kernel_exactly(tmp_path_factory, cin, k, s
     np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=12, deadline=None)
+@given(k=st.integers(1, 40), rows=st.sampled_from([2, 4]), f_blocks=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f_blocks, seed):
+    """Register blocking (export/blocking.py) + the rows micro-kernel, against TVM on random shapes."""
+    f_out = rows * f_blocks
+    func = lean_schedule(block_output_channels(_matmul_requant(k, False, extern=True, f_out=f_out), rows))
+    kernels = emit_c({"kern": func}).code.replace(MICRO_KERNELS.read_text(), "")
+    assert (f"tvmp_dot_s8_rows{rows}(" in kernels) == (k >= 4)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
+              rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, emit_c({"kern": func}).code, arrays, tmp_path_factory.mktemp("rows"))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([2, 4]),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_blocked_padded_conv_is_exact(tmp_path_factory, cin, k, stride, rows, pad_value, seed):
+    """Blocked NHWC convolutions: interior taps call the rows kernel, border taps tvmp_pad_rows."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(cin, k, stride, pad_value), rows))
+    src = emit_c({"kern": func})
+    kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
+    assert (f"tvmp_dot_s8_rows{rows}(" in kernels) == (cin >= 4)
+    assert ("tvmp_pad_rows(" in kernels) == (cin >= 4 and k > 1)
+    rng = np.random.default_rng(seed)
+    out_shape = tuple(int(x) for x in func.params[-1].shape)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
+              rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8), np.full(out_shape, 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("bconv"))
+    np.testing.assert_array_equal(got, want)
+
+
+def _depthwise(layout: str, h: int, w: int, k: int, stride: int, pad: int, pad_value: int) -> tirx.PrimFunc:
+    """A padded depthwise convolution (3 channels) in NHWC or NCHW, requantized, as TOPI builds it."""
+    from tvm import topi
+
+    c = 3
+    shape = (1, h, w, c) if layout == "NHWC" else (1, c, h, w)
+    a = te.placeholder(shape, "int8", name="A")
+    if layout == "NHWC":
+        wt = te.placeholder((k, k, c, 1), "int8", name="W")
+        padded = topi.nn.pad(a, [0, pad, pad, 0], [0, pad, pad, 0], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+        acc = topi.nn.depthwise_conv2d_nhwc(padded, wt, stride, 0, 1, out_dtype="int32")
+    else:
+        wt = te.placeholder((c, 1, k, k), "int8", name="W")
+        padded = topi.nn.pad(a, [0, 0, pad, pad], [0, 0, pad, pad], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+        acc = topi.nn.depthwise_conv2d_nchw(padded, wt, stride, 0, 1, out_dtype="int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -6, 3)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    return te.create_prim_func([a, wt, out])
+
+
+@settings(max_examples=12, deadline=None)
+@given(layout=st.sampled_from(["NHWC", "NCHW"]), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]), pad=st.integers(0, 2),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, pad, pad_value, seed):
+    """Depthwise taps become tvmp_window_s8 calls (interior windows test-free, border ones bounded), bit-exact."""
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return  # no output
+    func = lean_schedule(_depthwise(layout, h, w, k, stride, pad, pad_value))
+    src = emit_c({"kern": func})
+    # a window call, or a dot product where a window row is contiguous in both operands (NCHW, stride 1)
+    assert re.search(r"\btvmp_(window|dot)_s8\(", src.code.replace(MICRO_KERNELS.read_text(), ""))
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dw"))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_blocking_leaves_other_kernels_alone():
+    """Channels that rows does not divide, depthwise-like reads and rows=1 keep the function as it is."""
+    dense = _matmul_requant(8, False, extern=True, f_out=5)
+    assert block_output_channels(dense, 2).same_as(dense)  # 5 channels: not divisible
+    assert block_output_channels(dense, 1).same_as(dense)
+    with pytest.raises(ValueError):
+        block_output_channels(dense, 3)
+    assert not block_output_channels(_matmul_requant(8, False, extern=True, f_out=4), 4).same_as(dense)
+
+
 def test_nhwc_weights_are_stored_output_major():
     """The export's weight layout rewrite: HWIO constants become OHWI, outputs unchanged (--check)."""
     from tvm import relax
@@ -227,5 +319,6 @@ def test_plain_and_micro_exports_agree(tmp_path, shared_models):
     assert micro.micro_kernels and not plain.micro_kernels
     micro_c, plain_c = ((tmp_path / d / "model.c").read_text() for d in ("micro", "plain"))
     assert re.search(r"= tvmp_dot_s8\(", micro_c) and re.search(r"tvmp_requant\(", micro_c)
+    assert all(f"{k}(" in micro_c for k in ("tvmp_dot_s8_rows4", "tvmp_window_s8", "tvmp_sat_s8"))
     assert "tvmp_dot_s8" not in plain_c and "tvmp_requant" not in plain_c
     assert micro.arena_bytes == plain.arena_bytes and micro.weights_bytes == plain.weights_bytes

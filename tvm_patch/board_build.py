@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from microtvm_projects.api import ProjectAPI
@@ -16,6 +17,7 @@ from microtvm_projects.firmware import FirmwareBuild, load_project
 
 import tvm_patch
 from tvm_patch.export import export_model
+from tvm_patch.export.blocking import DEFAULT_ROWS
 
 
 def firmware_json(fw: FirmwareBuild, project: dict[str, Any]) -> dict[str, Any]:
@@ -48,14 +50,15 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     split: int | str | None = None, runner: str = "emulator", run: bool = False,
                     profile: bool = False, opt: str = "O3", stack_bytes: int = 8192, seed: int = 0,
                     timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None,
-                    integer: bool = True, rounding: str = "tflite", kernels: str = "micro") -> dict[str, Any]:
+                    integer: bool = True, rounding: str = "tflite", kernels: str = "micro",
+                    rows: int | Mapping[str, int] = DEFAULT_ROWS) -> dict[str, Any]:
     """Export ``model``, generate the ``board`` project in ``out_dir``, build it for ``runner`` and, with
     ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
     get_board(board)  # an unknown board fails before the export's work
     with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
         export_dir = Path(tmp) / "export"
         result = export_model(model, export_dir, patches=patches, split=split, integer=integer, rounding=rounding,
-                              kernels=kernels)
+                              kernels=kernels, rows=rows)
         api = ProjectAPI()
         api.generate_project(export_dir, out_dir, {"board": board, "opt": opt, "stack_bytes": stack_bytes,
                                                    "seed": seed})

@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile, verify, build.
+"""The `tvm-patch` command line: zoo, profile, verify, build, run, search.
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """
@@ -21,6 +21,8 @@ from tvm_patch.export import export_model
 from tvm_patch.frontend import load
 from tvm_patch.plot import plot_profile
 from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
+from tvm_patch.search import search, write_results
+from tvm_patch.search.output import format_summary
 from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
@@ -219,6 +221,21 @@ def _verify_reference(args: argparse.Namespace) -> int:
     return 0 if r.passed else 1
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    result = search(args.board, population=args.population, iterations=args.iterations, seed=args.seed,
+                    proxy=args.proxy, max_sram=args.max_sram, max_flash=args.max_flash)
+    if not result.population:
+        print(f"{PROG}: interrupted before any architecture was found; nothing written", file=sys.stderr)
+        return 130
+    settings = {k: getattr(args, k) for k in ("population", "iterations", "max_sram", "max_flash")}
+    write_results(result, args.out, settings)
+    print(format_summary(result, args.out))
+    if result.interrupted:
+        print(f"{PROG}: interrupted; wrote the best so far to {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -312,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--inputs", type=int, metavar="N",
                    help="number of seeded random inputs (default 3 with --patches, 20 with --reference)")
     v.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("search", help="evolve MCUNet architectures and their patch schedules for a board "
+                                      "(docs/search.md)")
+    s.add_argument("--board", required=True, help="f412, f746 or h743: its SRAM and Flash bound the search")
+    s.add_argument("--population", type=int, default=100, help="architectures per generation (default 100)")
+    s.add_argument("--iterations", type=int, default=30, help="generations after the first (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the whole run: a seed repeats a run (default 0)")
+    s.add_argument("--out", default="search_out", metavar="DIR", help="where best.json and search.json go")
+    s.add_argument("--proxy", metavar="MODULE:FUNCTION",
+                   help="accuracy proxy f(spec, evaluation) -> float, higher is better (default: the MACs)")
+    s.add_argument("--max-sram", type=int, metavar="BYTES", help="a tighter SRAM limit than the board's")
+    s.add_argument("--max-flash", type=int, metavar="BYTES", help="a tighter Flash limit than the board's")
+    s.set_defaults(func=_cmd_search)
     return p
 
 

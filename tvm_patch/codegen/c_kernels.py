@@ -95,9 +95,10 @@ _MATH_FUNCS = frozenset(
 ) | {"isnan", "isinf", "isfinite", "signbit", "INFINITY", "NAN"}
 
 
-# The C micro-kernels exported kernels may call (tvmp_requant, tvmp_dot_s8, tvmp_sum_s8): inlined into model.c.
+# The C micro-kernels exported kernels may call (tvmp_requant, tvmp_dot_s8*, tvmp_sum_s8, tvmp_pad_rows): inlined
+# into model.c.
 MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
-MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8)\("
+MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8|pad_rows|window_s8|sat_s8)\w*\("
 
 
 class PlainCError(TvmPatchError):

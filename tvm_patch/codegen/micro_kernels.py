@@ -125,6 +125,219 @@ def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
     return None
 
 
+ROWS = {2: "tvmp_dot_s8_rows2", 4: "tvmp_dot_s8_rows4"}
+PAD_ROWS = "tvmp_pad_rows"
+
+
+def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
+    """A register-blocked reduction as one ``tvmp_dot_s8_rows{J}`` call, or None when it is not one:
+
+        for k in range(K):
+            for j in range(J):  acc[c + j] = acc[c + j] + int32(A[a + k]) * int32(W[w + j * S + k])
+
+    (one activation vector against J weight rows S bytes apart: the schedule of ``export/blocking.py``). A
+    padded activation read whose border test depends on neither loop becomes ``border ? rows call :
+    tvmp_pad_rows(pad, ...)``, as for ``tvmp_dot_s8``."""
+    extent, start = _int(loop.extent), _int(loop.min)
+    if loop.kind != tirx.ForKind.SERIAL or start != 0 or extent is None or extent < MIN_DOT_LENGTH:
+        return None
+    k = loop.loop_var
+    lets, inner = _peel_lets(loop.body, k)
+    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in ROWS:
+        return None
+    rows, j = _int(inner.extent), inner.loop_var
+    store = inner.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32" or len(store.indices) != 1:
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc, prod = value.a, value.b
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(acc.indices) == 1
+            and tvm_ffi.structural_equal(acc.indices[0], store.indices[0])):
+        return None
+    base_acc = _unit_stride_base(store.indices[0], j)
+    if base_acc is None or _uses(base_acc, k):
+        return None
+    a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
+    if a is None or w is None or w[1] is not None:
+        return None
+    (a_load, cond, pad), w_load = a, w[0]
+    if _uses(a_load.indices[0], j) or (cond is not None and _uses(cond, j)):
+        return None
+    base_a = _unit_stride_base(a_load.indices[0], k)
+    coeffs = tvm.sym.detect_linear_equation(w_load.indices[0], [j, k])
+    if base_a is None or len(coeffs) != 3 or _int(coeffs[1]) != 1 or _uses(coeffs[0], k) or _uses(coeffs[0], j):
+        return None
+    stride, base_w = coeffs[0], coeffs[2]
+
+    def addr(load: TensorLoad, index: Any) -> Any:
+        return tirx.address_of(tirx.BufferLoad(load.source, [index]))
+
+    w_ptr, ws, n = addr(w_load, base_w), tirx.Cast("int32", stride), tirx.const(extent, "int32")
+    acc_ptr = tirx.address_of(tirx.BufferLoad(store.buffer, [base_acc]))
+    call = tirx.Evaluate(tirx.call_extern("void", ROWS[rows], addr(a_load, base_a), w_ptr, ws, n, acc_ptr))
+    if cond is None:
+        return call
+    # a border tap reads the pad value for every channel: acc[j] += pad * sum(row j)
+    border = tirx.call_extern("void", PAD_ROWS, tirx.Cast("int32", pad), w_ptr, ws, n, tirx.const(rows, "int32"), acc_ptr)
+    return tirx.IfThenElse(cond, call, tirx.Evaluate(border))
+
+
+WINDOW = "tvmp_window_s8"
+
+
+def _bounds(cond: Any, ry: tirx.Var, rx: tirx.Var) -> tuple[list[Any], list[Any], list[Any], list[Any]] | None:
+    """A border test, a conjunction of comparisons each bounding ``ry`` or ``rx`` by an expression free of
+    both, as (ry lower, ry upper, rx lower, rx upper) bound lists (lower inclusive, upper exclusive)."""
+    terms, todo = [], [cond]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, tirx.And):
+            todo += [c.a, c.b]
+        else:
+            terms.append(c)
+    out: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+    for t in terms:  # each as e <= 0
+        if isinstance(t, tirx.LT):
+            e = t.a - t.b + 1
+        elif isinstance(t, tirx.LE):
+            e = t.a - t.b
+        elif isinstance(t, tirx.GT):
+            e = t.b - t.a + 1
+        elif isinstance(t, tirx.GE):
+            e = t.b - t.a
+        else:
+            return None
+        div = _tap_division(e, ry, rx)
+        if div is not None:  # floor(tap / d) bounded (a stride-d tap, as TVM's simplifier writes it)
+            var, d, t, e = div
+            coeffs = tvm.sym.detect_linear_equation(e, [t, ry, rx])
+            if len(coeffs) != 4 or _int(coeffs[1]) != 0 or _int(coeffs[2]) != 0 or _int(coeffs[0]) not in (-1, 1):
+                return None
+            c0 = coeffs[3]
+            k = (0 if var.same_as(ry) else 2) + (_int(coeffs[0]) == 1)
+            # t >= c0  <=>  tap >= d * c0;   t <= -c0  <=>  tap < d * (1 - c0)
+            out[k].append(d * c0 if _int(coeffs[0]) == -1 else d * (1 - c0))
+            continue
+        coeffs = tvm.sym.detect_linear_equation(e, [ry, rx])
+        if len(coeffs) != 3:
+            return None
+        cy, cx, c0 = _int(coeffs[0]), _int(coeffs[1]), coeffs[2]
+        if (cy, cx) == (-1, 0):
+            out[0].append(c0)  # ry >= c0
+        elif (cy, cx) == (1, 0):
+            out[1].append(1 - c0)  # ry <= -c0
+        elif (cy, cx) == (0, -1):
+            out[2].append(c0)
+        elif (cy, cx) == (0, 1):
+            out[3].append(1 - c0)
+        else:
+            return None
+    return out
+
+
+def _tap_division(e: Any, ry: tirx.Var, rx: tirx.Var) -> tuple[tirx.Var, int, tirx.Var, Any] | None:
+    """(tap variable, d, t, ``e`` with ``t`` for floor(tap / d)) when ``e`` holds one ``tap >> s`` or
+    ``floordiv(tap, d)`` term of a tap variable, else None."""
+    found: list[tuple[Any, tirx.Var, int]] = []
+
+    def on_node(n: Any) -> tvm_ffi.WalkResult:
+        if isinstance(n, (tirx.RShift, tirx.FloorDiv)) and isinstance(n.a, tirx.Var) and _int(n.b) is not None:
+            if n.a.same_as(ry) or n.a.same_as(rx):
+                found.append((n, n.a, 2 ** _int(n.b) if isinstance(n, tirx.RShift) else _int(n.b)))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(e, [(tirx.RShift, on_node), (tirx.FloorDiv, on_node)], order="pre")
+    if len(found) != 1 or found[0][2] < 1:
+        return None
+    node, var, d = found[0]
+    t = tirx.Var("t", "int32")
+    return var, d, t, tvm_ffi.structural_map(e, [(type(node), lambda n: t if n.same_as(node) else n)])
+
+
+def _window_call(loop: tirx.For) -> tirx.Stmt | None:
+    """A convolution window as one ``tvmp_window_s8`` call, or None when it is not one:
+
+        for ry in range(KH):
+            for rx in range(KW):
+                acc[i] = acc[i] + int32(if_then_else(border(ry, rx), P[p + ry * SY + rx * SX], pad))
+                                  * int32(W[w + ry * WY + rx * WX])
+
+    (a depthwise convolution's taps; the border test bounds ry and rx separately, as padding does). The C
+    kernel runs an interior window without any test and unrolled, a border window with the bounds."""
+    kh, kw = _int(loop.extent), None
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or kh is None:
+        return None
+    ry = loop.loop_var
+    lets, inner = _peel_lets(loop.body, ry)
+    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) is None:
+        return None
+    kw, rx = _int(inner.extent), inner.loop_var
+    lets, store = _peel_lets(inner.body, rx)
+    if lets or not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    if kh * kw < 2 or any(_uses(i, v) for i in store.indices for v in (ry, rx)):
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc, prod = value.a, value.b
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer)
+            and all(tvm_ffi.structural_equal(i, j) for i, j in zip(acc.indices, store.indices))):
+        return None
+    operands = []
+    for side in (prod.a, prod.b):
+        if not (isinstance(side, tirx.Cast) and str(side.ty) == "int32"):
+            return None
+        inner_v, cond, pad = side.value, None, tirx.const(0, "int32")
+        if isinstance(inner_v, tvm.ir.Call) and isinstance(inner_v.op, tvm.ir.Op) and inner_v.op.name.endswith(".if_then_else"):
+            cond, inner_v, pad = inner_v.args
+            if not isinstance(pad, tirx.IntImm):
+                return None
+        if not (isinstance(inner_v, TensorLoad) and str(inner_v.ty) == "int8" and len(inner_v.indices) == 1):
+            return None
+        operands.append((inner_v, cond, pad))
+    if operands[0][1] is None and operands[1][1] is not None:
+        operands.reverse()
+    (p_load, cond, pad), (w_load, w_cond, _) = operands
+    if w_cond is not None:
+        return None
+    lin_p = tvm.sym.detect_linear_equation(p_load.indices[0], [ry, rx])
+    lin_w = tvm.sym.detect_linear_equation(w_load.indices[0], [ry, rx])
+    if len(lin_p) != 3 or len(lin_w) != 3 or any(_int(c) is None for c in (*lin_p[:2], *lin_w[:2])):
+        return None
+    if cond is None:
+        bounds = ([], [], [], [])
+    else:
+        found = _bounds(cond, ry, rx)
+        if found is None:
+            return None
+        bounds = found
+    lo_y, hi_y, lo_x, hi_x = (tirx.const(0, "int32"), tirx.const(kh, "int32"), tirx.const(0, "int32"),
+                              tirx.const(kw, "int32"))
+    for b in bounds[0]:
+        lo_y = tirx.max(lo_y, b)
+    for b in bounds[1]:
+        hi_y = tirx.min(hi_y, b)
+    for b in bounds[2]:
+        lo_x = tirx.max(lo_x, b)
+    for b in bounds[3]:
+        hi_x = tirx.min(hi_x, b)
+
+    ana = tvm.sym.Analyzer()
+    lo_y, hi_y, lo_x, hi_x = (ana.simplify(b) for b in (lo_y, hi_y, lo_x, hi_x))
+
+    def base(load: TensorLoad) -> Any:
+        return tirx.address_of(tirx.BufferLoad(load.source, [tirx.const(0, load.indices[0].ty.dtype)]))
+
+    i32 = [tirx.Cast("int32", x) for x in (lin_p[2], lin_p[0], lin_p[1])]
+    w32 = [tirx.Cast("int32", x) for x in (lin_w[2], lin_w[0], lin_w[1])]
+    call = tirx.call_extern("int32", WINDOW, base(p_load), *i32, base(w_load), *w32, tirx.const(kh, "int32"),
+                            tirx.const(kw, "int32"), lo_y, hi_y, lo_x, hi_x, tirx.Cast("int32", pad), acc)
+    return tirx.BufferStore(store.buffer, call, list(store.indices))
+
+
 def _uses(expr: Any, var: tirx.Var) -> bool:
     found = [False]
 
@@ -137,12 +350,29 @@ def _uses(expr: Any, var: tirx.Var) -> bool:
 
 
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call."""
+    """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, every
+    register-blocked one by a ``tvmp_dot_s8_rows{J}`` call, every convolution window by ``tvmp_window_s8`` and
+    every int8 clamp by ``tvmp_sat_s8``."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
-        return _dot_call(loop) or loop
+        return _dot_call(loop) or _rows_call(loop) or _window_call(loop) or loop
 
-    return tvm_ffi.structural_map(func, [(tirx.For, on_for)])
+    return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
+
+
+SAT = "tvmp_sat_s8"
+
+
+def _saturate(node: Any) -> Any:
+    """``max(min(x, 127), -128)`` (or ``min(max(x, -128), 127)``) on int32 as one ``tvmp_sat_s8(x)``: an
+    epilogue's int8 clamp, one SSAT on Cortex-M4/M7."""
+    inner_type, bounds = (tirx.Min, (-128, 127)) if isinstance(node, tirx.Max) else (tirx.Max, (127, -128))
+    inner = node.a
+    if str(node.ty) != "int32" or not isinstance(inner, inner_type):
+        return node
+    if _int(node.b) != bounds[0] or _int(inner.b) != bounds[1]:
+        return node
+    return tirx.call_pure_extern("int32", SAT, inner.a)
 
 
 def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)

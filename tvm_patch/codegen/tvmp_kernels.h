@@ -3,10 +3,17 @@
  * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
- * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights).
+ * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
+ *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
+ * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
+ * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
+ *   window runs without tests, unrolled.
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
  *   (unrolled to eight per iteration).
+ * tvmp_dot_s8_rows2 / _rows4: one activation vector against two or four weight rows (``ws`` bytes apart),
+ *   added to acc[0..1] / acc[0..3]: each activation word is loaded and sign-extended once for all rows
+ *   (register blocking of a 1x1 convolution or a dense layer over its output channels).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -24,18 +31,15 @@
 #endif
 
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
-    int32_t x = acc;
-    int32_t right = -shift;
-    if (shift > 0) { /* the left shift wraps to 32 bits, as x * 2^shift does in TFLite's int32 arithmetic */
-        x = (int32_t)((uint32_t)acc << shift);
-        right = 0;
-    }
+    int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
+    int32_t right = left - shift;
+    int32_t x = (int32_t)((uint32_t)acc << left); /* wraps to 32 bits, as x * 2^shift in TFLite's int32 */
     int64_t p = (int64_t)x * mult + ((int64_t)1 << 30);
-    int32_t hi = (int32_t)(p >> 32);
+    int32_t hi = (int32_t)((uint64_t)p >> 32);
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
-    if (TVMP_UNLIKELY(x == INT32_MIN && mult == INT32_MIN)) v = INT32_MAX; /* ... but for this one product */
+    if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
     int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (hi < 0)));
+    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
 }
 
 #if defined(__ARM_FEATURE_DSP)
@@ -71,18 +75,77 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
     for (; n > 0; n--) acc += (int32_t)*a++ * (int32_t)*b++;
     return acc;
 }
+
+/* Rows of weights against one activation vector: the activation's two SXTB16 are shared by the rows. */
+#define TVMP_ROW_STEP(j) do { uint32_t y; memcpy(&y, w + (j) * ws, 4); \
+        s[j] = __smlad(xo, tvmp_sxtb16_ror8(y), __smlad(xe, __sxtb16(y), s[j])); } while (0)
+#define TVMP_ROWS_KERNEL(name, rows)                                                            \
+TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
+    int32_t s[rows];                                                                            \
+    for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                           \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                    \
+        uint32_t x;                                                                             \
+        memcpy(&x, a, 4);                                                                       \
+        uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+    }                                                                                           \
+    for (; n > 0; n--, a++, w++)                                                                \
+        for (int32_t j = 0; j < rows; j++) s[j] += (int32_t)*a * (int32_t)w[j * ws];             \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
+}
 #else
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
     for (int32_t i = 0; i < n; i++) acc += (int32_t)a[i] * (int32_t)b[i];
     return acc;
 }
+#define TVMP_ROWS_KERNEL(name, rows)                                                            \
+TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
+    for (int32_t j = 0; j < rows; j++) acc[j] = tvmp_dot_s8(a, w + j * ws, n, acc[j]);          \
+}
 #endif
+TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
+TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
+
+/* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
+TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {
+#if defined(__ARM_FEATURE_DSP)
+    return __ssat(x, 8);
+#else
+    return x < -128 ? -128 : (x > 127 ? 127 : x);
+#endif
+}
 
 /* The sum of n int8 values (the weights of a convolution tap that reads only padding). */
 TVMP_INLINE int32_t tvmp_sum_s8(const int8_t *w, int32_t n) {
     int32_t sum = 0;
     for (int32_t i = 0; i < n; i++) sum += w[i];
     return sum;
+}
+
+/* One convolution window (a depthwise output): taps (ry, rx) in kh x kw read p[pb + ry*sy + rx*sx], or the pad
+   value outside the rows [y0, y1) and columns [x0, x1), times w[wb + ry*wy + rx*wx]. Called with constant
+   kernel sizes and strides, the interior case compiles to a test-free, fully unrolled window. */
+TVMP_INLINE int32_t tvmp_window_s8(const int8_t *p, int32_t pb, int32_t sy, int32_t sx, const int8_t *w, int32_t wb,
+                                   int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t y0, int32_t y1,
+                                   int32_t x0, int32_t x1, int32_t pad, int32_t acc) {
+    w += wb;
+    if (y0 == 0 && y1 == kh && x0 == 0 && x1 == kw) {
+        const int8_t *q = p + pb;
+        for (int32_t ry = 0; ry < kh; ry++)
+            for (int32_t rx = 0; rx < kw; rx++) acc += (int32_t)q[ry * sy + rx * sx] * (int32_t)w[ry * wy + rx * wx];
+        return acc;
+    }
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t in = ry >= y0 && ry < y1 && rx >= x0 && rx < x1;
+            acc += (in ? (int32_t)p[pb + ry * sy + rx * sx] : pad) * (int32_t)w[ry * wy + rx * wx];
+        }
+    return acc;
+}
+
+/* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */
+TVMP_INLINE void tvmp_pad_rows(int32_t pad, const int8_t *w, int32_t ws, int32_t n, int32_t rows, int32_t *acc) {
+    for (int32_t j = 0; j < rows; j++) acc[j] += pad * tvmp_sum_s8(w + j * ws, n);
 }
 
 #endif

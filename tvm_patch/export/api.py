@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
@@ -171,6 +173,7 @@ def export_model(
     integer: bool = True,
     rounding: str = "tflite",
     kernels: str = "micro",
+    rows: int | Mapping[str, int] = DEFAULT_ROWS,
     halo: str = "recompute",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
@@ -182,20 +185,24 @@ def export_model(
     ``integer`` (default) first runs LowerToInteger, so quantized models compute and store int8 (a float32
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
+    ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
+    one for all kernels or per kernel name (a tuning session's choice; kernels not named get the default).
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
-    row and column caches) or "auto" (see ``PatchStage``). ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
+    row and column caches) or "auto" (see ``PatchStage``).
+    ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
     if kernels not in ("micro", "plain"):
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, halo)
+                       integer, rounding, rows, halo)
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
-            tflite_path: str | None, integer: bool, rounding: str, halo: str = "recompute") -> ExportResult:
+            tflite_path: str | None, integer: bool, rounding: str, rows: int | Mapping[str, int],
+            halo: str = "recompute") -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -220,7 +227,11 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
-    funcs = {n: lean_schedule(f) for n, f in prog.funcs.items()} if lean else dict(prog.funcs)
+    blocked = prog.funcs
+    if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
+        blocked = {n: block_output_channels(f, rows.get(n, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows)
+                   for n, f in prog.funcs.items()}
+    funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
     if lean:
@@ -235,6 +246,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    if lean and micro:
+        funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
+                                                            io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
@@ -309,6 +323,28 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         ):
             out[name] = cand
     return out
+
+
+def _free_pixel_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                       pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
+                       alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """NCHW 1x1 kernels with more input channels than a C local holds get the pixel copy too (it lets the
+    dot-product micro-kernels read the channels contiguously) wherever its workspace leaves the planned arena
+    as it is: each candidate is kept only if re-planning with its workspace gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    for name, func in list(funcs.items()):
+        if func is not lean_funcs[name]:
+            continue  # already rescheduled (in place, or a pixel copy in a C local)
+        cand = pixel_copy_schedule(func, n_out[name], max_channels=1 << 30)
+        if cand is func:
+            continue
+        _, info = lower_plain({name: cand}, C_TARGET, alignment)
+        trial_ws = {**workspace, name: info[name].workspace_bytes}
+        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
+        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+        if trial.arena_bytes <= aplan.arena_bytes:
+            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _created_parents(path: Path) -> list[Path]:

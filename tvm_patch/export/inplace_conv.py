@@ -85,14 +85,16 @@ def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
     return _copy_schedule(func, n_outputs, for_speed=False)
 
 
-def pixel_copy_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
+def pixel_copy_schedule(func: tirx.PrimFunc, n_outputs: int, max_channels: int = LOCAL_COPY_BYTES) -> tirx.PrimFunc:
     """An NCHW 1x1 convolution (any number of outputs) rescheduled pixel by pixel through a copy of the
-    pixel's input channels, so its reduction reads them contiguously (the tvmp_dot_s8 micro-kernel); only when
-    that copy fits a C local (at most 64 channels: no arena bytes). Else ``func`` itself."""
-    return _copy_schedule(func, n_outputs, for_speed=True)
+    pixel's input channels, so its reduction reads them contiguously (the tvmp_dot_s8 micro-kernels); only
+    with at most ``max_channels`` input channels (by default what fits a C local: no arena bytes; the export
+    allows more where the copy's workspace leaves the arena as it is). Else ``func`` itself."""
+    return _copy_schedule(func, n_outputs, for_speed=True, max_channels=max_channels)
 
 
-def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool) -> tirx.PrimFunc:
+def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
+                   max_channels: int = LOCAL_COPY_BYTES) -> tirx.PrimFunc:
     params = list(func.params)
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
         return func
@@ -121,7 +123,7 @@ def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool) -> tirx
     if kind == "depthwise" and src_shape[c_ax] != out_shape[c_ax]:
         return func
     pix = [1, 2] if layout == "NHWC" else [2, 3]
-    if for_speed and (kind != "pointwise" or layout != "NCHW" or src_shape[c_ax] > LOCAL_COPY_BYTES):
+    if for_speed and (kind != "pointwise" or layout != "NCHW" or src_shape[c_ax] > max_channels):
         return func
     if kind == "pointwise" and ([src_shape[a] for a in pix] != [out_shape[a] for a in pix]
                                 or (out_shape[c_ax] > src_shape[c_ax] and not for_speed)):

@@ -26,7 +26,8 @@ ZOO_PREFIX = "zoo:"
 
 
 def load(spec: str) -> Model:
-    """Load `spec`: a path to an .onnx/.tflite file, or `zoo:NAME` (float32) / `zoo:NAME:int8` (QDQ int8)."""
+    """Load `spec`: a path to an .onnx/.tflite file, a zoo spec .json file (ProxylessNAS/MCUNet config, as
+    `tvm-patch search` writes them), or `zoo:NAME` (float32) / `zoo:NAME:int8` (QDQ int8)."""
     if spec.startswith(ZOO_PREFIX):
         name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
         if variant not in ("", "int8"):
@@ -38,6 +39,9 @@ def load(spec: str) -> Model:
     if os.path.isdir(spec):
         raise TvmPatchError(f"{spec}: is a directory; give an .onnx or .tflite file")
     ext = os.path.splitext(spec)[1].lower()
+    if ext == ".json":
+        net, int8 = zoo.spec_file(spec)
+        return Model(os.path.basename(spec), onnx_to_relax(zoo.onnx_model_of(net, int8), spec), "onnx", "NCHW")
     with open(spec, "rb") as f:
         data = f.read()
     if ext == ".onnx":
@@ -55,7 +59,8 @@ def load(spec: str) -> Model:
         return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW")
     if ext == ".tflite":
         return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC")
-    raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx or .tflite")
+    raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx, .tflite or a "
+                        "zoo spec .json")
 
 
 def onnx_to_relax(proto, where: str) -> tvm.IRModule:

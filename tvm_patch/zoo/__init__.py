@@ -13,12 +13,14 @@ import onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.zoo import cache, registry
 from tvm_patch.zoo.graph import lower
+from tvm_patch.zoo.mcunet import META, parse_config, spec_file, to_config
 from tvm_patch.zoo.onnx_export import export
 from tvm_patch.zoo.quantize import calibrate
 from tvm_patch.zoo.reference import forward
 from tvm_patch.zoo.spec import NetSpec, macs
 
-__all__ = ["names", "describe", "onnx_model", "reference_forward", "spec", "macs", "NetSpec"]
+__all__ = ["names", "describe", "onnx_model", "onnx_model_of", "reference_forward", "spec", "macs", "NetSpec",
+           "META", "parse_config", "spec_file", "to_config"]
 
 spec = registry.spec
 _lowered = lru_cache(maxsize=4)(lower)  # reference_forward is called in loops; NetSpec is hashable
@@ -36,17 +38,25 @@ def describe(name: str) -> str:
 
 def build(name: str, int8: bool = False) -> onnx.ModelProto:
     """Build zoo model `name` from scratch (no cache): float32 ONNX, or int8 QDQ ONNX if `int8`."""
-    net = registry.spec(name)
+    return build_spec(registry.spec(name), int8)
+
+
+def build_spec(net: NetSpec, int8: bool = False) -> onnx.ModelProto:
+    """The network `net` as ONNX, built from scratch with weights seeded from its name (see `build`)."""
     layers = lower(net)
-    qparams = calibrate(name, layers, net.resolution) if int8 else None
+    qparams = calibrate(net.name, layers, net.resolution) if int8 else None
     return export(net, layers, qparams)
 
 
 def onnx_model(name: str, int8: bool = False) -> onnx.ModelProto:
     """Zoo model `name` as ONNX (float32, or int8 QDQ if `int8`), from the disk cache when it is current."""
-    net = registry.spec(name)
-    path = cache.cache_path(name, "int8" if int8 else "fp32", repr(net))
-    return cache.cached(path, lambda: build(name, int8))
+    return onnx_model_of(registry.spec(name), int8)
+
+
+def onnx_model_of(net: NetSpec, int8: bool = False) -> onnx.ModelProto:
+    """The network `net` (a zoo model's, or one read from a spec JSON file) as ONNX, through the disk cache."""
+    path = cache.cache_path(net.name, "int8" if int8 else "fp32", repr(net))
+    return cache.cached(path, lambda: build_spec(net, int8))
 
 
 def reference_forward(name: str, x: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""MCUNet model-zoo configs (ProxylessNAS JSON: first_conv, blocks, feature_mix_layer, classifier) to NetSpec.
+"""MCUNet model-zoo configs (ProxylessNAS JSON: first_conv, blocks, feature_mix_layer, classifier) to NetSpec,
+and back (`to_config`): the zoo's JSON spec format, which `tvm-patch search` writes and every MODEL argument
+accepts as a file path.
 
-The JSON files are read at run time from the shared models folder (`tvm_patch.paths.shared_models_dir`).
+The zoo's own JSON files are read at run time from the shared models folder (`tvm_patch.paths.shared_models_dir`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from tvm_patch.paths import shared_models_dir
 from tvm_patch.zoo.spec import BlockSpec, ConvSpec, NetSpec
 
 ENV_VAR = "TVM_PATCH_SHARED_MODELS"
+META = "tvm_patch"
+"""The config entry holding this project's additions (model name, family, variant, a search's plan)."""
+VARIANTS = ("float32", "int8")
 
 # zoo name -> config file stem in <shared models>/mcunet/
 CONFIGS = {
@@ -73,25 +78,102 @@ def _block(entry: dict[str, Any], where: str) -> BlockSpec | None:
                      conv["stride"], expand=ratio != 1, residual=residual, act=_act(conv.get("act_func"), where))
 
 
-def mcunet_spec(name: str) -> NetSpec:
-    """Parse the config of zoo model `name` (a key of CONFIGS) into a NetSpec; ZeroLayer blocks vanish."""
-    path = config_path(name)
-    cfg = json.loads(path.read_text())
-    where = f"{path.name}"
-    blocks = []
-    for i, entry in enumerate(cfg["blocks"]):
-        block = _block(entry, f"{where} block {i}")
-        if block is not None:
-            blocks.append(block)
-    head = cfg.get("feature_mix_layer")
-    classifier = cfg["classifier"]
+def parse_config(cfg: dict[str, Any], name: str, where: str) -> NetSpec:
+    """A ProxylessNAS/MCUNet JSON config (already parsed) as the NetSpec called `name`; ZeroLayer blocks vanish.
+
+    `where` names the source in error messages."""
+    try:
+        blocks = []
+        for i, entry in enumerate(cfg["blocks"]):
+            block = _block(entry, f"{where} block {i}")
+            if block is not None:
+                blocks.append(block)
+        head = cfg.get("feature_mix_layer")
+        classifier = cfg["classifier"]
+        stem = _conv(cfg["first_conv"], where)
+        resolution = int(cfg["resolution"])
+        num_classes = classifier["out_features"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise TvmPatchError(f"{where}: not a ProxylessNAS/MCUNet config ({type(e).__name__}: {e}); it needs "
+                            "first_conv, blocks, classifier and resolution") from None
     width = re.search(r"-w([0-9.]+)-", name)
     family = "MCUNet (TinyNAS)" if name.startswith("mcunet") else \
         "MobileNetV2 (MCUNet zoo)" if name.startswith("mbv2") else "ProxylessNAS (MCUNet zoo)"
-    net = NetSpec(name=name, family=family, resolution=cfg["resolution"], stem=_conv(cfg["first_conv"], where),
+    meta = cfg.get(META) or {}
+    family = meta.get("family", family)
+    width = meta.get("width", float(width.group(1)) if width else None)
+    net = NetSpec(name=name, family=family, resolution=resolution, stem=stem,
                   blocks=tuple(blocks), head=_conv(head, where) if head else None,
-                  num_classes=classifier["out_features"], width=float(width.group(1)) if width else None)
+                  num_classes=num_classes, width=width)
     if net.feature_ch != classifier["in_features"]:
         raise TvmPatchError(f"{where}: classifier expects {classifier['in_features']} features, "
                             f"network gives {net.feature_ch}")
     return net
+
+
+def mcunet_spec(name: str) -> NetSpec:
+    """Parse the config of zoo model `name` (a key of CONFIGS) into a NetSpec."""
+    path = config_path(name)
+    return parse_config(json.loads(path.read_text()), name, path.name)
+
+
+def _conv_config(conv: ConvSpec) -> dict[str, Any]:
+    return {"name": "ConvLayer", "kernel_size": conv.kernel, "stride": conv.stride, "dilation": 1, "groups": 1,
+            "bias": False, "has_shuffle": False, "in_channels": conv.in_ch, "out_channels": conv.out_ch,
+            "use_bn": True, "act_func": conv.act, "dropout_rate": 0, "ops_order": "weight_bn_act"}
+
+
+def _block_config(block: BlockSpec, where: str) -> dict[str, Any]:
+    if block.se_ch or block.act not in ("relu6", "relu"):
+        raise TvmPatchError(f"{where}: squeeze-excite blocks and {block.act} have no MCUNet config form")
+    ratio = block.mid_ch / block.in_ch if block.expand else 1
+    conv = {"name": "MBInvertedConvLayer", "in_channels": block.in_ch, "out_channels": block.out_ch,
+            "kernel_size": block.kernel, "stride": block.stride,
+            "expand_ratio": int(ratio) if float(ratio).is_integer() else ratio,
+            "mid_channels": block.mid_ch if block.expand else None, "act_func": block.act, "use_se": False}
+    if block.expand and block.mid_ch == block.in_ch:
+        raise TvmPatchError(f"{where}: an expansion to as many channels as the input has no MCUNet config form")
+    shortcut = {"name": "IdentityLayer", "in_channels": [block.in_ch], "out_channels": [block.out_ch],
+                "use_bn": False, "act_func": None, "dropout_rate": 0, "ops_order": "weight_bn_act"}
+    return {"name": "MobileInvertedResidualBlock", "mobile_inverted_conv": conv,
+            "shortcut": shortcut if block.residual else None}
+
+
+def to_config(net: NetSpec, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`net` as a ProxylessNAS/MCUNet JSON config (what `parse_config` reads back to an equal NetSpec), with
+    this project's extra entries under META (the model name, variant, and whatever `meta` adds)."""
+    return {
+        "name": "ProxylessNASNets",
+        "bn": {"momentum": 0.1, "eps": 1e-05, "ws_eps": None},
+        "first_conv": _conv_config(net.stem),
+        "blocks": [_block_config(b, f"{net.name} block {i}") for i, b in enumerate(net.blocks)],
+        "feature_mix_layer": _conv_config(net.head) if net.head is not None else None,
+        "classifier": {"name": "LinearLayer", "in_features": net.feature_ch, "out_features": net.num_classes,
+                       "bias": True, "use_bn": False, "act_func": None, "dropout_rate": 0,
+                       "ops_order": "weight_bn_act"},
+        "resolution": net.resolution,
+        META: {"name": net.name, "family": net.family, "width": net.width, **(meta or {})},
+    }
+
+
+def spec_file(path: str | Path) -> tuple[NetSpec, bool]:
+    """(NetSpec, int8?) of a config file: a zoo config or one `to_config` wrote (`tvm-patch search`'s
+    best.json). The model is named by META's "name" (its weights are seeded from it), else by the file
+    stem; META's "variant" "int8" asks for the int8 QDQ model."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as e:
+        raise TvmPatchError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise TvmPatchError(f"{path}: not valid JSON ({e}); is the file complete?") from None
+    if not isinstance(cfg, dict):
+        raise TvmPatchError(f"{path}: not a ProxylessNAS/MCUNet config (a JSON object is expected)")
+    meta = cfg.get(META) or {}
+    variant = meta.get("variant", "float32")
+    if variant not in VARIANTS:
+        raise TvmPatchError(f"{path}: {META}.variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
+    name = str(meta.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise TvmPatchError(f"{path}: model name {name!r} must be letters, digits, '.', '_' or '-'")
+    return parse_config(cfg, name, path.name), variant == "int8"

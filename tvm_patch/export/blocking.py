@@ -1,0 +1,116 @@
+"""Register blocking of a reduction over its output channels (1x1 and k x k convolutions, dense layers).
+
+Why: TVM's default loop nest computes one output channel at a time, so the dot-product micro-kernel loads
+and sign-extends the same activation vector once per output channel. Splitting the output-channel loop by
+``rows`` and moving the inner part under the reduction loops makes the innermost nest
+
+    for k in range(K):
+        for j in range(rows):  acc[j] += int32(A[a + k]) * int32(W[w + j * S + k])
+
+which ``tvm_patch.codegen.micro_kernels`` turns into one ``tvmp_dot_s8_rows{rows}`` call: each activation
+word is loaded and sign-extended once for ``rows`` weight rows. The accumulator becomes ``rows`` C locals
+(``lean_schedule`` computes the epilogue at the outer channel loop), so no arena byte is added.
+
+Applied to a kernel in TVM's default form (``schedule.is_default_form``) with exactly one reduction whose
+block reads an activation not indexed by the output channel and weights indexed by it, whose innermost
+non-unit reduction iterator is the weights' last (contiguous) index and indexes the activation (its last
+axis in NHWC and dense layers; in NCHW its channel axis, contiguous once ``inplace_conv`` copies the pixel,
+else a scalar loop that still loads each activation once for ``rows`` outputs); ``rows`` must divide the
+channel count. Anything else is returned unchanged. Integer sums do not depend on their order: bit-exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+
+from tvm_patch.export.schedule import is_default_form
+
+__all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels"]
+
+ROW_BLOCKS = (1, 2, 4)  # the blockings the micro-kernels implement (1: unblocked)
+DEFAULT_ROWS = 4
+_ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
+
+
+def _vars_of(expr: Any) -> list[Any]:
+    found: list[Any] = []
+    tvm_ffi.structural_walk(expr, [(tirx.Var, lambda v: found.append(v) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+    return found
+
+
+def _int8_loads(block: s_tir.SBlock) -> list[TensorLoad]:
+    loads: list[TensorLoad] = []
+    tvm_ffi.structural_walk(block.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
+                            order="pre")
+    return [ld for ld in loads if str(ld.ty) == "int8"]
+
+
+def _channel_and_reduction(block: s_tir.SBlock) -> tuple[Any, Any] | None:
+    """(output-channel iterator, innermost non-unit reduction iterator) of a blockable reduction, else None."""
+    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    red = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce and int(iv.dom.extent) > 1]
+    loads = _int8_loads(block)
+    if not red or len(loads) != 2:
+        return None
+    k = red[-1].var
+    # the weights are the operand indexed by one spatial iterator, the output channel; in a matmul both
+    # operands qualify: the one indexed by the innermost spatial iterator (the output's last axis) wins
+    pairs = (loads, loads[::-1])
+    if any(u.same_as(spatial[-1]) for i in loads[1].indices for u in _vars_of(i)):
+        pairs = pairs[::-1]
+    for w, a in pairs:
+        w_spatial = [v for v in spatial if any(u.same_as(v) for i in w.indices for u in _vars_of(i))]
+        if len(w_spatial) != 1:
+            continue
+        ch = w_spatial[0]
+        if any(u.same_as(ch) for i in a.indices for u in _vars_of(i)):
+            continue  # a depthwise convolution: the activation is indexed by the channel too
+        if _innermost(w).same_as(k) and any(i.same_as(k) for i in a.indices):
+            return ch, k
+    return None
+
+
+def _innermost(load: TensorLoad) -> Any:
+    """The index of the load's last axis longer than 1 (unit axes, a 1x1 kernel's, do not move in memory)."""
+    shape = [int(d) for d in load.source.shape]
+    axes = [i for i, d in enumerate(shape) if d > 1]
+    return load.indices[axes[-1]] if axes else load.indices[-1]
+
+
+def block_output_channels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
+    """``func`` with its output-channel loop blocked by ``rows`` under the reduction (see the module doc),
+    or ``func`` itself when it is not such a kernel, ``rows`` is 1 or does not divide the channels."""
+    if rows not in ROW_BLOCKS:
+        raise ValueError(f"rows must be one of {ROW_BLOCKS}, got {rows}")
+    if rows == 1 or not is_default_form(func):
+        return func
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+        reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce
+                                               for iv in sch.get(b).iter_vars)]
+        if len(reductions) != 1:
+            return func
+        rv = reductions[0]
+        found = _channel_and_reduction(sch.get(rv))
+        if found is None:
+            return func
+        ch, _ = found
+        loops = list(sch.get_loops(rv))
+        # default form: each block iterator is bound to its own loop, in order (T.axis.remap)
+        if len(loops) != len(sch.get(rv).iter_vars):
+            return func
+        pos = [i for i, iv in enumerate(sch.get(rv).iter_vars) if iv.var.same_as(ch)][0]
+        extent = int(sch.get(rv).iter_vars[pos].dom.extent)
+        if extent % rows:
+            return func
+        after = loops[pos + 1:]
+        outer, inner = sch.split(loops[pos], [extent // rows, rows])
+        sch.reorder(*after, inner)
+    except _ERRORS:
+        return func
+    return sch.mod["main"]
