@@ -88,9 +88,11 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
                 index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
                 sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
     func = sch.mod["main"]
-    for conv, (add, skip) in fused.items():
+    home: dict[int, int] = {}  # value -> the value whose buffer holds it (a chain of residual blocks shares one)
+    for conv, (add, skip) in sorted(fused.items(), key=lambda kv: kv[1][0]):
         if add != last and skip is not None:
-            func = _into_skip(func, stage, t.plan, add, skip)
+            home[add] = home.get(skip, skip)
+            func = _into_skip(func, stage, t.plan, add, home[add])
     return _likely_predicates(func)
 
 
@@ -125,7 +127,8 @@ def skip_accumulations(stage: Stage, plan) -> dict[int, tuple[int, int | None]]:
 
 def _into_skip(func: tirx.PrimFunc, stage: Stage, plan, add: int, skip: int) -> tirx.PrimFunc:
     """`func` with value `add`'s buffer replaced by `skip`'s (same image position: index + offset change):
-    the residual add updates the skip in place and its readers read it there."""
+    the residual add updates the skip in place and its readers read it there. (`skip` is the buffer's owner:
+    for a chain of residual blocks, the first block's input.)"""
     names = buffer_names(stage)
     root = func.body.block
     bufs = {b.name: b for b in root.alloc_buffers}
