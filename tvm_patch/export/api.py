@@ -33,6 +33,7 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.export.inplace_shift import shifted_inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
@@ -234,14 +235,18 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
+    shifted: dict[str, list] = {}
     if lean:
-        funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
+        shifted = _shifted_convs(prog, funcs, n_out, io_in_arena, alignment)
+        funcs = _inplace_convs(prog, {n: f for n, f in funcs.items() if n not in shifted}, n_out, io_in_arena) | {
+            n: f for n, f in funcs.items() if n in shifted}
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
         funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
                  for n, f in funcs.items()}
-    pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
+    pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) + shifted.get(n, [])
+             for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
@@ -301,6 +306,27 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
+                   alignment: int) -> dict[str, list]:
+    """Kernels that may write their output a few bytes before their input (inplace_shift.py: no copy
+    buffer), where every call's input dies there and lives in the arena: {kernel: [(in, out, shift)]}."""
+    life = tensor_lifetimes(prog)
+    external = external_tensors(prog, io_in_arena)
+    out = {}
+    for name, func in funcs.items():
+        calls = [(k, c) for k, c in enumerate(prog.calls) if c.func == name]
+        if not calls or not any(c.args[0].kind == "tensor" and life[c.args[0].index][1] == k + 1 for k, c in calls):
+            continue  # cheap filter before the enumeration: no call whose first input dies there
+        found = shifted_inplace_pairs(func, n_out[name], alignment)
+        if found and all(
+            any(c.args[si].kind == "tensor" and c.args[si].index not in external and life[c.args[si].index][1] == k + 1
+                for si, _, _ in found)
+            for k, c in calls
+        ):
+            out[name] = found
+    return out
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:

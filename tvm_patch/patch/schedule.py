@@ -241,9 +241,9 @@ def allocations(func: tirx.PrimFunc) -> dict[str, int]:
 # -- MACs as the schedule performs them --------------------------------------------------------------
 
 
-def _eval(e, env: dict):
+def eval_int_expr(e, env: dict):
     """Evaluate an integer/boolean TIR expression with numpy (loop variables bound to arrays)."""
-    ev = lambda x: _eval(x, env)  # noqa: E731
+    ev = lambda x: eval_int_expr(x, env)  # noqa: E731
     if isinstance(e, tirx.IntImm):
         return bool(e.value) if str(e.ty) == "bool" else np.int64(e.value)
     if isinstance(e, tirx.Var):
@@ -315,6 +315,6 @@ def measured_macs_by_patch(func: tirx.PrimFunc, stage: Stage) -> np.ndarray:
             for j in range(nw):
                 env = {patch_loops[0].loop_var: np.int64(i), patch_loops[1].loop_var: np.int64(j)}
                 env.update({lp.loop_var: g for lp, g in zip(grid_loops, grids)})
-                ok = np.broadcast_to(_eval(pred, env), grids[0].shape if grids else ())
+                ok = np.broadcast_to(eval_int_expr(pred, env), grids[0].shape if grids else ())
                 out[i, j] += int(np.count_nonzero(ok)) * other * outer_n
     return out
