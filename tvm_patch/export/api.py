@@ -238,19 +238,20 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     shifted: dict[str, list] = {}
     if lean:
         shifted = _shifted_convs(prog, funcs, n_out, io_in_arena, alignment)
-        funcs = _inplace_convs(prog, {n: f for n, f in funcs.items() if n not in shifted}, n_out, io_in_arena) | {
-            n: f for n, f in funcs.items() if n in shifted}
+        funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
         funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
                  for n, f in funcs.items()}
-    pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) + shifted.get(n, [])
-             for n, f in funcs.items()}
+    pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    if shifted:
+        funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
+                                                      io_in_arena, alignment)
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
@@ -319,7 +320,8 @@ def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         calls = [(k, c) for k, c in enumerate(prog.calls) if c.func == name]
         if not calls or not any(c.args[0].kind == "tensor" and life[c.args[0].index][1] == k + 1 for k, c in calls):
             continue  # cheap filter before the enumeration: no call whose first input dies there
-        found = shifted_inplace_pairs(func, n_out[name], alignment)
+        plain = {p[:2] for p in inplace_pairs(func, n_out[name])}  # writing at the input's own offset is better
+        found = [p for p in shifted_inplace_pairs(func, n_out[name], alignment) if p[:2] not in plain]
         if found and all(
             any(c.args[si].kind == "tensor" and c.args[si].index not in external and life[c.args[si].index][1] == k + 1
                 for si, _, _ in found)
@@ -327,6 +329,21 @@ def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         ):
             out[name] = found
     return out
+
+
+def _use_shifted(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], shifted: dict[str, list],
+                 n_out: dict[str, int], pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan,
+                 io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """The kernels of `shifted` as lean kernels written before their input (no copy buffer) instead of their
+    current form, kept only if the arena gets smaller (the planner may not use a shifted alias)."""
+    trial_funcs = dict(funcs) | {n: lean_funcs[n] for n in shifted}
+    trial_pairs = dict(pairs) | {n: inplace_pairs(lean_funcs[n], n_out[n]) + shifted[n] for n in shifted}
+    _, infos = lower_plain({n: lean_funcs[n] for n in shifted}, C_TARGET, alignment)
+    trial_ws = dict(workspace) | {n: i.workspace_bytes for n, i in infos.items()}
+    trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+    if trial.arena_bytes < aplan.arena_bytes:
+        return trial_funcs, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:
