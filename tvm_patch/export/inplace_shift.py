@@ -114,21 +114,23 @@ def shifted_inplace_pairs(func: tirx.PrimFunc, n_outputs: int, alignment: int = 
     found = []
     for si, src in enumerate(lparams[:-1]):
         s_shape = const_shape(params[si])
-        if s_shape is None or s_shape != o_shape or str(src.ty.dtype) != str(lparams[-1].ty.dtype):
+        if s_shape is None or len(s_shape) != len(o_shape) or math.prod(o_shape) > math.prod(s_shape) \
+                or str(src.ty.dtype) != str(lparams[-1].ty.dtype):
             continue
         try:
-            need = _measure(lowered, src, lparams[-1], s_shape)
+            need = _measure(lowered, src, lparams[-1], s_shape, o_shape)
         except (KeyError, NotImplementedError):  # an index with variables other than the loops'
             need = None
-        if need:
+        if need is not None:  # need <= 0: at the input's own offset (a strided layer's smaller output)
             item = tvm.runtime.DataType(str(src.ty.dtype)).bits // 8
-            found.append((si, len(params) - 1, -(-(-(need * item) // alignment) * alignment)))
+            found.append((si, len(params) - 1, -(-(-(max(need, 0) * item) // alignment) * alignment)))
     return found
 
 
-def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...]) -> int | None:
-    """The smallest S (elements) such that dst placed S elements before src is never read after being written,
-    or None when the kernel's form is not the modelled one."""
+def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
+             o_shape: tuple[int, ...]) -> int | None:
+    """The smallest S (elements; <= 0: none needed) such that dst placed S elements before src is never read
+    after being written, or None when the kernel's form is not the modelled one."""
     acc = _accesses(func, {src, dst})
     if acc is None:
         return None
@@ -153,11 +155,11 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...]) ->
     w_loops = w_all[:common]
     units = {lp.loop_var: np.int64(int(lp.min)) for lp in w_all[common:]}
     n_iter = math.prod(int(lp.extent) for lp in w_loops)
-    if n_iter != math.prod(shape):
+    if n_iter != math.prod(o_shape):
         return None  # each output element written once, by one iteration of the store's loops
     grids = np.meshgrid(*[np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in w_loops], indexing="ij")
     env = {lp.loop_var: g for lp, g in zip(w_loops, grids)} | units
-    write = np.broadcast_to(_flat(w_idx, shape, env), grids[0].shape).reshape(-1)
+    write = np.broadcast_to(_flat(w_idx, o_shape, env), grids[0].shape).reshape(-1)
     if len(np.unique(write)) != write.size:
         return None
     earliest = np.full(write.size, np.iinfo(np.int64).max)
@@ -176,5 +178,4 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...]) ->
     later = np.minimum.accumulate(earliest[::-1])[::-1]  # the lowest address read from iteration i on
     if write.size < 2:
         return None
-    need = int((write[:-1] - later[1:]).max()) + 1  # write[i] - S < later[i + 1] for every i
-    return need if need > 0 else None  # S <= 0: no shift needed, which the other in-place proofs cover
+    return int((write[:-1] - later[1:]).max()) + 1  # write[i] - S < later[i + 1] for every i
