@@ -42,6 +42,8 @@ def render(data: dict[str, Any]) -> str:
              "TFLM = TensorFlow Lite Micro's activation arena (print_allocations head; .tflite models only), "
              "measured by the export on the host.", "",
              "## Firmware on the board's runner", "", *tables.firmware_table(data), "",
+             "## Cortex-M kernels (issue 13's goals: at most 1.5 per MAC, 5x fewer than plain)", "",
+             *tables.kernel_table(data), "",
              "## The paper and the peers beside this run", "",
              "### MCUNetV2 Table 1: MobileNetV2-224", "", *compare.table1(data), "",
              "### MCUNetV2 Fig. 5: peak-memory reduction of existing networks", "", *compare.fig5(data), "",

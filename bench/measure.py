@@ -84,6 +84,25 @@ def measure_schedule(model: Model, board: Board, runner: str, patches: int | Non
     return out
 
 
+def measure_kernels(model: Model, board: Board, runner: str, work: Path) -> dict[str, Any]:
+    """The kernel figures of issue 13, layer by layer: one run with TVM's plain kernels (the baseline) and one
+    profiled run with the micro-kernels (instructions, or cycles on a board, per op kind)."""
+    out: dict[str, Any] = {"status": "ok", "message": None, "plain": None, "per_kind": None}
+    try:
+        plain = build_for_board(model.spec, work / "plain", board.key, run=True, runner=runner, kernels="plain")
+        out["plain"] = _count(plain["run"])
+        prof = build_for_board(model.spec, work / "profile", board.key, run=True, runner=runner, profile=True)
+        out["per_kind"] = prof["run"].get("per_kind")
+    except Exception as e:  # noqa: BLE001  (recorded in the entry; the run goes on)
+        out.update(status="error", message=one_line(e))
+    return out
+
+
+def _count(run: dict[str, Any]) -> int | None:
+    """Exact instructions on the emulator, cycles on a board."""
+    return run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
+
+
 def analytic(model: Model, split_layers: int | None) -> dict[str, Any]:
     """The per-layer profile and, at the split the export resolved, the patch-based one (int8, the paper's way)."""
     prof = profile(model.spec, patches=PATCHES, split=split_layers) if split_layers else profile(model.spec)
@@ -126,6 +145,9 @@ def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _
         for key, (patches, split) in SCHEDULES.items():
             step(key)
             entry["configs"][key] = measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
+        if entry["configs"]["layer_by_layer"]["status"] == "ok":
+            step("kernels")
+            entry["kernels"] = measure_kernels(model, board, runner, Path(tmp) / "kernels")
     step("profile")
     try:
         entry["analytic"] = analytic(model, _split_layers(entry["configs"]))

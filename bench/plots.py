@@ -11,6 +11,10 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
+from tvm_patch import plot  # noqa: E402
+from bench.measure import PATCHES  # noqa: E402
+from tvm_patch.plot import PatchedView  # noqa: E402
+
 
 LBL, PATCH, FW, TFLM, PUB = "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#c44e52"
 
@@ -31,29 +35,13 @@ def _sram_line(ax: Any, board: dict[str, Any], vertical: bool = False) -> None:
 
 
 def memory_plot(entry: dict[str, Any], board: dict[str, Any], path: Path) -> Path:
-    """Per-layer activation memory layer by layer, and beside it the patched schedule's (Fig. 1 and 3)."""
+    """Per-layer activation memory layer by layer, and beside it the patched schedule's (Fig. 1 and 3):
+    tvm_patch.plot's figure, with this board's SRAM line."""
     a = entry["analytic"]
-    layers = a["layers"]
-    x = range(1, len(layers) + 1)
-    lbl = [r["bytes"] / 1024 for r in layers]
-    # Patched: the stage's layers hold the per-patch stage peak (the profile gives the stage's peak, not each
-    # layer's per-patch figure); the layers after the stage run layer by layer as before.
-    n = a["split_layers"] or 0
-    patched = [(a["stage_peak_bytes"] / 1024 if i < n else b) for i, b in enumerate(lbl)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(layers) + 2.5), 3.8))
-    ax.bar([i - 0.2 for i in x], lbl, width=0.4, color=LBL,
-           label=f"layer by layer (peak {a['layer_by_layer_peak_bytes'] / 1024:.0f} kB)")
-    stage = f"4x4 patches, stage = layers 1-{n}" if n else "4x4, auto split: no stage"
-    ax.bar([i + 0.2 for i in x], patched, width=0.4, color=PATCH,
-           label=f"{stage} (peak {a['patch_peak_bytes'] / 1024:.0f} kB)")
-    if a["layer_by_layer_peak_bytes"] * 2 > board["board_sram_bytes"]:
-        _sram_line(ax, board)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("activation memory (kB, int8, analytic)")
-    ax.set_title(f"{entry['model']}: per-layer memory")
-    ax.set_xlim(0, len(layers) + 1)
-    ax.legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+    patched = PatchedView(a["split_layers"] or 0, a["stage_peak_bytes"] or 0, a["patch_peak_bytes"], (PATCHES, PATCHES))
+    sram = {f"{board['board_name']} SRAM ({board['board_sram_bytes'] / 1024:.0f} kB)": board["board_sram_bytes"]}
+    return plot.memory_plot(entry["model"], [r["bytes"] for r in a["layers"]], path, patched=patched, sram_bytes=sram,
+                            dpi=90)
 
 
 def peak_bars(entry: dict[str, Any], board: dict[str, Any]) -> list[tuple[str, float, str]]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from tvm_patch.atomic import write_atomic
 
 SCHEMA = 1
 CSV_COLUMNS = ("model", "board", "runner", "schedule", "status", "macs", "ram_bytes", "rom_bytes", "arena_bytes",
@@ -35,9 +36,7 @@ class Results:
 
     def write(self) -> None:
         """Write atomically (a temporary file renamed over the old one), so the file is never half-written."""
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=1) + "\n")
 
 
 def schedule_macs(entry: dict[str, Any], schedule: str) -> int | None:

@@ -9,7 +9,7 @@ from bench.results import schedule_macs
 SCHEDULE_LABEL = {"layer_by_layer": "layer by layer", "patch_4x4_auto": "4x4, auto split"}
 NOT_BUILT = ("cycles on a real board (nothing has run on one; `--runner device` needs one attached), the "
              "cost model and the search (`tvm-patch plan`: the plan is the paper's 4x4 with the auto split "
-             "until then), fast Cortex-M kernels")
+             "until then), kernels at issue 13's goals")
 
 
 def fmt(v: Any) -> str:
@@ -115,6 +115,33 @@ def model_table(data: dict[str, Any]) -> list[str]:
     run = "est. latency ms" if data["conditions"]["runner"] == "emulator" else "latency ms"
     return md_table(("model", "MACs", "MACs + (4x4)", "analytic peak B", "firmware SRAM B", "Flash B", run,
                      "bit-exact"), rows)
+
+
+KINDS = (("conv1x1", "1x1"), ("depthwise", "depthwise"), ("dense", "dense"))
+
+
+def kernel_table(data: dict[str, Any]) -> list[str]:
+    """Issue 13's goals, measured: instructions (cycles on a board) per MAC layer by layer, against TVM's plain
+    kernels, per op kind, and the patched build against layer by layer x (1 + its MAC overhead + 2 %)."""
+    rows = []
+    for e in _ok(data["models"]):
+        k, a = e.get("kernels") or {}, e["analytic"]
+        lx, px = ((e["configs"].get(c) or {}).get("run") or {} for c in ("layer_by_layer", "patch_4x4_auto"))
+        count = lx.get("instructions") if lx.get("instructions") is not None else lx.get("cycles")
+        if not count or k.get("status") != "ok":
+            continue
+        pcount = px.get("instructions") if px.get("instructions") is not None else px.get("cycles")
+        kinds = k.get("per_kind") or {}
+        other = [f"{v['per_mac']:.2f}" for n, v in sorted(kinds.items())
+                 if n not in dict(KINDS) and v.get("per_mac") is not None]
+        patched = "-" if not pcount or not a["stage"] else \
+            f"{pcount / count:.3f}x (bound {1 + a['mac_overhead'] + 0.02:.3f}x)"
+        rows.append([e["model"], a["macs"], count, f"{count / a['macs']:.2f}", k["plain"], ratio(k["plain"], count),
+                     *[f"{kinds[n]['per_mac']:.2f}" if kinds.get(n, {}).get("per_mac") else "-" for n, _ in KINDS],
+                     " / ".join(other) or "-", patched])
+    return md_table(("model", "MACs", "instructions", "per MAC", "plain kernels", "x fewer",
+                     *[f"{label} per MAC" for _, label in KINDS], "k x k per MAC", "4x4 patched / layer by layer"),
+                    rows)
 
 
 def patch_table(data: dict[str, Any]) -> list[str]:

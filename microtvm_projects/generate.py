@@ -133,17 +133,18 @@ def host_outputs(export_dir: Path, work: Path, info: dict[str, Any], inputs: lis
     if shutil.which("gcc") is None:
         raise ProjectError("gcc not found: the board project checks runs against the host build; install gcc")
     exe = host / "model_host"
-    _run(["gcc", "-O2", "-std=c99", "-fno-strict-aliasing", "-o", str(exe), str(host / "main.c"),
+    run_checked(["gcc", "-O2", "-std=c99", "-fno-strict-aliasing", "-o", str(exe), str(host / "main.c"),
           str(host / "model.c"), "-lm"], "host build", HOST_TIMEOUT_SEC)
     ins = [host / f"input{i}.bin" for i in range(len(inputs))]
     outs = [host / f"output{i}.bin" for i in range(len(info["outputs"]))]
     for p, data in zip(ins, inputs):
         p.write_bytes(data)
-    _run([str(exe), *map(str, ins), *map(str, outs)], "host run", HOST_TIMEOUT_SEC)
+    run_checked([str(exe), *map(str, ins), *map(str, outs)], "host run", HOST_TIMEOUT_SEC)
     return [p.read_bytes() for p in outs]
 
 
-def _run(cmd: list[str], what: str, timeout: float) -> None:
+def run_checked(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a tool with a timeout; a timeout or a failure is a one-line ProjectError (its last output line)."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -151,6 +152,7 @@ def _run(cmd: list[str], what: str, timeout: float) -> None:
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()
         raise ProjectError(f"{what} failed (exit {proc.returncode}): {last[-1] if last else 'no message'}")
+    return proc
 
 
 def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLike,

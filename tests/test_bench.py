@@ -80,7 +80,7 @@ def check_outputs(out: Path, models: set[str]) -> dict:
     md = (out / "results.md").read_text()
     assert "## Per model" in md and "published" in md and md == render(data)
     pngs = sorted(out.glob("*.png"))
-    assert {p.name for p in pngs} >= {f"latency_sram_h743.png", *(f"memory_{m}.png" for m in models),
+    assert {p.name for p in pngs} >= {"latency_sram_h743.png", *(f"memory_{m}.png" for m in models),
                                       *(f"peaks_{m}.png" for m in models)}
     for p in pngs:
         assert p.stat().st_size > 1000 and p.read_bytes()[:8] == PNG_SIGNATURE, p
@@ -89,7 +89,7 @@ def check_outputs(out: Path, models: set[str]) -> dict:
 
 def test_bench_quick(tmp_path):
     """`--quick` as CI runs it (vww, kws, mcunet-in0): every output within the 5-minute budget, patched vww
-    below its per-layer peak, the plan's source and the published figures labelled."""
+    below its per-layer peak, the plan's source and the published figures labelled, the kernel figures."""
     r = bench("--board", "h743", "--quick", "--out", str(tmp_path), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     data = check_outputs(tmp_path, {"vww_96_int8", "kws_int8", "mcunet-in0"})
@@ -101,6 +101,11 @@ def test_bench_quick(tmp_path):
     assert vww["plan_source"] == "paper's settings (4x4, auto split); tvm-patch plan not built yet"
     assert data["models"]["mcunet-in0"]["published"]["peers"]["published"] is True
     assert "took" in r.stdout and "| vww_96_int8 |" in r.stdout
+    kws = data["models"]["kws_int8"]["kernels"]  # issue 13's figures: measured against the plain kernels
+    assert kws["status"] == "ok" and kws["plain"] > data["models"]["kws_int8"]["configs"]["layer_by_layer"]["run"]["instructions"]
+    assert {"conv1x1", "depthwise", "dense"} <= set(kws["per_kind"])
+    md = (tmp_path / "results.md").read_text()
+    assert "## Cortex-M kernels" in md and "| kws_int8 | 2,656,768 |" in md
 
 
 def one_error_line(capsys, *args: str) -> str:

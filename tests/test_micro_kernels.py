@@ -168,14 +168,17 @@ def _conv_nhwc_ohwi(cin: int, k: int, stride: int, pad_value: int) -> tirx.PrimF
 
 
 @settings(max_examples=20, deadline=None)
-@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([1, 2, 4]),
        pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
-def test_padded_conv_taps_use_the_dot_kernel_exactly(tmp_path_factory, cin, k, stride, pad_value, seed):
-    func = lean_schedule(_conv_nhwc_ohwi(cin, k, stride, pad_value))
+def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, stride, rows, pad_value, seed):
+    """Padded NHWC convolutions, unblocked (tvmp_dot_s8, border taps tvmp_sum_s8) or blocked by ``rows``
+    (export/blocking.py: tvmp_dot_s8_rows, border taps tvmp_pad_rows), against TVM."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(cin, k, stride, pad_value), rows))
     src = emit_c({"kern": func})
     kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
-    assert ("tvmp_dot_s8(" in kernels) == (cin >= 4)
-    assert ("tvmp_sum_s8(" in kernels) == (cin >= 4 and k > 1)
+    dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else (f"tvmp_dot_s8_rows{rows}(", "tvmp_pad_rows(")
+    assert (dot in kernels) == (cin >= 4)
+    assert (border in kernels) == (cin >= 4 and k > 1)
     rng = np.random.default_rng(seed)
     out_shape = tuple(int(x) for x in func.params[-1].shape)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
@@ -196,24 +199,6 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
     arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
               rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, emit_c({"kern": func}).code, arrays, tmp_path_factory.mktemp("rows"))
-    np.testing.assert_array_equal(got, want)
-
-
-@settings(max_examples=10, deadline=None)
-@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([2, 4]),
-       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
-def test_blocked_padded_conv_is_exact(tmp_path_factory, cin, k, stride, rows, pad_value, seed):
-    """Blocked NHWC convolutions: interior taps call the rows kernel, border taps tvmp_pad_rows."""
-    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(cin, k, stride, pad_value), rows))
-    src = emit_c({"kern": func})
-    kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
-    assert (f"tvmp_dot_s8_rows{rows}(" in kernels) == (cin >= 4)
-    assert ("tvmp_pad_rows(" in kernels) == (cin >= 4 and k > 1)
-    rng = np.random.default_rng(seed)
-    out_shape = tuple(int(x) for x in func.params[-1].shape)
-    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
-              rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8), np.full(out_shape, 77, dtype=np.int8)]
-    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("bconv"))
     np.testing.assert_array_equal(got, want)
 
 

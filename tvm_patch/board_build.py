@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from microtvm_projects.api import ProjectAPI
@@ -51,7 +51,7 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     profile: bool = False, opt: str = "O3", stack_bytes: int = 8192, seed: int = 0,
                     timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None,
                     integer: bool = True, rounding: str = "tflite", kernels: str = "micro",
-                    rows: int | Mapping[str, int] = DEFAULT_ROWS) -> dict[str, Any]:
+                    rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS) -> dict[str, Any]:
     """Export ``model``, generate the ``board`` project in ``out_dir``, build it for ``runner`` and, with
     ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
     get_board(board)  # an unknown board fails before the export's work

@@ -1,4 +1,4 @@
-"""The `tvm-patch` command line: zoo, profile, verify, build, run, search.
+"""The `tvm-patch` command line: zoo, profile, verify, build, run, tune, rpc-server, search.
 
 Bad input is reported as one line on stderr with exit code 2; set TVM_PATCH_DEBUG=1 for tracebacks.
 """
@@ -8,14 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 from microtvm_projects.boards import get_board
 from microtvm_projects.errors import ProjectError
 from microtvm_projects.firmware import load_project
 
 from tvm_patch import report, zoo
+from tvm_patch.atomic import write_atomic
 from tvm_patch.board_build import build_for_board, run_project
+from tvm_patch.cost import collect as cost_collect, latency as cost_latency
+from tvm_patch.cost.evaluate import evaluate as cost_evaluate
+from tvm_patch.cost.measure import core_key
+from tvm_patch.cost.search import search as plan_search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
@@ -23,6 +31,7 @@ from tvm_patch.plot import plot_profile
 from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
 from tvm_patch.search import search, write_results
 from tvm_patch.search.output import format_summary
+from tvm_patch.tune import RUNNERS, TunedRows, open_database, parse_address, start_server, tune_model
 from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
@@ -64,11 +73,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _build_board(args, split)
     if args.run or args.profile:
         raise TvmPatchError("--run and --profile need --board f412|f746|h743")
+    rows = _tuned_rows(args)
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
-                          kernels=args.kernels, halo=args.halo)
+                          kernels=args.kernels, halo=args.halo, **({"rows": rows} if rows else {}))
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(json.dumps(dict(result.to_json(), **({"tuning": rows.to_json()} if rows else {})), indent=1))
     else:
         print(_build_summary(result))
     if result.check is not None and not result.check.passed:
@@ -102,11 +112,14 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
+    rows = _tuned_rows(args)
     built = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels)
+                             rounding=args.rounding, kernels=args.kernels, **({"rows": rows} if rows else {}))
+    if rows:
+        built["tuning"] = rows.to_json()
     return _board_output(args, built)
 
 
@@ -236,17 +249,175 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the cost model and the schedule search (tvm_patch/cost, docs/cost-model.md) ---
+def _cost_data(args: argparse.Namespace, core: str) -> list[dict]:
+    paths = args.data or [str(cost_collect.default_data(core))]
+    return [r for p in paths for r in cost_collect.read_records(Path(p))]
+
+
+def _cmd_costmodel(args: argparse.Namespace) -> int:
+    if args.action == "collect":
+        if not args.board:
+            raise TvmPatchError("costmodel collect needs --board f412|f746|h743")
+        out = args.data[0] if args.data else str(cost_collect.default_data(core_key(args.board)))
+        counts = cost_collect.collect(args.board, Path(out), n=args.n, seed=args.seed, runner=args.runner,
+                                      timeout_sec=args.timeout)
+        print(f"{out}: {counts['measured']} measured, {counts['skipped']} already there, {counts['failed']} failed")
+        return 0
+    core = args.core or (core_key(args.board) if args.board else None)
+    if core not in cost_latency.CORES:
+        raise TvmPatchError(f"costmodel {args.action} needs --core m4|m7 (or --board)")
+    if args.action == "train":
+        model = cost_latency.fit([r for r in _cost_data(args, core) if not r.get("heldout")], core)
+        path = model.save(args.model or cost_collect.default_model(core))
+        print(f"wrote {path}: {core}, {model.meta['n_kernels']} kernels of {model.meta['n_networks']} networks; "
+              f"use it with --cost-model {path}")
+        return 0
+    model = cost_latency.for_core(core, args.model)
+    print(json.dumps(cost_evaluate(model, _cost_data(args, core)), indent=1))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    res = plan_search(args.model, args.board, args.objective, args.cost_model)
+    out = res.to_json()
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        _print_plan(args, res)
+    if res.chosen is None:
+        raise TvmPatchError(f"no plan of {args.model} fits {args.board}" + (
+            f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
+            "B of Flash" if res.best_miss else ": no plan could be exported"))
+    return 0
+
+
+def _print_plan(args: argparse.Namespace, res) -> None:
+    print(f"{args.model} on {args.board}: {res.note}")
+    for p in res.pareto:
+        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14}  "
+              f"SRAM {p.sram_bytes:>9,} B  latency {p.latency_ms:9.2f} ms (estimated)")
+    c = res.chosen
+    if c is None:
+        return
+    print(f"chosen: split {c.plan['split']}, patches {c.plan['patches']}, halo {c.plan['halo']}: SRAM "
+          f"{c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms (estimated)" if c.plan["split"]
+          else f"chosen: layer by layer: SRAM {c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms "
+               "(estimated)")
+
+
+def _add_cost_parsers(sub) -> None:
+    c = sub.add_parser("costmodel", help="the latency cost model: collect measurements, train, evaluate")
+    c.add_argument("action", choices=["collect", "train", "eval"])
+    c.add_argument("--board", choices=["f412", "f746", "h743"], help="collect: the board measured")
+    c.add_argument("--core", choices=list(cost_latency.CORES), help="train/eval: the core (default: the board's)")
+    c.add_argument("--n", type=int, default=40, help="collect: synthetic networks (each layer by layer and patched)")
+    c.add_argument("--seed", type=int, default=0, help="collect: seed of the synthetic networks and plans")
+    c.add_argument("--runner", choices=["emulator", "device"], default="emulator",
+                   help="collect: instructions on QEMU (default) or cycles on the board")
+    c.add_argument("--data", nargs="+", metavar="FILE.jsonl", help="measurements (default: the cache's, per core)")
+    c.add_argument("--model", metavar="FILE.json", help="train: where to write; eval: the model (default: shipped)")
+    c.add_argument("--timeout", type=float, default=600.0, metavar="SEC", help="collect: longest build or run")
+    c.set_defaults(func=_cmd_costmodel)
+    pl = sub.add_parser("plan", help="search splits, patch counts and halo modes for the fastest plan that fits")
+    pl.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    pl.add_argument("--board", choices=["f412", "f746", "h743"], required=True)
+    pl.add_argument("--objective", choices=["latency", "memory"], default="latency")
+    pl.add_argument("--cost-model", metavar="FILE.json", help="a trained latency model (default: the shipped one)")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    pl.set_defaults(func=_cmd_plan)
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically; an unwritable place is a one-line error."""
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise TvmPatchError(f"{path}: cannot write ({e.strerror}); choose a writable path") from None
+
+
+# ---------------------------------------------------------------- tuning (tvm_patch/tune, docs/tuning.md)
+def _tuned_rows(args: argparse.Namespace) -> TunedRows | None:
+    if not args.tuning_db:
+        return None
+    return TunedRows(open_database(args.tuning_db, create=False), get_board(args.board).core if args.board else None)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
+    s = tune_model(args.model, args.board, trials=args.trials, runner=args.runner, db_dir=args.db,
+                   patches=args.patches, split=split, kernels=args.kernel,
+                   tracker=parse_address(args.tracker) if args.tracker else None, rpc_runner=args.rpc_runner,
+                   parallel=args.parallel, timeout_sec=args.timeout, port=args.port, probe=args.probe,
+                   progress=not args.json)
+    if args.json:
+        print(json.dumps(s.to_json(), indent=1))
+        return 0
+    print(f"{s.model} on {s.board} ({s.runner}, {s.unit}): {s.measured} trials"
+          f"{' (interrupted)' if s.interrupted else ''}, records in {s.db}")
+    def cost(c: float | None) -> str:
+        return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
+
+    for k in s.kernels:
+        gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
+        print(f"  {k.name}: default rows {k.default_rows} {cost(k.default_cost)}, tuned rows {k.best_rows} "
+              f"{cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
+    if s.untunable:
+        print(f"  no knob: {', '.join(s.untunable)}")
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_rpc_server(args: argparse.Namespace) -> int:
+    server = start_server(parse_address(args.tracker), args.board, args.runner, args.host, args.port, args.port_end,
+                          args.serial, args.probe)
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"serving {args.board}-{args.runner} on {args.host}:{server.port} for the tracker {args.tracker}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.terminate()
+
+
+def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="tune the kernels' schedules with meta_schedule; records to --db")
+    t.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
+    t.add_argument("--board", required=True, help="the board tuned for: f412, f746 or h743")
+    t.add_argument("--trials", type=int, default=16, help="measured candidates in all (default 16)")
+    t.add_argument("--runner", choices=RUNNERS, default="emulator",
+                   help="emulator (exact instructions on QEMU), host (seconds, a quick check), device (cycles on "
+                        "the board), rpc (a farm behind --tracker)")
+    t.add_argument("--db", default="tuning_db", metavar="DIR", help="the record database (default tuning_db)")
+    t.add_argument("--patches", type=int, metavar="P", help="tune the patch-mode network (needs --split)")
+    t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
+    t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
+    t.add_argument("--tracker", metavar="HOST:PORT", help="with --runner rpc: the RPC tracker")
+    t.add_argument("--rpc-runner", choices=["emulator", "device"], default="emulator",
+                   help="with --runner rpc: the servers' runner (key BOARD-RUNNER)")
+    t.add_argument("--parallel", type=int, default=1, help="candidates measured at once (rpc: servers used)")
+    t.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    t.add_argument("--port", help="device: the board's serial port")
+    t.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool")
+    t.add_argument("--timeout", type=float, default=120.0, metavar="SEC",
+                   help="longest wait for one candidate's build step or run (default 120)")
+    t.set_defaults(func=_cmd_tune)
+    r = sub.add_parser("rpc-server", help="serve measurements on this machine's emulator or board to a TVM RPC "
+                                          "tracker (key BOARD-RUNNER), for `tune --runner rpc`")
+    r.add_argument("--tracker", required=True, metavar="HOST:PORT")
+    r.add_argument("--board", required=True, help="f412, f746 or h743")
+    r.add_argument("--runner", choices=["emulator", "device"], default="emulator")
+    r.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    r.add_argument("--port", type=int, default=9091, help="first port to try (default 9091)")
+    r.add_argument("--port-end", type=int, default=9199, help="last port to try (default 9199)")
+    r.add_argument("--serial", help="device: the board's serial port (default: found by the ST-LINK's USB id)")
+    r.add_argument("--probe", choices=["openocd", "pyocd"], help="device: the flash tool")
+    r.set_defaults(func=_cmd_rpc_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,7 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --board: stack reserved in SRAM (default 8192)")
     b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
     _add_board_run_options(b)
+    b.add_argument("--tuning-db", metavar="DIR", help="apply a `tvm-patch tune` database: each kernel takes its "
+                   "fastest record's schedule (on --board's core, else any); --json says which")
     b.set_defaults(func=_cmd_build)
+    _add_tune_commands(sub)
     r = sub.add_parser("run", help="run a board project already built (tvm-patch build --board) once")
     r.add_argument("project", help="the project directory (-o DIR of `tvm-patch build --board`)")
     r.add_argument("--runner", choices=["emulator", "device"], default="emulator",
@@ -341,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sram", type=int, metavar="BYTES", help="a tighter SRAM limit than the board's")
     s.add_argument("--max-flash", type=int, metavar="BYTES", help="a tighter Flash limit than the board's")
     s.set_defaults(func=_cmd_search)
+    _add_cost_parsers(sub)
     return p
 
 

@@ -29,8 +29,8 @@ from tvm import relax
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.relax_util import call_tir_name, ints, op_name
 from tvm_patch.geometry import RegionMap
-from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_LOGISTIC, Q_MEAN, Q_MUL, Q_SOFTMAX, Q_SUB,
-                             QPARAMS_ATTR)
+from tvm_patch.names import (Q_ADD, Q_AVG_POOL2D, Q_CONV_LOGISTIC, Q_HARD_SWISH, Q_LOGISTIC, Q_MEAN, Q_MUL,
+                             Q_SOFTMAX, Q_SUB, QPARAMS_ATTR)
 
 # Relax ops that start a layer of their own when applied to an activation.
 _CONV = "relax.nn.conv2d"
@@ -41,7 +41,7 @@ _BINARY = {"relax.add": "add", "relax.multiply": "mul", "relax.subtract": "sub",
 # call_tir PrimFuncs (LowerToInteger's integer binary ops) that are the binary op of two activations
 _TIR_BINARY = {Q_ADD: "add", Q_SUB: "sub", Q_MUL: "mul"}
 # call_tir PrimFuncs of LowerToInteger that are activations fused into the producer
-_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid"}
+_TIR_ACTIVATIONS = {Q_LOGISTIC: "relax.sigmoid", Q_CONV_LOGISTIC: "relax.sigmoid", Q_HARD_SWISH: "relax.hard_swish"}
 # layers whose requantized output a ReLU clamp may coincide with (see _clamps)
 _WEIGHTED = {"conv2d", "depthwise_conv2d", "dense"}
 # call_tir PrimFuncs of LowerToInteger that are layers of their own (never fused into the producer)
@@ -57,7 +57,8 @@ _FUSIBLE = {
 _ALIASES = {"relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims", "relax.quantize",
             "relax.dequantize", "relax.astype"}
 _ACTIVATIONS = {"relax.clip", "relax.nn.relu", "relax.nn.relu6", "relax.sigmoid", "relax.maximum",
-                "relax.minimum", "relax.nn.silu", "relax.tanh", "relax.nn.leakyrelu"}
+                "relax.minimum", "relax.nn.silu", "relax.tanh", "relax.nn.leakyrelu",
+                "relax.hard_swish"}  # TFLite's HARD_SWISH: TVM's hard_swish PrimFunc, or LowerToInteger's table
 # dtype conversions a folded pad may pass through before its convolution (QDQ: pad on int8, then dequantize)
 _CONVERSIONS = {"relax.quantize", "relax.dequantize", "relax.astype"}
 _INT8_RANGE = (-128, 127)
@@ -192,6 +193,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
     uses: dict[relax.Var, int] = {}  # Relax var -> number of uses
     zero_point: dict[int, int] = {}  # tensor id -> the zero point its layer's chain last wrote (for clips)
     pending: dict[relax.Var, _FoldedPad] = {}  # var of a pad folding into its convolutions -> the pad
+    tuples: dict[relax.Var, list[int]] = {}  # var bound to a tuple of activations -> their tensor ids
     qparams = recorded_qparams(func)
 
     for p in func.params:
@@ -215,8 +217,14 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             _extend(layers, tensors, act, act[value], b.var, None)
             continue
         if not isinstance(value, relax.Call):
-            if isinstance(value, (relax.Tuple, relax.TupleGetItem)) and any(v in act for v in _vars_in(value)):
-                _new_layer(layers, tensors, act, "tuple", [act[v] for v in _vars_in(value) if v in act], b.var)
+            if isinstance(value, relax.Tuple):  # a tuple of tensors (the outputs of a multi-output model): no layer
+                tuples[b.var] = [t for f in value.fields for t in _tensors_of(f, act, tuples)]
+            elif isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var) \
+                    and value.tuple_value in tuples:
+                act[b.var] = tuples[value.tuple_value][int(value.index)]
+            elif isinstance(value, (relax.Tuple, relax.TupleGetItem)) and any(v in act for v in _vars_in(value)):
+                raise TvmPatchError(f"binding {b.var.name}: a tuple produced by an op is not supported "
+                                    "(multi-output ops such as SPLIT); the profile handles single-output ops")
             continue
         args = value.args
         op = _op_name(value)
@@ -259,7 +267,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             if zp is not None:
                 zero_point[out] = int(zp)
             continue
-        acts = [a for a in args if isinstance(a, relax.Var) and a in act]
+        acts = [v for a in args for v in _vars_in(a) if v in act]  # a concat's operands come in a tuple
         if not acts:
             continue  # a computation on constants only: part of the weights
         if op == _CONV:
@@ -298,7 +306,7 @@ def build_graph(mod: tvm.IRModule, func_name: str = "main") -> Graph:
             if op == "relax.nn.pad":
                 _set_pad(layer, value, layout)
 
-    outputs = [act[v] for v in _vars_in(ret) if v in act]
+    outputs = _tensors_of(ret, act, tuples)
     graph = Graph(layers, tensors, graph_inputs, outputs, layout)
     _assign_blocks(graph)
     _receptive_fields(graph)
@@ -401,6 +409,15 @@ def _pads_into_convs(bindings: list, ret: relax.Expr) -> dict[relax.Var, tuple[i
         h, w = lay.index("H"), lay.index("W")
         out[b.var] = (width[2 * h], width[2 * w], width[2 * h + 1], width[2 * w + 1])
     return out
+
+
+def _tensors_of(expr, act: dict, tuples: dict) -> list[int]:
+    """The activation tensors an expression holds, in order (a tensor, or a tuple of them, nested or bound)."""
+    if isinstance(expr, relax.Var):
+        return list(tuples[expr]) if expr in tuples else [act[expr]] if expr in act else []
+    if isinstance(expr, relax.Tuple):
+        return [t for f in expr.fields for t in _tensors_of(f, act, tuples)]
+    return []
 
 
 def _vars_in(expr) -> list[relax.Var]:

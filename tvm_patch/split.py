@@ -14,10 +14,12 @@ from tvm_patch.graph import Graph, Layer, cut_after
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
 # (A pad feeding convolutions is part of each convolution that reads it: `tvm_patch.graph` folds it in.)
 TILEABLE = ("conv2d", "depthwise_conv2d", "add")
+# Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, hard swish ... cannot.
+STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
 
 
 def _tileable(layer: Layer) -> bool:
-    if layer.op not in TILEABLE:
+    if layer.op not in TILEABLE or layer.activation not in STAGE_ACTIVATIONS:
         return False
     if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
         return layer.broadcast_free

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class ExportResult:
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
     micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
+    kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # as emitted, after every schedule
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,7 +175,7 @@ def export_model(
     integer: bool = True,
     rounding: str = "tflite",
     kernels: str = "micro",
-    rows: int | Mapping[str, int] = DEFAULT_ROWS,
+    rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
     halo: str = "recompute",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
@@ -187,7 +188,8 @@ def export_model(
     model is left as it is); ``integer=False`` exports the float dequantize/quantize chains as imported.
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
     ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
-    one for all kernels or per kernel name (a tuning session's choice; kernels not named get the default).
+    one for all kernels, per kernel name (kernels not named get the default), or a callable (name, PrimFunc) ->
+    rows (a tuning database's choice by workload: ``tvm_patch.tune.TunedRows``).
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -202,8 +204,8 @@ def export_model(
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
-            tflite_path: str | None, integer: bool, rounding: str, rows: int | Mapping[str, int],
-            halo: str = "recompute") -> ExportResult:
+            tflite_path: str | None, integer: bool, rounding: str,
+            rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute") -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -230,8 +232,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         prog = merge_prologues(prog)
     blocked = prog.funcs
     if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
-        blocked = {n: block_output_channels(f, rows.get(n, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows)
-                   for n, f in prog.funcs.items()}
+        blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}
     funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
@@ -299,6 +300,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
+        kernel_funcs=final,
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
@@ -344,6 +346,14 @@ def _use_shifted(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any
     if trial.arena_bytes < aplan.arena_bytes:
         return trial_funcs, trial_pairs, trial_ws, trial
     return funcs, pairs, workspace, aplan
+
+
+def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: str, func: Any) -> int:
+    """The blocking of kernel ``name``: one for all, per name, or chosen by a callable (name, PrimFunc before
+    blocking) -> rows, as tvm_patch.tune.records.TunedRows chooses from a tuning database by workload."""
+    if callable(rows):
+        return rows(name, func)
+    return rows.get(name, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels"]
+__all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "rows_loop", "split_rows"]
 
 ROW_BLOCKS = (1, 2, 4)  # the blockings the micro-kernels implement (1: unblocked)
 DEFAULT_ROWS = 4
@@ -81,6 +81,37 @@ def _innermost(load: TensorLoad) -> Any:
     return load.indices[axes[-1]] if axes else load.indices[-1]
 
 
+def rows_loop(sch: s_tir.Schedule) -> tuple[Any, list[Any], int] | None:
+    """(output-channel loop, the loops after it, channel count) of the one blockable reduction of the
+    default-form kernel in ``sch`` (see the module doc), else None. Shared by ``block_output_channels``
+    and the tuning space (tvm_patch/tune/space.py), which samples the factor."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce
+                                           for iv in sch.get(b).iter_vars)]
+    if len(reductions) != 1:
+        return None
+    rv = reductions[0]
+    found = _channel_and_reduction(sch.get(rv))
+    if found is None:
+        return None
+    ch, _ = found
+    loops = list(sch.get_loops(rv))
+    # default form: each block iterator is bound to its own loop, in order (T.axis.remap)
+    if len(loops) != len(sch.get(rv).iter_vars):
+        return None
+    pos = [i for i, iv in enumerate(sch.get(rv).iter_vars) if iv.var.same_as(ch)][0]
+    return loops[pos], loops[pos + 1:], int(sch.get(rv).iter_vars[pos].dom.extent)
+
+
+def split_rows(sch: s_tir.Schedule, found: tuple[Any, list[Any], int], rows: Any) -> None:
+    """The blocking's schedule steps: split the channel loop of ``rows_loop`` by ``rows`` (an int dividing
+    the channels, or a sampled ExprRV) and move the inner part under the reduction loops."""
+    loop, after, extent = found
+    factors = [extent // rows, rows] if isinstance(rows, int) else [None, rows]
+    _, inner = sch.split(loop, factors)
+    sch.reorder(*after, inner)
+
+
 def block_output_channels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
     """``func`` with its output-channel loop blocked by ``rows`` under the reduction (see the module doc),
     or ``func`` itself when it is not such a kernel, ``rows`` is 1 or does not divide the channels."""
@@ -90,27 +121,10 @@ def block_output_channels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
         return func
     try:
         sch = s_tir.Schedule(func)
-        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-        reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce
-                                               for iv in sch.get(b).iter_vars)]
-        if len(reductions) != 1:
+        found = rows_loop(sch)
+        if found is None or found[2] % rows:
             return func
-        rv = reductions[0]
-        found = _channel_and_reduction(sch.get(rv))
-        if found is None:
-            return func
-        ch, _ = found
-        loops = list(sch.get_loops(rv))
-        # default form: each block iterator is bound to its own loop, in order (T.axis.remap)
-        if len(loops) != len(sch.get(rv).iter_vars):
-            return func
-        pos = [i for i, iv in enumerate(sch.get(rv).iter_vars) if iv.var.same_as(ch)][0]
-        extent = int(sch.get(rv).iter_vars[pos].dom.extent)
-        if extent % rows:
-            return func
-        after = loops[pos + 1:]
-        outer, inner = sch.split(loops[pos], [extent // rows, rows])
-        sch.reorder(*after, inner)
+        split_rows(sch, found, rows)
     except _ERRORS:
         return func
     return sch.mod["main"]

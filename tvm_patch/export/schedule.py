@@ -9,7 +9,10 @@ element's arithmetic (each value is computed by the same expression, only where 
 1. ``compute_inline`` every non-output block that can be inlined (padding, elementwise chains): its
    expression is substituted into its readers; after a reduction, only into readers that read it once
    (the requantization reads its input several times: inlining it into a residual add copied it per
-   read and took TVM's simplifier 17 s on one kernel);
+   read and took TVM's simplifier 17 s on one kernel); and never a stage computing in 64 bits or calling
+   a helper (a requantization) into a reader that does too: nested, a chain of n such stages grows as 2^n
+   (a squeeze-and-excitation gate ADD -> MUL -> MUL took minutes). Such a stage, when no reduction
+   precedes it, is computed at its reader's innermost loop instead: one scalar C local per stage;
 2. ``reverse_compute_at`` the single consumer of each reduction (the epilogue), and each next stage of a
    chain of them, under the reduction's innermost spatial loop: each output element is finished right
    after its accumulation, so the accumulator and every epilogue stage compact to one element, which
@@ -31,9 +34,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir.expr import TensorLoad
+from tvm.ir.expr import Expr, TensorLoad
 
 from tvm_patch.export.patterns import const_shape, same_element
 
@@ -178,11 +182,14 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
                     continue  # inlined there, a reduction's epilogue would read it at other indices (e.g. a pad)
                 if any(_loads_of(c, buf) > 1 for c in readers):
                     continue  # a stage of its own (one scalar at the reduction): inlining copies it per read
+            if _nests_heavy(sch, rv):
+                continue  # its own scalar stage (below): inlined, its expression would nest in the next one
             try:
                 sch.compute_inline(rv)
                 changed = True
             except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
                 continue
+    _scalar_stages(sch, outputs)
     for rv in _children(sch):
         block = sch.get(rv)
         if not _is_reduction(block):
@@ -209,6 +216,64 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 break
             stage = nxt[0]
     return sch.mod["main"]
+
+
+def _heavy(block: s_tir.SBlock) -> bool:
+    """Does the stage compute in 64 bits or call a helper (a requantization, a fixed-point function)?
+    Two such stages are not nested by inlining: requantization reads its input several times (rounding,
+    sign), so each inlined stage would copy the previous ones and a chain of n stages would grow as 2^n,
+    past what TVM's simplifier can handle (a hard sigmoid ADD -> MUL -> MUL took minutes)."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    found = [False]
+
+    def on_expr(e: Any) -> tvm_ffi.WalkResult:
+        if isinstance(e, TensorLoad):
+            return tvm_ffi.WalkResult.SKIP  # its indices are int64 in TVM's default form: not the arithmetic
+        if isinstance(e, tirx.Cast) and str(e.ty) == "int64" or (
+                isinstance(e, tvm.ir.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name.endswith("call_pure_extern")):
+            found[0] = True  # a widening to 64-bit arithmetic, or a helper's call
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(store.value, [(Expr, on_expr)], order="pre")
+    return found[0]
+
+
+def _nests_heavy(sch: s_tir.Schedule, rv: Any) -> bool:
+    """Would inlining the block put one heavy expression inside another (its one elementwise reader is heavy
+    too)? Only then is it kept a stage of its own: a heavy stage read by a cheap one (a requantization read
+    by its clamp) inlines as before, and the reader becomes the heavy stage the next one must not swallow."""
+    consumer = _elementwise_consumer(sch, rv)
+    return consumer is not None and _heavy(sch.get(rv)) and _heavy(sch.get(consumer))
+
+
+def _elementwise_consumer(sch: s_tir.Schedule, rv: Any) -> Any | None:
+    """The block's one consumer when it is a non-reduction stage storing one element per iteration."""
+    consumers = list(sch.get_consumers(rv))
+    if len(consumers) != 1:
+        return None
+    block = sch.get(consumers[0])
+    if _is_reduction(block) or not isinstance(block.body, tirx.BufferStore) or block.init is not None:
+        return None
+    return consumers[0]
+
+
+def _scalar_stages(sch: s_tir.Schedule, outputs: set[str]) -> None:
+    """Each heavy stage the inlining left before a heavy reader (not after a reduction: those are epilogues,
+    moved below) is computed at its reader's innermost loop, last stage first: its buffer compacts to one
+    element, a C local, and every stage's expression stays its own size whatever the chain's length."""
+    for rv in reversed(_children(sch)):
+        block = sch.get(rv)
+        if block.name_hint in outputs or _is_reduction(block) or not _nests_heavy(sch, rv) or _after_reduction(sch, rv):
+            continue
+        loops = list(sch.get_loops(_elementwise_consumer(sch, rv)))
+        if not loops:
+            continue
+        try:
+            sch.compute_at(rv, loops[-1], preserve_unit_loops=True)
+        except (RuntimeError, ValueError, TypeError):  # ScheduleError: left a buffer of its own
+            continue
 
 
 def _loads_of(block: s_tir.SBlock, buf: Any) -> int:

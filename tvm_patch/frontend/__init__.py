@@ -64,7 +64,8 @@ def load(spec: str) -> Model:
 
 
 def onnx_to_relax(proto, where: str) -> tvm.IRModule:
-    """Import an ONNX ModelProto with TVM's frontend; symbolic (batch) dimensions are fixed to 1."""
+    """Import an ONNX ModelProto with TVM's frontend; a symbolic batch dimension is fixed to 1, any other
+    symbolic dimension is refused (fixed to 1 it would compile a network for a 1-pixel image)."""
     from tvm.relax.frontend.onnx import from_onnx
 
     init_names = {i.name for i in proto.graph.initializer}
@@ -73,7 +74,14 @@ def onnx_to_relax(proto, where: str) -> tvm.IRModule:
         if inp.name in init_names:
             continue
         dims = inp.type.tensor_type.shape.dim
-        shapes[inp.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims]
+        fixed = [d.HasField("dim_value") and d.dim_value > 0 for d in dims]
+        if not all(fixed[1:]):
+            k = fixed.index(False, 1)
+            what = dims[k].dim_param or "unknown"
+            raise TvmPatchError(f"{where}: input {inp.name!r} has a dynamic dimension {k} ({what!r}); tvm-patch "
+                                "compiles one fixed shape: export the model with a fixed input shape (only the "
+                                "batch may be dynamic; it is compiled as 1)")
+        shapes[inp.name] = [d.dim_value if ok else 1 for d, ok in zip(dims, fixed)]
     try:
         return from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
     except Exception as e:

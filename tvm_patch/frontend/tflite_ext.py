@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tflite
 import tvm
 from tvm import relax
 from tvm.relax.frontend.tflite import tflite_frontend as _tfl
@@ -558,6 +559,8 @@ def tflite_to_relax(data: bytes, where: str) -> tvm.IRModule:
     from tvm.relax.frontend.tflite import from_tflite
 
     model = _check_flatbuffer(bytes(data), where)
+    _check_static_inputs(model, where)
+    _check_no_uint8(model, where)
     made: list[ExtOperatorConverter] = []
 
     def make_converter(*args: Any, **kwargs: Any) -> ExtOperatorConverter:
@@ -576,6 +579,44 @@ def tflite_to_relax(data: bytes, where: str) -> tvm.IRModule:
             except Exception:  # noqa: BLE001
                 pass
         raise _user_error(e, where) from None
+
+
+def _check_static_inputs(model: Any, where: str) -> None:
+    """Refuse an input with a dynamic dimension other than the batch (-1 in its shape signature): TFLite
+    stores 1 in its shape, which would compile a network for a 1-pixel image. A dynamic batch is compiled
+    as batch 1, what the shape says (every MLPerf Tiny model has one)."""
+    graph = model.Subgraphs(0)
+    for i in range(graph.InputsLength()):
+        t = graph.Tensors(graph.Inputs(i))
+        sig = [int(d) for d in t.ShapeSignatureAsNumpy()] if t.ShapeSignatureLength() else []
+        dynamic = [k for k, d in enumerate(sig) if d < 0 and k > 0]
+        if dynamic:
+            name = t.Name().decode(errors="replace") if t.Name() else f"#{i}"
+            raise TvmPatchError(f"{where}: input {name!r} has a dynamic dimension {dynamic[0]} (shape signature "
+                                f"{sig}); tvm-patch compiles one fixed shape: convert the model with a fixed input "
+                                "shape (only the batch may be dynamic; it is compiled as 1)")
+
+
+def _check_no_uint8(model: Any, where: str) -> None:
+    """Refuse uint8 (asymmetric, older TFLite) tensors anywhere but at a QUANTIZE / DEQUANTIZE (the uint8
+    input or output of an int8 model, which converts exactly): TFLite Micro and LowerToInteger compute int8."""
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        kind = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+        if kind in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensors = [op.Inputs(k) for k in range(op.InputsLength())] + [op.Outputs(k) for k in range(op.OutputsLength())]
+        for t_index in tensors:
+            t = graph.Tensors(t_index) if t_index >= 0 else None  # -1: an optional input left out
+            if t is not None and t.Type() == tflite.TensorType.UINT8:
+                name = t.Name().decode(errors="replace") if t.Name() else f"#{t_index}"
+                raise UnsupportedOpError(
+                    f"{where}: tensor {name!r} of operator #{i} {kind} is uint8 (asymmetric quantization of older "
+                    "TFLite); tvm-patch, like TFLite Micro, computes int8: convert the model to full-integer int8 "
+                    "(TFLiteConverter, supported_ops TFLITE_BUILTINS_INT8; uint8 input/output types are fine)")
 
 
 def _user_error(e: Exception, where: str) -> TvmPatchError:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from tvm_patch.atomic import write_atomic
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.search.loop import Candidate, SearchResult
 from tvm_patch.zoo import to_config
@@ -45,16 +45,7 @@ def candidate_json(c: Candidate, rank: int) -> dict:
 
 
 def _write(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_results(result: SearchResult, out_dir: str | os.PathLike, settings: dict) -> list[Path]:

@@ -7,8 +7,6 @@ architecture spec (so an edited MCUNet JSON config rebuilds too). Writes are ato
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import onnx
 
 from tvm_patch import paths
+from tvm_patch.atomic import write_atomic
 
 ENV_VAR = "TVM_PATCH_CACHE"
 
@@ -51,14 +50,7 @@ def cached(path: Path, build: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
     model = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(model.SerializeToString())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, model.SerializeToString())
     except OSError:
         pass  # a read-only or full cache folder only costs a rebuild next time
     return model

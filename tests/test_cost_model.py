@@ -1,0 +1,206 @@
+"""The cost model and the schedule search: predicted SRAM equals the linked firmware's exactly and Flash is
+within 1 % (layer by layer and patched, two boards); the per-kernel features; the model file's errors;
+collection resumes; `plan` reports a Pareto front whose chosen plan builds to the predicted SRAM."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from microtvm_projects.boards import BOARDS
+
+from tvm_patch.board_build import build_for_board
+from tvm_patch.cli import main
+from tvm_patch.cost import Plan, predict
+from tvm_patch.cost import collect as cost_collect
+from tvm_patch.cost.features import kernel_rows
+from tvm_patch.cost.latency import default_path, load as load_cost_model
+from tvm_patch.cost.search import search
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.frontend import load
+from tvm_patch.graph import build_graph
+
+pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                                reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
+
+KWS = "mlperf_tiny/kws_int8.tflite"
+VWW = "mlperf_tiny/vww_96_int8.tflite"
+FAST_CASES = [(KWS, "f746", Plan()), (KWS, "f412", Plan(3, (2, 2)))]
+SLOW_CASES = [(m, b, p) for m in (KWS, VWW, "zoo:mcunet-in0:int8") for b in ("f412", "h743")
+              for p in (Plan(), Plan(4, (3, 3)))] + [("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4)))]
+
+
+def _spec(model: str, shared_models: Path) -> str:
+    return model if model.startswith("zoo:") else str(shared_models / model)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """Firmware builds (device, the board's link) keyed by (model, board, plan), each built once a session."""
+    cache: dict = {}
+
+    def get(model: str, board: str, plan: Plan) -> dict:
+        key = (model, board, plan)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("fw") / "p"
+            cache[key] = build_for_board(model, out, board, runner="device", **plan.export_args())
+        return cache[key]
+
+    return get
+
+
+def _check_memory(built, model: str, board: str, plan: Plan) -> None:
+    pred = predict(model, plan, board)
+    fw = built(model, board, plan)
+    assert pred.arena_bytes == fw["arena_bytes"]
+    assert pred.sram_bytes == fw["sram_bytes"], (model, board, plan)
+    assert abs(pred.flash_bytes - fw["flash_bytes"]) <= 0.01 * fw["flash_bytes"], (pred.flash_bytes, fw["flash_bytes"])
+    assert pred.latency_estimated and pred.latency_ms > 0 and pred.instructions > 0
+
+
+@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2"])
+def test_predicted_sram_exact_and_flash_within_1pct(built, shared_models, model, board, plan):
+    _check_memory(built, _spec(model, shared_models), board, plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,board,plan", SLOW_CASES)
+def test_predicted_memory_matrix(built, shared_models, model, board, plan):
+    _check_memory(built, _spec(model, shared_models), board, plan)
+
+
+def test_kernel_features_of_kws(tmp_path, shared_models):
+    result = export_model(str(shared_models / KWS), tmp_path / "e")
+    rows = kernel_rows(result, (tmp_path / "e" / "model.c").read_text())
+    ops = [r["op"] for r in rows]
+    assert ops.count("depthwise") == 4 and ops.count("conv1x1") == 4 and ops.count("convkxk") == 1
+    first = rows[0]  # 10x4 convolution, stride 2, 1 -> 64 channels, 25x5 output
+    assert (first["kernel"], first["stride"], first["in_c"], first["out_c"], first["out_h"], first["out_w"]) == \
+        (10, 2, 1, 64, 25, 5)
+    assert first["macs"] == 320000 and first["nhwc"] == 1
+    dw = rows[ops.index("depthwise")]
+    assert dw["groups"] == 64 and dw["inplace"] == 1 and dw["uses_requant"] >= 1
+    assert sum(r["uses_dot"] > 0 for r in rows if r["op"] == "conv1x1") == 4
+
+
+def test_patch_stage_features(tmp_path):
+    result = export_model("zoo:mcunet-in0:int8", tmp_path / "e", patches=4, split=6)
+    rows = kernel_rows(result, (tmp_path / "e" / "model.c").read_text())
+    stage = rows[0]
+    assert stage["op"] == "patch_stage" and stage["patches"] == 16 and stage["stage_layers"] == 6
+    assert stage["patch_in_h"] > 48 // 4 and stage["halo"] == stage["patch_in_h"] - 12
+    lbl = sum(layer.macs for layer in build_graph(load("zoo:mcunet-in0:int8").mod).layers[:6])
+    assert lbl < stage["macs"] < 3 * lbl  # every patch recomputes its halo: more MACs than layer by layer
+    assert 0 < stage["stage_dw_share"] < 1
+
+
+def test_shipped_models_load():
+    for core in ("m4", "m7"):
+        m = load_cost_model(default_path(core))
+        assert m.core == core and m.unit == "instructions" and m.meta["n_networks"] > 0
+
+
+@pytest.mark.parametrize("content,why", [(b"\x00garbage", "corrupt"), (b'{"format": "x"}', "not a tvm-patch"),
+                                          (None, "made for format")])
+def test_bad_model_file_is_one_line_exit_2(tmp_path, capsys, content, why):
+    bad = tmp_path / "bad.json"
+    if content is None:  # a real model file of another feature version
+        data = json.loads(default_path("m7").read_text())
+        data["features_version"] = -1
+        bad.write_text(json.dumps(data))
+    else:
+        bad.write_bytes(content)
+    assert main(["plan", "zoo:mcunet-in0:int8", "--board", "f746", "--cost-model", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and why in err and str(bad) in err
+
+
+def test_model_of_another_core_is_refused(capsys):
+    assert main(["plan", "zoo:mcunet-in0:int8", "--board", "f412", "--cost-model", str(default_path("m7"))]) == 2
+    assert "trained for m7" in capsys.readouterr().err
+
+
+def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
+    """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
+    measured = []
+
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp):  # the resume logic, not the measuring
+        measured.append((Path(model).name, plan))
+        return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
+
+    monkeypatch.setattr(cost_collect, "measure", fake_measure)
+    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed: Plan(1, (2, 2)))
+    out = tmp_path / "m.jsonl"
+    assert cost_collect.collect("f746", out, n=2, heldout=False)["measured"] == 4
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # interrupted while writing the third
+    measured.clear()
+    counts = cost_collect.collect("f746", out, n=2, heldout=False)
+    assert counts == {"measured": 2, "skipped": 2, "failed": 0} and len(measured) == 2
+    ids = [json.loads(ln)["id"] for ln in out.read_text().splitlines()[:2]]
+    assert len(cost_collect.done_ids(out)) == 4 and ids == [i for i, _ in cost_collect.items(2, 0, False)][:2]
+
+
+def test_plan_json_and_chosen_plan_builds_to_prediction(built, shared_models, capsys):
+    """One fast case of the search: kws on the F412 (the slow test checks every Pareto plan of two models)."""
+    assert main(["plan", str(shared_models / KWS), "--board", "f412", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("split", "patches", "halo", "sram_bytes", "predicted_latency_ms", "fits", "pareto"):
+        assert key in out
+    assert out["fits"] and out["sram_bytes"] <= 256 * 1024
+    front = out["pareto"]
+    assert [p["sram_bytes"] for p in front] == sorted(p["sram_bytes"] for p in front)
+    assert all(a["latency_ms"] > b["latency_ms"] for a, b in zip(front, front[1:]))
+    chosen = Plan(out["split"], tuple(out["patches"]) if out["patches"] else None, out["halo"])
+    assert built(str(shared_models / KWS), "f412", chosen)["sram_bytes"] == out["sram_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["zoo:mcunet-in0:int8", VWW])
+@pytest.mark.parametrize("board", ["f412", "h743"])
+def test_every_pareto_plan_builds_to_predicted_sram(built, shared_models, model, board):
+    res = search(_spec(model, shared_models), board)
+    assert res.pareto
+    for p in res.pareto:
+        plan = Plan(p.plan["split"], tuple(p.plan["patches"]) if p.plan["patches"] else None, p.plan["halo"])
+        assert built(_spec(model, shared_models), board, plan)["sram_bytes"] == p.sram_bytes
+
+
+def test_nothing_fits_says_by_how_much(monkeypatch, shared_models, capsys):
+    """A board too small for every plan (a 12 kB F746): JSON with fits false and the miss, one line, exit 2."""
+    tiny = dataclasses.replace(BOARDS["f746"], key="tiny", sram_bytes=12 * 1024)
+    monkeypatch.setitem(BOARDS, "tiny", tiny)
+    res = search(str(shared_models / KWS), "tiny")
+    assert res.chosen is None and res.best_miss is not None
+    out = res.to_json()
+    assert not out["fits"] and out["misses_sram_by_bytes"] == res.best_miss.sram_bytes - 12 * 1024 > 0
+    assert res.best_miss.sram_bytes == min(p.sram_bytes for p in res.pareto)
+    with pytest.raises(TvmPatchError, match="bad objective|unknown --objective"):
+        search(str(shared_models / KWS), "f746", objective="speed")
+
+
+DATA = Path(__file__).resolve().parent.parent / "bench" / "cost_data"
+
+
+def test_train_and_eval_on_the_shipped_measurements(tmp_path, capsys):
+    """`train` on the M7 measurements writes a model that `eval` scores on the held-out networks only."""
+    model = tmp_path / "m7.json"
+    assert main(["costmodel", "train", "--core", "m7", "--data", str(DATA / "m7.jsonl.gz"), "--model", str(model)]) == 0
+    capsys.readouterr()
+    trained = load_cost_model(model)
+    assert trained.meta["n_networks"] == len([r for r in cost_collect.read_records(DATA / "m7.jsonl.gz")
+                                              if not r.get("heldout")])
+    assert main(["costmodel", "eval", "--core", "m7", "--data", str(DATA / "m7.jsonl.gz"), "--model", str(model)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"mape", "within_10pct_share", "n_heldout", "per_op"} <= set(out)
+    nets = out["networks"]
+    assert out["n_heldout"] == len(nets) > 0 and all(n["id"].startswith("heldout-") for n in nets)
+    assert out["mape"] == pytest.approx(sum(abs(n["error"]) for n in nets) / len(nets), abs=1e-3)
+    assert out["within_10pct_share"] == pytest.approx(sum(abs(n["error"]) <= 0.10 for n in nets) / len(nets), abs=1e-3)
+    for n in nets:
+        assert n["error"] == pytest.approx((n["predicted"] - n["measured"]) / n["measured"], abs=1e-3)

@@ -1,0 +1,173 @@
+"""Tuning sessions (tvm_patch/tune): a short emulator session on one vww kernel whose records change the
+build (still bit-exact), an RPC session through a local tracker and two servers, failing candidates, and
+bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tvm import rpc
+from tvm.rpc.tracker import Tracker
+
+from conftest import mlperf_tflite_files
+from tvm_patch import cli
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm.s_tir.meta_schedule.builder import BuilderInput
+from tvm.s_tir.meta_schedule.runner import RunnerInput
+from tvm.target import Target
+from tvm_patch.tune import CandidateError, tune_model
+from tvm_patch.tune.builder import HarnessBuilder
+from tvm_patch.tune.harness import KernelHarness, kernel_program
+from tvm_patch.tune.measure import measure_export
+from tvm_patch.tune.records import TunedRows, open_database, workload
+from tvm_patch.tune.runners import HarnessRunner, local_measure
+from tvm_patch.tune.space import trace_rows
+
+KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
+VWW = next((f for f in mlperf_tflite_files() if f.endswith("vww_96_int8.tflite")), None)
+# vww's classifier (256 -> 2): blockings 1 (the default: 4 does not divide 2) and 2, and 2 wins on the M7
+VWW_DENSE = "tvmp_fused_matmul_add10_requantize10_tir_clip10_cast10"
+DENSE = "tvmp_fused_matmul_add1_requantize1_tir_clip1_cast1"  # kws's classifier
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(KWS is None or VWW is None, reason="the MLPerf Tiny models are not in the shared folder")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """Two emulator trials on vww's classifier into a fresh database."""
+    db = tmp_path_factory.mktemp("tune") / "db"
+    return tune_model(VWW, "h743", trials=2, runner="emulator", db_dir=db, kernels=[VWW_DENSE], progress=False), db
+
+
+def test_session_records_every_blocking_and_the_best(session):
+    s, db = session
+    (k,) = s.kernels
+    assert k.name == VWW_DENSE and k.choices == [1, 2] and k.default_rows == 1 and k.failed == 0
+    assert s.measured >= 1 and not s.interrupted
+    records = open_database(db, create=False).get_all_tuning_records()
+    assert len(records) == 1 + s.measured  # the default's record, then one per trial
+    by_rows: dict[int, set[float]] = {}
+    for r in records:
+        by_rows.setdefault(trace_rows(r.trace), set()).add(float(r.run_secs[0]))
+    assert all(len(c) == 1 for c in by_rows.values()), by_rows  # exact counts: a blocking always costs the same
+    assert by_rows[k.default_rows] == {k.default_cost}
+    assert k.best_cost == min(min(c) for c in by_rows.values()) and by_rows[k.best_rows] == {k.best_cost}
+    assert k.best_cost <= k.default_cost
+
+
+def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
+    s, db = session
+    (k,) = s.kernels
+    assert k.best_rows != k.default_rows, "the emulator's counts make another blocking than the default win here"
+    assert cli.main(["build", VWW, "-o", str(tmp_path / "tuned"), "--tuning-db", str(db), "--check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][VWW_DENSE]["rows"] == k.best_rows
+    assert list(out["tuning"]["tuned_kernels"]) == [VWW_DENSE]
+    default = export_model(VWW, tmp_path / "default")
+    tuned_c = (tmp_path / "tuned" / "model.c").read_text()
+    assert tuned_c != (tmp_path / "default" / "model.c").read_text()
+    # the applied choice is the database's: the same lookup on the default build's kernel
+    assert TunedRows(open_database(db, create=False))(VWW_DENSE, default.program.funcs[VWW_DENSE]) == k.best_rows
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """kws's dense kernel as a harness, with its reference outputs (host build of the unblocked kernel)."""
+    tmp = tmp_path_factory.mktemp("dense")
+    prog = export_model(KWS, tmp / "network").program
+    h = KernelHarness(DENSE, kernel_program(prog, DENSE), "none")
+    ref = measure_export(h.export(1, tmp / "ref" / "export"), tmp / "ref", "h743", "host", None).outputs
+    return h, ref, tmp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
+    port = _free_port()
+    tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 1, silent=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    servers = []
+    try:
+        with pytest.raises(TvmPatchError, match="no server with key h743-emulator"):
+            tune_model(KWS, "h743", runner="rpc", tracker=("127.0.0.1", tracker.port), db_dir=tmp_path / "none")
+        for _ in range(2):
+            sp = _free_port()
+            servers.append(subprocess.Popen(
+                [sys.executable, "-m", "tvm_patch", "rpc-server", "--tracker", f"127.0.0.1:{tracker.port}",
+                 "--board", "h743", "--runner", "emulator", "--port", str(sp), "--port-end", str(sp + 1)],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        while True:
+            info = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
+            free = info["queue_info"].get("h743-emulator", {}).get("free", 0)
+            if free == 2:
+                break
+            assert time.monotonic() < deadline, f"the servers did not register: {info}"
+            assert all(p.poll() is None for p in servers), servers[0].stderr.read() if servers[0].poll() else ""
+            time.sleep(0.5)
+        s = tune_model(KWS, "h743", trials=2, runner="rpc", tracker=("127.0.0.1", tracker.port), parallel=2,
+                       db_dir=tmp_path / "db", kernels=[DENSE], progress=False, timeout_sec=60)
+        (k,) = s.kernels
+        assert k.failed == 0 and s.measured >= 1 and k.best_cost is not None
+        # what the farm measured is what this machine's emulator measures
+        h, ref, _ = dense
+        local = measure_export(h.export(k.default_rows, tmp_path / "r4" / "export"), tmp_path / "r4", "h743",
+                               "emulator", ref)
+        assert k.default_cost == local.cost
+    finally:
+        for p in servers:
+            p.terminate()
+        for p in servers:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        tracker.terminate()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["tune", "MODEL", "--board", "zz"], "unknown board 'zz'"),
+    (["tune", "MODEL", "--board", "h743", "--runner", "rpc"], "--runner rpc needs --tracker"),
+    (["tune", "MODEL", "--board", "h743", "--runner", "rpc", "--tracker", "127.0.0.1:1"], "cannot reach the tracker"),
+    (["build", "MODEL", "-o", "OUT", "--tuning-db", "DB"], "unreadable tuning database"),
+    (["build", "MODEL", "-o", "OUT", "--tuning-db", "NODB"], "no tuning records"),
+    (["rpc-server", "--tracker", "127.0.0.1:1", "--board", "h743"], "cannot reach the tracker"),
+    (["rpc-server", "--tracker", "nohost", "--board", "h743"], "give HOST:PORT"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    (tmp_path / "DB").mkdir()
+    (tmp_path / "DB" / "database_tuning_record.json").write_text("{not json\n")
+    argv = [str(tmp_path / a) if a in ("OUT", "DB", "NODB") else KWS if a == "MODEL" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):
+    h, ref, tmp = dense
+    wrong = [bytes(b ^ 1 for b in ref[0])] + ref[1:]
+    export = h.export(2, tmp / "c2" / "export")
+    host = measure_export(export, tmp / "c2", "h743", "host", ref)
+    assert host.unit == "seconds" and host.cost > 0 and host.outputs == ref
+    with pytest.raises(CandidateError, match="wrong output"):
+        measure_export(export, tmp / "c2w", "h743", "host", wrong)
+    # as meta_schedule sees it: a result with the error and no cost, not an exception
+    runner = HarnessRunner(local_measure("h743", "host", 60), {DENSE: wrong})
+    (res,) = [f.result() for f in runner.run([RunnerInput(str(export), "cpu", [])])]
+    assert res.run_secs is None and "wrong output" in res.error_msg
+    # a candidate the builder cannot make is a build error, not an exception
+    (built,) = HarnessBuilder({DENSE: h}, tmp).build([BuilderInput(workload(h.func), Target({"kind": "c"}))])
+    assert built.artifact_path is None and "annotation" in built.error_msg

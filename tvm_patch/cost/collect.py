@@ -1,0 +1,162 @@
+"""``tvm-patch costmodel collect``: measure a seeded set of networks on a board and append the records to a
+JSONL file. Resumable: every item has an id, items already in the file are skipped, and each record is
+one flushed line, so Ctrl-C and a re-run continue where it stopped.
+
+Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
+split and 2..4 patches a side; ``seed`` >= 1: with inserted plain convolutions and a second patch plan), for
+training; then the held-out real networks (zoo and MLPerf Tiny models,
+layer by layer and 4x4 patches at the middle valid split), which training never reads and ``eval`` scores.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.errors import ProjectError
+from tqdm import tqdm
+
+from tvm_patch.cost.measure import core_key, measure
+from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.synth import sample_inserts, sample_net, write_onnx
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.frontend import load
+from tvm_patch.graph import build_graph
+from tvm_patch.paths import cache_dir, shared_models_dir
+from tvm_patch.split import valid_splits
+
+HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
+HELDOUT_MLPERF = ("kws_int8", "vww_96_int8", "resnet8_int8")
+
+
+def default_data(core: str) -> Path:
+    """The measurements file of ``core`` in the cache (collect appends to it, train and eval read it)."""
+    return cache_dir("cost") / f"measurements_{core}.jsonl"
+
+
+def default_model(core: str) -> Path:
+    """Where ``train`` writes the model of ``core`` unless told otherwise."""
+    return cache_dir("cost") / f"costmodel_{core}.json"
+
+
+def heldout_models() -> list[str]:
+    """The real networks kept out of training (model specs)."""
+    mlperf = shared_models_dir() / "mlperf_tiny"
+    return [f"zoo:{n}:int8" for n in HELDOUT_ZOO] + [str(mlperf / f"{n}.tflite") for n in HELDOUT_MLPERF]
+
+
+def _patched_plan(model: str, seed: int) -> Plan | None:
+    """A seeded valid patch plan for ``model``, or None when no split can be patched."""
+    rng = random.Random(seed)
+    p = rng.choice((2, 2, 3, 4))
+    splits = valid_splits(build_graph(load(model).mod), (p, p))
+    return Plan(rng.choice(splits), (p, p)) if splits else None
+
+
+def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched"."""
+    for i in range(n):
+        s = seed * 100_000 + i
+        # round 0: the MCUNet-space networks; later rounds add plain k x k convolutions and a second patch plan
+        # (where round 0's held-out error was largest)
+        more = seed >= 1
+        yield f"synth-{s}-lbl", {"synth": s, "inserts": more, "patched": False}
+        yield f"synth-{s}-patch", {"synth": s, "inserts": more, "patched": True}
+        if more:
+            yield f"synth-{s}-patch2", {"synth": s, "inserts": more, "patched": True}
+    if heldout:
+        for m in heldout_models():
+            yield f"heldout-{Path(m).name}-lbl", {"model": m, "patched": False}
+            yield f"heldout-{Path(m).name}-patch", {"model": m, "patched": True}
+
+
+def done_ids(path: Path) -> set[str]:
+    """The ids already recorded in ``path`` (a torn last line from an interrupted run is ignored)."""
+    ids = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return ids
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line left unfinished by an interrupted run, so the next record starts on its own line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record of a JSONL file (``.jsonl.gz``: gzip-compressed); a missing file is a one-line
+    error."""
+    if not path.is_file():
+        raise TvmPatchError(f"{path}: no such measurements file; run `tvm-patch costmodel collect` first")
+    try:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise TvmPatchError(f"{path}: unreadable measurements ({type(e).__name__}); collect again") from None
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "rows" in rec:
+            out.append(rec)
+    return out
+
+
+def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "emulator", heldout: bool = True,
+            timeout_sec: float = 600.0) -> dict[str, int]:
+    """Measure the items not yet in ``out``; returns counts (measured, skipped, failed)."""
+    core_key(board)  # an unknown board fails here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_line(out)
+    done = done_ids(out)
+    todo = [(i, it) for i, it in items(n, seed, heldout) if i not in done]
+    counts = {"measured": 0, "skipped": len(done), "failed": 0}
+    with tempfile.TemporaryDirectory(prefix="tvmp_collect_") as tmp, open(out, "a") as f:
+        for item_id, item in tqdm(todo, desc=f"collect {board}", unit="net"):
+            try:
+                if "synth" in item:
+                    net = sample_net(item["synth"])
+                    inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
+                    model = str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
+                else:
+                    model = item["model"]
+                plan = _patched_plan(model, zlib.crc32(item_id.encode())) if item["patched"] else Plan()
+                if item["patched"] and "model" in item:
+                    plan = _heldout_patch_plan(model)
+                if plan is None:
+                    counts["failed"] += 1
+                    continue
+                rec = measure(model, plan, board, runner, timeout_sec, tmp)
+            except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
+                f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
+                f.flush()
+                counts["failed"] += 1
+                continue
+            rec.update(id=item_id, heldout="model" in item, synth=item.get("synth"))
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            counts["measured"] += 1
+    return counts
+
+
+def _heldout_patch_plan(model: str) -> Plan | None:
+    """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split."""
+    graph = build_graph(load(model).mod)
+    splits = valid_splits(graph, (4, 4))
+    return Plan(splits[len(splits) // 2], (4, 4)) if splits else None

@@ -1,0 +1,167 @@
+"""Per-kernel features of an exported network: what a kernel's cost depends on, read from the exported
+program (each call's TIR before scheduling, its tensors, the arena plan's in-place calls) and the emitted C
+(which micro-kernels the kernel calls). The patch stage is one kernel with its own features (patch count,
+patch input size, halo, the MACs it computes including the recomputed halos, its mix of layer kinds).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from tvm import s_tir, tirx
+
+from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.names import PATCHES_ATTR
+
+FEATURES_VERSION = 1
+OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
+_REDUCE = 2
+# The numeric features, in the regressor's column order (the op one-hot comes first).
+NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "groups", "log_macs", "log_work",
+           "bytes_in", "bytes_out", "bytes_weights", "inplace", "uses_dot", "uses_sum", "uses_requant", "epilogue_blocks",
+           "patches", "patch_in_h", "halo", "stage_layers", "stage_dw_share", "stage_1x1_share")
+
+
+def columns() -> list[str]:
+    """The regressor's feature columns."""
+    return [f"op_{o}" for o in OPS] + list(NUMERIC)
+
+
+def work(row: dict[str, Any]) -> int:
+    """The unit a kernel's cost is regressed per: its MACs, or for a kernel without MACs the bytes it moves."""
+    return max(int(row["macs"]), int(row["bytes_in"] + row["bytes_out"]), 1)
+
+
+def vector(row: dict[str, Any]) -> list[float]:
+    """``row`` as the regressor's input vector (see columns())."""
+    return [1.0 if row["op"] == o else 0.0 for o in OPS] + [float(row[k]) for k in NUMERIC]
+
+
+def _c_bodies(source: str) -> dict[str, str]:
+    """Function name -> body text of every top-level C function definition in ``source``."""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^[A-Za-z_][\w \*]*?\b(\w+)\(([^;{]*)\)\s*\{\n(.*?)^\}", source, re.S | re.M):
+        out[m.group(1)] = m.group(3)
+    return out
+
+
+def _blocks(func: tirx.PrimFunc) -> list[tuple[s_tir.SBlock, int, int]]:
+    """Every block with the product of the extents of the loops around it and the number of loops directly
+    around it (since the last statement sequence: a reduction's own loops)."""
+    found: list[tuple[s_tir.SBlock, int, int]] = []
+
+    def visit(node: Any, trips: int, chain: int) -> None:
+        if isinstance(node, tirx.For):
+            ext = node.extent
+            visit(node.body, trips * (int(ext.value) if hasattr(ext, "value") else 1), chain + 1)
+        elif isinstance(node, s_tir.SBlockRealize):
+            found.append((node.block, trips, chain))
+            visit(node.block.body, trips, 0)
+        elif isinstance(node, tirx.SeqStmt):
+            for s in node.seq:
+                visit(s, trips, 0)
+        elif hasattr(node, "body"):
+            visit(node.body, trips, chain)
+
+    visit(func.body, 1, 0)
+    return found
+
+
+def _iter(block: s_tir.SBlock) -> tuple[dict[str, int], dict[str, int]]:
+    spatial, reduce = {}, {}
+    for iv in block.iter_vars:
+        (reduce if int(iv.iter_type) == _REDUCE else spatial)[iv.var.name.removeprefix("v_")] = int(iv.dom.extent)
+    return spatial, reduce
+
+
+def _base_row(op: str) -> dict[str, Any]:
+    return {k: 0 for k in NUMERIC} | {"op": op, "macs": 0, "kernel": 1, "stride": 1, "groups": 1}
+
+
+def _stage_row(func: tirx.PrimFunc, patches: tuple[int, int], in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The patch stage: MACs over all patches (halos recomputed), layer mix, patch input size."""
+    row = _base_row("patch_stage")
+    macs = {"dw": 0, "1x1": 0, "kxk": 0}
+    layers = 0
+    patch_in = 0
+    for block, trips, chain in _blocks(func):
+        if block.name_hint == "input_patch":
+            patch_in = max(patch_in, trips // max(1, math.prod(patches)))
+        if block.name_hint.endswith("_acc"):
+            # the loops right around the accumulation are its reduction: 1 = a 1x1 convolution over the input
+            # channels, 2 = a depthwise k x k, 3 = a k x k convolution over the input channels
+            layers += 1
+            macs[{1: "1x1", 2: "dw"}.get(chain, "kxk")] += trips
+    total = sum(macs.values())
+    chans, _, height = sorted(in_shape[1:4]) if len(in_shape) == 4 else (1, 1, 1)  # NCHW or NHWC image
+    side = int(round(math.sqrt(patch_in / chans))) if patch_in else 0  # input_patch: chans x side x side
+    row.update(macs=total, patches=math.prod(patches), stage_layers=layers,
+               stage_dw_share=macs["dw"] / total if total else 0.0,
+               stage_1x1_share=macs["1x1"] / total if total else 0.0,
+               patch_in_h=side, halo=max(0, side - math.ceil(height / patches[0])),
+               out_h=0, out_w=0)
+    return row
+
+
+def _kernel_row(func: tirx.PrimFunc, in_shapes: list[tuple[int, ...]]) -> dict[str, Any]:
+    info = kernel_info(func)
+    blocks = [b for b, _, _ in _blocks(func) if b.name_hint != "root"]
+    mac = next((b for b in blocks if "conv" in b.name_hint or "matmul" in b.name_hint or "dense" in b.name_hint), None)
+    name = mac.name_hint if mac is not None else " ".join(b.name_hint for b in blocks)
+    if info.macs and mac is not None:
+        spatial, reduce = _iter(mac)
+        if "matmul" in name or "dense" in name:
+            op = "dense"
+        elif "group" in name and reduce.get("rc", 1) == 1:
+            op = "depthwise"
+        else:
+            op = "conv1x1" if reduce.get("ry", 1) == reduce.get("rx", 1) == 1 else "convkxk"
+        row = _base_row(op)
+        row["nhwc"] = int("nhwc" in name)
+        out_h, out_w = spatial.get("yy", 1), spatial.get("xx", 1)
+        out_c = spatial.get("ff", spatial.get(list(spatial)[-1], 1) if spatial else 1)
+        groups = out_c if op == "depthwise" else 1
+        in_h = 1
+        if in_shapes and len(in_shapes[0]) == 4:
+            in_h = in_shapes[0][1] if "nhwc" in name else in_shapes[0][2]
+        in_c = math.prod(reduce.values()) if op == "dense" else reduce.get("rc", 1) * groups
+        row.update(out_h=out_h, out_w=out_w, out_c=out_c, in_c=in_c,
+                   kernel=max(reduce.get("ry", 1), reduce.get("rx", 1)), groups=groups,
+                   stride=max(1, round(in_h / out_h)) if out_h else 1, macs=info.macs)
+    else:
+        op = "pool" if "pool" in name else "add" if re.search(r"\badd|T_add", name) and len(in_shapes) >= 2 else "other"
+        row = _base_row(op)
+    row["epilogue_blocks"] = len(blocks)
+    return row
+
+
+def kernel_rows(result: Any, c_source: str) -> list[dict[str, Any]]:
+    """One feature row per kernel call of an ExportResult (``result.program``, ``result.arena_plan``), in call
+    order; ``c_source`` is the exported model.c (micro-kernel calls per function)."""
+    prog = result.program
+    bodies = _c_bodies(c_source)
+    inplace = set(result.arena_plan.inplace_calls)
+    rows = []
+    for k, call in enumerate(prog.calls):
+        func = prog.funcs[call.func]
+        in_shapes = [prog.tensors[a.index].shape for a in call.inputs if a.kind == "tensor"]
+        if func.attrs is not None and PATCHES_ATTR in func.attrs:
+            rows_cols = tuple(int(x) for x in func.attrs[PATCHES_ATTR])
+            row = _stage_row(func, rows_cols, in_shapes[0] if in_shapes else (1, 1, 1, 1))
+        else:
+            row = _kernel_row(func, in_shapes)
+        row["bytes_in"] = sum(prog.tensors[a.index].nbytes for a in call.inputs if a.kind == "tensor")
+        row["bytes_out"] = sum(prog.tensors[a.index].nbytes for a in call.outputs if a.kind == "tensor")
+        row["bytes_weights"] = sum(prog.constants[a.index].nbytes for a in call.inputs if a.kind == "const")
+        row["inplace"] = int(k in inplace)
+        body = bodies.get(call.func, "")
+        row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|4)\(", body))  # plain and register-blocked
+        row["uses_sum"] = body.count("tvmp_sum_s8(")
+        row["uses_requant"] = body.count("tvmp_requant(")
+        row["log_macs"] = math.log1p(row["macs"])
+        row["log_work"] = math.log(work(row))
+        row["func"] = call.func
+        rows.append(row)
+    return rows

@@ -1,0 +1,62 @@
+"""One measurement: a network under a plan exported, built for a board with the per-kernel profile, run
+once on the emulator (instructions) or the board (cycles), and returned as a record: the per-kernel
+features with each kernel's measured count, the total, and the firmware's memory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.api import ProjectAPI
+from microtvm_projects.boards import get_board
+
+from tvm_patch.board_build import build_project
+from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
+from tvm_patch.cost.plan import Plan
+from tvm_patch.export import export_model
+
+STACK_BYTES = 8192
+OPT = "O3"
+
+
+def core_key(board: str) -> str:
+    """The cost model's core key of a board: "m4" or "m7"."""
+    return get_board(board).core.removeprefix("cortex-")
+
+
+def export_plan(model: Any, plan: Plan, out_dir: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """Export ``model`` under ``plan`` into ``out_dir``; (ExportResult, per-kernel feature rows)."""
+    result = export_model(model, out_dir, **plan.export_args())
+    return result, kernel_rows(result, (out_dir / "model.c").read_text())
+
+
+def measure(model: str, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
+            work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Measure ``model`` under ``plan`` on ``board``: the record the cost model trains and is evaluated on."""
+    with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
+        export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
+        result, rows = export_plan(model, plan, export_dir)
+        ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
+                                                         "seed": 0})
+        report = build_project(proj, runner=runner, run=True, profile=True, timeout_sec=timeout_sec)
+    run = report["run"]
+    unit = "instructions" if run.get("instructions") is not None else "cycles"
+    counts = {k["index"]: k[unit] for k in run.get("kernels", [])}
+    for k, row in enumerate(rows):
+        row["measured"] = counts.get(k)
+    return {
+        "features_version": FEATURES_VERSION,
+        "board": board,
+        "core": core_key(board),
+        "runner": runner,
+        "unit": unit,
+        "model": model,
+        "plan": plan.to_json(),
+        "split_layers": result.plan.get("split_layers"),
+        "total": run[unit],
+        "bit_exact": run.get("bit_exact"),
+        "io_bytes": sum(io.nbytes for io in result.program.inputs + result.program.outputs),
+        "arena_bytes": result.arena_bytes,
+        "rows": rows,
+    }

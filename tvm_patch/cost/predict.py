@@ -1,0 +1,103 @@
+"""``predict(model, plan, board)``: the firmware's SRAM (exact) and Flash (within 1 %) and the latency of one
+inference, without building the firmware: the export of the plan gives the arena, the outputs and the
+kernels; memory.py turns them into linked bytes; the latency model sums its per-kernel predictions.
+Instructions (emulator) x the board's documented CPI / clock = latency in ms, an estimate, and says so.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.api import ProjectAPI
+from microtvm_projects.boards import get_board
+
+from tvm_patch.board_build import build_project
+from tvm_patch.cost import memory
+from tvm_patch.cost.latency import LatencyModel, for_core
+from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, export_plan
+from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.synth import write_onnx
+from tvm_patch.zoo.spec import ConvSpec, NetSpec
+
+
+@dataclass
+class Prediction:
+    """What a plan costs on a board. Bytes; ``instructions`` is the emulator count the latency comes from."""
+
+    board: str
+    plan: dict[str, Any]
+    split_layers: int | None
+    sram_bytes: int
+    flash_bytes: int
+    flash_exact: bool  # False: weights + input only, a lower bound (the search's ranking before it compiles)
+    arena_bytes: int
+    stack_bytes: int
+    instructions: int
+    latency_ms: float
+    latency_estimated: bool
+    fits: bool
+    sram_margin_bytes: int  # board SRAM - predicted SRAM (negative: misses by that much)
+    flash_margin_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tiny_net() -> NetSpec:
+    return NetSpec("cost-base", "synthetic", 16, ConvSpec(3, 8, 3, 2, 1, "relu6"), (), None, num_classes=10)
+
+
+def firmware_base(board: str, runner: str = "device", timeout_sec: float = 600.0) -> tuple[int, set[str]]:
+    """The firmware's own Flash bytes for ``board`` (cached; measured once from a one-layer firmware)."""
+    b = get_board(board)
+    cached = memory.read_base(b, runner, OPT)
+    if cached is not None:
+        return cached
+    with tempfile.TemporaryDirectory(prefix="tvmp_base_") as tmp:
+        model = write_onnx(_tiny_net(), Path(tmp) / "tiny.onnx")
+        result, _ = export_plan(str(model), Plan(), Path(tmp) / "export")
+        ProjectAPI().generate_project(Path(tmp) / "export", Path(tmp) / "project",
+                                      {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES, "seed": 0})
+        report = build_project(Path(tmp) / "project", runner=runner, timeout_sec=timeout_sec)
+        objects, _ = memory.compile_objects(Path(tmp) / "export", result.to_json(), b, OPT)
+        return memory.write_base(b, runner, OPT, report["flash_bytes"], objects,
+                                 memory.defined_symbols(Path(report["elf"])))
+
+
+def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan: Plan, board: str,
+                   cost_model: LatencyModel, flash: bool = True, runner: str = "device") -> Prediction:
+    """The prediction for an export already made (``export_plan``); Flash of the ``runner``'s firmware (the
+    board's by default, which is what must fit; the emulator's links other board code)."""
+    b = get_board(board)
+    ins = [io.nbytes for io in result.program.inputs]
+    outs = [io.nbytes for io in result.program.outputs]
+    sram = memory.sram_bytes(result.arena_bytes, outs, STACK_BYTES)
+    if flash:
+        objects, undefined = memory.compile_objects(model_c.parent, result.to_json(), b, OPT)
+        base, in_base = firmware_base(board, runner)
+        flash_b = base + objects + memory.library_bytes(undefined, in_base, b.cpu_flags)
+    else:  # a lower bound: the weights and the input, no code (used to rank plans before the exact figures)
+        flash_b = result.weights_bytes + sum(ins)
+    count = cost_model.network_count(rows, sum(ins) + sum(outs))
+    ms = count * b.qemu_cpi / (b.mhz * 1e3) if cost_model.unit == "instructions" else count / (b.mhz * 1e3)
+    return Prediction(board=b.key, plan=plan.to_json(), split_layers=result.plan.get("split_layers"),
+                      sram_bytes=sram, flash_bytes=flash_b, flash_exact=flash, arena_bytes=result.arena_bytes, stack_bytes=STACK_BYTES,
+                      instructions=int(round(count)), latency_ms=round(ms, 3),
+                      latency_estimated=cost_model.unit == "instructions",
+                      fits=sram <= b.sram_bytes and flash_b <= b.flash_bytes,
+                      sram_margin_bytes=b.sram_bytes - sram, flash_margin_bytes=b.flash_bytes - flash_b)
+
+
+def predict(model: Any, plan: Plan, board: str, cost_model: str | Path | LatencyModel | None = None,
+            flash: bool = True, runner: str = "device") -> Prediction:
+    """SRAM, Flash and latency of ``model`` (a spec: path or zoo:NAME) under ``plan`` on ``board``; the
+    memory of the ``runner``'s firmware (device: the board's; SRAM is the same for both)."""
+    get_board(board)
+    lm = cost_model if isinstance(cost_model, LatencyModel) else for_core(core_key(board), cost_model)
+    with tempfile.TemporaryDirectory(prefix="tvmp_predict_") as tmp:
+        export_dir = Path(tmp) / "export"
+        result, rows = export_plan(model, plan, export_dir)
+        return predict_export(result, rows, export_dir / "model.c", plan, board, lm, flash, runner)

@@ -1,0 +1,159 @@
+"""``tvm-patch plan``: the schedule search. Every plan (layer by layer; each valid split x square patch grid
+1..8 x halo mode) is first ranked by cheap estimates (the analytic patched peak of the profile and the
+MACs); the plans on the first two layers of that estimated Pareto front are then exported and predicted
+exactly (SRAM as linked, the latency model's sum over the real kernels), the Pareto front of
+(SRAM, predicted latency) is taken again on the exact figures, and the fastest plan that fits the board
+(all of its SRAM, and Flash) is chosen (``objective="memory"``: the smallest SRAM).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.boards import get_board
+from tvm import relax
+
+from tvm_patch.cost.latency import LatencyModel, for_core
+from tvm_patch.cost.measure import core_key, export_plan
+from tvm_patch.cost.plan import HALO_MODES, MAX_PATCHES, Plan
+from tvm_patch.cost.predict import Prediction, predict_export
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.prefold import prefold_constants
+from tvm_patch.frontend import load
+from tvm_patch.graph import build_graph
+from tvm_patch.patch.figures import patch_based
+from tvm_patch.profile import peak, profile_layers
+from tvm_patch.split import valid_splits
+from tvm_patch.transform.lower_to_integer import lower_to_integer
+
+MAX_EXACT = 12  # plans exported and predicted exactly (each is one export: seconds)
+
+
+@dataclass
+class Estimate:
+    """A plan's cheap estimate: analytic activation peak (bytes) and MACs."""
+
+    plan: Plan
+    peak_bytes: int
+    macs: int
+
+
+def pareto(points: list[Any], key) -> list[Any]:
+    """The points no other point beats on both coordinates of ``key(point)`` (both minimised), by the first."""
+    front: list[Any] = []
+    for p in sorted(points, key=key):
+        if not front or key(p)[1] < key(front[-1])[1]:
+            front.append(p)
+    return front
+
+
+def estimates(model: str) -> tuple[list[Estimate], int]:
+    """Every plan of the space with its estimate, and how many plans the space holds."""
+    mod = load(model).mod
+    base = prefold_constants(lower_to_integer(mod))
+    folded = relax.transform.FoldConstant()(prefold_constants(base))
+    graph = build_graph(folded)
+    rows = profile_layers(graph)
+    out = [Estimate(Plan(), peak(rows).bytes, graph.macs)]
+    for p in range(1, MAX_PATCHES + 1):
+        for n in valid_splits(graph, (p, p)):
+            try:
+                fig = patch_based(graph, folded, p, n, tir=False, imported=base)
+            except TvmPatchError:
+                continue
+            for halo in HALO_MODES:
+                out.append(Estimate(Plan(n, (p, p), halo), fig["peak_bytes"], fig["macs"]))
+    return out, len(out)
+
+
+@dataclass
+class PlanResult:
+    """The search's answer: the chosen prediction (or None), the exact Pareto front, what was searched."""
+
+    chosen: Prediction | None
+    pareto: list[Prediction]
+    best_miss: Prediction | None  # when nothing fits: the plan that misses by the least
+    space: int
+    exact: int
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.chosen or self.best_miss
+        out = {
+            "split": c.plan["split"] if c else None,
+            "split_layers": c.split_layers if c else None,
+            "patches": c.plan["patches"] if c else None,
+            "halo": c.plan["halo"] if c else None,
+            "sram_bytes": c.sram_bytes if c else None,
+            "flash_bytes": c.flash_bytes if c else None,
+            "predicted_latency_ms": c.latency_ms if c else None,
+            "latency_estimated": c.latency_estimated if c else None,
+            "fits": self.chosen is not None,
+            "pareto": [p.to_json() for p in self.pareto],
+            "plans_in_space": self.space,
+            "plans_predicted_exactly": self.exact,
+            "note": self.note,
+        }
+        if self.chosen is None and c is not None:
+            out["misses_sram_by_bytes"] = max(0, -c.sram_margin_bytes)
+            out["misses_flash_by_bytes"] = max(0, -c.flash_margin_bytes)
+        return out
+
+
+def search(model: str, board: str, objective: str = "latency", cost_model: str | Path | LatencyModel | None = None,
+           max_exact: int = MAX_EXACT) -> PlanResult:
+    """Search the plans of ``model`` on ``board`` (see the module docstring)."""
+    if objective not in ("latency", "memory"):
+        raise TvmPatchError(f"unknown --objective {objective!r}; use latency or memory")
+    b = get_board(board)
+    lm = cost_model if isinstance(cost_model, LatencyModel) else for_core(core_key(board), cost_model)
+    est, space = estimates(model)
+    lbl = est[0]
+    # estimated latency: MACs. The first two Pareto layers of (analytic peak, MACs): the analytic peak ranks
+    # plans of one split close together, and the exact arena can reorder them (e.g. 4x4 below 3x3 patches)
+    front = pareto(est, key=lambda e: (e.peak_bytes, e.macs))
+    second = pareto([e for e in est if e not in front], key=lambda e: (e.peak_bytes, e.macs))
+    picked = _spread(front, max_exact // 2 + 1) + _spread(second, max_exact // 2 - 1)
+    if lbl not in picked:
+        picked.insert(0, lbl)
+    preds: list[Prediction] = []
+    dirs: dict[int, tuple[Any, list[dict[str, Any]], Path]] = {}
+    with tempfile.TemporaryDirectory(prefix="tvmp_plan_") as tmp:
+        for i, e in enumerate(picked):
+            out = Path(tmp) / f"p{i}"
+            try:
+                result, rows = export_plan(model, e.plan, out)
+            except TvmPatchError:
+                continue
+            preds.append(predict_export(result, rows, out / "model.c", e.plan, board, lm, flash=False))
+            dirs[id(preds[-1])] = (result, rows, out)
+        exact = pareto(preds, key=lambda p: (p.sram_bytes, p.latency_ms))
+        order = sorted(exact, key=lambda p: (p.latency_ms, p.sram_bytes) if objective == "latency"
+                       else (p.sram_bytes, p.latency_ms))
+        chosen = None
+        for p in order:
+            if p.sram_bytes > b.sram_bytes or p.flash_bytes > b.flash_bytes:
+                continue
+            # Flash with the code (compiling the network's objects) only for the plan about to be chosen
+            result, rows, out = dirs[id(p)]
+            plan = Plan(p.plan["split"], tuple(p.plan["patches"]) if p.plan["patches"] else None, p.plan["halo"])
+            full = predict_export(result, rows, out / "model.c", plan, board, lm, flash=True)
+            if full.fits:
+                chosen = full
+                break
+    best_miss = None if chosen else min(preds, key=lambda p: (max(0, -p.sram_margin_bytes) + max(0, -p.flash_margin_bytes)), default=None)
+    note = (f"{space} plans (layer by layer; valid splits x square patch grids 1..{MAX_PATCHES} x halo "
+            f"{'/'.join(HALO_MODES)}); rectangular grids are not enumerated: the C export builds square ones; "
+            f"{len(picked)} plans of the estimated front (two layers) predicted exactly")
+    return PlanResult(chosen, exact, best_miss, space, len(preds), note)
+
+
+def _spread(front: list[Any], k: int) -> list[Any]:
+    """At most ``k`` points of ``front``, evenly spread, first and last included."""
+    if len(front) <= k:
+        return front
+    idx = sorted({round(i * (len(front) - 1) / (k - 1)) for i in range(k)})
+    return [front[i] for i in idx]

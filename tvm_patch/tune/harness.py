@@ -1,0 +1,131 @@
+"""One kernel of an exported network as an export directory of its own: the harness a candidate is
+measured with.
+
+``kernel_program`` cuts the kernel's first call out of the network's program (its activation operands
+become the harness's inputs and outputs, its weights stay the network's); ``network_rewrite`` finds which
+of the export's rewrites after the lean schedule (in place, pixel copy in a C local or in the arena, none)
+the network's export gave the kernel, so the harness applies the same one to every candidate;
+``write_kernel_export`` then plans the harness's arena, emits the C kernel, driver and host program, and
+writes a directory that ``microtvm_projects`` turns into a board project like any export: seeded inputs,
+the host build's outputs as the expected ones, firmware, QEMU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm_ffi
+from tvm import tirx
+
+from tvm_patch.codegen import C_TARGET, emit_c
+from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.export.api import write_directory
+from tvm_patch.export.blocking import block_output_channels
+from tvm_patch.export.driver import driver_source, model_header
+from tvm_patch.export.host import host_main, makefile
+from tvm_patch.export.inplace import inplace_pairs
+from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
+from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
+from tvm_patch.export.plan import plan_arena
+from tvm_patch.export.schedule import lean_schedule
+
+__all__ = ["ALIGNMENT", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
+
+ALIGNMENT = 16
+
+
+def kernel_program(prog: Program, kernel: str) -> Program:
+    """A program of one call: ``kernel``'s first call in ``prog``, its activations as inputs and outputs."""
+    call = next(c for c in prog.calls if c.func == kernel)
+    tensors: list[TensorInfo] = []
+    consts = []
+    new_index: dict[int, int] = {}
+    args: list[Arg] = []
+    ins: list[IOTensor] = []
+    outs: list[IOTensor] = []
+    n_in = len(call.args) - call.n_outputs
+    for pos, a in enumerate(call.args):
+        if a.kind == "const":
+            args.append(Arg("const", len(consts)))
+            consts.append(prog.constants[a.index])
+            continue
+        if a.index not in new_index:
+            t = prog.tensors[a.index]
+            role = "output" if pos >= n_in else "input"
+            idx = new_index[a.index] = len(tensors)
+            tensors.append(TensorInfo(idx, t.name, t.shape, t.dtype, role))
+            group = outs if role == "output" else ins
+            group.append(IOTensor(f"{role}{len(group)}", idx, t.shape, t.dtype))
+        args.append(Arg("tensor", new_index[a.index]))
+    return Program({kernel: prog.funcs[kernel]}, [KernelCall(kernel, tuple(args), call.n_outputs, call.binding)],
+                   tensors, consts, ins, outs, prog.fused_mod)
+
+
+REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
+    "none": lambda f, n: f,
+    "in place": inplace_conv_schedule,
+    "pixel copy": pixel_copy_schedule,
+    "pixel copy in the arena": lambda f, n: pixel_copy_schedule(f, n, max_channels=1 << 30),
+}
+
+
+def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
+    return tvm_ffi.structural_equal(a.with_attr("tirx.noalias", True), b.with_attr("tirx.noalias", True))
+
+
+def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> str | None:
+    """The rewrite (a REWRITES key) that turns ``func`` blocked by ``rows`` and lean-scheduled into
+    ``emitted`` (the network export's kernel), None if none does."""
+    lean = lean_schedule(block_output_channels(func, rows))
+    return next((k for k, rw in REWRITES.items() if _same(rw(lean, n_outputs), emitted)), None)
+
+
+def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str) -> Path:
+    """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
+    lean-scheduled and rewritten as ``rewrite`` (the network's choice), into ``out_dir``. Raises what the
+    export raises when the candidate does not lower."""
+    name = kprog.calls[0].func
+    n_out = kprog.calls[0].n_outputs
+    final = REWRITES[rewrite](lean_schedule(func), n_out)
+    pairs = {name: inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
+    _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
+    aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
+    if aplan.inplace_calls:
+        final = final.with_attr("tirx.noalias", False)
+    csrc = emit_c({name: final}, ALIGNMENT)
+    info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
+            "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
+            "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
+    write_directory(out_dir, {
+        "model.c": driver_source(kprog, csrc.functions, aplan, name, csrc),
+        "tvmp_model.h": model_header(kprog, aplan.arena_bytes, name),
+        "main.c": host_main(kprog.inputs, kprog.outputs),
+        "Makefile": makefile(),
+        "tvmp_export.json": json.dumps(info, indent=1) + "\n",
+    })
+    return out_dir
+
+
+def _io(io: IOTensor) -> dict:
+    return {"name": io.name, "dtype": io.dtype, "shape": list(io.shape), "bytes": io.nbytes}
+
+
+@dataclass
+class KernelHarness:
+    """One tunable kernel of a network: its one-call program and the rewrite the network's export gave it."""
+
+    name: str
+    program: Program
+    rewrite: str
+
+    @property
+    def func(self) -> tirx.PrimFunc:
+        """The kernel as the network's export lowers it, before blocking (the tuning workload)."""
+        return self.program.funcs[self.name]
+
+    def export(self, rows: int, out_dir: Path) -> Path:
+        """The harness export of this kernel blocked by ``rows`` (the export's own ``block_output_channels``)."""
+        return write_kernel_export(self.program, block_output_channels(self.func, rows), out_dir, self.rewrite)

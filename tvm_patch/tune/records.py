@@ -1,0 +1,112 @@
+"""The tuning database (meta_schedule's JSONDatabase in a directory) and how a build applies it.
+
+Records are keyed by workload: the kernel's PrimFunc before blocking, as the export lowers it (structural
+equality), so a record applies to the same kernel in any build of any model. Each record's target names
+the core (``mcpu``) and the runner (``model``: emulator, device or host); a build takes, per kernel, the
+fastest record on its board's core of the most faithful runner that measured it (device, emulator, host).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import tirx
+from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.tune.space import trace_rows
+
+__all__ = ["WORKLOADS", "RECORDS", "TunedRows", "open_database", "tuning_target", "workload"]
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+TOP_K = 64
+RUNNER_PRECEDENCE = ("device", "emulator", "host")
+
+
+def tuning_target(core: str, runner: str) -> tvm.target.Target:
+    """The target a record is stored under: plain C for ``core``, measured by ``runner``."""
+    return tvm.target.Target({"kind": "c", "mcpu": core, "model": runner})
+
+
+def workload(func: tirx.PrimFunc) -> tvm.IRModule:
+    """The module a kernel is tuned and looked up as."""
+    return tvm.IRModule({"main": func})
+
+
+def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
+    """The JSONDatabase in ``db_dir`` (made when ``create``); a missing or unreadable one is a one-line error."""
+    path = Path(db_dir)
+    if path.exists() and not path.is_dir():
+        raise TvmPatchError(f"{db_dir}: not a directory; give the --db directory of a `tvm-patch tune` session")
+    if not create and not (path / RECORDS).is_file():
+        raise TvmPatchError(f"{db_dir}: no tuning records ({RECORDS} missing); run `tvm-patch tune MODEL --board B "
+                            f"--db {db_dir}` first")
+    for name in (WORKLOADS, RECORDS):
+        f = path / name
+        if f.exists():
+            try:
+                for n, line in enumerate(f.read_text().splitlines(), 1):
+                    if line.strip():
+                        json.loads(line)
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                where = f" line {n}" if isinstance(e, ValueError) else ""
+                raise TvmPatchError(f"{f}{where}: unreadable tuning database ({type(e).__name__}); remove it or "
+                                    "tune again into a new --db") from None
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return JSONDatabase(work_dir=str(path), allow_missing=create)
+    except (OSError, tvm.error.TVMError, RuntimeError, ValueError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise TvmPatchError(f"{db_dir}: unreadable tuning database ({first}); remove it or tune again") from None
+
+
+class TunedRows:
+    """``export_model(rows=...)`` from a database: per kernel, the blocking of its fastest record (or the
+    default); ``used`` records which kernels took a tuned schedule, for the build's JSON."""
+
+    def __init__(self, db: JSONDatabase, core: str | None = None, runner: str | None = None) -> None:
+        self.db = db
+        self.core = core
+        self.runner = runner
+        self.used: dict[str, dict[str, Any]] = {}
+
+    def best(self, func: tirx.PrimFunc) -> tuple[int, float, str] | None:
+        """(rows, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none.
+        Costs of different runners are not compared: the records of the most faithful runner present win
+        (device cycles, then emulator instructions, then host seconds)."""
+        mod = workload(func)
+        if not self.db.has_workload(mod):
+            return None
+        best: dict[str, tuple[int, float]] = {}
+        for rec in self.db.get_top_k(self.db.commit_workload(mod), TOP_K):  # fastest first
+            attrs = rec.target.attrs if rec.target is not None else {}
+            runner = str(attrs.get("model", ""))
+            if self.core is not None and str(attrs.get("mcpu", "")) != self.core:
+                continue
+            if self.runner is not None and runner != self.runner:
+                continue
+            rows = trace_rows(rec.trace)
+            if rows is not None and rec.run_secs and runner not in best:
+                best[runner] = rows, float(sum(float(x) for x in rec.run_secs) / len(rec.run_secs))
+        for runner in (*RUNNER_PRECEDENCE, *sorted(best)):
+            if runner in best:
+                return (*best[runner], runner)
+        return None
+
+    def __call__(self, name: str, func: tirx.PrimFunc) -> int:
+        found = self.best(func)
+        if found is None:
+            return DEFAULT_ROWS
+        rows, cost, runner = found
+        self.used[name] = {"rows": rows, "cost": cost, "runner": runner}
+        return rows
+
+    def to_json(self, rows_default: int = DEFAULT_ROWS) -> dict[str, Any]:
+        return {"default_rows": rows_default, "tuned_kernels": dict(self.used)}
+

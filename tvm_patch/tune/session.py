@@ -1,0 +1,288 @@
+"""``tune_model``: a tuning session over a network's kernels with tvm.s_tir.meta_schedule.
+
+The network is exported once as usual (its program gives the kernels as the export lowers them, the patch
+stage's PrimFunc included with --patches). Every kernel with a knob (space.py) becomes a TuneContext: the
+design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
+built into harness exports (builder.py) and measured by a runner (runners.py). Before the search, each
+kernel's reference output (unblocked) and its default schedule's cost are measured: the summary reports
+default vs tuned per kernel. Ctrl-C stops the search and keeps every record committed so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import tempfile
+import types
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from microtvm_projects.boards import get_board
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.cost_model import XGBModel
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.database import Database, TuningRecord
+from tvm.s_tir.meta_schedule.measure_callback import (AddToDatabase, PyMeasureCallback, RemoveBuildArtifact,
+                                                      UpdateCostModel)
+from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
+from tvm.s_tir.meta_schedule.space_generator import ScheduleFn
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.export.api import ExportResult
+from tvm_patch.export.lower import Program
+from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.tune.builder import HarnessBuilder
+from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
+from tvm_patch.tune.measure import RUNNERS, CandidateError
+from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
+from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
+from tvm_patch.tune.space import fixed_trace, row_choices, rows_space
+
+__all__ = ["KernelTuning", "TuneSummary", "tune_model"]
+
+log = logging.getLogger("tvm_patch.tune")
+
+
+@dataclass
+class KernelTuning:
+    """One kernel's session: its knob's choices, the default schedule's cost, the best record's."""
+
+    name: str
+    calls: int
+    choices: list[int]
+    default_rows: int
+    default_cost: float | None
+    best_rows: int | None = None
+    best_cost: float | None = None
+    failed: int = 0
+
+
+@dataclass
+class TuneSummary:
+    """What a session did, for the CLI (table or JSON). Costs in ``unit``."""
+
+    model: str
+    board: str
+    runner: str
+    unit: str
+    db: str
+    trials: int
+    measured: int
+    interrupted: bool
+    kernels: list[KernelTuning] = field(default_factory=list)
+    untunable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@derived_object
+class _Progress(PyMeasureCallback):
+    """tqdm bar: trials measured and the best cost so far; each failed candidate logged in one line."""
+
+    def __init__(self, bar: tqdm, names: list[str], failed: dict[str, int], stop: _StopFlag) -> None:
+        super().__init__()
+        self.stop = stop
+        self.bar = bar
+        self.names = names
+        self.failed = failed
+        self.best: dict[str, float] = {}
+        self.count = 0
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list, builder_results: list,
+              runner_results: list) -> None:
+        name = self.names[task_id]
+        if self.stop.seen:
+            self.count += sum(1 for r in runner_results if r.run_secs)
+            for i in range(len(self.names)):
+                task_scheduler.terminate_task(i)
+            return
+        for b, r in zip(builder_results, runner_results):
+            err = b.error_msg or r.error_msg
+            if err:
+                self.failed[name] = self.failed.get(name, 0) + 1
+                self.bar.write(f"tvm-patch tune: {name}: candidate failed, skipped: {err.splitlines()[0]}",
+                               file=sys.stderr)
+            elif r.run_secs:
+                self.best[name] = min(self.best.get(name, float("inf")), float(r.run_secs[0]))
+        self.count += len(runner_results)
+        self.bar.update(len(runner_results))
+        if name in self.best:
+            self.bar.set_postfix_str(f"{name[:32]} best {self.best[name]:,.6g}")
+
+
+@contextlib.contextmanager
+def _without_tensor_intrinsics() -> Iterator[None]:
+    """TuneContext imports tvm.s_tir.tensor_intrin (TVM's CUDA, ROCm, x86, Arm... tensor intrinsics) on
+    construction: 25-75 s of TVMScript parsing on this machine, for intrinsics a "c" target never uses. A
+    placeholder module stands in while the contexts are made and is removed after (a real import later works)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = types.ModuleType(name)
+    try:
+        yield
+    finally:
+        del sys.modules[name]
+
+
+class _StopFlag:
+    """Ctrl-C during the search sets a flag instead of raising inside meta_schedule's C++ loop (a
+    KeyboardInterrupt thrown through it crashed the process): the runner stops measuring and the progress
+    callback terminates the tasks, so the session ends with its records. A second Ctrl-C raises as usual.
+    Main thread only (signals)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.seen:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.seen = True
+
+
+def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -> tuple[dict[str, KernelHarness],
+                                                                                     list[str]]:
+    """The harness of each kernel with a knob (those named in ``kernels`` if given), and the others' names."""
+    prog = res.program
+    unknown = sorted(set(kernels or ()) - set(prog.funcs))
+    if unknown:
+        raise TvmPatchError(f"--kernel {unknown[0]}: no such kernel in {model}; its kernels: {', '.join(prog.funcs)}")
+    harnesses: dict[str, KernelHarness] = {}
+    untunable = []
+    for name, func in prog.funcs.items():
+        if kernels and name not in kernels:
+            continue
+        if not row_choices(func):
+            untunable.append(name)
+            continue
+        n_out = next(c.n_outputs for c in prog.calls if c.func == name)
+        rewrite = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
+        if rewrite is None:  # the harness could not reproduce the network's kernel: measuring it would lie
+            log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped", name)
+            untunable.append(name)
+            continue
+        harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite)
+    if not harnesses:
+        raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
+                            "convolutions and dense layers with a contiguous reduction)")
+    return harnesses, untunable
+
+
+def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measure, board: str, timeout_sec: float,
+              work: Path, db: Database, target: Any, summary: TuneSummary, progress: bool) -> dict[str, list[bytes]]:
+    """Each kernel's reference outputs (unblocked, host build) and its default schedule's cost, which is also
+    committed as a record (a build never picks a schedule slower than the default); returns the references."""
+    ref_measure = local_measure(board, "host", timeout_sec)
+    references: dict[str, list[bytes]] = {}
+    for name, h in tqdm(harnesses.items(), desc="defaults", unit="kernel", disable=not progress):
+        references[name] = ref_measure(h.export(1, work / "reference" / name / "export"), None).outputs
+        choices = row_choices(h.func)
+        default = DEFAULT_ROWS if DEFAULT_ROWS in choices else 1
+        try:
+            cost: float | None = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
+        except CandidateError as e:
+            log.warning("%s: default schedule failed: %s", name, e.one_line())
+            cost = None
+        else:
+            db.commit_tuning_record(TuningRecord(fixed_trace(name, h.func, default), db.commit_workload(workload(h.func)),
+                                                 [cost], target, ArgInfo.from_prim_func(h.func)))
+        summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, default, cost))
+    return references
+
+
+def _unit(runner: str, rpc_runner: str) -> str:
+    kind = rpc_runner if runner == "rpc" else runner
+    return {"emulator": "instructions", "device": "cycles", "host": "seconds"}[kind]
+
+
+def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emulator", db_dir: str | Path = "tuning_db",
+               patches: int | None = None, split: int | str | None = None, kernels: list[str] | None = None,
+               tracker: tuple[str, int] | None = None, rpc_runner: str = "emulator", parallel: int = 1,
+               timeout_sec: float = 120.0, port: str | None = None, probe: str | None = None, seed: int = 1,
+               progress: bool = True) -> TuneSummary:
+    """Tune ``model``'s kernels for ``board`` (see the module doc); records go to ``db_dir``."""
+    b = get_board(board)
+    if runner not in RUNNERS:
+        raise TvmPatchError(f"unknown --runner {runner!r}; use one of {', '.join(RUNNERS)}")
+    if runner == "rpc" and tracker is None:
+        raise TvmPatchError("--runner rpc needs --tracker HOST:PORT")
+    if trials < 1:
+        raise TvmPatchError(f"--trials {trials}: give at least 1")
+    if runner == "rpc":
+        check_tracker(tracker, rpc_key(board, rpc_runner))
+    db = open_database(db_dir, create=True)
+    measured_by = rpc_runner if runner == "rpc" else runner
+    target = tuning_target(b.core, measured_by)
+    with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
+        work = Path(tmp)
+        res = export_model(model, work / "network", patches=patches, split=split)
+        harnesses, untunable = _tunable_kernels(res, model, kernels)
+        failed: dict[str, int] = {}
+        if runner == "rpc":
+            measure = rpc_measure(tracker, rpc_key(board, rpc_runner), timeout_sec)
+        else:
+            measure = local_measure(board, runner, timeout_sec, port, probe)
+        summary = TuneSummary(model, board, runner, _unit(runner, rpc_runner), str(db_dir), trials, 0, False,
+                              untunable=untunable)
+        references = _defaults(harnesses, res.program, measure, board, timeout_sec, work, db, target, summary,
+                               progress)
+        names = list(harnesses)
+        with _without_tensor_intrinsics():
+            contexts = [ms.TuneContext(workload(h.func), target=target,
+                                       space_generator=ScheduleFn(rows_space(n), sch_rules=[], postprocs=[],
+                                                                  mutator_probs={}),
+                                       search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
+                                                                          genetic_num_iters=2),
+                                       task_name=n, rand_state=seed, num_threads=1)
+                        for n, h in harnesses.items()]
+        cand_dir = work / "candidates"
+        cand_dir.mkdir()
+        stop = _StopFlag()
+        run = HarnessRunner(measure, references, parallel, stopped=lambda: stop.seen)
+        bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
+        progress_cb = _Progress(bar, names, failed, stop)
+        try:
+            stop.install()
+            ms.tune_tasks(tasks=contexts, task_weights=[float(k.calls) for k in summary.kernels],
+                          work_dir=str(work / "ms"), max_trials_global=trials,
+                          max_trials_per_task=trials, num_trials_per_iter=max(2, parallel),
+                          builder=HarnessBuilder(harnesses, cand_dir), runner=run, database=db,
+                          cost_model=XGBModel(num_warmup_samples=2, num_tuning_cores=1),
+                          measure_callbacks=[AddToDatabase(), RemoveBuildArtifact(), UpdateCostModel(), progress_cb],
+                          task_scheduler="round-robin")
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            stop.uninstall()
+            summary.interrupted = summary.interrupted or stop.seen
+            bar.close()
+            run.pool.shutdown(wait=False, cancel_futures=True)
+        summary.measured = progress_cb.count
+        best = TunedRows(db, b.core, measured_by)
+        for k in summary.kernels:
+            found = best.best(harnesses[k.name].func)
+            if found is not None:
+                k.best_rows, k.best_cost = found[0], found[1]
+            k.failed = failed.get(k.name, 0)
+    return summary
