@@ -29,14 +29,14 @@ PIPELINE = "mcunetv2"
 
 
 def mcunetv2_pipeline(split: int | str | None = "auto", patches: int | tuple[int, int] = 4,
-                      integer: bool = True) -> tvm.transform.Pass:
+                      integer: bool = True, halo: str = "recompute") -> tvm.transform.Pass:
     """The tvm-patch pipeline: integer lowering (skipped with integer=False), the patch stage (skipped with
-    split=None), then TVM's default build passes."""
+    split=None; `halo`: "recompute", "cache" or "auto", see PatchStage), then TVM's default build passes."""
     passes = []
     if integer:
         passes.append(LowerToInteger())
     if split is not None:
-        passes.append(PatchStage(split, patches))
+        passes.append(PatchStage(split, patches, halo))
     passes.append(relax.get_pipeline("default"))
     return tvm.transform.Sequential(passes, name=PIPELINE)
 

@@ -37,6 +37,10 @@ from tvm_patch.verify import verify_patch
 PROG = "tvm-patch"
 
 
+HALO_HELP = ("with --patches: recompute (default) the overlapping halos, cache them (row and column caches: each "
+             "intermediate element computed once) or auto (the fewest MACs among the modes within 10%% of the "
+             "smaller peak)")
+
 def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.export:
         if not args.output:
@@ -51,7 +55,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    result = report.profile(args.model, patches=args.patches, split=args.split)
+    result = report.profile(args.model, patches=args.patches, split=args.split, halo=args.halo)
     if args.plot:
         plot_profile(result, args.plot)
     if args.json:
@@ -72,7 +76,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     rows = _tuned_rows(args)
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
-                          kernels=args.kernels, **({"rows": rows} if rows else {}))
+                          kernels=args.kernels, halo=args.halo, **({"rows": rows} if rows else {}))
     if args.json:
         print(json.dumps(dict(result.to_json(), **({"tuning": rows.to_json()} if rows else {})), indent=1))
     else:
@@ -195,9 +199,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                             "or --reference tflm|onnxruntime (integer lowering vs a reference runtime)")
     model = load(args.model)
     n = args.inputs or 3
-    r = verify_patch(model.mod, args.patches, args.split, n)
+    r = verify_patch(model.mod, args.patches, args.split, n, halo=args.halo)
     verdict = "PASS" if r.passed else "FAIL"
-    print(f"{verdict}: {model.name}, {args.patches}x{args.patches} patches, split {args.split}, {r.inputs} seeded "
+    print(f"{verdict}: {model.name}, {args.patches}x{args.patches} patches, split {args.split}, halo {args.halo}, "
+          f"{r.inputs} seeded "
           f"inputs ({r.dtype}): largest difference {r.max_abs_diff:g} (relative {r.max_rel_diff:.3g}); "
           f"required: {r.detail}")
     return 0 if r.passed else 1
@@ -434,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", metavar="S",
                     help="with --patches: where the stage ends, a layer count N, block:N or auto (the split "
                          "PatchStage picks; the profile says which)")
+    pr.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     pr.set_defaults(func=_cmd_profile)
 
     b = sub.add_parser("build", help="export the whole network as plain C over one static arena")
@@ -444,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--patches", type=int, metavar="P", help="patch mode: P x P patches (needs --split)")
     b.add_argument("--split", metavar="S",
                    help="patch mode: layers in the patch stage, block:N or auto (needs --patches)")
+    b.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     b.add_argument("--emit", choices=["c", "object"], default="c",
                    help="object: also the kernels as a Cortex-M7 object with model_driver.c")
     b.add_argument("--check", action="store_true",
@@ -484,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     v.add_argument("--patches", type=int, metavar="P", help="PxP patches")
     v.add_argument("--split", metavar="S", help="where the stage ends: a layer count N, block:N or auto")
+    v.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     v.add_argument("--reference", choices=["tflm", "tflite-micro", "onnxruntime", "auto"],
                    help="compare the integer-lowered model with TensorFlow Lite Micro (.tflite, bit-exact) or "
                         "onnxruntime (ONNX QDQ, every layer within one quantization step)")

@@ -219,7 +219,9 @@ class _Placer:
             return 0
         conflicts = self._conflicts(b)
         a = self.alignment
-        cur = 0
+        # room below for an unplaced alias partner that must sit before b (a negative shift)
+        cur = max([-self.rel[(b.name, p)] for p in self.partners.get(b.name, ())
+                   if p not in self.offsets and self.rel[(b.name, p)] < 0], default=0)
         for q in sorted(conflicts, key=lambda q: self.offsets[q.name]):
             qo = self.offsets[q.name]
             if qo >= cur + b.size:

@@ -9,6 +9,11 @@ baked into the ``q_requantize``, ``q_add``, ``q_sub`` and ``q_mul`` PrimFuncs it
 PATCHES_ATTR = "tvm_patch.patches"
 """PrimFunc attribute PatchStage sets on the stage: (rows, cols) of patches (the C export streams its input)."""
 
+STAGE_OFFSETS_ATTR = "tvm_patch.workspace_plan"
+"""PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size}: the kernel's buffers as
+planned by its builder (`tvm_patch.export.stage_arena`, `tvm_patch.patch.cache_stage`); the C code generator
+places them there, lowering the function without StorageRewrite."""
+
 STAGE_FUNC = "patch_stage"
 """Global symbol of the PrimFunc PatchStage emits."""
 

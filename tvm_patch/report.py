@@ -17,7 +17,7 @@ CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other l
 
 
 def profile(model_spec: str, patches: int | None = None, split: int | str | None = None,
-            tir: bool = True, lowering: bool = True) -> dict:
+            tir: bool = True, lowering: bool = True, halo: str = "recompute") -> dict:
     """Load a model and return its per-layer profile as a JSON-ready dict.
 
     With `patches` and `split`, a "patch_based" entry gives the figures of running the first `split` layers
@@ -44,7 +44,7 @@ def profile(model_spec: str, patches: int | None = None, split: int | str | None
         left = float_ops_remaining(lower_to_integer(model.mod))
         result["integer_lowering"] = {"integer_only": not left, "float_ops": left}
     if patches is not None:
-        result["patch_based"] = patch_based(graph, mod, patches, split, tir, imported=model.mod)
+        result["patch_based"] = patch_based(graph, mod, patches, split, tir, imported=model.mod, halo=halo)
     return result
 
 
@@ -91,6 +91,11 @@ def format_profile(result: dict) -> str:
                      f"patch input {ih}x{iw}): peak {pb['peak_bytes']} B ({_kb(pb['peak_bytes'])} kB, "
                      f"{pb['reduction']:.1f}x smaller; {pb['peak_bytes_with_input']} B with the input image); "
                      f"MACs {pb['macs']:,} (+{pb['mac_overhead']:.1%} network, +{pb['stage_mac_overhead']:.1%} stage)")
+        if pb.get("halo", "recompute") != "recompute" or "halo" in pb["split_choice"]:
+            lines.append("halo: " + "; ".join(
+                f"{h}{' (chosen)' if h == pb['halo'] else ''}: peak {x['peak_bytes']} B, MACs {x['macs']:,} "
+                f"({x['mac_overhead']:+.1%} network)" + (f", caches {x['cache_bytes']} B" if x["cache_bytes"] else "")
+                for h, x in pb["halo_modes"].items()))
         if "tir_allocated_bytes" in pb:
             lines.append(f"patch stage PrimFunc (int8) allocates {pb['tir_allocated_bytes']} B per patch "
                          f"(its buffers: {pb['tir_buffer_bytes']['peak']} B live at most, "

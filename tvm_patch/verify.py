@@ -80,8 +80,8 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float,
 
 
 def verify_patch(mod: tvm.IRModule, patches: int, split: int | str, n_inputs: int = 3,
-                 seed: int = 0) -> VerifyResult:
-    """Compare `mod` with `PatchStage(split, patches)(mod)` on n_inputs seeded inputs.
+                 seed: int = 0, halo: str = "recompute") -> VerifyResult:
+    """Compare `mod` with `PatchStage(split, patches, halo)(mod)` on n_inputs seeded inputs.
 
     A quantized model as imported is lowered by LowerToInteger first (`lower_for_patching`), and then both
     are compared bit for bit; `detail` says so."""
@@ -89,7 +89,7 @@ def verify_patch(mod: tvm.IRModule, patches: int, split: int | str, n_inputs: in
     if lowered:
         mod = lower_for_patching(mod)
     integer = lowered or (mod["main"].attrs is not None and QPARAMS_ATTR in mod["main"].attrs)
-    patched = PatchStage(split, (patches, patches))(mod)
+    patched = PatchStage(split, (patches, patches), halo)(mod)
     vm_ref, vm_patch = compile_vm(mod), compile_vm(patched)
     worst_abs, worst_rel, dtype = 0.0, 0.0, ""
     for args in seeded_inputs(mod["main"], n_inputs, seed):

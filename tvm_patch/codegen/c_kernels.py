@@ -53,6 +53,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.names import STAGE_OFFSETS_ATTR
 
 __all__ = [
     "PlainCError",
@@ -163,8 +164,9 @@ class CSource:
 # ---------------------------------------------------------------- lowering
 
 
-def lowering_passes(for_c: bool) -> list[tvm.transform.Pass]:
-    """The lowering passes run before the plain-API rewrite (see the module docstring, step 1)."""
+def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.transform.Pass]:
+    """The lowering passes run before the plain-API rewrite (see the module docstring, step 1);
+    ``storage_rewrite=False`` for a function whose buffers the caller placed (`STAGE_OFFSETS_ATTR`)."""
     config = tvm.transform.PassContext.current().config
     passes = [
         s_tir.transform.CanonicalizeLoop(),
@@ -192,7 +194,7 @@ def lowering_passes(for_c: bool) -> list[tvm.transform.Pass]:
         s_tir.transform.InjectVirtualThread(),
         s_tir.transform.InjectDoubleBuffer(),
     ]
-    if not bool(config.get("tirx.disable_storage_rewrite", False)):
+    if storage_rewrite and not bool(config.get("tirx.disable_storage_rewrite", False)):
         passes.append(tirx.transform.StorageRewrite())
     passes += [
         s_tir.transform.HoistIfThenElse(),
@@ -261,11 +263,26 @@ def _is_op(expr: Any, name: str) -> bool:
 
 LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
 
+# STAGE_OFFSETS_ATTR (tvm_patch.names): a plan made by the kernel's builder. Such a function is lowered without
+# StorageRewrite and each named buffer is placed at its offset (its size checked against the plan's); other
+# buffers stack above it.
 
-def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, int]], int]:
-    """Stack-discipline offsets for every AllocBuffer in ``body``: [(buffer var, offset)], peak bytes."""
-    state = {"top": 0, "peak": 0}
+
+def _fixed_plan(func: tirx.PrimFunc) -> tuple[dict[str, int], int] | None:
+    plan = func.attrs.get(STAGE_OFFSETS_ATTR) if func.attrs is not None else None
+    if plan is None:
+        return None
+    return {str(k): int(v) for k, v in plan["offsets"].items()}, int(plan["bytes"])
+
+
+def _plan_workspace(body: Any, align: int, fname: str,
+                    fixed: tuple[dict[str, int], int] | None = None) -> tuple[list[tuple[Any, int]], int]:
+    """Stack-discipline offsets for every AllocBuffer in ``body``: [(buffer var, offset)], peak bytes.
+    ``fixed`` (offsets by buffer name, their extent): those buffers at their offsets, the stack above them."""
+    offsets, base = fixed if fixed is not None else ({}, 0)
+    state = {"top": base, "peak": base}
     placed: list[tuple[Any, int]] = []
+    seen: set[str] = set()
 
     def on_alloc(stmt: Any, visitor: Any) -> None:
         buf = stmt.buffer
@@ -273,6 +290,15 @@ def _plan_workspace(body: Any, align: int, fname: str) -> tuple[list[tuple[Any, 
         if scope not in ("", "global", "local"):
             raise PlainCError(f"{fname}: buffer {buf.name!r} has storage scope {scope!r}; only global/local")
         nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * dtype_bytes(_dtype_str(buf.ty.dtype))
+        if buf.name in offsets and nbytes > LOCAL_MAX_BYTES:
+            if buf.name in seen:
+                raise PlainCError(f"{fname}: two buffers named {buf.name!r}; the workspace plan is ambiguous")
+            seen.add(buf.name)
+            off = offsets[buf.name]
+            if off + nbytes > base:
+                raise PlainCError(f"{fname}: buffer {buf.name!r} ({nbytes} B at {off}) exceeds its workspace plan")
+            placed.append((buf, off))
+            return
         if nbytes <= LOCAL_MAX_BYTES:
             return  # a C local of the kernel (a register or a few bytes of stack), not workspace
         off = -(-state["top"] // align) * align
@@ -395,7 +421,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
             new_params.append(p)
             info.append({"name": p.name, "dtype": dtype, "pointer": False, "shape": None})
 
-    placed, ws_bytes = _plan_workspace(func.body, workspace_align, name)
+    placed, ws_bytes = _plan_workspace(func.body, workspace_align, name, _fixed_plan(func))
     body = _zero_locals(func.body, {buf for buf, _ in placed})
     workspace = None
     if placed:
@@ -452,13 +478,18 @@ def lower_plain(
         raise ValueError(f"workspace_align must be a power of two, got {workspace_align}")
     tgt = tvm.target.Target(target)
     for_c = tgt.kind.name == "c"
-    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
-    mod = tirx.transform.BindTarget(tgt.with_host(tgt))(mod)
-    # The ambient PassContext, as tvm.compile uses it (its opt_level and config keys apply).
-    mod = tvm.transform.Sequential(lowering_passes(for_c))(mod)
+    lowered = []
+    for planned in (False, True):  # functions with a caller's workspace plan keep their buffers apart
+        group = {name: f for name, f in funcs.items() if (_fixed_plan(f) is not None) == planned}
+        if not group:
+            continue
+        mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in group.items()})
+        mod = tirx.transform.BindTarget(tgt.with_host(tgt))(mod)
+        # The ambient PassContext, as tvm.compile uses it (its opt_level and config keys apply).
+        lowered += list(tvm.transform.Sequential(lowering_passes(for_c, storage_rewrite=not planned))(mod).functions.items())
     out: dict[str, tirx.PrimFunc] = {}
     infos: dict[str, CFunction] = {}
-    for gv, f in mod.functions.items():
+    for gv, f in lowered:
         name = gv.name_hint
         if name not in funcs:
             raise PlainCError(f"lowering produced an extra function {name!r} (device split?)")

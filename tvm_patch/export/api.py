@@ -33,12 +33,14 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.export.inplace_shift import shifted_inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch import zoo
 from tvm_patch.frontend import load
@@ -134,12 +136,12 @@ def model_sha256(spec: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str) -> tvm.IRModule:
+def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str, halo: str = "recompute") -> tvm.IRModule:
     """Run the ``PatchStage`` pass (the first ``split`` layers — a count, "block:N" or "auto" — over
-    ``patches`` x ``patches`` patches)."""
+    ``patches`` x ``patches`` patches, the halo recomputed or cached)."""
     if patches < 1:
         raise TvmPatchError(f"--patches must be positive (got {patches})")
-    return PatchStage(split=split, patches=patches)(mod)
+    return PatchStage(split=split, patches=patches, halo=halo)(mod)
 
 
 def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
@@ -174,6 +176,7 @@ def export_model(
     rounding: str = "tflite",
     kernels: str = "micro",
     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
+    halo: str = "recompute",
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -187,6 +190,8 @@ def export_model(
     ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
     one for all kernels, per kernel name (kernels not named get the default), or a callable (name, PrimFunc) ->
     rows (a tuning database's choice by workload: ``tvm_patch.tune.TunedRows``).
+    ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
+    row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
     patches, which need TFLite's requantization).
     """
@@ -194,13 +199,13 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows)
+                       integer, rounding, rows, halo)
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
             tflite_path: str | None, integer: bool, rounding: str,
-            rows: int | Mapping[str, int] | Callable[[str, Any], int]) -> ExportResult:
+            rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute") -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -221,7 +226,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             src_mod = lower_to_integer(src_mod, rounding)
         # the numpy pre-fold first: PatchStage runs FoldConstant, which is slow on unfolded weights
         base = prefold_constants(src_mod) if patches is not None else src_mod
-        mod = apply_patch_stage(base, patches, split) if patches is not None else src_mod
+        mod = apply_patch_stage(base, patches, split, halo) if patches is not None else src_mod
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
@@ -231,15 +236,23 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
     n_out = {c.func: c.n_outputs for c in prog.calls}
+    shifted: dict[str, list] = {}
     if lean:
+        shifted = _shifted_convs(prog, funcs, n_out, io_in_arena, alignment)
         funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
+        # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
+        funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
+                 for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     _, infos = lower_plain(funcs, C_TARGET, alignment)
     workspace = {n: i.workspace_bytes for n, i in infos.items()}
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    if shifted:
+        funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
+                                                      io_in_arena, alignment)
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
@@ -261,7 +274,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         files["tvmp_kernels_cm7.o"] = obj
         files["tvmp_kernels.h"] = csrc.header("TVMP_KERNELS_H")
         files["model_driver.c"] = driver_source(prog, oinfos, aplan, name, None, "tvmp_kernels.h")
-    patch_figs = baselines.analytic_patch_figures(base, patches, split) if patches is not None else None
+    patch_figs = baselines.analytic_patch_figures(base, patches, split, halo) if patches is not None else None
     result = ExportResult(
         model=name,
         out_dir=Path(out_dir),
@@ -273,7 +286,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         weights_bytes=prog.weights_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
-        plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None},
+        plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,
+              "halo": patch_figs["halo"] if patch_figs else None},
         kernels=len(prog.funcs),
         calls=len(prog.calls),
         inplace_calls=len(aplan.inplace_calls),
@@ -295,6 +309,43 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
+                   alignment: int) -> dict[str, list]:
+    """Kernels that may write their output a few bytes before their input (inplace_shift.py: no copy
+    buffer), where every call's input dies there and lives in the arena: {kernel: [(in, out, shift)]}."""
+    life = tensor_lifetimes(prog)
+    external = external_tensors(prog, io_in_arena)
+    out = {}
+    for name, func in funcs.items():
+        calls = [(k, c) for k, c in enumerate(prog.calls) if c.func == name]
+        if not calls or not any(c.args[0].kind == "tensor" and life[c.args[0].index][1] == k + 1 for k, c in calls):
+            continue  # cheap filter before the enumeration: no call whose first input dies there
+        plain = {p[:2] for p in inplace_pairs(func, n_out[name])}  # writing at the input's own offset is better
+        found = [p for p in shifted_inplace_pairs(func, n_out[name], alignment) if p[:2] not in plain]
+        if found and all(
+            any(c.args[si].kind == "tensor" and c.args[si].index not in external and life[c.args[si].index][1] == k + 1
+                for si, _, _ in found)
+            for k, c in calls
+        ):
+            out[name] = found
+    return out
+
+
+def _use_shifted(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], shifted: dict[str, list],
+                 n_out: dict[str, int], pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan,
+                 io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """The kernels of `shifted` as lean kernels written before their input (no copy buffer) instead of their
+    current form, kept only if the arena gets smaller (the planner may not use a shifted alias)."""
+    trial_funcs = dict(funcs) | {n: lean_funcs[n] for n in shifted}
+    trial_pairs = dict(pairs) | {n: inplace_pairs(lean_funcs[n], n_out[n]) + shifted[n] for n in shifted}
+    _, infos = lower_plain({n: lean_funcs[n] for n in shifted}, C_TARGET, alignment)
+    trial_ws = dict(workspace) | {n: i.workspace_bytes for n, i in infos.items()}
+    trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+    if trial.arena_bytes < aplan.arena_bytes:
+        return trial_funcs, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: str, func: Any) -> int:

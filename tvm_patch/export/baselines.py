@@ -13,7 +13,8 @@ from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch.graph import build_graph
 from tvm_patch.patch.figures import patch_based
-from tvm_patch.patch.memory import best_split
+from tvm_patch.patch.memory import best_schedule
+from tvm_patch.patch.regions import HALO_MODES
 from tvm_patch.profile import peak, profile_layers
 
 __all__ = ["analytic_peak_bytes", "tvm_static_plan_bytes", "tflm_arena_head_bytes"]
@@ -29,7 +30,7 @@ def analytic_peak_bytes(mod: tvm.IRModule) -> int | None:
     return peak(rows).bytes if rows else None
 
 
-def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str) -> dict | None:
+def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str, halo: str = "recompute") -> dict | None:
     """The profile's "patch_based" figures (``peak_bytes``: the patched analytic peak, full input image
     not counted; ``split``: the resolved layer count) of ``mod``, the module PatchStage runs on (after
     LowerToInteger for int8 models, so "auto" resolves to the same split), or None when the profile
@@ -38,10 +39,12 @@ def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str) ->
         folded = relax.transform.FoldConstant()(prefold_constants(mod))
         graph = build_graph(folded)
         if str(split) == "auto":  # as PatchStage resolves it
-            split = best_split(graph, folded["main"], (patches, patches))
-            if split is None:
+            best = best_schedule(graph, folded["main"], (patches, patches),
+                                 HALO_MODES if halo == "auto" else (halo,))
+            if best is None:
                 return None
-        return patch_based(graph, folded, patches, split, tir=False, imported=mod)
+            split, halo = best
+        return patch_based(graph, folded, patches, split, tir=False, imported=mod, halo=halo)
     except (TvmPatchError, RuntimeError, KeyError, IndexError, ValueError, AttributeError, TypeError):
         return None
 

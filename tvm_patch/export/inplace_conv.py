@@ -31,7 +31,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.export.inplace import block_accesses
 from tvm_patch.export.patterns import const_shape, substitute_vars
 
-__all__ = ["inplace_conv_pairs", "inplace_conv_schedule"]
+__all__ = ["channel_or_pixel_safe", "inplace_conv_pairs", "inplace_conv_schedule"]
 
 _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 
@@ -171,7 +171,7 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
     The proof: the input ``S`` is read by exactly one block, a copy into a kernel-local buffer; the output
     ``O`` is written by exactly one block (no init, nothing reads ``O``); both sit under a common loop
     nest and the copy comes first in its body, so within an iteration every read of ``S`` precedes every
-    write of ``O``. Across iterations, :func:`_safe` shows from the indices and shapes that iteration
+    write of ``O``. Across iterations, :func:`channel_or_pixel_safe` shows from the indices and shapes that iteration
     ``i`` writes only bytes no later iteration reads: channel by channel (the channel axis indexed by the
     one outer variable) or pixel by pixel (H and W indexed by the two outer variables), in NHWC or NCHW.
     """
@@ -223,12 +223,12 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
         src_idx = _bound_indices(creal, list(cload[0].indices), units)
         out_idx = _bound_indices(wreal, list(wreal.block.body.indices), units)
         outer = [lp.loop_var for lp in cchain[:common] if not _is_one(lp.extent)]
-        if s_shape[0] == 1 and _safe(outer, src_idx, out_idx, s_shape, o_shape):
+        if s_shape[0] == 1 and channel_or_pixel_safe(outer, src_idx, out_idx, s_shape, o_shape):
             pairs.append((si, len(params) - 1))
     return pairs
 
 
-def _safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], s: tuple[int, ...], o: tuple[int, ...]) -> bool:
+def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], s: tuple[int, ...], o: tuple[int, ...]) -> bool:
     """The layout half of the proof (see inplace_conv_pairs), for batch-1 4-D tensors S and O sharing
     their first byte, whose copy-then-write iterations run over the loop variables ``outer``."""
 

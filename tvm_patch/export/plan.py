@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, Program
-from tvm_patch.memplan import Buffer, InPlace, Plan, lower_bound, plan_memory, validate
+from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, lower_bound, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
 
 __all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "external_tensors", "plan_arena", "tensor_buffer", "tensor_lifetimes",
@@ -93,11 +93,12 @@ def arena_buffers(
         ws = int(workspace.get(call.func, 0))
         if ws:
             buffers.append(Buffer(workspace_buffer(k), ws, k + 1, k + 1))
-    hints: list[InPlace] = []
+    hints: list[Alias] = []
     used_src: set[int] = set()
     for k, call in enumerate(prog.calls):
         step = k + 1
-        safe = pairs.get(call.func, ())
+        safe = [p[:2] for p in pairs.get(call.func, ())]
+        shifts = {p[:2]: p[2] for p in pairs.get(call.func, ()) if len(p) > 2}  # inplace_shift.py: (si, oi, shift)
         for si, oi in safe:
             src, dst = call.args[si], call.args[oi]
             if src.kind != "tensor" or dst.kind != "tensor" or src.index in external or dst.index in external:
@@ -107,6 +108,10 @@ def arena_buffers(
             # the source tensor must not also be passed where the kernel reads it at other indices
             positions = [p for p, a in enumerate(call.args) if a == src]
             if any((p, oi) not in safe for p in positions):
+                continue
+            if (si, oi) in shifts:
+                hints.append(DepthwiseInPlace(tensor_buffer(src.index), tensor_buffer(dst.index), shifts[(si, oi)]))
+                used_src.add(src.index)
                 continue
             if prog.tensors[dst.index].nbytes > prog.tensors[src.index].nbytes:
                 continue

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tvm_patch.convention import accumulates_into_skip, core_bytes
 from tvm_patch.graph import Graph
-from tvm_patch.patch.regions import execution_order, patch_macs, plan_patches, stage_macs
+from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
 import numpy as np
 
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
@@ -42,6 +42,8 @@ class PatchMemory:
     patch_input_hw: tuple[int, int]
     patch_counts: tuple[int, int]
     stage_layer_bytes: list[int]
+    halo: str = "recompute"
+    cache_bytes: int = 0  # cache mode: the row and column caches of every intermediate, live during the stage
 
 
 def _region_elems(stage: Stage, plan, v: int) -> int:
@@ -61,9 +63,11 @@ def _adds_into_skip(stage: Stage, i: int, last_use: dict, pos: dict) -> bool:
         dies_at=lambda v, j: last_use.get(v) == pos[j])
 
 
-def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -> PatchMemory:
-    """Figures for running the first n layers of `graph` (described by `stage`) over `patches` patches."""
+def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], halo: str = "recompute") -> PatchMemory:
+    """Figures for running the first n layers of `graph` (described by `stage`) over `patches` patches, the
+    halos recomputed or cached (`regions.cache_bytes`: the caches, in int8, live during the whole stage)."""
     plan = plan_patches(stage, patches)
+    caches = sum(cache_bytes(stage, patches, item=1).values()) if check_halo(halo) == "cache" else 0
     order = execution_order(stage)
     pos = {v: k for k, v in enumerate(order)}
     last = len(stage.layers) - 1
@@ -87,7 +91,7 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -
                           in_place=kind)
         held = [v for v in last_use if v not in ins and pos[v] < pos[i] < last_use[v]]
         held_bytes = sum(_region_elems(stage, plan, v) for v in held)
-        rows.append(core + held_bytes + stage_out)
+        rows.append(core + held_bytes + stage_out + caches)
         # with the image in SRAM, the input region is a view of it: count the image instead of the region
         input_live = STAGE_INPUT in ins or STAGE_INPUT in held
         region = _region_elems(stage, plan, STAGE_INPUT) if input_live else 0
@@ -95,7 +99,7 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -
 
     rest = [layer_bytes(graph, layer) for layer in graph.layers[n:]]
     rest_peak = max(rest, default=0)
-    patched = patch_macs(stage, patches)
+    patched = halo_macs(stage, patches, halo)
     flat = stage_macs(stage)
     return PatchMemory(
         peak_bytes=max(max(rows), rest_peak),
@@ -108,6 +112,8 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int]) -
         patch_input_hw=plan.region_shape(STAGE_INPUT),
         patch_counts=plan.counts,
         stage_layer_bytes=rows,
+        halo=halo,
+        cache_bytes=caches,
     )
 
 
@@ -135,17 +141,35 @@ PEAK_SLACK = 0.10  # auto split: a peak within 10 % of the smallest counts as sm
 
 
 def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
-    """The split `PatchStage(split="auto")` picks: the fewest MACs among the splits whose patch-based peak is
-    within PEAK_SLACK of the smallest (deeper stages buy little memory for many recomputed MACs), or None when
-    no split lowers the layer-by-layer peak."""
+    """The split `PatchStage(split="auto")` picks (halos recomputed): see `best_schedule`."""
+    best = best_schedule(graph, func, patches, ("recompute",))
+    return None if best is None else best[0]
+
+
+def best_halo(graph: Graph, func, n: int, patches: tuple[int, int]) -> str:
+    """The halo mode `best_schedule`'s rule picks for a given split n."""
+    stage, _ = stage_from_graph(graph, n, func)
+    options = [(patch_memory(graph, stage, n, patches, h), h) for h in HALO_MODES]
+    smallest = min(m.peak_bytes for m, _ in options)
+    return min((m.macs, HALO_MODES.index(h), h) for m, h in options if m.peak_bytes <= smallest * (1 + PEAK_SLACK))[2]
+
+
+def best_schedule(graph: Graph, func, patches: tuple[int, int],
+                  halos: tuple[str, ...] = HALO_MODES) -> tuple[int, str] | None:
+    """(split, halo mode) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
+    smallest (deeper stages buy little memory for many recomputed MACs; caching the halo trades its caches'
+    bytes for the recomputed MACs), or None when no split lowers the layer-by-layer peak. Ties: recompute,
+    then the shallower split."""
     options = []
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)
-        m = patch_memory(graph, stage, n, patches)
-        options.append((m.peak_bytes, m.macs, n))
+        for halo in halos:
+            m = patch_memory(graph, stage, n, patches, halo)
+            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), n))
     if not options:
         return None
     smallest = min(o[0] for o in options)
     if smallest >= peak(profile_layers(graph)).bytes:
         return None
-    return min((macs, n) for p, macs, n in options if p <= smallest * (1 + PEAK_SLACK))[1]
+    _, mode, n = min((macs, mode, n) for p, macs, mode, n in options if p <= smallest * (1 + PEAK_SLACK))
+    return n, HALO_MODES[mode]

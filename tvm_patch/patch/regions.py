@@ -333,3 +333,70 @@ def stage_macs(stage: Stage) -> int:
             _, h, w = stage.shapes[i]
             total += stage.batch * g.c_out * h * w * g.macs_per_output
     return total
+
+
+# -- halo caching (cache mode) -------------------------------------------------------------------------
+#
+# The patches run in raster order. Patch p of an axis computes only its *new* rows, those the previous
+# patch of that axis did not already compute: [max(lo(p), hi(p - 1)), hi(p)); the rest of its region
+# comes from a cache. Per intermediate (every layer's output but the last; the input image is streamed,
+# not computed): a row cache of the halo rows the next row of patches needs, over the value's whole domain
+# width, and a column cache of the halo columns the next patch to the right needs, over the region's rows.
+# Every element of an intermediate is then computed once.
+
+HALO_MODES = ("recompute", "cache")
+
+
+def check_halo(halo: str) -> str:
+    """`halo` if it is a known mode, else a StageError naming the choices."""
+    if halo not in HALO_MODES:
+        raise StageError(f"halo must be one of {HALO_MODES}, got {halo!r}")
+    return halo
+
+
+def halo_overlap(ax: AxisPlan) -> int:
+    """Rows (or columns) two consecutive patches' regions share: what a cache keeps for the next patch."""
+    if len(ax.regions) < 2:
+        return 0
+    return max(0, ax.regions[0].hi - ax.regions[1].lo)
+
+
+def new_interval(ax: AxisPlan, p: int) -> Interval:
+    """The part of patch p's region the previous patch along this axis has not computed (cache mode)."""
+    r = ax.regions[p]
+    return r if p == 0 else Interval(max(r.lo, ax.regions[p - 1].hi), r.hi)
+
+
+def cache_bytes(stage: Stage, patches: tuple[int, int], item: int | None = None) -> dict[int, int]:
+    """Bytes of the row and column caches of every intermediate (value index -> bytes), for one image:
+    C x halo rows x domain width + C x region rows x halo columns, `item` bytes an element (default: the
+    stage dtype's; the profile's convention counts 1)."""
+    plan = plan_patches(stage, patches)
+    item = _DTYPE_BYTES[stage.dtype] if item is None else item
+    out = {}
+    for v in range(len(stage.layers) - 1):
+        c = stage.value_shape(v)[0]
+        rows = halo_overlap(plan.h[v]) * plan.w[v].domain.size
+        cols = plan.h[v].extent * halo_overlap(plan.w[v])
+        out[v] = c * (rows + cols) * item
+    return out
+
+
+def cache_macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
+    """MACs each patch performs in cache mode: the live part of its new rows x new columns only."""
+    plan = plan_patches(stage, patches)
+    nh, nw = plan.counts
+    out = np.zeros((nh, nw), dtype=np.int64)
+    for i, g in enumerate(stage.geometry):
+        if g is None:
+            continue
+        rows = np.array([new_interval(plan.h[i], p).clip(plan.h[i].live).size for p in range(nh)], dtype=np.int64)
+        cols = np.array([new_interval(plan.w[i], p).clip(plan.w[i].live).size for p in range(nw)], dtype=np.int64)
+        out += np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
+    return out
+
+
+def halo_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> int:
+    """Total MACs of the stage patch by patch: halos recomputed, or cached (each live element once)."""
+    by_patch = cache_macs_by_patch if check_halo(halo) == "cache" else macs_by_patch
+    return int(by_patch(stage, patches).sum())

@@ -19,9 +19,11 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
+from tvm.ir.expr import TensorLoad, TensorRegion
 
-from tvm_patch.patch.regions import acc_name, buffer_names, scalar_names
-from tvm_patch.patch.stage import STAGE_INPUT, Conv, Stage
+from tvm_patch.patch.regions import acc_name, buffer_names, execution_order, scalar_names
+from tvm_patch.convention import accumulates_into_skip
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
 
 
@@ -31,11 +33,16 @@ def build_reference(stage: Stage) -> tirx.PrimFunc:
     return te.create_prim_func(t.args)
 
 
-def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
+def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) -> tirx.PrimFunc:
     """The stage as one PrimFunc computing `patches` = (rows, cols) of output patches one by one.
 
     Arguments: (input, then per conv layer weight and bias [and int8 multiplier, shift] as listed by
     `te_stage.param_names`, then output), all in the stage layout / the weights' own layouts.
+    `in_place`: the analytic convention's in-place rules, for the C export's plan
+    (`tvm_patch.export.stage_arena` proves and places them): every depthwise layer whose input dies there
+    (`depthwise_in_place_layers`) runs channel by channel from a one-channel copy of its input
+    (`<input>_global`), so that its output may take its input's place; a dense conv feeding a residual
+    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`).
     """
     t = stage_te(stage, patches)
     sch = s_tir.Schedule(te.create_prim_func(t.args))
@@ -54,14 +61,119 @@ def build_stage(stage: Stage, patches: tuple[int, int]) -> tirx.PrimFunc:
 
     names = buffer_names(stage)
     last = len(stage.layers) - 1
+    dw = depthwise_in_place_layers(stage) if in_place else set()
+    fused = skip_accumulations(stage, t.plan) if in_place else {}
     for v in range(last, STAGE_INPUT - 1, -1):
-        if v != last:
+        if v in fused:  # computed element by element inside its residual add: no buffer of its own
+            add = out if fused[v][0] == last else sch.get_sblock(names[fused[v][0]])
+            sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
+        elif v != last:
             sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
         if v >= 0:
-            inner = sch.get_loops(out if v == last else sch.get_sblock(names[v]))[-1]
+            block = out if v == last else sch.get_sblock(names[v])
+            channel = None
+            if v in dw:  # channel loop outermost (before the scalars come under it: their bindings are not affine)
+                loops = sch.get_loops(block)[-4:]
+                if stage.layout == "NHWC":
+                    _, h_, w_, channel = loops
+                    sch.reorder(channel, h_, w_)
+                else:
+                    channel = loops[1]
+            inner = sch.get_loops(block)[-1]
             for name in reversed(scalar_names(stage, v)):
                 sch.compute_at(sch.get_sblock(name), inner)
-    return _likely_predicates(sch.mod["main"])
+            if channel is not None:
+                acc = sch.get_sblock(acc_name(v))
+                src = names[stage.inputs[v][0]]
+                index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
+                sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
+    func = sch.mod["main"]
+    home: dict[int, int] = {}  # value -> the value whose buffer holds it (a chain of residual blocks shares one)
+    for conv, (add, skip) in sorted(fused.items(), key=lambda kv: kv[1][0]):
+        if add != last and skip is not None:
+            home[add] = home.get(skip, skip)
+            func = _into_skip(func, stage, t.plan, add, home[add])
+    return _likely_predicates(func)
+
+
+def skip_accumulations(stage: Stage, plan) -> dict[int, tuple[int, int | None]]:
+    """conv -> (its residual add, the skip the add writes over or None): a dense conv whose only reader is a
+    residual add whose other operand dies there (`convention.accumulates_into_skip`, the analytic rule). The
+    conv is computed inside the add, one element at a time; a non-final add writes its output over the skip
+    (a sub-rectangle of the skip's region, checked patch by patch), as the projection accumulating into the
+    skip does in MCUNetV2's count."""
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    last = len(stage.layers) - 1
+    last_use = {v: max(pos[c] for c in stage.consumers(v)) for v in order if v != last}
+    out = {}
+    for i, layer in enumerate(stage.layers[:-1]):
+        g = stage.geometry[i]
+        readers = stage.consumers(i)
+        dense = g is not None and g.groups == 1
+        if not accumulates_into_skip(dense, readers, lambda j: isinstance(stage.layers[j], Add),
+                                     lambda j: [v for v in stage.inputs[j] if v != i],
+                                     lambda v, j: last_use.get(v) == pos[j]):
+            continue
+        add = readers[0]
+        skip = next(v for v in stage.inputs[add] if v != i)
+        inside = all(plan.h[skip].regions[p].lo <= plan.h[add].regions[p].lo
+                     and plan.h[add].regions[p].hi <= plan.h[skip].regions[p].hi for p in range(plan.counts[0])) and all(
+            plan.w[skip].regions[p].lo <= plan.w[add].regions[p].lo
+            and plan.w[add].regions[p].hi <= plan.w[skip].regions[p].hi for p in range(plan.counts[1]))
+        out[i] = (add, skip if inside and add != last else None)
+    return out
+
+
+def _into_skip(func: tirx.PrimFunc, stage: Stage, plan, add: int, skip: int) -> tirx.PrimFunc:
+    """`func` with value `add`'s buffer replaced by `skip`'s (same image position: index + offset change):
+    the residual add updates the skip in place and its readers read it there. (`skip` is the buffer's owner:
+    for a chain of residual blocks, the first block's input.)"""
+    names = buffer_names(stage)
+    root = func.body.block
+    bufs = {b.name: b for b in root.alloc_buffers}
+    old, new = bufs[names[add]], bufs[names[skip]]
+    hx, wx = (2, 3) if stage.layout == "NCHW" else (1, 2)
+    delta = {hx: plan.h[skip].offset - plan.h[add].offset, wx: plan.w[skip].offset - plan.w[add].offset}
+
+    def idx(indices):
+        return [i + delta[k] if delta.get(k) else i for k, i in enumerate(indices)]
+
+    def on_load(ld):
+        return tirx.BufferLoad(new, idx(list(ld.indices))) if ld.source.same_as(old) else ld
+
+    def on_store(st):
+        return tirx.BufferStore(new, st.value, idx(list(st.indices))) if st.buffer.same_as(old) else st
+
+    def on_region(r, *_):
+        if not r.source.same_as(old):
+            return r
+        return tirx.BufferRegion(new, [tvm.ir.Range.from_min_extent(rg.min + delta.get(k, 0), rg.extent)
+                                       for k, rg in enumerate(r.region)])
+
+    body = tvm_ffi.structural_map(func.body, [(TensorLoad, on_load), (tirx.BufferStore, on_store)],
+                                  (TensorRegion, on_region))
+    blk = body.block
+    blk = s_tir.SBlock(blk.iter_vars, blk.reads, blk.writes, blk.name_hint, blk.body, blk.init,
+                       [b for b in blk.alloc_buffers if not b.same_as(old)], blk.match_buffers, blk.annotations)
+    body = s_tir.SBlockRealize(body.iter_values, body.predicate, blk)
+    return tirx.PrimFunc(func.params, body, func.ret_type, func.attrs)
+
+
+def depthwise_in_place_layers(stage: Stage) -> set[int]:
+    """Depthwise layers (as many outputs as input channels, not the last layer) whose input's last reader
+    they are in the patch body's order: their output may take their input's place, channel by channel."""
+    order = execution_order(stage)
+    pos = {v: k for k, v in enumerate(order)}
+    out = set()
+    for i, layer in enumerate(stage.layers[:-1]):
+        g = stage.geometry[i]
+        if g is None or g.groups == 1 or g.groups != g.c_in or g.c_out != g.c_in:
+            continue
+        src = stage.inputs[i][0]
+        if max(pos[c] for c in stage.consumers(src)) == pos[i]:
+            out.add(i)
+    return out
 
 
 def _likely_predicates(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -129,9 +241,9 @@ def allocations(func: tirx.PrimFunc) -> dict[str, int]:
 # -- MACs as the schedule performs them --------------------------------------------------------------
 
 
-def _eval(e, env: dict):
+def eval_int_expr(e, env: dict):
     """Evaluate an integer/boolean TIR expression with numpy (loop variables bound to arrays)."""
-    ev = lambda x: _eval(x, env)  # noqa: E731
+    ev = lambda x: eval_int_expr(x, env)  # noqa: E731
     if isinstance(e, tirx.IntImm):
         return bool(e.value) if str(e.ty) == "bool" else np.int64(e.value)
     if isinstance(e, tirx.Var):
@@ -203,6 +315,6 @@ def measured_macs_by_patch(func: tirx.PrimFunc, stage: Stage) -> np.ndarray:
             for j in range(nw):
                 env = {patch_loops[0].loop_var: np.int64(i), patch_loops[1].loop_var: np.int64(j)}
                 env.update({lp.loop_var: g for lp, g in zip(grid_loops, grids)})
-                ok = np.broadcast_to(_eval(pred, env), grids[0].shape if grids else ())
+                ok = np.broadcast_to(eval_int_expr(pred, env), grids[0].shape if grids else ())
                 out[i, j] += int(np.count_nonzero(ok)) * other * outer_n
     return out

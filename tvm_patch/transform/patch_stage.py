@@ -3,8 +3,10 @@
 The pass finds the first `split` layers of `main` (a layer count as `tvm-patch profile` numbers them,
 `"block:N"`, or `"auto"`: the fewest MACs among the splits within 10 % of the smallest analytic peak, none
 if no split lowers the peak), describes them as a `tvm_patch.patch.Stage`, builds one PrimFunc that loops over p x p output
-patches (`tvm_patch.patch.build_stage`), and replaces the stage by one `call_tir` to it with the weights as
-constant arguments. The rest of the network is untouched, so the module still computes the same outputs.
+patches (`tvm_patch.patch.build_stage`; with `halo="cache"`, `tvm_patch.patch.cache_stage.build_cached_stage`:
+raster order, each intermediate element computed once, the halo kept in row and column caches; `halo="auto"`:
+the mode `best_schedule` picks), and replaces the stage by one `call_tir` to it with the weights as constant
+arguments. The rest of the network is untouched, so the module still computes the same outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from tvm_patch.graph import build_graph
 from tvm_patch.names import PATCHES_ATTR, STAGE_FUNC
 from tvm_patch.patch import build_stage, param_arrays
 from tvm_patch.patch.from_graph import stage_from_graph
-from tvm_patch.patch.memory import best_split
+from tvm_patch.patch.cache_stage import build_cached_stage
+from tvm_patch.patch.memory import best_halo, best_schedule
+from tvm_patch.patch.regions import HALO_MODES
 from tvm_patch.split import resolve_split
 
 
@@ -45,8 +49,11 @@ class _ReplaceBinding(relax.PyExprMutator):
 class PatchStage:
     """Replace the first `split` layers of `main` by one patch-based `call_tir` over `patches` patches."""
 
-    def __init__(self, split: int | str, patches: tuple[int, int] | int = (4, 4)) -> None:
+    def __init__(self, split: int | str, patches: tuple[int, int] | int = (4, 4), halo: str = "recompute") -> None:
         self.split = split
+        if halo not in (*HALO_MODES, "auto"):
+            raise TvmPatchError(f"halo must be one of {', '.join(HALO_MODES)} or auto, got {halo!r}")
+        self.halo = halo
         self.patches = (patches, patches) if isinstance(patches, int) else tuple(int(p) for p in patches)
         if len(self.patches) != 2 or min(self.patches) < 1:
             raise TvmPatchError(f"patches must be a positive count or a (rows, cols) pair, got {patches}")
@@ -55,14 +62,21 @@ class PatchStage:
         mod = relax.transform.FoldConstant()(mod)
         graph = build_graph(mod)
         func = mod["main"]
+        halos = HALO_MODES if self.halo == "auto" else (self.halo,)
         if str(self.split) == "auto":
-            n = best_split(graph, func, self.patches)
-            if n is None:
+            best = best_schedule(graph, func, self.patches, halos)
+            if best is None:
                 return mod
+            n, halo = best
         else:
             n = resolve_split(graph, self.split, self.patches)
+            halo = self.halo if self.halo != "auto" else best_halo(graph, func, n, self.patches)
         stage, stage_input = stage_from_graph(graph, n, func)
-        prim = build_stage(stage, self.patches).with_attr("global_symbol", STAGE_FUNC)
+        if halo == "cache":
+            prim = build_cached_stage(stage, self.patches)
+        else:
+            prim = build_stage(stage, self.patches, in_place=True)
+        prim = prim.with_attr("global_symbol", STAGE_FUNC)
         prim = prim.with_attr(PATCHES_ATTR, list(self.patches))  # the C export reads its input patch by patch
         out = graph.layers[n - 1].out_var
         out_ty = relax.TensorType(graph.tensors[graph.layers[n - 1].output].shape, stage.dtype)

@@ -1,0 +1,164 @@
+"""Halo caching (cache mode): patches in raster order, every intermediate element computed once, the halo kept in
+row and column caches. Property tests on random stages (numpy executor with checked caches), the analytic figures
+against what it counts, the TIR PrimFunc and the C export bit-exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.patch.cache_stage import build_cached_stage
+from tvm_patch.patch.examples import mbv2_stage
+from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
+from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, new_interval, plan_patches,
+                                     stage_macs)
+from tvm_patch.patch.stage import StageError
+from tvm_patch.quant.params import quantize_multiplier
+from tvm_patch.transform.patch_stage import PatchStage
+
+
+@st.composite
+def stages(draw, dtype: str | None = None) -> tuple[Stage, np.ndarray, tuple[int, int]]:
+    """A random stage (kernels 1/3/5/7, strides 1/2, depthwise, residual blocks, odd sizes), an input and a
+    patch split (counts that need not divide the output)."""
+    dtype = dtype or draw(st.sampled_from(["float32", "int8"]))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    c = draw(st.integers(1, 3))
+    h, w = draw(st.integers(5, 19)), draw(st.integers(5, 19))
+    layers: list = []
+    shapes = {-1: (c, h, w)}
+
+    def quant(cout, zp_in):
+        if dtype == "float32":
+            return None
+        mults, shifts = zip(*(quantize_multiplier(float(r)) for r in rng.uniform(0.001, 0.02, cout)))
+        return ConvQuant(zp_in, int(rng.integers(-10, 10)), np.array(mults), np.array(shifts), 0, -128, 127)
+
+    def zp_of(v):
+        if dtype == "float32" or v < 0:
+            return 3
+        q = layers[v].quant
+        return q.output_zero_point
+
+    for _ in range(draw(st.integers(1, 4))):
+        cur = len(layers) - 1
+        cin, hh, ww = shapes[cur]
+        kind = draw(st.sampled_from(["conv", "dw", "res"]))
+        k = draw(st.sampled_from([1, 3, 5, 7]))
+        s = draw(st.sampled_from([1, 2]))
+        if (hh + 2 * (k // 2) - k) // s + 1 < 1 or (ww + 2 * (k // 2) - k) // s + 1 < 1:
+            continue
+        if kind == "res":  # conv(k, stride 1, same channels) + add with the block input
+            cout, s = cin, 1
+        elif kind == "dw":
+            cout = cin
+        else:
+            cout = draw(st.integers(1, 4))
+        groups = cin if kind == "dw" else 1
+        shape = (cout, cin // groups, k, k) if layout == "NCHW" else (k, k, cin // groups, cout)
+        if kind == "dw" and layout == "NHWC":
+            shape = (k, k, cout, 1)
+        if dtype == "float32":  # small integers: every sum is exact in float32 and float64
+            weight = rng.integers(-2, 3, shape).astype("float32")
+            bias = rng.integers(-3, 4, cout).astype("float32")
+        else:
+            weight = rng.integers(-127, 128, shape).astype("int8")
+            bias = rng.integers(-500, 500, cout).astype("int32")
+        act = draw(st.sampled_from(["none", "relu"]))
+        layers.append(Conv(weight, bias, s, k // 2, groups, act if dtype == "float32" else "none",
+                           quant=quant(cout, zp_of(cur))))
+        shapes[len(layers) - 1] = (cout, (hh + 2 * (k // 2) - k) // s + 1, (ww + 2 * (k // 2) - k) // s + 1)
+        if kind == "res":
+            q = None
+            if dtype == "int8":
+                m1, s1 = quantize_multiplier(0.5)
+                mo, so = quantize_multiplier(1.0 / (1 << 20) / 0.6)
+                q = AddQuant((zp_of(len(layers) - 1), zp_of(cur)), (m1, m1), (s1, s1), 0, mo, so)
+            layers.append(Add(cur, quant=q))
+            shapes[len(layers) - 1] = shapes[len(layers) - 2]
+    if not layers:
+        layers.append(Conv(rng.integers(-2, 3, (1, c, 1, 1) if layout == "NCHW" else (1, 1, c, 1)).astype(
+            "float32" if dtype == "float32" else "int8"), None, 1, 0, quant=quant(1, 3)))
+    in_shape = (1, c, h, w) if layout == "NCHW" else (1, h, w, c)
+    try:
+        stage = Stage(in_shape, tuple(layers), layout, dtype)
+    except StageError:
+        stage = Stage(in_shape, (layers[0],), layout, dtype)
+    _, ho, wo = stage.value_shape(len(stage.layers) - 1)
+    patches = (draw(st.integers(1, min(4, ho))), draw(st.integers(1, min(4, wo))))
+    x = (rng.integers(-3, 4, in_shape).astype("float32") if dtype == "float32"
+         else rng.integers(-128, 128, in_shape).astype("int8"))
+    return stage, x, patches
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stages())
+def test_cache_mode_is_exact_and_computes_each_element_once(case):
+    """Random stages: the cached run equals the layer-by-layer reference bit for bit; it computes every live
+    element once (checked inside the executor) and so performs the layer-by-layer MACs on the live parts; its
+    MACs and cache sizes are what `regions` predicts, and every cache entry it writes is read (tight caches)."""
+    stage, x, patches = case
+    try:
+        plan_patches(stage, patches)
+    except StageError:
+        return  # a stage PatchStage refuses too
+    run = run_numpy_cached(stage, x, patches)
+    assert np.array_equal(run.output, run_numpy(stage, x))
+    assert run.macs == halo_macs(stage, patches, "cache") <= stage_macs(stage)
+    assert halo_macs(stage, patches, "cache") <= halo_macs(stage, patches, "recompute")
+    assert {v: n for v, n in run.cache_elements.items()} == cache_bytes(stage, patches, item=1)
+    assert not any(run.unread_cache_elements.values())
+
+
+def test_cache_figures_by_hand():
+    """One 3x3 conv chain, 8x8, 2x2 patches, counted by hand: layer 0 (3x3, stride 1, pad 1) feeds a 3x3
+    conv, so the patches' regions of layer 0 overlap by 2 rows / columns; each patch computes its new part."""
+    w = np.ones((2, 1, 3, 3), "float32")
+    stage = Stage((1, 1, 8, 8), (Conv(w, None, 1, 1), Conv(np.ones((1, 2, 3, 3), "float32"), None, 1, 1)))
+    plan = plan_patches(stage, (2, 2))
+    assert (plan.h[0].regions[0], plan.h[0].regions[1]) == (Interval(-1, 5), Interval(3, 9))
+    assert new_interval(plan.h[0], 1) == Interval(5, 9)  # rows 3 and 4 come from the row cache
+    # caches of layer 0: 2 channels x (2 halo rows x 10 domain columns + 6 region rows x 2 halo columns)
+    assert cache_bytes(stage, (2, 2)) == {0: 4 * 2 * (2 * 10 + 6 * 2)}
+    macs = cache_macs_by_patch(stage, (2, 2))
+    assert macs.sum() == stage_macs(stage) == 8 * 8 * 2 * 9 + 8 * 8 * 1 * 18
+    # patch (0, 0) computes layer 0 rows/columns 0..4 (5 x 5 live of its 6 x 6 region), the output 4 x 4
+    assert macs[0, 0] == 5 * 5 * 2 * 9 + 4 * 4 * 18
+
+
+@pytest.mark.parametrize("layout,dtype,patches", [("NCHW", "int8", (2, 2)), ("NHWC", "int8", (3, 2)),
+                                                  ("NHWC", "float32", (2, 3))])
+def test_cached_primfunc_bit_exact(layout, dtype, patches):
+    """The TIR loop nest of cache mode (MbV2's first blocks: depthwise, stride 2, residual adds) equals the
+    numpy reference (int8 bit for bit; float32 within float rounding)."""
+    stage = mbv2_stage(resolution=24, blocks=5, layout=layout, dtype=dtype, width=0.25)
+    rng = np.random.default_rng(1)
+    x = (rng.integers(-128, 128, stage.input_shape).astype("int8") if dtype == "int8"
+         else rng.standard_normal(stage.input_shape).astype("float32"))
+    got = run_tvm(compile_func(build_cached_stage(stage, patches), fast=True), stage, x)
+    ref = run_numpy(stage, x)
+    if dtype == "int8":
+        assert np.array_equal(got, ref)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_stage_rejects_an_unknown_halo():
+    with pytest.raises(TvmPatchError, match="halo must be one of recompute, cache or auto"):
+        PatchStage("auto", 4, halo="keep")
+
+
+def test_vww_cache_mode_export_bit_exact(mlperf_paths, tmp_path):
+    """The C export in cache mode (vww, 4x4 patches, auto split): bit-exact with TVM, the arena within the
+    analytic cache-mode peak, the plan says which mode ran."""
+    result = export_model(str(mlperf_paths["vww_96_int8"]), tmp_path / "vww", patches=4, split="auto", halo="cache",
+                          check=True, seeds=(0,))
+    assert result.check.bit_exact, result.check.summary()
+    assert result.plan["halo"] == "cache"
+    assert result.arena_bytes <= result.analytic_patch_peak_bytes
