@@ -10,7 +10,7 @@ from tvm import ir, relax
 from tvm_patch.names import QPARAMS_ATTR
 from tvm_patch.relax_util import op_name
 from tvm_patch.transform.lower_to_integer.chain import Lowerer
-from tvm_patch.transform.lower_to_integer.values import FLOAT_DTYPES, dtype_of, ty
+from tvm_patch.transform.lower_to_integer.values import FLOAT_DTYPES, dtype_of
 
 
 ROUNDINGS = ("tflite", "onnxruntime")

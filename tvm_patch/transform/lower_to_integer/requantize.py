@@ -52,8 +52,6 @@ def lower_requantize(lw: Any, ctx: QCtx, qt: QT) -> Pending:
 def pad_of_call_tir(lw: Any, node: FOp) -> QT | None:
     """A call_tir whose PrimFunc only pads its one quantized input with a constant (the ONNX importer's
     Pad): the same padding on the integer tensor, pad value quantized. None for anything else."""
-    import tvm_ffi
-
     args = node.args[1:]
     if len(args) != 1 or not isinstance(args[0], QT) or not args[0].per_tensor:
         return None
