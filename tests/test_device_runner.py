@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import tty
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 

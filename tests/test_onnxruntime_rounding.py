@@ -108,7 +108,6 @@ def test_add_ref_and_te_equal_float32():
 def _conv_near_ties_onnx(seed: int = 3):
     """Depthwise 1x1 QDQ conv, float input and output, 64 channels whose biases put the accumulator of
     input value 0 next to a rounding boundary of the output (so every rounding detail shows)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -145,7 +144,6 @@ def _conv_near_ties_onnx(seed: int = 3):
 
 
 def _add_onnx(sa=0.031, za=5, sb=0.067, zb=-20, sc=0.049, zc=7):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.asarray(v), n) for v, n in (

@@ -23,6 +23,8 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.tir_util import uses_var
+
 _ENABLED: ContextVar[bool] = ContextVar("tvmp_micro_kernels", default=True)
 
 
@@ -67,7 +69,7 @@ def _int8_operand(expr: Any, var: tirx.Var) -> tuple[TensorLoad, Any, Any] | Non
     inner, cond, pad = expr.value, None, None
     if isinstance(inner, tvm.ir.Call) and isinstance(inner.op, tvm.ir.Op) and inner.op.name.endswith(".if_then_else"):
         cond, inner, pad = inner.args
-        if _uses(cond, var) or not isinstance(pad, tirx.IntImm):
+        if uses_var(cond, var) or not isinstance(pad, tirx.IntImm):
             return None
     if isinstance(inner, TensorLoad) and str(inner.ty) == "int8" and len(inner.indices) == 1:
         return inner, cond, pad
@@ -79,10 +81,10 @@ def _peel_lets(body: Any, var: tirx.Var) -> tuple[list[tirx.Stmt], Any]:
     statements of a sequence, or ``LetStmt``), and the store; the bindings go first, unchanged."""
     if isinstance(body, tirx.SeqStmt):
         *binds, last = list(body.seq)
-        if all(isinstance(b, tirx.Bind) and not _uses(b.value, var) for b in binds):
+        if all(isinstance(b, tirx.Bind) and not uses_var(b.value, var) for b in binds):
             return binds, last
         return [], body
-    if isinstance(body, tirx.LetStmt) and not _uses(body.value, var):
+    if isinstance(body, tirx.LetStmt) and not uses_var(body.value, var):
         binds, inner = _peel_lets(body.body, var)
         return [tirx.Bind(body.var, body.value), *binds], inner
     return [], body
@@ -105,7 +107,7 @@ def _dot_call(loop: tirx.For) -> tirx.Stmt | None:
                 and len(acc.indices) == len(store.indices)
                 and all(tvm_ffi.structural_equal(i, j) for i, j in zip(acc.indices, store.indices))):
             continue
-        if any(_uses(i, var) for i in store.indices) or not isinstance(prod, tirx.Mul):
+        if any(uses_var(i, var) for i in store.indices) or not isinstance(prod, tirx.Mul):
             return None
         a, w = _int8_operand(prod.a, var), _int8_operand(prod.b, var)
         if a is None or w is None or w[1] is not None:
@@ -157,17 +159,17 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
             and tvm_ffi.structural_equal(acc.indices[0], store.indices[0])):
         return None
     base_acc = _unit_stride_base(store.indices[0], j)
-    if base_acc is None or _uses(base_acc, k):
+    if base_acc is None or uses_var(base_acc, k):
         return None
     a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
     if a is None or w is None or w[1] is not None:
         return None
     (a_load, cond, pad), w_load = a, w[0]
-    if _uses(a_load.indices[0], j) or (cond is not None and _uses(cond, j)):
+    if uses_var(a_load.indices[0], j) or (cond is not None and uses_var(cond, j)):
         return None
     base_a = _unit_stride_base(a_load.indices[0], k)
     coeffs = tvm.sym.detect_linear_equation(w_load.indices[0], [j, k])
-    if base_a is None or len(coeffs) != 3 or _int(coeffs[1]) != 1 or _uses(coeffs[0], k) or _uses(coeffs[0], j):
+    if base_a is None or len(coeffs) != 3 or _int(coeffs[1]) != 1 or uses_var(coeffs[0], k) or uses_var(coeffs[0], j):
         return None
     stride, base_w = coeffs[0], coeffs[2]
 
@@ -277,7 +279,7 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
     lets, store = _peel_lets(inner.body, rx)
     if lets or not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
         return None
-    if kh * kw < 2 or any(_uses(i, v) for i in store.indices for v in (ry, rx)):
+    if kh * kw < 2 or any(uses_var(i, v) for i in store.indices for v in (ry, rx)):
         return None
     value = store.value
     if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
@@ -336,17 +338,6 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
     call = tirx.call_extern("int32", WINDOW, base(p_load), *i32, base(w_load), *w32, tirx.const(kh, "int32"),
                             tirx.const(kw, "int32"), lo_y, hi_y, lo_x, hi_x, tirx.Cast("int32", pad), acc)
     return tirx.BufferStore(store.buffer, call, list(store.indices))
-
-
-def _uses(expr: Any, var: tirx.Var) -> bool:
-    found = [False]
-
-    def on_var(v: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or v.same_as(var)
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
-    return found[0]
 
 
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -28,18 +28,13 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.export.schedule import is_default_form
+from tvm_patch.tir_util import vars_of
 
 __all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "rows_loop", "split_rows"]
 
 ROW_BLOCKS = (1, 2, 4)  # the blockings the micro-kernels implement (1: unblocked)
 DEFAULT_ROWS = 4
 _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
-
-
-def _vars_of(expr: Any) -> list[Any]:
-    found: list[Any] = []
-    tvm_ffi.structural_walk(expr, [(tirx.Var, lambda v: found.append(v) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-    return found
 
 
 def _int8_loads(block: s_tir.SBlock) -> list[TensorLoad]:
@@ -60,14 +55,14 @@ def _channel_and_reduction(block: s_tir.SBlock) -> tuple[Any, Any] | None:
     # the weights are the operand indexed by one spatial iterator, the output channel; in a matmul both
     # operands qualify: the one indexed by the innermost spatial iterator (the output's last axis) wins
     pairs = (loads, loads[::-1])
-    if any(u.same_as(spatial[-1]) for i in loads[1].indices for u in _vars_of(i)):
+    if any(u.same_as(spatial[-1]) for i in loads[1].indices for u in vars_of(i)):
         pairs = pairs[::-1]
     for w, a in pairs:
-        w_spatial = [v for v in spatial if any(u.same_as(v) for i in w.indices for u in _vars_of(i))]
+        w_spatial = [v for v in spatial if any(u.same_as(v) for i in w.indices for u in vars_of(i))]
         if len(w_spatial) != 1:
             continue
         ch = w_spatial[0]
-        if any(u.same_as(ch) for i in a.indices for u in _vars_of(i)):
+        if any(u.same_as(ch) for i in a.indices for u in vars_of(i)):
             continue  # a depthwise convolution: the activation is indexed by the channel too
         if _innermost(w).same_as(k) and any(i.same_as(k) for i in a.indices):
             return ch, k

@@ -21,6 +21,8 @@ dedicated kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import tvm
@@ -31,9 +33,75 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.export.patterns import const_shape, same_element
 
-__all__ = ["block_accesses", "inplace_pairs"]
+__all__ = ["Access", "UnmodelledTIR", "block_accesses", "inplace_pairs", "ordered_accesses"]
 
 _ESCAPING = {"tirx.address_of", "tirx.tvm_access_ptr", "tirx.call_extern", "tirx.call_packed", "tirx.call_cpacked"}
+
+
+@dataclass
+class Access:
+    """One buffer load or store met in program order (the in-place proofs' view of a loop nest)."""
+
+    store: bool
+    buffer: Any
+    indices: list[Any]
+    loops: tuple[Any, ...]  # For nodes from the walked statement's root to the access
+    order: int
+    guarded: bool  # under a block predicate, an init or an if
+
+
+class UnmodelledTIR(Exception):
+    """A statement kind ``ordered_accesses`` does not model (the caller's proof simply does not apply)."""
+
+
+def ordered_accesses(stmt: Any, counter: list[int] | None = None,
+                     on_block: Callable[[s_tir.SBlock], None] | None = None, evaluate: bool = True) -> list[Access]:
+    """Every load and store under ``stmt`` (For, SeqStmt, SBlockRealize, BufferStore, IfThenElse and, with
+    ``evaluate``, Evaluate, whose loads count), in program order: a store's value and index loads come
+    before the store. ``counter`` numbers them across calls; ``on_block`` sees every block on the way.
+    Raises UnmodelledTIR on any other statement."""
+    counter = [0] if counter is None else counter
+    out: list[Access] = []
+
+    def loads(expr: Any, loops: tuple, guarded: bool) -> None:
+        def on_load(ld: Any) -> tvm_ffi.WalkResult:
+            counter[0] += 1
+            out.append(Access(False, ld.source, list(ld.indices), loops, counter[0], guarded))
+            return tvm_ffi.WalkResult.ADVANCE
+
+        tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
+
+    def walk(node: Any, loops: tuple, guarded: bool) -> None:
+        if isinstance(node, tirx.For):
+            walk(node.body, loops + (node,), guarded)
+        elif isinstance(node, tirx.SeqStmt):
+            for s in node.seq:
+                walk(s, loops, guarded)
+        elif isinstance(node, s_tir.SBlockRealize):
+            pred = node.predicate
+            if on_block is not None:
+                on_block(node.block)
+            if node.block.init is not None:
+                walk(node.block.init, loops, True)
+            walk(node.block.body, loops, guarded or not (isinstance(pred, tirx.IntImm) and int(pred) == 1))
+        elif isinstance(node, tirx.BufferStore):
+            loads(node.value, loops, guarded)
+            for i in node.indices:
+                loads(i, loops, guarded)
+            counter[0] += 1
+            out.append(Access(True, node.buffer, list(node.indices), loops, counter[0], guarded))
+        elif isinstance(node, tirx.IfThenElse):
+            loads(node.condition, loops, guarded)
+            walk(node.then_case, loops, True)
+            if node.else_case is not None:
+                walk(node.else_case, loops, True)
+        elif evaluate and isinstance(node, tirx.Evaluate):
+            loads(node.value, loops, guarded)
+        else:
+            raise UnmodelledTIR(type(node).__name__)
+
+    walk(stmt, (), False)
+    return out
 
 
 class _BlockInfo:

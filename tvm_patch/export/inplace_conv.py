@@ -29,6 +29,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.export.inplace import block_accesses
+from tvm_patch.tir_util import uses_var
 from tvm_patch.export.patterns import const_shape, substitute_vars
 
 __all__ = ["channel_or_pixel_safe", "inplace_conv_pairs", "inplace_conv_schedule"]
@@ -70,7 +71,7 @@ def _kind(reduction: s_tir.SBlock, src: Any) -> tuple[str, str] | None:
     idx = [ana.simplify(substitute_vars(i, units)) for i in src_loads[0].indices]
     big = [v for v in red_vars if ext[v] > 1]
     for layout, (h, w, c), (ih, iw, ic) in (("NHWC", spatial[1:], (1, 2, 3)), ("NCHW", (*spatial[2:], spatial[1]), (2, 3, 1))):
-        if not (_uses(idx[ih], h) and _uses(idx[iw], w)):
+        if not (uses_var(idx[ih], h) and uses_var(idx[iw], w)):
             continue  # not this layout, or not an activation read (a weight)
         if idx[ic].same_as(c):  # depthwise: the input channel is the output channel
             return "depthwise", layout
@@ -234,7 +235,7 @@ def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], 
 
     def only(axes: tuple[int, ...], vs: list[Any]) -> bool:  # axes indexed by exactly vs, others free of them
         return all(s_idx[a].same_as(v) and o_idx[a].same_as(v) for a, v in zip(axes, vs)) and all(
-            not _uses(i, v) for a in range(4) if a not in axes for i in (s_idx[a], o_idx[a]) for v in vs
+            not uses_var(i, v) for a in range(4) if a not in axes for i in (s_idx[a], o_idx[a]) for v in vs
         )
 
     if len(outer) == 1:
@@ -254,18 +255,6 @@ def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], 
 
 def _is_one(extent: Any) -> bool:
     return isinstance(extent, tirx.IntImm) and int(extent) == 1
-
-
-def _uses(expr: Any, var: Any) -> bool:
-    hit = [False]
-
-    def on_var(v: Any) -> tvm_ffi.WalkResult:
-        if v.same_as(var):
-            hit[0] = True
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
-    return hit[0]
 
 
 def _copy_first(loop: tirx.For, copy: str, writer: str) -> bool:

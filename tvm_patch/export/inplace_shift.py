@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.patterns import const_shape
 from tvm_patch.patch.schedule import eval_int_expr
 
@@ -40,53 +39,12 @@ def _opaque(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return tvm.transform.Sequential(passes)(tvm.IRModule({"main": func}))["main"]
 
 
-def _accesses(func: tirx.PrimFunc, bufs: set) -> list[tuple[bool, Any, list, tuple, int, bool]] | None:
-    """(store?, buffer, indices, loops, order, guarded) of every access to `bufs`; None for unmodelled TIR."""
-    out: list = []
-    counter = [0]
-
-    def loads(expr: Any, loops: tuple, guarded: bool) -> None:
-        def on_load(ld: Any) -> tvm_ffi.WalkResult:
-            counter[0] += 1
-            if any(ld.source.same_as(b) for b in bufs):
-                out.append((False, ld.source, list(ld.indices), loops, counter[0], guarded))
-            return tvm_ffi.WalkResult.ADVANCE
-
-        tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
-
-    def walk(node: Any, loops: tuple, guarded: bool) -> None:
-        if isinstance(node, tirx.For):
-            walk(node.body, loops + (node,), guarded)
-        elif isinstance(node, tirx.SeqStmt):
-            for s in node.seq:
-                walk(s, loops, guarded)
-        elif isinstance(node, s_tir.SBlockRealize):
-            pred = node.predicate
-            walk(node.block.body, loops, guarded or not (isinstance(pred, tirx.IntImm) and int(pred) == 1))
-        elif isinstance(node, tirx.BufferStore):
-            loads(node.value, loops, guarded)
-            counter[0] += 1
-            if any(node.buffer.same_as(b) for b in bufs):
-                out.append((True, node.buffer, list(node.indices), loops, counter[0], guarded))
-        elif isinstance(node, tirx.IfThenElse):
-            loads(node.condition, loops, guarded)
-            walk(node.then_case, loops, True)
-            if node.else_case is not None:
-                walk(node.else_case, loops, True)
-        elif isinstance(node, (tirx.Evaluate,)):
-            loads(node.value, loops, guarded)
-        else:
-            raise _Unmodelled(type(node).__name__)
-
+def _accesses(func: tirx.PrimFunc, bufs: set) -> list[Access] | None:
+    """Every access to `bufs` in program order (``inplace.ordered_accesses``); None for unmodelled TIR."""
     try:
-        walk(func.body, (), False)
-    except _Unmodelled:
+        return [a for a in ordered_accesses(func.body) if any(a.buffer.same_as(b) for b in bufs)]
+    except UnmodelledTIR:
         return None
-    return out
-
-
-class _Unmodelled(Exception):
-    """TIR this proof does not model (the kernel simply gets no shifted pair)."""
 
 
 def _flat(indices: list, shape: tuple[int, ...], env: dict) -> np.ndarray:
@@ -134,12 +92,13 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
     acc = _accesses(func, {src, dst})
     if acc is None:
         return None
-    stores = [a for a in acc if a[0] and a[1].same_as(dst)]
-    if len(stores) != 1 or any(a[0] and a[1].same_as(src) for a in acc) or any(
-            not a[0] and a[1].same_as(dst) for a in acc):
+    stores = [a for a in acc if a.store and a.buffer.same_as(dst)]
+    if len(stores) != 1 or any(a.store and a.buffer.same_as(src) for a in acc) or any(
+            not a.store and a.buffer.same_as(dst) for a in acc):
         return None
-    _, _, w_idx, w_all, w_order, w_guarded = stores[0]
-    reads = [a for a in acc if not a[0]]
+    w = stores[0]
+    w_idx, w_all, w_order, w_guarded = w.indices, w.loops, w.order, w.guarded
+    reads = [a for a in acc if not a.store]
     if w_guarded or not reads:
         return None
     # the iterations: the loops the store shares with every load (the store's own further loops must be unit
@@ -147,7 +106,7 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
     common = len(w_all)
     for r in reads:
         n = 0
-        while n < min(common, len(r[3])) and r[3][n].same_as(w_all[n]):
+        while n < min(common, len(r.loops)) and r.loops[n].same_as(w_all[n]):
             n += 1
         common = n
     if any(int(lp.extent) != 1 for lp in w_all[common:]):
@@ -163,7 +122,8 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
     if len(np.unique(write)) != write.size:
         return None
     earliest = np.full(write.size, np.iinfo(np.int64).max)
-    for _, _, r_idx, r_loops, r_order, _ in reads:
+    for r in reads:
+        r_idx, r_loops, r_order = r.indices, r.loops, r.order
         if len(r_loops) < len(w_loops) or not all(a.same_as(b) for a, b in zip(r_loops, w_loops)) or r_order > w_order:
             return None  # every load inside the store's iteration, before the store
         inner = r_loops[len(w_loops):]

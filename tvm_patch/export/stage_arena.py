@@ -30,13 +30,14 @@ from typing import Any
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
+from tvm_patch.tir_util import uses_var
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
@@ -82,22 +83,12 @@ def _compact(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 @dataclass
-class _Access:
-    store: bool
-    buffer: Any
-    indices: list[Any]
-    loops: tuple[Any, ...]  # For nodes from the statement's root to the access
-    order: int
-    guarded: bool  # under a block predicate or an if
-
-
-@dataclass
 class _Body:
     """The patch body of a compacted stage: its buffers and, per top-level statement, every access."""
 
     allocs: dict[str, Any]  # name -> Buffer (the patch block's and nested ones)
     nested: dict[str, int]  # nested allocation name -> statement index
-    stmts: list[list[_Access]]
+    stmts: list[list[Access]]
 
 
 def _bytes(buf: Any) -> int:
@@ -122,59 +113,19 @@ def _patch_body(func: tirx.PrimFunc) -> _Body | None:
     body = block.body
     stmts = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
     nested: dict[str, int] = {}
-    out: list[list[_Access]] = []
+    out: list[list[Access]] = []
     counter = [0]
     for k, stmt in enumerate(stmts):
-        acc: list[_Access] = []
-
-        def loads(expr: Any, loops: tuple, guarded: bool) -> None:
-            def on_load(ld: Any) -> tvm_ffi.WalkResult:
-                counter[0] += 1
-                acc.append(_Access(False, ld.source, list(ld.indices), loops, counter[0], guarded))
-                return tvm_ffi.WalkResult.ADVANCE
-
-            tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
-
-        def walk(node: Any, loops: tuple, guarded: bool) -> None:
-            if isinstance(node, tirx.For):
-                walk(node.body, loops + (node,), guarded)
-            elif isinstance(node, tirx.SeqStmt):
-                for s in node.seq:
-                    walk(s, loops, guarded)
-            elif isinstance(node, s_tir.SBlockRealize):
-                pred = node.predicate
-                g = guarded or not (isinstance(pred, tirx.IntImm) and int(pred) == 1)
-                blk = node.block
-                for b in blk.alloc_buffers:
-                    allocs[b.name] = b
-                    nested[b.name] = k
-                if blk.init is not None:
-                    walk(blk.init, loops, True)
-                walk(blk.body, loops, g)
-            elif isinstance(node, tirx.BufferStore):
-                loads(node.value, loops, guarded)
-                for i in node.indices:
-                    loads(i, loops, guarded)
-                counter[0] += 1
-                acc.append(_Access(True, node.buffer, list(node.indices), loops, counter[0], guarded))
-            elif isinstance(node, tirx.IfThenElse):
-                loads(node.condition, loops, guarded)
-                walk(node.then_case, loops, True)
-                if node.else_case is not None:
-                    walk(node.else_case, loops, True)
-            else:
-                raise _Unknown(type(node).__name__)
+        def on_nested(blk: Any, k: int = k) -> None:
+            for b in blk.alloc_buffers:
+                allocs[b.name] = b
+                nested[b.name] = k
 
         try:
-            walk(stmt, (), False)
-        except _Unknown:
+            out.append(ordered_accesses(stmt, counter, on_nested, evaluate=False))
+        except UnmodelledTIR:
             return None
-        out.append(acc)
     return _Body(allocs, nested, out)
-
-
-class _Unknown(Exception):
-    """A statement kind the walker does not model: no plan (TVM's own placement stays)."""
 
 
 def _lifetimes(body: _Body) -> dict[str, tuple[int, int]]:
@@ -199,7 +150,7 @@ def _equal(a: list[Any], b: list[Any]) -> bool:
     return len(a) == len(b) and all(tvm_ffi.structural_equal(x, y) for x, y in zip(a, b))
 
 
-def _bijective_store(st: _Access) -> bool:
+def _bijective_store(st: Access) -> bool:
     """The store's indices are distinct loop variables of its loops (or 0 on a unit axis), each loop's extent
     the buffer's extent on that axis, and there are no other non-unit loops: each element written once."""
     idx = _simplified(st.indices, st.loops)
@@ -252,7 +203,7 @@ def _prove_update(body: _Body, k: int, name: str) -> bool:
     ana = tvm.sym.Analyzer()
     used = set()
     for i in _simplified(st.indices, st.loops):
-        loops = [lp for lp in st.loops if int(lp.extent) != 1 and _mentions(i, lp.loop_var)]
+        loops = [lp for lp in st.loops if int(lp.extent) != 1 and uses_var(i, lp.loop_var)]
         if not loops:
             continue
         if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
@@ -269,17 +220,6 @@ def _prove_update(body: _Body, k: int, name: str) -> bool:
         if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices, a.loops), target):
             return False
     return True
-
-
-def _mentions(expr: Any, var: Any) -> bool:
-    hit = [False]
-
-    def on_var(v: Any) -> tvm_ffi.WalkResult:
-        hit[0] = hit[0] or v.same_as(var)
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
-    return hit[0]
 
 
 def _prove_depthwise(body: _Body, k: int, src: str, dst: str, copy: str) -> bool:
