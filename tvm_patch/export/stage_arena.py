@@ -181,13 +181,17 @@ def _prove_elementwise(body: _Body, k: int, src: str, dst: str) -> bool:
     for a in body.stmts[k]:
         if a.buffer.same_as(d) and not a.store:
             return False  # nothing reads dst while it is being written
-        if not a.buffer.same_as(s):
-            continue
-        if a.store or a.order > st.order or len(a.loops) != len(st.loops):
-            return False
-        if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices, a.loops), target):
+        if a.buffer.same_as(s) and not _read_at_store(a, st, target):
             return False
     return True
+
+
+def _read_at_store(a: Access, st: Access, target: list[Any]) -> bool:
+    """``a`` is a read of the element store ``st`` writes (``target``: its simplified indices), before the
+    store, in the same iteration of the same loops."""
+    if a.store or a.order > st.order or len(a.loops) != len(st.loops):
+        return False
+    return all(x.same_as(y) for x, y in zip(a.loops, st.loops)) and _equal(_simplified(a.indices, a.loops), target)
 
 
 def _prove_update(body: _Body, k: int, name: str) -> bool:
@@ -212,14 +216,7 @@ def _prove_update(body: _Body, k: int, name: str) -> bool:
     if any(int(lp.extent) != 1 and id(lp) not in used for lp in st.loops):
         return False
     target = _simplified(st.indices, st.loops)
-    for a in body.stmts[k]:
-        if a is st or not a.buffer.same_as(buf):
-            continue
-        if a.store or a.order > st.order or len(a.loops) != len(st.loops):
-            return False
-        if not all(x.same_as(y) for x, y in zip(a.loops, st.loops)) or not _equal(_simplified(a.indices, a.loops), target):
-            return False
-    return True
+    return all(a is st or not a.buffer.same_as(buf) or _read_at_store(a, st, target) for a in body.stmts[k])
 
 
 def _prove_depthwise(body: _Body, k: int, src: str, dst: str, copy: str) -> bool:

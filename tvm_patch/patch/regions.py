@@ -20,8 +20,10 @@ H and W are independent, so everything is computed per axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import ceil
+from typing import Any
 
 import numpy as np
 
@@ -308,14 +310,19 @@ def macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
 
     A conv computes the live part of its region only: the padding ring is a select, not a convolution.
     """
+    return _macs_grid(stage, patches, lambda region, p: region.computed(p))
+
+
+def _macs_grid(stage: Stage, patches: tuple[int, int], computed: Callable[[Any, int], int]) -> np.ndarray:
+    """MACs per patch position: per conv layer, rows x cols computed (``computed(axis region, patch)``)."""
     plan = plan_patches(stage, patches)
     nh, nw = plan.counts
     out = np.zeros((nh, nw), dtype=np.int64)
     for i, g in enumerate(stage.geometry):
         if g is None:
             continue
-        rows = np.array([plan.h[i].computed(p) for p in range(nh)], dtype=np.int64)
-        cols = np.array([plan.w[i].computed(p) for p in range(nw)], dtype=np.int64)
+        rows = np.array([computed(plan.h[i], p) for p in range(nh)], dtype=np.int64)
+        cols = np.array([computed(plan.w[i], p) for p in range(nw)], dtype=np.int64)
         out += np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
     return out
 
@@ -384,16 +391,7 @@ def cache_bytes(stage: Stage, patches: tuple[int, int], item: int | None = None)
 
 def cache_macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
     """MACs each patch performs in cache mode: the live part of its new rows x new columns only."""
-    plan = plan_patches(stage, patches)
-    nh, nw = plan.counts
-    out = np.zeros((nh, nw), dtype=np.int64)
-    for i, g in enumerate(stage.geometry):
-        if g is None:
-            continue
-        rows = np.array([new_interval(plan.h[i], p).clip(plan.h[i].live).size for p in range(nh)], dtype=np.int64)
-        cols = np.array([new_interval(plan.w[i], p).clip(plan.w[i].live).size for p in range(nw)], dtype=np.int64)
-        out += np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
-    return out
+    return _macs_grid(stage, patches, lambda region, p: new_interval(region, p).clip(region.live).size)
 
 
 def halo_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> int:
