@@ -16,6 +16,7 @@ iteration's loads. The planner gets `memplan.DepthwiseInPlace(src, dst, shift=-S
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -30,7 +31,8 @@ from tvm_patch.patch.schedule import eval_int_expr
 
 __all__ = ["shifted_inplace_pairs"]
 
-MAX_ITERATIONS = 4_000_000  # the enumeration's budget (loads x iterations); larger kernels are not proven
+MAX_ITERATIONS = 64_000_000  # the enumeration's budget (loads x iterations); larger kernels are not proven
+CHUNK = 1 << 20  # elements evaluated at once: the enumeration runs over blocks of the outer loops' values
 
 
 def _opaque(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -116,7 +118,8 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
     n_iter = math.prod(int(lp.extent) for lp in w_loops)
     if n_iter != math.prod(o_shape):
         return None  # each output element written once, by one iteration of the store's loops
-    grids = np.meshgrid(*[np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in w_loops], indexing="ij")
+    ranges = [np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in w_loops]
+    grids = np.meshgrid(*ranges, indexing="ij")
     env = {lp.loop_var: g for lp, g in zip(w_loops, grids)} | units
     write = np.broadcast_to(_flat(w_idx, o_shape, env), grids[0].shape).reshape(-1)
     if len(np.unique(write)) != write.size:
@@ -130,12 +133,28 @@ def _measure(func: tirx.PrimFunc, src: Any, dst: Any, shape: tuple[int, ...],
         n_inner = math.prod(int(lp.extent) for lp in inner)
         if n_iter * n_inner > MAX_ITERATIONS:
             return None
-        ranges = [np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in (*w_loops, *inner)]
-        full = np.meshgrid(*ranges, indexing="ij")
-        renv = {lp.loop_var: g for lp, g in zip((*w_loops, *inner), full)} | units
-        addr = np.broadcast_to(_flat(r_idx, shape, renv), full[0].shape).reshape(n_iter, n_inner)
-        earliest = np.minimum(earliest, addr.min(axis=1))  # a masked (padding) read counts too: conservative
+        earliest = np.minimum(earliest, _earliest_reads(r_idx, shape, w_loops, inner, units))
     later = np.minimum.accumulate(earliest[::-1])[::-1]  # the lowest address read from iteration i on
     if write.size < 2:
         return None
     return int((write[:-1] - later[1:]).max()) + 1  # write[i] - S < later[i + 1] for every i
+
+
+def _earliest_reads(r_idx: list, shape: tuple[int, ...], w_loops: list, inner: list, units: dict) -> np.ndarray:
+    """Per iteration of `w_loops` (row-major), the lowest flat address the load reads over its `inner` loops
+    (a masked, padding read counts too: conservative). Evaluated over blocks of the outer loops' values, at
+    most about `CHUNK` elements at once, so a large layer is enumerated in bounded memory."""
+    loops = [*w_loops, *inner]
+    ranges = [np.arange(int(lp.min), int(lp.min) + int(lp.extent)) for lp in loops]
+    m = 0  # the first m loops run in Python, the rest as one numpy grid per block
+    while m < len(w_loops) and math.prod(len(r) for r in ranges[m:]) > CHUNK:
+        m += 1
+    n_rest = math.prod(len(r) for r in ranges[m:len(w_loops)])
+    n_inner = math.prod(len(r) for r in ranges[len(w_loops):])
+    out = []
+    for head in itertools.product(*ranges[:m]):
+        full = np.meshgrid(*[np.array([h]) for h in head], *ranges[m:], indexing="ij")
+        env = {lp.loop_var: g for lp, g in zip(loops, full)} | units
+        addr = np.broadcast_to(_flat(r_idx, shape, env), full[0].shape).reshape(n_rest, n_inner)
+        out.append(addr.min(axis=1))
+    return np.concatenate(out)
