@@ -50,6 +50,7 @@ __all__ = [
     "greedy_by_conflict",
     "exact_search",
     "lower_bound",
+    "max_live",
     "validate",
     "HEURISTICS",
 ]
@@ -177,6 +178,11 @@ def lower_bound(buffers: Sequence[Buffer], hints: Iterable[Alias] = ()) -> int:
                 total -= _overlap_len(0, src.size, h.shift, h.shift + dst.size)
         best = max(best, total)
     return best
+
+
+def max_live(buffers: Sequence[Buffer]) -> int:
+    """The most buffers live at one step (the count an alignment allowance of one padding per buffer uses)."""
+    return max((sum(1 for b in buffers if b.first <= s <= b.last) for s in {b.first for b in buffers}), default=0)
 
 
 def _permitted(hints: Sequence[Alias]) -> dict[tuple[str, str], int]:

@@ -10,7 +10,8 @@ PATCHES_ATTR = "tvm_patch.patches"
 """PrimFunc attribute PatchStage sets on the stage: (rows, cols) of patches (the C export streams its input)."""
 
 STAGE_OFFSETS_ATTR = "tvm_patch.workspace_plan"
-"""PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size}: the kernel's buffers as
+"""PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size, "live": the most of its
+buffers live at once}: the kernel's buffers as
 planned by its builder (`tvm_patch.export.stage_arena`, `tvm_patch.patch.cache_stage`); the C code generator
 places them there, lowering the function without StorageRewrite."""
 

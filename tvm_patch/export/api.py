@@ -26,6 +26,8 @@ from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.memplan import max_live
+from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
 from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
@@ -38,7 +40,8 @@ from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_sched
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
-from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_lifetimes
+from tvm_patch.export.plan import (ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_buffer,
+                                   tensor_lifetimes)
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
@@ -84,6 +87,9 @@ class ExportResult:
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
     micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
     kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # as emitted, after every schedule
+    # the goal's allowance over an analytic peak: alignment x (the most buffers live at once in the network's plan
+    # + in each planned stage kernel's workspace), each buffer's start padded to the alignment at most once
+    alignment_allowance_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,7 @@ class ExportResult:
             "arena_bytes": self.arena_bytes,
             "analytic_peak_bytes": self.analytic_peak_bytes,
             "analytic_patch_peak_bytes": self.analytic_patch_peak_bytes,
+            "alignment_allowance_bytes": self.alignment_allowance_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
             "weights_bytes": self.weights_bytes,
             "plan": dict(self.plan),
@@ -239,7 +246,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     shifted: dict[str, list] = {}
     if lean:
         shifted = _shifted_convs(prog, funcs, n_out, io_in_arena, alignment)
-        funcs = _inplace_convs(prog, funcs, n_out, io_in_arena)
+        convs = _inplace_convs(prog, funcs, n_out, io_in_arena)
+        copied = {n for n in funcs if convs[n] is not funcs[n]}
+        funcs = convs
         if micro:
             funcs = {n: pixel_copy_schedule(f, n_out[n]) if f is lean_funcs[n] else f for n, f in funcs.items()}
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
@@ -253,6 +262,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if shifted:
         funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
                                                       io_in_arena, alignment)
+    if lean:
+        funcs, pairs, workspace, aplan = _drop_unused_copies(prog, funcs, lean_funcs, copied, n_out, pairs, workspace,
+                                                             aplan, io_in_arena, alignment, micro)
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
@@ -287,7 +299,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
         plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,
-              "halo": patch_figs["halo"] if patch_figs else None},
+              "halo": patch_figs["halo"] if patch_figs else None,
+              "halo_choice": patch_figs["halo_choice"] if patch_figs else None},
         kernels=len(prog.funcs),
         calls=len(prog.calls),
         inplace_calls=len(aplan.inplace_calls),
@@ -301,6 +314,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
         kernel_funcs=final,
+        alignment_allowance_bytes=alignment * (max_live(aplan.buffers) + sum(
+            int(f.attrs[STAGE_OFFSETS_ATTR].get("live", 0)) for f in final.values() if has_workspace_plan(f))),
     )
     result.export_seconds = time.monotonic() - t0
     files["tvmp_export.json"] = json.dumps(result.to_json(), indent=1) + "\n"
@@ -376,6 +391,33 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
         ):
             out[name] = cand
     return out
+
+
+def _drop_unused_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], copied: set[str],
+                        n_out: dict[str, int], pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan,
+                        io_in_arena: bool, alignment: int,
+                        micro: bool) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """The in-place kernels of `_inplace_convs` whose copy buffer is workspace while the plan writes their output
+    elsewhere (a 1x1 projection whose residual add writes over the skip instead: the copy only costs bytes)
+    back to their lean form, each kept only if re-planning gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    for name in sorted(copied):
+        if funcs[name] is lean_funcs[name] or not workspace.get(name):
+            continue
+        used = {(a.src, a.dst) for a in aplan.plan.aliases}
+        calls = [c for c in prog.calls if c.func == name]
+        if any(c.args[si].kind == "tensor" and c.args[oi].kind == "tensor"
+               and (tensor_buffer(c.args[si].index), tensor_buffer(c.args[oi].index)) in used
+               for c in calls for si, oi in inplace_conv_pairs(funcs[name], n_out[name])):
+            continue
+        cand = pixel_copy_schedule(lean_funcs[name], n_out[name]) if micro else lean_funcs[name]
+        _, info = lower_plain({name: cand}, C_TARGET, alignment)
+        trial_ws = {**workspace, name: info[name].workspace_bytes}
+        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
+        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+        if trial.arena_bytes <= aplan.arena_bytes:
+            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
 
 
 def _free_pixel_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],

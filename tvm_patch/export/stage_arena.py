@@ -39,7 +39,7 @@ from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.tir_util import uses_var
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, plan_memory, validate
+from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
 
 __all__ = ["StageArena", "has_workspace_plan", "is_patch_stage", "plan_stage_arena"]
@@ -314,7 +314,8 @@ def plan_stage_arena(func: tirx.PrimFunc, alignment: int = 16) -> tuple[tirx.Pri
                                     "and that cannot be proven safe")
     plan = plan_memory(buffers, hints, alignment)
     validate(plan, buffers)
-    attr = {"offsets": {n: int(o) for n, o in plan.offsets.items()}, "bytes": int(plan.arena_size)}
+    attr = {"offsets": {n: int(o) for n, o in plan.offsets.items()}, "bytes": int(plan.arena_size),
+            "live": max_live(buffers)}
     return func.with_attr(STAGE_OFFSETS_ATTR, attr), StageArena(plan, tuple(buffers), tuple(plan.aliases),
                                                                 tuple(sorted(taken)))
 

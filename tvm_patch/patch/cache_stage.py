@@ -27,7 +27,7 @@ from tvm import s_tir, tirx
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
-from tvm_patch.memplan import Buffer, plan_memory
+from tvm_patch.memplan import Buffer, max_live, plan_memory
 from tvm_patch.patch.regions import acc_dtype, buffer_names, execution_order, halo_overlap, plan_patches
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import _clamp_i8, _float_act, pad_value, param_arrays, param_names
@@ -256,4 +256,4 @@ def _plan(stage: Stage, plan, region: dict, rows_c: dict, cols_c: dict, alignmen
         bufs.append(Buffer(b.name, size, 0, end))
     bufs = [b for b in bufs if b.size > LOCAL_MAX_BYTES]
     p = plan_memory(bufs, (), alignment)
-    return {"offsets": {k: int(o) for k, o in p.offsets.items()}, "bytes": int(p.arena_size)}
+    return {"offsets": {k: int(o) for k, o in p.offsets.items()}, "bytes": int(p.arena_size), "live": max_live(bufs)}
