@@ -98,6 +98,9 @@ def _build_summary(result) -> str:
         f"analytic peak:       {size(result.analytic_peak_bytes)}  (int8 activations, paper convention)",
         *([f"analytic patch peak: {size(result.analytic_patch_peak_bytes)}  (patch mode, input streamed from the caller's buffer)"]
           if result.analytic_patch_peak_bytes is not None else []),
+        *([f"patch plan:          {result.plan['patches']}x{result.plan['patches']} patches, "
+           f"{result.plan['split_layers']} layers, {result.plan['halo_choice']}"]
+          if result.plan.get("halo_choice") else []),
         f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
         f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
         f"weights:             {size(result.weights_bytes)}",

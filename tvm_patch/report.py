@@ -96,6 +96,7 @@ def format_profile(result: dict) -> str:
                 f"{h}{' (chosen)' if h == pb['halo'] else ''}: peak {x['peak_bytes']} B, MACs {x['macs']:,} "
                 f"({x['mac_overhead']:+.1%} network)" + (f", caches {x['cache_bytes']} B" if x["cache_bytes"] else "")
                 for h, x in pb["halo_modes"].items()))
+            lines.append(f"chosen: {pb['halo_choice']}")
         if "tir_allocated_bytes" in pb:
             lines.append(f"patch stage PrimFunc (int8) allocates {pb['tir_allocated_bytes']} B per patch "
                          f"(its buffers: {pb['tir_buffer_bytes']['peak']} B live at most, "

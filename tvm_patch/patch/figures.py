@@ -9,7 +9,7 @@ from tvm import relax
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import build_graph
 from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
-from tvm_patch.patch.memory import PEAK_SLACK, best_schedule, int8_twin, patch_memory
+from tvm_patch.patch.memory import PEAK_SLACK, ScheduleChoice, best_halo, best_schedule, int8_twin, patch_memory
 from tvm_patch.patch.regions import HALO_MODES
 from tvm_patch.patch.regions import per_patch_bytes
 from tvm_patch.patch.schedule import allocated_bytes, build_stage
@@ -18,7 +18,7 @@ from tvm_patch.split import resolve_split
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 
 
-def _auto_split(graph, mod, imported, pp: tuple[int, int], halos: tuple[str, ...]) -> tuple[int, str] | None:
+def _auto_split(graph, mod, imported, pp: tuple[int, int], halos: tuple[str, ...]) -> ScheduleChoice | None:
     """The (split, halo mode) `PatchStage(split="auto")` picks, on the module it would run on: an int8 QDQ model's
     stage is chosen after LowerToInteger (whose layers are numbered as the imported ones)."""
     if not is_qdq_stage(graph, 1, mod["main"]):
@@ -45,7 +45,7 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
         if chosen is None:
             raise TvmPatchError(f"split auto: no patch stage with {patches}x{patches} patches lowers this network's "
                                 "peak, so auto runs it layer by layer; give --split N or block:N to see a stage")
-        split, halo = chosen
+        split, halo, why = chosen.split, chosen.halo, chosen.why
     n = resolve_split(graph, split, pp)
     if is_qdq_stage(graph, n, mod["main"]):
         stage, _ = stage_from_qdq(imported if imported is not None else mod, graph, n)
@@ -53,9 +53,10 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
         stage, _ = stage_from_graph(graph, n, mod["main"])
     modes = {h: patch_memory(graph, stage, n, pp, h) for h in HALO_MODES}
     if halo == "auto":
-        smallest = min(m.peak_bytes for m in modes.values())
-        halo = min((m.macs, HALO_MODES.index(h), h) for h, m in modes.items()
-                   if m.peak_bytes <= smallest * (1 + PEAK_SLACK))[2]
+        chosen = best_halo(graph, None, n, pp, stage)
+        halo, why = chosen.halo, chosen.why
+    elif not auto:
+        why = f"halo {halo}: given"
     m = modes[halo]
     out = {
         "peak_bytes": m.peak_bytes,
@@ -71,6 +72,7 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
                          "smallest" if auto else "given") + (f"; halo {halo} (auto: both modes considered)"
                                                              if len(halos) > 1 else ""),
         "halo": halo,
+        "halo_choice": why,
         "halo_modes": {h: {"peak_bytes": x.peak_bytes, "macs": x.macs, "mac_overhead": x.macs / graph.macs - 1,
                            "stage_mac_overhead": x.stage_macs_patched / x.stage_macs_layer_by_layer - 1,
                            "cache_bytes": x.cache_bytes} for h, x in modes.items()},

@@ -140,23 +140,65 @@ def int8_twin(stage: Stage) -> Stage:
 PEAK_SLACK = 0.10  # auto split: a peak within 10 % of the smallest counts as small enough
 
 
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """A (split, halo mode) the auto rule picked, and why, in one line (what `profile` prints and `--json` gives)."""
+
+    split: int
+    halo: str
+    why: str
+
+
+def _pick(options: list[tuple[PatchMemory, str, int]], lbl_peak: int | None = None) -> ScheduleChoice | None:
+    """The rule of `best_schedule` over (figures, halo mode, split) options; None when `lbl_peak` is given and no
+    option's peak lies below it. Ties: recompute, then the shallower split."""
+    if not options:
+        return None
+    smallest = min(m.peak_bytes for m, _, _ in options)
+    if lbl_peak is not None and smallest >= lbl_peak:
+        return None
+    bound = smallest * (1 + PEAK_SLACK)
+    ok = [o for o in options if o[0].peak_bytes <= bound]
+    m, halo, n = min(ok, key=lambda o: (o[0].macs, HALO_MODES.index(o[1]), o[2]))
+    splits = len({o[2] for o in options}) > 1
+    at = f"split {n}, " if splits else ""
+    why = (f"{at}halo {halo}: the fewest MACs ({m.macs:,}) among the {len(ok)} of {len(options)} "
+           f"{'(split, halo) options' if splits else 'halo modes'} whose peak is within {PEAK_SLACK:.0%} of the "
+           f"smallest ({smallest:,} B); this one: peak {m.peak_bytes:,} B")
+    for other in HALO_MODES:  # the best option of the other mode(s), for the trade
+        if other == halo:
+            continue
+        alts = [o for o in options if o[1] == other]
+        if not alts:
+            continue
+        near = [o for o in alts if o[0].peak_bytes <= bound]
+        a = min(near, key=lambda o: (o[0].macs, o[2])) if near else min(alts, key=lambda o: (o[0].peak_bytes, o[2]))
+        where = f"split {a[2]}, " if splits else ""
+        verdict = (("as many MACs (ties go to recompute)" if a[0].macs == m.macs else "more MACs") if near else
+                   f"peak {a[0].peak_bytes / smallest - 1:+.0%} over the smallest")
+        why += f"; best {other} ({where}peak {a[0].peak_bytes:,} B, {a[0].macs:,} MACs): {verdict}"
+    return ScheduleChoice(n, halo, why)
+
+
 def best_split(graph: Graph, func, patches: tuple[int, int]) -> int | None:
     """The split `PatchStage(split="auto")` picks (halos recomputed): see `best_schedule`."""
     best = best_schedule(graph, func, patches, ("recompute",))
-    return None if best is None else best[0]
+    return None if best is None else best.split
 
 
-def best_halo(graph: Graph, func, n: int, patches: tuple[int, int]) -> str:
-    """The halo mode `best_schedule`'s rule picks for a given split n."""
-    stage, _ = stage_from_graph(graph, n, func)
-    options = [(patch_memory(graph, stage, n, patches, h), h) for h in HALO_MODES]
-    smallest = min(m.peak_bytes for m, _ in options)
-    return min((m.macs, HALO_MODES.index(h), h) for m, h in options if m.peak_bytes <= smallest * (1 + PEAK_SLACK))[2]
+def best_halo(graph: Graph, func, n: int, patches: tuple[int, int], stage: Stage | None = None) -> ScheduleChoice:
+    """The halo mode `best_schedule`'s rule picks for a given split n (`stage`: the stage of split n, when the
+    caller already has it)."""
+    if stage is None:
+        stage, _ = stage_from_graph(graph, n, func)
+    choice = _pick([(patch_memory(graph, stage, n, patches, h), h, n) for h in HALO_MODES])
+    assert choice is not None
+    return choice
 
 
 def best_schedule(graph: Graph, func, patches: tuple[int, int],
-                  halos: tuple[str, ...] = HALO_MODES) -> tuple[int, str] | None:
-    """(split, halo mode) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
+                  halos: tuple[str, ...] = HALO_MODES) -> ScheduleChoice | None:
+    """(split, halo mode, why) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
     smallest (deeper stages buy little memory for many recomputed MACs; caching the halo trades its caches'
     bytes for the recomputed MACs), or None when no split lowers the layer-by-layer peak. Ties: recompute,
     then the shallower split."""
@@ -164,12 +206,5 @@ def best_schedule(graph: Graph, func, patches: tuple[int, int],
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)
         for halo in halos:
-            m = patch_memory(graph, stage, n, patches, halo)
-            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), n))
-    if not options:
-        return None
-    smallest = min(o[0] for o in options)
-    if smallest >= peak(profile_layers(graph)).bytes:
-        return None
-    _, mode, n = min((macs, mode, n) for p, macs, mode, n in options if p <= smallest * (1 + PEAK_SLACK))
-    return n, HALO_MODES[mode]
+            options.append((patch_memory(graph, stage, n, patches, halo), halo, n))
+    return _pick(options, peak(profile_layers(graph)).bytes)

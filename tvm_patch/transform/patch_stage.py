@@ -67,10 +67,10 @@ class PatchStage:
             best = best_schedule(graph, func, self.patches, halos)
             if best is None:
                 return mod
-            n, halo = best
+            n, halo = best.split, best.halo
         else:
             n = resolve_split(graph, self.split, self.patches)
-            halo = self.halo if self.halo != "auto" else best_halo(graph, func, n, self.patches)
+            halo = self.halo if self.halo != "auto" else best_halo(graph, func, n, self.patches).halo
         stage, stage_input = stage_from_graph(graph, n, func)
         if halo == "cache":
             prim = build_cached_stage(stage, self.patches)
