@@ -121,7 +121,10 @@ def skip_accumulations(stage: Stage, plan) -> dict[int, tuple[int, int | None]]:
                      and plan.h[add].regions[p].hi <= plan.h[skip].regions[p].hi for p in range(plan.counts[0])) and all(
             plan.w[skip].regions[p].lo <= plan.w[add].regions[p].lo
             and plan.w[add].regions[p].hi <= plan.w[skip].regions[p].hi for p in range(plan.counts[1]))
-        out[i] = (add, skip if inside and add != last else None)
+        # the conv reads its input over a window (and all its channels) while the add writes element by element:
+        # a skip that is the conv's own input (x + conv(x)) cannot be written over
+        over = inside and add != last and skip != stage.inputs[i][0]
+        out[i] = (add, skip if over else None)
     return out
 
 
