@@ -324,7 +324,7 @@ def test_kws_bit_exact_with_baselines(mlperf_paths, tmp_path):
     j = result.to_json()
     assert {"arena_bytes", "analytic_peak_bytes", "lower_bound_bytes", "weights_bytes", "plan",
             "tvm_static_plan_bytes", "tflm_arena_head_bytes"} <= j.keys()
-    assert j["plan"] == {"split": None, "patches": None, "split_layers": None, "halo": None}
+    assert j["plan"] == {"split": None, "patches": None, "split_layers": None, "halo": None, "halo_choice": None}
 
 
 @pytest.mark.slow
@@ -481,7 +481,7 @@ def test_cli_build_json_check(tmp_path):
     for key in ("arena_bytes", "analytic_peak_bytes", "lower_bound_bytes", "weights_bytes", "plan",
                 "tvm_static_plan_bytes", "tflm_arena_head_bytes"):
         assert key in j
-    assert j["tflm_arena_head_bytes"] is None and j["plan"] == {"split": None, "patches": None, "split_layers": None, "halo": None}
+    assert j["tflm_arena_head_bytes"] is None and j["plan"] == {"split": None, "patches": None, "split_layers": None, "halo": None, "halo_choice": None}
     assert j["check"]["passed"] and j["check"]["bit_exact"]
     assert j["arena_bytes"] >= j["lower_bound_bytes"] > 0
     assert f"#define TVMP_ARENA_BYTES {j['arena_bytes']}u" in (out / "tvmp_model.h").read_text()

@@ -19,7 +19,9 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.export import export_model
 from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch import report
 from tvm_patch.patch.cache_stage import build_cached_stage
+from tvm_patch.patch.memory import PatchMemory, pick_schedule
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
 from tvm_patch.patch.schedule import depthwise_in_place_layers
@@ -237,3 +239,32 @@ def test_cached_stage_in_place(layout):
     assert "layer8" not in offs and "layer9" not in offs  # block 5's projection and add: in the skip's buffer
     x = np.random.default_rng(3).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+def _figures(peak: int, macs: int, halo: str) -> PatchMemory:
+    return PatchMemory(peak, peak, peak, 0, macs, macs, macs, (1, 1), (4, 4), [], halo)
+
+
+def test_auto_rule_picks_a_mode_and_says_why():
+    """The auto rule over (split, halo) options: the fewest MACs among the peaks within 10 % of the smallest,
+    ties to recompute then to the shallower split; the reason names the choice and the other mode's best."""
+    opts = [(_figures(1000, 900, "recompute"), "recompute", 5), (_figures(1080, 700, "cache"), "cache", 5),
+            (_figures(1500, 600, "cache"), "cache", 6)]
+    c = pick_schedule(opts, lbl_peak=5000)
+    assert (c.split, c.halo) == (5, "cache")
+    assert "split 5, halo cache: the fewest MACs (700)" in c.why and "best recompute" in c.why and "more MACs" in c.why
+    c = pick_schedule([(_figures(1000, 900, "recompute"), "recompute", 5), (_figures(1800, 700, "cache"), "cache", 5)])
+    assert c.halo == "recompute" and "peak +80% over the smallest" in c.why
+    tie = pick_schedule([(_figures(1000, 700, "cache"), "cache", 4), (_figures(1000, 700, "recompute"), "recompute", 6)])
+    assert (tie.split, tie.halo) == (6, "recompute") and "ties go to recompute" in tie.why
+    assert pick_schedule(opts, lbl_peak=900) is None  # no option lowers the layer-by-layer peak
+
+
+def test_profile_auto_split_and_halo(mlperf_paths):
+    """`profile --split auto --halo auto` (vww, 4x4): both modes considered over every split, the chosen mode's
+    figures are the ones reported, and the reason is in the JSON (and printed)."""
+    pb = report.profile(str(mlperf_paths["vww_96_int8"]), patches=4, split="auto", halo="auto")["patch_based"]
+    assert pb["halo"] in ("recompute", "cache") and pb["halo_choice"].startswith(f"split {pb['split']}, halo {pb['halo']}")
+    assert pb["peak_bytes"] == pb["halo_modes"][pb["halo"]]["peak_bytes"]
+    other = "cache" if pb["halo"] == "recompute" else "recompute"
+    assert f"best {other}" in pb["halo_choice"]

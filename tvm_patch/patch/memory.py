@@ -149,7 +149,7 @@ class ScheduleChoice:
     why: str
 
 
-def _pick(options: list[tuple[PatchMemory, str, int]], lbl_peak: int | None = None) -> ScheduleChoice | None:
+def pick_schedule(options: list[tuple[PatchMemory, str, int]], lbl_peak: int | None = None) -> ScheduleChoice | None:
     """The rule of `best_schedule` over (figures, halo mode, split) options; None when `lbl_peak` is given and no
     option's peak lies below it. Ties: recompute, then the shallower split."""
     if not options:
@@ -191,7 +191,7 @@ def best_halo(graph: Graph, func, n: int, patches: tuple[int, int], stage: Stage
     caller already has it)."""
     if stage is None:
         stage, _ = stage_from_graph(graph, n, func)
-    choice = _pick([(patch_memory(graph, stage, n, patches, h), h, n) for h in HALO_MODES])
+    choice = pick_schedule([(patch_memory(graph, stage, n, patches, h), h, n) for h in HALO_MODES])
     assert choice is not None
     return choice
 
@@ -207,4 +207,4 @@ def best_schedule(graph: Graph, func, patches: tuple[int, int],
         stage, _ = stage_from_graph(graph, n, func)
         for halo in halos:
             options.append((patch_memory(graph, stage, n, patches, halo), halo, n))
-    return _pick(options, peak(profile_layers(graph)).bytes)
+    return pick_schedule(options, peak(profile_layers(graph)).bytes)
