@@ -43,7 +43,8 @@ def analytic_patch_figures(mod: tvm.IRModule, patches: int, split: int | str, ha
                                  HALO_MODES if halo == "auto" else (halo,))
             if best is None:
                 return None
-            split = best.split
+            figs = patch_based(graph, folded, patches, best.split, tir=False, imported=mod, halo=best.halo)
+            return figs | {"halo_choice": best.why}
         return patch_based(graph, folded, patches, split, tir=False, imported=mod, halo=halo)
     except (TvmPatchError, RuntimeError, KeyError, IndexError, ValueError, AttributeError, TypeError):
         return None
