@@ -393,6 +393,20 @@ def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], 
     return out
 
 
+def _if_no_larger(prog: Program, funcs: dict[str, Any], name: str, cand: Any, n_out: dict[str, int],
+                  pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
+                  alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """The export's state with kernel `name` replaced by `cand` (its workspace and in-place pairs re-derived, the
+    arena re-planned) if that gives no larger arena; else the state as it is."""
+    _, info = lower_plain({name: cand}, C_TARGET, alignment)
+    trial_ws = {**workspace, name: info[name].workspace_bytes}
+    trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
+    trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
+    if trial.arena_bytes <= aplan.arena_bytes:
+        return {**funcs, name: cand}, trial_pairs, trial_ws, trial
+    return funcs, pairs, workspace, aplan
+
+
 def _drop_unused_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], copied: set[str],
                         n_out: dict[str, int], pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan,
                         io_in_arena: bool, alignment: int,
@@ -411,12 +425,8 @@ def _drop_unused_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[s
                for c in calls for si, oi in inplace_conv_pairs(funcs[name], n_out[name])):
             continue
         cand = pixel_copy_schedule(lean_funcs[name], n_out[name]) if micro else lean_funcs[name]
-        _, info = lower_plain({name: cand}, C_TARGET, alignment)
-        trial_ws = {**workspace, name: info[name].workspace_bytes}
-        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
-        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
-        if trial.arena_bytes <= aplan.arena_bytes:
-            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
     return funcs, pairs, workspace, aplan
 
 
@@ -433,12 +443,8 @@ def _free_pixel_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[st
         cand = pixel_copy_schedule(func, n_out[name], max_channels=1 << 30)
         if cand is func:
             continue
-        _, info = lower_plain({name: cand}, C_TARGET, alignment)
-        trial_ws = {**workspace, name: info[name].workspace_bytes}
-        trial_pairs = {**pairs, name: inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])}
-        trial = plan_arena(prog, trial_ws, trial_pairs, io_in_arena, alignment)
-        if trial.arena_bytes <= aplan.arena_bytes:
-            funcs[name], pairs, workspace, aplan = cand, trial_pairs, trial_ws, trial
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
     return funcs, pairs, workspace, aplan
 
 
