@@ -30,7 +30,8 @@ from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, plan_memory
 from tvm_patch.patch.regions import acc_dtype, buffer_names, execution_order, halo_overlap, plan_patches
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
-from tvm_patch.patch.te_stage import _clamp_i8, _float_act, pad_value, param_arrays, param_names
+from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
+                                      reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
 
 __all__ = ["build_cached_stage"]
@@ -124,26 +125,23 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             def tap(rc, ry, rx):
                 cin = rc if g.groups == 1 else (c // _c(cout_g)) * _c(cin_g) + rc
                 a = read(src, cin, y * _c(sh) - _c(pt) + ry, x * _c(sw) - _c(pl) + rx)
-                d = {"O": c, "I": rc, "H": ry, "W": rx}
-                wv = tirx.BufferLoad(w, [d[ch] for ch in g.kernel_layout])
-                if dt == "float32":
-                    term = a * wv
-                else:
-                    q = layer.quant
-                    term = (a.astype(_I32) - _c(q.input_zero_point)) * (wv.astype(_I32) - _c(q.weight_zero_point))
+                wv = weight_at(stage, lambda *idx: tirx.BufferLoad(w, list(idx)), c, rc, ry, rx)
+                term = conv_term(stage, layer, a, wv)
                 return tirx.BufferStore(acc, tirx.BufferLoad(acc, [_c(0)]) + term, [_c(0)])
 
-            red = _loops([(_c(0), _c(cin_g)), (_c(0), _c(g.kh)), (_c(0), _c(g.kw))], tap)
+            order = reduction_order(stage)
+            extent = {"I": cin_g, "H": g.kh, "W": g.kw}
+            red = _loops([(_c(0), _c(extent[a])) for a in order],
+                         lambda *r: tap(*(r[order.index(a)] for a in "IHW")))
             total = tirx.BufferLoad(acc, [_c(0)]) + tirx.BufferLoad(b, [c])
             if dt == "float32":
                 fin = dest(_float_act(total, layer.activation))
                 return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, fin])
             q = layer.quant
             mult, shift = params[f"layer{v}_multiplier"], params[f"layer{v}_shift"]
-            left, right = mbqm_shifts(TEOps, tirx.BufferLoad(shift, [c]))
-            high = tirx.BufferStore(tmp[0], mbqm_high(TEOps, total, tirx.BufferLoad(mult, [c]), left), [_c(0)])
-            r = rdbpot(TEOps, tirx.BufferLoad(tmp[0], [_c(0)]), right)
-            fin = dest(_clamp_i8(r + _c(q.output_zero_point), q.act_min, q.act_max))
+            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c])),
+                                    [_c(0)])
+            fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
             return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
         assert isinstance(layer, Add)
         a, o = read(stage.inputs[v][0], c, y, x), read(layer.other, c, y, x)
