@@ -13,13 +13,16 @@ from tvm_patch.graph import Graph, Layer, cut_after
 
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
 # (A pad feeding convolutions is part of each convolution that reads it: `tvm_patch.graph` folds it in.)
-TILEABLE = ("conv2d", "depthwise_conv2d", "add")
-# Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, hard swish ... cannot.
+TILEABLE = ("conv2d", "depthwise_conv2d", "add", "max_pool2d")
+# Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, float hard swish ... cannot.
 STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
+# Activations an int8 stage layer can also end in: LowerToInteger makes them a 256-entry table (a `Lookup`).
+INT8_TABLE_ACTIVATIONS = ("hard_swish",)
 
 
-def _tileable(layer: Layer) -> bool:
-    if layer.op not in TILEABLE or layer.activation not in STAGE_ACTIVATIONS:
+def _tileable(graph: Graph, layer: Layer) -> bool:
+    table = layer.activation in INT8_TABLE_ACTIVATIONS and graph.tensors[layer.output].dtype == "int8"
+    if layer.op not in TILEABLE or (layer.activation not in STAGE_ACTIVATIONS and not table):
         return False
     if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
         return layer.broadcast_free
@@ -33,8 +36,9 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
     if len(graph.inputs) != 1:
         return "the network has several inputs"
     for layer in graph.layers[:n]:
-        if not _tileable(layer):
-            return f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch"
+        if not _tileable(graph, layer):
+            what = layer.op if layer.op not in TILEABLE else f"{layer.op} with {layer.activation}"
+            return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"
     if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage
         return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"
     out = graph.layers[n - 1].output

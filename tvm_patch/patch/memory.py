@@ -22,7 +22,7 @@ from tvm_patch.graph import Graph
 from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
 import numpy as np
 
-from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage
 from tvm_patch.patch.from_graph import stage_from_graph
 from tvm_patch.profile import layer_bytes, peak, profile_layers
 from tvm_patch.split import valid_splits
@@ -84,7 +84,7 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
         out_bytes = 0 if i == last else _region_elems(stage, plan, i)
         dies = [v for v in ins if last_use[v] == pos[i]]
         depthwise = isinstance(layer, Conv) and stage.geometry[i].groups > 1
-        kind = ("depthwise" if depthwise else "elementwise" if isinstance(layer, Add) else None) if dies else None
+        kind = ("depthwise" if depthwise else "elementwise" if isinstance(layer, (Add, Lookup)) else None) if dies else None
         core = core_bytes(in_bytes, out_bytes, output_in_input=_adds_into_skip(stage, i, last_use, pos),
                           output_is_skip=isinstance(layer, Add) and any(
                               _adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0),
@@ -131,6 +131,8 @@ def int8_twin(stage: Stage) -> Stage:
             q = ConvQuant(0, 0, np.array([1 << 30], "int32"), np.array([0], "int32"))
             layers.append(Conv(np.zeros(layer.weight.shape, "int8"), None, layer.stride, layer.padding,
                                layer.groups, layer.activation, layer.kernel_layout, layer.input, q))
+        elif isinstance(layer, MaxPool):  # no parameters: the same layer in an int8 stage
+            layers.append(layer)
         else:
             q = AddQuant((0, 0), (1 << 30, 1 << 30), (0, 0), 0, 1 << 30, 0)
             layers.append(Add(layer.other, layer.input, layer.activation, q))
