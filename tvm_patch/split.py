@@ -14,6 +14,8 @@ from tvm_patch.graph import Graph, Layer, cut_after
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
 # (A pad feeding convolutions is part of each convolution that reads it: `tvm_patch.graph` folds it in.)
 TILEABLE = ("conv2d", "depthwise_conv2d", "add", "max_pool2d")
+# Layers whose every output reads the whole feature map.
+GLOBAL_REDUCTIONS = ("global_pool2d", "mean")
 # Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, float hard swish ... cannot.
 STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
 # Activations an int8 stage layer can also end in: LowerToInteger makes them a 256-entry table (a `Lookup`).
@@ -36,6 +38,9 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
     if len(graph.inputs) != 1:
         return "the network has several inputs"
     for layer in graph.layers[:n]:
+        if layer.op in GLOBAL_REDUCTIONS:
+            return (f"layer {layer.index + 1} {layer.name} ({layer.op}) is a global reduction (a squeeze-and-excitation "
+                    "MEAN, global pooling): every output reads the whole feature map, so the stage must end before it")
         if not _tileable(graph, layer):
             what = layer.op if layer.op not in TILEABLE else f"{layer.op} with {layer.activation}"
             return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"
