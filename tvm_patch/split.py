@@ -39,8 +39,9 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
         return "the network has several inputs"
     for layer in graph.layers[:n]:
         if layer.op in GLOBAL_REDUCTIONS:
-            return (f"layer {layer.index + 1} {layer.name} ({layer.op}) is a global reduction (a squeeze-and-excitation "
-                    "MEAN, global pooling): every output reads the whole feature map, so the stage must end before it")
+            return (f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch: it is a "
+                    "global reduction (a squeeze-and-excitation MEAN, global pooling) whose every output reads the whole "
+                    "feature map, so the stage must end before it")
         if not _tileable(graph, layer):
             what = layer.op if layer.op not in TILEABLE else f"{layer.op} with {layer.activation}"
             return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"

@@ -100,7 +100,8 @@ def model_header(prog: Program, arena_bytes: int, model_name: str, in_caller: fr
         f"#define TVMP_NUM_CALLS {len(prog.calls)}",
     ]
     for i, io in enumerate(prog.inputs):
-        lines += [f"/* input {i}: tvmp_run's {_io_name(io, prog.inputs, 'input')} */", *_macro_block(f"TVMP_INPUT{i}", io)]
+        lines += [f"/* input {i}: tvmp_run's {_io_name(io, prog.inputs, 'input')} */",
+                  *_macro_block(f"TVMP_INPUT{i}", io)]
     for i, io in enumerate(prog.outputs):
         lines += [f"/* output {i}: tvmp_run's {_io_name(io, prog.outputs, 'output')} */",
                   *_macro_block(f"TVMP_OUTPUT{i}", io)]

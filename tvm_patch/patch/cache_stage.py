@@ -158,7 +158,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
             red = _loops([(_c(0), _c(kh)), (_c(0), _c(kw))], tap)
             m = tirx.BufferLoad(acc, [_c(0)])
-            fin = dest(_float_act(m, layer.activation) if dt == "float32" else _clamp_i8(m, layer.act_min, layer.act_max))
+            act = _float_act(m, layer.activation) if dt == "float32" else _clamp_i8(m, layer.act_min, layer.act_max)
+            fin = dest(act)
             return tirx.SeqStmt([tirx.BufferStore(acc, tirx.min_value(acc_dtype(stage)), [_c(0)]), red, fin])
         if isinstance(layer, Lookup):
             val = read(stage.inputs[v][0], c, y, x).astype(_I32) + _c(128)

@@ -84,7 +84,8 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
         out_bytes = 0 if i == last else _region_elems(stage, plan, i)
         dies = [v for v in ins if last_use[v] == pos[i]]
         depthwise = isinstance(layer, Conv) and stage.geometry[i].groups > 1
-        kind = ("depthwise" if depthwise else "elementwise" if isinstance(layer, (Add, Lookup)) else None) if dies else None
+        elementwise = isinstance(layer, (Add, Lookup))
+        kind = ("depthwise" if depthwise else "elementwise" if elementwise else None) if dies else None
         core = core_bytes(in_bytes, out_bytes, output_in_input=_adds_into_skip(stage, i, last_use, pos),
                           output_is_skip=isinstance(layer, Add) and any(
                               _adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0),
@@ -161,17 +162,19 @@ def best_schedule(graph: Graph, func, patches: tuple[int, int],
     """(split, halo mode) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
     smallest (deeper stages buy little memory for many recomputed MACs; caching the halo trades its caches'
     bytes for the recomputed MACs), or None when no split lowers the layer-by-layer peak. Ties: recompute,
-    then the shallower split."""
+    then the smaller peak, then the smaller stage peak (the same network peak and MACs, but more room in the
+    stage: det_net's stage then goes through its max pool), then the shallower split."""
     options = []
     for n in valid_splits(graph, patches):
         stage, _ = stage_from_graph(graph, n, func)
         for halo in halos:
             m = patch_memory(graph, stage, n, patches, halo)
-            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), n))
+            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), m.stage_peak_bytes, n))
     if not options:
         return None
     smallest = min(o[0] for o in options)
     if smallest >= peak(profile_layers(graph)).bytes:
         return None
-    _, mode, n = min((macs, mode, n) for p, macs, mode, n in options if p <= smallest * (1 + PEAK_SLACK))
+    _, mode, _, _, n = min((macs, mode, p, sp, n) for p, macs, mode, sp, n in options
+                           if p <= smallest * (1 + PEAK_SLACK))
     return n, HALO_MODES[mode]

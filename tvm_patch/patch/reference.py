@@ -347,7 +347,8 @@ def _compute_region(stage: Stage, v: int, buf: dict, rows: Interval, cols: Inter
         return _pool_value(stage, v, window, Interval(y, y + ny), Interval(x, x + nx))
     a, ar, ac = buf[stage.inputs[v][0]]
     if isinstance(layer, Lookup):
-        return layer.table[a[:, :, rows.lo - ar.lo:rows.hi - ar.lo, cols.lo - ac.lo:cols.hi - ac.lo].astype(np.int64) + 128]
+        window = a[:, :, rows.lo - ar.lo:rows.hi - ar.lo, cols.lo - ac.lo:cols.hi - ac.lo]
+        return layer.table[window.astype(np.int64) + 128]
     b, br, bc = buf[layer.other]
 
     def window(t, tr, tc):
