@@ -16,9 +16,12 @@ from hypothesis import strategies as st
 from tvm import relax
 
 from conftest import FIXTURES, bindings
+from onnx import helper
+from onnx_graphs import OnnxBuilder
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
 from tvm_patch.export.io_names import c_identifier, io_c_names
-from tvm_patch.frontend import load
+from tvm_patch.frontend import load, onnx_to_relax
 from tvm_patch.graph import build_graph
 from tvm_patch.names import STAGE_FUNC
 from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage, build_stage, per_patch_bytes
@@ -36,6 +39,7 @@ from tvm_patch.report import profile
 from tvm_patch.split import check_split
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 from tvm_patch.transform.patch_stage import PatchStage
+from tvm_patch.verify import verify_patch
 
 MODELS = FIXTURES / "models"
 DET = MODELS / "det_net.tflite"
@@ -301,3 +305,45 @@ def test_io_c_names():
     assert io_c_names(1, 2, ["x"], ["output1", "score"]) == (["input"], ["output0", "score"])
     assert io_c_names(2, 1, ["input", "mask"], ["y"]) == (["input", "mask"], ["output"])
     assert io_c_names(1, 2) == (["input"], ["output0", "output1"])  # no names known (an IRModule)
+
+
+# ---------------------------------------------------------------- float32 ONNX (NCHW) max pools
+
+
+def _onnx_pool_net(ceil: bool = False):
+    """conv 3x3 relu -> MaxPool 3x3/2 pads 1 -> conv 3x3 relu6 -> MaxPool 2x2/1 pads (0, 0, 1, 1) -> conv 1x1
+    -> head, float32 NCHW, 17x15 input; `ceil`: the first pool in ceil mode 2x2/2 (15 -> 8 columns, floor 7)."""
+    b = OnnxBuilder((1, 3, 17, 15), seed=4)
+    x = b.conv("input", 3, 4, 3, act="relu")
+    attrs = dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1) if ceil else \
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b.nodes.append(helper.make_node("MaxPool", [x], ["pool1"], **attrs))
+    x = b.conv("pool1", 4, 4, 3)
+    b.nodes.append(helper.make_node("MaxPool", [x], ["pool2"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]))
+    x = b.conv("pool2", 4, 6, 1, act=None)
+    return b.model(b.head(x, 6, 5), [1, 5])
+
+
+def test_float_onnx_max_pools_patched():
+    """A float32 NCHW ONNX model with two MaxPool layers (3x3/2 with symmetric pads, 2x2/1 padded after only):
+    the stage through both pools (2x2 patches) equals the unpatched module; a ceil-mode pool that adds a window
+    ends the stage, saying so."""
+    mod = relax.transform.FoldConstant()(onnx_to_relax(_onnx_pool_net(), "pool.onnx"))
+    graph = build_graph(mod)
+    assert [la.op for la in graph.layers[:5]] == ["conv2d", "max_pool2d", "conv2d", "max_pool2d", "conv2d"]
+    stage, _ = stage_from_graph(graph, 5, mod["main"])
+    assert [type(la).__name__ for la in stage.layers] == ["Conv", "MaxPool", "Conv", "MaxPool", "Conv"]
+    assert [la.activation for la in stage.layers] == ["relu", "none", "relu6", "none", "none"]
+    res = verify_patch(mod, 2, 5, n_inputs=1)
+    assert res.passed, res
+    ceil = build_graph(onnx_to_relax(_onnx_pool_net(ceil=True), "ceil.onnx"))
+    assert "(max_pool2d with a ceil-mode window) cannot be computed patch by patch" in check_split(ceil, 2)
+
+
+def test_pool_net_patched_c_export_bit_exact(tmp_path):
+    """The C export of pool_net with its stage through the hard swish table and the SAME max pool (auto split,
+    2x2 patches): bit-exact with TVM; the arena is the analytic patched peak but for the 16-byte alignment of
+    the (at most three) buffers live at once (3,984 B against 3,967 B)."""
+    result = export_model(str(POOL_NET), tmp_path / "out", patches=2, split="auto", check=True, seeds=(0,))
+    assert result.check.bit_exact and result.plan["split_layers"] == 2
+    assert result.arena_bytes <= result.analytic_patch_peak_bytes + 3 * 16

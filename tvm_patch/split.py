@@ -22,13 +22,20 @@ STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
 INT8_TABLE_ACTIVATIONS = ("hard_swish",)
 
 
-def _tileable(graph: Graph, layer: Layer) -> bool:
+def _untileable(graph: Graph, layer: Layer) -> str | None:
+    """What keeps `layer` out of a patch stage (the op, its activation, ...), or None when it can be in one."""
+    if layer.op not in TILEABLE:
+        return layer.op
     table = layer.activation in INT8_TABLE_ACTIVATIONS and graph.tensors[layer.output].dtype == "int8"
-    if layer.op not in TILEABLE or (layer.activation not in STAGE_ACTIVATIONS and not table):
-        return False
-    if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
-        return layer.broadcast_free
-    return True
+    if layer.activation not in STAGE_ACTIVATIONS and not table:
+        return f"{layer.op} with {layer.activation}"
+    if layer.op == "add" and not layer.broadcast_free:  # a residual add of two same-shaped tensors only
+        return "add with broadcasting"
+    if layer.op == "max_pool2d":  # the window's output size (a ceil-mode pool may add a window)
+        (h, w), (ho, wo) = graph.hw(layer.inputs[0]), graph.hw(layer.output)
+        if (layer.region.h.output_size(h), layer.region.w.output_size(w)) != (ho, wo):
+            return "max_pool2d with a ceil-mode window"
+    return None
 
 
 def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) -> str | None:
@@ -42,8 +49,8 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
             return (f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch: it is a "
                     "global reduction (a squeeze-and-excitation MEAN, global pooling) whose every output reads the whole "
                     "feature map, so the stage must end before it")
-        if not _tileable(graph, layer):
-            what = layer.op if layer.op not in TILEABLE else f"{layer.op} with {layer.activation}"
+        what = _untileable(graph, layer)
+        if what is not None:
             return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"
     if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage
         return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"

@@ -221,10 +221,11 @@ def _split_tables(layer: Layer, bindings: dict) -> tuple[Layer, list[Lookup]]:
 
 
 def _pool_epilogue(layer: Layer, bindings: dict, int8: bool) -> tuple[str, int, int]:
-    """(float activation, int8 clamp low, high) of a max pool layer; refuses dilation and ceil mode."""
+    """(float activation, int8 clamp low, high) of a max pool layer; refuses dilation (ceil mode changes nothing
+    when the output size is the floor one; otherwise `check_split` refused it)."""
     attrs = bindings[layer.anchor].attrs
-    if any(int(d) != 1 for d in attrs.dilation) or bool(attrs.ceil_mode):
-        raise TvmPatchError(f"layer {layer.name}: a dilated or ceil-mode max pool cannot be part of a patch stage")
+    if any(int(d) != 1 for d in attrs.dilation):
+        raise TvmPatchError(f"layer {layer.name}: a dilated max pool cannot be part of a patch stage")
     if not int8:
         if any(_op(bindings[v]) == "relax.add" for v in layer.bindings[1:]):
             raise TvmPatchError(f"layer {layer.name}: an add after the max pool cannot be fused into the patch stage")
@@ -431,4 +432,11 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
             layers += tables
             zero_point.pop(layer.output, None)
         value[layer.output] = len(layers) - 1
-    return Stage(in_shape, tuple(layers), layout=graph.layout, dtype=dtype), stage_input
+    stage = Stage(in_shape, tuple(layers), layout=graph.layout, dtype=dtype)
+    for t, v in value.items():  # the stage computes every value at the graph's shape
+        shape = graph.tensors[t].shape
+        chw = (shape[1], shape[2], shape[3]) if graph.layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if v != STAGE_INPUT and stage.value_shape(v) != chw:
+            raise TvmPatchError(f"the patch stage computes tensor {t} as {stage.value_shape(v)} (CHW), the graph "
+                                f"has {shape}")
+    return stage, stage_input
