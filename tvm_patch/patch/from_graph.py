@@ -24,7 +24,7 @@ int8 graphs after `LowerToInteger` (its Relax form, see `tvm_patch.transform.low
   parameters (an int8 clip after it narrows the clamp);
 - ``max_pool2d`` (int8, no requantization; an int8 clip after it is TFLite's fused activation) becomes
   ``MaxPool(kernel, stride, padding, act_min, act_max)``; in float32 graphs its relu / relu6 epilogue is the
-  pool's activation. Dilated or ceil-mode pools are refused;
+  pool's activation. Dilated pools, and ceil-mode pools that add a window (`check_split`), are refused;
 - a table lookup fused at the end of any of these layers (LowerToInteger's ``q_hard_swish`` / ``q_logistic``
   with its constant 256-entry table: TFLite's int8 HARD_SWISH, LOGISTIC) becomes a ``Lookup`` stage layer
   after it.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm_patch.convention import accumulates_into_skip, core_bytes
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph
 from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
 import numpy as np
@@ -163,10 +164,14 @@ def best_schedule(graph: Graph, func, patches: tuple[int, int],
     smallest (deeper stages buy little memory for many recomputed MACs; caching the halo trades its caches'
     bytes for the recomputed MACs), or None when no split lowers the layer-by-layer peak. Ties: recompute,
     then the smaller peak, then the smaller stage peak (the same network peak and MACs, but more room in the
-    stage: det_net's stage then goes through its max pool), then the shallower split."""
+    stage: det_net's stage then goes through its max pool), then the shallower split. A split whose stage
+    cannot be built (`stage_from_graph` refuses a layer's bindings) is no candidate."""
     options = []
     for n in valid_splits(graph, patches):
-        stage, _ = stage_from_graph(graph, n, func)
+        try:
+            stage, _ = stage_from_graph(graph, n, func)
+        except TvmPatchError:  # a layer the graph admits but its bindings do not fit (e.g. a requantizing pool)
+            continue
         for halo in halos:
             m = patch_memory(graph, stage, n, patches, halo)
             options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), m.stage_peak_bytes, n))
