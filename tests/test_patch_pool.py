@@ -45,6 +45,7 @@ MODELS = FIXTURES / "models"
 DET = MODELS / "det_net.tflite"
 POOL_NET = MODELS / "pool_net.tflite"
 SE = MODELS / "se_net.tflite"
+LOGISTIC_NET = MODELS / "logistic_net.tflite"
 
 
 @st.composite
@@ -263,6 +264,21 @@ def test_pool_net_profile_auto_split_past_the_pool():
     pb = res["patch_based"]
     assert pb["split"] == 2 and res["layers"][1]["op"] == "max_pool2d"  # conv + hard swish, then the 3x3/2 pool
     assert pb["reduction"] > 2 and pb["mac_overhead"] > 0
+    # an explicit split through the hard-swish depthwise and both pools, named on the model as imported
+    assert profile(str(POOL_NET), patches=2, split=8, tir=False)["patch_based"]["split"] == 8
+
+
+def test_logistic_in_a_stage_bit_exact_with_tflite_micro():
+    """TFLite's int8 LOGISTIC after the stem convolution is a `Lookup` too: logistic_net's stage through it, the
+    depthwise and a VALID max pool (split 4, 2x2 patches) is bit-exact with TFLite Micro."""
+    low = lower_to_integer(load(str(LOGISTIC_NET)).mod)
+    folded = relax.transform.FoldConstant()(low)
+    stage, _ = stage_from_graph(build_graph(folded), 4, folded["main"])
+    assert [type(la).__name__ for la in stage.layers] == ["Conv", "Lookup", "Conv", "MaxPool", "Conv"]
+    assert stage.layers[1].kind == "logistic"
+    mod = PatchStage(4, 2)(low)
+    res = verify_against_reference(str(LOGISTIC_NET), "tflite-micro", n_inputs=2, lowered=mod)
+    assert res.passed and res.n_equal == res.n_values == 2 * 10
 
 
 def test_det_net_auto_split_past_the_max_pool_bit_exact_with_tflite_micro():

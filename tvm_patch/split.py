@@ -19,14 +19,22 @@ GLOBAL_REDUCTIONS = ("global_pool2d", "mean")
 # Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, float hard swish ... cannot.
 STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
 # Activations an int8 stage layer can also end in: LowerToInteger makes them a 256-entry table (a `Lookup`).
-INT8_TABLE_ACTIVATIONS = ("hard_swish",)
+# (A sigmoid that LowerToInteger computes on a convolution's accumulator, ONNX QDQ's form, is no table:
+# `stage_from_graph` refuses it, and the auto split skips such splits.)
+INT8_TABLE_ACTIVATIONS = ("hard_swish", "sigmoid")
 
 
-def _untileable(graph: Graph, layer: Layer) -> str | None:
-    """What keeps `layer` out of a patch stage (the op, its activation, ...), or None when it can be in one."""
+def _quantized(graph: Graph) -> bool:
+    """True for a quantized model, as imported (its quantize ops make int8 tensors) or lowered."""
+    return any(t.dtype in ("int8", "uint8") for t in graph.tensors)
+
+
+def _untileable(graph: Graph, layer: Layer, quantized: bool) -> str | None:
+    """What keeps `layer` out of a patch stage (the op, its activation, ...), or None when it can be in one.
+    `quantized`: the model is int8, so LowerToInteger makes its hard swish and sigmoid tables."""
     if layer.op not in TILEABLE:
         return layer.op
-    table = layer.activation in INT8_TABLE_ACTIVATIONS and graph.tensors[layer.output].dtype == "int8"
+    table = layer.activation in INT8_TABLE_ACTIVATIONS and quantized
     if layer.activation not in STAGE_ACTIVATIONS and not table:
         return f"{layer.op} with {layer.activation}"
     if layer.op == "add" and not layer.broadcast_free:  # a residual add of two same-shaped tensors only
@@ -44,12 +52,13 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
         return f"split {n} is outside the network (1..{len(graph.layers)} layers)"
     if len(graph.inputs) != 1:
         return "the network has several inputs"
+    quantized = _quantized(graph)
     for layer in graph.layers[:n]:
         if layer.op in GLOBAL_REDUCTIONS:
             return (f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch: it is a "
                     "global reduction (a squeeze-and-excitation MEAN, global pooling) whose every output reads the whole "
                     "feature map, so the stage must end before it")
-        what = _untileable(graph, layer)
+        what = _untileable(graph, layer, quantized)
         if what is not None:
             return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"
     if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage

@@ -43,7 +43,7 @@ from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph, Layer, build_graph, recorded_qparams
-from tvm_patch.names import Q_ADD, Q_HARD_SWISH, Q_LOGISTIC, QPARAMS_ATTR
+from tvm_patch.names import Q_ADD, Q_CONV_LOGISTIC, Q_HARD_SWISH, Q_LOGISTIC, QPARAMS_ATTR
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage
 from tvm_patch.split import check_split
 from tvm_patch.transform.lower_to_integer import lower_to_integer
@@ -150,6 +150,10 @@ def _int8_conv_epilogue(layer: Layer, bindings: dict, qparams: dict, channels: i
                                     "channels")
             bias = b.reshape(-1).astype(np.int64)
         elif op.startswith("tir:") and rec is None:
+            if op[4:].rstrip("0123456789_") == Q_CONV_LOGISTIC:
+                raise TvmPatchError(f"layer {layer.name}: a sigmoid computed on the convolution's accumulator "
+                                    "(LowerToInteger's q_conv_logistic, ONNX QDQ's form) cannot be part of a patch "
+                                    "stage; end the stage before it")
             rec = _record(layer, call, qparams, ("requantize",))
             args = list(call.args[1].fields)
             if rec["axis"] != out_c_axis:
