@@ -29,7 +29,7 @@ from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, plan_memory
 from tvm_patch.patch.regions import acc_dtype, buffer_names, execution_order, halo_overlap, plan_patches
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
                                       reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
@@ -143,6 +143,25 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                                     [_c(0)])
             fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
             return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
+        if isinstance(layer, MaxPool):  # the running max over the window's in-image positions only
+            (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
+            src = stage.inputs[v][0]
+            _, ih, iw = stage.value_shape(src)
+
+            def pool_tap(ry, rx):
+                yy, xx = y * _c(sh) - _c(pt) + ry, x * _c(sw) - _c(pl) + rx
+                m = tirx.max(tirx.BufferLoad(acc, [_c(0)]), read(src, c, yy, xx).astype(acc_dtype(stage)))
+                return tirx.IfThenElse(tirx.all(yy >= 0, yy < ih, xx >= 0, xx < iw),
+                                       tirx.BufferStore(acc, m, [_c(0)]), None)
+
+            red = _loops([(_c(0), _c(kh)), (_c(0), _c(kw))], pool_tap)
+            m = tirx.BufferLoad(acc, [_c(0)])
+            act = _float_act(m, layer.activation) if dt == "float32" else _clamp_i8(m, layer.act_min, layer.act_max)
+            fin = dest(act)
+            return tirx.SeqStmt([tirx.BufferStore(acc, tirx.min_value(acc_dtype(stage)), [_c(0)]), red, fin])
+        if isinstance(layer, Lookup):
+            val = read(stage.inputs[v][0], c, y, x).astype(_I32) + _c(128)
+            return dest(tirx.BufferLoad(params[f"layer{v}_table"], [val]))
         assert isinstance(layer, Add)
         a, o = read(stage.inputs[v][0], c, y, x), read(layer.other, c, y, x)
         if dt == "float32":

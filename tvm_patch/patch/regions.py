@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage, StageError
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
 
 _DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
 
@@ -102,10 +102,7 @@ def _axis(stage: Stage, axis: int, tile: int, count: int) -> dict[int, AxisPlan]
     size = {v: stage.value_shape(v)[1 + axis] for v in range(STAGE_INPUT, n_layers)}
 
     def back(layer: int, iv: Interval) -> Interval:
-        g = stage.geometry[layer]
-        if g is None:  # Add: elementwise
-            return iv
-        return Interval(*g.region.axis(axis).input_range(iv.lo, iv.hi))
+        return Interval(*stage.window(layer).axis(axis).input_range(iv.lo, iv.hi))
 
     regions: dict[int, list[Interval]] = {out: [Interval(i * tile, i * tile + tile) for i in range(count)]}
     live: dict[int, Interval] = {out: Interval(0, size[out])}
@@ -199,18 +196,23 @@ def pixel_copy_bytes(stage: Stage, i: int) -> int:
 
 
 def acc_name(i: int) -> str:
-    """Name of layer i's conv accumulator (TE tensor / TIR block)."""
+    """Name of layer i's conv (or max pool) accumulator (TE tensor / TIR block)."""
     return f"layer{i}_acc"
 
 
 def scalar_names(stage: Stage, i: int) -> list[str]:
     """Names of layer i's per-element temporaries, each a one-element buffer in the patched PrimFunc.
 
-    A conv: its accumulator, and in int8 its requantized value before the zero point ("_high"). An int8 add:
-    the two rescaled inputs, their sum and the output SRDHM result. A float add: none.
+    A conv: its accumulator, and in int8 its requantized value before the zero point ("_high"). A max pool:
+    its accumulator (the running max, in the conv accumulator's dtype). An int8 add: the two rescaled inputs,
+    their sum and the output SRDHM result. A float add, a table lookup: none.
     """
     if isinstance(stage.layers[i], Conv):
         return [acc_name(i)] + ([f"layer{i}_high"] if stage.dtype == "int8" else [])
+    if isinstance(stage.layers[i], MaxPool):
+        return [acc_name(i)]
+    if isinstance(stage.layers[i], Lookup):
+        return []
     if stage.dtype == "int8":
         return [f"layer{i}_in0", f"layer{i}_in1", f"layer{i}_sum", f"layer{i}_high"]
     return []
@@ -296,8 +298,8 @@ def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
     peak = 0
     for k, v in enumerate(order):
         live = sum(sz for u, sz in sizes.items() if pos[u] <= k <= last_use[u])
-        if v in sizes and isinstance(stage.layers[v], Add):
-            # an add may write over an input that dies with it (MCUNetV2 adds in place)
+        if v in sizes and isinstance(stage.layers[v], (Add, Lookup)):
+            # an add (or a table lookup) may write over an input that dies with it (MCUNetV2 adds in place)
             if any(last_use[u] == k and sizes[u] >= sizes[v] for u in stage.inputs[v]):
                 live -= sizes[v]
         peak = max(peak, live + _temps_peak(stage, v) if v >= 0 else live)
@@ -311,6 +313,10 @@ def _temps_peak(stage: Stage, i: int) -> int:
         # the accumulator block (each int8 requantized value overwrites its accumulator); the pixel copy of an
         # NCHW 1x1 conv is left out: TVM's StorageRewrite may overlap it with the layer's input
         return 4 * accumulator_rows(stage, i)
+    if isinstance(stage.layers[i], MaxPool):
+        return 4  # the running max
+    if isinstance(stage.layers[i], Lookup):
+        return 0
     return 8 if stage.dtype == "int8" else 0  # int8 add: both rescaled inputs, then in place
 
 

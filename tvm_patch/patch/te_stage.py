@@ -20,7 +20,7 @@ import numpy as np
 from tvm import te, tirx
 
 from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage, StageError
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
 from tvm_patch.quant.fixedpoint import TEOps, mbqm, mbqm_high, mbqm_shifts, rdbpot
 
 
@@ -49,6 +49,8 @@ def param_names(stage: Stage) -> list[str]:
             names += [f"layer{i}_weight", f"layer{i}_bias"]
             if stage.dtype == "int8":
                 names += [f"layer{i}_multiplier", f"layer{i}_shift"]
+        elif isinstance(layer, Lookup):
+            names.append(f"layer{i}_table")
     return names
 
 
@@ -87,6 +89,8 @@ def param_arrays(stage: Stage) -> list[np.ndarray]:
                 q = layer.quant
                 arrays.append(np.ascontiguousarray(np.broadcast_to(q.multiplier, (g.c_out,)), dtype="int32"))
                 arrays.append(np.ascontiguousarray(np.broadcast_to(q.shift, (g.c_out,)), dtype="int32"))
+        elif isinstance(layer, Lookup):
+            arrays.append(np.ascontiguousarray(layer.table, dtype="int8"))
     return arrays
 
 
@@ -262,6 +266,24 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                 def body(n, c, y, xx, i=i, high=high, q=q):
                     return _clamp_i8(live_at(i, high, n, c, y, xx) + zi(q.output_zero_point), q.act_min, q.act_max)
 
+        elif isinstance(layer, MaxPool):
+            acc = _pool_acc(stage, plan, i, layer, read, src)
+            scalars[i] = [acc]
+
+            def body(n, c, y, xx, i=i, acc=acc, layer=layer):
+                m = live_at(i, acc, n, c, y, xx)
+                if stage.dtype == "float32":
+                    return _float_act(m, layer.activation)
+                return _clamp_i8(m, layer.act_min, layer.act_max)
+
+        elif isinstance(layer, Lookup):
+            table = te.placeholder((256,), "int8", name=f"layer{i}_table")
+            params.append(table)
+            scalars[i] = []
+
+            def body(n, c, y, xx, src=src, table=table):
+                return table(read(src, n, c, y, xx).astype("int32") + zi(128))
+
         else:
             assert isinstance(layer, Add)
             other = layer.other
@@ -304,7 +326,7 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                     r = rdbpot(TEOps, domain_at(i, high, n, c, y, xx), mbqm_shifts(TEOps, q.output_shift)[1])
                     return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
-        values[i] = make_value(i, body, lazy=isinstance(layer, Conv))
+        values[i] = make_value(i, body, lazy=isinstance(layer, (Conv, MaxPool)))
 
     output = values.pop(out_index)
     return StageTE(stage, plan, x, params, output, values, scalars)
@@ -328,3 +350,24 @@ def _conv_acc(stage: Stage, plan: PatchPlan, i: int, g, layer: Conv, w: te.Tenso
         return te.sum(conv_term(stage, layer, a, weight_at(stage, w, o, rc, ry, rx)), axis=axes)
 
     return _compute(stage, g.c_out, lh.size, lw.size, fn, scalar_names(stage, i)[0])
+
+
+def _pool_acc(stage: Stage, plan: PatchPlan, i: int, layer: MaxPool, read, src: int) -> te.Tensor:
+    """The max pool reduction of layer i over its live image part (stored at image index - live.lo), in the
+    accumulator dtype. Only in-image positions of a window take part: the input's ring holds its conv
+    readers' zero point, which must not win the max (TFLite's and TVM's pools pad with the lowest value)."""
+    lh, lw = plan.h[i].live, plan.w[i].live
+    (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
+    _, ih, iw = stage.value_shape(src)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    lowest = tirx.min_value(acc_dtype(stage))
+
+    def fn(n, c, j, k):
+        y, xx = (j + lh.lo) * sh - pt + ry, (k + lw.lo) * sw - pl + rx
+        a = read(src, n, c, y, xx).astype(acc_dtype(stage))
+        # a Select, not te.max's `where` (create_prim_func drops it); a value this low never wins
+        a = tirx.Select(tirx.all(y >= 0, y < ih, xx >= 0, xx < iw), a, lowest)
+        return te.max(a, axis=[ry, rx])
+
+    return _compute(stage, stage.value_shape(i)[0], lh.size, lw.size, fn, scalar_names(stage, i)[0])
