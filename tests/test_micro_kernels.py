@@ -187,6 +187,22 @@ def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, 
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+def test_padded_conv_interior_runs_without_border_tests(tmp_path, rows):
+    """partition_padding: the output loops of a padded convolution split into border ranges and the interior,
+    whose taps call the dot kernels with no test (more dot calls than pad-sum calls), bit-exact with TVM."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(8, 3, 1, -7), rows))
+    kernels = emit_c({"kern": func}).code.replace(MICRO_KERNELS.read_text(), "")
+    dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else ("tvmp_dot_s8_rows4(", "tvmp_pad_rows(")
+    assert kernels.count(dot) > kernels.count(border) >= 1
+    assert re.search(r"for \(int32_t xx_1 = 0; xx_1 < 4;", kernels)  # the interior columns 1..4 of 6
+    rng = np.random.default_rng(rows)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, 8), dtype=np.int8), rng.integers(-128, 128, (4, 3, 3, 8), dtype=np.int8),
+              np.full((1, 7, 6, 4), 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, emit_c({"kern": func}).code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
 @settings(max_examples=12, deadline=None)
 @given(k=st.integers(1, 40), rows=st.sampled_from([2, 4]), f_blocks=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f_blocks, seed):

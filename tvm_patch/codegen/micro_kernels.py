@@ -366,6 +366,126 @@ def _saturate(node: Any) -> Any:
     return tirx.call_pure_extern("int32", SAT, inner.a)
 
 
+def _is_call(expr: Any, name: str) -> bool:
+    return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name.endswith(name)
+
+
+def _padded_reads(stmt: Any) -> list[Any]:
+    """The padded int8 reads ``if_then_else(cond, A[...], pad)`` under ``stmt``."""
+    found: list[Any] = []
+
+    def on_call(call: Any) -> tvm_ffi.WalkResult:
+        if (_is_call(call, ".if_then_else") and str(call.ty) == "int8" and isinstance(call.args[1], TensorLoad)
+                and isinstance(call.args[2], tirx.IntImm)):
+            found.append(call)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)], order="pre")
+    return found
+
+
+def _terms(cond: Any) -> list[Any]:
+    out, todo = [], [cond]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, tirx.And):
+            todo += [c.b, c.a]
+        else:
+            out.append(c)
+    return out
+
+
+def _inner_ranges(stmt: Any) -> list[tuple[Any, int, int]]:
+    """(variable, min, extent) of the constant loops under ``stmt`` (a convolution's kernel taps)."""
+    loops: list[tuple[Any, int, int]] = []
+
+    def on_for(loop: Any) -> tvm_ffi.WalkResult:
+        if _int(loop.min) is not None and _int(loop.extent) is not None:
+            loops.append((loop.loop_var, _int(loop.min), _int(loop.extent)))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.For, on_for)], order="pre")
+    return loops
+
+
+MAX_PARTITION_EXTENT = 512  # longer loops keep their border tests (the interval check tries every value)
+
+
+def _interior(loop: tirx.For) -> tuple[int, int, list[Any]] | None:
+    """[lo, hi) of the loop's values for which every border comparison of its padded reads that uses the loop
+    variable holds for all values of the loops inside (the kernel taps), and those comparisons; None when there
+    is no such comparison, no such value, or the values do not form one interval."""
+    v, extent = loop.loop_var, _int(loop.extent)
+    if _int(loop.min) != 0 or extent is None or extent > MAX_PARTITION_EXTENT:
+        return None
+    terms = [t for r in _padded_reads(loop.body) for t in _terms(r.args[0]) if uses_var(t, v)]
+    if not terms:
+        return None
+    inner = _inner_ranges(loop.body)
+    inside = []
+    for value in range(extent):
+        ana = tvm.sym.Analyzer()
+        ana.bind(v, tvm.ir.Range.from_min_extent(value, 1))
+        for var, mn, ext in inner:
+            ana.bind(var, tvm.ir.Range.from_min_extent(mn, ext))
+        inside.append(all(ana.can_prove(t) for t in terms))
+    if not any(inside):
+        return None
+    lo = inside.index(True)
+    hi = extent - inside[::-1].index(True)
+    if not all(inside[lo:hi]) or (lo, hi) == (0, extent):
+        return None
+    return lo, hi, terms
+
+
+def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
+    """The loop over [start, stop) of its variable, with ``body``: a fresh variable counting from 0."""
+    v = loop.loop_var
+    nv = tirx.Var(v.name, v.ty)
+    new_body = tvm_ffi.structural_map(body, [(tirx.Var, lambda x: nv + start if x.same_as(v) else x)])
+    return tirx.For(nv, tirx.const(0, str(v.ty)), tirx.const(stop - start, str(v.ty)), loop.kind, new_body,
+                    loop.thread_binding, loop.annotations)
+
+
+def _partition_padding(loop: tirx.For) -> tirx.Stmt:
+    """An output loop of a padded convolution split into border ranges and the interior, where its border
+    comparisons (proven true there for every tap) are dropped from the padded reads: the interior runs with no
+    test, no window bound and no pad-sum branch. Exact: a comparison goes only where it is proven true."""
+    found = _interior(loop)
+    if found is None:
+        return loop
+    lo, hi, terms = found
+
+    def drop(call: Any) -> Any:
+        if not any(call.same_as(r) for r in reads):
+            return call
+        kept = [t for t in _terms(call.args[0]) if not any(t.same_as(d) for d in terms)]
+        if not kept:
+            return call.args[1]
+        cond = kept[0]
+        for t in kept[1:]:
+            cond = tirx.And(cond, t)
+        return tirx.if_then_else(cond, call.args[1], call.args[2])
+
+    reads = _padded_reads(loop.body)
+    interior = tvm_ffi.structural_map(loop.body, [(tvm.ir.Call, drop)])
+    extent = _int(loop.extent)
+    pieces = [(0, lo, loop.body), (lo, hi, interior), (hi, extent, loop.body)]
+    return tirx.SeqStmt([_shifted(loop, a, b, body) for a, b, body in pieces if b > a])
+
+
+def partition_padding(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with the output loops of its padded convolutions split into border ranges and the interior
+    (``_partition_padding``), innermost loops first, so a 2-D interior has no border test at all."""
+    return tvm_ffi.structural_map(func, [(tirx.For, _partition_padding)])
+
+
+def PartitionPadding() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
+    """The pass form of ``partition_padding``, in the plain-C lowering before the micro-kernel rewrite."""
+    return tirx.transform.prim_func_pass(lambda f, _m, _c: partition_padding(f), opt_level=0,
+                                         name="tvm_patch.PartitionPadding")
+
+
 def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
     """The pass form of ``rewrite_dot_loops``, for the plain-C lowering pipeline."""
     return tirx.transform.prim_func_pass(lambda f, _m, _c: rewrite_dot_loops(f), opt_level=0,

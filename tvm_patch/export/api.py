@@ -23,7 +23,7 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
@@ -257,7 +257,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
-    final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
+    final = {n: mark_in_place(f, pairs[n]) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
