@@ -189,18 +189,23 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
 WINDOW = "tvmp_window_s8"
 
 
-def _bounds(cond: Any, ry: tirx.Var, rx: tirx.Var) -> tuple[list[Any], list[Any], list[Any], list[Any]] | None:
-    """A border test, a conjunction of comparisons each bounding ``ry`` or ``rx`` by an expression free of
-    both, as (ry lower, ry upper, rx lower, rx upper) bound lists (lower inclusive, upper exclusive)."""
-    terms, todo = [], [cond]
+def _terms(cond: Any) -> list[Any]:
+    """The comparisons of a conjunction, in order."""
+    out, todo = [], [cond]
     while todo:
         c = todo.pop()
         if isinstance(c, tirx.And):
-            todo += [c.a, c.b]
+            todo += [c.b, c.a]
         else:
-            terms.append(c)
+            out.append(c)
+    return out
+
+
+def _bounds(cond: Any, ry: tirx.Var, rx: tirx.Var) -> tuple[list[Any], list[Any], list[Any], list[Any]] | None:
+    """A border test, a conjunction of comparisons each bounding ``ry`` or ``rx`` by an expression free of
+    both, as (ry lower, ry upper, rx lower, rx upper) bound lists (lower inclusive, upper exclusive)."""
     out: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
-    for t in terms:  # each as e <= 0
+    for t in _terms(cond):  # each as e <= 0
         if isinstance(t, tirx.LT):
             e = t.a - t.b + 1
         elif isinstance(t, tirx.LE):
@@ -382,17 +387,6 @@ def _padded_reads(stmt: Any) -> list[Any]:
 
     tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)], order="pre")
     return found
-
-
-def _terms(cond: Any) -> list[Any]:
-    out, todo = [], [cond]
-    while todo:
-        c = todo.pop()
-        if isinstance(c, tirx.And):
-            todo += [c.b, c.a]
-        else:
-            out.append(c)
-    return out
 
 
 def _inner_ranges(stmt: Any) -> list[tuple[Any, int, int]]:

@@ -30,20 +30,29 @@
 #define TVMP_UNLIKELY(x) (x)
 #endif
 
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
     int32_t right = left - shift;
     int32_t x = (int32_t)((uint32_t)acc << left); /* wraps to 32 bits, as x * 2^shift in TFLite's int32 */
     int64_t p = (int64_t)x * mult + ((int64_t)1 << 30);
     int32_t hi = (int32_t)((uint64_t)p >> 32);
+#if defined(__ARM_FEATURE_DSP)
+    /* p >> 31 as 2 * hi (saturating: QADD) | bit 31 of the low word. |hi| < 2^30 for every product but
+       INT32_MIN * INT32_MIN (hi = 2^30), where QADD gives INT32_MAX, TFLite's answer: no test, no branch. */
+    int32_t v = (int32_t)((uint32_t)__qadd(hi, hi) | ((uint32_t)p >> 31));
+#else
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
+#endif
     int32_t mask = (int32_t)((1u << right) - 1u);
     return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
 }
 
 #if defined(__ARM_FEATURE_DSP)
-#include <arm_acle.h>
 /* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
 TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
     uint32_t r;
