@@ -86,17 +86,28 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
 }
 
 /* Rows of weights against one activation vector: the activation's two SXTB16 are shared by the rows. */
-#define TVMP_ROW_STEP(j) do { uint32_t y; memcpy(&y, w + (j) * ws, 4); \
+#define TVMP_ROW_STEP_AT(j, off) do { uint32_t y; memcpy(&y, w + (j) * ws + (off), 4); \
         s[j] = __smlad(xo, tvmp_sxtb16_ror8(y), __smlad(xe, __sxtb16(y), s[j])); } while (0)
+#define TVMP_ROW_STEP(j) TVMP_ROW_STEP_AT(j, 0)
 #define TVMP_ROWS_KERNEL(name, rows)                                                            \
 TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
     int32_t s[rows];                                                                            \
     for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                           \
-    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                    \
+    for (; n >= 8; n -= 8, a += 8, w += 8) { /* two words per iteration: less loop overhead */  \
         uint32_t x;                                                                             \
         memcpy(&x, a, 4);                                                                       \
         uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
         for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+        memcpy(&x, a + 4, 4);                                                                   \
+        xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                             \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP_AT(j, 4);                              \
+    }                                                                                           \
+    if (n >= 4) {                                                                               \
+        uint32_t x;                                                                             \
+        memcpy(&x, a, 4);                                                                       \
+        uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+        n -= 4, a += 4, w += 4;                                                                 \
     }                                                                                           \
     for (; n > 0; n--, a++, w++)                                                                \
         for (int32_t j = 0; j < rows; j++) s[j] += (int32_t)*a * (int32_t)w[j * ws];             \
