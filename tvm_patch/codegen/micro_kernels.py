@@ -131,6 +131,36 @@ ROWS = {2: "tvmp_dot_s8_rows2", 4: "tvmp_dot_s8_rows4"}
 PAD_ROWS = "tvmp_pad_rows"
 
 
+def _reduction_extent(loop: tirx.For) -> int | None:
+    """The extent of a serial loop from 0 long enough for a dot-product call, else None."""
+    extent = _int(loop.extent)
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_DOT_LENGTH:
+        return None
+    return extent
+
+
+def _only_loop(loop: tirx.For, extents: Any) -> tirx.For | None:
+    """The loop's body when it is one loop from 0 with an extent in ``extents`` (no bindings first), else None."""
+    lets, inner = _peel_lets(loop.body, loop.loop_var)
+    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in extents:
+        return None
+    return inner
+
+
+def _accumulation(stmt: Any) -> tuple[tirx.BufferStore, TensorLoad, tirx.Mul] | None:
+    """(store, accumulator load, product) of ``acc[i] = acc[i] + x * y`` on a flat int32 buffer, else None."""
+    if not isinstance(stmt, tirx.BufferStore) or str(stmt.buffer.dtype) != "int32" or len(stmt.indices) != 1:
+        return None
+    value = stmt.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc = value.a
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(stmt.buffer) and len(acc.indices) == 1
+            and tvm_ffi.structural_equal(acc.indices[0], stmt.indices[0])):
+        return None
+    return stmt, acc, value.b
+
+
 def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     """A register-blocked reduction as one ``tvmp_dot_s8_rows{J}`` call, or None when it is not one:
 
@@ -140,24 +170,15 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     (one activation vector against J weight rows S bytes apart: the schedule of ``export/blocking.py``). A
     padded activation read whose border test depends on neither loop becomes ``border ? rows call :
     tvmp_pad_rows(pad, ...)``, as for ``tvmp_dot_s8``."""
-    extent, start = _int(loop.extent), _int(loop.min)
-    if loop.kind != tirx.ForKind.SERIAL or start != 0 or extent is None or extent < MIN_DOT_LENGTH:
-        return None
-    k = loop.loop_var
-    lets, inner = _peel_lets(loop.body, k)
-    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in ROWS:
+    extent, k = _reduction_extent(loop), loop.loop_var
+    inner = _only_loop(loop, ROWS) if extent is not None else None
+    if inner is None:
         return None
     rows, j = _int(inner.extent), inner.loop_var
-    store = inner.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32" or len(store.indices) != 1:
+    found = _accumulation(inner.body)
+    if found is None:
         return None
-    value = store.value
-    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
-        return None
-    acc, prod = value.a, value.b
-    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(acc.indices) == 1
-            and tvm_ffi.structural_equal(acc.indices[0], store.indices[0])):
-        return None
+    store, acc, prod = found
     base_acc = _unit_stride_base(store.indices[0], j)
     if base_acc is None or uses_var(base_acc, k):
         return None
@@ -184,6 +205,50 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     # a border tap reads the pad value for every channel: acc[j] += pad * sum(row j)
     border = tirx.call_extern("void", PAD_ROWS, tirx.Cast("int32", pad), w_ptr, ws, n, tirx.const(rows, "int32"), acc_ptr)
     return tirx.IfThenElse(cond, call, tirx.Evaluate(border))
+
+
+PX2_ROWS = {2: "tvmp_dot_s8_px2_rows2", 4: "tvmp_dot_s8_px2_rows4"}
+
+
+def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
+    """A register-blocked reduction over two pixels and J channels as one ``tvmp_dot_s8_px2_rows{J}`` call,
+    or None when it is not one:
+
+        for k in range(K):
+            for p in range(2):
+                for j in range(J):  acc[c + p * J + j] += int32(A[a + p * P + k]) * int32(W[w + j * S + k])
+
+    (``export/blocking.block_pixels``; no padded read: a 1x1 convolution)."""
+    extent, k = _reduction_extent(loop), loop.loop_var
+    mid = _only_loop(loop, (2,)) if extent is not None else None
+    inner = _only_loop(mid, PX2_ROWS) if mid is not None else None
+    if inner is None:
+        return None
+    p, rows, j = mid.loop_var, _int(inner.extent), inner.loop_var
+    found = _accumulation(inner.body)
+    if found is None:
+        return None
+    store, acc, prod = found
+    lin_acc = tvm.sym.detect_linear_equation(store.indices[0], [p, j, k])
+    if len(lin_acc) != 4 or (_int(lin_acc[0]), _int(lin_acc[1]), _int(lin_acc[2])) != (rows, 1, 0):
+        return None
+    a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
+    if a is None or w is None or a[1] is not None or w[1] is not None:
+        return None
+    a_load, w_load = a[0], w[0]
+    lin_a = tvm.sym.detect_linear_equation(a_load.indices[0], [p, j, k])
+    lin_w = tvm.sym.detect_linear_equation(w_load.indices[0], [p, j, k])
+    if len(lin_a) != 4 or len(lin_w) != 4 or _int(lin_a[1]) != 0 or _int(lin_a[2]) != 1:
+        return None
+    if _int(lin_w[0]) != 0 or _int(lin_w[2]) != 1 or any(uses_var(c, v) for c in (*lin_a, *lin_w) for v in (p, j, k)):
+        return None
+
+    def addr(load: TensorLoad, index: Any) -> Any:
+        return tirx.address_of(tirx.BufferLoad(load.source, [index]))
+
+    return tirx.Evaluate(tirx.call_extern(
+        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), addr(w_load, lin_w[3]),
+        tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32"), tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
 
 
 WINDOW = "tvmp_window_s8"
@@ -351,7 +416,7 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     every int8 clamp by ``tvmp_sat_s8``."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
-        return _dot_call(loop) or _rows_call(loop) or _window_call(loop) or loop
+        return _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
 

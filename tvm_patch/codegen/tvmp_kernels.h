@@ -14,6 +14,8 @@
  * tvmp_dot_s8_rows2 / _rows4: one activation vector against two or four weight rows (``ws`` bytes apart),
  *   added to acc[0..1] / acc[0..3]: each activation word is loaded and sign-extended once for all rows
  *   (register blocking of a 1x1 convolution or a dense layer over its output channels).
+ * tvmp_dot_s8_px2_rows2 / _rows4: two activation vectors (two output pixels, ``as`` bytes apart) against two
+ *   or four weight rows, added to acc[p * rows + j]: weight words are loaded and extended once per pixel pair.
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -113,6 +115,34 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
         for (int32_t j = 0; j < rows; j++) s[j] += (int32_t)*a * (int32_t)w[j * ws];             \
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
 }
+
+/* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
+   weight word is loaded and sign-extended once for both pixels, each activation word once for all rows. */
+#define TVMP_PX2_KERNEL(name, rows)                                                                     \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    int32_t s0[rows], s1[rows];                                                                         \
+    for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
+        uint32_t x0, x1;                                                                                \
+        memcpy(&x0, a, 4);                                                                              \
+        memcpy(&x1, a + as, 4);                                                                         \
+        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
+        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws, 4);                                                                  \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }                                                                                               \
+    }                                                                                                   \
+    for (; n > 0; n--, a++, w++)                                                                        \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            s0[j] += (int32_t)a[0] * (int32_t)w[j * ws];                                                \
+            s1[j] += (int32_t)a[as] * (int32_t)w[j * ws];                                               \
+        }                                                                                               \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
+}
 #else
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
     for (int32_t i = 0; i < n; i++) acc += (int32_t)a[i] * (int32_t)b[i];
@@ -122,9 +152,17 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
 TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
     for (int32_t j = 0; j < rows; j++) acc[j] = tvmp_dot_s8(a, w + j * ws, n, acc[j]);          \
 }
+#define TVMP_PX2_KERNEL(name, rows)                                                                     \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    for (int32_t p = 0; p < 2; p++)                                                                     \
+        for (int32_t j = 0; j < rows; j++)                                                              \
+            acc[p * rows + j] = tvmp_dot_s8(a + p * as, w + j * ws, n, acc[p * rows + j]);               \
+}
 #endif
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
+TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows2, 2)
+TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
 
 /* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
 TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {
