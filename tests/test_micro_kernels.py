@@ -175,7 +175,7 @@ def _conv_nhwc_ohwi(cin: int, k: int, stride: int, pad_value: int) -> tirx.PrimF
 
 
 @settings(max_examples=20, deadline=None)
-@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([1, 2, 4]),
+@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([1, 2, 4]),
        pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, stride, rows, pad_value, seed):
     """Padded NHWC convolutions, unblocked (tvmp_dot_s8, border taps tvmp_sum_s8) or blocked by ``rows``
@@ -184,8 +184,9 @@ def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, 
     src = emit_c({"kern": func})
     kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
     dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else (f"tvmp_dot_s8_rows{rows}(", "tvmp_pad_rows(")
-    assert (dot in kernels) == (cin >= 4)
-    assert (border in kernels) == (cin >= 4 and k > 1)
+    fused = k * cin >= 4  # a kernel row's columns x channels, one contiguous run (micro_kernels._fused_taps)
+    assert (dot in kernels) == (cin >= 4 or fused)
+    assert (border in kernels) == ((cin >= 4 or fused) and k > 1)
     rng = np.random.default_rng(seed)
     out_shape = tuple(int(x) for x in func.params[-1].shape)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),

@@ -410,13 +410,53 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
     return tirx.BufferStore(store.buffer, call, list(store.indices))
 
 
+def _fused_taps(loop: tirx.For) -> tirx.For | None:
+    """``for rx in range(X): for rc in range(C): body`` as one loop ``for f in range(X * C)`` when every index
+    of the body moves by C times as much with ``rx`` as with ``rc`` (NHWC input columns x channels against
+    OHWI weights: one contiguous run of X * C bytes in both), so a stem's few input channels still make one
+    dot product per kernel row; else None. Nothing else in the body may use ``rx`` or ``rc``."""
+    x = _int(loop.extent)
+    if _int(loop.min) != 0 or x is None or loop.kind != tirx.ForKind.SERIAL:
+        return None
+    lets, inner = _peel_lets(loop.body, loop.loop_var)
+    c = _int(inner.extent) if isinstance(inner, tirx.For) and not lets else None
+    if c is None or _int(inner.min) != 0 or inner.kind != tirx.ForKind.SERIAL or x * c < MIN_DOT_LENGTH:
+        return None
+    rx, rc, f = loop.loop_var, inner.loop_var, tirx.Var("f", loop.loop_var.ty)
+    bad: list[Any] = []
+
+    def index(i: Any) -> Any:
+        if not (uses_var(i, rx) or uses_var(i, rc)):
+            return i
+        coeffs = tvm.sym.detect_linear_equation(i, [rx, rc])
+        if len(coeffs) != 3 or _int(coeffs[1]) is None or _int(coeffs[0]) != c * _int(coeffs[1]):
+            bad.append(i)
+            return i
+        return coeffs[2] + f * coeffs[1]
+
+    def on_load(ld: Any) -> Any:
+        return tirx.BufferLoad(ld.source, [index(i) for i in ld.indices]) if len(ld.indices) == 1 else ld
+
+    def on_store(st: Any) -> Any:
+        return tirx.BufferStore(st.buffer, st.value, [index(i) for i in st.indices]) if len(st.indices) == 1 else st
+
+    body = tvm_ffi.structural_map(inner.body, [(TensorLoad, on_load), (tirx.BufferStore, on_store)])
+    if bad or uses_var(body, rx) or uses_var(body, rc):
+        return None
+    return tirx.For(f, tirx.const(0, str(f.ty)), tirx.const(x * c, str(f.ty)), tirx.ForKind.SERIAL, body)
+
+
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, every
     register-blocked one by a ``tvmp_dot_s8_rows{J}`` call, every convolution window by ``tvmp_window_s8`` and
     every int8 clamp by ``tvmp_sat_s8``."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
-        return _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop) or loop
+        found = _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop)
+        if found is None:
+            fused = _fused_taps(loop)
+            found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
+        return found or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
 

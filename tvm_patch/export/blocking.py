@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
@@ -64,9 +65,16 @@ def _channel_and_reduction(block: s_tir.SBlock) -> tuple[Any, Any] | None:
         ch = w_spatial[0]
         if any(u.same_as(ch) for i in a.indices for u in vars_of(i)):
             continue  # a depthwise convolution: the activation is indexed by the channel too
-        if _innermost(w).same_as(k) and any(i.same_as(k) for i in a.indices):
+        long_k = int(red[-1].dom.extent) >= 4  # a dot-product call (micro_kernels.MIN_DOT_LENGTH)
+        if _innermost(w).same_as(k) and (any(i.same_as(k) for i in a.indices) or long_k and _unit_step(_innermost(a), k)):
             return ch, k
     return None
+
+
+def _unit_step(index: Any, k: Any) -> bool:
+    """Does ``index`` move by one with ``k`` (``x * s + k``: a kernel column over one input channel)?"""
+    coeffs = tvm.sym.detect_linear_equation(index, [k])
+    return len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) and int(coeffs[0].value) == 1
 
 
 def _innermost(load: TensorLoad) -> Any:
