@@ -13,6 +13,7 @@ that does not depend on ``k`` (a convolution tap), the border case becomes ``acc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -507,6 +508,23 @@ def _inner_ranges(stmt: Any) -> list[tuple[Any, int, int]]:
     return loops
 
 
+MAX_COPIED_BYTES = 64  # buffers a partitioned loop allocates are copied per range: C locals (accumulators) only
+
+
+def _allocated_bytes(stmt: Any) -> int:
+    """Bytes of the buffers allocated under ``stmt`` (unknown shapes count as too many)."""
+    total = [0]
+
+    def on_alloc(a: Any) -> tvm_ffi.WalkResult:
+        shape = [_int(d) for d in a.buffer.shape]
+        bits = a.buffer.dtype.bits if hasattr(a.buffer.dtype, "bits") else 32
+        total[0] += MAX_COPIED_BYTES + 1 if None in shape else math.prod(shape) * max(bits // 8, 1)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.AllocBuffer, on_alloc)], order="pre")
+    return total[0]
+
+
 MAX_PARTITION_EXTENT = 512  # longer loops keep their border tests (the interval check tries every value)
 
 
@@ -515,7 +533,7 @@ def _interior(loop: tirx.For) -> tuple[int, int, list[Any]] | None:
     variable holds for all values of the loops inside (the kernel taps), and those comparisons; None when there
     is no such comparison, no such value, or the values do not form one interval."""
     v, extent = loop.loop_var, _int(loop.extent)
-    if _int(loop.min) != 0 or extent is None or extent > MAX_PARTITION_EXTENT:
+    if _int(loop.min) != 0 or extent is None or extent > MAX_PARTITION_EXTENT or _allocated_bytes(loop.body) > MAX_COPIED_BYTES:
         return None
     terms = [t for r in _padded_reads(loop.body) for t in _terms(r.args[0]) if uses_var(t, v)]
     if not terms:
