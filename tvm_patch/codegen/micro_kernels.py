@@ -525,6 +525,18 @@ def _allocated_bytes(stmt: Any) -> int:
     return total[0]
 
 
+def _indexes_a_store(stmt: Any, v: Any) -> bool:
+    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap)?"""
+    found = [False]
+
+    def on_store(st: Any) -> tvm_ffi.WalkResult:
+        found[0] = found[0] or any(uses_var(i, v) for i in st.indices)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, on_store)], order="pre")
+    return found[0]
+
+
 MAX_PARTITION_EXTENT = 512  # longer loops keep their border tests (the interval check tries every value)
 
 
@@ -536,8 +548,8 @@ def _interior(loop: tirx.For) -> tuple[int, int, list[Any]] | None:
     if _int(loop.min) != 0 or extent is None or extent > MAX_PARTITION_EXTENT or _allocated_bytes(loop.body) > MAX_COPIED_BYTES:
         return None
     terms = [t for r in _padded_reads(loop.body) for t in _terms(r.args[0]) if uses_var(t, v)]
-    if not terms:
-        return None
+    if not terms or not _indexes_a_store(loop.body, v):
+        return None  # not an output loop: a kernel tap's loop stays whole (the window and dot patterns)
     inner = _inner_ranges(loop.body)
     inside = []
     for value in range(extent):
