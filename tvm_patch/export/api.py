@@ -23,12 +23,12 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
-from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels, block_pixels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
@@ -261,7 +261,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
-    final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
+    if lean and micro:
+        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
+    final = {n: mark_in_place(f, pairs[n]) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
@@ -358,6 +360,25 @@ def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: st
     if callable(rows):
         return rows(name, func)
     return rows.get(name, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows
+
+
+def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], inplace_funcs: set[str],
+                   workspace: dict[str, int], rows: Any, alignment: int) -> dict[str, Any]:
+    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy) and are not
+    run in place, blocked over two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the
+    result needs the same kernel workspace as before (so the planned arena stays as it is)."""
+    out = dict(funcs)
+    for name, func in funcs.items():
+        if func is not lean_funcs[name] or name in inplace_funcs:
+            continue
+        src = prog.funcs[name]
+        blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
+        if blocked is src:
+            continue
+        cand = lean_schedule(blocked)
+        if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
+            out[name] = cand
+    return out
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:
