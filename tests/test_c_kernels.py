@@ -15,7 +15,7 @@ import tvm
 from tvm import te, topi
 
 from tvm_patch.codegen import ARM_TARGET, CFunction, CSource, PlainCError, emit_c, emit_object, undefined_symbols
-from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS, mark_in_place
 
 FLT_MAX = float(np.finfo(np.float32).max)
 ARM_GCC = shutil.which("arm-none-eabi-gcc")
@@ -286,6 +286,16 @@ def test_noalias_false_drops_restrict(prim_funcs):
     src = emit_c({"dw_inplace": prim_funcs["dw_q8"].with_attr("tirx.noalias", False)})
     assert "restrict" not in src.code
     assert src.functions["dw_inplace"].prototype.startswith("void dw_inplace(const int8_t *A, ")
+
+
+def test_in_place_keeps_restrict_on_the_other_params(prim_funcs):
+    """mark_in_place: only the overlapping (input, output) params lose restrict; constants keep theirs."""
+    func = prim_funcs["dw_q8"]
+    last = len(func.params) - 1
+    cf = emit_c({"dw": mark_in_place(func, [(0, last)])}).functions["dw"]
+    decls = cf.prototype.split("(", 1)[1].split(", ")
+    assert "restrict" not in decls[0] and "restrict" not in decls[last]
+    assert all("restrict" in d for d in decls[1:last])
 
 
 def test_rejects_symbolic_shapes():

@@ -22,7 +22,7 @@ from microtvm_projects.boards import get_board
 from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.export.blocking import block_output_channels
+from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
                              multiply_by_quantized_multiplier_ref, requantize_te)
@@ -94,6 +94,13 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         a = np.array(rest[2 * rows:2 * rows + n], dtype=np.int64)
         w = np.array(rest[2 * rows + n:], dtype=np.int64).reshape(rows, ws)[:, :n]
         assert got == [acc0[j] + int(np.dot(a, w[j])) for j in range(rows)]
+    pixels = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("P ")]
+    assert len(pixels) == 100
+    for rows, n, *rest in pixels:
+        got, acc0 = rest[:2 * rows], rest[2 * rows:4 * rows]
+        a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
+        w = np.array(rest[4 * rows + 2 * n:], dtype=np.int64).reshape(rows, n)
+        assert got == [acc0[p * rows + j] + int(np.dot(a[p], w[j])) for p in range(2) for j in range(rows)]
 
 
 def _matmul_requant(k: int, transposed: bool, extern: bool, f_out: int = 5) -> tirx.PrimFunc:
@@ -168,7 +175,7 @@ def _conv_nhwc_ohwi(cin: int, k: int, stride: int, pad_value: int) -> tirx.PrimF
 
 
 @settings(max_examples=20, deadline=None)
-@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([1, 2, 4]),
+@given(cin=st.integers(1, 20), k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), rows=st.sampled_from([1, 2, 4]),
        pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, stride, rows, pad_value, seed):
     """Padded NHWC convolutions, unblocked (tvmp_dot_s8, border taps tvmp_sum_s8) or blocked by ``rows``
@@ -177,13 +184,30 @@ def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, 
     src = emit_c({"kern": func})
     kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
     dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else (f"tvmp_dot_s8_rows{rows}(", "tvmp_pad_rows(")
-    assert (dot in kernels) == (cin >= 4)
-    assert (border in kernels) == (cin >= 4 and k > 1)
+    fused = k * cin >= 4  # a kernel row's columns x channels, one contiguous run (micro_kernels._fused_taps)
+    assert (dot in kernels) == (cin >= 4 or fused)
+    assert (border in kernels) == ((cin >= 4 or fused) and k > 1)
     rng = np.random.default_rng(seed)
     out_shape = tuple(int(x) for x in func.params[-1].shape)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8),
               rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8), np.full(out_shape, 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("conv"))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_padded_conv_interior_runs_without_border_tests(tmp_path, rows):
+    """partition_padding: the output loops of a padded convolution split into border ranges and the interior,
+    whose taps call the dot kernels with no test (more dot calls than pad-sum calls), bit-exact with TVM."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(8, 3, 1, -7), rows))
+    kernels = emit_c({"kern": func}).code.replace(MICRO_KERNELS.read_text(), "")
+    dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else ("tvmp_dot_s8_rows4(", "tvmp_pad_rows(")
+    assert kernels.count(dot) > kernels.count(border) >= 1
+    assert re.search(r"for \(int32_t xx_1 = 0; xx_1 < 4;", kernels)  # the interior columns 1..4 of 6
+    rng = np.random.default_rng(rows)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, 8), dtype=np.int8), rng.integers(-128, 128, (4, 3, 3, 8), dtype=np.int8),
+              np.full((1, 7, 6, 4), 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, emit_c({"kern": func}).code, arrays, tmp_path)
     np.testing.assert_array_equal(got, want)
 
 
@@ -199,6 +223,25 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
     arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
               rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, emit_c({"kern": func}).code, arrays, tmp_path_factory.mktemp("rows"))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=12, deadline=None)
+@given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, seed):
+    """block_pixels (two output pixels x rows channels under the reduction) + tvmp_dot_s8_px2_rows*, against
+    TVM on random 1x1 convolutions (stride 1 or 2)."""
+    src = _conv_nhwc_ohwi(cin, 1, stride, 0)
+    blocked = block_pixels(src, rows)
+    width = int(src.params[-1].shape[2])
+    assert (blocked is src) == (width % 2 == 1 or cin == 1)  # cin 1: no reduction to block under
+    func = lean_schedule(blocked)
+    code = emit_c({"kern": func}).code
+    assert (f"tvmp_dot_s8_px2_rows{rows}(" in code.replace(MICRO_KERNELS.read_text(), "")) == (cin >= 4 and width % 2 == 0)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, 1, 1, cin), dtype=np.int8),
+              np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, code, arrays, tmp_path_factory.mktemp("px2"))
     np.testing.assert_array_equal(got, want)
 
 

@@ -120,7 +120,8 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels, **({"rows": rows} if rows else {}))
+                             rounding=args.rounding, kernels=args.kernels, halo=args.halo,
+                             **({"rows": rows} if rows else {}))
     if rows:
         built["tuning"] = rows.to_json()
     return _board_output(args, built)

@@ -39,7 +39,7 @@ import math
 import re
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
-from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
+from tvm_patch.codegen.micro_kernels import MicroKernels, PartitionPadding, micro_kernels_enabled
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
@@ -101,6 +101,17 @@ MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
 MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8|pad_rows|window_s8|sat_s8)\w*\("
 
 
+ALIASED_PARAMS = "tvmp.aliased_params"
+
+
+def mark_in_place(func: tirx.PrimFunc, pairs: Iterable[tuple[int, int]]) -> tirx.PrimFunc:
+    """``func`` for a driver that may run it with the (input, output) parameter ``pairs`` overlapping: no
+    ``restrict`` on those parameters (nor the workspace); the others (constants in Flash, never written) keep
+    theirs, so the C compiler still hoists loads of weights and per-channel constants across stores."""
+    aliased = sorted({i for pair in pairs for i in pair})
+    return func.with_attr("tirx.noalias", False).with_attr(ALIASED_PARAMS, [tirx.IntImm("int32", i) for i in aliased])
+
+
 class PlainCError(TvmPatchError):
     """A PrimFunc cannot become plain C (dynamic allocation, unsupported dtype or scope, TVM runtime call)."""
 
@@ -132,10 +143,12 @@ class CFunction:
     params: tuple[CParam, ...]
     workspace_bytes: int
     noalias: bool = True
+    aliased: frozenset[int] | None = None  # without noalias: the params that may overlap (None: all of them)
 
     @property
     def prototype(self) -> str:
-        decls = [p.decl if self.noalias else p.decl.replace(" *restrict ", " *") for p in self.params]
+        decls = [p.decl if self.noalias or (self.aliased is not None and i not in self.aliased)
+                 else p.decl.replace(" *restrict ", " *") for i, p in enumerate(self.params)]
         return f"void {self.name}({', '.join(decls) or 'void'})"
 
 
@@ -187,6 +200,8 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
         s_tir.transform.TransformMmaBufferLayout(),
         s_tir.transform.LowerOpaqueBlock(),
         tirx.transform.FlattenBuffer(),
+        # interior windows without tests; not in a function whose buffers the caller placed (one name, one place)
+        *([PartitionPadding()] if for_c and micro_kernels_enabled() and storage_rewrite else []),
         tirx.transform.BF16ComputeLegalize(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
@@ -456,8 +471,12 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
     attrs = {k: v for k, v in func.attrs.items() if k not in ("tirx.is_entry_func", "global_symbol", "calling_conv")}
     attrs["global_symbol"] = name
     noalias = bool(attrs.get("tirx.noalias", False))
+    aliased = None
+    if ALIASED_PARAMS in attrs:  # the overlapping params and the workspace lose restrict, the others keep it
+        aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
+                                                                        if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias)
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased)
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:

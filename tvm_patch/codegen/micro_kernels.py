@@ -13,6 +13,7 @@ that does not depend on ``k`` (a convolution tap), the border case becomes ``acc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -131,6 +132,36 @@ ROWS = {2: "tvmp_dot_s8_rows2", 4: "tvmp_dot_s8_rows4"}
 PAD_ROWS = "tvmp_pad_rows"
 
 
+def _reduction_extent(loop: tirx.For) -> int | None:
+    """The extent of a serial loop from 0 long enough for a dot-product call, else None."""
+    extent = _int(loop.extent)
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_DOT_LENGTH:
+        return None
+    return extent
+
+
+def _only_loop(loop: tirx.For, extents: Any) -> tirx.For | None:
+    """The loop's body when it is one loop from 0 with an extent in ``extents`` (no bindings first), else None."""
+    lets, inner = _peel_lets(loop.body, loop.loop_var)
+    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in extents:
+        return None
+    return inner
+
+
+def _accumulation(stmt: Any) -> tuple[tirx.BufferStore, TensorLoad, tirx.Mul] | None:
+    """(store, accumulator load, product) of ``acc[i] = acc[i] + x * y`` on a flat int32 buffer, else None."""
+    if not isinstance(stmt, tirx.BufferStore) or str(stmt.buffer.dtype) != "int32" or len(stmt.indices) != 1:
+        return None
+    value = stmt.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc = value.a
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(stmt.buffer) and len(acc.indices) == 1
+            and tvm_ffi.structural_equal(acc.indices[0], stmt.indices[0])):
+        return None
+    return stmt, acc, value.b
+
+
 def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     """A register-blocked reduction as one ``tvmp_dot_s8_rows{J}`` call, or None when it is not one:
 
@@ -140,24 +171,15 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     (one activation vector against J weight rows S bytes apart: the schedule of ``export/blocking.py``). A
     padded activation read whose border test depends on neither loop becomes ``border ? rows call :
     tvmp_pad_rows(pad, ...)``, as for ``tvmp_dot_s8``."""
-    extent, start = _int(loop.extent), _int(loop.min)
-    if loop.kind != tirx.ForKind.SERIAL or start != 0 or extent is None or extent < MIN_DOT_LENGTH:
-        return None
-    k = loop.loop_var
-    lets, inner = _peel_lets(loop.body, k)
-    if lets or not isinstance(inner, tirx.For) or _int(inner.min) != 0 or _int(inner.extent) not in ROWS:
+    extent, k = _reduction_extent(loop), loop.loop_var
+    inner = _only_loop(loop, ROWS) if extent is not None else None
+    if inner is None:
         return None
     rows, j = _int(inner.extent), inner.loop_var
-    store = inner.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32" or len(store.indices) != 1:
+    found = _accumulation(inner.body)
+    if found is None:
         return None
-    value = store.value
-    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
-        return None
-    acc, prod = value.a, value.b
-    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(acc.indices) == 1
-            and tvm_ffi.structural_equal(acc.indices[0], store.indices[0])):
-        return None
+    store, acc, prod = found
     base_acc = _unit_stride_base(store.indices[0], j)
     if base_acc is None or uses_var(base_acc, k):
         return None
@@ -186,21 +208,70 @@ def _rows_call(loop: tirx.For) -> tirx.Stmt | None:
     return tirx.IfThenElse(cond, call, tirx.Evaluate(border))
 
 
+PX2_ROWS = {2: "tvmp_dot_s8_px2_rows2", 4: "tvmp_dot_s8_px2_rows4"}
+
+
+def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
+    """A register-blocked reduction over two pixels and J channels as one ``tvmp_dot_s8_px2_rows{J}`` call,
+    or None when it is not one:
+
+        for k in range(K):
+            for p in range(2):
+                for j in range(J):  acc[c + p * J + j] += int32(A[a + p * P + k]) * int32(W[w + j * S + k])
+
+    (``export/blocking.block_pixels``; no padded read: a 1x1 convolution)."""
+    extent, k = _reduction_extent(loop), loop.loop_var
+    mid = _only_loop(loop, (2,)) if extent is not None else None
+    inner = _only_loop(mid, PX2_ROWS) if mid is not None else None
+    if inner is None:
+        return None
+    p, rows, j = mid.loop_var, _int(inner.extent), inner.loop_var
+    found = _accumulation(inner.body)
+    if found is None:
+        return None
+    store, acc, prod = found
+    lin_acc = tvm.sym.detect_linear_equation(store.indices[0], [p, j, k])
+    if len(lin_acc) != 4 or (_int(lin_acc[0]), _int(lin_acc[1]), _int(lin_acc[2])) != (rows, 1, 0):
+        return None
+    a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
+    if a is None or w is None or a[1] is not None or w[1] is not None:
+        return None
+    a_load, w_load = a[0], w[0]
+    lin_a = tvm.sym.detect_linear_equation(a_load.indices[0], [p, j, k])
+    lin_w = tvm.sym.detect_linear_equation(w_load.indices[0], [p, j, k])
+    if len(lin_a) != 4 or len(lin_w) != 4 or _int(lin_a[1]) != 0 or _int(lin_a[2]) != 1:
+        return None
+    if _int(lin_w[0]) != 0 or _int(lin_w[2]) != 1 or any(uses_var(c, v) for c in (*lin_a, *lin_w) for v in (p, j, k)):
+        return None
+
+    def addr(load: TensorLoad, index: Any) -> Any:
+        return tirx.address_of(tirx.BufferLoad(load.source, [index]))
+
+    return tirx.Evaluate(tirx.call_extern(
+        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), addr(w_load, lin_w[3]),
+        tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32"), tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
+
+
 WINDOW = "tvmp_window_s8"
+
+
+def _terms(cond: Any) -> list[Any]:
+    """The comparisons of a conjunction, in order."""
+    out, todo = [], [cond]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, tirx.And):
+            todo += [c.b, c.a]
+        else:
+            out.append(c)
+    return out
 
 
 def _bounds(cond: Any, ry: tirx.Var, rx: tirx.Var) -> tuple[list[Any], list[Any], list[Any], list[Any]] | None:
     """A border test, a conjunction of comparisons each bounding ``ry`` or ``rx`` by an expression free of
     both, as (ry lower, ry upper, rx lower, rx upper) bound lists (lower inclusive, upper exclusive)."""
-    terms, todo = [], [cond]
-    while todo:
-        c = todo.pop()
-        if isinstance(c, tirx.And):
-            todo += [c.a, c.b]
-        else:
-            terms.append(c)
     out: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
-    for t in terms:  # each as e <= 0
+    for t in _terms(cond):  # each as e <= 0
         if isinstance(t, tirx.LT):
             e = t.a - t.b + 1
         elif isinstance(t, tirx.LE):
@@ -340,13 +411,53 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
     return tirx.BufferStore(store.buffer, call, list(store.indices))
 
 
+def _fused_taps(loop: tirx.For) -> tirx.For | None:
+    """``for rx in range(X): for rc in range(C): body`` as one loop ``for f in range(X * C)`` when every index
+    of the body moves by C times as much with ``rx`` as with ``rc`` (NHWC input columns x channels against
+    OHWI weights: one contiguous run of X * C bytes in both), so a stem's few input channels still make one
+    dot product per kernel row; else None. Nothing else in the body may use ``rx`` or ``rc``."""
+    x = _int(loop.extent)
+    if _int(loop.min) != 0 or x is None or loop.kind != tirx.ForKind.SERIAL:
+        return None
+    lets, inner = _peel_lets(loop.body, loop.loop_var)
+    c = _int(inner.extent) if isinstance(inner, tirx.For) and not lets else None
+    if c is None or _int(inner.min) != 0 or inner.kind != tirx.ForKind.SERIAL or x * c < MIN_DOT_LENGTH:
+        return None
+    rx, rc, f = loop.loop_var, inner.loop_var, tirx.Var("f", loop.loop_var.ty)
+    bad: list[Any] = []
+
+    def index(i: Any) -> Any:
+        if not (uses_var(i, rx) or uses_var(i, rc)):
+            return i
+        coeffs = tvm.sym.detect_linear_equation(i, [rx, rc])
+        if len(coeffs) != 3 or _int(coeffs[1]) is None or _int(coeffs[0]) != c * _int(coeffs[1]):
+            bad.append(i)
+            return i
+        return coeffs[2] + f * coeffs[1]
+
+    def on_load(ld: Any) -> Any:
+        return tirx.BufferLoad(ld.source, [index(i) for i in ld.indices]) if len(ld.indices) == 1 else ld
+
+    def on_store(st: Any) -> Any:
+        return tirx.BufferStore(st.buffer, st.value, [index(i) for i in st.indices]) if len(st.indices) == 1 else st
+
+    body = tvm_ffi.structural_map(inner.body, [(TensorLoad, on_load), (tirx.BufferStore, on_store)])
+    if bad or uses_var(body, rx) or uses_var(body, rc):
+        return None
+    return tirx.For(f, tirx.const(0, str(f.ty)), tirx.const(x * c, str(f.ty)), tirx.ForKind.SERIAL, body)
+
+
 def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with every contiguous int8 dot-product loop replaced by a ``tvmp_dot_s8`` call, every
     register-blocked one by a ``tvmp_dot_s8_rows{J}`` call, every convolution window by ``tvmp_window_s8`` and
     every int8 clamp by ``tvmp_sat_s8``."""
 
     def on_for(loop: tirx.For) -> tirx.Stmt:
-        return _dot_call(loop) or _rows_call(loop) or _window_call(loop) or loop
+        found = _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop)
+        if found is None:
+            fused = _fused_taps(loop)
+            found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
+        return found or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
 
@@ -364,6 +475,144 @@ def _saturate(node: Any) -> Any:
     if _int(node.b) != bounds[0] or _int(inner.b) != bounds[1]:
         return node
     return tirx.call_pure_extern("int32", SAT, inner.a)
+
+
+def _is_call(expr: Any, name: str) -> bool:
+    return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name.endswith(name)
+
+
+def _padded_reads(stmt: Any) -> list[Any]:
+    """The padded int8 reads ``if_then_else(cond, A[...], pad)`` under ``stmt``."""
+    found: list[Any] = []
+
+    def on_call(call: Any) -> tvm_ffi.WalkResult:
+        if (_is_call(call, ".if_then_else") and str(call.ty) == "int8" and isinstance(call.args[1], TensorLoad)
+                and isinstance(call.args[2], tirx.IntImm)):
+            found.append(call)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)], order="pre")
+    return found
+
+
+def _inner_ranges(stmt: Any) -> list[tuple[Any, int, int]]:
+    """(variable, min, extent) of the constant loops under ``stmt`` (a convolution's kernel taps)."""
+    loops: list[tuple[Any, int, int]] = []
+
+    def on_for(loop: Any) -> tvm_ffi.WalkResult:
+        if _int(loop.min) is not None and _int(loop.extent) is not None:
+            loops.append((loop.loop_var, _int(loop.min), _int(loop.extent)))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.For, on_for)], order="pre")
+    return loops
+
+
+MAX_COPIED_BYTES = 64  # buffers a partitioned loop allocates are copied per range: C locals (accumulators) only
+
+
+def _allocated_bytes(stmt: Any) -> int:
+    """Bytes of the buffers allocated under ``stmt`` (unknown shapes count as too many)."""
+    total = [0]
+
+    def on_alloc(a: Any) -> tvm_ffi.WalkResult:
+        shape = [_int(d) for d in a.buffer.shape]
+        bits = a.buffer.dtype.bits if hasattr(a.buffer.dtype, "bits") else 32
+        total[0] += MAX_COPIED_BYTES + 1 if None in shape else math.prod(shape) * max(bits // 8, 1)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.AllocBuffer, on_alloc)], order="pre")
+    return total[0]
+
+
+def _indexes_a_store(stmt: Any, v: Any) -> bool:
+    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap)?"""
+    found = [False]
+
+    def on_store(st: Any) -> tvm_ffi.WalkResult:
+        found[0] = found[0] or any(uses_var(i, v) for i in st.indices)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, on_store)], order="pre")
+    return found[0]
+
+
+MAX_PARTITION_EXTENT = 512  # longer loops keep their border tests (the interval check tries every value)
+
+
+def _interior(loop: tirx.For) -> tuple[int, int, list[Any]] | None:
+    """[lo, hi) of the loop's values for which every border comparison of its padded reads that uses the loop
+    variable holds for all values of the loops inside (the kernel taps), and those comparisons; None when there
+    is no such comparison, no such value, or the values do not form one interval."""
+    v, extent = loop.loop_var, _int(loop.extent)
+    if _int(loop.min) != 0 or extent is None or extent > MAX_PARTITION_EXTENT or _allocated_bytes(loop.body) > MAX_COPIED_BYTES:
+        return None
+    terms = [t for r in _padded_reads(loop.body) for t in _terms(r.args[0]) if uses_var(t, v)]
+    if not terms or not _indexes_a_store(loop.body, v):
+        return None  # not an output loop: a kernel tap's loop stays whole (the window and dot patterns)
+    inner = _inner_ranges(loop.body)
+    inside = []
+    for value in range(extent):
+        ana = tvm.sym.Analyzer()
+        ana.bind(v, tvm.ir.Range.from_min_extent(value, 1))
+        for var, mn, ext in inner:
+            ana.bind(var, tvm.ir.Range.from_min_extent(mn, ext))
+        inside.append(all(ana.can_prove(t) for t in terms))
+    if not any(inside):
+        return None
+    lo = inside.index(True)
+    hi = extent - inside[::-1].index(True)
+    if not all(inside[lo:hi]) or (lo, hi) == (0, extent):
+        return None
+    return lo, hi, terms
+
+
+def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
+    """The loop over [start, stop) of its variable, with ``body``: a fresh variable counting from 0."""
+    v = loop.loop_var
+    nv = tirx.Var(v.name, v.ty)
+    new_body = tvm_ffi.structural_map(body, [(tirx.Var, lambda x: nv + start if x.same_as(v) else x)])
+    return tirx.For(nv, tirx.const(0, str(v.ty)), tirx.const(stop - start, str(v.ty)), loop.kind, new_body,
+                    loop.thread_binding, loop.annotations)
+
+
+def _partition_padding(loop: tirx.For) -> tirx.Stmt:
+    """An output loop of a padded convolution split into border ranges and the interior, where its border
+    comparisons (proven true there for every tap) are dropped from the padded reads: the interior runs with no
+    test, no window bound and no pad-sum branch. Exact: a comparison goes only where it is proven true."""
+    found = _interior(loop)
+    if found is None:
+        return loop
+    lo, hi, terms = found
+
+    def drop(call: Any) -> Any:
+        if not any(call.same_as(r) for r in reads):
+            return call
+        kept = [t for t in _terms(call.args[0]) if not any(t.same_as(d) for d in terms)]
+        if not kept:
+            return call.args[1]
+        cond = kept[0]
+        for t in kept[1:]:
+            cond = tirx.And(cond, t)
+        return tirx.if_then_else(cond, call.args[1], call.args[2])
+
+    reads = _padded_reads(loop.body)
+    interior = tvm_ffi.structural_map(loop.body, [(tvm.ir.Call, drop)])
+    extent = _int(loop.extent)
+    pieces = [(0, lo, loop.body), (lo, hi, interior), (hi, extent, loop.body)]
+    return tirx.SeqStmt([_shifted(loop, a, b, body) for a, b, body in pieces if b > a])
+
+
+def partition_padding(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with the output loops of its padded convolutions split into border ranges and the interior
+    (``_partition_padding``), innermost loops first, so a 2-D interior has no border test at all."""
+    return tvm_ffi.structural_map(func, [(tirx.For, _partition_padding)])
+
+
+def PartitionPadding() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
+    """The pass form of ``partition_padding``, in the plain-C lowering before the micro-kernel rewrite."""
+    return tirx.transform.prim_func_pass(lambda f, _m, _c: partition_padding(f), opt_level=0,
+                                         name="tvm_patch.PartitionPadding")
 
 
 def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)

@@ -14,6 +14,8 @@
  * tvmp_dot_s8_rows2 / _rows4: one activation vector against two or four weight rows (``ws`` bytes apart),
  *   added to acc[0..1] / acc[0..3]: each activation word is loaded and sign-extended once for all rows
  *   (register blocking of a 1x1 convolution or a dense layer over its output channels).
+ * tvmp_dot_s8_px2_rows2 / _rows4: two activation vectors (two output pixels, ``as`` bytes apart) against two
+ *   or four weight rows, added to acc[p * rows + j]: weight words are loaded and extended once per pixel pair.
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -30,20 +32,29 @@
 #define TVMP_UNLIKELY(x) (x)
 #endif
 
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
     int32_t right = left - shift;
     int32_t x = (int32_t)((uint32_t)acc << left); /* wraps to 32 bits, as x * 2^shift in TFLite's int32 */
     int64_t p = (int64_t)x * mult + ((int64_t)1 << 30);
     int32_t hi = (int32_t)((uint64_t)p >> 32);
+#if defined(__ARM_FEATURE_DSP)
+    /* p >> 31 as 2 * hi (saturating: QADD) | bit 31 of the low word. |hi| < 2^30 for every product but
+       INT32_MIN * INT32_MIN (hi = 2^30), where QADD gives INT32_MAX, TFLite's answer: no test, no branch. */
+    int32_t v = (int32_t)((uint32_t)__qadd(hi, hi) | ((uint32_t)p >> 31));
+#else
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
+#endif
     int32_t mask = (int32_t)((1u << right) - 1u);
     return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
 }
 
 #if defined(__ARM_FEATURE_DSP)
-#include <arm_acle.h>
 /* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
 TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
     uint32_t r;
@@ -77,21 +88,60 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
 }
 
 /* Rows of weights against one activation vector: the activation's two SXTB16 are shared by the rows. */
-#define TVMP_ROW_STEP(j) do { uint32_t y; memcpy(&y, w + (j) * ws, 4); \
+#define TVMP_ROW_STEP_AT(j, off) do { uint32_t y; memcpy(&y, w + (j) * ws + (off), 4); \
         s[j] = __smlad(xo, tvmp_sxtb16_ror8(y), __smlad(xe, __sxtb16(y), s[j])); } while (0)
+#define TVMP_ROW_STEP(j) TVMP_ROW_STEP_AT(j, 0)
 #define TVMP_ROWS_KERNEL(name, rows)                                                            \
 TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
     int32_t s[rows];                                                                            \
     for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                           \
-    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                    \
+    for (; n >= 8; n -= 8, a += 8, w += 8) { /* two words per iteration: less loop overhead */  \
         uint32_t x;                                                                             \
         memcpy(&x, a, 4);                                                                       \
         uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
         for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+        memcpy(&x, a + 4, 4);                                                                   \
+        xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                             \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP_AT(j, 4);                              \
+    }                                                                                           \
+    if (n >= 4) {                                                                               \
+        uint32_t x;                                                                             \
+        memcpy(&x, a, 4);                                                                       \
+        uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                    \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                    \
+        n -= 4, a += 4, w += 4;                                                                 \
     }                                                                                           \
     for (; n > 0; n--, a++, w++)                                                                \
         for (int32_t j = 0; j < rows; j++) s[j] += (int32_t)*a * (int32_t)w[j * ws];             \
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
+}
+
+/* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
+   weight word is loaded and sign-extended once for both pixels, each activation word once for all rows. */
+#define TVMP_PX2_KERNEL(name, rows)                                                                     \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    int32_t s0[rows], s1[rows];                                                                         \
+    for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
+        uint32_t x0, x1;                                                                                \
+        memcpy(&x0, a, 4);                                                                              \
+        memcpy(&x1, a + as, 4);                                                                         \
+        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
+        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws, 4);                                                                  \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }                                                                                               \
+    }                                                                                                   \
+    for (; n > 0; n--, a++, w++)                                                                        \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            s0[j] += (int32_t)a[0] * (int32_t)w[j * ws];                                                \
+            s1[j] += (int32_t)a[as] * (int32_t)w[j * ws];                                               \
+        }                                                                                               \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
 }
 #else
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
@@ -102,9 +152,17 @@ TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int
 TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {  \
     for (int32_t j = 0; j < rows; j++) acc[j] = tvmp_dot_s8(a, w + j * ws, n, acc[j]);          \
 }
+#define TVMP_PX2_KERNEL(name, rows)                                                                     \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    for (int32_t p = 0; p < 2; p++)                                                                     \
+        for (int32_t j = 0; j < rows; j++)                                                              \
+            acc[p * rows + j] = tvmp_dot_s8(a + p * as, w + j * ws, n, acc[p * rows + j]);               \
+}
 #endif
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
+TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows2, 2)
+TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
 
 /* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
 TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {

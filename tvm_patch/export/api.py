@@ -23,15 +23,16 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
-from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels, block_pixels
 from tvm_patch.export.driver import driver_source, model_header
+from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
@@ -151,18 +152,20 @@ def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str, halo: s
     return PatchStage(split=split, patches=patches, halo=halo)(mod)
 
 
-def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
-    """(name, Relax module, .tflite path or None) of a spec, a frontend Model or an IRModule."""
+def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(name, Relax module, .tflite path or None, (input names, output names) of the model's tensors, () when
+    unknown) of a spec, a frontend Model or an IRModule."""
     if isinstance(model, (str, os.PathLike)):
         spec = os.fspath(model)
         m = load(spec)
         tflite = spec if spec.lower().endswith(".tflite") else None
-        return spec, m.mod, tflite
+        return spec, m.mod, tflite, (m.input_names, m.output_names)
     if isinstance(model, tvm.IRModule):
-        return "IRModule", model, None
+        return "IRModule", model, None, ((), ())
     mod = getattr(model, "mod", None)
     if isinstance(mod, tvm.IRModule):
-        return str(getattr(model, "name", "model")), mod, None
+        names = (tuple(getattr(model, "input_names", ())), tuple(getattr(model, "output_names", ())))
+        return str(getattr(model, "name", "model")), mod, None, names
     raise TvmPatchError(f"cannot export a {type(model).__name__}: give a model path, zoo:NAME, a Model or an IRModule")
 
 
@@ -220,7 +223,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if (patches is None) != (split is None):
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
-    name, src_mod, tflite = _resolve(model)
+    name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
     if rounding != "tflite" and patches is not None:
@@ -237,6 +240,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
+    prog = name_io(prog, *io_names)  # tvmp_run's buffers after the model's tensor names
     blocked = prog.funcs
     if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
         blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}
@@ -269,7 +273,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
-    final = {n: f.with_attr("tirx.noalias", False) if n in inplace_funcs else f for n, f in funcs.items()}
+    if lean and micro:
+        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
+    final = {n: mark_in_place(f, pairs[n]) if n in inplace_funcs else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
@@ -369,6 +375,25 @@ def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: st
     if callable(rows):
         return rows(name, func)
     return rows.get(name, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows
+
+
+def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], inplace_funcs: set[str],
+                   workspace: dict[str, int], rows: Any, alignment: int) -> dict[str, Any]:
+    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy) and are not
+    run in place, blocked over two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the
+    result needs the same kernel workspace as before (so the planned arena stays as it is)."""
+    out = dict(funcs)
+    for name, func in funcs.items():
+        if func is not lean_funcs[name] or name in inplace_funcs:
+            continue
+        src = prog.funcs[name]
+        blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
+        if blocked is src:
+            continue
+        cand = lean_schedule(blocked)
+        if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
+            out[name] = cand
+    return out
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
@@ -30,7 +31,7 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.export.schedule import is_default_form
 from tvm_patch.tir_util import vars_of
 
-__all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "rows_loop", "split_rows"]
+__all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "block_pixels", "rows_loop", "split_rows"]
 
 ROW_BLOCKS = (1, 2, 4)  # the blockings the micro-kernels implement (1: unblocked)
 DEFAULT_ROWS = 4
@@ -64,9 +65,16 @@ def _channel_and_reduction(block: s_tir.SBlock) -> tuple[Any, Any] | None:
         ch = w_spatial[0]
         if any(u.same_as(ch) for i in a.indices for u in vars_of(i)):
             continue  # a depthwise convolution: the activation is indexed by the channel too
-        if _innermost(w).same_as(k) and any(i.same_as(k) for i in a.indices):
+        long_k = int(red[-1].dom.extent) >= 4  # a dot-product call (micro_kernels.MIN_DOT_LENGTH)
+        if _innermost(w).same_as(k) and (any(i.same_as(k) for i in a.indices) or long_k and _unit_step(_innermost(a), k)):
             return ch, k
     return None
+
+
+def _unit_step(index: Any, k: Any) -> bool:
+    """Does ``index`` move by one with ``k`` (``x * s + k``: a kernel column over one input channel)?"""
+    coeffs = tvm.sym.detect_linear_equation(index, [k])
+    return len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) and int(coeffs[0].value) == 1
 
 
 def _innermost(load: TensorLoad) -> Any:
@@ -112,14 +120,69 @@ def block_output_channels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
     or ``func`` itself when it is not such a kernel, ``rows`` is 1 or does not divide the channels."""
     if rows not in ROW_BLOCKS:
         raise ValueError(f"rows must be one of {ROW_BLOCKS}, got {rows}")
-    if rows == 1 or not is_default_form(func):
+    started = _blockable(func, rows)
+    if started is None:
         return func
+    sch, found = started
+    try:
+        split_rows(sch, found, rows)
+    except _ERRORS:
+        return func
+    return sch.mod["main"]
+
+
+def _blockable(func: tirx.PrimFunc, rows: int) -> tuple[s_tir.Schedule, tuple[Any, list[Any], int]] | None:
+    """A schedule of ``func`` and its ``rows_loop`` when ``rows`` (> 1) output channels can be blocked."""
+    if rows == 1 or not is_default_form(func):
+        return None
     try:
         sch = s_tir.Schedule(func)
         found = rows_loop(sch)
-        if found is None or found[2] % rows:
+    except _ERRORS:
+        return None
+    return None if found is None or found[2] % rows else (sch, found)
+
+
+PIXELS = 2  # output pixels per blocked step (tvmp_dot_s8_px2_rows*)
+
+
+def block_pixels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
+    """``func`` (a default-form NHWC 1x1 convolution) blocked by ``rows`` output channels (as
+    ``block_output_channels``) and by two output pixels along its last spatial axis, both under the
+    reduction:
+
+        for k in range(K):
+            for p in range(2):
+                for j in range(rows):  acc[p, j] += int32(A[a + p * C + k]) * int32(W[w + j * S + k])
+
+    which ``micro_kernels`` turns into one ``tvmp_dot_s8_px2_rows{rows}`` call: each weight word is loaded and
+    sign-extended once for two pixels, each activation word once for ``rows`` channels. The accumulators are
+    2 x rows C locals. ``func`` itself when it is not such a kernel (one non-unit reduction, the activation's
+    last axis, indexed by the pixel axis just before the channel axis, whose extent is even)."""
+    started = _blockable(func, rows) if rows in ROW_BLOCKS else None
+    if started is None:
+        return func
+    sch, found = started
+    try:
+        rv = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+              if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)][0]
+        block = sch.get(rv)
+        ch, k = _channel_and_reduction(block)
+        red = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce and int(iv.dom.extent) > 1]
+        loops = list(sch.get_loops(rv))
+        pos = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(found[0]))][0]
+        act = [ld for ld in _int8_loads(block) if not any(u.same_as(ch) for i in ld.indices for u in vars_of(i))]
+        if len(red) != 1 or pos == 0 or len(act) != 1 or not act[0].indices[-1].same_as(k):
+            return func
+        px_loop, px_iv = loops[pos - 1], block.iter_vars[pos - 1]
+        extent = int(px_iv.dom.extent)
+        if extent % PIXELS or not any(u.same_as(px_iv.var) for i in act[0].indices[:-1] for u in vars_of(i)):
             return func
         split_rows(sch, found, rows)
+        _, px_inner = sch.split(px_loop, [extent // PIXELS, PIXELS])
+        loops = list(sch.get_loops(rv))
+        i = [n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(px_inner))][0]
+        sch.reorder(*loops[i + 1:-1], px_inner, loops[-1])
     except _ERRORS:
         return func
     return sch.mod["main"]

@@ -21,7 +21,7 @@ import tvm_ffi
 from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET, emit_c
-from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
 from tvm_patch.export.api import write_directory
 from tvm_patch.export.blocking import block_output_channels
 from tvm_patch.export.driver import driver_source, model_header
@@ -94,7 +94,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
     if aplan.inplace_calls:
-        final = final.with_attr("tirx.noalias", False)
+        final = mark_in_place(final, pairs[name])
     csrc = emit_c({name: final}, ALIGNMENT)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
