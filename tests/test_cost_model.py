@@ -18,7 +18,7 @@ from tvm_patch.cli import main
 from tvm_patch.cost import Plan, predict
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
-from tvm_patch.cost.latency import default_path, load as load_cost_model
+from tvm_patch.cost.latency import default_path, for_core, kernels_fingerprint, load as load_cost_model, warn_if_stale
 from tvm_patch.cost.search import search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
@@ -30,9 +30,10 @@ pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shu
 
 KWS = "mlperf_tiny/kws_int8.tflite"
 VWW = "mlperf_tiny/vww_96_int8.tflite"
-FAST_CASES = [(KWS, "f746", Plan()), (KWS, "f412", Plan(3, (2, 2)))]
+FAST_CASES = [(KWS, "f746", Plan()), (KWS, "f412", Plan(3, (2, 2))), (KWS, "f412", Plan(3, (2, 2), "cache"))]
 SLOW_CASES = [(m, b, p) for m in (KWS, VWW, "zoo:mcunet-in0:int8") for b in ("f412", "h743")
-              for p in (Plan(), Plan(4, (3, 3)))] + [("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4)))]
+              for p in (Plan(), Plan(4, (3, 3)), Plan(4, (3, 3), "cache"))] + \
+    [("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4))), ("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4), "cache"))]
 
 
 def _spec(model: str, shared_models: Path) -> str:
@@ -63,7 +64,7 @@ def _check_memory(built, model: str, board: str, plan: Plan) -> None:
     assert pred.latency_estimated and pred.latency_ms > 0 and pred.instructions > 0
 
 
-@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2"])
+@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2", "kws-f412-2x2-cache"])
 def test_predicted_sram_exact_and_flash_within_1pct(built, shared_models, model, board, plan):
     _check_memory(built, _spec(model, shared_models), board, plan)
 
@@ -86,6 +87,11 @@ def test_kernel_features_of_kws(tmp_path, shared_models):
     dw = rows[ops.index("depthwise")]
     assert dw["groups"] == 64 and dw["inplace"] == 1 and dw["uses_requant"] >= 1
     assert sum(r["uses_dot"] > 0 for r in rows if r["op"] == "conv1x1") == 4
+    for r in rows:  # what runs: every 1x1 MAC inside a register-blocked dot product of 4 rows (trips.py)
+        if r["op"] == "conv1x1":
+            e = r["exec"]
+            assert e["rows_calls"] == e["dot_calls"] > 0 and 4 * e["dot_elems"] == r["macs"] and e["mac"] == 0
+            assert r["x_dot_len"] == 64 and r["x_rows_share"] == 1
 
 
 def test_patch_stage_features(tmp_path):
@@ -97,12 +103,45 @@ def test_patch_stage_features(tmp_path):
     lbl = sum(layer.macs for layer in build_graph(load("zoo:mcunet-in0:int8").mod).layers[:6])
     assert lbl < stage["macs"] < 3 * lbl  # every patch recomputes its halo: more MACs than layer by layer
     assert 0 < stage["stage_dw_share"] < 1
+    assert stage["halo_cache"] == 0 and stage["exec"]["mac"] >= stage["macs"] * 0.9
+
+
+def test_cache_mode_stage_executes_fewer_macs(tmp_path, shared_models):
+    """The halo-cache stage's loop nest (bounds that depend on the patch) counted exactly: fewer MACs than
+    recomputing the halos, at least the stage's own (each element once; border checks count as taken)."""
+    counts = {}
+    for halo in ("recompute", "cache"):
+        out = tmp_path / halo
+        result = export_model(str(shared_models / KWS), out, patches=4, split=5, halo=halo)
+        counts[halo] = kernel_rows(result, (out / "model.c").read_text(), halo)[0]
+    lbl = sum(layer.macs for layer in build_graph(load(str(shared_models / KWS)).mod).layers[:5])
+    assert counts["cache"]["halo_cache"] == 1 and counts["recompute"]["halo_cache"] == 0
+    assert lbl <= counts["cache"]["exec"]["mac"] < 1.25 * lbl < counts["recompute"]["exec"]["mac"]
+    assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
 
 
 def test_shipped_models_load():
     for core in ("m4", "m7"):
         m = load_cost_model(default_path(core))
         assert m.core == core and m.unit == "instructions" and m.meta["n_networks"] > 0
+        assert m.stage_coef is not None and len(m.meta["kernels_fingerprint"]) == 16
+
+
+def test_stale_model_warns_once_on_stderr(tmp_path, capsys):
+    """A model trained on other kernels (another fingerprint) predicts, with one warning line on stderr."""
+    data = json.loads(default_path("m7").read_text())
+    data["meta"]["kernels_fingerprint"] = "0" * 16
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(data))
+    m = for_core("m7", stale)
+    for_core("m7", stale)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on other kernels" in err[0] and str(stale) in err[0] and "make costmodel" in err[0]
+    assert warn_if_stale(m, stale) and m.core == "m7"
+    fresh = tmp_path / "fresh.json"
+    data["meta"]["kernels_fingerprint"] = kernels_fingerprint()
+    fresh.write_text(json.dumps(data))
+    assert not warn_if_stale(load_cost_model(fresh), fresh) and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("content,why", [(b"\x00garbage", "corrupt"), (b'{"format": "x"}', "not a tvm-patch"),
@@ -129,7 +168,7 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
     measured = []
 
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp):  # the resume logic, not the measuring
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None):  # the resume logic, not the measuring
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
@@ -158,6 +197,17 @@ def test_plan_json_and_chosen_plan_builds_to_prediction(built, shared_models, ca
     assert all(a["latency_ms"] > b["latency_ms"] for a, b in zip(front, front[1:]))
     chosen = Plan(out["split"], tuple(out["patches"]) if out["patches"] else None, out["halo"])
     assert built(str(shared_models / KWS), "f412", chosen)["sram_bytes"] == out["sram_bytes"]
+
+
+def test_build_uses_the_plan_when_none_is_given(shared_models, tmp_path, capsys):
+    """`build --board` without --patches/--split builds `plan --fast`'s answer and says so in --json; the
+    firmware has the SRAM the plan predicted."""
+    assert main(["build", str(shared_models / KWS), "--board", "f412", "-o", str(tmp_path / "fw"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    plan = r["plan"]
+    assert plan["source"].startswith("tvm-patch plan --fast") and plan["sram_bytes"] == r["sram_bytes"]
+    assert r["export"]["plan"]["patches"] == (plan["patches"][0] if plan["patches"] else None)
+    assert r["export"]["plan"]["split"] == plan["split"] and plan["predicted_latency_ms"] > 0
 
 
 @pytest.mark.slow

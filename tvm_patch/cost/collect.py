@@ -3,9 +3,10 @@ JSONL file. Resumable: every item has an id, items already in the file are skipp
 one flushed line, so Ctrl-C and a re-run continue where it stopped.
 
 Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
-split and 2..4 patches a side; ``seed`` >= 1: with inserted plain convolutions and a second patch plan), for
-training; then the held-out real networks (zoo and MLPerf Tiny models,
-layer by layer and 4x4 patches at the middle valid split), which training never reads and ``eval`` scores.
+split, 2..4 patches a side, a halo mode; ``seed`` >= 1: with inserted plain convolutions and a second patch
+plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py), for training; then the held-out real
+networks (zoo and MLPerf Tiny models, layer by layer and 4x4 patches at the middle valid split, the halos
+recomputed and cached), which training never reads and ``eval`` scores.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from microtvm_projects.errors import ProjectError
 from tqdm import tqdm
 
 from tvm_patch.cost.measure import core_key, measure
-from tvm_patch.cost.plan import Plan
-from tvm_patch.cost.synth import sample_inserts, sample_net, write_onnx
+from tvm_patch.cost.plan import HALO_MODES, Plan
+from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_net, write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
 from tvm_patch.paths import cache_dir, shared_models_dir
 from tvm_patch.split import valid_splits
 
+# The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
+# plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
+DEFAULT_ROUNDS = ((0, 30), (1, 12), (2, 20))
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
 HELDOUT_MLPERF = ("kws_int8", "vww_96_int8", "resnet8_int8")
 
@@ -51,12 +55,20 @@ def heldout_models() -> list[str]:
     return [f"zoo:{n}:int8" for n in HELDOUT_ZOO] + [str(mlperf / f"{n}.tflite") for n in HELDOUT_MLPERF]
 
 
-def _patched_plan(model: str, seed: int) -> Plan | None:
+def _module(model: Any) -> Any:
+    """The Relax module of a model spec, or the module itself."""
+    return load(model).mod if isinstance(model, str) else model
+
+
+def _patched_plan(model: Any, seed: int) -> Plan | None:
     """A seeded valid patch plan for ``model``, or None when no split can be patched."""
     rng = random.Random(seed)
     p = rng.choice((2, 2, 3, 4))
-    splits = valid_splits(build_graph(load(model).mod), (p, p))
-    return Plan(rng.choice(splits), (p, p)) if splits else None
+    splits = valid_splits(build_graph(_module(model)), (p, p))
+    if not splits:
+        return None
+    split = rng.choice(splits)
+    return Plan(split, (p, p), rng.choice(HALO_MODES))
 
 
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -65,15 +77,18 @@ def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[s
         s = seed * 100_000 + i
         # round 0: the MCUNet-space networks; later rounds add plain k x k convolutions and a second patch plan
         # (where round 0's held-out error was largest)
-        more = seed >= 1
-        yield f"synth-{s}-lbl", {"synth": s, "inserts": more, "patched": False}
-        yield f"synth-{s}-patch", {"synth": s, "inserts": more, "patched": True}
+        more, nhwc = seed >= 1, seed >= 2
+        tag = "nhwc-" if nhwc else ""
+        common = {"synth": s, "inserts": more, "nhwc": nhwc}
+        yield f"synth-{s}-{tag}lbl", common | {"patched": False}
+        yield f"synth-{s}-{tag}patch", common | {"patched": True}
         if more:
-            yield f"synth-{s}-patch2", {"synth": s, "inserts": more, "patched": True}
+            yield f"synth-{s}-{tag}patch2", common | {"patched": True}
     if heldout:
         for m in heldout_models():
             yield f"heldout-{Path(m).name}-lbl", {"model": m, "patched": False}
             yield f"heldout-{Path(m).name}-patch", {"model": m, "patched": True}
+            yield f"heldout-{Path(m).name}-cache", {"model": m, "patched": True, "halo": "cache"}
 
 
 def done_ids(path: Path) -> set[str]:
@@ -133,16 +148,20 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
                 if "synth" in item:
                     net = sample_net(item["synth"])
                     inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
-                    model = str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
+                    if item.get("nhwc"):
+                        model = nhwc_model(net, inserts)
+                    else:
+                        model = str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
                 else:
                     model = item["model"]
                 plan = _patched_plan(model, zlib.crc32(item_id.encode())) if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
-                    plan = _heldout_patch_plan(model)
+                    plan = _heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
                     counts["failed"] += 1
                     continue
-                rec = measure(model, plan, board, runner, timeout_sec, tmp)
+                rec = measure(model, plan, board, runner, timeout_sec, tmp,
+                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None)
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()
@@ -155,8 +174,9 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
     return counts
 
 
-def _heldout_patch_plan(model: str) -> Plan | None:
-    """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split."""
-    graph = build_graph(load(model).mod)
+def _heldout_patch_plan(model: Any, halo: str = "recompute") -> Plan | None:
+    """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split, the halos
+    recomputed or cached."""
+    graph = build_graph(_module(model))
     splits = valid_splits(graph, (4, 4))
-    return Plan(splits[len(splits) // 2], (4, 4)) if splits else None
+    return Plan(splits[len(splits) // 2], (4, 4), halo) if splits else None

@@ -15,7 +15,9 @@ from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 
+from tvm_patch.cost.nhwc import nhwc_module
 from tvm_patch.zoo.graph import Layer, lower
 from tvm_patch.zoo.onnx_export import export
 from tvm_patch.zoo.quantize import calibrate
@@ -101,12 +103,24 @@ def _insert(layers: list[Layer], net_name: str, ins: Inserted, k: int) -> list[L
     return out
 
 
-def write_onnx(net: NetSpec, path: str | Path, inserts: tuple[Inserted, ...] = ()) -> Path:
-    """``net`` (with ``inserts``) as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded
-    inputs)."""
+def synth_layers(net: NetSpec, inserts: tuple[Inserted, ...] = ()) -> list[Layer]:
+    """The zoo's layers of ``net`` with ``inserts`` (seeded weights)."""
     layers = lower(net)
     for k, ins in enumerate(inserts):
         layers = _insert(layers, net.name, ins, k)
+    return layers
+
+
+def nhwc_model(net: NetSpec, inserts: tuple[Inserted, ...] = ()) -> tvm.IRModule:
+    """``net`` (with ``inserts``) as the NHWC int8 module a TFLite import of it would give (nhwc.py)."""
+    layers = synth_layers(net, inserts)
+    return nhwc_module(net, layers, calibrate(net.name, layers, net.resolution))
+
+
+def write_onnx(net: NetSpec, path: str | Path, inserts: tuple[Inserted, ...] = ()) -> Path:
+    """``net`` (with ``inserts``) as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded
+    inputs)."""
+    layers = synth_layers(net, inserts)
     model = export(net, layers, calibrate(net.name, layers, net.resolution))
     path = Path(path)
     path.write_bytes(model.SerializeToString())

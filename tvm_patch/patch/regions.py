@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tvm_patch.names import HALO_MODES
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage, StageError
 
 _DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
@@ -351,7 +352,6 @@ def stage_macs(stage: Stage) -> int:
 # width, and a column cache of the halo columns the next patch to the right needs, over the region's rows.
 # Every element of an intermediate is then computed once.
 
-HALO_MODES = ("recompute", "cache")
 
 
 def check_halo(halo: str) -> str:
