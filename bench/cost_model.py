@@ -4,7 +4,7 @@ the shipped model of each core on the measurements it was trained beside (bench/
 <out>/cost_model.json and cost_model.md. See docs/cost-model.md.
 
 `--retrain` first re-collects the training and held-out measurements on this installation's kernels (the
-rounds of collect.DEFAULT_ROUNDS, on QEMU; resumable: an interrupted run continues), then retrains and
+rounds of collect.DEFAULT_ROUNDS and the adaptive one, on QEMU; resumable: an interrupted run continues), then retrains and
 replaces the shipped model (tvm_patch/cost/models/<core>.json) and its data (bench/cost_data/<core>.jsonl.gz).
 `make costmodel` (or `make -j2 costmodel` for both cores at once) runs it.
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tvm_patch.atomic import write_atomic
-from tvm_patch.cost.collect import DEFAULT_ROUNDS, collect, read_records
+from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.latency import CORES, default_path, fit, for_core, kernels_fingerprint
 from tvm_patch.paths import cache_dir
@@ -36,6 +36,7 @@ def retrain(core: str) -> dict[str, float]:
     work = cache_dir("cost") / f"retrain_{core}_{kernels_fingerprint()}.jsonl"
     for seed, n in DEFAULT_ROUNDS:
         collect(BOARD_OF_CORE[core], work, n=n, seed=seed)
+    collect(BOARD_OF_CORE[core], work, seed=ADAPTIVE_ROUND[0], adaptive=ADAPTIVE_ROUND[1])
     t1 = time.monotonic()
     write_atomic(DATA / f"{core}.jsonl.gz", gzip.compress(work.read_bytes(), 9, mtime=0))
     model = fit([r for r in read_records(work) if not r.get("heldout")], core)
@@ -55,7 +56,7 @@ def markdown(results: dict[str, dict]) -> str:
     for core, r in results.items():
         for n in r["networks"]:
             plan = "layer by layer" if n["plan"]["split"] is None else \
-                f"split {n['plan']['split']}, {n['plan']['patches'][0]}x{n['plan']['patches'][1]}"
+                f"split {n['plan']['split']}, {n['plan']['patches'][0]}x{n['plan']['patches'][1]}, {n['plan']['halo']}"
             lines.append(f"| {core} | {Path(n['model']).name} | {plan} | {n['measured']:,} | {n['predicted']:,} | "
                          f"{n['error']:+.1%} |")
     return "\n".join(lines) + "\n"

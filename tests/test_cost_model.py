@@ -15,7 +15,10 @@ from microtvm_projects.boards import BOARDS
 
 from tvm_patch.board_build import build_for_board
 from tvm_patch.cli import main
+from relay_passes import LowerToInteger, float_ops_remaining
 from tvm_patch.cost import Plan, predict
+from tvm_patch.cost.adaptive import cv_errors, near_items
+from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.latency import default_path, for_core, kernels_fingerprint, load as load_cost_model, warn_if_stale
@@ -254,3 +257,27 @@ def test_train_and_eval_on_the_shipped_measurements(tmp_path, capsys):
     assert out["within_10pct_share"] == pytest.approx(sum(abs(n["error"]) <= 0.10 for n in nets) / len(nets), abs=1e-3)
     for n in nets:
         assert n["error"] == pytest.approx((n["predicted"] - n["measured"]) / n["measured"], abs=1e-3)
+
+
+def test_nhwc_synthetic_network_has_tflite_form_kernels(tmp_path):
+    """Round 2's training networks: the NHWC module exports integer-only, its convolutions as NHWC kernels."""
+    net = sample_net(3)
+    mod = nhwc_model(net, sample_inserts(net, 3))
+    assert float_ops_remaining(LowerToInteger()(mod)) == []
+    result = export_model(mod, tmp_path / "e")
+    rows = kernel_rows(result, (tmp_path / "e" / "model.c").read_text())
+    convs = [r for r in rows if r["op"] in ("conv1x1", "convkxk", "depthwise")]
+    assert len(convs) >= 2 * len(net.blocks) and all(r["nhwc"] == 1 for r in convs)
+
+
+def test_adaptive_round_picks_the_worst_training_networks():
+    """nn-Meter's adaptive sampling: neighbours of the networks worst predicted under cross-validation, never
+    of a held-out one."""
+    recs = cost_collect.read_records(DATA / "m7.jsonl.gz")
+    errors = cv_errors(recs, "m7")
+    assert errors and all(not r.get("heldout") for _, r in errors)
+    assert [abs(e) for e, _ in errors] == sorted((abs(e) for e, _ in errors), reverse=True)
+    items = near_items(recs, "m7", 3, 9)
+    assert len(items) == 3 and len({i["synth"] for _, i in items}) == 3
+    assert all(i.startswith("adapt9-") and it["near"] == 9 for i, it in items)
+    assert sample_near(items[0][1]["synth"], 9).blocks  # the neighbour builds

@@ -297,8 +297,15 @@ def _cmd_costmodel(args: argparse.Namespace) -> int:
             raise TvmPatchError("costmodel collect needs --board f412|f746|h743")
         out = args.data[0] if args.data else str(cost_collect.default_data(core_key(args.board)))
         counts = cost_collect.collect(args.board, Path(out), n=args.n, seed=args.seed, runner=args.runner,
-                                      timeout_sec=args.timeout)
+                                      timeout_sec=args.timeout, adaptive=args.adaptive)
         print(f"{out}: {counts['measured']} measured, {counts['skipped']} already there, {counts['failed']} failed")
+        return 0
+    if args.action == "refeature":
+        if not args.data or not args.out:
+            raise TvmPatchError("costmodel refeature needs --data FILE.jsonl and --out FILE.jsonl")
+        counts = cost_collect.refeature(Path(args.data[0]), Path(args.out))
+        print(f"{args.out}: {counts['refeatured']} records with this version's features, {counts['dropped']} dropped "
+              "(measured on other kernels)")
         return 0
     core = args.core or (core_key(args.board) if args.board else None)
     if core not in cost_latency.CORES:
@@ -342,11 +349,15 @@ def _print_plan(args: argparse.Namespace, res) -> None:
 
 def _add_cost_parsers(sub) -> None:
     c = sub.add_parser("costmodel", help="the latency cost model: collect measurements, train, evaluate")
-    c.add_argument("action", choices=["collect", "train", "eval"])
+    c.add_argument("action", choices=["collect", "train", "eval", "refeature"])
+    c.add_argument("--out", metavar="FILE.jsonl", help="refeature: where to write the records")
     c.add_argument("--board", choices=["f412", "f746", "h743"], help="collect: the board measured")
     c.add_argument("--core", choices=list(cost_latency.CORES), help="train/eval: the core (default: the board's)")
     c.add_argument("--n", type=int, default=40, help="collect: synthetic networks (each layer by layer and patched)")
     c.add_argument("--seed", type=int, default=0, help="collect: seed of the synthetic networks and plans")
+    c.add_argument("--adaptive", type=int, default=0, metavar="K",
+                   help="collect: instead, neighbours of the K training networks the model predicts worst "
+                        "(cross-validated on the data collected so far; --seed numbers the round)")
     c.add_argument("--runner", choices=["emulator", "device"], default="emulator",
                    help="collect: instructions on QEMU (default) or cycles on the board")
     c.add_argument("--data", nargs="+", metavar="FILE.jsonl", help="measurements (default: the cache's, per core)")

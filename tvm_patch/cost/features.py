@@ -30,8 +30,8 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
            "x_mac_pw", "x_store_pw", "x_dot_pw", "x_dot_len", "x_rows_share", "x_window_pw", "x_window_len",
            "x_requant_pw", "x_pad_pw")
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
-EXEC_KEYS = ("mac", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems", "requant",
-             "pad_calls", "sat")
+EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
+             "window_elems", "requant", "pad_calls", "sat")
 
 
 def columns() -> list[str]:
@@ -152,7 +152,11 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
     e = executed(func)
     out = dict.fromkeys(EXEC_KEYS, 0.0)
     for k, v in e.items():
-        if k.startswith("mac_"):
+        if k in ("mac_flat", "red_loops"):
+            out[k] += v
+        elif k == "mac_loop":
+            continue
+        elif k.startswith("mac_"):
             out["mac"] += v
         elif k == "stores":
             out["stores"] += v

@@ -12,7 +12,7 @@ import random
 import zlib
 from pathlib import Path
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tvm
@@ -68,6 +68,18 @@ def sample_net(seed: int) -> NetSpec:
         ch = out
     head = ConvSpec(ch, rng.choice((64, 96, 128, 160)), 1, 1, 1, "relu6") if rng.random() < 0.5 else None
     return NetSpec(f"synth-{seed}", "synthetic", res, stem, tuple(blocks), head, num_classes=rng.choice((10, 100)))
+
+
+def sample_near(seed: int, variant: int) -> NetSpec:
+    """A neighbour of the network of ``seed`` (adaptive sampling, nn-Meter's way: more samples where the model
+    errs most): the same blocks and channels, each block's kernel redrawn with probability 0.4 and the
+    resolution one step down, kept or one step up (seeded by ``variant``)."""
+    net = sample_net(seed)
+    rng = random.Random(seed * 1009 + variant * 7 + 3)
+    i = RESOLUTIONS.index(net.resolution)
+    res = RESOLUTIONS[max(0, min(len(RESOLUTIONS) - 1, i + rng.choice((-1, 0, 0, 1))))]
+    blocks = tuple(replace(b, kernel=rng.choice(KERNELS)) if rng.random() < 0.4 else b for b in net.blocks)
+    return replace(net, name=f"{net.name}-near{variant}", resolution=res, blocks=blocks)
 
 
 def sample_inserts(net: NetSpec, seed: int) -> tuple[Inserted, ...]:

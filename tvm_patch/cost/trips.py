@@ -48,7 +48,8 @@ def _mac_class(extents: list[int]) -> str:
 
 def executed(func: tirx.PrimFunc) -> Counter:
     """Execution counts of ``func``'s final TIR: ``mac_<class>`` and ``out_<class>`` (MACs and the outputs they
-    accumulate, class 1x1 / dw / kxk), ``call_<name>`` and ``elems_<name>`` per extern call (its length
+    accumulate, class 1x1 / dw / kxk), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
+    ``red_loops`` (starts of the innermost loop around looped MACs), ``call_<name>`` and ``elems_<name>`` per extern call (its length
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations)."""
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
@@ -77,15 +78,19 @@ def executed(func: tirx.PrimFunc) -> Counter:
             ext = 1 if ext is None else ext
             if lo is not None and 1 < ext <= MAX_ENUMERATE and _controls(node.body, node.loop_var):
                 for v in range(lo, lo + ext):
-                    visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)}, chain, red)
+                    visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
+                          chain + [ext], red)
             else:
                 visit(node.body, trips * ext, env, chain + [ext], red)
         elif isinstance(node, tirx.SeqStmt):
+            # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
+            # stay the reduction's (an accumulator's init, lets and the epilogue beside it)
+            macs = sum(isinstance(s, tirx.BufferStore) and has_mac(s.value) for s in node.seq)
             for s in node.seq:
                 if isinstance(s, tirx.Bind):  # a let: later statements see its value
                     env = env | {s.var: ana.simplify(substitute_vars(s.value, env) if env else s.value)}
                 else:
-                    visit(s, trips, env, [], red)
+                    visit(s, trips, env, [] if macs > 1 else chain, red)
         elif isinstance(node, tirx.LetStmt):
             visit(node.body, trips, env | {node.var: ana.simplify(substitute_vars(node.value, env) if env else node.value)},
                   chain, red)
@@ -110,6 +115,12 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     length *= e
                 out[f"mac_{cls}"] += trips
                 out[f"out_{cls}"] += trips / max(1, length)
+                # in the lowered code: a MAC inside a loop (one loop start per chain[-1] MACs) or unrolled
+                if chain and chain[-1] > 1:
+                    out["mac_loop"] += trips
+                    out["red_loops"] += trips / chain[-1]
+                else:
+                    out["mac_flat"] += trips
             else:
                 out["stores"] += trips
         elif isinstance(node, tirx.Evaluate):
