@@ -62,9 +62,11 @@ def _firmware(out: dict[str, Any], report: dict[str, Any]) -> None:
     out["run"] = report.get("run")
 
 
-def measure_planned(model: Model, board: Board, runner: str, work: Path) -> dict[str, Any]:
+def measure_planned(model: Model, board: Board, runner: str, work: Path,
+                    measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The schedule `tvm-patch plan --fast` chooses for the board, built and run like the others, with the
-    plan's predictions (SRAM, Flash, instructions, latency) beside what was measured."""
+    plan's predictions (SRAM, Flash, instructions, latency) beside what was measured. A layer-by-layer choice
+    is the firmware already measured as ``measured["layer_by_layer"]`` (the same build): not built again."""
     t0 = time.perf_counter()
     try:
         res = plan_search(model.spec, board.key, fast=True)
@@ -76,8 +78,11 @@ def measure_planned(model: Model, board: Board, runner: str, work: Path) -> dict
         return {"patches": None, "split": None, "status": "does_not_fit", "fits": False, "run": None, "plan": summary,
                 "message": f"no plan fits {board.key}", "seconds": round(time.perf_counter() - t0, 2)}
     p = res.chosen.plan
-    out = measure_schedule(model, board, runner, None if p["patches"] is None else p["patches"][0], p["split"],
-                           work, p["halo"])
+    if p["patches"] is None and "layer_by_layer" in measured:
+        out = dict(measured["layer_by_layer"], same_as="layer_by_layer")
+    else:
+        out = measure_schedule(model, board, runner, None if p["patches"] is None else p["patches"][0], p["split"],
+                               work, p["halo"])
     out["plan"] = dict(summary, predicted_instructions=res.chosen.instructions)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
@@ -172,7 +177,8 @@ def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _
     with tempfile.TemporaryDirectory(prefix="tvmp_bench_") as tmp:
         for key, (patches, split) in SCHEDULES.items():
             step(key)
-            entry["configs"][key] = measure_planned(model, board, runner, Path(tmp) / key) if split == PLANNED \
+            entry["configs"][key] = measure_planned(model, board, runner, Path(tmp) / key, entry["configs"]) \
+                if split == PLANNED \
                 else measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
         if entry["configs"]["layer_by_layer"]["status"] == "ok":
             step("kernels")
