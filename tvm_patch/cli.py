@@ -336,7 +336,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace, res) -> None:
     print(f"{args.model} on {args.board}: {res.note}")
     for p in res.pareto:
-        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14}  "
+        halo = p.plan["halo"] if p.plan["patches"] else ""
+        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14} {halo:9s} "
               f"SRAM {p.sram_bytes:>9,} B  latency {p.latency_ms:9.2f} ms (estimated)")
     c = res.chosen
     if c is None:
