@@ -220,6 +220,15 @@ def test_patch_mode_streams_the_input(mlperf_paths, tmp_path):
     assert isinstance(j["plan"]["split_layers"], int) and j["plan"]["split_layers"] > 0
     assert 0 < j["analytic_patch_peak_bytes"] < j["analytic_peak_bytes"]
     assert "used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
+    stage = _stage_source(out)  # NHWC: OHWI weights, register-blocked 1x1 convs, one requantization call
+    assert "tvmp_dot_s8_rows4(" in stage and "tvmp_requant(" in stage and "tvmp_window_s8(" in stage
+
+
+def _stage_source(out) -> str:
+    """The C body of the patch stage's kernel in an export directory."""
+    src = (out / "model.c").read_text()
+    start = src.index("void tvmp_patch_stage(")
+    return src[start:src.index("\n}\n", start)]
 
 
 def test_input_quantize_becomes_the_stage_prologue(tmp_path):
@@ -235,3 +244,5 @@ def test_input_quantize_becomes_the_stage_prologue(tmp_path):
     assert prog.inputs[0].tensor not in result.arena_plan.tensor_offsets
     image = tuple(prog.inputs[0].shape)
     assert not any(t.shape == image and t.dtype == "int8" for t in prog.tensors)  # no int8 copy of the image
+    stage = _stage_source(out)  # NCHW: pixel copies feed the register-blocked 1x1 convs
+    assert "tvmp_dot_s8_rows4(" in stage and "tvmp_requant(" in stage and "_global_ptr[" in stage

@@ -31,7 +31,7 @@ from tvm_patch.patch import (
 )
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_tvm
-from tvm_patch.patch.regions import full_size_bytes, plan_patches, scalar_names, single_iteration_layers
+from tvm_patch.patch.regions import buffer_names, full_size_bytes, plan_patches, single_iteration_layers
 from tvm_patch.patch.schedule import allocations, measured_macs_by_patch
 from tvm_patch.quant import activation_range, multiply_by_quantized_multiplier_ref, quantize_multiplier
 from tvm_patch.quant.fixedpoint import TEOps, mbqm
@@ -57,9 +57,11 @@ def _check_memory_and_macs(stage: Stage, patches: tuple[int, int], func) -> None
     expected = per_patch_bytes(stage, patches)
     buffers = {k: v for k, v in expected.items() if k not in ("total", "peak")}
     assert allocations(func) == buffers
-    slack = 4 * sum(len(scalar_names(stage, i)) for i in single_iteration_layers(stage, patches))
+    # degenerate stages (a loop nest of one iteration) get temporaries hoisted by TVM: up to all of them more
+    temps = set(buffers) - set(buffer_names(stage).values())
+    slack = sum(buffers[n] for n in temps) if single_iteration_layers(stage, patches) else 0
     assert expected["total"] <= allocated_bytes(func, storage_rewrite=False) <= expected["total"] + slack
-    assert expected["peak"] <= allocated_bytes(func) <= sum(buffers.values())
+    assert expected["peak"] - slack <= allocated_bytes(func) <= sum(buffers.values())
     np.testing.assert_array_equal(measured_macs_by_patch(func, stage), macs_by_patch(stage, patches))
 
 

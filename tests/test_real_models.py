@@ -157,8 +157,12 @@ def test_det_build_one_buffer_per_output(det_export):
     for i, shape in enumerate(HEADS):
         assert f"#define TVMP_OUTPUT{i}_SHAPE {{{', '.join(map(str, shape))}}}" in header
         assert f"#define TVMP_OUTPUT{i}_BYTES {int(np.prod(shape)) * 4}" in header
-    assert re.search(r"int tvmp_run\(const int8_t \*input, float \*output0, float \*output1, float \*output2\);",
-                     header)
+    # one buffer per output, named after the model's output tensors (StatefulPartitionedCall_1:1 ...)
+    names = [f"StatefulPartitionedCall_1:{k}" for k in (1, 0, 2)]
+    assert re.search(r"int tvmp_run\(const int8_t \*input, " + ", ".join(
+        rf"float \*{n.replace(':', '_')}" for n in names) + r"\);", header)
+    for i, n in enumerate(names):
+        assert f'#define TVMP_OUTPUT{i}_NAME "{n}"' in header
     assert [o["shape"] for o in result.to_json()["outputs"]] == [list(s) for s in HEADS]
 
 
@@ -179,6 +183,9 @@ def test_det_onnx_qdq_twin(tmp_path, det_profile):
     assert [r["op"] for r in res["layers"]] == [r["op"] for r in det_profile["layers"]]
     result = export_model(str(DET_QDQ), tmp_path / "out", check=True, seeds=(0,))
     assert result.check.bit_exact and len(result.program.outputs) == 3
+    # the ONNX graph's output names are C identifiers as they are
+    assert "int tvmp_run(const float *input, float *head0, float *head1, float *head2);" in \
+        (tmp_path / "out" / "tvmp_model.h").read_text()
 
 
 

@@ -13,17 +13,37 @@ from tvm_patch.graph import Graph, Layer, cut_after
 
 # Ops whose output pixel depends on a bounded window of the input: they can be computed patch by patch.
 # (A pad feeding convolutions is part of each convolution that reads it: `tvm_patch.graph` folds it in.)
-TILEABLE = ("conv2d", "depthwise_conv2d", "add")
-# Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, hard swish ... cannot.
+TILEABLE = ("conv2d", "depthwise_conv2d", "add", "max_pool2d")
+# Layers whose every output reads the whole feature map.
+GLOBAL_REDUCTIONS = ("global_pool2d", "mean")
+# Activations a stage layer can end in (relu, relu6 and their clamp forms); sigmoid, float hard swish ... cannot.
 STAGE_ACTIVATIONS = (None, "relu", "relu6", "clip", "maximum", "minimum")
+# Activations an int8 stage layer can also end in: LowerToInteger makes them a 256-entry table (a `Lookup`).
+# (A sigmoid that LowerToInteger computes on a convolution's accumulator, ONNX QDQ's form, is no table:
+# `stage_from_graph` refuses it, and the auto split skips such splits.)
+INT8_TABLE_ACTIVATIONS = ("hard_swish", "sigmoid")
 
 
-def _tileable(layer: Layer) -> bool:
-    if layer.op not in TILEABLE or layer.activation not in STAGE_ACTIVATIONS:
-        return False
-    if layer.op == "add":  # a residual add of two same-shaped tensors, not a broadcast
-        return layer.broadcast_free
-    return True
+def _quantized(graph: Graph) -> bool:
+    """True for a quantized model, as imported (its quantize ops make int8 tensors) or lowered."""
+    return any(t.dtype in ("int8", "uint8") for t in graph.tensors)
+
+
+def _untileable(graph: Graph, layer: Layer, quantized: bool) -> str | None:
+    """What keeps `layer` out of a patch stage (the op, its activation, ...), or None when it can be in one.
+    `quantized`: the model is int8, so LowerToInteger makes its hard swish and sigmoid tables."""
+    if layer.op not in TILEABLE:
+        return layer.op
+    table = layer.activation in INT8_TABLE_ACTIVATIONS and quantized
+    if layer.activation not in STAGE_ACTIVATIONS and not table:
+        return f"{layer.op} with {layer.activation}"
+    if layer.op == "add" and not layer.broadcast_free:  # a residual add of two same-shaped tensors only
+        return "add with broadcasting"
+    if layer.op == "max_pool2d":  # the window's output size (a ceil-mode pool may add a window)
+        (h, w), (ho, wo) = graph.hw(layer.inputs[0]), graph.hw(layer.output)
+        if (layer.region.h.output_size(h), layer.region.w.output_size(w)) != (ho, wo):
+            return "max_pool2d with a ceil-mode window"
+    return None
 
 
 def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) -> str | None:
@@ -32,9 +52,15 @@ def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) ->
         return f"split {n} is outside the network (1..{len(graph.layers)} layers)"
     if len(graph.inputs) != 1:
         return "the network has several inputs"
+    quantized = _quantized(graph)
     for layer in graph.layers[:n]:
-        if not _tileable(layer):
-            return f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch"
+        if layer.op in GLOBAL_REDUCTIONS:
+            return (f"layer {layer.index + 1} {layer.name} ({layer.op}) cannot be computed patch by patch: it is a "
+                    "global reduction (a squeeze-and-excitation MEAN, global pooling) whose every output reads the whole "
+                    "feature map, so the stage must end before it")
+        what = _untileable(graph, layer, quantized)
+        if what is not None:
+            return f"layer {layer.index + 1} {layer.name} ({what}) cannot be computed patch by patch"
     if not cut_after(graph, n - 1):  # only the stage output may be needed after the stage
         return f"a tensor of the stage is still needed after layer {n} (the split falls inside a residual block)"
     out = graph.layers[n - 1].output

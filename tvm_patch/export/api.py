@@ -30,6 +30,7 @@ from tvm_patch.quant import expand_extern_requantization, extern_requantization
 from tvm_patch.export import baselines
 from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels
 from tvm_patch.export.driver import driver_source, model_header
+from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
@@ -144,18 +145,20 @@ def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str, halo: s
     return PatchStage(split=split, patches=patches, halo=halo)(mod)
 
 
-def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None]:
-    """(name, Relax module, .tflite path or None) of a spec, a frontend Model or an IRModule."""
+def _resolve(model: Any) -> tuple[str, tvm.IRModule, str | None, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(name, Relax module, .tflite path or None, (input names, output names) of the model's tensors, () when
+    unknown) of a spec, a frontend Model or an IRModule."""
     if isinstance(model, (str, os.PathLike)):
         spec = os.fspath(model)
         m = load(spec)
         tflite = spec if spec.lower().endswith(".tflite") else None
-        return spec, m.mod, tflite
+        return spec, m.mod, tflite, (m.input_names, m.output_names)
     if isinstance(model, tvm.IRModule):
-        return "IRModule", model, None
+        return "IRModule", model, None, ((), ())
     mod = getattr(model, "mod", None)
     if isinstance(mod, tvm.IRModule):
-        return str(getattr(model, "name", "model")), mod, None
+        names = (tuple(getattr(model, "input_names", ())), tuple(getattr(model, "output_names", ())))
+        return str(getattr(model, "name", "model")), mod, None, names
     raise TvmPatchError(f"cannot export a {type(model).__name__}: give a model path, zoo:NAME, a Model or an IRModule")
 
 
@@ -213,7 +216,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if (patches is None) != (split is None):
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
-    name, src_mod, tflite = _resolve(model)
+    name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
     if rounding != "tflite" and patches is not None:
@@ -230,6 +233,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     prog = lower_module(mod)
     if patches is not None:
         prog = merge_prologues(prog)
+    prog = name_io(prog, *io_names)  # tvmp_run's buffers after the model's tensor names
     blocked = prog.funcs
     if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
         blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}

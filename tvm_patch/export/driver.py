@@ -68,12 +68,14 @@ def entry_signature(prog: Program) -> str:
 
 
 def _io_name(io: IOTensor, group: Sequence[IOTensor], base: str) -> str:
-    return base if len(group) == 1 else f"{base}{list(group).index(io)}"
+    """The C parameter of an input or output: its name (`io_names`), or its index name if it has none."""
+    return io.name or (base if len(group) == 1 else f"{base}{list(group).index(io)}")
 
 
 def _macro_block(prefix: str, io: IOTensor) -> list[str]:
     shape = ", ".join(str(d) for d in io.shape)
-    return [
+    named = [f"#define {prefix}_NAME \"{_c_string(io.source_name)}\""] if io.source_name else []
+    return [*named,
         f"#define {prefix}_DTYPE \"{io.dtype}\"",
         f"#define {prefix}_NDIM {len(io.shape)}",
         f"#define {prefix}_SHAPE {{{shape}}}",
@@ -98,9 +100,11 @@ def model_header(prog: Program, arena_bytes: int, model_name: str, in_caller: fr
         f"#define TVMP_NUM_CALLS {len(prog.calls)}",
     ]
     for i, io in enumerate(prog.inputs):
-        lines += _macro_block(f"TVMP_INPUT{i}", io)
+        lines += [f"/* input {i}: tvmp_run's {_io_name(io, prog.inputs, 'input')} */",
+                  *_macro_block(f"TVMP_INPUT{i}", io)]
     for i, io in enumerate(prog.outputs):
-        lines += _macro_block(f"TVMP_OUTPUT{i}", io)
+        lines += [f"/* output {i}: tvmp_run's {_io_name(io, prog.outputs, 'output')} */",
+                  *_macro_block(f"TVMP_OUTPUT{i}", io)]
     if len(prog.inputs) == 1:
         lines += _macro_block("TVMP_INPUT", prog.inputs[0])
     if len(prog.outputs) == 1:
@@ -117,6 +121,12 @@ def model_header(prog: Program, arena_bytes: int, model_name: str, in_caller: fr
         "",
     ]
     return "\n".join(lines)
+
+
+def _c_string(text: str) -> str:
+    """`text` as the body of a C string literal (printable ASCII, quotes and backslashes escaped)."""
+    out = text.encode("ascii", "replace").decode("ascii")
+    return "".join(c if c.isprintable() and c not in '"\\?' else f"\\{ord(c):03o}" for c in out)
 
 
 def _comment(text: str) -> str:

@@ -84,10 +84,11 @@ class KernelCall:
 class IOTensor:
     """A network input or output as the caller sees it: its shape and dtype, stored in ``tensor``."""
 
-    name: str
+    name: str  # its C parameter name in tvmp_run (`io_names`)
     tensor: int
     shape: tuple[int, ...]
     dtype: str
+    source_name: str = ""  # its tensor name in the model, when known
 
     @property
     def nbytes(self) -> int:
@@ -291,7 +292,7 @@ def lower_module(mod: tvm.IRModule, func_name: str = "main", fused: bool = False
         shape, dtype = _static_shape(p.ty, f"input {p.name}")
         arg = w.new_tensor(p.name, shape, dtype, "input")
         w.value[p] = arg
-        inputs.append(IOTensor(p.name, arg.index, shape, dtype))
+        inputs.append(IOTensor("input" if len(func.params) == 1 else f"input{len(inputs)}", arg.index, shape, dtype))
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         raise TvmPatchError(f"{func_name}: the function body is not a sequence of bindings")

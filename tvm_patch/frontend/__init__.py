@@ -20,6 +20,9 @@ class Model:
     mod: tvm.IRModule
     source: str  # "onnx" or "tflite"
     layout: str  # activation layout: "NCHW" (ONNX) or "NHWC" (TFLite)
+    # the model's own tensor names of its inputs and outputs, in `main`'s order (the C export names them so)
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 ZOO_PREFIX = "zoo:"
@@ -33,7 +36,7 @@ def load(spec: str) -> Model:
         if variant not in ("", "int8"):
             raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
         proto = zoo.onnx_model(name, int8=variant == "int8")
-        return Model(spec, onnx_to_relax(proto, spec), "onnx", "NCHW")
+        return Model(spec, onnx_to_relax(proto, spec), "onnx", "NCHW", *onnx_io_names(proto))
     if not os.path.exists(spec):
         raise TvmPatchError(f"{spec}: no such file; give an .onnx or .tflite path, or zoo:NAME (see `tvm-patch zoo`)")
     if os.path.isdir(spec):
@@ -41,7 +44,8 @@ def load(spec: str) -> Model:
     ext = os.path.splitext(spec)[1].lower()
     if ext == ".json":
         net, int8 = zoo.spec_file(spec)
-        return Model(os.path.basename(spec), onnx_to_relax(zoo.onnx_model_of(net, int8), spec), "onnx", "NCHW")
+        proto = zoo.onnx_model_of(net, int8)
+        return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW", *onnx_io_names(proto))
     with open(spec, "rb") as f:
         data = f.read()
     if ext == ".onnx":
@@ -56,11 +60,34 @@ def load(spec: str) -> Model:
             onnx.checker.check_model(proto)
         except Exception as e:
             raise TvmPatchError(f"{spec}: invalid ONNX model: {_first_line(e)}") from None
-        return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW")
+        return Model(os.path.basename(spec), onnx_to_relax(proto, spec), "onnx", "NCHW", *onnx_io_names(proto))
     if ext == ".tflite":
-        return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC")
+        return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC", *tflite_io_names(data))
     raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx, .tflite or a "
                         "zoo spec .json")
+
+
+def onnx_io_names(proto) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of an ONNX model's inputs (initializers left out) and outputs, in the graph's order (TVM's
+    ONNX frontend keeps it for `main`'s parameters and results)."""
+    init = {i.name for i in proto.graph.initializer}
+    return (tuple(i.name for i in proto.graph.input if i.name not in init),
+            tuple(o.name for o in proto.graph.output))
+
+
+def tflite_io_names(data: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tensor names of a .tflite model's main subgraph inputs and outputs, in the subgraph's order (the
+    order of `main`'s parameters and results); () when the flatbuffer has none."""
+    import tflite
+
+    g = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0)
+
+    def name(i: int) -> str:
+        raw = g.Tensors(i).Name()
+        return raw.decode("utf-8", "replace") if raw is not None else ""
+
+    return (tuple(name(g.Inputs(k)) for k in range(g.InputsLength())),
+            tuple(name(g.Outputs(k)) for k in range(g.OutputsLength())))
 
 
 def onnx_to_relax(proto, where: str) -> tvm.IRModule:

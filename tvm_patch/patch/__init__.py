@@ -1,6 +1,7 @@
 """Patch-based inference of a CNN's first stage as one TIR PrimFunc (MCUNetV2 on TVM).
 
-- `stage`: the description (`Stage` of `Conv` / `Add` layers, int8 `ConvQuant` / `AddQuant`).
+- `stage`: the description (`Stage` of `Conv` / `Add` / `MaxPool` / `Lookup` layers, int8 `ConvQuant` /
+  `AddQuant`).
 - `regions`: the halo arithmetic (`plan_patches`), per-patch bytes, patch input size, MACs.
 - `te_stage`: the TE compute; `schedule`: `build_stage` (patched PrimFunc), `build_reference`.
 - `reference`: numpy reference and runner (TFLite's integer arithmetic comes from `tvm_patch.quant`).
@@ -26,7 +27,7 @@ from tvm_patch.patch.schedule import (
     lower_for_analysis,
     measured_macs_by_patch,
 )
-from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage, StageError
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage, StageError
 from tvm_patch.patch.te_stage import StageTE, param_arrays, param_names, stage_te
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "AddQuant",
     "Conv",
     "ConvQuant",
+    "Lookup",
+    "MaxPool",
     "PatchPlan",
     "Stage",
     "StageError",

@@ -29,8 +29,9 @@ from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, plan_memory
 from tvm_patch.patch.regions import acc_dtype, buffer_names, execution_order, halo_overlap, plan_patches
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
-from tvm_patch.patch.te_stage import _clamp_i8, _float_act, pad_value, param_arrays, param_names
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
+from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
+                                      reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
 
 __all__ = ["build_cached_stage"]
@@ -124,27 +125,43 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             def tap(rc, ry, rx):
                 cin = rc if g.groups == 1 else (c // _c(cout_g)) * _c(cin_g) + rc
                 a = read(src, cin, y * _c(sh) - _c(pt) + ry, x * _c(sw) - _c(pl) + rx)
-                d = {"O": c, "I": rc, "H": ry, "W": rx}
-                wv = tirx.BufferLoad(w, [d[ch] for ch in g.kernel_layout])
-                if dt == "float32":
-                    term = a * wv
-                else:
-                    q = layer.quant
-                    term = (a.astype(_I32) - _c(q.input_zero_point)) * (wv.astype(_I32) - _c(q.weight_zero_point))
+                wv = weight_at(stage, lambda *idx: tirx.BufferLoad(w, list(idx)), c, rc, ry, rx)
+                term = conv_term(stage, layer, a, wv)
                 return tirx.BufferStore(acc, tirx.BufferLoad(acc, [_c(0)]) + term, [_c(0)])
 
-            red = _loops([(_c(0), _c(cin_g)), (_c(0), _c(g.kh)), (_c(0), _c(g.kw))], tap)
+            order = reduction_order(stage)
+            extent = {"I": cin_g, "H": g.kh, "W": g.kw}
+            red = _loops([(_c(0), _c(extent[a])) for a in order],
+                         lambda *r: tap(*(r[order.index(a)] for a in "IHW")))
             total = tirx.BufferLoad(acc, [_c(0)]) + tirx.BufferLoad(b, [c])
             if dt == "float32":
                 fin = dest(_float_act(total, layer.activation))
                 return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, fin])
             q = layer.quant
             mult, shift = params[f"layer{v}_multiplier"], params[f"layer{v}_shift"]
-            left, right = mbqm_shifts(TEOps, tirx.BufferLoad(shift, [c]))
-            high = tirx.BufferStore(tmp[0], mbqm_high(TEOps, total, tirx.BufferLoad(mult, [c]), left), [_c(0)])
-            r = rdbpot(TEOps, tirx.BufferLoad(tmp[0], [_c(0)]), right)
-            fin = dest(_clamp_i8(r + _c(q.output_zero_point), q.act_min, q.act_max))
+            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c])),
+                                    [_c(0)])
+            fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
             return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
+        if isinstance(layer, MaxPool):  # the running max over the window's in-image positions only
+            (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
+            src = stage.inputs[v][0]
+            _, ih, iw = stage.value_shape(src)
+
+            def pool_tap(ry, rx):
+                yy, xx = y * _c(sh) - _c(pt) + ry, x * _c(sw) - _c(pl) + rx
+                m = tirx.max(tirx.BufferLoad(acc, [_c(0)]), read(src, c, yy, xx).astype(acc_dtype(stage)))
+                return tirx.IfThenElse(tirx.all(yy >= 0, yy < ih, xx >= 0, xx < iw),
+                                       tirx.BufferStore(acc, m, [_c(0)]), None)
+
+            red = _loops([(_c(0), _c(kh)), (_c(0), _c(kw))], pool_tap)
+            m = tirx.BufferLoad(acc, [_c(0)])
+            act = _float_act(m, layer.activation) if dt == "float32" else _clamp_i8(m, layer.act_min, layer.act_max)
+            fin = dest(act)
+            return tirx.SeqStmt([tirx.BufferStore(acc, tirx.min_value(acc_dtype(stage)), [_c(0)]), red, fin])
+        if isinstance(layer, Lookup):
+            val = read(stage.inputs[v][0], c, y, x).astype(_I32) + _c(128)
+            return dest(tirx.BufferLoad(params[f"layer{v}_table"], [val]))
         assert isinstance(layer, Add)
         a, o = read(stage.inputs[v][0], c, y, x), read(layer.other, c, y, x)
         if dt == "float32":

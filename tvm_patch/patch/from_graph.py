@@ -21,7 +21,13 @@ int8 graphs after `LowerToInteger` (its Relax form, see `tvm_patch.transform.low
   is part of each conv that reads it in the layer graph (`Layer.prologue`): its H/W widths are in the conv's
   padding, its value is the conv's z;
 - a residual ``call_tir q_add(a, b)`` becomes ``Add(quant=AddQuant(...))`` from the recorded TFLite ADD
-  parameters (an int8 clip after it narrows the clamp).
+  parameters (an int8 clip after it narrows the clamp);
+- ``max_pool2d`` (int8, no requantization; an int8 clip after it is TFLite's fused activation) becomes
+  ``MaxPool(kernel, stride, padding, act_min, act_max)``; in float32 graphs its relu / relu6 epilogue is the
+  pool's activation. Dilated pools, and ceil-mode pools that add a window (`check_split`), are refused;
+- a table lookup fused at the end of any of these layers (LowerToInteger's ``q_hard_swish`` / ``q_logistic``
+  with its constant 256-entry table: TFLite's int8 HARD_SWISH, LOGISTIC) becomes a ``Lookup`` stage layer
+  after it.
 
 The stage requantizes with LowerToInteger's own arithmetic (`tvm_patch.quant`), so the patched module
 equals the unpatched one bit for bit.
@@ -29,18 +35,22 @@ equals the unpatched one bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph, Layer, build_graph, recorded_qparams
-from tvm_patch.names import Q_ADD, QPARAMS_ATTR
-from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.names import Q_ADD, Q_CONV_LOGISTIC, Q_HARD_SWISH, Q_LOGISTIC, QPARAMS_ATTR
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage
 from tvm_patch.split import check_split
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 
 _INT8 = (-128, 127)
+# LowerToInteger's table lookups (call_tir of the PrimFunc, (x, table[256])) a stage runs as a `Lookup` layer
+_TABLES = {Q_HARD_SWISH: "hard_swish", Q_LOGISTIC: "logistic"}
 
 
 def _const(expr: relax.Expr, what: str) -> np.ndarray:
@@ -140,6 +150,10 @@ def _int8_conv_epilogue(layer: Layer, bindings: dict, qparams: dict, channels: i
                                     "channels")
             bias = b.reshape(-1).astype(np.int64)
         elif op.startswith("tir:") and rec is None:
+            if op[4:].rstrip("0123456789_") == Q_CONV_LOGISTIC:
+                raise TvmPatchError(f"layer {layer.name}: a sigmoid computed on the convolution's accumulator "
+                                    "(LowerToInteger's q_conv_logistic, ONNX QDQ's form) cannot be part of a patch "
+                                    "stage; end the stage before it")
             rec = _record(layer, call, qparams, ("requantize",))
             args = list(call.args[1].fields)
             if rec["axis"] != out_c_axis:
@@ -188,6 +202,48 @@ def _int8_add(layer: Layer, bindings: dict, qparams: dict) -> AddQuant:
                     input_shifts=(rec["input1_shift"], rec["input2_shift"]),
                     output_zero_point=rec["output_offset"], output_multiplier=rec["output_multiplier"],
                     output_shift=rec["output_shift"], left_shift=rec["left_shift"], act_min=lo, act_max=hi)
+
+
+def _split_tables(layer: Layer, bindings: dict) -> tuple[Layer, list[Lookup]]:
+    """The table lookups ending a layer's bindings (`_TABLES`) as `Lookup` stage layers, in order, and the
+    layer without them (what the conv / add / pool epilogue readers see)."""
+    tables: list[Lookup] = []
+    k = len(layer.bindings)
+    while k > 1:
+        call = bindings[layer.bindings[k - 1]]
+        op = _op(call)
+        kind = _TABLES.get(op[4:].rstrip("0123456789_")) if op.startswith("tir:") else None
+        if kind is None:
+            break
+        args = _operands(call)
+        table = _const(args[-1], f"layer {layer.name}: {kind} table") if len(args) == 2 else None
+        if table is None or table.shape != (256,) or table.dtype != np.int8:
+            raise TvmPatchError(f"layer {layer.name}: the {kind} is not a 256-entry int8 table lookup")
+        tables.insert(0, Lookup(table, kind=kind))
+        k -= 1
+    return dataclasses.replace(layer, bindings=layer.bindings[:k]), tables
+
+
+def _pool_epilogue(layer: Layer, bindings: dict, int8: bool) -> tuple[str, int, int]:
+    """(float activation, int8 clamp low, high) of a max pool layer; refuses dilation (ceil mode changes nothing
+    when the output size is the floor one; otherwise `check_split` refused it)."""
+    attrs = bindings[layer.anchor].attrs
+    if any(int(d) != 1 for d in attrs.dilation):
+        raise TvmPatchError(f"layer {layer.name}: a dilated max pool cannot be part of a patch stage")
+    if not int8:
+        if any(_op(bindings[v]) == "relax.add" for v in layer.bindings[1:]):
+            raise TvmPatchError(f"layer {layer.name}: an add after the max pool cannot be fused into the patch stage")
+        return _epilogue(layer, bindings, 0)[1], *_INT8
+    lo, hi = _INT8
+    for var in layer.bindings[1:]:
+        call = bindings[var]
+        op = _op(call)
+        if op == "relax.clip":
+            lo, hi = max(lo, _prim_int(call.args[1])), min(hi, _prim_int(call.args[2]))
+        elif not (op == "relax.astype" and str(call.attrs.dtype) == "int8"):
+            raise TvmPatchError(f"layer {layer.name}: {op} after the max pool cannot be fused into the int8 patch "
+                                "stage (it takes an int8 clip)")
+    return "none", lo, hi
 
 
 def _operands(call: relax.Call) -> list:
@@ -298,6 +354,8 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
             specs.append((layer, [src], layer.padding, pv))
         elif layer.op == "add":
             specs.append((layer, operand_tensors(layer, _operands(anchor)[:2]), None, None))
+        elif layer.op == "max_pool2d":
+            specs.append((layer, operand_tensors(layer, [anchor.args[0]]), layer.padding, None))
         else:  # resolve_split already refused it; keep the message if called directly
             raise TvmPatchError(f"layer {layer.name} ({layer.op}) cannot be computed patch by patch")
     if stage_input is None:
@@ -324,7 +382,18 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
 
     layers = []
     for layer, srcs, padding, pv in specs:
-        if layer.op in ("conv2d", "depthwise_conv2d"):
+        tables: list[Lookup] = []
+        if int8:
+            layer, tables = _split_tables(layer, bindings)
+        if layer.op == "max_pool2d":
+            if str(bindings[layer.anchor].attrs.layout) != graph.layout:
+                raise TvmPatchError(f"layer {layer.name}: a max pool in layout {bindings[layer.anchor].attrs.layout} "
+                                    f"in a {graph.layout} stage")
+            act, lo, hi = _pool_epilogue(layer, bindings, int8)
+            layers.append(MaxPool(layer.kernel, layer.stride, padding, act, value[srcs[0]], lo, hi))
+            if int8 and srcs[0] in zero_point:
+                zero_point[layer.output] = zero_point[srcs[0]]  # a max pool keeps its input's zero point
+        elif layer.op in ("conv2d", "depthwise_conv2d"):
             anchor = bindings[layer.anchor]
             attrs = anchor.attrs
             kl = str(attrs.kernel_layout)
@@ -363,5 +432,15 @@ def stage_from_graph(graph: Graph, n: int, func: relax.Function) -> tuple[Stage,
             else:
                 _, act = _epilogue(layer, bindings, graph.channels(layer.output))
                 layers.append(Add(other=value[b], input=value[a], activation=act))
+        if tables:  # each reads the layer before it; the value's zero point is the table's, unknown here
+            layers += tables
+            zero_point.pop(layer.output, None)
         value[layer.output] = len(layers) - 1
-    return Stage(in_shape, tuple(layers), layout=graph.layout, dtype=dtype), stage_input
+    stage = Stage(in_shape, tuple(layers), layout=graph.layout, dtype=dtype)
+    for t, v in value.items():  # the stage computes every value at the graph's shape
+        shape = graph.tensors[t].shape
+        chw = (shape[1], shape[2], shape[3]) if graph.layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if v != STAGE_INPUT and stage.value_shape(v) != chw:
+            raise TvmPatchError(f"the patch stage computes tensor {t} as {stage.value_shape(v)} (CHW), the graph "
+                                f"has {shape}")
+    return stage, stage_input

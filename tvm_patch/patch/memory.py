@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm_patch.convention import accumulates_into_skip, core_bytes
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph
 from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
 import numpy as np
 
-from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Stage
+from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage
 from tvm_patch.patch.from_graph import stage_from_graph
 from tvm_patch.profile import layer_bytes, peak, profile_layers
 from tvm_patch.split import valid_splits
@@ -84,7 +85,8 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
         out_bytes = 0 if i == last else _region_elems(stage, plan, i)
         dies = [v for v in ins if last_use[v] == pos[i]]
         depthwise = isinstance(layer, Conv) and stage.geometry[i].groups > 1
-        kind = ("depthwise" if depthwise else "elementwise" if isinstance(layer, Add) else None) if dies else None
+        elementwise = isinstance(layer, (Add, Lookup))
+        kind = ("depthwise" if depthwise else "elementwise" if elementwise else None) if dies else None
         core = core_bytes(in_bytes, out_bytes, output_in_input=_adds_into_skip(stage, i, last_use, pos),
                           output_is_skip=isinstance(layer, Add) and any(
                               _adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0),
@@ -131,6 +133,8 @@ def int8_twin(stage: Stage) -> Stage:
             q = ConvQuant(0, 0, np.array([1 << 30], "int32"), np.array([0], "int32"))
             layers.append(Conv(np.zeros(layer.weight.shape, "int8"), None, layer.stride, layer.padding,
                                layer.groups, layer.activation, layer.kernel_layout, layer.input, q))
+        elif isinstance(layer, MaxPool):  # no parameters: the same layer in an int8 stage
+            layers.append(layer)
         else:
             q = AddQuant((0, 0), (1 << 30, 1 << 30), (0, 0), 0, 1 << 30, 0)
             layers.append(Add(layer.other, layer.input, layer.activation, q))
@@ -159,17 +163,23 @@ def best_schedule(graph: Graph, func, patches: tuple[int, int],
     """(split, halo mode) with the fewest MACs among those whose patch-based peak is within PEAK_SLACK of the
     smallest (deeper stages buy little memory for many recomputed MACs; caching the halo trades its caches'
     bytes for the recomputed MACs), or None when no split lowers the layer-by-layer peak. Ties: recompute,
-    then the shallower split."""
+    then the smaller peak, then the smaller stage peak (the same network peak and MACs, but more room in the
+    stage: det_net's stage then goes through its max pool), then the shallower split. A split whose stage
+    cannot be built (`stage_from_graph` refuses a layer's bindings) is no candidate."""
     options = []
     for n in valid_splits(graph, patches):
-        stage, _ = stage_from_graph(graph, n, func)
+        try:
+            stage, _ = stage_from_graph(graph, n, func)
+        except TvmPatchError:  # a layer the graph admits but its bindings do not fit (e.g. a requantizing pool)
+            continue
         for halo in halos:
             m = patch_memory(graph, stage, n, patches, halo)
-            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), n))
+            options.append((m.peak_bytes, m.macs, HALO_MODES.index(halo), m.stage_peak_bytes, n))
     if not options:
         return None
     smallest = min(o[0] for o in options)
     if smallest >= peak(profile_layers(graph)).bytes:
         return None
-    _, mode, n = min((macs, mode, n) for p, macs, mode, n in options if p <= smallest * (1 + PEAK_SLACK))
+    _, mode, _, _, n = min((macs, mode, p, sp, n) for p, macs, mode, sp, n in options
+                           if p <= smallest * (1 + PEAK_SLACK))
     return n, HALO_MODES[mode]

@@ -9,7 +9,7 @@ import tvm
 from tvm import tirx
 
 from tvm_patch.patch.regions import Interval, execution_order, plan_patches
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import param_arrays
 from tvm_patch.quant.reference import multiply_by_quantized_multiplier_ref
 
@@ -40,6 +40,44 @@ def _conv_nchw(x: np.ndarray, w_oihw: np.ndarray, stride, padding, groups: int, 
             win = xg[:, :, :, ky : ky + sh * (ho - 1) + 1 : sh, kx : kx + sw * (wo - 1) + 1 : sw]
             out += np.einsum("ngchw,goc->ngohw", win, wg[:, :, :, ky, kx])
     return out.reshape(n, o, ho, wo)
+
+
+def _max_pool_nchw(x: np.ndarray, inside: np.ndarray, kernel, stride) -> np.ndarray:
+    """Max pooling of an NCHW window with no padding, over the positions where `inside` (rows x cols, bool)
+    holds: the others (padding, a ring holding some zero point) never win. A window with no such position
+    (off the live part of a patch region, never used) gives 0."""
+    kh, kw = kernel
+    sh, sw = stride
+    n, c, h, w = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    low = np.where(inside[None, None], x.astype(np.float64), -np.inf)
+    out = np.full((n, c, ho, wo), -np.inf)
+    for ky in range(kh):
+        for kx in range(kw):
+            out = np.maximum(out, low[:, :, ky:ky + sh * (ho - 1) + 1:sh, kx:kx + sw * (wo - 1) + 1:sw])
+    return np.where(np.isfinite(out), out, 0).astype(x.dtype)
+
+
+def _pool_value(stage: Stage, i: int, x: np.ndarray, rows: Interval, cols: Interval) -> np.ndarray:
+    """Layer i's max pool (+ activation / int8 clamp) over an NCHW window of its input covering image rows x
+    cols of that input (positions outside the image are padding), no further padding."""
+    layer = stage.layers[i]
+    _, ih, iw = stage.value_shape(stage.inputs[i][0])
+    ys, xs = np.arange(rows.lo, rows.hi), np.arange(cols.lo, cols.hi)
+    inside = ((ys >= 0) & (ys < ih))[:, None] & ((xs >= 0) & (xs < iw))[None, :]
+    m = _max_pool_nchw(x, inside, layer.kernel, layer.stride)
+    if stage.dtype == "float32":
+        return _act(m, layer.activation)
+    return np.clip(m, layer.act_min, layer.act_max).astype(np.int8)
+
+
+def _pool_padded(stage: Stage, i: int, src: np.ndarray) -> np.ndarray:
+    """Layer i's max pool over its whole input (NCHW), padding included as non-values."""
+    pt, pl, pb, pr = stage.layers[i].padding
+    n, c, h, w = src.shape
+    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), dtype=src.dtype)
+    xp[:, :, pt:pt + h, pl:pl + w] = src
+    return _pool_value(stage, i, xp, Interval(-pt, h + pb), Interval(-pl, w + pr))
 
 
 def _oihw(stage: Stage, i: int, layer: Conv) -> np.ndarray:
@@ -76,6 +114,10 @@ def run_numpy(stage: Stage, x: np.ndarray) -> np.ndarray:
                 shift = np.broadcast_to(q.shift, (g.c_out,))[None, :, None, None]
                 r = multiply_by_quantized_multiplier_ref(acc.astype(np.int32), mult, shift)
                 values[i] = np.clip(r.astype(np.int64) + q.output_zero_point, q.act_min, q.act_max).astype(np.int8)
+        elif isinstance(layer, MaxPool):
+            values[i] = _pool_padded(stage, i, src)
+        elif isinstance(layer, Lookup):
+            values[i] = layer.table[src.astype(np.int64) + 128]
         else:
             assert isinstance(layer, Add)
             other = values[layer.other]
@@ -294,7 +336,19 @@ def _compute_region(stage: Stage, v: int, buf: dict, rows: Interval, cols: Inter
         ny, nx = (rows.size - 1) * sh + g.kh, (cols.size - 1) * sw + g.kw
         assert y0 >= 0 and x0 >= 0 and y0 + ny <= src.shape[2] and x0 + nx <= src.shape[3], f"value {v}: window off its input buffer"
         return _conv_value(stage, v, src[:, :, y0:y0 + ny, x0:x0 + nx])
+    if isinstance(layer, MaxPool):
+        src, srows, scols = buf[stage.inputs[v][0]]
+        (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
+        y, x = rows.lo * sh - pt, cols.lo * sw - pl
+        ny, nx = (rows.size - 1) * sh + kh, (cols.size - 1) * sw + kw
+        assert y >= srows.lo and x >= scols.lo and y + ny <= srows.hi and x + nx <= scols.hi, \
+            f"value {v}: window off its input buffer"
+        window = src[:, :, y - srows.lo:y - srows.lo + ny, x - scols.lo:x - scols.lo + nx]
+        return _pool_value(stage, v, window, Interval(y, y + ny), Interval(x, x + nx))
     a, ar, ac = buf[stage.inputs[v][0]]
+    if isinstance(layer, Lookup):
+        window = a[:, :, rows.lo - ar.lo:rows.hi - ar.lo, cols.lo - ac.lo:cols.hi - ac.lo]
+        return layer.table[window.astype(np.int64) + 128]
     b, br, bc = buf[layer.other]
 
     def window(t, tr, tc):

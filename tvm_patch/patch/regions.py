@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import HALO_MODES
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage, StageError
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
 
 _DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
 
@@ -102,10 +103,7 @@ def _axis(stage: Stage, axis: int, tile: int, count: int) -> dict[int, AxisPlan]
     size = {v: stage.value_shape(v)[1 + axis] for v in range(STAGE_INPUT, n_layers)}
 
     def back(layer: int, iv: Interval) -> Interval:
-        g = stage.geometry[layer]
-        if g is None:  # Add: elementwise
-            return iv
-        return Interval(*g.region.axis(axis).input_range(iv.lo, iv.hi))
+        return Interval(*stage.window(layer).axis(axis).input_range(iv.lo, iv.hi))
 
     regions: dict[int, list[Interval]] = {out: [Interval(i * tile, i * tile + tile) for i in range(count)]}
     live: dict[int, Interval] = {out: Interval(0, size[out])}
@@ -172,19 +170,50 @@ def buffer_names(stage: Stage) -> dict[int, str]:
     return names
 
 
+STAGE_ROWS = (4, 2)  # output channels per accumulator block of a dense conv in the patched PrimFunc
+
+
+def accumulator_rows(stage: Stage, i: int) -> int:
+    """Output channels layer i's accumulator holds at once in the patched PrimFunc: a dense conv is register
+    blocked (`schedule.build_stage`, the `tvmp_dot_s8_rows*` micro-kernels) by the first of `STAGE_ROWS`
+    dividing its channels; 1 otherwise. (`build_stage(in_place=True)` computes a conv that accumulates into its
+    residual skip one element at a time, inside the add.)"""
+    g = stage.geometry[i]
+    if not isinstance(stage.layers[i], Conv) or g.groups != 1:
+        return 1
+    return next((r for r in STAGE_ROWS if g.c_out % r == 0), 1)
+
+
+def pixel_copy_bytes(stage: Stage, i: int) -> int:
+    """Bytes of the copy of one pixel's input channels that dense 1x1 conv i reads in an NCHW stage (so its
+    reduction runs over contiguous bytes), or 0: only where the copy stays a C local (`LOCAL_MAX_BYTES`) and
+    the input has no other reader (TVM's compute_at refuses the copy of a value read elsewhere)."""
+    g = stage.geometry[i]
+    if stage.layout != "NCHW" or accumulator_rows(stage, i) == 1:
+        return 0
+    size = g.c_in * _DTYPE_BYTES[stage.dtype]
+    ok = g.kh == g.kw == 1 and size <= LOCAL_MAX_BYTES and len(stage.consumers(stage.inputs[i][0])) == 1
+    return size if ok else 0
+
+
 def acc_name(i: int) -> str:
-    """Name of layer i's conv accumulator (TE tensor / TIR block)."""
+    """Name of layer i's conv (or max pool) accumulator (TE tensor / TIR block)."""
     return f"layer{i}_acc"
 
 
 def scalar_names(stage: Stage, i: int) -> list[str]:
     """Names of layer i's per-element temporaries, each a one-element buffer in the patched PrimFunc.
 
-    A conv: its accumulator, and in int8 the SRDHM result of the requantization ("_high"). An int8 add:
-    the two rescaled inputs, their sum and the output SRDHM result. A float add: none.
+    A conv: its accumulator, and in int8 its requantized value before the zero point ("_high"). A max pool:
+    its accumulator (the running max, in the conv accumulator's dtype). An int8 add: the two rescaled inputs,
+    their sum and the output SRDHM result. A float add, a table lookup: none.
     """
     if isinstance(stage.layers[i], Conv):
         return [acc_name(i)] + ([f"layer{i}_high"] if stage.dtype == "int8" else [])
+    if isinstance(stage.layers[i], MaxPool):
+        return [acc_name(i)]
+    if isinstance(stage.layers[i], Lookup):
+        return []
     if stage.dtype == "int8":
         return [f"layer{i}_in0", f"layer{i}_in1", f"layer{i}_sum", f"layer{i}_high"]
     return []
@@ -252,10 +281,17 @@ def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
         rows, cols = plan.region_shape(v)
         sizes[v] = c * rows * cols * item
         out[name] = sizes[v]
-    temps = {i: 4 * len(scalar_names(stage, i)) for i in range(len(stage.layers))}
+    temps = {}
     for i in range(len(stage.layers)):
-        for name in scalar_names(stage, i):
+        acc, *rest = scalar_names(stage, i) or [None]
+        if acc is not None:
+            out[acc] = 4 * accumulator_rows(stage, i) if isinstance(stage.layers[i], Conv) else 4
+        for name in rest:
             out[name] = 4
+        copy = pixel_copy_bytes(stage, i)
+        if copy:
+            out[f"{names[stage.inputs[i][0]]}_global"] = copy
+        temps[i] = sum(out[n] for n in scalar_names(stage, i)) + copy
     out["total"] = sum(sizes.values()) + max(temps.values())
     order = execution_order(stage)
     pos = {v: k for k, v in enumerate(order)}
@@ -263,8 +299,8 @@ def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
     peak = 0
     for k, v in enumerate(order):
         live = sum(sz for u, sz in sizes.items() if pos[u] <= k <= last_use[u])
-        if v in sizes and isinstance(stage.layers[v], Add):
-            # an add may write over an input that dies with it (MCUNetV2 adds in place)
+        if v in sizes and isinstance(stage.layers[v], (Add, Lookup)):
+            # an add (or a table lookup) may write over an input that dies with it (MCUNetV2 adds in place)
             if any(last_use[u] == k and sizes[u] >= sizes[v] for u in stage.inputs[v]):
                 live -= sizes[v]
         peak = max(peak, live + _temps_peak(stage, v) if v >= 0 else live)
@@ -275,12 +311,20 @@ def per_patch_bytes(stage: Stage, patches: tuple[int, int]) -> dict[str, int]:
 def _temps_peak(stage: Stage, i: int) -> int:
     """Bytes of layer i's temporaries live at once when elementwise steps work in place."""
     if isinstance(stage.layers[i], Conv):
-        return 4  # the accumulator (int8: the SRDHM result overwrites it)
+        # the accumulator block (each int8 requantized value overwrites its accumulator); the pixel copy of an
+        # NCHW 1x1 conv is left out: TVM's StorageRewrite may overlap it with the layer's input
+        return 4 * accumulator_rows(stage, i)
+    if isinstance(stage.layers[i], MaxPool):
+        return 4  # the running max
+    if isinstance(stage.layers[i], Lookup):
+        return 0
     return 8 if stage.dtype == "int8" else 0  # int8 add: both rescaled inputs, then in place
 
 
 def single_iteration_layers(stage: Stage, patches: tuple[int, int]) -> list[int]:
-    """Layers whose value is computed by a loop nest of one iteration (1 channel, 1x1 patch region)."""
+    """Layers whose value is computed by a loop nest of one iteration (1 channel, 1x1 patch region), or whose
+    accumulator block loop has one iteration (as many channels as `accumulator_rows`): TVM hoists their
+    temporaries."""
     plan = plan_patches(stage, patches)
     last = len(stage.layers) - 1
     out = []
@@ -291,7 +335,8 @@ def single_iteration_layers(stage: Stage, patches: tuple[int, int]) -> list[int]
         else:
             rows, cols = plan.region_shape(i)
             n = c * rows * cols
-        if n == 1:
+        rows = accumulator_rows(stage, i)
+        if n == 1 or (rows > 1 and c == rows):
             out.append(i)
     return out
 

@@ -21,10 +21,12 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 from tvm.ir.expr import TensorLoad, TensorRegion
 
-from tvm_patch.patch.regions import acc_name, buffer_names, execution_order, scalar_names
+from tvm_patch.patch.regions import (acc_name, accumulator_rows, buffer_names, execution_order, pixel_copy_bytes,
+                                     scalar_names)
 from tvm_patch.convention import accumulates_into_skip
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
+
 
 
 def build_reference(stage: Stage) -> tirx.PrimFunc:
@@ -80,13 +82,17 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
                 else:
                     channel = loops[1]
             inner = sch.get_loops(block)[-1]
-            for name in reversed(scalar_names(stage, v)):
-                sch.compute_at(sch.get_sblock(name), inner)
+            blocked = v not in dw and v not in fused and _blocked_channels(sch, stage, v, block)
+            if not blocked:
+                for name in reversed(scalar_names(stage, v)):
+                    sch.compute_at(sch.get_sblock(name), inner)
             if channel is not None:
                 acc = sch.get_sblock(acc_name(v))
                 src = names[stage.inputs[v][0]]
                 index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
                 sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
+            if isinstance(stage.layers[v], Conv) and not blocked:
+                _init_outside(sch, sch.get_sblock(acc_name(v)), len(sch.get_loops(block)))
     func = sch.mod["main"]
     home: dict[int, int] = {}  # value -> the value whose buffer holds it (a chain of residual blocks shares one)
     for conv, (add, skip) in sorted(fused.items(), key=lambda kv: kv[1][0]):
@@ -94,6 +100,54 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
             home[add] = home.get(skip, skip)
             func = _into_skip(func, stage, t.plan, add, home[add])
     return _likely_predicates(func)
+
+
+def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
+    """Register blocking of dense conv v's output channels (`export/blocking.py`'s form, inside the patch):
+    the channel loop of v's epilogue goes innermost and splits by `STAGE_ROWS` dividing the channels; the
+    accumulator, computed at the outer part, holds that many outputs, its reduction loops outside the inner
+    part (the `tvmp_dot_s8_rows*` nest); the requantization stays one element at a time. In NCHW a 1x1 conv
+    with at most `LOCAL_MAX_BYTES` input channels first copies the pixel's channels into a C local, so the
+    reduction reads them contiguously. False (nothing changed) for other layers."""
+    rows = accumulator_rows(stage, v)
+    if rows == 1:
+        return False
+    acc_n, *rest = scalar_names(stage, v)
+    loops = sch.get_loops(block)
+    if stage.layout == "NCHW":  # (.., c, h, w) -> (.., h, w, c)
+        sch.reorder(loops[-2], loops[-1], loops[-3])
+        loops = sch.get_loops(block)
+    outer, inner = sch.split(loops[-1], [None, rows])
+    for name in reversed(rest):
+        sch.compute_at(sch.get_sblock(name), inner)
+    acc = sch.get_sblock(acc_n)
+    sch.compute_at(acc, outer)
+    acc_loops = sch.get_loops(acc)
+    n_out = len(sch.get_loops(block)) - 1  # the loops down to `outer`
+    channel, reduction = acc_loops[n_out], acc_loops[n_out + 1:]
+    if reduction:
+        try:  # (TVM refuses when the accumulator's binding is not affine there, e.g. a one-block channel loop)
+            sch.reorder(*reduction, channel)
+        except tvm.s_tir.schedule.ScheduleError:
+            pass  # still correct: the rows are reduced one after the other
+    if pixel_copy_bytes(stage, v):
+        src = buffer_names(stage)[stage.inputs[v][0]]
+        index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
+        sch.compute_at(sch.cache_read(acc, index, "global"), loops[-2], preserve_unit_loops=True)
+    _init_outside(sch, acc, n_out)
+    return True
+
+
+def _init_outside(sch: s_tir.Schedule, acc, depth: int) -> None:
+    """acc = 0 before the reduction loops under the first `depth` loops of the accumulator block, instead of a
+    test of every reduction index inside them (TVM's lowering of a block's init); the micro-kernel rewrites
+    need the bare `acc += a * w` nest. Left as it is when there is no such loop (a one-tap reduction)."""
+    loops = sch.get_loops(acc)
+    if depth < len(loops):
+        try:
+            sch.decompose_reduction(acc, loops[depth])
+        except tvm.s_tir.schedule.ScheduleError:
+            pass
 
 
 def skip_accumulations(stage: Stage, plan) -> dict[int, tuple[int, int | None]]:
@@ -274,7 +328,8 @@ def measured_macs_by_patch(func: tirx.PrimFunc, stage: Stage) -> np.ndarray:
     An independent check of `regions.macs_by_patch`.
     """
     body = func.body
-    convs = {acc_name(i) for i, layer in enumerate(stage.layers) if isinstance(layer, Conv)}
+    convs = {acc_name(i) + suffix for i, layer in enumerate(stage.layers) if isinstance(layer, Conv)
+             for suffix in ("", "_update")}  # decompose_reduction's name for the update
     found: list[tuple[list, object]] = []
 
     def walk(node, loops):

@@ -1,9 +1,11 @@
-"""The description of a patch stage: the input tensor and an ordered chain of conv / residual-add layers.
+"""The description of a patch stage: the input tensor and an ordered chain of conv / residual-add / max-pool /
+table-lookup layers.
 
 A `Stage` is what the Relax pass extracts from a graph and what `build_stage` turns into one patch-based
 PrimFunc. Values are numbered by the layer that produces them; `STAGE_INPUT` (-1) is the stage input.
 Every layer reads the previous layer's output unless its `input` names another value; an `Add` also reads
-`other`. The stage output is the last layer's output.
+`other`. The stage output is the last layer's output. Windowed layers (`Conv`, `MaxPool`) have a region map
+(`Stage.window`); `Add` and `Lookup` are elementwise.
 """
 
 from __future__ import annotations
@@ -143,7 +145,59 @@ class Add:
             raise StageError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
 
 
-Layer = Union[Conv, Add]
+@dataclass(frozen=True, eq=False)
+class MaxPool:
+    """2-D max pooling (TFLite MAX_POOL_2D, ONNX MaxPool): each output is the max over the in-image positions
+    of its window (the padding never wins: it is not a value), then the activation (float32: relu / relu6)
+    or, in int8, the clamp [act_min, act_max] of TFLite's fused activation. No requantization (TFLite's int8
+    max pool keeps the input's scale and zero point). `padding` is (top, left, bottom, right); every window
+    must hold an image position, so each padding is smaller than the kernel."""
+
+    kernel: tuple[int, int] | int
+    stride: tuple[int, int] | int = (1, 1)
+    padding: tuple[int, int, int, int] | int = (0, 0, 0, 0)
+    activation: Activation = "none"
+    input: int | None = None
+    act_min: int = -128
+    act_max: int = 127
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel", _pair(self.kernel, "kernel"))
+        object.__setattr__(self, "stride", _pair(self.stride, "stride"))
+        object.__setattr__(self, "padding", _padding(self.padding))
+        if self.activation not in _ACTIVATIONS:
+            raise StageError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
+        kh, kw = self.kernel
+        pt, pl, pb, pr = self.padding
+        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise StageError(f"bad max pool kernel {self.kernel} / stride {self.stride} / padding {self.padding}")
+        if max(pt, pb) >= kh or max(pl, pr) >= kw:
+            raise StageError(f"max pool padding {self.padding} reaches a whole {kh}x{kw} window: "
+                             "a window must hold an image position")
+
+    @property
+    def region(self) -> RegionMap:
+        """The pool's per-axis region map."""
+        return RegionMap.of(self.kernel, self.stride, self.padding)
+
+
+@dataclass(frozen=True, eq=False)
+class Lookup:
+    """An int8 elementwise function as a 256-entry table: output = table[input + 128] (LowerToInteger's
+    `q_hard_swish` and `q_logistic`: TFLite's int8 HARD_SWISH and LOGISTIC, their fused clamp folded in).
+    `kind` names the function, for messages."""
+
+    table: np.ndarray
+    input: int | None = None
+    kind: str = "lookup"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", np.asarray(self.table))
+        if self.table.shape != (256,) or self.table.dtype != np.int8:
+            raise StageError(f"a lookup table must be 256 int8 values, got {self.table.dtype} {self.table.shape}")
+
+
+Layer = Union[Conv, Add, MaxPool, Lookup]
 
 
 @dataclass(frozen=True)
@@ -181,7 +235,7 @@ class Stage:
     # derived, filled by __post_init__
     shapes: tuple[tuple[int, int, int], ...] = field(init=False, repr=False)  # (C, H, W) per layer
     inputs: tuple[tuple[int, ...], ...] = field(init=False, repr=False)  # value indices read per layer
-    geometry: tuple[ConvGeometry | None, ...] = field(init=False, repr=False)
+    geometry: tuple[ConvGeometry | None, ...] = field(init=False, repr=False)  # convs' facts, None otherwise
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
@@ -199,7 +253,7 @@ class Stage:
         geometry: list[ConvGeometry | None] = []
         for i, layer in enumerate(self.layers):
             src = i - 1 if layer.input is None else layer.input
-            srcs = (src,) if isinstance(layer, Conv) else (src, layer.other)
+            srcs = (src, layer.other) if isinstance(layer, Add) else (src,)
             for s in srcs:
                 if not STAGE_INPUT <= s < i:
                     raise StageError(f"layer {i} reads value {s}: must be -1 (stage input) or an earlier layer")
@@ -218,6 +272,20 @@ class Stage:
                     raise StageError(f"layer {i}: add of shapes {(c, h, w)} and {other} (CHW) differ")
                 if (self.dtype == "int8") != (layer.quant is not None):
                     raise StageError(f"layer {i}: an add needs AddQuant exactly when the stage is int8")
+                shapes.append((c, h, w))
+                geometry.append(None)
+            elif isinstance(layer, MaxPool):
+                r = layer.region
+                ho, wo = r.h.output_size(h), r.w.output_size(w)
+                if ho < 1 or wo < 1:
+                    raise StageError(f"layer {i}: pool window {layer.kernel} larger than padded input {h}x{w}")
+                if self.dtype == "float32" and (layer.act_min, layer.act_max) != (-128, 127):
+                    raise StageError(f"layer {i}: an int8 clamp on a float32 max pool")
+                shapes.append((c, ho, wo))
+                geometry.append(None)
+            elif isinstance(layer, Lookup):
+                if self.dtype != "int8":
+                    raise StageError(f"layer {i}: a table lookup ({layer.kind}) needs an int8 stage")
                 shapes.append((c, h, w))
                 geometry.append(None)
             else:
@@ -263,6 +331,15 @@ class Stage:
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return self.nd_shape(len(self.layers) - 1)
+
+    def window(self, i: int) -> RegionMap:
+        """Layer i's region map: a conv's or pool's window, the identity for elementwise layers."""
+        layer = self.layers[i]
+        if isinstance(layer, Conv):
+            return self.geometry[i].region
+        if isinstance(layer, MaxPool):
+            return layer.region
+        return RegionMap()
 
     def consumers(self, v: int) -> list[int]:
         """Indices of the layers that read value `v`."""

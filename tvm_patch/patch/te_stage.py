@@ -20,8 +20,8 @@ import numpy as np
 from tvm import te, tirx
 
 from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
-from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
-from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
+from tvm_patch.quant.fixedpoint import TEOps, mbqm, mbqm_high, mbqm_shifts, rdbpot
 
 
 @dataclass
@@ -49,24 +49,79 @@ def param_names(stage: Stage) -> list[str]:
             names += [f"layer{i}_weight", f"layer{i}_bias"]
             if stage.dtype == "int8":
                 names += [f"layer{i}_multiplier", f"layer{i}_shift"]
+        elif isinstance(layer, Lookup):
+            names.append(f"layer{i}_table")
     return names
 
 
+def weight_layout(stage: Stage) -> str:
+    """The layout of the stage's conv weight parameters: the reduction's innermost axis contiguous in both the
+    activations and the weights (OHWI in NHWC: channels; OIHW in NCHW: columns), as the micro-kernels want."""
+    return "OHWI" if stage.layout == "NHWC" else "OIHW"
+
+
+def folds_input_zero_point(stage: Stage, layer: Conv) -> bool:
+    """Whether layer's int8 bias parameter carries the input zero point (bias - zp_in * sum(w)), so that its
+    reduction is a plain sum of products. Exact: every tap, padding included (the ring holds zp_in), reads a
+    value a with sum((a - zp_in) * w) = sum(a * w) - zp_in * sum(w). Not with a weight zero point."""
+    return stage.dtype == "int8" and layer.quant.weight_zero_point == 0
+
+
 def param_arrays(stage: Stage) -> list[np.ndarray]:
-    """The arrays to pass for the parameters of `param_names`, in order (bias zeros when absent)."""
+    """The arrays to pass for the parameters of `param_names`, in order: weights in `weight_layout`, biases
+    (zeros when absent) with the input zero point folded in where `folds_input_zero_point`."""
     arrays = []
     bias_dtype = acc_dtype(stage)
+    target = weight_layout(stage)
     for i, layer in enumerate(stage.layers):
         if isinstance(layer, Conv):
             g = stage.geometry[i]
-            arrays.append(np.ascontiguousarray(layer.weight, dtype=stage.dtype))
+            w = layer.weight.transpose([g.kernel_layout.index(ch) for ch in target])
+            arrays.append(np.ascontiguousarray(w, dtype=stage.dtype))
             bias = np.zeros(g.c_out) if layer.bias is None else layer.bias
+            if folds_input_zero_point(stage, layer):
+                sums = w.astype(np.int64).reshape(g.c_out, -1).sum(axis=1)
+                bias = bias.astype(np.int64) - layer.quant.input_zero_point * sums
+                if np.abs(bias).max(initial=0) >= 2**31:
+                    raise StageError(f"layer {i}: the bias with the input zero point folded in exceeds int32")
             arrays.append(np.ascontiguousarray(bias, dtype=bias_dtype))
             if stage.dtype == "int8":
                 q = layer.quant
                 arrays.append(np.ascontiguousarray(np.broadcast_to(q.multiplier, (g.c_out,)), dtype="int32"))
                 arrays.append(np.ascontiguousarray(np.broadcast_to(q.shift, (g.c_out,)), dtype="int32"))
+        elif isinstance(layer, Lookup):
+            arrays.append(np.ascontiguousarray(layer.table, dtype="int8"))
     return arrays
+
+
+def conv_term(stage: Stage, layer: Conv, a, wv):
+    """One multiply-accumulate term of layer's reduction (activation a, weight wv as stored by `param_arrays`)."""
+    if stage.dtype == "float32":
+        return a * wv
+    if folds_input_zero_point(stage, layer):
+        return a.astype("int32") * wv.astype("int32")
+    q = layer.quant
+    return (a.astype("int32") - tirx.const(q.input_zero_point, "int32")) * (
+        wv.astype("int32") - tirx.const(q.weight_zero_point, "int32"))
+
+
+def weight_at(stage: Stage, w, o, ci, ky, kx):
+    """The weight parameter at output channel o, input channel ci, tap (ky, kx): `w(*indices)` in `weight_layout`
+    (a TE tensor, or a function building the load)."""
+    d = {"O": o, "I": ci, "H": ky, "W": kx}
+    return w(*(d[ch] for ch in weight_layout(stage)))
+
+
+def reduction_order(stage: Stage) -> str:
+    """The conv reduction's loops, outermost first ("I", "H", "W"): the weight layout's order, so that the
+    innermost loop walks contiguous activations and weights."""
+    return weight_layout(stage)[1:]
+
+
+def requantized(acc, mult, shift):
+    """TFLite's MultiplyByQuantizedMultiplier of an int32 accumulator (+ bias), before the zero point: one
+    `tvmp_requant` call in the C export's kernels (`quant.extern_requantization`), the expression elsewhere."""
+    return mbqm(TEOps, acc, mult, shift)
 
 
 def _shape(stage: Stage, c: int, h: int, w: int) -> tuple[int, int, int, int]:
@@ -185,7 +240,8 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
         tmp = scalar_names(stage, i)
         if isinstance(layer, Conv):
             g = stage.geometry[i]
-            w = te.placeholder(layer.weight.shape, stage.dtype, name=f"layer{i}_weight")
+            w_shape = tuple(layer.weight.shape[g.kernel_layout.index(ch)] for ch in weight_layout(stage))
+            w = te.placeholder(w_shape, stage.dtype, name=f"layer{i}_weight")
             b = te.placeholder((g.c_out,), acc_dtype(stage), name=f"layer{i}_bias")
             params += [w, b]
             acc = _conv_acc(stage, plan, i, g, layer, w, read, src)
@@ -202,15 +258,31 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                 q = layer.quant
 
                 def high_fn(n, c, y, xx, i=i, acc=acc, b=b, mult=mult, shift=shift):
-                    a = live_at(i, acc, n, c, y, xx) + b(c)
-                    return mbqm_high(TEOps, a, mult(c), mbqm_shifts(TEOps, shift(c))[0])
+                    return requantized(live_at(i, acc, n, c, y, xx) + b(c), mult(c), shift(c))
 
                 high = over_live(i, high_fn, tmp[1])
                 scalars[i] = [acc, high]
 
-                def body(n, c, y, xx, i=i, high=high, shift=shift, q=q):
-                    r = rdbpot(TEOps, live_at(i, high, n, c, y, xx), mbqm_shifts(TEOps, shift(c))[1])
-                    return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
+                def body(n, c, y, xx, i=i, high=high, q=q):
+                    return _clamp_i8(live_at(i, high, n, c, y, xx) + zi(q.output_zero_point), q.act_min, q.act_max)
+
+        elif isinstance(layer, MaxPool):
+            acc = _pool_acc(stage, plan, i, layer, read, src)
+            scalars[i] = [acc]
+
+            def body(n, c, y, xx, i=i, acc=acc, layer=layer):
+                m = live_at(i, acc, n, c, y, xx)
+                if stage.dtype == "float32":
+                    return _float_act(m, layer.activation)
+                return _clamp_i8(m, layer.act_min, layer.act_max)
+
+        elif isinstance(layer, Lookup):
+            table = te.placeholder((256,), "int8", name=f"layer{i}_table")
+            params.append(table)
+            scalars[i] = []
+
+            def body(n, c, y, xx, src=src, table=table):
+                return table(read(src, n, c, y, xx).astype("int32") + zi(128))
 
         else:
             assert isinstance(layer, Add)
@@ -254,7 +326,7 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                     r = rdbpot(TEOps, domain_at(i, high, n, c, y, xx), mbqm_shifts(TEOps, q.output_shift)[1])
                     return _clamp_i8(r + zi(q.output_zero_point), q.act_min, q.act_max)
 
-        values[i] = make_value(i, body, lazy=isinstance(layer, Conv))
+        values[i] = make_value(i, body, lazy=isinstance(layer, (Conv, MaxPool)))
 
     output = values.pop(out_index)
     return StageTE(stage, plan, x, params, output, values, scalars)
@@ -269,22 +341,33 @@ def _conv_acc(stage: Stage, plan: PatchPlan, i: int, g, layer: Conv, w: te.Tenso
     ry = te.reduce_axis((0, g.kh), name="ry")
     rx = te.reduce_axis((0, g.kw), name="rx")
     (sh, sw), (pt, pl, _, _) = g.stride, g.padding
-    kl = g.kernel_layout
-
-    def widx(o, ci, ky, kx):
-        d = {"O": o, "I": ci, "H": ky, "W": kx}
-        return tuple(d[ch] for ch in kl)
+    axes = [{"I": rc, "H": ry, "W": rx}[a] for a in reduction_order(stage)]
 
     def fn(n, o, j, k):
         y, xx = j + lh.lo, k + lw.lo
         cin = rc if g.groups == 1 else (o // cout_g) * cin_g + rc
         a = read(src, n, cin, y * sh - pt + ry, xx * sw - pl + rx)
-        wv = w(*widx(o, rc, ry, rx))
-        if stage.dtype == "float32":
-            return te.sum(a * wv, axis=[rc, ry, rx])
-        q = layer.quant
-        a32 = a.astype("int32") - tirx.const(q.input_zero_point, "int32")
-        w32 = wv.astype("int32") - tirx.const(q.weight_zero_point, "int32")
-        return te.sum(a32 * w32, axis=[rc, ry, rx])
+        return te.sum(conv_term(stage, layer, a, weight_at(stage, w, o, rc, ry, rx)), axis=axes)
 
     return _compute(stage, g.c_out, lh.size, lw.size, fn, scalar_names(stage, i)[0])
+
+
+def _pool_acc(stage: Stage, plan: PatchPlan, i: int, layer: MaxPool, read, src: int) -> te.Tensor:
+    """The max pool reduction of layer i over its live image part (stored at image index - live.lo), in the
+    accumulator dtype. Only in-image positions of a window take part: the input's ring holds its conv
+    readers' zero point, which must not win the max (TFLite's and TVM's pools pad with the lowest value)."""
+    lh, lw = plan.h[i].live, plan.w[i].live
+    (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
+    _, ih, iw = stage.value_shape(src)
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    lowest = tirx.min_value(acc_dtype(stage))
+
+    def fn(n, c, j, k):
+        y, xx = (j + lh.lo) * sh - pt + ry, (k + lw.lo) * sw - pl + rx
+        a = read(src, n, c, y, xx).astype(acc_dtype(stage))
+        # a Select, not te.max's `where` (create_prim_func drops it); a value this low never wins
+        a = tirx.Select(tirx.all(y >= 0, y < ih, xx >= 0, xx < iw), a, lowest)
+        return te.max(a, axis=[ry, rx])
+
+    return _compute(stage, stage.value_shape(i)[0], lh.size, lw.size, fn, scalar_names(stage, i)[0])
