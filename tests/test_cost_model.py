@@ -105,8 +105,7 @@ def test_patch_stage_features(tmp_path):
     assert stage["patch_in_h"] > 48 // 4 and stage["halo"] == stage["patch_in_h"] - 12
     lbl = sum(layer.macs for layer in build_graph(load("zoo:mcunet-in0:int8").mod).layers[:6])
     assert lbl < stage["macs"] < 3 * lbl  # every patch recomputes its halo: more MACs than layer by layer
-    assert 0 < stage["stage_dw_share"] < 1
-    assert stage["halo_cache"] == 0 and stage["exec"]["mac"] >= stage["macs"] * 0.9
+    assert stage["halo_cache"] == 0 and stage["exec"]["all_macs"] == stage["macs"]
 
 
 def test_cache_mode_stage_executes_fewer_macs(tmp_path, shared_models):
@@ -119,7 +118,8 @@ def test_cache_mode_stage_executes_fewer_macs(tmp_path, shared_models):
         counts[halo] = kernel_rows(result, (out / "model.c").read_text(), halo)[0]
     lbl = sum(layer.macs for layer in build_graph(load(str(shared_models / KWS)).mod).layers[:5])
     assert counts["cache"]["halo_cache"] == 1 and counts["recompute"]["halo_cache"] == 0
-    assert lbl <= counts["cache"]["exec"]["mac"] < 1.25 * lbl < counts["recompute"]["exec"]["mac"]
+    # executed MACs: scalar ones and those of the micro-kernel calls (tvmp_dot_s8*, tvmp_window_s8)
+    assert lbl <= counts["cache"]["macs"] < 1.25 * lbl < counts["recompute"]["macs"]
     assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
 
 

@@ -148,16 +148,21 @@ def _kernel_row(func: tirx.PrimFunc, in_shapes: list[tuple[int, ...]]) -> dict[s
 
 
 def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
-    """The executed operations of one lowered kernel, summed into EXEC_KEYS (see trips.executed)."""
+    """The executed operations of one lowered kernel, summed into EXEC_KEYS (see trips.executed), and
+    ``all_macs``: the scalar MACs and those of the micro-kernel calls."""
     e = executed(func)
     out = dict.fromkeys(EXEC_KEYS, 0.0)
+    out["all_macs"] = float(e["micro_macs"])
     for k, v in e.items():
         if k in ("mac_flat", "red_loops"):
             out[k] += v
+        elif k == "micro_macs":
+            continue
         elif k == "mac_loop":
             continue
         elif k.startswith("mac_"):
             out["mac"] += v
+            out["all_macs"] += v
         elif k == "stores":
             out["stores"] += v
         elif k.startswith("call_tvmp_dot"):
@@ -214,7 +219,11 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
         row["exec"] = counts[call.func]
         if row["op"] == "patch_stage":
             row["halo_cache"] = int(halo == "cache")
-            row["macs"] = max(row["macs"], int(row["exec"]["mac"]))  # cache mode: the sblock walk sees none
+            # the sblock walk sees no MACs in the cache mode's loops nor in micro-kernel calls
+            row["macs"] = max(row["macs"], int(row["exec"]["all_macs"]))
+            if not row["stage_layers"]:  # layers with weights: one int8 weight constant each
+                row["stage_layers"] = sum(prog.constants[a.index].dtype == "int8" for a in call.inputs
+                                          if a.kind == "const")
         body = bodies.get(call.func, "")
         row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|4)\(", body))  # plain and register-blocked
         row["uses_sum"] = body.count("tvmp_sum_s8(")

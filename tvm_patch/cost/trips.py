@@ -46,10 +46,24 @@ def _mac_class(extents: list[int]) -> str:
     return "1x1" if n <= 1 else "dw" if n == 2 else "kxk"
 
 
+def _micro_macs(name: str, args: list[int | None]) -> int:
+    """Multiply-accumulates of one micro-kernel call (tvmp_kernels.h signatures; 0 when a length is not
+    constant): tvmp_dot_s8(a, b, n, acc) n; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J x n; tvmp_window_s8(p, pb, sy,
+    sx, w, wb, wy, wx, kh, kw, ...) kh x kw."""
+    if name == "tvmp_dot_s8" and len(args) > 2:
+        return args[2] or 0
+    if name.startswith("tvmp_dot_s8_rows") and len(args) > 3:
+        return int(name.removeprefix("tvmp_dot_s8_rows")) * (args[3] or 0)
+    if name == "tvmp_window_s8" and len(args) > 9:
+        return (args[8] or 0) * (args[9] or 0)
+    return 0
+
+
 def executed(func: tirx.PrimFunc) -> Counter:
     """Execution counts of ``func``'s final TIR: ``mac_<class>`` and ``out_<class>`` (MACs and the outputs they
     accumulate, class 1x1 / dw / kxk), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
-    ``red_loops`` (starts of the innermost loop around looped MACs), ``call_<name>`` and ``elems_<name>`` per extern call (its length
+    ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
+    micro-kernel calls), ``call_<name>`` and ``elems_<name>`` per extern call (its length
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations)."""
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
@@ -66,6 +80,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     out[f"call_{name}"] += trips
                     lengths = [const(a, env) for a in call.args[1:] if isinstance(a, tirx.IntImm)]
                     out[f"elems_{name}"] += trips * max([x for x in lengths if x is not None] + [1])
+                    macs = _micro_macs(name, [const(a, env) if not isinstance(a, tvm.ir.Call) else None
+                                              for a in call.args[1:]])
+                    out["micro_macs"] += trips * macs
             return tvm_ffi.WalkResult.ADVANCE
 
         tvm_ffi.structural_walk(expr, [(tvm.ir.Call, on_call)], order="pre")
