@@ -127,11 +127,16 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
         raise TvmPatchError(f"measurements for {core} mix {' and '.join(sorted(units))}; train on one runner")
     rows = [k for r in recs for k in r["rows"]]
     stages = [k for k in rows if k["op"] == "patch_stage"]
+    # the stage model from the stages measured on this installation's kernels when there are enough of them
+    # (a change of the stage kernels only needs its stages measured again), else from all
+    current = [k for r in recs if r.get("kernels_fingerprint") == kernels_fingerprint() for k in r["rows"]
+               if k["op"] == "patch_stage"]
+    stage_data = current if len(current) >= 2 * len(STAGE_TERMS) else stages
     coef = None
-    if len(stages) >= 2 * len(STAGE_TERMS):
+    if len(stage_data) >= 2 * len(STAGE_TERMS):
         # least squares on the relative error (each stage's equation divided by its count), non-negative
-        a = np.array([stage_terms(k) for k in stages], dtype=np.float64)
-        b = np.array([k["measured"] for k in stages], dtype=np.float64)
+        a = np.array([stage_terms(k) for k in stage_data], dtype=np.float64)
+        b = np.array([k["measured"] for k in stage_data], dtype=np.float64)
         coef = [float(c) for c in nnls(a / b[:, None], np.ones_like(b))[0]]
         rows = [k for k in rows if k["op"] != "patch_stage"]
     x = np.array([vector(k) for k in rows], dtype=np.float64)
@@ -141,8 +146,12 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
     io = np.array([r["io_bytes"] for r in recs], dtype=np.float64)
     a, b = np.linalg.lstsq(np.stack([np.ones_like(io), io], 1), rest, rcond=None)[0]
     meta = {"n_networks": len(recs), "n_kernels": len(rows) + (len(stages) if coef is not None else 0),
-            "n_stages": len(stages), "stage_model": "linear" if coef is not None else "booster", "boards": sorted({r["board"] for r in recs}),
-            "runner": sorted({r["runner"] for r in recs}), "kernels_fingerprint": _data_fingerprint(recs)}
+            "n_stages": len(stage_data), "stage_model": "linear" if coef is not None else "booster",
+            "data_fingerprints": {fp: sum((r.get("kernels_fingerprint") or "unknown") == fp for r in recs)
+                                  for fp in sorted({r.get("kernels_fingerprint") or "unknown" for r in recs})}, "boards": sorted({r["board"] for r in recs}),
+            "runner": sorted({r["runner"] for r in recs}),
+            "kernels_fingerprint": kernels_fingerprint() if stage_data is current and coef is not None
+            else _data_fingerprint(recs)}
     return LatencyModel(core, units.pop(), booster, (float(a), float(b)), meta, coef)
 
 
