@@ -44,3 +44,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build out .pytest_cache
+
+# Re-collect the cost model's measurements on this tree's kernels and retrain the shipped models
+# (tvm_patch/cost/models, bench/cost_data; docs/cost-model.md): `make -j2 costmodel` does both cores at once.
+.PHONY: costmodel costmodel-m4 costmodel-m7
+costmodel: costmodel-m4 costmodel-m7
+
+costmodel-m4 costmodel-m7: setup
+	$(PY) -m bench.cost_model --retrain --core $(subst costmodel-,,$@) --out bench_out/$@

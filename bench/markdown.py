@@ -35,6 +35,9 @@ def render(data: dict[str, Any]) -> str:
              "## Per model (layer by layer / 4x4 patches, auto split)", "", *tables.model_table(data), "",
              "## Per model and schedule", "", *tables.summary_table(data), "",
              f"Memory: {peers.OURS_FIRMWARE}; arena = the planned static arena. Latency: {peers.LATENCY_OURS}.", "",
+             "## The plan `tvm-patch plan --fast` chooses: predicted vs measured", "", *tables.plan_table(data), "",
+             "Predicted: the cost model (tvm_patch/cost; SRAM exact, Flash within 1 %, latency from the per-kernel "
+             "model, docs/cost-model.md); measured: the firmware as linked and its run.", "",
              "## Patch-based inference (analytic, int8)", "", *tables.patch_table(data), "",
              f"Convention: {peers.OURS_ANALYTIC}. MACs + = recomputed halos over the network and over the stage.", "",
              "## Plain-C export: arena", "", *tables.export_table(data), "",

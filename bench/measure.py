@@ -15,6 +15,7 @@ from microtvm_projects.boards import Board
 from microtvm_projects.errors import FitError, ProjectError
 
 from tvm_patch.board_build import build_for_board
+from tvm_patch.cost.search import search as plan_search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.report import profile
@@ -23,11 +24,15 @@ from bench import peers
 from bench.models import Model
 
 PATCHES = 4
-PLAN_SOURCE = "paper's settings (4x4, auto split); tvm-patch plan not built yet"
+PLAN_SOURCE = ("layer by layer; the paper's settings (4x4, auto split); and `tvm-patch plan --fast`'s choice for "
+               "the board (the first plan that fits in increasing estimated latency, with its predicted SRAM and "
+               "latency beside the measured ones)")
+PLANNED = "plan"  # the split of the schedule whose patches, split and halo come from the plan search
 # results.json key -> (patches, split) given to the entry points.
 SCHEDULES: dict[str, tuple[int | None, str | None]] = {
     "layer_by_layer": (None, None),
     "patch_4x4_auto": (PATCHES, "auto"),
+    "plan": (None, PLANNED),
 }
 FIRMWARE_KEYS = ("fits", "sram_bytes", "flash_bytes", "arena_bytes", "stack_bytes", "data_bss_bytes",
                  "board_sram_bytes", "board_flash_bytes", "conditions")
@@ -57,27 +62,55 @@ def _firmware(out: dict[str, Any], report: dict[str, Any]) -> None:
     out["run"] = report.get("run")
 
 
-def measure_schedule(model: Model, board: Board, runner: str, patches: int | None, split: str | None,
-                     work: Path) -> dict[str, Any]:
+def measure_planned(model: Model, board: Board, runner: str, work: Path,
+                    measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The schedule `tvm-patch plan --fast` chooses for the board, built and run like the others, with the
+    plan's predictions (SRAM, Flash, instructions, latency) beside what was measured. A layer-by-layer choice
+    is the firmware already measured as ``measured["layer_by_layer"]`` (the same build): not built again."""
+    t0 = time.perf_counter()
+    try:
+        res = plan_search(model.spec, board.key, fast=True)
+    except Exception as e:  # noqa: BLE001  (recorded in the entry; the run goes on)
+        return {"patches": None, "split": None, "status": "error", "message": one_line(e), "run": None,
+                "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {k: v for k, v in res.to_json().items() if k != "pareto"}
+    if res.chosen is None:
+        return {"patches": None, "split": None, "status": "does_not_fit", "fits": False, "run": None, "plan": summary,
+                "message": f"no plan fits {board.key}", "seconds": round(time.perf_counter() - t0, 2)}
+    p = res.chosen.plan
+    if p["patches"] is None and "layer_by_layer" in measured:
+        out = dict(measured["layer_by_layer"], same_as="layer_by_layer")
+    else:
+        out = measure_schedule(model, board, runner, None if p["patches"] is None else p["patches"][0], p["split"],
+                               work, p["halo"])
+    out["plan"] = dict(summary, predicted_instructions=res.chosen.instructions)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def measure_schedule(model: Model, board: Board, runner: str, patches: int | None, split: str | int | None,
+                     work: Path, halo: str = "recompute") -> dict[str, Any]:
     """Export, build and run one schedule; a firmware that does not fit, or a run that fails, is recorded with
     its one-line reason and the figures measured before it."""
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"patches": patches, "split": split, "status": "ok", "message": None, "run": None}
+    out: dict[str, Any] = {"patches": patches, "split": split, "halo": halo if patches else None, "status": "ok",
+                           "message": None, "run": None}
     try:
         _firmware(out, build_for_board(model.spec, work, board.key, patches=patches, split=split, run=True,
-                                       runner=runner))
+                                       runner=runner, halo=halo))
     except FitError as e:
         out.update(status="does_not_fit", message=e.one_line(), fits=False)
         try:  # the export alone still gives the planned arena, the analytic peaks and the export time
             with tempfile.TemporaryDirectory(prefix="tvmp_bench_") as tmp:
-                out["export"] = _export_json(export_model(model.spec, Path(tmp) / "x", patches=patches, split=split))
+                out["export"] = _export_json(export_model(model.spec, Path(tmp) / "x", patches=patches, split=split,
+                                                          halo=halo))
         except Exception as e2:  # noqa: BLE001  (recorded in the entry; the run goes on)
             out["export_error"] = one_line(e2)
     except Exception as e:  # noqa: BLE001  (one schedule failing is recorded and does not stop the other)
         out.update(status="error", message=one_line(e))
         try:  # a run that failed (no board attached, a fault) still leaves the firmware's sizes to measure
             _firmware(out, build_for_board(model.spec, work, board.key, patches=patches, split=split, run=False,
-                                           runner=runner))
+                                           runner=runner, halo=halo))
         except Exception:  # noqa: BLE001  (the export or the build itself failed: the first message says why)
             pass
     out["seconds"] = round(time.perf_counter() - t0, 2)
@@ -144,7 +177,9 @@ def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _
     with tempfile.TemporaryDirectory(prefix="tvmp_bench_") as tmp:
         for key, (patches, split) in SCHEDULES.items():
             step(key)
-            entry["configs"][key] = measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
+            entry["configs"][key] = measure_planned(model, board, runner, Path(tmp) / key, entry["configs"]) \
+                if split == PLANNED \
+                else measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
         if entry["configs"]["layer_by_layer"]["status"] == "ok":
             step("kernels")
             entry["kernels"] = measure_kernels(model, board, runner, Path(tmp) / "kernels")

@@ -40,7 +40,10 @@ class Results:
 
 
 def schedule_macs(entry: dict[str, Any], schedule: str) -> int | None:
-    """The MACs of a schedule: the network's, or with the patch stage's recomputed halos."""
+    """The MACs of a schedule: the network's, or with the patch stage's recomputed halos (the plan's schedule:
+    what its export's kernels compute)."""
+    if schedule == "plan":
+        return ((entry.get("configs", {}).get("plan") or {}).get("run") or {}).get("macs")
     a = entry.get("analytic")
     if not a:
         return None
@@ -49,6 +52,9 @@ def schedule_macs(entry: dict[str, Any], schedule: str) -> int | None:
 
 def schedule_peak(entry: dict[str, Any], schedule: str) -> int | None:
     """The analytic peak (bytes) of a schedule."""
+    if schedule == "plan":
+        export = (entry.get("configs", {}).get("plan") or {}).get("export") or {}
+        return export.get("analytic_patch_peak_bytes") or export.get("analytic_peak_bytes")
     a = entry.get("analytic")
     if not a:
         return None

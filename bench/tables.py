@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from bench.results import schedule_macs
 
-SCHEDULE_LABEL = {"layer_by_layer": "layer by layer", "patch_4x4_auto": "4x4, auto split"}
+SCHEDULE_LABEL = {"layer_by_layer": "layer by layer", "patch_4x4_auto": "4x4, auto split", "plan": "plan --fast"}
 NOT_BUILT = ("cycles on a real board (nothing has run on one; `--runner device` needs one attached), the "
              "cost model and the search (`tvm-patch plan`: the plan is the paper's 4x4 with the auto split "
              "until then), kernels at issue 13's goals")
@@ -72,6 +72,25 @@ def summary_rows(data: dict[str, Any]) -> list[list[Any]]:
 
 SUMMARY_HEADERS = ("model", "schedule", "arena B", "SRAM B", "Flash B", "fits", "MACs", "instructions/cycles",
                    "latency ms", "bit-exact")
+
+
+def plan_table(data: dict[str, Any]) -> list[str]:
+    """`tvm-patch plan --fast`'s choice per model: its predictions beside the firmware and the run measured."""
+    rows = []
+    for e in data["models"].values():
+        c = e.get("configs", {}).get("plan")
+        if not c or not c.get("plan"):
+            continue
+        p, run = c["plan"], c.get("run") or {}
+        where = "layer by layer" if p["split"] is None else \
+            f"split {p['split']}, {p['patches'][0]}x{p['patches'][1]}, {p['halo']}"
+        measured = run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
+        pred = p.get("predicted_instructions")
+        err = f"{(pred - measured) / measured:+.1%}" if pred and measured else "-"
+        rows.append([e["model"], where if p.get("fits") else "nothing fits", p.get("sram_bytes"), c.get("sram_bytes"),
+                     p.get("flash_bytes"), c.get("flash_bytes"), pred, measured, err])
+    return md_table(("model", "plan", "SRAM predicted", "SRAM firmware", "Flash predicted", "Flash firmware",
+                     "instructions predicted", "measured", "error"), rows)
 
 
 def summary_table(data: dict[str, Any]) -> list[str]:

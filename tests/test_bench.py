@@ -16,7 +16,7 @@ import pytest
 
 from bench import peers
 from bench.markdown import render
-from bench.measure import SCHEDULES
+from bench.measure import PLAN_SOURCE, SCHEDULES
 from bench.results import CSV_COLUMNS, csv_rows
 from bench.run import main
 
@@ -98,7 +98,10 @@ def test_bench_quick(tmp_path):
     assert vww["analytic"]["patch_peak_bytes"] < vww["analytic"]["layer_by_layer_peak_bytes"]
     assert vww["configs"]["patch_4x4_auto"]["sram_bytes"] < vww["configs"]["layer_by_layer"]["sram_bytes"]
     assert vww["configs"]["layer_by_layer"]["export"]["tflm_arena_head_bytes"] > 0
-    assert vww["plan_source"] == "paper's settings (4x4, auto split); tvm-patch plan not built yet"
+    assert vww["plan_source"] == PLAN_SOURCE
+    for key, e in data["models"].items():  # `plan --fast`'s choice: built, and its SRAM as predicted
+        planned = e["configs"]["plan"]
+        assert planned["plan"]["fits"] and planned["plan"]["sram_bytes"] == planned["sram_bytes"], key
     assert data["models"]["mcunet-in0"]["published"]["peers"]["published"] is True
     assert "took" in r.stdout and "| vww_96_int8 |" in r.stdout
     kws = data["models"]["kws_int8"]["kernels"]  # issue 13's figures: measured against the plain kernels
@@ -106,6 +109,7 @@ def test_bench_quick(tmp_path):
     assert {"conv1x1", "depthwise", "dense"} <= set(kws["per_kind"])
     md = (tmp_path / "results.md").read_text()
     assert "## Cortex-M kernels" in md and "| kws_int8 | 2,656,768 |" in md
+    assert "## The plan `tvm-patch plan --fast` chooses" in md
 
 
 def one_error_line(capsys, *args: str) -> str:

@@ -15,10 +15,13 @@ from microtvm_projects.boards import BOARDS
 
 from tvm_patch.board_build import build_for_board
 from tvm_patch.cli import main
+from relay_passes import LowerToInteger, float_ops_remaining
 from tvm_patch.cost import Plan, predict
+from tvm_patch.cost.adaptive import cv_errors, near_items
+from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
-from tvm_patch.cost.latency import default_path, load as load_cost_model
+from tvm_patch.cost.latency import default_path, for_core, kernels_fingerprint, load as load_cost_model, warn_if_stale
 from tvm_patch.cost.search import search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
@@ -30,9 +33,10 @@ pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shu
 
 KWS = "mlperf_tiny/kws_int8.tflite"
 VWW = "mlperf_tiny/vww_96_int8.tflite"
-FAST_CASES = [(KWS, "f746", Plan()), (KWS, "f412", Plan(3, (2, 2)))]
+FAST_CASES = [(KWS, "f746", Plan()), (KWS, "f412", Plan(3, (2, 2))), (KWS, "f412", Plan(3, (2, 2), "cache"))]
 SLOW_CASES = [(m, b, p) for m in (KWS, VWW, "zoo:mcunet-in0:int8") for b in ("f412", "h743")
-              for p in (Plan(), Plan(4, (3, 3)))] + [("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4)))]
+              for p in (Plan(), Plan(4, (3, 3)), Plan(4, (3, 3), "cache"))] + \
+    [("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4))), ("zoo:mcunet-in0:int8", "f412", Plan(6, (4, 4), "cache"))]
 
 
 def _spec(model: str, shared_models: Path) -> str:
@@ -63,7 +67,7 @@ def _check_memory(built, model: str, board: str, plan: Plan) -> None:
     assert pred.latency_estimated and pred.latency_ms > 0 and pred.instructions > 0
 
 
-@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2"])
+@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2", "kws-f412-2x2-cache"])
 def test_predicted_sram_exact_and_flash_within_1pct(built, shared_models, model, board, plan):
     _check_memory(built, _spec(model, shared_models), board, plan)
 
@@ -86,6 +90,11 @@ def test_kernel_features_of_kws(tmp_path, shared_models):
     dw = rows[ops.index("depthwise")]
     assert dw["groups"] == 64 and dw["inplace"] == 1 and dw["uses_requant"] >= 1
     assert sum(r["uses_dot"] > 0 for r in rows if r["op"] == "conv1x1") == 4
+    for r in rows:  # what runs: every 1x1 MAC inside a register-blocked dot product of 4 rows (trips.py)
+        if r["op"] == "conv1x1":
+            e = r["exec"]
+            assert e["rows_calls"] == e["dot_calls"] > 0 and 4 * e["dot_elems"] == r["macs"] and e["mac"] == 0
+            assert r["x_dot_len"] == 64 and r["x_rows_share"] == 1
 
 
 def test_patch_stage_features(tmp_path):
@@ -96,13 +105,46 @@ def test_patch_stage_features(tmp_path):
     assert stage["patch_in_h"] > 48 // 4 and stage["halo"] == stage["patch_in_h"] - 12
     lbl = sum(layer.macs for layer in build_graph(load("zoo:mcunet-in0:int8").mod).layers[:6])
     assert lbl < stage["macs"] < 3 * lbl  # every patch recomputes its halo: more MACs than layer by layer
-    assert 0 < stage["stage_dw_share"] < 1
+    assert stage["halo_cache"] == 0 and stage["exec"]["all_macs"] == stage["macs"]
+
+
+def test_cache_mode_stage_executes_fewer_macs(tmp_path, shared_models):
+    """The halo-cache stage's loop nest (bounds that depend on the patch) counted exactly: fewer MACs than
+    recomputing the halos, at least the stage's own (each element once; border checks count as taken)."""
+    counts = {}
+    for halo in ("recompute", "cache"):
+        out = tmp_path / halo
+        result = export_model(str(shared_models / KWS), out, patches=4, split=5, halo=halo)
+        counts[halo] = kernel_rows(result, (out / "model.c").read_text(), halo)[0]
+    lbl = sum(layer.macs for layer in build_graph(load(str(shared_models / KWS)).mod).layers[:5])
+    assert counts["cache"]["halo_cache"] == 1 and counts["recompute"]["halo_cache"] == 0
+    # executed MACs: scalar ones and those of the micro-kernel calls (tvmp_dot_s8*, tvmp_window_s8)
+    assert lbl <= counts["cache"]["macs"] < 1.25 * lbl < counts["recompute"]["macs"]
+    assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
 
 
 def test_shipped_models_load():
     for core in ("m4", "m7"):
         m = load_cost_model(default_path(core))
         assert m.core == core and m.unit == "instructions" and m.meta["n_networks"] > 0
+        assert m.stage_coef is not None and len(m.meta["kernels_fingerprint"]) == 16
+
+
+def test_stale_model_warns_once_on_stderr(tmp_path, capsys):
+    """A model trained on other kernels (another fingerprint) predicts, with one warning line on stderr."""
+    data = json.loads(default_path("m7").read_text())
+    data["meta"]["kernels_fingerprint"] = "0" * 16
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(data))
+    m = for_core("m7", stale)
+    for_core("m7", stale)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on other kernels" in err[0] and str(stale) in err[0] and "make costmodel" in err[0]
+    assert warn_if_stale(m, stale) and m.core == "m7"
+    fresh = tmp_path / "fresh.json"
+    data["meta"]["kernels_fingerprint"] = kernels_fingerprint()
+    fresh.write_text(json.dumps(data))
+    assert not warn_if_stale(load_cost_model(fresh), fresh) and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("content,why", [(b"\x00garbage", "corrupt"), (b'{"format": "x"}', "not a tvm-patch"),
@@ -129,7 +171,7 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
     measured = []
 
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp):  # the resume logic, not the measuring
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None):  # the resume logic, not the measuring
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
@@ -158,6 +200,17 @@ def test_plan_json_and_chosen_plan_builds_to_prediction(built, shared_models, ca
     assert all(a["latency_ms"] > b["latency_ms"] for a, b in zip(front, front[1:]))
     chosen = Plan(out["split"], tuple(out["patches"]) if out["patches"] else None, out["halo"])
     assert built(str(shared_models / KWS), "f412", chosen)["sram_bytes"] == out["sram_bytes"]
+
+
+def test_build_uses_the_plan_when_none_is_given(shared_models, tmp_path, capsys):
+    """`build --board` without --patches/--split builds `plan --fast`'s answer and says so in --json; the
+    firmware has the SRAM the plan predicted."""
+    assert main(["build", str(shared_models / KWS), "--board", "f412", "-o", str(tmp_path / "fw"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    plan = r["plan"]
+    assert plan["source"].startswith("tvm-patch plan --fast") and plan["sram_bytes"] == r["sram_bytes"]
+    assert r["export"]["plan"]["patches"] == (plan["patches"][0] if plan["patches"] else None)
+    assert r["export"]["plan"]["split"] == plan["split"] and plan["predicted_latency_ms"] > 0
 
 
 @pytest.mark.slow
@@ -204,3 +257,27 @@ def test_train_and_eval_on_the_shipped_measurements(tmp_path, capsys):
     assert out["within_10pct_share"] == pytest.approx(sum(abs(n["error"]) <= 0.10 for n in nets) / len(nets), abs=1e-3)
     for n in nets:
         assert n["error"] == pytest.approx((n["predicted"] - n["measured"]) / n["measured"], abs=1e-3)
+
+
+def test_nhwc_synthetic_network_has_tflite_form_kernels(tmp_path):
+    """Round 2's training networks: the NHWC module exports integer-only, its convolutions as NHWC kernels."""
+    net = sample_net(3)
+    mod = nhwc_model(net, sample_inserts(net, 3))
+    assert float_ops_remaining(LowerToInteger()(mod)) == []
+    result = export_model(mod, tmp_path / "e")
+    rows = kernel_rows(result, (tmp_path / "e" / "model.c").read_text())
+    convs = [r for r in rows if r["op"] in ("conv1x1", "convkxk", "depthwise")]
+    assert len(convs) >= 2 * len(net.blocks) and all(r["nhwc"] == 1 for r in convs)
+
+
+def test_adaptive_round_picks_the_worst_training_networks():
+    """nn-Meter's adaptive sampling: neighbours of the networks worst predicted under cross-validation, never
+    of a held-out one."""
+    recs = cost_collect.read_records(DATA / "m7.jsonl.gz")
+    errors = cv_errors(recs, "m7")
+    assert errors and all(not r.get("heldout") for _, r in errors)
+    assert [abs(e) for e, _ in errors] == sorted((abs(e) for e, _ in errors), reverse=True)
+    items = near_items(recs, "m7", 3, 9)
+    assert len(items) == 3 and len({i["synth"] for _, i in items}) == 3
+    assert all(i.startswith("adapt9-") and it["near"] == 9 for i, it in items)
+    assert sample_near(items[0][1]["synth"], 9).blocks  # the neighbour builds

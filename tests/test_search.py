@@ -103,7 +103,7 @@ def test_cli_search_writes_zoo_specs(tmp_path, capsys):
     assert zoo.macs(net) == ev["arch_macs"] == summary["top"][0]["score"]
     sched = best["tvm_patch"]["schedule"]
     split = int(sched["split"][len("block:"):]) if sched["split"] else None
-    assert evaluate(net, Schedule(split, sched["patches"] or 1), "f746").to_json() == ev
+    assert evaluate(net, Schedule(split, sched["patches"] or 1, sched["halo"] or "recompute"), "f746").to_json() == ev
 
 
 def test_user_proxy(tmp_path, monkeypatch):

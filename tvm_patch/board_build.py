@@ -53,8 +53,9 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     integer: bool = True, rounding: str = "tflite", kernels: str = "micro",
                     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
                     halo: str = "recompute") -> dict[str, Any]:
-    """Export ``model`` (patch mode: ``patches``, ``split``, ``halo`` as in ``export_model``), generate the ``board`` project in ``out_dir``, build it for ``runner`` and, with
-    ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
+    """Export ``model`` (layer by layer, or its first ``split`` layers over ``patches`` x ``patches`` patches,
+    the halos as ``halo`` says), generate the ``board`` project in ``out_dir``, build it for ``runner`` and,
+    with ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
     get_board(board)  # an unknown board fails before the export's work
     with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
         export_dir = Path(tmp) / "export"

@@ -111,20 +111,55 @@ def _build_summary(result) -> str:
     return "\n".join(lines)
 
 
+def _planned(args: argparse.Namespace, split: int | str | None) -> tuple[int | None, int | str | None, str,
+                                                                          dict | None]:
+    """(patches, split, halo, the plan's JSON) of a board build: the options given, or with none of
+    --patches/--split (and --plan auto) `tvm-patch plan`'s answer (the fastest plan that fits the board)."""
+    if args.patches is not None or args.split is not None or args.plan == "none":
+        return args.patches, split, args.halo, None
+    res = plan_search(args.model, args.board, "latency", args.cost_model, fast=True)
+    out = res.to_json()
+    if res.chosen is None:
+        raise TvmPatchError(_no_plan_message(args.model, args.board, res, out) + "; give --patches/--split or "
+                            "--plan none to build anyway")
+    summary = {k: out[k] for k in ("split", "split_layers", "patches", "halo", "sram_bytes", "flash_bytes",
+                                   "predicted_latency_ms", "latency_estimated")}
+    summary["source"] = "tvm-patch plan --fast (the first plan that fits in increasing estimated latency)"
+    p = res.chosen.plan
+    return (None if p["patches"] is None else p["patches"][0]), p["split"], p["halo"], summary
+
+
+def _no_plan_message(model: str, board: str, res, out: dict) -> str:
+    return f"no plan of {model} fits {board}" + (
+        f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
+        "B of Flash" if res.best_miss else ": no plan could be exported")
+
+
 def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
     rows = _tuned_rows(args)
-    built = build_for_board(args.model, args.output, args.board, patches=args.patches, split=split,
+    patches, split, halo, plan = _planned(args, split)
+    if plan is not None and not args.json:
+        print(f"plan: {_plan_text(plan)}", flush=True)
+    built = build_for_board(args.model, args.output, args.board, patches=patches, split=split, halo=halo,
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels, halo=args.halo,
-                             **({"rows": rows} if rows else {}))
+                             rounding=args.rounding, kernels=args.kernels, **({"rows": rows} if rows else {}))
     if rows:
         built["tuning"] = rows.to_json()
+    if plan is not None:
+        built["plan"] = plan
     return _board_output(args, built)
+
+
+def _plan_text(plan: dict) -> str:
+    where = "layer by layer" if plan["split"] is None else \
+        f"split {plan['split']}, {plan['patches'][0]}x{plan['patches'][1]} patches, halo {plan['halo']}"
+    return (f"{where} (from tvm-patch plan: SRAM {plan['sram_bytes']:,} B, predicted "
+            f"{plan['predicted_latency_ms']:.2f} ms{' (estimated)' if plan['latency_estimated'] else ''})")
 
 
 def _board_output(args: argparse.Namespace, result: dict) -> int:
@@ -265,8 +300,15 @@ def _cmd_costmodel(args: argparse.Namespace) -> int:
             raise TvmPatchError("costmodel collect needs --board f412|f746|h743")
         out = args.data[0] if args.data else str(cost_collect.default_data(core_key(args.board)))
         counts = cost_collect.collect(args.board, Path(out), n=args.n, seed=args.seed, runner=args.runner,
-                                      timeout_sec=args.timeout)
+                                      timeout_sec=args.timeout, adaptive=args.adaptive)
         print(f"{out}: {counts['measured']} measured, {counts['skipped']} already there, {counts['failed']} failed")
+        return 0
+    if args.action == "refeature":
+        if not args.data or not args.out:
+            raise TvmPatchError("costmodel refeature needs --data FILE.jsonl and --out FILE.jsonl")
+        counts = cost_collect.refeature(Path(args.data[0]), Path(args.out))
+        print(f"{args.out}: {counts['refeatured']} records with this version's features, {counts['dropped']} dropped "
+              "(measured on other kernels)")
         return 0
     core = args.core or (core_key(args.board) if args.board else None)
     if core not in cost_latency.CORES:
@@ -283,23 +325,22 @@ def _cmd_costmodel(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    res = plan_search(args.model, args.board, args.objective, args.cost_model)
+    res = plan_search(args.model, args.board, args.objective, args.cost_model, fast=args.fast)
     out = res.to_json()
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         _print_plan(args, res)
     if res.chosen is None:
-        raise TvmPatchError(f"no plan of {args.model} fits {args.board}" + (
-            f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
-            "B of Flash" if res.best_miss else ": no plan could be exported"))
+        raise TvmPatchError(_no_plan_message(args.model, args.board, res, out))
     return 0
 
 
 def _print_plan(args: argparse.Namespace, res) -> None:
     print(f"{args.model} on {args.board}: {res.note}")
     for p in res.pareto:
-        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14}  "
+        halo = p.plan["halo"] if p.plan["patches"] else ""
+        print(f"  pareto: {p.plan['split'] or '-':>4} {str(p.plan['patches'] or 'layer-by-layer'):>14} {halo:9s} "
               f"SRAM {p.sram_bytes:>9,} B  latency {p.latency_ms:9.2f} ms (estimated)")
     c = res.chosen
     if c is None:
@@ -312,11 +353,15 @@ def _print_plan(args: argparse.Namespace, res) -> None:
 
 def _add_cost_parsers(sub) -> None:
     c = sub.add_parser("costmodel", help="the latency cost model: collect measurements, train, evaluate")
-    c.add_argument("action", choices=["collect", "train", "eval"])
+    c.add_argument("action", choices=["collect", "train", "eval", "refeature"])
+    c.add_argument("--out", metavar="FILE.jsonl", help="refeature: where to write the records")
     c.add_argument("--board", choices=["f412", "f746", "h743"], help="collect: the board measured")
     c.add_argument("--core", choices=list(cost_latency.CORES), help="train/eval: the core (default: the board's)")
     c.add_argument("--n", type=int, default=40, help="collect: synthetic networks (each layer by layer and patched)")
     c.add_argument("--seed", type=int, default=0, help="collect: seed of the synthetic networks and plans")
+    c.add_argument("--adaptive", type=int, default=0, metavar="K",
+                   help="collect: instead, neighbours of the K training networks the model predicts worst "
+                        "(cross-validated on the data collected so far; --seed numbers the round)")
     c.add_argument("--runner", choices=["emulator", "device"], default="emulator",
                    help="collect: instructions on QEMU (default) or cycles on the board")
     c.add_argument("--data", nargs="+", metavar="FILE.jsonl", help="measurements (default: the cache's, per core)")
@@ -329,6 +374,9 @@ def _add_cost_parsers(sub) -> None:
     pl.add_argument("--objective", choices=["latency", "memory"], default="latency")
     pl.add_argument("--cost-model", metavar="FILE.json", help="a trained latency model (default: the shipped one)")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
+    pl.add_argument("--fast", action="store_true",
+                    help="predict plans in increasing estimated latency and stop at the first that fits (what "
+                         "`build --board` and the bench use) instead of the whole exact Pareto front")
     pl.set_defaults(func=_cmd_plan)
 
 
@@ -478,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stack", type=int, default=8192, metavar="BYTES",
                    help="with --board: stack reserved in SRAM (default 8192)")
     b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
+    b.add_argument("--plan", choices=["auto", "none"], default="auto",
+                   help="with --board and no --patches/--split: auto (default) builds `tvm-patch plan --fast`'s answer "
+                        "(cached per model and board); none: layer by layer")
+    b.add_argument("--cost-model", metavar="FILE.json", help="with --plan auto: the latency model (default: shipped)")
     _add_board_run_options(b)
     b.add_argument("--tuning-db", metavar="DIR", help="apply a `tvm-patch tune` database: each kernel takes its "
                    "fastest record's schedule (on --board's core, else any); --json says which")

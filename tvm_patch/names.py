@@ -31,6 +31,7 @@ Q_HARD_SWISH = "q_hard_swish"
 Q_CONV_LOGISTIC = "q_conv_logistic"
 Q_LUT = "q_lut"
 
-HALO_MODES: tuple[str, ...] = ("recompute",)
-"""How a patch stage treats the overlapping halos of neighbouring patches, the schedule dimension searches
-enumerate: "recompute" (every patch computes its whole receptive field, MCUNetV2's way)."""
+HALO_MODES: tuple[str, ...] = ("recompute", "cache")
+"""How a patch stage treats the overlapping halos of neighbouring patches, the schedule dimension `plan` and
+`search` enumerate: "recompute" (every patch computes its whole receptive field, MCUNetV2's way) or "cache"
+(row and column caches keep the halos: every intermediate element computed once; `tvm_patch.patch.regions`)."""

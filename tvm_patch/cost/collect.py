@@ -3,9 +3,10 @@ JSONL file. Resumable: every item has an id, items already in the file are skipp
 one flushed line, so Ctrl-C and a re-run continue where it stopped.
 
 Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
-split and 2..4 patches a side; ``seed`` >= 1: with inserted plain convolutions and a second patch plan), for
-training; then the held-out real networks (zoo and MLPerf Tiny models,
-layer by layer and 4x4 patches at the middle valid split), which training never reads and ``eval`` scores.
+split, 2..4 patches a side, a halo mode; ``seed`` >= 1: with inserted plain convolutions and a second patch
+plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py), for training; then the held-out real
+networks (zoo and MLPerf Tiny models, layer by layer and 4x4 patches at the middle valid split, the halos
+recomputed and cached), which training never reads and ``eval`` scores.
 """
 
 from __future__ import annotations
@@ -22,15 +23,23 @@ from typing import Any
 from microtvm_projects.errors import ProjectError
 from tqdm import tqdm
 
-from tvm_patch.cost.measure import core_key, measure
-from tvm_patch.cost.plan import Plan
-from tvm_patch.cost.synth import sample_inserts, sample_net, write_onnx
+from tvm_patch.cost.features import FEATURES_VERSION
+from tvm_patch.cost.latency import kernels_fingerprint
+from tvm_patch.cost.measure import core_key, export_plan, measure
+from tvm_patch.cost.plan import HALO_MODES, Plan
+from tvm_patch.cost.adaptive import near_items
+from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net, write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
 from tvm_patch.paths import cache_dir, shared_models_dir
 from tvm_patch.split import valid_splits
 
+# The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
+# plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
+DEFAULT_ROUNDS = ((0, 30), (2, 12))
+# Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
+ADAPTIVE_ROUND = (3, 12)
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
 HELDOUT_MLPERF = ("kws_int8", "vww_96_int8", "resnet8_int8")
 
@@ -51,12 +60,20 @@ def heldout_models() -> list[str]:
     return [f"zoo:{n}:int8" for n in HELDOUT_ZOO] + [str(mlperf / f"{n}.tflite") for n in HELDOUT_MLPERF]
 
 
-def _patched_plan(model: str, seed: int) -> Plan | None:
+def _module(model: Any) -> Any:
+    """The Relax module of a model spec, or the module itself."""
+    return load(model).mod if isinstance(model, str) else model
+
+
+def _patched_plan(model: Any, seed: int) -> Plan | None:
     """A seeded valid patch plan for ``model``, or None when no split can be patched."""
     rng = random.Random(seed)
     p = rng.choice((2, 2, 3, 4))
-    splits = valid_splits(build_graph(load(model).mod), (p, p))
-    return Plan(rng.choice(splits), (p, p)) if splits else None
+    splits = valid_splits(build_graph(_module(model)), (p, p))
+    if not splits:
+        return None
+    split = rng.choice(splits)
+    return Plan(split, (p, p), rng.choice(HALO_MODES))
 
 
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -65,15 +82,18 @@ def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[s
         s = seed * 100_000 + i
         # round 0: the MCUNet-space networks; later rounds add plain k x k convolutions and a second patch plan
         # (where round 0's held-out error was largest)
-        more = seed >= 1
-        yield f"synth-{s}-lbl", {"synth": s, "inserts": more, "patched": False}
-        yield f"synth-{s}-patch", {"synth": s, "inserts": more, "patched": True}
+        more, nhwc = seed >= 1, seed >= 2
+        tag = "nhwc-" if nhwc else ""
+        common = {"synth": s, "inserts": more, "nhwc": nhwc}
+        yield f"synth-{s}-{tag}lbl", common | {"patched": False}
+        yield f"synth-{s}-{tag}patch", common | {"patched": True}
         if more:
-            yield f"synth-{s}-patch2", {"synth": s, "inserts": more, "patched": True}
+            yield f"synth-{s}-{tag}patch2", common | {"patched": True}
     if heldout:
         for m in heldout_models():
             yield f"heldout-{Path(m).name}-lbl", {"model": m, "patched": False}
             yield f"heldout-{Path(m).name}-patch", {"model": m, "patched": True}
+            yield f"heldout-{Path(m).name}-cache", {"model": m, "patched": True, "halo": "cache"}
 
 
 def done_ids(path: Path) -> set[str]:
@@ -119,44 +139,93 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "emulator", heldout: bool = True,
-            timeout_sec: float = 600.0) -> dict[str, int]:
-    """Measure the items not yet in ``out``; returns counts (measured, skipped, failed)."""
-    core_key(board)  # an unknown board fails here
+            timeout_sec: float = 600.0, adaptive: int = 0) -> dict[str, int]:
+    """Measure the items not yet in ``out``; returns counts (measured, skipped, failed). ``adaptive`` > 0: the
+    items are instead neighbours of the ``adaptive`` training networks of ``out`` the model predicts worst
+    (cross-validated; round number ``seed``)."""
+    core = core_key(board)  # an unknown board fails here
     out.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_line(out)
     done = done_ids(out)
-    todo = [(i, it) for i, it in items(n, seed, heldout) if i not in done]
+    chosen = near_items(read_records(out), core, adaptive, seed) if adaptive > 0 else items(n, seed, heldout)
+    todo = [(i, it) for i, it in chosen if i not in done]
     counts = {"measured": 0, "skipped": len(done), "failed": 0}
     with tempfile.TemporaryDirectory(prefix="tvmp_collect_") as tmp, open(out, "a") as f:
         for item_id, item in tqdm(todo, desc=f"collect {board}", unit="net"):
             try:
-                if "synth" in item:
-                    net = sample_net(item["synth"])
-                    inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
-                    model = str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
-                else:
-                    model = item["model"]
+                model = _item_model(item, item_id, tmp)
                 plan = _patched_plan(model, zlib.crc32(item_id.encode())) if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
-                    plan = _heldout_patch_plan(model)
+                    plan = _heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
                     counts["failed"] += 1
                     continue
-                rec = measure(model, plan, board, runner, timeout_sec, tmp)
+                rec = measure(model, plan, board, runner, timeout_sec, tmp,
+                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None)
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()
                 counts["failed"] += 1
                 continue
-            rec.update(id=item_id, heldout="model" in item, synth=item.get("synth"))
+            rec.update(id=item_id, heldout="model" in item, synth=item.get("synth"), item=item)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             counts["measured"] += 1
     return counts
 
 
-def _heldout_patch_plan(model: str) -> Plan | None:
-    """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split."""
-    graph = build_graph(load(model).mod)
+def _item_model(item: dict[str, Any], item_id: str, tmp: str) -> Any:
+    """The model of a collection item: a spec, a synthetic ONNX file written to ``tmp``, or an NHWC module."""
+    if "synth" not in item:
+        return item["model"]
+    net = sample_near(item["synth"], item["near"]) if "near" in item else sample_net(item["synth"])
+    inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
+    if item.get("nhwc"):
+        return nhwc_model(net, inserts)
+    return str(write_onnx(net, Path(tmp) / f"{item_id}.onnx", inserts))
+
+
+def _item_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The item a record was measured from (recorded since features 2; older records: from the id)."""
+    if "item" in rec:
+        return rec["item"]
+    if rec.get("synth") is None:
+        return {"model": rec["model"]}
+    s = int(rec["synth"])
+    return {"synth": s, "inserts": s >= 100_000, "nhwc": s >= 200_000}
+
+
+def refeature(path: Path, out: Path) -> dict[str, int]:
+    """Recompute the feature rows of every record of ``path`` measured on this installation's kernels (the
+    same kernels fingerprint: the measured counts still hold) with this version's features, into ``out``;
+    records of other kernels are dropped. For a feature change that needs no new measurement."""
+    fp = kernels_fingerprint()
+    counts = {"refeatured": 0, "dropped": 0}
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="tvmp_refeature_") as tmp:
+        for rec in tqdm(read_records(path), desc="refeature", unit="net"):
+            if rec.get("kernels_fingerprint") != fp:
+                counts["dropped"] += 1
+                continue
+            item = _item_of(rec)
+            model = _item_model(item, rec["id"], tmp)
+            plan = Plan(rec["plan"]["split"], tuple(rec["plan"]["patches"]) if rec["plan"]["patches"] else None,
+                        rec["plan"]["halo"])
+            _, rows = export_plan(model, plan, Path(tmp) / "export")
+            if [r["func"] for r in rows] != [r["func"] for r in rec["rows"]]:
+                counts["dropped"] += 1
+                continue
+            for new, old in zip(rows, rec["rows"]):
+                new["measured"] = old["measured"]
+            lines.append(json.dumps(dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)))
+            counts["refeatured"] += 1
+    out.write_text("".join(line + "\n" for line in lines))
+    return counts
+
+
+def _heldout_patch_plan(model: Any, halo: str = "recompute") -> Plan | None:
+    """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split, the halos
+    recomputed or cached."""
+    graph = build_graph(_module(model))
     splits = valid_splits(graph, (4, 4))
-    return Plan(splits[len(splits) // 2], (4, 4)) if splits else None
+    return Plan(splits[len(splits) // 2], (4, 4), halo) if splits else None

@@ -1,6 +1,7 @@
 """``tvm-patch costmodel eval``: the latency model's error on the held-out whole networks (real networks
 that ``collect`` marks held out and ``train`` never reads): per network |predicted - measured| / measured of
-one inference's total count, and per op type the same error over their kernels."""
+one inference's total count, per op type the same error over their kernels, and per network the measured and
+predicted counts of each op type (where a network's error comes from)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ def evaluate(model: LatencyModel, records: list[dict[str, Any]]) -> dict[str, An
     nets, per_op = [], {}
     for r in held:
         pred = model.network_count(r["rows"], r["io_bytes"])
-        nets.append({"id": r["id"], "model": r["model"], "plan": r["plan"], "measured": r["total"],
-                     "predicted": round(pred), "error": round((pred - r["total"]) / r["total"], 4)})
+        by_op: dict[str, list[int]] = {}  # op -> [measured, predicted], summed over the network's kernels
         for row, k in zip(r["rows"], model.kernel_counts(r["rows"])):
             per_op.setdefault(row["op"], []).append(abs(k - row["measured"]) / row["measured"])
+            acc = by_op.setdefault(row["op"], [0, 0])
+            acc[0] += row["measured"]
+            acc[1] += round(k)
+        nets.append({"id": r["id"], "model": r["model"], "plan": r["plan"], "measured": r["total"],
+                     "predicted": round(pred), "error": round((pred - r["total"]) / r["total"], 4),
+                     "by_op": {op: {"measured": m, "predicted": p, "share_of_error": round((p - m) / r["total"], 4)}
+                               for op, (m, p) in sorted(by_op.items(), key=lambda kv: -kv[1][0])}})
     errs = [abs(n["error"]) for n in nets]
     return {
         "mape": round(sum(errs) / len(errs), 4),

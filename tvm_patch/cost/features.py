@@ -12,16 +12,26 @@ from typing import Any
 
 from tvm import s_tir, tirx
 
+from tvm_patch.codegen import C_TARGET
+from tvm_patch.codegen.c_kernels import lower_plain
+from tvm_patch.cost.trips import executed
 from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.names import PATCHES_ATTR
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
 NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "groups", "log_macs", "log_work",
            "bytes_in", "bytes_out", "bytes_weights", "inplace", "uses_dot", "uses_sum", "uses_requant", "epilogue_blocks",
-           "patches", "patch_in_h", "halo", "stage_layers", "stage_dw_share", "stage_1x1_share")
+           "patches", "patch_in_h", "halo", "stage_layers", "stage_dw_share", "stage_1x1_share", "halo_cache",
+           # how the kernel runs (trips.py, per unit of work): scalar MACs, element stores, dot-product calls
+           # and their length, register-blocked share, depthwise windows and their length, requantizations
+           "x_mac_pw", "x_store_pw", "x_dot_pw", "x_dot_len", "x_rows_share", "x_window_pw", "x_window_len",
+           "x_requant_pw", "x_pad_pw")
+# The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
+EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
+             "window_elems", "requant", "pad_calls", "sat")
 
 
 def columns() -> list[str]:
@@ -137,11 +147,61 @@ def _kernel_row(func: tirx.PrimFunc, in_shapes: list[tuple[int, ...]]) -> dict[s
     return row
 
 
-def kernel_rows(result: Any, c_source: str) -> list[dict[str, Any]]:
+def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
+    """The executed operations of one lowered kernel, summed into EXEC_KEYS (see trips.executed), and
+    ``all_macs``: the scalar MACs and those of the micro-kernel calls."""
+    e = executed(func)
+    out = dict.fromkeys(EXEC_KEYS, 0.0)
+    out["all_macs"] = float(e["micro_macs"])
+    for k, v in e.items():
+        if k in ("mac_flat", "red_loops"):
+            out[k] += v
+        elif k == "micro_macs":
+            continue
+        elif k == "mac_loop":
+            continue
+        elif k.startswith("mac_"):
+            out["mac"] += v
+            out["all_macs"] += v
+        elif k == "stores":
+            out["stores"] += v
+        elif k.startswith("call_tvmp_dot"):
+            out["dot_calls"] += v
+            out["rows_calls"] += v if "rows" in k else 0
+        elif k.startswith("elems_tvmp_dot"):
+            out["dot_elems"] += v
+        elif k == "call_tvmp_window_s8":
+            out["window_calls"] += v
+        elif k == "elems_tvmp_window_s8":
+            out["window_elems"] += v
+        elif k == "call_tvmp_requant":
+            out["requant"] += v
+        elif k == "call_tvmp_pad_rows":
+            out["pad_calls"] += v
+        elif k == "call_tvmp_sat_s8":
+            out["sat"] += v
+    return out
+
+
+def _exec_features(row: dict[str, Any]) -> None:
+    """The per-unit-of-work "how it runs" columns of ``row`` from its ``exec`` counts."""
+    e, w = row["exec"], work(row)
+    row.update(x_mac_pw=e["mac"] / w, x_store_pw=e["stores"] / w, x_dot_pw=e["dot_calls"] / w,
+               x_dot_len=e["dot_elems"] / e["dot_calls"] if e["dot_calls"] else 0.0,
+               x_rows_share=e["rows_calls"] / e["dot_calls"] if e["dot_calls"] else 0.0,
+               x_window_pw=e["window_calls"] / w,
+               x_window_len=e["window_elems"] / e["window_calls"] if e["window_calls"] else 0.0,
+               x_requant_pw=e["requant"] / w, x_pad_pw=e["pad_calls"] / w)
+
+
+def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dict[str, Any]]:
     """One feature row per kernel call of an ExportResult (``result.program``, ``result.arena_plan``), in call
-    order; ``c_source`` is the exported model.c (micro-kernel calls per function)."""
+    order; ``c_source`` is the exported model.c (micro-kernel calls per function). The kernels are lowered
+    once more as the C export lowers them (a second or so) to count what each one executes."""
     prog = result.program
     bodies = _c_bodies(c_source)
+    lowered, _ = lower_plain(result.kernel_funcs, C_TARGET)
+    counts = {name: exec_counts(lowered[name]) for name in result.kernel_funcs}
     inplace = set(result.arena_plan.inplace_calls)
     rows = []
     for k, call in enumerate(prog.calls):
@@ -156,12 +216,21 @@ def kernel_rows(result: Any, c_source: str) -> list[dict[str, Any]]:
         row["bytes_out"] = sum(prog.tensors[a.index].nbytes for a in call.outputs if a.kind == "tensor")
         row["bytes_weights"] = sum(prog.constants[a.index].nbytes for a in call.inputs if a.kind == "const")
         row["inplace"] = int(k in inplace)
+        row["exec"] = counts[call.func]
+        if row["op"] == "patch_stage":
+            row["halo_cache"] = int(halo == "cache")
+            # the sblock walk sees no MACs in the cache mode's loops nor in micro-kernel calls
+            row["macs"] = max(row["macs"], int(row["exec"]["all_macs"]))
+            if not row["stage_layers"]:  # layers with weights: one int8 weight constant each
+                row["stage_layers"] = sum(prog.constants[a.index].dtype == "int8" for a in call.inputs
+                                          if a.kind == "const")
         body = bodies.get(call.func, "")
         row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|4)\(", body))  # plain and register-blocked
         row["uses_sum"] = body.count("tvmp_sum_s8(")
         row["uses_requant"] = body.count("tvmp_requant(")
         row["log_macs"] = math.log1p(row["macs"])
         row["log_work"] = math.log(work(row))
+        _exec_features(row)
         row["func"] = call.func
         rows.append(row)
     return rows

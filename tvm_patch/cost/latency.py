@@ -8,7 +8,9 @@ set is refused with one line.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import sys
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -17,27 +19,73 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
+from scipy.optimize import nnls
 
-from tvm_patch.cost.features import FEATURES_VERSION, columns, vector, work
+from tvm_patch.cost.features import EXEC_KEYS, FEATURES_VERSION, columns, vector, work
 from tvm_patch.errors import TvmPatchError
 
 FORMAT = "tvm-patch-cost-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CORES = ("m4", "m7")
 PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 2,
           "objective": "reg:squarederror", "seed": 0, "nthread": 1}
 ROUNDS = 200
+# The sources that decide what the kernels' code is (the micro-kernels, their register blocking, the C code
+# generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
+KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/c_kernels.py", "export/blocking.py",
+                  "export/schedule.py", "export/stage_arena.py", "patch/schedule.py", "patch/cache_stage.py",
+                  "transform/patch_stage.py")
+_PACKAGE = Path(__file__).resolve().parents[1]
+_warned: set[str] = set()
+
+
+def kernels_fingerprint() -> str:
+    """A short hash of the kernel sources of this installation (KERNEL_SOURCES; a missing one hashes as empty)."""
+    h = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        f = _PACKAGE / rel
+        h.update(rel.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
+    """One line on stderr (once per file and process) when ``model`` was trained on other kernels than these;
+    True when it was. Not an error: the prediction still comes, from a model of older code."""
+    trained = model.meta.get("kernels_fingerprint")
+    if trained == kernels_fingerprint():
+        return False
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        print(f"tvm-patch: warning: cost model {path} was trained on other kernels (fingerprint {trained or 'none'}, "
+              f"these are {kernels_fingerprint()}): latency predictions may be off; retrain with `make costmodel`",
+              file=sys.stderr)
+    return True
+
+
+# The patch stage's linear model: its count = the sum over what its loop nest executes (every layer over every
+# patch region, the recomputed halos or the cache copies included) of a per-operation cost, plus a cost per
+# patch and a constant: STAGE_TERMS, in this order.
+STAGE_TERMS = (*EXEC_KEYS, "patches", "one")
+
+
+def stage_terms(row: dict[str, Any]) -> list[float]:
+    """The patch stage row's terms of the linear stage model (STAGE_TERMS)."""
+    return [float(row["exec"][k]) for k in EXEC_KEYS] + [float(row["patches"]), 1.0]
 
 
 @dataclass
 class LatencyModel:
-    """A trained per-core model: the booster, the copy overhead (a + b x copied bytes), what it was fit on."""
+    """A trained per-core model: the booster (every kernel but the patch stage), the patch stage's linear
+    coefficients (STAGE_TERMS; None: the booster predicts it too), the copy overhead (a + b x copied bytes),
+    what it was fit on."""
 
     core: str
     unit: str
     booster: xgb.Booster
     overhead: tuple[float, float]
     meta: dict[str, Any]
+    stage_coef: list[float] | None = None
+    digest: str | None = None  # SHA-256 of the file it was read from (None: trained in this process)
 
     def kernel_counts(self, rows: list[dict[str, Any]]) -> list[float]:
         """Predicted instructions (or cycles) of each kernel row."""
@@ -45,7 +93,11 @@ class LatencyModel:
             return []
         x = np.array([vector(r) for r in rows], dtype=np.float64)
         ratio = self.booster.predict(xgb.DMatrix(x, feature_names=columns()))
-        return [max(0.0, float(q)) * work(r) for q, r in zip(ratio, rows)]
+        out = [max(0.0, float(q)) * work(r) for q, r in zip(ratio, rows)]
+        if self.stage_coef is not None:
+            out = [float(np.dot(self.stage_coef, stage_terms(r))) if r["op"] == "patch_stage" else c
+                   for r, c in zip(rows, out)]
+        return out
 
     def network_count(self, rows: list[dict[str, Any]], io_bytes: int) -> float:
         """Predicted instructions (or cycles) of one inference: the kernels plus the input/output copies."""
@@ -56,7 +108,7 @@ class LatencyModel:
         path = Path(path)
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION,
                 "core": self.core, "unit": self.unit, "columns": columns(), "overhead": list(self.overhead),
-                "meta": self.meta,
+                "meta": self.meta, "stage_terms": list(STAGE_TERMS), "stage_coef": self.stage_coef,
                 "booster": base64.b64encode(zlib.compress(bytes(self.booster.save_raw(raw_format="ubj")), 9)).decode()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -74,15 +126,40 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
     if len(units) != 1:
         raise TvmPatchError(f"measurements for {core} mix {' and '.join(sorted(units))}; train on one runner")
     rows = [k for r in recs for k in r["rows"]]
+    stages = [k for k in rows if k["op"] == "patch_stage"]
+    # the stage model from the stages measured on this installation's kernels when there are enough of them
+    # (a change of the stage kernels only needs its stages measured again), else from all
+    current = [k for r in recs if r.get("kernels_fingerprint") == kernels_fingerprint() for k in r["rows"]
+               if k["op"] == "patch_stage"]
+    stage_data = current if len(current) >= 2 * len(STAGE_TERMS) else stages
+    coef = None
+    if len(stage_data) >= 2 * len(STAGE_TERMS):
+        # least squares on the relative error (each stage's equation divided by its count), non-negative
+        a = np.array([stage_terms(k) for k in stage_data], dtype=np.float64)
+        b = np.array([k["measured"] for k in stage_data], dtype=np.float64)
+        coef = [float(c) for c in nnls(a / b[:, None], np.ones_like(b))[0]]
+        rows = [k for k in rows if k["op"] != "patch_stage"]
     x = np.array([vector(k) for k in rows], dtype=np.float64)
     y = np.array([k["measured"] / work(k) for k in rows], dtype=np.float64)
     booster = xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
     rest = np.array([r["total"] - sum(k["measured"] for k in r["rows"]) for r in recs], dtype=np.float64)
     io = np.array([r["io_bytes"] for r in recs], dtype=np.float64)
     a, b = np.linalg.lstsq(np.stack([np.ones_like(io), io], 1), rest, rcond=None)[0]
-    meta = {"n_networks": len(recs), "n_kernels": len(rows), "boards": sorted({r["board"] for r in recs}),
-            "runner": sorted({r["runner"] for r in recs})}
-    return LatencyModel(core, units.pop(), booster, (float(a), float(b)), meta)
+    meta = {"n_networks": len(recs), "n_kernels": len(rows) + (len(stages) if coef is not None else 0),
+            "n_stages": len(stage_data), "stage_model": "linear" if coef is not None else "booster",
+            "data_fingerprints": {fp: sum((r.get("kernels_fingerprint") or "unknown") == fp for r in recs)
+                                  for fp in sorted({r.get("kernels_fingerprint") or "unknown" for r in recs})}, "boards": sorted({r["board"] for r in recs}),
+            "runner": sorted({r["runner"] for r in recs}),
+            "kernels_fingerprint": kernels_fingerprint() if stage_data is current and coef is not None
+            else _data_fingerprint(recs)}
+    return LatencyModel(core, units.pop(), booster, (float(a), float(b)), meta, coef)
+
+
+def _data_fingerprint(recs: list[dict[str, Any]]) -> str:
+    """The kernel fingerprint the measurements were taken on ("mixed" when they span several, "unknown"
+    for records from before fingerprints were recorded)."""
+    fps = {r.get("kernels_fingerprint") or "unknown" for r in recs}
+    return fps.pop() if len(fps) == 1 else "mixed"
 
 
 def load(path: str | Path) -> LatencyModel:
@@ -90,7 +167,8 @@ def load(path: str | Path) -> LatencyModel:
     path = Path(path)
     fix = "retrain it with `tvm-patch costmodel train` or remove it to use the shipped default"
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
     except FileNotFoundError:
         raise TvmPatchError(f"cost model {path}: no such file; {fix}") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -105,8 +183,12 @@ def load(path: str | Path) -> LatencyModel:
     try:
         booster = xgb.Booster()
         booster.load_model(bytearray(zlib.decompress(base64.b64decode(data["booster"], validate=True))))
+        coef = data.get("stage_coef")
+        if coef is not None and (data.get("stage_terms") != list(STAGE_TERMS) or len(coef) != len(STAGE_TERMS)):
+            raise ValueError("stage terms")
         return LatencyModel(data["core"], data["unit"], booster, tuple(map(float, data["overhead"])),
-                            dict(data.get("meta", {})))
+                            dict(data.get("meta", {})), None if coef is None else [float(c) for c in coef],
+                            hashlib.sha256(text.encode()).hexdigest())
     except (KeyError, TypeError, ValueError, zlib.error, xgb.core.XGBoostError) as e:
         raise TvmPatchError(f"cost model {path}: corrupt ({type(e).__name__}); {fix}") from None
 
@@ -122,6 +204,7 @@ def for_core(core: str, path: str | Path | None = None) -> LatencyModel:
         raise TvmPatchError(f"no shipped cost model for {core} in this installation; make one with `tvm-patch "
                             f"costmodel collect` and `train`, and give it with --cost-model FILE")
     model = load(path if path is not None else default_path(core))
+    warn_if_stale(model, path if path is not None else default_path(core))
     if model.core != core:
         raise TvmPatchError(f"cost model {path}: trained for {model.core}, the board has a {core}; "
                             f"give a {core} model")

@@ -13,6 +13,7 @@ from microtvm_projects.boards import get_board
 
 from tvm_patch.board_build import build_project
 from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
+from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.plan import Plan
 from tvm_patch.export import export_model
 
@@ -28,12 +29,13 @@ def core_key(board: str) -> str:
 def export_plan(model: Any, plan: Plan, out_dir: Path) -> tuple[Any, list[dict[str, Any]]]:
     """Export ``model`` under ``plan`` into ``out_dir``; (ExportResult, per-kernel feature rows)."""
     result = export_model(model, out_dir, **plan.export_args())
-    return result, kernel_rows(result, (out_dir / "model.c").read_text())
+    return result, kernel_rows(result, (out_dir / "model.c").read_text(), plan.halo)
 
 
-def measure(model: str, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
-            work_dir: str | Path | None = None) -> dict[str, Any]:
-    """Measure ``model`` under ``plan`` on ``board``: the record the cost model trains and is evaluated on."""
+def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
+            work_dir: str | Path | None = None, label: str | None = None) -> dict[str, Any]:
+    """Measure ``model`` (a spec, or a Relax module named by ``label``) under ``plan`` on ``board``: the record
+    the cost model trains and is evaluated on."""
     with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
         result, rows = export_plan(model, plan, export_dir)
@@ -47,11 +49,12 @@ def measure(model: str, plan: Plan, board: str, runner: str = "emulator", timeou
         row["measured"] = counts.get(k)
     return {
         "features_version": FEATURES_VERSION,
+        "kernels_fingerprint": kernels_fingerprint(),
         "board": board,
         "core": core_key(board),
         "runner": runner,
         "unit": unit,
-        "model": model,
+        "model": label or str(model),
         "plan": plan.to_json(),
         "split_layers": result.plan.get("split_layers"),
         "total": run[unit],

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm_patch.errors import TvmPatchError
-
-# The halo modes the export implements. "cache" (the halo-caching issue) is added here when it lands.
-HALO_MODES: tuple[str, ...] = ("recompute",)
+from tvm_patch.names import HALO_MODES
 MAX_PATCHES = 8  # rows and columns 1..8, as the issue asks
 
 
@@ -36,7 +34,7 @@ class Plan:
 
     def export_args(self) -> dict[str, int | str | None]:
         """The ``export_model`` keyword arguments of this plan."""
-        return {"split": self.split, "patches": None if self.patches is None else self.patches[0]}
+        return {"split": self.split, "patches": None if self.patches is None else self.patches[0], "halo": self.halo}
 
     def label(self) -> str:
         """Short text: ``layer-by-layer`` or ``split 6, 4x4, recompute``."""

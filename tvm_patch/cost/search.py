@@ -16,11 +16,13 @@ from typing import Any
 from microtvm_projects.boards import get_board
 from tvm import relax
 
+from tvm_patch.cost import cache
 from tvm_patch.cost.latency import LatencyModel, for_core
 from tvm_patch.cost.measure import core_key, export_plan
 from tvm_patch.cost.plan import HALO_MODES, MAX_PATCHES, Plan
 from tvm_patch.cost.predict import Prediction, predict_export
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.api import model_sha256
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
@@ -65,7 +67,8 @@ def estimates(model: str) -> tuple[list[Estimate], int]:
             except TvmPatchError:
                 continue
             for halo in HALO_MODES:
-                out.append(Estimate(Plan(n, (p, p), halo), fig["peak_bytes"], fig["macs"]))
+                mode = fig["halo_modes"][halo]
+                out.append(Estimate(Plan(n, (p, p), halo), mode["peak_bytes"], mode["macs"]))
     return out, len(out)
 
 
@@ -79,6 +82,27 @@ class PlanResult:
     space: int
     exact: int
     note: str
+
+    def to_cache(self) -> dict[str, Any]:
+        """Everything, for the disk cache (from_cache reads it back)."""
+        return {"chosen": self.chosen.to_json() if self.chosen else None, "pareto": [p.to_json() for p in self.pareto],
+                "best_miss": self.best_miss.to_json() if self.best_miss else None, "space": self.space,
+                "exact": self.exact, "note": self.note}
+
+    @classmethod
+    def from_cache(cls, d: dict[str, Any]) -> PlanResult:
+        def pred(x: dict[str, Any] | None) -> Prediction | None:
+            return Prediction(**x) if x else None
+
+        return cls(pred(d["chosen"]), [Prediction(**p) for p in d["pareto"]], pred(d["best_miss"]), d["space"],
+                   d["exact"], d["note"])
+
+    def plan(self) -> Plan | None:
+        """The chosen plan (None when nothing fits)."""
+        c = self.chosen
+        if c is None:
+            return None
+        return Plan(c.plan["split"], tuple(c.plan["patches"]) if c.plan["patches"] else None, c.plan["halo"])
 
     def to_json(self) -> dict[str, Any]:
         c = self.chosen or self.best_miss
@@ -104,12 +128,21 @@ class PlanResult:
 
 
 def search(model: str, board: str, objective: str = "latency", cost_model: str | Path | LatencyModel | None = None,
-           max_exact: int = MAX_EXACT) -> PlanResult:
-    """Search the plans of ``model`` on ``board`` (see the module docstring)."""
+           max_exact: int = MAX_EXACT, fast: bool = False) -> PlanResult:
+    """Search the plans of ``model`` on ``board`` (see the module docstring). ``fast``: predict the picked plans
+    one at a time in increasing estimated latency (MACs; ``objective="memory"``: analytic peak) and stop at the
+    first whose exact SRAM and Flash fit (usually one export: layer by layer when it fits), instead of
+    predicting them all for the exact Pareto front; the front reported is that of the plans predicted."""
     if objective not in ("latency", "memory"):
         raise TvmPatchError(f"unknown --objective {objective!r}; use latency or memory")
     b = get_board(board)
     lm = cost_model if isinstance(cost_model, LatencyModel) else for_core(core_key(board), cost_model)
+    sha = model_sha256(model) if isinstance(model, str) else None
+    ck = cache.key("plan", sha, b.key, objective, lm.digest, max_exact, HALO_MODES, fast) if sha and lm.digest \
+        else None
+    hit = cache.get(ck) if ck else None
+    if hit is not None:
+        return PlanResult.from_cache(hit)
     est, space = estimates(model)
     lbl = est[0]
     # estimated latency: MACs. The first two Pareto layers of (analytic peak, MACs): the analytic peak ranks
@@ -120,35 +153,76 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
     if lbl not in picked:
         picked.insert(0, lbl)
     preds: list[Prediction] = []
-    dirs: dict[int, tuple[Any, list[dict[str, Any]], Path]] = {}
+    chosen = None
     with tempfile.TemporaryDirectory(prefix="tvmp_plan_") as tmp:
-        for i, e in enumerate(picked):
-            out = Path(tmp) / f"p{i}"
-            try:
-                result, rows = export_plan(model, e.plan, out)
-            except TvmPatchError:
+        predictor = _Predictor(model, board, lm, Path(tmp))
+        if fast:
+            # estimated latency: MACs, then fewer patches (cache mode computes as many MACs as layer by layer,
+            # plus its copies)
+            n_patches = lambda e: 1 if e.plan.patches is None else e.plan.patches[0] * e.plan.patches[1]  # noqa: E731
+            picked.sort(key=lambda e: (e.macs, n_patches(e), e.peak_bytes) if objective == "latency"
+                        else (e.peak_bytes, e.macs))
+        for e in picked:
+            p = predictor(e.plan, flash=False)
+            if p is None:
                 continue
-            preds.append(predict_export(result, rows, out / "model.c", e.plan, board, lm, flash=False))
-            dirs[id(preds[-1])] = (result, rows, out)
+            preds.append(p)
+            if fast and p.sram_bytes <= b.sram_bytes and p.flash_bytes <= b.flash_bytes:
+                full = predictor(e.plan, flash=True)
+                if full is not None and full.fits:
+                    chosen = full
+                    break
         exact = pareto(preds, key=lambda p: (p.sram_bytes, p.latency_ms))
         order = sorted(exact, key=lambda p: (p.latency_ms, p.sram_bytes) if objective == "latency"
                        else (p.sram_bytes, p.latency_ms))
-        chosen = None
-        for p in order:
+        for p in ([] if fast else order):
             if p.sram_bytes > b.sram_bytes or p.flash_bytes > b.flash_bytes:
                 continue
             # Flash with the code (compiling the network's objects) only for the plan about to be chosen
-            result, rows, out = dirs[id(p)]
             plan = Plan(p.plan["split"], tuple(p.plan["patches"]) if p.plan["patches"] else None, p.plan["halo"])
-            full = predict_export(result, rows, out / "model.c", plan, board, lm, flash=True)
-            if full.fits:
+            full = predictor(plan, flash=True)
+            if full is not None and full.fits:
                 chosen = full
                 break
     best_miss = None if chosen else min(preds, key=lambda p: (max(0, -p.sram_margin_bytes) + max(0, -p.flash_margin_bytes)), default=None)
     note = (f"{space} plans (layer by layer; valid splits x square patch grids 1..{MAX_PATCHES} x halo "
             f"{'/'.join(HALO_MODES)}); rectangular grids are not enumerated: the C export builds square ones; "
-            f"{len(picked)} plans of the estimated front (two layers) predicted exactly")
-    return PlanResult(chosen, exact, best_miss, space, len(preds), note)
+            f"{len(preds)} plans of the estimated front (two layers) predicted exactly" +
+            ("; fast: in increasing estimated latency (MACs), up to the first that fits" if fast else ""))
+    result = PlanResult(chosen, exact, best_miss, space, len(preds), note)
+    if ck is not None:
+        cache.put(ck, result.to_cache())
+    return result
+
+
+class _Predictor:
+    """Predictions of plans of one model on one board, from the disk cache (cache.py) or by exporting the plan
+    (each plan exported at most once in a search)."""
+
+    def __init__(self, model: Any, board: str, lm: LatencyModel, tmp: Path) -> None:
+        self.model, self.board, self.lm, self.tmp = model, board, lm, tmp
+        self.sha = model_sha256(model) if isinstance(model, str) else None
+        self.exports: dict[str, tuple[Any, list[dict[str, Any]], Path]] = {}
+
+    def __call__(self, plan: Plan, flash: bool) -> Prediction | None:
+        ck = cache.key("prediction", self.sha, plan.to_json(), self.board, self.lm.digest, flash) \
+            if self.sha and self.lm.digest else None
+        hit = cache.get(ck) if ck else None
+        if hit is not None:
+            return Prediction(**hit)
+        label = plan.label()
+        if label not in self.exports:
+            out = self.tmp / f"p{len(self.exports)}"
+            try:
+                result, rows = export_plan(self.model, plan, out)
+            except TvmPatchError:
+                return None
+            self.exports[label] = (result, rows, out)
+        result, rows, out = self.exports[label]
+        p = predict_export(result, rows, out / "model.c", plan, self.board, self.lm, flash=flash)
+        if ck:
+            cache.put(ck, p.to_json())
+        return p
 
 
 def _spread(front: list[Any], k: int) -> list[Any]:

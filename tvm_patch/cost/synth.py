@@ -12,10 +12,12 @@ import random
 import zlib
 from pathlib import Path
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import tvm
 
+from tvm_patch.cost.nhwc import nhwc_module
 from tvm_patch.zoo.graph import Layer, lower
 from tvm_patch.zoo.onnx_export import export
 from tvm_patch.zoo.quantize import calibrate
@@ -68,6 +70,18 @@ def sample_net(seed: int) -> NetSpec:
     return NetSpec(f"synth-{seed}", "synthetic", res, stem, tuple(blocks), head, num_classes=rng.choice((10, 100)))
 
 
+def sample_near(seed: int, variant: int) -> NetSpec:
+    """A neighbour of the network of ``seed`` (adaptive sampling, nn-Meter's way: more samples where the model
+    errs most): the same blocks and channels, each block's kernel redrawn with probability 0.4 and the
+    resolution one step down, kept or one step up (seeded by ``variant``)."""
+    net = sample_net(seed)
+    rng = random.Random(seed * 1009 + variant * 7 + 3)
+    i = RESOLUTIONS.index(net.resolution)
+    res = RESOLUTIONS[max(0, min(len(RESOLUTIONS) - 1, i + rng.choice((-1, 0, 0, 1))))]
+    blocks = tuple(replace(b, kernel=rng.choice(KERNELS)) if rng.random() < 0.4 else b for b in net.blocks)
+    return replace(net, name=f"{net.name}-near{variant}", resolution=res, blocks=blocks)
+
+
 def sample_inserts(net: NetSpec, seed: int) -> tuple[Inserted, ...]:
     """0 to 2 plain k x k convolutions for ``net`` (seeded): after the stem or a block output."""
     rng = random.Random(seed * 7919 + 1)
@@ -101,12 +115,24 @@ def _insert(layers: list[Layer], net_name: str, ins: Inserted, k: int) -> list[L
     return out
 
 
-def write_onnx(net: NetSpec, path: str | Path, inserts: tuple[Inserted, ...] = ()) -> Path:
-    """``net`` (with ``inserts``) as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded
-    inputs)."""
+def synth_layers(net: NetSpec, inserts: tuple[Inserted, ...] = ()) -> list[Layer]:
+    """The zoo's layers of ``net`` with ``inserts`` (seeded weights)."""
     layers = lower(net)
     for k, ins in enumerate(inserts):
         layers = _insert(layers, net.name, ins, k)
+    return layers
+
+
+def nhwc_model(net: NetSpec, inserts: tuple[Inserted, ...] = ()) -> tvm.IRModule:
+    """``net`` (with ``inserts``) as the NHWC int8 module a TFLite import of it would give (nhwc.py)."""
+    layers = synth_layers(net, inserts)
+    return nhwc_module(net, layers, calibrate(net.name, layers, net.resolution))
+
+
+def write_onnx(net: NetSpec, path: str | Path, inserts: tuple[Inserted, ...] = ()) -> Path:
+    """``net`` (with ``inserts``) as an int8 QDQ ONNX file (seeded weights, min/max calibration on seeded
+    inputs)."""
+    layers = synth_layers(net, inserts)
     model = export(net, layers, calibrate(net.name, layers, net.resolution))
     path = Path(path)
     path.write_bytes(model.SerializeToString())

@@ -41,7 +41,7 @@ def _loads(expr: Any) -> int:
     return n[0]
 
 
-def _has_mac(expr: Any) -> bool:
+def has_mac(expr: Any) -> bool:
     """A product of two loaded values (a weight and an activation), not a scaling by a constant."""
     found = [False]
 
@@ -73,7 +73,7 @@ def kernel_info(func: tirx.PrimFunc) -> KernelInfo:
     macs = [0]
 
     def on_block(block: s_tir.SBlock) -> tvm_ffi.WalkResult:
-        if any(int(iv.iter_type) == _REDUCE for iv in block.iter_vars) and _has_mac(block.body):
+        if any(int(iv.iter_type) == _REDUCE for iv in block.iter_vars) and has_mac(block.body):
             kinds.append(_kind(block))
             macs[0] += math.prod(int(iv.dom.extent) for iv in block.iter_vars)
         return tvm_ffi.WalkResult.ADVANCE

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.names import HALO_MODES
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
 
 _DTYPE_BYTES = {"float32": 4, "int8": 1, "int32": 4}
@@ -396,7 +397,6 @@ def stage_macs(stage: Stage) -> int:
 # width, and a column cache of the halo columns the next patch to the right needs, over the region's rows.
 # Every element of an intermediate is then computed once.
 
-HALO_MODES = ("recompute", "cache")
 
 
 def check_halo(halo: str) -> str:

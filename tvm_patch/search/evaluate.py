@@ -47,7 +47,8 @@ class Schedule:
 
     def cli_args(self) -> list[str]:
         """The `tvm-patch profile/build` options for this schedule."""
-        return [] if self.split is None else ["--patches", str(self.patches), "--split", f"block:{self.split}"]
+        return [] if self.split is None else ["--patches", str(self.patches), "--split", f"block:{self.split}",
+                                              "--halo", self.halo]
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def evaluate(spec: NetSpec, schedule: Schedule, board: Board | str,
             raise TvmPatchError(f"halo mode {schedule.halo!r} is unknown; use one of {', '.join(HALO_MODES)}")
         pp = (schedule.patches, schedule.patches)
         n = resolve_split(graph, f"block:{schedule.split}", pp)
-        m = patch_memory(graph, spec_stage(graph, n), n, pp)
+        m = patch_memory(graph, spec_stage(graph, n), n, pp, schedule.halo)
         act, executed, patch_in = m.peak_bytes, m.macs, m.patch_input_hw
     weights = weight_bytes(spec)
     image = 3 * spec.resolution ** 2 * INPUT_BYTES_PER_ELEMENT
