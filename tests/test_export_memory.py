@@ -202,7 +202,7 @@ def test_float_input_quantized_from_the_callers_buffer(tmp_path):
     assert external_tensors(prog, True) == {prog.inputs[0].tensor}
     assert prog.inputs[0].tensor not in result.arena_plan.tensor_offsets
     assert result.arena_bytes < prog.inputs[0].nbytes  # the 1 kB float image is not in the arena
-    assert "x: used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
+    assert "input: used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()  # its C name
     int8_in = export_model(pad_conv_int8(), tmp_path / "int8")
     assert external_tensors(int8_in.program, True) == set()
 

@@ -144,6 +144,13 @@ def model_sha256(spec: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _repeated_args(prog: Program, name: str) -> list[tuple[int, int]]:
+    """Parameter pairs of kernel ``name`` that some call passes the same buffer (e.g. one constant twice): their
+    ``restrict`` must go too (gcc's -Wrestrict rejects the call otherwise)."""
+    return [(i, j) for c in prog.calls if c.func == name
+            for i in range(len(c.args)) for j in range(i + 1, len(c.args)) if c.args[i] == c.args[j]]
+
+
 def apply_patch_stage(mod: tvm.IRModule, patches: int, split: int | str, halo: str = "recompute") -> tvm.IRModule:
     """Run the ``PatchStage`` pass (the first ``split`` layers — a count, "block:N" or "auto" — over
     ``patches`` x ``patches`` patches, the halo recomputed or cached)."""
@@ -275,7 +282,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
-    final = {n: mark_in_place(f, pairs[n]) if n in inplace_funcs else f for n, f in funcs.items()}
+    final = {n: mark_in_place(f, [*pairs[n], *_repeated_args(prog, n)]) if n in inplace_funcs else f
+             for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
