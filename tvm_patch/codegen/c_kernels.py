@@ -105,9 +105,10 @@ ALIASED_PARAMS = "tvmp.aliased_params"
 
 
 def mark_in_place(func: tirx.PrimFunc, pairs: Iterable[tuple[int, int]]) -> tirx.PrimFunc:
-    """``func`` for a driver that may run it with the (input, output) parameter ``pairs`` overlapping: no
-    ``restrict`` on those parameters (nor the workspace); the others (constants in Flash, never written) keep
-    theirs, so the C compiler still hoists loads of weights and per-channel constants across stores."""
+    """``func`` for a driver that may run it with the parameter ``pairs`` overlapping (an in-place input and
+    output, or one buffer passed twice): no ``restrict`` on those parameters (nor the workspace); the others
+    (constants in Flash, never written) keep theirs, so the C compiler still hoists loads of weights and
+    per-channel constants across stores."""
     aliased = sorted({i for pair in pairs for i in pair})
     return func.with_attr("tirx.noalias", False).with_attr(ALIASED_PARAMS, [tirx.IntImm("int32", i) for i in aliased])
 

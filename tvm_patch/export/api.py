@@ -282,8 +282,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
-    final = {n: mark_in_place(f, [*pairs[n], *_repeated_args(prog, n)]) if n in inplace_funcs else f
-             for n, f in funcs.items()}
+    overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
+    final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
     csrc = emit_c(final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")

@@ -28,7 +28,6 @@ from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Stage
 from tvm_patch.patch.te_stage import stage_te
 
 
-
 def build_reference(stage: Stage) -> tirx.PrimFunc:
     """The stage as an unscheduled PrimFunc (layer by layer, full-size buffers); same arguments."""
     t = stage_te(stage, (1, 1))
@@ -87,10 +86,7 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
                 for name in reversed(scalar_names(stage, v)):
                     sch.compute_at(sch.get_sblock(name), inner)
             if channel is not None:
-                acc = sch.get_sblock(acc_name(v))
-                src = names[stage.inputs[v][0]]
-                index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
-                sch.compute_at(sch.cache_read(acc, index, "global"), channel, preserve_unit_loops=True)
+                _input_copy_at(sch, stage, v, sch.get_sblock(acc_name(v)), channel)
             if isinstance(stage.layers[v], Conv) and not blocked:
                 _init_outside(sch, sch.get_sblock(acc_name(v)), len(sch.get_loops(block)))
     func = sch.mod["main"]
@@ -131,11 +127,17 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
         except tvm.s_tir.schedule.ScheduleError:
             pass  # still correct: the rows are reduced one after the other
     if pixel_copy_bytes(stage, v):
-        src = buffer_names(stage)[stage.inputs[v][0]]
-        index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
-        sch.compute_at(sch.cache_read(acc, index, "global"), loops[-2], preserve_unit_loops=True)
+        _input_copy_at(sch, stage, v, acc, loops[-2])
     _init_outside(sch, acc, n_out)
     return True
+
+
+def _input_copy_at(sch: s_tir.Schedule, stage: Stage, v: int, acc, loop) -> None:
+    """Layer v's accumulator reads its input from a copy (`<input>_global`) made under `loop`: one channel of
+    an in-place depthwise's input, or one pixel's channels for an NCHW 1x1 conv."""
+    src = buffer_names(stage)[stage.inputs[v][0]]
+    index = [k for k, r in enumerate(sch.get(acc).reads) if r.source.name == src][0]
+    sch.compute_at(sch.cache_read(acc, index, "global"), loop, preserve_unit_loops=True)
 
 
 def _init_outside(sch: s_tir.Schedule, acc, depth: int) -> None:

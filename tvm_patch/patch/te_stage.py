@@ -67,16 +67,21 @@ def folds_input_zero_point(stage: Stage, layer: Conv) -> bool:
     return stage.dtype == "int8" and layer.quant.weight_zero_point == 0
 
 
+def stage_weight(stage: Stage, i: int) -> np.ndarray:
+    """Conv layer i's weights in `weight_layout` (a transposed view of the layer's own array)."""
+    kl = stage.geometry[i].kernel_layout
+    return stage.layers[i].weight.transpose([kl.index(ch) for ch in weight_layout(stage)])
+
+
 def param_arrays(stage: Stage) -> list[np.ndarray]:
     """The arrays to pass for the parameters of `param_names`, in order: weights in `weight_layout`, biases
     (zeros when absent) with the input zero point folded in where `folds_input_zero_point`."""
     arrays = []
     bias_dtype = acc_dtype(stage)
-    target = weight_layout(stage)
     for i, layer in enumerate(stage.layers):
         if isinstance(layer, Conv):
             g = stage.geometry[i]
-            w = layer.weight.transpose([g.kernel_layout.index(ch) for ch in target])
+            w = stage_weight(stage, i)
             arrays.append(np.ascontiguousarray(w, dtype=stage.dtype))
             bias = np.zeros(g.c_out) if layer.bias is None else layer.bias
             if folds_input_zero_point(stage, layer):
@@ -240,8 +245,7 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
         tmp = scalar_names(stage, i)
         if isinstance(layer, Conv):
             g = stage.geometry[i]
-            w_shape = tuple(layer.weight.shape[g.kernel_layout.index(ch)] for ch in weight_layout(stage))
-            w = te.placeholder(w_shape, stage.dtype, name=f"layer{i}_weight")
+            w = te.placeholder(stage_weight(stage, i).shape, stage.dtype, name=f"layer{i}_weight")
             b = te.placeholder((g.c_out,), acc_dtype(stage), name=f"layer{i}_bias")
             params += [w, b]
             acc = _conv_acc(stage, plan, i, g, layer, w, read, src)
