@@ -23,7 +23,7 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
@@ -267,8 +267,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                  for n, f in funcs.items()}
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
-    _, infos = lower_plain(funcs, C_TARGET, alignment)
-    workspace = {n: i.workspace_bytes for n, i in infos.items()}
+    workspace = _workspaces(funcs, alignment)
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
     if shifted:
         funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
@@ -338,6 +337,15 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def _workspaces(funcs: dict[str, Any], alignment: int) -> dict[str, int]:
+    """Each kernel's workspace bytes: lowered, except a kernel whose builder planned every buffer (a cache-mode
+    stage: its plan's extent, `planned_workspace_bytes`; emission checks that the lowered size agrees)."""
+    known = {n: b for n, f in funcs.items() if (b := planned_workspace_bytes(f)) is not None}
+    rest = {n: f for n, f in funcs.items() if n not in known}
+    infos = lower_plain(rest, C_TARGET, alignment)[1] if rest else {}
+    return known | {n: i.workspace_bytes for n, i in infos.items()}
 
 
 def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
