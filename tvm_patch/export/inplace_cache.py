@@ -1,0 +1,311 @@
+"""Cache mode's workspace plan proven on its TIR, as `stage_arena.py` proves recompute mode's.
+
+`patch/cache_stage.py` places its buffers itself (`STAGE_OFFSETS_ATTR`): per-patch region buffers, one-channel
+copies and the row / column caches, with lifetimes and aliases it knows by construction. This module checks
+the plan against the function's TIR alone (loads, stores, loops, conditions, indices), so that a plan the TIR
+does not bear out is an error, never a silent wrong kernel:
+
+- lifetimes: a per-patch buffer lives from the first to the last statement of the patch body that touches it
+  (the statements under the patch loops, in order), a cache (allocated outside the patch loops) always. Two
+  buffers whose bytes overlap must not live at once, except as a proven in-place depthwise step;
+- an in-place depthwise step (`_prove_depthwise`): at the one statement where the input's life ends and the
+  output's starts, at the same offset, the input is read only by a copy into a one-channel buffer, inside a
+  loop over channels whose every write of the output comes after that copy; `inplace_conv.channel_or_pixel_safe`
+  shows from indices and shapes that no write of channel c reaches bytes of a channel copied later;
+- an in-place update (a residual add written over its skip's buffer, `_prove_update`): a statement that reads
+  and writes one buffer reads it only at the element it stores, in the same iteration, before the store, each
+  element stored once (`stage_arena._prove_update`); and the statements before it that fill that buffer from
+  the caches of the updated value (the add's cached rows and columns: caches the buffer is copied to after
+  the update) write, in every patch, none of the elements the update reads (per-axis bounds, each patch's
+  indices substituted).
+
+What the proof assumes: a per-patch buffer carries nothing from one patch to the next (every element a patch
+reads, it wrote before); that is the schedule's structure (`run_numpy_cached` checks the same schedule's
+every cache read in numpy, and the C tests compare the kernel bit for bit), not shown here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+
+from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
+from tvm_patch.export.inplace_conv import channel_or_pixel_safe
+from tvm_patch.export.patterns import substitute_vars
+from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.tir_util import uses_var
+
+__all__ = ["CachedProof", "prove_cached_plan"]
+
+
+@dataclass
+class CachedProof:
+    """What `prove_cached_plan` established: buffers' lives (statement indices; caches: the whole stage) and the
+    in-place steps it proved."""
+
+    lives: dict[str, tuple[int, int]]
+    caches: tuple[str, ...]
+    depthwise: tuple[tuple[str, str, int], ...]  # (input, output, statement)
+    updates: tuple[tuple[str, int], ...]  # (buffer, statement)
+
+
+@dataclass
+class _Body:
+    patch_loops: list[Any]  # the For nodes of the batch and patch loops, outermost first
+    stmts: list[Any]
+    accs: list[list[Access]]
+    caches: dict[str, Any]
+    bufs: dict[str, Any]  # every buffer by name: the root block's and the caches
+
+
+def _nbytes(buf: Any) -> int:
+    return math.prod(int(d) for d in buf.shape) * dtype_bytes(str(buf.ty.dtype))
+
+
+def _cached_body(func: tirx.PrimFunc) -> _Body:
+    """The statements under the batch and patch loops of a cache-mode stage (`cache_stage.build_cached_stage`)."""
+    realize = func.body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        raise UnmodelledTIR("no root block")
+    root = realize.block
+    bufs = {b.name: b for b in root.alloc_buffers}
+    caches: dict[str, Any] = {}
+    node = root.body
+    while isinstance(node, tirx.SeqStmt) and isinstance(node.seq[0], tirx.AllocBuffer):
+        seq = list(node.seq)
+        while len(seq) > 1 and isinstance(seq[0], tirx.AllocBuffer):
+            buf = seq.pop(0).buffer
+            caches[buf.name] = buf
+        if len(seq) != 1:
+            raise UnmodelledTIR("statements beside the patch loops")
+        node = seq[0]
+    loops = []
+    while isinstance(node, tirx.For) and len(loops) < 3:
+        loops.append(node)
+        node = node.body
+    if len(loops) != 3:
+        raise UnmodelledTIR("not the batch and patch loops")
+    stmts = list(node.seq) if isinstance(node, tirx.SeqStmt) else [node]
+    counter = [0]
+    accs = [ordered_accesses(s, counter, evaluate=False) for s in stmts]
+    return _Body(loops, stmts, accs, caches, bufs | caches)
+
+
+def _lives(body: _Body) -> dict[str, tuple[int, int]]:
+    life: dict[str, tuple[int, int]] = {}
+    for k, accs in enumerate(body.accs):
+        for a in accs:
+            f, l = life.get(a.buffer.name, (k, k))
+            life[a.buffer.name] = (min(f, k), max(l, k))
+    return life
+
+
+def _units(loops: Any) -> dict[Any, Any]:
+    """Loops of one iteration -> their start (e.g. a channel loop `for ax0 in range(ch, ch + 1)`)."""
+    return {lp.loop_var: lp.min for lp in loops if isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1}
+
+
+def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
+    """Statement k writes `dst` over `src` (same offset), channel by channel, from a copy (module docstring)."""
+    s, d = body.bufs[src], body.bufs[dst]
+    if str(s.ty.dtype) != str(d.ty.dtype) or len(s.shape) != 3 or len(d.shape) != 3:
+        return False
+    stmt = body.stmts[k]
+    if not isinstance(stmt, tirx.For):
+        return False
+    ch = stmt.loop_var
+    accs = body.accs[k]
+    s_acc = [a for a in accs if a.buffer.same_as(s)]
+    if len(s_acc) != 1 or s_acc[0].store or s_acc[0].guarded:
+        return False
+    ld = s_acc[0]
+    copies = [a for a in accs if a.store and not a.guarded and a.loops == ld.loops and a.order == ld.order + 1]
+    if len(copies) != 1 or copies[0].buffer.name in body.caches or copies[0].buffer.same_as(d):
+        return False
+    cp = copies[0]
+    if any(not a.store and a.buffer.same_as(cp.buffer) and a.order < cp.order for a in accs):
+        return False
+    ana = tvm.sym.Analyzer()
+    s_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(ld.loops))) for i in ld.indices]
+    s_shape = (1, *(int(x) for x in s.shape))
+    o_shape = (1, *(int(x) for x in d.shape))
+    for st in (a for a in accs if a.buffer.same_as(d)):
+        if not st.store:
+            continue
+        if st.order < cp.order or not st.loops or not st.loops[0].same_as(stmt):
+            return False
+        o_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(st.loops))) for i in st.indices]
+        if not channel_or_pixel_safe([ch], s_idx, o_idx, s_shape, o_shape):
+            return False
+    return True
+
+
+def _store_once(st: Access) -> bool:
+    """The store's indices are distinct loop variables plus constants, covering every loop of more than one
+    iteration (so each element is stored by one iteration)."""
+    ana = tvm.sym.Analyzer()
+    used = set()
+    for i in (ana.simplify(substitute_vars(x, _units(st.loops))) for x in st.indices):
+        loops = [lp for lp in st.loops if uses_var(i, lp.loop_var)]
+        if not loops:
+            continue
+        if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
+            return False
+        used.add(id(loops[0]))
+    return all(id(lp) in used or (isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1) for lp in st.loops)
+
+
+def _same_element(a: Access, b: Access) -> bool:
+    """Accesses in the same loops at indices that are provably equal."""
+    if len(a.loops) != len(b.loops) or not all(x.same_as(y) for x, y in zip(a.loops, b.loops)):
+        return False
+    ana = tvm.sym.Analyzer()
+    return all(ana.can_prove_equal(substitute_vars(x, _units(a.loops)), substitute_vars(y, _units(b.loops)))
+               for x, y in zip(a.indices, b.indices))
+
+
+def _read_at_a_store(a: Access, stores: list[Access]) -> bool:
+    """A read of the element a later store of the same iteration writes."""
+    return any(st.order > a.order and _same_element(a, st) for st in stores)
+
+
+def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[list[tuple[int, int]] | None, list[tuple[int, int]] | None]:
+    """Per-axis bounds of the elements of buffer `name` that `stmt` stores and loads with the patch loops' variables
+    at the values of `env` (conditions that then hold or fail are followed, others taken both ways): (stores,
+    loads), None where there are none."""
+    ana = tvm.sym.Analyzer()
+    boxes: list[list[tuple[int, int]] | None] = [None, None]
+
+    def add(which: int, indices: Any) -> None:
+        b = []
+        for i in indices:
+            bound = ana.const_int_bound(ana.simplify(substitute_vars(i, env)))
+            b.append((int(bound.min_value), int(bound.max_value)))
+        old = boxes[which]
+        boxes[which] = b if old is None else [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(old, b)]
+
+    def loads(expr: Any) -> None:
+        def on_load(ld: Any) -> tvm_ffi.WalkResult:
+            if ld.source.name == name:
+                add(1, ld.indices)
+            return tvm_ffi.WalkResult.ADVANCE
+
+        tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
+
+    def walk(node: Any) -> None:
+        if isinstance(node, tirx.For):
+            lo = ana.simplify(substitute_vars(node.min, env))
+            ext = ana.simplify(substitute_vars(node.extent, env))
+            if not isinstance(lo, tirx.IntImm) or not isinstance(ext, tirx.IntImm):
+                raise UnmodelledTIR("a loop bound that depends on more than the patch")
+            if int(ext) <= 0:
+                return
+            ana.bind(node.loop_var, tvm.ir.Range.from_min_extent(lo, ext))
+            walk(node.body)
+        elif isinstance(node, tirx.SeqStmt):
+            for s in node.seq:
+                walk(s)
+        elif isinstance(node, tirx.BufferStore):
+            loads(node.value)
+            if node.buffer.name == name:
+                add(0, node.indices)
+        elif isinstance(node, tirx.IfThenElse):
+            loads(node.condition)
+            cond = ana.simplify(substitute_vars(node.condition, env))
+            if not (isinstance(cond, tirx.IntImm) and int(cond) == 0):
+                walk(node.then_case)
+            if node.else_case is not None and not (isinstance(cond, tirx.IntImm) and int(cond) == 1):
+                walk(node.else_case)
+        else:
+            raise UnmodelledTIR(type(node).__name__)
+
+    walk(stmt)
+    return boxes[0], boxes[1]
+
+
+def _disjoint(a: list[tuple[int, int]] | None, b: list[tuple[int, int]] | None) -> bool:
+    return a is None or b is None or any(x[1] < y[0] or y[1] < x[0] for x, y in zip(a, b))
+
+
+def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]]) -> bool:
+    """Statement k updates buffer `name` in place (module docstring): reads at the element stored, each element
+    stored once, and the updated value's cache fills before it clear of what it reads, in every patch."""
+    buf = body.bufs[name]
+    accs = [a for a in body.accs[k] if a.buffer.same_as(buf)]
+    stores = [a for a in accs if a.store]
+    if not all(_store_once(st) for st in stores) or not all(a.store or _read_at_a_store(a, stores) for a in accs):
+        return False
+    if any(not _same_element(st, stores[0]) for st in stores[1:]):
+        return False  # several stores (an if and its else): all of one element per iteration
+    # the updated value's caches: filled from this buffer after k, before the buffer is next updated
+    later_updates = [j for j in range(k + 1, len(body.stmts)) if _reads_and_writes(body, j, name)]
+    end = later_updates[0] if later_updates else len(body.stmts)
+    own = {a.buffer.name for j in range(k + 1, end) for a in body.accs[j]
+           if a.store and a.buffer.name in body.caches and any(not b.store and b.buffer.same_as(buf) for b in body.accs[j])}
+    fills = [j for j in range(k) if any(a.store and a.buffer.same_as(buf) for a in body.accs[j])
+             and any(not a.store and a.buffer.name in own for a in body.accs[j])]
+    for env in patches:
+        read = _boxes(body.stmts[k], name, env)[1]
+        if not all(_disjoint(_boxes(body.stmts[j], name, env)[0], read) for j in fills):
+            return False
+    return True
+
+
+def _reads_and_writes(body: _Body, k: int, name: str) -> bool:
+    accs = [a for a in body.accs[k] if a.buffer.name == name]
+    return any(a.store for a in accs) and any(not a.store for a in accs)
+
+
+def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
+    """Check a cache-mode stage's workspace plan on its TIR (module docstring); TvmPatchError when it does not hold."""
+    plan = func.attrs[STAGE_OFFSETS_ATTR]
+    offsets = {str(n): int(o) for n, o in plan["offsets"].items()}
+    try:
+        body = _cached_body(func)
+        life = _lives(body)
+    except UnmodelledTIR as e:
+        raise TvmPatchError(f"internal error: the cache-mode stage's TIR is not in the proven form ({e})") from e
+    end = len(body.stmts) - 1
+    for name in body.caches:
+        life[name] = (0, end)
+    sizes = {n: _nbytes(body.bufs[n]) for n in offsets}
+    for n, b in body.bufs.items():
+        if n not in offsets and _nbytes(b) > LOCAL_MAX_BYTES and n in life:
+            raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} has no place in its plan")
+    loops = body.patch_loops
+    patches = [{loops[0].loop_var: tirx.const(0, "int32"), loops[1].loop_var: tirx.const(i, "int32"),
+                loops[2].loop_var: tirx.const(j, "int32")}
+               for i in range(int(loops[1].extent)) for j in range(int(loops[2].extent))]
+    depthwise = []
+    names = sorted(n for n in offsets if n in life)
+    for x, a in enumerate(names):
+        for b in names[x + 1:]:
+            if offsets[a] + sizes[a] <= offsets[b] or offsets[b] + sizes[b] <= offsets[a]:
+                continue  # no common byte
+            (fa, la), (fb, lb) = life[a], life[b]
+            if la < fb or lb < fa:
+                continue  # never live at once (a cache always is; a per-patch buffer holds nothing across patches)
+            src, dst = (a, b) if la == fb else (b, a)
+            k = life[src][1]
+            if offsets[a] != offsets[b] or life[dst][0] != k or not _prove_depthwise(body, k, src, dst):
+                raise TvmPatchError(f"internal error: the cache-mode stage's plan overlaps {a} and {b} while both "
+                                    "live, and no in-place step is proven there")
+            depthwise.append((src, dst, k))
+    updates = []
+    for name in names:
+        for k in range(life[name][0] + 1, life[name][1] + 1):
+            if _reads_and_writes(body, k, name):
+                if not _prove_update(body, k, name, patches):
+                    raise TvmPatchError(f"internal error: the cache-mode stage updates {name} in place at statement "
+                                        f"{k} and that cannot be proven safe")
+                updates.append((name, k))
+    return CachedProof(life, tuple(body.caches), tuple(depthwise), tuple(updates))
