@@ -17,8 +17,8 @@ OURS_ANALYTIC = ("ours, analytic: int8 activations only (inputs + output + live 
                  "add in place, an in-place k x k depthwise layer holding the p (W + 1) outputs its kernel must keep; "
                  "weights in Flash); patched: input image streamed, not held")
 OURS_FIRMWARE = "ours, firmware: SRAM = arena + stack + .data/.bss as linked (arm-none-eabi-size)"
-PAPER_ANALYTIC = ("paper, analytic: int8 activations, ours' convention without the in-place depthwise layer's p (W + 1) "
-                  "held outputs (paper.md)")
+PAPER_ANALYTIC = ("paper, analytic: int8 activations, ours' convention without the in-place depthwise layer's "
+                  "p (W + 1) held outputs (paper.md)")
 PAPER_DEVICE = "paper, on device: measured peak SRAM, activations + kernel buffers (im2col and the like)"
 PEER_DEVICE = ("peers, on device: each library's measured peak SRAM as TinyEngine reports it (activations + "
                "kernel buffers; whether stack and runtime are counted is not stated)")

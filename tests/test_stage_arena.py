@@ -94,13 +94,14 @@ def test_zoo_patch_arena_at_analytic_peak(model, patches, split, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("patches", [2, 3, 4])
 @pytest.mark.parametrize("model,split", CACHE_CASES)
-def test_zoo_cache_mode_arena_at_analytic_peak(model, split, tmp_path):
-    """Cache mode, 4x4 patches (the cache mode's own auto split, and block:5 where its caches dominate): bit-exact,
-    the plan proven on the TIR (by the export), the arena at most the analytic cache-mode peak plus the alignment
-    allowance."""
-    result = export_model(f"zoo:{model}:int8", tmp_path / "out", patches=4, split=split, halo="cache", check=True,
-                          seeds=(0,))
+def test_zoo_cache_mode_arena_at_analytic_peak(model, split, patches, tmp_path):
+    """Cache mode, 2x2 / 3x3 / 4x4 patches (the cache mode's own auto split, and block:5 where its caches
+    dominate): bit-exact, the plan proven on the TIR (by the export), the arena at most the analytic cache-mode
+    peak plus the alignment allowance."""
+    result = export_model(f"zoo:{model}:int8", tmp_path / "out", patches=patches, split=split, halo="cache",
+                          check=True, seeds=(0,))
     assert result.check.bit_exact, result.check.summary()
     assert result.plan["halo"] == "cache"
     assert result.arena_bytes <= result.analytic_patch_peak_bytes + result.alignment_allowance_bytes

@@ -26,6 +26,7 @@ every cache read in numpy, and the C tests compare the kernel bit for bit), not 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -178,12 +179,15 @@ def _read_at_a_store(a: Access, stores: list[Access]) -> bool:
     return any(st.order > a.order and _same_element(a, st) for st in stores)
 
 
-def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[list[tuple[int, int]] | None, list[tuple[int, int]] | None]:
+Box = list[tuple[int, int]]  # per-axis (lowest, highest) index
+
+
+def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[Box | None, Box | None]:
     """Per-axis bounds of the elements of buffer `name` that `stmt` stores and loads with the patch loops' variables
     at the values of `env` (conditions that then hold or fail are followed, others taken both ways): (stores,
     loads), None where there are none."""
     ana = tvm.sym.Analyzer()
-    boxes: list[list[tuple[int, int]] | None] = [None, None]
+    boxes: list[Box | None] = [None, None]
 
     def add(which: int, indices: Any) -> None:
         b = []
@@ -232,7 +236,7 @@ def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[list[tuple[int, i
     return boxes[0], boxes[1]
 
 
-def _disjoint(a: list[tuple[int, int]] | None, b: list[tuple[int, int]] | None) -> bool:
+def _disjoint(a: Box | None, b: Box | None) -> bool:
     return a is None or b is None or any(x[1] < y[0] or y[1] < x[0] for x, y in zip(a, b))
 
 
@@ -249,14 +253,17 @@ def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]])
     # the updated value's caches: filled from this buffer after k, before the buffer is next updated
     later_updates = [j for j in range(k + 1, len(body.stmts)) if _reads_and_writes(body, j, name)]
     end = later_updates[0] if later_updates else len(body.stmts)
-    own = {a.buffer.name for j in range(k + 1, end) for a in body.accs[j]
-           if a.store and a.buffer.name in body.caches and any(not b.store and b.buffer.same_as(buf) for b in body.accs[j])}
+    own = {a.buffer.name for j in range(k + 1, end) if any(not b.store and b.buffer.same_as(buf) for b in body.accs[j])
+           for a in body.accs[j] if a.store and a.buffer.name in body.caches}
     fills = [j for j in range(k) if any(a.store and a.buffer.same_as(buf) for a in body.accs[j])
              and any(not a.store and a.buffer.name in own for a in body.accs[j])]
-    for env in patches:
-        read = _boxes(body.stmts[k], name, env)[1]
-        if not all(_disjoint(_boxes(body.stmts[j], name, env)[0], read) for j in fills):
-            return False
+    try:
+        for env in patches:
+            read = _boxes(body.stmts[k], name, env)[1]
+            if not all(_disjoint(_boxes(body.stmts[j], name, env)[0], read) for j in fills):
+                return False
+    except UnmodelledTIR:
+        return False
     return True
 
 
@@ -277,14 +284,15 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     end = len(body.stmts) - 1
     for name in body.caches:
         life[name] = (0, end)
+    if any(n not in body.bufs for n in offsets):
+        raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer its TIR does not have")
     sizes = {n: _nbytes(body.bufs[n]) for n in offsets}
     for n, b in body.bufs.items():
         if n not in offsets and _nbytes(b) > LOCAL_MAX_BYTES and n in life:
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} has no place in its plan")
     loops = body.patch_loops
-    patches = [{loops[0].loop_var: tirx.const(0, "int32"), loops[1].loop_var: tirx.const(i, "int32"),
-                loops[2].loop_var: tirx.const(j, "int32")}
-               for i in range(int(loops[1].extent)) for j in range(int(loops[2].extent))]
+    patches = [{lp.loop_var: tirx.const(v, lp.loop_var.ty.dtype) for lp, v in zip(loops, ijk)}
+               for ijk in itertools.product(*(range(int(lp.extent)) for lp in loops))]
     depthwise = []
     names = sorted(n for n in offsets if n in life)
     for x, a in enumerate(names):
