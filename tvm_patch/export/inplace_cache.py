@@ -287,6 +287,8 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     if any(n not in body.bufs for n in offsets):
         raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer its TIR does not have")
     sizes = {n: _nbytes(body.bufs[n]) for n in offsets}
+    if any(o < 0 or o + sizes[n] > int(plan["bytes"]) for n, o in offsets.items()):
+        raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer outside its workspace")
     for n, b in body.bufs.items():
         if n not in offsets and _nbytes(b) > LOCAL_MAX_BYTES and n in life:
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} has no place in its plan")
