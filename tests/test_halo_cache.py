@@ -293,8 +293,9 @@ def test_profile_auto_split_and_halo(mlperf_paths):
 
 
 def test_cached_plan_proof_rejects_what_it_cannot_show():
-    """The proof is not a formality: a cache placed over a per-patch buffer, and an add whose computed part
-    reaches into the rows and columns its cache fills wrote (every loop from 0), are both refused."""
+    """The proof is not a formality: a cache placed over a per-patch buffer, an add whose computed part reaches
+    into the rows and columns its cache fills wrote (every loop from 0), and a patch reading columns its cache
+    fills no longer write (what the previous patch left there) are refused."""
     stage = mbv2_stage(resolution=24, blocks=7, layout="NCHW", dtype="int8", width=0.25)
     func = build_cached_stage(stage, (2, 2))
     prove_cached_plan(func)
@@ -308,3 +309,13 @@ def test_cached_plan_proof_rejects_what_it_cannot_show():
     from_zero = func.with_body(tvm_ffi.structural_map(func.body, (tirx.Select, lambda e: e.false_value)))
     with pytest.raises(TvmPatchError, match="updates layer12 in place"):
         prove_cached_plan(from_zero)
+
+    def never(node):  # the column-cache fills' `j > 0` made never true: those columns are then never written
+        c = node.condition
+        if isinstance(c, tirx.GT) and isinstance(c.a, tirx.Var) and c.a.name == "j":
+            return tirx.IfThenElse(tirx.GT(c.a, tirx.const(100, "int32")), node.then_case, node.else_case)
+        return node
+
+    stale = func.with_body(tvm_ffi.structural_map(func.body, (tirx.IfThenElse, never)))
+    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote"):
+        prove_cached_plan(stale)

@@ -17,20 +17,24 @@ does not bear out is an error, never a silent wrong kernel:
   element stored once (`stage_arena._prove_update`); and the statements before it that fill that buffer from
   the caches of the updated value (the add's cached rows and columns: caches the buffer is copied to after
   the update) write, in every patch, none of the elements the update reads (per-axis bounds, each patch's
-  indices substituted).
+  indices substituted);
+- nothing is carried from one patch to the next (`_written_before_read`): in every patch, every element of a
+  per-patch buffer that a statement reads was surely written by an earlier statement of the same patch (reads
+  over-approximated by per-axis bounds; writes under-approximated: a store in no condition that varies within the
+  patch, or an if and its else storing one element, each index a loop variable or a constant); a buffer used by
+  one statement only (the one-channel copy) is filled whole before it is read (`_prove_depthwise`).
 
-What the proof assumes: a per-patch buffer carries nothing from one patch to the next (every element a patch
-reads, it wrote before); that is the schedule's structure (`run_numpy_cached` checks the same schedule's
-every cache read in numpy, and the C tests compare the kernel bit for bit), not shown here.
+Not shown here: that the values are the right ones (the executor `run_numpy_cached` and the bit-exact C tests).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
@@ -135,6 +139,11 @@ def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
     cp = copies[0]
     if any(not a.store and a.buffer.same_as(cp.buffer) and a.order < cp.order for a in accs):
         return False
+    # the copy fills its whole buffer in each channel's iteration (each element once, as many as it holds)
+    inner = [lp for lp in cp.loops if not lp.same_as(stmt)]
+    if not _store_once(replace(cp, loops=tuple(inner))) or not all(isinstance(lp.extent, tirx.IntImm) for lp in inner) or \
+            math.prod(int(lp.extent) for lp in inner) != math.prod(int(x) for x in cp.buffer.shape):
+        return False
     ana = tvm.sym.Analyzer()
     s_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(ld.loops))) for i in ld.indices]
     s_shape = (1, *(int(x) for x in s.shape))
@@ -182,58 +191,122 @@ def _read_at_a_store(a: Access, stores: list[Access]) -> bool:
 Box = list[tuple[int, int]]  # per-axis (lowest, highest) index
 
 
-def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[Box | None, Box | None]:
-    """Per-axis bounds of the elements of buffer `name` that `stmt` stores and loads with the patch loops' variables
-    at the values of `env` (conditions that then hold or fail are followed, others taken both ways): (stores,
-    loads), None where there are none."""
-    ana = tvm.sym.Analyzer()
-    boxes: list[Box | None] = [None, None]
+@dataclass
+class _Rec:
+    """One load or store of a patch's statement: the buffer, the per-axis bounds of its indices, and (stores) whether
+    it surely writes every element of that box (unconditionally, or in both arms of an if, each index a loop
+    variable or a constant)."""
 
-    def add(which: int, indices: Any) -> None:
+    store: bool
+    name: str
+    box: Box
+    definite: bool = False
+
+
+def _patch_accesses(stmt: Any, env: dict[Any, Any]) -> list[_Rec]:
+    """The loads and stores of `stmt` with the patch loops' variables at the values of `env` (conditions that then
+    hold or fail are followed, others taken both ways, their stores not definite)."""
+    ana = tvm.sym.Analyzer()
+    env = dict(env)  # the patch loops' values, then each one-iteration loop's start
+    out: list[_Rec] = []
+
+    def box(indices: Any) -> Box:
         b = []
         for i in indices:
             bound = ana.const_int_bound(ana.simplify(substitute_vars(i, env)))
             b.append((int(bound.min_value), int(bound.max_value)))
-        old = boxes[which]
-        boxes[which] = b if old is None else [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(old, b)]
+        return b
+
+    def exact(indices: Any, loops: list[Any]) -> bool:
+        used = set()
+        for i in indices:
+            i = ana.simplify(substitute_vars(i, env))
+            if isinstance(i, tirx.IntImm):
+                continue
+            vs = [v for v in loops if uses_var(i, v)]
+            if len(vs) != 1 or id(vs[0]) in used or not isinstance(ana.simplify(i - vs[0]), tirx.IntImm):
+                return False
+            used.add(id(vs[0]))
+        return True
 
     def loads(expr: Any) -> None:
         def on_load(ld: Any) -> tvm_ffi.WalkResult:
-            if ld.source.name == name:
-                add(1, ld.indices)
+            out.append(_Rec(False, ld.source.name, box(ld.indices)))
             return tvm_ffi.WalkResult.ADVANCE
 
         tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
 
-    def walk(node: Any) -> None:
+    def top_stores(node: Any) -> list[Any]:
+        return [s for s in (node.seq if isinstance(node, tirx.SeqStmt) else [node]) if isinstance(s, tirx.BufferStore)]
+
+    def walk(node: Any, loops: list[Any], sure: bool) -> None:
         if isinstance(node, tirx.For):
             lo = ana.simplify(substitute_vars(node.min, env))
             ext = ana.simplify(substitute_vars(node.extent, env))
+            if isinstance(ext, tirx.IntImm) and int(ext) == 1:  # one iteration: the variable is its start
+                env[node.loop_var] = lo
+                walk(node.body, loops, sure)
+                return
             if not isinstance(lo, tirx.IntImm) or not isinstance(ext, tirx.IntImm):
                 raise UnmodelledTIR("a loop bound that depends on more than the patch")
             if int(ext) <= 0:
                 return
             ana.bind(node.loop_var, tvm.ir.Range.from_min_extent(lo, ext))
-            walk(node.body)
+            walk(node.body, loops + [node.loop_var], sure)
         elif isinstance(node, tirx.SeqStmt):
             for s in node.seq:
-                walk(s)
+                walk(s, loops, sure)
         elif isinstance(node, tirx.BufferStore):
             loads(node.value)
-            if node.buffer.name == name:
-                add(0, node.indices)
+            out.append(_Rec(True, node.buffer.name, box(node.indices), sure and exact(node.indices, loops)))
         elif isinstance(node, tirx.IfThenElse):
             loads(node.condition)
             cond = ana.simplify(substitute_vars(node.condition, env))
-            if not (isinstance(cond, tirx.IntImm) and int(cond) == 0):
-                walk(node.then_case)
-            if node.else_case is not None and not (isinstance(cond, tirx.IntImm) and int(cond) == 1):
-                walk(node.else_case)
+            known = isinstance(cond, tirx.IntImm)
+            if not (known and int(cond) == 0):
+                walk(node.then_case, loops, sure and known)
+            if node.else_case is not None and not (known and int(cond) == 1):
+                walk(node.else_case, loops, sure and known)
+            if not known and node.else_case is not None:  # one element stored either way
+                for a in top_stores(node.then_case):
+                    for b in top_stores(node.else_case):
+                        if a.buffer.same_as(b.buffer) and all(
+                                tvm_ffi.structural_equal(x, y) for x, y in zip(a.indices, b.indices)):
+                            out.append(_Rec(True, a.buffer.name, box(a.indices), sure and exact(a.indices, loops)))
         else:
             raise UnmodelledTIR(type(node).__name__)
 
-    walk(stmt)
+    walk(stmt, [], True)
+    return out
+
+
+def _boxes(stmt: Any, name: str, env: dict[Any, Any]) -> tuple[Box | None, Box | None]:
+    """Per-axis bounds of the elements of buffer `name` that `stmt` stores and loads in the patch of `env`:
+    (stores, loads), None where there are none."""
+    boxes: list[Box | None] = [None, None]
+    for r in _patch_accesses(stmt, env):
+        if r.name == name:
+            old = boxes[not r.store]
+            boxes[not r.store] = r.box if old is None else [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(old, r.box)]
     return boxes[0], boxes[1]
+
+
+def _written_before_read(body: _Body, tracked: dict[str, Any], env: dict[Any, Any]) -> str | None:
+    """In the patch of `env`, is every element of a tracked buffer that a statement reads surely written by an
+    earlier statement of the same patch? The first buffer for which that fails, else None."""
+    written = {n: np.zeros([int(d) for d in b.shape], bool) for n, b in tracked.items()}
+    for stmt in body.stmts:
+        recs = _patch_accesses(stmt, env)
+        for r in recs:
+            if not r.store and r.name in written:
+                w = written[r.name]
+                sl = tuple(slice(max(lo, 0), min(hi, d - 1) + 1) for (lo, hi), d in zip(r.box, w.shape))
+                if not w[sl].all():
+                    return r.name
+        for r in recs:
+            if r.store and r.definite and r.name in written:
+                written[r.name][tuple(slice(lo, hi + 1) for lo, hi in r.box)] = True
+    return None
 
 
 def _disjoint(a: Box | None, b: Box | None) -> bool:
@@ -310,6 +383,16 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                 raise TvmPatchError(f"internal error: the cache-mode stage's plan overlaps {a} and {b} while both "
                                     "live, and no in-place step is proven there")
             depthwise.append((src, dst, k))
+    # nothing carried from patch to patch: what a statement reads of a per-patch buffer, an earlier one wrote (a
+    # buffer used by one statement only, the one-channel copy, is written first there: _prove_depthwise)
+    tracked = {n: body.bufs[n] for n in names if n not in body.caches and life[n][0] < life[n][1]}
+    try:
+        stale = next((b for env in patches if (b := _written_before_read(body, tracked, env)) is not None), None)
+    except UnmodelledTIR as e:
+        raise TvmPatchError(f"internal error: the cache-mode stage's TIR is not in the proven form ({e})") from e
+    if stale is not None:
+        raise TvmPatchError(f"internal error: the cache-mode stage reads {stale} where no earlier statement of the "
+                            "patch surely wrote it")
     updates = []
     for name in names:
         for k in range(life[name][0] + 1, life[name][1] + 1):
