@@ -29,7 +29,7 @@ from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
-                                     pixel_copy_bytes, plan_patches)
+                                     plan_patches)
 from tvm_patch.patch.schedule import depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
@@ -103,7 +103,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     pairs = {v for v in blocked if _pixel_pairs(stage, v)}
     blocked |= {v: 2 for v in pairs}  # 2 pixels x 2 channels (see _pixel_pairs)
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
-    pix_bytes = max([(2 if v in pairs else 1) * pixel_copy_bytes(stage, v) for v in blocked], default=0)
+    pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
     pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's region
     for v in sorted(dw):
@@ -232,22 +232,29 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         """Dense conv v at image (y, x) and, with npx = 2, (y, x + 1), all output channels, register blocked: per
         block of R channels the R x npx accumulators (`acc_rows`, a C local) are reduced together, the reduction
         loops outside the channel (and pixel) loop, the `tvmp_dot_s8_rows*` / `tvmp_dot_s8_px2_rows*` nests of
-        the per-layer kernels; then the R x npx epilogues, `dest(c, p, value)` each. An NCHW 1x1 conv first copies
-        the pixels' input channels into `pixel` (a C local) so that the reduction reads contiguous bytes."""
+        the per-layer kernels; then the R x npx epilogues, `dest(c, p, value)` each. In NCHW the pixels' windows
+        (channels x kernel rows x columns, at most `LOCAL_MAX_BYTES`: a 1x1 conv's channels, a stem's 3x3x3) are
+        first copied into `pixel` (a C local), so that the reduction is one contiguous run against the weight rows."""
         layer, g, rows = stage.layers[v], stage.geometry[v], blocked[v]
         src = stage.inputs[v][0]
         (sh, sw), (pt, pl, _, _) = g.stride, g.padding
         w, b = params[f"layer{v}_weight"], params[f"layer{v}_bias"]
         cb = tirx.Var("cb", _I32)
-        copy = pixel_copy_bytes(stage, v) > 0
+        window = _window_bytes(stage, v) > 0
+        taps = g.kh * g.kw
+        k_len = g.c_in * taps
         stmts = []
-        if copy:
-            stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in))], lambda p, k: tirx.BufferStore(
-                pix, read(src, k, y * _c(sh) - _c(pt), (x + p) * _c(sw) - _c(pl)), [p * _c(g.c_in) + k])))
+        if window:  # the pixels' windows, in the weights' (I, H, W) order: one contiguous reduction of k_len
+            stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
+                                lambda p, rc, ry, rx: tirx.BufferStore(
+                                    pix, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
+                                    [p * _c(k_len) + rc * _c(taps) + ry * _c(g.kw) + rx])))
 
         def term(rc, ry, rx, p, j):
-            if copy:
-                a = tirx.BufferLoad(pix, [p * _c(g.c_in) + rc])
+            if window:  # rc is the flat index into the window
+                a = tirx.BufferLoad(pix, [p * _c(k_len) + rc])
+                rc, ry, rx = (tirx.floordiv(rc, _c(taps)), tirx.floormod(tirx.floordiv(rc, _c(g.kw)), _c(g.kh)),
+                              tirx.floormod(rc, _c(g.kw)))
             else:
                 a = read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx)
             wv = weight_at(stage, lambda *idx: tirx.BufferLoad(w, list(idx)), cb * _c(rows) + j, rc, ry, rx)
@@ -259,8 +266,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return _loops([(_c0, _c(rows))], lambda j: term(rc, ry, rx, _c0, j))
             return _loops([(_c0, _c(npx)), (_c0, _c(rows))], lambda p, j: term(rc, ry, rx, p, j))
 
-        order = [a for a in reduction_order(stage) if {"I": g.c_in, "H": g.kh, "W": g.kw}[a] > 1]
-        extent = {"I": g.c_in, "H": g.kh, "W": g.kw}
+        extent = {"I": k_len, "H": 1, "W": 1} if window else {"I": g.c_in, "H": g.kh, "W": g.kw}
+        order = [a for a in reduction_order(stage) if extent[a] > 1]
 
         def red_body(*r):
             got = dict(zip(order, r))
@@ -452,7 +459,18 @@ def _pixel_pairs(stage: Stage, v: int) -> bool:
     g = stage.geometry[v]
     if stage.dtype != "int8" or g.kh != 1 or g.kw != 1 or accumulator_rows(stage, v) == 1:
         return False
-    return stage.layout == "NHWC" or 0 < 2 * pixel_copy_bytes(stage, v) <= LOCAL_MAX_BYTES
+    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
+
+
+def _window_bytes(stage: Stage, v: int) -> int:
+    """Bytes of one output pixel's input window that blocked dense conv v copies into a C local in an NCHW cache-mode
+    stage (its reduction then runs over contiguous bytes, as in the weights' I, H, W order), or 0 (NHWC: the
+    channels are contiguous already; a window over `LOCAL_MAX_BYTES`)."""
+    g = stage.geometry[v]
+    if stage.layout != "NCHW" or accumulator_rows(stage, v) == 1:
+        return 0
+    size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
+    return size if size <= LOCAL_MAX_BYTES else 0
 
 
 def _homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int, tuple[int, int, int]]:
