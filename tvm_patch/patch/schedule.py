@@ -104,7 +104,8 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
     accumulator, computed at the outer part, holds that many outputs, its reduction loops outside the inner
     part (the `tvmp_dot_s8_rows*` nest); the requantization stays one element at a time. In NCHW a 1x1 conv
     with at most `LOCAL_MAX_BYTES` input channels first copies the pixel's channels into a C local, so the
-    reduction reads them contiguously. False (nothing changed) for other layers."""
+    reduction reads them contiguously; a k x k conv (a stem) likewise copies the pixel's window and runs its
+    reduction loops fused into one. False (nothing changed) for other layers."""
     rows = accumulator_rows(stage, v)
     if rows == 1:
         return False
@@ -128,6 +129,11 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
             pass  # still correct: the rows are reduced one after the other
     if pixel_copy_bytes(stage, v):
         _input_copy_at(sch, stage, v, acc, loops[-2])
+        if len(reduction) > 1:  # the window's (I, H, W) loops as one contiguous run: one rows call
+            try:
+                sch.fuse(*sch.get_loops(acc)[n_out:n_out + len(reduction)])
+            except tvm.s_tir.schedule.ScheduleError:
+                pass  # still correct: the kernel rows are reduced one by one
     _init_outside(sch, acc, n_out)
     return True
 
