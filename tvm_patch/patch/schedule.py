@@ -64,10 +64,18 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
     last = len(stage.layers) - 1
     dw = depthwise_in_place_layers(stage) if in_place else set()
     fused = skip_accumulations(stage, t.plan) if in_place else {}
+    split_adds: set[int] = set()  # residual adds whose channel loop is split by their fused convs' rows
     for v in range(last, STAGE_INPUT - 1, -1):
-        if v in fused:  # computed element by element inside its residual add: no buffer of its own
+        if v in fused:  # computed inside its residual add: no buffer of its own
             add = out if fused[v][0] == last else sch.get_sblock(names[fused[v][0]])
-            sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
+            rows = accumulator_rows(stage, v) if stage.layout == "NHWC" else 1
+            if rows > 1:  # a block of `rows` channels at a time (a C local), register blocked below
+                if fused[v][0] not in split_adds:
+                    sch.split(sch.get_loops(add)[-1], [None, rows])
+                    split_adds.add(fused[v][0])
+                sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-2], preserve_unit_loops=True)
+            else:  # element by element
+                sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
         elif v != last:
             sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
         if v >= 0:
@@ -81,7 +89,8 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
                 else:
                     channel = loops[1]
             inner = sch.get_loops(block)[-1]
-            blocked = v not in dw and v not in fused and _blocked_channels(sch, stage, v, block)
+            blocked = v not in dw and (v not in fused or fused[v][0] in split_adds) and _blocked_channels(
+                sch, stage, v, block)
             if not blocked:
                 for name in reversed(scalar_names(stage, v)):
                     sch.compute_at(sch.get_sblock(name), inner)
