@@ -43,7 +43,9 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
     (`tvm_patch.export.stage_arena` proves and places them): every depthwise layer whose input dies there
     (`depthwise_in_place_layers`) runs channel by channel from a one-channel copy of its input
     (`<input>_global`), so that its output may take its input's place; a dense conv feeding a residual
-    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`).
+    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`):
+    element by element, or in NHWC a block of the conv's `accumulator_rows` channels at a time (a C local),
+    register blocked like the other dense convs.
     """
     t = stage_te(stage, patches)
     sch = s_tir.Schedule(te.create_prim_func(t.args))
@@ -113,8 +115,9 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
     accumulator, computed at the outer part, holds that many outputs, its reduction loops outside the inner
     part (the `tvmp_dot_s8_rows*` nest); the requantization stays one element at a time. In NCHW a 1x1 conv
     with at most `LOCAL_MAX_BYTES` input channels first copies the pixel's channels into a C local, so the
-    reduction reads them contiguously; a k x k conv (a stem) likewise copies the pixel's window and runs its
-    reduction loops fused into one. False (nothing changed) for other layers."""
+    reduction reads them contiguously; a k x k conv with a small window (a stem, either layout) likewise copies
+    the pixel's window and runs its reduction loops fused into one (`regions.pixel_copy_bytes`). False (nothing
+    changed) for other layers."""
     rows = accumulator_rows(stage, v)
     if rows == 1:
         return False
@@ -138,7 +141,8 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
             pass  # still correct: the rows are reduced one after the other
     if pixel_copy_bytes(stage, v):
         _input_copy_at(sch, stage, v, acc, loops[-2])
-        if len(reduction) > 1:  # the window's (I, H, W) loops as one contiguous run: one rows call
+        g = stage.geometry[v]
+        if g.kh * g.kw > 1:  # the window's loops as one contiguous run: one rows call
             try:
                 sch.fuse(*sch.get_loops(acc)[n_out:n_out + len(reduction)])
             except tvm.s_tir.schedule.ScheduleError:
