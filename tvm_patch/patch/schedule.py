@@ -115,7 +115,7 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
     accumulator, computed at the outer part, holds that many outputs, its reduction loops outside the inner
     part (the `tvmp_dot_s8_rows*` nest); the requantization stays one element at a time. In NCHW a 1x1 conv
     with at most `LOCAL_MAX_BYTES` input channels first copies the pixel's channels into a C local, so the
-    reduction reads them contiguously; a k x k conv with a small window (a stem, either layout) likewise copies
+    reduction reads them contiguously; a k x k conv with a small window (an NCHW stem) likewise copies
     the pixel's window and runs its reduction loops fused into one (`regions.pixel_copy_bytes`). False (nothing
     changed) for other layers."""
     rows = accumulator_rows(stage, v)
