@@ -20,6 +20,7 @@ H and W are independent, so everything is computed per axis.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import ceil
@@ -325,21 +326,19 @@ def _temps_peak(stage: Stage, i: int) -> int:
 
 
 def single_iteration_layers(stage: Stage, patches: tuple[int, int]) -> list[int]:
-    """Layers whose value is computed by a loop nest of one iteration (1 channel, 1x1 patch region), or whose
-    accumulator block loop has one iteration (as many channels as `accumulator_rows`): TVM hoists their
+    """Layers whose value is computed by a loop nest of one iteration (1 channel, 1x1 patch region), whose
+    accumulator block loop has one iteration (as many channels as `accumulator_rows`), or whose pixel copy
+    (`pixel_copy_bytes`) sits under a pixel loop of one iteration (a 1x1 patch region): TVM hoists their
     temporaries."""
     plan = plan_patches(stage, patches)
     last = len(stage.layers) - 1
     out = []
     for i in range(len(stage.layers)):
         c = stage.value_shape(i)[0]
-        if i == last:
-            n = c * plan.tiles[0] * plan.tiles[1]
-        else:
-            rows, cols = plan.region_shape(i)
-            n = c * rows * cols
+        pixels = plan.tiles[0] * plan.tiles[1] if i == last else math.prod(plan.region_shape(i))
+        n = c * pixels
         rows = accumulator_rows(stage, i)
-        if n == 1 or (rows > 1 and c == rows):
+        if n == 1 or (rows > 1 and c == rows) or (pixels == 1 and pixel_copy_bytes(stage, i)):
             out.append(i)
     return out
 
