@@ -6,8 +6,11 @@ the plan against the function's TIR alone (loads, stores, loops, conditions, ind
 does not bear out is an error, never a silent wrong kernel:
 
 - lifetimes: a per-patch buffer lives from the first to the last statement of the patch body that touches it
-  (the statements under the patch loops, in order), a cache (allocated outside the patch loops) always. Two
-  buffers whose bytes overlap must not live at once, except as a proven in-place depthwise step;
+  (the statements under the patch loops, in order), a cache (`CACHE_SUFFIXES`: the stage allocates every buffer
+  above the patch loops, so the name says which are caches; a buffer taken for per-patch must pass the checks
+  below, so a wrong name is a refusal, never a wrong proof) always. Two buffers whose bytes overlap must not
+  live at once, except as a proven in-place depthwise step; a buffer one statement uses (the one-channel copy)
+  that shares bytes is written whole before it is read there (`_fills_whole_first`);
 - an in-place depthwise step (`_prove_depthwise`): at the one statement where the input's life ends and the
   output's starts, at the same offset, the input is read only by a copy into a one-channel buffer, inside a
   loop over channels whose every write of the output comes after that copy; `inplace_conv.channel_or_pixel_safe`
@@ -21,7 +24,8 @@ does not bear out is an error, never a silent wrong kernel:
 - nothing is carried from one patch to the next (`_written_before_read`): in every patch, every element of a
   per-patch buffer that a statement reads was surely written by an earlier statement of the same patch (reads
   over-approximated by per-axis bounds; writes under-approximated: a store in no condition that varies within the
-  patch, or an if and its else storing one element, each index a loop variable or a constant); a buffer used by
+  patch, or an if and its else storing one element, each index a constant plus loop variables in mixed radix, as
+  a register-blocked channel loop writes); a buffer used by
   one statement only (the one-channel copy) is filled whole before it is read (`_prove_depthwise`).
 
 Not shown here: that the values are the right ones (the executor `run_numpy_cached` and the bit-exact C tests).
@@ -50,6 +54,8 @@ from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.tir_util import uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
+
+CACHE_SUFFIXES = ("_rows", "_cols")  # `cache_stage`'s names of the row and column caches
 
 
 @dataclass
@@ -89,7 +95,10 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
         seq = list(node.seq)
         while len(seq) > 1 and isinstance(seq[0], tirx.AllocBuffer):
             buf = seq.pop(0).buffer
-            caches[buf.name] = buf
+            # allocated above the patch loops: the caches and, since the stage allocates them there too (no pass
+            # may compact them), the per-patch buffers; which is which the proof does not take on trust: a cache
+            # is treated as live throughout, every other buffer is proven to carry nothing between patches
+            (caches if buf.name.endswith(CACHE_SUFFIXES) else bufs)[buf.name] = buf
         if len(seq) != 1:
             raise UnmodelledTIR("statements beside the patch loops")
         node = seq[0]
@@ -103,6 +112,26 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
     counter = [0]
     accs = [ordered_accesses(s, counter, evaluate=False) for s in stmts]
     return _Body(loops, stmts, accs, caches, bufs | caches)
+
+
+def _fills_whole_first(body: _Body, k: int, name: str) -> bool:
+    """A buffer that only statement k uses is written whole by one store before any read of it, in each iteration
+    of the loops that enclose both (the one-channel copy): it carries nothing from one use to the next."""
+    accs = [a for a in body.accs[k] if a.buffer.name == name]
+    stores = [a for a in accs if a.store]
+    if len(stores) != 1 or stores[0].guarded:
+        return False
+    cp = stores[0]
+    reads = [a for a in accs if not a.store]
+    if any(a.order < cp.order for a in reads):
+        return False
+    n = len(cp.loops)
+    for a in reads:
+        n = min(n, next((i for i, (x, y) in enumerate(zip(cp.loops, a.loops)) if not x.same_as(y)),
+                        min(len(cp.loops), len(a.loops))))
+    inner = cp.loops[n:]
+    return _store_once(replace(cp, loops=tuple(inner))) and all(isinstance(lp.extent, tirx.IntImm) for lp in inner) \
+        and math.prod(int(lp.extent) for lp in inner) == _nbytes(body.bufs[name]) // dtype_bytes(str(cp.buffer.ty.dtype))
 
 
 def _lives(body: _Body) -> dict[str, tuple[int, int]]:
@@ -217,16 +246,31 @@ def _patch_accesses(stmt: Any, env: dict[Any, Any]) -> list[_Rec]:
             b.append((int(bound.min_value), int(bound.max_value)))
         return b
 
+    spans: dict[Any, tuple[int, int]] = {}  # each walked loop's (start, extent), the patch's values substituted
+
     def exact(indices: Any, loops: list[Any]) -> bool:
+        """Each index sweeps every value between its bounds: a constant plus loop variables in mixed radix
+        (coefficients 1, e1, e1 * e2, ... for loops of extents e1, e2, ..., the inner ones from 0: a channel loop
+        split into register blocks), no loop in two indices."""
         used = set()
         for i in indices:
             i = ana.simplify(substitute_vars(i, env))
             if isinstance(i, tirx.IntImm):
                 continue
             vs = [v for v in loops if uses_var(i, v)]
-            if len(vs) != 1 or id(vs[0]) in used or not isinstance(ana.simplify(i - vs[0]), tirx.IntImm):
+            if not vs or any(id(v) in used for v in vs):
                 return False
-            used.add(id(vs[0]))
+            coeffs = tvm.sym.detect_linear_equation(i, vs)
+            if len(coeffs) != len(vs) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
+                return False
+            step = 1
+            radix = sorted(zip((int(c) for c in coeffs[:-1]), range(len(vs))))
+            for n, (c, x) in enumerate(radix):
+                lo, ext = spans[vs[x]]
+                if c != step or (n + 1 < len(radix) and lo != 0):
+                    return False
+                step *= ext
+            used.update(id(v) for v in vs)
         return True
 
     def loads(expr: Any) -> None:
@@ -252,6 +296,7 @@ def _patch_accesses(stmt: Any, env: dict[Any, Any]) -> list[_Rec]:
             if int(ext) <= 0:
                 return
             ana.bind(node.loop_var, tvm.ir.Range.from_min_extent(lo, ext))
+            spans[node.loop_var] = (int(lo), int(ext))
             walk(node.body, loops + [node.loop_var], sure)
         elif isinstance(node, tirx.SeqStmt):
             for s in node.seq:
@@ -370,6 +415,12 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                for ijk in itertools.product(*(range(int(lp.extent)) for lp in loops))]
     depthwise = []
     names = sorted(n for n in offsets if n in life)
+    shares = {a for a in names for b in names if a != b and offsets[a] < offsets[b] + sizes[b]
+              and offsets[b] < offsets[a] + sizes[a]}
+    for n in shares:  # a one-statement buffer whose bytes others use holds nothing from before its statement
+        if n not in body.caches and life[n][0] == life[n][1] and not _fills_whole_first(body, life[n][0], n):
+            raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} shares bytes and is read before "
+                                "it is filled")
     for x, a in enumerate(names):
         for b in names[x + 1:]:
             if offsets[a] + sizes[a] <= offsets[b] or offsets[b] + sizes[b] <= offsets[a]:
