@@ -279,6 +279,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
+    if lean and micro:
+        funcs, pairs, workspace, aplan = _pixel_blocked_in_place(prog, funcs, lean_funcs, n_out, pairs, workspace,
+                                                                 aplan, rows, io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
@@ -402,6 +405,29 @@ def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, A
         if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
             out[name] = cand
     return out
+
+
+def _pixel_blocked_in_place(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                            pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, rows: Any,
+                            io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """In-place NHWC 1x1 kernels (a one-pixel copy) as two-pixel kernels: blocked over two output pixels
+    (``block_pixels``) and copying the pixel pair (``inplace_conv_schedule``), where the two-pixel form proves
+    the same in-place pairs and re-planning with its copy (2 x C_in bytes) gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    running = {prog.calls[k].func for k in aplan.inplace_calls}
+    for name, func in list(funcs.items()):
+        if func is lean_funcs[name] or name not in running or not inplace_conv_pairs(func, n_out[name]):
+            continue
+        src = prog.funcs[name]
+        blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
+        if blocked is src:
+            continue
+        cand = inplace_conv_schedule(lean_schedule(blocked), n_out[name])
+        if inplace_conv_pairs(cand, n_out[name]) != inplace_conv_pairs(func, n_out[name]):
+            continue
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
+    return funcs, pairs, workspace, aplan
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:
