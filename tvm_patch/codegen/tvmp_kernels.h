@@ -116,25 +116,35 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
 }
 
+/* One word (4 channels at offset off) of both pixels against the rows: the body of TVMP_PX2_KERNEL. */
+#define TVMP_PX2_STEP(rows, off) do {                                                                   \
+        uint32_t x0, x1;                                                                                \
+        memcpy(&x0, a + (off), 4);                                                                      \
+        memcpy(&x1, a + as + (off), 4);                                                                 \
+        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
+        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws + (off), 4);                                                          \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }                                                                                               \
+    } while (0)
+
 /* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
    weight word is loaded and sign-extended once for both pixels, each activation word once for all rows. */
 #define TVMP_PX2_KERNEL(name, rows)                                                                     \
 TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
     int32_t s0[rows], s1[rows];                                                                         \
     for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
-    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
-        uint32_t x0, x1;                                                                                \
-        memcpy(&x0, a, 4);                                                                              \
-        memcpy(&x1, a + as, 4);                                                                         \
-        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
-        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t y;                                                                                 \
-            memcpy(&y, w + j * ws, 4);                                                                  \
-            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
-            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
-            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
-        }                                                                                               \
+    for (; n >= 8; n -= 8, a += 8, w += 8) { /* two words per iteration: less loop overhead */          \
+        TVMP_PX2_STEP(rows, 0);                                                                         \
+        TVMP_PX2_STEP(rows, 4);                                                                         \
+    }                                                                                                   \
+    if (n >= 4) {                                                                                       \
+        TVMP_PX2_STEP(rows, 0);                                                                         \
+        n -= 4, a += 4, w += 4;                                                                         \
     }                                                                                                   \
     for (; n > 0; n--, a++, w++)                                                                        \
         for (int32_t j = 0; j < rows; j++) {                                                            \
