@@ -62,6 +62,23 @@ TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
     return r;
 }
 
+/* PKHBT / PKHTB (ACLE has no intrinsic): (lo of a, lo of b << s) and (hi of b >> 16 ... see each). */
+TVMP_INLINE uint32_t tvmp_pack_lo_lo(uint32_t a, uint32_t b) { /* (a.lo, b.lo) */
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+TVMP_INLINE uint32_t tvmp_pack_lo_hi(uint32_t a, uint32_t b) { /* (a.lo, b.hi) */
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+TVMP_INLINE uint32_t tvmp_pack_hi_hi(uint32_t a, uint32_t b) { /* (a.hi, b.hi) */
+    uint32_t r;
+    __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 TVMP_INLINE int32_t tvmp_dot4(uint32_t x, uint32_t y, int32_t acc) {
     acc = __smlad(__sxtb16(x), __sxtb16(y), acc);                     /* bytes 0, 2 */
     return __smlad(tvmp_sxtb16_ror8(x), tvmp_sxtb16_ror8(y), acc);    /* bytes 1, 3 */
@@ -209,6 +226,48 @@ TVMP_INLINE int32_t tvmp_window_s8(const int8_t *p, int32_t pb, int32_t sy, int3
             acc += (in ? (int32_t)p[pb + ry * sy + rx * sx] : pad) * (int32_t)w[ry * wy + rx * wx];
         }
     return acc;
+}
+
+/* Two interior windows (no border) of the same channel, the second ``d`` bytes after the first (two adjacent
+   outputs of a row): acc[0] and acc[1]. Called with constant sizes and strides, the loop unrolls and the taps the
+   windows share (6 of 9 for a 3x3 stride-1 window) are loaded once, each weight once for both. */
+TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t sy, int32_t sx, const int8_t *w,
+                                 int32_t wb, int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t *acc) {
+    const int8_t *q = p + pb;
+    int32_t a0 = acc[0], a1 = acc[1];
+    w += wb;
+#if defined(__ARM_FEATURE_DSP)
+    if (kw == 3 && sx == 1 && (d == 1 || d == 2)) {
+        /* a kernel row of both windows from one word (taps 0-3) and, for stride 2, tap 4: the halfword pairs
+           (q0, q1) and (q1, q2) or (q2, q3) against (w0, w1) in two SMLAD, the third taps in SMLATB / SMLABB */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            uint32_t x;
+            memcpy(&x, r, 4);
+            uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x); /* (q0, q2), (q1, q3) */
+            uint32_t w01 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[wx]);
+            int32_t w2 = wr[2 * wx];
+            a0 = __smlad(tvmp_pack_lo_lo(e, o), w01, a0);
+            a0 = __smlatb((int32_t)e, w2, a0);
+            if (d == 1) {
+                a1 = __smlad(tvmp_pack_lo_hi(o, e), w01, a1);
+                a1 = __smlatb((int32_t)o, w2, a1);
+            } else {
+                a1 = __smlad(tvmp_pack_hi_hi(e, o), w01, a1);
+                a1 += (int32_t)r[4] * w2;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+#endif
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t wv = w[ry * wy + rx * wx];
+            a0 += (int32_t)q[ry * sy + rx * sx] * wv;
+            a1 += (int32_t)q[d + ry * sy + rx * sx] * wv;
+        }
+    acc[0] = a0, acc[1] = a1;
 }
 
 /* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */
