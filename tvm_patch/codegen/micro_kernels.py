@@ -463,6 +463,8 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
 
     def at_x(stmt: Any, value: Any, k: int) -> Any:
         moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
+        if k == 0:  # the first output reads the accumulator itself (which stays in use: no unused C local)
+            return moved
         return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
                                                if ld.source.same_as(acc) else ld)])
 
@@ -472,6 +474,7 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
                                  tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
     body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in (0, 1)]
     body.append(tirx.Evaluate(pair_call))
+    body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
                      tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
