@@ -5,6 +5,8 @@ random shapes against TVM's own build."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import tempfile
 import ctypes
 import re
 import shutil
@@ -35,7 +37,9 @@ def requant_lib(tmp_path_factory) -> ctypes.CDLL:
     d = tmp_path_factory.mktemp("rq")
     (d / "rq.c").write_text(f'#include "{MICRO_KERNELS}"\n'
                             "void rq(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
-                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n")
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n"
+                            "void rq_rs(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n")
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
                     str(d / "rq.so")], check=True)
     return ctypes.CDLL(str(d / "rq.so"))
@@ -57,6 +61,12 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
     requant_lib.rq(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
                    len(acc))
     want = multiply_by_quantized_multiplier_ref(acc, mult, shift)
+    np.testing.assert_array_equal(out, want)
+    keep = shift <= 0  # tvmp_requant_rs: the export calls it only where every shift is <= 0
+    acc, mult, shift, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, want))
+    out = np.empty_like(acc)
+    requant_lib.rq_rs(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
+                      len(acc))
     np.testing.assert_array_equal(out, want)
 
 
@@ -81,8 +91,10 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
-    a, m, s, got = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    a, m, s, got, got_rs = (np.array(c, dtype=np.int64) for c in zip(*rq))
     np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
+    np.testing.assert_array_equal(got_rs, got)  # tvmp_requant_rs where shift <= 0
+    assert (s <= 0).sum() > 200
     for n, _off, got, acc0, *pairs in dots:
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)
@@ -464,3 +476,24 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
               np.zeros((1, h, w, 3), dtype=np.int8)]
     got = _c_in_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("dwip"))
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
+
+
+def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared_models):
+    """nonpositive_shift_requant: a kernel calls tvmp_requant_rs for a shift parameter only when that constant is
+    <= 0 in every element for every call; a positive element anywhere keeps tvmp_requant."""
+    from tvm_patch.export import export_model
+    from tvm_patch.export.api import nonpositive_shift_requant
+    from tvm_patch.codegen.micro_kernels import requant_shift_params
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
+    prog, funcs = res.program, res.kernel_funcs
+    name = next(n for n, f in funcs.items() if requant_shift_params(f))
+    assert "tvmp_requant_rs" in nonpositive_shift_requant(prog, {name: funcs[name]})[name].script()
+    p = sorted(requant_shift_params(funcs[name]))[0]
+    call = next(c for c in prog.calls if c.func == name)
+    consts = list(prog.constants)
+    bumped = consts[call.args[p].index].copy()
+    bumped.flat[-1] = 1  # one channel with a left shift
+    consts[call.args[p].index] = bumped
+    other = dataclasses.replace(prog, constants=consts)
+    assert "tvmp_requant_rs" not in nonpositive_shift_requant(other, {name: funcs[name]})[name].script()

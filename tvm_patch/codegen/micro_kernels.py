@@ -701,3 +701,51 @@ def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
     """The pass form of ``rewrite_dot_loops``, for the plain-C lowering pipeline."""
     return tirx.transform.prim_func_pass(lambda f, _m, _c: rewrite_dot_loops(f), opt_level=0,
                                          name="tvm_patch.MicroKernels")
+
+
+REQUANT = "tvmp_requant"
+REQUANT_RS = "tvmp_requant_rs"
+
+
+def _int32_value(expr: Any) -> Any:
+    return expr.value if isinstance(expr, tirx.Cast) and str(expr.ty) == "int32" and str(expr.value.ty) == "int32" else expr
+
+
+def requant_shift_params(func: tirx.PrimFunc) -> set[int] | None:
+    """The parameters whose elements a ``tvmp_requant`` call takes as its shift (a load of the parameter),
+    None when some call's shift is neither such a load nor a constant (nothing can be said of it)."""
+    params = list(func.params)
+    found: set[int] = set()
+    unknown = [False]
+
+    def on_call(call: Any) -> tvm_ffi.WalkResult:
+        if _is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm) \
+                and str(call.args[0].value) == REQUANT:
+            shift = _int32_value(call.args[3])
+            idx = [i for i, p in enumerate(params) if isinstance(shift, TensorLoad) and shift.source.same_as(p)]
+            if idx:
+                found.add(idx[0])
+            elif _int(shift) is None:
+                unknown[0] = True
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, on_call)], order="pre")
+    return None if unknown[0] else found
+
+
+def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.PrimFunc:
+    """``func`` with each ``tvmp_requant`` call whose shift is a constant <= 0 or a load of a parameter in
+    ``nonpositive`` (parameters the export found <= 0 in every element, for every call of the kernel) calling
+    ``tvmp_requant_rs``, which has no left-shift path: the same value for such shifts."""
+    params = list(func.params)
+
+    def on_call(call: Any) -> Any:
+        if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
+                and str(call.args[0].value) == REQUANT):
+            return call
+        shift = _int32_value(call.args[3])
+        ok = (_int(shift) is not None and _int(shift) <= 0) or (
+            isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in nonpositive))
+        return tirx.call_pure_extern("int32", REQUANT_RS, *call.args[1:]) if ok else call
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])

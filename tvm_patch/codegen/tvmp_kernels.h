@@ -3,6 +3,7 @@
  * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
+ * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
@@ -49,6 +50,21 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
 #else
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
+#endif
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+}
+
+/* tvmp_requant for a shift known (at export time, from the constants of every call) to be <= 0: no left shift. */
+TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    int64_t p = (int64_t)acc * mult + ((int64_t)1 << 30);
+    int32_t hi = (int32_t)((uint64_t)p >> 32);
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v = (int32_t)((uint32_t)__qadd(hi, hi) | ((uint32_t)p >> 31)); /* as in tvmp_requant */
+#else
+    int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31));
+    if (TVMP_UNLIKELY(acc == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX;
 #endif
     int32_t mask = (int32_t)((1u << right) - 1u);
     return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));

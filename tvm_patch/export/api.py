@@ -24,7 +24,8 @@ import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
-from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
+from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, plain_kernels, requant_shift_params,
+                                            right_shift_requant)
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -287,7 +288,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
-    csrc = emit_c(final, alignment)
+    csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
@@ -341,6 +342,20 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str, Any]:
+    """Each kernel whose requantization shifts are parameters found <= 0 in every element for every call of the
+    kernel (per-channel constants, known at export time) calling ``tvmp_requant_rs`` for them (no left-shift
+    path): the same value, fewer instructions per output. The C emission's form only (TVM's builds keep theirs)."""
+    out = {}
+    for name, func in funcs.items():
+        found = requant_shift_params(func) or set()
+        calls = [c for c in prog.calls if c.func == name]
+        ok = {p for p in found if calls and all(
+            c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
+        out[name] = right_shift_requant(func, ok) if ok else func
+    return out
 
 
 def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,

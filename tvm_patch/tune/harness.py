@@ -22,7 +22,7 @@ from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET, emit_c
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
-from tvm_patch.export.api import write_directory
+from tvm_patch.export.api import nonpositive_shift_requant, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
@@ -110,7 +110,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
     if aplan.inplace_calls:
         final = mark_in_place(final, pairs[name])
-    csrc = emit_c({name: final}, ALIGNMENT)
+    csrc = emit_c(nonpositive_shift_requant(kprog, {name: final}), ALIGNMENT)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
