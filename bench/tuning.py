@@ -71,7 +71,7 @@ def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float) -
             "network": {k: builds[k]["run"]["instructions"] for k in builds},
             "bit_exact": {k: builds[k]["run"]["bit_exact"] for k in builds},
             "conv1x1": total, "layers": rows,
-            "tuned_kernels": builds["tuned"].get("export", {}).get("tuning", {}).get("tuned_kernels")}
+            "tuned_kernels": builds["tuned"].get("tuning", {}).get("tuned_kernels")}
 
 
 def markdown(results: list[dict[str, Any]], board: str) -> str:
@@ -87,6 +87,8 @@ def markdown(results: list[dict[str, Any]], board: str) -> str:
                f"{r['bit_exact']['untuned']} / {r['bit_exact']['tuned']}); 1x1 convolutions: untuned "
                f"{r['conv1x1']['untuned']:,}, tuned {r['conv1x1']['tuned']:,}; per layer "
                f"{verdicts.count('better')} better, {verdicts.count('equal')} equal, {verdicts.count('worse')} worse", "",
+               "tuned blockings: " + (", ".join(f"`{k}` rows {v['rows']}" for k, v in sorted((r.get("tuned_kernels")
+                                                                                                or {}).items())) or "none"), "",
                "| call | kernel | MACs | untuned | tuned | tuned is |", "| --: | --- | --: | --: | --: | --- |"]
         md += [f"| {x['index']} | `{x['kernel']}` | {x['macs']:,} | {x['untuned']:,} | {x['tuned']:,} | {x['verdict']} |"
                for x in r["layers"]]
