@@ -24,6 +24,7 @@ from microtvm_projects.boards import get_board
 from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.micro_kernels import MIN_WINDOW_PAIRS
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
@@ -470,7 +471,7 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
     pairs = inplace_conv_pairs(func, 1)
     assert pairs == [(0, 2)]
     csrc = emit_c({"kern": mark_in_place(func, pairs)})
-    assert ("tvmp_window2_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")) == (w - 2 >= 2)
+    assert ("tvmp_window2_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, h, w, 3), dtype=np.int8), rng.integers(-128, 128, (3, 3, 3, 1), dtype=np.int8),
               np.zeros((1, h, w, 3), dtype=np.int8)]
