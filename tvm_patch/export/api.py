@@ -23,7 +23,7 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
 from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, plain_kernels, requant_shift_params,
                                             right_shift_requant)
 from tvm_patch.errors import TvmPatchError
@@ -37,6 +37,7 @@ from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_shift import shifted_inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
@@ -254,6 +255,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}
     funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
+    cached = [n for n, f in funcs.items() if is_patch_stage(f) and has_workspace_plan(f)]  # cache mode's own plan
     n_out = {c.func: c.n_outputs for c in prog.calls}
     shifted: dict[str, list] = {}
     if lean:
@@ -266,10 +268,11 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
         funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
                  for n, f in funcs.items()}
+    for n in cached:  # its aliases proven on its TIR, as stage_arena proves recompute mode's (an error if not)
+        prove_cached_plan(funcs[n])
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
-    _, infos = lower_plain(funcs, C_TARGET, alignment)
-    workspace = {n: i.workspace_bytes for n, i in infos.items()}
+    workspace = _workspaces(funcs, alignment)
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
     if shifted:
         funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
@@ -356,6 +359,15 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
             c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
         out[name] = right_shift_requant(func, ok) if ok else func
     return out
+
+
+def _workspaces(funcs: dict[str, Any], alignment: int) -> dict[str, int]:
+    """Each kernel's workspace bytes: lowered, except a kernel whose builder planned every buffer (a cache-mode
+    stage: its plan's extent, `planned_workspace_bytes`; emission checks that the lowered size agrees)."""
+    known = {n: b for n, f in funcs.items() if (b := planned_workspace_bytes(f)) is not None}
+    rest = {n: f for n, f in funcs.items() if n not in known}
+    infos = lower_plain(rest, C_TARGET, alignment)[1] if rest else {}
+    return known | {n: i.workspace_bytes for n, i in infos.items()}
 
 
 def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
