@@ -49,13 +49,17 @@ def _mac_class(extents: list[int]) -> str:
 def _micro_macs(name: str, args: list[int | None]) -> int:
     """Multiply-accumulates of one micro-kernel call (tvmp_kernels.h signatures; 0 when a length is not
     constant): tvmp_dot_s8(a, b, n, acc) n; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J x n; tvmp_window_s8(p, pb, sy,
-    sx, w, wb, wy, wx, kh, kw, ...) kh x kw."""
+    sx, w, wb, wy, wx, kh, kw, ...) kh x kw; the two-pixel and two-window kernels twice theirs."""
     if name == "tvmp_dot_s8" and len(args) > 2:
         return args[2] or 0
     if name.startswith("tvmp_dot_s8_rows") and len(args) > 3:
         return int(name.removeprefix("tvmp_dot_s8_rows")) * (args[3] or 0)
+    if name.startswith("tvmp_dot_s8_px2_rows") and len(args) > 4:  # (a, as, w, ws, n, acc): 2 pixels x J rows x n
+        return 2 * int(name.removeprefix("tvmp_dot_s8_px2_rows")) * (args[4] or 0)
     if name == "tvmp_window_s8" and len(args) > 9:
         return (args[8] or 0) * (args[9] or 0)
+    if name == "tvmp_window2_s8" and len(args) > 10:  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc): two windows
+        return 2 * (args[9] or 0) * (args[10] or 0)
     return 0
 
 
