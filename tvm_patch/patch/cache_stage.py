@@ -332,6 +332,37 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 pad_fn((rlo, rhi - rlo), (a_q, qlo - a_q)), pad_fn((rlo, rhi - rlo), (qhi, e_q - qhi)),
                 live_fn((rlo, rhi - rlo), (qlo, qhi - qlo))]
 
+    def input_read_from(v) -> tuple[Any, Any]:
+        """The first row and column of the input's region that patch (i, j) reads: the input is not cached, but
+        its readers compute only the rows and columns their caches do not hold, so the rows and columns above
+        and left of their windows are not copied again (the copy is the input's quantization for a float input).
+        (0, 0) unless every reader is a conv or max pool that keeps its own region with caches."""
+        readers = [u for u in range(last + 1) if v in stage.inputs[u]]
+        if not readers or any(u == last or u in dw or u in fused or u in home
+                              or not isinstance(stage.layers[u], (Conv, MaxPool)) for u in readers):
+            return _c0, _c0
+        first = []
+        for axis, (p, cache) in enumerate(((pi, rows_c), (pj, cols_c))):
+            starts = []
+            for u in readers:
+                layer = stage.layers[u]
+                if isinstance(layer, Conv):
+                    g = stage.geometry[u]
+                    stride, before = g.stride[axis], g.padding[axis]
+                else:
+                    stride, before = layer.stride[axis], layer.padding[axis]
+                skip = halo_overlap(plan.h[u] if axis == 0 else plan.w[u]) if u in cache else 0
+                # the first image row (column) the reader's window touches for its first computed one
+                starts.append((lo(u, axis) + _c(skip)) * _c(stride) - _c(before) - lo(v, axis) if skip else None)
+            if any(x is None for x in starts):  # a reader computes its whole region: the whole input region
+                first.append(_c0)
+                continue
+            start = starts[0]
+            for x in starts[1:]:
+                start = tirx.min(start, x)
+            first.append(tirx.Select(p > 0, tirx.max(start, _c0), _c0))
+        return first[0], first[1]
+
     def chw_loops(c, rows, cols, fn):
         """Loops over (channel, row, col) given as (min, extent) pairs, nested in the layout's order."""
         if nchw:
@@ -351,8 +382,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             def fill(ch, r, q, v=v):
                 return store(region[v], at(inp, ch, r + lo(v, 0), q + lo(v, 1), batch=n), ch, r, q)
 
+            first = input_read_from(v)
             body += live_and_ring(
-                (_c0, _c(rh)), (_c0, _c(rw)), (lo(v, 0), lo(v, 1)), (Interval(0, ih), Interval(0, iw)),
+                (first[0], _c(rh)), (first[1], _c(rw)), (lo(v, 0), lo(v, 1)), (Interval(0, ih), Interval(0, iw)),
                 lambda rows, cols, v=v, pad=pad: chw_loops(c_ext, rows, cols,
                                                            lambda ch, r, q: store(region[v], pad, ch, r, q)),
                 lambda rows, cols, fill=fill: chw_loops(c_ext, rows, cols, fill))
