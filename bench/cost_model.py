@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from scipy.optimize import nnls
 
 from tvm_patch.atomic import write_atomic
 from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
-from tvm_patch.cost.latency import CORES, default_path, fit, fit_booster, fit_stage, for_core, kernels_fingerprint, \
-    stage_terms
+from tvm_patch.cost.latency import CORES, STAGE_TERMS, default_path, fit, fit_booster, for_core, has_stage_terms, \
+    kernels_fingerprint, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.paths import cache_dir
 
@@ -38,6 +37,9 @@ GOAL_SHARE = 0.95
 CV_FOLDS = 8
 # the per-layer stage model's terms beside the layers' booster sum: what the stage adds to its layers' kernels
 LAYER_OVERHEADS = ("stores", "requant", "sat", "red_loops", "patches", "one")
+# the linear stage model's terms as shipped before the dot products' SIMD/tail split and the cache stores
+OLDER_TERMS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
+               "window_elems", "requant", "pad_calls", "sat", "patches", "one")
 BOARD_OF_CORE = {"m7": "f746", "m4": "f412"}  # the board whose build measures each core (QEMU mps2-an500 / an386)
 
 
@@ -73,45 +75,48 @@ def _layer_sum(stage_rec: dict[str, Any], lbl_rec: dict[str, Any], booster: xgb.
 
 
 def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The patch stage's linear model (shipped) against a per-layer one on the same measured stages: the
-    per-layer model predicts each stage layer with the kernel booster (``_layer_sum``) plus non-negative costs
-    of LAYER_OVERHEADS, fitted like the linear one. Both by cross-validation over the training stages (grouped
-    by network, CV_FOLDS folds; the booster refit without the fold's networks) and on the held-out stages
-    (fitted on every training stage). Relative errors of the stage kernel's count."""
+    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (OLDER_TERMS: without the
+    dot products' SIMD/tail split and the cache stores, as shipped before; without the cache stores) and a
+    per-layer model, on the same measured stages. The per-layer model predicts each stage layer with the kernel
+    booster (``_layer_sum``) plus non-negative costs of LAYER_OVERHEADS, fitted like the linear one. All by
+    cross-validation over the training stages (grouped by network, CV_FOLDS folds; the booster refit without
+    the fold's networks) and on the held-out stages (fitted on every training stage). Relative errors of the
+    stage kernel's count."""
     ok = [r for r in records if all(k.get("measured") for k in r["rows"])]
     lbl = {_network(r): r for r in ok if r["plan"]["split"] is None}
-    stages = [r for r in ok if r["plan"]["split"] is not None and _network(r) in lbl]
+    stages = [r for r in ok if r["plan"]["split"] is not None and _network(r) in lbl and has_stage_terms(r["rows"][0])]
     train, held = [r for r in stages if not r.get("heldout")], [r for r in stages if r.get("heldout")]
-    kernels = [k for r in ok if not r.get("heldout") for k in r["rows"] if k["op"] != "patch_stage"]
     if len(train) < 2 * CV_FOLDS or not held:
         raise TvmPatchError(f"{len(train)} training and {len(held)} held-out patch stages with a layer-by-layer "
                             "measurement of the same network: too few to compare; collect more")
+    linear = {"linear": STAGE_TERMS, "linear_without_cache_stores": tuple(t for t in STAGE_TERMS if t != "cache_stores"),
+              "linear_older_terms": OLDER_TERMS}
 
-    def layer_terms(recs: list[dict[str, Any]], booster: xgb.Booster) -> np.ndarray:
-        return np.array([[_layer_sum(r, lbl[_network(r)], booster)] +
-                         stage_terms(r["rows"][0], LAYER_OVERHEADS) for r in recs])
+    def terms(recs: list[dict[str, Any]], model: str, booster: xgb.Booster) -> np.ndarray:
+        if model in linear:
+            return np.array([stage_terms(r["rows"][0], linear[model]) for r in recs])
+        return np.array([[_layer_sum(r, lbl[_network(r)], booster)] + stage_terms(r["rows"][0], LAYER_OVERHEADS)
+                         for r in recs])
 
     def errors(a_fit: np.ndarray, y_fit: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return a @ nnls(a_fit / y_fit[:, None], np.ones_like(y_fit))[0] / y - 1
+        return a @ relative_nnls(a_fit, y_fit) / y - 1
 
+    models = (*linear, "per_layer")
     y_train = np.array([r["rows"][0]["measured"] for r in train], dtype=np.float64)
     y_held = np.array([r["rows"][0]["measured"] for r in held], dtype=np.float64)
     nets = sorted({str(_network(r)) for r in train})
-    fold = np.array([nets.index(str(_network(r))) % CV_FOLDS for r in train])
-    cv = {"linear": np.zeros(len(train)), "per_layer": np.zeros(len(train))}
+    fold = {n: i % CV_FOLDS for i, n in enumerate(nets)}
+    in_fold = np.array([fold[str(_network(r))] for r in train])
+    cv = {m: np.zeros(len(train)) for m in models}
     for f in range(CV_FOLDS):
-        te = fold == f
-        coef = fit_stage([r["rows"][0] for r, t in zip(train, te) if not t])
-        cv["linear"][te] = [np.dot(coef, stage_terms(r["rows"][0])) / r["rows"][0]["measured"] - 1
-                            for r, t in zip(train, te) if t]
-        b = fit_booster([k for r in ok if not r.get("heldout") and str(_network(r)) not in
-                         {n for n in nets if nets.index(n) % CV_FOLDS == f} for k in r["rows"] if k["op"] != "patch_stage"])
-        a = layer_terms(train, b)
-        cv["per_layer"][te] = errors(a[~te], y_train[~te], a[te], y_train[te])
-    coef = fit_stage([r["rows"][0] for r in train])
-    b = fit_booster(kernels)
-    held_err = {"linear": np.array([np.dot(coef, stage_terms(r["rows"][0])) for r in held]) / y_held - 1,
-                "per_layer": errors(layer_terms(train, b), y_train, layer_terms(held, b), y_held)}
+        te = in_fold == f
+        b = fit_booster([k for r in ok if not r.get("heldout") and fold.get(str(_network(r))) != f
+                         for k in r["rows"] if k["op"] != "patch_stage"])
+        for m in models:
+            a = terms(train, m, b)
+            cv[m][te] = errors(a[~te], y_train[~te], a[te], y_train[te])
+    b = fit_booster([k for r in ok if not r.get("heldout") for k in r["rows"] if k["op"] != "patch_stage"])
+    held_err = {m: errors(terms(train, m, b), y_train, terms(held, m, b), y_held) for m in models}
     return {"n_train_stages": len(train), "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
             "cv_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in cv.items()},
             "heldout_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in held_err.items()},

@@ -63,14 +63,22 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 
 
 # The patch stage's linear model: its count = the sum over what its loop nest executes (every layer over every
-# patch region, the recomputed halos or the cache copies included) of a per-operation cost, plus a cost per
-# patch and a constant: STAGE_TERMS, in this order. A model file names its terms (older files: fewer).
-STAGE_TERMS = (*EXEC_KEYS, "patches", "one")
+# patch region, the recomputed halos or the cache copies included) of a per-operation cost, the element stores
+# of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch and a
+# constant: STAGE_TERMS, in this order. A model file names its terms (older files: fewer).
+_DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
+            "one": lambda r: 1.0}
+STAGE_TERMS = (*EXEC_KEYS, "cache_stores", "patches", "one")
 
 
 def stage_terms(row: dict[str, Any], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
     """The patch stage row's terms of the linear stage model (``names``, by default STAGE_TERMS)."""
-    return [float(row["patches"]) if k == "patches" else 1.0 if k == "one" else float(row["exec"][k]) for k in names]
+    return [float(_DERIVED[k](row)) if k in _DERIVED else float(row["exec"][k]) for k in names]
+
+
+def has_stage_terms(row: dict[str, Any]) -> bool:
+    """Does the stage row have every term (rows of older feature code may lack the newer counts)?"""
+    return set(STAGE_TERMS) - set(_DERIVED) <= set(row["exec"])
 
 
 def fit_booster(rows: list[dict[str, Any]]) -> xgb.Booster:
@@ -80,12 +88,16 @@ def fit_booster(rows: list[dict[str, Any]]) -> xgb.Booster:
     return xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
 
 
+def relative_nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients c minimising the relative error of ``a @ c`` against ``y`` (each equation
+    divided by its measured count)."""
+    return nnls(a / y[:, None], np.ones_like(y))[0]
+
+
 def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
-    """The linear stage model's coefficients (``names``) on measured patch stage rows: non-negative least
-    squares on the relative error (each stage's equation divided by its count)."""
+    """The linear stage model's coefficients (``names``) on measured patch stage rows (relative_nnls)."""
     a = np.array([stage_terms(k, names) for k in stages], dtype=np.float64)
-    b = np.array([k["measured"] for k in stages], dtype=np.float64)
-    return [float(c) for c in nnls(a / b[:, None], np.ones_like(b))[0]]
+    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in stages], dtype=np.float64))]
 
 
 @dataclass
@@ -142,8 +154,7 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
     if len(units) != 1:
         raise TvmPatchError(f"measurements for {core} mix {' and '.join(sorted(units))}; train on one runner")
     rows = [k for r in recs for k in r["rows"]]
-    # the stage rows that have every term (records of older feature code may lack the newer ones)
-    stages = [k for k in rows if k["op"] == "patch_stage" and set(STAGE_TERMS) - {"patches", "one"} <= set(k["exec"])]
+    stages = [k for k in rows if k["op"] == "patch_stage" and has_stage_terms(k)]
     # the stage model from the stages measured on this installation's kernels when there are enough of them
     # (a change of the stage kernels only needs its stages measured again), else from all
     complete = {id(k) for k in stages}
