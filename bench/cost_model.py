@@ -75,8 +75,8 @@ def _layer_sum(stage_rec: dict[str, Any], lbl_rec: dict[str, Any], booster: xgb.
 
 
 def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (OLDER_TERMS: without the
-    dot products' SIMD/tail split and the cache stores, as shipped before; without the cache stores) and a
+    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (one scalar ``mac`` term
+    instead of one per reduction shape; also without the cache stores; OLDER_TERMS: round 2's terms) and a
     per-layer model, on the same measured stages. The per-layer model predicts each stage layer with the kernel
     booster (``_layer_sum``) plus non-negative costs of LAYER_OVERHEADS, fitted like the linear one. All by
     cross-validation over the training stages (grouped by network, CV_FOLDS folds; the booster refit without
@@ -89,7 +89,9 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
     if len(train) < 2 * CV_FOLDS or not held:
         raise TvmPatchError(f"{len(train)} training and {len(held)} held-out patch stages with a layer-by-layer "
                             "measurement of the same network: too few to compare; collect more")
-    linear = {"linear": STAGE_TERMS, "linear_without_cache_stores": tuple(t for t in STAGE_TERMS if t != "cache_stores"),
+    one_mac = ("mac", *(t for t in STAGE_TERMS if t not in ("mac_1x1", "mac_dw", "mac_kxk")))
+    linear = {"linear": STAGE_TERMS, "linear_one_scalar_mac_term": one_mac,
+              "linear_without_cache_stores": tuple(t for t in one_mac if t != "cache_stores"),
               "linear_older_terms": OLDER_TERMS}
 
     def terms(recs: list[dict[str, Any]], model: str, booster: xgb.Booster) -> np.ndarray:

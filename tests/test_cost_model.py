@@ -22,8 +22,8 @@ from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
-from tvm_patch.cost.latency import STAGE_TERMS, default_path, for_core, kernels_fingerprint, load as load_cost_model, \
-    warn_if_stale
+from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
+    load as load_cost_model, warn_if_stale
 from tvm_patch.cost.search import search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
@@ -137,7 +137,7 @@ def test_shipped_models_load():
         m = load_cost_model(default_path(core))
         assert m.core == core and m.unit == "instructions" and m.meta["n_networks"] > 0
         assert m.stage_coef is not None and len(m.meta["kernels_fingerprint"]) == 16
-        assert len(m.stage_coef) == len(m.stage_names) and set(m.stage_names) <= set(STAGE_TERMS)
+        assert len(m.stage_coef) == len(m.stage_names) and set(m.stage_names) <= KNOWN_STAGE_TERMS
     assert load_cost_model(default_path("m7")).stage_names == STAGE_TERMS
 
 
@@ -145,7 +145,7 @@ def test_stage_model_comparison_on_the_shipped_measurements():
     """`python -m bench.cost_model --compare-stage`: every stage model cross-validated and scored on the
     held-out stages (about 12 s: nine booster fits)."""
     out = stage_comparison(cost_collect.read_records(DATA / "m7.jsonl.gz"))
-    models = {"linear", "linear_without_cache_stores", "linear_older_terms", "per_layer"}
+    models = {"linear", "linear_one_scalar_mac_term", "linear_without_cache_stores", "linear_older_terms", "per_layer"}
     assert set(out["cv_mape"]) == set(out["heldout_mape"]) == models and out["n_train_stages"] >= 2 * out["cv_folds"]
     assert len(out["heldout"]) == out["n_heldout_stages"] > 0
     for m in models:

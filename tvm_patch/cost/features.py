@@ -31,7 +31,8 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
            "x_requant_pw", "x_pad_pw")
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
-             "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs")
+             "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
+             "mac_kxk")
 
 
 def columns() -> list[str]:
@@ -161,8 +162,9 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             continue
         elif k == "mac_loop":
             continue
-        elif k.startswith("mac_"):
+        elif k.startswith("mac_"):  # scalar MACs, in all and by the shape of their reduction
             out["mac"] += v
+            out[k] += v
             out["all_macs"] += v
         elif k == "stores":
             out["stores"] += v

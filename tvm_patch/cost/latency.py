@@ -63,12 +63,14 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 
 
 # The patch stage's linear model: its count = the sum over what its loop nest executes (every layer over every
-# patch region, the recomputed halos or the cache copies included) of a per-operation cost, the element stores
+# patch region, the recomputed halos or the cache copies included) of a per-operation cost (the scalar MACs by
+# the shape of their reduction: 1x1, depthwise, k x k), the element stores
 # of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch and a
 # constant: STAGE_TERMS, in this order. A model file names its terms (older files: fewer).
 _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
             "one": lambda r: 1.0}
-STAGE_TERMS = (*EXEC_KEYS, "cache_stores", "patches", "one")
+STAGE_TERMS = (*(k for k in EXEC_KEYS if k != "mac"), "cache_stores", "patches", "one")  # scalar MACs by shape
+KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 
 def stage_terms(row: dict[str, Any], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
@@ -209,7 +211,7 @@ def load(path: str | Path) -> LatencyModel:
         booster.load_model(bytearray(zlib.decompress(base64.b64decode(data["booster"], validate=True))))
         coef = data.get("stage_coef")
         names = tuple(data.get("stage_terms") or STAGE_TERMS)
-        if coef is not None and (not set(names) <= set(STAGE_TERMS) or len(coef) != len(names)):
+        if coef is not None and (not set(names) <= KNOWN_STAGE_TERMS or len(coef) != len(names)):
             raise ValueError("stage terms")
         return LatencyModel(data["core"], data["unit"], booster, tuple(map(float, data["overhead"])),
                             dict(data.get("meta", {})), None if coef is None else [float(c) for c in coef],
