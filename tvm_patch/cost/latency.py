@@ -163,6 +163,11 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
     current = [k for r in recs if r.get("kernels_fingerprint") == kernels_fingerprint() for k in r["rows"]
                if id(k) in complete]
     stage_data = current if len(current) >= 2 * len(STAGE_TERMS) else stages
+    older = sum(k["op"] == "patch_stage" for k in rows) - len(stages)
+    if older and len(stage_data) < 2 * len(STAGE_TERMS):
+        raise TvmPatchError(f"{older} patch stage measurements were featured by older code (without all of "
+                            f"{', '.join(STAGE_TERMS)}); recompute their features with `tvm-patch costmodel refeature` "
+                            "or collect them again")
     coef = None
     if len(stage_data) >= 2 * len(STAGE_TERMS):
         coef = fit_stage(stage_data)
