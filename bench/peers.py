@@ -14,9 +14,11 @@ TINYENGINE = "TinyEngine README (mit-han-lab/tinyengine), STM32H743 at 480 MHz, 
 
 # The memory conventions, one sentence each, quoted in every comparison table.
 OURS_ANALYTIC = ("ours, analytic: int8 activations only (inputs + output + live tensors; depthwise and residual "
-                 "add in place; weights in Flash); patched: input image streamed, not held")
+                 "add in place, an in-place k x k depthwise layer holding the p (W + 1) outputs its kernel must keep; "
+                 "weights in Flash); patched: input image streamed, not held")
 OURS_FIRMWARE = "ours, firmware: SRAM = arena + stack + .data/.bss as linked (arm-none-eabi-size)"
-PAPER_ANALYTIC = "paper, analytic: int8 activations, the same convention as ours analytic (paper.md)"
+PAPER_ANALYTIC = ("paper, analytic: int8 activations, ours' convention without the in-place depthwise layer's "
+                  "p (W + 1) held outputs (paper.md)")
 PAPER_DEVICE = "paper, on device: measured peak SRAM, activations + kernel buffers (im2col and the like)"
 PEER_DEVICE = ("peers, on device: each library's measured peak SRAM as TinyEngine reports it (activations + "
                "kernel buffers; whether stack and runtime are counted is not stated)")

@@ -5,26 +5,31 @@ against what it counts, the TIR PrimFunc and the C export bit-exact."""
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm_ffi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tvm import tirx
 
 from tvm_patch.codegen import emit_c
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.export import export_model
+from tvm_patch.export.inplace_cache import prove_cached_plan
+from tvm_patch.export.stage_arena import plan_stage_arena
 from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
 from tvm_patch import report
 from tvm_patch.patch.cache_stage import build_cached_stage
 from tvm_patch.patch.memory import PatchMemory, pick_schedule
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
-from tvm_patch.patch.schedule import depthwise_in_place_layers
+from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers
 from tvm_patch.patch.te_stage import param_arrays
 from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, new_interval, plan_patches,
                                      stage_macs)
@@ -219,7 +224,23 @@ def test_cached_stage_in_c_is_exact(case):
         plan_patches(stage, patches)
     except StageError:
         return
-    assert np.array_equal(run_c(build_cached_stage(stage, patches), stage, x), run_numpy(stage, x))
+    func = build_cached_stage(stage, patches)
+    prove_cached_plan(func)
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stages())
+def test_cached_plan_is_proven_on_its_tir(case):
+    """Random stages: the cache-mode plan's overlaps (in-place depthwise, adds over their skips) hold on the TIR
+    (`inplace_cache.prove_cached_plan`), in both layouts and dtypes."""
+    stage, _, patches = case
+    try:
+        plan_patches(stage, patches)
+    except StageError:
+        return
+    proof = prove_cached_plan(build_cached_stage(stage, patches))
+    assert set(proof.caches) <= set(proof.lives)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -237,6 +258,9 @@ def test_cached_stage_in_place(layout):
               and offs.get(f"layer{v}") == offs.get(f"layer{stage.inputs[v][0]}")]
     assert shared  # at least one depthwise output over its input
     assert "layer8" not in offs and "layer9" not in offs  # block 5's projection and add: in the skip's buffer
+    proof = prove_cached_plan(func)  # the same on the TIR: the shared offsets and the add over its skip
+    assert {(f"layer{stage.inputs[v][0]}", f"layer{v}") for v in shared} <= {(s, d) for s, d, _ in proof.depthwise}
+    assert proof.updates
     x = np.random.default_rng(3).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
@@ -268,3 +292,73 @@ def test_profile_auto_split_and_halo(mlperf_paths):
     assert pb["peak_bytes"] == pb["halo_modes"][pb["halo"]]["peak_bytes"]
     other = "cache" if pb["halo"] == "recompute" else "recompute"
     assert f"best {other}" in pb["halo_choice"]
+
+
+def test_cached_plan_proof_rejects_what_it_cannot_show():
+    """The proof is not a formality: a cache placed over a per-patch buffer, an add whose computed part reaches
+    into the rows and columns its cache fills wrote (every loop from 0), and a patch reading columns its cache
+    fills no longer write (what the previous patch left there) are refused."""
+    stage = mbv2_stage(resolution=24, blocks=7, layout="NCHW", dtype="int8", width=0.25)
+    func = build_cached_stage(stage, (2, 2))
+    prove_cached_plan(func)
+    attr = func.attrs[STAGE_OFFSETS_ATTR]
+    offs = {str(k): int(v) for k, v in attr["offsets"].items()}
+    cache = next(n for n in offs if n.endswith("_rows"))
+    moved = func.with_attr(STAGE_OFFSETS_ATTR, {"offsets": offs | {cache: offs["layer5"]}, "bytes": int(attr["bytes"]),
+                                                "live": int(attr["live"])})
+    with pytest.raises(TvmPatchError, match="overlaps"):
+        prove_cached_plan(moved)
+    from_zero = func.with_body(tvm_ffi.structural_map(func.body, (tirx.Select, lambda e: e.false_value)))
+    with pytest.raises(TvmPatchError, match="updates layer12 in place"):
+        prove_cached_plan(from_zero)
+
+    def never(node):  # the column-cache fills' `j > 0` made never true: those columns are then never written
+        c = node.condition
+        if isinstance(c, tirx.GT) and isinstance(c.a, tirx.Var) and c.a.name == "j":
+            return tirx.IfThenElse(tirx.GT(c.a, tirx.const(100, "int32")), node.then_case, node.else_case)
+        return node
+
+    stale = func.with_body(tvm_ffi.structural_map(func.body, (tirx.IfThenElse, never)))
+    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote"):
+        prove_cached_plan(stale)
+
+
+def _blocked_forms_stage(layout: str) -> Stage:
+    """An int8 stage with every blocked form of the stage kernels: a 3x3 stride-2 stem over 3 channels (8 outputs:
+    rows 4; in NCHW its 27-byte window copied), a depthwise 3x3, 1x1 convs with 6 and 8 outputs (two pixels x 2
+    channels), on a 19 x 19 input whose 10 x 10 output 3 x 3 patches do not divide (odd pixel-pair remainders)."""
+    rng = np.random.default_rng(7)
+
+    def conv(cin, cout, k, s, groups, zp_in):
+        shape = (cout, cin // groups, k, k) if layout == "NCHW" else (k, k, cin // groups, cout)
+        if groups > 1 and layout == "NHWC":
+            shape = (k, k, cout, 1)
+        mults, shifts = zip(*(quantize_multiplier(float(r)) for r in rng.uniform(0.002, 0.01, cout)))
+        q = ConvQuant(zp_in, int(rng.integers(-10, 10)), np.array(mults), np.array(shifts), 0, -128, 127)
+        return Conv(rng.integers(-127, 128, shape).astype("int8"), rng.integers(-500, 500, cout).astype("int32"),
+                    s, k // 2, groups, "none", quant=q)
+
+    layers = [conv(3, 8, 3, 2, 1, 5)]
+    for cin, cout, k, groups in ((8, 8, 3, 8), (8, 6, 1, 1), (6, 8, 1, 1)):
+        layers.append(conv(cin, cout, k, 1, groups, layers[-1].quant.output_zero_point))
+    return Stage((1, 3, 19, 19) if layout == "NCHW" else (1, 19, 19, 3), tuple(layers), layout, "int8")
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_blocked_stage_forms_in_c(layout, halo):
+    """The stage kernels' register-blocked forms (rows 4/2, two pixels in cache mode, the NCHW stem's window copy),
+    as the C export emits and places them: the micro-kernel calls are there, and the result equals the
+    layer-by-layer numpy reference bit for bit."""
+    stage = _blocked_forms_stage(layout)
+    func = build_cached_stage(stage, (3, 3)) if halo == "cache" else plan_stage_arena(
+        build_stage(stage, (3, 3), in_place=True))[0]
+    code = emit_c({"stage": func}).code
+    body = code[code.index("void stage("):]
+    assert "tvmp_dot_s8_rows4(" in body
+    if layout == "NCHW":  # the stem reads its copied window: one rows call over 27 bytes
+        assert re.search(r"tvmp_dot_s8_rows4\(\(&\((pixel|input_patch_global)\w*\[[^;]*, 27, ", body)
+    if halo == "cache":
+        assert "tvmp_dot_s8_px2_rows2(" in body
+    x = np.random.default_rng(2).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))

@@ -5,6 +5,8 @@ random shapes against TVM's own build."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import tempfile
 import ctypes
 import re
 import shutil
@@ -22,6 +24,7 @@ from microtvm_projects.boards import get_board
 from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.micro_kernels import MIN_WINDOW_PAIRS
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
@@ -35,7 +38,9 @@ def requant_lib(tmp_path_factory) -> ctypes.CDLL:
     d = tmp_path_factory.mktemp("rq")
     (d / "rq.c").write_text(f'#include "{MICRO_KERNELS}"\n'
                             "void rq(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
-                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n")
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n"
+                            "void rq_rs(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n")
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
                     str(d / "rq.so")], check=True)
     return ctypes.CDLL(str(d / "rq.so"))
@@ -57,6 +62,12 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
     requant_lib.rq(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
                    len(acc))
     want = multiply_by_quantized_multiplier_ref(acc, mult, shift)
+    np.testing.assert_array_equal(out, want)
+    keep = shift <= 0  # tvmp_requant_rs: the export calls it only where every shift is <= 0
+    acc, mult, shift, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, want))
+    out = np.empty_like(acc)
+    requant_lib.rq_rs(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
+                      len(acc))
     np.testing.assert_array_equal(out, want)
 
 
@@ -81,8 +92,10 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
-    a, m, s, got = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    a, m, s, got, got_rs = (np.array(c, dtype=np.int64) for c in zip(*rq))
     np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
+    np.testing.assert_array_equal(got_rs, got)  # tvmp_requant_rs where shift <= 0
+    assert (s <= 0).sum() > 200
     for n, _off, got, acc0, *pairs in dots:
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)
@@ -101,6 +114,14 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
         w = np.array(rest[4 * rows + 2 * n:], dtype=np.int64).reshape(rows, n)
         assert got == [acc0[p * rows + j] + int(np.dot(a[p], w[j])) for p in range(2) for j in range(rows)]
+    windows = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("W ")]
+    assert len(windows) == 100
+    for d, sy, sx, kh, kw, wy, wx, got0, got1, acc0, acc1, *rest in windows:
+        n_plane = (kh - 1) * sy + (kw - 1) * sx + d + 1
+        plane, w = np.array(rest[:n_plane], dtype=np.int64), np.array(rest[n_plane:], dtype=np.int64)
+        taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
+        assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
+        assert [got0, got1] == [acc + sum(int(plane[o + p]) * int(w[q]) for p, q in taps) for o, acc in ((0, acc0), (d, acc1))]
 
 
 def _matmul_requant(k: int, transposed: bool, extern: bool, f_out: int = 5) -> tirx.PrimFunc:
@@ -350,3 +371,130 @@ def test_plain_and_micro_exports_agree(tmp_path, shared_models):
     assert all(f"{k}(" in micro_c for k in ("tvmp_dot_s8_rows4", "tvmp_window_s8", "tvmp_sat_s8"))
     assert "tvmp_dot_s8" not in plain_c and "tvmp_requant" not in plain_c
     assert micro.arena_bytes == plain.arena_bytes and micro.weights_bytes == plain.weights_bytes
+
+
+def _c_in_place(code: str, arrays: list[np.ndarray], workspace: int, tmp: Path) -> np.ndarray:
+    """The C kernel ``code`` run in place: its output pointer is its first input's (the export's in-place call);
+    the output read back from that buffer. ``workspace``: bytes of the kernel's workspace argument (0: none)."""
+    (tmp / "k.c").write_text(code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
+                    str(tmp / "k.so")], check=True)
+    lib = ctypes.CDLL(str(tmp / "k.so"))
+    ours = [x.copy() for x in arrays[:-1]]
+    ws = np.zeros(max(workspace, 1), dtype=np.uint8)
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours], ctypes.c_void_p(ours[0].ctypes.data),
+             *([ctypes.c_void_p(ws.ctypes.data)] if workspace else []))
+    out = arrays[-1]
+    return ours[0].reshape(-1)[:out.size].reshape(out.shape)
+
+
+def _tvm_out(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
+    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
+    tensors = [tvm.runtime.tensor(x) for x in arrays]
+    ex(*tensors)
+    return tensors[-1].numpy()
+
+
+def _pointwise(h: int, w: int, cin: int, cout: int) -> tirx.PrimFunc:
+    """An NHWC 1x1 convolution (OHWI weights), requantized."""
+    from tvm import topi
+
+    a = te.placeholder((1, h, w, cin), "int8", name="A")
+    wt = te.placeholder((cout, 1, 1, cin), "int8", name="W")
+    acc = topi.nn.conv(a, wt, 1, 0, 1, 1, "NHWC", "OHWI", "int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -8, 5)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    return te.create_prim_func([a, wt, out])
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(2, 4), w=st.sampled_from([4, 6]), cin=st.integers(4, 32), drop=st.integers(0, 3),
+       rows=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+def test_in_place_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, drop, rows, seed):
+    """An in-place NHWC 1x1 kernel blocked over two pixels copies the pixel pair (inplace_conv_schedule on
+    block_pixels' form); the in-place proof accepts the pair, and the kernel run in place (output over its input)
+    equals TVM's out-of-place result."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
+
+    cout = max(1, cin - drop * rows) // rows * rows or rows
+    if cout > cin:
+        return
+    src = _pointwise(h, w, cin, cout)
+    func = inplace_conv_schedule(lean_schedule(block_pixels(src, min(rows, 2))), 1)
+    pairs = inplace_conv_pairs(func, 1)
+    assert pairs == [(0, 2)]
+    csrc = emit_c({"kern": mark_in_place(func, pairs)})
+    assert f"tvmp_dot_s8_px2_rows{min(rows, 2)}(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, h, w, cin), dtype=np.int8), rng.integers(-128, 128, (cout, 1, 1, cin), dtype=np.int8),
+              np.zeros((1, h, w, cout), dtype=np.int8)]
+    got = _c_in_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("px2ip"))
+    np.testing.assert_array_equal(got, _tvm_out(src, arrays))
+
+
+def test_pixel_groups_in_the_in_place_proof():
+    """channel_or_pixel_safe's pixel groups: W indexed by w0 * P + r with r in [0, P) and P dividing W; not
+    with a remainder that can reach P, nor with P not dividing W, nor with more output than input channels."""
+    from tvm_patch.export.inplace_conv import channel_or_pixel_safe
+
+    h, w0, r, c = (tirx.Var(n, "int32") for n in ("h", "w0", "r", "c"))
+    zero = tirx.const(0, "int32")
+
+    def safe(step: int, r_extent: int, width: int, cout: int = 8) -> bool:
+        ana = tvm.sym.Analyzer()
+        for v, ext in ((h, 3), (w0, width // step), (r, r_extent), (c, 8)):
+            ana.bind(v, tvm.ir.Range.from_min_extent(0, ext))
+        idx = [zero, h, w0 * step + r, c]
+        return channel_or_pixel_safe([h, w0], idx, idx, (1, 3, width, 8), (1, 3, width, cout), ana)
+
+    assert safe(2, 2, 6) and safe(3, 3, 6)
+    assert not safe(2, 3, 6)  # the group's pixels overlap the next group's
+    assert not safe(4, 4, 6)  # groups straddle rows
+    assert not safe(2, 2, 6, cout=9)  # a pixel's outputs would reach the next pixel's inputs
+    idx = [zero, h, w0 * 2 + r, c]
+    assert not channel_or_pixel_safe([h, w0], idx, idx, (1, 3, 6, 8), (1, 3, 6, 8))  # no ranges: not proven
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(3, 8), w=st.integers(3, 8), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory, h, w, pad_value, seed):
+    """An in-place 3x3 stride-1 depthwise kernel (a channel's plane copied, then its outputs) computes its interior
+    outputs in pairs (tvmp_window2_s8, micro_kernels._window_pairs); run in place it equals TVM."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
+
+    src = _depthwise("NHWC", h, w, 3, 1, 1, pad_value)
+    func = inplace_conv_schedule(lean_schedule(src), 1)
+    pairs = inplace_conv_pairs(func, 1)
+    assert pairs == [(0, 2)]
+    csrc = emit_c({"kern": mark_in_place(func, pairs)})
+    assert ("tvmp_window2_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, h, w, 3), dtype=np.int8), rng.integers(-128, 128, (3, 3, 3, 1), dtype=np.int8),
+              np.zeros((1, h, w, 3), dtype=np.int8)]
+    got = _c_in_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("dwip"))
+    np.testing.assert_array_equal(got, _tvm_out(src, arrays))
+
+
+def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared_models):
+    """nonpositive_shift_requant: a kernel calls tvmp_requant_rs for a shift parameter only when that constant is
+    <= 0 in every element for every call; a positive element anywhere keeps tvmp_requant."""
+    from tvm_patch.export import export_model
+    from tvm_patch.export.api import nonpositive_shift_requant
+    from tvm_patch.codegen.micro_kernels import requant_shift_params
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
+    prog, funcs = res.program, res.kernel_funcs
+    name = next(n for n, f in funcs.items() if requant_shift_params(f))
+    assert "tvmp_requant_rs" in nonpositive_shift_requant(prog, {name: funcs[name]})[name].script()
+    p = sorted(requant_shift_params(funcs[name]))[0]
+    call = next(c for c in prog.calls if c.func == name)
+    consts = list(prog.constants)
+    bumped = consts[call.args[p].index].copy()
+    bumped.flat[-1] = 1  # one channel with a left shift
+    consts[call.args[p].index] = bumped
+    other = dataclasses.replace(prog, constants=consts)
+    assert "tvmp_requant_rs" not in nonpositive_shift_requant(other, {name: funcs[name]})[name].script()

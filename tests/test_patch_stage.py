@@ -95,11 +95,13 @@ def test_bad_splits_name_the_problem(tiny_mod):
 
 
 def test_mbv2_table1_patch_based():
-    """MCUNetV2 Table 1: 4x4 patches after 5 blocks: 75x75 patch input, 175,616 B, <= +10 % MACs."""
+    """MCUNetV2 Table 1: 4x4 patches after 5 blocks: 75x75 patch input, 172 kB, <= +10 % MACs. The paper's
+    convention gives 175,616 B (block 6's 28x28x192 depthwise in place beside the 28x28x32 skip); ours adds the
+    29 B (one row and one element) that layer's raster-order kernel must hold before it may overwrite its input."""
     r = profile("zoo:mbv2-w1.0-r224", patches=4, split="block:5", tir=False)
     pb = r["patch_based"]
     assert pb["patch_input_hw"] == [75, 75] and pb["patches"] == [4, 4]
-    assert pb["peak_bytes"] == 175_616
+    assert pb["peak_bytes"] == 28 * 28 * 192 + 28 * 28 * 32 + 29 == 175_645 and round(pb["peak_bytes"] / 1024) == 172
     assert 0 < pb["mac_overhead"] <= 0.10
     assert abs(pb["stage_mac_overhead"] - 0.31) < 0.01  # paper: about +31 % over in-image regions
     assert pb["peak_bytes_with_input"] > pb["peak_bytes"] + 100_000  # the 150,528 B image is then held
@@ -139,4 +141,4 @@ def test_verify_cli(tmp_path):
 def test_mbv2_int8_qdq_patch_profile():
     """The int8 QDQ zoo model: the stage is read from the integer-lowered module; same figures as float32."""
     pb = profile("zoo:mbv2-w1.0-r224:int8", patches=4, split="block:5", tir=False, lowering=False)["patch_based"]
-    assert pb["peak_bytes"] == 175_616 and pb["patch_input_hw"] == [75, 75]
+    assert pb["peak_bytes"] == 175_645 and pb["patch_input_hw"] == [75, 75]

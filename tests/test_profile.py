@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+import tvm
 from tvm import relax
 
 from relay_passes import lower_to_integer
 from tvm_patch import zoo
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
-from tvm_patch.profile import layer_bytes, peak, profile_layers
+from tvm_patch.convention import inplace_shift
+from tvm_patch.profile import depthwise_shift_bytes, layer_bytes, peak, profile_layers
 from tvm_patch.report import profile
 
 from conftest import MLPERF
@@ -175,3 +178,62 @@ def test_lowered_graph_numbers_layers_like_the_imported(mlperf_paths, spec):
         assert rows(build_graph(load(spec[:-len(":int8")]).mod)) == rows(imported)
     if spec == "mlperf:kws_int8":  # profile reads the folded module: the same graph
         assert rows(build_graph(relax.transform.FoldConstant()(mod))) == rows(imported)
+
+
+def _raster_in_place_clobbers(h: int, w: int, k: int, s: int, pad: int, shift: int) -> bool:
+    """Simulate one channel of an in-place depthwise kernel in raster order, its output placed `shift` elements
+    before its input: does any output read an input element an earlier output already overwrote?"""
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    live = np.ones(shift + h * w, bool)  # address shift + a holds input element a until written over
+    for y in range(ho):
+        for x in range(wo):
+            for r in range(y * s - pad, y * s - pad + k):
+                for c in range(x * s - pad, x * s - pad + k):
+                    if 0 <= r < h and 0 <= c < w and not live[shift + r * w + c]:
+                        return True
+            live[y * wo + x] = False
+    return False
+
+
+@pytest.mark.parametrize("h,w,k,s,pad", [(9, 9, 3, 1, 1), (8, 11, 3, 1, 1), (10, 7, 5, 1, 2), (12, 12, 7, 1, 3),
+                                         (12, 12, 3, 2, 1), (13, 13, 5, 2, 2), (12, 12, 7, 2, 3), (9, 9, 1, 1, 0),
+                                         (11, 9, 3, 1, 0)])
+def test_inplace_shift_is_what_a_raster_kernel_needs(h, w, k, s, pad):
+    """`convention.inplace_shift` against a simulated in-place kernel: with the output that many elements before
+    its input no read meets an overwritten input, with one element fewer one does; p (W + 1) for stride 1, same
+    padding (the convention's count for an in-place depthwise layer, docs/patch-arena-sweep.md)."""
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    need = inplace_shift((h, w), (ho, wo), (k, k), (s, s), (pad, pad))
+    assert not _raster_in_place_clobbers(h, w, k, s, pad, need)
+    if need > 0:
+        assert _raster_in_place_clobbers(h, w, k, s, pad, need - 1)
+    if s == 1 and 2 * pad == k - 1:
+        assert need == (k // 2) * (w + 1)
+
+
+def _expand_depthwise_project(k: int, stride: int) -> tvm.IRModule:
+    """x (3 ch, 12x12) -> 1x1 conv to 16 ch -> k x k depthwise (same padding) -> 1x1 conv to 4 ch: the
+    depthwise layer's input dies there, so it runs in place."""
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            def conv(v, shape, **kw):
+                return bb.emit(relax.op.nn.conv2d(v, relax.const(rng.standard_normal(shape).astype("float32")), **kw))
+            e = conv(x, (16, 3, 1, 1))
+            d = conv(e, (16, 1, k, k), padding=(k // 2, k // 2), strides=(stride, stride), groups=16)
+            gv = bb.emit_output(conv(d, (4, 16, 1, 1)))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+@pytest.mark.parametrize("k,stride,extra", [(3, 1, 13), (7, 1, 3 * 13), (3, 2, 0), (1, 1, 0)])
+def test_in_place_depthwise_counts_its_shift(k, stride, extra):
+    """The profile's in-place depthwise row: max(input, output) plus `inplace_shift` (3x3 at 12x12: one row and
+    one element; 7x7: three of them; none for a 3x3 stride-2 or a 1x1 layer)."""
+    graph = build_graph(_expand_depthwise_project(k, stride))
+    dw = graph.layers[1]
+    assert dw.op == "depthwise_conv2d"
+    assert depthwise_shift_bytes(graph, dw) == extra
+    assert layer_bytes(graph, dw) == 16 * 12 * 12 + extra

@@ -171,3 +171,23 @@ def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):
     # a candidate the builder cannot make is a build error, not an exception
     (built,) = HarnessBuilder({DENSE: h}, tmp).build([BuilderInput(workload(h.func), Target({"kind": "c"}))])
     assert built.artifact_path is None and "annotation" in built.error_msg
+
+
+def test_bench_tuning_reports_each_1x1_layer():
+    """bench.tuning's per-layer verdicts: better, equal or worse per 1x1 call, other kinds left out, and builds
+    whose calls differ refused."""
+    from bench.tuning import compare, markdown
+
+    def build(costs: list[tuple[str, str, int]]) -> dict:
+        return {"run": {"kernels": [{"index": i, "name": n, "kind": k, "instructions": c, "macs": 100}
+                                    for i, (n, k, c) in enumerate(costs)]}}
+
+    untuned = build([("a", "conv1x1", 50), ("d", "depthwise", 9), ("b", "conv1x1", 40), ("c", "conv1x1", 30)])
+    tuned = build([("a", "conv1x1", 45), ("d", "depthwise", 8), ("b", "conv1x1", 40), ("c", "conv1x1", 31)])
+    rows = compare(untuned, tuned)
+    assert [(r["kernel"], r["verdict"]) for r in rows] == [("a", "better"), ("b", "equal"), ("c", "worse")]
+    with pytest.raises(ValueError):
+        compare(untuned, build([("x", "conv1x1", 1)]))
+    md = markdown([{"model": "m.tflite", "network": {"untuned": 129, "tuned": 124}, "bit_exact": {"untuned": True, "tuned": True},
+                    "conv1x1": {"untuned": 120, "tuned": 116}, "layers": rows}], "h743")
+    assert "1 better, 1 equal, 1 worse" in md and "| 0 | `a` | 100 | 50 | 45 | better |" in md

@@ -5,7 +5,10 @@ Convention (the paper's analytic profiling, which reproduces its figures exactly
 - a layer's memory is its input(s) + its output + every other tensor live at that moment (e.g. the input of
   a residual block, held for the skip connection);
 - a depthwise convolution runs in place: max(input, output) instead of input + output, when its input dies
-  there (an input still held for a skip connection cannot be overwritten);
+  there (an input still held for a skip connection cannot be overwritten), plus the outputs it must hold
+  before it may overwrite input it still reads (`convention.inplace_shift`: p (W + 1) for a stride-1 k x k
+  layer, p = k // 2; none for a 1x1 or a 3x3 stride-2 layer). The paper counts no such bytes; no kernel
+  can do without them (docs/patch-arena-sweep.md);
 - an elementwise binary op (the residual add, the squeeze-and-excitation multiply) writes into an input that
   dies there, so its output adds nothing;
 - the projection of a residual block adds the skip in place: a convolution whose only reader is a residual
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm_patch.convention import accumulates_into_skip, core_bytes
+from tvm_patch.convention import accumulates_into_skip, core_bytes, inplace_shift
 from tvm_patch.graph import Graph, Layer
 
 BYTES_PER_ELEMENT = 1  # int8 activations
@@ -98,6 +101,23 @@ def adds_into_skip(graph: Graph, layer: Layer) -> bool:
         dies_at=lambda t, j: graph.last_use(t) == graph.layers[j].index)
 
 
+def _hw(graph: Graph, tid: int) -> tuple[int, int]:
+    shape = graph.tensors[tid].shape
+    return (shape[2], shape[3]) if graph.layout == "NCHW" else (shape[1], shape[2])
+
+
+def depthwise_shift_bytes(graph: Graph, layer: Layer) -> int:
+    """The bytes an in-place depthwise layer holds beyond max(input, output) (`convention.inplace_shift`),
+    over its unpadded input (a pad layer done inside it adds its widths to the layer's padding)."""
+    src, top, left = layer.inputs[0], layer.padding[0], layer.padding[1]
+    producer = graph.tensors[src].producer
+    if producer is not None and pad_into_conv(graph, graph.layers[producer]):
+        pad = graph.layers[producer]
+        src, top, left = pad.inputs[0], top + pad.padding[0], left + pad.padding[1]
+    return inplace_shift(_hw(graph, src), _hw(graph, layer.output), layer.kernel, layer.stride,
+                         (top, left)) * BYTES_PER_ELEMENT
+
+
 def layer_bytes(graph: Graph, layer: Layer) -> int:
     """Activation bytes of one layer under the paper's convention."""
     ins = sum(_elems(graph, t) for t in layer.inputs)
@@ -107,6 +127,8 @@ def layer_bytes(graph: Graph, layer: Layer) -> int:
     kind = ("depthwise" if layer.op == "depthwise_conv2d" else "elementwise") if in_place(graph, layer) else None
     core = core_bytes(ins, out, output_in_input=adds_into_skip(graph, layer) or pad_into_conv(graph, layer),
                       output_is_skip=layer.op == "add" and bool(fused_into_skip), in_place=kind)
+    if kind == "depthwise":
+        core += depthwise_shift_bytes(graph, layer)
     return core + sum(_elems(graph, t) for t in live_others(graph, layer))
 
 

@@ -12,8 +12,9 @@ from tvm_patch.patch.figures import patch_based
 from tvm_patch.profile import describe_layer, peak, profile_layers
 from tvm_patch.transform.lower_to_integer import float_ops_remaining, lower_to_integer
 
-CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other live tensors; depthwise in place; "
-              "residual add in place; weights in Flash; kB = 1024 B")
+CONVENTION = ("int8 activations (1 B/element); layer = inputs + output + other live tensors; depthwise in place "
+              "(plus the p (W + 1) outputs a k x k stride-1 kernel holds); residual add in place; weights in Flash; "
+              "kB = 1024 B")
 
 
 def profile(model_spec: str, patches: int | None = None, split: int | str | None = None,

@@ -56,6 +56,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
 __all__ = [
+    "planned_workspace_bytes",
     "PlainCError",
     "CParam",
     "CFunction",
@@ -289,6 +290,30 @@ def _fixed_plan(func: tirx.PrimFunc) -> tuple[dict[str, int], int] | None:
     if plan is None:
         return None
     return {str(k): int(v) for k, v in plan["offsets"].items()}, int(plan["bytes"])
+
+
+def planned_workspace_bytes(func: tirx.PrimFunc) -> int | None:
+    """The workspace of a function whose builder placed its buffers (`STAGE_OFFSETS_ATTR`), read from its TIR
+    without lowering it: the plan's extent when every buffer it declares above LOCAL_MAX_BYTES is in the plan
+    and fits there at its declared size (lowering only compacts buffers, and keeps this function's apart), else
+    None (lower it to know). Cache-mode stages: the export's first lowering skipped, 4-6 s on mcunet-in3."""
+    fixed = _fixed_plan(func)
+    if fixed is None:
+        return None
+    offsets, base = fixed
+    bufs: list[Any] = []
+
+    def on_block(b: Any) -> None:
+        bufs.extend(b.alloc_buffers)
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, on_block), (tirx.AllocBuffer, lambda a: bufs.append(a.buffer))])
+    for buf in bufs:
+        if not all(isinstance(d, (tirx.IntImm, int)) for d in buf.shape):
+            return None
+        nbytes = math.prod(int(d) for d in buf.shape) * dtype_bytes(_dtype_str(buf.ty.dtype))
+        if nbytes > LOCAL_MAX_BYTES and (buf.name not in offsets or offsets[buf.name] + nbytes > base):
+            return None
+    return base
 
 
 def _plan_workspace(body: Any, align: int, fname: str,

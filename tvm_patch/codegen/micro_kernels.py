@@ -411,6 +411,88 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
     return tirx.BufferStore(store.buffer, call, list(store.indices))
 
 
+WINDOW2 = "tvmp_window2_s8"
+MIN_WINDOW_PAIRS = 2  # one pair per row measured slower (kws: 3 interior columns; the weight pairs cost per row)
+PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 (NCHW 5x5 and 7x7 rows are dot calls)
+
+
+def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
+    """An output loop whose body computes one interior window (``tvmp_window_s8`` with the full kernel as its
+    bounds) into a one-element accumulator, then an epilogue reading it, as a loop over pairs of outputs:
+
+        for x in range(E):  acc[0] = init; acc[0] = tvmp_window_s8(P, b + d * x, ..., acc[0]); epilogue(x, acc[0])
+
+    becomes ``for x2 in range(E // 2): pair = {init, init}; tvmp_window2_s8(P, b + 2 d x2, d, ..., pair);
+    epilogue(2 x2, pair[0]); epilogue(2 x2 + 1, pair[1])`` (and the last output alone when E is odd), so the taps
+    of neighbouring windows are loaded once. Exact: each output's sum and epilogue are unchanged; the only
+    reordering is the second window's reads moving before the first output's store, and a read moved earlier
+    sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
+    extent, x = _int(loop.extent), loop.loop_var
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_WINDOW_PAIRS * 2:
+        return None
+    stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
+    calls = [i for i, st in enumerate(stmts) if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW]
+    if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for st in stmts):
+        return None
+    at = calls[0]
+    store = stmts[at]
+    acc = store.buffer
+    call = store.value
+    args = list(call.args)[1:]  # after the callee's name
+    kh, kw = _int(args[8]), _int(args[9])  # the window's arguments: see _window_call
+    if (kh is None or kw is None or [_int(a) for a in args[10:14]] != [0, kh, 0, kw] or len(store.indices) != 1
+            or _int(store.indices[0]) != 0 or int(math.prod(int(d) for d in acc.shape)) != 1):
+        return None
+    last = args[-1]
+    if not (isinstance(last, TensorLoad) and last.source.same_as(acc)):
+        return None
+    base = args[1].value if isinstance(args[1], tirx.Cast) and str(args[1].value.ty) == "int32" else args[1]
+    lin = tvm.sym.detect_linear_equation(base, [x])
+    if len(lin) != 2 or _int(lin[0]) is None or any(uses_var(a, x) for i, a in enumerate(args) if i != 1):
+        return None
+    sx = args[3].value if isinstance(args[3], tirx.Cast) else args[3]
+    if (_int(lin[0]), _int(sx)) != (1, 1) or kw not in PAIRED_WIDTHS:
+        return None  # only where the C kernel's SMLAD path applies: measured slower elsewhere (stride 2, generic)
+    init = stmts[:at]
+    if len(init) > 1 or (init and not (init[0].buffer.same_as(acc) and not uses_var(init[0].value, x))):
+        return None
+    rest = stmts[at + 1:]
+    if any(st.buffer.same_as(acc) for st in rest):
+        return None
+    pair = tirx.decl_buffer((2,), "int32", "window_pair")
+    x2 = tirx.Var(x.name + "_2", x.ty)
+    start = init[0].value if init else last
+
+    def at_x(stmt: Any, value: Any, k: int) -> Any:
+        moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
+        if k == 0:  # the first output reads the accumulator itself (which stays in use: no unused C local)
+            return moved
+        return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
+                                               if ld.source.same_as(acc) else ld)])
+
+    first = x2 * 2
+    pair_call = tirx.call_extern("void", WINDOW2, args[0], tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first),
+                                 tirx.Cast("int32", lin[0]), *args[2:10],
+                                 tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
+    body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in (0, 1)]
+    body.append(tirx.Evaluate(pair_call))
+    body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
+    body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
+    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
+    if extent % 2 == 0:
+        return pairs
+    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: tirx.const(extent - 1, str(x.ty)) if v.same_as(x) else v)])
+    return tirx.SeqStmt([pairs, tail])
+
+
+def _extern_name(expr: Any) -> str | None:
+    """The callee of a ``call_extern``, else None."""
+    if _is_call(expr, ".call_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
+        return str(expr.args[0].value)
+    return None
+
+
 def _fused_taps(loop: tirx.For) -> tirx.For | None:
     """``for rx in range(X): for rc in range(C): body`` as one loop ``for f in range(X * C)`` when every index
     of the body moves by C times as much with ``rx`` as with ``rc`` (NHWC input columns x channels against
@@ -457,7 +539,7 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if found is None:
             fused = _fused_taps(loop)
             found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
-        return found or loop
+        return found or _window_pairs(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
 
@@ -619,3 +701,51 @@ def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
     """The pass form of ``rewrite_dot_loops``, for the plain-C lowering pipeline."""
     return tirx.transform.prim_func_pass(lambda f, _m, _c: rewrite_dot_loops(f), opt_level=0,
                                          name="tvm_patch.MicroKernels")
+
+
+REQUANT = "tvmp_requant"
+REQUANT_RS = "tvmp_requant_rs"
+
+
+def _int32_value(expr: Any) -> Any:
+    return expr.value if isinstance(expr, tirx.Cast) and str(expr.ty) == "int32" and str(expr.value.ty) == "int32" else expr
+
+
+def requant_shift_params(func: tirx.PrimFunc) -> set[int] | None:
+    """The parameters whose elements a ``tvmp_requant`` call takes as its shift (a load of the parameter),
+    None when some call's shift is neither such a load nor a constant (nothing can be said of it)."""
+    params = list(func.params)
+    found: set[int] = set()
+    unknown = [False]
+
+    def on_call(call: Any) -> tvm_ffi.WalkResult:
+        if _is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm) \
+                and str(call.args[0].value) == REQUANT:
+            shift = _int32_value(call.args[3])
+            idx = [i for i, p in enumerate(params) if isinstance(shift, TensorLoad) and shift.source.same_as(p)]
+            if idx:
+                found.add(idx[0])
+            elif _int(shift) is None:
+                unknown[0] = True
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, on_call)], order="pre")
+    return None if unknown[0] else found
+
+
+def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.PrimFunc:
+    """``func`` with each ``tvmp_requant`` call whose shift is a constant <= 0 or a load of a parameter in
+    ``nonpositive`` (parameters the export found <= 0 in every element, for every call of the kernel) calling
+    ``tvmp_requant_rs``, which has no left-shift path: the same value for such shifts."""
+    params = list(func.params)
+
+    def on_call(call: Any) -> Any:
+        if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
+                and str(call.args[0].value) == REQUANT):
+            return call
+        shift = _int32_value(call.args[3])
+        ok = (_int(shift) is not None and _int(shift) <= 0) or (
+            isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in nonpositive))
+        return tirx.call_pure_extern("int32", REQUANT_RS, *call.args[1:]) if ok else call
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])

@@ -3,6 +3,7 @@
  * tvmp_requant: TFLite's requantization of an int32 accumulator (multiply by a Q31 multiplier with a left
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
+ * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
@@ -54,11 +55,43 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
 }
 
+/* tvmp_requant for a shift known (at export time, from the constants of every call) to be <= 0: no left shift. */
+TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    int64_t p = (int64_t)acc * mult + ((int64_t)1 << 30);
+    int32_t hi = (int32_t)((uint64_t)p >> 32);
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v = (int32_t)((uint32_t)__qadd(hi, hi) | ((uint32_t)p >> 31)); /* as in tvmp_requant */
+#else
+    int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31));
+    if (TVMP_UNLIKELY(acc == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX;
+#endif
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+}
+
 #if defined(__ARM_FEATURE_DSP)
 /* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
 TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
     uint32_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+/* PKHBT / PKHTB (ACLE has no intrinsic): (lo of a, lo of b << s) and (hi of b >> 16 ... see each). */
+TVMP_INLINE uint32_t tvmp_pack_lo_lo(uint32_t a, uint32_t b) { /* (a.lo, b.lo) */
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+TVMP_INLINE uint32_t tvmp_pack_lo_hi(uint32_t a, uint32_t b) { /* (a.lo, b.hi) */
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+TVMP_INLINE uint32_t tvmp_pack_hi_hi(uint32_t a, uint32_t b) { /* (a.hi, b.hi) */
+    uint32_t r;
+    __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
@@ -116,25 +149,35 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
 }
 
+/* One word (4 channels at offset off) of both pixels against the rows: the body of TVMP_PX2_KERNEL. */
+#define TVMP_PX2_STEP(rows, off) do {                                                                   \
+        uint32_t x0, x1;                                                                                \
+        memcpy(&x0, a + (off), 4);                                                                      \
+        memcpy(&x1, a + as + (off), 4);                                                                 \
+        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
+        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws + (off), 4);                                                          \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }                                                                                               \
+    } while (0)
+
 /* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
    weight word is loaded and sign-extended once for both pixels, each activation word once for all rows. */
 #define TVMP_PX2_KERNEL(name, rows)                                                                     \
 TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) { \
     int32_t s0[rows], s1[rows];                                                                         \
     for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
-    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
-        uint32_t x0, x1;                                                                                \
-        memcpy(&x0, a, 4);                                                                              \
-        memcpy(&x1, a + as, 4);                                                                         \
-        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
-        uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t y;                                                                                 \
-            memcpy(&y, w + j * ws, 4);                                                                  \
-            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
-            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
-            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
-        }                                                                                               \
+    for (; n >= 8; n -= 8, a += 8, w += 8) { /* two words per iteration: less loop overhead */          \
+        TVMP_PX2_STEP(rows, 0);                                                                         \
+        TVMP_PX2_STEP(rows, 4);                                                                         \
+    }                                                                                                   \
+    if (n >= 4) {                                                                                       \
+        TVMP_PX2_STEP(rows, 0);                                                                         \
+        n -= 4, a += 4, w += 4;                                                                         \
     }                                                                                                   \
     for (; n > 0; n--, a++, w++)                                                                        \
         for (int32_t j = 0; j < rows; j++) {                                                            \
@@ -199,6 +242,48 @@ TVMP_INLINE int32_t tvmp_window_s8(const int8_t *p, int32_t pb, int32_t sy, int3
             acc += (in ? (int32_t)p[pb + ry * sy + rx * sx] : pad) * (int32_t)w[ry * wy + rx * wx];
         }
     return acc;
+}
+
+/* Two interior windows (no border) of the same channel, the second ``d`` bytes after the first (two adjacent
+   outputs of a row): acc[0] and acc[1]. Called with constant sizes and strides, the loop unrolls and the taps the
+   windows share (6 of 9 for a 3x3 stride-1 window) are loaded once, each weight once for both. */
+TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t sy, int32_t sx, const int8_t *w,
+                                 int32_t wb, int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t *acc) {
+    const int8_t *q = p + pb;
+    int32_t a0 = acc[0], a1 = acc[1];
+    w += wb;
+#if defined(__ARM_FEATURE_DSP)
+    if (kw == 3 && sx == 1 && (d == 1 || d == 2)) {
+        /* a kernel row of both windows from one word (taps 0-3) and, for stride 2, tap 4: the halfword pairs
+           (q0, q1) and (q1, q2) or (q2, q3) against (w0, w1) in two SMLAD, the third taps in SMLATB / SMLABB */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            uint32_t x;
+            memcpy(&x, r, 4);
+            uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x); /* (q0, q2), (q1, q3) */
+            uint32_t w01 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[wx]);
+            int32_t w2 = wr[2 * wx];
+            a0 = __smlad(tvmp_pack_lo_lo(e, o), w01, a0);
+            a0 = __smlatb((int32_t)e, w2, a0);
+            if (d == 1) {
+                a1 = __smlad(tvmp_pack_lo_hi(o, e), w01, a1);
+                a1 = __smlatb((int32_t)o, w2, a1);
+            } else {
+                a1 = __smlad(tvmp_pack_hi_hi(e, o), w01, a1);
+                a1 += (int32_t)r[4] * w2;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+#endif
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t wv = w[ry * wy + rx * wx];
+            a0 += (int32_t)q[ry * sy + rx * sx] * wv;
+            a1 += (int32_t)q[d + ry * sy + rx * sx] * wv;
+        }
+    acc[0] = a0, acc[1] = a1;
 }
 
 /* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */

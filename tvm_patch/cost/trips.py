@@ -119,12 +119,15 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
 
 def _micro_macs(name: str, args: list[int | None]) -> int:
     """Multiply-accumulates of one micro-kernel call (0 when a length is not constant): a dot product's rows x
-    length (_dot_shape); tvmp_window_s8(p, pb, sy, sx, w, wb, wy, wx, kh, kw, ...) kh x kw."""
+    length (_dot_shape); tvmp_window_s8(p, pb, sy, sx, w, wb, wy, wx, kh, kw, ...) kh x kw; tvmp_window2_s8 (two
+    windows) twice its."""
     shape = _dot_shape(name, args)
     if shape is not None:
         return shape[0] * shape[1]
     if name == "tvmp_window_s8" and len(args) > 9:
         return (args[8] or 0) * (args[9] or 0)
+    if name == "tvmp_window2_s8" and len(args) > 10:  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc): two windows
+        return 2 * (args[9] or 0) * (args[10] or 0)
     return 0
 
 

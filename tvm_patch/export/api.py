@@ -23,8 +23,9 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
-from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
+from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, plain_kernels, requant_shift_params,
+                                            right_shift_requant)
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -36,6 +37,7 @@ from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_shift import shifted_inplace_pairs
 from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
@@ -253,6 +255,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         blocked = {n: block_output_channels(f, _rows_of(rows, n, f)) for n, f in prog.funcs.items()}
     funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
     lean_funcs = dict(funcs)
+    cached = [n for n, f in funcs.items() if is_patch_stage(f) and has_workspace_plan(f)]  # cache mode's own plan
     n_out = {c.func: c.n_outputs for c in prog.calls}
     shifted: dict[str, list] = {}
     if lean:
@@ -265,10 +268,11 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         # the stage's per-patch buffers in one plan with in-place depthwise and adds (stage_arena.py)
         funcs = {n: plan_stage_arena(f, alignment)[0] if is_patch_stage(f) and not has_workspace_plan(f) else f
                  for n, f in funcs.items()}
+    for n in cached:  # its aliases proven on its TIR, as stage_arena proves recompute mode's (an error if not)
+        prove_cached_plan(funcs[n])
     pairs = {n: inplace_pairs(f, n_out[n]) + inplace_conv_pairs(f, n_out[n]) for n, f in funcs.items()}
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
-    _, infos = lower_plain(funcs, C_TARGET, alignment)
-    workspace = {n: i.workspace_bytes for n, i in infos.items()}
+    workspace = _workspaces(funcs, alignment)
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
     if shifted:
         funcs, pairs, workspace, aplan = _use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
@@ -279,12 +283,15 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
+    if lean and micro:
+        funcs, pairs, workspace, aplan = _pixel_blocked_in_place(prog, funcs, lean_funcs, n_out, pairs, workspace,
+                                                                 aplan, rows, io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
-    csrc = emit_c(final, alignment)
+    csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
@@ -338,6 +345,29 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         exe = build_host(out_dir)
         result.check = check_outputs(exe, expand_micro_kernels(mod), prog.inputs, prog.outputs, seeds)
     return result
+
+
+def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str, Any]:
+    """Each kernel whose requantization shifts are parameters found <= 0 in every element for every call of the
+    kernel (per-channel constants, known at export time) calling ``tvmp_requant_rs`` for them (no left-shift
+    path): the same value, fewer instructions per output. The C emission's form only (TVM's builds keep theirs)."""
+    out = {}
+    for name, func in funcs.items():
+        found = requant_shift_params(func) or set()
+        calls = [c for c in prog.calls if c.func == name]
+        ok = {p for p in found if calls and all(
+            c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
+        out[name] = right_shift_requant(func, ok) if ok else func
+    return out
+
+
+def _workspaces(funcs: dict[str, Any], alignment: int) -> dict[str, int]:
+    """Each kernel's workspace bytes: lowered, except a kernel whose builder planned every buffer (a cache-mode
+    stage: its plan's extent, `planned_workspace_bytes`; emission checks that the lowered size agrees)."""
+    known = {n: b for n, f in funcs.items() if (b := planned_workspace_bytes(f)) is not None}
+    rest = {n: f for n, f in funcs.items() if n not in known}
+    infos = lower_plain(rest, C_TARGET, alignment)[1] if rest else {}
+    return known | {n: i.workspace_bytes for n, i in infos.items()}
 
 
 def _shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
@@ -402,6 +432,29 @@ def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, A
         if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
             out[name] = cand
     return out
+
+
+def _pixel_blocked_in_place(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                            pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, rows: Any,
+                            io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """In-place NHWC 1x1 kernels (a one-pixel copy) as two-pixel kernels: blocked over two output pixels
+    (``block_pixels``) and copying the pixel pair (``inplace_conv_schedule``), where the two-pixel form proves
+    the same in-place pairs and re-planning with its copy (2 x C_in bytes) gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    running = {prog.calls[k].func for k in aplan.inplace_calls}
+    for name, func in list(funcs.items()):
+        if func is lean_funcs[name] or name not in running or not inplace_conv_pairs(func, n_out[name]):
+            continue
+        src = prog.funcs[name]
+        blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
+        if blocked is src:
+            continue
+        cand = inplace_conv_schedule(lean_schedule(blocked), n_out[name])
+        if inplace_conv_pairs(cand, n_out[name]) != inplace_conv_pairs(func, n_out[name]):
+            continue
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
+    return funcs, pairs, workspace, aplan
 
 
 def _inplace_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool) -> dict[str, Any]:

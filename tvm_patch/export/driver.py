@@ -7,7 +7,6 @@ pointers at fixed arena offsets, copies the outputs out and returns 0. No alloca
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -204,7 +203,8 @@ def driver_source(
     body.append("    return 0;")
     consts = constant_arrays(prog.constants)
     includes = ["#include <stdint.h>", "#include <string.h>"]
-    if re.search(r"\b(NAN|INFINITY)\b", consts):
+    # NAN / INFINITY come from non-finite float constants only (a regex over MbV2-224's 17 MB of literals: 1.3 s)
+    if any(c.dtype.kind == "f" and not np.isfinite(c).all() for c in prog.constants):
         includes.append("#include <math.h>")
     if any(str(c.dtype) == "bool" for c in prog.constants):
         includes.append("#include <stdbool.h>")

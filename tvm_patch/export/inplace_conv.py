@@ -224,14 +224,20 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
         src_idx = _bound_indices(creal, list(cload[0].indices), units)
         out_idx = _bound_indices(wreal, list(wreal.block.body.indices), units)
         outer = [lp.loop_var for lp in cchain[:common] if not _is_one(lp.extent)]
-        if s_shape[0] == 1 and channel_or_pixel_safe(outer, src_idx, out_idx, s_shape, o_shape):
+        ranges = tvm.sym.Analyzer()
+        for lp in cchain + wchain:
+            ranges.bind(lp.loop_var, tvm.ir.Range.from_min_extent(lp.min, lp.extent))
+        if s_shape[0] == 1 and channel_or_pixel_safe(outer, src_idx, out_idx, s_shape, o_shape, ranges):
             pairs.append((si, len(params) - 1))
     return pairs
 
 
-def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], s: tuple[int, ...], o: tuple[int, ...]) -> bool:
+def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], s: tuple[int, ...], o: tuple[int, ...],
+                          ranges: tvm.sym.Analyzer | None = None) -> bool:
     """The layout half of the proof (see inplace_conv_pairs), for batch-1 4-D tensors S and O sharing
-    their first byte, whose copy-then-write iterations run over the loop variables ``outer``."""
+    their first byte, whose copy-then-write iterations run over the loop variables ``outer``. With
+    ``ranges`` (an analyzer knowing every loop variable's range) an NHWC iteration may also cover a group of
+    pixels along W (``_pixel_group``: the two-pixel kernels)."""
 
     def only(axes: tuple[int, ...], vs: list[Any]) -> bool:  # axes indexed by exactly vs, others free of them
         return all(s_idx[a].same_as(v) and o_idx[a].same_as(v) for a, v in zip(axes, vs)) and all(
@@ -248,9 +254,31 @@ def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], 
         # channel last: pixel p writes below (p + 1) * C_out <= (p + 1) * C_in, later pixels read above
         if only((1, 2), outer) and s[1:3] == o[1:3] and o[3] <= s[3]:
             return True
+        # the same for a group of P pixels along W: group g (flat pixels gP .. gP + P - 1, the groups tiling
+        # every row as P divides W) writes below (gP + P) * C_out <= (gP + P) * C_in, later groups read above
+        if ranges is not None and s[1:3] == o[1:3] and o[3] <= s[3] and _pixel_group(outer, s_idx, o_idx, s[2], ranges):
+            return True
         # channel second: pixel p writes offsets = p (mod H * W), later pixels read the other residues
         return only((2, 3), outer) and s[2:] == o[2:]
     return False
+
+
+def _pixel_group(outer: list[Any], s_idx: list[Any], o_idx: list[Any], width: int, ranges: tvm.sym.Analyzer) -> bool:
+    """Do both NHWC tensors index H by exactly ``outer[0]`` and W by ``outer[1] * P + r``, ``r`` in [0, P)
+    free of the outer variables, for one P dividing ``width``, and the batch and channel axes by neither?"""
+    h, w = outer
+    steps = set()
+    for idx in (s_idx, o_idx):
+        if not idx[1].same_as(h) or any(uses_var(idx[a], v) for a in (0, 3) for v in outer):
+            return False
+        coeffs = tvm.sym.detect_linear_equation(idx[2], [w])
+        if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or uses_var(coeffs[1], h) or uses_var(coeffs[1], w):
+            return False
+        step, bound = int(coeffs[0].value), ranges.const_int_bound(coeffs[1])
+        if step < 1 or bound.min_value < 0 or bound.max_value >= step:
+            return False
+        steps.add(step)
+    return len(steps) == 1 and width % steps.pop() == 0
 
 
 def _is_one(extent: Any) -> bool:

@@ -196,23 +196,29 @@ def _read_at_store(a: Access, st: Access, target: list[Any]) -> bool:
 
 def _prove_update(body: _Body, k: int, name: str) -> bool:
     """Statement k updates buffer `name` in place (a residual add written over its skip): one unguarded store
-    whose indices are distinct loop variables plus constants covering every non-unit loop (each element
-    written once), and every read of the buffer there is at the store's element, before it, in the same
-    iteration."""
+    whose indices are each a constant plus loop variables in mixed radix (coefficients 1, e1, e1 * e2, ... for
+    loops of extents e1, e2, ...: a loop split into blocks of channels), every non-unit loop in exactly one
+    index (each element written once), and every read of the buffer there is at the store's element, before
+    it, in the same iteration."""
     buf = body.allocs[name]
     stores = [a for a in body.stmts[k] if a.store and a.buffer.same_as(buf)]
     if len(stores) != 1 or stores[0].guarded:
         return False
     st = stores[0]
-    ana = tvm.sym.Analyzer()
     used = set()
     for i in _simplified(st.indices, st.loops):
         loops = [lp for lp in st.loops if int(lp.extent) != 1 and uses_var(i, lp.loop_var)]
         if not loops:
             continue
-        if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
+        coeffs = tvm.sym.detect_linear_equation(i, [lp.loop_var for lp in loops])
+        if len(coeffs) != len(loops) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
             return False
-        used.add(id(loops[0]))
+        step = 1
+        for c, lp in sorted(zip((int(c) for c in coeffs[:-1]), loops), key=lambda t: t[0]):
+            if c != step or id(lp) in used or int(lp.min) != 0:
+                return False
+            used.add(id(lp))
+            step *= int(lp.extent)
     if any(int(lp.extent) != 1 and id(lp) not in used for lp in st.loops):
         return False
     target = _simplified(st.indices, st.loops)

@@ -28,7 +28,8 @@ from tvm import s_tir, tirx
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
-from tvm_patch.patch.regions import acc_dtype, buffer_names, execution_order, halo_overlap, plan_patches
+from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
+                                     plan_patches)
 from tvm_patch.patch.schedule import depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
@@ -97,6 +98,13 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     acc = tirx.decl_buffer((1,), acc_dtype(stage), name="acc")
     tmp = [tirx.decl_buffer((1,), _I32, name=f"tmp{k}") for k in range(3)]
     fval = tirx.decl_buffer((1,), dt, name="fused")  # a fused projection's value, read by its add
+    blocked = {v: accumulator_rows(stage, v) for v in range(last + 1)
+               if v not in dw and v not in fused and accumulator_rows(stage, v) > 1}
+    pairs = {v for v in blocked if _pixel_pairs(stage, v)}
+    blocked |= {v: 2 for v in pairs}  # 2 pixels x 2 channels (see _pixel_pairs)
+    accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
+    pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
+    pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's region
     for v in sorted(dw):
         u = stage.inputs[v][0]
@@ -220,6 +228,110 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         steps.append(dest(_clamp_i8(r + _c(q.output_zero_point), q.act_min, q.act_max)))
         return tirx.SeqStmt(steps)
 
+    def conv_block(v: int, y, x, npx: int, dest) -> Any:
+        """Dense conv v at image (y, x) and, with npx = 2, (y, x + 1), all output channels, register blocked: per
+        block of R channels the R x npx accumulators (`acc_rows`, a C local) are reduced together, the reduction
+        loops outside the channel (and pixel) loop, the `tvmp_dot_s8_rows*` / `tvmp_dot_s8_px2_rows*` nests of
+        the per-layer kernels; then the R x npx epilogues, `dest(c, p, value)` each. In NCHW the pixels' windows
+        (channels x kernel rows x columns, at most `LOCAL_MAX_BYTES`: a 1x1 conv's channels, a stem's 3x3x3) are
+        first copied into `pixel` (a C local), so that the reduction is one contiguous run against the weight rows."""
+        layer, g, rows = stage.layers[v], stage.geometry[v], blocked[v]
+        src = stage.inputs[v][0]
+        (sh, sw), (pt, pl, _, _) = g.stride, g.padding
+        w, b = params[f"layer{v}_weight"], params[f"layer{v}_bias"]
+        cb = tirx.Var("cb", _I32)
+        window = _window_bytes(stage, v) > 0
+        taps = g.kh * g.kw
+        k_len = g.c_in * taps
+        stmts = []
+        if window:  # the pixels' windows, in the weights' (I, H, W) order: one contiguous reduction of k_len
+            stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
+                                lambda p, rc, ry, rx: tirx.BufferStore(
+                                    pix, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
+                                    [p * _c(k_len) + rc * _c(taps) + ry * _c(g.kw) + rx])))
+
+        def term(rc, ry, rx, p, j):
+            if window:  # rc is the flat index into the window
+                a = tirx.BufferLoad(pix, [p * _c(k_len) + rc])
+                rc, ry, rx = (tirx.floordiv(rc, _c(taps)), tirx.floormod(tirx.floordiv(rc, _c(g.kw)), _c(g.kh)),
+                              tirx.floormod(rc, _c(g.kw)))
+            else:
+                a = read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx)
+            wv = weight_at(stage, lambda *idx: tirx.BufferLoad(w, list(idx)), cb * _c(rows) + j, rc, ry, rx)
+            k = p * _c(rows) + j
+            return tirx.BufferStore(accb, tirx.BufferLoad(accb, [k]) + conv_term(stage, layer, a, wv), [k])
+
+        def mac(rc, ry, rx):
+            if npx == 1:
+                return _loops([(_c0, _c(rows))], lambda j: term(rc, ry, rx, _c0, j))
+            return _loops([(_c0, _c(npx)), (_c0, _c(rows))], lambda p, j: term(rc, ry, rx, p, j))
+
+        extent = {"I": k_len, "H": 1, "W": 1} if window else {"I": g.c_in, "H": g.kh, "W": g.kw}
+        order = [a for a in reduction_order(stage) if extent[a] > 1]
+
+        def red_body(*r):
+            got = dict(zip(order, r))
+            return mac(*(got.get(a, _c0) for a in "IHW"))
+
+        red = _loops([(_c0, _c(extent[a])) for a in order], red_body) if order else red_body()
+        zero = _c(0, acc_dtype(stage))
+        init = _loops([(_c0, _c(npx * rows))], lambda t: tirx.BufferStore(accb, zero, [t]))
+
+        def epilogue(p, j):
+            c = cb * _c(rows) + j
+            total = tirx.BufferLoad(accb, [p * _c(rows) + j]) + tirx.BufferLoad(b, [c])
+            if dt == "float32":
+                return dest(c, p, _float_act(total, layer.activation))
+            q = layer.quant
+            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
+                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c])), [_c0])
+            val = _clamp_i8(tirx.BufferLoad(tmp[0], [_c0]) + _c(q.output_zero_point), q.act_min, q.act_max)
+            return tirx.SeqStmt([high, dest(c, p, val)])
+
+        epi = _loops([(_c0, _c(npx)), (_c0, _c(rows))], epilogue)
+        stmts.append(tirx.For(cb, _c0, _c(g.c_out // rows), tirx.ForKind.SERIAL, tirx.SeqStmt([init, red, epi])))
+        return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+
+    def blocked_pixels(v: int, rows, cols, pos, dest) -> Any:
+        """Conv v at every pixel of region rows x cols ((min, extent) pairs, r and q from the region's start;
+        `pos(r, q)`: the image position), `conv_block` each, in pairs of columns where v's 1x1 form allows
+        (`_pixel_pairs`; an odd last column alone). `dest(c, r, q, value)` stores an output."""
+        def one(r, q):
+            y, x = pos(r, q)
+            return conv_block(v, y, x, 1, lambda c, p, val: dest(c, r, q, val))
+
+        if v not in pairs:
+            return _loops([rows, cols], one)
+        q_lo, q_n = cols
+
+        def pair(r, t):
+            q = q_lo + t * _c(2)
+            y, x = pos(r, q)
+            return conv_block(v, y, x, 2, lambda c, p, val: dest(c, r, q + p, val))
+
+        def row(r):
+            return tirx.SeqStmt([_loops([(_c0, tirx.floordiv(q_n, _c(2)))], lambda t: pair(r, t)),
+                                 tirx.IfThenElse(tirx.floormod(q_n, _c(2)) == _c(1), one(r, q_lo + q_n - _c(1)), None)])
+
+        return _loops([rows], row)
+
+    def live_and_ring(rows, cols, start, live, pad_fn, live_fn) -> list:
+        """Region rows x cols ((first, end) in region coordinates) split into the part inside `live` ((row, col)
+        intervals in image coordinates; `start`: the region's first image row and column), given to
+        `live_fn(rows, cols)` as (min, extent) pairs, and the ring around it, `pad_fn(rows, cols)` per piece:
+        loop bounds computed once per patch instead of a test of every element."""
+        (a_r, e_r), (a_q, e_q) = rows, cols
+
+        def split(a, e, s0, iv):
+            lo_ = tirx.min(tirx.max(a, _c(iv.lo) - s0), e)
+            return lo_, tirx.max(tirx.min(e, _c(iv.hi) - s0), lo_)
+
+        rlo, rhi = split(a_r, e_r, start[0], live[0])
+        qlo, qhi = split(a_q, e_q, start[1], live[1])
+        return [pad_fn((a_r, rlo - a_r), (a_q, e_q - a_q)), pad_fn((rhi, e_r - rhi), (a_q, e_q - a_q)),
+                pad_fn((rlo, rhi - rlo), (a_q, qlo - a_q)), pad_fn((rlo, rhi - rlo), (qhi, e_q - qhi)),
+                live_fn((rlo, rhi - rlo), (qlo, qhi - qlo))]
+
     def chw_loops(c, rows, cols, fn):
         """Loops over (channel, row, col) given as (min, extent) pairs, nested in the layout's order."""
         if nchw:
@@ -236,22 +348,30 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             _, ih, iw = stage.input_chw
             pad = pad_value(stage, v)
 
-            def fill(ch, r, q):
-                y, x = r + lo(v, 0), q + lo(v, 1)
-                inside = tirx.all(y >= 0, y < ih, x >= 0, x < iw)
-                return store(region[v], tirx.if_then_else(inside, at(inp, ch, y, x, batch=n), pad), ch, r, q)
+            def fill(ch, r, q, v=v):
+                return store(region[v], at(inp, ch, r + lo(v, 0), q + lo(v, 1), batch=n), ch, r, q)
 
-            body.append(chw_loops(c_ext, (_c(0), _c(rh)), (_c(0), _c(rw)), fill))
+            body += live_and_ring(
+                (_c0, _c(rh)), (_c0, _c(rw)), (lo(v, 0), lo(v, 1)), (Interval(0, ih), Interval(0, iw)),
+                lambda rows, cols, v=v, pad=pad: chw_loops(c_ext, rows, cols,
+                                                           lambda ch, r, q: store(region[v], pad, ch, r, q)),
+                lambda rows, cols, fill=fill: chw_loops(c_ext, rows, cols, fill))
             continue
         if v == last:
             _, ho, wo = stage.value_shape(v)
 
             def final(ch, r, q, v=v):
                 y, x = pi * _c(th) + r, pj * _c(tw) + q
-                inside = tirx.all(y < ho, x < wo)
-                return tirx.IfThenElse(inside, value_stmt(v, ch, y, x, lambda val: store(out, val, ch, y, x, batch=n)), None)
+                return value_stmt(v, ch, y, x, lambda val: store(out, val, ch, y, x, batch=n))
 
-            body.append(chw_loops(c_ext, (_c(0), _c(th)), (_c(0), _c(tw)), final))
+            # the tile's rows and columns inside the output (a last tile may run past it)
+            rows, cols = (_c0, tirx.min(_c(th), _c(ho) - pi * _c(th))), (_c0, tirx.min(_c(tw), _c(wo) - pj * _c(tw)))
+            if v in blocked:
+                body.append(blocked_pixels(
+                    v, rows, cols, lambda r, q: (pi * _c(th) + r, pj * _c(tw) + q),
+                    lambda ch, r, q, val: store(out, val, ch, pi * _c(th) + r, pj * _c(tw) + q, batch=n)))
+            else:
+                body.append(chw_loops(c_ext, rows, cols, final))
             continue
         rh, rw = plan.region_shape(v)
         hr = halo_overlap(plan.h[v]) if v in rows_c else 0
@@ -279,11 +399,18 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
             def compute(ch, r, q):
                 y, x = r + lo(v, 0), q + lo(v, 1)
-                live = tirx.all(y >= lh.lo, y < lh.hi, x >= lw.lo, x < lw.hi)
-                return tirx.IfThenElse(live, value_stmt(v, ch, y, x, lambda val: reg_store(v, val, ch, r, q), reader),
-                                       reg_store(v, pad, ch, r, q))
+                return value_stmt(v, ch, y, x, lambda val: reg_store(v, val, ch, r, q), reader)
 
-            stmts.append(chw_loops(c_ext, (r0, _c(rh) - r0), (q0, _c(rw) - q0), compute))
+            def live_part(rows, cols):
+                if v in blocked:
+                    return blocked_pixels(v, rows, cols, lambda r, q: (r + lo(v, 0), q + lo(v, 1)),
+                                          lambda ch, r, q, val: reg_store(v, val, ch, r, q))
+                return chw_loops(c_ext, rows, cols, compute)
+
+            stmts += live_and_ring((r0, _c(rh)), (q0, _c(rw)), (lo(v, 0), lo(v, 1)), (lh, lw),
+                                   lambda rows, cols: chw_loops(c_ext, rows, cols,
+                                                                lambda ch, r, q: reg_store(v, pad, ch, r, q)),
+                                   live_part)
             return stmts
 
         if v in dw:  # channel by channel: the input's channel copied first, then written over (see _plan)
@@ -314,11 +441,36 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # The caches carry values from one patch to the next: allocated by statements at the top, so that no pass
     # moves them into the patch loop (block allocations go to their accesses' common scope and are compacted
     # there, which would make them per-patch).
-    for b in [*rows_c.values(), *cols_c.values()]:
+    # The per-patch buffers too: their shapes are exact already, and compacting them to the accesses' bounds
+    # (loop bounds in min / max of the patch index) could only loosen them beyond the plan.
+    for b in [*rows_c.values(), *cols_c.values(), *region.values(), *chan.values()]:
         nest = tirx.SeqStmt([tirx.AllocBuffer(b), nest])
-    root = s_tir.SBlock([], [], [], "root", nest, None, [*region.values(), *chan.values(), acc, *tmp, fval])
+    root = s_tir.SBlock([], [], [], "root", nest, None, [acc, *tmp, fval, accb, pix])
     func = tirx.PrimFunc([inp, *params.values(), out], s_tir.SBlockRealize([], True, root))
+    # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
+    func = func.with_attr("tirx.noalias", True)
     return func.with_attr(STAGE_OFFSETS_ATTR, _plan(stage, region, rows_c, cols_c, chan, home, alignment))
+
+
+def _pixel_pairs(stage: Stage, v: int) -> bool:
+    """Whether dense conv v is computed two output pixels at a time in cache mode (`tvmp_dot_s8_px2_rows*`, as
+    the per-layer path's `blocking.block_pixels`): a 1x1 conv of an int8 stage (NHWC, or NCHW whose pixel copy
+    of two pixels stays a C local), 2 channels a block (the per-layer measurement: at 2x4 GCC spills)."""
+    g = stage.geometry[v]
+    if stage.dtype != "int8" or g.kh != 1 or g.kw != 1 or accumulator_rows(stage, v) == 1:
+        return False
+    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
+
+
+def _window_bytes(stage: Stage, v: int) -> int:
+    """Bytes of one output pixel's input window that blocked dense conv v copies into a C local in an NCHW cache-mode
+    stage (its reduction then runs over contiguous bytes, as in the weights' I, H, W order), or 0 (NHWC: the
+    channels are contiguous already; a window over `LOCAL_MAX_BYTES`)."""
+    g = stage.geometry[v]
+    if stage.layout != "NCHW" or accumulator_rows(stage, v) == 1:
+        return 0
+    size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
+    return size if size <= LOCAL_MAX_BYTES else 0
 
 
 def _homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int, tuple[int, int, int]]:

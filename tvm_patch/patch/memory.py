@@ -9,6 +9,8 @@ per patch inside the stage:
 - the full input image is not held (it is streamed patch by patch): the first layer reads only its patch
   region. `peak_bytes_with_input` instead keeps the whole image in SRAM during the stage (the first layer then
   reads its region in place, so the region is not counted twice);
+- an in-place depthwise stage layer holds no extra bytes (`convention.inplace_shift` over its regions is 0:
+  its input region is its output region and the halo, so raster-order writes land below every later read);
 - after the stage, layers are counted exactly as layer by layer.
 The patch region of a value is its per-patch buffer (the interior patch's region, the largest).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm_patch.convention import accumulates_into_skip, core_bytes
+from tvm_patch.convention import accumulates_into_skip, core_bytes, inplace_shift
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph
 from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
@@ -91,6 +93,9 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
                           output_is_skip=isinstance(layer, Add) and any(
                               _adds_into_skip(stage, v, last_use, pos) for v in ins if v >= 0),
                           in_place=kind)
+        if kind == "depthwise" and i != last:  # its buffers hold the ring: padding is memory (in practice 0, the
+            g = stage.geometry[i]             # input region being the output region and its halo)
+            core += inplace_shift(plan.region_shape(ins[0]), plan.region_shape(i), (g.kh, g.kw), g.stride, (0, 0))
         held = [v for v in last_use if v not in ins and pos[v] < pos[i] < last_use[v]]
         held_bytes = sum(_region_elems(stage, plan, v) for v in held)
         rows.append(core + held_bytes + stage_out + caches)

@@ -43,7 +43,9 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
     (`tvm_patch.export.stage_arena` proves and places them): every depthwise layer whose input dies there
     (`depthwise_in_place_layers`) runs channel by channel from a one-channel copy of its input
     (`<input>_global`), so that its output may take its input's place; a dense conv feeding a residual
-    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`).
+    add whose skip dies there is computed inside the add, which writes over the skip (`skip_accumulations`):
+    element by element, or in NHWC a block of the conv's `accumulator_rows` channels at a time (a C local),
+    register blocked like the other dense convs.
     """
     t = stage_te(stage, patches)
     sch = s_tir.Schedule(te.create_prim_func(t.args))
@@ -64,10 +66,18 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
     last = len(stage.layers) - 1
     dw = depthwise_in_place_layers(stage) if in_place else set()
     fused = skip_accumulations(stage, t.plan) if in_place else {}
+    split_adds: set[int] = set()  # residual adds whose channel loop is split by their fused convs' rows
     for v in range(last, STAGE_INPUT - 1, -1):
-        if v in fused:  # computed element by element inside its residual add: no buffer of its own
+        if v in fused:  # computed inside its residual add: no buffer of its own
             add = out if fused[v][0] == last else sch.get_sblock(names[fused[v][0]])
-            sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
+            rows = accumulator_rows(stage, v) if stage.layout == "NHWC" else 1
+            if rows > 1:  # a block of `rows` channels at a time (a C local), register blocked below
+                if fused[v][0] not in split_adds:
+                    sch.split(sch.get_loops(add)[-1], [None, rows])
+                    split_adds.add(fused[v][0])
+                sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-2], preserve_unit_loops=True)
+            else:  # element by element
+                sch.compute_at(sch.get_sblock(names[v]), sch.get_loops(add)[-1], preserve_unit_loops=True)
         elif v != last:
             sch.compute_at(sch.get_sblock(names[v]), wo, preserve_unit_loops=True)
         if v >= 0:
@@ -81,7 +91,8 @@ def build_stage(stage: Stage, patches: tuple[int, int], in_place: bool = False) 
                 else:
                     channel = loops[1]
             inner = sch.get_loops(block)[-1]
-            blocked = v not in dw and v not in fused and _blocked_channels(sch, stage, v, block)
+            blocked = v not in dw and (v not in fused or fused[v][0] in split_adds) and _blocked_channels(
+                sch, stage, v, block)
             if not blocked:
                 for name in reversed(scalar_names(stage, v)):
                     sch.compute_at(sch.get_sblock(name), inner)
@@ -104,7 +115,9 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
     accumulator, computed at the outer part, holds that many outputs, its reduction loops outside the inner
     part (the `tvmp_dot_s8_rows*` nest); the requantization stays one element at a time. In NCHW a 1x1 conv
     with at most `LOCAL_MAX_BYTES` input channels first copies the pixel's channels into a C local, so the
-    reduction reads them contiguously. False (nothing changed) for other layers."""
+    reduction reads them contiguously; a k x k conv with a small window (an NCHW stem) likewise copies
+    the pixel's window and runs its reduction loops fused into one (`regions.pixel_copy_bytes`). False (nothing
+    changed) for other layers."""
     rows = accumulator_rows(stage, v)
     if rows == 1:
         return False
@@ -128,6 +141,12 @@ def _blocked_channels(sch: s_tir.Schedule, stage: Stage, v: int, block) -> bool:
             pass  # still correct: the rows are reduced one after the other
     if pixel_copy_bytes(stage, v):
         _input_copy_at(sch, stage, v, acc, loops[-2])
+        g = stage.geometry[v]
+        if g.kh * g.kw > 1:  # the window's loops as one contiguous run: one rows call
+            try:
+                sch.fuse(*sch.get_loops(acc)[n_out:n_out + len(reduction)])
+            except tvm.s_tir.schedule.ScheduleError:
+                pass  # still correct: the kernel rows are reduced one by one
     _init_outside(sch, acc, n_out)
     return True
 

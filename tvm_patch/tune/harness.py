@@ -21,9 +21,9 @@ import tvm_ffi
 from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET, emit_c
-from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
-from tvm_patch.export.api import write_directory
-from tvm_patch.export.blocking import block_output_channels
+from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
+from tvm_patch.export.api import nonpositive_shift_requant, write_directory
+from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
@@ -32,7 +32,7 @@ from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInf
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
 
-__all__ = ["ALIGNMENT", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
+__all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
 
 ALIGNMENT = 16
 
@@ -72,15 +72,30 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 }
 
 
+# How the export blocks a kernel by ``rows``: over output channels, or (NHWC 1x1 kernels the export pixel-blocks,
+# api._pixel_blocked and _pixel_blocked_in_place) over two output pixels and min(rows, 2) channels.
+BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
+    "channels": block_output_channels,
+    "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
+}
+
+
 def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
-    return tvm_ffi.structural_equal(a.with_attr("tirx.noalias", True), b.with_attr("tirx.noalias", True))
+    """Equal up to the aliasing marks (``mark_in_place``: the driver's call, not the kernel's schedule)."""
+    def plain(f: tirx.PrimFunc) -> tirx.PrimFunc:
+        return f.with_attr("tirx.noalias", True).with_attr(ALIASED_PARAMS, [])
+    return tvm_ffi.structural_equal(plain(a), plain(b))
 
 
-def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> str | None:
-    """The rewrite (a REWRITES key) that turns ``func`` blocked by ``rows`` and lean-scheduled into
-    ``emitted`` (the network export's kernel), None if none does."""
-    lean = lean_schedule(block_output_channels(func, rows))
-    return next((k for k, rw in REWRITES.items() if _same(rw(lean, n_outputs), emitted)), None)
+def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> tuple[str, str] | None:
+    """(blocking, rewrite) (BLOCKINGS and REWRITES keys) that turn ``func`` blocked by ``rows`` and lean-scheduled
+    into ``emitted`` (the network export's kernel), None if none does."""
+    for blocking, block in BLOCKINGS.items():
+        lean = lean_schedule(block(func, rows))
+        found = next((k for k, rw in REWRITES.items() if _same(rw(lean, n_outputs), emitted)), None)
+        if found is not None:
+            return blocking, found
+    return None
 
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str) -> Path:
@@ -95,7 +110,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
     if aplan.inplace_calls:
         final = mark_in_place(final, pairs[name])
-    csrc = emit_c({name: final}, ALIGNMENT)
+    csrc = emit_c(nonpositive_shift_requant(kprog, {name: final}), ALIGNMENT)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
@@ -120,6 +135,7 @@ class KernelHarness:
     name: str
     program: Program
     rewrite: str
+    blocking: str = "channels"
 
     @property
     def func(self) -> tirx.PrimFunc:
@@ -127,5 +143,5 @@ class KernelHarness:
         return self.program.funcs[self.name]
 
     def export(self, rows: int, out_dir: Path) -> Path:
-        """The harness export of this kernel blocked by ``rows`` (the export's own ``block_output_channels``)."""
-        return write_kernel_export(self.program, block_output_channels(self.func, rows), out_dir, self.rewrite)
+        """The harness export of this kernel blocked by ``rows`` as the network's export blocks it (BLOCKINGS)."""
+        return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, rows), out_dir, self.rewrite)

@@ -177,12 +177,13 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             untunable.append(name)
             continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
-        rewrite = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
-        if rewrite is None:  # the harness could not reproduce the network's kernel: measuring it would lie
+        found = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
+        if found is None:  # the harness could not reproduce the network's kernel: measuring it would lie
             log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped", name)
             untunable.append(name)
             continue
-        harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite)
+        blocking, rewrite = found
+        harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite, blocking)
     if not harnesses:
         raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
                             "convolutions and dense layers with a contiguous reduction)")

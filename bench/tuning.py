@@ -1,0 +1,127 @@
+"""`python -m bench.tuning --board h743`: tuned vs untuned kernels, per 1x1 convolution (the issue's goal "tuned
+beats untuned on the 1x1 convolutions"), reported honestly layer by layer: better, equal or worse.
+
+Per model: a tuning session (`tvm-patch tune MODEL --board B --trials N --db DIR`, exact instructions on QEMU),
+then the network built and run twice on the board's emulator with `--profile` (`tvm-patch build ... --run
+emulator --profile --json`), without and with `--tuning-db DIR`. Each 1x1 convolution call's instructions are
+compared (both builds bit-exact with their host build, or the row says so). Writes tuning.json and tuning.md to
+--out. Each step runs in its own process with a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.models import UnknownModel, resolve
+
+DEFAULT_MODELS = ("kws", "vww")
+KIND = "conv1x1"
+
+
+def _cli(args: list[str], timeout: float) -> dict[str, Any]:
+    """``python -m tvm_patch ARGS --json`` in a child process: its JSON, or {"error": the last stderr line}."""
+    cmd = [sys.executable, "-m", "tvm_patch", *args, "--json"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s: {' '.join(args[:2])}"}
+    if p.returncode != 0:
+        lines = (p.stderr or p.stdout).strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {p.returncode}"}
+    return json.loads(p.stdout)
+
+
+def compare(untuned: dict[str, Any], tuned: dict[str, Any], kind: str = KIND) -> list[dict[str, Any]]:
+    """Per call of a ``kind`` kernel (the two builds' profiles, same calls in the same order): instructions
+    untuned and tuned, and the verdict."""
+    rows = []
+    for a, b in zip(untuned["run"]["kernels"], tuned["run"]["kernels"]):
+        if a["kind"] != kind:
+            continue
+        if a["name"] != b["name"]:
+            raise ValueError(f"the builds' calls differ at {a['index']}: {a['name']} vs {b['name']}")
+        ua, tb = a["instructions"], b["instructions"]
+        rows.append({"index": a["index"], "kernel": a["name"], "macs": a["macs"], "untuned": ua, "tuned": tb,
+                     "verdict": "better" if tb < ua else "equal" if tb == ua else "worse"})
+    return rows
+
+
+def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float) -> dict[str, Any]:
+    """The session, the two builds and the per-layer comparison of one model."""
+    db = out / "db" / Path(spec).stem.replace(":", "_")
+    session = _cli(["tune", spec, "--board", board, "--trials", str(trials), "--db", str(db)], timeout)
+    if "error" in session:
+        return {"model": spec, "error": f"tune: {session['error']}"}
+    builds = {}
+    for label, extra in (("untuned", []), ("tuned", ["--tuning-db", str(db)])):
+        res = _cli(["build", spec, "--board", board, "--run", "emulator", "--profile", "-o", str(out / "builds" / label
+                    / Path(spec).stem.replace(":", "_")), *extra], timeout)
+        if "error" in res:
+            return {"model": spec, "error": f"build ({label}): {res['error']}"}
+        builds[label] = res
+    rows = compare(builds["untuned"], builds["tuned"])
+    total = {k: sum(r[k] for r in rows) for k in ("untuned", "tuned")}
+    return {"model": spec, "trials": trials, "session": {k: session.get(k) for k in ("measured", "kernels", "untunable")},
+            "network": {k: builds[k]["run"]["instructions"] for k in builds},
+            "bit_exact": {k: builds[k]["run"]["bit_exact"] for k in builds},
+            "conv1x1": total, "layers": rows,
+            "tuned_kernels": builds["tuned"].get("tuning", {}).get("tuned_kernels")}
+
+
+def markdown(results: list[dict[str, Any]], board: str) -> str:
+    """tuning.md: per model the 1x1 totals, then one row per 1x1 call."""
+    md = [f"# Tuned vs untuned 1x1 convolutions ({board}, emulator instructions)", ""]
+    for r in results:
+        md.append(f"## {Path(r['model']).name}")
+        if "error" in r:
+            md += ["", f"error: {r['error']}", ""]
+            continue
+        verdicts = [x["verdict"] for x in r["layers"]]
+        md += ["", f"network: untuned {r['network']['untuned']:,}, tuned {r['network']['tuned']:,} (bit-exact: "
+               f"{r['bit_exact']['untuned']} / {r['bit_exact']['tuned']}); 1x1 convolutions: untuned "
+               f"{r['conv1x1']['untuned']:,}, tuned {r['conv1x1']['tuned']:,}; per layer "
+               f"{verdicts.count('better')} better, {verdicts.count('equal')} equal, {verdicts.count('worse')} worse", "",
+               "tuned blockings: " + (", ".join(f"`{k}` rows {v['rows']}" for k, v in sorted((r.get("tuned_kernels")
+                                                                                                or {}).items())) or "none"), "",
+               "| call | kernel | MACs | untuned | tuned | tuned is |", "| --: | --- | --: | --: | --: | --- |"]
+        md += [f"| {x['index']} | `{x['kernel']}` | {x['macs']:,} | {x['untuned']:,} | {x['tuned']:,} | {x['verdict']} |"
+               for x in r["layers"]]
+        md.append("")
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Tune, build twice and compare each model; exit 1 if a 1x1 layer got worse or a step failed."""
+    ap = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__.splitlines()[0])
+    ap.add_argument("--board", default="h743")
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo or MLPerf Tiny names, or paths")
+    ap.add_argument("--trials", type=int, default=64, help="trials per session (each kernel's space is small)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per step")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/tuning"))
+    args = ap.parse_args(argv)
+    try:
+        specs = [resolve(m).spec for m in args.models]
+    except UnknownModel as e:
+        print(f"bench.tuning: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for spec in specs:
+        results.append(bench_model(spec, args.board, args.trials, args.out, args.timeout))
+        (args.out / "tuning.json").write_text(json.dumps(results, indent=1) + "\n")
+        (args.out / "tuning.md").write_text(markdown(results, args.board))
+        r = results[-1]
+        print(f"{Path(spec).name}: " + (r["error"] if "error" in r else
+              f"1x1 untuned {r['conv1x1']['untuned']:,} tuned {r['conv1x1']['tuned']:,}"), flush=True)
+    bad = [r for r in results if "error" in r or any(x["verdict"] == "worse" for x in r["layers"])]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
