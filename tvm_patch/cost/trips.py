@@ -46,19 +46,26 @@ def _controls(body: Any, var: tirx.Var) -> bool:
     return found[0]
 
 
-def _evaluable(cond: Any) -> tuple[Any, list[tuple[Any, Any, Any]]]:
+# the integer operations eval_int_expr does not know, as numpy: C's truncating division, the bitwise ones
+_NUMPY_OPS = {tirx.Div: lambda x, y: np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y)),
+              tirx.BitwiseAnd: np.bitwise_and, tirx.BitwiseOr: np.bitwise_or, tirx.BitwiseXor: np.bitwise_xor,
+              tirx.LShift: np.left_shift}
+
+
+def _evaluable(cond: Any) -> tuple[Any, list[tuple[Any, Any, Any, Any]]]:
     """``cond`` in the terms ``eval_int_expr`` evaluates: a shift right by a constant as a floor division (equal
-    for any sign), each truncating division as a new variable (var, dividend, divisor), in evaluation order."""
-    divs: list[tuple[Any, Any, Any]] = []
+    for any sign), each operation of _NUMPY_OPS as a new variable (var, numpy function, a, b), in evaluation
+    order (inner ones first)."""
+    ops: list[tuple[Any, Any, Any, Any]] = []
 
     def shift(n: Any) -> Any:
         return tirx.FloorDiv(n.a, tirx.IntImm(str(n.a.ty), 1 << int(n.b.value))) if isinstance(n.b, tirx.IntImm) else n
 
-    def div(n: Any) -> Any:
-        divs.append((tirx.Var(f"div{len(divs)}", str(n.a.ty)), n.a, n.b))
-        return divs[-1][0]
+    def as_var(n: Any) -> Any:
+        ops.append((tirx.Var(f"op{len(ops)}", str(n.a.ty)), _NUMPY_OPS[type(n)], n.a, n.b))
+        return ops[-1][0]
 
-    return tvm_ffi.structural_map(cond, [(tirx.RShift, shift), (tirx.Div, div)]), divs
+    return tvm_ffi.structural_map(cond, [(tirx.RShift, shift)] + [(t, as_var) for t in _NUMPY_OPS]), ops
 
 
 def taken_share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
@@ -72,11 +79,10 @@ def taken_share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
         return None
     grid = np.meshgrid(*[np.arange(doms[v][0], doms[v][0] + doms[v][1]) for v in found], indexing="ij", sparse=True)
     env = dict(zip(found, grid))
-    expr, divs = _evaluable(cond)
+    expr, ops = _evaluable(cond)
     try:
-        for var, a, b in divs:
-            x, y = eval_int_expr(a, env), eval_int_expr(b, env)
-            env[var] = np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y))  # C's division truncates
+        for var, fn, a, b in ops:
+            env[var] = fn(eval_int_expr(a, env), eval_int_expr(b, env))
         value = eval_int_expr(expr, env)
     except (NotImplementedError, KeyError, ZeroDivisionError):
         return None
