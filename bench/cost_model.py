@@ -14,18 +14,32 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
 
 from tvm_patch.atomic import write_atomic
 from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, read_records
 from tvm_patch.cost.evaluate import evaluate
-from tvm_patch.cost.latency import CORES, default_path, fit, for_core, kernels_fingerprint
+from tvm_patch.cost.features import columns, vector
+from tvm_patch.cost.latency import CORES, STAGE_TERMS, default_path, fit, fit_booster, for_core, has_stage_terms, \
+    kernels_fingerprint, relative_nnls, stage_terms
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.paths import cache_dir
 
 DATA = Path(__file__).resolve().parent / "cost_data"
 GOAL_SHARE = 0.95
+CV_FOLDS = 8
+# the per-layer stage model's terms beside the layers' booster sum: what the stage adds to its layers' kernels
+LAYER_OVERHEADS = ("stores", "requant", "sat", "red_loops", "patches", "one")
+# the linear stage model's terms as shipped before the dot products' SIMD/tail split and the cache stores
+OLDER_TERMS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
+               "window_elems", "requant", "pad_calls", "sat", "patches", "one")
 BOARD_OF_CORE = {"m7": "f746", "m4": "f412"}  # the board whose build measures each core (QEMU mps2-an500 / an386)
 
 
@@ -42,6 +56,74 @@ def retrain(core: str) -> dict[str, float]:
     model = fit([r for r in read_records(work) if not r.get("heldout")], core)
     model.save(default_path(core))
     return {"collect_seconds": round(t1 - t0, 1), "train_seconds": round(time.monotonic() - t1, 1)}
+
+
+def _network(rec: dict[str, Any]) -> Any:
+    """The network a record measured (synthetic seed or model spec): a stage's layer-by-layer twin."""
+    return rec.get("synth") if rec.get("synth") is not None else rec["model"]
+
+
+def _layer_sum(stage_rec: dict[str, Any], lbl_rec: dict[str, Any], booster: xgb.Booster) -> float:
+    """The per-layer estimate of a stage: each stage layer's MACs (trips' ``wmacs:layer{i}_weight``, halos
+    included) x the booster's count per MAC of the same layer's kernel in the layer-by-layer export."""
+    st = stage_rec["rows"][0]
+    macs = [v for _, v in sorted((int(re.search(r"layer(\d+)_weight", k).group(1)), v)
+                                 for k, v in st["exec"].items() if k.startswith("wmacs:"))]
+    layers = [k for k in lbl_rec["rows"] if k["macs"] > 0][:len(macs)]
+    ratio = booster.predict(xgb.DMatrix(np.array([vector(k) for k in layers]), feature_names=columns()))
+    return float(sum(q * m for q, m in zip(ratio, macs)))
+
+
+def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (one scalar ``mac`` term
+    instead of one per reduction shape; also without the cache stores; OLDER_TERMS: round 2's terms) and a
+    per-layer model, on the same measured stages. The per-layer model predicts each stage layer with the kernel
+    booster (``_layer_sum``) plus non-negative costs of LAYER_OVERHEADS, fitted like the linear one. All by
+    cross-validation over the training stages (grouped by network, CV_FOLDS folds; the booster refit without
+    the fold's networks) and on the held-out stages (fitted on every training stage). Relative errors of the
+    stage kernel's count."""
+    ok = [r for r in records if all(k.get("measured") for k in r["rows"])]
+    lbl = {_network(r): r for r in ok if r["plan"]["split"] is None}
+    stages = [r for r in ok if r["plan"]["split"] is not None and _network(r) in lbl and has_stage_terms(r["rows"][0])]
+    train, held = [r for r in stages if not r.get("heldout")], [r for r in stages if r.get("heldout")]
+    if len(train) < 2 * CV_FOLDS or not held:
+        raise TvmPatchError(f"{len(train)} training and {len(held)} held-out patch stages with a layer-by-layer "
+                            "measurement of the same network: too few to compare; collect more")
+    one_mac = ("mac", *(t for t in STAGE_TERMS if t not in ("mac_1x1", "mac_dw", "mac_kxk")))
+    linear = {"linear": STAGE_TERMS, "linear_one_scalar_mac_term": one_mac,
+              "linear_without_cache_stores": tuple(t for t in one_mac if t != "cache_stores"),
+              "linear_older_terms": OLDER_TERMS}
+
+    def terms(recs: list[dict[str, Any]], model: str, booster: xgb.Booster) -> np.ndarray:
+        if model in linear:
+            return np.array([stage_terms(r["rows"][0], linear[model]) for r in recs])
+        return np.array([[_layer_sum(r, lbl[_network(r)], booster)] + stage_terms(r["rows"][0], LAYER_OVERHEADS)
+                         for r in recs])
+
+    def errors(a_fit: np.ndarray, y_fit: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return a @ relative_nnls(a_fit, y_fit) / y - 1
+
+    models = (*linear, "per_layer")
+    y_train = np.array([r["rows"][0]["measured"] for r in train], dtype=np.float64)
+    y_held = np.array([r["rows"][0]["measured"] for r in held], dtype=np.float64)
+    nets = sorted({str(_network(r)) for r in train})
+    fold = {n: i % CV_FOLDS for i, n in enumerate(nets)}
+    in_fold = np.array([fold[str(_network(r))] for r in train])
+    cv = {m: np.zeros(len(train)) for m in models}
+    for f in range(CV_FOLDS):
+        te = in_fold == f
+        b = fit_booster([k for r in ok if not r.get("heldout") and fold.get(str(_network(r))) != f
+                         for k in r["rows"] if k["op"] != "patch_stage"])
+        for m in models:
+            a = terms(train, m, b)
+            cv[m][te] = errors(a[~te], y_train[~te], a[te], y_train[te])
+    b = fit_booster([k for r in ok if not r.get("heldout") for k in r["rows"] if k["op"] != "patch_stage"])
+    held_err = {m: errors(terms(train, m, b), y_train, terms(held, m, b), y_held) for m in models}
+    return {"n_train_stages": len(train), "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
+            "cv_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in cv.items()},
+            "heldout_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in held_err.items()},
+            "heldout": [{"id": r["id"], **{m: round(float(e[i]), 4) for m, e in held_err.items()}}
+                        for i, r in enumerate(held)]}
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -70,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="re-collect the measurements on this installation's kernels and retrain the shipped models "
                         "first (about 40 minutes a core on a 2-core machine)")
     p.add_argument("--core", choices=CORES, action="append", help="only this core (repeatable; default both)")
+    p.add_argument("--compare-stage", metavar="FILE.jsonl", type=Path,
+                   help="instead: the patch stage's linear model against the per-layer one on these measurements "
+                        "(JSON: cross-validated and held-out stage errors)")
     args = p.parse_args(argv)
+    if args.compare_stage:
+        print(json.dumps(stage_comparison(read_records(args.compare_stage)), indent=1))
+        return 0
     cores = args.core or list(CORES)
     if args.retrain:
         for core in cores:

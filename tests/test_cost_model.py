@@ -13,6 +13,7 @@ import pytest
 
 from microtvm_projects.boards import BOARDS
 
+from bench.cost_model import stage_comparison
 from tvm_patch.board_build import build_for_board
 from tvm_patch.cli import main
 from relay_passes import LowerToInteger, float_ops_remaining
@@ -21,7 +22,8 @@ from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
-from tvm_patch.cost.latency import default_path, for_core, kernels_fingerprint, load as load_cost_model, warn_if_stale
+from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
+    load as load_cost_model, warn_if_stale
 from tvm_patch.cost.search import search
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
@@ -108,26 +110,47 @@ def test_patch_stage_features(tmp_path):
     assert stage["halo_cache"] == 0 and stage["exec"]["all_macs"] == stage["macs"]
 
 
-def test_cache_mode_stage_executes_fewer_macs(tmp_path, shared_models):
-    """The halo-cache stage's loop nest (bounds that depend on the patch) counted exactly: fewer MACs than
-    recomputing the halos, at least the stage's own (each element once; border checks count as taken)."""
+def test_stage_executes_exactly_the_analysed_macs(tmp_path, shared_models, capsys):
+    """The stage's loop nests counted exactly (trips.py: loop bounds that depend on the patch run value by value,
+    border checks evaluated over their loops): the cache mode executes the layer-by-layer MACs, the recompute
+    mode the profile's patched MACs (halos recomputed, only in-image positions), each layer's MACs add up."""
     counts = {}
     for halo in ("recompute", "cache"):
         out = tmp_path / halo
         result = export_model(str(shared_models / KWS), out, patches=4, split=5, halo=halo)
         counts[halo] = kernel_rows(result, (out / "model.c").read_text(), halo)[0]
     lbl = sum(layer.macs for layer in build_graph(load(str(shared_models / KWS)).mod).layers[:5])
+    assert main(["profile", str(shared_models / KWS), "--patches", "4", "--split", "5", "--json"]) == 0
+    modes = json.loads(capsys.readouterr().out)["patch_based"]["halo_modes"]
     assert counts["cache"]["halo_cache"] == 1 and counts["recompute"]["halo_cache"] == 0
-    # executed MACs: scalar ones and those of the micro-kernel calls (tvmp_dot_s8*, tvmp_window_s8)
-    assert lbl <= counts["cache"]["macs"] < 1.25 * lbl < counts["recompute"]["macs"]
+    assert counts["cache"]["macs"] == lbl
+    assert counts["recompute"]["macs"] - lbl == modes["recompute"]["macs"] - modes["cache"]["macs"] > 0
+    for row in counts.values():  # per layer (trips' wmacs:<weight buffer>): five convolutions
+        per_layer = [v for k, v in row["exec"].items() if k.startswith("wmacs:layer")]
+        assert len(per_layer) == 5 and sum(per_layer) == pytest.approx(row["exec"]["all_macs"])
     assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
 
 
 def test_shipped_models_load():
+    """Both shipped models load; each names the stage terms its coefficients weigh (an older file: fewer)."""
     for core in ("m4", "m7"):
         m = load_cost_model(default_path(core))
         assert m.core == core and m.unit == "instructions" and m.meta["n_networks"] > 0
         assert m.stage_coef is not None and len(m.meta["kernels_fingerprint"]) == 16
+        assert len(m.stage_coef) == len(m.stage_names) and set(m.stage_names) <= KNOWN_STAGE_TERMS
+    assert load_cost_model(default_path("m7")).stage_names == STAGE_TERMS
+
+
+def test_stage_model_comparison_on_the_shipped_measurements():
+    """`python -m bench.cost_model --compare-stage`: every stage model cross-validated and scored on the
+    held-out stages (about 12 s: nine booster fits)."""
+    out = stage_comparison(cost_collect.read_records(DATA / "m7.jsonl.gz"))
+    models = {"linear", "linear_one_scalar_mac_term", "linear_without_cache_stores", "linear_older_terms", "per_layer"}
+    assert set(out["cv_mape"]) == set(out["heldout_mape"]) == models and out["n_train_stages"] >= 2 * out["cv_folds"]
+    assert len(out["heldout"]) == out["n_heldout_stages"] > 0
+    for m in models:
+        assert out["heldout_mape"][m] == pytest.approx(sum(abs(h[m]) for h in out["heldout"]) / len(out["heldout"]),
+                                                       abs=1e-3)
 
 
 def test_stale_model_warns_once_on_stderr(tmp_path, capsys):

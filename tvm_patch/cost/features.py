@@ -31,7 +31,8 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
            "x_requant_pw", "x_pad_pw")
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
-             "window_elems", "requant", "pad_calls", "sat")
+             "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
+             "mac_kxk")
 
 
 def columns() -> list[str]:
@@ -148,8 +149,9 @@ def _kernel_row(func: tirx.PrimFunc, in_shapes: list[tuple[int, ...]]) -> dict[s
 
 
 def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
-    """The executed operations of one lowered kernel, summed into EXEC_KEYS (see trips.executed), and
-    ``all_macs``: the scalar MACs and those of the micro-kernel calls."""
+    """The executed operations of one lowered kernel, summed into EXEC_KEYS (see trips.executed),
+    ``all_macs``: the scalar MACs and those of the micro-kernel calls, and ``wmacs:<buffer>``: the MACs reading
+    each weight buffer (the patch stage's per-layer MACs)."""
     e = executed(func)
     out = dict.fromkeys(EXEC_KEYS, 0.0)
     out["all_macs"] = float(e["micro_macs"])
@@ -160,8 +162,9 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             continue
         elif k == "mac_loop":
             continue
-        elif k.startswith("mac_"):
+        elif k.startswith("mac_"):  # scalar MACs, in all and by the shape of their reduction
             out["mac"] += v
+            out[k] += v
             out["all_macs"] += v
         elif k == "stores":
             out["stores"] += v
@@ -182,6 +185,10 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["pad_calls"] += v
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
+        elif k in ("dot_simd_macs", "dot_tail_macs"):
+            out[k] += v
+        elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
+            out[k] = float(v)
     return out
 
 
@@ -221,8 +228,9 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
         row["exec"] = counts[call.func]
         if row["op"] == "patch_stage":
             row["halo_cache"] = int(halo == "cache")
-            # the sblock walk sees no MACs in the cache mode's loops nor in micro-kernel calls
-            row["macs"] = max(row["macs"], int(row["exec"]["all_macs"]))
+            # what executes (trips.py: border checks evaluated), not the sblock walk's (which sees no MACs in the
+            # cache mode's loops nor in micro-kernel calls, and counts the out-of-image positions of the borders)
+            row["macs"] = int(round(row["exec"]["all_macs"])) or row["macs"]
             if not row["stage_layers"]:  # layers with weights: one int8 weight constant each
                 row["stage_layers"] = sum(prog.constants[a.index].dtype == "int8" for a in call.inputs
                                           if a.kind == "const")

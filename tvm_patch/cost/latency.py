@@ -63,14 +63,43 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 
 
 # The patch stage's linear model: its count = the sum over what its loop nest executes (every layer over every
-# patch region, the recomputed halos or the cache copies included) of a per-operation cost, plus a cost per
-# patch and a constant: STAGE_TERMS, in this order.
-STAGE_TERMS = (*EXEC_KEYS, "patches", "one")
+# patch region, the recomputed halos or the cache copies included) of a per-operation cost (the scalar MACs by
+# the shape of their reduction: 1x1, depthwise, k x k), the element stores
+# of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch and a
+# constant: STAGE_TERMS, in this order. A model file names its terms (older files: fewer).
+_DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
+            "one": lambda r: 1.0}
+STAGE_TERMS = (*(k for k in EXEC_KEYS if k != "mac"), "cache_stores", "patches", "one")  # scalar MACs by shape
+KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 
-def stage_terms(row: dict[str, Any]) -> list[float]:
-    """The patch stage row's terms of the linear stage model (STAGE_TERMS)."""
-    return [float(row["exec"][k]) for k in EXEC_KEYS] + [float(row["patches"]), 1.0]
+def stage_terms(row: dict[str, Any], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
+    """The patch stage row's terms of the linear stage model (``names``, by default STAGE_TERMS)."""
+    return [float(_DERIVED[k](row)) if k in _DERIVED else float(row["exec"][k]) for k in names]
+
+
+def has_stage_terms(row: dict[str, Any]) -> bool:
+    """Does the stage row have every term (rows of older feature code may lack the newer counts)?"""
+    return set(STAGE_TERMS) - set(_DERIVED) <= set(row["exec"])
+
+
+def fit_booster(rows: list[dict[str, Any]]) -> xgb.Booster:
+    """The regressor of a kernel's count per unit of work, on measured kernel rows."""
+    x = np.array([vector(k) for k in rows], dtype=np.float64)
+    y = np.array([k["measured"] / work(k) for k in rows], dtype=np.float64)
+    return xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
+
+
+def relative_nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients c minimising the relative error of ``a @ c`` against ``y`` (each equation
+    divided by its measured count)."""
+    return nnls(a / y[:, None], np.ones_like(y))[0]
+
+
+def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
+    """The linear stage model's coefficients (``names``) on measured patch stage rows (relative_nnls)."""
+    a = np.array([stage_terms(k, names) for k in stages], dtype=np.float64)
+    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in stages], dtype=np.float64))]
 
 
 @dataclass
@@ -86,6 +115,7 @@ class LatencyModel:
     meta: dict[str, Any]
     stage_coef: list[float] | None = None
     digest: str | None = None  # SHA-256 of the file it was read from (None: trained in this process)
+    stage_names: tuple[str, ...] = STAGE_TERMS  # the terms stage_coef weighs
 
     def kernel_counts(self, rows: list[dict[str, Any]]) -> list[float]:
         """Predicted instructions (or cycles) of each kernel row."""
@@ -95,7 +125,7 @@ class LatencyModel:
         ratio = self.booster.predict(xgb.DMatrix(x, feature_names=columns()))
         out = [max(0.0, float(q)) * work(r) for q, r in zip(ratio, rows)]
         if self.stage_coef is not None:
-            out = [float(np.dot(self.stage_coef, stage_terms(r))) if r["op"] == "patch_stage" else c
+            out = [float(np.dot(self.stage_coef, stage_terms(r, self.stage_names))) if r["op"] == "patch_stage" else c
                    for r, c in zip(rows, out)]
         return out
 
@@ -108,7 +138,7 @@ class LatencyModel:
         path = Path(path)
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION,
                 "core": self.core, "unit": self.unit, "columns": columns(), "overhead": list(self.overhead),
-                "meta": self.meta, "stage_terms": list(STAGE_TERMS), "stage_coef": self.stage_coef,
+                "meta": self.meta, "stage_terms": list(self.stage_names), "stage_coef": self.stage_coef,
                 "booster": base64.b64encode(zlib.compress(bytes(self.booster.save_raw(raw_format="ubj")), 9)).decode()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -126,22 +156,23 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
     if len(units) != 1:
         raise TvmPatchError(f"measurements for {core} mix {' and '.join(sorted(units))}; train on one runner")
     rows = [k for r in recs for k in r["rows"]]
-    stages = [k for k in rows if k["op"] == "patch_stage"]
+    stages = [k for k in rows if k["op"] == "patch_stage" and has_stage_terms(k)]
     # the stage model from the stages measured on this installation's kernels when there are enough of them
     # (a change of the stage kernels only needs its stages measured again), else from all
+    complete = {id(k) for k in stages}
     current = [k for r in recs if r.get("kernels_fingerprint") == kernels_fingerprint() for k in r["rows"]
-               if k["op"] == "patch_stage"]
+               if id(k) in complete]
     stage_data = current if len(current) >= 2 * len(STAGE_TERMS) else stages
+    older = sum(k["op"] == "patch_stage" for k in rows) - len(stages)
+    if older and len(stage_data) < 2 * len(STAGE_TERMS):
+        raise TvmPatchError(f"{older} patch stage measurements were featured by older code (without all of "
+                            f"{', '.join(STAGE_TERMS)}); recompute their features with `tvm-patch costmodel refeature` "
+                            "or collect them again")
     coef = None
     if len(stage_data) >= 2 * len(STAGE_TERMS):
-        # least squares on the relative error (each stage's equation divided by its count), non-negative
-        a = np.array([stage_terms(k) for k in stage_data], dtype=np.float64)
-        b = np.array([k["measured"] for k in stage_data], dtype=np.float64)
-        coef = [float(c) for c in nnls(a / b[:, None], np.ones_like(b))[0]]
+        coef = fit_stage(stage_data)
         rows = [k for k in rows if k["op"] != "patch_stage"]
-    x = np.array([vector(k) for k in rows], dtype=np.float64)
-    y = np.array([k["measured"] / work(k) for k in rows], dtype=np.float64)
-    booster = xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
+    booster = fit_booster(rows)
     rest = np.array([r["total"] - sum(k["measured"] for k in r["rows"]) for r in recs], dtype=np.float64)
     io = np.array([r["io_bytes"] for r in recs], dtype=np.float64)
     a, b = np.linalg.lstsq(np.stack([np.ones_like(io), io], 1), rest, rcond=None)[0]
@@ -184,11 +215,12 @@ def load(path: str | Path) -> LatencyModel:
         booster = xgb.Booster()
         booster.load_model(bytearray(zlib.decompress(base64.b64decode(data["booster"], validate=True))))
         coef = data.get("stage_coef")
-        if coef is not None and (data.get("stage_terms") != list(STAGE_TERMS) or len(coef) != len(STAGE_TERMS)):
+        names = tuple(data.get("stage_terms") or STAGE_TERMS)
+        if coef is not None and (not set(names) <= KNOWN_STAGE_TERMS or len(coef) != len(names)):
             raise ValueError("stage terms")
         return LatencyModel(data["core"], data["unit"], booster, tuple(map(float, data["overhead"])),
                             dict(data.get("meta", {})), None if coef is None else [float(c) for c in coef],
-                            hashlib.sha256(text.encode()).hexdigest())
+                            hashlib.sha256(text.encode()).hexdigest(), names)
     except (KeyError, TypeError, ValueError, zlib.error, xgb.core.XGBoostError) as e:
         raise TvmPatchError(f"cost model {path}: corrupt ({type(e).__name__}); {fix}") from None
 

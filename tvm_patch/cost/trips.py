@@ -4,23 +4,30 @@ Read from the TIR the C code is emitted from, so the counts follow the kernels a
 (register blocking, depthwise windows, the patch stage's loop nests in either halo mode) rather than the
 operator they implement. Loops whose bounds depend on an outer loop (a cache-mode stage's first patch of a
 row computes more than the next) are counted exactly by running the outer loop's values; a condition that
-depends on inner loops (a border patch's in-image check) is counted as taken.
+depends on inner loops (a border patch's in-image check) is evaluated over those loops' values (numpy), and
+each branch counts the share of iterations that take it (counted as taken only when it cannot be evaluated:
+a data-dependent condition, or more than MAX_GRID combinations).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
 
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.export.patterns import substitute_vars
-from tvm_patch.tir_util import uses_var
+from tvm_patch.patch.schedule import eval_int_expr
+from tvm_patch.tir_util import uses_var, vars_of
 
 MAX_ENUMERATE = 64  # a loop whose variable bounds inner loops is run value by value up to this extent
+MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many combinations of its loops' values
 
 
 def _controls(body: Any, var: tirx.Var) -> bool:
@@ -39,6 +46,63 @@ def _controls(body: Any, var: tirx.Var) -> bool:
     return found[0]
 
 
+# the integer operations eval_int_expr does not know, as numpy: C's truncating division, the bitwise ones
+_NUMPY_OPS = {tirx.Div: lambda x, y: np.sign(x) * np.sign(y) * (np.abs(x) // np.abs(y)),
+              tirx.BitwiseAnd: np.bitwise_and, tirx.BitwiseOr: np.bitwise_or, tirx.BitwiseXor: np.bitwise_xor,
+              tirx.LShift: np.left_shift}
+
+
+def _evaluable(cond: Any) -> tuple[Any, list[tuple[Any, Any, Any, Any]]]:
+    """``cond`` in the terms ``eval_int_expr`` evaluates: a shift right by a constant as a floor division (equal
+    for any sign), each operation of _NUMPY_OPS as a new variable (var, numpy function, a, b), in evaluation
+    order (inner ones first)."""
+    ops: list[tuple[Any, Any, Any, Any]] = []
+
+    def shift(n: Any) -> Any:
+        return tirx.FloorDiv(n.a, tirx.IntImm(str(n.a.ty), 1 << int(n.b.value))) if isinstance(n.b, tirx.IntImm) else n
+
+    def as_var(n: Any) -> Any:
+        ops.append((tirx.Var(f"op{len(ops)}", str(n.a.ty)), _NUMPY_OPS[type(n)], n.a, n.b))
+        return ops[-1][0]
+
+    return tvm_ffi.structural_map(cond, [(tirx.RShift, shift)] + [(t, as_var) for t in _NUMPY_OPS]), ops
+
+
+def taken_share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
+    """The share of the iterations of the loops ``cond`` depends on (``doms``: loop variable -> (min, extent))
+    for which it holds; None when it cannot be evaluated (another variable, a buffer load, too many values)."""
+    found: list[Any] = []
+    for v in vars_of(cond):
+        if not any(v.same_as(u) for u in found):
+            found.append(v)
+    if any(v not in doms for v in found) or math.prod(doms[v][1] for v in found) > MAX_GRID:
+        return None
+    grid = np.meshgrid(*[np.arange(doms[v][0], doms[v][0] + doms[v][1]) for v in found], indexing="ij", sparse=True)
+    env = dict(zip(found, grid))
+    expr, ops = _evaluable(cond)
+    try:
+        for var, fn, a, b in ops:
+            env[var] = fn(eval_int_expr(a, env), eval_int_expr(b, env))
+        value = eval_int_expr(expr, env)
+    except (NotImplementedError, KeyError, ZeroDivisionError):
+        return None
+    return float(np.mean(np.broadcast_to(value, tuple(doms[v][1] for v in found)) if found else value))
+
+
+def _weights(expr: Any) -> list[str]:
+    """The names of the weight buffers (``*_weight``: the patch stage's ``layer{i}_weight``) ``expr`` loads."""
+    found: list[str] = []
+
+    def on_load(load: Any) -> tvm_ffi.WalkResult:
+        name = str(load.source.name)
+        if name.endswith("_weight") and name not in found:
+            found.append(name)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
+    return found
+
+
 def _mac_class(extents: list[int]) -> str:
     """A reduction's shape from its loops' extents: one loop = a 1x1 convolution or a dense row (over channels),
     two = a depthwise window (or a k x k convolution over one channel), three = a k x k over channels."""
@@ -46,16 +110,26 @@ def _mac_class(extents: list[int]) -> str:
     return "1x1" if n <= 1 else "dw" if n == 2 else "kxk"
 
 
+def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
+    """(rows, length) of a dot-product micro-kernel call (tvmp_kernels.h signatures: tvmp_dot_s8(a, b, n, acc)
+    1 row; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J; tvmp_dot_s8_px2_rowsJ(a, as, w, ws, n, acc) 2 pixels x J),
+    None for another call or a length that is not constant."""
+    if name == "tvmp_dot_s8" and len(args) > 2 and args[2]:
+        return 1, args[2]
+    if name.startswith("tvmp_dot_s8_rows") and len(args) > 3 and args[3]:
+        return int(name.removeprefix("tvmp_dot_s8_rows")), args[3]
+    if name.startswith("tvmp_dot_s8_px2_rows") and len(args) > 4 and args[4]:
+        return 2 * int(name.removeprefix("tvmp_dot_s8_px2_rows")), args[4]
+    return None
+
+
 def _micro_macs(name: str, args: list[int | None]) -> int:
-    """Multiply-accumulates of one micro-kernel call (tvmp_kernels.h signatures; 0 when a length is not
-    constant): tvmp_dot_s8(a, b, n, acc) n; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J x n; tvmp_window_s8(p, pb, sy,
-    sx, w, wb, wy, wx, kh, kw, ...) kh x kw; the two-pixel and two-window kernels twice theirs."""
-    if name == "tvmp_dot_s8" and len(args) > 2:
-        return args[2] or 0
-    if name.startswith("tvmp_dot_s8_rows") and len(args) > 3:
-        return int(name.removeprefix("tvmp_dot_s8_rows")) * (args[3] or 0)
-    if name.startswith("tvmp_dot_s8_px2_rows") and len(args) > 4:  # (a, as, w, ws, n, acc): 2 pixels x J rows x n
-        return 2 * int(name.removeprefix("tvmp_dot_s8_px2_rows")) * (args[4] or 0)
+    """Multiply-accumulates of one micro-kernel call (0 when a length is not constant): a dot product's rows x
+    length (_dot_shape); tvmp_window_s8(p, pb, sy, sx, w, wb, wy, wx, kh, kw, ...) kh x kw; tvmp_window2_s8 (two
+    windows) twice its."""
+    shape = _dot_shape(name, args)
+    if shape is not None:
+        return shape[0] * shape[1]
     if name == "tvmp_window_s8" and len(args) > 9:
         return (args[8] or 0) * (args[9] or 0)
     if name == "tvmp_window2_s8" and len(args) > 10:  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc): two windows
@@ -68,7 +142,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
     accumulate, class 1x1 / dw / kxk), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
     ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
     micro-kernel calls), ``call_<name>`` and ``elems_<name>`` per extern call (its length
-    argument times its calls, when constant), ``stores`` (element stores that are not accumulations)."""
+    argument times its calls, when constant), ``stores`` (element stores that are not accumulations),
+    ``dot_simd_macs`` / ``dot_tail_macs`` the dot-product calls' MACs in words of four (SMLAD) and in their
+    scalar tails (length % 4: a 5-tap kernel row is one word and one scalar MAC), ``wmacs:<buffer>`` the MACs (scalar and micro-kernel) that read each weight buffer named ``*_weight`` (the
+    patch stage's layers: ``layer{i}_weight``)."""
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
 
@@ -84,14 +161,22 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     out[f"call_{name}"] += trips
                     lengths = [const(a, env) for a in call.args[1:] if isinstance(a, tirx.IntImm)]
                     out[f"elems_{name}"] += trips * max([x for x in lengths if x is not None] + [1])
-                    macs = _micro_macs(name, [const(a, env) if not isinstance(a, tvm.ir.Call) else None
-                                              for a in call.args[1:]])
+                    vals = [const(a, env) if not isinstance(a, tvm.ir.Call) else None for a in call.args[1:]]
+                    macs = _micro_macs(name, vals)
                     out["micro_macs"] += trips * macs
+                    shape = _dot_shape(name, vals)
+                    if shape is not None:  # the SIMD part (words of 4) and the scalar tail (n % 4) of the dot
+                        out["dot_tail_macs"] += trips * shape[0] * (shape[1] % 4)
+                        out["dot_simd_macs"] += trips * shape[0] * (shape[1] - shape[1] % 4)
+                    for w in _weights(call):
+                        out[f"wmacs:{w}"] += trips * macs
             return tvm_ffi.WalkResult.ADVANCE
 
         tvm_ffi.structural_walk(expr, [(tvm.ir.Call, on_call)], order="pre")
 
-    def visit(node: Any, trips: int, env: dict, chain: list[int], red: list[int] | None) -> None:
+    doms: dict[Any, tuple[int, int]] = {}  # the loops being visited that are not enumerated: (min, extent)
+
+    def visit(node: Any, trips: float, env: dict, chain: list[int], red: list[int] | None) -> None:
         if trips == 0:
             return
         if isinstance(node, tirx.For):
@@ -102,7 +187,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
                           chain + [ext], red)
             else:
+                if lo is not None:
+                    doms[node.loop_var] = (lo, ext)
                 visit(node.body, trips * ext, env, chain + [ext], red)
+                doms.pop(node.loop_var, None)
         elif isinstance(node, tirx.SeqStmt):
             # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
             # stay the reduction's (an accumulator's init, lets and the epilogue beside it)
@@ -116,11 +204,13 @@ def executed(func: tirx.PrimFunc) -> Counter:
             visit(node.body, trips, env | {node.var: ana.simplify(substitute_vars(node.value, env) if env else node.value)},
                   chain, red)
         elif isinstance(node, tirx.IfThenElse):
-            c = const(node.condition, env)
-            if c is None or c:
-                visit(node.then_case, trips, env, [], red)
-            elif node.else_case is not None:
-                visit(node.else_case, trips, env, [], red)
+            cond = ana.simplify(substitute_vars(node.condition, env) if env else node.condition)
+            c = int(cond.value) if isinstance(cond, tirx.IntImm) else None
+            share = (1.0 if c else 0.0) if c is not None else taken_share(cond, doms)
+            share = 1.0 if share is None else share
+            visit(node.then_case, trips * share, env, [], red)
+            if node.else_case is not None:
+                visit(node.else_case, trips * (1.0 - share), env, [], red)
         elif isinstance(node, s_tir.SBlockRealize):
             block = node.block
             extents = [int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == 2
@@ -136,6 +226,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     length *= e
                 out[f"mac_{cls}"] += trips
                 out[f"out_{cls}"] += trips / max(1, length)
+                for w in _weights(node.value):
+                    out[f"wmacs:{w}"] += trips
                 # in the lowered code: a MAC inside a loop (one loop start per chain[-1] MACs) or unrolled
                 if chain and chain[-1] > 1:
                     out["mac_loop"] += trips
