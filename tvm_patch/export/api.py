@@ -283,7 +283,6 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if lean and micro:
         funcs, pairs, workspace, aplan = _free_pixel_copies(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                             io_in_arena, alignment)
-    if lean and micro:
         funcs, pairs, workspace, aplan = _pixel_blocked_in_place(prog, funcs, lean_funcs, n_out, pairs, workspace,
                                                                  aplan, rows, io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
@@ -443,14 +442,15 @@ def _pixel_blocked_in_place(prog: Program, funcs: dict[str, Any], lean_funcs: di
     funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
     running = {prog.calls[k].func for k in aplan.inplace_calls}
     for name, func in list(funcs.items()):
-        if func is lean_funcs[name] or name not in running or not inplace_conv_pairs(func, n_out[name]):
+        proven = inplace_conv_pairs(func, n_out[name]) if func is not lean_funcs[name] and name in running else None
+        if not proven:
             continue
         src = prog.funcs[name]
         blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
         if blocked is src:
             continue
         cand = inplace_conv_schedule(lean_schedule(blocked), n_out[name])
-        if inplace_conv_pairs(cand, n_out[name]) != inplace_conv_pairs(func, n_out[name]):
+        if inplace_conv_pairs(cand, n_out[name]) != proven:
             continue
         funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
                                                        io_in_arena, alignment)

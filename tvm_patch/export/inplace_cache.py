@@ -51,7 +51,7 @@ from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
-from tvm_patch.tir_util import uses_var
+from tvm_patch.tir_util import mixed_radix, uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
 
@@ -257,20 +257,10 @@ def _patch_accesses(stmt: Any, env: dict[Any, Any]) -> list[_Rec]:
             i = ana.simplify(substitute_vars(i, env))
             if isinstance(i, tirx.IntImm):
                 continue
-            vs = [v for v in loops if uses_var(i, v)]
-            if not vs or any(id(v) in used for v in vs):
+            ks = mixed_radix(i, [(v, *spans[v]) for v in loops])
+            if not ks or used.intersection(ks):
                 return False
-            coeffs = tvm.sym.detect_linear_equation(i, vs)
-            if len(coeffs) != len(vs) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
-                return False
-            step = 1
-            radix = sorted(zip((int(c) for c in coeffs[:-1]), range(len(vs))))
-            for n, (c, x) in enumerate(radix):
-                lo, ext = spans[vs[x]]
-                if c != step or (n + 1 < len(radix) and lo != 0):
-                    return False
-                step *= ext
-            used.update(id(v) for v in vs)
+            used.update(ks)
         return True
 
     def loads(expr: Any) -> None:
