@@ -37,7 +37,7 @@ from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
-from tvm_patch.tir_util import mixed_radix
+from tvm_patch.tir_util import uses_var
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.names import PATCHES_ATTR
@@ -205,15 +205,21 @@ def _prove_update(body: _Body, k: int, name: str) -> bool:
     if len(stores) != 1 or stores[0].guarded:
         return False
     st = stores[0]
-    used: set[int] = set()
-    loops = [lp for lp in st.loops if int(lp.extent) != 1]
-    spans = [(lp.loop_var, int(lp.min), int(lp.extent)) for lp in loops]
+    used = set()
     for i in _simplified(st.indices, st.loops):
-        ks = mixed_radix(i, spans)
-        if ks is None or used.intersection(ks) or any(spans[k][1] != 0 for k in ks):
+        loops = [lp for lp in st.loops if int(lp.extent) != 1 and uses_var(i, lp.loop_var)]
+        if not loops:
+            continue
+        coeffs = tvm.sym.detect_linear_equation(i, [lp.loop_var for lp in loops])
+        if len(coeffs) != len(loops) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs[:-1]):
             return False
-        used.update(ks)
-    if len(used) != len(loops):
+        step = 1
+        for c, lp in sorted(zip((int(c) for c in coeffs[:-1]), loops), key=lambda t: t[0]):
+            if c != step or id(lp) in used or int(lp.min) != 0:
+                return False
+            used.add(id(lp))
+            step *= int(lp.extent)
+    if any(int(lp.extent) != 1 and id(lp) not in used for lp in st.loops):
         return False
     target = _simplified(st.indices, st.loops)
     return all(a is st or not a.buffer.same_as(buf) or _read_at_store(a, st, target) for a in body.stmts[k])
