@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -28,25 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tvm_ffi
 import xgboost as xgb
 from microtvm_projects.api import ProjectAPI
-from tvm import tirx
 
 from tvm_patch.atomic import write_atomic
 from tvm_patch.board_build import build_project
-from tvm_patch.codegen import C_TARGET
-from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, read_records
 from tvm_patch.cost.evaluate import evaluate
-from tvm_patch.cost.features import columns, exec_counts, vector
+from tvm_patch.cost.features import columns, vector
 from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key
 from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
 from tvm_patch.cost.latency import CORES, STAGE_TERMS, default_path, fit, fit_booster, for_core, has_stage_terms, \
     kernels_fingerprint, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
-from tvm_patch.names import PATCHES_ATTR
 from tvm_patch.paths import cache_dir
 
 DATA = Path(__file__).resolve().parent / "cost_data"
@@ -150,74 +145,6 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
                         for i, r in enumerate(held)]}
 
 
-def _patch_body(func: tirx.PrimFunc) -> tuple[Any, list[Any]]:
-    """The innermost patch loop of a stage (the second loop of its nest) and the statements of its body."""
-    loops: list[Any] = []
-
-    def on_for(f: Any) -> tvm_ffi.WalkResult:
-        loops.append(f)
-        return tvm_ffi.WalkResult.ADVANCE if len(loops) < 2 else tvm_ffi.WalkResult.SKIP
-
-    tvm_ffi.structural_walk(func.body, [(tirx.For, on_for)], order="pre")
-    body = loops[1].body
-    while not isinstance(body, tirx.SeqStmt) and hasattr(body, "body"):
-        body = body.body
-    return loops[1], list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
-
-
-def stage_layer_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
-    """The executed counts (features.exec_counts) of each top-level loop nest of the patch body of a stage, over
-    all patches: the stage with every other loop nest of the body removed (the lets kept)."""
-    loop, stmts = _patch_body(func)
-    body = loop.body
-    while not isinstance(body, tirx.SeqStmt) and hasattr(body, "body"):
-        body = body.body
-    out = []
-    for i, st in enumerate(stmts):
-        if isinstance(st, tirx.For):
-            keep = tirx.SeqStmt([s for j, s in enumerate(stmts) if j == i or not isinstance(s, tirx.For)])
-            out.append(exec_counts(func.with_body(tvm_ffi.structural_map(
-                func.body, [(tirx.SeqStmt, lambda s, keep=keep: keep if s.same_as(body) else s)]))))
-    return out
-
-
-def _instrument(project: Path, loop_var: str, n_calls: int) -> int:
-    """Add a counter reading before each top-level loop nest of the stage's patch body (loop ``loop_var``) and
-    after the last, accumulated per loop nest into the profile's extra entries ``n_calls`` + k; returns their
-    number. Edits the generated project's model.c, tvmp_model.h and firmware.c (this copy only)."""
-    model_c = next(project.rglob("model.c"))
-    src = model_c.read_text().split("\n")
-    start = next(i for i, line in enumerate(src) if line.startswith("void tvmp_patch_stage("))
-    head = next(i for i in range(start, len(src)) if re.match(rf"\s+for \(int32_t {loop_var} ", src[i]))
-    indent = len(src[head]) - len(src[head].lstrip()) + 2
-    close = next(i for i in range(head + 1, len(src)) if src[i] == " " * (indent - 2) + "}")
-    out, k = [], 0
-    for i, line in enumerate(src):
-        if head < i < close and line.startswith(" " * indent + "for ("):
-            out.append(" " * indent + f"tvmp_layer_mark({k});")
-            k += 1
-        if i == close:
-            out.append(" " * indent + f"tvmp_layer_mark({k});")
-        out.append(line)
-        if i == head:
-            out.append(" " * indent + "tvmp_layer_mark(-1);")
-    hook = (f"uint64_t tvmp_counter_now(void);\nvoid tvmp_layer_add(uint32_t i, uint64_t ticks);\n"
-            f"static uint64_t tvmp_layer_t;\nstatic void tvmp_layer_mark(int k) {{ uint64_t t = tvmp_counter_now(); "
-            f"if (k > 0) tvmp_layer_add({n_calls - 1} + (uint32_t)k, t - tvmp_layer_t); tvmp_layer_t = tvmp_counter_now(); }}\n")
-    model_c.write_text("\n".join(out).replace("void tvmp_patch_stage(", hook + "void tvmp_patch_stage(", 1))
-    header = next(project.rglob("tvmp_model.h"))
-    text = header.read_text()
-    if f"#define TVMP_NUM_CALLS {n_calls}\n" not in text:
-        raise TvmPatchError(f"{header}: no TVMP_NUM_CALLS {n_calls} to extend; the project layout changed")
-    header.write_text(text.replace(f"#define TVMP_NUM_CALLS {n_calls}\n", f"#define TVMP_NUM_CALLS {n_calls + k}\n"))
-    fw = next(project.rglob("firmware.c"))
-    fw.write_text(fw.read_text().replace("/* ------------------------------------------------------------------ the run */",
-                                         "void tvmp_layer_add(uint32_t i, uint64_t ticks) { prof_count[i] += "
-                                         "tvmp_counter_to_count(ticks); prof_name[i] = \"stage_layer\"; }\n"
-                                         "/* ------------------------------------------------------------------ the run */", 1))
-    return k
-
-
 def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = None) -> dict[str, Any]:
     """Each top-level loop nest of ``model``'s patch stage under ``plan`` on ``board`` (QEMU): its measured count
     (instrumented firmware, accumulated over the patches; each reading's own cost is in its loop nest's figure)
@@ -229,31 +156,23 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
     with tempfile.TemporaryDirectory(prefix="tvmp_stage_layers_") as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
         result = export_model(model, export_dir, **plan.export_args())
-        stage = next((n for n, f in result.kernel_funcs.items() if f.attrs is not None and PATCHES_ATTR in f.attrs), None)
-        if stage is None:
-            raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")
-        lowered, _ = lower_plain(result.kernel_funcs, C_TARGET)
-        counts = stage_layer_counts(lowered[stage])
-        loop, _ = _patch_body(lowered[stage])
         ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
                                                          "seed": 0})
+        counts = instrument_stage(result, proj)
+        if counts is None:
+            raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")
         n_calls = len(result.program.calls)
-        k = _instrument(proj, str(loop.loop_var.name), n_calls)
-        if k != len(counts):
-            raise TvmPatchError(f"{k} loop nests in the C of the patch body, {len(counts)} in its TIR: cannot match them")
         run = build_project(proj, runner="emulator", run=True, profile=True)["run"]
-        shutil.rmtree(proj, ignore_errors=True)
     unit = "instructions" if run.get("instructions") is not None else "cycles"
     measured = {kk["index"]: kk[unit] for kk in run.get("kernels", [])}
     coef, names = np.array(model_.stage_coef), model_.stage_names
     layers = []
-    for i, e in enumerate(counts):
-        terms = np.array(stage_terms({"exec": e, "halo_cache": int(plan.halo == "cache"), "patches": 0}, names))
-        terms[[j for j, n in enumerate(names) if n == "one"]] = 0.0
-        pred, meas = float(terms @ coef), measured.get(n_calls + i)
+    for row in measured_nests(counts, measured, n_calls, int(plan.halo == "cache")):
+        terms = np.array(stage_terms(row, names))
+        pred, meas = float(terms @ coef), row["measured"]
         top = sorted(((float(v * c), n) for n, v, c in zip(names, terms, coef) if v * c), reverse=True)[:5]
-        layers.append({"loop_nest": i, "layers": sorted(k.removeprefix("wmacs:").removesuffix("_weight") for k in e
-                                                        if k.startswith("wmacs:")),
+        layers.append({"loop_nest": row["loop_nest"], "layers": sorted(k.removeprefix("wmacs:").removesuffix("_weight")
+                                                                       for k in row["exec"] if k.startswith("wmacs:")),
                        "measured": meas, "predicted": round(pred), "error": round(pred / meas - 1, 4) if meas else None,
                        "terms": {n: round(v) for v, n in top}})
     return {"model": model, "plan": plan.to_json(), "board": board, "unit": unit, "stage_measured": measured.get(0),

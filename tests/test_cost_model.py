@@ -24,7 +24,8 @@ from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
-    load as load_cost_model, warn_if_stale
+    load as load_cost_model, stage_terms, warn_if_stale
+from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
 from tvm_patch.cost.trips import executed
 from tvm_patch.errors import TvmPatchError
@@ -137,8 +138,12 @@ def test_stage_executes_exactly_the_analysed_macs(tmp_path, shared_models, capsy
 
 
 @T.prim_func
-def _blocked_and_window(a: T.Buffer((8, 10), "int8"), w: T.Buffer((32,), "int8"), d: T.Buffer((9,), "int8"),
-                        out: T.Buffer((10, 4), "int32"), o2: T.Buffer((10,), "int32")):
+def _blocked_and_window(ha: T.handle, hw: T.handle, hd: T.handle, hout: T.handle, ho2: T.handle):
+    a = T.match_buffer(ha, (8, 10), "int8")
+    w = T.match_buffer(hw, (32,), "int8")
+    d = T.match_buffer(hd, (9,), "int8")
+    out = T.match_buffer(hout, (10, 4), "int32")
+    o2 = T.match_buffer(ho2, (10,), "int32")
     for p in range(10):
         acc = T.alloc_buffer((4,), "int32")
         for j in range(4):
@@ -159,6 +164,19 @@ def test_scalar_macs_classed_by_their_reduction_loops():
     e = executed(_blocked_and_window)
     assert e["mac_blk"] == 10 * 8 * 4 and e["mac_dw"] == 10 * 9 and e["mac_1x1"] == e["mac_kxk"] == 0
     assert e["stores"] == e["stores_const"] + e["stores_copy"] == 80 and e["stores_const"] == 40
+
+
+def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
+    """measure(loop_nests=True): the patch stage's firmware instrumented before each top-level loop nest of the
+    patch body; the loop nests' counts add up to the stage's (the code between them is a few instructions per
+    patch) and their executed counts to the stage's."""
+    rec = measure(str(shared_models / KWS), Plan(3, (2, 2)), "f746", work_dir=tmp_path, loop_nests=True)
+    stage, nests = rec["rows"][0], rec["loop_nests"]
+    assert stage["op"] == "patch_stage" and len(nests) >= 3 and all(n["measured"] > 0 for n in nests)
+    assert sum(n["measured"] for n in nests) == pytest.approx(stage["measured"], rel=0.01)
+    for key in ("stores", "all_macs", "requant"):
+        assert sum(n["exec"][key] for n in nests) == pytest.approx(stage["exec"][key])
+    assert all(n["patches"] == 0 and stage_terms(n, ("one",)) == [0.0] for n in nests)
 
 
 def test_shipped_models_load():

@@ -175,7 +175,8 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
                     counts["failed"] += 1
                     continue
                 rec = measure(model, plan, board, runner, timeout_sec, tmp,
-                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None)
+                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None,
+                              loop_nests=bool(item.get("deep")))
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()

@@ -30,6 +30,7 @@ CORES = ("m4", "m7")
 PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 2,
           "objective": "reg:squarederror", "seed": 0, "nthread": 1}
 ROUNDS = 200
+NEST_WEIGHT = 0.5  # a loop nest's equation in the stage fit, against a whole stage's 1
 # The sources that decide what the kernels' code is (the micro-kernels, their register blocking, the C code
 # generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
 KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/c_kernels.py", "export/blocking.py",
@@ -69,7 +70,7 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 # stores of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch
 # and a constant: STAGE_TERMS, in this order. A model file names its terms (older files: others).
 _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
-            "one": lambda r: 1.0}
+            "one": lambda r: 0.0 if "loop_nest" in r else 1.0}  # a loop nest of a stage (stage_layers.py): no constant
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
                "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
                "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "cache_stores", "patches",
@@ -94,16 +95,21 @@ def fit_booster(rows: list[dict[str, Any]]) -> xgb.Booster:
     return xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
 
 
-def relative_nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+def relative_nnls(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Non-negative coefficients c minimising the relative error of ``a @ c`` against ``y`` (each equation
-    divided by its measured count)."""
-    return nnls(a / y[:, None], np.ones_like(y))[0]
+    divided by its measured count, then weighted by ``w``, default 1)."""
+    w = np.ones_like(y) if w is None else w
+    return nnls(a / y[:, None] * w[:, None], w)[0]
 
 
-def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
-    """The linear stage model's coefficients (``names``) on measured patch stage rows (relative_nnls)."""
-    a = np.array([stage_terms(k, names) for k in stages], dtype=np.float64)
-    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in stages], dtype=np.float64))]
+def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS,
+              nests: list[dict[str, Any]] = ()) -> list[float]:
+    """The linear stage model's coefficients (``names``) on measured patch stage rows and loop nest rows
+    (stage_layers.py; each weighs NEST_WEIGHT of a stage), by relative_nnls."""
+    rows = list(stages) + list(nests)
+    a = np.array([stage_terms(k, names) for k in rows], dtype=np.float64)
+    w = np.array([1.0] * len(stages) + [NEST_WEIGHT] * len(nests))
+    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in rows], dtype=np.float64), w)]
 
 
 @dataclass
@@ -173,15 +179,17 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
                             f"{', '.join(STAGE_TERMS)}); recompute their features with `tvm-patch costmodel refeature` "
                             "or collect them again")
     coef = None
+    nests = [n for r in recs if stage_data is not current or r.get("kernels_fingerprint") == kernels_fingerprint()
+             for n in r.get("loop_nests", ()) if n.get("measured") and has_stage_terms(n)]
     if len(stage_data) >= 2 * len(STAGE_TERMS):
-        coef = fit_stage(stage_data)
+        coef = fit_stage(stage_data, nests=nests)
         rows = [k for k in rows if k["op"] != "patch_stage"]
     booster = fit_booster(rows)
     rest = np.array([r["total"] - sum(k["measured"] for k in r["rows"]) for r in recs], dtype=np.float64)
     io = np.array([r["io_bytes"] for r in recs], dtype=np.float64)
     a, b = np.linalg.lstsq(np.stack([np.ones_like(io), io], 1), rest, rcond=None)[0]
     meta = {"n_networks": len(recs), "n_kernels": len(rows) + (len(stages) if coef is not None else 0),
-            "n_stages": len(stage_data), "stage_model": "linear" if coef is not None else "booster",
+            "n_stages": len(stage_data), "n_loop_nests": len(nests) if coef is not None else 0, "stage_model": "linear" if coef is not None else "booster",
             "data_fingerprints": {fp: sum((r.get("kernels_fingerprint") or "unknown") == fp for r in recs)
                                   for fp in sorted({r.get("kernels_fingerprint") or "unknown" for r in recs})}, "boards": sorted({r["board"] for r in recs}),
             "runner": sorted({r["runner"] for r in recs}),
