@@ -111,3 +111,15 @@ def measured_nests(counts: list[dict[str, float]], measured: dict[int, int], n_c
     ``loop_nest`` set (the stage model's constant and per-patch terms are 0 for a loop nest)."""
     return [{"loop_nest": i, "exec": e, "halo_cache": halo_cache, "patches": 0, "measured": measured.get(n_calls + i)}
             for i, e in enumerate(counts)]
+
+
+def consistent(stage: dict[str, Any], nests: list[dict[str, Any]], tolerance: float = 0.02) -> bool:
+    """Do the loop nests add up to their stage row, in executed MACs and stores (exactly, up to rounding) and in
+    measured counts (within ``tolerance``: the code between the loop nests)? A stage whose patch body is not a
+    sequence of layer loop nests (the cache mode's) does not, and its loop nests are not kept."""
+    if not nests or any(not n.get("measured") for n in nests) or not stage.get("measured"):
+        return False
+    for key in ("all_macs", "stores"):
+        if abs(sum(n["exec"][key] for n in nests) - stage["exec"][key]) > 1e-6 * max(1.0, stage["exec"][key]):
+            return False
+    return abs(sum(n["measured"] for n in nests) / stage["measured"] - 1) <= tolerance
