@@ -243,12 +243,12 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
     measured = []
 
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None):  # the resume logic, not the measuring
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False):  # resume, not measuring
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
     monkeypatch.setattr(cost_collect, "measure", fake_measure)
-    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed: Plan(1, (2, 2)))
+    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False: Plan(1, (2, 2)))
     out = tmp_path / "m.jsonl"
     assert cost_collect.collect("f746", out, n=2, heldout=False)["measured"] == 4
     lines = out.read_text().splitlines()
