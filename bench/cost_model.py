@@ -38,8 +38,8 @@ from tvm_patch.cost.features import columns, vector
 from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
-from tvm_patch.cost.latency import CORES, STAGE_TERMS, default_path, fit, fit_booster, for_core, has_stage_terms, \
-    kernels_fingerprint, relative_nnls, stage_terms
+from tvm_patch.cost.latency import CORES, STAGE_TERMS, choose_nest_weight, default_path, fit, fit_booster, for_core, \
+    has_stage_terms, kernels_fingerprint, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.paths import cache_dir
@@ -92,53 +92,77 @@ def _layer_sum(stage_rec: dict[str, Any], lbl_rec: dict[str, Any], booster: xgb.
 
 
 def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (one store term instead of
-    one per kind of store; without the window MACs; one scalar ``mac`` term instead of one per reduction shape;
-    with the branch counts; ROUND3_TERMS and OLDER_TERMS: rounds 3 and 2) and a per-layer model, on the same measured stages. The per-layer model predicts each stage layer with the kernel
-    booster (``_layer_sum``) plus non-negative costs of LAYER_OVERHEADS, fitted like the linear one. All by
-    cross-validation over the training stages (grouped by network, CV_FOLDS folds; the booster refit without
-    the fold's networks) and on the held-out stages (fitted on every training stage). Relative errors of the
-    stage kernel's count."""
+    """The patch stage's linear model (shipped: STAGE_TERMS, fitted on the stages and their loop nests at the nest
+    weight latency.choose_nest_weight picks) against ablations of it (without the loop nests; one store term
+    instead of one per kind of store; without the window MACs; one scalar ``mac`` term instead of one per
+    reduction shape; without the branch counts; ROUND3_TERMS and OLDER_TERMS: rounds 3 and 2) and a per-layer model.
+    The per-layer model predicts each stage layer with the kernel booster (``_layer_sum``) plus non-negative
+    costs of LAYER_OVERHEADS, fitted like the linear one, on the stages whose network was also measured layer by
+    layer (the deep round's were not). All by cross-validation over the training stages (grouped by network,
+    CV_FOLDS folds; a fold's loop nests and, for the per-layer model, the booster's kernels left out with it) and
+    on the held-out stages (fitted on every training stage). Relative errors of the stage kernel's count."""
     ok = [r for r in records if all(k.get("measured") for k in r["rows"])]
     lbl = {_network(r): r for r in ok if r["plan"]["split"] is None}
-    stages = [r for r in ok if r["plan"]["split"] is not None and _network(r) in lbl and has_stage_terms(r["rows"][0])]
+    stages = [r for r in ok if r["plan"]["split"] is not None and has_stage_terms(r["rows"][0])]
     train, held = [r for r in stages if not r.get("heldout")], [r for r in stages if r.get("heldout")]
-    if len(train) < 2 * CV_FOLDS or not held:
-        raise TvmPatchError(f"{len(train)} training and {len(held)} held-out patch stages with a layer-by-layer "
+    twin = np.array([_network(r) in lbl for r in train])
+    if twin.sum() < 2 * CV_FOLDS or not held or not all(_network(r) in lbl for r in held):
+        raise TvmPatchError(f"{int(twin.sum())} training and {len(held)} held-out patch stages with a layer-by-layer "
                             "measurement of the same network: too few to compare; collect more")
+    nest_recs = [(r, n) for r in ok if not r.get("heldout") for n in r.get("loop_nests", ())
+                 if n.get("measured") and has_stage_terms(n)]
     stores = tuple(t for t in STAGE_TERMS if not t.startswith("stores_")) + ("stores",)
-    linear = {"linear": STAGE_TERMS, "linear_one_store_term": stores,
+    linear = {"linear": STAGE_TERMS, "linear_without_loop_nests": STAGE_TERMS, "linear_one_store_term": stores,
               "linear_without_window_macs": tuple(t for t in STAGE_TERMS if t != "window_macs"),
               "linear_one_scalar_mac_term": ("mac", *(t for t in STAGE_TERMS if not t.startswith("mac_") or t == "mac_flat")),
-              "linear_with_branches": STAGE_TERMS + ("branches", "branches_skipped"),
+              "linear_without_branches": tuple(t for t in STAGE_TERMS if not t.startswith("branches")),
               "linear_round3_terms": ROUND3_TERMS, "linear_older_terms": OLDER_TERMS}
+    weight, _ = choose_nest_weight([r["rows"][0] for r in train], [str(_network(r)) for r in train],
+                                   [n for _, n in nest_recs], [str(_network(r)) for r, _ in nest_recs]) \
+        if nest_recs else (0.0, {})
 
-    def terms(recs: list[dict[str, Any]], model: str, booster: xgb.Booster) -> np.ndarray:
+    def terms(recs: list[Any], model: str, booster: xgb.Booster | None) -> np.ndarray:
         if model in linear:
-            return np.array([stage_terms(r["rows"][0], linear[model]) for r in recs])
+            return np.array([stage_terms(r["rows"][0] if "rows" in r else r, linear[model]) for r in recs],
+                            dtype=np.float64).reshape(len(recs), len(linear[model]))
         return np.array([[_layer_sum(r, lbl[_network(r)], booster)] + stage_terms(r["rows"][0], LAYER_OVERHEADS)
                          for r in recs])
-
-    def errors(a_fit: np.ndarray, y_fit: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return a @ relative_nnls(a_fit, y_fit) / y - 1
 
     models = (*linear, "per_layer")
     y_train = np.array([r["rows"][0]["measured"] for r in train], dtype=np.float64)
     y_held = np.array([r["rows"][0]["measured"] for r in held], dtype=np.float64)
+    y_nest = np.array([n["measured"] for _, n in nest_recs], dtype=np.float64)
     nets = sorted({str(_network(r)) for r in train})
     fold = {n: i % CV_FOLDS for i, n in enumerate(nets)}
     in_fold = np.array([fold[str(_network(r))] for r in train])
-    cv = {m: np.zeros(len(train)) for m in models}
+    nest_fold = np.array([fold.get(str(_network(r)), -1) for r, _ in nest_recs])
+
+    def fit_errors(m: str, booster: xgb.Booster | None, fit_mask: np.ndarray, nest_mask: np.ndarray,
+                   test: list[dict[str, Any]], y_test: np.ndarray) -> np.ndarray:
+        """Fit model ``m`` on the training stages of ``fit_mask`` (and the loop nests of ``nest_mask``); the
+        relative errors on ``test``."""
+        use = fit_mask & (twin if m == "per_layer" else True)
+        a, y = terms([r for r, u in zip(train, use) if u], m, booster), y_train[use]
+        w = np.ones_like(y)
+        if m in linear and m != "linear_without_loop_nests" and nest_recs and weight:
+            a = np.vstack([a, terms([n for (_, n), u in zip(nest_recs, nest_mask) if u], m, None)])
+            y, w = np.concatenate([y, y_nest[nest_mask]]), np.concatenate([w, np.full(int(nest_mask.sum()), weight)])
+        return terms(test, m, booster) @ relative_nnls(a, y, w) / y_test - 1
+
+    cv: dict[str, list[float]] = {m: [] for m in models}
     for f in range(CV_FOLDS):
         te = in_fold == f
         b = fit_booster([k for r in ok if not r.get("heldout") and fold.get(str(_network(r))) != f
                          for k in r["rows"] if k["op"] != "patch_stage"])
         for m in models:
-            a = terms(train, m, b)
-            cv[m][te] = errors(a[~te], y_train[~te], a[te], y_train[te])
+            test = [r for r, t in zip(train, te) if t and (m != "per_layer" or _network(r) in lbl)]
+            y_test = np.array([r["rows"][0]["measured"] for r in test], dtype=np.float64)
+            cv[m] += list(fit_errors(m, b, ~te, nest_fold != f, test, y_test))
     b = fit_booster([k for r in ok if not r.get("heldout") for k in r["rows"] if k["op"] != "patch_stage"])
-    held_err = {m: errors(terms(train, m, b), y_train, terms(held, m, b), y_held) for m in models}
-    return {"n_train_stages": len(train), "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
+    every = np.ones(len(train), dtype=bool)
+    held_err = {m: fit_errors(m, b, every, np.ones(len(nest_recs), dtype=bool), held, y_held) for m in models}
+    return {"n_train_stages": len(train), "n_train_stages_per_layer": int(twin.sum()), "n_loop_nests": len(nest_recs),
+            "nest_weight": weight, "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
             "cv_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in cv.items()},
             "heldout_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in held_err.items()},
             "heldout": [{"id": r["id"], **{m: round(float(e[i]), 4) for m, e in held_err.items()}}
