@@ -29,6 +29,7 @@ from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.measure import core_key, export_plan, measure
 from tvm_patch.cost.plan import HALO_MODES, Plan
 from tvm_patch.cost.adaptive import near_items
+from tvm_patch.cost.stage_layers import stage_nest_counts
 from tvm_patch.cost.synth import nhwc_model, sample_deep, sample_inserts, sample_near, sample_net, write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
@@ -227,13 +228,20 @@ def refeature(path: Path, out: Path) -> dict[str, int]:
             model = _item_model(item, rec["id"], tmp)
             plan = Plan(rec["plan"]["split"], tuple(rec["plan"]["patches"]) if rec["plan"]["patches"] else None,
                         rec["plan"]["halo"])
-            _, rows = export_plan(model, plan, Path(tmp) / "export")
+            result, rows = export_plan(model, plan, Path(tmp) / "export")
             if [r["func"] for r in rows] != [r["func"] for r in rec["rows"]]:
                 counts["dropped"] += 1
                 continue
             for new, old in zip(rows, rec["rows"]):
                 new["measured"] = old["measured"]
-            lines.append(json.dumps(dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)))
+            rec = dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)
+            if rec.get("loop_nests"):  # the stage's loop nests counted again (their measured counts kept)
+                nests = stage_nest_counts(result) or []
+                if len(nests) == len(rec["loop_nests"]):
+                    rec["loop_nests"] = [dict(old, exec=e) for old, e in zip(rec["loop_nests"], nests)]
+                else:
+                    rec.pop("loop_nests")
+            lines.append(json.dumps(rec))
             counts["refeatured"] += 1
     out.write_text("".join(line + "\n" for line in lines))
     return counts

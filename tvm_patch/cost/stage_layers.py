@@ -89,16 +89,28 @@ def instrument(project: Path, loop_var: str, n_calls: int) -> int:
     return k
 
 
+def _lowered_stage(result: Any) -> tirx.PrimFunc | None:
+    """The patch stage of an export ``result`` lowered as the C export lowers it; None without a stage."""
+    stage = next((n for n, f in result.kernel_funcs.items() if f.attrs is not None and PATCHES_ATTR in f.attrs), None)
+    return None if stage is None else lower_plain(result.kernel_funcs, C_TARGET)[0][stage]
+
+
+def stage_nest_counts(result: Any) -> list[dict[str, float]] | None:
+    """The executed counts of each loop nest of the patch stage of an export ``result`` (loop_nest_counts);
+    None without a stage (refeature recounts a record's loop nests with it)."""
+    func = _lowered_stage(result)
+    return None if func is None else loop_nest_counts(func)
+
+
 def instrument_stage(result: Any, project: Path) -> list[dict[str, float]] | None:
     """Instrument the generated ``project`` of an export ``result`` loop nest by loop nest (instrument()); the
     loop nests' executed counts, in order (their measured counts are the profile's entries from
     len(result.program.calls) on: measured_nests()); None when the export has no patch stage."""
-    stage = next((n for n, f in result.kernel_funcs.items() if f.attrs is not None and PATCHES_ATTR in f.attrs), None)
-    if stage is None:
+    func = _lowered_stage(result)
+    if func is None:
         return None
-    lowered, _ = lower_plain(result.kernel_funcs, C_TARGET)
-    counts = loop_nest_counts(lowered[stage])
-    loop, _ = patch_body(lowered[stage])
+    counts = loop_nest_counts(func)
+    loop, _ = patch_body(func)
     k = instrument(project, str(loop.loop_var.name), len(result.program.calls))
     if k != len(counts):
         raise TvmPatchError(f"{k} loop nests in the C of the patch body, {len(counts)} in its TIR: cannot match them")
