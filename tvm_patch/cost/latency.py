@@ -74,7 +74,8 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 # stores of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch
 # and a constant: STAGE_TERMS, in this order. A model file names its terms (older files: others).
 _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
-            "one": lambda r: 0.0 if "loop_nest" in r else 1.0}  # a loop nest of a stage (stage_layers.py): no constant
+            "one": lambda r: 0.0 if "loop_nest" in r else 1.0,  # a loop nest of a stage (stage_layers.py): no constant
+            "branches_taken": lambda r: r["exec"]["branches"] - r["exec"]["branches_skipped"]}  # an alternative
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
                "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
                "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "branches",
