@@ -99,7 +99,7 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The patch stage's linear model (shipped: STAGE_TERMS, fitted on the stages and their loop nests at the nest
     weight latency.choose_nest_weight picks) against ablations of it (without the loop nests; one store term
     instead of one per kind of store; without the window MACs; one scalar ``mac`` term instead of one per
-    reduction shape; without the branch counts; the taken branches instead of the skipped ones; ROUND3_TERMS and OLDER_TERMS: rounds 3 and 2) and a per-layer model.
+    reduction shape; without the branch counts; the skipped branches instead of the taken ones; ROUND3_TERMS and OLDER_TERMS: rounds 3 and 2) and a per-layer model.
     The per-layer model predicts each stage layer with the kernel booster (``_layer_sum``) plus non-negative
     costs of LAYER_OVERHEADS, fitted like the linear one, on the stages whose network was also measured layer by
     layer (the deep round's were not). All by cross-validation over the training stages (grouped by network,
@@ -120,7 +120,7 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
               "linear_without_window_macs": tuple(t for t in STAGE_TERMS if t != "window_macs"),
               "linear_one_scalar_mac_term": ("mac", *(t for t in STAGE_TERMS if not t.startswith("mac_") or t == "mac_flat")),
               "linear_without_branches": tuple(t for t in STAGE_TERMS if not t.startswith("branches")),
-              "linear_branches_taken": tuple("branches_taken" if t == "branches_skipped" else t for t in STAGE_TERMS),
+              "linear_branches_skipped": tuple("branches_skipped" if t == "branches_taken" else t for t in STAGE_TERMS),
               "linear_round3_terms": ROUND3_TERMS, "linear_older_terms": OLDER_TERMS}
     weight, _ = choose_nest_weight([r["rows"][0] for r in train], [str(_network(r)) for r in train],
                                    [n for _, n in nest_recs], [str(_network(r)) for r, _ in nest_recs]) \

@@ -194,7 +194,7 @@ def test_stage_model_comparison_on_the_shipped_measurements():
     held-out stages (about 12 s: nine booster fits)."""
     out = stage_comparison(cost_collect.read_records(DATA / "m7.jsonl.gz"))
     models = {"linear", "linear_one_store_term", "linear_without_window_macs", "linear_one_scalar_mac_term",
-              "linear_without_branches", "linear_branches_taken", "linear_without_loop_nests", "linear_round3_terms", "linear_older_terms",
+              "linear_without_branches", "linear_branches_skipped", "linear_without_loop_nests", "linear_round3_terms", "linear_older_terms",
               "per_layer"}
     assert set(out["cv_mape"]) == set(out["heldout_mape"]) == models and out["n_train_stages"] >= 2 * out["cv_folds"]
     assert len(out["heldout"]) == out["n_heldout_stages"] > 0
