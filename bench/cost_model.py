@@ -5,7 +5,8 @@ the shipped model of each core on the measurements it was trained beside (bench/
 
 `--retrain` first re-collects the training and held-out measurements on this installation's kernels (the
 rounds of collect.DEFAULT_ROUNDS and the adaptive one, on QEMU; resumable: an interrupted run continues), then retrains and
-replaces the shipped model (tvm_patch/cost/models/<core>.json) and its data (bench/cost_data/<core>.jsonl.gz).
+replaces the shipped model (tvm_patch/cost/models/<core>.json) and its data (bench/cost_data/<core>.jsonl.gz), and
+measures the extra held-out runs (--measure-extra).
 `make costmodel` (or `make -j2 costmodel` for both cores at once) runs it.
 
 `--stage-layers MODEL --board B --split S --patches P [--halo H]`: where the patch stage's prediction errs, layer
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain:
         for core in cores:
             print(f"{core}: {retrain(core)}", flush=True)
-    if args.measure_extra:
+    if args.measure_extra or args.retrain:  # a retrain measures the extra held-out runs on its kernels too
         for core in cores:
             print(f"{core}: {measure_extra(core)}", flush=True)
     results = {core: evaluate(for_core(core), read_records(DATA / f"{core}.jsonl.gz")) for core in cores
