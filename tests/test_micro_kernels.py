@@ -397,13 +397,14 @@ def _tvm_out(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
     return tensors[-1].numpy()
 
 
-def _pointwise(h: int, w: int, cin: int, cout: int) -> tirx.PrimFunc:
-    """An NHWC 1x1 convolution (OHWI weights), requantized."""
+def _pointwise(h: int, w: int, cin: int, cout: int, layout: str = "NHWC") -> tirx.PrimFunc:
+    """A 1x1 convolution, NHWC (OHWI weights) or NCHW (OIHW weights), requantized."""
     from tvm import topi
 
-    a = te.placeholder((1, h, w, cin), "int8", name="A")
-    wt = te.placeholder((cout, 1, 1, cin), "int8", name="W")
-    acc = topi.nn.conv(a, wt, 1, 0, 1, 1, "NHWC", "OHWI", "int32")
+    nchw = layout == "NCHW"
+    a = te.placeholder((1, cin, h, w) if nchw else (1, h, w, cin), "int8", name="A")
+    wt = te.placeholder((cout, cin, 1, 1) if nchw else (cout, 1, 1, cin), "int8", name="W")
+    acc = topi.nn.conv(a, wt, 1, 0, 1, 1, layout, "OIHW" if nchw else "OHWI", "int32")
     with extern_requantization():
         q = requantize_te(acc, 1518500250, -8, 5)
     out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
@@ -436,6 +437,45 @@ def test_in_place_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
 
 
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(1, 4), w=st.sampled_from([2, 4, 6, 5]), cin=st.integers(4, 40), cout_blocks=st.integers(1, 12),
+       seed=st.integers(0, 2**16))
+def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, cout_blocks, seed):
+    """An NCHW 1x1 kernel blocked over two pixels (block_pixels channels_first) copies the pixel pair pixel-major
+    (pixel_pair_copy_schedule) and calls tvmp_dot_s8_px2_rows2 (odd W: left as it is); against TVM out of place
+    and, with no more output than input channels, run in place (the proof's NCHW pixel groups)."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, pixel_pair_copy_schedule
+
+    cout = 2 * cout_blocks
+    src = _pointwise(h, w, cin, cout, "NCHW")
+    blocked = block_pixels(src, 2, channels_first=True)
+    assert (blocked is src) == (w % 2 == 1)
+    assert block_pixels(src, 2) is src  # the NHWC form does not take an NCHW kernel
+    if blocked is src:
+        return
+    lean = lean_schedule(blocked)
+    func = pixel_pair_copy_schedule(lean, 1)
+    assert func is not lean
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, cin, h, w), dtype=np.int8), rng.integers(-128, 128, (cout, cin, 1, 1), dtype=np.int8),
+              np.full((1, cout, h, w), 77, dtype=np.int8)]
+    csrc = emit_c({"kern": func})
+    assert "tvmp_dot_s8_px2_rows2(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    tmp = tmp_path_factory.mktemp("px2nchw")
+    want = _tvm_out(src, arrays)
+    if not csrc.workspace_bytes.get("kern", 0):
+        got, _ = _c_and_tvm(func, csrc.code, arrays, tmp)
+        np.testing.assert_array_equal(got, want)
+    pairs = inplace_conv_pairs(func, 1)
+    if h >= 2 and w >= 4:  # the proof's loops (unit loops drop out: one row or one group proves nothing)
+        assert pairs == [(0, 2)]
+    if pairs and cout <= cin:
+        ip = emit_c({"kern": mark_in_place(func, pairs)})
+        got = _c_in_place(ip.code, arrays, ip.workspace_bytes.get("kern", 0), tmp)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_pixel_groups_in_the_in_place_proof():
     """channel_or_pixel_safe's pixel groups: W indexed by w0 * P + r with r in [0, P) and P dividing W; not
     with a remainder that can reach P, nor with P not dividing W, nor with more output than input channels."""
@@ -457,6 +497,19 @@ def test_pixel_groups_in_the_in_place_proof():
     assert not safe(2, 2, 6, cout=9)  # a pixel's outputs would reach the next pixel's inputs
     idx = [zero, h, w0 * 2 + r, c]
     assert not channel_or_pixel_safe([h, w0], idx, idx, (1, 3, 6, 8), (1, 3, 6, 8))  # no ranges: not proven
+
+    def safe_nchw(step: int, r_extent: int, width: int, cout: int = 8, hw_out: tuple[int, int] | None = None) -> bool:
+        ana = tvm.sym.Analyzer()
+        for v, ext in ((h, 3), (w0, width // step), (r, r_extent), (c, 8)):
+            ana.bind(v, tvm.ir.Range.from_min_extent(0, ext))
+        idx = [zero, c, h, w0 * step + r]
+        return channel_or_pixel_safe([h, w0], idx, idx, (1, 8, 3, width), (1, cout, *(hw_out or (3, width))), ana)
+
+    # NCHW: a group writes its own pixels' offsets (mod H * W), so more output channels are fine too
+    assert safe_nchw(2, 2, 6) and safe_nchw(2, 2, 6, cout=16)
+    assert not safe_nchw(2, 3, 6)  # overlapping groups
+    assert not safe_nchw(4, 4, 6)  # groups straddle rows
+    assert not safe_nchw(2, 2, 6, hw_out=(3, 4))  # output plane of another size
 
 
 @settings(max_examples=10, deadline=None)

@@ -451,8 +451,12 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     if len(lin) != 2 or _int(lin[0]) is None or any(uses_var(a, x) for i, a in enumerate(args) if i != 1):
         return None
     sx = args[3].value if isinstance(args[3], tirx.Cast) else args[3]
-    if (_int(lin[0]), _int(sx)) != (1, 1) or kw not in PAIRED_WIDTHS:
-        return None  # only where the C kernel's SMLAD path applies: measured slower elsewhere (stride 2, generic)
+    d, step = _int(lin[0]), _int(sx)
+    strided = step is not None and step > 1 and d in (step, 2 * step)  # NHWC, channel outside: taps C bytes apart
+    if not strided and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
+        # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
+        # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
+        return None
     init = stmts[:at]
     if len(init) > 1 or (init and not (init[0].buffer.same_as(acc) and not uses_var(init[0].value, x))):
         return None

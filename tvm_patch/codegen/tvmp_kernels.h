@@ -37,6 +37,15 @@
 #include <arm_acle.h>
 #endif
 
+/* TFLite's RoundingDivideByPOT(v, right), v's sign taken from hi (the same as v's): v >> right, plus one when the
+   remainder v & mask exceeds the threshold (mask >> 1) + (v < 0). The test as the sign bit of threshold - remainder
+   (both in [0, 2^31): the difference fits): SUB and an ADD with a shifted operand instead of CMP, IT, ADDGT. */
+TVMP_INLINE int32_t tvmp_round_shift(int32_t v, int32_t right, int32_t hi) {
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    int32_t t = ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)) - (v & mask);
+    return (v >> right) + (int32_t)((uint32_t)t >> 31);
+}
+
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
     int32_t right = left - shift;
@@ -51,8 +60,7 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
 }
 
 /* tvmp_requant for a shift known (at export time, from the constants of every call) to be <= 0: no left shift. */
@@ -66,8 +74,7 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31));
     if (TVMP_UNLIKELY(acc == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX;
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
 }
 
 #if defined(__ARM_FEATURE_DSP)
