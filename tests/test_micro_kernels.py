@@ -40,7 +40,9 @@ def requant_lib(tmp_path_factory) -> ctypes.CDLL:
                             "void rq(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
                             "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n"
                             "void rq_rs(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
-                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n")
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n"
+                            "void rq_narrow(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs_narrow(a[i], m[i], s[i]);\n}\n")
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
                     str(d / "rq.so")], check=True)
     return ctypes.CDLL(str(d / "rq.so"))
@@ -69,6 +71,13 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
     requant_lib.rq_rs(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
                       len(acc))
     np.testing.assert_array_equal(out, want)
+    keep = np.abs(acc.astype(np.int64)) < 2**30  # tvmp_requant_rs_narrow: where the export bounds the accumulator
+    acc, mult, shift, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, want))
+    assert len(acc) > 100_000
+    out = np.empty_like(acc)
+    requant_lib.rq_narrow(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p),
+                          out.ctypes.data_as(p), len(acc))
+    np.testing.assert_array_equal(out, want)
 
 
 def _xorshift(state: int):
@@ -92,10 +101,11 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
-    a, m, s, got, got_rs = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    a, m, s, got, got_rs, got_narrow = (np.array(c, dtype=np.int64) for c in zip(*rq))
     np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
     np.testing.assert_array_equal(got_rs, got)  # tvmp_requant_rs where shift <= 0
-    assert (s <= 0).sum() > 200
+    np.testing.assert_array_equal(got_narrow, got)  # tvmp_requant_rs_narrow where also |acc| < 2^30 (SMMULR)
+    assert (s <= 0).sum() > 200 and ((s <= 0) & (np.abs(a) < 2**30)).sum() > 100
     for n, _off, got, acc0, *pairs in dots:
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)
@@ -304,6 +314,28 @@ def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, 
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
     got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dw"))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(3, 8), w=st.integers(3, 12), stride=st.sampled_from([1, 2]), pad=st.integers(0, 1),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory, h, w, stride, pad, pad_value, seed):
+    """An NHWC depthwise kernel not run in place with its channel loop outside the rows (channel_outer_schedule):
+    neighbouring interior windows (taps C bytes apart, stride 1 or 2) pair in tvmp_window2_s8; against TVM."""
+    from tvm_patch.export.inplace_conv import channel_outer_schedule
+
+    lean = lean_schedule(_depthwise("NHWC", h, w, 3, stride, pad, pad_value))
+    func = channel_outer_schedule(lean, 1)
+    nchw = lean_schedule(_depthwise("NCHW", h, w, 3, 1, 1, 0))
+    assert func is not lean and channel_outer_schedule(nchw, 1) is nchw  # NCHW: channels outside already
+    src = emit_c({"kern": func})
+    if stride == 1 and pad == 1 and w >= 6:  # at least two pairs of interior outputs per row
+        assert "tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dwco"))
     np.testing.assert_array_equal(got, want)
 
 
@@ -552,3 +584,34 @@ def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared
     consts[call.args[p].index] = bumped
     other = dataclasses.replace(prog, constants=consts)
     assert "tvmp_requant_rs" not in nonpositive_shift_requant(other, {name: funcs[name]})[name].script()
+
+
+def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
+    """narrow_requant: tvmp_requant_rs_narrow (SMMULR on 2 x acc) only where |acc + bias| < 2^30 is proven: the
+    int8 x int8 products of the reduction (2^14 each, times the reduction's extents) plus the largest constant
+    bias over every call; a bias of 2^30 in one call keeps tvmp_requant_rs."""
+    from tvm_patch.codegen.micro_kernels import PRODUCT_BOUND, accumulator_bounds
+    from tvm_patch.export import export_model
+    from tvm_patch.export.api import nonpositive_shift_requant
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
+    prog, funcs = res.program, res.kernel_funcs
+    name = next(n for n, f in funcs.items() if "tvmp_requant_rs_narrow" in nonpositive_shift_requant(prog, {n: f})[n].script())
+    bounds = accumulator_bounds(funcs[name])
+    assert bounds and all(b > 0 and b % PRODUCT_BOUND == 0 for _, b in bounds)
+    call = next(c for c in prog.calls if c.func == name)
+    func = funcs[name]
+    bias = next(i for i, a in enumerate(call.args) if a.kind == "const" and prog.constants[a.index].dtype == np.int32
+                and "+ " + str(func.params[i].name) in func.script())
+    consts = list(prog.constants)
+    bumped = consts[call.args[bias].index].copy()
+    bumped.flat[0] = 2**30
+    consts[call.args[bias].index] = bumped
+    script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
+    assert "tvmp_requant_rs_narrow" not in script and "tvmp_requant_rs" in script
+    # a dense layer's K = 12 products; none for products of wider operands (int16 x int8)
+    assert [b for _, b in accumulator_bounds(lean_schedule(_matmul_requant(12, False, True)))] == [12 * PRODUCT_BOUND]
+    a, w = te.placeholder((3, 12), "int16", name="A"), te.placeholder((5, 12), "int8", name="W")
+    r = te.reduce_axis((0, 12), name="r")
+    acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * w[f, r].astype("int32"), axis=r), name="acc")
+    assert accumulator_bounds(te.create_prim_func([a, w, acc])) == []

@@ -77,6 +77,19 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
     return tvmp_round_shift(v, right, hi);
 }
 
+/* tvmp_requant_rs for an accumulator proven (at export time) below 2^30 in magnitude: SRDHM(acc, mult) =
+   floor((acc * mult + 2^30) / 2^31) = floor((2 acc * mult + 2^31) / 2^32), one SMMULR on 2 acc (which fits), and
+   no saturation case (acc is not INT32_MIN). */
+TVMP_INLINE int32_t tvmp_requant_rs_narrow(int32_t acc, int32_t mult, int32_t shift) {
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v;
+    __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"((int32_t)((uint32_t)acc << 1)), "r"(mult));
+#else
+    int32_t v = (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
+#endif
+    return tvmp_round_shift(v, -shift, v);
+}
+
 #if defined(__ARM_FEATURE_DSP)
 /* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
 TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {

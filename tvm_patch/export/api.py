@@ -24,8 +24,8 @@ import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
-from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, plain_kernels, requant_shift_params,
-                                            right_shift_requant)
+from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, narrow_requant, plain_kernels,
+                                            requant_shift_params, right_shift_requant)
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -362,7 +362,18 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
         ok = {p for p in found if calls and all(
             c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
         out[name] = right_shift_requant(func, ok) if ok else func
+        if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
+            out[name] = narrow_requant(out[name], _constant_bounds(prog, name))
     return out
+
+
+def _constant_bounds(prog: Program, name: str) -> dict[int, int]:
+    """{parameter index: the largest |element|} of kernel ``name``'s parameters that are constants in every call."""
+    calls = [c for c in prog.calls if c.func == name]
+    if not calls:
+        return {}
+    return {p: max(int(abs(prog.constants[c.args[p].index].astype("int64")).max(initial=0)) for c in calls)
+            for p in range(len(calls[0].args)) if all(c.args[p].kind == "const" for c in calls)}
 
 
 def _workspaces(funcs: dict[str, Any], alignment: int) -> dict[str, int]:
