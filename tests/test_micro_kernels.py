@@ -258,11 +258,13 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
 
 
 @settings(max_examples=12, deadline=None)
-@given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
-def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, seed):
+@given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), k=st.sampled_from([1, 3]),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, k, pad_value, seed):
     """block_pixels (two output pixels x rows channels under the reduction) + tvmp_dot_s8_px2_rows*, against
-    TVM on random 1x1 convolutions (stride 1 or 2)."""
-    src = _conv_nhwc_ohwi(cin, 1, stride, 0)
+    TVM on random 1x1 and padded 3x3 convolutions (stride 1 or 2; at the border a pair whose taps the padding
+    splits runs each pixel alone)."""
+    src = _conv_nhwc_ohwi(cin, k, stride, pad_value)
     blocked = block_pixels(src, rows)
     width = int(src.params[-1].shape[2])
     assert (blocked is src) == (width % 2 == 1 or cin == 1)  # cin 1: no reduction to block under
@@ -270,7 +272,7 @@ def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, r
     code = emit_c({"kern": func}).code
     assert (f"tvmp_dot_s8_px2_rows{rows}(" in code.replace(MICRO_KERNELS.read_text(), "")) == (cin >= 4 and width % 2 == 0)
     rng = np.random.default_rng(seed)
-    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, 1, 1, cin), dtype=np.int8),
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8),
               np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, code, arrays, tmp_path_factory.mktemp("px2"))
     np.testing.assert_array_equal(got, want)

@@ -234,9 +234,9 @@ def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
     if len(lin_acc) != 4 or (_int(lin_acc[0]), _int(lin_acc[1]), _int(lin_acc[2])) != (rows, 1, 0):
         return None
     a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
-    if a is None or w is None or a[1] is not None or w[1] is not None:
+    if a is None or w is None or w[1] is not None or (a[1] is not None and uses_var(a[1], j)):
         return None
-    a_load, w_load = a[0], w[0]
+    (a_load, cond, pad), w_load = a, w[0]
     lin_a = tvm.sym.detect_linear_equation(a_load.indices[0], [p, j, k])
     lin_w = tvm.sym.detect_linear_equation(w_load.indices[0], [p, j, k])
     if len(lin_a) != 4 or len(lin_w) != 4 or _int(lin_a[1]) != 0 or _int(lin_a[2]) != 1:
@@ -247,9 +247,24 @@ def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
     def addr(load: TensorLoad, index: Any) -> Any:
         return tirx.address_of(tirx.BufferLoad(load.source, [index]))
 
-    return tirx.Evaluate(tirx.call_extern(
-        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), addr(w_load, lin_w[3]),
-        tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32"), tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
+    w_ptr, ws, n = addr(w_load, lin_w[3]), tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32")
+    pair = tirx.Evaluate(tirx.call_extern(
+        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), w_ptr, ws, n,
+        tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
+    if cond is None:
+        return pair
+    # a padded tap (a k x k convolution's border): the pair when both pixels read the input, else each pixel alone,
+    # its tap a rows call or the pad value times its weights' sums
+    ana = tvm.sym.Analyzer()
+    at = [ana.simplify(tvm_ffi.structural_map(cond, [(tirx.Var, lambda v, q=q: tirx.const(q, v.ty) if v.same_as(p) else v)]))
+          for q in (0, 1)]
+    alone = []
+    for q in (0, 1):
+        acc_q = tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3] + q * rows]))
+        tap = tirx.call_extern("void", ROWS[rows], addr(a_load, lin_a[3] + q * lin_a[0]), w_ptr, ws, n, acc_q)
+        border = tirx.call_extern("void", PAD_ROWS, tirx.Cast("int32", pad), w_ptr, ws, n, tirx.const(rows, "int32"), acc_q)
+        alone.append(tirx.IfThenElse(at[q], tirx.Evaluate(tap), tirx.Evaluate(border)))
+    return tirx.IfThenElse(tirx.And(at[0], at[1]), pair, tirx.SeqStmt(alone))
 
 
 WINDOW = "tvmp_window_s8"
@@ -542,7 +557,7 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
         found = _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop)
         if found is None:
             fused = _fused_taps(loop)
-            found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
+            found = (_dot_call(fused) or _rows_call(fused) or _px2_rows_call(fused)) if fused is not None else None
         return found or _window_pairs(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])

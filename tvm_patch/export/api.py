@@ -290,7 +290,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                                                            rows, io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
-        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
+        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
         funcs = {n: channel_outer_schedule(f, n_out[n]) if f is lean_funcs[n] and n not in inplace_funcs else f
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
@@ -431,19 +431,23 @@ def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: st
 
 
 def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], inplace_funcs: set[str],
-                   workspace: dict[str, int], rows: Any, alignment: int) -> dict[str, Any]:
-    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy) and are not
-    run in place, blocked over two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the
-    result needs the same kernel workspace as before (so the planned arena stays as it is)."""
+                   workspace: dict[str, int], rows: Any, alignment: int, pairs: dict[str, list],
+                   n_out: dict[str, int]) -> dict[str, Any]:
+    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy), blocked over
+    two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the result needs the same kernel
+    workspace as before (so the planned arena stays as it is) and, for a kernel run in place (a residual add
+    written over its skip input), proves every in-place pair the plan may use again."""
     out = dict(funcs)
     for name, func in funcs.items():
-        if func is not lean_funcs[name] or name in inplace_funcs:
+        if func is not lean_funcs[name]:
             continue
         src = prog.funcs[name]
         blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
         if blocked is src:
             continue
         cand = lean_schedule(blocked)
+        if name in inplace_funcs and not set(pairs[name]) <= set(inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])):
+            continue
         if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
             out[name] = cand
     return out

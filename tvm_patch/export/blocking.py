@@ -157,8 +157,10 @@ def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -
 
     which ``micro_kernels`` turns into one ``tvmp_dot_s8_px2_rows{rows}`` call: each weight word is loaded and
     sign-extended once for two pixels, each activation word once for ``rows`` channels. The accumulators are
-    2 x rows C locals. ``func`` itself when it is not such a kernel (one non-unit reduction, the activation's
-    last axis, indexed by the pixel axis just before the channel axis, whose extent is even).
+    2 x rows C locals. ``func`` itself when it is not such a kernel (the innermost non-unit reduction the
+    activation's last axis, indexed by the pixel axis just before the channel axis, whose extent is even). A k x k
+    convolution's pair runs under every kernel tap (``for ry: for rx: for rc: for p: for j``), its two windows
+    ``stride x C`` bytes apart; at the border the taps' tests depend on the pixel (see ``micro_kernels``).
 
     ``channels_first``: the same for an NCHW 1x1 convolution (the reduction indexes the activation's channel
     axis, the pixel pair runs along its last axis, W): the nest reads the activation with a stride until
@@ -177,7 +179,7 @@ def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -
         loops = list(sch.get_loops(rv))
         pos = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(found[0]))][0]
         act = [ld for ld in _int8_loads(block) if not any(u.same_as(ch) for i in ld.indices for u in vars_of(i))]
-        if len(red) != 1 or len(act) != 1:
+        if len(act) != 1 or (channels_first and len(red) != 1):
             return func
         if channels_first:  # n, c, h, w: the pixel axis is the last spatial one, after the channel axis
             px_pos = len([iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]) - 1
