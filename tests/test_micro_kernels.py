@@ -341,6 +341,21 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
+    """A 5x5 depthwise kernel over a 3x3 plane (padding 2: every output a border one) has its output loops peeled
+    (micro_kernels._peeled): one window call per output, each with constant bounds; bit-exact with TVM."""
+    func = lean_schedule(_depthwise(layout, 3, 3, 5, 1, 2, -7))
+    src = emit_c({"kern": func})
+    calls = [ln for ln in src.code.replace(MICRO_KERNELS.read_text(), "").splitlines() if "tvmp_window_s8(" in ln]
+    assert len(calls) == 9 and not any("?" in ln for ln in calls)  # no bound computed per output
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_blocking_leaves_other_kernels_alone():
     """Channels that rows does not divide, depthwise-like reads and rows=1 keep the function as it is."""
     dense = _matmul_requant(8, False, extern=True, f_out=5)

@@ -677,13 +677,29 @@ def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
                     loop.thread_binding, loop.annotations)
 
 
+MAX_PEELED_EXTENT = 4  # output loops this short with no interior (a plane smaller than the kernel) are peeled
+
+
+def _peeled(loop: tirx.For) -> tirx.Stmt:
+    """A short output loop of a padded convolution without an interior range (every output a border one, as a
+    5 x 5 depthwise kernel over a 3 x 3 plane) as one copy of its body per value: each copy's border bounds are
+    constants, so the C compiler specialises its windows (unrolled, test-free) instead of testing every tap
+    against bounds computed per output. Else the loop itself."""
+    v, extent = loop.loop_var, _int(loop.extent)
+    if (_int(loop.min) != 0 or extent is None or not 1 < extent <= MAX_PEELED_EXTENT
+            or _allocated_bytes(loop.body) > MAX_COPIED_BYTES or not _indexes_a_store(loop.body, v)
+            or not any(uses_var(t, v) for r in _padded_reads(loop.body) for t in _terms(r.args[0]))):
+        return loop
+    return tirx.SeqStmt([_shifted(loop, k, k + 1, loop.body) for k in range(extent)])
+
+
 def _partition_padding(loop: tirx.For) -> tirx.Stmt:
     """An output loop of a padded convolution split into border ranges and the interior, where its border
     comparisons (proven true there for every tap) are dropped from the padded reads: the interior runs with no
     test, no window bound and no pad-sum branch. Exact: a comparison goes only where it is proven true."""
     found = _interior(loop)
     if found is None:
-        return loop
+        return _peeled(loop)
     lo, hi, terms = found
 
     def drop(call: Any) -> Any:
