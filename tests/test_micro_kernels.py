@@ -356,6 +356,33 @@ def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
     np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=8, deadline=None)
+@given(w=st.integers(5, 14), stride=st.sampled_from([1, 2]), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, stride, pad_value, seed):
+    """An NCHW 3x3 stem over 3 input channels (``for rc: acc = tvmp_window_s8(...)`` per output): neighbouring
+    interior outputs pair (tvmp_window2_s8 inside the channel loop, micro_kernels._window_pairs);
+    bit-exact with TVM at stride 1 and 2, odd and even rows."""
+    from tvm import topi
+
+    a = te.placeholder((1, 3, 9, w), "int8", name="A")
+    wt = te.placeholder((4, 3, 3, 3), "int8", name="W")
+    padded = topi.nn.pad(a, [0, 0, 1, 1], [0, 0, 1, 1], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+    acc = topi.nn.conv(padded, wt, stride, 0, 1, 1, "NCHW", "OIHW", "int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -8, 5)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    func = lean_schedule(te.create_prim_func([a, wt, out]))
+    src = emit_c({"kern": func})
+    out_w = (w + 2 - 3) // stride + 1
+    interior = sum(1 for x in range(out_w) if x * stride - 1 >= 0 and x * stride + 1 <= w - 1)  # no padded tap
+    assert ("tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")) == (interior >= 2 * MIN_WINDOW_PAIRS)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("stem"))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_blocking_leaves_other_kernels_alone():
     """Channels that rows does not divide, depthwise-like reads and rows=1 keep the function as it is."""
     dense = _matmul_requant(8, False, extern=True, f_out=5)

@@ -431,6 +431,17 @@ MIN_WINDOW_PAIRS = 2  # one pair per row measured slower (kws: 3 interior column
 PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 (NCHW 5x5 and 7x7 rows are dot calls)
 
 
+def _window_store(st: Any) -> tuple[tirx.BufferStore, tirx.For | None] | None:
+    """(store, None) for ``acc[0] = tvmp_window_s8(...)``, (store, loop) for a serial loop around only such a store
+    (an NCHW convolution's windows over its input channels), else None."""
+    if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW:
+        return st, None
+    if (isinstance(st, tirx.For) and st.kind == tirx.ForKind.SERIAL and _int(st.min) == 0 and _int(st.extent) is not None
+            and isinstance(st.body, tirx.BufferStore) and _extern_name(st.body.value) == WINDOW):
+        return st.body, st
+    return None
+
+
 def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     """An output loop whose body computes one interior window (``tvmp_window_s8`` with the full kernel as its
     bounds) into a one-element accumulator, then an epilogue reading it, as a loop over pairs of outputs:
@@ -439,18 +450,18 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
 
     becomes ``for x2 in range(E // 2): pair = {init, init}; tvmp_window2_s8(P, b + 2 d x2, d, ..., pair);
     epilogue(2 x2, pair[0]); epilogue(2 x2 + 1, pair[1])`` (and the last output alone when E is odd), so the taps
-    of neighbouring windows are loaded once. Exact: each output's sum and epilogue are unchanged; the only
+    of neighbouring windows are loaded once. The window may sit in a loop of its own (an NCHW stem's input
+    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call. Exact: each output's sum and epilogue are unchanged; the only
     reordering is the second window's reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
     extent, x = _int(loop.extent), loop.loop_var
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_WINDOW_PAIRS * 2:
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
-    calls = [i for i, st in enumerate(stmts) if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW]
-    if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for st in stmts):
+    calls = [(i, w) for i, st in enumerate(stmts) if (w := _window_store(st)) is not None]
+    if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for i, st in enumerate(stmts) if i != calls[0][0]):
         return None
-    at = calls[0]
-    store = stmts[at]
+    at, (store, inner) = calls[0]
     acc = store.buffer
     call = store.value
     args = list(call.args)[1:]  # after the callee's name
@@ -468,7 +479,8 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     sx = args[3].value if isinstance(args[3], tirx.Cast) else args[3]
     d, step = _int(lin[0]), _int(sx)
     strided = step is not None and step > 1 and d in (step, 2 * step)  # NHWC, channel outside: taps C bytes apart
-    if not strided and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
+    stem = inner is not None and (d, step) == (2, 1) and kw in PAIRED_WIDTHS  # an NCHW stem: windows over channels
+    if not strided and not stem and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
         return None
@@ -494,7 +506,12 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
                                  tirx.Cast("int32", lin[0]), *args[2:10],
                                  tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
     body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in (0, 1)]
-    body.append(tirx.Evaluate(pair_call))
+    if inner is None:
+        body.append(tirx.Evaluate(pair_call))
+    else:  # a fresh loop variable: the odd tail below keeps the original loop
+        rc, rc2 = inner.loop_var, tirx.Var(inner.loop_var.name, inner.loop_var.ty)
+        pair_call = tvm_ffi.structural_map(pair_call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
+        body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(pair_call)))
     body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
