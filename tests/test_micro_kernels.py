@@ -341,6 +341,20 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("h, w, k, pad", [(9, 9, 5, 2), (8, 11, 7, 0), (6, 9, 5, 1)])
+def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad):
+    """NCHW 5x5 / 7x7 stride-1 depthwise windows, whose kernel rows are dot-product calls, pair along a row
+    (micro_kernels._dot_rows_window, then tvmp_window2_s8's wide-row path); bit-exact with TVM."""
+    func = lean_schedule(_depthwise("NCHW", h, w, k, 1, pad, -9))
+    src = emit_c({"kern": func})
+    assert "tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
     """A 5x5 depthwise kernel over a 3x3 plane (padding 2: every output a border one) has its output loops peeled

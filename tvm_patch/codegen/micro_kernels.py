@@ -433,13 +433,52 @@ PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 
 
 def _window_store(st: Any) -> tuple[tirx.BufferStore, tirx.For | None] | None:
     """(store, None) for ``acc[0] = tvmp_window_s8(...)``, (store, loop) for a serial loop around only such a store
-    (an NCHW convolution's windows over its input channels), else None."""
+    (an NCHW convolution's windows over its input channels), (the equivalent window store, None) for a window
+    whose kernel rows are dot products (``_dot_rows_window``), else None."""
     if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW:
         return st, None
     if (isinstance(st, tirx.For) and st.kind == tirx.ForKind.SERIAL and _int(st.min) == 0 and _int(st.extent) is not None
             and isinstance(st.body, tirx.BufferStore) and _extern_name(st.body.value) == WINDOW):
         return st.body, st
-    return None
+    window = _dot_rows_window(st)
+    return (window, None) if window is not None else None
+
+
+def _dot_rows_window(st: Any) -> tirx.BufferStore | None:
+    """``for ry in range(KH): acc[0] = tvmp_dot_s8(&P[b + ry * sy], &W[wb + ry * wy], KW, acc[0])`` (an interior
+    NCHW depthwise window whose rows are contiguous runs: 5 x 5, 7 x 7) as the equivalent interior
+    ``acc[0] = tvmp_window_s8(P, b, sy, 1, W, wb, wy, 1, KH, KW, 0, KH, 0, KW, 0, acc[0])``, else None."""
+    if not (isinstance(st, tirx.For) and st.kind == tirx.ForKind.SERIAL and _int(st.min) == 0
+            and _int(st.extent) is not None and isinstance(st.body, tirx.BufferStore)):
+        return None
+    ry, kh, store = st.loop_var, _int(st.extent), st.body
+    call = store.value
+    if _extern_name(call) != DOT or len(call.args) != 5 or _int(call.args[3]) is None:
+        return None
+    a_ptr, w_ptr, n, acc = call.args[1], call.args[2], _int(call.args[3]), call.args[4]
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(store.indices) == 1
+            and _int(store.indices[0]) == 0 and len(acc.indices) == 1 and _int(acc.indices[0]) == 0):
+        return None
+    bases = []
+    for ptr in (a_ptr, w_ptr):
+        load = ptr.args[0] if _is_call(ptr, ".address_of") and ptr.args else None
+        if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+            return None
+        lin = tvm.sym.detect_linear_equation(load.indices[0], [ry])
+        if len(lin) != 2 or _int(lin[0]) is None or uses_var(lin[1], ry):
+            return None
+        bases.append((load.source, lin[1], lin[0]))
+    (a_buf, b, sy), (w_buf, wb, wy) = bases
+
+    def i32(x: Any) -> Any:
+        return x if str(x.ty) == "int32" else tirx.Cast("int32", x)
+
+    one, zero = tirx.const(1, "int32"), tirx.const(0, "int32")
+    args = [tirx.address_of(tirx.BufferLoad(a_buf, [zero])), i32(b), i32(sy), one,
+            tirx.address_of(tirx.BufferLoad(w_buf, [zero])), i32(wb), i32(wy), one,
+            tirx.const(kh, "int32"), tirx.const(n, "int32"), zero, tirx.const(kh, "int32"), zero,
+            tirx.const(n, "int32"), zero, acc]
+    return tirx.BufferStore(store.buffer, tirx.call_extern("int32", WINDOW, *args), list(store.indices))
 
 
 def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
@@ -480,7 +519,9 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     d, step = _int(lin[0]), _int(sx)
     strided = step is not None and step > 1 and d in (step, 2 * step)  # NHWC, channel outside: taps C bytes apart
     stem = inner is not None and (d, step) == (2, 1) and kw in PAIRED_WIDTHS  # an NCHW stem: windows over channels
-    if not strided and not stem and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
+    # NCHW 5x5, 7x7 at stride 1 (rows of dot products): the wide-row SMLAD path of tvmp_window2_s8
+    wide = _dot_rows_window(stmts[at]) is not None and (d, step) == (1, 1)
+    if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
         return None

@@ -296,6 +296,35 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
         acc[0] = a0, acc[1] = a1;
         return;
     }
+    if (kw >= 4 && sx == 1 && wx == 1 && d == 1) {
+        /* wide contiguous rows (5x5, 7x7, stride 1): per 4 taps, the word of taps 0-3 gives (q0, q2), (q1, q3) and
+           the word one byte on (q1, q4) ror 8 = (q2, q4); against (w0, w2), (w1, w3): 4 SMLAD for 8 MACs; the rest
+           of the row one tap at a time, each input byte loaded once for both windows */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            int32_t rx = 0;
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t x, x1, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&x1, r + rx + 1, 4);
+                memcpy(&y, wr + rx, 4);
+                uint32_t o = tvmp_sxtb16_ror8(x), we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(__sxtb16(x), we, a0);
+                a0 = __smlad(o, wo, a0);
+                a1 = __smlad(o, we, a1);
+                a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, a1);
+            }
+            int32_t next = r[rx];
+            for (; rx < kw; rx++) {
+                int32_t wv = wr[rx], cur = next;
+                next = r[rx + 1];
+                a0 += cur * wv;
+                a1 += next * wv;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
 #endif
     for (int32_t ry = 0; ry < kh; ry++)
         for (int32_t rx = 0; rx < kw; rx++) {
