@@ -685,11 +685,12 @@ def _allocated_bytes(stmt: Any) -> int:
 
 
 def _indexes_a_store(stmt: Any, v: Any) -> bool:
-    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap)?"""
+    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap, nor the pixel of a
+    pair's accumulators: a store that accumulates ``acc[i] += x * y`` does not count)?"""
     found = [False]
 
     def on_store(st: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or any(uses_var(i, v) for i in st.indices)
+        found[0] = found[0] or (_accumulation(st) is None and any(uses_var(i, v) for i in st.indices))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, on_store)], order="pre")
