@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -667,6 +668,22 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     consts[call.args[bias].index] = bumped
     script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
     assert "tvmp_requant_rs_narrow" not in script and "tvmp_requant_rs" in script
+    # a residual add's requantizations: each bounded by its argument's bound + 1, so the outer one of their sum too
+    from tvm_patch.codegen.micro_kernels import narrow_requant, right_shift_requant
+
+    def residual(scale: int) -> tirx.PrimFunc:
+        x, y = te.placeholder((4,), "int8", name="X"), te.placeholder((4,), "int8", name="Y")
+
+        def rq(v: Any) -> Any:
+            return tirx.call_pure_extern("int32", REQUANT_EXTERN, v, 1699529983, -2)
+
+        out = te.compute((4,), lambda i: rq(rq(x[i].astype("int32") * scale + 17825792) + rq(y[i].astype("int32") * scale)),
+                         name="out")
+        return right_shift_requant(te.create_prim_func([x, y, out]), set())
+
+    assert residual(2**20).script().count('"tvmp_requant_rs"') == 3
+    assert narrow_requant(residual(2**20), {}).script().count('"tvmp_requant_rs_narrow"') == 3
+    assert "tvmp_requant_rs_narrow" not in narrow_requant(residual(2**23), {}).script()  # 128 x 2^23 = 2^30
     # a dense layer's K = 12 products; none for products of wider operands (int16 x int8)
     assert [b for _, b in accumulator_bounds(lean_schedule(_matmul_requant(12, False, True)))] == [12 * PRODUCT_BOUND]
     a, w = te.placeholder((3, 12), "int16", name="A"), te.placeholder((5, 12), "int8", name="W")

@@ -912,11 +912,21 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
         if str(expr.value.ty) == "int8":
             return 128
         return _abs_bound(expr.value, accs, params, param_bounds) if str(expr.value.ty) == "int32" else None
-    if isinstance(expr, (tirx.Add, tirx.Sub, tirx.Mul)):
+    if isinstance(expr, (tirx.Add, tirx.Sub, tirx.Mul, tirx.Min, tirx.Max)):
         a, b = (_abs_bound(x, accs, params, param_bounds) for x in (expr.a, expr.b))
         if a is None or b is None:
             return None
+        if isinstance(expr, (tirx.Min, tirx.Max)):  # |min(a, b)|, |max(a, b)| <= max(|a|, |b|)
+            return max(a, b)
         return a * b if isinstance(expr, tirx.Mul) else a + b
+    if _is_call(expr, ".call_pure_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
+        name = str(expr.args[0].value)
+        if name == SAT:
+            return 128
+        if name in (REQUANT_RS, REQUANT_NARROW):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
+            inner = _abs_bound(expr.args[1], accs, params, param_bounds)
+            return None if inner is None else inner + 1
+        return None
     if isinstance(expr, TensorLoad):
         for buf, bound in accs:
             if expr.source.same_as(buf):
