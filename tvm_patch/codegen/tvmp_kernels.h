@@ -37,6 +37,15 @@
 #include <arm_acle.h>
 #endif
 
+/* TFLite's RoundingDivideByPOT(v, right), v's sign taken from hi (the same as v's): v >> right, plus one when the
+   remainder v & mask exceeds the threshold (mask >> 1) + (v < 0). The test as the sign bit of threshold - remainder
+   (both in [0, 2^31): the difference fits): SUB and an ADD with a shifted operand instead of CMP, IT, ADDGT. */
+TVMP_INLINE int32_t tvmp_round_shift(int32_t v, int32_t right, int32_t hi) {
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    int32_t t = ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)) - (v & mask);
+    return (v >> right) + (int32_t)((uint32_t)t >> 31);
+}
+
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
     int32_t right = left - shift;
@@ -51,8 +60,7 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
 }
 
 /* tvmp_requant for a shift known (at export time, from the constants of every call) to be <= 0: no left shift. */
@@ -66,8 +74,20 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31));
     if (TVMP_UNLIKELY(acc == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX;
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
+}
+
+/* tvmp_requant_rs for an accumulator proven (at export time) below 2^30 in magnitude: SRDHM(acc, mult) =
+   floor((acc * mult + 2^30) / 2^31) = floor((2 acc * mult + 2^31) / 2^32), one SMMULR on 2 acc (which fits), and
+   no saturation case (acc is not INT32_MIN). */
+TVMP_INLINE int32_t tvmp_requant_rs_narrow(int32_t acc, int32_t mult, int32_t shift) {
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v;
+    __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"((int32_t)((uint32_t)acc << 1)), "r"(mult));
+#else
+    int32_t v = (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
+#endif
+    return tvmp_round_shift(v, -shift, v);
 }
 
 #if defined(__ARM_FEATURE_DSP)
@@ -271,6 +291,35 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
             } else {
                 a1 = __smlad(tvmp_pack_hi_hi(e, o), w01, a1);
                 a1 += (int32_t)r[4] * w2;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+    if (kw >= 4 && sx == 1 && wx == 1 && d == 1) {
+        /* wide contiguous rows (5x5, 7x7, stride 1): per 4 taps, the word of taps 0-3 gives (q0, q2), (q1, q3) and
+           the word one byte on (q1, q4) ror 8 = (q2, q4); against (w0, w2), (w1, w3): 4 SMLAD for 8 MACs; the rest
+           of the row one tap at a time, each input byte loaded once for both windows */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            int32_t rx = 0;
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t x, x1, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&x1, r + rx + 1, 4);
+                memcpy(&y, wr + rx, 4);
+                uint32_t o = tvmp_sxtb16_ror8(x), we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(__sxtb16(x), we, a0);
+                a0 = __smlad(o, wo, a0);
+                a1 = __smlad(o, we, a1);
+                a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, a1);
+            }
+            int32_t next = r[rx];
+            for (; rx < kw; rx++) {
+                int32_t wv = wr[rx], cur = next;
+                next = r[rx + 1];
+                a0 += cur * wv;
+                a1 += next * wv;
             }
         }
         acc[0] = a0, acc[1] = a1;
