@@ -428,7 +428,8 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     reordering is the second window's reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
     extent, x = _int(loop.extent), loop.loop_var
-    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_WINDOW_PAIRS * 2:
+    # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < MIN_WINDOW_PAIRS * 2):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
     calls = [i for i, st in enumerate(stmts) if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW]
@@ -478,11 +479,15 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     body.append(tirx.Evaluate(pair_call))
     body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
-    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
+    n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
+    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
                      tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
-    if extent % 2 == 0:
+    if extent is not None and extent % 2 == 0:
         return pairs
-    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: tirx.const(extent - 1, str(x.ty)) if v.same_as(x) else v)])
+    last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
+    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: last_x if v.same_as(x) else v)])
+    if extent is None:
+        tail = tirx.IfThenElse(tirx.floormod(loop.extent, 2) == 1, tail, None)
     return tirx.SeqStmt([pairs, tail])
 
 

@@ -16,6 +16,10 @@ Cache sizes are `regions.cache_bytes`; the semantics are those of `reference.run
 checks them. The per-patch buffers and the caches are placed by `tvm_patch.memplan` (`STAGE_OFFSETS_ATTR`,
 read by the C export): per-patch buffers live from their producer to their last reader in the patch body,
 caches during the whole stage.
+
+Without its caches (`build_recompute_stage`) the same nest is recompute mode: every patch computes its whole
+region, the halos again; the C export builds recompute mode that way, for these kernel forms (loop bounds instead
+of per-element tests, two pixels, a copied input without a test per byte).
 """
 
 from __future__ import annotations
@@ -30,13 +34,13 @@ from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
                                      plan_patches)
-from tvm_patch.patch.schedule import depthwise_in_place_layers, skip_accumulations
+from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
                                       reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
 
-__all__ = ["build_cached_stage"]
+__all__ = ["build_cached_stage", "build_recompute_stage"]
 
 _I32 = "int32"
 
@@ -54,11 +58,24 @@ def _loops(extents: list[tuple[Any, Any]], body_fn) -> Any:
     return body
 
 
+def build_recompute_stage(stage: Stage, patches: tuple[int, int], alignment: int = 16) -> tirx.PrimFunc:
+    """Recompute mode for the C export (the `PatchStage` pass): this module's loop nest without caches (every patch
+    computes its whole region, as `schedule.build_stage` does), so recompute mode gets cache mode's kernel forms:
+    live parts as loop bounds instead of a test per element, two pixels for 1x1 convs, a copied input without a
+    test per byte. Except for a stage with a dense conv computed inside its residual add (`skip_accumulations`):
+    `build_stage` blocks it by channels, this nest computes it element by element (resnet8 4x4: stage 34.6 M
+    instructions against 38.4 M), so such a stage keeps `build_stage(in_place=True)`."""
+    if skip_accumulations(stage, plan_patches(stage, patches)):
+        return build_stage(stage, patches, in_place=True)
+    return build_cached_stage(stage, patches, alignment, caches=False)
+
+
 def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 16,
-                       in_place: bool = True) -> tirx.PrimFunc:
+                       in_place: bool = True, caches: bool = True) -> tirx.PrimFunc:
     """The stage over `patches` = (rows, cols) of patches in cache mode (see the module docstring); the same
     arguments as `schedule.build_stage`: (input, parameters of `te_stage.param_names`, output). `in_place`: the
-    convention's in-place steps, as in recompute mode (see the module docstring)."""
+    convention's in-place steps, as in recompute mode (see the module docstring). `caches=False`: no row or
+    column caches, every patch computing its whole region (recompute mode, `build_recompute_stage`)."""
     plan = plan_patches(stage, patches)
     nh, nw = plan.counts
     th, tw = plan.tiles
@@ -91,9 +108,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             region[v] = tirx.decl_buffer(nd(c, rh, rw), dt, name=names[v])
         if v >= 0:
             hr, wc = halo_overlap(plan.h[v]), halo_overlap(plan.w[v])
-            if hr and nh > 1:
+            if caches and hr and nh > 1:
                 rows_c[v] = tirx.decl_buffer(nd(c, hr, plan.w[v].domain.size), dt, name=f"{names[v]}_rows")
-            if wc and nw > 1:
+            if caches and wc and nw > 1:
                 cols_c[v] = tirx.decl_buffer(nd(c, rh, wc), dt, name=f"{names[v]}_cols")
     acc = tirx.decl_buffer((1,), acc_dtype(stage), name="acc")
     tmp = [tirx.decl_buffer((1,), _I32, name=f"tmp{k}") for k in range(3)]
