@@ -188,6 +188,41 @@ def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
     return True
 
 
+def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
+    """Statement k writes `dst` over `src` (same offset), channel by channel, each channel computed from `src` itself
+    into a one-channel buffer and then copied over (`cache_stage._copies_output`): in the loop over channels, every
+    access of `src` reads that channel, and the one store of `dst` comes after all of them in a nest of its own, so
+    channel c's output, which lands on bytes of channels at most c (`channel_or_pixel_safe`), is written after
+    channel c was read whole and before a later channel is read."""
+    s, d = body.bufs[src], body.bufs[dst]
+    if str(s.ty.dtype) != str(d.ty.dtype) or len(s.shape) != 3 or len(d.shape) != 3:
+        return False
+    stmt = body.stmts[k]
+    if not isinstance(stmt, tirx.For):
+        return False
+    ch = stmt.loop_var
+    reads = [a for a in body.accs[k] if a.buffer.same_as(s)]
+    writes = [a for a in body.accs[k] if a.buffer.same_as(d)]
+    if not reads or any(a.store for a in reads) or len(writes) != 1 or not writes[0].store or writes[0].guarded:
+        return False
+    st = writes[0]
+    if len(st.loops) < 2 or not st.loops[0].same_as(stmt):
+        return False
+    for a in reads:  # in the channel loop, before the store, outside the store's own nest
+        if not a.loops or not a.loops[0].same_as(stmt) or a.order > st.order or any(
+                lp.same_as(st.loops[1]) for lp in a.loops):
+            return False
+    ana = tvm.sym.Analyzer()
+    s_shape = (1, *(int(x) for x in s.shape))
+    o_shape = (1, *(int(x) for x in d.shape))
+    o_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(st.loops))) for i in st.indices]
+    for a in reads:
+        s_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(a.loops))) for i in a.indices]
+        if not channel_or_pixel_safe([ch], s_idx, o_idx, s_shape, o_shape):
+            return False
+    return True
+
+
 def _store_once(st: Access) -> bool:
     """The store's indices are distinct loop variables plus constants, covering every loop of more than one
     iteration (so each element is stored by one iteration)."""
@@ -420,7 +455,8 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                 continue  # never live at once (a cache always is; a per-patch buffer holds nothing across patches)
             src, dst = (a, b) if la == fb else (b, a)
             k = life[src][1]
-            if offsets[a] != offsets[b] or life[dst][0] != k or not _prove_depthwise(body, k, src, dst):
+            if offsets[a] != offsets[b] or life[dst][0] != k or not (
+                    _prove_depthwise(body, k, src, dst) or _prove_depthwise_out(body, k, src, dst)):
                 raise TvmPatchError(f"internal error: the cache-mode stage's plan overlaps {a} and {b} while both "
                                     "live, and no in-place step is proven there")
             depthwise.append((src, dst, k))

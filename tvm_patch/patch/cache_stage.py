@@ -122,10 +122,14 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
     pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
     pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
-    chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's region
+    chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
+    out_copy = {v for v in dw if _copies_output(stage, plan, v)}
     for v in sorted(dw):
         u = stage.inputs[v][0]
-        chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[u]}_chan")
+        if v in out_copy:
+            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(v)), dt, name=f"{names[v]}_chan")
+        else:
+            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[u]}_chan")
 
     n = tirx.Var("n", _I32)
     pi = tirx.Var("i", _I32)
@@ -154,6 +158,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     def reg_store(v, value, c, r, q):
         h, dh, dw_ = home.get(v, (v, 0, 0))
         return store(region[h], value, c, r + _c(dh), q + _c(dw_))
+
+    reg_put = reg_store
 
     def read(v, c, y, x):
         """Value v at image position (y, x) (inside patch (i, j)'s region of v)."""
@@ -431,10 +437,13 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         lh, lw = plan.h[v].live, plan.w[v].live
         pad = pad_value(stage, v)
 
-        def fill_and_compute(c_ext, reader=None, v=v, hr=hr, wc=wc, rh=rh, rw=rw, r0=r0, q0=q0, dom=dom, lh=lh, lw=lw,
-                             pad=pad):
-            """v's region over the channels c_ext: the cached rows and columns, then the rest computed."""
+        def fill_and_compute(c_ext, reader=None, put=None, v=v, hr=hr, wc=wc, rh=rh, rw=rw, r0=r0, q0=q0, dom=dom,
+                             lh=lh, lw=lw, pad=pad):
+            """v's region over the channels c_ext: the cached rows and columns, then the rest computed; `put`
+            (value, channel, r, q) -> statement overrides where an element goes (an in-place depthwise's output
+            channel: its one-channel buffer)."""
             stmts = []
+            reg_store = put or (lambda _v, val, ch, r, q: reg_put(_v, val, ch, r, q))
             if v in rows_c:
                 def from_rows(ch, r, q):
                     return reg_store(v, at(rows_c[v], ch, r, q + lo(v, 1) - _c(dom)), ch, r, q)
@@ -470,8 +479,19 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             def copy(r, q, v=v, u=u, ch=ch):
                 return store(chan[v], reg_at(u, ch, r, q), _c0, r, q)
 
-            one = tirx.SeqStmt([_loops([(_c0, _c(uh)), (_c0, _c(uw))], copy),
-                                *fill_and_compute((ch, _c(1)), from_chan(v))])
+            if v in out_copy:  # computed from the input itself into the channel buffer, then copied over it
+
+                def to_chan(_v, val, _ch, r, q, v=v):
+                    return store(chan[v], val, _c0, r, q)
+
+                def copy_out(r, q, v=v, ch=ch):
+                    return reg_store(v, at(chan[v], _c0, r, q), ch, r, q)
+
+                one = tirx.SeqStmt([*fill_and_compute((ch, _c(1)), put=to_chan),
+                                    _loops([(_c0, _c(rh)), (_c0, _c(rw))], copy_out)])
+            else:
+                one = tirx.SeqStmt([_loops([(_c0, _c(uh)), (_c0, _c(uw))], copy),
+                                    *fill_and_compute((ch, _c(1)), from_chan(v))])
             body.append(tirx.For(ch, _c0, c_ext[1], tirx.ForKind.SERIAL, one))
         else:
             body.extend(fill_and_compute(c_ext))
@@ -499,6 +519,22 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
     return func.with_attr(STAGE_OFFSETS_ATTR, _plan(stage, region, rows_c, cols_c, chan, home, alignment))
+
+
+def _copies_output(stage: Stage, plan, v: int) -> bool:
+    """Whether in-place depthwise layer v computes each channel from its input region itself into a one-channel
+    buffer that is then copied over the input (instead of copying the input's channel first): where that buffer is
+    a C local (at most `LOCAL_MAX_BYTES`) smaller than the input's channel, and the windows read the input with the
+    same strides as they would the copy (NCHW: a channel's plane is contiguous) or cannot pair anyway (NHWC stride
+    2: `tvmp_window2_s8` pairs stride-1 rows of a contiguous plane). Safe as the copy-first form is: channel c's
+    output lands on bytes of channels at most c (`DepthwiseInPlace`), written after channel c was read whole."""
+    g = stage.geometry[v]
+    item = 4 if stage.dtype == "float32" else 1
+    out_bytes = int(np.prod(plan.region_shape(v))) * item
+    in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
+    if out_bytes > LOCAL_MAX_BYTES or out_bytes >= in_bytes:
+        return False
+    return stage.layout == "NCHW" or g.stride[1] != 1
 
 
 def _pixel_pairs(stage: Stage, v: int) -> bool:
