@@ -464,12 +464,27 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     x2 = tirx.Var(x.name + "_2", x.ty)
     start = init[0].value if init else last
 
+    # one-element temporaries the epilogue stores and reads (the patch stage's requantization step): the second
+    # output's copy gets its own, so that no two equal loads of one buffer stand on both sides of a store to it
+    # (TVM's common subexpression elimination would take the first output's value for the second)
+    loaded: set[Any] = set()
+    for st in rest:
+        tvm_ffi.structural_walk(st, (TensorLoad, lambda ld: loaded.add(ld.source)))
+    temps = {st.buffer: tirx.decl_buffer(st.buffer.shape, st.buffer.dtype, st.buffer.name + "_2") for st in rest
+             if st.buffer in loaded and int(math.prod(int(d) for d in st.buffer.shape)) == 1}
+
     def at_x(stmt: Any, value: Any, k: int) -> Any:
         moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
         if k == 0:  # the first output reads the accumulator itself (which stays in use: no unused C local)
             return moved
+
+        def on_store(st: Any) -> Any:
+            return tirx.BufferStore(temps[st.buffer], st.value, list(st.indices)) if st.buffer in temps else st
+
         return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
-                                               if ld.source.same_as(acc) else ld)])
+                                               if ld.source.same_as(acc) else tirx.BufferLoad(temps[ld.source], list(
+                                                   ld.indices)) if ld.source in temps else ld),
+                                              (tirx.BufferStore, on_store)])
 
     first = x2 * 2
     pair_call = tirx.call_extern("void", WINDOW2, args[0], tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first),
@@ -481,7 +496,8 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
     n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()),
+                                   tirx.SeqStmt(body)]))
     if extent is not None and extent % 2 == 0:
         return pairs
     last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
