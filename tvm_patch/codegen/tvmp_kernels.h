@@ -4,6 +4,8 @@
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
+ * tvmp_requant_rb: the same where every shift is <= -1 and the accumulator's magnitude is at most 2^30 - 1
+ *   (export-time facts from a patch stage's weights and biases): one rounding add instead of mask and compare.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
@@ -68,6 +70,18 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
 #endif
     int32_t mask = (int32_t)((1u << right) - 1u);
     return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+}
+
+/* tvmp_requant_rs for |acc| <= 2^30 - 1 and 1 <= -shift <= 31 (the caller proves both from its constants): then
+   |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and v + 2^(right-1)
+   cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is (v + half - (v < 0)) >> right. */
+TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    int64_t p = (int64_t)acc * mult + ((int64_t)1 << 30);
+    int32_t hi = (int32_t)((uint64_t)p >> 32);
+    int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, within int32: |acc * mult| < 2^61 */
+    int32_t half = (int32_t)((1u << right) >> 1);
+    return (v + half - (int32_t)((uint32_t)v >> 31)) >> right;
 }
 
 #if defined(__ARM_FEATURE_DSP)

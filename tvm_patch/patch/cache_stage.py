@@ -36,8 +36,8 @@ from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buff
                                      plan_patches)
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
-from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
-                                      reduction_order, requantized, weight_at)
+from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, pad_value,
+                                      param_arrays, param_names, reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
 
 __all__ = ["build_cached_stage", "build_recompute_stage"]
@@ -203,8 +203,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, fin])
             q = layer.quant
             mult, shift = params[f"layer{v}_multiplier"], params[f"layer{v}_shift"]
-            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c])),
-                                    [_c(0)])
+            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c]),
+                                                        bounded_requantization(stage, v)), [_c(0)])
             fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
             return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
         if isinstance(layer, MaxPool):  # the running max over the window's in-image positions only
@@ -307,7 +307,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return dest(c, p, _float_act(total, layer.activation))
             q = layer.quant
             high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
-                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c])), [_c0])
+                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c]),
+                                                        bounded_requantization(stage, v)), [_c0])
             val = _clamp_i8(tirx.BufferLoad(tmp[0], [_c0]) + _c(q.output_zero_point), q.act_min, q.act_max)
             return tirx.SeqStmt([high, dest(c, p, val)])
 

@@ -259,6 +259,19 @@ def mbqm(B, x, multiplier, shift):
 
 # The C micro-kernel that computes `mbqm` (tvm_patch/codegen/tvmp_kernels.h), for the C export's kernels.
 REQUANT_EXTERN = "tvmp_requant"
+# ... and the one that computes it for a bounded x and a right shift only (`mbqm_bounded`)
+REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
+BOUNDED_ACC_MAX = (1 << 30) - 1  # |x| at most this: x * m / 2^31 plus the rounding's half (<= 2^30) fits int32
+
+
+def mbqm_bounded(B, x, multiplier, shift):
+    """`mbqm` for an x known to satisfy |x| <= BOUNDED_ACC_MAX and a shift known to lie in [-31, -1] (facts the
+    caller proves from its constants: a patch-stage convolution's weights, biases and shifts): the same value,
+    which the C micro-kernel `tvmp_requant_rb` computes with one rounding add instead of TFLite's mask and
+    comparison (|SRDHM(x, m)| <= |x|, so adding 2^(right - 1) cannot overflow). The expression elsewhere."""
+    if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
+        return tirx.call_pure_extern("int32", REQUANT_BOUNDED_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift))
+    return mbqm(B, x, multiplier, shift)
 _EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
 
 
@@ -274,11 +287,11 @@ def extern_requantization() -> Iterator[None]:
 
 
 def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every `tvmp_requant` call replaced by the TIR expression it stands for."""
+    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`) call replaced by the TIR expression it stands for."""
 
     def on_call(c: Any) -> Any:
         if not (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern")
-                and str(c.args[0].value) == REQUANT_EXTERN):
+                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_BOUNDED_EXTERN)):
             return c
         x, m, s = c.args[1:]
         mv, sv = const_value(m), const_value(s)
