@@ -9,6 +9,7 @@
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
+ * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled.
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
@@ -75,6 +76,14 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
 /* tvmp_requant_rs for |acc| <= 2^30 - 1 and 1 <= -shift <= 31 (the caller proves both from its constants): then
    |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and v + 2^(right-1)
    cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is (v + half - (v < 0)) >> right. */
+/* No instruction: GCC keeps no memory value in a register across it (the patch stage puts one between its layers'
+   loop nests, so that one layer's values do not stay live, spilled, through the next's). */
+TVMP_INLINE void tvmp_barrier(void) {
+#if defined(__GNUC__)
+    __asm__ volatile("" ::: "memory");
+#endif
+}
+
 TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
     int32_t right = -shift;
     int64_t p = (int64_t)acc * mult + ((int64_t)1 << 30);

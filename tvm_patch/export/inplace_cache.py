@@ -51,6 +51,7 @@ from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.quant.fixedpoint import is_c_barrier
 from tvm_patch.tir_util import mixed_radix, uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
@@ -108,7 +109,7 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
         node = node.body
     if len(loops) != 3:
         raise UnmodelledTIR("not the batch and patch loops")
-    stmts = list(node.seq) if isinstance(node, tirx.SeqStmt) else [node]
+    stmts = [s for s in (node.seq if isinstance(node, tirx.SeqStmt) else [node]) if not is_c_barrier(s)]
     counter = [0]
     accs = [ordered_accesses(s, counter, evaluate=False) for s in stmts]
     return _Body(loops, stmts, accs, caches, bufs | caches)

@@ -38,7 +38,7 @@ from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, ski
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, pad_value,
                                       param_arrays, param_names, reduction_order, requantized, weight_at)
-from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.quant.fixedpoint import TEOps, c_barrier, mbqm_high, mbqm_shifts, rdbpot
 
 __all__ = ["build_cached_stage", "build_recompute_stage"]
 
@@ -397,6 +397,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         return _loops([rows, cols, c], lambda r, q, ch: fn(ch, r, q))
 
     body = []
+    barrier = c_barrier() if dt == "int8" else None  # between the loop nests, in the C export's kernels
     for v in execution_order(stage):
         if v in fused:
             continue
@@ -508,6 +509,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return store(rows_c[v], reg_at(v, ch, r + _c(rh - hr), q), ch, r, q + lo(v, 1) - _c(dom))
             body.append(tirx.IfThenElse(pi + 1 < nh, chw_loops(c_ext, (_c(0), _c(hr)), (q0, _c(rw) - q0), to_rows), None))
 
+    if barrier is not None:  # between the loop nests
+        body = [x for st in body for x in (barrier, st)][1:]
     patch = tirx.SeqStmt(body)
     nest = tirx.For(n, _c(0), _c(stage.batch), tirx.ForKind.SERIAL,
                     tirx.For(pi, _c(0), _c(nh), tirx.ForKind.SERIAL, tirx.For(pj, _c(0), _c(nw), tirx.ForKind.SERIAL, patch)))

@@ -275,6 +275,27 @@ def mbqm_bounded(B, x, multiplier, shift):
 _EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
 
 
+# A compiler barrier (tvmp_kernels.h) the patch stage puts between its layers' loop nests in the C export's kernels
+BARRIER_EXTERN = "tvmp_barrier"
+
+
+def c_barrier() -> Any:
+    """Under `extern_requantization` (the C export's kernels): a `tvmp_barrier()` statement, after which GCC keeps no
+    memory value in a register (a hint for its register allocation: the patch stage's one long function otherwise
+    keeps values of one layer's nest live, spilled, across the next); None elsewhere. `expand_extern_requantization`
+    drops it for TVM's own build."""
+    if not _EXTERN_REQUANT.get():
+        return None
+    return tirx.Evaluate(tirx.call_extern("void", BARRIER_EXTERN))
+
+
+def is_c_barrier(stmt: Any) -> bool:
+    """Whether ``stmt`` is a `c_barrier` statement."""
+    v = stmt.value if isinstance(stmt, tirx.Evaluate) else None
+    return isinstance(v, tvm.ir.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name.endswith("call_extern") \
+        and str(v.args[0].value) == BARRIER_EXTERN
+
+
 @contextmanager
 def extern_requantization() -> Iterator[None]:
     """Inside: TIR built by `mbqm` calls the C micro-kernel `tvmp_requant` instead of spelling it out (the C
@@ -287,7 +308,8 @@ def extern_requantization() -> Iterator[None]:
 
 
 def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`) call replaced by the TIR expression it stands for."""
+    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`) call replaced by the TIR expression it stands for,
+    and no `c_barrier` (a no-op there)."""
 
     def on_call(c: Any) -> Any:
         if not (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern")
@@ -297,7 +319,10 @@ def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
         mv, sv = const_value(m), const_value(s)
         return mbqm(TEOps, x, m if mv is None else mv, s if sv is None else sv)
 
-    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    def on_evaluate(e: Any) -> Any:
+        return tirx.Evaluate(tirx.const(0, "int32")) if is_c_barrier(e) else e
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call), (tirx.Evaluate, on_evaluate)])
 
 
 def _sat_shift_left(B, x, exponent: int):
