@@ -559,7 +559,7 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
         found = _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop)
         if found is None:
             fused = _fused_taps(loop)
-            found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
+            found = (_dot_call(fused) or _rows_call(fused) or _px2_rows_call(fused)) if fused is not None else None
         return found or _window_pairs(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])

@@ -549,7 +549,7 @@ def _pixel_pairs(stage: Stage, v: int) -> bool:
     the per-layer path's `blocking.block_pixels`): a 1x1 conv of an int8 stage (NHWC, or NCHW whose pixel copy
     of two pixels stays a C local), 2 channels a block (the per-layer measurement: at 2x4 GCC spills)."""
     g = stage.geometry[v]
-    if stage.dtype != "int8" or g.kh != 1 or g.kw != 1 or accumulator_rows(stage, v) == 1:
+    if stage.dtype != "int8" or accumulator_rows(stage, v) == 1:
         return False
     return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
 
