@@ -432,12 +432,17 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < MIN_WINDOW_PAIRS * 2):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
+    allocs = []  # the accumulator's allocation, where the lowering put it in the loop (its only user)
+    while stmts and isinstance(stmts[0], tirx.AllocBuffer):
+        allocs.append(stmts.pop(0))
     calls = [i for i, st in enumerate(stmts) if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW]
     if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for st in stmts):
         return None
     at = calls[0]
     store = stmts[at]
     acc = store.buffer
+    if any(not a.buffer.same_as(acc) for a in allocs):
+        return None
     call = store.value
     args = list(call.args)[1:]  # after the callee's name
     kh, kw = _int(args[8]), _int(args[9])  # the window's arguments: see _window_call
@@ -496,7 +501,7 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
     n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()),
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()), *allocs,
                                    tirx.SeqStmt(body)]))
     if extent is not None and extent % 2 == 0:
         return pairs

@@ -545,10 +545,11 @@ def _copies_output(stage: Stage, plan, v: int) -> bool:
 
 
 def _pixel_pairs(stage: Stage, v: int) -> bool:
-    """Whether dense conv v is computed two output pixels at a time in cache mode (`tvmp_dot_s8_px2_rows*`, as
-    the per-layer path's `blocking.block_pixels`): a 1x1 conv of an int8 stage (NHWC, or NCHW whose pixel copy
-    of two pixels stays a C local), 2 channels a block (the per-layer measurement: at 2x4 GCC spills)."""
-    g = stage.geometry[v]
+    """Whether dense conv v is computed two output pixels at a time (`tvmp_dot_s8_px2_rows*`, as the per-layer
+    path's `blocking.block_pixels`): a blocked conv of an int8 stage, 1x1 or k x k (NHWC: per kernel row, its
+    columns x channels one contiguous run; NCHW: when the two pixels' windows copied stay a C local), 2 channels a
+    block (the per-layer measurement: at 2x4 GCC spills). k x k too since this round: vww's 3x3 stem 4x4
+    recompute 3.31 M -> about 2.7 M instructions."""
     if stage.dtype != "int8" or accumulator_rows(stage, v) == 1:
         return False
     return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
