@@ -327,8 +327,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             y, x = pos(r, q)
             return conv_block(v, y, x, 1, lambda c, p, val: dest(c, r, q, val))
 
-        if v not in pairs:
-            return _loops([rows, cols], one)
+        width = tw if v == last else plan.region_shape(v)[1]
+        if v not in pairs or width < 2:  # (a one-column region has no pair: TVM's buffer compaction divides by
+            return _loops([rows, cols], one)  # zero on the pair loop it would get, of extent 0)
         q_lo, q_n = cols
 
         def pair(r, t):
