@@ -327,11 +327,9 @@ def test_cached_plan_proof_rejects_what_it_cannot_show():
         prove_cached_plan(stale)
 
 
-def _blocked_forms_stage(layout: str) -> Stage:
-    """An int8 stage with every blocked form of the stage kernels: a 3x3 stride-2 stem over 3 channels (8 outputs:
-    rows 4; in NCHW its 27-byte window copied), a depthwise 3x3, 1x1 convs with 6 and 8 outputs (two pixels x 2
-    channels), on a 19 x 19 input whose 10 x 10 output 3 x 3 patches do not divide (odd pixel-pair remainders)."""
-    rng = np.random.default_rng(7)
+def _int8_conv(rng: np.random.Generator, layout: str):
+    """A maker of random int8 convs in `layout` (`conv(cin, cout, k, stride, groups, zp_in)`, padding k // 2,
+    requantization scales 0.002-0.01: shifts <= -6)."""
 
     def conv(cin, cout, k, s, groups, zp_in):
         shape = (cout, cin // groups, k, k) if layout == "NCHW" else (k, k, cin // groups, cout)
@@ -342,6 +340,14 @@ def _blocked_forms_stage(layout: str) -> Stage:
         return Conv(rng.integers(-127, 128, shape).astype("int8"), rng.integers(-500, 500, cout).astype("int32"),
                     s, k // 2, groups, "none", quant=q)
 
+    return conv
+
+
+def _blocked_forms_stage(layout: str) -> Stage:
+    """An int8 stage with every blocked form of the stage kernels: a 3x3 stride-2 stem over 3 channels (8 outputs:
+    rows 4; in NCHW its 27-byte window copied), a depthwise 3x3, 1x1 convs with 6 and 8 outputs (two pixels x 2
+    channels), on a 19 x 19 input whose 10 x 10 output 3 x 3 patches do not divide (odd pixel-pair remainders)."""
+    conv = _int8_conv(np.random.default_rng(7), layout)
     layers = [conv(3, 8, 3, 2, 1, 5)]
     for cin, cout, k, groups in ((8, 8, 3, 8), (8, 6, 1, 1), (6, 8, 1, 1)):
         layers.append(conv(cin, cout, k, 1, groups, layers[-1].quant.output_zero_point))
@@ -409,17 +415,7 @@ def _output_copy_stage(layout: str) -> Stage:
     """A 1x1 conv, a 5x5 stride-2 depthwise whose 4 x 4 output region per channel (16 bytes, a C local) is smaller
     than its 11 x 11 input region, a 1x1 conv: the depthwise computes each channel from its input region into the
     one-channel buffer, then copies it over (`cache_stage._copies_output`)."""
-    rng = np.random.default_rng(11)
-
-    def conv(cin, cout, k, s, groups, zp_in):
-        shape = (cout, cin // groups, k, k) if layout == "NCHW" else (k, k, cin // groups, cout)
-        if groups > 1 and layout == "NHWC":
-            shape = (k, k, cout, 1)
-        mults, shifts = zip(*(quantize_multiplier(float(r)) for r in rng.uniform(0.002, 0.01, cout)))
-        q = ConvQuant(zp_in, int(rng.integers(-10, 10)), np.array(mults), np.array(shifts), 0, -128, 127)
-        return Conv(rng.integers(-127, 128, shape).astype("int8"), rng.integers(-500, 500, cout).astype("int32"),
-                    s, k // 2, groups, "none", quant=q)
-
+    conv = _int8_conv(np.random.default_rng(11), layout)
     layers = [conv(3, 8, 1, 1, 1, 3)]
     layers.append(conv(8, 8, 5, 2, 8, layers[-1].quant.output_zero_point))
     layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))

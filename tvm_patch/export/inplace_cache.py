@@ -149,14 +149,22 @@ def _units(loops: Any) -> dict[Any, Any]:
     return {lp.loop_var: lp.min for lp in loops if isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1}
 
 
-def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
-    """Statement k writes `dst` over `src` (same offset), channel by channel, from a copy (module docstring)."""
+def _channel_step(body: _Body, k: int, src: str, dst: str) -> tuple[Any, Any, Any] | None:
+    """(src buffer, dst buffer, statement k) when statement k is a loop (over channels) and both buffers are
+    three-dimensional of one dtype, else None: what both in-place depthwise forms have in common."""
     s, d = body.bufs[src], body.bufs[dst]
     if str(s.ty.dtype) != str(d.ty.dtype) or len(s.shape) != 3 or len(d.shape) != 3:
-        return False
+        return None
     stmt = body.stmts[k]
-    if not isinstance(stmt, tirx.For):
+    return (s, d, stmt) if isinstance(stmt, tirx.For) else None
+
+
+def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
+    """Statement k writes `dst` over `src` (same offset), channel by channel, from a copy (module docstring)."""
+    found = _channel_step(body, k, src, dst)
+    if found is None:
         return False
+    s, d, stmt = found
     ch = stmt.loop_var
     accs = body.accs[k]
     s_acc = [a for a in accs if a.buffer.same_as(s)]
@@ -195,12 +203,10 @@ def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
     access of `src` reads that channel, and the one store of `dst` comes after all of them in a nest of its own, so
     channel c's output, which lands on bytes of channels at most c (`channel_or_pixel_safe`), is written after
     channel c was read whole and before a later channel is read."""
-    s, d = body.bufs[src], body.bufs[dst]
-    if str(s.ty.dtype) != str(d.ty.dtype) or len(s.shape) != 3 or len(d.shape) != 3:
+    found = _channel_step(body, k, src, dst)
+    if found is None:
         return False
-    stmt = body.stmts[k]
-    if not isinstance(stmt, tirx.For):
-        return False
+    s, d, stmt = found
     ch = stmt.loop_var
     reads = [a for a in body.accs[k] if a.buffer.same_as(s)]
     writes = [a for a in body.accs[k] if a.buffer.same_as(d)]
