@@ -30,6 +30,7 @@ import numpy as np
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
@@ -551,9 +552,10 @@ def _pixel_pairs(stage: Stage, v: int) -> bool:
     columns x channels one contiguous run; NCHW: when the two pixels' windows copied stay a C local), 2 channels a
     block (the per-layer measurement: at 2x4 GCC spills). k x k too since this round: vww's 3x3 stem 4x4
     recompute 3.31 M -> about 2.7 M instructions."""
-    if stage.dtype != "int8" or accumulator_rows(stage, v) == 1:
-        return False
-    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
+    g = stage.geometry[v]
+    if stage.dtype != "int8" or accumulator_rows(stage, v) == 1 or g.c_in * g.kh * g.kw < MIN_DOT_LENGTH:
+        return False  # (a reduction shorter than a dot call: nothing to share; TVM's buffer compaction divided by
+    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES  # zero on such pair loops)
 
 
 def _window_bytes(stage: Stage, v: int) -> int:
