@@ -24,6 +24,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
 from tvm_patch.tir_util import uses_var
 
 _ENABLED: ContextVar[bool] = ContextVar("tvmp_micro_kernels", default=True)
@@ -494,14 +495,20 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     reordering is the second window's reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
     extent, x = _int(loop.extent), loop.loop_var
-    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_WINDOW_PAIRS * 2:
+    # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < MIN_WINDOW_PAIRS * 2):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
+    allocs = []  # the accumulator's allocation, where the lowering put it in the loop (its only user)
+    while stmts and isinstance(stmts[0], tirx.AllocBuffer):
+        allocs.append(stmts.pop(0))
     calls = [(i, w) for i, st in enumerate(stmts) if (w := _window_store(st)) is not None]
     if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for i, st in enumerate(stmts) if i != calls[0][0]):
         return None
     at, (store, inner) = calls[0]
     acc = store.buffer
+    if any(not a.buffer.same_as(acc) for a in allocs):
+        return None
     call = store.value
     args = list(call.args)[1:]  # after the callee's name
     kh, kw = _int(args[8]), _int(args[9])  # the window's arguments: see _window_call
@@ -535,12 +542,27 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     x2 = tirx.Var(x.name + "_2", x.ty)
     start = init[0].value if init else last
 
+    # one-element temporaries the epilogue stores and reads (the patch stage's requantization step): the second
+    # output's copy gets its own, so that no two equal loads of one buffer stand on both sides of a store to it
+    # (TVM's common subexpression elimination would take the first output's value for the second)
+    loaded: set[Any] = set()
+    for st in rest:
+        tvm_ffi.structural_walk(st, (TensorLoad, lambda ld: loaded.add(ld.source)))
+    temps = {st.buffer: tirx.decl_buffer(st.buffer.shape, st.buffer.dtype, st.buffer.name + "_2") for st in rest
+             if st.buffer in loaded and int(math.prod(int(d) for d in st.buffer.shape)) == 1}
+
     def at_x(stmt: Any, value: Any, k: int) -> Any:
         moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
         if k == 0:  # the first output reads the accumulator itself (which stays in use: no unused C local)
             return moved
+
+        def on_store(st: Any) -> Any:
+            return tirx.BufferStore(temps[st.buffer], st.value, list(st.indices)) if st.buffer in temps else st
+
         return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
-                                               if ld.source.same_as(acc) else ld)])
+                                               if ld.source.same_as(acc) else tirx.BufferLoad(temps[ld.source], list(
+                                                   ld.indices)) if ld.source in temps else ld),
+                                              (tirx.BufferStore, on_store)])
 
     first = x2 * 2
     pair_call = tirx.call_extern("void", WINDOW2, args[0], tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first),
@@ -555,11 +577,16 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
         body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(pair_call)))
     body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
-    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
-    if extent % 2 == 0:
+    n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
+    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()), *allocs,
+                                   tirx.SeqStmt(body)]))
+    if extent is not None and extent % 2 == 0:
         return pairs
-    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: tirx.const(extent - 1, str(x.ty)) if v.same_as(x) else v)])
+    last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
+    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: last_x if v.same_as(x) else v)])
+    if extent is None:
+        tail = tirx.IfThenElse(tirx.floormod(loop.extent, 2) == 1, tail, None)
     return tirx.SeqStmt([pairs, tail])
 
 
@@ -846,7 +873,6 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
 
 
 REQUANT_NARROW = "tvmp_requant_rs_narrow"
-NARROW_BOUND = 1 << 30  # |acc| below it: 2 * acc fits in 32 bits (tvmp_requant_rs_narrow's SMMULR)
 PRODUCT_BOUND = 1 << 14  # |int8 x int8|
 
 
@@ -949,6 +975,6 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int]) -> tirx.Pr
                 and str(call.args[0].value) == REQUANT_RS):
             return call
         bound = _abs_bound(call.args[1], accs, params, param_bounds)
-        return call if bound is None or bound >= NARROW_BOUND else tirx.call_pure_extern("int32", REQUANT_NARROW, *call.args[1:])
+        return call if bound is None or bound > BOUNDED_ACC_MAX else tirx.call_pure_extern("int32", REQUANT_NARROW, *call.args[1:])
 
     return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])

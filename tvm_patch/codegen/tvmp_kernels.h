@@ -4,9 +4,12 @@
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
+ * tvmp_requant_rb: the same where every shift is <= -1 and the accumulator's magnitude is at most 2^30 - 1
+ *   (export-time facts from a patch stage's weights and biases): one rounding add instead of mask and compare.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
+ * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled.
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
@@ -77,17 +80,41 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
     return tvmp_round_shift(v, right, hi);
 }
 
-/* tvmp_requant_rs for an accumulator proven (at export time) below 2^30 in magnitude: SRDHM(acc, mult) =
-   floor((acc * mult + 2^30) / 2^31) = floor((2 acc * mult + 2^31) / 2^32), one SMMULR on 2 acc (which fits), and
-   no saturation case (acc is not INT32_MIN). */
-TVMP_INLINE int32_t tvmp_requant_rs_narrow(int32_t acc, int32_t mult, int32_t shift) {
+/* SRDHM(acc, mult) for an accumulator proven (at export time) below 2^30 in magnitude: floor((acc * mult + 2^30)
+   / 2^31) = floor((2 acc * mult + 2^31) / 2^32), one SMMULR on 2 acc (which fits), and no saturation case (acc is
+   not INT32_MIN). The two requantizations below share it. */
+TVMP_INLINE int32_t tvmp_srdhm_narrow(int32_t acc, int32_t mult) {
 #if defined(__ARM_FEATURE_DSP)
     int32_t v;
     __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"((int32_t)((uint32_t)acc << 1)), "r"(mult));
+    return v;
 #else
-    int32_t v = (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
+    return (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
 #endif
+}
+
+/* tvmp_requant_rs for an accumulator proven below 2^30 in magnitude. */
+TVMP_INLINE int32_t tvmp_requant_rs_narrow(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
     return tvmp_round_shift(v, -shift, v);
+}
+
+/* No instruction: GCC keeps no memory value in a register across it (the patch stage puts one between its layers'
+   loop nests, so that one layer's values do not stay live, spilled, through the next's). */
+TVMP_INLINE void tvmp_barrier(void) {
+#if defined(__GNUC__)
+    __asm__ volatile("" ::: "memory");
+#endif
+}
+
+/* tvmp_requant_rs for |acc| <= 2^30 - 1 and 1 <= -shift <= 31 (the caller proves both from its constants): then
+   |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and v + 2^(right-1)
+   cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is (v + half - (v < 0)) >> right. */
+TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
+    int32_t half = (int32_t)((1u << right) >> 1);
+    return (v + half - (int32_t)((uint32_t)v >> 31)) >> right;
 }
 
 #if defined(__ARM_FEATURE_DSP)
