@@ -7,6 +7,11 @@ the shipped model of each core on the measurements it was trained beside (bench/
 rounds of collect.DEFAULT_ROUNDS and the adaptive one, on QEMU; resumable: an interrupted run continues), then retrains and
 replaces the shipped model (tvm_patch/cost/models/<core>.json) and its data (bench/cost_data/<core>.jsonl.gz).
 `make costmodel` (or `make -j2 costmodel` for both cores at once) runs it.
+
+`--stage-layers MODEL --board B --split S --patches P [--halo H]`: where the patch stage's prediction errs, layer
+by layer: the stage's firmware is instrumented (a counter reading before each top-level loop nest of the patch
+body, accumulated over the patches) and each loop nest's measured count is printed beside the stage model's
+prediction of it and the terms that make it up (a diagnosis; no model changes).
 """
 
 from __future__ import annotations
@@ -16,21 +21,32 @@ import gzip
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xgboost as xgb
+from microtvm_projects.api import ProjectAPI
+from microtvm_projects.errors import ProjectError
 
 from tvm_patch.atomic import write_atomic
-from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, read_records
+from tvm_patch.board_build import build_project
+from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done_ids, heldout_models, read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
-from tvm_patch.cost.latency import CORES, STAGE_TERMS, default_path, fit, fit_booster, for_core, has_stage_terms, \
-    kernels_fingerprint, relative_nnls, stage_terms
+from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, measure
+from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
+from tvm_patch.cost.latency import CORES, STAGE_TERMS, choose_nest_weight, default_path, fit, fit_booster, for_core, \
+    has_stage_terms, kernels_fingerprint, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export import export_model
+from tvm_patch.frontend import load as load_model
+from tvm_patch.graph import build_graph
 from tvm_patch.paths import cache_dir
+from tvm_patch.split import valid_splits
 
 DATA = Path(__file__).resolve().parent / "cost_data"
 GOAL_SHARE = 0.95
@@ -40,6 +56,11 @@ LAYER_OVERHEADS = ("stores", "requant", "sat", "red_loops", "patches", "one")
 # the linear stage model's terms as shipped before the dot products' SIMD/tail split and the cache stores
 OLDER_TERMS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
                "window_elems", "requant", "pad_calls", "sat", "patches", "one")
+# the linear stage model's terms of round 3 (one store term, no window MACs; its scalar MACs were classed by all
+# the loops around them, so a register-blocked 1x1 counted as depthwise: here they are mac_blk, not in the set)
+ROUND3_TERMS = ("mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems",
+                "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk",
+                "cache_stores", "patches", "one")
 BOARD_OF_CORE = {"m7": "f746", "m4": "f412"}  # the board whose build measures each core (QEMU mps2-an500 / an386)
 
 
@@ -75,55 +96,148 @@ def _layer_sum(stage_rec: dict[str, Any], lbl_rec: dict[str, Any], booster: xgb.
 
 
 def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The patch stage's linear model (shipped: STAGE_TERMS) against ablations of it (one scalar ``mac`` term
-    instead of one per reduction shape; also without the cache stores; OLDER_TERMS: round 2's terms) and a
-    per-layer model, on the same measured stages. The per-layer model predicts each stage layer with the kernel
-    booster (``_layer_sum``) plus non-negative costs of LAYER_OVERHEADS, fitted like the linear one. All by
-    cross-validation over the training stages (grouped by network, CV_FOLDS folds; the booster refit without
-    the fold's networks) and on the held-out stages (fitted on every training stage). Relative errors of the
-    stage kernel's count."""
+    """The patch stage's linear model (shipped: STAGE_TERMS, fitted on the stages and their loop nests at the nest
+    weight latency.choose_nest_weight picks) against ablations of it (without the loop nests; one store term
+    instead of one per kind of store; without the window MACs; one scalar ``mac`` term instead of one per
+    reduction shape; without the branch counts; the taken branches instead of the skipped ones; ROUND3_TERMS and OLDER_TERMS: rounds 3 and 2) and a per-layer model.
+    The per-layer model predicts each stage layer with the kernel booster (``_layer_sum``) plus non-negative
+    costs of LAYER_OVERHEADS, fitted like the linear one, on the stages whose network was also measured layer by
+    layer (the deep round's were not). All by cross-validation over the training stages (grouped by network,
+    CV_FOLDS folds; a fold's loop nests and, for the per-layer model, the booster's kernels left out with it) and
+    on the held-out stages (fitted on every training stage). Relative errors of the stage kernel's count."""
     ok = [r for r in records if all(k.get("measured") for k in r["rows"])]
     lbl = {_network(r): r for r in ok if r["plan"]["split"] is None}
-    stages = [r for r in ok if r["plan"]["split"] is not None and _network(r) in lbl and has_stage_terms(r["rows"][0])]
+    stages = [r for r in ok if r["plan"]["split"] is not None and has_stage_terms(r["rows"][0])]
     train, held = [r for r in stages if not r.get("heldout")], [r for r in stages if r.get("heldout")]
-    if len(train) < 2 * CV_FOLDS or not held:
-        raise TvmPatchError(f"{len(train)} training and {len(held)} held-out patch stages with a layer-by-layer "
+    twin = np.array([_network(r) in lbl for r in train])
+    if twin.sum() < 2 * CV_FOLDS or not held or not all(_network(r) in lbl for r in held):
+        raise TvmPatchError(f"{int(twin.sum())} training and {len(held)} held-out patch stages with a layer-by-layer "
                             "measurement of the same network: too few to compare; collect more")
-    one_mac = ("mac", *(t for t in STAGE_TERMS if t not in ("mac_1x1", "mac_dw", "mac_kxk")))
-    linear = {"linear": STAGE_TERMS, "linear_one_scalar_mac_term": one_mac,
-              "linear_without_cache_stores": tuple(t for t in one_mac if t != "cache_stores"),
-              "linear_older_terms": OLDER_TERMS}
+    nest_recs = [(r, n) for r in ok if not r.get("heldout") for n in r.get("loop_nests", ())
+                 if n.get("measured") and has_stage_terms(n)]
+    stores = tuple(t for t in STAGE_TERMS if not t.startswith("stores_")) + ("stores",)
+    linear = {"linear": STAGE_TERMS, "linear_without_loop_nests": STAGE_TERMS, "linear_one_store_term": stores,
+              "linear_without_window_macs": tuple(t for t in STAGE_TERMS if t != "window_macs"),
+              "linear_one_scalar_mac_term": ("mac", *(t for t in STAGE_TERMS if not t.startswith("mac_") or t == "mac_flat")),
+              "linear_without_branches": tuple(t for t in STAGE_TERMS if not t.startswith("branches")),
+              "linear_branches_taken": tuple("branches_taken" if t == "branches_skipped" else t for t in STAGE_TERMS),
+              "linear_round3_terms": ROUND3_TERMS, "linear_older_terms": OLDER_TERMS}
+    weight, _ = choose_nest_weight([r["rows"][0] for r in train], [str(_network(r)) for r in train],
+                                   [n for _, n in nest_recs], [str(_network(r)) for r, _ in nest_recs]) \
+        if nest_recs else (0.0, {})
 
-    def terms(recs: list[dict[str, Any]], model: str, booster: xgb.Booster) -> np.ndarray:
+    def terms(recs: list[Any], model: str, booster: xgb.Booster | None) -> np.ndarray:
         if model in linear:
-            return np.array([stage_terms(r["rows"][0], linear[model]) for r in recs])
+            return np.array([stage_terms(r["rows"][0] if "rows" in r else r, linear[model]) for r in recs],
+                            dtype=np.float64).reshape(len(recs), len(linear[model]))
         return np.array([[_layer_sum(r, lbl[_network(r)], booster)] + stage_terms(r["rows"][0], LAYER_OVERHEADS)
                          for r in recs])
-
-    def errors(a_fit: np.ndarray, y_fit: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return a @ relative_nnls(a_fit, y_fit) / y - 1
 
     models = (*linear, "per_layer")
     y_train = np.array([r["rows"][0]["measured"] for r in train], dtype=np.float64)
     y_held = np.array([r["rows"][0]["measured"] for r in held], dtype=np.float64)
+    y_nest = np.array([n["measured"] for _, n in nest_recs], dtype=np.float64)
     nets = sorted({str(_network(r)) for r in train})
     fold = {n: i % CV_FOLDS for i, n in enumerate(nets)}
     in_fold = np.array([fold[str(_network(r))] for r in train])
-    cv = {m: np.zeros(len(train)) for m in models}
+    nest_fold = np.array([fold.get(str(_network(r)), -1) for r, _ in nest_recs])
+
+    def fit_errors(m: str, booster: xgb.Booster | None, fit_mask: np.ndarray, nest_mask: np.ndarray,
+                   test: list[dict[str, Any]], y_test: np.ndarray) -> np.ndarray:
+        """Fit model ``m`` on the training stages of ``fit_mask`` (and the loop nests of ``nest_mask``); the
+        relative errors on ``test``."""
+        use = fit_mask & (twin if m == "per_layer" else True)
+        a, y = terms([r for r, u in zip(train, use) if u], m, booster), y_train[use]
+        w = np.ones_like(y)
+        if m in linear and m != "linear_without_loop_nests" and nest_recs and weight:
+            a = np.vstack([a, terms([n for (_, n), u in zip(nest_recs, nest_mask) if u], m, None)])
+            y, w = np.concatenate([y, y_nest[nest_mask]]), np.concatenate([w, np.full(int(nest_mask.sum()), weight)])
+        return terms(test, m, booster) @ relative_nnls(a, y, w) / y_test - 1
+
+    cv: dict[str, list[float]] = {m: [] for m in models}
     for f in range(CV_FOLDS):
         te = in_fold == f
         b = fit_booster([k for r in ok if not r.get("heldout") and fold.get(str(_network(r))) != f
                          for k in r["rows"] if k["op"] != "patch_stage"])
         for m in models:
-            a = terms(train, m, b)
-            cv[m][te] = errors(a[~te], y_train[~te], a[te], y_train[te])
+            test = [r for r, t in zip(train, te) if t and (m != "per_layer" or _network(r) in lbl)]
+            y_test = np.array([r["rows"][0]["measured"] for r in test], dtype=np.float64)
+            cv[m] += list(fit_errors(m, b, ~te, nest_fold != f, test, y_test))
     b = fit_booster([k for r in ok if not r.get("heldout") for k in r["rows"] if k["op"] != "patch_stage"])
-    held_err = {m: errors(terms(train, m, b), y_train, terms(held, m, b), y_held) for m in models}
-    return {"n_train_stages": len(train), "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
+    every = np.ones(len(train), dtype=bool)
+    held_err = {m: fit_errors(m, b, every, np.ones(len(nest_recs), dtype=bool), held, y_held) for m in models}
+    return {"n_train_stages": len(train), "n_train_stages_per_layer": int(twin.sum()), "n_loop_nests": len(nest_recs),
+            "nest_weight": weight, "n_heldout_stages": len(held), "cv_folds": CV_FOLDS,
             "cv_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in cv.items()},
             "heldout_mape": {m: round(float(np.mean(np.abs(e))), 4) for m, e in held_err.items()},
             "heldout": [{"id": r["id"], **{m: round(float(e[i]), 4) for m, e in held_err.items()}}
                         for i, r in enumerate(held)]}
+
+
+def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = None) -> dict[str, Any]:
+    """Each top-level loop nest of ``model``'s patch stage under ``plan`` on ``board`` (QEMU): its measured count
+    (instrumented firmware, accumulated over the patches; each reading's own cost is in its loop nest's figure)
+    beside the stage model's prediction (``cost_model`` or the shipped model of the board's core) and the terms
+    of that prediction, largest first; the weight buffers it reads name its layers."""
+    model_ = for_core(core_key(board), cost_model)
+    if model_.stage_coef is None:
+        raise TvmPatchError("the cost model has no linear stage model to compare with")
+    with tempfile.TemporaryDirectory(prefix="tvmp_stage_layers_") as tmp:
+        export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
+        result = export_model(model, export_dir, **plan.export_args())
+        ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
+                                                         "seed": 0})
+        counts = instrument_stage(result, proj)
+        if counts is None:
+            raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")
+        n_calls = len(result.program.calls)
+        run = build_project(proj, runner="emulator", run=True, profile=True)["run"]
+    unit = "instructions" if run.get("instructions") is not None else "cycles"
+    measured = {kk["index"]: kk[unit] for kk in run.get("kernels", [])}
+    coef, names = np.array(model_.stage_coef), model_.stage_names
+    layers = []
+    for row in measured_nests(counts, measured, n_calls, int(plan.halo == "cache")):
+        terms = np.array(stage_terms(row, names))
+        pred, meas = float(terms @ coef), row["measured"]
+        top = sorted(((float(v * c), n) for n, v, c in zip(names, terms, coef) if v * c), reverse=True)[:5]
+        layers.append({"loop_nest": row["loop_nest"], "layers": sorted(k.removeprefix("wmacs:").removesuffix("_weight")
+                                                                       for k in row["exec"] if k.startswith("wmacs:")),
+                       "measured": meas, "predicted": round(pred), "error": round(pred / meas - 1, 4) if meas else None,
+                       "terms": {n: round(v) for v, n in top}})
+    return {"model": model, "plan": plan.to_json(), "board": board, "unit": unit, "stage_measured": measured.get(0),
+            "loop_nests_measured": sum(x["measured"] or 0 for x in layers),
+            "loop_nests_predicted": sum(x["predicted"] for x in layers), "loop_nests": layers}
+
+
+EXTRA_PATCHES = 3  # the extra held-out runs: the held-out networks with 3x3 patches at the middle valid split
+
+
+def measure_extra(core: str) -> Path:
+    """Measure the extra held-out runs of ``core`` (the held-out real networks with EXTRA_PATCHES x EXTRA_PATCHES
+    patches at the middle valid split, halos recomputed: deeper stages than the 4x4 ones, a check beside the
+    issue's held-out set, which training never reads either) into a resumable file in the cache; write it to
+    bench/cost_data/<core>_extra.jsonl.gz."""
+    work = cache_dir("cost") / f"extra_{core}_{kernels_fingerprint()}.jsonl"
+    done = done_ids(work)
+    with tempfile.TemporaryDirectory(prefix="tvmp_extra_") as tmp:
+        for model in heldout_models():
+            item_id = f"heldout{EXTRA_PATCHES}x{EXTRA_PATCHES}-{Path(model).name}"
+            if item_id in done:
+                continue
+            splits = valid_splits(build_graph(load_model(model).mod), (EXTRA_PATCHES, EXTRA_PATCHES))
+            plan = Plan(splits[len(splits) // 2], (EXTRA_PATCHES, EXTRA_PATCHES)) if splits else None
+            try:
+                if plan is None:
+                    raise TvmPatchError(f"{model}: no valid split for {EXTRA_PATCHES}x{EXTRA_PATCHES} patches")
+                rec = measure(model, plan, BOARD_OF_CORE[core], work_dir=tmp)
+                rec.update(id=item_id, heldout=True, synth=None, item={"model": model, "patched": True})
+            except (TvmPatchError, ProjectError) as e:
+                rec = {"id": item_id, "failed": str(e).splitlines()[0]}
+            with open(work, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+    out = DATA / f"{core}_extra.jsonl.gz"
+    write_atomic(out, gzip.compress(work.read_bytes(), 9, mtime=0))
+    return out
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -152,10 +266,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="re-collect the measurements on this installation's kernels and retrain the shipped models "
                         "first (about 40 minutes a core on a 2-core machine)")
     p.add_argument("--core", choices=CORES, action="append", help="only this core (repeatable; default both)")
+    p.add_argument("--measure-extra", action="store_true",
+                   help="first measure the extra held-out runs (3x3 patches at the middle split, about 10 minutes "
+                        "a core) into bench/cost_data/<core>_extra.jsonl.gz; they are evaluated whenever present")
     p.add_argument("--compare-stage", metavar="FILE.jsonl", type=Path,
                    help="instead: the patch stage's linear model against the per-layer one on these measurements "
                         "(JSON: cross-validated and held-out stage errors)")
+    p.add_argument("--stage-layers", metavar="MODEL",
+                   help="instead: measure MODEL's patch stage loop nest by loop nest on QEMU (--board, --split, "
+                        "--patches, --halo) beside the stage model's prediction of each (JSON)")
+    p.add_argument("--board", default="f746", help="--stage-layers: the board (default f746, the M7)")
+    p.add_argument("--split", type=int, help="--stage-layers: the split")
+    p.add_argument("--patches", type=int, default=4, help="--stage-layers: patches a side (default 4)")
+    p.add_argument("--halo", default="recompute", help="--stage-layers: recompute or cache")
     args = p.parse_args(argv)
+    if args.stage_layers:
+        print(json.dumps(stage_layers(args.stage_layers, Plan(args.split, (args.patches, args.patches), args.halo),
+                                      args.board), indent=1))
+        return 0
     if args.compare_stage:
         print(json.dumps(stage_comparison(read_records(args.compare_stage)), indent=1))
         return 0
@@ -163,13 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain:
         for core in cores:
             print(f"{core}: {retrain(core)}", flush=True)
+    if args.measure_extra:
+        for core in cores:
+            print(f"{core}: {measure_extra(core)}", flush=True)
     results = {core: evaluate(for_core(core), read_records(DATA / f"{core}.jsonl.gz")) for core in cores
                if (DATA / f"{core}.jsonl.gz").is_file()}
+    extra = {core: evaluate(for_core(core), read_records(DATA / f"{core}_extra.jsonl.gz")) for core in cores
+             if (DATA / f"{core}_extra.jsonl.gz").is_file()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cost_model.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "cost_model.md").write_text(markdown(results))
-    print(markdown(results))
+    (out / "cost_model.json").write_text(json.dumps(dict(results, extra_heldout=extra), indent=1) + "\n")
+    text = markdown(results) + (f"\n## Extra held-out runs: {EXTRA_PATCHES}x{EXTRA_PATCHES} patches at the middle split "
+                                "(not the issue's set)\n\n" + markdown(extra).split("\n", 2)[2] if extra else "")
+    (out / "cost_model.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tvm.script import tirx as T
 
 from microtvm_projects.boards import BOARDS
 
@@ -23,8 +24,10 @@ from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample
 from tvm_patch.cost import collect as cost_collect
 from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
-    load as load_cost_model, warn_if_stale
+    load as load_cost_model, stage_terms, warn_if_stale
+from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
+from tvm_patch.cost.trips import executed
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
@@ -108,6 +111,9 @@ def test_patch_stage_features(tmp_path):
     lbl = sum(layer.macs for layer in build_graph(load("zoo:mcunet-in0:int8").mod).layers[:6])
     assert lbl < stage["macs"] < 3 * lbl  # every patch recomputes its halo: more MACs than layer by layer
     assert stage["halo_cache"] == 0 and stage["exec"]["all_macs"] == stage["macs"]
+    e = stage["exec"]  # the stores by what they write (the float input quantized into the first patch: float)
+    assert sum(e[f"stores_{c}"] for c in ("const", "copy", "float", "int")) == e["stores"] and e["stores_float"] > 0
+    assert e["window_macs"] >= 9 * e["window_calls"] > 0  # 3x3 windows and larger
 
 
 def test_stage_executes_exactly_the_analysed_macs(tmp_path, shared_models, capsys):
@@ -131,6 +137,48 @@ def test_stage_executes_exactly_the_analysed_macs(tmp_path, shared_models, capsy
     assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
 
 
+@T.prim_func
+def _blocked_and_window(ha: T.handle, hw: T.handle, hd: T.handle, hout: T.handle, ho2: T.handle):
+    a = T.match_buffer(ha, (8, 10), "int8")
+    w = T.match_buffer(hw, (32,), "int8")
+    d = T.match_buffer(hd, (9,), "int8")
+    out = T.match_buffer(hout, (10, 4), "int32")
+    o2 = T.match_buffer(ho2, (10,), "int32")
+    for p in range(10):
+        acc = T.alloc_buffer((4,), "int32")
+        for j in range(4):
+            acc[j] = 0
+        for k in range(8):  # a scalar 1x1 register-blocked over 4 output channels: one reduction loop
+            for j in range(4):
+                acc[j] = acc[j] + T.Cast("int32", a[k, p]) * T.Cast("int32", w[j * 8 + k])
+        for j in range(4):
+            out[p, j] = acc[j]
+        for ky in range(3):  # a 3x3 depthwise window: two reduction loops
+            for kx in range(3):
+                o2[p] = o2[p] + T.Cast("int32", a[ky, kx]) * T.Cast("int32", d[ky * 3 + kx])
+
+
+def test_scalar_macs_classed_by_their_reduction_loops():
+    """trips: a MAC's class is the number of loops it reduces over (not of all the loops around it: a scalar 1x1
+    over 8 channels blocked over 4 outputs is `blk`, not depthwise); stores are told by what they write."""
+    e = executed(_blocked_and_window)
+    assert e["mac_blk"] == 10 * 8 * 4 and e["mac_dw"] == 10 * 9 and e["mac_1x1"] == e["mac_kxk"] == 0
+    assert e["stores"] == e["stores_const"] + e["stores_copy"] == 80 and e["stores_const"] == 40
+
+
+def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
+    """measure(loop_nests=True): the patch stage's firmware instrumented before each top-level loop nest of the
+    patch body; the loop nests' counts add up to the stage's (the code between them is a few instructions per
+    patch) and their executed counts to the stage's."""
+    rec = measure(str(shared_models / KWS), Plan(3, (2, 2)), "f746", work_dir=tmp_path, loop_nests=True)
+    stage, nests = rec["rows"][0], rec["loop_nests"]
+    assert stage["op"] == "patch_stage" and len(nests) >= 3 and all(n["measured"] > 0 for n in nests)
+    assert sum(n["measured"] for n in nests) == pytest.approx(stage["measured"], rel=0.01)
+    for key in ("stores", "all_macs", "requant"):
+        assert sum(n["exec"][key] for n in nests) == pytest.approx(stage["exec"][key])
+    assert all(n["patches"] == 0 and stage_terms(n, ("one",)) == [0.0] for n in nests)
+
+
 def test_shipped_models_load():
     """Both shipped models load; each names the stage terms its coefficients weigh (an older file: fewer)."""
     for core in ("m4", "m7"):
@@ -145,7 +193,9 @@ def test_stage_model_comparison_on_the_shipped_measurements():
     """`python -m bench.cost_model --compare-stage`: every stage model cross-validated and scored on the
     held-out stages (about 12 s: nine booster fits)."""
     out = stage_comparison(cost_collect.read_records(DATA / "m7.jsonl.gz"))
-    models = {"linear", "linear_one_scalar_mac_term", "linear_without_cache_stores", "linear_older_terms", "per_layer"}
+    models = {"linear", "linear_one_store_term", "linear_without_window_macs", "linear_one_scalar_mac_term",
+              "linear_without_branches", "linear_branches_taken", "linear_without_loop_nests", "linear_round3_terms", "linear_older_terms",
+              "per_layer"}
     assert set(out["cv_mape"]) == set(out["heldout_mape"]) == models and out["n_train_stages"] >= 2 * out["cv_folds"]
     assert len(out["heldout"]) == out["n_heldout_stages"] > 0
     for m in models:
@@ -194,12 +244,12 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
     measured = []
 
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None):  # the resume logic, not the measuring
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False):  # resume, not measuring
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
     monkeypatch.setattr(cost_collect, "measure", fake_measure)
-    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed: Plan(1, (2, 2)))
+    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False: Plan(1, (2, 2)))
     out = tmp_path / "m.jsonl"
     assert cost_collect.collect("f746", out, n=2, heldout=False)["measured"] == 4
     lines = out.read_text().splitlines()

@@ -41,7 +41,7 @@ def near_items(records: list[dict[str, Any]], core: str, k: int, round_no: int) 
     items = []
     for _, rec in cv_errors(records, core):
         s = int(rec["synth"])
-        if s in seen:
+        if s in seen or (rec.get("item") or {}).get("deep"):  # the deep round's networks are sampled apart
             continue
         seen.add(s)
         nhwc = s >= 200_000

@@ -4,7 +4,8 @@ one flushed line, so Ctrl-C and a re-run continue where it stopped.
 
 Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
 split, 2..4 patches a side, a halo mode; ``seed`` >= 1: with inserted plain convolutions and a second patch
-plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py), for training; then the held-out real
+plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py; ``seed`` 4, DEEP_ROUND: deep networks, patched
+only), for training; then the held-out real
 networks (zoo and MLPerf Tiny models, layer by layer and 4x4 patches at the middle valid split, the halos
 recomputed and cached), which training never reads and ``eval`` scores.
 """
@@ -28,7 +29,8 @@ from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.measure import core_key, export_plan, measure
 from tvm_patch.cost.plan import HALO_MODES, Plan
 from tvm_patch.cost.adaptive import near_items
-from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net, write_onnx
+from tvm_patch.cost.stage_layers import stage_nest_counts
+from tvm_patch.cost.synth import nhwc_model, sample_deep, sample_inserts, sample_near, sample_net, write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
@@ -37,7 +39,9 @@ from tvm_patch.split import valid_splits
 
 # The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
 # plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
-DEFAULT_ROUNDS = ((0, 30), (2, 12))
+DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 12))
+# Round 4 is the deep round (items()): deep networks patched only, for the patch stage's model.
+DEEP_ROUND = 4
 # Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
 ADAPTIVE_ROUND = (3, 12)
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
@@ -65,19 +69,29 @@ def _module(model: Any) -> Any:
     return load(model).mod if isinstance(model, str) else model
 
 
-def _patched_plan(model: Any, seed: int) -> Plan | None:
-    """A seeded valid patch plan for ``model``, or None when no split can be patched."""
+def _patched_plan(model: Any, seed: int, deep: bool = False) -> Plan | None:
+    """A seeded valid patch plan for ``model``, or None when no split can be patched. ``deep``: the deep round's
+    plans, the paper's 3x3-4x4 patches at a split in the deeper half of the valid ones (long stages), the halos
+    recomputed two times in three."""
     rng = random.Random(seed)
-    p = rng.choice((2, 2, 3, 4))
+    p = rng.choice((3, 4, 4) if deep else (2, 2, 3, 4))
     splits = valid_splits(build_graph(_module(model)), (p, p))
     if not splits:
         return None
-    split = rng.choice(splits)
-    return Plan(split, (p, p), rng.choice(HALO_MODES))
+    split = rng.choice(splits[len(splits) // 2:] if deep else splits)
+    return Plan(split, (p, p), rng.choice(("recompute", "recompute", "cache") if deep else HALO_MODES))
 
 
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched"."""
+    """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched".
+    Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan)."""
+    if seed == DEEP_ROUND:
+        for i in range(n):
+            s = seed * 100_000 + i
+            nhwc = i % 2 == 1
+            yield f"synth-{s}-deep-{'nhwc-' if nhwc else ''}patch", {"synth": s, "deep": True, "inserts": False,
+                                                                      "nhwc": nhwc, "patched": True}
+        n = 0
     for i in range(n):
         s = seed * 100_000 + i
         # round 0: the MCUNet-space networks; later rounds add plain k x k convolutions and a second patch plan
@@ -154,14 +168,16 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
         for item_id, item in tqdm(todo, desc=f"collect {board}", unit="net"):
             try:
                 model = _item_model(item, item_id, tmp)
-                plan = _patched_plan(model, zlib.crc32(item_id.encode())) if item["patched"] else Plan()
+                plan = _patched_plan(model, zlib.crc32(item_id.encode()), item.get("deep", False)) \
+                    if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
                     plan = _heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
                     counts["failed"] += 1
                     continue
                 rec = measure(model, plan, board, runner, timeout_sec, tmp,
-                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None)
+                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None,
+                              loop_nests=bool(item.get("deep")))
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()
@@ -178,7 +194,8 @@ def _item_model(item: dict[str, Any], item_id: str, tmp: str) -> Any:
     """The model of a collection item: a spec, a synthetic ONNX file written to ``tmp``, or an NHWC module."""
     if "synth" not in item:
         return item["model"]
-    net = sample_near(item["synth"], item["near"]) if "near" in item else sample_net(item["synth"])
+    net = sample_deep(item["synth"]) if item.get("deep") else \
+        sample_near(item["synth"], item["near"]) if "near" in item else sample_net(item["synth"])
     inserts = sample_inserts(net, item["synth"]) if item["inserts"] else ()
     if item.get("nhwc"):
         return nhwc_model(net, inserts)
@@ -211,13 +228,20 @@ def refeature(path: Path, out: Path) -> dict[str, int]:
             model = _item_model(item, rec["id"], tmp)
             plan = Plan(rec["plan"]["split"], tuple(rec["plan"]["patches"]) if rec["plan"]["patches"] else None,
                         rec["plan"]["halo"])
-            _, rows = export_plan(model, plan, Path(tmp) / "export")
+            result, rows = export_plan(model, plan, Path(tmp) / "export")
             if [r["func"] for r in rows] != [r["func"] for r in rec["rows"]]:
                 counts["dropped"] += 1
                 continue
             for new, old in zip(rows, rec["rows"]):
                 new["measured"] = old["measured"]
-            lines.append(json.dumps(dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)))
+            rec = dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)
+            if rec.get("loop_nests"):  # the stage's loop nests counted again (their measured counts kept)
+                nests = stage_nest_counts(result) or []
+                if len(nests) == len(rec["loop_nests"]):
+                    rec["loop_nests"] = [dict(old, exec=e) for old, e in zip(rec["loop_nests"], nests)]
+                else:
+                    rec.pop("loop_nests")
+            lines.append(json.dumps(rec))
             counts["refeatured"] += 1
     out.write_text("".join(line + "\n" for line in lines))
     return counts

@@ -33,7 +33,8 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
-             "mac_kxk")
+             "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
+             "branches_skipped")
 
 
 def columns() -> list[str]:
@@ -192,7 +193,7 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["pad_calls"] += v
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
-        elif k in ("dot_simd_macs", "dot_tail_macs"):
+        elif k in ("dot_simd_macs", "dot_tail_macs", "window_macs") or k.startswith(("stores_", "branches")):
             out[k] += v
         elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
             out[k] = float(v)

@@ -30,6 +30,10 @@ CORES = ("m4", "m7")
 PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 2,
           "objective": "reg:squarederror", "seed": 0, "nthread": 1}
 ROUNDS = 200
+# a loop nest's equation in the stage fit, against a whole stage's 1: the one of these that cross-validates best
+# over the training stages (choose_nest_weight)
+NEST_WEIGHTS = (0.25, 0.5, 1.0)
+CV_FOLDS = 8
 # The sources that decide what the kernels' code is (the micro-kernels, their register blocking, the C code
 # generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
 KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/c_kernels.py", "export/blocking.py",
@@ -64,12 +68,18 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 
 # The patch stage's linear model: its count = the sum over what its loop nest executes (every layer over every
 # patch region, the recomputed halos or the cache copies included) of a per-operation cost (the scalar MACs by
-# the shape of their reduction: 1x1, depthwise, k x k), the element stores
-# of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch and a
-# constant: STAGE_TERMS, in this order. A model file names its terms (older files: fewer).
+# the shape of their reduction: 1x1, depthwise, k x k, register-blocked; the element stores by what they write:
+# constants, copies, float, integer results; the depthwise windows per call, per row and per MAC; the branch
+# conditions evaluated and those that skip what they guard: a border patch's out-of-image positions), the element
+# stores of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch
+# and a constant: STAGE_TERMS, in this order. A model file names its terms (older files: others).
 _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
-            "one": lambda r: 1.0}
-STAGE_TERMS = (*(k for k in EXEC_KEYS if k != "mac"), "cache_stores", "patches", "one")  # scalar MACs by shape
+            "one": lambda r: 0.0 if "loop_nest" in r else 1.0,  # a loop nest of a stage (stage_layers.py): no constant
+            "branches_taken": lambda r: r["exec"]["branches"] - r["exec"]["branches_skipped"]}  # an alternative
+STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
+               "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
+               "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "branches",
+               "branches_skipped", "cache_stores", "patches", "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 
@@ -90,16 +100,44 @@ def fit_booster(rows: list[dict[str, Any]]) -> xgb.Booster:
     return xgb.train(PARAMS, xgb.DMatrix(x, label=y, feature_names=columns()), num_boost_round=ROUNDS)
 
 
-def relative_nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+def relative_nnls(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Non-negative coefficients c minimising the relative error of ``a @ c`` against ``y`` (each equation
-    divided by its measured count)."""
-    return nnls(a / y[:, None], np.ones_like(y))[0]
+    divided by its measured count, then weighted by ``w``, default 1)."""
+    w = np.ones_like(y) if w is None else w
+    return nnls(a / y[:, None] * w[:, None], w)[0]
 
 
-def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS) -> list[float]:
-    """The linear stage model's coefficients (``names``) on measured patch stage rows (relative_nnls)."""
-    a = np.array([stage_terms(k, names) for k in stages], dtype=np.float64)
-    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in stages], dtype=np.float64))]
+def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS,
+              nests: list[dict[str, Any]] = (), nest_weight: float = 0.5) -> list[float]:
+    """The linear stage model's coefficients (``names``) on measured patch stage rows and loop nest rows
+    (stage_layers.py; each weighs ``nest_weight`` of a stage), by relative_nnls."""
+    rows = list(stages) + list(nests)
+    a = np.array([stage_terms(k, names) for k in rows], dtype=np.float64)
+    w = np.array([1.0] * len(stages) + [nest_weight] * len(nests))
+    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in rows], dtype=np.float64), w)]
+
+
+def choose_nest_weight(stages: list[dict[str, Any]], groups: list[str], nests: list[dict[str, Any]],
+                       nest_groups: list[str]) -> tuple[float, dict[float, float]]:
+    """The loop nests' weight (NEST_WEIGHTS) whose stage model cross-validates best over the training stages
+    (CV_FOLDS folds grouped by network, ``groups``; a fold's loop nests left out with its stages), and each
+    weight's cross-validated stage MAPE."""
+    fold = {g: i % CV_FOLDS for i, g in enumerate(sorted(set(groups)))}
+    y = np.array([k["measured"] for k in stages], dtype=np.float64)
+    a = np.array([stage_terms(k, STAGE_TERMS) for k in stages], dtype=np.float64)
+    scores = {}
+    for w in NEST_WEIGHTS:
+        err = []
+        for f in range(CV_FOLDS):
+            train = [k for k, g in zip(stages, groups) if fold[g] != f]
+            test = np.array([fold[g] == f for g in groups])
+            if not test.any():
+                continue
+            c = np.array(fit_stage(train, nests=[n for n, g in zip(nests, nest_groups) if fold.get(g) != f],
+                                   nest_weight=w))
+            err += list(np.abs(a[test] @ c / y[test] - 1))
+        scores[w] = float(np.mean(err))
+    return min(scores, key=scores.get), scores
 
 
 @dataclass
@@ -168,22 +206,35 @@ def fit(records: list[dict[str, Any]], core: str) -> LatencyModel:
         raise TvmPatchError(f"{older} patch stage measurements were featured by older code (without all of "
                             f"{', '.join(STAGE_TERMS)}); recompute their features with `tvm-patch costmodel refeature` "
                             "or collect them again")
-    coef = None
+    coef, weight, scores = None, None, {}
+    used = [r for r in recs if stage_data is not current or r.get("kernels_fingerprint") == kernels_fingerprint()]
+    nests = [n for r in used for n in r.get("loop_nests", ()) if n.get("measured") and has_stage_terms(n)]
     if len(stage_data) >= 2 * len(STAGE_TERMS):
-        coef = fit_stage(stage_data)
+        if nests:
+            net = {id(k): _network(r) for r in used for k in [*r["rows"], *r.get("loop_nests", ())]}
+            weight, scores = choose_nest_weight(stage_data, [net[id(k)] for k in stage_data], nests,
+                                                [net[id(n)] for n in nests])
+        coef = fit_stage(stage_data, nests=nests, nest_weight=weight or 0.0)
         rows = [k for k in rows if k["op"] != "patch_stage"]
     booster = fit_booster(rows)
     rest = np.array([r["total"] - sum(k["measured"] for k in r["rows"]) for r in recs], dtype=np.float64)
     io = np.array([r["io_bytes"] for r in recs], dtype=np.float64)
     a, b = np.linalg.lstsq(np.stack([np.ones_like(io), io], 1), rest, rcond=None)[0]
     meta = {"n_networks": len(recs), "n_kernels": len(rows) + (len(stages) if coef is not None else 0),
-            "n_stages": len(stage_data), "stage_model": "linear" if coef is not None else "booster",
+            "n_stages": len(stage_data), "n_loop_nests": len(nests) if coef is not None else 0,
+            "nest_weight": weight, "nest_weight_cv_mape": {str(w): round(v, 4) for w, v in scores.items()},
+            "stage_model": "linear" if coef is not None else "booster",
             "data_fingerprints": {fp: sum((r.get("kernels_fingerprint") or "unknown") == fp for r in recs)
                                   for fp in sorted({r.get("kernels_fingerprint") or "unknown" for r in recs})}, "boards": sorted({r["board"] for r in recs}),
             "runner": sorted({r["runner"] for r in recs}),
             "kernels_fingerprint": kernels_fingerprint() if stage_data is current and coef is not None
             else _data_fingerprint(recs)}
     return LatencyModel(core, units.pop(), booster, (float(a), float(b)), meta, coef)
+
+
+def _network(rec: dict[str, Any]) -> str:
+    """The network a record measured (synthetic seed or model spec): its stage and loop nests' CV group."""
+    return str(rec.get("synth") if rec.get("synth") is not None else rec["model"])
 
 
 def _data_fingerprint(recs: list[dict[str, Any]]) -> str:

@@ -15,6 +15,7 @@ from tvm_patch.board_build import build_project
 from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
 from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.plan import Plan
+from tvm_patch.cost.stage_layers import consistent, instrument_stage, measured_nests
 from tvm_patch.export import export_model
 
 STACK_BYTES = 8192
@@ -33,21 +34,26 @@ def export_plan(model: Any, plan: Plan, out_dir: Path) -> tuple[Any, list[dict[s
 
 
 def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
-            work_dir: str | Path | None = None, label: str | None = None) -> dict[str, Any]:
+            work_dir: str | Path | None = None, label: str | None = None, loop_nests: bool = False) -> dict[str, Any]:
     """Measure ``model`` (a spec, or a Relax module named by ``label``) under ``plan`` on ``board``: the record
-    the cost model trains and is evaluated on."""
+    the cost model trains and is evaluated on. ``loop_nests``: the patch stage is also measured loop nest by loop
+    nest in recompute mode (stage_layers.py; the record's ``loop_nests`` when they add up to the stage: consistent();
+    the readings add a few instructions per loop nest and
+    patch to the stage's count, well under 0.1 %)."""
     with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
         result, rows = export_plan(model, plan, export_dir)
         ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
                                                          "seed": 0})
+        # the recompute mode's patch body is a sequence of layer loop nests (the cache mode's is not)
+        nests = instrument_stage(result, proj) if loop_nests and plan.halo == "recompute" else None
         report = build_project(proj, runner=runner, run=True, profile=True, timeout_sec=timeout_sec)
     run = report["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
     counts = {k["index"]: k[unit] for k in run.get("kernels", [])}
     for k, row in enumerate(rows):
         row["measured"] = counts.get(k)
-    return {
+    rec = {
         "features_version": FEATURES_VERSION,
         "kernels_fingerprint": kernels_fingerprint(),
         "board": board,
@@ -63,3 +69,8 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
         "arena_bytes": result.arena_bytes,
         "rows": rows,
     }
+    if nests is not None:
+        measured = measured_nests(nests, counts, len(rows), int(plan.halo == "cache"))
+        if rows and rows[0]["op"] == "patch_stage" and consistent(rows[0], measured):
+            rec["loop_nests"] = measured
+    return rec

@@ -70,6 +70,33 @@ def sample_net(seed: int) -> NetSpec:
     return NetSpec(f"synth-{seed}", "synthetic", res, stem, tuple(blocks), head, num_classes=rng.choice((10, 100)))
 
 
+DEEP_RESOLUTIONS = (64, 80, 96, 112)
+
+
+def sample_deep(seed: int) -> NetSpec:
+    """A deep synthetic network of ``seed`` for the patch stage's training (the configurations real networks
+    patch: MCUNet / MobileNetV2 stages of 10-30 layers over many patches, which round 0's 2-6 blocks rarely
+    reach): resolution 64-112, a narrow stem, 6-12 inverted residual blocks with expand ratio 3/4/6 (and 1 for
+    the first) and channels growing slowly, stride 2 about every third block."""
+    rng = random.Random(seed * 6271 + 17)
+    res = rng.choice(DEEP_RESOLUTIONS)
+    stem_ch = rng.choice(CHANNELS[:3])
+    stem = ConvSpec(3, stem_ch, rng.choice((3, 3, 5)), 2, 1, "relu6")
+    size = stem.out_size(res)
+    blocks: list[BlockSpec] = []
+    ch = stem_ch
+    for k in range(rng.randint(6, 12)):
+        stride = 2 if size > 5 and rng.random() < 0.3 else 1
+        out = ch if rng.random() < 0.5 else _near(rng, ch)
+        expand = 1 if k == 0 and rng.random() < 0.5 else rng.choice(EXPANDS[1:])
+        mid = min(MAX_MID, ch * expand, max(ch, MAX_TENSOR // (size * size) // 8 * 8))
+        residual = stride == 1 and out == ch and rng.random() < 0.8
+        blocks.append(BlockSpec(ch, mid if expand != 1 else ch, out, rng.choice(KERNELS), stride, expand != 1, residual))
+        size = (size + 2 * (blocks[-1].kernel // 2) - blocks[-1].kernel) // stride + 1
+        ch = out
+    return NetSpec(f"synth-deep-{seed}", "synthetic", res, stem, tuple(blocks), None, num_classes=10)
+
+
 def sample_near(seed: int, variant: int) -> NetSpec:
     """A neighbour of the network of ``seed`` (adaptive sampling, nn-Meter's way: more samples where the model
     errs most): the same blocks and channels, each block's kernel redrawn with probability 0.4 and the

@@ -149,12 +149,45 @@ def _micro_macs(name: str, args: list[int | None]) -> int:
     return 0
 
 
+def _store_class(value: Any) -> str:
+    """What an element store writes: ``const`` (a constant: an accumulator's or a local copy's initialisation,
+    a padding value), ``copy`` (a loaded element: the gathers and copies between a stage's buffers), ``float``
+    (computed in floating point: a float input quantized into the first patch), ``int`` (another integer
+    computation: a layer's output after its requantization and clamp)."""
+    if isinstance(value, tirx.IntImm):
+        return "const"
+    if isinstance(value, TensorLoad):
+        return "copy"
+    floats = [False]
+
+    def on_expr(e: Any) -> tvm_ffi.WalkResult:
+        floats[0] = floats[0] or str(getattr(e, "ty", "")).startswith("float")
+        return tvm_ffi.WalkResult.SKIP if floats[0] else tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(value, [(tvm.ir.expr.Expr, on_expr)], order="pre")
+    return "float" if floats[0] else "int"
+
+
+def _reduction(chain: list[tuple[int, Any]], indices: Any) -> tuple[list[int], bool]:
+    """The reduction loops' extents of an accumulation in lowered code (``chain``: (extent, variable) of the loops
+    around it since the last statement sequence; a reduction loop's variable is not in the accumulator's
+    ``indices``) and whether it is register-blocked (a loop over several accumulators inside the reduction: a
+    scalar 1x1 convolution computing 4 output channels per loaded input)."""
+    red = [not any(uses_var(i, v) for i in indices) for _, v in chain]
+    first = red.index(True) if True in red else len(chain)
+    blocked = any(not r and e > 1 for (e, _), r in list(zip(chain, red))[first:])
+    return [e for (e, _), r in zip(chain, red) if r], blocked
+
+
 def executed(func: tirx.PrimFunc) -> Counter:
     """Execution counts of ``func``'s final TIR: ``mac_<class>`` and ``out_<class>`` (MACs and the outputs they
-    accumulate, class 1x1 / dw / kxk), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
+    accumulate, class 1x1 / dw / kxk by the number of reduction loops, or blk: register-blocked, _reduction), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
     ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
-    micro-kernel calls), ``call_<name>`` and ``elems_<name>`` per extern call (its length
-    argument times its calls, when constant), ``stores`` (element stores that are not accumulations),
+    micro-kernel calls; ``window_macs`` those of the depthwise window calls, kh x kw each), ``call_<name>`` and ``elems_<name>`` per extern call (its length
+    argument times its calls, when constant), ``stores`` (element stores that are not accumulations; by what they write: ``stores_const``,
+    ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class), ``branches`` (evaluations of a branch
+    condition, ``branches_varying`` those whose outcome varies over the loops: a border patch's in-image
+    check, ``branches_skipped`` its evaluations that skip the guarded statement),
     ``dot_simd_macs`` / ``dot_tail_macs`` the dot-product calls' MACs in words of four (SMLAD) and in their
     scalar tails (length % 4: a 5-tap kernel row is one word and one scalar MAC), ``wmacs:<buffer>`` the MACs (scalar and micro-kernel) that read each weight buffer named ``*_weight`` (the
     patch stage's layers: ``layer{i}_weight``)."""
@@ -176,6 +209,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     vals = [const(a, env) if not isinstance(a, tvm.ir.Call) else None for a in call.args[1:]]
                     macs = _micro_macs(name, vals)
                     out["micro_macs"] += trips * macs
+                    if name.startswith("tvmp_window"):
+                        out["window_macs"] += trips * macs
                     shape = _dot_shape(name, vals)
                     if shape is not None:  # the SIMD part (words of 4) and the scalar tail (n % 4) of the dot
                         out["dot_tail_macs"] += trips * shape[0] * (shape[1] % 4)
@@ -188,7 +223,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
 
     doms: dict[Any, tuple[int, int]] = {}  # the loops being visited that are not enumerated: (min, extent)
 
-    def visit(node: Any, trips: float, env: dict, chain: list[int], red: list[int] | None) -> None:
+    def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None) -> None:
         if trips == 0:
             return
         if isinstance(node, tirx.For):
@@ -197,11 +232,11 @@ def executed(func: tirx.PrimFunc) -> Counter:
             if lo is not None and 1 < ext <= MAX_ENUMERATE and _controls(node.body, node.loop_var):
                 for v in range(lo, lo + ext):
                     visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
-                          chain + [ext], red)
+                          chain + [(ext, node.loop_var)], red)
             else:
                 if lo is not None:
                     doms[node.loop_var] = (lo, ext)
-                visit(node.body, trips * ext, env, chain + [ext], red)
+                visit(node.body, trips * ext, env, chain + [(ext, node.loop_var)], red)
                 doms.pop(node.loop_var, None)
         elif isinstance(node, tirx.SeqStmt):
             # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
@@ -220,6 +255,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
             c = int(cond.value) if isinstance(cond, tirx.IntImm) else None
             share = (1.0 if c else 0.0) if c is not None else taken_share(cond, doms)
             share = 1.0 if share is None else share
+            out["branches"] += trips
+            if c is None:
+                out["branches_varying"] += trips
+                out["branches_skipped"] += trips * (1.0 - share)
             visit(node.then_case, trips * share, env, [], red)
             if node.else_case is not None:
                 visit(node.else_case, trips * (1.0 - share), env, [], red)
@@ -231,8 +270,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
         elif isinstance(node, tirx.BufferStore):
             calls(node.value, trips, env)
             if has_mac(node.value):
-                ext = red if red is not None else chain
-                cls = _mac_class(ext)
+                ext, blocked = red, False
+                if red is None:
+                    ext, blocked = _reduction(chain, node.indices)
+                cls = "blk" if blocked else _mac_class(ext)
                 length = 1
                 for e in ext:
                     length *= e
@@ -241,13 +282,14 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 for w in _weights(node.value):
                     out[f"wmacs:{w}"] += trips
                 # in the lowered code: a MAC inside a loop (one loop start per chain[-1] MACs) or unrolled
-                if chain and chain[-1] > 1:
+                if chain and chain[-1][0] > 1:
                     out["mac_loop"] += trips
-                    out["red_loops"] += trips / chain[-1]
+                    out["red_loops"] += trips / chain[-1][0]
                 else:
                     out["mac_flat"] += trips
             else:
                 out["stores"] += trips
+                out[f"stores_{_store_class(node.value)}"] += trips
         elif isinstance(node, tirx.Evaluate):
             calls(node.value, trips, env)
         elif hasattr(node, "body"):
