@@ -4,6 +4,7 @@
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
+ * tvmp_requant_rs_narrow: the same where also |acc| < 2^30 (an export-time bound): one SMMULR on 2 acc.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
