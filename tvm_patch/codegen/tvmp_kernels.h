@@ -4,8 +4,10 @@
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
- * tvmp_requant_rb: the same where every shift is <= -1 and the accumulator's magnitude is at most 2^30 - 1
- *   (export-time facts from a patch stage's weights and biases): one rounding add instead of mask and compare.
+ * tvmp_requant_rs_narrow: the same where also |acc| < 2^30 (an export-time bound): one SMMULR on 2 acc
+ *   (tvmp_srdhm_narrow).
+ * tvmp_requant_rb: the same where also every shift is <= -1 (export-time facts from a patch stage's weights and
+ *   biases): tvmp_srdhm_narrow and one rounding add instead of mask and compare.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
