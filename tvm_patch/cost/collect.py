@@ -39,9 +39,10 @@ from tvm_patch.split import valid_splits
 
 # The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
 # plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
-DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 12))
-# Round 4 is the deep round (items()): deep networks patched only, for the patch stage's model.
-DEEP_ROUND = 4
+DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8))
+# Rounds 4 and 5 are the deep rounds (items()): deep networks patched only, for the patch stage's model; round 5
+# with 5x5 to 8x8 patches (plan's grids go to 8x8), where most of a border patch's positions are out of the image.
+DEEP_ROUND, MANY_PATCHES_ROUND = 4, 5
 # Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
 ADAPTIVE_ROUND = (3, 12)
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
@@ -69,12 +70,12 @@ def _module(model: Any) -> Any:
     return load(model).mod if isinstance(model, str) else model
 
 
-def _patched_plan(model: Any, seed: int, deep: bool = False) -> Plan | None:
+def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False) -> Plan | None:
     """A seeded valid patch plan for ``model``, or None when no split can be patched. ``deep``: the deep round's
-    plans, the paper's 3x3-4x4 patches at a split in the deeper half of the valid ones (long stages), the halos
-    recomputed two times in three."""
+    plans, the paper's 3x3-4x4 patches (``many``: 5x5-8x8) at a split in the deeper half of the valid ones (long
+    stages), the halos recomputed two times in three."""
     rng = random.Random(seed)
-    p = rng.choice((3, 4, 4) if deep else (2, 2, 3, 4))
+    p = rng.choice((5, 6, 8) if many else (3, 4, 4) if deep else (2, 2, 3, 4))
     splits = valid_splits(build_graph(_module(model)), (p, p))
     if not splits:
         return None
@@ -85,12 +86,13 @@ def _patched_plan(model: Any, seed: int, deep: bool = False) -> Plan | None:
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched".
     Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan)."""
-    if seed == DEEP_ROUND:
+    if seed in (DEEP_ROUND, MANY_PATCHES_ROUND):
+        many = seed == MANY_PATCHES_ROUND
         for i in range(n):
             s = seed * 100_000 + i
             nhwc = i % 2 == 1
             yield f"synth-{s}-deep-{'nhwc-' if nhwc else ''}patch", {"synth": s, "deep": True, "inserts": False,
-                                                                      "nhwc": nhwc, "patched": True}
+                                                                      "nhwc": nhwc, "patched": True, "many": many}
         n = 0
     for i in range(n):
         s = seed * 100_000 + i
@@ -168,8 +170,8 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
         for item_id, item in tqdm(todo, desc=f"collect {board}", unit="net"):
             try:
                 model = _item_model(item, item_id, tmp)
-                plan = _patched_plan(model, zlib.crc32(item_id.encode()), item.get("deep", False)) \
-                    if item["patched"] else Plan()
+                plan = _patched_plan(model, zlib.crc32(item_id.encode()), item.get("deep", False),
+                                     item.get("many", False)) if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
                     plan = _heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
