@@ -5,6 +5,7 @@ against what it counts, the TIR PrimFunc and the C export bit-exact."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 import re
 import subprocess
 import tempfile
@@ -18,22 +19,25 @@ from hypothesis import strategies as st
 from tvm import tirx
 
 from tvm_patch.codegen import emit_c
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.export import export_model
 from tvm_patch.export.inplace_cache import prove_cached_plan
-from tvm_patch.export.stage_arena import plan_stage_arena
+from tvm_patch.export.stage_arena import has_workspace_plan, plan_stage_arena
 from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
 from tvm_patch import report
-from tvm_patch.patch.cache_stage import build_cached_stage
+from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stage
 from tvm_patch.patch.memory import PatchMemory, pick_schedule
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers
-from tvm_patch.patch.te_stage import param_arrays
+from tvm_patch.patch.te_stage import bounded_requantization, param_arrays
 from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, new_interval, plan_patches,
                                      stage_macs)
 from tvm_patch.patch.stage import StageError
+from tvm_patch.quant import extern_requantization, multiply_by_quantized_multiplier_ref
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
 from tvm_patch.quant.params import quantize_multiplier
 from tvm_patch.transform.patch_stage import PatchStage
 
@@ -323,11 +327,9 @@ def test_cached_plan_proof_rejects_what_it_cannot_show():
         prove_cached_plan(stale)
 
 
-def _blocked_forms_stage(layout: str) -> Stage:
-    """An int8 stage with every blocked form of the stage kernels: a 3x3 stride-2 stem over 3 channels (8 outputs:
-    rows 4; in NCHW its 27-byte window copied), a depthwise 3x3, 1x1 convs with 6 and 8 outputs (two pixels x 2
-    channels), on a 19 x 19 input whose 10 x 10 output 3 x 3 patches do not divide (odd pixel-pair remainders)."""
-    rng = np.random.default_rng(7)
+def _int8_conv(rng: np.random.Generator, layout: str):
+    """A maker of random int8 convs in `layout` (`conv(cin, cout, k, stride, groups, zp_in)`, padding k // 2,
+    requantization scales 0.002-0.01: shifts <= -6)."""
 
     def conv(cin, cout, k, s, groups, zp_in):
         shape = (cout, cin // groups, k, k) if layout == "NCHW" else (k, k, cin // groups, cout)
@@ -338,27 +340,148 @@ def _blocked_forms_stage(layout: str) -> Stage:
         return Conv(rng.integers(-127, 128, shape).astype("int8"), rng.integers(-500, 500, cout).astype("int32"),
                     s, k // 2, groups, "none", quant=q)
 
+    return conv
+
+
+def _blocked_forms_stage(layout: str) -> Stage:
+    """An int8 stage with every blocked form of the stage kernels: a 3x3 stride-2 stem over 3 channels (8 outputs:
+    rows 4; in NCHW its 27-byte window copied), a depthwise 3x3, 1x1 convs with 6 and 8 outputs (two pixels x 2
+    channels), on a 19 x 19 input whose 10 x 10 output 3 x 3 patches do not divide (odd pixel-pair remainders)."""
+    conv = _int8_conv(np.random.default_rng(7), layout)
     layers = [conv(3, 8, 3, 2, 1, 5)]
     for cin, cout, k, groups in ((8, 8, 3, 8), (8, 6, 1, 1), (6, 8, 1, 1)):
         layers.append(conv(cin, cout, k, 1, groups, layers[-1].quant.output_zero_point))
     return Stage((1, 3, 19, 19) if layout == "NCHW" else (1, 19, 19, 3), tuple(layers), layout, "int8")
 
 
-@pytest.mark.parametrize("halo", ["recompute", "cache"])
+@pytest.mark.parametrize("halo", ["recompute", "recompute-te", "cache"])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_blocked_stage_forms_in_c(layout, halo):
-    """The stage kernels' register-blocked forms (rows 4/2, two pixels in cache mode, the NCHW stem's window copy),
-    as the C export emits and places them: the micro-kernel calls are there, and the result equals the
-    layer-by-layer numpy reference bit for bit."""
+    """The stage kernels' register-blocked forms as the C export emits and places them (its micro-kernel calls
+    included: built under `extern_requantization`), the calls there and the result equal to the layer-by-layer
+    numpy reference bit for bit. Written forms (cache mode and recompute mode's `build_recompute_stage`): two pixels
+    x 2 channels for the 1x1 convs and the 3x3 stem too (NHWC: its kernel rows of 3 x 3 bytes; NCHW: the two
+    pixels' 27-byte windows copied), window pairs over the live part's run-time extent, the bounded requantization
+    (`tvmp_requant_rb`), barriers between the loop nests. The TE form (`build_stage`, kept for stages with a conv
+    inside its residual add): rows 4 / 2, the NCHW stem's window copy."""
     stage = _blocked_forms_stage(layout)
-    func = build_cached_stage(stage, (3, 3)) if halo == "cache" else plan_stage_arena(
-        build_stage(stage, (3, 3), in_place=True))[0]
+    with extern_requantization():
+        if halo == "cache":
+            func = build_cached_stage(stage, (3, 3))
+        elif halo == "recompute":
+            func = build_recompute_stage(stage, (3, 3))
+        else:
+            func = plan_stage_arena(build_stage(stage, (3, 3), in_place=True))[0]
     code = emit_c({"stage": func}).code
     body = code[code.index("void stage("):]
-    assert "tvmp_dot_s8_rows4(" in body
-    if layout == "NCHW":  # the stem reads its copied window: one rows call over 27 bytes
-        assert re.search(r"tvmp_dot_s8_rows4\(\(&\((pixel|input_patch_global)\w*\[[^;]*, 27, ", body)
-    if halo == "cache":
-        assert "tvmp_dot_s8_px2_rows2(" in body
+    if halo == "recompute-te":
+        assert "tvmp_dot_s8_rows4(" in body
+        if layout == "NCHW":  # the stem reads its copied window: one rows call over 27 bytes
+            assert re.search(r"tvmp_dot_s8_rows4\(\(&\((pixel|input_patch_global)\w*\[[^;]*, 27, ", body)
+    else:
+        caches = [n for n in func.attrs[STAGE_OFFSETS_ATTR]["offsets"] if str(n).endswith(("_rows", "_cols"))]
+        assert has_workspace_plan(func) and bool(caches) == (halo == "cache")
+        prove_cached_plan(func)
+        stem_n = 27 if layout == "NCHW" else 9  # the stem's pixel pairs: one copied window, or one kernel row
+        assert re.search(rf"tvmp_dot_s8_px2_rows2\([^;]*, {stem_n}, \(&", body)
+        assert re.search(r"tvmp_dot_s8_px2_rows2\([^;]*, 8, \(&", body)  # the 1x1 conv over 8 channels
+        assert "tvmp_window2_s8(" in body and "tvmp_requant_rb(" in body and "tvmp_barrier();" in body
     x = np.random.default_rng(2).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stages())
+def test_recompute_stage_in_c_is_exact(case):
+    """Random stages in recompute mode as the C export builds them (`build_recompute_stage` under
+    `extern_requantization`: the written nest without caches, its in-place steps proven on its TIR, or the TE form
+    for a stage with a conv inside its residual add, placed by `plan_stage_arena`), buffers at their planned
+    offsets: equal to the layer-by-layer numpy reference bit for bit."""
+    stage, x, patches = case
+    try:
+        plan_patches(stage, patches)
+    except StageError:
+        return
+    with extern_requantization():
+        func = build_recompute_stage(stage, patches)
+    if has_workspace_plan(func):
+        prove_cached_plan(func)
+    else:
+        func = plan_stage_arena(func)[0]
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+def _output_copy_stage(layout: str) -> Stage:
+    """A 1x1 conv, a 5x5 stride-2 depthwise whose 4 x 4 output region per channel (16 bytes, a C local) is smaller
+    than its 11 x 11 input region, a 1x1 conv: the depthwise computes each channel from its input region into the
+    one-channel buffer, then copies it over (`cache_stage._copies_output`)."""
+    conv = _int8_conv(np.random.default_rng(11), layout)
+    layers = [conv(3, 8, 1, 1, 1, 3)]
+    layers.append(conv(8, 8, 5, 2, 8, layers[-1].quant.output_zero_point))
+    layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    return Stage((1, 3, 24, 24) if layout == "NCHW" else (1, 24, 24, 3), tuple(layers), layout, "int8")
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_depthwise_output_copied_over_its_input(layout, halo):
+    """The output-copy form of an in-place depthwise layer: its output shares its input's offset, the proof takes
+    it (`inplace_cache._prove_depthwise_out`), the C run with the buffers at their planned offsets is bit-exact;
+    the same nest with the copy moved before the computation (writing over the input channel it still reads) is
+    refused."""
+    stage = _output_copy_stage(layout)
+    func = build_cached_stage(stage, (3, 3), caches=halo == "cache")
+    offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
+    assert offs["layer1"] == offs["layer0"]  # written over its input
+    assert "layer1_chan" in emit_c({"stage": func}).code  # the output channel's buffer (not layer0_chan)
+    proof = prove_cached_plan(func)
+    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
+    x = np.random.default_rng(5).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+    def copy_first(loop):
+        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
+            return loop
+        seq = list(loop.body.seq)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
+
+    early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+    with pytest.raises(TvmPatchError, match="no in-place step is proven"):
+        prove_cached_plan(early)
+
+
+def test_bounded_requantization_facts():
+    """`te_stage.bounded_requantization` holds only where its facts do (every shift in [-31, -1], each channel's
+    |bias| + 128 x sum|w| within BOUNDED_ACC_MAX), and where it holds `mbqm_bounded`'s C kernel equals TFLite's
+    MultiplyByQuantizedMultiplier: on the host, 400,000 bounded accumulators with every right shift."""
+    stage = _output_copy_stage("NHWC")
+    assert all(bounded_requantization(stage, i) for i in range(3))
+    layers = list(stage.layers)
+    q = layers[2].quant
+    layers[2] = replace(layers[2], quant=replace(q, shift=np.where(np.arange(8) == 3, 0, q.shift)))
+    assert not bounded_requantization(replace(stage, layers=tuple(layers)), 2)  # one channel's shift is 0
+    layers = list(stage.layers)
+    layers[2] = replace(layers[2], bias=np.full(8, BOUNDED_ACC_MAX - 10, dtype="int64"))
+    assert not bounded_requantization(replace(stage, layers=tuple(layers)), 2)  # the bound is exceeded
+    rng = np.random.default_rng(3)
+    n = 400_000
+    acc = rng.integers(-BOUNDED_ACC_MAX, BOUNDED_ACC_MAX + 1, n, dtype=np.int64)
+    acc[::2] >>= rng.integers(0, 30, n // 2)
+    mult = rng.integers(2**30, 2**31, n, dtype=np.int64)
+    mult[::7] = rng.integers(-(2**31), 2**31, len(mult[::7]))
+    shift = rng.integers(-31, 0, n, dtype=np.int64)
+    edges = np.array([0, 1, -1, BOUNDED_ACC_MAX, -BOUNDED_ACC_MAX, 2**29], dtype=np.int64)
+    ea, em, es = np.meshgrid(edges, np.array([2**31 - 1, -(2**31), 2**30, 1, -1]), np.arange(-31, 0), indexing="ij")
+    acc, mult, shift = (np.concatenate([a, b.ravel()]).astype(np.int32) for a, b in ((acc, ea), (mult, em), (shift, es)))
+    with tempfile.TemporaryDirectory(prefix="tvmp_rb_") as tmp:
+        c, so = Path(tmp) / "rb.c", Path(tmp) / "rb.so"
+        c.write_text(f'#include "{MICRO_KERNELS}"\n'
+                     "void rb(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                     "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rb(a[i], m[i], s[i]);\n}\n")
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(c), "-o", str(so)],
+                       check=True, timeout=120)
+        out = np.empty_like(acc)
+        ptr = ctypes.POINTER(ctypes.c_int32)
+        ctypes.CDLL(str(so)).rb(acc.ctypes.data_as(ptr), mult.ctypes.data_as(ptr), shift.ctypes.data_as(ptr),
+                                out.ctypes.data_as(ptr), len(acc))
+    np.testing.assert_array_equal(out, multiply_by_quantized_multiplier_ref(acc, mult, shift))

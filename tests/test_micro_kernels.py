@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,9 @@ def requant_lib(tmp_path_factory) -> ctypes.CDLL:
                             "void rq(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
                             "  for (int i = 0; i < n; i++) o[i] = tvmp_requant(a[i], m[i], s[i]);\n}\n"
                             "void rq_rs(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
-                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n")
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n"
+                            "void rq_narrow(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs_narrow(a[i], m[i], s[i]);\n}\n")
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
                     str(d / "rq.so")], check=True)
     return ctypes.CDLL(str(d / "rq.so"))
@@ -69,6 +72,13 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
     requant_lib.rq_rs(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), out.ctypes.data_as(p),
                       len(acc))
     np.testing.assert_array_equal(out, want)
+    keep = np.abs(acc.astype(np.int64)) < 2**30  # tvmp_requant_rs_narrow: where the export bounds the accumulator
+    acc, mult, shift, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, want))
+    assert len(acc) > 100_000
+    out = np.empty_like(acc)
+    requant_lib.rq_narrow(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p),
+                          out.ctypes.data_as(p), len(acc))
+    np.testing.assert_array_equal(out, want)
 
 
 def _xorshift(state: int):
@@ -92,10 +102,11 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
-    a, m, s, got, got_rs = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    a, m, s, got, got_rs, got_narrow = (np.array(c, dtype=np.int64) for c in zip(*rq))
     np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
     np.testing.assert_array_equal(got_rs, got)  # tvmp_requant_rs where shift <= 0
-    assert (s <= 0).sum() > 200
+    np.testing.assert_array_equal(got_narrow, got)  # tvmp_requant_rs_narrow where also |acc| < 2^30 (SMMULR)
+    assert (s <= 0).sum() > 200 and ((s <= 0) & (np.abs(a) < 2**30)).sum() > 100
     for n, _off, got, acc0, *pairs in dots:
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)
@@ -248,11 +259,13 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
 
 
 @settings(max_examples=12, deadline=None)
-@given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
-def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, seed):
+@given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), k=st.sampled_from([1, 3]),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, k, pad_value, seed):
     """block_pixels (two output pixels x rows channels under the reduction) + tvmp_dot_s8_px2_rows*, against
-    TVM on random 1x1 convolutions (stride 1 or 2)."""
-    src = _conv_nhwc_ohwi(cin, 1, stride, 0)
+    TVM on random 1x1 and padded 3x3 convolutions (stride 1 or 2; at the border a pair whose taps the padding
+    splits runs each pixel alone)."""
+    src = _conv_nhwc_ohwi(cin, k, stride, pad_value)
     blocked = block_pixels(src, rows)
     width = int(src.params[-1].shape[2])
     assert (blocked is src) == (width % 2 == 1 or cin == 1)  # cin 1: no reduction to block under
@@ -260,7 +273,7 @@ def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, r
     code = emit_c({"kern": func}).code
     assert (f"tvmp_dot_s8_px2_rows{rows}(" in code.replace(MICRO_KERNELS.read_text(), "")) == (cin >= 4 and width % 2 == 0)
     rng = np.random.default_rng(seed)
-    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, 1, 1, cin), dtype=np.int8),
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8),
               np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, code, arrays, tmp_path_factory.mktemp("px2"))
     np.testing.assert_array_equal(got, want)
@@ -304,6 +317,84 @@ def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, 
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
     got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dw"))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(3, 8), w=st.integers(3, 12), stride=st.sampled_from([1, 2]), pad=st.integers(0, 1),
+       pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory, h, w, stride, pad, pad_value, seed):
+    """An NHWC depthwise kernel not run in place with its channel loop outside the rows (channel_outer_schedule):
+    neighbouring interior windows (taps C bytes apart, stride 1 or 2) pair in tvmp_window2_s8; against TVM."""
+    from tvm_patch.export.inplace_conv import channel_outer_schedule
+
+    lean = lean_schedule(_depthwise("NHWC", h, w, 3, stride, pad, pad_value))
+    func = channel_outer_schedule(lean, 1)
+    nchw = lean_schedule(_depthwise("NCHW", h, w, 3, 1, 1, 0))
+    assert func is not lean and channel_outer_schedule(nchw, 1) is nchw  # NCHW: channels outside already
+    src = emit_c({"kern": func})
+    if stride == 1 and pad == 1 and w >= 6:  # at least two pairs of interior outputs per row
+        assert "tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("dwco"))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("h, w, k, pad", [(9, 9, 5, 2), (8, 11, 7, 0), (6, 9, 5, 1)])
+def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad):
+    """NCHW 5x5 / 7x7 stride-1 depthwise windows, whose kernel rows are dot-product calls, pair along a row
+    (micro_kernels._dot_rows_window, then tvmp_window2_s8's wide-row path); bit-exact with TVM."""
+    func = lean_schedule(_depthwise("NCHW", h, w, k, 1, pad, -9))
+    src = emit_c({"kern": func})
+    assert "tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
+    """A 5x5 depthwise kernel over a 3x3 plane (padding 2: every output a border one) has its output loops peeled
+    (micro_kernels._peeled): one window call per output, each with constant bounds; bit-exact with TVM."""
+    func = lean_schedule(_depthwise(layout, 3, 3, 5, 1, 2, -7))
+    src = emit_c({"kern": func})
+    calls = [ln for ln in src.code.replace(MICRO_KERNELS.read_text(), "").splitlines() if "tvmp_window_s8(" in ln]
+    assert len(calls) == 9 and not any("?" in ln for ln in calls)  # no bound computed per output
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=8, deadline=None)
+@given(w=st.integers(5, 14), stride=st.sampled_from([1, 2]), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, stride, pad_value, seed):
+    """An NCHW 3x3 stem over 3 input channels (``for rc: acc = tvmp_window_s8(...)`` per output): neighbouring
+    interior outputs pair (tvmp_window2_s8 inside the channel loop, micro_kernels._window_pairs);
+    bit-exact with TVM at stride 1 and 2, odd and even rows."""
+    from tvm import topi
+
+    a = te.placeholder((1, 3, 9, w), "int8", name="A")
+    wt = te.placeholder((4, 3, 3, 3), "int8", name="W")
+    padded = topi.nn.pad(a, [0, 0, 1, 1], [0, 0, 1, 1], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+    acc = topi.nn.conv(padded, wt, stride, 0, 1, 1, "NCHW", "OIHW", "int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -8, 5)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    func = lean_schedule(te.create_prim_func([a, wt, out]))
+    src = emit_c({"kern": func})
+    out_w = (w + 2 - 3) // stride + 1
+    interior = sum(1 for x in range(out_w) if x * stride - 1 >= 0 and x * stride + 1 <= w - 1)  # no padded tap
+    assert ("tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")) == (interior >= 2 * MIN_WINDOW_PAIRS)
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("stem"))
     np.testing.assert_array_equal(got, want)
 
 
@@ -397,13 +488,14 @@ def _tvm_out(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
     return tensors[-1].numpy()
 
 
-def _pointwise(h: int, w: int, cin: int, cout: int) -> tirx.PrimFunc:
-    """An NHWC 1x1 convolution (OHWI weights), requantized."""
+def _pointwise(h: int, w: int, cin: int, cout: int, layout: str = "NHWC") -> tirx.PrimFunc:
+    """A 1x1 convolution, NHWC (OHWI weights) or NCHW (OIHW weights), requantized."""
     from tvm import topi
 
-    a = te.placeholder((1, h, w, cin), "int8", name="A")
-    wt = te.placeholder((cout, 1, 1, cin), "int8", name="W")
-    acc = topi.nn.conv(a, wt, 1, 0, 1, 1, "NHWC", "OHWI", "int32")
+    nchw = layout == "NCHW"
+    a = te.placeholder((1, cin, h, w) if nchw else (1, h, w, cin), "int8", name="A")
+    wt = te.placeholder((cout, cin, 1, 1) if nchw else (cout, 1, 1, cin), "int8", name="W")
+    acc = topi.nn.conv(a, wt, 1, 0, 1, 1, layout, "OIHW" if nchw else "OHWI", "int32")
     with extern_requantization():
         q = requantize_te(acc, 1518500250, -8, 5)
     out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
@@ -436,6 +528,45 @@ def test_in_place_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
 
 
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(1, 4), w=st.sampled_from([2, 4, 6, 5]), cin=st.integers(4, 40), cout_blocks=st.integers(1, 12),
+       seed=st.integers(0, 2**16))
+def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, cout_blocks, seed):
+    """An NCHW 1x1 kernel blocked over two pixels (block_pixels channels_first) copies the pixel pair pixel-major
+    (pixel_pair_copy_schedule) and calls tvmp_dot_s8_px2_rows2 (odd W: left as it is); against TVM out of place
+    and, with no more output than input channels, run in place (the proof's NCHW pixel groups)."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, pixel_pair_copy_schedule
+
+    cout = 2 * cout_blocks
+    src = _pointwise(h, w, cin, cout, "NCHW")
+    blocked = block_pixels(src, 2, channels_first=True)
+    assert (blocked is src) == (w % 2 == 1)
+    assert block_pixels(src, 2) is src  # the NHWC form does not take an NCHW kernel
+    if blocked is src:
+        return
+    lean = lean_schedule(blocked)
+    func = pixel_pair_copy_schedule(lean, 1)
+    assert func is not lean
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, cin, h, w), dtype=np.int8), rng.integers(-128, 128, (cout, cin, 1, 1), dtype=np.int8),
+              np.full((1, cout, h, w), 77, dtype=np.int8)]
+    csrc = emit_c({"kern": func})
+    assert "tvmp_dot_s8_px2_rows2(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    tmp = tmp_path_factory.mktemp("px2nchw")
+    want = _tvm_out(src, arrays)
+    if not csrc.workspace_bytes.get("kern", 0):
+        got, _ = _c_and_tvm(func, csrc.code, arrays, tmp)
+        np.testing.assert_array_equal(got, want)
+    pairs = inplace_conv_pairs(func, 1)
+    if h >= 2 and w >= 4:  # the proof's loops (unit loops drop out: one row or one group proves nothing)
+        assert pairs == [(0, 2)]
+    if pairs and cout <= cin:
+        ip = emit_c({"kern": mark_in_place(func, pairs)})
+        got = _c_in_place(ip.code, arrays, ip.workspace_bytes.get("kern", 0), tmp)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_pixel_groups_in_the_in_place_proof():
     """channel_or_pixel_safe's pixel groups: W indexed by w0 * P + r with r in [0, P) and P dividing W; not
     with a remainder that can reach P, nor with P not dividing W, nor with more output than input channels."""
@@ -457,6 +588,19 @@ def test_pixel_groups_in_the_in_place_proof():
     assert not safe(2, 2, 6, cout=9)  # a pixel's outputs would reach the next pixel's inputs
     idx = [zero, h, w0 * 2 + r, c]
     assert not channel_or_pixel_safe([h, w0], idx, idx, (1, 3, 6, 8), (1, 3, 6, 8))  # no ranges: not proven
+
+    def safe_nchw(step: int, r_extent: int, width: int, cout: int = 8, hw_out: tuple[int, int] | None = None) -> bool:
+        ana = tvm.sym.Analyzer()
+        for v, ext in ((h, 3), (w0, width // step), (r, r_extent), (c, 8)):
+            ana.bind(v, tvm.ir.Range.from_min_extent(0, ext))
+        idx = [zero, c, h, w0 * step + r]
+        return channel_or_pixel_safe([h, w0], idx, idx, (1, 8, 3, width), (1, cout, *(hw_out or (3, width))), ana)
+
+    # NCHW: a group writes its own pixels' offsets (mod H * W), so more output channels are fine too
+    assert safe_nchw(2, 2, 6) and safe_nchw(2, 2, 6, cout=16)
+    assert not safe_nchw(2, 3, 6)  # overlapping groups
+    assert not safe_nchw(4, 4, 6)  # groups straddle rows
+    assert not safe_nchw(2, 2, 6, hw_out=(3, 4))  # output plane of another size
 
 
 @settings(max_examples=10, deadline=None)
@@ -499,3 +643,50 @@ def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared
     consts[call.args[p].index] = bumped
     other = dataclasses.replace(prog, constants=consts)
     assert "tvmp_requant_rs" not in nonpositive_shift_requant(other, {name: funcs[name]})[name].script()
+
+
+def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
+    """narrow_requant: tvmp_requant_rs_narrow (SMMULR on 2 x acc) only where |acc + bias| < 2^30 is proven: the
+    int8 x int8 products of the reduction (2^14 each, times the reduction's extents) plus the largest constant
+    bias over every call; a bias of 2^30 in one call keeps tvmp_requant_rs."""
+    from tvm_patch.codegen.micro_kernels import PRODUCT_BOUND, accumulator_bounds
+    from tvm_patch.export import export_model
+    from tvm_patch.export.api import nonpositive_shift_requant
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
+    prog, funcs = res.program, res.kernel_funcs
+    name = next(n for n, f in funcs.items() if "tvmp_requant_rs_narrow" in nonpositive_shift_requant(prog, {n: f})[n].script())
+    bounds = accumulator_bounds(funcs[name])
+    assert bounds and all(b > 0 and b % PRODUCT_BOUND == 0 for _, b in bounds)
+    call = next(c for c in prog.calls if c.func == name)
+    func = funcs[name]
+    bias = next(i for i, a in enumerate(call.args) if a.kind == "const" and prog.constants[a.index].dtype == np.int32
+                and "+ " + str(func.params[i].name) in func.script())
+    consts = list(prog.constants)
+    bumped = consts[call.args[bias].index].copy()
+    bumped.flat[0] = 2**30
+    consts[call.args[bias].index] = bumped
+    script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
+    assert "tvmp_requant_rs_narrow" not in script and "tvmp_requant_rs" in script
+    # a residual add's requantizations: each bounded by its argument's bound + 1, so the outer one of their sum too
+    from tvm_patch.codegen.micro_kernels import narrow_requant, right_shift_requant
+
+    def residual(scale: int) -> tirx.PrimFunc:
+        x, y = te.placeholder((4,), "int8", name="X"), te.placeholder((4,), "int8", name="Y")
+
+        def rq(v: Any) -> Any:
+            return tirx.call_pure_extern("int32", REQUANT_EXTERN, v, 1699529983, -2)
+
+        out = te.compute((4,), lambda i: rq(rq(x[i].astype("int32") * scale + 17825792) + rq(y[i].astype("int32") * scale)),
+                         name="out")
+        return right_shift_requant(te.create_prim_func([x, y, out]), set())
+
+    assert residual(2**20).script().count('"tvmp_requant_rs"') == 3
+    assert narrow_requant(residual(2**20), {}).script().count('"tvmp_requant_rs_narrow"') == 3
+    assert "tvmp_requant_rs_narrow" not in narrow_requant(residual(2**23), {}).script()  # 128 x 2^23 = 2^30
+    # a dense layer's K = 12 products; none for products of wider operands (int16 x int8)
+    assert [b for _, b in accumulator_bounds(lean_schedule(_matmul_requant(12, False, True)))] == [12 * PRODUCT_BOUND]
+    a, w = te.placeholder((3, 12), "int16", name="A"), te.placeholder((5, 12), "int8", name="W")
+    r = te.reduce_axis((0, 12), name="r")
+    acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * w[f, r].astype("int32"), axis=r), name="acc")
+    assert accumulator_bounds(te.create_prim_func([a, w, acc])) == []

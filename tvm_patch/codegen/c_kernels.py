@@ -99,7 +99,7 @@ _MATH_FUNCS = frozenset(
 # The C micro-kernels exported kernels may call (tvmp_requant, tvmp_dot_s8*, tvmp_sum_s8, tvmp_pad_rows): inlined
 # into model.c.
 MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
-MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8|pad_rows|window_s8|sat_s8)\w*\("
+MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8|pad_rows|window_s8|sat_s8|barrier)\w*\("
 
 
 ALIASED_PARAMS = "tvmp.aliased_params"

@@ -21,9 +21,10 @@ from typing import Any
 
 import tvm
 import tvm_ffi
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
 from tvm_patch.tir_util import uses_var
 
 _ENABLED: ContextVar[bool] = ContextVar("tvmp_micro_kernels", default=True)
@@ -234,9 +235,9 @@ def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
     if len(lin_acc) != 4 or (_int(lin_acc[0]), _int(lin_acc[1]), _int(lin_acc[2])) != (rows, 1, 0):
         return None
     a, w = _int8_operand(prod.a, k), _int8_operand(prod.b, k)
-    if a is None or w is None or a[1] is not None or w[1] is not None:
+    if a is None or w is None or w[1] is not None or (a[1] is not None and uses_var(a[1], j)):
         return None
-    a_load, w_load = a[0], w[0]
+    (a_load, cond, pad), w_load = a, w[0]
     lin_a = tvm.sym.detect_linear_equation(a_load.indices[0], [p, j, k])
     lin_w = tvm.sym.detect_linear_equation(w_load.indices[0], [p, j, k])
     if len(lin_a) != 4 or len(lin_w) != 4 or _int(lin_a[1]) != 0 or _int(lin_a[2]) != 1:
@@ -247,9 +248,24 @@ def _px2_rows_call(loop: tirx.For) -> tirx.Stmt | None:
     def addr(load: TensorLoad, index: Any) -> Any:
         return tirx.address_of(tirx.BufferLoad(load.source, [index]))
 
-    return tirx.Evaluate(tirx.call_extern(
-        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), addr(w_load, lin_w[3]),
-        tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32"), tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
+    w_ptr, ws, n = addr(w_load, lin_w[3]), tirx.Cast("int32", lin_w[1]), tirx.const(extent, "int32")
+    pair = tirx.Evaluate(tirx.call_extern(
+        "void", PX2_ROWS[rows], addr(a_load, lin_a[3]), tirx.Cast("int32", lin_a[0]), w_ptr, ws, n,
+        tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3]]))))
+    if cond is None:
+        return pair
+    # a padded tap (a k x k convolution's border): the pair when both pixels read the input, else each pixel alone,
+    # its tap a rows call or the pad value times its weights' sums
+    ana = tvm.sym.Analyzer()
+    at = [ana.simplify(tvm_ffi.structural_map(cond, [(tirx.Var, lambda v, q=q: tirx.const(q, v.ty) if v.same_as(p) else v)]))
+          for q in (0, 1)]
+    alone = []
+    for q in (0, 1):
+        acc_q = tirx.address_of(tirx.BufferLoad(store.buffer, [lin_acc[3] + q * rows]))
+        tap = tirx.call_extern("void", ROWS[rows], addr(a_load, lin_a[3] + q * lin_a[0]), w_ptr, ws, n, acc_q)
+        border = tirx.call_extern("void", PAD_ROWS, tirx.Cast("int32", pad), w_ptr, ws, n, tirx.const(rows, "int32"), acc_q)
+        alone.append(tirx.IfThenElse(at[q], tirx.Evaluate(tap), tirx.Evaluate(border)))
+    return tirx.IfThenElse(tirx.And(at[0], at[1]), pair, tirx.SeqStmt(alone))
 
 
 WINDOW = "tvmp_window_s8"
@@ -416,6 +432,56 @@ MIN_WINDOW_PAIRS = 2  # one pair per row measured slower (kws: 3 interior column
 PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 (NCHW 5x5 and 7x7 rows are dot calls)
 
 
+def _window_store(st: Any) -> tuple[tirx.BufferStore, tirx.For | None] | None:
+    """(store, None) for ``acc[0] = tvmp_window_s8(...)``, (store, loop) for a serial loop around only such a store
+    (an NCHW convolution's windows over its input channels), (the equivalent window store, None) for a window
+    whose kernel rows are dot products (``_dot_rows_window``), else None."""
+    if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW:
+        return st, None
+    if (isinstance(st, tirx.For) and st.kind == tirx.ForKind.SERIAL and _int(st.min) == 0 and _int(st.extent) is not None
+            and isinstance(st.body, tirx.BufferStore) and _extern_name(st.body.value) == WINDOW):
+        return st.body, st
+    window = _dot_rows_window(st)
+    return (window, None) if window is not None else None
+
+
+def _dot_rows_window(st: Any) -> tirx.BufferStore | None:
+    """``for ry in range(KH): acc[0] = tvmp_dot_s8(&P[b + ry * sy], &W[wb + ry * wy], KW, acc[0])`` (an interior
+    NCHW depthwise window whose rows are contiguous runs: 5 x 5, 7 x 7) as the equivalent interior
+    ``acc[0] = tvmp_window_s8(P, b, sy, 1, W, wb, wy, 1, KH, KW, 0, KH, 0, KW, 0, acc[0])``, else None."""
+    if not (isinstance(st, tirx.For) and st.kind == tirx.ForKind.SERIAL and _int(st.min) == 0
+            and _int(st.extent) is not None and isinstance(st.body, tirx.BufferStore)):
+        return None
+    ry, kh, store = st.loop_var, _int(st.extent), st.body
+    call = store.value
+    if _extern_name(call) != DOT or len(call.args) != 5 or _int(call.args[3]) is None:
+        return None
+    a_ptr, w_ptr, n, acc = call.args[1], call.args[2], _int(call.args[3]), call.args[4]
+    if not (isinstance(acc, TensorLoad) and acc.source.same_as(store.buffer) and len(store.indices) == 1
+            and _int(store.indices[0]) == 0 and len(acc.indices) == 1 and _int(acc.indices[0]) == 0):
+        return None
+    bases = []
+    for ptr in (a_ptr, w_ptr):
+        load = ptr.args[0] if _is_call(ptr, ".address_of") and ptr.args else None
+        if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+            return None
+        lin = tvm.sym.detect_linear_equation(load.indices[0], [ry])
+        if len(lin) != 2 or _int(lin[0]) is None or uses_var(lin[1], ry):
+            return None
+        bases.append((load.source, lin[1], lin[0]))
+    (a_buf, b, sy), (w_buf, wb, wy) = bases
+
+    def i32(x: Any) -> Any:
+        return x if str(x.ty) == "int32" else tirx.Cast("int32", x)
+
+    one, zero = tirx.const(1, "int32"), tirx.const(0, "int32")
+    args = [tirx.address_of(tirx.BufferLoad(a_buf, [zero])), i32(b), i32(sy), one,
+            tirx.address_of(tirx.BufferLoad(w_buf, [zero])), i32(wb), i32(wy), one,
+            tirx.const(kh, "int32"), tirx.const(n, "int32"), zero, tirx.const(kh, "int32"), zero,
+            tirx.const(n, "int32"), zero, acc]
+    return tirx.BufferStore(store.buffer, tirx.call_extern("int32", WINDOW, *args), list(store.indices))
+
+
 def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     """An output loop whose body computes one interior window (``tvmp_window_s8`` with the full kernel as its
     bounds) into a one-element accumulator, then an epilogue reading it, as a loop over pairs of outputs:
@@ -424,19 +490,25 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
 
     becomes ``for x2 in range(E // 2): pair = {init, init}; tvmp_window2_s8(P, b + 2 d x2, d, ..., pair);
     epilogue(2 x2, pair[0]); epilogue(2 x2 + 1, pair[1])`` (and the last output alone when E is odd), so the taps
-    of neighbouring windows are loaded once. Exact: each output's sum and epilogue are unchanged; the only
+    of neighbouring windows are loaded once. The window may sit in a loop of its own (an NCHW stem's input
+    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call. Exact: each output's sum and epilogue are unchanged; the only
     reordering is the second window's reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
     extent, x = _int(loop.extent), loop.loop_var
-    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or extent is None or extent < MIN_WINDOW_PAIRS * 2:
+    # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < MIN_WINDOW_PAIRS * 2):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
-    calls = [i for i, st in enumerate(stmts) if isinstance(st, tirx.BufferStore) and _extern_name(st.value) == WINDOW]
-    if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for st in stmts):
+    allocs = []  # the accumulator's allocation, where the lowering put it in the loop (its only user)
+    while stmts and isinstance(stmts[0], tirx.AllocBuffer):
+        allocs.append(stmts.pop(0))
+    calls = [(i, w) for i, st in enumerate(stmts) if (w := _window_store(st)) is not None]
+    if len(calls) != 1 or not all(isinstance(st, tirx.BufferStore) for i, st in enumerate(stmts) if i != calls[0][0]):
         return None
-    at = calls[0]
-    store = stmts[at]
+    at, (store, inner) = calls[0]
     acc = store.buffer
+    if any(not a.buffer.same_as(acc) for a in allocs):
+        return None
     call = store.value
     args = list(call.args)[1:]  # after the callee's name
     kh, kw = _int(args[8]), _int(args[9])  # the window's arguments: see _window_call
@@ -451,8 +523,15 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     if len(lin) != 2 or _int(lin[0]) is None or any(uses_var(a, x) for i, a in enumerate(args) if i != 1):
         return None
     sx = args[3].value if isinstance(args[3], tirx.Cast) else args[3]
-    if (_int(lin[0]), _int(sx)) != (1, 1) or kw not in PAIRED_WIDTHS:
-        return None  # only where the C kernel's SMLAD path applies: measured slower elsewhere (stride 2, generic)
+    d, step = _int(lin[0]), _int(sx)
+    strided = step is not None and step > 1 and d in (step, 2 * step)  # NHWC, channel outside: taps C bytes apart
+    stem = inner is not None and (d, step) == (2, 1) and kw in PAIRED_WIDTHS  # an NCHW stem: windows over channels
+    # NCHW 5x5, 7x7 at stride 1 (rows of dot products): the wide-row SMLAD path of tvmp_window2_s8
+    wide = _dot_rows_window(stmts[at]) is not None and (d, step) == (1, 1)
+    if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
+        # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
+        # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
+        return None
     init = stmts[:at]
     if len(init) > 1 or (init and not (init[0].buffer.same_as(acc) and not uses_var(init[0].value, x))):
         return None
@@ -463,26 +542,51 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     x2 = tirx.Var(x.name + "_2", x.ty)
     start = init[0].value if init else last
 
+    # one-element temporaries the epilogue stores and reads (the patch stage's requantization step): the second
+    # output's copy gets its own, so that no two equal loads of one buffer stand on both sides of a store to it
+    # (TVM's common subexpression elimination would take the first output's value for the second)
+    loaded: set[Any] = set()
+    for st in rest:
+        tvm_ffi.structural_walk(st, (TensorLoad, lambda ld: loaded.add(ld.source)))
+    temps = {st.buffer: tirx.decl_buffer(st.buffer.shape, st.buffer.dtype, st.buffer.name + "_2") for st in rest
+             if st.buffer in loaded and int(math.prod(int(d) for d in st.buffer.shape)) == 1}
+
     def at_x(stmt: Any, value: Any, k: int) -> Any:
         moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
         if k == 0:  # the first output reads the accumulator itself (which stays in use: no unused C local)
             return moved
+
+        def on_store(st: Any) -> Any:
+            return tirx.BufferStore(temps[st.buffer], st.value, list(st.indices)) if st.buffer in temps else st
+
         return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
-                                               if ld.source.same_as(acc) else ld)])
+                                               if ld.source.same_as(acc) else tirx.BufferLoad(temps[ld.source], list(
+                                                   ld.indices)) if ld.source in temps else ld),
+                                              (tirx.BufferStore, on_store)])
 
     first = x2 * 2
     pair_call = tirx.call_extern("void", WINDOW2, args[0], tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first),
                                  tirx.Cast("int32", lin[0]), *args[2:10],
                                  tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
     body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in (0, 1)]
-    body.append(tirx.Evaluate(pair_call))
+    if inner is None:
+        body.append(tirx.Evaluate(pair_call))
+    else:  # a fresh loop variable: the odd tail below keeps the original loop
+        rc, rc2 = inner.loop_var, tirx.Var(inner.loop_var.name, inner.loop_var.ty)
+        pair_call = tvm_ffi.structural_map(pair_call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
+        body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(pair_call)))
     body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
     body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
-    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), tirx.const(extent // 2, str(x.ty)), tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), tirx.SeqStmt(body)]))
-    if extent % 2 == 0:
+    n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
+    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()), *allocs,
+                                   tirx.SeqStmt(body)]))
+    if extent is not None and extent % 2 == 0:
         return pairs
-    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: tirx.const(extent - 1, str(x.ty)) if v.same_as(x) else v)])
+    last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
+    tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: last_x if v.same_as(x) else v)])
+    if extent is None:
+        tail = tirx.IfThenElse(tirx.floormod(loop.extent, 2) == 1, tail, None)
     return tirx.SeqStmt([pairs, tail])
 
 
@@ -538,7 +642,7 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
         found = _dot_call(loop) or _rows_call(loop) or _px2_rows_call(loop) or _window_call(loop)
         if found is None:
             fused = _fused_taps(loop)
-            found = (_dot_call(fused) or _rows_call(fused)) if fused is not None else None
+            found = (_dot_call(fused) or _rows_call(fused) or _px2_rows_call(fused)) if fused is not None else None
         return found or _window_pairs(loop) or loop
 
     return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
@@ -608,11 +712,12 @@ def _allocated_bytes(stmt: Any) -> int:
 
 
 def _indexes_a_store(stmt: Any, v: Any) -> bool:
-    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap)?"""
+    """Does ``v`` index a store under ``stmt`` (an output row or column, not a reduction's tap, nor the pixel of a
+    pair's accumulators: a store that accumulates ``acc[i] += x * y`` does not count)?"""
     found = [False]
 
     def on_store(st: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or any(uses_var(i, v) for i in st.indices)
+        found[0] = found[0] or (_accumulation(st) is None and any(uses_var(i, v) for i in st.indices))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, on_store)], order="pre")
@@ -658,13 +763,29 @@ def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
                     loop.thread_binding, loop.annotations)
 
 
+MAX_PEELED_EXTENT = 4  # output loops this short with no interior (a plane smaller than the kernel) are peeled
+
+
+def _peeled(loop: tirx.For) -> tirx.Stmt:
+    """A short output loop of a padded convolution without an interior range (every output a border one, as a
+    5 x 5 depthwise kernel over a 3 x 3 plane) as one copy of its body per value: each copy's border bounds are
+    constants, so the C compiler specialises its windows (unrolled, test-free) instead of testing every tap
+    against bounds computed per output. Else the loop itself."""
+    v, extent = loop.loop_var, _int(loop.extent)
+    if (_int(loop.min) != 0 or extent is None or not 1 < extent <= MAX_PEELED_EXTENT
+            or _allocated_bytes(loop.body) > MAX_COPIED_BYTES or not _indexes_a_store(loop.body, v)
+            or not any(uses_var(t, v) for r in _padded_reads(loop.body) for t in _terms(r.args[0]))):
+        return loop
+    return tirx.SeqStmt([_shifted(loop, k, k + 1, loop.body) for k in range(extent)])
+
+
 def _partition_padding(loop: tirx.For) -> tirx.Stmt:
     """An output loop of a padded convolution split into border ranges and the interior, where its border
     comparisons (proven true there for every tap) are dropped from the padded reads: the interior runs with no
     test, no window bound and no pad-sum branch. Exact: a comparison goes only where it is proven true."""
     found = _interior(loop)
     if found is None:
-        return loop
+        return _peeled(loop)
     lo, hi, terms = found
 
     def drop(call: Any) -> Any:
@@ -747,5 +868,113 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
         ok = (_int(shift) is not None and _int(shift) <= 0) or (
             isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in nonpositive))
         return tirx.call_pure_extern("int32", REQUANT_RS, *call.args[1:]) if ok else call
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+
+
+REQUANT_NARROW = "tvmp_requant_rs_narrow"
+PRODUCT_BOUND = 1 << 14  # |int8 x int8|
+
+
+def _int8_cast(expr: Any) -> bool:
+    return isinstance(expr, tirx.Cast) and str(expr.ty) == "int32" and str(expr.value.ty) == "int8"
+
+
+def accumulator_bounds(func: tirx.PrimFunc) -> list[tuple[Any, int]]:
+    """(buffer, bound on |value|) of each int32 buffer whose every store is in a block and is either a constant (an
+    init) or ``buf[i] = buf[i] + int32(int8) * int32(int8)`` (a reduction's update): the update's reduction
+    iterators' extents multiplied (the products summed into one element) x 2^14, plus the largest init. Buffers
+    written in any other way are left out."""
+    found: list[list[Any]] = []  # [buffer, init bound, products, stores in blocks, ok]
+
+    def entry(buf: Any) -> list[Any]:
+        for e in found:
+            if e[0].same_as(buf):
+                return e
+        found.append([buf, 0, 0, 0, True])
+        return found[-1]
+
+    def on_block(block: Any) -> tvm_ffi.WalkResult:
+        red = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
+        for st in (block.init, block.body):
+            if not isinstance(st, tirx.BufferStore) or str(st.buffer.dtype) != "int32":
+                continue
+            e = entry(st.buffer)
+            e[3] += 1
+            extents = [_int(iv.dom.extent) for iv in red]
+            if isinstance(st.value, tirx.IntImm):
+                e[1] = max(e[1], abs(int(st.value.value)))
+            elif st.same_as(block.body) and red and None not in extents and _updates_itself(st) and _int8_product(st.value.b):
+                e[2] += math.prod(extents)
+            else:
+                e[4] = False  # written otherwise: no bound
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, on_block)], order="pre")
+    stores: list[Any] = []
+    tvm_ffi.structural_walk(func.body, [(tirx.BufferStore, lambda st: stores.append(st.buffer) or tvm_ffi.WalkResult.ADVANCE)],
+                            order="pre")
+    return [(buf, init + products * PRODUCT_BOUND) for buf, init, products, n, ok in found
+            if ok and sum(1 for b in stores if b.same_as(buf)) == n]
+
+
+def _updates_itself(st: tirx.BufferStore) -> bool:
+    """``buf[i] = buf[i] + x``: the store's value adds to a load of the same element."""
+    v = st.value
+    return (isinstance(v, tirx.Add) and isinstance(v.a, TensorLoad) and v.a.source.same_as(st.buffer)
+            and len(v.a.indices) == len(st.indices)
+            and all(tvm_ffi.structural_equal(i, j) for i, j in zip(v.a.indices, st.indices)))
+
+
+def _int8_product(expr: Any) -> bool:
+    return isinstance(expr, tirx.Mul) and _int8_cast(expr.a) and _int8_cast(expr.b)
+
+
+def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_bounds: dict[int, int]) -> int | None:
+    """A bound on |expr| from the accumulator and parameter bounds and the int8 / constant leaves, else None."""
+    if isinstance(expr, tirx.IntImm):
+        return abs(int(expr.value))
+    if isinstance(expr, tirx.Cast):
+        if str(expr.value.ty) == "int8":
+            return 128
+        return _abs_bound(expr.value, accs, params, param_bounds) if str(expr.value.ty) == "int32" else None
+    if isinstance(expr, (tirx.Add, tirx.Sub, tirx.Mul, tirx.Min, tirx.Max)):
+        a, b = (_abs_bound(x, accs, params, param_bounds) for x in (expr.a, expr.b))
+        if a is None or b is None:
+            return None
+        if isinstance(expr, (tirx.Min, tirx.Max)):  # |min(a, b)|, |max(a, b)| <= max(|a|, |b|)
+            return max(a, b)
+        return a * b if isinstance(expr, tirx.Mul) else a + b
+    if _is_call(expr, ".call_pure_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
+        name = str(expr.args[0].value)
+        if name == SAT:
+            return 128
+        if name in (REQUANT_RS, REQUANT_NARROW):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
+            inner = _abs_bound(expr.args[1], accs, params, param_bounds)
+            return None if inner is None else inner + 1
+        return None
+    if isinstance(expr, TensorLoad):
+        for buf, bound in accs:
+            if expr.source.same_as(buf):
+                return bound
+        idx = [i for i, p in enumerate(params) if expr.source.same_as(p)]
+        return param_bounds.get(idx[0]) if idx else None
+    return None
+
+
+def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int]) -> tirx.PrimFunc:
+    """``func`` with each ``tvmp_requant_rs`` call whose accumulator is proven below 2^30 in magnitude (from
+    ``accumulator_bounds`` and ``param_bounds``: parameter index -> bound on |element|, the export's constants)
+    calling ``tvmp_requant_rs_narrow`` (SMMULR on 2 x acc: no 64-bit accumulate, no saturation case): the same
+    value for such accumulators."""
+    accs = accumulator_bounds(func)
+    params = list(func.params)
+
+    def on_call(call: Any) -> Any:
+        if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
+                and str(call.args[0].value) == REQUANT_RS):
+            return call
+        bound = _abs_bound(call.args[1], accs, params, param_bounds)
+        return call if bound is None or bound > BOUNDED_ACC_MAX else tirx.call_pure_extern("int32", REQUANT_NARROW, *call.args[1:])
 
     return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])

@@ -4,9 +4,14 @@
  *   shift, saturating rounding doubling high multiply, rounding right shift), bit for bit the expression
  *   LowerToInteger builds in TIR, in 32-bit operations plus one 32x32->64 multiply-accumulate (SMLAL).
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
+ * tvmp_requant_rs_narrow: the same where also |acc| < 2^30 (an export-time bound): one SMMULR on 2 acc
+ *   (tvmp_srdhm_narrow).
+ * tvmp_requant_rb: the same where also every shift is <= -1 (export-time facts from a patch stage's weights and
+ *   biases): tvmp_srdhm_narrow and one rounding add instead of mask and compare.
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
+ * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled.
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
@@ -37,6 +42,15 @@
 #include <arm_acle.h>
 #endif
 
+/* TFLite's RoundingDivideByPOT(v, right), v's sign taken from hi (the same as v's): v >> right, plus one when the
+   remainder v & mask exceeds the threshold (mask >> 1) + (v < 0). The test as the sign bit of threshold - remainder
+   (both in [0, 2^31): the difference fits): SUB and an ADD with a shifted operand instead of CMP, IT, ADDGT. */
+TVMP_INLINE int32_t tvmp_round_shift(int32_t v, int32_t right, int32_t hi) {
+    int32_t mask = (int32_t)((1u << right) - 1u);
+    int32_t t = ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)) - (v & mask);
+    return (v >> right) + (int32_t)((uint32_t)t >> 31);
+}
+
 TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t left = shift > 0 ? shift : 0; /* branch-free: the common case (shift <= 0) takes no jump */
     int32_t right = left - shift;
@@ -51,8 +65,7 @@ TVMP_INLINE int32_t tvmp_requant(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31)); /* p >> 31, which fits 32 bits ... */
     if (TVMP_UNLIKELY(x == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX; /* ... but for this one product */
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
 }
 
 /* tvmp_requant for a shift known (at export time, from the constants of every call) to be <= 0: no left shift. */
@@ -66,8 +79,44 @@ TVMP_INLINE int32_t tvmp_requant_rs(int32_t acc, int32_t mult, int32_t shift) {
     int32_t v = (int32_t)(((uint32_t)hi << 1) | ((uint32_t)p >> 31));
     if (TVMP_UNLIKELY(acc == INT32_MIN) && mult == INT32_MIN) v = INT32_MAX;
 #endif
-    int32_t mask = (int32_t)((1u << right) - 1u);
-    return (v >> right) + ((v & mask) > ((mask >> 1) + (int32_t)((uint32_t)hi >> 31)));
+    return tvmp_round_shift(v, right, hi);
+}
+
+/* SRDHM(acc, mult) for an accumulator proven (at export time) below 2^30 in magnitude: floor((acc * mult + 2^30)
+   / 2^31) = floor((2 acc * mult + 2^31) / 2^32), one SMMULR on 2 acc (which fits), and no saturation case (acc is
+   not INT32_MIN). The two requantizations below share it. */
+TVMP_INLINE int32_t tvmp_srdhm_narrow(int32_t acc, int32_t mult) {
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v;
+    __asm__("smmulr %0, %1, %2" : "=r"(v) : "r"((int32_t)((uint32_t)acc << 1)), "r"(mult));
+    return v;
+#else
+    return (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
+#endif
+}
+
+/* tvmp_requant_rs for an accumulator proven below 2^30 in magnitude. */
+TVMP_INLINE int32_t tvmp_requant_rs_narrow(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
+    return tvmp_round_shift(v, -shift, v);
+}
+
+/* No instruction: GCC keeps no memory value in a register across it (the patch stage puts one between its layers'
+   loop nests, so that one layer's values do not stay live, spilled, through the next's). */
+TVMP_INLINE void tvmp_barrier(void) {
+#if defined(__GNUC__)
+    __asm__ volatile("" ::: "memory");
+#endif
+}
+
+/* tvmp_requant_rs for |acc| <= 2^30 - 1 and 1 <= -shift <= 31 (the caller proves both from its constants): then
+   |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and v + 2^(right-1)
+   cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is (v + half - (v < 0)) >> right. */
+TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
+    int32_t half = (int32_t)((1u << right) >> 1);
+    return (v + half - (int32_t)((uint32_t)v >> 31)) >> right;
 }
 
 #if defined(__ARM_FEATURE_DSP)
@@ -271,6 +320,35 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
             } else {
                 a1 = __smlad(tvmp_pack_hi_hi(e, o), w01, a1);
                 a1 += (int32_t)r[4] * w2;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+    if (kw >= 4 && sx == 1 && wx == 1 && d == 1) {
+        /* wide contiguous rows (5x5, 7x7, stride 1): per 4 taps, the word of taps 0-3 gives (q0, q2), (q1, q3) and
+           the word one byte on (q1, q4) ror 8 = (q2, q4); against (w0, w2), (w1, w3): 4 SMLAD for 8 MACs; the rest
+           of the row one tap at a time, each input byte loaded once for both windows */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            int32_t rx = 0;
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t x, x1, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&x1, r + rx + 1, 4);
+                memcpy(&y, wr + rx, 4);
+                uint32_t o = tvmp_sxtb16_ror8(x), we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(__sxtb16(x), we, a0);
+                a0 = __smlad(o, wo, a0);
+                a1 = __smlad(o, we, a1);
+                a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, a1);
+            }
+            int32_t next = r[rx];
+            for (; rx < kw; rx++) {
+                int32_t wv = wr[rx], cur = next;
+                next = r[rx + 1];
+                a0 += cur * wv;
+                a1 += next * wv;
             }
         }
         acc[0] = a0, acc[1] = a1;

@@ -10,6 +10,7 @@ import math
 import re
 from typing import Any
 
+import tvm_ffi
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen import C_TARGET
@@ -92,8 +93,10 @@ def _base_row(op: str) -> dict[str, Any]:
     return {k: 0 for k in NUMERIC} | {"op": op, "macs": 0, "kernel": 1, "stride": 1, "groups": 1}
 
 
-def _stage_row(func: tirx.PrimFunc, patches: tuple[int, int], in_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The patch stage: MACs over all patches (halos recomputed), layer mix, patch input size."""
+def _stage_row(func: tirx.PrimFunc, patches: tuple[int, int], in_shape: tuple[int, ...],
+               halo: str = "recompute") -> dict[str, Any]:
+    """The patch stage: MACs over all patches (halos recomputed), layer mix, patch input size (recompute mode
+    written as a loop nest, `cache_stage.build_recompute_stage`: from its `input_patch` buffer, having no block)."""
     row = _base_row("patch_stage")
     macs = {"dw": 0, "1x1": 0, "kxk": 0}
     layers = 0
@@ -106,6 +109,10 @@ def _stage_row(func: tirx.PrimFunc, patches: tuple[int, int], in_shape: tuple[in
             # channels, 2 = a depthwise k x k, 3 = a k x k convolution over the input channels
             layers += 1
             macs[{1: "1x1", 2: "dw"}.get(chain, "kxk")] += trips
+    if not patch_in and halo != "cache":
+        allocs = []
+        tvm_ffi.structural_walk(func.body, (tirx.AllocBuffer, allocs.append))
+        patch_in = next((math.prod(int(d) for d in a.buffer.shape) for a in allocs if a.buffer.name == "input_patch"), 0)
     total = sum(macs.values())
     chans, _, height = sorted(in_shape[1:4]) if len(in_shape) == 4 else (1, 1, 1)  # NCHW or NHWC image
     side = int(round(math.sqrt(patch_in / chans))) if patch_in else 0  # input_patch: chans x side x side
@@ -180,7 +187,7 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["window_calls"] += 2 * v
         elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8"):
             out["window_elems"] += v
-        elif k in ("call_tvmp_requant", "call_tvmp_requant_rs"):
+        elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rs_narrow"):
             out["requant"] += v
         elif k == "call_tvmp_pad_rows":
             out["pad_calls"] += v
@@ -219,7 +226,7 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
         in_shapes = [prog.tensors[a.index].shape for a in call.inputs if a.kind == "tensor"]
         if func.attrs is not None and PATCHES_ATTR in func.attrs:
             rows_cols = tuple(int(x) for x in func.attrs[PATCHES_ATTR])
-            row = _stage_row(func, rows_cols, in_shapes[0] if in_shapes else (1, 1, 1, 1))
+            row = _stage_row(func, rows_cols, in_shapes[0] if in_shapes else (1, 1, 1, 1), halo)
         else:
             row = _kernel_row(func, in_shapes)
         row["bytes_in"] = sum(prog.tensors[a.index].nbytes for a in call.inputs if a.kind == "tensor")
@@ -238,7 +245,7 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
         body = bodies.get(call.func, "")
         row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|4)\(", body))  # plain and register-blocked
         row["uses_sum"] = body.count("tvmp_sum_s8(")
-        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs)?\(", body))  # general or right-shift only
+        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rb|_rs_narrow)?\(", body))  # general, right-shift only, bounded
         row["log_macs"] = math.log1p(row["macs"])
         row["log_work"] = math.log(work(row))
         _exec_features(row)

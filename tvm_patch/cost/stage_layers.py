@@ -38,15 +38,21 @@ def patch_body(func: tirx.PrimFunc) -> tuple[Any, list[Any]]:
 
 def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     """The executed counts (features.exec_counts) of each top-level loop nest of the patch body of a stage, over
-    all patches: the stage with every other loop nest of the body removed (the lets kept)."""
+    all patches: the stage with every other loop nest of the body removed (the lets and allocations kept), so that
+    the loop nests' counts add up to the stage's."""
     loop, stmts = patch_body(func)
     body = loop.body
     while not isinstance(body, tirx.SeqStmt) and hasattr(body, "body"):
         body = body.body
+    fors = [i for i, st in enumerate(stmts) if isinstance(st, tirx.For)]
+    # a statement between loop nests (an accumulator's init, a barrier) is counted with the loop nest after it
+    # (the last loop nest takes those after it); lets and allocations are kept for every loop nest
+    owner = {j: next((i for i in fors if i >= j), fors[-1] if fors else j) for j in range(len(stmts))}
     out = []
     for i, st in enumerate(stmts):
         if isinstance(st, tirx.For):
-            keep = tirx.SeqStmt([s for j, s in enumerate(stmts) if j == i or not isinstance(s, tirx.For)])
+            keep = tirx.SeqStmt([s for j, s in enumerate(stmts) if owner[j] == i
+                                 or isinstance(s, (tirx.Bind, tirx.AllocBuffer))])
             out.append(exec_counts(func.with_body(tvm_ffi.structural_map(
                 func.body, [(tirx.SeqStmt, lambda s, keep=keep: keep if s.same_as(body) else s)]))))
     return out

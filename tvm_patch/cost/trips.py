@@ -31,18 +31,30 @@ MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many com
 
 
 def _controls(body: Any, var: tirx.Var) -> bool:
-    """Does ``var`` appear in the bounds of a loop or the condition of a branch inside ``body``?"""
+    """Does ``var`` appear in the bounds of a loop or the condition of a branch inside ``body``, directly or
+    through a let (`tirx.Bind`, `tirx.LetStmt`) whose value uses it (common subexpression elimination binds the
+    patch stage's loop bounds so)?"""
     found = [False]
+    deps = [var]
+
+    def uses(e: Any) -> bool:
+        return any(uses_var(e, v) for v in deps)
+
+    def on_let(s: Any) -> tvm_ffi.WalkResult:
+        if uses(s.value):
+            deps.append(s.var)
+        return tvm_ffi.WalkResult.ADVANCE
 
     def on_for(f: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or uses_var(f.extent, var) or uses_var(f.min, var)
+        found[0] = found[0] or uses(f.extent) or uses(f.min)
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
     def on_if(s: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or uses_var(s.condition, var)
+        found[0] = found[0] or uses(s.condition)
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
-    tvm_ffi.structural_walk(body, [(tirx.For, on_for), (tirx.IfThenElse, on_if)], order="pre")
+    tvm_ffi.structural_walk(body, [(tirx.Bind, on_let), (tirx.LetStmt, on_let), (tirx.For, on_for),
+                                   (tirx.IfThenElse, on_if)], order="pre")
     return found[0]
 
 

@@ -24,8 +24,8 @@ import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
-from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, plain_kernels, requant_shift_params,
-                                            right_shift_requant)
+from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, narrow_requant, plain_kernels,
+                                            requant_shift_params, right_shift_requant)
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -39,7 +39,8 @@ from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_shift import shifted_inplace_pairs
-from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
+from tvm_patch.export.inplace_conv import (channel_outer_schedule, inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule,
+                                          pixel_pair_copy_schedule)
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
@@ -285,9 +286,13 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                                                             io_in_arena, alignment)
         funcs, pairs, workspace, aplan = _pixel_blocked_in_place(prog, funcs, lean_funcs, n_out, pairs, workspace,
                                                                  aplan, rows, io_in_arena, alignment)
+        funcs, pairs, workspace, aplan = _pixel_pairs_nchw(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
+                                                           rows, io_in_arena, alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
-        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
+        funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
+        funcs = {n: channel_outer_schedule(f, n_out[n]) if f is lean_funcs[n] and n not in inplace_funcs else f
+                 for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
     csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
@@ -357,7 +362,18 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
         ok = {p for p in found if calls and all(
             c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
         out[name] = right_shift_requant(func, ok) if ok else func
+        if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
+            out[name] = narrow_requant(out[name], _constant_bounds(prog, name))
     return out
+
+
+def _constant_bounds(prog: Program, name: str) -> dict[int, int]:
+    """{parameter index: the largest |element|} of kernel ``name``'s parameters that are constants in every call."""
+    calls = [c for c in prog.calls if c.func == name]
+    if not calls:
+        return {}
+    return {p: max(int(abs(prog.constants[c.args[p].index].astype("int64")).max(initial=0)) for c in calls)
+            for p in range(len(calls[0].args)) if all(c.args[p].kind == "const" for c in calls)}
 
 
 def _workspaces(funcs: dict[str, Any], alignment: int) -> dict[str, int]:
@@ -415,19 +431,23 @@ def _rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: st
 
 
 def _pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], inplace_funcs: set[str],
-                   workspace: dict[str, int], rows: Any, alignment: int) -> dict[str, Any]:
-    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy) and are not
-    run in place, blocked over two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the
-    result needs the same kernel workspace as before (so the planned arena stays as it is)."""
+                   workspace: dict[str, int], rows: Any, alignment: int, pairs: dict[str, list],
+                   n_out: dict[str, int]) -> dict[str, Any]:
+    """Kernels that kept their lean blocked form (not rescheduled in place or through a pixel copy), blocked over
+    two output pixels as well (``block_pixels``: tvmp_dot_s8_px2_rows*), where the result needs the same kernel
+    workspace as before (so the planned arena stays as it is) and, for a kernel run in place (a residual add
+    written over its skip input), proves every in-place pair the plan may use again."""
     out = dict(funcs)
     for name, func in funcs.items():
-        if func is not lean_funcs[name] or name in inplace_funcs:
+        if func is not lean_funcs[name]:
             continue
         src = prog.funcs[name]
         blocked = block_pixels(src, min(_rows_of(rows, name, src), 2))
         if blocked is src:
             continue
         cand = lean_schedule(blocked)
+        if name in inplace_funcs and not set(pairs[name]) <= set(inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])):
+            continue
         if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
             out[name] = cand
     return out
@@ -451,6 +471,35 @@ def _pixel_blocked_in_place(prog: Program, funcs: dict[str, Any], lean_funcs: di
             continue
         cand = inplace_conv_schedule(lean_schedule(blocked), n_out[name])
         if inplace_conv_pairs(cand, n_out[name]) != proven:
+            continue
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
+    return funcs, pairs, workspace, aplan
+
+
+def _pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], n_out: dict[str, int],
+                      pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, rows: Any,
+                      io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """NCHW 1x1 kernels that copy their pixel's channels (run in place, or for contiguous reads) as two-pixel
+    kernels: blocked over two output pixels (``block_pixels(..., channels_first=True)``) and copying the pixel pair
+    pixel-major (``pixel_pair_copy_schedule``: tvmp_dot_s8_px2_rows*), where a kernel run in place proves the same
+    in-place pairs in that form and re-planning with the pair's copy (2 x C_in bytes) gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    running = {prog.calls[k].func for k in aplan.inplace_calls}
+    for name, func in list(funcs.items()):
+        if func is lean_funcs[name]:
+            continue  # no pixel copy (nor any other rescheduling) to extend
+        src = prog.funcs[name]
+        blocked = block_pixels(src, min(_rows_of(rows, name, src), 2), channels_first=True)
+        if blocked is src:
+            continue
+        lean = lean_schedule(blocked)
+        cand = pixel_pair_copy_schedule(lean, n_out[name])
+        if cand is lean or (name in running and inplace_conv_pairs(cand, n_out[name]) != inplace_conv_pairs(func, n_out[name])):
+            continue
+        if name in running and not workspace[name] and lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes:
+            # an in-place kernel whose one-pixel copy is a C local and whose pair copy would not be: the workspace
+            # loses `restrict` in place, GCC reloads the pair per channel block (mcunet-in0: +4 % on such a kernel)
             continue
         funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
                                                        io_in_arena, alignment)

@@ -146,7 +146,7 @@ def _blockable(func: tirx.PrimFunc, rows: int) -> tuple[s_tir.Schedule, tuple[An
 PIXELS = 2  # output pixels per blocked step (tvmp_dot_s8_px2_rows*)
 
 
-def block_pixels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
+def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -> tirx.PrimFunc:
     """``func`` (a default-form NHWC 1x1 convolution) blocked by ``rows`` output channels (as
     ``block_output_channels``) and by two output pixels along its last spatial axis, both under the
     reduction:
@@ -157,8 +157,15 @@ def block_pixels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
 
     which ``micro_kernels`` turns into one ``tvmp_dot_s8_px2_rows{rows}`` call: each weight word is loaded and
     sign-extended once for two pixels, each activation word once for ``rows`` channels. The accumulators are
-    2 x rows C locals. ``func`` itself when it is not such a kernel (one non-unit reduction, the activation's
-    last axis, indexed by the pixel axis just before the channel axis, whose extent is even)."""
+    2 x rows C locals. ``func`` itself when it is not such a kernel (the innermost non-unit reduction the
+    activation's last axis, indexed by the pixel axis just before the channel axis, whose extent is even). A k x k
+    convolution's pair runs under every kernel tap (``for ry: for rx: for rc: for p: for j``), its two windows
+    ``stride x C`` bytes apart; at the border the taps' tests depend on the pixel (see ``micro_kernels``).
+
+    ``channels_first``: the same for an NCHW 1x1 convolution (the reduction indexes the activation's channel
+    axis, the pixel pair runs along its last axis, W): the nest reads the activation with a stride until
+    ``inplace_conv.pixel_major`` gives the pixel pair's copy a pixel-major layout, so only the export's pixel-copy
+    kernels use it."""
     started = _blockable(func, rows) if rows in ROW_BLOCKS else None
     if started is None:
         return func
@@ -172,11 +179,19 @@ def block_pixels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
         loops = list(sch.get_loops(rv))
         pos = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(found[0]))][0]
         act = [ld for ld in _int8_loads(block) if not any(u.same_as(ch) for i in ld.indices for u in vars_of(i))]
-        if len(red) != 1 or pos == 0 or len(act) != 1 or not act[0].indices[-1].same_as(k):
+        if len(act) != 1 or (channels_first and len(red) != 1):
             return func
-        px_loop, px_iv = loops[pos - 1], block.iter_vars[pos - 1]
+        if channels_first:  # n, c, h, w: the pixel axis is the last spatial one, after the channel axis
+            px_pos = len([iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]) - 1
+            if len(act[0].indices) != 4 or not act[0].indices[1].same_as(k) or not pos < px_pos:
+                return func
+        else:  # n, h, w, c: the pixel axis just before the channel axis
+            px_pos = pos - 1
+            if pos == 0 or not act[0].indices[-1].same_as(k):
+                return func
+        px_loop, px_iv = loops[px_pos], block.iter_vars[px_pos]
         extent = int(px_iv.dom.extent)
-        if extent % PIXELS or not any(u.same_as(px_iv.var) for i in act[0].indices[:-1] for u in vars_of(i)):
+        if extent % PIXELS or not any(u.same_as(px_iv.var) for i in act[0].indices for u in vars_of(i)):
             return func
         split_rows(sch, found, rows)
         _, px_inner = sch.split(px_loop, [extent // PIXELS, PIXELS])

@@ -51,6 +51,7 @@ from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.quant.fixedpoint import is_c_barrier
 from tvm_patch.tir_util import mixed_radix, uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
@@ -108,7 +109,7 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
         node = node.body
     if len(loops) != 3:
         raise UnmodelledTIR("not the batch and patch loops")
-    stmts = list(node.seq) if isinstance(node, tirx.SeqStmt) else [node]
+    stmts = [s for s in (node.seq if isinstance(node, tirx.SeqStmt) else [node]) if not is_c_barrier(s)]
     counter = [0]
     accs = [ordered_accesses(s, counter, evaluate=False) for s in stmts]
     return _Body(loops, stmts, accs, caches, bufs | caches)
@@ -148,14 +149,22 @@ def _units(loops: Any) -> dict[Any, Any]:
     return {lp.loop_var: lp.min for lp in loops if isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1}
 
 
-def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
-    """Statement k writes `dst` over `src` (same offset), channel by channel, from a copy (module docstring)."""
+def _channel_step(body: _Body, k: int, src: str, dst: str) -> tuple[Any, Any, Any] | None:
+    """(src buffer, dst buffer, statement k) when statement k is a loop (over channels) and both buffers are
+    three-dimensional of one dtype, else None: what both in-place depthwise forms have in common."""
     s, d = body.bufs[src], body.bufs[dst]
     if str(s.ty.dtype) != str(d.ty.dtype) or len(s.shape) != 3 or len(d.shape) != 3:
-        return False
+        return None
     stmt = body.stmts[k]
-    if not isinstance(stmt, tirx.For):
+    return (s, d, stmt) if isinstance(stmt, tirx.For) else None
+
+
+def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
+    """Statement k writes `dst` over `src` (same offset), channel by channel, from a copy (module docstring)."""
+    found = _channel_step(body, k, src, dst)
+    if found is None:
         return False
+    s, d, stmt = found
     ch = stmt.loop_var
     accs = body.accs[k]
     s_acc = [a for a in accs if a.buffer.same_as(s)]
@@ -183,6 +192,39 @@ def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
         if st.order < cp.order or not st.loops or not st.loops[0].same_as(stmt):
             return False
         o_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(st.loops))) for i in st.indices]
+        if not channel_or_pixel_safe([ch], s_idx, o_idx, s_shape, o_shape):
+            return False
+    return True
+
+
+def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
+    """Statement k writes `dst` over `src` (same offset), channel by channel, each channel computed from `src` itself
+    into a one-channel buffer and then copied over (`cache_stage._copies_output`): in the loop over channels, every
+    access of `src` reads that channel, and the one store of `dst` comes after all of them in a nest of its own, so
+    channel c's output, which lands on bytes of channels at most c (`channel_or_pixel_safe`), is written after
+    channel c was read whole and before a later channel is read."""
+    found = _channel_step(body, k, src, dst)
+    if found is None:
+        return False
+    s, d, stmt = found
+    ch = stmt.loop_var
+    reads = [a for a in body.accs[k] if a.buffer.same_as(s)]
+    writes = [a for a in body.accs[k] if a.buffer.same_as(d)]
+    if not reads or any(a.store for a in reads) or len(writes) != 1 or not writes[0].store or writes[0].guarded:
+        return False
+    st = writes[0]
+    if len(st.loops) < 2 or not st.loops[0].same_as(stmt):
+        return False
+    for a in reads:  # in the channel loop, before the store, outside the store's own nest
+        if not a.loops or not a.loops[0].same_as(stmt) or a.order > st.order or any(
+                lp.same_as(st.loops[1]) for lp in a.loops):
+            return False
+    ana = tvm.sym.Analyzer()
+    s_shape = (1, *(int(x) for x in s.shape))
+    o_shape = (1, *(int(x) for x in d.shape))
+    o_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(st.loops))) for i in st.indices]
+    for a in reads:
+        s_idx = [tirx.const(0, "int32")] + [ana.simplify(substitute_vars(i, _units(a.loops))) for i in a.indices]
         if not channel_or_pixel_safe([ch], s_idx, o_idx, s_shape, o_shape):
             return False
     return True
@@ -420,7 +462,8 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                 continue  # never live at once (a cache always is; a per-patch buffer holds nothing across patches)
             src, dst = (a, b) if la == fb else (b, a)
             k = life[src][1]
-            if offsets[a] != offsets[b] or life[dst][0] != k or not _prove_depthwise(body, k, src, dst):
+            if offsets[a] != offsets[b] or life[dst][0] != k or not (
+                    _prove_depthwise(body, k, src, dst) or _prove_depthwise_out(body, k, src, dst)):
                 raise TvmPatchError(f"internal error: the cache-mode stage's plan overlaps {a} and {b} while both "
                                     "live, and no in-place step is proven there")
             depthwise.append((src, dst, k))

@@ -32,7 +32,8 @@ from tvm_patch.export.inplace import block_accesses
 from tvm_patch.tir_util import uses_var
 from tvm_patch.export.patterns import const_shape, substitute_vars
 
-__all__ = ["channel_or_pixel_safe", "inplace_conv_pairs", "inplace_conv_schedule"]
+__all__ = ["channel_or_pixel_safe", "channel_outer_schedule", "inplace_conv_pairs", "inplace_conv_schedule", "pixel_copy_schedule",
+           "pixel_major", "pixel_pair_copy_schedule"]
 
 _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 
@@ -94,8 +95,49 @@ def pixel_copy_schedule(func: tirx.PrimFunc, n_outputs: int, max_channels: int =
     return _copy_schedule(func, n_outputs, for_speed=True, max_channels=max_channels)
 
 
+def pixel_pair_copy_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
+    """An NCHW 1x1 convolution blocked over two output pixels (``blocking.block_pixels(..., channels_first=True)``,
+    then ``lean_schedule``) rescheduled through a copy of the pixel pair's input channels, the copy and the
+    accumulators pixel-major (:func:`pixel_major`), so the reduction is one ``tvmp_dot_s8_px2_rows*`` call. Any
+    number of channels (the export keeps it only where the arena stays as it is); else ``func`` itself."""
+    copied = _copy_schedule(func, n_outputs, for_speed=True, max_channels=1 << 30)
+    return func if copied is func else pixel_major(copied, func)
+
+
+def pixel_major(func: tirx.PrimFunc, fallback: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` (an NCHW 1x1 convolution in ``_copy_schedule``'s form) with the pixel copy and the accumulator
+    stored pixel-major, (n, h, w, c) (TVM's ``transform_layout``): per iteration a group of pixels then holds each
+    pixel's channels contiguously, ``P = C`` bytes apart, and the accumulators ``acc[p * rows + j]``, the
+    tvmp_dot_s8_px2 pattern. One pixel per iteration: the same bytes as before. ``fallback`` when TVM refuses."""
+    try:
+        sch = s_tir.Schedule(func)
+        params = list(func.params)
+        updates = [b for b in _blocks(sch) if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
+        copies = [b for b in _blocks(sch) if len(sch.get(b).writes) == 1 and len(sch.get(b).reads) == 1
+                  and any(sch.get(b).reads[0].source.same_as(p) for p in params)
+                  and not any(sch.get(b).writes[0].source.same_as(p) for p in params)]
+        if len(updates) != 1 or len(copies) != 1:
+            return fallback
+        for b in (copies[0], updates[0]):
+            buf = sch.get(b).writes[0].source
+            if any(buf.same_as(p) for p in params) or len(buf.shape) != 4:
+                return fallback
+            sch.transform_layout(b, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+    except _ERRORS:
+        return fallback
+    return sch.mod["main"]
+
+
+def channel_outer_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
+    """An NHWC depthwise convolution (one not run in place: no copy) with its channel loop outside the output
+    rows, as the in-place form has it: an output row's windows are then ``C`` bytes apart along one channel, so
+    ``micro_kernels`` pairs neighbouring outputs (``tvmp_window2_s8``: shared taps and weights loaded once) and
+    the per-channel constants leave the row loop. Same arithmetic per element. Else ``func`` itself."""
+    return _copy_schedule(func, n_outputs, for_speed=False, copy=False)
+
+
 def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
-                   max_channels: int = LOCAL_COPY_BYTES) -> tirx.PrimFunc:
+                   max_channels: int = LOCAL_COPY_BYTES, copy: bool = True) -> tirx.PrimFunc:
     params = list(func.params)
     if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
         return func
@@ -123,6 +165,8 @@ def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
     c_ax = 3 if layout == "NHWC" else 1
     if kind == "depthwise" and src_shape[c_ax] != out_shape[c_ax]:
         return func
+    if not copy and (kind != "depthwise" or layout != "NHWC"):
+        return func
     pix = [1, 2] if layout == "NHWC" else [2, 3]
     if for_speed and (kind != "pointwise" or layout != "NCHW" or src_shape[c_ax] > max_channels):
         return func
@@ -138,6 +182,8 @@ def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
         if kind == "depthwise":
             if layout == "NHWC":
                 sch.reorder(ch, n, h, w)
+            if not copy:
+                return sch.mod["main"]
             at = ch
         else:
             if layout == "NCHW":
@@ -259,19 +305,26 @@ def channel_or_pixel_safe(outer: list[Any], s_idx: list[Any], o_idx: list[Any], 
         if ranges is not None and s[1:3] == o[1:3] and o[3] <= s[3] and _pixel_group(outer, s_idx, o_idx, s[2], ranges):
             return True
         # channel second: pixel p writes offsets = p (mod H * W), later pixels read the other residues
-        return only((2, 3), outer) and s[2:] == o[2:]
+        if only((2, 3), outer) and s[2:] == o[2:]:
+            return True
+        # the same for a group of P pixels along W (the NCHW two-pixel kernels): group g writes the offsets of its
+        # own pixels (mod H * W), later groups read the other residues
+        return ranges is not None and s[2:] == o[2:] and _pixel_group(outer, s_idx, o_idx, s[3], ranges, (2, 3))
     return False
 
 
-def _pixel_group(outer: list[Any], s_idx: list[Any], o_idx: list[Any], width: int, ranges: tvm.sym.Analyzer) -> bool:
-    """Do both NHWC tensors index H by exactly ``outer[0]`` and W by ``outer[1] * P + r``, ``r`` in [0, P)
-    free of the outer variables, for one P dividing ``width``, and the batch and channel axes by neither?"""
+def _pixel_group(outer: list[Any], s_idx: list[Any], o_idx: list[Any], width: int, ranges: tvm.sym.Analyzer,
+                 hw: tuple[int, int] = (1, 2)) -> bool:
+    """Do both tensors index H (axis ``hw[0]``: NHWC's 1, NCHW's 2) by exactly ``outer[0]`` and W (axis ``hw[1]``)
+    by ``outer[1] * P + r``, ``r`` in [0, P) free of the outer variables, for one P dividing ``width``, and the
+    batch and channel axes by neither?"""
     h, w = outer
+    free = [a for a in range(4) if a not in hw]
     steps = set()
     for idx in (s_idx, o_idx):
-        if not idx[1].same_as(h) or any(uses_var(idx[a], v) for a in (0, 3) for v in outer):
+        if not idx[hw[0]].same_as(h) or any(uses_var(idx[a], v) for a in free for v in outer):
             return False
-        coeffs = tvm.sym.detect_linear_equation(idx[2], [w])
+        coeffs = tvm.sym.detect_linear_equation(idx[hw[1]], [w])
         if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or uses_var(coeffs[1], h) or uses_var(coeffs[1], w):
             return False
         step, bound = int(coeffs[0].value), ranges.const_int_bound(coeffs[1])

@@ -16,6 +16,10 @@ Cache sizes are `regions.cache_bytes`; the semantics are those of `reference.run
 checks them. The per-patch buffers and the caches are placed by `tvm_patch.memplan` (`STAGE_OFFSETS_ATTR`,
 read by the C export): per-patch buffers live from their producer to their last reader in the patch body,
 caches during the whole stage.
+
+Without its caches (`build_recompute_stage`) the same nest is recompute mode: every patch computes its whole
+region, the halos again; the C export builds recompute mode that way, for these kernel forms (loop bounds instead
+of per-element tests, two pixels, a copied input without a test per byte).
 """
 
 from __future__ import annotations
@@ -26,17 +30,18 @@ import numpy as np
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
                                      plan_patches)
-from tvm_patch.patch.schedule import depthwise_in_place_layers, skip_accumulations
+from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
-from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, conv_term, pad_value, param_arrays, param_names,
-                                      reduction_order, requantized, weight_at)
-from tvm_patch.quant.fixedpoint import TEOps, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, pad_value,
+                                      param_arrays, param_names, reduction_order, requantized, weight_at)
+from tvm_patch.quant.fixedpoint import TEOps, c_barrier, mbqm_high, mbqm_shifts, rdbpot
 
-__all__ = ["build_cached_stage"]
+__all__ = ["build_cached_stage", "build_recompute_stage"]
 
 _I32 = "int32"
 
@@ -45,20 +50,36 @@ def _c(v: int, dtype: str = _I32) -> Any:
     return tirx.const(int(v), dtype)
 
 
-def _loops(extents: list[tuple[Any, Any]], body_fn) -> Any:
-    """Nested serial loops over (min, extent) pairs; body_fn gets the loop variables."""
+def _loops(extents: list[tuple[Any, Any]], body_fn, unroll_inner: bool = False) -> Any:
+    """Nested serial loops over (min, extent) pairs; body_fn gets the loop variables. `unroll_inner`: the innermost
+    loop unrolled (TVM's UnrollLoop, at lowering): a byte copy's row, which GCC's -O3 keeps a loop of five
+    instructions a byte (load, store, pointer, compare, branch)."""
     vars_ = [tirx.Var(f"ax{k}", _I32) for k in range(len(extents))]
     body = body_fn(*vars_)
-    for v, (lo, ext) in reversed(list(zip(vars_, extents))):
-        body = tirx.For(v, lo, ext, tirx.ForKind.SERIAL, body)
+    for k, (v, (lo, ext)) in reversed(list(enumerate(zip(vars_, extents)))):
+        kind = tirx.ForKind.UNROLLED if unroll_inner and k == len(extents) - 1 else tirx.ForKind.SERIAL
+        body = tirx.For(v, lo, ext, kind, body)
     return body
 
 
+def build_recompute_stage(stage: Stage, patches: tuple[int, int], alignment: int = 16) -> tirx.PrimFunc:
+    """Recompute mode for the C export (the `PatchStage` pass): this module's loop nest without caches (every patch
+    computes its whole region, as `schedule.build_stage` does), so recompute mode gets cache mode's kernel forms:
+    live parts as loop bounds instead of a test per element, two pixels for 1x1 convs, a copied input without a
+    test per byte. Except for a stage with a dense conv computed inside its residual add (`skip_accumulations`):
+    `build_stage` blocks it by channels, this nest computes it element by element (resnet8 4x4: stage 34.6 M
+    instructions against 38.4 M), so such a stage keeps `build_stage(in_place=True)`."""
+    if skip_accumulations(stage, plan_patches(stage, patches)):
+        return build_stage(stage, patches, in_place=True)
+    return build_cached_stage(stage, patches, alignment, caches=False)
+
+
 def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 16,
-                       in_place: bool = True) -> tirx.PrimFunc:
+                       in_place: bool = True, caches: bool = True) -> tirx.PrimFunc:
     """The stage over `patches` = (rows, cols) of patches in cache mode (see the module docstring); the same
     arguments as `schedule.build_stage`: (input, parameters of `te_stage.param_names`, output). `in_place`: the
-    convention's in-place steps, as in recompute mode (see the module docstring)."""
+    convention's in-place steps, as in recompute mode (see the module docstring). `caches=False`: no row or
+    column caches, every patch computing its whole region (recompute mode, `build_recompute_stage`)."""
     plan = plan_patches(stage, patches)
     nh, nw = plan.counts
     th, tw = plan.tiles
@@ -91,9 +112,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             region[v] = tirx.decl_buffer(nd(c, rh, rw), dt, name=names[v])
         if v >= 0:
             hr, wc = halo_overlap(plan.h[v]), halo_overlap(plan.w[v])
-            if hr and nh > 1:
+            if caches and hr and nh > 1:
                 rows_c[v] = tirx.decl_buffer(nd(c, hr, plan.w[v].domain.size), dt, name=f"{names[v]}_rows")
-            if wc and nw > 1:
+            if caches and wc and nw > 1:
                 cols_c[v] = tirx.decl_buffer(nd(c, rh, wc), dt, name=f"{names[v]}_cols")
     acc = tirx.decl_buffer((1,), acc_dtype(stage), name="acc")
     tmp = [tirx.decl_buffer((1,), _I32, name=f"tmp{k}") for k in range(3)]
@@ -105,10 +126,14 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
     pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
     pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
-    chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's region
+    chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
+    out_copy = {v for v in dw if _copies_output(stage, plan, v)}
     for v in sorted(dw):
         u = stage.inputs[v][0]
-        chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[u]}_chan")
+        if v in out_copy:
+            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(v)), dt, name=f"{names[v]}_chan")
+        else:
+            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[u]}_chan")
 
     n = tirx.Var("n", _I32)
     pi = tirx.Var("i", _I32)
@@ -137,6 +162,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     def reg_store(v, value, c, r, q):
         h, dh, dw_ = home.get(v, (v, 0, 0))
         return store(region[h], value, c, r + _c(dh), q + _c(dw_))
+
+    reg_put = reg_store
 
     def read(v, c, y, x):
         """Value v at image position (y, x) (inside patch (i, j)'s region of v)."""
@@ -180,8 +207,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, fin])
             q = layer.quant
             mult, shift = params[f"layer{v}_multiplier"], params[f"layer{v}_shift"]
-            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c])),
-                                    [_c(0)])
+            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c]),
+                                                        bounded_requantization(stage, v)), [_c(0)])
             fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
             return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
         if isinstance(layer, MaxPool):  # the running max over the window's in-image positions only
@@ -284,7 +311,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return dest(c, p, _float_act(total, layer.activation))
             q = layer.quant
             high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
-                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c])), [_c0])
+                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c]),
+                                                        bounded_requantization(stage, v)), [_c0])
             val = _clamp_i8(tirx.BufferLoad(tmp[0], [_c0]) + _c(q.output_zero_point), q.act_min, q.act_max)
             return tirx.SeqStmt([high, dest(c, p, val)])
 
@@ -300,8 +328,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             y, x = pos(r, q)
             return conv_block(v, y, x, 1, lambda c, p, val: dest(c, r, q, val))
 
-        if v not in pairs:
-            return _loops([rows, cols], one)
+        width = tw if v == last else plan.region_shape(v)[1]
+        if v not in pairs or width < 2:  # (a one-column region has no pair: TVM's buffer compaction divides by
+            return _loops([rows, cols], one)  # zero on the pair loop it would get, of extent 0)
         q_lo, q_n = cols
 
         def pair(r, t):
@@ -370,6 +399,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         return _loops([rows, cols, c], lambda r, q, ch: fn(ch, r, q))
 
     body = []
+    barrier = c_barrier() if dt == "int8" else None  # between the loop nests, in the C export's kernels
     for v in execution_order(stage):
         if v in fused:
             continue
@@ -414,10 +444,13 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         lh, lw = plan.h[v].live, plan.w[v].live
         pad = pad_value(stage, v)
 
-        def fill_and_compute(c_ext, reader=None, v=v, hr=hr, wc=wc, rh=rh, rw=rw, r0=r0, q0=q0, dom=dom, lh=lh, lw=lw,
-                             pad=pad):
-            """v's region over the channels c_ext: the cached rows and columns, then the rest computed."""
+        def fill_and_compute(c_ext, reader=None, put=None, v=v, hr=hr, wc=wc, rh=rh, rw=rw, r0=r0, q0=q0, dom=dom,
+                             lh=lh, lw=lw, pad=pad):
+            """v's region over the channels c_ext: the cached rows and columns, then the rest computed; `put`
+            (value, channel, r, q) -> statement overrides where an element goes (an in-place depthwise's output
+            channel: its one-channel buffer)."""
             stmts = []
+            reg_store = put or (lambda _v, val, ch, r, q: reg_put(_v, val, ch, r, q))
             if v in rows_c:
                 def from_rows(ch, r, q):
                     return reg_store(v, at(rows_c[v], ch, r, q + lo(v, 1) - _c(dom)), ch, r, q)
@@ -453,8 +486,19 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             def copy(r, q, v=v, u=u, ch=ch):
                 return store(chan[v], reg_at(u, ch, r, q), _c0, r, q)
 
-            one = tirx.SeqStmt([_loops([(_c0, _c(uh)), (_c0, _c(uw))], copy),
-                                *fill_and_compute((ch, _c(1)), from_chan(v))])
+            if v in out_copy:  # computed from the input itself into the channel buffer, then copied over it
+
+                def to_chan(_v, val, _ch, r, q, v=v):
+                    return store(chan[v], val, _c0, r, q)
+
+                def copy_out(r, q, v=v, ch=ch):
+                    return reg_store(v, at(chan[v], _c0, r, q), ch, r, q)
+
+                one = tirx.SeqStmt([*fill_and_compute((ch, _c(1)), put=to_chan),
+                                    _loops([(_c0, _c(rh)), (_c0, _c(rw))], copy_out, unroll_inner=True)])
+            else:
+                one = tirx.SeqStmt([_loops([(_c0, _c(uh)), (_c0, _c(uw))], copy, unroll_inner=True),
+                                    *fill_and_compute((ch, _c(1)), from_chan(v))])
             body.append(tirx.For(ch, _c0, c_ext[1], tirx.ForKind.SERIAL, one))
         else:
             body.extend(fill_and_compute(c_ext))
@@ -467,6 +511,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 return store(rows_c[v], reg_at(v, ch, r + _c(rh - hr), q), ch, r, q + lo(v, 1) - _c(dom))
             body.append(tirx.IfThenElse(pi + 1 < nh, chw_loops(c_ext, (_c(0), _c(hr)), (q0, _c(rw) - q0), to_rows), None))
 
+    if barrier is not None:  # between the loop nests
+        body = [x for st in body for x in (barrier, st)][1:]
     patch = tirx.SeqStmt(body)
     nest = tirx.For(n, _c(0), _c(stage.batch), tirx.ForKind.SERIAL,
                     tirx.For(pi, _c(0), _c(nh), tirx.ForKind.SERIAL, tirx.For(pj, _c(0), _c(nw), tirx.ForKind.SERIAL, patch)))
@@ -484,14 +530,32 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     return func.with_attr(STAGE_OFFSETS_ATTR, _plan(stage, region, rows_c, cols_c, chan, home, alignment))
 
 
-def _pixel_pairs(stage: Stage, v: int) -> bool:
-    """Whether dense conv v is computed two output pixels at a time in cache mode (`tvmp_dot_s8_px2_rows*`, as
-    the per-layer path's `blocking.block_pixels`): a 1x1 conv of an int8 stage (NHWC, or NCHW whose pixel copy
-    of two pixels stays a C local), 2 channels a block (the per-layer measurement: at 2x4 GCC spills)."""
+def _copies_output(stage: Stage, plan, v: int) -> bool:
+    """Whether in-place depthwise layer v computes each channel from its input region itself into a one-channel
+    buffer that is then copied over the input (instead of copying the input's channel first): where that buffer is
+    a C local (at most `LOCAL_MAX_BYTES`) smaller than the input's channel, and the windows read the input with the
+    same strides as they would the copy (NCHW: a channel's plane is contiguous) or cannot pair anyway (NHWC stride
+    2: `tvmp_window2_s8` pairs stride-1 rows of a contiguous plane). Safe as the copy-first form is: channel c's
+    output lands on bytes of channels at most c (`DepthwiseInPlace`), written after channel c was read whole."""
     g = stage.geometry[v]
-    if stage.dtype != "int8" or g.kh != 1 or g.kw != 1 or accumulator_rows(stage, v) == 1:
+    item = 4 if stage.dtype == "float32" else 1
+    out_bytes = int(np.prod(plan.region_shape(v))) * item
+    in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
+    if out_bytes > LOCAL_MAX_BYTES or out_bytes >= in_bytes:
         return False
-    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES
+    return stage.layout == "NCHW" or g.stride[1] != 1
+
+
+def _pixel_pairs(stage: Stage, v: int) -> bool:
+    """Whether dense conv v is computed two output pixels at a time (`tvmp_dot_s8_px2_rows*`, as the per-layer
+    path's `blocking.block_pixels`): a blocked conv of an int8 stage, 1x1 or k x k (NHWC: per kernel row, its
+    columns x channels one contiguous run; NCHW: when the two pixels' windows copied stay a C local), 2 channels a
+    block (the per-layer measurement: at 2x4 GCC spills). k x k too since this round: vww's 3x3 stem 4x4
+    recompute 3.31 M -> about 2.7 M instructions."""
+    g = stage.geometry[v]
+    if stage.dtype != "int8" or accumulator_rows(stage, v) == 1 or g.c_in * g.kh * g.kw < MIN_DOT_LENGTH:
+        return False  # (a reduction shorter than a dot call: nothing to share; TVM's buffer compaction divided by
+    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES  # zero on such pair loops)
 
 
 def _window_bytes(stage: Stage, v: int) -> int:

@@ -21,7 +21,7 @@ from tvm import te, tirx
 
 from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
-from tvm_patch.quant.fixedpoint import TEOps, mbqm, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, TEOps, mbqm, mbqm_bounded, mbqm_high, mbqm_shifts, rdbpot
 
 
 @dataclass
@@ -73,6 +73,35 @@ def stage_weight(stage: Stage, i: int) -> np.ndarray:
     return stage.layers[i].weight.transpose([kl.index(ch) for ch in weight_layout(stage)])
 
 
+def _stage_bias(stage: Stage, i: int) -> np.ndarray:
+    """Conv layer i's bias as passed (zeros when absent), with the input zero point folded in where
+    `folds_input_zero_point`."""
+    layer, g = stage.layers[i], stage.geometry[i]
+    bias = np.zeros(g.c_out) if layer.bias is None else layer.bias
+    if folds_input_zero_point(stage, layer):
+        sums = stage_weight(stage, i).astype(np.int64).reshape(g.c_out, -1).sum(axis=1)
+        bias = bias.astype(np.int64) - layer.quant.input_zero_point * sums
+        if np.abs(bias).max(initial=0) >= 2**31:
+            raise StageError(f"layer {i}: the bias with the input zero point folded in exceeds int32")
+    return bias
+
+
+def bounded_requantization(stage: Stage, i: int) -> bool:
+    """Whether conv layer i's requantization takes `quant.fixedpoint.mbqm_bounded` (the C kernels' cheaper
+    rounding, the same value): an int8 layer whose reduction is a bare sum of int8 products
+    (`folds_input_zero_point`), every shift in [-31, -1], and every output channel's accumulator bounded by
+    BOUNDED_ACC_MAX whatever the input: |bias| + 128 x the sum of its weights' magnitudes (|a| <= 128)."""
+    layer = stage.layers[i]
+    if not isinstance(layer, Conv) or not folds_input_zero_point(stage, layer):
+        return False
+    g = stage.geometry[i]
+    shift = np.broadcast_to(np.asarray(layer.quant.shift, dtype=np.int64), (g.c_out,))
+    if not ((shift >= -31) & (shift <= -1)).all():
+        return False
+    w = np.abs(stage_weight(stage, i).astype(np.int64)).reshape(g.c_out, -1).sum(axis=1)
+    return bool((np.abs(_stage_bias(stage, i).astype(np.int64)) + 128 * w <= BOUNDED_ACC_MAX).all())
+
+
 def param_arrays(stage: Stage) -> list[np.ndarray]:
     """The arrays to pass for the parameters of `param_names`, in order: weights in `weight_layout`, biases
     (zeros when absent) with the input zero point folded in where `folds_input_zero_point`."""
@@ -81,15 +110,8 @@ def param_arrays(stage: Stage) -> list[np.ndarray]:
     for i, layer in enumerate(stage.layers):
         if isinstance(layer, Conv):
             g = stage.geometry[i]
-            w = stage_weight(stage, i)
-            arrays.append(np.ascontiguousarray(w, dtype=stage.dtype))
-            bias = np.zeros(g.c_out) if layer.bias is None else layer.bias
-            if folds_input_zero_point(stage, layer):
-                sums = w.astype(np.int64).reshape(g.c_out, -1).sum(axis=1)
-                bias = bias.astype(np.int64) - layer.quant.input_zero_point * sums
-                if np.abs(bias).max(initial=0) >= 2**31:
-                    raise StageError(f"layer {i}: the bias with the input zero point folded in exceeds int32")
-            arrays.append(np.ascontiguousarray(bias, dtype=bias_dtype))
+            arrays.append(np.ascontiguousarray(stage_weight(stage, i), dtype=stage.dtype))
+            arrays.append(np.ascontiguousarray(_stage_bias(stage, i), dtype=bias_dtype))
             if stage.dtype == "int8":
                 q = layer.quant
                 arrays.append(np.ascontiguousarray(np.broadcast_to(q.multiplier, (g.c_out,)), dtype="int32"))
@@ -123,10 +145,11 @@ def reduction_order(stage: Stage) -> str:
     return weight_layout(stage)[1:]
 
 
-def requantized(acc, mult, shift):
+def requantized(acc, mult, shift, bounded: bool = False):
     """TFLite's MultiplyByQuantizedMultiplier of an int32 accumulator (+ bias), before the zero point: one
-    `tvmp_requant` call in the C export's kernels (`quant.extern_requantization`), the expression elsewhere."""
-    return mbqm(TEOps, acc, mult, shift)
+    `tvmp_requant` call in the C export's kernels (`quant.extern_requantization`; `tvmp_requant_rb` where
+    `bounded`: see `bounded_requantization`), the expression elsewhere."""
+    return (mbqm_bounded if bounded else mbqm)(TEOps, acc, mult, shift)
 
 
 def _shape(stage: Stage, c: int, h: int, w: int) -> tuple[int, int, int, int]:
@@ -261,8 +284,9 @@ def stage_te(stage: Stage, patches: tuple[int, int] = (1, 1)) -> StageTE:
                 params += [mult, shift]
                 q = layer.quant
 
-                def high_fn(n, c, y, xx, i=i, acc=acc, b=b, mult=mult, shift=shift):
-                    return requantized(live_at(i, acc, n, c, y, xx) + b(c), mult(c), shift(c))
+                def high_fn(n, c, y, xx, i=i, acc=acc, b=b, mult=mult, shift=shift,
+                            bounded=bounded_requantization(stage, i)):
+                    return requantized(live_at(i, acc, n, c, y, xx) + b(c), mult(c), shift(c), bounded)
 
                 high = over_live(i, high_fn, tmp[1])
                 scalars[i] = [acc, high]

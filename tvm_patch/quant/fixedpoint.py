@@ -259,7 +259,44 @@ def mbqm(B, x, multiplier, shift):
 
 # The C micro-kernel that computes `mbqm` (tvm_patch/codegen/tvmp_kernels.h), for the C export's kernels.
 REQUANT_EXTERN = "tvmp_requant"
+# ... and the one that computes it for a bounded x and a right shift only (`mbqm_bounded`)
+REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
+# |x| at most this: 2 x fits int32 (the SMMULR of tvmp_srdhm_narrow) and x * m / 2^31 plus a rounding half (<= 2^30)
+# does too; the one accumulator bound of both bounded requantizations (patch stage here, per-layer kernels in
+# codegen.micro_kernels.narrow_requant)
+BOUNDED_ACC_MAX = (1 << 30) - 1
+
+
+def mbqm_bounded(B, x, multiplier, shift):
+    """`mbqm` for an x known to satisfy |x| <= BOUNDED_ACC_MAX and a shift known to lie in [-31, -1] (facts the
+    caller proves from its constants: a patch-stage convolution's weights, biases and shifts): the same value,
+    which the C micro-kernel `tvmp_requant_rb` computes with one rounding add instead of TFLite's mask and
+    comparison (|SRDHM(x, m)| <= |x|, so adding 2^(right - 1) cannot overflow). The expression elsewhere."""
+    if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
+        return tirx.call_pure_extern("int32", REQUANT_BOUNDED_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift))
+    return mbqm(B, x, multiplier, shift)
 _EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
+
+
+# A compiler barrier (tvmp_kernels.h) the patch stage puts between its layers' loop nests in the C export's kernels
+BARRIER_EXTERN = "tvmp_barrier"
+
+
+def c_barrier() -> Any:
+    """Under `extern_requantization` (the C export's kernels): a `tvmp_barrier()` statement, after which GCC keeps no
+    memory value in a register (a hint for its register allocation: the patch stage's one long function otherwise
+    keeps values of one layer's nest live, spilled, across the next); None elsewhere. `expand_extern_requantization`
+    drops it for TVM's own build."""
+    if not _EXTERN_REQUANT.get():
+        return None
+    return tirx.Evaluate(tirx.call_extern("void", BARRIER_EXTERN))
+
+
+def is_c_barrier(stmt: Any) -> bool:
+    """Whether ``stmt`` is a `c_barrier` statement."""
+    v = stmt.value if isinstance(stmt, tirx.Evaluate) else None
+    return isinstance(v, tvm.ir.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name.endswith("call_extern") \
+        and str(v.args[0].value) == BARRIER_EXTERN
 
 
 @contextmanager
@@ -274,17 +311,21 @@ def extern_requantization() -> Iterator[None]:
 
 
 def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every `tvmp_requant` call replaced by the TIR expression it stands for."""
+    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`) call replaced by the TIR expression it stands for,
+    and no `c_barrier` (a no-op there)."""
 
     def on_call(c: Any) -> Any:
         if not (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern")
-                and str(c.args[0].value) == REQUANT_EXTERN):
+                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_BOUNDED_EXTERN)):
             return c
         x, m, s = c.args[1:]
         mv, sv = const_value(m), const_value(s)
         return mbqm(TEOps, x, m if mv is None else mv, s if sv is None else sv)
 
-    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    def on_evaluate(e: Any) -> Any:
+        return tirx.Evaluate(tirx.const(0, "int32")) if is_c_barrier(e) else e
+
+    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call), (tirx.Evaluate, on_evaluate)])
 
 
 def _sat_shift_left(B, x, exponent: int):

@@ -3,7 +3,8 @@
 The pass finds the first `split` layers of `main` (a layer count as `tvm-patch profile` numbers them,
 `"block:N"`, or `"auto"`: the fewest MACs among the splits within 10 % of the smallest analytic peak, none
 if no split lowers the peak), describes them as a `tvm_patch.patch.Stage`, builds one PrimFunc that loops over p x p output
-patches (`tvm_patch.patch.build_stage`; with `halo="cache"`, `tvm_patch.patch.cache_stage.build_cached_stage`:
+patches (`tvm_patch.patch.cache_stage.build_recompute_stage`: each patch computes its whole region, the halo
+recomputed; with `halo="cache"`, `tvm_patch.patch.cache_stage.build_cached_stage`:
 raster order, each intermediate element computed once, the halo kept in row and column caches; `halo="auto"`:
 the mode `best_schedule` picks), and replaces the stage by one `call_tir` to it with the weights as constant
 arguments. The rest of the network is untouched, so the module still computes the same outputs.
@@ -17,9 +18,9 @@ from tvm import relax
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import build_graph
 from tvm_patch.names import PATCHES_ATTR, STAGE_FUNC
-from tvm_patch.patch import build_stage, param_arrays
+from tvm_patch.patch import param_arrays
 from tvm_patch.patch.from_graph import stage_from_graph
-from tvm_patch.patch.cache_stage import build_cached_stage
+from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stage
 from tvm_patch.patch.memory import best_halo, best_schedule
 from tvm_patch.patch.regions import HALO_MODES
 from tvm_patch.split import resolve_split
@@ -75,7 +76,7 @@ class PatchStage:
         if halo == "cache":
             prim = build_cached_stage(stage, self.patches)
         else:
-            prim = build_stage(stage, self.patches, in_place=True)
+            prim = build_recompute_stage(stage, self.patches)
         prim = prim.with_attr("global_symbol", STAGE_FUNC)
         prim = prim.with_attr(PATCHES_ATTR, list(self.patches))  # the C export reads its input patch by patch
         out = graph.layers[n - 1].out_var
