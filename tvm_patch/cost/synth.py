@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from dataclasses import dataclass, replace
@@ -47,27 +48,37 @@ class Inserted:
     stride: int
 
 
+def _sample_body(rng: random.Random, resolutions: tuple[int, ...], stem_channels: tuple[int, ...],
+                 n_blocks: tuple[int, int], stride_above: int, p_stride: float, p_keep: float,
+                 draw_expand: Callable[[int], int]) -> tuple[int, ConvSpec, tuple[BlockSpec, ...], int]:
+    """A sampled resolution, stride-2 stem and ``n_blocks`` (lo, hi) inverted residual blocks, and the last
+    block's channels: stride 2 with probability ``p_stride`` while the input is larger than ``stride_above``, the
+    channels kept with probability ``p_keep``, block k's expand ratio from ``draw_expand(k)``, a residual where it
+    can be (p 0.8)."""
+    res = rng.choice(resolutions)
+    ch = rng.choice(stem_channels)
+    stem = ConvSpec(3, ch, rng.choice((3, 3, 5)), 2, 1, "relu6")
+    size = stem.out_size(res)
+    blocks: list[BlockSpec] = []
+    for k in range(rng.randint(*n_blocks)):
+        stride = 2 if size > stride_above and rng.random() < p_stride else 1
+        out = ch if rng.random() < p_keep else _near(rng, ch)
+        expand = draw_expand(k)
+        mid = min(MAX_MID, ch * expand, max(ch, MAX_TENSOR // (size * size) // 8 * 8))
+        residual = stride == 1 and out == ch and rng.random() < 0.8
+        blocks.append(BlockSpec(ch, mid if expand != 1 else ch, out, rng.choice(KERNELS), stride, expand != 1, residual))
+        size = (size + 2 * (blocks[-1].kernel // 2) - blocks[-1].kernel) // stride + 1
+        ch = out
+    return res, stem, tuple(blocks), ch
+
+
 def sample_net(seed: int) -> NetSpec:
     """The synthetic network of ``seed`` (the same seed gives the same network)."""
     rng = random.Random(seed)
-    res = rng.choice(RESOLUTIONS)
-    stem_ch = rng.choice(CHANNELS[:4])
-    stem = ConvSpec(3, stem_ch, rng.choice((3, 3, 5)), 2, 1, "relu6")
-    size = stem.out_size(res)
-    blocks: list[BlockSpec] = []
-    ch = stem_ch
-    for _ in range(rng.randint(2, 6)):
-        stride = 2 if size > 6 and rng.random() < 0.35 else 1
-        out = ch if rng.random() < 0.4 else _near(rng, ch)
-        expand = rng.choice(EXPANDS)
-        mid = min(MAX_MID, ch * expand, max(ch, MAX_TENSOR // (size * size) // 8 * 8))
-        has_expand = expand != 1
-        residual = stride == 1 and out == ch and rng.random() < 0.8
-        blocks.append(BlockSpec(ch, mid if has_expand else ch, out, rng.choice(KERNELS), stride, has_expand, residual))
-        size = (size + 2 * (blocks[-1].kernel // 2) - blocks[-1].kernel) // stride + 1
-        ch = out
+    res, stem, blocks, ch = _sample_body(rng, RESOLUTIONS, CHANNELS[:4], (2, 6), 6, 0.35, 0.4,
+                                         lambda k: rng.choice(EXPANDS))
     head = ConvSpec(ch, rng.choice((64, 96, 128, 160)), 1, 1, 1, "relu6") if rng.random() < 0.5 else None
-    return NetSpec(f"synth-{seed}", "synthetic", res, stem, tuple(blocks), head, num_classes=rng.choice((10, 100)))
+    return NetSpec(f"synth-{seed}", "synthetic", res, stem, blocks, head, num_classes=rng.choice((10, 100)))
 
 
 DEEP_RESOLUTIONS = (64, 80, 96, 112)
@@ -79,22 +90,9 @@ def sample_deep(seed: int) -> NetSpec:
     reach): resolution 64-112, a narrow stem, 6-12 inverted residual blocks with expand ratio 3/4/6 (and 1 for
     the first) and channels growing slowly, stride 2 about every third block."""
     rng = random.Random(seed * 6271 + 17)
-    res = rng.choice(DEEP_RESOLUTIONS)
-    stem_ch = rng.choice(CHANNELS[:3])
-    stem = ConvSpec(3, stem_ch, rng.choice((3, 3, 5)), 2, 1, "relu6")
-    size = stem.out_size(res)
-    blocks: list[BlockSpec] = []
-    ch = stem_ch
-    for k in range(rng.randint(6, 12)):
-        stride = 2 if size > 5 and rng.random() < 0.3 else 1
-        out = ch if rng.random() < 0.5 else _near(rng, ch)
-        expand = 1 if k == 0 and rng.random() < 0.5 else rng.choice(EXPANDS[1:])
-        mid = min(MAX_MID, ch * expand, max(ch, MAX_TENSOR // (size * size) // 8 * 8))
-        residual = stride == 1 and out == ch and rng.random() < 0.8
-        blocks.append(BlockSpec(ch, mid if expand != 1 else ch, out, rng.choice(KERNELS), stride, expand != 1, residual))
-        size = (size + 2 * (blocks[-1].kernel // 2) - blocks[-1].kernel) // stride + 1
-        ch = out
-    return NetSpec(f"synth-deep-{seed}", "synthetic", res, stem, tuple(blocks), None, num_classes=10)
+    res, stem, blocks, _ = _sample_body(rng, DEEP_RESOLUTIONS, CHANNELS[:3], (6, 12), 5, 0.3, 0.5,
+                                        lambda k: 1 if k == 0 and rng.random() < 0.5 else rng.choice(EXPANDS[1:]))
+    return NetSpec(f"synth-deep-{seed}", "synthetic", res, stem, blocks, None, num_classes=10)
 
 
 def sample_near(seed: int, variant: int) -> NetSpec:
