@@ -629,7 +629,7 @@ def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared
     <= 0 in every element for every call; a positive element anywhere keeps tvmp_requant."""
     from tvm_patch.export import export_model
     from tvm_patch.export.api import nonpositive_shift_requant
-    from tvm_patch.codegen.micro_kernels import requant_shift_params
+    from tvm_patch.codegen.requant_kernels import requant_shift_params
 
     res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
     prog, funcs = res.program, res.kernel_funcs
@@ -649,7 +649,7 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     """narrow_requant: tvmp_requant_rs_narrow (SMMULR on 2 x acc) only where |acc + bias| < 2^30 is proven: the
     int8 x int8 products of the reduction (2^14 each, times the reduction's extents) plus the largest constant
     bias over every call; a bias of 2^30 in one call keeps tvmp_requant_rs."""
-    from tvm_patch.codegen.micro_kernels import PRODUCT_BOUND, accumulator_bounds
+    from tvm_patch.codegen.requant_kernels import PRODUCT_BOUND, accumulator_bounds
     from tvm_patch.export import export_model
     from tvm_patch.export.api import nonpositive_shift_requant
 
@@ -669,7 +669,7 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
     assert "tvmp_requant_rs_narrow" not in script and "tvmp_requant_rs" in script
     # a residual add's requantizations: each bounded by its argument's bound + 1, so the outer one of their sum too
-    from tvm_patch.codegen.micro_kernels import narrow_requant, right_shift_requant
+    from tvm_patch.codegen.requant_kernels import narrow_requant, right_shift_requant
 
     def residual(scale: int) -> tirx.PrimFunc:
         x, y = te.placeholder((4,), "int8", name="X"), te.placeholder((4,), "int8", name="Y")

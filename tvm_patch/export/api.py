@@ -24,8 +24,8 @@ import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
-from tvm_patch.codegen.micro_kernels import (micro_kernels_enabled, narrow_requant, plain_kernels,
-                                            requant_shift_params, right_shift_requant)
+from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
+from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR

@@ -263,7 +263,7 @@ REQUANT_EXTERN = "tvmp_requant"
 REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
 # |x| at most this: 2 x fits int32 (the SMMULR of tvmp_srdhm_narrow) and x * m / 2^31 plus a rounding half (<= 2^30)
 # does too; the one accumulator bound of both bounded requantizations (patch stage here, per-layer kernels in
-# codegen.micro_kernels.narrow_requant)
+# codegen.requant_kernels.narrow_requant)
 BOUNDED_ACC_MAX = (1 << 30) - 1
 
 
