@@ -17,7 +17,8 @@ does not bear out is an error, never a silent wrong kernel:
   shows from indices and shapes that no write of channel c reaches bytes of a channel copied later;
 - an in-place update (a residual add written over its skip's buffer, `_prove_update`): a statement that reads
   and writes one buffer reads it only at the element it stores, in the same iteration, before the store, each
-  element stored once (`stage_arena._prove_update`); and the statements before it that fill that buffer from
+  element stored once (each store's indices in mixed radix, as `stage_arena._prove_update`; several stores of
+  different elements, as a pair loop and its odd last pixel, disjoint in every patch); and the statements before it that fill that buffer from
   the caches of the updated value (the add's cached rows and columns: caches the buffer is copied to after
   the update) write, in every patch, none of the elements the update reads (per-axis bounds, each patch's
   indices substituted);
@@ -52,7 +53,7 @@ from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant.fixedpoint import is_c_barrier
-from tvm_patch.tir_util import mixed_radix, uses_var
+from tvm_patch.tir_util import mixed_radix
 
 __all__ = ["CachedProof", "prove_cached_plan"]
 
@@ -231,18 +232,22 @@ def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
 
 
 def _store_once(st: Access) -> bool:
-    """The store's indices are distinct loop variables plus constants, covering every loop of more than one
-    iteration (so each element is stored by one iteration)."""
+    """The store's indices are each a constant plus loop variables in mixed radix (`tir_util.mixed_radix`: one
+    loop, or a loop split into blocks, as a register-blocked channel loop or a loop over pixel pairs writes), no
+    loop in two indices, every loop of more than one iteration in one (so each element is stored by one
+    iteration). A loop whose start or extent is not a constant (a bound in the patch index) may only be the
+    outermost of its index."""
     ana = tvm.sym.Analyzer()
-    used = set()
-    for i in (ana.simplify(substitute_vars(x, _units(st.loops))) for x in st.indices):
-        loops = [lp for lp in st.loops if uses_var(i, lp.loop_var)]
-        if not loops:
-            continue
-        if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
+    units = _units(st.loops)
+    spans = [(lp.loop_var, int(lp.min) if isinstance(lp.min, tirx.IntImm) else -1,
+              int(lp.extent) if isinstance(lp.extent, tirx.IntImm) else 0) for lp in st.loops if lp.loop_var not in units]
+    used: set[int] = set()
+    for i in (ana.simplify(substitute_vars(x, units)) for x in st.indices):
+        ks = mixed_radix(i, spans)
+        if ks is None or used.intersection(ks):
             return False
-        used.add(id(loops[0]))
-    return all(id(lp) in used or (isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1) for lp in st.loops)
+        used.update(ks)
+    return len(used) == len(spans)
 
 
 def _same_element(a: Access, b: Access) -> bool:
@@ -399,7 +404,14 @@ def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]])
     if not all(_store_once(st) for st in stores) or not all(a.store or _read_at_a_store(a, stores) for a in accs):
         return False
     if any(not _same_element(st, stores[0]) for st in stores[1:]):
-        return False  # several stores (an if and its else): all of one element per iteration
+        # several stores of other elements (pixel pairs, then an odd last pixel alone): in every patch, disjoint
+        try:
+            for env in patches:
+                boxes = [r.box for r in _patch_accesses(body.stmts[k], env) if r.store and r.name == name]
+                if not all(_disjoint(a, b) for x, a in enumerate(boxes) for b in boxes[x + 1:]):
+                    return False
+        except UnmodelledTIR:
+            return False
     # the updated value's caches: filled from this buffer after k, before the buffer is next updated
     later_updates = [j for j in range(k + 1, len(body.stmts)) if _reads_and_writes(body, j, name)]
     end = later_updates[0] if later_updates else len(body.stmts)
