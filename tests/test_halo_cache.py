@@ -324,7 +324,8 @@ def test_cached_plan_proof_rejects_what_it_cannot_show():
         return node
 
     stale = func.with_body(tvm_ffi.structural_map(func.body, (tirx.IfThenElse, never)))
-    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote"):
+    # (refused where it is first read: a per-patch buffer, or the planned output channel buffer they fill)
+    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote|read before it is filled"):
         prove_cached_plan(stale)
 
 
@@ -511,6 +512,44 @@ def test_depthwise_output_copied_over_its_input(layout, halo):
 
     early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
     with pytest.raises(TvmPatchError, match="no in-place step is proven"):
+        prove_cached_plan(early)
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_depthwise_output_channel_buffer_planned(halo):
+    """The output-copy form where the output channel's buffer is no C local (NHWC stride 2, 100 bytes against its
+    input channel's 441: vww's stride-2 depthwise): the buffer is planned in the workspace, sharing bytes with
+    buffers of other steps; the proof shows its ring and live part fill it before the copy over the input reads it
+    (`inplace_cache._filled_by_stores`), the C run over a garbage workspace is bit-exact; the copy moved before
+    the computation is refused."""
+    conv = _int8_conv(np.random.default_rng(13), "NHWC")
+    layers = [conv(3, 8, 1, 1, 1, 3)]
+    layers.append(conv(8, 8, 3, 2, 8, layers[-1].quant.output_zero_point))
+    layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 40, 40, 3), tuple(layers), "NHWC", "int8")
+    func = build_cached_stage(stage, (2, 2), caches=halo == "cache")
+    offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
+    assert offs["layer1"] == offs["layer0"] and "layer1_chan" in offs  # over its input; its channel buffer planned
+    plan = plan_patches(stage, (2, 2))
+    chan = int(np.prod(plan.region_shape(1)))
+    assert chan > 64
+    sizes = {n: int(np.prod(plan.region_shape(v))) * stage.value_shape(v)[0]
+             for v, n in ((-1, "input_patch"), (0, "layer0"), (2, "layer2"))}
+    assert any(offs[n] < offs["layer1_chan"] + chan and offs["layer1_chan"] < offs[n] + size
+               for n, size in sizes.items() if n in offs)  # it shares bytes: the fill proof is needed
+    proof = prove_cached_plan(func)
+    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
+    x = np.random.default_rng(6).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+    def copy_first(loop):
+        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
+            return loop
+        seq = list(loop.body.seq)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
+
+    early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+    with pytest.raises(TvmPatchError, match="layer1_chan shares bytes and is read before it is filled"):
         prove_cached_plan(early)
 
 

@@ -10,7 +10,9 @@ does not bear out is an error, never a silent wrong kernel:
   above the patch loops, so the name says which are caches; a buffer taken for per-patch must pass the checks
   below, so a wrong name is a refusal, never a wrong proof) always. Two buffers whose bytes overlap must not
   live at once, except as a proven in-place depthwise step; a buffer one statement uses (the one-channel copy)
-  that shares bytes is written whole before it is read there (`_fills_whole_first`);
+  that shares bytes is written whole before it is read there (`_fills_whole_first`: by one store, or by several
+  whose nests run before the reads' and whose sure writes cover the reads in every patch: an output channel's
+  ring and live part, `_filled_by_stores`);
 - an in-place depthwise step (`_prove_depthwise`): at the one statement where the input's life ends and the
   output's starts, at the same offset, the input is read only by a copy into a one-channel buffer, inside a
   loop over channels whose every write of the output comes after that copy; `inplace_conv.channel_or_pixel_safe`
@@ -53,7 +55,7 @@ from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant.fixedpoint import is_c_barrier
-from tvm_patch.tir_util import mixed_radix
+from tvm_patch.tir_util import mixed_radix, uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
 
@@ -116,13 +118,14 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
     return _Body(loops, stmts, accs, caches, bufs | caches)
 
 
-def _fills_whole_first(body: _Body, k: int, name: str) -> bool:
-    """A buffer that only statement k uses is written whole by one store before any read of it, in each iteration
-    of the loops that enclose both (the one-channel copy): it carries nothing from one use to the next."""
+def _fills_whole_first(body: _Body, k: int, name: str, patches: list[dict[Any, Any]]) -> bool:
+    """A buffer that only statement k uses is written whole before any read of it, in each iteration of the loops
+    that enclose both (the one-channel copy; an output channel's buffer filled by its ring and live part): it
+    carries nothing from one use to the next. One store over the whole buffer, or `_filled_by_stores`."""
     accs = [a for a in body.accs[k] if a.buffer.name == name]
     stores = [a for a in accs if a.store]
     if len(stores) != 1 or stores[0].guarded:
-        return False
+        return _filled_by_stores(body, k, name, accs, patches)
     cp = stores[0]
     reads = [a for a in accs if not a.store]
     if any(a.order < cp.order for a in reads):
@@ -134,6 +137,38 @@ def _fills_whole_first(body: _Body, k: int, name: str) -> bool:
     inner = cp.loops[n:]
     return _store_once(replace(cp, loops=tuple(inner))) and all(isinstance(lp.extent, tirx.IntImm) for lp in inner) \
         and math.prod(int(lp.extent) for lp in inner) == _nbytes(body.bufs[name]) // dtype_bytes(str(cp.buffer.ty.dtype))
+
+
+def _filled_by_stores(body: _Body, k: int, name: str, accs: list[Access], patches: list[dict[Any, Any]]) -> bool:
+    """Several stores fill the buffer before its reads: the loops enclosing every access of it (the channel loop)
+    appear in none of its indices, so each of their iterations does the same to it; a store and a read share no
+    other loop (each read's nest runs after the stores' nests are done, in program order); and in every patch the
+    stores surely written before each read (`_patch_accesses`: definite boxes, in program order) cover what it
+    reads."""
+    common = list(accs[0].loops)
+    for a in accs[1:]:
+        n = next((i for i, (x, y) in enumerate(zip(common, a.loops)) if not x.same_as(y)), min(len(common), len(a.loops)))
+        common = common[:n]
+    if any(uses_var(i, lp.loop_var) for a in accs for i in a.indices for lp in common):
+        return False
+    for st in (a for a in accs if a.store):
+        for ld in (a for a in accs if not a.store):
+            if any(lp.same_as(other) for lp in st.loops[len(common):] for other in ld.loops):
+                return False
+    buf = body.bufs[name]
+    try:
+        for env in patches:
+            written = np.zeros([int(d) for d in buf.shape], bool)
+            for r in _patch_accesses(body.stmts[k], env):
+                if r.name != name:
+                    continue
+                if r.store and r.definite:
+                    written[tuple(slice(lo, hi + 1) for lo, hi in r.box)] = True
+                elif not r.store and not written[tuple(slice(max(lo, 0), hi + 1) for lo, hi in r.box)].all():
+                    return False
+    except UnmodelledTIR:
+        return False
+    return True
 
 
 def _lives(body: _Body) -> dict[str, tuple[int, int]]:
@@ -462,7 +497,7 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     shares = {a for a in names for b in names if a != b and offsets[a] < offsets[b] + sizes[b]
               and offsets[b] < offsets[a] + sizes[a]}
     for n in shares:  # a one-statement buffer whose bytes others use holds nothing from before its statement
-        if n not in body.caches and life[n][0] == life[n][1] and not _fills_whole_first(body, life[n][0], n):
+        if n not in body.caches and life[n][0] == life[n][1] and not _fills_whole_first(body, life[n][0], n, patches):
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} shares bytes and is read before "
                                 "it is filled")
     for x, a in enumerate(names):
