@@ -487,6 +487,19 @@ def _output_copy_stage(layout: str) -> Stage:
     return Stage((1, 3, 24, 24) if layout == "NCHW" else (1, 24, 24, 3), tuple(layers), layout, "int8")
 
 
+def _channel_copy_first(func):
+    """`func` with each depthwise channel loop's last statement (the output-copy form's copy over the input) moved
+    first: the copy before the channel is computed."""
+
+    def copy_first(loop):
+        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
+            return loop
+        seq = list(loop.body.seq)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+
+
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_depthwise_output_copied_over_its_input(layout, halo):
@@ -504,13 +517,7 @@ def test_depthwise_output_copied_over_its_input(layout, halo):
     x = np.random.default_rng(5).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
-    def copy_first(loop):
-        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
-            return loop
-        seq = list(loop.body.seq)
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
-
-    early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+    early = _channel_copy_first(func)
     with pytest.raises(TvmPatchError, match="no in-place step is proven"):
         prove_cached_plan(early)
 
@@ -542,13 +549,7 @@ def test_depthwise_output_channel_buffer_planned(halo):
     x = np.random.default_rng(6).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
-    def copy_first(loop):
-        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
-            return loop
-        seq = list(loop.body.seq)
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
-
-    early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+    early = _channel_copy_first(func)
     with pytest.raises(TvmPatchError, match="layer1_chan shares bytes and is read before it is filled"):
         prove_cached_plan(early)
 
