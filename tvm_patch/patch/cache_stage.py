@@ -591,16 +591,19 @@ def _copies_output(stage: Stage, plan, v: int) -> bool:
     """Whether in-place depthwise layer v computes each channel from its input region itself into a one-channel
     buffer that is then copied over the input (instead of copying the input's channel first): wherever that buffer
     is smaller than the input's channel (fewer bytes copied), a C local up to `LOCAL_MAX_BYTES`, else planned in
-    the workspace (`_plan`). Round 3 kept NHWC stride 1 to the copy-first form, whose contiguous copy
-    `tvmp_window2_s8` reads by words; measured in round 4, its windows read from the strided input cost less than
-    copying the input channel (vww 4x4 recompute: the stride-2 depthwise 1.04 M -> 0.71 M, then the stride-1 ones
-    too: network 20.98 M -> 20.77 M; mcunet-in0 -13,000 in both modes; vww's cache mode +4,000). Safe as the
+    the workspace (`_plan`); except an NHWC stride-1 layer whose output channel is a C local. Round 3 kept NHWC
+    stride 1 to the copy-first form, whose contiguous copy `tvmp_window2_s8` reads by words; measured in round 4
+    (vww 4x4 recompute): the stride-2 depthwise 1.04 M -> 0.71 M (network 21.31 M -> 20.98 M), then the stride-1
+    ones too: the 19 x 19 plane 1.76 M -> 1.39 M, but the 7 x 7 one 0.83 M -> 0.89 M, hence the exception (network
+    20.98 M -> 20.65 M; mcunet-in0, NCHW, -13,000 in both modes). Safe as the
     copy-first form is: channel c's output lands on bytes of channels at most c (`DepthwiseInPlace`), written after
     channel c was read whole (`inplace_cache` proves both, and that a planned channel buffer is filled before it
     is copied)."""
     item = 4 if stage.dtype == "float32" else 1
     out_bytes = int(np.prod(plan.region_shape(v))) * item
     in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
+    if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
+        return False  # a small plane: its copy is cheap, its windows pair faster in it (measured, see above)
     return out_bytes < in_bytes
 
 
