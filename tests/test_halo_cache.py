@@ -17,6 +17,7 @@ import tvm_ffi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import tirx
+from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
@@ -31,7 +32,7 @@ from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stag
 from tvm_patch.patch.memory import PatchMemory, pick_schedule
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
-from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers
+from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.te_stage import bounded_requantization, param_arrays
 from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, new_interval, plan_patches,
                                      stage_macs)
@@ -323,7 +324,8 @@ def test_cached_plan_proof_rejects_what_it_cannot_show():
         return node
 
     stale = func.with_body(tvm_ffi.structural_map(func.body, (tirx.IfThenElse, never)))
-    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote"):
+    # (refused where it is first read: a per-patch buffer, or the planned output channel buffer they fill)
+    with pytest.raises(TvmPatchError, match="no earlier statement of the patch surely wrote|read before it is filled"):
         prove_cached_plan(stale)
 
 
@@ -390,6 +392,69 @@ def test_blocked_stage_forms_in_c(layout, halo):
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
 
+def _residual_stage() -> Stage:
+    """resnet8's stage in small (NHWC int8): a 3x3 stem, a block whose second 3x3 conv is fused into its add over
+    the stem's output (written over its skip), a stride-2 block whose 3x3 conv and 1x1 stride-2 projection are
+    both fused into the last add; 10 x 10 outputs of 3 x 3 patches (odd pixel-pair remainders)."""
+    conv = _int8_conv(np.random.default_rng(11), "NHWC")
+    m, s = quantize_multiplier(0.5)
+    mo, so = quantize_multiplier(1.0 / (1 << 20) / 0.6)
+
+    def add(other, a, b):
+        zps = (a.quant.output_zero_point, b.quant.output_zero_point)
+        return Add(other, quant=AddQuant(zps, (m, m), (s, s), 3, mo, so))
+
+    stem = conv(3, 8, 3, 1, 1, 5)
+    c1 = conv(8, 8, 3, 1, 1, stem.quant.output_zero_point)
+    c2 = conv(8, 8, 3, 1, 1, c1.quant.output_zero_point)
+    a1 = add(0, c2, stem)
+    d1 = conv(8, 16, 3, 2, 1, 3)
+    d2 = conv(16, 16, 3, 1, 1, d1.quant.output_zero_point)
+    proj = replace(conv(8, 16, 1, 2, 1, 3), input=3)
+    a2 = add(5, proj, d2)
+    return Stage((1, 20, 20, 3), (stem, c1, c2, a1, d1, d2, proj, a2), "NHWC", "int8")
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_convs_inside_residual_adds_blocked(halo):
+    """A dense conv computed inside its residual add (`schedule.skip_accumulations`: resnet8's) is register
+    blocked there in the written nest, two pixels x 2 channels (`cache_stage.add_block`): recompute mode keeps the
+    written nest (no TE form), the add over its skip is proven in place on the TIR (mixed-radix stores, the pair
+    loop's and the odd last pixel's stores disjoint), and the C run is bit-exact."""
+    stage = _residual_stage()
+    plan = plan_patches(stage, (3, 3))
+    assert set(skip_accumulations(stage, plan)) == {2, 5, 6}
+    with extern_requantization():
+        func = build_cached_stage(stage, (3, 3)) if halo == "cache" else build_recompute_stage(stage, (3, 3))
+    assert has_workspace_plan(func)
+    proof = prove_cached_plan(func)
+    assert proof.updates  # the first add, over its skip
+    code = emit_c({"stage": func}).code
+    body = code[code.index("void stage("):]
+    # two pixels for all six dense convs, the three inside the adds too (their outputs in the C locals fused_rows*)
+    assert len(re.findall(r"tvmp_dot_s8_px2_rows2\(", body)) == 6 and "fused_rows1" in body
+
+    def updates_layer0(stmt) -> bool:  # the add's (the stem's stores there too, but reads the input)
+        found = set()
+        tvm_ffi.structural_walk(stmt, [(tirx.BufferStore, lambda st: found.add(("st", st.buffer.name)) or
+                                        tvm_ffi.WalkResult.ADVANCE),
+                                       (TensorLoad, lambda ld: found.add(("ld", ld.source.name)) or
+                                        tvm_ffi.WalkResult.ADVANCE)], order="pre")
+        return {("st", "layer0"), ("ld", "layer0")} <= found
+
+    def always(node):  # the add's odd last pixel computed whatever the width: then it repeats the pair loop's last
+        c = node.condition
+        if isinstance(c, tirx.EQ) and isinstance(c.a, tirx.FloorMod) and updates_layer0(node.then_case):
+            return tirx.IfThenElse(tirx.const(True, "bool"), node.then_case, node.else_case)
+        return node
+
+    twice = func.with_body(tvm_ffi.structural_map(func.body, (tirx.IfThenElse, always)))
+    with pytest.raises(TvmPatchError, match="updates layer0 in place"):
+        prove_cached_plan(twice)
+    x = np.random.default_rng(5).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
 @settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stages())
 def test_recompute_stage_in_c_is_exact(case):
@@ -422,6 +487,19 @@ def _output_copy_stage(layout: str) -> Stage:
     return Stage((1, 3, 24, 24) if layout == "NCHW" else (1, 24, 24, 3), tuple(layers), layout, "int8")
 
 
+def _channel_copy_first(func):
+    """`func` with each depthwise channel loop's last statement (the output-copy form's copy over the input) moved
+    first: the copy before the channel is computed."""
+
+    def copy_first(loop):
+        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
+            return loop
+        seq = list(loop.body.seq)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+
+
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_depthwise_output_copied_over_its_input(layout, halo):
@@ -439,14 +517,40 @@ def test_depthwise_output_copied_over_its_input(layout, halo):
     x = np.random.default_rng(5).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
-    def copy_first(loop):
-        if loop.loop_var.name != "ch" or not isinstance(loop.body, tirx.SeqStmt):
-            return loop
-        seq = list(loop.body.seq)
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([seq[-1], *seq[:-1]]))
-
-    early = func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
+    early = _channel_copy_first(func)
     with pytest.raises(TvmPatchError, match="no in-place step is proven"):
+        prove_cached_plan(early)
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_depthwise_output_channel_buffer_planned(halo):
+    """The output-copy form where the output channel's buffer is no C local (NHWC stride 2, 100 bytes against its
+    input channel's 441: vww's stride-2 depthwise): the buffer is planned in the workspace, sharing bytes with
+    buffers of other steps; the proof shows its ring and live part fill it before the copy over the input reads it
+    (`inplace_cache._filled_by_stores`), the C run over a garbage workspace is bit-exact; the copy moved before
+    the computation is refused."""
+    conv = _int8_conv(np.random.default_rng(13), "NHWC")
+    layers = [conv(3, 8, 1, 1, 1, 3)]
+    layers.append(conv(8, 8, 3, 2, 8, layers[-1].quant.output_zero_point))
+    layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 40, 40, 3), tuple(layers), "NHWC", "int8")
+    func = build_cached_stage(stage, (2, 2), caches=halo == "cache")
+    offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
+    assert offs["layer1"] == offs["layer0"] and "layer1_chan" in offs  # over its input; its channel buffer planned
+    plan = plan_patches(stage, (2, 2))
+    chan = int(np.prod(plan.region_shape(1)))
+    assert chan > 64
+    sizes = {n: int(np.prod(plan.region_shape(v))) * stage.value_shape(v)[0]
+             for v, n in ((-1, "input_patch"), (0, "layer0"), (2, "layer2"))}
+    assert any(offs[n] < offs["layer1_chan"] + chan and offs["layer1_chan"] < offs[n] + size
+               for n, size in sizes.items() if n in offs)  # it shares bytes: the fill proof is needed
+    proof = prove_cached_plan(func)
+    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
+    x = np.random.default_rng(6).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+    early = _channel_copy_first(func)
+    with pytest.raises(TvmPatchError, match="layer1_chan shares bytes and is read before it is filled"):
         prove_cached_plan(early)
 
 

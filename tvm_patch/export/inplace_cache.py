@@ -10,14 +10,17 @@ does not bear out is an error, never a silent wrong kernel:
   above the patch loops, so the name says which are caches; a buffer taken for per-patch must pass the checks
   below, so a wrong name is a refusal, never a wrong proof) always. Two buffers whose bytes overlap must not
   live at once, except as a proven in-place depthwise step; a buffer one statement uses (the one-channel copy)
-  that shares bytes is written whole before it is read there (`_fills_whole_first`);
+  that shares bytes is written whole before it is read there (`_fills_whole_first`: by one store, or by several
+  whose nests run before the reads' and whose sure writes cover the reads in every patch: an output channel's
+  ring and live part, `_filled_by_stores`);
 - an in-place depthwise step (`_prove_depthwise`): at the one statement where the input's life ends and the
   output's starts, at the same offset, the input is read only by a copy into a one-channel buffer, inside a
   loop over channels whose every write of the output comes after that copy; `inplace_conv.channel_or_pixel_safe`
   shows from indices and shapes that no write of channel c reaches bytes of a channel copied later;
 - an in-place update (a residual add written over its skip's buffer, `_prove_update`): a statement that reads
   and writes one buffer reads it only at the element it stores, in the same iteration, before the store, each
-  element stored once (`stage_arena._prove_update`); and the statements before it that fill that buffer from
+  element stored once (each store's indices in mixed radix, as `stage_arena._prove_update`; several stores of
+  different elements, as a pair loop and its odd last pixel, disjoint in every patch); and the statements before it that fill that buffer from
   the caches of the updated value (the add's cached rows and columns: caches the buffer is copied to after
   the update) write, in every patch, none of the elements the update reads (per-axis bounds, each patch's
   indices substituted);
@@ -115,13 +118,14 @@ def _cached_body(func: tirx.PrimFunc) -> _Body:
     return _Body(loops, stmts, accs, caches, bufs | caches)
 
 
-def _fills_whole_first(body: _Body, k: int, name: str) -> bool:
-    """A buffer that only statement k uses is written whole by one store before any read of it, in each iteration
-    of the loops that enclose both (the one-channel copy): it carries nothing from one use to the next."""
+def _fills_whole_first(body: _Body, k: int, name: str, patches: list[dict[Any, Any]]) -> bool:
+    """A buffer that only statement k uses is written whole before any read of it, in each iteration of the loops
+    that enclose both (the one-channel copy; an output channel's buffer filled by its ring and live part): it
+    carries nothing from one use to the next. One store over the whole buffer, or `_filled_by_stores`."""
     accs = [a for a in body.accs[k] if a.buffer.name == name]
     stores = [a for a in accs if a.store]
     if len(stores) != 1 or stores[0].guarded:
-        return False
+        return _filled_by_stores(body, k, name, accs, patches)
     cp = stores[0]
     reads = [a for a in accs if not a.store]
     if any(a.order < cp.order for a in reads):
@@ -133,6 +137,38 @@ def _fills_whole_first(body: _Body, k: int, name: str) -> bool:
     inner = cp.loops[n:]
     return _store_once(replace(cp, loops=tuple(inner))) and all(isinstance(lp.extent, tirx.IntImm) for lp in inner) \
         and math.prod(int(lp.extent) for lp in inner) == _nbytes(body.bufs[name]) // dtype_bytes(str(cp.buffer.ty.dtype))
+
+
+def _filled_by_stores(body: _Body, k: int, name: str, accs: list[Access], patches: list[dict[Any, Any]]) -> bool:
+    """Several stores fill the buffer before its reads: the loops enclosing every access of it (the channel loop)
+    appear in none of its indices, so each of their iterations does the same to it; a store and a read share no
+    other loop (each read's nest runs after the stores' nests are done, in program order); and in every patch the
+    stores surely written before each read (`_patch_accesses`: definite boxes, in program order) cover what it
+    reads."""
+    common = list(accs[0].loops)
+    for a in accs[1:]:
+        n = next((i for i, (x, y) in enumerate(zip(common, a.loops)) if not x.same_as(y)), min(len(common), len(a.loops)))
+        common = common[:n]
+    if any(uses_var(i, lp.loop_var) for a in accs for i in a.indices for lp in common):
+        return False
+    for st in (a for a in accs if a.store):
+        for ld in (a for a in accs if not a.store):
+            if any(lp.same_as(other) for lp in st.loops[len(common):] for other in ld.loops):
+                return False
+    buf = body.bufs[name]
+    try:
+        for env in patches:
+            written = np.zeros([int(d) for d in buf.shape], bool)
+            for r in _patch_accesses(body.stmts[k], env):
+                if r.name != name:
+                    continue
+                if r.store and r.definite:
+                    written[tuple(slice(lo, hi + 1) for lo, hi in r.box)] = True
+                elif not r.store and not written[tuple(slice(max(lo, 0), hi + 1) for lo, hi in r.box)].all():
+                    return False
+    except UnmodelledTIR:
+        return False
+    return True
 
 
 def _lives(body: _Body) -> dict[str, tuple[int, int]]:
@@ -231,18 +267,22 @@ def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
 
 
 def _store_once(st: Access) -> bool:
-    """The store's indices are distinct loop variables plus constants, covering every loop of more than one
-    iteration (so each element is stored by one iteration)."""
+    """The store's indices are each a constant plus loop variables in mixed radix (`tir_util.mixed_radix`: one
+    loop, or a loop split into blocks, as a register-blocked channel loop or a loop over pixel pairs writes), no
+    loop in two indices, every loop of more than one iteration in one (so each element is stored by one
+    iteration). A loop whose start or extent is not a constant (a bound in the patch index) may only be the
+    outermost of its index."""
     ana = tvm.sym.Analyzer()
-    used = set()
-    for i in (ana.simplify(substitute_vars(x, _units(st.loops))) for x in st.indices):
-        loops = [lp for lp in st.loops if uses_var(i, lp.loop_var)]
-        if not loops:
-            continue
-        if len(loops) != 1 or id(loops[0]) in used or not isinstance(ana.simplify(i - loops[0].loop_var), tirx.IntImm):
+    units = _units(st.loops)
+    spans = [(lp.loop_var, int(lp.min) if isinstance(lp.min, tirx.IntImm) else -1,
+              int(lp.extent) if isinstance(lp.extent, tirx.IntImm) else 0) for lp in st.loops if lp.loop_var not in units]
+    used: set[int] = set()
+    for i in (ana.simplify(substitute_vars(x, units)) for x in st.indices):
+        ks = mixed_radix(i, spans)
+        if ks is None or used.intersection(ks):
             return False
-        used.add(id(loops[0]))
-    return all(id(lp) in used or (isinstance(lp.extent, tirx.IntImm) and int(lp.extent) == 1) for lp in st.loops)
+        used.update(ks)
+    return len(used) == len(spans)
 
 
 def _same_element(a: Access, b: Access) -> bool:
@@ -399,7 +439,14 @@ def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]])
     if not all(_store_once(st) for st in stores) or not all(a.store or _read_at_a_store(a, stores) for a in accs):
         return False
     if any(not _same_element(st, stores[0]) for st in stores[1:]):
-        return False  # several stores (an if and its else): all of one element per iteration
+        # several stores of other elements (pixel pairs, then an odd last pixel alone): in every patch, disjoint
+        try:
+            for env in patches:
+                boxes = [r.box for r in _patch_accesses(body.stmts[k], env) if r.store and r.name == name]
+                if not all(_disjoint(a, b) for x, a in enumerate(boxes) for b in boxes[x + 1:]):
+                    return False
+        except UnmodelledTIR:
+            return False
     # the updated value's caches: filled from this buffer after k, before the buffer is next updated
     later_updates = [j for j in range(k + 1, len(body.stmts)) if _reads_and_writes(body, j, name)]
     end = later_updates[0] if later_updates else len(body.stmts)
@@ -450,7 +497,7 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     shares = {a for a in names for b in names if a != b and offsets[a] < offsets[b] + sizes[b]
               and offsets[b] < offsets[a] + sizes[a]}
     for n in shares:  # a one-statement buffer whose bytes others use holds nothing from before its statement
-        if n not in body.caches and life[n][0] == life[n][1] and not _fills_whole_first(body, life[n][0], n):
+        if n not in body.caches and life[n][0] == life[n][1] and not _fills_whole_first(body, life[n][0], n, patches):
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} shares bytes and is read before "
                                 "it is filled")
     for x, a in enumerate(names):

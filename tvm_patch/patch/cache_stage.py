@@ -50,6 +50,11 @@ def _c(v: int, dtype: str = _I32) -> Any:
     return tirx.const(int(v), dtype)
 
 
+def _seq(stmts: list) -> Any:
+    """The statements in order (TVM refuses a SeqStmt of one)."""
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
+
+
 def _loops(extents: list[tuple[Any, Any]], body_fn, unroll_inner: bool = False) -> Any:
     """Nested serial loops over (min, extent) pairs; body_fn gets the loop variables. `unroll_inner`: the innermost
     loop unrolled (TVM's UnrollLoop, at lowering): a byte copy's row, which GCC's -O3 keeps a loop of five
@@ -66,10 +71,11 @@ def build_recompute_stage(stage: Stage, patches: tuple[int, int], alignment: int
     """Recompute mode for the C export (the `PatchStage` pass): this module's loop nest without caches (every patch
     computes its whole region, as `schedule.build_stage` does), so recompute mode gets cache mode's kernel forms:
     live parts as loop bounds instead of a test per element, two pixels for 1x1 convs, a copied input without a
-    test per byte. Except for a stage with a dense conv computed inside its residual add (`skip_accumulations`):
-    `build_stage` blocks it by channels, this nest computes it element by element (resnet8 4x4: stage 34.6 M
-    instructions against 38.4 M), so such a stage keeps `build_stage(in_place=True)`."""
-    if skip_accumulations(stage, plan_patches(stage, patches)):
+    test per byte. A dense conv computed inside its residual add (`skip_accumulations`) is register blocked there
+    too, two pixels at a time where its form allows (`_blocked_adds`); a stage with such a conv this nest would
+    compute element by element (an NCHW window copy) keeps `build_stage(in_place=True)`, which blocks it."""
+    fused = skip_accumulations(stage, plan_patches(stage, patches))
+    if set(fused) - {u for us in _blocked_adds(stage, fused).values() for u in us}:
         return build_stage(stage, patches, in_place=True)
     return build_cached_stage(stage, patches, alignment, caches=False)
 
@@ -119,11 +125,23 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     acc = tirx.decl_buffer((1,), acc_dtype(stage), name="acc")
     tmp = [tirx.decl_buffer((1,), _I32, name=f"tmp{k}") for k in range(3)]
     fval = tirx.decl_buffer((1,), dt, name="fused")  # a fused projection's value, read by its add
+    # residual add -> its fused convs, computed a block of channels (and two pixels) at a time inside it
+    fused_adds = _blocked_adds(stage, fused)
+    in_adds = {u for convs in fused_adds.values() for u in convs}
     blocked = {v: accumulator_rows(stage, v) for v in range(last + 1)
-               if v not in dw and v not in fused and accumulator_rows(stage, v) > 1}
+               if v not in dw and (v not in fused or v in in_adds) and accumulator_rows(stage, v) > 1}
     pairs = {v for v in blocked if _pixel_pairs(stage, v)}
     blocked |= {v: 2 for v in pairs}  # 2 pixels x 2 channels (see _pixel_pairs)
+    for v, convs in fused_adds.items():  # the add's pixels and channel blocks: its convs' (all alike)
+        blocked[v] = blocked[convs[0]]
+        if all(u in pairs for u in convs):
+            pairs.add(v)
+        else:
+            pairs -= set(convs)
+            blocked |= {u: accumulator_rows(stage, u) for u in convs}
+            blocked[v] = blocked[convs[0]]
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
+    fvals = [tirx.decl_buffer((2 * max(blocked.values(), default=1),), dt, name=f"fused_rows{k}") for k in range(2)]
     pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
     pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
@@ -239,10 +257,15 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 operands.append(tirx.BufferLoad(fval, [_c0]))
             else:
                 operands.append(read(u, c, y, x))
-        a, o = operands
+        return _seq([*steps, *add_steps(v, *operands, dest)])
+
+    def add_steps(v: int, a, o, dest) -> list:
+        """Residual add v of the operand values a and o, `dest(value)`-ed: TFLite's integer add."""
+        layer = stage.layers[v]
         if dt == "float32":
-            return tirx.SeqStmt([*steps, dest(_float_act(a + o, layer.activation))])
+            return [dest(_float_act(a + o, layer.activation))]
         q = layer.quant
+        steps = []
         for k, val in enumerate((a, o)):
             s = (val.astype(_I32) - _c(q.input_zero_points[k])) * _c(1 << q.left_shift)
             hi_ = mbqm_high(TEOps, s, q.input_multipliers[k], mbqm_shifts(TEOps, q.input_shifts[k])[0])
@@ -253,7 +276,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                                                         mbqm_shifts(TEOps, q.output_shift)[0]), [_c(0)]))
         r = rdbpot(TEOps, tirx.BufferLoad(tmp[2], [_c(0)]), mbqm_shifts(TEOps, q.output_shift)[1])
         steps.append(dest(_clamp_i8(r + _c(q.output_zero_point), q.act_min, q.act_max)))
-        return tirx.SeqStmt(steps)
+        return steps
 
     def conv_block(v: int, y, x, npx: int, dest) -> Any:
         """Dense conv v at image (y, x) and, with npx = 2, (y, x + 1), all output channels, register blocked: per
@@ -262,20 +285,33 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         the per-layer kernels; then the R x npx epilogues, `dest(c, p, value)` each. In NCHW the pixels' windows
         (channels x kernel rows x columns, at most `LOCAL_MAX_BYTES`: a 1x1 conv's channels, a stem's 3x3x3) are
         first copied into `pixel` (a C local), so that the reduction is one contiguous run against the weight rows."""
-        layer, g, rows = stage.layers[v], stage.geometry[v], blocked[v]
+        g = stage.geometry[v]
         src = stage.inputs[v][0]
         (sh, sw), (pt, pl, _, _) = g.stride, g.padding
-        w, b = params[f"layer{v}_weight"], params[f"layer{v}_bias"]
         cb = tirx.Var("cb", _I32)
-        window = _window_bytes(stage, v) > 0
         taps = g.kh * g.kw
         k_len = g.c_in * taps
         stmts = []
-        if window:  # the pixels' windows, in the weights' (I, H, W) order: one contiguous reduction of k_len
+        if _window_bytes(stage, v):  # the pixels' windows, in the weights' (I, H, W) order: one contiguous run
             stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
                                 lambda p, rc, ry, rx: tirx.BufferStore(
                                     pix, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
                                     [p * _c(k_len) + rc * _c(taps) + ry * _c(g.kw) + rx])))
+        stmts.append(tirx.For(cb, _c0, _c(g.c_out // blocked[v]), tirx.ForKind.SERIAL,
+                              tirx.SeqStmt(conv_channels(v, y, x, npx, cb, lambda c, p, j, val: dest(c, p, val)))))
+        return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+
+    def conv_channels(v: int, y, x, npx: int, cb, dest) -> list:
+        """`conv_block`'s statements for the block cb of R channels: the accumulators' init, the reduction (from
+        `pixel` where the windows were copied there) and the R x npx epilogues, `dest(c, p, j, value)` each (j: the
+        channel within the block)."""
+        layer, g, rows = stage.layers[v], stage.geometry[v], blocked[v]
+        src = stage.inputs[v][0]
+        (sh, sw), (pt, pl, _, _) = g.stride, g.padding
+        w, b = params[f"layer{v}_weight"], params[f"layer{v}_bias"]
+        window = _window_bytes(stage, v) > 0
+        taps = g.kh * g.kw
+        k_len = g.c_in * taps
 
         def term(rc, ry, rx, p, j):
             if window:  # rc is the flat index into the window
@@ -308,25 +344,46 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             c = cb * _c(rows) + j
             total = tirx.BufferLoad(accb, [p * _c(rows) + j]) + tirx.BufferLoad(b, [c])
             if dt == "float32":
-                return dest(c, p, _float_act(total, layer.activation))
+                return dest(c, p, j, _float_act(total, layer.activation))
             q = layer.quant
             high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
                                                         tirx.BufferLoad(params[f"layer{v}_shift"], [c]),
                                                         bounded_requantization(stage, v)), [_c0])
             val = _clamp_i8(tirx.BufferLoad(tmp[0], [_c0]) + _c(q.output_zero_point), q.act_min, q.act_max)
-            return tirx.SeqStmt([high, dest(c, p, val)])
+            return tirx.SeqStmt([high, dest(c, p, j, val)])
 
-        epi = _loops([(_c0, _c(npx)), (_c0, _c(rows))], epilogue)
-        stmts.append(tirx.For(cb, _c0, _c(g.c_out // rows), tirx.ForKind.SERIAL, tirx.SeqStmt([init, red, epi])))
-        return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+        return [init, red, _loops([(_c0, _c(npx)), (_c0, _c(rows))], epilogue)]
+
+    def add_block(v: int, y, x, npx: int, dest) -> Any:
+        """Residual add v at image (y, x) and, with npx = 2, (y, x + 1), all channels, its fused convs
+        (`_blocked_adds`) computed as `conv_block` does, a block of R channels at a time into `fused_rows*` (C
+        locals), then the R x npx adds; `dest(c, p, value)` each."""
+        layer, rows = stage.layers[v], blocked[v]
+        cb = tirx.Var("cb", _I32)
+        stmts, slot = [], {}
+        for u in fused_adds[v]:
+            k = slot[u] = len(slot)
+            stmts += conv_channels(u, y, x, npx, cb, lambda c, p, j, val, k=k: tirx.BufferStore(
+                fvals[k], val, [p * _c(rows) + j]))
+
+        def add(p, j):
+            c = cb * _c(rows) + j
+            ops = [tirx.BufferLoad(fvals[slot[u]], [p * _c(rows) + j]) if u in slot else read(u, c, y, x + p)
+                   for u in (stage.inputs[v][0], layer.other)]
+            return _seq(add_steps(v, *ops, lambda val: dest(c, p, val)))
+
+        stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(rows))], add))
+        return tirx.For(cb, _c0, _c(stage.value_shape(v)[0] // rows), tirx.ForKind.SERIAL, tirx.SeqStmt(stmts))
 
     def blocked_pixels(v: int, rows, cols, pos, dest) -> Any:
         """Conv v at every pixel of region rows x cols ((min, extent) pairs, r and q from the region's start;
         `pos(r, q)`: the image position), `conv_block` each, in pairs of columns where v's 1x1 form allows
         (`_pixel_pairs`; an odd last column alone). `dest(c, r, q, value)` stores an output."""
+        block = add_block if v in fused_adds else conv_block
+
         def one(r, q):
             y, x = pos(r, q)
-            return conv_block(v, y, x, 1, lambda c, p, val: dest(c, r, q, val))
+            return block(v, y, x, 1, lambda c, p, val: dest(c, r, q, val))
 
         width = tw if v == last else plan.region_shape(v)[1]
         if v not in pairs or width < 2:  # (a one-column region has no pair: TVM's buffer compaction divides by
@@ -336,7 +393,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         def pair(r, t):
             q = q_lo + t * _c(2)
             y, x = pos(r, q)
-            return conv_block(v, y, x, 2, lambda c, p, val: dest(c, r, q + p, val))
+            return block(v, y, x, 2, lambda c, p, val: dest(c, r, q + p, val))
 
         def row(r):
             return tirx.SeqStmt([_loops([(_c0, tirx.floordiv(q_n, _c(2)))], lambda t: pair(r, t)),
@@ -523,7 +580,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # (loop bounds in min / max of the patch index) could only loosen them beyond the plan.
     for b in [*rows_c.values(), *cols_c.values(), *region.values(), *chan.values()]:
         nest = tirx.SeqStmt([tirx.AllocBuffer(b), nest])
-    root = s_tir.SBlock([], [], [], "root", nest, None, [acc, *tmp, fval, accb, pix])
+    root = s_tir.SBlock([], [], [], "root", nest, None, [acc, *tmp, fval, accb, pix, *fvals[:max(map(len, fused_adds.values()), default=0)]])
     func = tirx.PrimFunc([inp, *params.values(), out], s_tir.SBlockRealize([], True, root))
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
@@ -532,18 +589,22 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
 def _copies_output(stage: Stage, plan, v: int) -> bool:
     """Whether in-place depthwise layer v computes each channel from its input region itself into a one-channel
-    buffer that is then copied over the input (instead of copying the input's channel first): where that buffer is
-    a C local (at most `LOCAL_MAX_BYTES`) smaller than the input's channel, and the windows read the input with the
-    same strides as they would the copy (NCHW: a channel's plane is contiguous) or cannot pair anyway (NHWC stride
-    2: `tvmp_window2_s8` pairs stride-1 rows of a contiguous plane). Safe as the copy-first form is: channel c's
-    output lands on bytes of channels at most c (`DepthwiseInPlace`), written after channel c was read whole."""
-    g = stage.geometry[v]
+    buffer that is then copied over the input (instead of copying the input's channel first): wherever that buffer
+    is smaller than the input's channel (fewer bytes copied), a C local up to `LOCAL_MAX_BYTES`, else planned in
+    the workspace (`_plan`); except an NHWC stride-1 layer whose output channel is a C local. Round 3 kept NHWC
+    stride 1 to the copy-first form, whose contiguous copy `tvmp_window2_s8` reads by words; measured in round 4
+    (vww 4x4 recompute): the stride-2 depthwise 1.04 M -> 0.71 M (network 21.31 M -> 20.98 M), then the stride-1
+    ones too: the 19 x 19 plane 1.76 M -> 1.39 M, but the 7 x 7 one 0.83 M -> 0.89 M, hence the exception (network
+    20.98 M -> 20.65 M; mcunet-in0, NCHW, -13,000 in both modes). Safe as the
+    copy-first form is: channel c's output lands on bytes of channels at most c (`DepthwiseInPlace`), written after
+    channel c was read whole (`inplace_cache` proves both, and that a planned channel buffer is filled before it
+    is copied)."""
     item = 4 if stage.dtype == "float32" else 1
     out_bytes = int(np.prod(plan.region_shape(v))) * item
     in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
-    if out_bytes > LOCAL_MAX_BYTES or out_bytes >= in_bytes:
-        return False
-    return stage.layout == "NCHW" or g.stride[1] != 1
+    if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
+        return False  # a small plane: its copy is cheap, its windows pair faster in it (measured, see above)
+    return out_bytes < in_bytes
 
 
 def _pixel_pairs(stage: Stage, v: int) -> bool:
@@ -558,12 +619,23 @@ def _pixel_pairs(stage: Stage, v: int) -> bool:
     return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES  # zero on such pair loops)
 
 
+def _blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dict[int, list[int]]:
+    """Residual add -> its fused convs (`skip_accumulations`), where they are computed register blocked inside it
+    (`add_block` in `build_cached_stage`): every one blocked (`accumulator_rows`) and reading its input in place
+    (no window copied into `pixel`, which two convs of one add would share). Others element by element."""
+    adds: dict[int, list[int]] = {}
+    for u, (add, _) in sorted(fused.items()):
+        adds.setdefault(add, []).append(u)
+    return {a: us for a, us in adds.items()
+            if all(accumulator_rows(stage, u) > 1 and not _window_bytes(stage, u) for u in us)}
+
+
 def _window_bytes(stage: Stage, v: int) -> int:
     """Bytes of one output pixel's input window that blocked dense conv v copies into a C local in an NCHW cache-mode
     stage (its reduction then runs over contiguous bytes, as in the weights' I, H, W order), or 0 (NHWC: the
     channels are contiguous already; a window over `LOCAL_MAX_BYTES`)."""
     g = stage.geometry[v]
-    if stage.layout != "NCHW" or accumulator_rows(stage, v) == 1:
+    if g is None or stage.layout != "NCHW" or accumulator_rows(stage, v) == 1:
         return 0
     size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
     return size if size <= LOCAL_MAX_BYTES else 0
