@@ -476,6 +476,25 @@ def test_recompute_stage_in_c_is_exact(case):
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
 
+def test_recompute_stage_odd_last_column_exact():
+    """A stage hypothesis found: an NCHW 3x3 stem over a 5 x 5 input in pixel pairs, a 5x5 stride-2 depthwise last,
+    1 x 2 patches. The stem's odd last column, indexed as built (first column + run-time width - 1), made TVM's
+    buffer compaction divide by zero; simplified over the patch index's range it lowers, and is exact."""
+    conv = _int8_conv(np.random.default_rng(3), "NCHW")
+    layers = [conv(1, 2, 3, 1, 1, 3)]
+    layers.append(conv(2, 2, 1, 1, 2, layers[-1].quant.output_zero_point))
+    layers.append(conv(2, 2, 5, 2, 2, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 1, 5, 5), tuple(layers), "NCHW", "int8")
+    with extern_requantization():
+        func = build_recompute_stage(stage, (1, 2))
+    if has_workspace_plan(func):
+        prove_cached_plan(func)
+    else:
+        func = plan_stage_arena(func)[0]
+    x = np.random.default_rng(4).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
 def _output_copy_stage(layout: str) -> Stage:
     """A 1x1 conv, a 5x5 stride-2 depthwise whose 4 x 4 output region per channel (16 bytes, a C local) is smaller
     than its 11 x 11 input region, a 1x1 conv: the depthwise computes each channel from its input region into the
