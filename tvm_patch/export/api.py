@@ -354,7 +354,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
 def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str, Any]:
     """Each kernel whose requantization shifts are parameters found <= 0 in every element for every call of the
     kernel (per-channel constants, known at export time) calling ``tvmp_requant_rs`` for them (no left-shift
-    path): the same value, fewer instructions per output. The C emission's form only (TVM's builds keep theirs)."""
+    path): the same value, fewer instructions per output; with a proven accumulator bound the narrow or (every
+    shift in [-31, -1]) the rounding-add form. The C emission's form only (TVM's builds keep theirs)."""
     out = {}
     for name, func in funcs.items():
         found = requant_shift_params(func) or set()
@@ -362,8 +363,10 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
         ok = {p for p in found if calls and all(
             c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
         out[name] = right_shift_requant(func, ok) if ok else func
+        negative = {p for p in ok if all(bool(((prog.constants[c.args[p].index] <= -1)
+                                               & (prog.constants[c.args[p].index] >= -31)).all()) for c in calls)}
         if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
-            out[name] = narrow_requant(out[name], _constant_bounds(prog, name))
+            out[name] = narrow_requant(out[name], _constant_bounds(prog, name), negative)
     return out
 
 
