@@ -120,11 +120,15 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         assert got == [acc0[j] + int(np.dot(a, w[j])) for j in range(rows)]
     pixels = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("P ")]
     assert len(pixels) == 100
-    for rows, n, *rest in pixels:
+    widened = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Q ")]
+    assert len(widened) == 100 and sum(n4 >= 8 for _, n4, *_ in widened) > 50
+    for (rows, n, *rest), (q_rows, n4, *q_got) in zip(pixels, widened):
         got, acc0 = rest[:2 * rows], rest[2 * rows:4 * rows]
         a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
         w = np.array(rest[4 * rows + 2 * n:], dtype=np.int64).reshape(rows, n)
         assert got == [acc0[p * rows + j] + int(np.dot(a[p], w[j])) for p in range(2) for j in range(rows)]
+        assert (q_rows, n4) == (rows, n & ~3)  # the widened pair (tvmp_widen_px2 + tvmp_dot_q15_px2_rows*)
+        assert q_got == [acc0[p * rows + j] + int(np.dot(a[p, :n4], w[j, :n4])) for p in range(2) for j in range(rows)]
     windows = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("W ")]
     assert len(windows) == 100
     for d, sy, sx, kh, kw, wy, wx, got0, got1, acc0, acc1, *rest in windows:
@@ -271,12 +275,23 @@ def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, r
     assert (blocked is src) == (width % 2 == 1 or cin == 1)  # cin 1: no reduction to block under
     func = lean_schedule(blocked)
     code = emit_c({"kern": func}).code
-    assert (f"tvmp_dot_s8_px2_rows{rows}(" in code.replace(MICRO_KERNELS.read_text(), "")) == (cin >= 4 and width % 2 == 0)
+    body = code.replace(MICRO_KERNELS.read_text(), "")
+    paired = cin >= 4 and width % 2 == 0
+    widened = paired and k == 1 and cin % 4 == 0 and 4 // rows >= 2  # the pair sign-extended once for 2 blocks
+    assert (f"tvmp_dot_s8_px2_rows{rows}(" in body) == (paired and not widened)
+    assert (f"tvmp_dot_q15_px2_rows{rows}(" in body) == ("tvmp_widen_px2(" in body) == widened
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8),
               np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
     got, want = _c_and_tvm(func, code, arrays, tmp_path_factory.mktemp("px2"))
     np.testing.assert_array_equal(got, want)
+
+
+def _px2_call(code: str, rows: int) -> bool:
+    """Whether the kernel calls a two-pixel kernel of ``rows`` rows: in one step, or on a pair widened once for
+    several channel blocks (codegen.widen_kernels)."""
+    body = code.replace(MICRO_KERNELS.read_text(), "")
+    return f"tvmp_dot_s8_px2_rows{rows}(" in body or (f"tvmp_dot_q15_px2_rows{rows}(" in body and "tvmp_widen_px2(" in body)
 
 
 def _depthwise(layout: str, h: int, w: int, k: int, stride: int, pad: int, pad_value: int) -> tirx.PrimFunc:
@@ -520,7 +535,7 @@ def test_in_place_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin
     pairs = inplace_conv_pairs(func, 1)
     assert pairs == [(0, 2)]
     csrc = emit_c({"kern": mark_in_place(func, pairs)})
-    assert f"tvmp_dot_s8_px2_rows{min(rows, 2)}(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    assert _px2_call(csrc.code, min(rows, 2))
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, h, w, cin), dtype=np.int8), rng.integers(-128, 128, (cout, 1, 1, cin), dtype=np.int8),
               np.zeros((1, h, w, cout), dtype=np.int8)]
@@ -552,7 +567,7 @@ def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, co
     arrays = [rng.integers(-128, 128, (1, cin, h, w), dtype=np.int8), rng.integers(-128, 128, (cout, cin, 1, 1), dtype=np.int8),
               np.full((1, cout, h, w), 77, dtype=np.int8)]
     csrc = emit_c({"kern": func})
-    assert "tvmp_dot_s8_px2_rows2(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    assert _px2_call(csrc.code, 2)
     tmp = tmp_path_factory.mktemp("px2nchw")
     want = _tvm_out(src, arrays)
     if not csrc.workspace_bytes.get("kern", 0):
@@ -634,7 +649,7 @@ def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared
     res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
     prog, funcs = res.program, res.kernel_funcs
     name = next(n for n, f in funcs.items() if requant_shift_params(f))
-    assert "tvmp_requant_rs" in nonpositive_shift_requant(prog, {name: funcs[name]})[name].script()
+    assert re.search(r"tvmp_requant_r[sb]", nonpositive_shift_requant(prog, {name: funcs[name]})[name].script())
     p = sorted(requant_shift_params(funcs[name]))[0]
     call = next(c for c in prog.calls if c.func == name)
     consts = list(prog.constants)
@@ -642,20 +657,24 @@ def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared
     bumped.flat[-1] = 1  # one channel with a left shift
     consts[call.args[p].index] = bumped
     other = dataclasses.replace(prog, constants=consts)
-    assert "tvmp_requant_rs" not in nonpositive_shift_requant(other, {name: funcs[name]})[name].script()
+    assert not re.search(r"tvmp_requant_r[sb]", nonpositive_shift_requant(other, {name: funcs[name]})[name].script())
 
 
 def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     """narrow_requant: tvmp_requant_rs_narrow (SMMULR on 2 x acc) only where |acc + bias| < 2^30 is proven: the
     int8 x int8 products of the reduction (2^14 each, times the reduction's extents) plus the largest constant
-    bias over every call; a bias of 2^30 in one call keeps tvmp_requant_rs."""
+    bias over every call; a bias of 2^30 in one call keeps tvmp_requant_rs; tvmp_requant_rb where also every
+    shift is in [-31, -1]."""
     from tvm_patch.codegen.requant_kernels import PRODUCT_BOUND, accumulator_bounds
     from tvm_patch.export import export_model
     from tvm_patch.export.api import nonpositive_shift_requant
 
     res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
     prog, funcs = res.program, res.kernel_funcs
-    name = next(n for n, f in funcs.items() if "tvmp_requant_rs_narrow" in nonpositive_shift_requant(prog, {n: f})[n].script())
+    def narrowed(script: str) -> bool:  # either bounded form (tvmp_requant_rb where every shift is <= -1)
+        return "tvmp_requant_rs_narrow" in script or "tvmp_requant_rb" in script
+
+    name = next(n for n, f in funcs.items() if narrowed(nonpositive_shift_requant(prog, {n: f})[n].script()))
     bounds = accumulator_bounds(funcs[name])
     assert bounds and all(b > 0 and b % PRODUCT_BOUND == 0 for _, b in bounds)
     call = next(c for c in prog.calls if c.func == name)
@@ -667,7 +686,17 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     bumped.flat[0] = 2**30
     consts[call.args[bias].index] = bumped
     script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
-    assert "tvmp_requant_rs_narrow" not in script and "tvmp_requant_rs" in script
+    assert not narrowed(script) and "tvmp_requant_rs" in script
+    # the rounding-add form only where every shift of every call is in [-31, -1]: a zero shift keeps the narrow one
+    from tvm_patch.codegen.requant_kernels import requant_shift_params
+
+    assert "tvmp_requant_rb" in nonpositive_shift_requant(prog, {name: func})[name].script()
+    consts = list(prog.constants)
+    shift = consts[call.args[sorted(requant_shift_params(func))[0]].index].copy()
+    shift.flat[0] = 0
+    consts[call.args[sorted(requant_shift_params(func))[0]].index] = shift
+    script = nonpositive_shift_requant(dataclasses.replace(prog, constants=consts), {name: func})[name].script()
+    assert "tvmp_requant_rs_narrow" in script and "tvmp_requant_rb" not in script
     # a residual add's requantizations: each bounded by its argument's bound + 1, so the outer one of their sum too
     from tvm_patch.codegen.requant_kernels import narrow_requant, right_shift_requant
 
@@ -682,8 +711,8 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
         return right_shift_requant(te.create_prim_func([x, y, out]), set())
 
     assert residual(2**20).script().count('"tvmp_requant_rs"') == 3
-    assert narrow_requant(residual(2**20), {}).script().count('"tvmp_requant_rs_narrow"') == 3
-    assert "tvmp_requant_rs_narrow" not in narrow_requant(residual(2**23), {}).script()  # 128 x 2^23 = 2^30
+    assert narrow_requant(residual(2**20), {}).script().count('"tvmp_requant_rb"') == 3  # constant shift -2
+    assert not narrowed(narrow_requant(residual(2**23), {}).script())  # 128 x 2^23 = 2^30
     # a dense layer's K = 12 products; none for products of wider operands (int16 x int8)
     assert [b for _, b in accumulator_bounds(lean_schedule(_matmul_requant(12, False, True)))] == [12 * PRODUCT_BOUND]
     a, w = te.placeholder((3, 12), "int16", name="A"), te.placeholder((5, 12), "int8", name="W")

@@ -18,7 +18,8 @@ How (TVM 0.27):
    Offsets follow scope nesting like a C stack: allocations in sibling scopes share bytes, nested ones
    stack up, each aligned to ``workspace_align``; the peak is the function's workspace size. Exception:
    a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
-   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena.
+   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so does
+   a widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``).
 4. ``FP8StorageLegalize``, ``BF16StorageLegalize``, ``LowerIntrin`` (the rest of the host
    finalization): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic here.
 5. ``target.build.c`` / ``target.build.llvm``.
@@ -52,6 +53,7 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.micro_kernels import MicroKernels, PartitionPadding, micro_kernels_enabled
+from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
@@ -223,6 +225,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     ]
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
+        passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
     if not bool(config.get("tirx.disable_cse_tir", False)):
         passes.append(tirx.transform.CommonSubexprElim())
     passes += [
@@ -340,8 +343,8 @@ def _plan_workspace(body: Any, align: int, fname: str,
                 raise PlainCError(f"{fname}: buffer {buf.name!r} ({nbytes} B at {off}) exceeds its workspace plan")
             placed.append((buf, off))
             return
-        if nbytes <= LOCAL_MAX_BYTES:
-            return  # a C local of the kernel (a register or a few bytes of stack), not workspace
+        if nbytes <= LOCAL_MAX_BYTES or (buf.name == WIDE_NAME and nbytes <= MAX_WIDE_BYTES):
+            return  # a C local of the kernel (a register or a few bytes of stack; a widened pixel pair), not workspace
         off = -(-state["top"] // align) * align
         placed.append((buf, off))
         state["top"] = off + nbytes
@@ -367,7 +370,7 @@ def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
         changed = False
         for stmt in seq.seq:
             out.append(stmt)
-            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace:
+            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and stmt.buffer.name != WIDE_NAME:
                 buf = stmt.buffer
                 shape = _const_shape(buf, "local buffer")
                 zero = tirx.const(0, _dtype_str(buf.ty.dtype))
