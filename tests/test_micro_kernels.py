@@ -43,7 +43,10 @@ def requant_lib(tmp_path_factory) -> ctypes.CDLL:
                             "void rq_rs(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
                             "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs(a[i], m[i], s[i]);\n}\n"
                             "void rq_narrow(const int32_t *a, const int32_t *m, const int32_t *s, int32_t *o, int n) {\n"
-                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs_narrow(a[i], m[i], s[i]);\n}\n")
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rs_narrow(a[i], m[i], s[i]);\n}\n"
+                            "void rq_rbz(const int32_t *a, const int32_t *m, const int32_t *s, const int32_t *z, int32_t *o,"
+                            " int n) {\n"
+                            "  for (int i = 0; i < n; i++) o[i] = tvmp_requant_rbz(a[i], m[i], s[i], z[i]);\n}\n")
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(d / "rq.c"), "-o",
                     str(d / "rq.so")], check=True)
     return ctypes.CDLL(str(d / "rq.so"))
@@ -79,6 +82,18 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
     requant_lib.rq_narrow(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p),
                           out.ctypes.data_as(p), len(acc))
     np.testing.assert_array_equal(out, want)
+    # tvmp_requant_rbz (the output zero point in the rounding addend): where the export proves |acc| + 1 + |zp| 2^right
+    # + 2^(right - 1) + 1 <= 2^31 - 1 (and the shift is in [-31, -1])
+    zp = rng.integers(-128, 128, len(acc)).astype(np.int32)
+    right = -shift.astype(np.int64)
+    keep = (right >= 1) & (np.abs(acc.astype(np.int64)) + 2 + np.abs(zp) * 2.0**right + 2.0 ** (right - 1) <= 2**31 - 1) \
+        & (np.abs(2 * zp.astype(np.int64) + 1) * 2.0**right <= 2**31 - 1)
+    acc, mult, shift, zp, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, zp, want))
+    assert len(acc) > 50_000 and (zp != 0).mean() > 0.9
+    out = np.empty_like(acc)
+    requant_lib.rq_rbz(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), zp.ctypes.data_as(p),
+                       out.ctypes.data_as(p), len(acc))
+    np.testing.assert_array_equal(out, want.astype(np.int64) + zp)
 
 
 def _xorshift(state: int):
@@ -102,11 +117,13 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
     assert len(rq) == 400 and len(dots) == 200
-    a, m, s, got, got_rs, got_narrow = (np.array(c, dtype=np.int64) for c in zip(*rq))
+    a, m, s, got, got_rs, got_narrow, got_rbz = (np.array(c, dtype=np.int64) for c in zip(*rq))
     np.testing.assert_array_equal(got, multiply_by_quantized_multiplier_ref(a, m, s))
     np.testing.assert_array_equal(got_rs, got)  # tvmp_requant_rs where shift <= 0
     np.testing.assert_array_equal(got_narrow, got)  # tvmp_requant_rs_narrow where also |acc| < 2^30 (SMMULR)
+    np.testing.assert_array_equal(got_rbz, got)  # tvmp_requant_rbz - zp where its bounds hold
     assert (s <= 0).sum() > 200 and ((s <= 0) & (np.abs(a) < 2**30)).sum() > 100
+    assert ((s <= -1) & (s >= -22) & (np.abs(a) < 2**29)).sum() > 50  # rows where the rbz bounds hold
     for n, _off, got, acc0, *pairs in dots:
         x = np.array(pairs[0::2], dtype=np.int64)
         w = np.array(pairs[1::2], dtype=np.int64)

@@ -4,8 +4,9 @@ Every output of an int8 kernel ends in one ``tvmp_requant`` call (``tvm_patch.qu
 Where the constants of every call give each shift <= 0, the call becomes ``tvmp_requant_rs`` (no left-shift
 path); where the accumulator is also proven below 2^30 in magnitude (from the reduction's int8 products and the
 constant biases), ``tvmp_requant_rs_narrow`` (one SMMULR); where also every shift is <= -1,
-``tvmp_requant_rb`` (one rounding add instead of TFLite's mask and comparison). The values are the same; see
-``tvmp_kernels.h``.
+``tvmp_requant_rb`` (one rounding add instead of TFLite's mask and comparison), and a constant output zero point
+added to it ``tvmp_requant_rbz`` (the zero point in the rounding addend) where the bounds leave room. The values are
+the same; see ``tvmp_kernels.h``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
 
 
 REQUANT_NARROW = "tvmp_requant_rs_narrow"
+REQUANT_ZP = "tvmp_requant_rbz"
 PRODUCT_BOUND = 1 << 14  # |int8 x int8|
 
 
@@ -150,6 +152,9 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
         if name in (REQUANT_RS, REQUANT_NARROW, REQUANT_BOUNDED_EXTERN):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
             inner = _abs_bound(expr.args[1], accs, params, param_bounds)
             return None if inner is None else inner + 1
+        if name == REQUANT_ZP and _int(expr.args[4]) is not None:  # ... plus the zero point
+            inner = _abs_bound(expr.args[1], accs, params, param_bounds)
+            return None if inner is None else inner + 1 + abs(_int(expr.args[4]))
         return None
     if isinstance(expr, TensorLoad):
         for buf, bound in accs:
@@ -165,7 +170,9 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
     ``accumulator_bounds`` and ``param_bounds``: parameter index -> bound on |element|, the export's constants)
     calling ``tvmp_requant_rs_narrow`` (SMMULR on 2 x acc: no 64-bit accumulate, no saturation case), or
     ``tvmp_requant_rb`` where its shift is also a constant in [-31, -1] or a load of a parameter in ``negative``
-    (every element in [-31, -1] for every call): the same value for such accumulators and shifts."""
+    (every element in [-31, -1] for every call), and ``tvmp_requant_rbz`` for such a call plus a constant (the
+    output zero point) where |acc| + 1 + |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 for the largest right shift:
+    the same value for such accumulators and shifts."""
     accs = accumulator_bounds(func)
     params = list(func.params)
     negative = negative or set()
@@ -186,4 +193,27 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
         name = REQUANT_BOUNDED_EXTERN if right_only(call.args[3]) else REQUANT_NARROW
         return tirx.call_pure_extern("int32", name, *call.args[1:])
 
-    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    def max_right(shift: Any) -> int | None:
+        shift = _int32_value(shift)
+        if _int(shift) is not None:
+            return -_int(shift)
+        idx = [i for i, p in enumerate(params) if isinstance(shift, TensorLoad) and shift.source.same_as(p)]
+        return param_bounds.get(idx[0]) if idx else None  # every element in [-31, -1]: the largest |element|
+
+    def on_add(node: Any) -> Any:  # rb(acc, m, s) + zp -> rbz(acc, m, s, zp) where the sum cannot overflow
+        for call, other, sign in ((node.a, node.b, 1), (node.b, node.a, 1 if isinstance(node, tirx.Add) else None)):
+            zp = _int(other)
+            if sign is None or zp is None or not _is_call(call, ".call_pure_extern") or not call.args \
+                    or not isinstance(call.args[0], tvm.ir.expr.StringImm) or str(call.args[0].value) != REQUANT_BOUNDED_EXTERN:
+                continue
+            zp = zp if isinstance(node, tirx.Add) else -zp
+            bound, right = _abs_bound(call.args[1], accs, params, param_bounds), max_right(call.args[3])
+            if bound is None or right is None or not 1 <= right <= 31:
+                continue
+            if bound + 2 + abs(zp) * 2**right + 2 ** (right - 1) > 2**31 - 1 or abs(2 * zp + 1) * 2**right > 2**31 - 1:
+                continue
+            return tirx.call_pure_extern("int32", REQUANT_ZP, *call.args[1:], tirx.const(zp, "int32"))
+        return node
+
+    narrowed = tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    return tvm_ffi.structural_map(narrowed, [(tirx.Add, on_add), (tirx.Sub, on_add)])
