@@ -736,3 +736,30 @@ def test_requant_narrowed_only_where_the_accumulator_is_bounded(shared_models):
     r = te.reduce_axis((0, 12), name="r")
     acc = te.compute((3, 5), lambda i, f: te.sum(a[i, r].astype("int32") * w[f, r].astype("int32"), axis=r), name="acc")
     assert accumulator_bounds(te.create_prim_func([a, w, acc])) == []
+
+
+def test_bias_becomes_the_accumulators_initial_value(tmp_path):
+    """bias_in_init: a dense kernel's accumulator starts at its bias (a constant parameter) and the epilogue adds
+    nothing, the C equal to TVM's build of the original; unchanged where the bias is not a constant in every call
+    or where the accumulator is also added to another parameter."""
+    from tvm_patch.codegen.bias_init import bias_in_init
+
+    func = lean_schedule(block_output_channels(_matmul_requant(12, False, extern=True, f_out=4), 2))
+    folded = bias_in_init(func, {2})
+    script = folded.script()
+    assert "= bias[" in script and "+ bias[" not in script
+    assert bias_in_init(func, set()).script() == func.script()
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(-128, 128, (3, 12), dtype=np.int8), rng.integers(-128, 128, (4, 12), dtype=np.int8),
+              rng.integers(-(2**14), 2**14, 4, dtype=np.int32), np.full((3, 4), 77, dtype=np.int8)]
+    got, want = _c_and_tvm(func, emit_c({"kern": folded}).code, arrays, tmp_path)
+    np.testing.assert_array_equal(got, want)
+    # two biases for one accumulator: nothing to fold
+    a, w = te.placeholder((3, 12), "int8", name="A"), te.placeholder((4, 12), "int8", name="W")
+    b, b2 = te.placeholder((4,), "int32", name="bias"), te.placeholder((4,), "int32", name="bias2")
+    r = te.reduce_axis((0, 12), name="r")
+    acc = te.compute((3, 4), lambda i, f: te.sum(a[i, r].astype("int32") * w[f, r].astype("int32"), axis=r), name="acc")
+    out = te.compute((3, 4), lambda i, f: acc[i, f] + b[f], name="out")
+    out2 = te.compute((3, 4), lambda i, f: acc[i, f] + b2[f], name="out2")
+    two = lean_schedule(te.create_prim_func([a, w, b, b2, out, out2]))
+    assert bias_in_init(two, {2, 3}).script() == two.script()

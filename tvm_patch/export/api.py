@@ -25,6 +25,7 @@ import tvm
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
+from tvm_patch.codegen.bias_init import bias_in_init
 from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
@@ -355,7 +356,8 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
     """Each kernel whose requantization shifts are parameters found <= 0 in every element for every call of the
     kernel (per-channel constants, known at export time) calling ``tvmp_requant_rs`` for them (no left-shift
     path): the same value, fewer instructions per output; with a proven accumulator bound the narrow or (every
-    shift in [-31, -1]) the rounding-add form. The C emission's form only (TVM's builds keep theirs)."""
+    shift in [-31, -1]) the rounding-add form; the bias as the accumulator's initial value (``bias_in_init``). The
+    C emission's form only (TVM's builds keep theirs)."""
     out = {}
     for name, func in funcs.items():
         found = requant_shift_params(func) or set()
@@ -367,6 +369,7 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
                                                & (prog.constants[c.args[p].index] >= -31)).all()) for c in calls)}
         if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
             out[name] = narrow_requant(out[name], _constant_bounds(prog, name), negative)
+            out[name] = bias_in_init(out[name], set(_constant_bounds(prog, name)))
     return out
 
 
