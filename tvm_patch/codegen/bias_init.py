@@ -54,7 +54,7 @@ def _candidates(func: tirx.PrimFunc) -> list[Any]:
 
 
 def _bias_map(func: tirx.PrimFunc, acc: Any, params: list[Any]) -> tuple[Any, Any, list[Any]] | None:
-    """(bias parameter, its index expression, placeholder variables: one per accumulator dimension) when every read
+    """(bias parameter, its index expressions, placeholder variables: one per accumulator dimension) when every read
     of ``acc`` outside its own updates is ``acc[v...] + bias[f(v...)]`` with the same ``bias`` and ``f``, else None."""
     dims = len(acc.shape)
     holes = [tirx.Var(f"acc_d{k}", "int64") for k in range(dims)]
@@ -68,16 +68,17 @@ def _bias_map(func: tirx.PrimFunc, acc: Any, params: list[Any]) -> tuple[Any, An
             return tvm_ffi.WalkResult.ADVANCE
         load, bias = pair
         vs = _plain_vars(load.indices)
-        if vs is None or len(vs) != dims or len(bias.indices) != 1:
+        if vs is None or len(vs) != dims:
             ok[0] = False
             return tvm_ffi.WalkResult.SKIP
-        idx = tvm_ffi.structural_map(bias.indices[0], [(tirx.Var, lambda v: next(
-            (holes[k] for k, u in enumerate(vs) if u.same_as(v)), v))])
-        if any(isinstance(v, tirx.Var) and not any(v.same_as(h) for h in holes) for v in _vars(idx)):
+        idx = [tvm_ffi.structural_map(i, [(tirx.Var, lambda v: next(
+            (holes[k] for k, u in enumerate(vs) if u.same_as(v)), v))]) for i in bias.indices]
+        if any(not any(v.same_as(h) for h in holes) for i in idx for v in _vars(i)):
             ok[0] = False  # the bias index depends on more than the accumulator's element
         elif not found:
             found.extend([bias.source, idx])
-        elif not (found[0].same_as(bias.source) and tvm_ffi.structural_equal(found[1], idx)):
+        elif not (found[0].same_as(bias.source) and len(found[1]) == len(idx)
+                  and all(tvm_ffi.structural_equal(x, y) for x, y in zip(found[1], idx))):
             ok[0] = False
         sums.append(load)
         return tvm_ffi.WalkResult.SKIP
@@ -138,9 +139,9 @@ def bias_in_init(func: tirx.PrimFunc, const_params: set[int]) -> tirx.PrimFunc:
         def on_store(st: Any, acc: Any = acc, bias: Any = bias, index: Any = index, holes: Any = holes) -> Any:
             if not (st.buffer.same_as(acc) and isinstance(st.value, tirx.IntImm) and int(st.value.value) == 0):
                 return st
-            at = tvm_ffi.structural_map(index, [(tirx.Var, lambda v: next(
-                (st.indices[k] for k, h in enumerate(holes) if h.same_as(v)), v))])
-            return tirx.BufferStore(acc, tirx.BufferLoad(bias, [at]), list(st.indices))
+            at = [tvm_ffi.structural_map(i, [(tirx.Var, lambda v: next(
+                (st.indices[k] for k, h in enumerate(holes) if h.same_as(v)), v))]) for i in index]
+            return tirx.BufferStore(acc, tirx.BufferLoad(bias, at), list(st.indices))
 
         def on_add(node: Any, acc: Any = acc) -> Any:
             pair = _sum_with_param(node, acc, params)
