@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tvm
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tvm import te, tirx
 
@@ -26,6 +26,7 @@ from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.codegen.micro_kernels import MIN_WINDOW_PAIRS
+from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import (REQUANT_EXTERN, expand_extern_requantization, extern_requantization,
@@ -282,6 +283,8 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
 @settings(max_examples=12, deadline=None)
 @given(cin=st.integers(1, 40), rows=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]), k=st.sampled_from([1, 3]),
        pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+@example(cin=8, rows=2, stride=1, k=3, pad_value=-128, seed=1)  # taps widened: one pair per kernel row
+@example(cin=12, rows=2, stride=1, k=1, pad_value=0, seed=2)
 def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, k, pad_value, seed):
     """block_pixels (two output pixels x rows channels under the reduction) + tvmp_dot_s8_px2_rows*, against
     TVM on random 1x1 and padded 3x3 convolutions (stride 1 or 2; at the border a pair whose taps the padding
@@ -294,9 +297,12 @@ def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, r
     code = emit_c({"kern": func}).code
     body = code.replace(MICRO_KERNELS.read_text(), "")
     paired = cin >= 4 and width % 2 == 0
-    widened = paired and k == 1 and cin % 4 == 0 and 4 // rows >= 2  # the pair sign-extended once for 2 blocks
-    assert (f"tvmp_dot_s8_px2_rows{rows}(" in body) == (paired and not widened)
-    assert (f"tvmp_dot_q15_px2_rows{rows}(" in body) == ("tvmp_widen_px2(" in body) == widened
+    # the pair sign-extended once for 2 blocks, in a C local of at most MAX_WIDE_BYTES (k x k: one per kernel row)
+    widened = paired and cin % 4 == 0 and 4 // rows >= 2 and 4 * k * k * cin <= MAX_WIDE_BYTES
+    assert (f"tvmp_dot_s8_px2_rows{rows}(" in body or f"tvmp_dot_q15_px2_rows{rows}(" in body) == paired
+    assert (f"tvmp_dot_q15_px2_rows{rows}(" in body) == ("tvmp_widen_px2(" in body)
+    if k == 1 or stride == 1:  # 1x1: the pair; 3x3 at stride 1: the interior's pairs, one widened per kernel row
+        assert ("tvmp_widen_px2(" in body) == widened
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, k, k, cin), dtype=np.int8),
               np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]

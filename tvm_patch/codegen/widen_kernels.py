@@ -18,6 +18,7 @@ Not in a patch stage (its buffers share planned storage and its figures are the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tvm
@@ -100,31 +101,70 @@ def _widened(loop: tirx.For) -> tirx.Stmt | None:
     a_ptr, a_step, n = args0[0], args0[1], _int(args0[4])
     if n is None or n % 4 or n * 4 > MAX_WIDE_BYTES:
         return None
-    inner = [loop.loop_var, *_bound_vars(loop.body)]
     for ev in evals:
         args = list(ev.value.args)[1:]
         if not (tvm_ffi.structural_equal(args[0], a_ptr) and tvm_ffi.structural_equal(args[1], a_step)
                 and _int(args[4]) == n):
             return None
+    # the pair may move with loops between ``loop`` and the call (a k x k kernel's taps): one widened pair per
+    # iteration of those it uses, each read unconditionally in every iteration of ``loop`` (no test on the path)
+    path = _path_loops(loop.body, evals[0]) if len(evals) == 1 else None
+    if path is None:
+        return None
+    taps = [f for f in path if _uses_any(a_ptr, [f.loop_var])]
+    if any(_int(f.min) != 0 or _int(f.extent) is None for f in taps):
+        return None
+    inner = [v for v in [loop.loop_var, *_bound_vars(loop.body)] if not any(v.same_as(f.loop_var) for f in taps)]
     if _uses_any(a_ptr, inner) or _uses_any(a_step, inner):
+        return None
+    count = math.prod(_int(f.extent) for f in taps)
+    if count * n * 4 > MAX_WIDE_BYTES:
         return None
     load = a_ptr.args[0] if isinstance(a_ptr, tvm.ir.Call) and a_ptr.args else None
     if not isinstance(load, TensorLoad) or _stores_to(loop.body, load.source):
         return None
-    q = tirx.decl_buffer((n,), "uint32", WIDE_NAME)
-    q_ptr = tirx.address_of(tirx.BufferLoad(q, [tirx.const(0, "int32")]))
+    q = tirx.decl_buffer((count * n,), "uint32", WIDE_NAME)
+
+    def at(vs: list[Any]) -> Any:  # the widened pair of tap iteration vs
+        flat = tirx.const(0, "int32")
+        for f, v in zip(taps, vs):
+            flat = flat * _int(f.extent) + tirx.Cast("int32", v)
+        return tirx.address_of(tirx.BufferLoad(q, [tvm.sym.Analyzer().simplify(flat * n)]))
 
     def on_eval(ev: Any) -> Any:
         name = _extern_name(ev.value)
         if name not in _PX2_NAMES:
             return ev
         args = list(ev.value.args)[1:]
-        return tirx.Evaluate(tirx.call_extern("void", Q15_PX2_ROWS[_PX2_NAMES[name]], q_ptr, *args[2:]))
+        return tirx.Evaluate(tirx.call_extern("void", Q15_PX2_ROWS[_PX2_NAMES[name]], at([f.loop_var for f in taps]),
+                                              *args[2:]))
 
     body = tvm_ffi.structural_map(loop.body, [(tirx.Evaluate, on_eval)])
-    widen = tirx.Evaluate(tirx.call_extern("void", WIDEN, a_ptr, a_step, tirx.const(n, "int32"), q_ptr))
+    fresh = [tirx.Var(f.loop_var.name + "_w", f.loop_var.ty) for f in taps]
+    moved = tvm_ffi.structural_map(a_ptr, [(tirx.Var, lambda v: next(
+        (u for f, u in zip(taps, fresh) if f.loop_var.same_as(v)), v))])
+    widen: Any = tirx.Evaluate(tirx.call_extern("void", WIDEN, moved, a_step, tirx.const(n, "int32"), at(fresh)))
+    for f, v in reversed(list(zip(taps, fresh))):
+        widen = tirx.For(v, f.min, f.extent, tirx.ForKind.SERIAL, widen)
     return tirx.SeqStmt([tirx.AllocBuffer(q), widen,
                          tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body)])
+
+
+def _path_loops(stmt: Any, target: Any) -> list[Any] | None:
+    """The loops around ``target`` inside ``stmt`` (outermost first), None when it is not there or sits under
+    anything but sequences and serial loops (a test: its reads are not unconditional)."""
+    if stmt.same_as(target):
+        return []
+    if isinstance(stmt, tirx.SeqStmt):
+        for st in stmt.seq:
+            found = _path_loops(st, target)
+            if found is not None:
+                return found
+        return None
+    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.SERIAL:
+        found = _path_loops(stmt.body, target)
+        return None if found is None else [stmt, *found]
+    return None
 
 
 def widen_pixel_pairs(func: tirx.PrimFunc) -> tirx.PrimFunc:
