@@ -148,6 +148,7 @@ class CFunction:
     workspace_bytes: int
     noalias: bool = True
     aliased: frozenset[int] | None = None  # without noalias: the params that may overlap (None: all of them)
+    stack_scratch_bytes: int = 0  # the largest widened pixel pair it keeps as a C local (stack, not workspace)
 
     @property
     def prototype(self) -> str:
@@ -360,6 +361,19 @@ def _plan_workspace(body: Any, align: int, fname: str,
     return placed, peak
 
 
+def _wide_local_bytes(body: Any) -> int:
+    """The largest widened pixel pair (``widen_kernels``) ``body`` allocates: a C local on the stack."""
+    sizes = [0]
+
+    def on_alloc(a: Any) -> tvm_ffi.WalkResult:
+        if a.buffer.name == WIDE_NAME:
+            sizes.append(math.prod(_const_shape(a.buffer, "widened pair")) * dtype_bytes(_dtype_str(a.buffer.ty.dtype)))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(body, [(tirx.AllocBuffer, on_alloc)], order="pre")
+    return max(sizes)
+
+
 def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
     """Each small buffer kept as a C local is zeroed right after its declaration. The kernels always write
     before they read (TVM's reduction init), but a reduction whose init sits under a condition in the
@@ -505,7 +519,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
                                                                         if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased)
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, _wide_local_bytes(func.body))
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:

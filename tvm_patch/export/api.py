@@ -95,6 +95,8 @@ class ExportResult:
     # the goal's allowance over an analytic peak: alignment x (the most buffers live at once in the network's plan
     # + in each planned stage kernel's workspace), each buffer's start padded to the alignment at most once
     alignment_allowance_bytes: int = 0
+    # the largest C-local scratch of one kernel outside the arena (a widened pixel pair, codegen.widen_kernels): stack
+    kernel_stack_scratch_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class ExportResult:
             "analytic_peak_bytes": self.analytic_peak_bytes,
             "analytic_patch_peak_bytes": self.analytic_patch_peak_bytes,
             "alignment_allowance_bytes": self.alignment_allowance_bytes,
+            "kernel_stack_scratch_bytes": self.kernel_stack_scratch_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
             "weights_bytes": self.weights_bytes,
             "plan": dict(self.plan),
@@ -340,6 +343,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
         kernel_funcs=final,
+        kernel_stack_scratch_bytes=max((f.stack_scratch_bytes for f in csrc.functions.values()), default=0),
         alignment_allowance_bytes=alignment * (max_live(aplan.buffers) + sum(
             int(f.attrs[STAGE_OFFSETS_ATTR].get("live", 0)) for f in final.values() if has_workspace_plan(f))),
     )
