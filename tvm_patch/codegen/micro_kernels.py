@@ -762,7 +762,7 @@ def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
                     loop.thread_binding, loop.annotations)
 
 
-MAX_PEELED_EXTENT = 4  # output loops this short with no interior (a plane smaller than the kernel) are peeled
+MAX_PEELED_EXTENT = 6  # output loops this short with no interior (a plane smaller than the kernel) are peeled
 
 
 def _peeled(loop: tirx.For) -> tirx.Stmt:
