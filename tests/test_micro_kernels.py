@@ -172,6 +172,11 @@ def _matmul_requant(k: int, transposed: bool, extern: bool, f_out: int = 5) -> t
     return te.create_prim_func([a, w, b, out])
 
 
+def _fresh(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def _c_and_tvm(func: tirx.PrimFunc, code: str, arrays: list[np.ndarray], tmp: Path) -> tuple[np.ndarray, np.ndarray]:
     """The last array (the output) after the C kernel ``code`` (gcc) and after TVM's build of ``func`` with its
     micro-kernel calls expanded, from the same inputs."""
@@ -407,6 +412,17 @@ def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
     got, want = _c_and_tvm(func, src.code, arrays, tmp_path)
     np.testing.assert_array_equal(got, want)
+    # planes of up to MAX_PEELED_EXTENT outputs (7x7 over 6x6) and, on larger planes, border ranges of up to
+    # MAX_PEELED_BORDER values (5x5 over 9x9: padding 2) too: no window bound computed per output
+    for h, k, pad in ((6, 7, 3), (9, 5, 2)):
+        func = lean_schedule(_depthwise(layout, h, h, k, 1, pad, -7))
+        src = emit_c({"kern": func})
+        calls = [ln for ln in src.code.replace(MICRO_KERNELS.read_text(), "").splitlines() if "tvmp_window_s8(" in ln]
+        assert calls and not any("?" in ln for ln in calls)
+        arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+        arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+        got, want = _c_and_tvm(func, src.code, arrays, _fresh(tmp_path / f"k{k}"))
+        np.testing.assert_array_equal(got, want)
 
 
 @settings(max_examples=8, deadline=None)
