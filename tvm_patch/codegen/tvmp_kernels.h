@@ -214,6 +214,17 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
 }
 
+/* The rows' word at offset off against both pixels' sign-extended words (e0, o0), (e1, o1): the rows part of
+   TVMP_PX2_STEP and TVMP_Q15_PX2_STEP. */
+#define TVMP_PX2_ROWS(rows, off)                                                                        \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws + (off), 4);                                                          \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }
+
 /* One word (4 channels at offset off) of both pixels against the rows: the body of TVMP_PX2_KERNEL. */
 #define TVMP_PX2_STEP(rows, off) do {                                                                   \
         uint32_t x0, x1;                                                                                \
@@ -221,13 +232,7 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
         memcpy(&x1, a + as + (off), 4);                                                                 \
         uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
         uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t y;                                                                                 \
-            memcpy(&y, w + j * ws + (off), 4);                                                          \
-            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
-            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
-            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
-        }                                                                                               \
+        TVMP_PX2_ROWS(rows, off)                                                                        \
     } while (0)
 
 /* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
@@ -269,13 +274,7 @@ TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t
    TVMP_Q15_PX2_KERNEL. */
 #define TVMP_Q15_PX2_STEP(rows, off) do {                                                               \
         uint32_t e0 = q[(off)], o0 = q[(off) + 1], e1 = q[(off) + 2], o1 = q[(off) + 3];                \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t y;                                                                                 \
-            memcpy(&y, w + j * ws + (off), 4);                                                          \
-            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
-            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
-            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
-        }                                                                                               \
+        TVMP_PX2_ROWS(rows, off)                                                                        \
     } while (0)
 
 /* tvmp_dot_s8_px2_rows* on a pair widened by tvmp_widen_px2 (n % 4 == 0): acc[p * rows + j]. */
