@@ -785,3 +785,47 @@ def test_bias_becomes_the_accumulators_initial_value(tmp_path):
     out2 = te.compute((3, 4), lambda i, f: acc[i, f] + b2[f], name="out2")
     two = lean_schedule(te.create_prim_func([a, w, b, b2, out, out2]))
     assert bias_in_init(two, {2, 3}).script() == two.script()
+
+
+def test_dead_channels_get_a_small_bias(shared_models):
+    """quiet_dead_channels: an output channel with all-zero weights and a bias of 2^30 (vww has such channels) gets
+    the constants (4 t, 2^30, -1), t its requantized bias, which requantize to the same t (numpy reference), so the
+    kernel's accumulator bound holds again and it keeps the narrow requantization; other channels unchanged."""
+    from tvm_patch.export import export_model
+    from tvm_patch.export.api import nonpositive_shift_requant
+    from tvm_patch.export.dead_channels import channel_roles, quiet_dead_channels
+    from tvm_patch.quant.reference import multiply_by_quantized_multiplier_ref as ref
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), Path(tempfile.mkdtemp()) / "kws")
+    prog, funcs = res.program, res.kernel_funcs
+    name, call = next((c.func, c) for c in prog.calls
+                      if channel_roles(funcs[c.func], {p for p, a in enumerate(c.args) if a.kind == "const"}))
+    (pw, dw), (pb, db), (pm, dm), (ps, ds) = channel_roles(funcs[name], {p for p, a in enumerate(call.args) if a.kind == "const"})
+    consts = list(prog.constants)
+    w, b = consts[call.args[pw].index].copy(), consts[call.args[pb].index].copy()
+    dead = [slice(None)] * w.ndim
+    dead[dw] = 1
+    w[tuple(dead)] = 0
+    at = [0] * b.ndim
+    at[db] = 1
+    b[tuple(at)] = 2**30
+    sh = consts[call.args[ps].index].copy()
+    at = [0] * sh.ndim
+    at[ds] = 1
+    sh[tuple(at)] = -28  # as vww's dead channels: a small constant output
+    consts[call.args[pw].index], consts[call.args[pb].index], consts[call.args[ps].index] = w, b, sh
+    bumped = dataclasses.replace(prog, constants=consts)
+    assert "tvmp_requant_r" not in nonpositive_shift_requant(bumped, {name: funcs[name]})[name].script().replace(
+        "tvmp_requant_rs\"", "")  # the bias of 2^30 breaks the bound: the 64-bit form
+    quiet = quiet_dead_channels(bumped, funcs)
+    qcall = next(c for c in quiet.calls if c.func == name and c.args[pw] == call.args[pw])
+    nb, nm, ns = (quiet.constants[qcall.args[p].index] for p in (pb, pm, ps))
+    m, s = (bumped.constants[call.args[p].index] for p in (pm, ps))
+    t = int(ref(np.array([2**30]), int(np.take(m, 1, axis=dm).item()), int(np.take(s, 1, axis=ds).item()))[0])
+    assert (int(np.take(nb, 1, axis=db).item()), int(np.take(nm, 1, axis=dm).item()), int(np.take(ns, 1, axis=ds).item())) \
+        == (4 * t, 2**30, -1)
+    assert int(ref(np.array([4 * t]), 2**30, -1)[0]) == t
+    assert 0 < abs(t) <= 2**16
+    for arr, orig, dim in ((nb, b, db), (nm, m, dm), (ns, s, ds)):  # the other channels as they were
+        assert np.array_equal(np.delete(arr, 1, axis=dim), np.delete(orig, 1, axis=dim))
+    assert re.search(r"tvmp_requant_r(s_narrow|b)", nonpositive_shift_requant(quiet, {name: funcs[name]})[name].script())

@@ -27,6 +27,7 @@ from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_work
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.codegen.bias_init import bias_in_init
 from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
+from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -299,6 +300,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
+    if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
+        prog = quiet_dead_channels(prog, final)
     csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
