@@ -290,6 +290,7 @@ def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f
        pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 @example(cin=8, rows=2, stride=1, k=3, pad_value=-128, seed=1)  # taps widened: one pair per kernel row
 @example(cin=12, rows=2, stride=1, k=1, pad_value=0, seed=2)
+@example(cin=2, rows=2, stride=1, k=3, pad_value=0, seed=0)  # 3 x 2 bytes per kernel row: pairs, not widened
 def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, rows, stride, k, pad_value, seed):
     """block_pixels (two output pixels x rows channels under the reduction) + tvmp_dot_s8_px2_rows*, against
     TVM on random 1x1 and padded 3x3 convolutions (stride 1 or 2; at the border a pair whose taps the padding
@@ -301,7 +302,7 @@ def test_pixel_blocked_conv_uses_the_px2_kernel_exactly(tmp_path_factory, cin, r
     func = lean_schedule(blocked)
     code = emit_c({"kern": func}).code
     body = code.replace(MICRO_KERNELS.read_text(), "")
-    paired = cin >= 4 and width % 2 == 0
+    paired = width % 2 == 0 and cin >= 2 and k * cin >= 4  # k x k: a kernel row's taps x channels are one run
     # the pair sign-extended once for 2 blocks, in a C local of at most MAX_WIDE_BYTES (k x k: one per kernel row)
     widened = paired and cin % 4 == 0 and 4 // rows >= 2 and 4 * k * k * cin <= MAX_WIDE_BYTES
     assert (f"tvmp_dot_s8_px2_rows{rows}(" in body or f"tvmp_dot_q15_px2_rows{rows}(" in body) == paired
