@@ -27,7 +27,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
-from tvm_patch.names import PATCHES_ATTR
+from tvm_patch.names import PATCHES_ATTR, STAGE_OFFSETS_ATTR
 
 WIDEN = "tvmp_widen_px2"
 Q15_PX2_ROWS = {2: "tvmp_dot_q15_px2_rows2", 4: "tvmp_dot_q15_px2_rows4"}
@@ -169,8 +169,8 @@ def _path_loops(stmt: Any, target: Any) -> list[Any] | None:
 
 def widen_pixel_pairs(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each loop of two-pixel calls on a pair it does not move (``_widened``) widening the pair once,
-    innermost such loops first; a patch stage unchanged."""
-    if func.attrs is not None and PATCHES_ATTR in func.attrs:
+    innermost such loops first; a patch stage (the pass's attribute, or its builder's workspace plan) unchanged."""
+    if func.attrs is not None and (PATCHES_ATTR in func.attrs or STAGE_OFFSETS_ATTR in func.attrs):
         return func
     return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _widened(loop) or loop)])
 
