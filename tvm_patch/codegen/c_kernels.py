@@ -18,7 +18,8 @@ How (TVM 0.27):
    Offsets follow scope nesting like a C stack: allocations in sibling scopes share bytes, nested ones
    stack up, each aligned to ``workspace_align``; the peak is the function's workspace size. Exception:
    a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
-   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena.
+   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so does
+   a widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``).
 4. ``FP8StorageLegalize``, ``BF16StorageLegalize``, ``LowerIntrin`` (the rest of the host
    finalization): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic here.
 5. ``target.build.c`` / ``target.build.llvm``.
@@ -52,6 +53,7 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.micro_kernels import MicroKernels, PartitionPadding, micro_kernels_enabled
+from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
@@ -146,6 +148,7 @@ class CFunction:
     workspace_bytes: int
     noalias: bool = True
     aliased: frozenset[int] | None = None  # without noalias: the params that may overlap (None: all of them)
+    stack_scratch_bytes: int = 0  # the largest widened pixel pair it keeps as a C local (stack, not workspace)
 
     @property
     def prototype(self) -> str:
@@ -223,6 +226,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     ]
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
+        passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
     if not bool(config.get("tirx.disable_cse_tir", False)):
         passes.append(tirx.transform.CommonSubexprElim())
     passes += [
@@ -340,8 +344,8 @@ def _plan_workspace(body: Any, align: int, fname: str,
                 raise PlainCError(f"{fname}: buffer {buf.name!r} ({nbytes} B at {off}) exceeds its workspace plan")
             placed.append((buf, off))
             return
-        if nbytes <= LOCAL_MAX_BYTES:
-            return  # a C local of the kernel (a register or a few bytes of stack), not workspace
+        if nbytes <= LOCAL_MAX_BYTES or (buf.name == WIDE_NAME and nbytes <= MAX_WIDE_BYTES):
+            return  # a C local of the kernel (a register or a few bytes of stack; a widened pixel pair), not workspace
         off = -(-state["top"] // align) * align
         placed.append((buf, off))
         state["top"] = off + nbytes
@@ -357,6 +361,19 @@ def _plan_workspace(body: Any, align: int, fname: str,
     return placed, peak
 
 
+def _wide_local_bytes(body: Any) -> int:
+    """The largest widened pixel pair (``widen_kernels``) ``body`` allocates: a C local on the stack."""
+    sizes = [0]
+
+    def on_alloc(a: Any) -> tvm_ffi.WalkResult:
+        if a.buffer.name == WIDE_NAME:
+            sizes.append(math.prod(_const_shape(a.buffer, "widened pair")) * dtype_bytes(_dtype_str(a.buffer.ty.dtype)))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(body, [(tirx.AllocBuffer, on_alloc)], order="pre")
+    return max(sizes)
+
+
 def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
     """Each small buffer kept as a C local is zeroed right after its declaration. The kernels always write
     before they read (TVM's reduction init), but a reduction whose init sits under a condition in the
@@ -367,7 +384,7 @@ def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
         changed = False
         for stmt in seq.seq:
             out.append(stmt)
-            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace:
+            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and stmt.buffer.name != WIDE_NAME:
                 buf = stmt.buffer
                 shape = _const_shape(buf, "local buffer")
                 zero = tirx.const(0, _dtype_str(buf.ty.dtype))
@@ -502,7 +519,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
                                                                         if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased)
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, _wide_local_bytes(func.body))
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:

@@ -762,7 +762,8 @@ def _shifted(loop: tirx.For, start: int, stop: int, body: Any) -> tirx.For:
                     loop.thread_binding, loop.annotations)
 
 
-MAX_PEELED_EXTENT = 4  # output loops this short with no interior (a plane smaller than the kernel) are peeled
+MAX_PEELED_BORDER = 3  # border ranges this short are peeled too
+MAX_PEELED_EXTENT = 6  # output loops this short with no interior (a plane smaller than the kernel) are peeled
 
 
 def _peeled(loop: tirx.For) -> tirx.Stmt:
@@ -801,7 +802,11 @@ def _partition_padding(loop: tirx.For) -> tirx.Stmt:
     reads = _padded_reads(loop.body)
     interior = tvm_ffi.structural_map(loop.body, [(tvm.ir.Call, drop)])
     extent = _int(loop.extent)
-    pieces = [(0, lo, loop.body), (lo, hi, interior), (hi, extent, loop.body)]
+    # a border range of a few values (a 5x5 or 7x7 kernel's padding of 2 or 3) one value at a time: constant
+    # window bounds, so each border window is specialised too (unrolled, test-free) instead of testing every tap
+    border = [(k, k + 1) for k in range(lo)] if lo <= MAX_PEELED_BORDER else [(0, lo)]
+    border_hi = [(k, k + 1) for k in range(hi, extent)] if extent - hi <= MAX_PEELED_BORDER else [(hi, extent)]
+    pieces = [(a, b, loop.body) for a, b in border] + [(lo, hi, interior)] + [(a, b, loop.body) for a, b in border_hi]
     return tirx.SeqStmt([_shifted(loop, a, b, body) for a, b, body in pieces if b > a])
 
 

@@ -3,7 +3,10 @@
 Every output of an int8 kernel ends in one ``tvmp_requant`` call (``tvm_patch.quant.extern_requantization``).
 Where the constants of every call give each shift <= 0, the call becomes ``tvmp_requant_rs`` (no left-shift
 path); where the accumulator is also proven below 2^30 in magnitude (from the reduction's int8 products and the
-constant biases), ``tvmp_requant_rs_narrow`` (one SMMULR). The values are the same; see ``tvmp_kernels.h``.
+constant biases), ``tvmp_requant_rs_narrow`` (one SMMULR); where also every shift is <= -1,
+``tvmp_requant_rb`` (one rounding add instead of TFLite's mask and comparison), and a constant output zero point
+added to it ``tvmp_requant_rbz`` (the zero point in the rounding addend) where the bounds leave room. The values are
+the same; see ``tvmp_kernels.h``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import SAT, _int, _is_call
-from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN
 
 
 REQUANT = "tvmp_requant"
@@ -69,6 +72,7 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
 
 
 REQUANT_NARROW = "tvmp_requant_rs_narrow"
+REQUANT_ZP = "tvmp_requant_rbz"
 PRODUCT_BOUND = 1 << 14  # |int8 x int8|
 
 
@@ -145,9 +149,12 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
         name = str(expr.args[0].value)
         if name == SAT:
             return 128
-        if name in (REQUANT_RS, REQUANT_NARROW):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
+        if name in (REQUANT_RS, REQUANT_NARROW, REQUANT_BOUNDED_EXTERN):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
             inner = _abs_bound(expr.args[1], accs, params, param_bounds)
             return None if inner is None else inner + 1
+        if name == REQUANT_ZP and _int(expr.args[4]) is not None:  # ... plus the zero point
+            inner = _abs_bound(expr.args[1], accs, params, param_bounds)
+            return None if inner is None else inner + 1 + abs(_int(expr.args[4]))
         return None
     if isinstance(expr, TensorLoad):
         for buf, bound in accs:
@@ -158,19 +165,55 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
     return None
 
 
-def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int]) -> tirx.PrimFunc:
+def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: set[int] | None = None) -> tirx.PrimFunc:
     """``func`` with each ``tvmp_requant_rs`` call whose accumulator is proven below 2^30 in magnitude (from
     ``accumulator_bounds`` and ``param_bounds``: parameter index -> bound on |element|, the export's constants)
-    calling ``tvmp_requant_rs_narrow`` (SMMULR on 2 x acc: no 64-bit accumulate, no saturation case): the same
-    value for such accumulators."""
+    calling ``tvmp_requant_rs_narrow`` (SMMULR on 2 x acc: no 64-bit accumulate, no saturation case), or
+    ``tvmp_requant_rb`` where its shift is also a constant in [-31, -1] or a load of a parameter in ``negative``
+    (every element in [-31, -1] for every call), and ``tvmp_requant_rbz`` for such a call plus a constant (the
+    output zero point) where |acc| + 1 + |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 for the largest right shift:
+    the same value for such accumulators and shifts."""
     accs = accumulator_bounds(func)
     params = list(func.params)
+    negative = negative or set()
+
+    def right_only(shift: Any) -> bool:
+        shift = _int32_value(shift)
+        if _int(shift) is not None:
+            return -31 <= _int(shift) <= -1
+        return isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in negative)
 
     def on_call(call: Any) -> Any:
         if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
                 and str(call.args[0].value) == REQUANT_RS):
             return call
         bound = _abs_bound(call.args[1], accs, params, param_bounds)
-        return call if bound is None or bound > BOUNDED_ACC_MAX else tirx.call_pure_extern("int32", REQUANT_NARROW, *call.args[1:])
+        if bound is None or bound > BOUNDED_ACC_MAX:
+            return call
+        name = REQUANT_BOUNDED_EXTERN if right_only(call.args[3]) else REQUANT_NARROW
+        return tirx.call_pure_extern("int32", name, *call.args[1:])
 
-    return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    def max_right(shift: Any) -> int | None:
+        shift = _int32_value(shift)
+        if _int(shift) is not None:
+            return -_int(shift)
+        idx = [i for i, p in enumerate(params) if isinstance(shift, TensorLoad) and shift.source.same_as(p)]
+        return param_bounds.get(idx[0]) if idx else None  # every element in [-31, -1]: the largest |element|
+
+    def on_add(node: Any) -> Any:  # rb(acc, m, s) + zp -> rbz(acc, m, s, zp) where the sum cannot overflow
+        for call, other, sign in ((node.a, node.b, 1), (node.b, node.a, 1 if isinstance(node, tirx.Add) else None)):
+            zp = _int(other)
+            if sign is None or zp is None or not _is_call(call, ".call_pure_extern") or not call.args \
+                    or not isinstance(call.args[0], tvm.ir.expr.StringImm) or str(call.args[0].value) != REQUANT_BOUNDED_EXTERN:
+                continue
+            zp = zp if isinstance(node, tirx.Add) else -zp
+            bound, right = _abs_bound(call.args[1], accs, params, param_bounds), max_right(call.args[3])
+            if bound is None or right is None or not 1 <= right <= 31:
+                continue
+            if bound + 2 + abs(zp) * 2**right + 2 ** (right - 1) > 2**31 - 1 or abs(2 * zp + 1) * 2**right > 2**31 - 1:
+                continue
+            return tirx.call_pure_extern("int32", REQUANT_ZP, *call.args[1:], tirx.const(zp, "int32"))
+        return node
+
+    narrowed = tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
+    return tvm_ffi.structural_map(narrowed, [(tirx.Add, on_add), (tirx.Sub, on_add)])

@@ -8,6 +8,7 @@
  *   (tvmp_srdhm_narrow).
  * tvmp_requant_rb: the same where also every shift is <= -1 (export-time facts from a patch stage's weights and
  *   biases): tvmp_srdhm_narrow and one rounding add instead of mask and compare.
+ * tvmp_requant_rbz: tvmp_requant_rb plus the output zero point, folded into its rounding addend (export-time bounds).
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
@@ -22,6 +23,10 @@
  *   (register blocking of a 1x1 convolution or a dense layer over its output channels).
  * tvmp_dot_s8_px2_rows2 / _rows4: two activation vectors (two output pixels, ``as`` bytes apart) against two
  *   or four weight rows, added to acc[p * rows + j]: weight words are loaded and extended once per pixel pair.
+ *
+ * tvmp_widen_px2 / tvmp_dot_q15_px2_rows2 / _rows4: the same two-pixel product in two steps, where one pixel pair
+ *   meets every output-channel block of a layer: the pair's activations sign-extended once into n words
+ *   (tvmp_widen_px2, before the channel loop), then each block reads them (four word loads per four channels, no SXTB16).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -119,6 +124,17 @@ TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
     return (v + half - (int32_t)((uint32_t)v >> 31)) >> right;
 }
 
+/* tvmp_requant_rb(acc, mult, shift) + zp (the output zero point) for a caller that also proves |acc| + 1 +
+   |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 (so does the addend below): adding zp 2^right before the floor shift is
+   adding zp after it, and zp 2^right + 2^(right - 1) = ((2 zp + 1) << right) >> 1 takes one shift per channel, as
+   the half alone did: one instruction fewer per output. */
+TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
+    int32_t right = -shift;
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
+    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
+    return (v + add - (int32_t)((uint32_t)v >> 31)) >> right;
+}
+
 #if defined(__ARM_FEATURE_DSP)
 /* SXTB16 with its rotate: GCC 12 does not fold a rotate into __sxtb16, so say it. */
 TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
@@ -198,6 +214,17 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                           \
 }
 
+/* The rows' word at offset off against both pixels' sign-extended words (e0, o0), (e1, o1): the rows part of
+   TVMP_PX2_STEP and TVMP_Q15_PX2_STEP. */
+#define TVMP_PX2_ROWS(rows, off)                                                                        \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t y;                                                                                 \
+            memcpy(&y, w + j * ws + (off), 4);                                                          \
+            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }
+
 /* One word (4 channels at offset off) of both pixels against the rows: the body of TVMP_PX2_KERNEL. */
 #define TVMP_PX2_STEP(rows, off) do {                                                                   \
         uint32_t x0, x1;                                                                                \
@@ -205,13 +232,7 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
         memcpy(&x1, a + as + (off), 4);                                                                 \
         uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0);                                          \
         uint32_t e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1);                                          \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t y;                                                                                 \
-            memcpy(&y, w + j * ws + (off), 4);                                                          \
-            uint32_t ye = __sxtb16(y), yo = tvmp_sxtb16_ror8(y);                                        \
-            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
-            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
-        }                                                                                               \
+        TVMP_PX2_ROWS(rows, off)                                                                        \
     } while (0)
 
 /* Two activation vectors (pixels ``as`` bytes apart) against ``rows`` weight rows: acc[p * rows + j]. Each
@@ -235,6 +256,39 @@ TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, 
         }                                                                                               \
     for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
 }
+
+/* The pixel pair (a, a + as; n channels, n % 4 == 0) sign-extended for tvmp_dot_q15_px2_rows*: per four channels
+   the words SXTB16(x0), SXTB16(x0 ror 8), SXTB16(x1), SXTB16(x1 ror 8) (channels (0, 2) and (1, 3) of pixel 0,
+   then pixel 1): n words in q, four-byte aligned. */
+TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t *q) {
+    for (; n >= 4; n -= 4, a += 4, q += 4) {
+        uint32_t x0, x1;
+        memcpy(&x0, a, 4);
+        memcpy(&x1, a + as, 4);
+        q[0] = __sxtb16(x0), q[1] = tvmp_sxtb16_ror8(x0);
+        q[2] = __sxtb16(x1), q[3] = tvmp_sxtb16_ror8(x1);
+    }
+}
+
+/* One word (4 channels at offset off) of the rows against the widened pair at q + off: the body of
+   TVMP_Q15_PX2_KERNEL. */
+#define TVMP_Q15_PX2_STEP(rows, off) do {                                                               \
+        uint32_t e0 = q[(off)], o0 = q[(off) + 1], e1 = q[(off) + 2], o1 = q[(off) + 3];                \
+        TVMP_PX2_ROWS(rows, off)                                                                        \
+    } while (0)
+
+/* tvmp_dot_s8_px2_rows* on a pair widened by tvmp_widen_px2 (n % 4 == 0): acc[p * rows + j]. */
+#define TVMP_Q15_PX2_KERNEL(name, rows)                                                                 \
+TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
+    int32_t s0[rows], s1[rows];                                                                         \
+    for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
+    for (; n >= 8; n -= 8, q += 8, w += 8) {                                                            \
+        TVMP_Q15_PX2_STEP(rows, 0);                                                                     \
+        TVMP_Q15_PX2_STEP(rows, 4);                                                                     \
+    }                                                                                                   \
+    if (n >= 4) TVMP_Q15_PX2_STEP(rows, 0);                                                             \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
+}
 #else
 TVMP_INLINE int32_t tvmp_dot_s8(const int8_t *a, const int8_t *b, int32_t n, int32_t acc) {
     for (int32_t i = 0; i < n; i++) acc += (int32_t)a[i] * (int32_t)b[i];
@@ -250,11 +304,35 @@ TVMP_INLINE void name(const int8_t *a, int32_t as, const int8_t *w, int32_t ws, 
         for (int32_t j = 0; j < rows; j++)                                                              \
             acc[p * rows + j] = tvmp_dot_s8(a + p * as, w + j * ws, n, acc[p * rows + j]);               \
 }
+
+/* The plain forms keep the DSP path's words: per four channels (c0 | c2 << 16), (c1 | c3 << 16) of pixel 0, then of
+   pixel 1, each half an int16. */
+TVMP_INLINE uint32_t tvmp_pack16(int32_t lo, int32_t hi) { return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16); }
+TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t *q) {
+    for (int32_t i = 0; i < n; i += 4, q += 4)
+        for (int32_t p = 0; p < 2; p++) {
+            const int8_t *x = a + p * as + i;
+            q[2 * p] = tvmp_pack16(x[0], x[2]), q[2 * p + 1] = tvmp_pack16(x[1], x[3]);
+        }
+}
+#define TVMP_Q15_PX2_KERNEL(name, rows)                                                                 \
+TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
+    for (int32_t i = 0; i < n; i += 4, q += 4)                                                          \
+        for (int32_t p = 0; p < 2; p++)                                                                 \
+            for (int32_t j = 0; j < rows; j++) {                                                        \
+                uint32_t e = q[2 * p], o = q[2 * p + 1];                                                \
+                const int8_t *y = w + j * ws + i;                                                       \
+                acc[p * rows + j] += (int32_t)(int16_t)(e & 0xffffu) * y[0] + ((int32_t)e >> 16) * y[2] \
+                    + (int32_t)(int16_t)(o & 0xffffu) * y[1] + ((int32_t)o >> 16) * y[3];              \
+            }                                                                                           \
+}
 #endif
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
 TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows2, 2)
 TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
+TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows2, 2)
+TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
 
 /* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
 TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {

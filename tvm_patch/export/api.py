@@ -25,7 +25,9 @@ import tvm
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
 from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
+from tvm_patch.codegen.bias_init import bias_in_init
 from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
+from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -94,6 +96,8 @@ class ExportResult:
     # the goal's allowance over an analytic peak: alignment x (the most buffers live at once in the network's plan
     # + in each planned stage kernel's workspace), each buffer's start padded to the alignment at most once
     alignment_allowance_bytes: int = 0
+    # the largest C-local scratch of one kernel outside the arena (a widened pixel pair, codegen.widen_kernels): stack
+    kernel_stack_scratch_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,7 @@ class ExportResult:
             "analytic_peak_bytes": self.analytic_peak_bytes,
             "analytic_patch_peak_bytes": self.analytic_patch_peak_bytes,
             "alignment_allowance_bytes": self.alignment_allowance_bytes,
+            "kernel_stack_scratch_bytes": self.kernel_stack_scratch_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
             "weights_bytes": self.weights_bytes,
             "plan": dict(self.plan),
@@ -295,6 +300,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
+    if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
+        prog = quiet_dead_channels(prog, final)
     csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
@@ -339,6 +346,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
         kernel_funcs=final,
+        kernel_stack_scratch_bytes=max((f.stack_scratch_bytes for f in csrc.functions.values()), default=0),
         alignment_allowance_bytes=alignment * (max_live(aplan.buffers) + sum(
             int(f.attrs[STAGE_OFFSETS_ATTR].get("live", 0)) for f in final.values() if has_workspace_plan(f))),
     )
@@ -354,7 +362,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
 def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str, Any]:
     """Each kernel whose requantization shifts are parameters found <= 0 in every element for every call of the
     kernel (per-channel constants, known at export time) calling ``tvmp_requant_rs`` for them (no left-shift
-    path): the same value, fewer instructions per output. The C emission's form only (TVM's builds keep theirs)."""
+    path): the same value, fewer instructions per output; with a proven accumulator bound the narrow or (every
+    shift in [-31, -1]) the rounding-add form; the bias as the accumulator's initial value (``bias_in_init``). The
+    C emission's form only (TVM's builds keep theirs)."""
     out = {}
     for name, func in funcs.items():
         found = requant_shift_params(func) or set()
@@ -362,8 +372,11 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
         ok = {p for p in found if calls and all(
             c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] <= 0).all()) for c in calls)}
         out[name] = right_shift_requant(func, ok) if ok else func
+        negative = {p for p in ok if all(bool(((prog.constants[c.args[p].index] <= -1)
+                                               & (prog.constants[c.args[p].index] >= -31)).all()) for c in calls)}
         if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
-            out[name] = narrow_requant(out[name], _constant_bounds(prog, name))
+            out[name] = narrow_requant(out[name], _constant_bounds(prog, name), negative)
+            out[name] = bias_in_init(out[name], set(_constant_bounds(prog, name)))
     return out
 
 
