@@ -27,7 +27,7 @@ from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path,
     load as load_cost_model, stage_terms, warn_if_stale
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
-from tvm_patch.cost.trips import executed
+from tvm_patch.cost.trips import _micro_macs, executed
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
@@ -354,3 +354,16 @@ def test_adaptive_round_picks_the_worst_training_networks():
     assert len(items) == 3 and len({i["synth"] for _, i in items}) == 3
     assert all(i.startswith("adapt9-") and it["near"] == 9 for i, it in items)
     assert sample_near(items[0][1]["synth"], 9).blocks  # the neighbour builds
+
+
+@pytest.mark.parametrize("name,args,macs", [
+    ("tvmp_dot_s8", [0, 0, 24, 0], 24),
+    ("tvmp_dot_s8_rows4", [0, 0, 0, 16, 0], 64),
+    ("tvmp_dot_s8_px2_rows2", [0, 0, 0, 0, 16, 0], 64),
+    ("tvmp_dot_q15_px2_rows4", [0, 0, 0, 32, 0], 256),  # a widened pair: (q, w, ws, n, acc)
+    ("tvmp_window2_s8", [0] * 9 + [3, 3, 0], 18),
+    ("tvmp_widen_px2", [0, 0, 32, 0], 0),  # a copy, no MACs
+])
+def test_micro_kernel_macs_by_signature(name, args, macs):
+    """The MACs of one micro-kernel call from its constant arguments (tvmp_kernels.h's signatures)."""
+    assert _micro_macs(name, args) == macs

@@ -187,7 +187,8 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["window_calls"] += 2 * v
         elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8"):
             out["window_elems"] += v
-        elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rs_narrow"):
+        elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rbz",
+                   "call_tvmp_requant_rs_narrow"):
             out["requant"] += v
         elif k == "call_tvmp_pad_rows":
             out["pad_calls"] += v
@@ -243,9 +244,9 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
                 row["stage_layers"] = sum(prog.constants[a.index].dtype == "int8" for a in call.inputs
                                           if a.kind == "const")
         body = bodies.get(call.func, "")
-        row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|4)\(", body))  # plain and register-blocked
+        row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|_q15\w*|4)\(", body))  # plain, register-blocked, widened
         row["uses_sum"] = body.count("tvmp_sum_s8(")
-        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rb|_rs_narrow)?\(", body))  # general, right-shift only, bounded
+        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rbz?|_rs_narrow)?\(", body))  # general, right-shift only, bounded
         row["log_macs"] = math.log1p(row["macs"])
         row["log_work"] = math.log(work(row))
         _exec_features(row)
