@@ -248,6 +248,21 @@ def test_cached_plan_is_proven_on_its_tir(case):
     assert set(proof.caches) <= set(proof.lives)
 
 
+def test_consecutive_in_place_depthwise_channel_buffers():
+    """Two in-place depthwise layers in a row, the first in the output-copy form (its output channel the smaller:
+    stride 2) and the second copying its input channel first, the first's output (a stage hypothesis found):
+    each layer's one-channel buffer has a name of its own, so the planner takes them and the plan is proven."""
+    dw = lambda w, b, s: Conv(np.array(w, "float32").reshape(2, 1, 1, 1), np.array(b, "float32"), s, 0, 2, "none")
+    layers = (dw([2, 1], [0, -2], 2), dw([-1, -2], [-3, -3], 1),
+              Conv(np.array([-2, 2], "float32").reshape(1, 2, 1, 1), np.array([1], "float32"), 1, 0, 1, "none"))
+    stage = Stage((1, 2, 11, 5), layers, "NCHW", "float32")
+    func = build_cached_stage(stage, (1, 1))
+    offs = {str(k) for k in func.attrs[STAGE_OFFSETS_ATTR]["offsets"]}
+    assert {"layer0_chan", "layer1_in_chan"} <= offs
+    proof = prove_cached_plan(func)
+    assert set(proof.caches) <= set(proof.lives)
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_cached_stage_in_place(layout):
     """MbV2's first blocks in cache mode: each depthwise layer whose input dies there starts at its input's offset

@@ -152,7 +152,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         if v in out_copy:
             chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(v)), dt, name=f"{names[v]}_chan")
         else:
-            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[u]}_chan")
+            chan[v] = tirx.decl_buffer(nd(1, *plan.region_shape(u)), dt, name=f"{names[v]}_in_chan")  # v's input channel
 
     n = tirx.Var("n", _I32)
     pi = tirx.Var("i", _I32)
