@@ -521,6 +521,17 @@ def _output_copy_stage(layout: str) -> Stage:
     return Stage((1, 3, 24, 24) if layout == "NCHW" else (1, 24, 24, 3), tuple(layers), layout, "int8")
 
 
+def _check_output_copy(func, stage: Stage, seed: int, refusal: str) -> None:
+    """The output-copy form's checks: the proof takes layer1 over layer0, the C run is bit-exact, and the same nest
+    with the copy moved before the computation is refused with ``refusal``."""
+    proof = prove_cached_plan(func)
+    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
+    x = np.random.default_rng(seed).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+    with pytest.raises(TvmPatchError, match=refusal):
+        prove_cached_plan(_channel_copy_first(func))
+
+
 def _channel_copy_first(func):
     """`func` with each depthwise channel loop's last statement (the output-copy form's copy over the input) moved
     first: the copy before the channel is computed."""
@@ -546,14 +557,7 @@ def test_depthwise_output_copied_over_its_input(layout, halo):
     offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
     assert offs["layer1"] == offs["layer0"]  # written over its input
     assert "layer1_chan" in emit_c({"stage": func}).code  # the output channel's buffer (not layer0_chan)
-    proof = prove_cached_plan(func)
-    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
-    x = np.random.default_rng(5).integers(-128, 128, stage.input_shape).astype("int8")
-    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
-
-    early = _channel_copy_first(func)
-    with pytest.raises(TvmPatchError, match="no in-place step is proven"):
-        prove_cached_plan(early)
+    _check_output_copy(func, stage, 5, "no in-place step is proven")
 
 
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
@@ -578,14 +582,7 @@ def test_depthwise_output_channel_buffer_planned(halo):
              for v, n in ((-1, "input_patch"), (0, "layer0"), (2, "layer2"))}
     assert any(offs[n] < offs["layer1_chan"] + chan and offs["layer1_chan"] < offs[n] + size
                for n, size in sizes.items() if n in offs)  # it shares bytes: the fill proof is needed
-    proof = prove_cached_plan(func)
-    assert [(s, d) for s, d, _ in proof.depthwise] == [("layer0", "layer1")]
-    x = np.random.default_rng(6).integers(-128, 128, stage.input_shape).astype("int8")
-    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
-
-    early = _channel_copy_first(func)
-    with pytest.raises(TvmPatchError, match="layer1_chan shares bytes and is read before it is filled"):
-        prove_cached_plan(early)
+    _check_output_copy(func, stage, 6, "layer1_chan shares bytes and is read before it is filled")
 
 
 def test_bounded_requantization_facts():

@@ -17,6 +17,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.requant_kernels import _updates_itself
+from tvm_patch.tir_util import vars_of
 
 
 def _plain_vars(indices: Any) -> list[Any] | None:
@@ -73,7 +74,7 @@ def _bias_map(func: tirx.PrimFunc, acc: Any, params: list[Any]) -> tuple[Any, An
             return tvm_ffi.WalkResult.SKIP
         idx = [tvm_ffi.structural_map(i, [(tirx.Var, lambda v: next(
             (holes[k] for k, u in enumerate(vs) if u.same_as(v)), v))]) for i in bias.indices]
-        if any(not any(v.same_as(h) for h in holes) for i in idx for v in _vars(i)):
+        if any(not any(v.same_as(h) for h in holes) for i in idx for v in vars_of(i)):
             ok[0] = False  # the bias index depends on more than the accumulator's element
         elif not found:
             found.extend([bias.source, idx])
@@ -106,12 +107,6 @@ def _bias_map(func: tirx.PrimFunc, acc: Any, params: list[Any]) -> tuple[Any, An
     if _stored(func, bias):
         return None
     return bias, found[1], holes
-
-
-def _vars(expr: Any) -> list[Any]:
-    out: list[Any] = []
-    tvm_ffi.structural_walk(expr, [(tirx.Var, lambda v: out.append(v) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
-    return out
 
 
 def _stored(func: tirx.PrimFunc, buf: Any) -> bool:

@@ -28,6 +28,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
 from tvm_patch.names import PATCHES_ATTR, STAGE_OFFSETS_ATTR
+from tvm_patch.tir_util import uses_var
 
 WIDEN = "tvmp_widen_px2"
 Q15_PX2_ROWS = {2: "tvmp_dot_q15_px2_rows2", 4: "tvmp_dot_q15_px2_rows4"}
@@ -65,18 +66,6 @@ def _bound_vars(stmt: Any) -> list[Any]:
     return out
 
 
-def _uses_any(expr: Any, names: list[Any]) -> bool:
-    hit = [False]
-
-    def on_var(v: Any) -> tvm_ffi.WalkResult:
-        if any(v.same_as(n) for n in names):
-            hit[0] = True
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(expr, [(tirx.Var, on_var)], order="pre")
-    return hit[0]
-
-
 def _stores_to(stmt: Any, buf: Any) -> bool:
     """Whether ``stmt`` stores to ``buf`` (the same buffer, name or storage: conservative)."""
     hit = [False]
@@ -111,11 +100,11 @@ def _widened(loop: tirx.For) -> tirx.Stmt | None:
     path = _path_loops(loop.body, evals[0]) if len(evals) == 1 else None
     if path is None:
         return None
-    taps = [f for f in path if _uses_any(a_ptr, [f.loop_var])]
+    taps = [f for f in path if uses_var(a_ptr, f.loop_var)]
     if any(_int(f.min) != 0 or _int(f.extent) is None for f in taps):
         return None
     inner = [v for v in [loop.loop_var, *_bound_vars(loop.body)] if not any(v.same_as(f.loop_var) for f in taps)]
-    if _uses_any(a_ptr, inner) or _uses_any(a_step, inner):
+    if any(uses_var(e, v) for e in (a_ptr, a_step) for v in inner):
         return None
     count = math.prod(_int(f.extent) for f in taps)
     if count * n * 4 > MAX_WIDE_BYTES:
