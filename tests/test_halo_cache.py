@@ -510,6 +510,26 @@ def test_recompute_stage_odd_last_column_exact():
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
 
+def test_cached_stage_fused_add_over_its_input_exact():
+    """A stage hypothesis found (cache mode, NHWC, 1 x 2 patches over a 5 x 11 input): a 3x3 conv whose residual add
+    over the stage's input computes it in pixel pairs, then a 1x1 conv and a 1x1 stride-2 conv. The pair loop read
+    the input at column j * 6 + ... - (j * 6 - 1) (the patch index left uncancelled), and TVM's buffer compaction
+    divided by zero estimating that region; the positions simplified, it lowers and is exact."""
+    conv = _int8_conv(np.random.default_rng(5), "NHWC")
+    m, s = quantize_multiplier(0.5)
+    mo, so = quantize_multiplier(1.0 / (1 << 20) / 0.6)
+    c0 = conv(2, 2, 3, 1, 1, 3)
+    a1 = Add(-1, quant=AddQuant((c0.quant.output_zero_point, 3), (m, m), (s, s), 0, mo, so))
+    c2 = conv(2, 1, 1, 1, 1, 0)
+    c3 = conv(1, 1, 1, 2, 1, c2.quant.output_zero_point)
+    stage = Stage((1, 5, 11, 2), (c0, a1, c2, c3), "NHWC", "int8")
+    with extern_requantization():
+        func = build_cached_stage(stage, (1, 2))
+    prove_cached_plan(func)
+    x = np.random.default_rng(6).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
 def _output_copy_stage(layout: str) -> Stage:
     """A 1x1 conv, a 5x5 stride-2 depthwise whose 4 x 4 output region per channel (16 bytes, a C local) is smaller
     than its 11 x 11 input region, a 1x1 conv: the depthwise computes each channel from its input region into the

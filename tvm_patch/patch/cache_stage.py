@@ -169,11 +169,12 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         return p * _c(step) + _c(ax.regions[0].lo)
 
     def at(buf, c, y, x, batch=None):
-        idx = nd(c, y, x)
-        return tirx.BufferLoad(buf, ([batch] if batch is not None else []) + list(idx))
+        idx = [patch_ana.simplify(e) for e in nd(c, y, x)]
+        return tirx.BufferLoad(buf, ([batch] if batch is not None else []) + idx)
 
     def store(buf, value, c, y, x, batch=None):
-        return tirx.BufferStore(buf, value, ([batch] if batch is not None else []) + list(nd(c, y, x)))
+        idx = [patch_ana.simplify(e) for e in nd(c, y, x)]
+        return tirx.BufferStore(buf, value, ([batch] if batch is not None else []) + idx)
 
     def reg_at(v, c, r, q):
         """Element (c, r, q) of value v's region (r, q: rows and columns from the region's start), in its own
