@@ -143,20 +143,10 @@ TVMP_INLINE uint32_t tvmp_sxtb16_ror8(uint32_t x) {
     return r;
 }
 
-/* PKHBT / PKHTB (ACLE has no intrinsic): (lo of a, lo of b << s) and (hi of b >> 16 ... see each). */
+/* PKHBT (ACLE has no intrinsic): the low halves of a and b as one word. */
 TVMP_INLINE uint32_t tvmp_pack_lo_lo(uint32_t a, uint32_t b) { /* (a.lo, b.lo) */
     uint32_t r;
     __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-TVMP_INLINE uint32_t tvmp_pack_lo_hi(uint32_t a, uint32_t b) { /* (a.lo, b.hi) */
-    uint32_t r;
-    __asm__("pkhbt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-TVMP_INLINE uint32_t tvmp_pack_hi_hi(uint32_t a, uint32_t b) { /* (a.hi, b.hi) */
-    uint32_t r;
-    __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
@@ -381,23 +371,25 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
     w += wb;
 #if defined(__ARM_FEATURE_DSP)
     if (kw == 3 && sx == 1 && (d == 1 || d == 2)) {
-        /* a kernel row of both windows from one word (taps 0-3) and, for stride 2, tap 4: the halfword pairs
-           (q0, q1) and (q1, q2) or (q2, q3) against (w0, w1) in two SMLAD, the third taps in SMLATB / SMLABB */
+        /* a kernel row of both windows from one word (taps 0-3; for stride 2 tap 4 from a byte): with the row's
+           outer weights paired as (w0, w2), SMLAD takes taps (q0, q2) of the first window and (q1, q3) of the
+           second straight from SXTB16's halves, with no repacking; the middle taps in SMLABB / SMLATB */
         for (int32_t ry = 0; ry < kh; ry++) {
             const int8_t *r = q + ry * sy, *wr = w + ry * wy;
             uint32_t x;
             memcpy(&x, r, 4);
             uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x); /* (q0, q2), (q1, q3) */
-            uint32_t w01 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[wx]);
-            int32_t w2 = wr[2 * wx];
-            a0 = __smlad(tvmp_pack_lo_lo(e, o), w01, a0);
-            a0 = __smlatb((int32_t)e, w2, a0);
+            uint32_t w02 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[2 * wx]);
+            int32_t w1 = wr[wx];
+            a0 = __smlad(e, w02, a0);          /* q0 w0 + q2 w2 */
+            a0 = __smlabb((int32_t)o, w1, a0); /* q1 w1 */
             if (d == 1) {
-                a1 = __smlad(tvmp_pack_lo_hi(o, e), w01, a1);
-                a1 = __smlatb((int32_t)o, w2, a1);
+                a1 = __smlad(o, w02, a1);          /* q1 w0 + q3 w2 */
+                a1 = __smlatb((int32_t)e, w1, a1); /* q2 w1 */
             } else {
-                a1 = __smlad(tvmp_pack_hi_hi(e, o), w01, a1);
-                a1 += (int32_t)r[4] * w2;
+                a1 = __smlatb((int32_t)e, (int32_t)w02, a1); /* q2 w0 */
+                a1 = __smlatb((int32_t)o, w1, a1);           /* q3 w1 */
+                a1 = __smlabt((int32_t)r[4], (int32_t)w02, a1); /* q4 w2 */
             }
         }
         acc[0] = a0, acc[1] = a1;
