@@ -20,7 +20,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import SAT, _int, _is_call
-from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN
+from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN, REQUANT_ZP_EXTERN, zero_point_fits
 
 
 REQUANT = "tvmp_requant"
@@ -72,7 +72,7 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
 
 
 REQUANT_NARROW = "tvmp_requant_rs_narrow"
-REQUANT_ZP = "tvmp_requant_rbz"
+REQUANT_ZP = REQUANT_ZP_EXTERN
 PRODUCT_BOUND = 1 << 14  # |int8 x int8|
 
 
@@ -208,9 +208,7 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
                 continue
             zp = zp if isinstance(node, tirx.Add) else -zp
             bound, right = _abs_bound(call.args[1], accs, params, param_bounds), max_right(call.args[3])
-            if bound is None or right is None or not 1 <= right <= 31:
-                continue
-            if bound + 2 + abs(zp) * 2**right + 2 ** (right - 1) > 2**31 - 1 or abs(2 * zp + 1) * 2**right > 2**31 - 1:
+            if bound is None or right is None or not zero_point_fits(bound, zp, right):
                 continue
             return tirx.call_pure_extern("int32", REQUANT_ZP, *call.args[1:], tirx.const(zp, "int32"))
         return node

@@ -13,7 +13,9 @@ iteration; a read moved earlier sees the value it saw before, since nothing in t
 buffer (checked) and the kernels' in-place proofs make every read see its input unclobbered. The copy is a C
 local of the kernel (``c_kernels``: buffers named ``WIDE_NAME`` up to ``MAX_WIDE_BYTES`` stay on the stack), so no
 arena byte; the stack it takes is in the firmware's fixed stack reserve (the emulator run reports the stack used).
-Not in a patch stage (its buffers share planned storage and its figures are the stage's own).
+In a patch stage too: its buffers share planned storage, but its in-place proofs make every read of the pair see
+the unclobbered input in every channel block, so reading it once before them reads the same bytes; the widened
+copy is a C local outside the stage's workspace plan.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
-from tvm_patch.names import PATCHES_ATTR, STAGE_OFFSETS_ATTR
 from tvm_patch.tir_util import uses_var
 
 WIDEN = "tvmp_widen_px2"
@@ -158,9 +159,7 @@ def _path_loops(stmt: Any, target: Any) -> list[Any] | None:
 
 def widen_pixel_pairs(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each loop of two-pixel calls on a pair it does not move (``_widened``) widening the pair once,
-    innermost such loops first; a patch stage (the pass's attribute, or its builder's workspace plan) unchanged."""
-    if func.attrs is not None and (PATCHES_ATTR in func.attrs or STAGE_OFFSETS_ATTR in func.attrs):
-        return func
+    innermost such loops first."""
     return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _widened(loop) or loop)])
 
 

@@ -39,6 +39,7 @@ from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buff
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, pad_value,
+                                      zero_point_requantization,
                                       param_arrays, param_names, reduction_order, requantized, weight_at)
 from tvm_patch.quant.fixedpoint import TEOps, c_barrier, mbqm_high, mbqm_shifts, rdbpot
 
@@ -199,6 +200,17 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
     _c0 = _c(0)
 
+    def requant_steps(v: int, total, mult, shift) -> tuple[Any, Any]:
+        """Int8 conv layer v's requantization of the accumulator ``total`` (bias included) into ``tmp0``, and the
+        clamped output value read from it: with the output zero point in the call where the constants allow
+        (`zero_point_requantization`: `tvmp_requant_rbz`), else added after it."""
+        q = stage.layers[v].quant
+        rbz = zero_point_requantization(stage, v)
+        high = tirx.BufferStore(tmp[0], requantized(total, mult, shift, bounded_requantization(stage, v),
+                                                    int(q.output_zero_point) if rbz else None), [_c(0)])
+        value = tirx.BufferLoad(tmp[0], [_c(0)])
+        return high, _clamp_i8(value if rbz else value + _c(q.output_zero_point), q.act_min, q.act_max)
+
     def value_stmt(v: int, c, y, x, dest, reader=None) -> Any:
         """Compute layer v at image (y, x), channel c, and `dest(value)` it (live positions only); `reader`
         (value, channel, y, x) -> element overrides where a conv reads its input (an in-place depthwise: its copy)."""
@@ -224,16 +236,15 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             extent = {"I": cin_g, "H": g.kh, "W": g.kw}
             red = _loops([(_c(0), _c(extent[a])) for a in order],
                          lambda *r: tap(*(r[order.index(a)] for a in "IHW")))
-            total = tirx.BufferLoad(acc, [_c(0)]) + tirx.BufferLoad(b, [c])
             if dt == "float32":
+                total = tirx.BufferLoad(acc, [_c(0)]) + tirx.BufferLoad(b, [c])
                 fin = dest(_float_act(total, layer.activation))
                 return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, fin])
-            q = layer.quant
+            # int8: the bias is the accumulator's start (integer sums: the same value, one add fewer per output)
             mult, shift = params[f"layer{v}_multiplier"], params[f"layer{v}_shift"]
-            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(mult, [c]), tirx.BufferLoad(shift, [c]),
-                                                        bounded_requantization(stage, v)), [_c(0)])
-            fin = dest(_clamp_i8(tirx.BufferLoad(tmp[0], [_c(0)]) + _c(q.output_zero_point), q.act_min, q.act_max))
-            return tirx.SeqStmt([tirx.BufferStore(acc, zero, [_c(0)]), red, high, fin])
+            high, fin = requant_steps(v, tirx.BufferLoad(acc, [_c(0)]), tirx.BufferLoad(mult, [c]),
+                                      tirx.BufferLoad(shift, [c]))
+            return tirx.SeqStmt([tirx.BufferStore(acc, tirx.BufferLoad(b, [c]), [_c(0)]), red, high, dest(fin)])
         if isinstance(layer, MaxPool):  # the running max over the window's in-image positions only
             (kh, kw), (sh, sw), (pt, pl, _, _) = layer.kernel, layer.stride, layer.padding
             src = stage.inputs[v][0]
@@ -343,18 +354,19 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
         red = _loops([(_c0, _c(extent[a])) for a in order], red_body) if order else red_body()
         zero = _c(0, acc_dtype(stage))
-        init = _loops([(_c0, _c(npx * rows))], lambda t: tirx.BufferStore(accb, zero, [t]))
+        if dt == "float32":
+            init = _loops([(_c0, _c(npx * rows))], lambda t: tirx.BufferStore(accb, zero, [t]))
+        else:  # int8: each accumulator starts at its channel's bias (as in `value_stmt`)
+            init = _loops([(_c0, _c(npx)), (_c0, _c(rows))], lambda p, j: tirx.BufferStore(
+                accb, tirx.BufferLoad(b, [cb * _c(rows) + j]), [p * _c(rows) + j]))
 
         def epilogue(p, j):
             c = cb * _c(rows) + j
-            total = tirx.BufferLoad(accb, [p * _c(rows) + j]) + tirx.BufferLoad(b, [c])
+            acc_pj = tirx.BufferLoad(accb, [p * _c(rows) + j])
             if dt == "float32":
-                return dest(c, p, j, _float_act(total, layer.activation))
-            q = layer.quant
-            high = tirx.BufferStore(tmp[0], requantized(total, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
-                                                        tirx.BufferLoad(params[f"layer{v}_shift"], [c]),
-                                                        bounded_requantization(stage, v)), [_c0])
-            val = _clamp_i8(tirx.BufferLoad(tmp[0], [_c0]) + _c(q.output_zero_point), q.act_min, q.act_max)
+                return dest(c, p, j, _float_act(acc_pj + tirx.BufferLoad(b, [c]), layer.activation))
+            high, val = requant_steps(v, acc_pj, tirx.BufferLoad(params[f"layer{v}_multiplier"], [c]),
+                                      tirx.BufferLoad(params[f"layer{v}_shift"], [c]))
             return tirx.SeqStmt([high, dest(c, p, j, val)])
 
         return [init, red, _loops([(_c0, _c(npx)), (_c0, _c(rows))], epilogue)]

@@ -21,7 +21,8 @@ from tvm import te, tirx
 
 from tvm_patch.patch.regions import PatchPlan, acc_dtype, buffer_names, plan_patches, scalar_names
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
-from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, TEOps, mbqm, mbqm_bounded, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.quant.fixedpoint import (BOUNDED_ACC_MAX, TEOps, mbqm, mbqm_bounded, mbqm_bounded_zp, mbqm_high, mbqm_shifts,
+                                         rdbpot, zero_point_fits)
 
 
 @dataclass
@@ -86,20 +87,37 @@ def _stage_bias(stage: Stage, i: int) -> np.ndarray:
     return bias
 
 
-def bounded_requantization(stage: Stage, i: int) -> bool:
-    """Whether conv layer i's requantization takes `quant.fixedpoint.mbqm_bounded` (the C kernels' cheaper
-    rounding, the same value): an int8 layer whose reduction is a bare sum of int8 products
-    (`folds_input_zero_point`), every shift in [-31, -1], and every output channel's accumulator bounded by
-    BOUNDED_ACC_MAX whatever the input: |bias| + 128 x the sum of its weights' magnitudes (|a| <= 128)."""
+def _accumulator_bound(stage: Stage, i: int) -> int | None:
+    """The largest |accumulator| of int8 conv layer i over its output channels whatever the input, |bias| + 128 x the
+    sum of its weights' magnitudes (|a| <= 128), when its reduction is a bare sum of int8 products
+    (`folds_input_zero_point`) and every shift is in [-31, -1]; else None."""
     layer = stage.layers[i]
     if not isinstance(layer, Conv) or not folds_input_zero_point(stage, layer):
-        return False
+        return None
     g = stage.geometry[i]
     shift = np.broadcast_to(np.asarray(layer.quant.shift, dtype=np.int64), (g.c_out,))
     if not ((shift >= -31) & (shift <= -1)).all():
-        return False
+        return None
     w = np.abs(stage_weight(stage, i).astype(np.int64)).reshape(g.c_out, -1).sum(axis=1)
-    return bool((np.abs(_stage_bias(stage, i).astype(np.int64)) + 128 * w <= BOUNDED_ACC_MAX).all())
+    return int((np.abs(_stage_bias(stage, i).astype(np.int64)) + 128 * w).max(initial=0))
+
+
+def bounded_requantization(stage: Stage, i: int) -> bool:
+    """Whether conv layer i's requantization takes `quant.fixedpoint.mbqm_bounded` (the C kernels' cheaper
+    rounding, the same value): `_accumulator_bound` exists and is at most BOUNDED_ACC_MAX."""
+    bound = _accumulator_bound(stage, i)
+    return bound is not None and bound <= BOUNDED_ACC_MAX
+
+
+def zero_point_requantization(stage: Stage, i: int) -> bool:
+    """Whether conv layer i's bounded requantization and its output zero point take one
+    `quant.fixedpoint.mbqm_bounded_zp` (`tvmp_requant_rbz`, the same value): `fixedpoint.zero_point_fits` for its
+    accumulator bound, output zero point and largest right shift."""
+    if not bounded_requantization(stage, i):
+        return False
+    layer, g = stage.layers[i], stage.geometry[i]
+    right = int(-np.broadcast_to(np.asarray(layer.quant.shift, dtype=np.int64), (g.c_out,)).min())
+    return zero_point_fits(_accumulator_bound(stage, i), int(layer.quant.output_zero_point), right)
 
 
 def param_arrays(stage: Stage) -> list[np.ndarray]:
@@ -145,10 +163,13 @@ def reduction_order(stage: Stage) -> str:
     return weight_layout(stage)[1:]
 
 
-def requantized(acc, mult, shift, bounded: bool = False):
+def requantized(acc, mult, shift, bounded: bool = False, zp: int | None = None):
     """TFLite's MultiplyByQuantizedMultiplier of an int32 accumulator (+ bias), before the zero point: one
     `tvmp_requant` call in the C export's kernels (`quant.extern_requantization`; `tvmp_requant_rb` where
-    `bounded`: see `bounded_requantization`), the expression elsewhere."""
+    `bounded`: see `bounded_requantization`), the expression elsewhere. With ``zp`` (where
+    `zero_point_requantization`): after adding that zero point, one `tvmp_requant_rbz` call."""
+    if zp is not None:
+        return mbqm_bounded_zp(TEOps, acc, mult, shift, zp)
     return (mbqm_bounded if bounded else mbqm)(TEOps, acc, mult, shift)
 
 

@@ -261,6 +261,8 @@ def mbqm(B, x, multiplier, shift):
 REQUANT_EXTERN = "tvmp_requant"
 # ... and the one that computes it for a bounded x and a right shift only (`mbqm_bounded`)
 REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
+# ... and the one that also adds the output zero point (`mbqm_bounded_zp`)
+REQUANT_ZP_EXTERN = "tvmp_requant_rbz"
 # |x| at most this: 2 x fits int32 (the SMMULR of tvmp_srdhm_narrow) and x * m / 2^31 plus a rounding half (<= 2^30)
 # does too; the one accumulator bound of both bounded requantizations (patch stage here, per-layer kernels in
 # codegen.requant_kernels.narrow_requant)
@@ -275,6 +277,24 @@ def mbqm_bounded(B, x, multiplier, shift):
     if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
         return tirx.call_pure_extern("int32", REQUANT_BOUNDED_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift))
     return mbqm(B, x, multiplier, shift)
+
+
+def zero_point_fits(bound: int, zp: int, right: int) -> bool:
+    """Whether `tvmp_requant_rbz` (the zero point in the rounding addend) is exact for every |x| <= bound, output zero
+    point zp and right shifts up to `right` (1..31): its addend zp 2^right + 2^(right - 1) and the sum before the
+    shift fit int32, |x| + 1 + |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 and |2 zp + 1| 2^right <= 2^31 - 1."""
+    return (1 <= right <= 31 and bound + 2 + abs(zp) * 2**right + 2 ** (right - 1) <= INT32_MAX
+            and abs(2 * zp + 1) * 2**right <= INT32_MAX)
+
+
+def mbqm_bounded_zp(B, x, multiplier, shift, zp: int):
+    """`mbqm_bounded` plus the output zero point zp, for an x and shifts where also `zero_point_fits` (the caller
+    proves it from its constants): one `tvmp_requant_rbz` call in the C export's kernels, the expression elsewhere."""
+    if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
+        return tirx.call_pure_extern("int32", REQUANT_ZP_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift), B.c32(zp))
+    return mbqm(B, x, multiplier, shift) + B.c32(zp)
+
+
 _EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
 
 
@@ -311,16 +331,17 @@ def extern_requantization() -> Iterator[None]:
 
 
 def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`) call replaced by the TIR expression it stands for,
-    and no `c_barrier` (a no-op there)."""
+    """``func`` with every `tvmp_requant` (and `tvmp_requant_rb`, `tvmp_requant_rbz`) call replaced by the TIR
+    expression it stands for, and no `c_barrier` (a no-op there)."""
 
     def on_call(c: Any) -> Any:
         if not (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern")
-                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_BOUNDED_EXTERN)):
+                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_BOUNDED_EXTERN, REQUANT_ZP_EXTERN)):
             return c
-        x, m, s = c.args[1:]
+        x, m, s = c.args[1:4]
         mv, sv = const_value(m), const_value(s)
-        return mbqm(TEOps, x, m if mv is None else mv, s if sv is None else sv)
+        value = mbqm(TEOps, x, m if mv is None else mv, s if sv is None else sv)
+        return value + c.args[4] if str(c.args[0].value) == REQUANT_ZP_EXTERN else value
 
     def on_evaluate(e: Any) -> Any:
         return tirx.Evaluate(tirx.const(0, "int32")) if is_c_barrier(e) else e
