@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tvm import tirx
 from tvm.script import tirx as T
 
 from microtvm_projects.boards import BOARDS
@@ -164,6 +165,19 @@ def test_scalar_macs_classed_by_their_reduction_loops():
     e = executed(_blocked_and_window)
     assert e["mac_blk"] == 10 * 8 * 4 and e["mac_dw"] == 10 * 9 and e["mac_1x1"] == e["mac_kxk"] == 0
     assert e["stores"] == e["stores_const"] + e["stores_copy"] == 80 and e["stores_const"] == 40
+
+
+def test_let_expressions_under_loops_run_value_by_value():
+    """trips: a loop whose variable decides a branch runs value by value; a let expression under it (TVM's lowering
+    of a floor division binds ``rmod``) takes another value in each, which one shared analyzer refused (TVM's
+    "different const bound" error stopped a deep network's collection). Counted exactly: x = p % 2 + 1 > 1 for
+    p = 1 and 3."""
+    p, rm, x = tirx.Var("p", "int32"), tirx.Var("rmod", "int32"), tirx.Var("x", "int32")
+    out = tirx.decl_buffer((4,), "int32", "out")
+    body = tirx.SeqStmt([tirx.Bind(x, tirx.Let(rm, tirx.floormod(p, 2), rm + 1)),
+                         tirx.IfThenElse(x > 1, tirx.BufferStore(out, tirx.const(1, "int32"), [p]), None)])
+    e = executed(tirx.PrimFunc([out], tirx.For(p, 0, 4, tirx.ForKind.SERIAL, body)))
+    assert e["branches"] == 4 and e["stores"] == e["stores_const"] == 2
 
 
 def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):

@@ -151,6 +151,18 @@ def _micro_macs(name: str, args: list[int | None]) -> int:
     return 0
 
 
+def _has_let(e: Any) -> bool:
+    """Does expression ``e`` hold a let expression (``tirx.Let``: TVM's lowering of floor division binds one)?"""
+    found = [False]
+
+    def on_let(_: Any) -> tvm_ffi.WalkResult:
+        found[0] = True
+        return tvm_ffi.WalkResult.SKIP
+
+    tvm_ffi.structural_walk(e, [(tirx.Let, on_let)], order="pre")
+    return found[0]
+
+
 def _store_class(value: Any) -> str:
     """What an element store writes: ``const`` (a constant: an accumulator's or a local copy's initialisation,
     a padding value), ``copy`` (a loaded element: the gathers and copies between a stage's buffers), ``float``
@@ -196,8 +208,15 @@ def executed(func: tirx.PrimFunc) -> Counter:
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
 
+    def simplify(e: Any, env: dict) -> Any:
+        e = substitute_vars(e, env) if env else e
+        # simplifying a let expression binds its variable in the analyzer for good; the same expression under
+        # other loop values would bind it again to another value, which TVM refuses (and a stale binding would be
+        # wrong): such expressions get an analyzer of their own
+        return (tvm.sym.Analyzer() if _has_let(e) else ana).simplify(e)
+
     def const(e: Any, env: dict) -> int | None:
-        e = ana.simplify(substitute_vars(e, env) if env else e)
+        e = simplify(e, env)
         return int(e.value) if isinstance(e, tirx.IntImm) else None
 
     def calls(expr: Any, trips: int, env: dict) -> None:
@@ -246,14 +265,14 @@ def executed(func: tirx.PrimFunc) -> Counter:
             macs = sum(isinstance(s, tirx.BufferStore) and has_mac(s.value) for s in node.seq)
             for s in node.seq:
                 if isinstance(s, tirx.Bind):  # a let: later statements see its value
-                    env = env | {s.var: ana.simplify(substitute_vars(s.value, env) if env else s.value)}
+                    env = env | {s.var: simplify(s.value, env)}
                 else:
                     visit(s, trips, env, [] if macs > 1 else chain, red)
         elif isinstance(node, tirx.LetStmt):
-            visit(node.body, trips, env | {node.var: ana.simplify(substitute_vars(node.value, env) if env else node.value)},
+            visit(node.body, trips, env | {node.var: simplify(node.value, env)},
                   chain, red)
         elif isinstance(node, tirx.IfThenElse):
-            cond = ana.simplify(substitute_vars(node.condition, env) if env else node.condition)
+            cond = simplify(node.condition, env)
             c = int(cond.value) if isinstance(cond, tirx.IntImm) else None
             share = (1.0 if c else 0.0) if c is not None else taken_share(cond, doms)
             share = 1.0 if share is None else share
