@@ -19,7 +19,7 @@ from tvm_patch.cost.trips import executed
 from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.names import PATCHES_ATTR
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -37,9 +37,16 @@ EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems",
              "branches_skipped")
 
 
+# Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
+# even, which the two-pixel micro-kernels need (blocking.block_pixels: 1x1 and k x k convolutions run in pixel
+# pairs; kws's 25 x 5 planes run one pixel at a time, about 20 % more instructions per MAC). The dot-product
+# features cannot tell the two apart: a pair over 2 channels and a pixel over 4 make the same calls.
+DERIVED = ("even_w",)
+
+
 def columns() -> list[str]:
     """The regressor's feature columns."""
-    return [f"op_{o}" for o in OPS] + list(NUMERIC)
+    return [f"op_{o}" for o in OPS] + list(NUMERIC) + list(DERIVED)
 
 
 def work(row: dict[str, Any]) -> int:
@@ -49,7 +56,8 @@ def work(row: dict[str, Any]) -> int:
 
 def vector(row: dict[str, Any]) -> list[float]:
     """``row`` as the regressor's input vector (see columns())."""
-    return [1.0 if row["op"] == o else 0.0 for o in OPS] + [float(row[k]) for k in NUMERIC]
+    return [1.0 if row["op"] == o else 0.0 for o in OPS] + [float(row[k]) for k in NUMERIC] + \
+        [float(int(row["out_w"]) % 2 == 0)]
 
 
 def _c_bodies(source: str) -> dict[str, str]:
