@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import tvm_ffi
@@ -41,7 +42,7 @@ EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems",
 # even, which the two-pixel micro-kernels need (blocking.block_pixels: 1x1 and k x k convolutions run in pixel
 # pairs; kws's 25 x 5 planes run one pixel at a time, about 20 % more instructions per MAC). The dot-product
 # features cannot tell the two apart: a pair over 2 channels and a pixel over 4 make the same calls.
-DERIVED = ("even_w",)
+DERIVED: dict[str, Callable[[dict[str, Any]], float]] = {"even_w": lambda row: float(int(row["out_w"]) % 2 == 0)}
 
 
 def columns() -> list[str]:
@@ -57,7 +58,7 @@ def work(row: dict[str, Any]) -> int:
 def vector(row: dict[str, Any]) -> list[float]:
     """``row`` as the regressor's input vector (see columns())."""
     return [1.0 if row["op"] == o else 0.0 for o in OPS] + [float(row[k]) for k in NUMERIC] + \
-        [float(int(row["out_w"]) % 2 == 0)]
+        [f(row) for f in DERIVED.values()]
 
 
 def _c_bodies(source: str) -> dict[str, str]:
