@@ -243,6 +243,15 @@ def executed(func: tirx.PrimFunc) -> Counter:
         tvm_ffi.structural_walk(expr, [(tvm.ir.Call, on_call)], order="pre")
 
     doms: dict[Any, tuple[int, int]] = {}  # the loops being visited that are not enumerated: (min, extent)
+    # per statement, what does not depend on the loop values (a loop run value by value visits its body once per
+    # value: without these, each visit walks the whole body again; statements hash by identity)
+    controls: dict[Any, bool] = {}
+    mac: dict[Any, bool] = {}
+
+    def is_mac(store: Any) -> bool:
+        if store not in mac:
+            mac[store] = isinstance(store, tirx.BufferStore) and has_mac(store.value)
+        return mac[store]
 
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None) -> None:
         if trips == 0:
@@ -250,7 +259,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
         if isinstance(node, tirx.For):
             ext, lo = const(node.extent, env), const(node.min, env)
             ext = 1 if ext is None else ext
-            if lo is not None and 1 < ext <= MAX_ENUMERATE and _controls(node.body, node.loop_var):
+            if lo is not None and 1 < ext <= MAX_ENUMERATE and node not in controls:
+                controls[node] = _controls(node.body, node.loop_var)
+            if lo is not None and 1 < ext <= MAX_ENUMERATE and controls[node]:
                 for v in range(lo, lo + ext):
                     visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
                           chain + [(ext, node.loop_var)], red)
@@ -262,7 +273,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
         elif isinstance(node, tirx.SeqStmt):
             # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
             # stay the reduction's (an accumulator's init, lets and the epilogue beside it)
-            macs = sum(isinstance(s, tirx.BufferStore) and has_mac(s.value) for s in node.seq)
+            macs = sum(is_mac(s) for s in node.seq)
             for s in node.seq:
                 if isinstance(s, tirx.Bind):  # a let: later statements see its value
                     env = env | {s.var: simplify(s.value, env)}
@@ -290,7 +301,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
             visit(block.body, trips, env, chain, extents if extents else None)
         elif isinstance(node, tirx.BufferStore):
             calls(node.value, trips, env)
-            if has_mac(node.value):
+            if is_mac(node):
                 ext, blocked = red, False
                 if red is None:
                     ext, blocked = _reduction(chain, node.indices)
