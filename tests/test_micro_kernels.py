@@ -536,6 +536,19 @@ def _c_in_place(code: str, arrays: list[np.ndarray], workspace: int, tmp: Path) 
     return ours[0].reshape(-1)[:out.size].reshape(out.shape)
 
 
+def _c_out_of_place(code: str, arrays: list[np.ndarray], workspace: int, tmp: Path) -> np.ndarray:
+    """The C kernel ``code`` run with its own output buffer and ``workspace`` bytes of workspace (0: none)."""
+    (tmp / "k.c").write_text(code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
+                    str(tmp / "k.so")], check=True)
+    lib = ctypes.CDLL(str(tmp / "k.so"))
+    ours = [x.copy() for x in arrays]
+    ws = np.zeros(max(workspace, 1), dtype=np.uint8)
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours], *([ctypes.c_void_p(ws.ctypes.data)] if workspace else []))
+    return ours[-1]
+
+
 def _tvm_out(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> np.ndarray:
     ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
     tensors = [tvm.runtime.tensor(x) for x in arrays]
@@ -677,6 +690,48 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
               np.zeros((1, h, w, 3), dtype=np.int8)]
     got = _c_in_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("dwip"))
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
+
+
+@settings(max_examples=14, deadline=None)
+@given(layout=st.sampled_from(["NHWC", "NCHW"]), h=st.integers(1, 12), w=st.integers(1, 12), k=st.sampled_from([3, 5, 7]),
+       stride=st.sampled_from([1, 2]), pad=st.integers(0, 3), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+@example(layout="NHWC", h=6, w=6, k=7, stride=1, pad=3, pad_value=-7, seed=0)  # mcunet-in3's late 7x7 layers
+@example(layout="NCHW", h=11, w=11, k=7, stride=1, pad=3, pad_value=5, seed=1)
+def test_padded_channel_copy_in_place_is_exact(tmp_path_factory, layout, h, w, k, stride, pad, pad_value, seed):
+    """A depthwise kernel through a padded copy of each channel (padded_copy.py: the pad ring and the plane
+    written once per channel, every window then read without a border test): its in-place pair is proven on
+    that form, its workspace is the padded plane, and run in place it equals TVM."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs
+    from tvm_patch.export.padded_copy import depthwise_windows, padded_copy_schedule
+
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return  # no output
+    src = _depthwise(layout, h, w, k, stride, pad, pad_value)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    assert depthwise_windows(src) == (k * k, oh * ow) and depthwise_windows(_pointwise(4, 4, 8, 8)) == (0, 0)
+    func = padded_copy_schedule(src, 1)
+    assert (func is src) == (pad == 0)  # no pad, no border window: nothing to do
+    if pad == 0:
+        return
+    pairs = inplace_conv_pairs(func, 1)
+    # channel by channel in place: NHWC always (channel c's writes are the offsets = c mod C), NCHW when the output
+    # plane is no larger than the input's (channel c writes below (c + 1) * Ho * Wo)
+    assert pairs == ([(0, 2)] if layout == "NHWC" or oh * ow <= h * w else [])
+    csrc = emit_c({"kern": mark_in_place(func, pairs) if pairs else func})
+    # the copy holds (a part of) one padded channel plane: a C local up to 64 bytes, else kernel workspace
+    assert csrc.workspace_bytes.get("kern", 0) <= -(-(h + 2 * pad) * (w + 2 * pad) // 16) * 16
+    rng = np.random.default_rng(seed)
+    shape, wshape = ((1, h, w, 3), (k, k, 3, 1)) if layout == "NHWC" else ((1, 3, h, w), (3, 1, k, k))
+    arrays = [rng.integers(-128, 128, shape, dtype=np.int8), rng.integers(-128, 128, wshape, dtype=np.int8),
+              np.zeros((1, oh, ow, 3) if layout == "NHWC" else (1, 3, oh, ow), dtype=np.int8)]
+    want = _tvm_out(src, [a.copy() for a in arrays])
+    tmp = tmp_path_factory.mktemp("dwpad")
+    if pairs and oh * ow <= h * w:  # the input's buffer holds the output: run in place
+        got = _c_in_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp)
+    else:
+        got = _c_out_of_place(csrc.code, arrays, csrc.workspace_bytes.get("kern", 0), tmp)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_requant_specialised_only_where_every_call_has_nonpositive_shifts(shared_models):

@@ -49,6 +49,7 @@ from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import (ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena, tensor_buffer,
                                    tensor_lifetimes)
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.padded_copy import padded_copy_pays, padded_copy_schedule
 from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch import zoo
@@ -293,6 +294,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                                                                  aplan, rows, io_in_arena, alignment)
         funcs, pairs, workspace, aplan = _pixel_pairs_nchw(prog, funcs, lean_funcs, n_out, pairs, workspace, aplan,
                                                            rows, io_in_arena, alignment)
+        funcs, pairs, workspace, aplan = _padded_copies(prog, funcs, n_out, pairs, workspace, aplan, io_in_arena,
+                                                        alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = _pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
@@ -513,6 +516,27 @@ def _pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str
         if name in running and not workspace[name] and lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes:
             # an in-place kernel whose one-pixel copy is a C local and whose pair copy would not be: the workspace
             # loses `restrict` in place, GCC reloads the pair per channel block (mcunet-in0: +4 % on such a kernel)
+            continue
+        funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
+                                                       io_in_arena, alignment)
+    return funcs, pairs, workspace, aplan
+
+
+def _padded_copies(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], pairs: dict[str, list],
+                   workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
+                   alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
+    """Depthwise kernels of at least PADDED_COPY_MIN_TAPS taps per window and PADDED_COPY_MIN_OUTPUTS outputs per
+    channel through a padded copy of each channel
+    (padded_copy.py: no border window), where a kernel run in place proves the same in-place pairs in that form
+    and re-planning with the copy's workspace gives no larger arena."""
+    funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
+    running = {prog.calls[k].func for k in aplan.inplace_calls}
+    for name, src in prog.funcs.items():
+        if not padded_copy_pays(src):
+            continue
+        cand = padded_copy_schedule(src, n_out[name])
+        if cand is src or (name in running and not set(inplace_conv_pairs(funcs[name], n_out[name]))
+                           <= set(inplace_conv_pairs(cand, n_out[name]))):
             continue
         funcs, pairs, workspace, aplan = _if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
                                                        io_in_arena, alignment)

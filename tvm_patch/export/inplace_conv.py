@@ -30,17 +30,12 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.export.inplace import block_accesses
 from tvm_patch.tir_util import uses_var
-from tvm_patch.export.patterns import const_shape, substitute_vars
+from tvm_patch.export.patterns import const_shape, is_pad_of, substitute_vars
 
-__all__ = ["channel_or_pixel_safe", "channel_outer_schedule", "inplace_conv_pairs", "inplace_conv_schedule", "pixel_copy_schedule",
+__all__ = ["channel_or_pixel_safe", "channel_outer_schedule", "depthwise_layout", "inplace_conv_pairs", "inplace_conv_schedule", "pixel_copy_schedule",
            "pixel_major", "pixel_pair_copy_schedule"]
 
 _ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
-
-
-
-
-
 LOCAL_COPY_BYTES = 64  # a copy buffer this small stays a C local (tvm_patch.codegen keeps <= 64 B buffers local)
 
 
@@ -79,6 +74,12 @@ def _kind(reduction: s_tir.SBlock, src: Any) -> tuple[str, str] | None:
         if len(big) == 1 and idx[ic].same_as(big[0]) and idx[ih].same_as(h) and idx[iw].same_as(w):
             return "pointwise", layout  # a 1x1 stride-1 unpadded convolution: input pixel = output pixel
     return None
+
+
+def depthwise_layout(reduction: s_tir.SBlock, src: Any) -> str | None:
+    """"NHWC" or "NCHW" when ``reduction`` is a depthwise convolution's update reading activation ``src``."""
+    kind = _kind(reduction, src)
+    return kind[1] if kind is not None and kind[0] == "depthwise" else None
 
 
 def inplace_conv_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
@@ -256,8 +257,8 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
         if not isinstance(cstore, tirx.BufferStore) or any(cstore.buffer.same_as(p) for p in params):
             continue  # the copy must go to a kernel-local buffer
         cload = [ld for ld in loads[cname] if ld.source.same_as(src)]
-        if len(cload) != 1 or not cstore.value.same_as(cload[0]):
-            continue
+        if len(cload) != 1 or not (cstore.value.same_as(cload[0]) or is_pad_of(cstore.value, cload[0])):
+            continue  # a copy: of the input, or padded (padded_copy.py: it reads only where its bounds hold)
         cchain, wchain = _loop_chain(sch, cname), _loop_chain(sch, wname)
         if cchain is None or wchain is None:
             continue

@@ -19,7 +19,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-__all__ = ["ELEMWISE", "BROADCAST", "const_shape", "is_elementwise", "mark_elementwise", "same_element", "single_block",
+__all__ = ["ELEMWISE", "BROADCAST", "const_shape", "is_elementwise", "is_pad_of", "mark_elementwise", "same_element", "single_block",
            "substitute_vars"]
 
 ELEMWISE, BROADCAST = 0, 1  # TVM's OpPatternKind values
@@ -53,6 +53,12 @@ def substitute_vars(expr: Any, vmap: dict[Any, Any]) -> Any:
         return v
 
     return tvm_ffi.structural_map(expr, (tirx.Var, sub))
+
+
+def is_pad_of(value: Any, load: Any) -> bool:
+    """Is ``value`` a padded read of ``load``, ``if_then_else(in bounds, load, constant pad)``?"""
+    return (isinstance(value, tvm.ir.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name.endswith("if_then_else")
+            and value.args[1].same_as(load) and isinstance(value.args[2], tirx.IntImm))
 
 
 def same_element(load: Any, store: Any, shape: tuple[int, ...] | None) -> bool:

@@ -162,8 +162,9 @@ def _after_reduction(sch: s_tir.Schedule, rv: Any, seen: set[str] | None = None)
     return False
 
 
-def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with inlined elementwise stages and epilogues computed at their reductions (see module doc)."""
+def lean_schedule(func: tirx.PrimFunc, keep: frozenset[str] = frozenset()) -> tirx.PrimFunc:
+    """``func`` with inlined elementwise stages and epilogues computed at their reductions (see module doc);
+    the blocks named in ``keep`` stay stages of their own (a pad the caller computes at a loop: padded_copy.py)."""
     if not is_default_form(func):
         return func
     sch = s_tir.Schedule(func)
@@ -173,7 +174,7 @@ def lean_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
         changed = False
         for rv in _children(sch):
             block = sch.get(rv)
-            if block.name_hint in outputs or _is_reduction(block):
+            if block.name_hint in outputs or block.name_hint in keep or _is_reduction(block):
                 continue
             buf = _written(block)
             if _after_reduction(sch, rv):
