@@ -65,11 +65,35 @@ ROUND3_TERMS = ("mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "ro
 BOARD_OF_CORE = {"m7": "f746", "m4": "f412"}  # the board whose build measures each core (QEMU mps2-an500 / an386)
 
 
+PARTIAL = DATA / "partial"  # re-collections saved part way (--save-partial), so that another machine resumes them
+
+
+def _work_file(name: str) -> Path:
+    """The resumable collection file ``name`` in the cache, seeded from PARTIAL/<name>.gz when the cache has none
+    (a re-collection started on another machine and saved with --save-partial)."""
+    work = cache_dir("cost") / name
+    seed = PARTIAL / f"{name}.gz"
+    if not work.exists() and seed.is_file():
+        write_atomic(work, gzip.decompress(seed.read_bytes()))
+    return work
+
+
+def save_partial() -> list[Path]:
+    """Copy this kernel fingerprint's unfinished collection files from the cache to PARTIAL (gzip), to be
+    committed and resumed elsewhere; the files written."""
+    out = []
+    for work in sorted(cache_dir("cost").glob(f"*_{kernels_fingerprint()}.jsonl")):
+        out.append(PARTIAL / f"{work.name}.gz")
+        out[-1].parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out[-1], gzip.compress(work.read_bytes(), 9, mtime=0))
+    return out
+
+
 def retrain(core: str) -> dict[str, float]:
     """Collect DEFAULT_ROUNDS on ``core``'s board into a resumable file of this kernel fingerprint, write it to
     bench/cost_data, train and write the shipped model; returns the seconds each step took."""
     t0 = time.monotonic()
-    work = cache_dir("cost") / f"retrain_{core}_{kernels_fingerprint()}.jsonl"
+    work = _work_file(f"retrain_{core}_{kernels_fingerprint()}.jsonl")
     for seed, n in DEFAULT_ROUNDS:
         collect(BOARD_OF_CORE[core], work, n=n, seed=seed)
     collect(BOARD_OF_CORE[core], work, seed=ADAPTIVE_ROUND[0], adaptive=ADAPTIVE_ROUND[1])
@@ -77,6 +101,7 @@ def retrain(core: str) -> dict[str, float]:
     write_atomic(DATA / f"{core}.jsonl.gz", gzip.compress(work.read_bytes(), 9, mtime=0))
     model = fit([r for r in read_records(work) if not r.get("heldout")], core)
     model.save(default_path(core))
+    (PARTIAL / f"{work.name}.gz").unlink(missing_ok=True)  # finished: the saved part is in the data now
     return {"collect_seconds": round(t1 - t0, 1), "train_seconds": round(time.monotonic() - t1, 1)}
 
 
@@ -218,7 +243,7 @@ def measure_extra(core: str) -> Path:
     patches at the middle valid split, halos recomputed: deeper stages than the 4x4 ones, a check beside the
     issue's held-out set, which training never reads either) into a resumable file in the cache; write it to
     bench/cost_data/<core>_extra.jsonl.gz."""
-    work = cache_dir("cost") / f"extra_{core}_{kernels_fingerprint()}.jsonl"
+    work = _work_file(f"extra_{core}_{kernels_fingerprint()}.jsonl")
     done = done_ids(work)
     with tempfile.TemporaryDirectory(prefix="tvmp_extra_") as tmp:
         for model in heldout_models():
@@ -238,6 +263,7 @@ def measure_extra(core: str) -> Path:
                 f.write(json.dumps(rec) + "\n")
     out = DATA / f"{core}_extra.jsonl.gz"
     write_atomic(out, gzip.compress(work.read_bytes(), 9, mtime=0))
+    (PARTIAL / f"{work.name}.gz").unlink(missing_ok=True)
     return out
 
 
@@ -270,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-extra", action="store_true",
                    help="first measure the extra held-out runs (3x3 patches at the middle split, about 10 minutes "
                         "a core) into bench/cost_data/<core>_extra.jsonl.gz; they are evaluated whenever present")
+    p.add_argument("--save-partial", action="store_true",
+                   help="instead: save this kernel fingerprint's unfinished re-collection (the cache's resumable "
+                        "files) to bench/cost_data/partial, where --retrain on another machine resumes it")
     p.add_argument("--compare-stage", metavar="FILE.jsonl", type=Path,
                    help="instead: the patch stage's linear model against the per-layer one on these measurements "
                         "(JSON: cross-validated and held-out stage errors)")
@@ -281,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", type=int, default=4, help="--stage-layers: patches a side (default 4)")
     p.add_argument("--halo", default="recompute", help="--stage-layers: recompute or cache")
     args = p.parse_args(argv)
+    if args.save_partial:
+        print("\n".join(str(f) for f in save_partial()) or "nothing to save: no collection of these kernels in the cache")
+        return 0
     if args.stage_layers:
         print(json.dumps(stage_layers(args.stage_layers, Plan(args.split, (args.patches, args.patches), args.halo),
                                       args.board), indent=1))

@@ -15,6 +15,7 @@ from tvm.script import tirx as T
 
 from microtvm_projects.boards import BOARDS
 
+from bench import cost_model as bench_cost_model
 from bench.cost_model import stage_comparison
 from tvm_patch.board_build import build_for_board
 from tvm_patch.cli import main
@@ -381,3 +382,45 @@ def test_adaptive_round_picks_the_worst_training_networks():
 def test_micro_kernel_macs_by_signature(name, args, macs):
     """The MACs of one micro-kernel call from its constant arguments (tvmp_kernels.h's signatures)."""
     assert _micro_macs(name, args) == macs
+
+
+def test_a_saved_partial_collection_resumes_on_another_machine(tmp_path, monkeypatch):
+    """`--save-partial` copies this fingerprint's unfinished collection files to bench/cost_data/partial; on a
+    machine whose cache has none, the re-collection starts from them (and a cache file of its own wins)."""
+    fp = kernels_fingerprint()
+    monkeypatch.setattr(bench_cost_model, "PARTIAL", tmp_path / "partial")
+    monkeypatch.setenv("TVM_PATCH_CACHE", str(tmp_path / "cache_a"))
+    work = bench_cost_model._work_file(f"retrain_m7_{fp}.jsonl")
+    assert not work.exists()  # nothing saved yet: a fresh start
+    work.write_text('{"id": "a"}\n{"id": "b"}\n')
+    (work.parent / "retrain_m7_0000000000000000.jsonl").write_text("{}\n")  # other kernels: not saved
+    saved = bench_cost_model.save_partial()
+    assert [p.name for p in saved] == [f"retrain_m7_{fp}.jsonl.gz"]
+    monkeypatch.setenv("TVM_PATCH_CACHE", str(tmp_path / "cache_b"))  # the other machine
+    resumed = bench_cost_model._work_file(f"retrain_m7_{fp}.jsonl")
+    assert resumed.read_text() == work.read_text() and resumed != work
+    resumed.write_text('{"id": "a"}\n')
+    assert bench_cost_model._work_file(f"retrain_m7_{fp}.jsonl").read_text() == '{"id": "a"}\n'
+
+
+def test_loop_nests_count_what_the_instrumented_c_measures():
+    """stage_layers.loop_nest_counts: a statement between loop nests of the patch body (a cache mode's guarded row
+    copy, a barrier) counts with the loop nest before it, as the C readings before each loop nest measure it (it
+    counted with the next one, so the cache mode's copies were predicted in the wrong loop nest), and what runs
+    outside the patch body counts once, in the first: the loop nests add up to the stage."""
+    from tvm_patch.cost.features import exec_counts
+    from tvm_patch.cost.stage_layers import loop_nest_counts
+
+    i, j, a, c, b = (tirx.Var(n, "int32") for n in ("i", "j", "a", "c", "b"))
+    buf = tirx.decl_buffer((64,), "int8", "buf")
+    one = tirx.const(1, "int8")
+    nest_a = tirx.For(a, 0, 4, tirx.ForKind.SERIAL, tirx.BufferStore(buf, one, [a]))
+    guarded = tirx.IfThenElse(j < 1, tirx.For(c, 0, 8, tirx.ForKind.SERIAL, tirx.BufferStore(buf, buf[c], [c + 8])), None)
+    nest_b = tirx.For(b, 0, 2, tirx.ForKind.SERIAL, tirx.BufferStore(buf, one, [b + 16]))
+    patches = tirx.For(i, 0, 2, tirx.ForKind.SERIAL, tirx.For(j, 0, 2, tirx.ForKind.SERIAL,
+                                                              tirx.SeqStmt([nest_a, guarded, nest_b])))
+    func = tirx.PrimFunc([buf], tirx.SeqStmt([tirx.BufferStore(buf, one, [63]), patches]))
+    first, second = loop_nest_counts(func)
+    assert (first["stores"], first["stores_copy"], first["branches"]) == (1 + 4 * 4 + 2 * 8, 2 * 8, 4)
+    assert (second["stores"], second["stores_copy"], second["branches"]) == (4 * 2, 0, 0)
+    assert first["stores"] + second["stores"] == exec_counts(func)["stores"]

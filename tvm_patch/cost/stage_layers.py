@@ -45,16 +45,23 @@ def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     while not isinstance(body, tirx.SeqStmt) and hasattr(body, "body"):
         body = body.body
     fors = [i for i, st in enumerate(stmts) if isinstance(st, tirx.For)]
-    # a statement between loop nests (an accumulator's init, a barrier) is counted with the loop nest after it
-    # (the last loop nest takes those after it); lets and allocations are kept for every loop nest
-    owner = {j: next((i for i in fors if i >= j), fors[-1] if fors else j) for j in range(len(stmts))}
+    # a statement between loop nests (a barrier, a cache mode's guarded copy) is counted with the loop nest before
+    # it, as the instrumented C measures it (a reading before each loop nest: instrument()); the first loop nest
+    # takes those before it; lets and allocations are kept for every loop nest
+    owner = {j: max([i for i in fors if i <= j], default=fors[0] if fors else j) for j in range(len(stmts))}
+    lets = [s for s in stmts if isinstance(s, (tirx.Bind, tirx.AllocBuffer))]
+
+    def counts(kept: list[Any]) -> dict[str, float]:
+        seq = tirx.SeqStmt(kept) if len(kept) > 1 else kept[0] if kept else tirx.Evaluate(0)
+        return exec_counts(func.with_body(tvm_ffi.structural_map(
+            func.body, [(tirx.SeqStmt, lambda s: seq if s.same_as(body) else s)])))
+
+    # what runs outside the patch body (the stage's prologue) is in every such count: the first loop nest keeps it
+    outside = counts(lets)
     out = []
-    for i, st in enumerate(stmts):
-        if isinstance(st, tirx.For):
-            keep = tirx.SeqStmt([s for j, s in enumerate(stmts) if owner[j] == i
-                                 or isinstance(s, (tirx.Bind, tirx.AllocBuffer))])
-            out.append(exec_counts(func.with_body(tvm_ffi.structural_map(
-                func.body, [(tirx.SeqStmt, lambda s, keep=keep: keep if s.same_as(body) else s)]))))
+    for i in fors:
+        e = counts([s for j, s in enumerate(stmts) if owner[j] == i or isinstance(s, (tirx.Bind, tirx.AllocBuffer))])
+        out.append(e if not out else {k: v - outside.get(k, 0.0) for k, v in e.items()})
     return out
 
 
