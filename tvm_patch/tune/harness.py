@@ -73,7 +73,7 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 
 
 # How the export blocks a kernel by ``rows``: over output channels, or (NHWC 1x1 kernels the export pixel-blocks,
-# api._pixel_blocked and _pixel_blocked_in_place) over two output pixels and min(rows, 2) channels.
+# reschedule.pixel_blocked and pixel_blocked_in_place) over two output pixels and min(rows, 2) channels.
 BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "channels": block_output_channels,
     "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
