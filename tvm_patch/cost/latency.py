@@ -73,9 +73,12 @@ def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:
 # the shape of their reduction: 1x1, depthwise, k x k, register-blocked; the element stores by what they write:
 # constants, copies, float, integer results; the depthwise windows per call, per row and per MAC; the branch
 # conditions evaluated and those that run what they guard, not a border patch's out-of-image positions), the element
-# stores of a cache-mode stage at a cost of their own (its row and column cache copies), plus a cost per patch
+# stores of a cache-mode stage at a cost of their own, and its copies once more (its row and column caches, in
+# short guarded rows: cross-validated over the training stages, docs/cost-model.md round 6), plus a cost per patch
 # and a constant: STAGE_TERMS, in this order. A model file names its terms (older files: others).
-_DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "patches": lambda r: r["patches"],
+_DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"],
+            # a cache-mode stage's copies (its row and column caches, filled and read back in short guarded rows)
+            "cache_copies": lambda r: r["exec"]["stores_copy"] * r["halo_cache"], "patches": lambda r: r["patches"],
             "one": lambda r: 0.0 if "loop_nest" in r else 1.0,  # a loop nest of a stage (stage_layers.py): no constant
             # the branch evaluations that run what they guard (an in-image position; NNLS cannot price the skipping
             # ones below the others, so the model weighs every evaluation and, on top, the taken ones)
@@ -83,7 +86,7 @@ _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"], "pa
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
                "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
                "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "branches",
-               "branches_taken", "cache_stores", "patches", "one")
+               "branches_taken", "cache_stores", "cache_copies", "patches", "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 
