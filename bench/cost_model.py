@@ -331,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
                if (DATA / f"{core}.jsonl.gz").is_file()}
     extra = {core: evaluate(for_core(core), read_records(DATA / f"{core}_extra.jsonl.gz")) for core in cores
              if (DATA / f"{core}_extra.jsonl.gz").is_file()}
+    # a blind check (docs/cost-model.md, round 6): zoo networks no training or model decision saw, the ones that fit
+    # a board (the M7's h743), measured once; their records that failed (did not fit) are skipped
+    blind = {core: evaluate(for_core(core), [r for r in read_records(DATA / f"{core}_blind.jsonl.gz") if "failed" not in r])
+             for core in cores if (DATA / f"{core}_blind.jsonl.gz").is_file()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cost_model.json").write_text(json.dumps(dict(results, extra_heldout=extra), indent=1) + "\n")
+    (out / "cost_model.json").write_text(json.dumps(dict(results, extra_heldout=extra, blind=blind), indent=1) + "\n")
     text = markdown(results) + (f"\n## Extra held-out runs: {EXTRA_PATCHES}x{EXTRA_PATCHES} patches at the middle split "
                                 "(not the issue's set)\n\n" + markdown(extra).split("\n", 2)[2] if extra else "")
+    text += ("\n## Blind check: zoo networks unseen by training and by every model decision\n\n"
+             + markdown(blind).split("\n", 2)[2] if blind else "")
     (out / "cost_model.md").write_text(text)
     print(text)
     return 0
