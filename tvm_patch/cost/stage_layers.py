@@ -60,7 +60,7 @@ def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     outside = counts(lets)
     out = []
     for i in fors:
-        e = counts([s for j, s in enumerate(stmts) if owner[j] == i or isinstance(s, (tirx.Bind, tirx.AllocBuffer))])
+        e = counts([s for j, s in enumerate(stmts) if owner[j] == i or any(s.same_as(x) for x in lets)])
         out.append(e if not out else {k: v - outside.get(k, 0.0) for k, v in e.items()})
     return out
 
