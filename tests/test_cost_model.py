@@ -5,6 +5,7 @@ collection resumes; `plan` reports a Pareto front whose chosen plan builds to th
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -181,6 +182,27 @@ def test_let_expressions_under_loops_run_value_by_value():
     assert e["branches"] == 4 and e["stores"] == e["stores_const"] == 2
 
 
+def test_border_checks_repeated_and_pad_stores_split():
+    """trips: the patch stage's border positions. A branch testing a condition already tested on the way (an
+    earlier branch of the same sequence, or the enclosing one) is counted as repeated (the compiler reuses the
+    outcome); a store of if_then_else(in image, computed, pad) counts the computed class and its calls only in
+    the positions that take it (here 3 of 8), the pad constant in the others."""
+    p, k = tirx.Var("p", "int32"), tirx.Var("k", "int32")
+    out = tirx.decl_buffer((8,), "int8", "out")
+    src = tirx.decl_buffer((8,), "float32", "src")
+    acc = tirx.decl_buffer((1,), "int32", "acc")
+    inside = tirx.all(2 <= p, p < 5)
+    quantized = tirx.Cast("int8", tirx.call_extern("int32", "tvmp_sat_s8", tirx.Cast("int32", src[p])))
+    body = tirx.SeqStmt([
+        tirx.IfThenElse(inside, tirx.BufferStore(acc, tirx.const(0, "int32"), [0]), None),
+        tirx.IfThenElse(inside, tirx.For(k, 0, 2, tirx.ForKind.SERIAL, tirx.IfThenElse(
+            inside, tirx.BufferStore(acc, acc[0] + 1, [0]), None)), None),
+        tirx.BufferStore(out, tirx.if_then_else(inside, quantized, tirx.const(-128, "int8")), [p])])
+    e = executed(tirx.PrimFunc([out, src, acc], tirx.For(p, 0, 8, tirx.ForKind.SERIAL, body)))
+    assert e["branches"] == 8 + 8 + 3 * 2 and e["branches_repeated"] == 8 + 3 * 2
+    assert e["stores_float"] == 3 and e["stores_const"] == 3 + 5 and e["call_tvmp_sat_s8"] == 3
+
+
 def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
     """measure(loop_nests=True): the patch stage's firmware instrumented before each top-level loop nest of the
     patch body; the loop nests' counts add up to the stage's (the code between them is a few instructions per
@@ -274,6 +296,31 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     assert counts == {"measured": 2, "skipped": 2, "failed": 0} and len(measured) == 2
     ids = [json.loads(ln)["id"] for ln in out.read_text().splitlines()[:2]]
     assert len(cost_collect.done_ids(out)) == 4 and ids == [i for i, _ in cost_collect.items(2, 0, False)][:2]
+
+
+def test_refeature_resumes_and_keeps_failed_runs(tmp_path, monkeypatch):
+    """refeature writes record by record to OUT.partial (a second run continues it, a torn line redone), keeps
+    the runs that failed (did not fit) as they were, drops other kernels' records, and leaves OUT whole, gzipped
+    like its input."""
+    fp = cost_collect.kernels_fingerprint()
+    recs = [{"id": f"r{i}", "rows": [], "kernels_fingerprint": fp} for i in range(3)] + \
+        [{"id": "f", "failed": "does not fit"}, {"id": "old", "rows": [], "kernels_fingerprint": "other"}]
+    src, out = tmp_path / "in.jsonl.gz", tmp_path / "out.jsonl.gz"
+    src.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode()))
+    done = []
+
+    def fake(rec, tmp):
+        done.append(rec["id"])
+        return dict(rec, refeatured=True)
+
+    monkeypatch.setattr(cost_collect, "_refeatured", fake)
+    partial = tmp_path / "out.jsonl.gz.partial"
+    partial.write_text(json.dumps(dict(recs[0], refeatured=True)) + "\n" + '{"id": "r1", "ro')  # interrupted
+    assert cost_collect.refeature(src, out) == {"refeatured": 3, "dropped": 1}
+    assert done == ["r1", "r2"] and not partial.exists()
+    lines = [json.loads(x) for x in gzip.decompress(out.read_bytes()).decode().splitlines()]
+    assert [r["id"] for r in lines] == ["r0", "r1", "r2", "f"] and lines[3] == recs[3]
+    assert all(r["refeatured"] for r in lines[:3])
 
 
 def test_plan_json_and_chosen_plan_builds_to_prediction(built, shared_models, capsys):

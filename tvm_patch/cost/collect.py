@@ -24,6 +24,7 @@ from typing import Any
 from microtvm_projects.errors import ProjectError
 from tqdm import tqdm
 
+from tvm_patch.atomic import write_atomic
 from tvm_patch.cost.features import FEATURES_VERSION
 from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.measure import core_key, export_plan, measure
@@ -137,6 +138,12 @@ def drop_torn_line(path: Path) -> None:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every complete record of a JSONL file (``.jsonl.gz``: gzip-compressed); a missing file is a one-line
     error."""
+    return [rec for rec in _all_lines(path) if "rows" in rec]
+
+
+def _all_lines(path: Path) -> list[dict[str, Any]]:
+    """Every record of a measurements file, the failed runs' (no rows) included; a missing or unreadable file is
+    a one-line error."""
     if not path.is_file():
         raise TvmPatchError(f"{path}: no such measurements file; run `tvm-patch costmodel collect` first")
     try:
@@ -149,7 +156,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and "rows" in rec:
+        if isinstance(rec, dict):
             out.append(rec)
     return out
 
@@ -217,36 +224,58 @@ def _item_of(rec: dict[str, Any]) -> dict[str, Any]:
 def refeature(path: Path, out: Path) -> dict[str, int]:
     """Recompute the feature rows of every record of ``path`` measured on this installation's kernels (the
     same kernels fingerprint: the measured counts still hold) with this version's features, into ``out``;
-    records of other kernels are dropped. For a feature change that needs no new measurement."""
+    records of other kernels are dropped. For a feature change that needs no new measurement. Resumable: the
+    records are written one by one to ``out``.partial, which a second run continues; ``out`` appears complete."""
     fp = kernels_fingerprint()
     counts = {"refeatured": 0, "dropped": 0}
-    lines = []
-    with tempfile.TemporaryDirectory(prefix="tvmp_refeature_") as tmp:
-        for rec in tqdm(read_records(path), desc="refeature", unit="net"):
+    partial = out.with_name(out.name + ".partial")
+    drop_torn_line(partial)
+    done = done_ids(partial)
+    with tempfile.TemporaryDirectory(prefix="tvmp_refeature_") as tmp, open(partial, "a") as f:
+        for rec in tqdm(_all_lines(path), desc="refeature", unit="net"):
+            if rec.get("id") in done:
+                counts["refeatured"] += "rows" in rec
+                continue
+            if "rows" not in rec:  # a run that failed (did not fit the board): kept as it was
+                f.write(json.dumps(rec) + "\n")
+                continue
             if rec.get("kernels_fingerprint") != fp:
                 counts["dropped"] += 1
                 continue
-            item = _item_of(rec)
-            model = _item_model(item, rec["id"], tmp)
-            plan = Plan(rec["plan"]["split"], tuple(rec["plan"]["patches"]) if rec["plan"]["patches"] else None,
-                        rec["plan"]["halo"])
-            result, rows = export_plan(model, plan, Path(tmp) / "export")
-            if [r["func"] for r in rows] != [r["func"] for r in rec["rows"]]:
+            rec = _refeatured(rec, tmp)
+            if rec is None:
                 counts["dropped"] += 1
                 continue
-            for new, old in zip(rows, rec["rows"]):
-                new["measured"] = old["measured"]
-            rec = dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)
-            if rec.get("loop_nests"):  # the stage's loop nests counted again (their measured counts kept)
-                nests = stage_nest_counts(result) or []
-                if len(nests) == len(rec["loop_nests"]):
-                    rec["loop_nests"] = [dict(old, exec=e) for old, e in zip(rec["loop_nests"], nests)]
-                else:
-                    rec.pop("loop_nests")
-            lines.append(json.dumps(rec))
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
             counts["refeatured"] += 1
-    out.write_text("".join(line + "\n" for line in lines))
+    lines = [line for line in partial.read_text().splitlines() if line.strip()]
+    write_atomic(out, gzip.compress("".join(line + "\n" for line in lines).encode(), mtime=0)
+                 if out.suffix == ".gz" else "".join(line + "\n" for line in lines))
+    partial.unlink()
     return counts
+
+
+def _refeatured(rec: dict[str, Any], tmp: str) -> dict[str, Any] | None:
+    """``rec`` with its rows (and loop nests) featured by this version's code, its measured counts kept; None
+    when the export no longer has the same kernels."""
+    item = _item_of(rec)
+    model = _item_model(item, rec["id"], tmp)
+    plan = Plan(rec["plan"]["split"], tuple(rec["plan"]["patches"]) if rec["plan"]["patches"] else None,
+                rec["plan"]["halo"])
+    result, rows = export_plan(model, plan, Path(tmp) / "export")
+    if [r["func"] for r in rows] != [r["func"] for r in rec["rows"]]:
+        return None
+    for new, old in zip(rows, rec["rows"]):
+        new["measured"] = old["measured"]
+    rec = dict(rec, rows=rows, features_version=FEATURES_VERSION, item=item)
+    if rec.get("loop_nests"):  # the stage's loop nests counted again (their measured counts kept)
+        nests = stage_nest_counts(result) or []
+        if len(nests) == len(rec["loop_nests"]):
+            rec["loop_nests"] = [dict(old, exec=e) for old, e in zip(rec["loop_nests"], nests)]
+        else:
+            rec.pop("loop_nests")
+    return rec
 
 
 def _heldout_patch_plan(model: Any, halo: str = "recompute") -> Plan | None:

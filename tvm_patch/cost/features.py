@@ -20,7 +20,9 @@ from tvm_patch.cost.trips import executed
 from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.names import PATCHES_ATTR
 
-FEATURES_VERSION = 3
+# 4: a border position's pad store counted as the pad, not as what the in-image positions compute; branches that
+# repeat a condition already evaluated counted apart (trips.py)
+FEATURES_VERSION = 4
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -35,7 +37,7 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
-             "branches_skipped")
+             "branches_skipped", "branches_repeated")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is

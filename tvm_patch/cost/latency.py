@@ -31,8 +31,8 @@ PARAMS = {"max_depth": 4, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9,
           "objective": "reg:squarederror", "seed": 0, "nthread": 1}
 ROUNDS = 200
 # a loop nest's equation in the stage fit, against a whole stage's 1: the one of these that cross-validates best
-# over the training stages (choose_nest_weight)
-NEST_WEIGHTS = (0.25, 0.5, 1.0)
+# over the training stages (choose_nest_weight; 0: the whole stages alone)
+NEST_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 CV_FOLDS = 8
 # The sources that decide what the kernels' code is (the micro-kernels, their register blocking, the C code
 # generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.

@@ -101,6 +101,36 @@ def taken_share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
     return float(np.mean(np.broadcast_to(value, tuple(doms[v][1] for v in found)) if found else value))
 
 
+def _share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float:
+    """taken_share of a simplified condition: 1 or 0 for a constant, 1 when it cannot be evaluated."""
+    if isinstance(cond, tirx.IntImm):
+        return 1.0 if cond.value else 0.0
+    share = taken_share(cond, doms)
+    return 1.0 if share is None else share
+
+
+def _select(value: Any) -> tuple[Any, Any, Any] | None:
+    """(condition, then, else) of a stored value that is an ``if_then_else`` (under casts), else None."""
+    while isinstance(value, tirx.Cast):
+        value = value.value
+    if isinstance(value, tvm.ir.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name.endswith("if_then_else"):
+        return value.args[0], value.args[1], value.args[2]
+    return None
+
+
+def _calls_tvmp(expr: Any) -> bool:
+    """Does ``expr`` call a micro-kernel or helper (an extern ``tvmp_*``)?"""
+    found = [False]
+
+    def on_call(call: Any) -> tvm_ffi.WalkResult:
+        found[0] = found[0] or (call.op.name.endswith(("call_extern", "call_pure_extern")) and bool(call.args)
+                                and str(getattr(call.args[0], "value", "")).startswith("tvmp_"))
+        return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(expr, [(tvm.ir.Call, on_call)], order="pre")
+    return found[0]
+
+
 def _weights(expr: Any) -> list[str]:
     """The names of the weight buffers (``*_weight``: the patch stage's ``layer{i}_weight``) ``expr`` loads."""
     found: list[str] = []
@@ -199,9 +229,12 @@ def executed(func: tirx.PrimFunc) -> Counter:
     ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
     micro-kernel calls; ``window_macs`` those of the depthwise window calls, kh x kw each), ``call_<name>`` and ``elems_<name>`` per extern call (its length
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations; by what they write: ``stores_const``,
-    ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class), ``branches`` (evaluations of a branch
-    condition, ``branches_varying`` those whose outcome varies over the loops: a border patch's in-image
-    check, ``branches_skipped`` its evaluations that skip the guarded statement),
+    ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class; a store of ``if_then_else(c, a, b)``
+    counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
+    ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
+    loops: a border patch's in-image check, ``branches_skipped`` its evaluations that skip the guarded statement,
+    ``branches_repeated`` those of a condition already evaluated on the way: by an enclosing branch or an earlier
+    one of the same statement sequence, whose outcome the compiler reuses),
     ``dot_simd_macs`` / ``dot_tail_macs`` the dot-product calls' MACs in words of four (SMLAD) and in their
     scalar tails (length % 4: a 5-tap kernel row is one word and one scalar MAC), ``wmacs:<buffer>`` the MACs (scalar and micro-kernel) that read each weight buffer named ``*_weight`` (the
     patch stage's layers: ``layer{i}_weight``)."""
@@ -253,7 +286,41 @@ def executed(func: tirx.PrimFunc) -> Counter:
             mac[store] = isinstance(store, tirx.BufferStore) and has_mac(store.value)
         return mac[store]
 
-    def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None) -> None:
+    seen: dict[Any, bool] = {}  # (branch, the conditions known on the way to it) -> is its condition among them
+
+    def known_already(node: Any, known: tuple) -> bool:
+        if (node, known) not in seen:
+            seen[(node, known)] = any(tvm_ffi.structural_equal(node.condition, k) for k in known)
+        return seen[(node, known)]
+
+    parts: dict[Any, tuple] = {}  # element store -> (condition or None, [(part, its class, calls any tvmp_)])
+
+    def store(node: Any, trips: float, env: dict) -> None:
+        # an element store of if_then_else(condition, a, b) (a border position's pad value, computed or not):
+        # what it writes and calls split by the share of the iterations that take each side
+        if node not in parts:
+            sel = _select(node.value)
+            exprs = [node.value] if sel is None else [sel[1], sel[2]]
+            parts[node] = (None if sel is None else sel[0], [(e, _store_class(e), _calls_tvmp(e)) for e in exprs])
+        cond, kinds = parts[node]
+        share = None
+        if cond is not None:
+            c = simplify(cond, env)
+            share = _share(c, doms) if isinstance(c, tirx.IntImm) else taken_share(c, doms)
+        if share is None and cond is not None:  # a select that cannot be evaluated: the whole value, every time
+            kinds = [(node.value, _store_class(node.value), True)]
+        elif share is not None and _calls_tvmp(cond):
+            calls(cond, trips, env)
+        for (part, cls, has_calls), t in zip(kinds, (trips,) if share is None else (trips * share, trips * (1 - share))):
+            if t:
+                if has_calls:
+                    calls(part, t, env)
+                out[f"stores_{cls}"] += t
+
+    def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,
+              known: tuple = ()) -> None:
+        # known: the branch conditions evaluated on the way to ``node`` in this iteration (an enclosing branch, an
+        # earlier branch of the same statement sequence); the compiler reuses their outcome (jump threading)
         if trips == 0:
             return
         if isinstance(node, tirx.For):
@@ -264,11 +331,11 @@ def executed(func: tirx.PrimFunc) -> Counter:
             if lo is not None and 1 < ext <= MAX_ENUMERATE and controls[node]:
                 for v in range(lo, lo + ext):
                     visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
-                          chain + [(ext, node.loop_var)], red)
+                          chain + [(ext, node.loop_var)], red, known)
             else:
                 if lo is not None:
                     doms[node.loop_var] = (lo, ext)
-                visit(node.body, trips * ext, env, chain + [(ext, node.loop_var)], red)
+                visit(node.body, trips * ext, env, chain + [(ext, node.loop_var)], red, known)
                 doms.pop(node.loop_var, None)
         elif isinstance(node, tirx.SeqStmt):
             # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
@@ -278,30 +345,33 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 if isinstance(s, tirx.Bind):  # a let: later statements see its value
                     env = env | {s.var: simplify(s.value, env)}
                 else:
-                    visit(s, trips, env, [] if macs > 1 else chain, red)
+                    visit(s, trips, env, [] if macs > 1 else chain, red, known)
+                    if isinstance(s, tirx.IfThenElse):
+                        known = known + (s.condition,)
         elif isinstance(node, tirx.LetStmt):
             visit(node.body, trips, env | {node.var: simplify(node.value, env)},
-                  chain, red)
+                  chain, red, known)
         elif isinstance(node, tirx.IfThenElse):
             cond = simplify(node.condition, env)
             c = int(cond.value) if isinstance(cond, tirx.IntImm) else None
-            share = (1.0 if c else 0.0) if c is not None else taken_share(cond, doms)
-            share = 1.0 if share is None else share
+            share = (1.0 if c else 0.0) if c is not None else _share(cond, doms)
             out["branches"] += trips
+            if known and known_already(node, known):
+                out["branches_repeated"] += trips
             if c is None:
                 out["branches_varying"] += trips
                 out["branches_skipped"] += trips * (1.0 - share)
-            visit(node.then_case, trips * share, env, [], red)
+            visit(node.then_case, trips * share, env, [], red, known + (node.condition,))
             if node.else_case is not None:
-                visit(node.else_case, trips * (1.0 - share), env, [], red)
+                visit(node.else_case, trips * (1.0 - share), env, [], red, known + (node.condition,))
         elif isinstance(node, s_tir.SBlockRealize):
             block = node.block
             extents = [int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == 2
                        and isinstance(iv.dom.extent, tirx.IntImm)]
-            visit(block.body, trips, env, chain, extents if extents else None)
+            visit(block.body, trips, env, chain, extents if extents else None, known)
         elif isinstance(node, tirx.BufferStore):
-            calls(node.value, trips, env)
             if is_mac(node):
+                calls(node.value, trips, env)
                 ext, blocked = red, False
                 if red is None:
                     ext, blocked = _reduction(chain, node.indices)
@@ -321,11 +391,11 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     out["mac_flat"] += trips
             else:
                 out["stores"] += trips
-                out[f"stores_{_store_class(node.value)}"] += trips
+                store(node, trips, env)
         elif isinstance(node, tirx.Evaluate):
             calls(node.value, trips, env)
         elif hasattr(node, "body"):
-            visit(node.body, trips, env, chain, red)
+            visit(node.body, trips, env, chain, red, known)
 
     visit(func.body, 1, {}, [], None)
     return out
