@@ -22,7 +22,6 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.export.kernel_info import has_mac
-from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.patch.schedule import eval_int_expr
 from tvm_patch.tir_util import uses_var, vars_of
 
@@ -241,12 +240,34 @@ def executed(func: tirx.PrimFunc) -> Counter:
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
 
+    # hash(expression) -> (the expression, kept alive so that its hash, the address of its object, stays its own;
+    # does it hold a let expression). Keyed by that hash, as the loop values are (env: hash(variable) -> value):
+    # a TIR expression's == builds an expression, which a dict keyed by expressions calls on every hit
+    lets: dict[int, tuple[Any, bool]] = {}
+
+    def has_let(e: Any) -> bool:
+        key = hash(e)
+        if key not in lets:
+            lets[key] = (e, _has_let(e))
+        return lets[key][1]
+
     def simplify(e: Any, env: dict) -> Any:
-        e = substitute_vars(e, env) if env else e
+        if isinstance(e, tirx.IntImm):
+            return e
         # simplifying a let expression binds its variable in the analyzer for good; the same expression under
         # other loop values would bind it again to another value, which TVM refuses (and a stale binding would be
         # wrong): such expressions get an analyzer of their own
-        return (tvm.sym.Analyzer() if _has_let(e) else ana).simplify(e)
+        own = [has_let(e)]
+
+        def sub(v: Any) -> Any:
+            new = env.get(hash(v))
+            if new is None:
+                return v
+            own[0] = own[0] or has_let(new)
+            return new
+
+        e = tvm_ffi.structural_map(e, (tirx.Var, sub)) if env else e
+        return (tvm.sym.Analyzer() if own[0] else ana).simplify(e)
 
     def const(e: Any, env: dict) -> int | None:
         e = simplify(e, env)
@@ -280,6 +301,13 @@ def executed(func: tirx.PrimFunc) -> Counter:
     # value: without these, each visit walks the whole body again; statements hash by identity)
     controls: dict[Any, bool] = {}
     mac: dict[Any, bool] = {}
+    tvmp: dict[Any, bool] = {}
+    seq_macs: dict[Any, int] = {}
+
+    def has_calls(stmt: Any) -> bool:  # does the statement's value call a tvmp_ function
+        if stmt not in tvmp:
+            tvmp[stmt] = _calls_tvmp(stmt.value)
+        return tvmp[stmt]
 
     def is_mac(store: Any) -> bool:
         if store not in mac:
@@ -330,7 +358,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 controls[node] = _controls(node.body, node.loop_var)
             if lo is not None and 1 < ext <= MAX_ENUMERATE and controls[node]:
                 for v in range(lo, lo + ext):
-                    visit(node.body, trips, env | {node.loop_var: tirx.IntImm(str(node.extent.ty), v)},
+                    visit(node.body, trips, env | {hash(node.loop_var): tirx.IntImm(str(node.extent.ty), v)},
                           chain + [(ext, node.loop_var)], red, known)
             else:
                 if lo is not None:
@@ -340,16 +368,18 @@ def executed(func: tirx.PrimFunc) -> Counter:
         elif isinstance(node, tirx.SeqStmt):
             # several MAC stores in one sequence: an unrolled reduction; otherwise the loops around the sequence
             # stay the reduction's (an accumulator's init, lets and the epilogue beside it)
-            macs = sum(is_mac(s) for s in node.seq)
+            if node not in seq_macs:
+                seq_macs[node] = sum(is_mac(s) for s in node.seq)
+            macs = seq_macs[node]
             for s in node.seq:
                 if isinstance(s, tirx.Bind):  # a let: later statements see its value
-                    env = env | {s.var: simplify(s.value, env)}
+                    env = env | {hash(s.var): simplify(s.value, env)}
                 else:
                     visit(s, trips, env, [] if macs > 1 else chain, red, known)
                     if isinstance(s, tirx.IfThenElse):
                         known = known + (s.condition,)
         elif isinstance(node, tirx.LetStmt):
-            visit(node.body, trips, env | {node.var: simplify(node.value, env)},
+            visit(node.body, trips, env | {hash(node.var): simplify(node.value, env)},
                   chain, red, known)
         elif isinstance(node, tirx.IfThenElse):
             cond = simplify(node.condition, env)
@@ -371,7 +401,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
             visit(block.body, trips, env, chain, extents if extents else None, known)
         elif isinstance(node, tirx.BufferStore):
             if is_mac(node):
-                calls(node.value, trips, env)
+                if has_calls(node):
+                    calls(node.value, trips, env)
                 ext, blocked = red, False
                 if red is None:
                     ext, blocked = _reduction(chain, node.indices)
@@ -393,7 +424,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 out["stores"] += trips
                 store(node, trips, env)
         elif isinstance(node, tirx.Evaluate):
-            calls(node.value, trips, env)
+            if has_calls(node):
+                calls(node.value, trips, env)
         elif hasattr(node, "body"):
             visit(node.body, trips, env, chain, red, known)
 
