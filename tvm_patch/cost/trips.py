@@ -100,12 +100,11 @@ def taken_share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
     return float(np.mean(np.broadcast_to(value, tuple(doms[v][1] for v in found)) if found else value))
 
 
-def _share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float:
-    """taken_share of a simplified condition: 1 or 0 for a constant, 1 when it cannot be evaluated."""
+def _share(cond: Any, doms: dict[Any, tuple[int, int]]) -> float | None:
+    """taken_share of a simplified condition: 1 or 0 for a constant, None when it cannot be evaluated."""
     if isinstance(cond, tirx.IntImm):
         return 1.0 if cond.value else 0.0
-    share = taken_share(cond, doms)
-    return 1.0 if share is None else share
+    return taken_share(cond, doms)
 
 
 def _select(value: Any) -> tuple[Any, Any, Any] | None:
@@ -321,25 +320,29 @@ def executed(func: tirx.PrimFunc) -> Counter:
             seen[(node, known)] = any(tvm_ffi.structural_equal(node.condition, k) for k in known)
         return seen[(node, known)]
 
-    parts: dict[Any, tuple] = {}  # element store -> (condition or None, [(part, its class, calls any tvmp_)])
+    # element store -> (its select's condition or None, whether that condition calls a tvmp_ function, the parts
+    # it writes: [(expression, store class, calls a tvmp_ function)], the whole value as one part)
+    parts: dict[Any, tuple] = {}
 
     def store(node: Any, trips: float, env: dict) -> None:
         # an element store of if_then_else(condition, a, b) (a border position's pad value, computed or not):
         # what it writes and calls split by the share of the iterations that take each side
+        def kind(e: Any) -> tuple[Any, str, bool]:
+            return e, _store_class(e), _calls_tvmp(e)
+
         if node not in parts:
             sel = _select(node.value)
-            exprs = [node.value] if sel is None else [sel[1], sel[2]]
-            parts[node] = (None if sel is None else sel[0], [(e, _store_class(e), _calls_tvmp(e)) for e in exprs])
-        cond, kinds = parts[node]
-        share = None
-        if cond is not None:
-            c = simplify(cond, env)
-            share = _share(c, doms) if isinstance(c, tirx.IntImm) else taken_share(c, doms)
-        if share is None and cond is not None:  # a select that cannot be evaluated: the whole value, every time
-            kinds = [(node.value, _store_class(node.value), True)]
-        elif share is not None and _calls_tvmp(cond):
-            calls(cond, trips, env)
-        for (part, cls, has_calls), t in zip(kinds, (trips,) if share is None else (trips * share, trips * (1 - share))):
+            parts[node] = (None, False, [], [kind(node.value)]) if sel is None else \
+                (sel[0], _calls_tvmp(sel[0]), [kind(sel[1]), kind(sel[2])], [kind(node.value)])
+        cond, cond_calls, sides, whole = parts[node]
+        share = None if cond is None else _share(simplify(cond, env), doms)
+        if share is None:  # no select, or one that cannot be evaluated: the whole value, every time
+            sides, shares = whole, (trips,)
+        else:
+            if cond_calls:
+                calls(cond, trips, env)
+            shares = (trips * share, trips * (1 - share))
+        for (part, cls, has_calls), t in zip(sides, shares):
             if t:
                 if has_calls:
                     calls(part, t, env)
@@ -384,7 +387,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
         elif isinstance(node, tirx.IfThenElse):
             cond = simplify(node.condition, env)
             c = int(cond.value) if isinstance(cond, tirx.IntImm) else None
-            share = (1.0 if c else 0.0) if c is not None else _share(cond, doms)
+            share = _share(cond, doms)
+            share = 1.0 if share is None else share  # a condition it cannot evaluate: counted as taken
             out["branches"] += trips
             if known and known_already(node, known):
                 out["branches_repeated"] += trips
