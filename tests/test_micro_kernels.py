@@ -147,6 +147,11 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         assert got == [acc0[p * rows + j] + int(np.dot(a[p], w[j])) for p in range(2) for j in range(rows)]
         assert (q_rows, n4) == (rows, n & ~3)  # the widened pair (tvmp_widen_px2 + tvmp_dot_q15_px2_rows*)
         assert q_got == [acc0[p * rows + j] + int(np.dot(a[p, :n4], w[j, :n4])) for p in range(2) for j in range(rows)]
+    planes = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("V ")]
+    assert len(planes) == 100 and len({cs for _, cs, *_ in planes}) == 6
+    for (rows, n, *rest), (n4, _cs, *words) in zip(pixels, planes):  # the widened words, from channel planes
+        a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
+        assert n4 == n & ~3 and words == _widened_words(a[:, :n4])
     windows = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("W ")]
     assert len(windows) == 100
     for d, sy, sx, kh, kw, wy, wx, got0, got1, acc0, acc1, *rest in windows:
@@ -155,6 +160,15 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
         assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
         assert [got0, got1] == [acc + sum(int(plane[o + p]) * int(w[q]) for p, q in taps) for o, acc in ((0, acc0), (d, acc1))]
+
+
+def _widened_words(pair: np.ndarray) -> list[int]:
+    """tvmp_widen_px2's words of a pixel pair (2 x n, n % 4 == 0): per four channels (c0, c2) and (c1, c3) of
+    pixel 0, then of pixel 1, each an int16 half (the low one first)."""
+    def pack(lo: int, hi: int) -> int:
+        return (int(lo) & 0xFFFF) | ((int(hi) & 0xFFFF) << 16)
+
+    return [pack(pair[p, i + j], pair[p, i + j + 2]) for i in range(0, pair.shape[1], 4) for p in range(2) for j in range(2)]
 
 
 def _matmul_requant(k: int, transposed: bool, extern: bool, f_out: int = 5) -> tirx.PrimFunc:
@@ -320,7 +334,8 @@ def _px2_call(code: str, rows: int) -> bool:
     """Whether the kernel calls a two-pixel kernel of ``rows`` rows: in one step, or on a pair widened once for
     several channel blocks (codegen.widen_kernels)."""
     body = code.replace(MICRO_KERNELS.read_text(), "")
-    return f"tvmp_dot_s8_px2_rows{rows}(" in body or (f"tvmp_dot_q15_px2_rows{rows}(" in body and "tvmp_widen_px2(" in body)
+    widen = "tvmp_widen_px2(" in body or "tvmp_widen_px2_planes(" in body  # a pixel-major pair, or channel planes
+    return f"tvmp_dot_s8_px2_rows{rows}(" in body or (f"tvmp_dot_q15_px2_rows{rows}(" in body and widen)
 
 
 def _depthwise(layout: str, h: int, w: int, k: int, stride: int, pad: int, pad_value: int) -> tirx.PrimFunc:
@@ -403,7 +418,7 @@ def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad):
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
     """A 5x5 depthwise kernel over a 3x3 plane (padding 2: every output a border one) has its output loops peeled
-    (micro_kernels._peeled): one window call per output, each with constant bounds; bit-exact with TVM."""
+    (border_partition._peeled): one window call per output, each with constant bounds; bit-exact with TVM."""
     func = lean_schedule(_depthwise(layout, 3, 3, 5, 1, 2, -7))
     src = emit_c({"kern": func})
     calls = [ln for ln in src.code.replace(MICRO_KERNELS.read_text(), "").splitlines() if "tvmp_window_s8(" in ln]
@@ -621,6 +636,10 @@ def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, co
               np.full((1, cout, h, w), 77, dtype=np.int8)]
     csrc = emit_c({"kern": func})
     assert _px2_call(csrc.code, 2)
+    body = csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    # from the channel planes (no pixel-major copy) where the pair is widened: 4-channel groups, 2+ channel blocks
+    assert ("tvmp_widen_px2_planes(" in body) == (cin % 4 == 0 and cout_blocks >= 2 and 4 * cin <= MAX_WIDE_BYTES)
+    assert "tvmp_widen_px2(" not in body
     tmp = tmp_path_factory.mktemp("px2nchw")
     want = _tvm_out(src, arrays)
     if not csrc.workspace_bytes.get("kern", 0):

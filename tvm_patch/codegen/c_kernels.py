@@ -52,7 +52,8 @@ from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
-from tvm_patch.codegen.micro_kernels import MicroKernels, PartitionPadding, micro_kernels_enabled
+from tvm_patch.codegen.border_partition import PartitionPadding
+from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR

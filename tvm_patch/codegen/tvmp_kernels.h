@@ -27,6 +27,8 @@
  * tvmp_widen_px2 / tvmp_dot_q15_px2_rows2 / _rows4: the same two-pixel product in two steps, where one pixel pair
  *   meets every output-channel block of a layer: the pair's activations sign-extended once into n words
  *   (tvmp_widen_px2, before the channel loop), then each block reads them (four word loads per four channels, no SXTB16).
+ * tvmp_widen_px2_planes: the same words from a pair stored as channel planes (NCHW: channel c of pixel p at
+ *   a[c * cs + p]), so an NCHW kernel widens its pair straight from its input, without a pixel-major copy first.
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -260,6 +262,22 @@ TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t
     }
 }
 
+/* tvmp_widen_px2's words from channel planes (pixel p of channel c at a[c * cs + p], n % 4 == 0): per four
+   channels four halfword loads (both pixels of one channel each), two words of channels (0, 2) and (1, 3)
+   holding bytes (p0, p1, p0, p1), and each split by SXTB16 without and with ror 8 into pixel 0's and pixel 1's. */
+TVMP_INLINE void tvmp_widen_px2_planes(const int8_t *a, int32_t cs, int32_t n, uint32_t *q) {
+    for (; n >= 4; n -= 4, a += 4 * cs, q += 4) {
+        uint16_t h0, h1, h2, h3;
+        memcpy(&h0, a, 2);
+        memcpy(&h1, a + cs, 2);
+        memcpy(&h2, a + 2 * cs, 2);
+        memcpy(&h3, a + 3 * cs, 2);
+        uint32_t x02 = (uint32_t)h0 | ((uint32_t)h2 << 16), x13 = (uint32_t)h1 | ((uint32_t)h3 << 16);
+        q[0] = __sxtb16(x02), q[2] = tvmp_sxtb16_ror8(x02);
+        q[1] = __sxtb16(x13), q[3] = tvmp_sxtb16_ror8(x13);
+    }
+}
+
 /* One word (4 channels at offset off) of the rows against the widened pair at q + off: the body of
    TVMP_Q15_PX2_KERNEL. */
 #define TVMP_Q15_PX2_STEP(rows, off) do {                                                               \
@@ -303,6 +321,13 @@ TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t
         for (int32_t p = 0; p < 2; p++) {
             const int8_t *x = a + p * as + i;
             q[2 * p] = tvmp_pack16(x[0], x[2]), q[2 * p + 1] = tvmp_pack16(x[1], x[3]);
+        }
+}
+TVMP_INLINE void tvmp_widen_px2_planes(const int8_t *a, int32_t cs, int32_t n, uint32_t *q) {
+    for (int32_t i = 0; i < n; i += 4, q += 4)
+        for (int32_t p = 0; p < 2; p++) {
+            const int8_t *x = a + i * cs + p;
+            q[2 * p] = tvmp_pack16(x[0], x[2 * cs]), q[2 * p + 1] = tvmp_pack16(x[cs], x[3 * cs]);
         }
 }
 #define TVMP_Q15_PX2_KERNEL(name, rows)                                                                 \

@@ -16,6 +16,12 @@ arena byte; the stack it takes is in the firmware's fixed stack reserve (the emu
 In a patch stage too: its buffers share planned storage, but its in-place proofs make every read of the pair see
 the unclobbered input in every channel block, so reading it once before them reads the same bytes; the widened
 copy is a C local outside the stage's workspace plan.
+
+An NCHW kernel first copies its pair pixel-major (``local[p * K + c] = src[base + c * S + p]``,
+``inplace_conv.pixel_pair_copy_schedule``) and widens the copy. Where nothing else reads that copy, the widening
+reads the channel planes instead (``tvmp_widen_px2_planes(&src[base], S, n, q)``: the same words) and the copy,
+its buffer and its stores go (``_from_planes``). Exact for the same reason: between the copy and the widening
+nothing stores to the source, so both read the same bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
 from tvm_patch.tir_util import uses_var
 
 WIDEN = "tvmp_widen_px2"
+WIDEN_PLANES = "tvmp_widen_px2_planes"
 Q15_PX2_ROWS = {2: "tvmp_dot_q15_px2_rows2", 4: "tvmp_dot_q15_px2_rows4"}
 WIDE_NAME = "px2_q15"  # the widened pair's C local
 MAX_WIDE_BYTES = 1024  # 256 input channels: larger pairs keep the one-step kernel
@@ -157,10 +164,116 @@ def _path_loops(stmt: Any, target: Any) -> list[Any] | None:
     return None
 
 
+def _pair_copy(stmt: Any) -> tuple[Any, int, TensorLoad, int] | None:
+    """(local buffer, K, the source's load at channel 0 of pixel 0, channel stride S) of a pixel-major copy of
+    a pixel pair out of channel planes, ``for c < K: for p < 2: local[p * K + c] = src[base + c * S + p]``
+    (either loop order), else None."""
+    if not (isinstance(stmt, tirx.For) and isinstance(stmt.body, tirx.For) and isinstance(stmt.body.body, tirx.BufferStore)):
+        return None
+    loops, store = [stmt, stmt.body], stmt.body.body
+    if any(f.kind != tirx.ForKind.SERIAL or _int(f.min) != 0 or _int(f.extent) is None for f in loops):
+        return None
+    pix = [f for f in loops if _int(f.extent) == 2]
+    chan = [f for f in loops if _int(f.extent) != 2]
+    load = store.value
+    if len(pix) != 1 or len(chan) != 1 or len(store.indices) != 1 or not isinstance(load, TensorLoad) \
+            or len(load.indices) != 1 or str(load.ty) != "int8" or str(store.buffer.ty.dtype) != "int8":
+        return None
+    p, c, k = pix[0].loop_var, chan[0].loop_var, _int(chan[0].extent)
+    dst = [_int(x) for x in tvm.sym.detect_linear_equation(store.indices[0], [p, c])]
+    src = list(tvm.sym.detect_linear_equation(load.indices[0], [c, p]))
+    if dst != [k, 1, 0] or len(src) != 3 or _int(src[1]) != 1 or _int(src[0]) is None:
+        return None
+    base, stride = src[2], _int(src[0])
+    return store.buffer, k, tirx.BufferLoad(load.source, [base]), stride
+
+
+def _loads_of(func: Any) -> dict[str, int]:
+    """How many times ``func`` reads each buffer name (an address taken counts as a read; buffers sharing a name
+    count together, which only errs towards keeping a buffer)."""
+    counts: dict[str, int] = {}
+
+    def on_load(ld: Any) -> tvm_ffi.WalkResult:
+        counts[ld.source.name] = counts.get(ld.source.name, 0) + 1
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func, [(TensorLoad, on_load)], order="pre")
+    return counts
+
+
+def _flat(seq: Any) -> list[Any]:
+    return [x for st in seq.seq for x in (_flat(st) if isinstance(st, tirx.SeqStmt) else [st])]
+
+
+def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with each widening of a pixel-major pair copy read by nothing else (``_pair_copy``, in the same
+    sequence before it, only declarations in between) widening the source's channel
+    planes instead, and the copy gone (its buffer too when nothing else stores to it: ``_drop_unread``)."""
+    reads = _loads_of(func)
+    dropped: list[Any] = []
+
+    def on_seq(seq: Any) -> Any:
+        flat, changed = _flat(seq), False
+        for i, st in enumerate(flat):
+            if not (isinstance(st, tirx.Evaluate) and _extern_name(st.value) == WIDEN):
+                continue
+            a, a_step, n, q = list(st.value.args)[1:]
+            local = a.args[0] if isinstance(a, tvm.ir.Call) and a.args and isinstance(a.args[0], TensorLoad) else None
+            if local is None or _int(local.indices[0]) != 0 or reads.get(local.source.name) != 1:
+                continue
+            for j in range(i - 1, -1, -1):
+                copy = _pair_copy(flat[j])
+                if copy is not None and copy[0].same_as(local.source):
+                    break
+                if not isinstance(flat[j], tirx.AllocBuffer):
+                    copy = None
+                    break
+            else:
+                copy = None
+            ana = tvm.sym.Analyzer()
+            if copy is None or _int(ana.simplify(a_step)) != copy[1] or (_int(n) or 0) > copy[1]:
+                continue
+            _, _, src, stride = copy
+            flat[i] = tirx.Evaluate(tirx.call_extern("void", WIDEN_PLANES, tirx.address_of(src),
+                                                     tirx.const(stride, "int32"), n, q))
+            flat[j] = tirx.Evaluate(0)
+            dropped.append(local.source)
+            changed = True
+        return _seq([st for st in flat if not _is_noop(st)]) if changed else seq
+
+    out = tvm_ffi.structural_map(func, [(tirx.SeqStmt, on_seq)])
+    return _drop_unread(out, dropped) if dropped else out
+
+
+def _seq(stmts: list[Any]) -> Any:
+    return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0] if stmts else tirx.Evaluate(0)
+
+
+def _is_noop(st: Any) -> bool:
+    return isinstance(st, tirx.Evaluate) and isinstance(st.value, tirx.IntImm)
+
+
+def _drop_unread(func: tirx.PrimFunc, bufs: list[Any]) -> tirx.PrimFunc:
+    """``func`` without the declarations of ``bufs`` and their stores, where nothing reads them any more (a C
+    local written and never read: the host's -Werror build refuses it)."""
+    reads = _loads_of(func)
+    gone = [b for b in bufs if not reads.get(b.name)]
+
+    def dead(st: Any) -> bool:
+        return isinstance(st, (tirx.AllocBuffer, tirx.BufferStore)) and any(st.buffer.same_as(b) for b in gone)
+
+    def on_seq(seq: Any) -> Any:
+        flat = _flat(seq)
+        kept = [st for st in flat if not dead(st)]
+        return seq if len(kept) == len(flat) else _seq(kept)
+
+    return tvm_ffi.structural_map(func, [(tirx.SeqStmt, on_seq)])
+
+
 def widen_pixel_pairs(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each loop of two-pixel calls on a pair it does not move (``_widened``) widening the pair once,
-    innermost such loops first."""
-    return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _widened(loop) or loop)])
+    innermost such loops first, and such a pair copied out of channel planes widened from them (``_from_planes``)."""
+    return _from_planes(tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _widened(loop) or loop)]))
 
 
 def WidenPixelPairs() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)

@@ -2,7 +2,7 @@
 
 In place (inplace_conv.py) or not, a lean depthwise kernel reads its input through the pad's
 ``if_then_else``: the micro-kernels split each output loop into border ranges and the interior
-(micro_kernels.partition_padding), and every border window runs the bounded, tap-by-tap form of
+(border_partition.partition_padding), and every border window runs the bounded, tap-by-tap form of
 ``tvmp_window_s8``. On the small planes of a network's late layers with 5x5 and 7x7 kernels most or all
 windows are border ones (mcunet-in3's 7x7 layers on 6 x 6 and 11 x 11 planes: 3.3-3.9 instructions per MAC).
 

@@ -127,7 +127,9 @@ def pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str,
     """NCHW 1x1 kernels that copy their pixel's channels (run in place, or for contiguous reads) as two-pixel
     kernels: blocked over two output pixels (``block_pixels(..., channels_first=True)``) and copying the pixel pair
     pixel-major (``pixel_pair_copy_schedule``: tvmp_dot_s8_px2_rows*), where a kernel run in place proves the same
-    in-place pairs in that form and re-planning with the pair's copy (2 x C_in bytes) gives no larger arena."""
+    in-place pairs in that form and re-planning with the pair's copy (2 x C_in bytes) gives no larger arena. Where
+    the lowering widens the pair straight from the channel planes (``widen_kernels._from_planes``) the copy is gone,
+    workspace and all."""
     funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
     running = {prog.calls[k].func for k in aplan.inplace_calls}
     for name, func in list(funcs.items()):
@@ -143,7 +145,8 @@ def pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str,
             continue
         if name in running and not workspace[name] and lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes:
             # an in-place kernel whose one-pixel copy is a C local and whose pair copy would not be: the workspace
-            # loses `restrict` in place, GCC reloads the pair per channel block (mcunet-in0: +4 % on such a kernel)
+            # loses `restrict` in place, GCC reloads the pair per channel block (mcunet-in0: +4 % on such a kernel);
+            # a pair widened from the planes has no copy, so no workspace (mcunet-in3's conv2d22: -20 %)
             continue
         funcs, pairs, workspace, aplan = if_no_larger(prog, funcs, name, cand, n_out, pairs, workspace, aplan,
                                                       io_in_arena, alignment)
