@@ -6,7 +6,7 @@ the shipped model of each core on the measurements it was trained beside (bench/
 `--retrain` first re-collects the training and held-out measurements on this installation's kernels (the
 rounds of collect.DEFAULT_ROUNDS and the adaptive one, on QEMU; resumable: an interrupted run continues), then retrains and
 replaces the shipped model (tvm_patch/cost/models/<core>.json) and its data (bench/cost_data/<core>.jsonl.gz), and
-measures the extra held-out runs (--measure-extra).
+measures the extra held-out runs (--measure-extra) and, for the M7, the blind check's (--measure-blind).
 `make costmodel` (or `make -j2 costmodel` for both cores at once) runs it.
 
 `--stage-layers MODEL --board B --split S --patches P [--halo H]`: where the patch stage's prediction errs, layer
@@ -34,7 +34,8 @@ from microtvm_projects.errors import ProjectError
 
 from tvm_patch.atomic import write_atomic
 from tvm_patch.board_build import build_project
-from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done_ids, heldout_models, read_records
+from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done_ids, heldout_models, heldout_patch_plan, \
+    read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
 from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, measure
@@ -236,35 +237,60 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
 
 
 EXTRA_PATCHES = 3  # the extra held-out runs: the held-out networks with 3x3 patches at the middle valid split
+# the blind check (docs/cost-model.md, round 6): zoo networks that neither training nor any model decision saw,
+# measured on the H743's build (the M7 board with the most SRAM and Flash: none of them fits the F746 or the F412)
+BLIND_MODELS = ("zoo:mcunet-in2:int8", "zoo:mbv2-w0.35-r144:int8", "zoo:proxyless-w0.3-r176:int8")
+BLIND_BOARD = "h743"
+
+
+def _measure_runs(kind: str, core: str, runs: list[tuple[str, str, Any, str]]) -> Path:
+    """Measure ``runs`` ((id, model, a function giving its Plan or None, board) each) into a resumable file in
+    the cache, a run that does not fit or has no plan kept as ``failed``; write it to
+    bench/cost_data/<core>_<kind>.jsonl.gz."""
+    work = _work_file(f"{kind}_{core}_{kernels_fingerprint()}.jsonl")
+    done = done_ids(work)
+    with tempfile.TemporaryDirectory(prefix=f"tvmp_{kind}_") as tmp:
+        for item_id, model, plan_of, board in runs:
+            if item_id in done:
+                continue
+            try:
+                plan = plan_of()
+                if plan is None:
+                    raise TvmPatchError(f"{model}: no valid split for {item_id}")
+                rec = measure(model, plan, board, work_dir=tmp)
+                rec.update(id=item_id, heldout=True, synth=None,
+                           item={"model": model, "patched": plan.split is not None})
+            except (TvmPatchError, ProjectError) as e:
+                rec = {"id": item_id, "failed": str(e).splitlines()[0]}
+            with open(work, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+    out = DATA / f"{core}_{kind}.jsonl.gz"
+    write_atomic(out, gzip.compress(work.read_bytes(), 9, mtime=0))
+    (PARTIAL / f"{work.name}.gz").unlink(missing_ok=True)
+    return out
 
 
 def measure_extra(core: str) -> Path:
     """Measure the extra held-out runs of ``core`` (the held-out real networks with EXTRA_PATCHES x EXTRA_PATCHES
     patches at the middle valid split, halos recomputed: deeper stages than the 4x4 ones, a check beside the
-    issue's held-out set, which training never reads either) into a resumable file in the cache; write it to
-    bench/cost_data/<core>_extra.jsonl.gz."""
-    work = _work_file(f"extra_{core}_{kernels_fingerprint()}.jsonl")
-    done = done_ids(work)
-    with tempfile.TemporaryDirectory(prefix="tvmp_extra_") as tmp:
-        for model in heldout_models():
-            item_id = f"heldout{EXTRA_PATCHES}x{EXTRA_PATCHES}-{Path(model).name}"
-            if item_id in done:
-                continue
-            splits = valid_splits(build_graph(load_model(model).mod), (EXTRA_PATCHES, EXTRA_PATCHES))
-            plan = Plan(splits[len(splits) // 2], (EXTRA_PATCHES, EXTRA_PATCHES)) if splits else None
-            try:
-                if plan is None:
-                    raise TvmPatchError(f"{model}: no valid split for {EXTRA_PATCHES}x{EXTRA_PATCHES} patches")
-                rec = measure(model, plan, BOARD_OF_CORE[core], work_dir=tmp)
-                rec.update(id=item_id, heldout=True, synth=None, item={"model": model, "patched": True})
-            except (TvmPatchError, ProjectError) as e:
-                rec = {"id": item_id, "failed": str(e).splitlines()[0]}
-            with open(work, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-    out = DATA / f"{core}_extra.jsonl.gz"
-    write_atomic(out, gzip.compress(work.read_bytes(), 9, mtime=0))
-    (PARTIAL / f"{work.name}.gz").unlink(missing_ok=True)
-    return out
+    issue's held-out set, which training never reads either) into bench/cost_data/<core>_extra.jsonl.gz."""
+    def plan_of(model: str) -> Any:
+        splits = valid_splits(build_graph(load_model(model).mod), (EXTRA_PATCHES, EXTRA_PATCHES))
+        return Plan(splits[len(splits) // 2], (EXTRA_PATCHES, EXTRA_PATCHES)) if splits else None
+
+    return _measure_runs("extra", core, [(f"heldout{EXTRA_PATCHES}x{EXTRA_PATCHES}-{Path(m).name}", m,
+                                          lambda m=m: plan_of(m), BOARD_OF_CORE[core]) for m in heldout_models()])
+
+
+def measure_blind() -> Path:
+    """Measure the blind check's runs on the M7 (BLIND_MODELS layer by layer and with the held-out set's patch
+    plan, 4x4 patches at the middle split, in both halo modes) into bench/cost_data/m7_blind.jsonl.gz."""
+    runs = []
+    for m in BLIND_MODELS:
+        runs += [(f"blind-{m}-lbl", m, Plan, BLIND_BOARD),
+                 (f"blind-{m}-patch", m, lambda m=m: heldout_patch_plan(m, "recompute"), BLIND_BOARD),
+                 (f"blind-{m}-cache", m, lambda m=m: heldout_patch_plan(m, "cache"), BLIND_BOARD)]
+    return _measure_runs("blind", "m7", runs)
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -296,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-extra", action="store_true",
                    help="first measure the extra held-out runs (3x3 patches at the middle split, about 10 minutes "
                         "a core) into bench/cost_data/<core>_extra.jsonl.gz; they are evaluated whenever present")
+    p.add_argument("--measure-blind", action="store_true",
+                   help="first measure the blind check's runs on the M7 (3 unseen zoo networks, about 10 minutes) "
+                        "into bench/cost_data/m7_blind.jsonl.gz; they are evaluated whenever present")
     p.add_argument("--save-partial", action="store_true",
                    help="instead: save this kernel fingerprint's unfinished re-collection (the cache's resumable "
                         "files) to bench/cost_data/partial, where --retrain on another machine resumes it")
@@ -327,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure_extra or args.retrain:  # a retrain measures the extra held-out runs on its kernels too
         for core in cores:
             print(f"{core}: {measure_extra(core)}", flush=True)
+    if args.measure_blind or (args.retrain and "m7" in cores):  # and the blind check's, on the M7
+        print(f"m7: {measure_blind()}", flush=True)
     results = {core: evaluate(for_core(core), read_records(DATA / f"{core}.jsonl.gz")) for core in cores
                if (DATA / f"{core}.jsonl.gz").is_file()}
     extra = {core: evaluate(for_core(core), read_records(DATA / f"{core}_extra.jsonl.gz")) for core in cores

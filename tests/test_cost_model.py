@@ -471,3 +471,32 @@ def test_loop_nests_count_what_the_instrumented_c_measures():
     assert (first["stores"], first["stores_copy"], first["branches"]) == (1 + 4 * 4 + 2 * 8, 2 * 8, 4)
     assert (second["stores"], second["stores_copy"], second["branches"]) == (4 * 2, 0, 0)
     assert first["stores"] + second["stores"] == exec_counts(func)["stores"]
+
+
+def test_held_out_runs_resume_and_keep_what_did_not_fit(tmp_path, monkeypatch):
+    """bench.cost_model's extra and blind runs (_measure_runs): each run measured once into a resumable cache file
+    (a second call measures nothing), a run without a plan or that does not fit kept as one `failed` line, and
+    bench/cost_data/<core>_<kind>.jsonl.gz written whole."""
+    monkeypatch.setattr(bench_cost_model, "DATA", tmp_path / "data")
+    monkeypatch.setattr(bench_cost_model, "PARTIAL", tmp_path / "data" / "partial")
+    monkeypatch.setenv("TVM_PATCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    measured = []
+
+    def fake_measure(model, plan, board, work_dir=None):
+        measured.append((model, plan, board))
+        if model == "big":
+            raise TvmPatchError("SRAM: needs at least 600,000 B, h743 has 524,288 B")
+        return {"model": model, "rows": [], "total": 1}
+
+    monkeypatch.setattr(bench_cost_model, "measure", fake_measure)
+    runs = [("a-lbl", "small", Plan, "h743"), ("a-patch", "small", lambda: None, "h743"),
+            ("b-lbl", "big", Plan, "h743")]
+    out = bench_cost_model._measure_runs("blind", "m7", runs)
+    recs = cost_collect._all_lines(out)
+    assert out == tmp_path / "data" / "m7_blind.jsonl.gz" and [r["id"] for r in recs] == ["a-lbl", "a-patch", "b-lbl"]
+    assert recs[0]["heldout"] and recs[0]["item"] == {"model": "small", "patched": False}
+    assert recs[1]["failed"] == "small: no valid split for a-patch" and recs[2]["failed"].startswith("SRAM: needs")
+    assert [m for m, _, _ in measured] == ["small", "big"]
+    bench_cost_model._measure_runs("blind", "m7", runs)  # resumed: nothing measured again
+    assert len(measured) == 2 and cost_collect._all_lines(out) == recs

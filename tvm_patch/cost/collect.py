@@ -180,7 +180,7 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
                 plan = _patched_plan(model, zlib.crc32(item_id.encode()), item.get("deep", False),
                                      item.get("many", False)) if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
-                    plan = _heldout_patch_plan(model, item.get("halo", "recompute"))
+                    plan = heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
                     counts["failed"] += 1
                     continue
@@ -278,7 +278,7 @@ def _refeatured(rec: dict[str, Any], tmp: str) -> dict[str, Any] | None:
     return rec
 
 
-def _heldout_patch_plan(model: Any, halo: str = "recompute") -> Plan | None:
+def heldout_patch_plan(model: Any, halo: str = "recompute") -> Plan | None:
     """A held-out network's patch plan: 4x4 patches (the paper's setting) at the middle valid split, the halos
     recomputed or cached."""
     graph = build_graph(_module(model))
