@@ -526,3 +526,50 @@ def test_cli_build_unwritable(tmp_path):
     proc = _cli("build", str(model), "-o", str(tmp_path / "file" / "out"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot write" in proc.stderr
+
+
+def test_channel_constants_are_packed_per_call(tmp_path, shared_models):
+    """pack_channel_constants on kws (its kernels as the C export emits them): each packed kernel reads its bias,
+    multiplier and shift from one interleaved parameter in the first one's place (column k of every call's packed
+    constant the k-th original array; a tvmp_requant_rbz shift stored as the right shift, the calls then
+    tvmp_requant_rbzr), the other parameters and the constants no call reads any more gone, an in-place kernel's
+    aliased parameters still the same buffers, the same Flash; the export that packs is bit-exact with TVM."""
+    from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
+    from tvm_patch.export.api import nonpositive_shift_requant
+    from tvm_patch.export.packed_constants import pack_channel_constants, packable, rbz_shift
+
+    res = export_model(str(shared_models / "mlperf_tiny" / "kws_int8.tflite"), tmp_path / "kws", check=True)
+    assert res.check.bit_exact
+    prog, funcs = res.program, nonpositive_shift_requant(res.program, res.kernel_funcs)
+    packed_prog, packed = pack_channel_constants(prog, funcs)
+    groups = {n: packable(f, {p for p in range(len(f.params))
+                              if all(c.args[p].kind == "const" for c in prog.calls if c.func == n)})
+              for n, f in funcs.items()}
+    assert sum(len(g) == 3 for g in groups.values()) >= 3  # the convolutions: bias, multiplier, shift
+    right_shifts = 0
+    for call, new_call in zip(prog.calls, packed_prog.calls):
+        group = groups[call.func]
+        assert len(new_call.args) == len(call.args) - max(len(group) - 1, 0)
+        if not group:
+            assert [packed_prog.constants[a.index].tobytes() if a.kind == "const" else a for a in new_call.args] == \
+                [prog.constants[a.index].tobytes() if a.kind == "const" else a for a in call.args]
+            continue
+        f, g = funcs[call.func], packed[call.func]
+        right = rbz_shift(f, group)
+        table = packed_prog.constants[new_call.args[group[0]].index].reshape(-1, len(group))
+        for k, p in enumerate(group):
+            col = prog.constants[call.args[p].index].reshape(-1)
+            assert np.array_equal(table[:, k], -col if k == right else col)
+        if right is not None:
+            assert "tvmp_requant_rbzr" in g.script() and "tvmp_requant_rbz\"" not in g.script()
+            assert (table[:, right] >= 1).all() and (table[:, right] <= 31).all()
+            right_shifts += 1
+        assert len(g.params) == len(f.params) - len(group) + 1
+        if ALIASED_PARAMS in (f.attrs or {}):
+            keep = [p.name for i, p in enumerate(f.params) if i not in group[1:]]
+            assert [f.params[int(i)].name for i in f.attrs[ALIASED_PARAMS]] == \
+                [keep[int(i)] for i in g.attrs[ALIASED_PARAMS]]
+    assert right_shifts >= 1
+    read = {a.index for c in packed_prog.calls for a in c.args if a.kind == "const"}
+    assert read == set(range(len(packed_prog.constants)))  # every constant read by some call, none left over
+    assert res.weights_bytes == packed_prog.weights_bytes <= prog.weights_bytes  # the same bytes (or fewer: shared)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import tvm_ffi
 
+# What TVM raises when a schedule primitive or a pass refuses (tvm.error.* and ScheduleError derive from
+# RuntimeError; argument checks raise ValueError or TypeError): caught where a refusal means "keep the other form".
+TVM_ERRORS = (RuntimeError, ValueError, TypeError)
 
 # Registered with tvm_ffi so that an error raised inside a TVM pass keeps its type when it crosses the FFI
 # (otherwise it comes back as a RuntimeError).

@@ -9,6 +9,8 @@
  * tvmp_requant_rb: the same where also every shift is <= -1 (export-time facts from a patch stage's weights and
  *   biases): tvmp_srdhm_narrow and one rounding add instead of mask and compare.
  * tvmp_requant_rbz: tvmp_requant_rb plus the output zero point, folded into its rounding addend (export-time bounds).
+ * tvmp_requant_rbzr: tvmp_requant_rbz on the right shift (-shift) the export stores per channel
+ *   (export/packed_constants.py).
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
  *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
@@ -132,6 +134,13 @@ TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
    the half alone did: one instruction fewer per output. */
 TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
     int32_t right = -shift;
+    int32_t v = tvmp_srdhm_narrow(acc, mult);
+    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
+    return (v + add - (int32_t)((uint32_t)v >> 31)) >> right;
+}
+
+/* tvmp_requant_rbz(acc, mult, -right, zp): the right shift stored per channel by the export, no negation. */
+TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, int32_t zp) {
     int32_t v = tvmp_srdhm_narrow(acc, mult);
     int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
     return (v + add - (int32_t)((uint32_t)v >> 31)) >> right;

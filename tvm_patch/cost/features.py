@@ -257,7 +257,8 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
         body = bodies.get(call.func, "")
         row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|_q15\w*|4)\(", body))  # plain, register-blocked, widened
         row["uses_sum"] = body.count("tvmp_sum_s8(")
-        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rbz?|_rs_narrow)?\(", body))  # general, right-shift only, bounded
+        # general, right-shift only, bounded (with the zero point, on a stored right shift)
+        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rbz?|_rbzr|_rs_narrow)?\(", body))
         row["log_macs"] = math.log1p(row["macs"])
         row["log_work"] = math.log(work(row))
         _exec_features(row)

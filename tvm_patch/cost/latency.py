@@ -39,7 +39,7 @@ CV_FOLDS = 8
 KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/border_partition.py",
                   "codegen/requant_kernels.py", "codegen/widen_kernels.py", "codegen/bias_init.py",
                   "codegen/c_kernels.py", "export/blocking.py", "export/dead_channels.py", "export/inplace_conv.py",
-                  "export/padded_copy.py", "export/schedule.py", "export/stage_arena.py",
+                  "export/packed_constants.py", "export/padded_copy.py", "export/schedule.py", "export/stage_arena.py",
                   "patch/schedule.py", "patch/cache_stage.py", "transform/patch_stage.py")
 _PACKAGE = Path(__file__).resolve().parents[1]
 _warned: set[str] = set()

@@ -43,6 +43,7 @@ from tvm_patch.export.kernel_info import kernel_info
 from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_conv import channel_outer_schedule, inplace_conv_pairs, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
+from tvm_patch.export.packed_constants import pack_channel_constants
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena
@@ -303,13 +304,15 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
+    emitted, c_prog = final, prog
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
-    csrc = emit_c(nonpositive_shift_requant(prog, final) if micro else final, alignment)
+        c_prog, emitted = pack_channel_constants(prog, nonpositive_shift_requant(prog, final))
+    csrc = emit_c(emitted, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
-        "model.c": driver_source(prog, csrc.functions, aplan, name, csrc),
+        "model.c": driver_source(c_prog, csrc.functions, aplan, name, csrc),
         "tvmp_model.h": model_header(prog, aplan.arena_bytes, name, frozenset(external_tensors(prog, io_in_arena))),
         "main.c": host_main(prog.inputs, prog.outputs),
         "Makefile": makefile(),
@@ -330,7 +333,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         analytic_peak_bytes=baselines.analytic_peak_bytes(imported),
         analytic_patch_peak_bytes=patch_figs["peak_bytes"] if patch_figs else None,
         lower_bound_bytes=aplan.lower_bound,
-        weights_bytes=prog.weights_bytes,
+        weights_bytes=c_prog.weights_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
         plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,

@@ -28,6 +28,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.schedule import is_default_form
 from tvm_patch.tir_util import vars_of
 
@@ -35,7 +36,6 @@ __all__ = ["DEFAULT_ROWS", "ROW_BLOCKS", "block_output_channels", "block_pixels"
 
 ROW_BLOCKS = (1, 2, 4)  # the blockings the micro-kernels implement (1: unblocked)
 DEFAULT_ROWS = 4
-_ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 
 
 def _int8_loads(block: s_tir.SBlock) -> list[TensorLoad]:
@@ -126,7 +126,7 @@ def block_output_channels(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
     sch, found = started
     try:
         split_rows(sch, found, rows)
-    except _ERRORS:
+    except TVM_ERRORS:
         return func
     return sch.mod["main"]
 
@@ -138,7 +138,7 @@ def _blockable(func: tirx.PrimFunc, rows: int) -> tuple[s_tir.Schedule, tuple[An
     try:
         sch = s_tir.Schedule(func)
         found = rows_loop(sch)
-    except _ERRORS:
+    except TVM_ERRORS:
         return None
     return None if found is None or found[2] % rows else (sch, found)
 
@@ -198,6 +198,6 @@ def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -
         loops = list(sch.get_loops(rv))
         i = [n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(px_inner))][0]
         sch.reorder(*loops[i + 1:-1], px_inner, loops[-1])
-    except _ERRORS:
+    except TVM_ERRORS:
         return func
     return sch.mod["main"]

@@ -31,6 +31,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.patterns import const_shape, same_element
 
 __all__ = ["Access", "UnmodelledTIR", "block_accesses", "inplace_pairs", "ordered_accesses"]
@@ -173,7 +174,7 @@ def _loop_iterations(func: tirx.PrimFunc, block_name: str) -> int | None:
                 return None
             total *= int(ext)
         return total
-    except (RuntimeError, ValueError, TypeError):
+    except TVM_ERRORS:
         return None
 
 

@@ -28,6 +28,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.inplace import block_accesses
 from tvm_patch.tir_util import uses_var
 from tvm_patch.export.patterns import const_shape, is_pad_of, substitute_vars
@@ -35,7 +36,6 @@ from tvm_patch.export.patterns import const_shape, is_pad_of, substitute_vars
 __all__ = ["channel_or_pixel_safe", "channel_outer_schedule", "depthwise_layout", "inplace_conv_pairs", "inplace_conv_schedule", "pixel_copy_schedule",
            "pixel_major", "pixel_pair_copy_schedule"]
 
-_ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 LOCAL_COPY_BYTES = 64  # a copy buffer this small stays a C local (tvm_patch.codegen keeps <= 64 B buffers local)
 
 
@@ -124,7 +124,7 @@ def pixel_major(func: tirx.PrimFunc, fallback: tirx.PrimFunc) -> tirx.PrimFunc:
             if any(buf.same_as(p) for p in params) or len(buf.shape) != 4:
                 return fallback
             sch.transform_layout(b, ("write", 0), lambda n, c, h, w: (n, h, w, c))
-    except _ERRORS:
+    except TVM_ERRORS:
         return fallback
     return sch.mod["main"]
 
@@ -149,7 +149,7 @@ def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
     try:
         sch = s_tir.Schedule(func)
         blocks = _blocks(sch)
-    except _ERRORS:
+    except TVM_ERRORS:
         return func
     updates = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
     if len(updates) != 1:
@@ -193,7 +193,7 @@ def _copy_schedule(func: tirx.PrimFunc, n_outputs: int, for_speed: bool,
         read_index = [i for i, r in enumerate(sch.get(upd).reads) if r.source.same_as(src)][0]
         cache = sch.cache_read(upd, read_index, "global")
         sch.compute_at(cache, at, preserve_unit_loops=True)
-    except _ERRORS:
+    except TVM_ERRORS:
         return func
     return sch.mod["main"]
 
@@ -202,7 +202,7 @@ def _loop_chain(sch: s_tir.Schedule, block_name: str) -> list[tirx.For] | None:
     """The For loops around the block named ``block_name``, outermost first."""
     try:
         return [sch.get(lp) for lp in sch.get_loops(sch.get_sblock(block_name))]
-    except _ERRORS:
+    except TVM_ERRORS:
         return None
 
 

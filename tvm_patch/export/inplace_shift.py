@@ -25,6 +25,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.patterns import const_shape
 from tvm_patch.patch.schedule import eval_int_expr
@@ -68,7 +69,7 @@ def shifted_inplace_pairs(func: tirx.PrimFunc, n_outputs: int, alignment: int = 
         return []
     try:
         lowered = _opaque(func)
-    except (RuntimeError, ValueError, TypeError):
+    except TVM_ERRORS:
         return []
     lparams = list(lowered.params)
     found = []

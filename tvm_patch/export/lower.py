@@ -30,7 +30,7 @@ from tvm.ir.expr import Constant
 from tvm_patch.codegen.c_kernels import unique_identifier
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled
-from tvm_patch.errors import TvmPatchError
+from tvm_patch.errors import TVM_ERRORS, TvmPatchError
 from tvm_patch.export.padfuse import merge_pads
 from tvm_patch.export.patterns import mark_elementwise
 from tvm_patch.export.prefold import prefold_constants
@@ -133,7 +133,7 @@ def fuse(mod: tvm.IRModule) -> tvm.IRModule:
     )
     try:
         return seq(mod)
-    except (RuntimeError, ValueError, TypeError) as e:  # TVM raises these (tvm.error.* derive from RuntimeError)
+    except TVM_ERRORS as e:  # TVM raises these (tvm.error.* derive from RuntimeError)
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise TvmPatchError(f"TVM could not fuse the model: {lines[-1] if lines else type(e).__name__}") from None
 

@@ -24,13 +24,13 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.inplace_conv import depthwise_layout
 from tvm_patch.export.patterns import const_shape, is_pad_of
 from tvm_patch.export.schedule import is_default_form, lean_schedule
 
 __all__ = ["MIN_OUTPUTS", "MIN_TAPS", "depthwise_windows", "padded_copy_pays", "padded_copy_schedule"]
 
-_ERRORS = (RuntimeError, ValueError, TypeError)  # TVM's ScheduleError and friends
 # where the copy pays (docs/kernels.md, round 8): 5x5 and 7x7 windows (3x3 ones measured mixed: kws -3.1 %, vww
 # +1.3 %), on planes of at least 16 outputs (on smaller ones the peeled border windows compute only their in-image
 # taps: mcunet-in0's 5x5 layers over 3 x 3 and 2 x 2 planes were 45 % and 95 % slower through the copy)
@@ -64,7 +64,7 @@ def depthwise_windows(func: tirx.PrimFunc) -> tuple[int, int]:
     try:
         sch = s_tir.Schedule(func)
         upd = _update(sch)
-    except _ERRORS:
+    except TVM_ERRORS:
         return 0, 0
     if upd is None:
         return 0, 0
@@ -122,6 +122,6 @@ def padded_copy_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:
         else:
             at = a
         sch.compute_at(pad, at, preserve_unit_loops=True)
-    except _ERRORS:
+    except TVM_ERRORS:
         return func
     return sch.mod["main"]

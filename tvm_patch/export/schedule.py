@@ -39,6 +39,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import Expr, TensorLoad
 
+from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.patterns import const_shape, same_element
 
 __all__ = ["lean_schedule", "is_default_form"]
@@ -188,7 +189,7 @@ def lean_schedule(func: tirx.PrimFunc, keep: frozenset[str] = frozenset()) -> ti
             try:
                 sch.compute_inline(rv)
                 changed = True
-            except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
+            except TVM_ERRORS:  # ScheduleError and other TVM errors
                 continue
     _scalar_stages(sch, outputs)
     for rv in _children(sch):
@@ -203,7 +204,7 @@ def lean_schedule(func: tirx.PrimFunc, keep: frozenset[str] = frozenset()) -> ti
             continue
         try:
             sch.reverse_compute_at(consumers[0], loop, preserve_unit_loops=True)
-        except (RuntimeError, ValueError, TypeError):  # ScheduleError and other TVM errors
+        except TVM_ERRORS:  # ScheduleError and other TVM errors
             continue
         _decompose_init(sch, rv, loop)
         stage = consumers[0]
@@ -213,7 +214,7 @@ def lean_schedule(func: tirx.PrimFunc, keep: frozenset[str] = frozenset()) -> ti
                 break
             try:
                 sch.reverse_compute_at(nxt[0], loop, preserve_unit_loops=True)
-            except (RuntimeError, ValueError, TypeError):
+            except TVM_ERRORS:
                 break
             stage = nxt[0]
     return sch.mod["main"]
@@ -273,7 +274,7 @@ def _scalar_stages(sch: s_tir.Schedule, outputs: set[str]) -> None:
             continue
         try:
             sch.compute_at(rv, loops[-1], preserve_unit_loops=True)
-        except (RuntimeError, ValueError, TypeError):  # ScheduleError: left a buffer of its own
+        except TVM_ERRORS:  # ScheduleError: left a buffer of its own
             continue
 
 
@@ -297,6 +298,6 @@ def _decompose_init(sch: s_tir.Schedule, rv: Any, spatial: Any) -> None:
         if sch.get(lp).same_as(sch.get(spatial)):
             try:
                 sch.decompose_reduction(rv, loops[k + 1])
-            except (RuntimeError, ValueError, TypeError):  # ScheduleError: left with its init inside
+            except TVM_ERRORS:  # ScheduleError: left with its init inside
                 pass
             return
