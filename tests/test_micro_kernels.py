@@ -153,7 +153,9 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
         assert n4 == n & ~3 and words == _widened_words(a[:, :n4])
     windows = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("W ")]
-    assert len(windows) == 100
+    assert len(windows) == 300
+    wide = {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in windows if sx == wx == 1 and kw >= 4}
+    assert {(d, kw) for d in (1, 2) for kw in range(4, 9)} <= wide  # tvmp_window2_s8's wide-row paths, every tail
     for d, sy, sx, kh, kw, wy, wx, got0, got1, acc0, acc1, *rest in windows:
         n_plane = (kh - 1) * sy + (kw - 1) * sx + d + 1
         plane, w = np.array(rest[:n_plane], dtype=np.int64), np.array(rest[n_plane:], dtype=np.int64)

@@ -21,6 +21,31 @@ def uses_var(expr: Any, var: Any) -> bool:
     return any(v.same_as(var) for v in vars_of(expr))
 
 
+def is_call(expr: Any, op: str) -> bool:
+    """Is ``expr`` a call of the TIR operator whose name ends with ``op`` (".address_of", ".call_extern", ...)?"""
+    return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name.endswith(op)
+
+
+def pure_extern_name(expr: Any) -> str | None:
+    """The callee of a ``call_pure_extern`` (the requantizations, the clamp), else None."""
+    if is_call(expr, ".call_pure_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
+        return str(expr.args[0].value)
+    return None
+
+
+def load_counts(node: Any) -> dict[str, int]:
+    """How many loads of each buffer name ``node`` holds (one inside an address taken counts too; buffers sharing
+    a name count together)."""
+    counts: dict[str, int] = {}
+
+    def on_load(ld: Any) -> tvm_ffi.WalkResult:
+        counts[ld.source.name] = counts.get(ld.source.name, 0) + 1
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(node, [(tvm.ir.expr.TensorLoad, on_load)], order="pre")
+    return counts
+
+
 def mixed_radix(index: Any, loops: list[tuple[Any, int, int]]) -> list[int] | None:
     """Positions in ``loops`` ((variable, start, extent) each) of the variables ``index`` uses, innermost first, if
     it is a constant plus them in mixed radix (coefficients 1, e1, e1 * e2, ... for extents e1, e2, ..., all but the

@@ -14,8 +14,8 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import _accumulation, _int, _is_call, _terms
-from tvm_patch.tir_util import uses_var
+from tvm_patch.codegen.micro_kernels import _accumulation, _int, _terms
+from tvm_patch.tir_util import is_call, uses_var
 
 
 def _padded_reads(stmt: Any) -> list[Any]:
@@ -23,7 +23,7 @@ def _padded_reads(stmt: Any) -> list[Any]:
     found: list[Any] = []
 
     def on_call(call: Any) -> tvm_ffi.WalkResult:
-        if (_is_call(call, ".if_then_else") and str(call.ty) == "int8" and isinstance(call.args[1], TensorLoad)
+        if (is_call(call, ".if_then_else") and str(call.ty) == "int8" and isinstance(call.args[1], TensorLoad)
                 and isinstance(call.args[2], tirx.IntImm)):
             found.append(call)
         return tvm_ffi.WalkResult.ADVANCE

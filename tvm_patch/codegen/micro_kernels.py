@@ -24,7 +24,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.tir_util import uses_var
+from tvm_patch.tir_util import is_call, uses_var
 
 _ENABLED: ContextVar[bool] = ContextVar("tvmp_micro_kernels", default=True)
 
@@ -461,7 +461,7 @@ def _dot_rows_window(st: Any) -> tirx.BufferStore | None:
         return None
     bases = []
     for ptr in (a_ptr, w_ptr):
-        load = ptr.args[0] if _is_call(ptr, ".address_of") and ptr.args else None
+        load = ptr.args[0] if is_call(ptr, ".address_of") and ptr.args else None
         if not isinstance(load, TensorLoad) or len(load.indices) != 1:
             return None
         lin = tvm.sym.detect_linear_equation(load.indices[0], [ry])
@@ -525,8 +525,9 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     d, step = _int(lin[0]), _int(sx)
     strided = step is not None and step > 1 and d in (step, 2 * step)  # NHWC, channel outside: taps C bytes apart
     stem = inner is not None and (d, step) == (2, 1) and kw in PAIRED_WIDTHS  # an NCHW stem: windows over channels
-    # NCHW 5x5, 7x7 at stride 1 (rows of dot products): the wide-row SMLAD path of tvmp_window2_s8
-    wide = _dot_rows_window(stmts[at]) is not None and (d, step) == (1, 1)
+    # NCHW 5x5, 7x7 at stride 1 or 2 over contiguous rows (rows of dot products): the wide-row SMLAD paths of
+    # tvmp_window2_s8
+    wide = _dot_rows_window(stmts[at]) is not None and (d, step) in ((1, 1), (2, 1))
     if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
@@ -591,7 +592,7 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
 
 def _extern_name(expr: Any) -> str | None:
     """The callee of a ``call_extern``, else None."""
-    if _is_call(expr, ".call_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
+    if is_call(expr, ".call_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
         return str(expr.args[0].value)
     return None
 
@@ -660,10 +661,6 @@ def _saturate(node: Any) -> Any:
     if _int(node.b) != bounds[0] or _int(inner.b) != bounds[1]:
         return node
     return tirx.call_pure_extern("int32", SAT, inner.a)
-
-
-def _is_call(expr: Any, name: str) -> bool:
-    return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name.endswith(name)
 
 
 def MicroKernels() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)

@@ -19,8 +19,9 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import SAT, _int, _is_call
+from tvm_patch.codegen.micro_kernels import SAT, _int
 from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN, REQUANT_ZP_EXTERN, zero_point_fits
+from tvm_patch.tir_util import pure_extern_name
 
 
 REQUANT = "tvmp_requant"
@@ -39,8 +40,7 @@ def requant_shift_params(func: tirx.PrimFunc) -> set[int] | None:
     unknown = [False]
 
     def on_call(call: Any) -> tvm_ffi.WalkResult:
-        if _is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm) \
-                and str(call.args[0].value) == REQUANT:
+        if pure_extern_name(call) == REQUANT:
             shift = _int32_value(call.args[3])
             idx = [i for i, p in enumerate(params) if isinstance(shift, TensorLoad) and shift.source.same_as(p)]
             if idx:
@@ -60,8 +60,7 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
     params = list(func.params)
 
     def on_call(call: Any) -> Any:
-        if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
-                and str(call.args[0].value) == REQUANT):
+        if pure_extern_name(call) != REQUANT:
             return call
         shift = _int32_value(call.args[3])
         ok = (_int(shift) is not None and _int(shift) <= 0) or (
@@ -145,8 +144,8 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
         if isinstance(expr, (tirx.Min, tirx.Max)):  # |min(a, b)|, |max(a, b)| <= max(|a|, |b|)
             return max(a, b)
         return a * b if isinstance(expr, tirx.Mul) else a + b
-    if _is_call(expr, ".call_pure_extern") and expr.args and isinstance(expr.args[0], tvm.ir.expr.StringImm):
-        name = str(expr.args[0].value)
+    name = pure_extern_name(expr)
+    if name is not None:
         if name == SAT:
             return 128
         if name in (REQUANT_RS, REQUANT_NARROW, REQUANT_BOUNDED_EXTERN):  # |SRDHM(x, m)| <= |x| + 1 for any int32 m; the right shift shrinks it
@@ -184,8 +183,7 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
         return isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in negative)
 
     def on_call(call: Any) -> Any:
-        if not (_is_call(call, ".call_pure_extern") and call.args and isinstance(call.args[0], tvm.ir.expr.StringImm)
-                and str(call.args[0].value) == REQUANT_RS):
+        if pure_extern_name(call) != REQUANT_RS:
             return call
         bound = _abs_bound(call.args[1], accs, params, param_bounds)
         if bound is None or bound > BOUNDED_ACC_MAX:
@@ -203,8 +201,7 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
     def on_add(node: Any) -> Any:  # rb(acc, m, s) + zp -> rbz(acc, m, s, zp) where the sum cannot overflow
         for call, other, sign in ((node.a, node.b, 1), (node.b, node.a, 1 if isinstance(node, tirx.Add) else None)):
             zp = _int(other)
-            if sign is None or zp is None or not _is_call(call, ".call_pure_extern") or not call.args \
-                    or not isinstance(call.args[0], tvm.ir.expr.StringImm) or str(call.args[0].value) != REQUANT_BOUNDED_EXTERN:
+            if sign is None or zp is None or pure_extern_name(call) != REQUANT_BOUNDED_EXTERN:
                 continue
             zp = zp if isinstance(node, tirx.Add) else -zp
             bound, right = _abs_bound(call.args[1], accs, params, param_bounds), max_right(call.args[3])

@@ -430,29 +430,85 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
         return;
     }
     if (kw >= 4 && sx == 1 && wx == 1 && d == 1) {
-        /* wide contiguous rows (5x5, 7x7, stride 1): per 4 taps, the word of taps 0-3 gives (q0, q2), (q1, q3) and
-           the word one byte on (q1, q4) ror 8 = (q2, q4); against (w0, w2), (w1, w3): 4 SMLAD for 8 MACs; the rest
-           of the row one tap at a time, each input byte loaded once for both windows */
+        /* wide contiguous rows (5x5, 7x7, stride 1): per 4 taps the words of taps 0-3 and of their weights give
+           e = (q0, q2), o = (q1, q3), (w0, w2), (w1, w3): the first window takes e.(w0, w2) + o.(w1, w3) and the
+           second o.(w0, w2) + q2 w1 (SMLATB) + q4 w3, its last term from the next word's low half (or a byte);
+           three taps left (7 wide): the word of taps 4-7 against the weights' word from tap 3, (w3, w5) and (w4, w6),
+           in two SMLAD and two halfword MACs; fewer: one tap at a time, each input byte loaded once for both */
         for (int32_t ry = 0; ry < kh; ry++) {
             const int8_t *r = q + ry * sy, *wr = w + ry * wy;
             int32_t rx = 0;
+            uint32_t wo = 0; /* (w1, w3) of the previous four taps: its w3 meets the next q4 in the second window */
             for (; rx + 4 <= kw; rx += 4) {
-                uint32_t x, x1, y;
+                uint32_t x, y;
                 memcpy(&x, r + rx, 4);
-                memcpy(&x1, r + rx + 1, 4);
                 memcpy(&y, wr + rx, 4);
-                uint32_t o = tvmp_sxtb16_ror8(x), we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
-                a0 = __smlad(__sxtb16(x), we, a0);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), we = __sxtb16(y);
+                if (rx) a1 = __smlabt((int32_t)e, (int32_t)wo, a1);
+                wo = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(e, we, a0);
                 a0 = __smlad(o, wo, a0);
                 a1 = __smlad(o, we, a1);
-                a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, a1);
+                a1 = __smlatb((int32_t)e, (int32_t)wo, a1);
+            }
+            if (kw - rx == 3) {
+                uint32_t x, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&y, wr + rx - 1, 4);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), w35 = __sxtb16(y), w46 = tvmp_sxtb16_ror8(y);
+                a1 = __smlabt((int32_t)e, (int32_t)wo, a1); /* q4 w3 */
+                a0 = __smlad(e, w46, a0);                   /* q4 w4 + q6 w6 */
+                a0 = __smlabt((int32_t)o, (int32_t)w35, a0); /* q5 w5 */
+                a1 = __smlad(o, w46, a1);                   /* q5 w4 + q7 w6 */
+                a1 = __smlatt((int32_t)e, (int32_t)w35, a1); /* q6 w5 */
+                continue;
             }
             int32_t next = r[rx];
+            a1 = __smlabt(next, (int32_t)wo, a1);
             for (; rx < kw; rx++) {
                 int32_t wv = wr[rx], cur = next;
                 next = r[rx + 1];
                 a0 += cur * wv;
                 a1 += next * wv;
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+    if (kw >= 4 && sx == 1 && wx == 1 && d == 2) {
+        /* the same rows at stride 2 (the windows two bytes apart): per 4 taps the second window's (q2, q4), (q3, q5)
+           come from the word two bytes on; three taps left (7 wide): the word of taps 4-7 gives the first window's
+           (q4, q6), q5 and the second's q6, q7, its q8 a byte (the word after it would read past the window) */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            int32_t rx = 0;
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t x, x2, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&x2, r + rx + 2, 4);
+                memcpy(&y, wr + rx, 4);
+                uint32_t we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(__sxtb16(x), we, a0);
+                a0 = __smlad(tvmp_sxtb16_ror8(x), wo, a0);
+                a1 = __smlad(__sxtb16(x2), we, a1);
+                a1 = __smlad(tvmp_sxtb16_ror8(x2), wo, a1);
+            }
+            if (kw - rx == 3) {
+                uint32_t x, y;
+                memcpy(&x, r + rx, 4);
+                memcpy(&y, wr + rx - 1, 4);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), w35 = __sxtb16(y), w46 = tvmp_sxtb16_ror8(y);
+                a0 = __smlad(e, w46, a0);                        /* q4 w4 + q6 w6 */
+                a0 = __smlabt((int32_t)o, (int32_t)w35, a0);     /* q5 w5 */
+                a1 = __smlatb((int32_t)e, (int32_t)w46, a1);     /* q6 w4 */
+                a1 = __smlatt((int32_t)o, (int32_t)w35, a1);     /* q7 w5 */
+                a1 = __smlabt((int32_t)r[rx + 4], (int32_t)w46, a1); /* q8 w6 */
+                continue;
+            }
+            for (; rx < kw; rx++) {
+                int32_t wv = wr[rx];
+                a0 += r[rx] * wv;
+                a1 += r[rx + 2] * wv;
             }
         }
         acc[0] = a0, acc[1] = a1;

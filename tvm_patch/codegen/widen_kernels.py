@@ -35,7 +35,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
-from tvm_patch.tir_util import uses_var
+from tvm_patch.tir_util import load_counts, uses_var
 
 WIDEN = "tvmp_widen_px2"
 WIDEN_PLANES = "tvmp_widen_px2_planes"
@@ -188,19 +188,6 @@ def _pair_copy(stmt: Any) -> tuple[Any, int, TensorLoad, int] | None:
     return store.buffer, k, tirx.BufferLoad(load.source, [base]), stride
 
 
-def _loads_of(func: Any) -> dict[str, int]:
-    """How many times ``func`` reads each buffer name (an address taken counts as a read; buffers sharing a name
-    count together, which only errs towards keeping a buffer)."""
-    counts: dict[str, int] = {}
-
-    def on_load(ld: Any) -> tvm_ffi.WalkResult:
-        counts[ld.source.name] = counts.get(ld.source.name, 0) + 1
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(func, [(TensorLoad, on_load)], order="pre")
-    return counts
-
-
 def _flat(seq: Any) -> list[Any]:
     return [x for st in seq.seq for x in (_flat(st) if isinstance(st, tirx.SeqStmt) else [st])]
 
@@ -209,7 +196,7 @@ def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each widening of a pixel-major pair copy read by nothing else (``_pair_copy``, in the same
     sequence before it, only declarations in between) widening the source's channel
     planes instead, and the copy gone (its buffer too when nothing else stores to it: ``_drop_unread``)."""
-    reads = _loads_of(func)
+    reads = load_counts(func)  # buffers sharing a name count together: errs towards keeping a copy
     dropped: list[Any] = []
 
     def on_seq(seq: Any) -> Any:
@@ -256,7 +243,7 @@ def _is_noop(st: Any) -> bool:
 def _drop_unread(func: tirx.PrimFunc, bufs: list[Any]) -> tirx.PrimFunc:
     """``func`` without the declarations of ``bufs`` and their stores, where nothing reads them any more (a C
     local written and never read: the host's -Werror build refuses it)."""
-    reads = _loads_of(func)
+    reads = load_counts(func)  # buffers sharing a name count together: errs towards keeping a copy
     gone = [b for b in bufs if not reads.get(b.name)]
 
     def dead(st: Any) -> bool:

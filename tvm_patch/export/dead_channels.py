@@ -21,11 +21,12 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import _int, _is_call
+from tvm_patch.codegen.micro_kernels import _int
 from tvm_patch.codegen.requant_kernels import _int8_product, _int32_value, _updates_itself
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.quant import REQUANT_EXTERN
 from tvm_patch.quant.reference import multiply_by_quantized_multiplier_ref
+from tvm_patch.tir_util import pure_extern_name
 
 BIG_BIAS = 1 << 24  # only such biases are replaced: the others do not break the accumulator bound
 MAX_CONSTANT = 1 << 16  # |t| at most this (4 t stays small)
@@ -57,9 +58,8 @@ def channel_roles(func: tirx.PrimFunc, const_params: set[int]) -> tuple[tuple[in
     tvm_ffi.structural_walk(func.body, [
         (tirx.BufferStore, lambda st: (updates.append(st) if _updates_itself(st) and _int8_product(st.value.b) else None)
          or tvm_ffi.WalkResult.ADVANCE),
-        (tvm.ir.Call, lambda c: (calls.append(c) if _is_call(c, ".call_pure_extern") and c.args
-                                 and isinstance(c.args[0], tvm.ir.expr.StringImm)
-                                 and str(c.args[0].value) == REQUANT_EXTERN else None) or tvm_ffi.WalkResult.ADVANCE),
+        (tvm.ir.Call, lambda c: (calls.append(c) if pure_extern_name(c) == REQUANT_EXTERN else None)
+         or tvm_ffi.WalkResult.ADVANCE),
         (TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
     if len(updates) != 1 or len(calls) != 1:
         return None

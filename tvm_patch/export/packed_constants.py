@@ -6,7 +6,7 @@ accumulators; on Cortex-M's 13 usable registers GCC spills the loop's pointers a
 Interleaved per channel in one array, ``E[c * n + k]`` the k-th of the n arrays' element c, the loop keeps one
 pointer, and the Flash is the same.
 
-Where the shift is read only by ``tvmp_requant_rbz(acc, mult, shift, zp)`` calls with one zero point, its column
+Where the shift is read only as the shift of ``tvmp_requant_rbz(acc, mult, shift, zp)`` calls, its column
 holds the right shift -shift and the calls become ``tvmp_requant_rbzr(acc, mult, right, zp)``: no negation per
 channel. Storing the rounding addend too (a fourth column, 4 bytes a channel and call) was measured faster on some
 networks and slower on others, for 1-8 % more Flash in constants: not kept (docs/kernels.md, round 10).
@@ -32,6 +32,7 @@ from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.export.stage_arena import is_patch_stage
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_EXTERN
+from tvm_patch.tir_util import is_call, load_counts, pure_extern_name
 
 MAX_PACKED = 3  # a channel's bias, multiplier and shift (a fourth, unused column measured no faster)
 RIGHT_SHIFT_REQUANT = "tvmp_requant_rbzr"
@@ -41,18 +42,16 @@ MIN_CHANNELS = 2
 def _reads(func: tirx.PrimFunc) -> tuple[dict[str, int], set[str]]:
     """(loads per buffer name, names whose address is taken, that are stored to, or that some other buffer than
     the parameter of that name is read as: a view of it)."""
-    loads: dict[str, int] = {}
     unsafe: set[str] = set()
     params = {p.name: p for p in func.params if isinstance(p, tirx.Buffer)}
 
     def on_load(ld: Any) -> tvm_ffi.WalkResult:
-        loads[ld.source.name] = loads.get(ld.source.name, 0) + 1
         if ld.source.name in params and not ld.source.same_as(params[ld.source.name]):
             unsafe.add(ld.source.name)
         return tvm_ffi.WalkResult.ADVANCE
 
     def on_call(c: Any) -> tvm_ffi.WalkResult:
-        if isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("address_of"):
+        if is_call(c, ".address_of"):
             tvm_ffi.structural_walk(c, [(TensorLoad, lambda ld: unsafe.add(ld.source.name) or tvm_ffi.WalkResult.ADVANCE)],
                                     order="pre")
         return tvm_ffi.WalkResult.ADVANCE
@@ -67,7 +66,7 @@ def _reads(func: tirx.PrimFunc) -> tuple[dict[str, int], set[str]]:
 
     tvm_ffi.structural_walk(func.body, [(TensorLoad, on_load), (tvm.ir.Call, on_call), (tirx.BufferStore, on_store),
                                         (tirx.DeclBuffer, on_decl)], order="pre")
-    return loads, unsafe
+    return load_counts(func.body), unsafe
 
 
 def packable(func: tirx.PrimFunc, const_params: set[int]) -> list[int]:
@@ -89,22 +88,17 @@ def packable(func: tirx.PrimFunc, const_params: set[int]) -> list[int]:
     return best[:MAX_PACKED] if len(best) >= 2 else []
 
 
-def _is_rbz(c: Any) -> bool:
-    return (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern") and bool(c.args)
-            and isinstance(c.args[0], tvm.ir.expr.StringImm) and str(c.args[0].value) == REQUANT_ZP_EXTERN)
-
-
 def _rbz_calls(func: tirx.PrimFunc) -> list[Any]:
     found: list[Any] = []
-    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, lambda c: (found.append(c) if _is_rbz(c) else None)
-                                         or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, lambda c: (found.append(c) if pure_extern_name(c) == REQUANT_ZP_EXTERN
+                                                                 else None) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
     return found
 
 
 def rbz_shift(func: tirx.PrimFunc, group: list[int]) -> int | None:
     """The position in ``group`` of the one grouped parameter read only as the shift of ``tvmp_requant_rbz``
     calls, else None."""
-    loads, _ = _reads(func)
+    loads = load_counts(func.body)
     calls = _rbz_calls(func)
     shifts = [c.args[3].source.name if isinstance(c.args[3], TensorLoad) else None for c in calls]
     for k, p in enumerate(group):
@@ -141,7 +135,7 @@ def packed_func(func: tirx.PrimFunc, group: list[int], right: int | None = None)
         return tirx.BufferLoad(packed, [ana.simplify(_flat(ld, shapes[name]) * n + slot[name])])
 
     def on_call(c: Any) -> Any:
-        if right is None or not _is_rbz(c):
+        if right is None or pure_extern_name(c) != REQUANT_ZP_EXTERN:
             return c
         return tirx.call_pure_extern("int32", RIGHT_SHIFT_REQUANT, *c.args[1:])
 
