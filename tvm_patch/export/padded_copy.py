@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
@@ -29,12 +30,16 @@ from tvm_patch.export.inplace_conv import depthwise_layout
 from tvm_patch.export.patterns import const_shape, is_pad_of
 from tvm_patch.export.schedule import is_default_form, lean_schedule
 
-__all__ = ["MIN_OUTPUTS", "MIN_TAPS", "depthwise_windows", "padded_copy_pays", "padded_copy_schedule"]
+__all__ = ["MIN_OUTPUTS", "MIN_TAPS", "MIN_TAPS_STRIDE1", "depthwise_windows", "padded_copy_pays",
+           "padded_copy_schedule"]
 
-# where the copy pays (docs/kernels.md, round 8): 5x5 and 7x7 windows (3x3 ones measured mixed: kws -3.1 %, vww
-# +1.3 %), on planes of at least 16 outputs (on smaller ones the peeled border windows compute only their in-image
-# taps: mcunet-in0's 5x5 layers over 3 x 3 and 2 x 2 planes were 45 % and 95 % slower through the copy)
+# where the copy pays (docs/kernels.md, rounds 8 and 12): 5x5 and 7x7 windows at any stride, 3x3 ones at stride 1
+# (round 12, on kernels with the right shift stored: kws's 3-17 % faster, vww's 3-14 %, mcunet's up to 9 %, two
+# NCHW 12 x 12 / 11 x 11 ones 1 % slower; at stride 2 a 3x3 copy lost 60-75 %: vww's NHWC stride-2 kernels keep
+# their strided window pairs), on planes of at least 16 outputs (on smaller ones the peeled border windows compute
+# only their in-image taps: mcunet-in0's 5x5 layers over 3 x 3 and 2 x 2 planes were 45 % and 95 % slower)
 MIN_TAPS = 25
+MIN_TAPS_STRIDE1 = 9
 MIN_OUTPUTS = 16
 
 
@@ -58,34 +63,41 @@ def _update(sch: s_tir.Schedule) -> Any | None:
     return ups[0] if len(ups) == 1 else None
 
 
-def depthwise_windows(func: tirx.PrimFunc) -> tuple[int, int]:
-    """(taps per window KH x KW, output windows per channel H_out x W_out) of a depthwise convolution ``func``;
-    (0, 0) for any other kernel."""
+def depthwise_windows(func: tirx.PrimFunc) -> tuple[int, int, bool]:
+    """(taps per window KH x KW, output windows per channel H_out x W_out, strided: an output position's
+    coefficient in the input's row or column index above 1) of a depthwise convolution ``func``; (0, 0, False) for
+    any other kernel."""
     try:
         sch = s_tir.Schedule(func)
         upd = _update(sch)
     except TVM_ERRORS:
-        return 0, 0
+        return 0, 0, False
     if upd is None:
-        return 0, 0
+        return 0, 0, False
     block = sch.get(upd)
-    layouts = [lay for r in block.reads if (lay := depthwise_layout(block, r.source))]
+    srcs = [(r.source, lay) for r in block.reads if (lay := depthwise_layout(block, r.source))]
     out_shape = const_shape(func.params[-1])
-    if not layouts or out_shape is None or len(out_shape) != 4:
-        return 0, 0
+    if not srcs or out_shape is None or len(out_shape) != 4:
+        return 0, 0, False
     taps = 1
     for iv in block.iter_vars:
         if int(iv.iter_type) == tirx.IterVar.CommReduce:
             taps *= int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else 0
-    h, w = out_shape[1:3] if layouts[0] == "NHWC" else out_shape[2:4]
-    return taps, h * w
+    axes = (1, 2) if srcs[0][1] == "NHWC" else (2, 3)
+    loads: list[Any] = []
+    tvm_ffi.structural_walk(block.body, [(TensorLoad, lambda ld: (loads.append(ld) if ld.source.same_as(srcs[0][0])
+                                                                  else None) or tvm_ffi.WalkResult.ADVANCE)])
+    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+    strided = any(len(lin := tvm.sym.detect_linear_equation(loads[0].indices[a], [v])) == 2
+                  and isinstance(lin[0], tirx.IntImm) and int(lin[0]) > 1 for a in axes for v in spatial)
+    return taps, out_shape[axes[0]] * out_shape[axes[1]], strided
 
 
 def padded_copy_pays(func: tirx.PrimFunc) -> bool:
-    """Is ``func`` a depthwise convolution whose windows and planes are large enough for the copy (MIN_TAPS,
-    MIN_OUTPUTS)?"""
-    taps, outputs = depthwise_windows(func)
-    return taps >= MIN_TAPS and outputs >= MIN_OUTPUTS
+    """Is ``func`` a depthwise convolution whose windows and planes are large enough for the copy (MIN_TAPS, or
+    MIN_TAPS_STRIDE1 at stride 1; MIN_OUTPUTS)?"""
+    taps, outputs, strided = depthwise_windows(func)
+    return taps >= (MIN_TAPS if strided else MIN_TAPS_STRIDE1) and outputs >= MIN_OUTPUTS
 
 
 def padded_copy_schedule(func: tirx.PrimFunc, n_outputs: int) -> tirx.PrimFunc:

@@ -156,9 +156,8 @@ def pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str,
 def padded_copies(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], pairs: dict[str, list],
                   workspace: dict[str, int], aplan: ArenaPlan, io_in_arena: bool,
                   alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
-    """Depthwise kernels of at least PADDED_COPY_MIN_TAPS taps per window and PADDED_COPY_MIN_OUTPUTS outputs per
-    channel through a padded copy of each channel
-    (padded_copy.py: no border window), where a kernel run in place proves the same in-place pairs in that form
+    """Depthwise kernels whose windows and planes are large enough (``padded_copy_pays``) through a padded copy of
+    each channel (padded_copy.py: no border window), where a kernel run in place proves the same in-place pairs in that form
     and re-planning with the copy's workspace gives no larger arena."""
     funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
     running = {prog.calls[k].func for k in aplan.inplace_calls}
