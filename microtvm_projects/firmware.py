@@ -61,9 +61,19 @@ def _fmt(n: int) -> str:
     return f"{n:,} B"
 
 
+# the stack a run uses besides the kernels' scratch: start-up, the runner, the deepest call chain (measured 268-428 B
+# on five networks, M4 and M7)
+STACK_HEADROOM = 1024
+
+
 def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int) -> None:
     """The check from the export's figures, before anything is compiled."""
     ex = project["export"]
+    scratch = ex.get("kernel_stack_scratch_bytes") or 0  # (projects of older exports: not recorded)
+    if scratch + STACK_HEADROOM > stack_bytes:
+        raise FitError(f"stack: the kernels keep up to {scratch:,} B on the stack (widened pixel pairs), so a stack of "
+                       f"{stack_bytes:,} B leaves less than {STACK_HEADROOM:,} B for the rest; give --stack "
+                       f"{-(-(scratch + STACK_HEADROOM) // 8) * 8:,} or more")
     outs = sum(io["bytes"] for io in project["outputs"])
     ram = ex["arena_bytes"] + stack_bytes + outs
     if ram > board.sram_bytes:

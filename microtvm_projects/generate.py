@@ -197,8 +197,8 @@ def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLi
             "options": {k: options[k] for k in ("opt", "stack_bytes", "seed", "icount_shift")},
             "model": info.get("model"),
             "model_sha256": info.get("model_sha256"),
-            "export": {k: info.get(k) for k in ("arena_bytes", "weights_bytes", "analytic_peak_bytes",
-                                                 "analytic_patch_peak_bytes", "plan", "calls")},
+            "export": {k: info.get(k) for k in ("arena_bytes", "weights_bytes", "kernel_stack_scratch_bytes",
+                                                 "analytic_peak_bytes", "analytic_patch_peak_bytes", "plan", "calls")},
             "inputs": info["inputs"],
             "outputs": info["outputs"],
         }

@@ -128,6 +128,20 @@ def test_link_overflow_is_one_line_with_the_bytes(projects, tmp_path):
     assert re.fullmatch(r"SRAM: needs [\d,]+ B \(arena 46,080 \+ stack 250,000 \+ data/bss [\d,]+\), f412 has 262,144 B", msg)
 
 
+def test_stack_below_the_kernels_scratch_is_refused(tmp_path, mlperf_paths):
+    """A stack too small for the kernels' stack scratch (the widened pixel pairs, reported by the export) is one
+    line with the figures, exit 2, before anything is compiled."""
+    out = tmp_path / "small-stack"
+    proc = subprocess.run([sys.executable, "-m", "tvm_patch", "build", str(mlperf_paths["resnet8_int8"]), "--board", "f412", "--plan", "none", "--stack", "2048", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(r"tvm-patch: error: stack: the kernels keep up to 2,304 B on the stack \(widened pixel pairs\), so "
+                        r"a stack of 2,048 B leaves less than 1,024 B for the rest; give --stack 3,328 or more", lines[0])
+    assert not (out / "build").exists()
+
+
 def test_oversize_model_is_refused_before_compiling(tmp_path):
     out = tmp_path / "big"
     proc = subprocess.run([sys.executable, "-m", "tvm_patch", "build", "zoo:mbv2-w1.0-r224:int8", "--board", "f412",
