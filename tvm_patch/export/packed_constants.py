@@ -31,6 +31,7 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.export.stage_arena import is_patch_stage
+from tvm_patch.patch.te_stage import channel_constant_layer
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_EXTERN
 from tvm_patch.tir_util import is_call, load_counts, pure_extern_name
 
@@ -157,6 +158,18 @@ def packed_table(cols: list[np.ndarray], right: int | None) -> np.ndarray:
     return np.stack(table, axis=1).reshape(-1)
 
 
+def _candidates(func: tirx.PrimFunc) -> list[set[str] | None]:
+    """The parameter names each packing may take from: any (None) in a layer's kernel; in a patch stage one layer's
+    bias, multiplier and shift at a time (its parameters are many layers', of equal channel counts at times)."""
+    if not is_patch_stage(func):
+        return [None]
+    layers: dict[int, set[str]] = {}
+    for p in func.params:
+        if (layer := channel_constant_layer(p.name)) is not None:
+            layers.setdefault(layer, set()).add(p.name)
+    return [layers[i] for i in sorted(layers)]
+
+
 def pack_channel_constants(prog: Program, funcs: dict[str, tirx.PrimFunc]) -> tuple[Program, dict[str, tirx.PrimFunc]]:
     """``prog`` and ``funcs`` with each kernel's ``packable`` parameters packed (``packed_func``) and every call
     passing one interleaved constant for them; constants no call reads any more dropped."""
@@ -167,24 +180,27 @@ def pack_channel_constants(prog: Program, funcs: dict[str, tirx.PrimFunc]) -> tu
     replaced: set[int] = set()
     for name, func in funcs.items():
         ks = [k for k, c in enumerate(calls) if c.func == name]
-        if not ks or is_patch_stage(func):
+        if not ks:
             continue
-        const = {p for p in range(len(func.params)) if all(calls[k].args[p].kind == "const" for k in ks)}
-        group = packable(func, const)
-        if not group:
-            continue
-        right = rbz_shift(func, group)
-        out[name] = packed_func(func, group, right)
-        for k in ks:
-            args = list(calls[k].args)
-            arr = packed_table([consts[args[p].index] for p in group], right)
-            key = arr.tobytes()
-            if key not in made:
-                consts.append(arr)
-                made[key] = len(consts) - 1
-            replaced.update(args[p].index for p in group)
-            args[group[0]] = Arg("const", made[key])
-            calls[k] = dataclasses.replace(calls[k], args=tuple(a for p, a in enumerate(args) if p not in group[1:]))
+        for names in _candidates(func):
+            const = {p for p in range(len(func.params)) if all(calls[k].args[p].kind == "const" for k in ks)
+                     and (names is None or func.params[p].name in names)}
+            group = packable(func, const)
+            if not group:
+                continue
+            right = rbz_shift(func, group)
+            func = packed_func(func, group, right)
+            for k in ks:
+                args = list(calls[k].args)
+                arr = packed_table([consts[args[p].index] for p in group], right)
+                key = arr.tobytes()
+                if key not in made:
+                    consts.append(arr)
+                    made[key] = len(consts) - 1
+                replaced.update(args[p].index for p in group)
+                args[group[0]] = Arg("const", made[key])
+                calls[k] = dataclasses.replace(calls[k], args=tuple(a for p, a in enumerate(args) if p not in group[1:]))
+        out[name] = func
     if not replaced:
         return prog, funcs
     read = {a.index for c in calls for a in c.args if a.kind == "const"}

@@ -14,6 +14,8 @@ layer-by-layer reference.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,15 @@ def param_names(stage: Stage) -> list[str]:
         elif isinstance(layer, Lookup):
             names.append(f"layer{i}_table")
     return names
+
+
+_CHANNEL_CONSTANT = re.compile(r"layer(\d+)_(bias|multiplier|shift)")
+
+
+def channel_constant_layer(name: str) -> int | None:
+    """The layer whose per-channel constant (bias, multiplier, shift: ``param_names``) parameter ``name`` is."""
+    m = _CHANNEL_CONSTANT.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def weight_layout(stage: Stage) -> str:
