@@ -97,14 +97,14 @@ def _rbz_calls(func: tirx.PrimFunc) -> list[Any]:
 
 
 def rbz_shift(func: tirx.PrimFunc, group: list[int]) -> int | None:
-    """The position in ``group`` of the one grouped parameter read only as the shift of ``tvmp_requant_rbz``
+    """The position in ``group`` of the first grouped parameter read only as the shift of ``tvmp_requant_rbz``
     calls, else None."""
     loads = load_counts(func.body)
     calls = _rbz_calls(func)
     shifts = [c.args[3].source.name if isinstance(c.args[3], TensorLoad) else None for c in calls]
     for k, p in enumerate(group):
         name = func.params[p].name
-        if calls and all(n == name for n in shifts) and loads.get(name) == len(calls):
+        if shifts.count(name) and loads.get(name) == shifts.count(name):  # (a stage's other layers have their own)
             return k
     return None
 
@@ -135,13 +135,14 @@ def packed_func(func: tirx.PrimFunc, group: list[int], right: int | None = None)
             return ld
         return tirx.BufferLoad(packed, [ana.simplify(_flat(ld, shapes[name]) * n + slot[name])])
 
-    def on_call(c: Any) -> Any:
-        if right is None or pure_extern_name(c) != REQUANT_ZP_EXTERN:
+    def on_call(c: Any) -> Any:  # only the calls whose shift is the one stored as the right shift
+        if (right is None or pure_extern_name(c) != REQUANT_ZP_EXTERN or not isinstance(c.args[3], TensorLoad)
+                or not c.args[3].source.same_as(params[group[right]])):
             return c
         return tirx.call_pure_extern("int32", RIGHT_SHIFT_REQUANT, *c.args[1:])
 
-    body = tvm_ffi.structural_map(func.body, [(TensorLoad, on_load)])
-    body = tvm_ffi.structural_map(body, [(tvm.ir.Call, on_call)])
+    body = tvm_ffi.structural_map(func.body, [(tvm.ir.Call, on_call)])
+    body = tvm_ffi.structural_map(body, [(TensorLoad, on_load)])
     new_params = [packed if i == group[0] else p for i, p in enumerate(params) if i not in group[1:]]
     out = tirx.PrimFunc(new_params, body, ret_type=None, attrs=func.attrs)
     if func.attrs is not None and ALIASED_PARAMS in func.attrs:
