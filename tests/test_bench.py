@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -216,3 +217,28 @@ def test_device_runner_without_a_board_keeps_the_firmware_figures(tmp_path):
         assert c["status"] == "error" and "\n" not in c["message"] and c["run"] is None
         assert c["fits"] is True and c["sram_bytes"] == c["arena_bytes"] + c["stack_bytes"] + c["data_bss_bytes"]
     assert (tmp_path / "latency_sram_h743.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                    reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
+def test_line_profile_counts_each_nest_exactly(tmp_path):
+    """bench.line_profile on a fixture kernel of two loop nests split by tvmp_barrier(), each a loop of exactly 2
+    instructions an iteration, called twice with known counts: per line and per nest the exact instructions."""
+    from bench.line_profile import address_counts, line_counts, nests
+    from conftest import FIRMWARE_FIXTURES, run_test_firmware
+    from microtvm_projects.boards import get_board
+
+    board = get_board("f412")
+    elf, _ = run_test_firmware(FIRMWARE_FIXTURES / "line_profile.c", board, tmp_path, "-g")
+    per_line = line_counts(elf, address_counts(elf, board), "two_nests")
+    source = (FIRMWARE_FIXTURES / "line_profile.c").read_text().splitlines()
+    first, second = nests(source, "two_nests")
+    assert per_line == {first[0] + 1: 2 * (1000 + 7), second[0]: 2 * (3000 + 11), second[0] + 1: 2}  # + bx lr, twice
+    assert sum(n for ln, n in per_line.items() if second[0] <= ln < second[1]) == 2 * 3011 + 2
+
+
+def test_line_profile_without_firmware_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.line_profile", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"line_profile: {tmp_path}: no emulator firmware; build it with `tvm-patch build")
