@@ -8,7 +8,7 @@ inlined frame: a line of the kernel's own C (what a micro-kernel inlined there e
 Loop nests are the runs of lines between the kernel's `tvmp_barrier();` statements (the patch stage puts one between
 its layers' nests); a kernel without barriers is one nest.
 
-    python -m bench.line_profile PROJECT_DIR [--function tvmp_patch_stage] [--json]
+    python -m bench.line_profile PROJECT_DIR [--function tvmp_patch_stage] [--lines FIRST-LAST] [--json]
 
 The log is large (about 30 bytes per executed block: 0.4 GB for 13 M instructions); it goes to a temporary file.
 """
@@ -126,15 +126,20 @@ def profile(project: Path, function: str) -> dict:
         rows.append({"lines": [first, last], "instructions": sum(n for ln, n in per_line.items() if first <= ln < last),
                      "calls": sorted(set(re.findall(r"\b(tvmp_\w+)\(", text)) - {"tvmp_barrier"}),
                      "writes": sorted(set(re.findall(r"(\w+)\[[^\]]*\] = ", text)))})
-    return {"function": function, "elf": str(elf), "instructions": sum(per_line.values()), "nests": rows}
+    return {"function": function, "elf": str(elf), "instructions": sum(per_line.values()), "nests": rows,
+            "lines": {str(ln): n for ln, n in sorted(per_line.items())}}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.line_profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("project", type=Path, help="a board project built for the emulator")
     ap.add_argument("--function", default="tvmp_patch_stage", help="the kernel (default: the patch stage)")
+    ap.add_argument("--lines", metavar="FIRST-LAST", help="also each executed line of model.c in this range")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    span = re.fullmatch(r"(\d+)-(\d+)", args.lines or "0-0")
+    if span is None:
+        _fail(f"--lines {args.lines!r}: give two line numbers of model.c, as 794-902")
     out = profile(args.project, args.function)
     if args.json:
         print(json.dumps(out, indent=1))
@@ -144,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         if row["instructions"]:
             print(f"  lines {row['lines'][0]}-{row['lines'][1] - 1}: {row['instructions']:>12,}  "
                   f"writes {', '.join(row['writes'][:4]) or '-'}; calls {', '.join(row['calls']) or '-'}")
+    if args.lines:
+        source = (args.project / "model" / "model.c").read_text().splitlines()
+        first, last = int(span[1]), int(span[2])
+        for ln, n in out["lines"].items():
+            if first <= int(ln) <= last:
+                print(f"  {int(ln):>6} {n:>12,}  {source[int(ln) - 1].strip()[:90]}")
     return 0
 
 

@@ -242,3 +242,10 @@ def test_line_profile_without_firmware_is_one_line(tmp_path):
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"line_profile: {tmp_path}: no emulator firmware; build it with `tvm-patch build")
+
+
+def test_line_profile_bad_line_range_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.line_profile", str(tmp_path), "--lines", "90"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("line_profile: --lines '90': give two line numbers of model.c, as 794-902")

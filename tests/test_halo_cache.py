@@ -386,7 +386,8 @@ def test_blocked_stage_forms_in_c(layout, halo):
     included: built under `extern_requantization`), the calls there and the result equal to the layer-by-layer
     numpy reference bit for bit. Written forms (cache mode and recompute mode's `build_recompute_stage`): two pixels
     x 2 channels for the 1x1 convs and the 3x3 stem too (NHWC: its kernel rows of 3 x 3 bytes; NCHW: the two
-    pixels' 27-byte windows copied), the 1x1's pair widened once (`tvmp_widen_px2`), window pairs over the live
+    pixels' 27-byte windows copied), the 1x1's pair widened once (`tvmp_widen_px2`; NCHW: `tvmp_widen_px2_planes`
+    from the channel planes, no copy), window pairs over the live
     part's run-time extent, the bias as the accumulators' start and the bounded requantization with the output zero
     point (`tvmp_requant_rbz`), barriers between the loop nests. The TE form (`build_stage`, kept for stages with a conv
     inside its residual add): rows 4 / 2, the NCHW stem's window copy."""
@@ -410,8 +411,11 @@ def test_blocked_stage_forms_in_c(layout, halo):
         prove_cached_plan(func)
         stem_n = 27 if layout == "NCHW" else 9  # the stem's pixel pairs: one copied window, or one kernel row
         assert re.search(rf"tvmp_dot_s8_px2_rows2\([^;]*, {stem_n}, \(&", body)
-        # the 1x1 conv over 8 channels: its pixel pair widened once for its channel blocks (widen_kernels)
-        assert "tvmp_widen_px2(" in body and re.search(r"tvmp_dot_q15_px2_rows2\([^;]*, 8, \(&", body)
+        # the 1x1 conv over 8 channels: its pixel pair widened once for its channel blocks (widen_kernels); in NCHW
+        # straight from the channel planes, no copy widened (its pair window has its own buffer, read by nothing else)
+        widen = "tvmp_widen_px2_planes(" if layout == "NCHW" else "tvmp_widen_px2("
+        assert widen in body and re.search(r"tvmp_dot_q15_px2_rows2\([^;]*, 8, \(&", body)
+        assert layout == "NHWC" or "tvmp_widen_px2(" not in body
         # the bias as the accumulators' start, the output zero point in the rounding addend (tvmp_requant_rbz)
         assert "tvmp_window2_s8(" in body and "tvmp_requant_rbz(" in body and "tvmp_barrier();" in body
         assert re.search(r"acc\w*\[[^]]*\] = layer\d_bias\[", body)

@@ -162,6 +162,26 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
         assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
         assert [got0, got1] == [acc + sum(int(plane[o + p]) * int(w[q]) for p, q in taps) for o, acc in ((0, acc0), (d, acc1))]
+    copies = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("C ")]
+    assert len(copies) == 132
+    for n, delta, *rest in copies:  # what the forward byte loop it replaces leaves, for every overlap
+        want = rest[:40]
+        for k in range(n):
+            want[8 + delta + k] = want[8 + k]
+        assert rest[40:] == want, (n, delta)
+    fills = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("F ")]
+    assert len(fills) == 24
+    for n, off, v, *got in fills:
+        assert got == [v if off <= k < off + n else 0 for k in range(40)]
+    quants = np.array([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("U ")], dtype=np.int64)
+    assert len(quants) == 200
+    q = quants[:, 0].astype(np.uint32).view(np.float32)
+    with np.errstate(invalid="ignore"):  # the float expression it replaces: rint, + zp in float32, clamp; NaN -> 127
+        v = np.rint(q) + quants[:, 1].astype(np.float32)
+        want = np.where(v < 127, np.where(v > -128, v, -128), 127).astype(np.int64)
+        ties = (np.abs(q - np.trunc(q)) == 0.5).sum()
+    np.testing.assert_array_equal(quants[:, 2], want)
+    assert np.isnan(q).any() and np.isinf(q).any() and ties > 30
 
 
 def _widened_words(pair: np.ndarray) -> list[int]:

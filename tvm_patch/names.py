@@ -9,6 +9,10 @@ baked into the ``q_requantize``, ``q_add``, ``q_sub`` and ``q_mul`` PrimFuncs it
 PATCHES_ATTR = "tvm_patch.patches"
 """PrimFunc attribute PatchStage sets on the stage: (rows, cols) of patches (the C export streams its input)."""
 
+STAGE_LAYOUT_ATTR = "tvm_patch.stage_layout"
+"""PrimFunc attribute PatchStage sets on the stage: its layout, "NCHW" or "NHWC" (the C export's copy calls,
+`tvm_patch.codegen.copy_kernels`, are for NCHW stages)."""
+
 STAGE_OFFSETS_ATTR = "tvm_patch.workspace_plan"
 """PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size, "live": the most of its
 buffers live at once}: the kernel's buffers as

@@ -8,12 +8,19 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
+from tvm_patch.names import PATCHES_ATTR
+
 
 def vars_of(expr: Any) -> list[tirx.Var]:
     """Every variable occurrence in ``expr``, in pre-order."""
     found: list[tirx.Var] = []
     tvm_ffi.structural_walk(expr, [(tirx.Var, lambda v: found.append(v) or tvm_ffi.WalkResult.ADVANCE)], order="pre")
     return found
+
+
+def is_patch_stage(func: Any) -> bool:
+    """True for the PrimFunc PatchStage emits (it carries the patch counts)."""
+    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and PATCHES_ATTR in func.attrs
 
 
 def uses_var(expr: Any, var: Any) -> bool:

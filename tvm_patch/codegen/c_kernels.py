@@ -18,8 +18,9 @@ How (TVM 0.27):
    Offsets follow scope nesting like a C stack: allocations in sibling scopes share bytes, nested ones
    stack up, each aligned to ``workspace_align``; the peak is the function's workspace size. Exception:
    a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
-   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so does
-   a widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``).
+   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so do
+   a widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``) and a patch stage's pixel window copy (up to
+   ``PIXEL_MAX_BYTES``): ``is_c_local``.
 4. ``FP8StorageLegalize``, ``BF16StorageLegalize``, ``LowerIntrin`` (the rest of the host
    finalization): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic here.
 5. ``target.build.c`` / ``target.build.llvm``.
@@ -53,7 +54,9 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
 from tvm_patch.codegen.border_partition import PartitionPadding
+from tvm_patch.codegen.copy_kernels import CopyLoops
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
+from tvm_patch.codegen.quantize_kernels import QuantizeCalls
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -149,7 +152,7 @@ class CFunction:
     workspace_bytes: int
     noalias: bool = True
     aliased: frozenset[int] | None = None  # without noalias: the params that may overlap (None: all of them)
-    stack_scratch_bytes: int = 0  # the largest widened pixel pair it keeps as a C local (stack, not workspace)
+    stack_scratch_bytes: int = 0  # its large C locals' stack (widened pixel pairs, pixel windows), not workspace
 
     @property
     def prototype(self) -> str:
@@ -228,6 +231,8 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
         passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
+        passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time
+        passes.append(QuantizeCalls())  # float -> int8 quantization -> tvmp_quant_s8 (VCVTR, QADD, SSAT)
     if not bool(config.get("tirx.disable_cse_tir", False)):
         passes.append(tirx.transform.CommonSubexprElim())
     passes += [
@@ -284,6 +289,23 @@ def _is_op(expr: Any, name: str) -> bool:
 
 
 LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
+PIXEL_NAME = "pixel"  # a patch stage's copy of one or two output pixels' input windows (patch/cache_stage.py)
+PIXEL_MAX_BYTES = 256  # ... a C local up to this size: a 1x1 conv's pixel pair over up to 128 channels
+
+
+def _stack_bound(name: str) -> int:
+    """The bound up to which a buffer of this name stays a C local on the stack: a widened pixel pair's, a stage's
+    pixel window's (``pixel``, or a 1x1 conv's own ``pixel_pair{v}``), else 0 (the general LOCAL_MAX_BYTES)."""
+    if name == WIDE_NAME:
+        return MAX_WIDE_BYTES
+    return PIXEL_MAX_BYTES if name == PIXEL_NAME or name.startswith(PIXEL_NAME + "_") else 0
+
+
+def is_c_local(name: str, nbytes: int) -> bool:
+    """Whether a kernel's buffer of ``nbytes`` named ``name`` is a C local (registers or the stack) rather than
+    workspace: any buffer up to LOCAL_MAX_BYTES, a widened pixel pair or a stage's pixel window up to their own
+    bounds (their stack is reported as the kernel's stack scratch)."""
+    return nbytes <= max(LOCAL_MAX_BYTES, _stack_bound(name))
 
 # STAGE_OFFSETS_ATTR (tvm_patch.names): a plan made by the kernel's builder. Such a function is lowered without
 # StorageRewrite and each named buffer is placed at its offset (its size checked against the plan's); other
@@ -316,7 +338,7 @@ def planned_workspace_bytes(func: tirx.PrimFunc) -> int | None:
         if not all(isinstance(d, (tirx.IntImm, int)) for d in buf.shape):
             return None
         nbytes = math.prod(int(d) for d in buf.shape) * dtype_bytes(_dtype_str(buf.ty.dtype))
-        if nbytes > LOCAL_MAX_BYTES and (buf.name not in offsets or offsets[buf.name] + nbytes > base):
+        if not is_c_local(buf.name, nbytes) and (buf.name not in offsets or offsets[buf.name] + nbytes > base):
             return None
     return base
 
@@ -336,7 +358,7 @@ def _plan_workspace(body: Any, align: int, fname: str,
         if scope not in ("", "global", "local"):
             raise PlainCError(f"{fname}: buffer {buf.name!r} has storage scope {scope!r}; only global/local")
         nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * dtype_bytes(_dtype_str(buf.ty.dtype))
-        if buf.name in offsets and nbytes > LOCAL_MAX_BYTES:
+        if buf.name in offsets and not is_c_local(buf.name, nbytes):
             if buf.name in seen:
                 raise PlainCError(f"{fname}: two buffers named {buf.name!r}; the workspace plan is ambiguous")
             seen.add(buf.name)
@@ -345,7 +367,7 @@ def _plan_workspace(body: Any, align: int, fname: str,
                 raise PlainCError(f"{fname}: buffer {buf.name!r} ({nbytes} B at {off}) exceeds its workspace plan")
             placed.append((buf, off))
             return
-        if nbytes <= LOCAL_MAX_BYTES or (buf.name == WIDE_NAME and nbytes <= MAX_WIDE_BYTES):
+        if is_c_local(buf.name, nbytes):
             return  # a C local of the kernel (a register or a few bytes of stack; a widened pixel pair), not workspace
         off = -(-state["top"] // align) * align
         placed.append((buf, off))
@@ -362,17 +384,20 @@ def _plan_workspace(body: Any, align: int, fname: str,
     return placed, peak
 
 
-def _wide_local_bytes(body: Any) -> int:
-    """The largest widened pixel pair (``widen_kernels``) ``body`` allocates: a C local on the stack."""
-    sizes = [0]
+def _stack_scratch_bytes(body: Any) -> int:
+    """The stack ``body``'s large C locals take at most: per name kept on the stack above LOCAL_MAX_BYTES (a
+    widened pixel pair, a stage's pixel windows), its largest buffer; summed, as they may be live at once."""
+    sizes: dict[str, int] = {}
 
     def on_alloc(a: Any) -> tvm_ffi.WalkResult:
-        if a.buffer.name == WIDE_NAME:
-            sizes.append(math.prod(_const_shape(a.buffer, "widened pair")) * dtype_bytes(_dtype_str(a.buffer.ty.dtype)))
+        if _stack_bound(a.buffer.name):
+            n = math.prod(_const_shape(a.buffer, "stack local")) * dtype_bytes(_dtype_str(a.buffer.ty.dtype))
+            if LOCAL_MAX_BYTES < n <= _stack_bound(a.buffer.name):
+                sizes[a.buffer.name] = max(sizes.get(a.buffer.name, 0), n)
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(body, [(tirx.AllocBuffer, on_alloc)], order="pre")
-    return max(sizes)
+    return sum(sizes.values())
 
 
 def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
@@ -385,7 +410,7 @@ def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
         changed = False
         for stmt in seq.seq:
             out.append(stmt)
-            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and stmt.buffer.name != WIDE_NAME:
+            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and not _stack_bound(stmt.buffer.name):
                 buf = stmt.buffer
                 shape = _const_shape(buf, "local buffer")
                 zero = tirx.const(0, _dtype_str(buf.ty.dtype))
@@ -520,7 +545,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
                                                                         if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, _wide_local_bytes(func.body))
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, _stack_scratch_bytes(func.body))
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:

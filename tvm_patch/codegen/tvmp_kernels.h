@@ -31,11 +31,14 @@
  *   (tvmp_widen_px2, before the channel loop), then each block reads them (four word loads per four channels, no SXTB16).
  * tvmp_widen_px2_planes: the same words from a pair stored as channel planes (NCHW: channel c of pixel p at
  *   a[c * cs + p]), so an NCHW kernel widens its pair straight from its input, without a pixel-major copy first.
+ * tvmp_copy_s8 / tvmp_fill_s8: a run of int8 copied or set (pad values) a word at a time (codegen/copy_kernels.py).
+ * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale (codegen/quantize_kernels.py).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
 #ifndef TVMP_KERNELS_H
 #define TVMP_KERNELS_H
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -358,6 +361,23 @@ TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows2, 2)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
 
+/* int8(clamp(nearbyintf(q) + zp, -128, 127)) as float32 arithmetic computes it (q = x / scale: a float input's
+   quantization; codegen/quantize_kernels.py): rounding half to even (the default rounding mode), a NaN giving 127
+   as the float clamp does. With an FPU and the DSP extension: VCVTR (saturating), QADD, SSAT. */
+TVMP_INLINE int32_t tvmp_quant_s8(float q, int32_t zp) {
+#if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__ARM_FEATURE_DSP)
+    if (q != q) return 127;
+    float t;
+    int32_t r;
+    __asm__("vcvtr.s32.f32 %0, %1" : "=t"(t) : "t"(q));
+    memcpy(&r, &t, 4);
+    return __ssat(__qadd(r, zp), 8);
+#else
+    float v = nearbyintf(q) + (float)zp;
+    return v < 127.0f ? (v > -128.0f ? (int32_t)v : -128) : 127;
+#endif
+}
+
 /* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
 TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {
 #if defined(__ARM_FEATURE_DSP)
@@ -522,6 +542,26 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
             a1 += (int32_t)q[d + ry * sy + rx * sx] * wv;
         }
     acc[0] = a0, acc[1] = a1;
+}
+
+/* d[0..n) = s[0..n) as the forward byte loop it replaces does it, for any overlap: four bytes a load and a store
+   (unaligned word accesses, which Cortex-M3 and later make in one instruction each), except where d is 1-3 bytes
+   after s, where a word read would see bytes the byte loop had already overwritten: then byte by byte. */
+TVMP_INLINE void tvmp_copy_s8(int8_t *d, const int8_t *s, int32_t n) {
+    if ((uintptr_t)d - (uintptr_t)s - 1u >= 3u)
+        for (; n >= 4; n -= 4, d += 4, s += 4) {
+            uint32_t w;
+            memcpy(&w, s, 4);
+            memcpy(d, &w, 4);
+        }
+    for (; n > 0; n--) *d++ = *s++;
+}
+
+/* d[0..n) = v (a pad value): four bytes a store. */
+TVMP_INLINE void tvmp_fill_s8(int8_t *d, int32_t v, int32_t n) {
+    uint32_t w = (uint32_t)(uint8_t)v * 0x01010101u;
+    for (; n >= 4; n -= 4, d += 4) memcpy(d, &w, 4);
+    for (; n > 0; n--) *d++ = (int8_t)v;
 }
 
 /* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */

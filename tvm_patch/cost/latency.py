@@ -38,7 +38,8 @@ CV_FOLDS = 8
 # generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
 KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/border_partition.py",
                   "codegen/requant_kernels.py", "codegen/widen_kernels.py", "codegen/bias_init.py",
-                  "codegen/c_kernels.py", "export/blocking.py", "export/dead_channels.py", "export/inplace_conv.py",
+                  "codegen/c_kernels.py", "codegen/copy_kernels.py", "codegen/quantize_kernels.py",
+                  "export/blocking.py", "export/dead_channels.py", "export/inplace_conv.py",
                   "export/packed_constants.py", "export/padded_copy.py", "export/schedule.py", "export/stage_arena.py",
                   "patch/schedule.py", "patch/cache_stage.py", "transform/patch_stage.py")
 _PACKAGE = Path(__file__).resolve().parents[1]

@@ -21,6 +21,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.codegen.copy_kernels import COPY, FILL
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
 from tvm_patch.tir_util import uses_var, vars_of
@@ -226,7 +227,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
     accumulate, class 1x1 / dw / kxk by the number of reduction loops, or blk: register-blocked, _reduction), ``mac_loop`` / ``mac_flat`` (MACs in a loop / unrolled) and
     ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
     micro-kernel calls; ``window_macs`` those of the depthwise window calls, kh x kw each), ``call_<name>`` and ``elems_<name>`` per extern call (its length
-    argument times its calls, when constant), ``stores`` (element stores that are not accumulations; by what they write: ``stores_const``,
+    argument times its calls, when constant), ``stores`` (element stores that are not accumulations, and the store
+    instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; by what they write: ``stores_const``,
     ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class; a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
@@ -276,6 +278,11 @@ def executed(func: tirx.PrimFunc) -> Counter:
         def on_call(call: Any) -> tvm_ffi.WalkResult:
             if call.op.name.endswith(("call_extern", "call_pure_extern")) and call.args and hasattr(call.args[0], "value"):
                 name = str(call.args[0].value)
+                if name in (COPY, FILL):  # a run of bytes: its store instructions (words and tail bytes)
+                    n = const(call.args[3], env) if len(call.args) > 3 else None
+                    words = (n // 4 + n % 4) if n is not None and n > 0 else 0
+                    out["stores"] += trips * words
+                    out["stores_copy" if name == COPY else "stores_const"] += trips * words
                 if name.startswith("tvmp_"):
                     out[f"call_{name}"] += trips
                     lengths = [const(a, env) for a in call.args[1:] if isinstance(a, tirx.IntImm)]

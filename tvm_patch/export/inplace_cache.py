@@ -47,7 +47,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.c_kernels import is_c_local
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
@@ -487,7 +487,7 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     if any(o < 0 or o + sizes[n] > int(plan["bytes"]) for n, o in offsets.items()):
         raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer outside its workspace")
     for n, b in body.bufs.items():
-        if n not in offsets and _nbytes(b) > LOCAL_MAX_BYTES and n in life:
+        if n not in offsets and not is_c_local(n, _nbytes(b)) and n in life:
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} has no place in its plan")
     loops = body.patch_loops
     patches = [{lp.loop_var: tirx.const(v, lp.loop_var.ty.dtype) for lp, v in zip(loops, ijk)}

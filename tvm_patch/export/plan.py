@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, lower_bound, plan_memory, validate
-from tvm_patch.names import PATCHES_ATTR
+from tvm_patch.tir_util import is_patch_stage
 
 __all__ = ["ArenaPlan", "MAX_ARENA_BYTES", "arena_buffers", "check_fits", "external_tensors", "plan_arena", "tensor_buffer", "tensor_lifetimes",
            "workspace_buffer"]
@@ -134,17 +134,13 @@ def external_tensors(prog: Program, io_in_arena: bool) -> set[int]:
         if io.tensor in outputs:
             continue
         readers = [c for c in prog.calls if any(a == Arg("tensor", io.tensor) for a in c.inputs)]
-        if readers and all(_is_patch_stage(prog.funcs[c.func]) for c in readers):
+        if readers and all(is_patch_stage(prog.funcs[c.func]) for c in readers):
             ext.add(io.tensor)
         elif io.dtype.startswith(("float", "bfloat")) and len(readers) == 1 and all(
             o.kind == "tensor" and prog.tensors[o.index].dtype in ("int8", "uint8") for o in readers[0].outputs
         ):
             ext.add(io.tensor)
     return ext
-
-
-def _is_patch_stage(func: Any) -> bool:
-    return func.attrs is not None and PATCHES_ATTR in func.attrs
 
 
 def check_fits(buffers: Sequence[Buffer], hints: Sequence[InPlace]) -> int:

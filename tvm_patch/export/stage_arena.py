@@ -18,7 +18,7 @@ Each alias is used only when proven on the compacted TIR (`_prove_depthwise`, `_
 proof reads the loads and stores, their loops and indices, never the schedule's intent. The plan is
 attached to the PrimFunc (`STAGE_OFFSETS_ATTR`: buffer name -> byte offset in the kernel's workspace);
 `tvm_patch.codegen.c_kernels` then lowers the function without StorageRewrite and places each named buffer
-at its offset (and checks its size). Buffers of at most `LOCAL_MAX_BYTES` stay C locals, as everywhere.
+at its offset (and checks its size). Buffers that `c_kernels.is_c_local` keeps as C locals stay so, as everywhere.
 """
 
 from __future__ import annotations
@@ -31,23 +31,17 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.c_kernels import is_c_local
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.export.patterns import substitute_vars
-from tvm_patch.tir_util import uses_var
+from tvm_patch.tir_util import is_patch_stage, uses_var
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, max_live, plan_memory, validate
-from tvm_patch.names import PATCHES_ATTR
 
 __all__ = ["StageArena", "has_workspace_plan", "is_patch_stage", "plan_stage_arena"]
-
-def is_patch_stage(func: Any) -> bool:
-    """True for the PrimFunc PatchStage emits (it carries the patch counts)."""
-    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and PATCHES_ATTR in func.attrs
-
 
 def has_workspace_plan(func: Any) -> bool:
     """True for a kernel whose builder already placed its buffers (`STAGE_OFFSETS_ATTR`: cache mode)."""
@@ -288,7 +282,7 @@ def plan_stage_arena(func: tirx.PrimFunc, alignment: int = 16) -> tuple[tirx.Pri
     buffers = []
     for name, buf in body.allocs.items():
         size = _bytes(buf)
-        if size <= LOCAL_MAX_BYTES or name not in life:
+        if is_c_local(name, size) or name not in life:
             continue  # a C local (accumulators, requantization steps), or never used
         buffers.append(Buffer(name, size, *life[name]))
     if not buffers:

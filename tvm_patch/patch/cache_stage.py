@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
@@ -144,8 +144,13 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
             blocked[v] = blocked[convs[0]]
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
     fvals = [tirx.decl_buffer((2 * max(blocked.values(), default=1),), dt, name=f"fused_rows{k}") for k in range(2)]
-    pix_bytes = max([(2 if v in pairs else 1) * _window_bytes(stage, v) for v in blocked], default=0)
-    pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name="pixel")
+    # a 1x1 conv's pixel pair gets its own window buffer, read by nothing but its widening, which then reads the
+    # channel planes instead (codegen/widen_kernels: the copy goes); other windows share `pix`
+    pair_win = {v: tirx.decl_buffer((2 * _window_bytes(stage, v),), dt, name=f"{PIXEL_NAME}_pair{v}")
+                for v in pairs if _window_bytes(stage, v) and stage.geometry[v].kh * stage.geometry[v].kw == 1}
+    pix_bytes = max([(2 if v in pairs and v not in pair_win else 1) * _window_bytes(stage, v) for v in blocked],
+                    default=0)
+    pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name=PIXEL_NAME)
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
     out_copy = {v for v in dw if _copies_output(stage, plan, v)}
     for v in sorted(dw):
@@ -308,20 +313,22 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         taps = g.kh * g.kw
         k_len = g.c_in * taps
         stmts = []
+        win = pair_win[v] if npx == 2 and v in pair_win else pix
         if _window_bytes(stage, v):  # the pixels' windows, in the weights' (I, H, W) order: one contiguous run
             stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
                                 lambda p, rc, ry, rx: tirx.BufferStore(
-                                    pix, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
+                                    win, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
                                     [p * _c(k_len) + rc * _c(taps) + ry * _c(g.kw) + rx])))
         stmts.append(tirx.For(cb, _c0, _c(g.c_out // blocked[v]), tirx.ForKind.SERIAL,
-                              tirx.SeqStmt(conv_channels(v, y, x, npx, cb, lambda c, p, j, val: dest(c, p, val)))))
+                              tirx.SeqStmt(conv_channels(v, y, x, npx, cb, lambda c, p, j, val: dest(c, p, val), win))))
         return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
 
-    def conv_channels(v: int, y, x, npx: int, cb, dest) -> list:
+    def conv_channels(v: int, y, x, npx: int, cb, dest, win: Any = None) -> list:
         """`conv_block`'s statements for the block cb of R channels: the accumulators' init, the reduction (from
-        `pixel` where the windows were copied there) and the R x npx epilogues, `dest(c, p, j, value)` each (j: the
-        channel within the block)."""
+        `win`, default `pixel`, where the windows were copied there) and the R x npx epilogues, `dest(c, p, j,
+        value)` each (j: the channel within the block)."""
         layer, g, rows = stage.layers[v], stage.geometry[v], blocked[v]
+        win = pix if win is None else win
         src = stage.inputs[v][0]
         (sh, sw), (pt, pl, _, _) = g.stride, g.padding
         w, b = params[f"layer{v}_weight"], params[f"layer{v}_bias"]
@@ -331,7 +338,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
         def term(rc, ry, rx, p, j):
             if window:  # rc is the flat index into the window
-                a = tirx.BufferLoad(pix, [p * _c(k_len) + rc])
+                a = tirx.BufferLoad(win, [p * _c(k_len) + rc])
                 rc, ry, rx = (tirx.floordiv(rc, _c(taps)), tirx.floormod(tirx.floordiv(rc, _c(g.kw)), _c(g.kh)),
                               tirx.floormod(rc, _c(g.kw)))
             else:
@@ -601,7 +608,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # (loop bounds in min / max of the patch index) could only loosen them beyond the plan.
     for b in [*rows_c.values(), *cols_c.values(), *region.values(), *chan.values()]:
         nest = tirx.SeqStmt([tirx.AllocBuffer(b), nest])
-    root = s_tir.SBlock([], [], [], "root", nest, None, [acc, *tmp, fval, accb, pix, *fvals[:max(map(len, fused_adds.values()), default=0)]])
+    root = s_tir.SBlock([], [], [], "root", nest, None, [acc, *tmp, fval, accb, pix, *pair_win.values(), *fvals[:max(map(len, fused_adds.values()), default=0)]])
     func = tirx.PrimFunc([inp, *params.values(), out], s_tir.SBlockRealize([], True, root))
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
@@ -631,13 +638,14 @@ def _copies_output(stage: Stage, plan, v: int) -> bool:
 def _pixel_pairs(stage: Stage, v: int) -> bool:
     """Whether dense conv v is computed two output pixels at a time (`tvmp_dot_s8_px2_rows*`, as the per-layer
     path's `blocking.block_pixels`): a blocked conv of an int8 stage, 1x1 or k x k (NHWC: per kernel row, its
-    columns x channels one contiguous run; NCHW: when the two pixels' windows copied stay a C local), 2 channels a
+    columns x channels one contiguous run; NCHW: when the two pixels' windows copied stay a C local, up to
+    `PIXEL_MAX_BYTES`: mcunet-in0's last 1x1 over 64 channels since round 15), 2 channels a
     block (the per-layer measurement: at 2x4 GCC spills). k x k too since this round: vww's 3x3 stem 4x4
     recompute 3.31 M -> about 2.7 M instructions."""
     g = stage.geometry[v]
     if stage.dtype != "int8" or accumulator_rows(stage, v) == 1 or g.c_in * g.kh * g.kw < MIN_DOT_LENGTH:
         return False  # (a reduction shorter than a dot call: nothing to share; TVM's buffer compaction divided by
-    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= LOCAL_MAX_BYTES  # zero on such pair loops)
+    return stage.layout == "NHWC" or 0 < 2 * _window_bytes(stage, v) <= PIXEL_MAX_BYTES  # zero on such pair loops)
 
 
 def _blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dict[int, list[int]]:

@@ -17,7 +17,7 @@ from tvm import relax
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import build_graph
-from tvm_patch.names import PATCHES_ATTR, STAGE_FUNC
+from tvm_patch.names import PATCHES_ATTR, STAGE_FUNC, STAGE_LAYOUT_ATTR
 from tvm_patch.patch import param_arrays
 from tvm_patch.patch.from_graph import stage_from_graph
 from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stage
@@ -79,6 +79,7 @@ class PatchStage:
             prim = build_recompute_stage(stage, self.patches)
         prim = prim.with_attr("global_symbol", STAGE_FUNC)
         prim = prim.with_attr(PATCHES_ATTR, list(self.patches))  # the C export reads its input patch by patch
+        prim = prim.with_attr(STAGE_LAYOUT_ATTR, stage.layout)
         out = graph.layers[n - 1].out_var
         out_ty = relax.TensorType(graph.tensors[graph.layers[n - 1].output].shape, stage.dtype)
         consts = [relax.const(a) for a in param_arrays(stage)]
