@@ -105,7 +105,10 @@ _MATH_FUNCS = frozenset(
 # The C micro-kernels exported kernels may call (tvmp_requant, tvmp_dot_s8*, tvmp_sum_s8, tvmp_pad_rows): inlined
 # into model.c.
 MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
-MICRO_KERNEL_CALL = r"\btvmp_(requant|dot_s8|sum_s8|pad_rows|window_s8|sat_s8|barrier)\w*\("
+# A call to any function the header defines (inline ones and the register-blocked ones its macros make) pulls the
+# header into the kernels' C; the names come from the header itself, so a new micro-kernel needs no list here.
+MICRO_KERNEL_CALL = r"\b(" + "|".join(sorted(set(re.findall(
+    r"^(?:TVMP_INLINE [\w ]+?\**|TVMP_\w+_KERNEL\()(tvmp_\w+)", MICRO_KERNELS.read_text(), re.M)))) + r")\("
 
 
 ALIASED_PARAMS = "tvmp.aliased_params"
