@@ -87,8 +87,8 @@ def markdown(results: list[dict[str, Any]], board: str) -> str:
                f"{r['bit_exact']['untuned']} / {r['bit_exact']['tuned']}); 1x1 convolutions: untuned "
                f"{r['conv1x1']['untuned']:,}, tuned {r['conv1x1']['tuned']:,}; per layer "
                f"{verdicts.count('better')} better, {verdicts.count('equal')} equal, {verdicts.count('worse')} worse", "",
-               "tuned blockings: " + (", ".join(f"`{k}` rows {v['rows']}" for k, v in sorted((r.get("tuned_kernels")
-                                                                                                or {}).items())) or "none"), "",
+               "tuned kernels: " + (", ".join(f"`{k}` rows {v['rows']}{'' if v.get('packed', True) else ', unpacked'}"
+                                               for k, v in sorted((r.get("tuned_kernels") or {}).items())) or "none"), "",
                "| call | kernel | MACs | untuned | tuned | tuned is |", "| --: | --- | --: | --: | --: | --- |"]
         md += [f"| {x['index']} | `{x['kernel']}` | {x['macs']:,} | {x['untuned']:,} | {x['tuned']:,} | {x['verdict']} |"
                for x in r["layers"]]
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.tuning", description=__doc__.splitlines()[0])
     ap.add_argument("--board", default="h743")
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo or MLPerf Tiny names, or paths")
-    ap.add_argument("--trials", type=int, default=64, help="trials per session (each kernel's space is small)")
+    ap.add_argument("--trials", type=int, default=160, help="trials per session (each kernel's space is small: 2-6 "
+                    "points; vww's 20 kernels about 100)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per step")
     ap.add_argument("--out", type=Path, default=Path("bench_out/tuning"))
     args = ap.parse_args(argv)

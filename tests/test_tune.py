@@ -1,6 +1,6 @@
 """Tuning sessions (tvm_patch/tune): a short emulator session on one vww kernel whose records change the
-build (still bit-exact), an RPC session through a local tracker and two servers, failing candidates, and
-bad input."""
+build (still bit-exact), the packing knob's record applied, an RPC session through a local tracker and two
+servers, failing candidates, and bad input."""
 
 from __future__ import annotations
 
@@ -25,17 +25,21 @@ from tvm.s_tir.meta_schedule.runner import RunnerInput
 from tvm.target import Target
 from tvm_patch.tune import CandidateError, tune_model
 from tvm_patch.tune.builder import HarnessBuilder
-from tvm_patch.tune.harness import KernelHarness, kernel_program
+from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import measure_export
-from tvm_patch.tune.records import TunedRows, open_database, workload
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.database import TuningRecord
+from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, local_measure
-from tvm_patch.tune.space import trace_rows
+from tvm_patch.tune.space import Choice, fixed_trace, row_choices, trace_choice
 
 KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
 VWW = next((f for f in mlperf_tflite_files() if f.endswith("vww_96_int8.tflite")), None)
-# vww's classifier (256 -> 2): blockings 1 (the default: 4 does not divide 2) and 2, and 2 wins on the M7
+# vww's classifier (256 -> 2): blockings 1 (the default: 4 does not divide 2) and 2, and 2 wins on the M7 (its
+# multiplier and shift are per tensor: no packing knob)
 VWW_DENSE = "tvmp_fused_matmul_add10_requantize10_tir_clip10_cast10"
 DENSE = "tvmp_fused_matmul_add1_requantize1_tir_clip1_cast1"  # kws's classifier
+KWS_DW = "tvmp_fused_conv2d1_add_requantize_tir_clip_cast"  # a depthwise kernel: the packing is its only knob
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(KWS is None or VWW is None, reason="the MLPerf Tiny models are not in the shared folder")
 
@@ -47,20 +51,21 @@ def session(tmp_path_factory):
     return tune_model(VWW, "h743", trials=2, runner="emulator", db_dir=db, kernels=[VWW_DENSE], progress=False), db
 
 
-def test_session_records_every_blocking_and_the_best(session):
+def test_session_records_every_choice_and_the_best(session):
     s, db = session
     (k,) = s.kernels
-    assert k.name == VWW_DENSE and k.choices == [1, 2] and k.default_rows == 1 and k.failed == 0
+    assert k.name == VWW_DENSE and k.choices == [1, 2] and not k.pack_knob and k.failed == 0
+    assert (k.default_rows, k.default_packed) == (1, True)
     assert s.measured >= 1 and not s.interrupted
     records = open_database(db, create=False).get_all_tuning_records()
     assert len(records) == 1 + s.measured  # the default's record, then one per trial
-    by_rows: dict[int, set[float]] = {}
+    by_choice: dict[Choice, set[float]] = {}
     for r in records:
-        by_rows.setdefault(trace_rows(r.trace), set()).add(float(r.run_secs[0]))
-    assert all(len(c) == 1 for c in by_rows.values()), by_rows  # exact counts: a blocking always costs the same
-    assert by_rows[k.default_rows] == {k.default_cost}
-    assert k.best_cost == min(min(c) for c in by_rows.values()) and by_rows[k.best_rows] == {k.best_cost}
-    assert k.best_cost <= k.default_cost
+        by_choice.setdefault(trace_choice(r.trace), set()).add(float(r.run_secs[0]))
+    assert all(len(c) == 1 for c in by_choice.values()), by_choice  # exact counts: a choice always costs the same
+    assert by_choice[Choice(1, True)] == {k.default_cost}
+    assert k.best_cost == min(min(c) for c in by_choice.values())
+    assert by_choice[Choice(k.best_rows, k.best_packed)] == {k.best_cost} and k.best_cost <= k.default_cost
 
 
 def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
@@ -70,12 +75,45 @@ def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
     assert cli.main(["build", VWW, "-o", str(tmp_path / "tuned"), "--tuning-db", str(db), "--check", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][VWW_DENSE]["rows"] == k.best_rows
+    assert out["tuning"]["tuned_kernels"][VWW_DENSE]["packed"] == k.best_packed
     assert list(out["tuning"]["tuned_kernels"]) == [VWW_DENSE]
     default = export_model(VWW, tmp_path / "default")
     tuned_c = (tmp_path / "tuned" / "model.c").read_text()
     assert tuned_c != (tmp_path / "default" / "model.c").read_text()
     # the applied choice is the database's: the same lookup on the default build's kernel
-    assert TunedRows(open_database(db, create=False))(VWW_DENSE, default.program.funcs[VWW_DENSE]) == k.best_rows
+    tuned = TunedKernels(open_database(db, create=False))
+    assert tuned.choice(VWW_DENSE, default.program.funcs[VWW_DENSE]) == Choice(k.best_rows, k.best_packed)
+
+
+def _prototype(model_c: str, kernel: str) -> str:
+    return next(line for line in model_c.splitlines() if line.startswith("void " + kernel + "("))
+
+
+def test_a_record_unpacking_the_constants_applies(tmp_path, capsys):
+    """A database whose fastest record of a kws depthwise kernel keeps its constants unpacked (written here, not
+    measured: this is about applying records) builds that kernel with three constant arrays instead of one,
+    bit-exact with TVM; the harness of that choice emits the same parameters."""
+    default = export_model(KWS, tmp_path / "default")
+    func = default.program.funcs[KWS_DW]
+    n_out = next(c.n_outputs for c in default.program.calls if c.func == KWS_DW)
+    blocking, rewrite = network_rewrite(func, 4, default.kernel_funcs[KWS_DW], n_out)
+    h = KernelHarness(KWS_DW, kernel_program(default.program, KWS_DW), rewrite, blocking)
+    assert h.packs and not row_choices(func)
+    db = open_database(tmp_path / "db", create=True)
+    choice = Choice(1, False)
+    db.commit_tuning_record(TuningRecord(fixed_trace(KWS_DW, func, choice, False, True),
+                                         db.commit_workload(workload(func)), [1.0],
+                                         tuning_target("cortex-m7", "emulator"), ArgInfo.from_prim_func(func)))
+    assert cli.main(["build", KWS, "-o", str(tmp_path / "tuned"), "--tuning-db", str(tmp_path / "db"), "--check",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][KWS_DW]["packed"] is False
+    assert list(out["tuning"]["tuned_kernels"]) == [KWS_DW]
+    tuned = _prototype((tmp_path / "tuned" / "model.c").read_text(), KWS_DW)
+    assert _prototype((tmp_path / "default" / "model.c").read_text(), KWS_DW).count("int32_t *") == 1
+    assert tuned.count("int32_t *") == 3, tuned
+    harness = h.export(choice, tmp_path / "harness" / "export")
+    assert _prototype((harness / "model.c").read_text(), KWS_DW).count("int32_t *") == 3
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +122,7 @@ def dense(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dense")
     prog = export_model(KWS, tmp / "network").program
     h = KernelHarness(DENSE, kernel_program(prog, DENSE), "none")
-    ref = measure_export(h.export(1, tmp / "ref" / "export"), tmp / "ref", "h743", "host", None).outputs
+    ref = measure_export(h.export(Choice(), tmp / "ref" / "export"), tmp / "ref", "h743", "host", None).outputs
     return h, ref, tmp
 
 
@@ -123,7 +161,7 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
         assert k.failed == 0 and s.measured >= 1 and k.best_cost is not None
         # what the farm measured is what this machine's emulator measures
         h, ref, _ = dense
-        local = measure_export(h.export(k.default_rows, tmp_path / "r4" / "export"), tmp_path / "r4", "h743",
+        local = measure_export(h.export(Choice(k.default_rows), tmp_path / "r4" / "export"), tmp_path / "r4", "h743",
                                "emulator", ref)
         assert k.default_cost == local.cost
     finally:
@@ -159,7 +197,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
 def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):
     h, ref, tmp = dense
     wrong = [bytes(b ^ 1 for b in ref[0])] + ref[1:]
-    export = h.export(2, tmp / "c2" / "export")
+    export = h.export(Choice(2), tmp / "c2" / "export")
     host = measure_export(export, tmp / "c2", "h743", "host", ref)
     assert host.unit == "seconds" and host.cost > 0 and host.outputs == ref
     with pytest.raises(CandidateError, match="wrong output"):

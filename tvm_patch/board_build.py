@@ -52,7 +52,7 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None,
                     integer: bool = True, rounding: str = "tflite", kernels: str = "micro",
                     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
-                    halo: str = "recompute") -> dict[str, Any]:
+                    halo: str = "recompute", packing: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
     """Export ``model`` (layer by layer, or its first ``split`` layers over ``patches`` x ``patches`` patches,
     the halos as ``halo`` says), generate the ``board`` project in ``out_dir``, build it for ``runner`` and,
     with ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
@@ -60,7 +60,7 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
     with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
         export_dir = Path(tmp) / "export"
         result = export_model(model, export_dir, patches=patches, split=split, integer=integer, rounding=rounding,
-                              kernels=kernels, rows=rows, halo=halo)
+                              kernels=kernels, rows=rows, halo=halo, packing=packing)
         api = ProjectAPI()
         api.generate_project(export_dir, out_dir, {"board": board, "opt": opt, "stack_bytes": stack_bytes,
                                                    "seed": seed})

@@ -31,7 +31,7 @@ from tvm_patch.plot import plot_profile
 from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
 from tvm_patch.search import search, write_results
 from tvm_patch.search.output import format_summary
-from tvm_patch.tune import RUNNERS, TunedRows, open_database, parse_address, start_server, tune_model
+from tvm_patch.tune import RUNNERS, TunedKernels, open_database, parse_address, start_server, tune_model
 from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
@@ -73,12 +73,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _build_board(args, split)
     if args.run or args.profile:
         raise TvmPatchError("--run and --profile need --board f412|f746|h743")
-    rows = _tuned_rows(args)
+    tuned = _tuned(args)
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
-                          kernels=args.kernels, halo=args.halo, **({"rows": rows} if rows else {}))
+                          kernels=args.kernels, halo=args.halo,
+                          **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
     if args.json:
-        print(json.dumps(dict(result.to_json(), **({"tuning": rows.to_json()} if rows else {})), indent=1))
+        print(json.dumps(dict(result.to_json(), **({"tuning": tuned.to_json()} if tuned else {})), indent=1))
     else:
         print(_build_summary(result))
     if result.check is not None and not result.check.passed:
@@ -139,7 +140,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
-    rows = _tuned_rows(args)
+    tuned = _tuned(args)
     patches, split, halo, plan = _planned(args, split)
     if plan is not None and not args.json:
         print(f"plan: {_plan_text(plan)}", flush=True)
@@ -147,9 +148,10 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels, **({"rows": rows} if rows else {}))
-    if rows:
-        built["tuning"] = rows.to_json()
+                             rounding=args.rounding, kernels=args.kernels,
+                             **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
+    if tuned:
+        built["tuning"] = tuned.to_json()
     if plan is not None:
         built["plan"] = plan
     return _board_output(args, built)
@@ -389,10 +391,10 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------- tuning (tvm_patch/tune, docs/tuning.md)
-def _tuned_rows(args: argparse.Namespace) -> TunedRows | None:
+def _tuned(args: argparse.Namespace) -> TunedKernels | None:
     if not args.tuning_db:
         return None
-    return TunedRows(open_database(args.tuning_db, create=False), get_board(args.board).core if args.board else None)
+    return TunedKernels(open_database(args.tuning_db, create=False), get_board(args.board).core if args.board else None)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -411,9 +413,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
 
     for k in s.kernels:
+        def form(rows: int | None, packed: bool | None) -> str:  # the packing only where it is a knob
+            return f"rows {rows}" + ("" if not k.pack_knob or packed is None else ", packed" if packed else ", unpacked")
+
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
-        print(f"  {k.name}: default rows {k.default_rows} {cost(k.default_cost)}, tuned rows {k.best_rows} "
-              f"{cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
+        print(f"  {k.name}: default {form(k.default_rows, k.default_packed)} {cost(k.default_cost)}, tuned "
+              f"{form(k.best_rows, k.best_packed)} {cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
     if s.untunable:
         print(f"  no knob: {', '.join(s.untunable)}")
     return 0

@@ -204,6 +204,7 @@ def export_model(
     kernels: str = "micro",
     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
     halo: str = "recompute",
+    packing: Callable[[str, Any], bool] | None = None,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -216,7 +217,10 @@ def export_model(
     ``kernels="plain"`` leaves TVM's own kernels (no micro-kernel calls: the baseline they are measured against).
     ``rows``: the micro-kernels' register blocking over output channels (1, 2 or 4; see export/blocking.py),
     one for all kernels, per kernel name (kernels not named get the default), or a callable (name, PrimFunc) ->
-    rows (a tuning database's choice by workload: ``tvm_patch.tune.TunedRows``).
+    rows (a tuning database's choice by workload: ``tvm_patch.tune.TunedKernels``).
+    ``packing``: a callable (name, PrimFunc before blocking) -> whether that kernel's per-channel constants are
+    packed into one array (export/packed_constants.py); default every kernel's (``TunedKernels.packed``: a tuning
+    database's choice).
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -226,13 +230,23 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows, halo)
+                       integer, rounding, rows, halo, packing)
+
+
+def packed_constants(prog: Program, funcs: dict[str, Any], packing: Callable[[str, Any], bool] | None = None
+                     ) -> tuple[Program, dict[str, Any]]:
+    """``pack_channel_constants`` over the kernels ``packing`` (name, PrimFunc before blocking) packs, every kernel
+    by default; the others keep their constants as they are (a tuning database's choice per kernel)."""
+    chosen = {n: f for n, f in funcs.items() if packing is None or packing(n, prog.funcs.get(n, f))}
+    c_prog, packed = pack_channel_constants(prog, chosen)
+    return c_prog, {**funcs, **packed}
 
 
 def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: int | str | None, emit: str,
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
             tflite_path: str | None, integer: bool, rounding: str,
-            rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute") -> ExportResult:
+            rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute",
+            packing: Callable[[str, Any], bool] | None = None) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -307,7 +321,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     emitted, c_prog = final, prog
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
-        c_prog, emitted = pack_channel_constants(prog, nonpositive_shift_requant(prog, final))
+        c_prog, emitted = packed_constants(prog, nonpositive_shift_requant(prog, final), packing)
     csrc = emit_c(emitted, alignment)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")

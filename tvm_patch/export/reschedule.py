@@ -68,7 +68,7 @@ def use_shifted(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any]
 
 def rows_of(rows: int | Mapping[str, int] | Callable[[str, Any], int], name: str, func: Any) -> int:
     """The blocking of kernel ``name``: one for all, per name, or chosen by a callable (name, PrimFunc before
-    blocking) -> rows, as tvm_patch.tune.records.TunedRows chooses from a tuning database by workload."""
+    blocking) -> rows, as tvm_patch.tune.records.TunedKernels chooses from a tuning database by workload."""
     if callable(rows):
         return rows(name, func)
     return rows.get(name, DEFAULT_ROWS) if isinstance(rows, Mapping) else rows

@@ -41,10 +41,11 @@ class HarnessBuilder(PyBuilder):
             try:
                 choice = candidate_choice(bi.mod)
                 if choice is None or choice[0] not in self.kernels:
-                    raise ValueError("the candidate carries no tvm-patch kernel/rows annotation")
-                name, rows = choice
-                cand = Path(tempfile.mkdtemp(prefix=f"rows{rows}_", dir=self.work_dir))
-                self.kernels[name].export(rows, cand / "export")
+                    raise ValueError("the candidate carries no tvm-patch kernel annotation")
+                name, chosen = choice
+                prefix = f"rows{chosen.rows}_{'packed' if chosen.packed else 'unpacked'}_"
+                cand = Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_dir))
+                self.kernels[name].export(chosen, cand / "export")
                 results.append(BuilderResult(str(cand / "export"), None))
             except Exception as e:  # any failure of one candidate is that candidate's build error
                 results.append(BuilderResult(None, first_line(e)))

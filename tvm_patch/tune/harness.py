@@ -22,15 +22,19 @@ from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET, emit_c
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
-from tvm_patch.export.api import nonpositive_shift_requant, write_directory
+from tvm_patch.export.api import nonpositive_shift_requant, packed_constants, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
+from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
-from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule, pixel_copy_schedule
+from tvm_patch.export.inplace_conv import (channel_outer_schedule, inplace_conv_pairs, inplace_conv_schedule,
+                                          pixel_copy_schedule)
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
+from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.tune.space import Choice
 
 __all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
 
@@ -64,11 +68,15 @@ def kernel_program(prog: Program, kernel: str) -> Program:
                    tensors, consts, ins, outs, prog.fused_mod)
 
 
+# The export's forms of a kernel after blocking (api.py, reschedule.py): each from the blocked kernel and its
+# output count to the kernel the export emits.
 REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
-    "none": lambda f, n: f,
-    "in place": inplace_conv_schedule,
-    "pixel copy": pixel_copy_schedule,
-    "pixel copy in the arena": lambda f, n: pixel_copy_schedule(f, n, max_channels=1 << 30),
+    "none": lambda f, n: lean_schedule(f),
+    "in place": lambda f, n: inplace_conv_schedule(lean_schedule(f), n),
+    "pixel copy": lambda f, n: pixel_copy_schedule(lean_schedule(f), n),
+    "pixel copy in the arena": lambda f, n: pixel_copy_schedule(lean_schedule(f), n, max_channels=1 << 30),
+    "padded copy": padded_copy_schedule,  # depthwise kernels through a padded copy of each channel
+    "channel outer": lambda f, n: channel_outer_schedule(lean_schedule(f), n),
 }
 
 
@@ -88,34 +96,38 @@ def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
 
 
 def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> tuple[str, str] | None:
-    """(blocking, rewrite) (BLOCKINGS and REWRITES keys) that turn ``func`` blocked by ``rows`` and lean-scheduled
+    """(blocking, rewrite) (BLOCKINGS and REWRITES keys) that turn ``func`` blocked by ``rows`` and rewritten
     into ``emitted`` (the network export's kernel), None if none does."""
     for blocking, block in BLOCKINGS.items():
-        lean = lean_schedule(block(func, rows))
-        found = next((k for k, rw in REWRITES.items() if _same(rw(lean, n_outputs), emitted)), None)
+        blocked = block(func, rows)
+        found = next((k for k, rw in REWRITES.items() if _same(rw(blocked, n_outputs), emitted)), None)
         if found is not None:
             return blocking, found
     return None
 
 
-def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str) -> Path:
+def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
-    lean-scheduled and rewritten as ``rewrite`` (the network's choice), into ``out_dir``. Raises what the
-    export raises when the candidate does not lower."""
+    rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
+    (``packed``), into ``out_dir``. Raises what the export raises when the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
-    final = REWRITES[rewrite](lean_schedule(func), n_out)
+    final = REWRITES[rewrite](func, n_out)
     pairs = {name: inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
     _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
     if aplan.inplace_calls:
         final = mark_in_place(final, pairs[name])
-    csrc = emit_c(nonpositive_shift_requant(kprog, {name: final}), ALIGNMENT)
+    kprog = quiet_dead_channels(kprog, {name: final})  # as the network's export: its requantization's facts
+    c_prog, emitted = packed_constants(kprog, nonpositive_shift_requant(kprog, {name: final}),
+                                       None if packed else lambda n, f: False)
+    csrc = emit_c(emitted, ALIGNMENT)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
+            "packed_constants": packed,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     write_directory(out_dir, {
-        "model.c": driver_source(kprog, csrc.functions, aplan, name, csrc),
+        "model.c": driver_source(c_prog, csrc.functions, aplan, name, csrc),
         "tvmp_model.h": model_header(kprog, aplan.arena_bytes, name),
         "main.c": host_main(kprog.inputs, kprog.outputs),
         "Makefile": makefile(),
@@ -142,6 +154,14 @@ class KernelHarness:
         """The kernel as the network's export lowers it, before blocking (the tuning workload)."""
         return self.program.funcs[self.name]
 
-    def export(self, rows: int, out_dir: Path) -> Path:
-        """The harness export of this kernel blocked by ``rows`` as the network's export blocks it (BLOCKINGS)."""
-        return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, rows), out_dir, self.rewrite)
+    def export(self, choice: Choice, out_dir: Path) -> Path:
+        """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
+        (BLOCKINGS), its constants packed as ``choice.packed`` says."""
+        return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
+                                   self.rewrite, choice.packed)
+
+    @property
+    def packs(self) -> bool:
+        """Whether the export packs this kernel's per-channel constants (the packing knob applies)."""
+        funcs = {self.name: self.func}
+        return packed_constants(self.program, funcs)[1][self.name] is not self.func

@@ -18,9 +18,9 @@ from tvm.s_tir.meta_schedule.database import JSONDatabase
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.blocking import DEFAULT_ROWS
-from tvm_patch.tune.space import trace_rows
+from tvm_patch.tune.space import Choice, trace_choice
 
-__all__ = ["WORKLOADS", "RECORDS", "TunedRows", "open_database", "tuning_target", "workload"]
+__all__ = ["WORKLOADS", "RECORDS", "TunedKernels", "open_database", "tuning_target", "workload"]
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -66,24 +66,26 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
         raise TvmPatchError(f"{db_dir}: unreadable tuning database ({first}); remove it or tune again") from None
 
 
-class TunedRows:
-    """``export_model(rows=...)`` from a database: per kernel, the blocking of its fastest record (or the
-    default); ``used`` records which kernels took a tuned schedule, for the build's JSON."""
+class TunedKernels:
+    """``export_model(rows=..., packing=...)`` from a database: per kernel, the blocking and the constants' packing
+    of its fastest record (or the export's defaults); ``used`` records which kernels took a tuned schedule, for
+    the build's JSON."""
 
     def __init__(self, db: JSONDatabase, core: str | None = None, runner: str | None = None) -> None:
         self.db = db
         self.core = core
         self.runner = runner
         self.used: dict[str, dict[str, Any]] = {}
+        self._chosen: dict[str, Choice | None] = {}
 
-    def best(self, func: tirx.PrimFunc) -> tuple[int, float, str] | None:
-        """(rows, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none.
+    def best(self, func: tirx.PrimFunc) -> tuple[Choice, float, str] | None:
+        """(choice, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none.
         Costs of different runners are not compared: the records of the most faithful runner present win
         (device cycles, then emulator instructions, then host seconds)."""
         mod = workload(func)
         if not self.db.has_workload(mod):
             return None
-        best: dict[str, tuple[int, float]] = {}
+        best: dict[str, tuple[Choice, float]] = {}
         for rec in self.db.get_top_k(self.db.commit_workload(mod), TOP_K):  # fastest first
             attrs = rec.target.attrs if rec.target is not None else {}
             runner = str(attrs.get("model", ""))
@@ -91,22 +93,33 @@ class TunedRows:
                 continue
             if self.runner is not None and runner != self.runner:
                 continue
-            rows = trace_rows(rec.trace)
-            if rows is not None and rec.run_secs and runner not in best:
-                best[runner] = rows, float(sum(float(x) for x in rec.run_secs) / len(rec.run_secs))
+            choice = trace_choice(rec.trace)
+            if choice is not None and rec.run_secs and runner not in best:
+                best[runner] = choice, float(sum(float(x) for x in rec.run_secs) / len(rec.run_secs))
         for runner in (*RUNNER_PRECEDENCE, *sorted(best)):
             if runner in best:
                 return (*best[runner], runner)
         return None
 
+    def choice(self, name: str, func: tirx.PrimFunc) -> Choice | None:
+        """Kernel ``name``'s tuned choice (``func``: its PrimFunc before blocking, the workload), None if untuned."""
+        if name not in self._chosen:
+            found = self.best(func)
+            self._chosen[name] = found[0] if found is not None else None
+            if found is not None:
+                choice, cost, runner = found
+                self.used[name] = {"rows": choice.rows, "packed": choice.packed, "cost": cost, "runner": runner}
+        return self._chosen[name]
+
     def __call__(self, name: str, func: tirx.PrimFunc) -> int:
-        found = self.best(func)
-        if found is None:
-            return DEFAULT_ROWS
-        rows, cost, runner = found
-        self.used[name] = {"rows": rows, "cost": cost, "runner": runner}
-        return rows
+        """The blocking of kernel ``name`` (``export_model``'s ``rows`` callable)."""
+        found = self.choice(name, func)
+        return DEFAULT_ROWS if found is None else found.rows
+
+    def packed(self, name: str, func: tirx.PrimFunc) -> bool:
+        """Whether kernel ``name``'s per-channel constants are packed (``export_model``'s ``packing`` callable)."""
+        found = self.choice(name, func)
+        return True if found is None else found.packed
 
     def to_json(self, rows_default: int = DEFAULT_ROWS) -> dict[str, Any]:
-        return {"default_rows": rows_default, "tuned_kernels": dict(self.used)}
-
+        return {"default_rows": rows_default, "default_packed": True, "tuned_kernels": dict(self.used)}

@@ -39,12 +39,13 @@ from tvm_patch.export import export_model
 from tvm_patch.export.api import ExportResult
 from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import RUNNERS, CandidateError
-from tvm_patch.tune.records import TunedRows, open_database, tuning_target, workload
+from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
-from tvm_patch.tune.space import fixed_trace, row_choices, rows_space
+from tvm_patch.tune.space import Choice, fixed_trace, kernel_space, row_choices
 
 __all__ = ["KernelTuning", "TuneSummary", "tune_model"]
 
@@ -53,14 +54,18 @@ log = logging.getLogger("tvm_patch.tune")
 
 @dataclass
 class KernelTuning:
-    """One kernel's session: its knob's choices, the default schedule's cost, the best record's."""
+    """One kernel's session: its knobs' choices (the blockings; whether the packing is a knob), the default
+    schedule's cost, the best record's."""
 
     name: str
     calls: int
     choices: list[int]
+    pack_knob: bool
     default_rows: int
     default_cost: float | None
+    default_packed: bool = True
     best_rows: int | None = None
+    best_packed: bool | None = None
     best_cost: float | None = None
     failed: int = 0
 
@@ -163,7 +168,8 @@ class _StopFlag:
 
 def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -> tuple[dict[str, KernelHarness],
                                                                                      list[str]]:
-    """The harness of each kernel with a knob (those named in ``kernels`` if given), and the others' names."""
+    """The harness of each kernel with a knob (those named in ``kernels`` if given), and the others' names. Patch
+    stages have none (their loop nests are not TVM's default form; their packing is per layer)."""
     prog = res.program
     unknown = sorted(set(kernels or ()) - set(prog.funcs))
     if unknown:
@@ -173,7 +179,8 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
     for name, func in prog.funcs.items():
         if kernels and name not in kernels:
             continue
-        if not row_choices(func):
+        kprog = kernel_program(prog, name)
+        if is_patch_stage(func) or not (row_choices(func) or KernelHarness(name, kprog, "none").packs):
             untunable.append(name)
             continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
@@ -183,10 +190,11 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             untunable.append(name)
             continue
         blocking, rewrite = found
-        harnesses[name] = KernelHarness(name, kernel_program(prog, name), rewrite, blocking)
+        harnesses[name] = KernelHarness(name, kprog, rewrite, blocking)
     if not harnesses:
         raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
-                            "convolutions and dense layers with a contiguous reduction)")
+                            "convolutions and dense layers with a contiguous reduction, packing to kernels with "
+                            "per-channel constants)")
     return harnesses, untunable
 
 
@@ -197,18 +205,21 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
     ref_measure = local_measure(board, "host", timeout_sec)
     references: dict[str, list[bytes]] = {}
     for name, h in tqdm(harnesses.items(), desc="defaults", unit="kernel", disable=not progress):
-        references[name] = ref_measure(h.export(1, work / "reference" / name / "export"), None).outputs
+        references[name] = ref_measure(h.export(Choice(), work / "reference" / name / "export"), None).outputs
         choices = row_choices(h.func)
-        default = DEFAULT_ROWS if DEFAULT_ROWS in choices else 1
+        packs = h.packs
+        default = Choice(DEFAULT_ROWS if DEFAULT_ROWS in choices else 1, True)
         try:
             cost: float | None = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
         except CandidateError as e:
             log.warning("%s: default schedule failed: %s", name, e.one_line())
             cost = None
         else:
-            db.commit_tuning_record(TuningRecord(fixed_trace(name, h.func, default), db.commit_workload(workload(h.func)),
-                                                 [cost], target, ArgInfo.from_prim_func(h.func)))
-        summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, default, cost))
+            trace = fixed_trace(name, h.func, default, bool(choices), packs)
+            db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.func)), [cost], target,
+                                                 ArgInfo.from_prim_func(h.func)))
+        summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, packs,
+                                            default.rows, cost))
     return references
 
 
@@ -251,12 +262,12 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         names = list(harnesses)
         with _without_tensor_intrinsics():
             contexts = [ms.TuneContext(workload(h.func), target=target,
-                                       space_generator=ScheduleFn(rows_space(n), sch_rules=[], postprocs=[],
-                                                                  mutator_probs={}),
+                                       space_generator=ScheduleFn(kernel_space(n, bool(k.choices), k.pack_knob),
+                                                                  sch_rules=[], postprocs=[], mutator_probs={}),
                                        search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
                                                                           genetic_num_iters=2),
                                        task_name=n, rand_state=seed, num_threads=1)
-                        for n, h in harnesses.items()]
+                        for (n, h), k in zip(harnesses.items(), summary.kernels)]
         cand_dir = work / "candidates"
         cand_dir.mkdir()
         stop = _StopFlag()
@@ -280,10 +291,10 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
             bar.close()
             run.pool.shutdown(wait=False, cancel_futures=True)
         summary.measured = progress_cb.count
-        best = TunedRows(db, b.core, measured_by)
+        best = TunedKernels(db, b.core, measured_by)
         for k in summary.kernels:
             found = best.best(harnesses[k.name].func)
             if found is not None:
-                k.best_rows, k.best_cost = found[0], found[1]
+                k.best_rows, k.best_packed, k.best_cost = found[0].rows, found[0].packed, found[1]
             k.failed = failed.get(k.name, 0)
     return summary

@@ -1,17 +1,24 @@
 """The tuning space of one exported kernel, as a meta_schedule design space (TVM 0.27 has none for a "c"
 target: meta_schedule raises "Unsupported kind").
 
-The knob is the micro-kernels' register blocking over output channels (export/blocking.py): the space
-samples ``rows`` among the blockings that divide the kernel's channels (``sch.sample_categorical``) and
-applies the blocking's own schedule steps (``split_rows``) with the sampled factor, so the cost model sees
-the candidate's real loop nest. The block carries two annotations, the kernel's name and the sampled rows:
-the builder rebuilds the candidate with ``block_output_channels(kernel, rows)``, the export's own function,
-so what is measured is exactly what ``tvm-patch build --tuning-db`` will emit.
+Two knobs, each a ``sch.sample_categorical`` decision of the space:
+
+- ``rows``: the micro-kernels' register blocking over output channels (export/blocking.py), among the blockings
+  that divide the kernel's channels; the blocking's own schedule steps (``split_rows``) run with the sampled
+  factor, so the cost model sees the candidate's real loop nest.
+- ``packed``: whether the kernel's per-channel constants (bias, multiplier, shift) are packed into one
+  interleaved array (export/packed_constants.py, the export's default) or stay three arrays. Register allocation
+  moves both ways: measured per kernel, some are faster unpacked (docs/tuning.md).
+
+The kernel's block carries the kernel's name and both choices as annotations: the builder rebuilds the candidate
+with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
+exactly what ``tvm-patch build --tuning-db`` will emit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import tvm_ffi
@@ -20,10 +27,21 @@ from tvm import s_tir, tirx
 from tvm_patch.export.blocking import ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["KERNEL_KEY", "ROWS_KEY", "candidate_choice", "fixed_trace", "row_choices", "rows_space", "trace_rows"]
+__all__ = ["KERNEL_KEY", "PACK_KEY", "ROWS_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
+           "row_choices", "trace_choice"]
 
 KERNEL_KEY = "tvm_patch.kernel"
 ROWS_KEY = "tvm_patch.rows"
+PACK_KEY = "tvm_patch.packed"
+PACK_CHOICES = (1, 0)  # packed (the export's default), three arrays
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One point of a kernel's space: its blocking and whether its per-channel constants are packed."""
+
+    rows: int = 1
+    packed: bool = True
 
 
 def row_choices(func: tirx.PrimFunc) -> list[int]:
@@ -37,54 +55,72 @@ def row_choices(func: tirx.PrimFunc) -> list[int]:
     return choices if len(choices) > 1 else []
 
 
-def rows_space(kernel: str, fixed: int | None = None) -> Callable[[s_tir.Schedule], None]:
-    """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``);
-    ``fixed``: the decision taken instead of sampled (the trace of the default schedule's record)."""
+def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
+                 fixed: Choice | None = None) -> Callable[[s_tir.Schedule], None]:
+    """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``) with
+    the knobs that apply to it; ``fixed``: the decisions taken instead of sampled (the default schedule's record)."""
 
     def space(sch: s_tir.Schedule) -> None:
-        found = rows_loop(sch)
-        if found is None:
-            return
-        choices = [r for r in ROW_BLOCKS if found[2] % r == 0]
-        rows = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
-                                      decision=None if fixed is None else choices.index(fixed))
-        block = _reduction(sch)
+        block = _main_block(sch)
         sch.annotate(block, KERNEL_KEY, kernel)
-        sch.annotate(block, ROWS_KEY, rows)
-        split_rows(sch, found, rows)
+        found = rows_loop(sch) if rows_knob else None
+        if found is not None:
+            choices = [r for r in ROW_BLOCKS if found[2] % r == 0]
+            rows = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices),
+                                          decision=None if fixed is None else choices.index(fixed.rows))
+            sch.annotate(block, ROWS_KEY, rows)
+        if pack_knob:
+            packed = sch.sample_categorical(list(PACK_CHOICES), [0.5, 0.5],
+                                            decision=None if fixed is None else PACK_CHOICES.index(int(fixed.packed)))
+            sch.annotate(block, PACK_KEY, packed)
+        if found is not None:
+            split_rows(sch, found, rows)
 
     return space
 
 
-def _reduction(sch: s_tir.Schedule) -> Any:
-    return [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-            if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)][0]
+def _main_block(sch: s_tir.Schedule) -> Any:
+    """The kernel's reduction block (its first block when it has none)."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
+    return (reductions or blocks)[0]
 
 
-def candidate_choice(mod: Any) -> tuple[str, int] | None:
-    """(kernel, rows) of a candidate scheduled by ``rows_space``: read from its reduction block's annotations."""
-    found: list[tuple[str, int]] = []
+def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
+    """(kernel, choice) of a candidate scheduled by ``kernel_space``, read from its block's annotations (a knob the
+    kernel does not have takes its default: rows 1, packed)."""
+    found: list[tuple[str, Choice]] = []
 
     def on_block(block: Any) -> tvm_ffi.WalkResult:
         ann = block.annotations
-        if KERNEL_KEY in ann and ROWS_KEY in ann:
-            found.append((str(ann[KERNEL_KEY]), int(ann[ROWS_KEY])))
+        if KERNEL_KEY in ann:
+            found.append((str(ann[KERNEL_KEY]), Choice(int(ann[ROWS_KEY]) if ROWS_KEY in ann else 1,
+                                                       bool(int(ann[PACK_KEY])) if PACK_KEY in ann else True)))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(mod["main"].body, [(s_tir.SBlock, on_block)], order="pre")
     return found[0] if found else None
 
 
-def trace_rows(trace: Any) -> int | None:
-    """The rows a tuning record's trace sampled (its SampleCategorical decision), None if it sampled none."""
+def trace_choice(trace: Any) -> Choice | None:
+    """The choice a tuning record's trace made: each knob's sampled value, found through the annotation that
+    names it; None when the trace annotates no knob. A knob the trace does not sample takes its default (records
+    of sessions before the packing knob read as packed)."""
+    sampled: dict[Any, int] = {}
+    knobs: dict[str, int] = {}
     for inst in trace.insts:
         if inst.kind.name == "SampleCategorical":
-            return int(inst.attrs[0][int(trace.decisions[inst])])
-    return None
+            sampled[inst.outputs[0]] = int(inst.attrs[0][int(trace.decisions[inst])])
+        elif inst.kind.name == "Annotate" and len(inst.inputs) > 1 and inst.inputs[1] in sampled:
+            knobs[str(inst.attrs[0])] = sampled[inst.inputs[1]]
+    if not knobs:
+        return None
+    return Choice(knobs.get(ROWS_KEY, 1), bool(knobs.get(PACK_KEY, 1)))
 
 
-def fixed_trace(kernel: str, func: tirx.PrimFunc, rows: int) -> Any:
-    """The trace of ``rows_space`` with the decision ``rows`` (a record of a schedule measured outside the search)."""
+def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool) -> Any:
+    """The trace of ``kernel_space`` with the decisions of ``choice`` (a record of a schedule measured outside the
+    search)."""
     sch = s_tir.Schedule(func)
-    rows_space(kernel, rows)(sch)
+    kernel_space(kernel, rows_knob, pack_knob, choice)(sch)
     return sch.trace
