@@ -229,3 +229,20 @@ def test_bench_tuning_reports_each_1x1_layer():
     md = markdown([{"model": "m.tflite", "network": {"untuned": 129, "tuned": 124}, "bit_exact": {"untuned": True, "tuned": True},
                     "conv1x1": {"untuned": 120, "tuned": 116}, "layers": rows}], "h743")
     assert "1 better, 1 equal, 1 worse" in md and "| 0 | `a` | 100 | 50 | 45 | better |" in md
+
+
+def test_the_harness_reproduces_every_kernel_of_an_nchw_network(tmp_path):
+    """Each kernel of mcunet-in0 (NCHW: padded copies, pixel copies, in-place kernels, pixel pairs widened from the
+    channel planes) as the network's export emits it is one of the harness's forms, so a session measures what the
+    build runs; the pixel-pair kernels have no blocking knob (rows 2 and 4 are one kernel there)."""
+    res = export_model("zoo:mcunet-in0:int8", tmp_path / "in0")
+    forms = {}
+    for name, func in res.program.funcs.items():
+        n_out = next(c.n_outputs for c in res.program.calls if c.func == name)
+        forms[name] = network_rewrite(func, 4, res.kernel_funcs[name], n_out)
+    assert all(f is not None for f in forms.values()), [n for n, f in forms.items() if f is None]
+    found = {f for f in forms.values()}
+    assert {("channels", "padded copy"), ("channels", "in place"), ("pixels, channels first", "pixel pair copy")} <= found
+    pair = next(n for n, f in forms.items() if f[1] == "pixel pair copy")
+    h = KernelHarness(pair, kernel_program(res.program, pair), "pixel pair copy", "pixels, channels first")
+    assert row_choices(h.func) and h.row_choices == [] and h.packs

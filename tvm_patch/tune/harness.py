@@ -29,12 +29,12 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.inplace_conv import (channel_outer_schedule, inplace_conv_pairs, inplace_conv_schedule,
-                                          pixel_copy_schedule)
+                                          pixel_copy_schedule, pixel_pair_copy_schedule)
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
 from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
-from tvm_patch.tune.space import Choice
+from tvm_patch.tune.space import Choice, row_choices
 
 __all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
 
@@ -77,14 +77,17 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "pixel copy in the arena": lambda f, n: pixel_copy_schedule(lean_schedule(f), n, max_channels=1 << 30),
     "padded copy": padded_copy_schedule,  # depthwise kernels through a padded copy of each channel
     "channel outer": lambda f, n: channel_outer_schedule(lean_schedule(f), n),
+    "pixel pair copy": lambda f, n: pixel_pair_copy_schedule(lean_schedule(f), n),  # NCHW 1x1 pairs
 }
 
 
 # How the export blocks a kernel by ``rows``: over output channels, or (NHWC 1x1 kernels the export pixel-blocks,
-# reschedule.pixel_blocked and pixel_blocked_in_place) over two output pixels and min(rows, 2) channels.
+# reschedule.pixel_blocked and pixel_blocked_in_place; NCHW ones, pixel_pairs_nchw) over two output pixels and
+# min(rows, 2) channels.
 BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "channels": block_output_channels,
     "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
+    "pixels, channels first": lambda f, rows: block_pixels(f, min(rows, 2), channels_first=True),
 }
 
 
@@ -159,6 +162,12 @@ class KernelHarness:
         (BLOCKINGS), its constants packed as ``choice.packed`` says."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
                                    self.rewrite, choice.packed)
+
+    @property
+    def row_choices(self) -> list[int]:
+        """The blockings this kernel can take as the network's export forms it: none for the NCHW pixel pairs (rows 2
+        and 4 are the same pair kernel there, and rows 1 is another form, the one-pixel copy, decided before)."""
+        return [] if self.blocking == "pixels, channels first" else row_choices(self.func)
 
     @property
     def packs(self) -> bool:

@@ -180,7 +180,8 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
         if kernels and name not in kernels:
             continue
         kprog = kernel_program(prog, name)
-        if is_patch_stage(func) or not (row_choices(func) or KernelHarness(name, kprog, "none").packs):
+        packs = not is_patch_stage(func) and KernelHarness(name, kprog, "none").packs
+        if not (packs or (row_choices(func) and not is_patch_stage(func))):
             untunable.append(name)
             continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
@@ -189,8 +190,11 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped", name)
             untunable.append(name)
             continue
-        blocking, rewrite = found
-        harnesses[name] = KernelHarness(name, kprog, rewrite, blocking)
+        h = KernelHarness(name, kprog, found[1], found[0])
+        if not (packs or h.row_choices):  # its blockings are one kernel in the network's form
+            untunable.append(name)
+            continue
+        harnesses[name] = h
     if not harnesses:
         raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
                             "convolutions and dense layers with a contiguous reduction, packing to kernels with "
@@ -206,9 +210,9 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
     references: dict[str, list[bytes]] = {}
     for name, h in tqdm(harnesses.items(), desc="defaults", unit="kernel", disable=not progress):
         references[name] = ref_measure(h.export(Choice(), work / "reference" / name / "export"), None).outputs
-        choices = row_choices(h.func)
+        choices = h.row_choices
         packs = h.packs
-        default = Choice(DEFAULT_ROWS if DEFAULT_ROWS in choices else 1, True)
+        default = Choice(DEFAULT_ROWS if not choices or DEFAULT_ROWS in choices else 1, True)
         try:
             cost: float | None = measure(h.export(default, work / "default" / name / "export"), references[name]).cost
         except CandidateError as e:

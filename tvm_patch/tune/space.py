@@ -24,7 +24,7 @@ from typing import Any
 import tvm_ffi
 from tvm import s_tir, tirx
 
-from tvm_patch.export.blocking import ROW_BLOCKS, rows_loop, split_rows
+from tvm_patch.export.blocking import DEFAULT_ROWS, ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
 __all__ = ["KERNEL_KEY", "PACK_KEY", "ROWS_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
@@ -38,9 +38,10 @@ PACK_CHOICES = (1, 0)  # packed (the export's default), three arrays
 
 @dataclass(frozen=True)
 class Choice:
-    """One point of a kernel's space: its blocking and whether its per-channel constants are packed."""
+    """One point of a kernel's space: its blocking and whether its per-channel constants are packed (a knob a
+    kernel does not have: the export's default, DEFAULT_ROWS and packed)."""
 
-    rows: int = 1
+    rows: int = DEFAULT_ROWS
     packed: bool = True
 
 
@@ -88,13 +89,13 @@ def _main_block(sch: s_tir.Schedule) -> Any:
 
 def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
     """(kernel, choice) of a candidate scheduled by ``kernel_space``, read from its block's annotations (a knob the
-    kernel does not have takes its default: rows 1, packed)."""
+    kernel does not have takes the export's default)."""
     found: list[tuple[str, Choice]] = []
 
     def on_block(block: Any) -> tvm_ffi.WalkResult:
         ann = block.annotations
         if KERNEL_KEY in ann:
-            found.append((str(ann[KERNEL_KEY]), Choice(int(ann[ROWS_KEY]) if ROWS_KEY in ann else 1,
+            found.append((str(ann[KERNEL_KEY]), Choice(int(ann[ROWS_KEY]) if ROWS_KEY in ann else DEFAULT_ROWS,
                                                        bool(int(ann[PACK_KEY])) if PACK_KEY in ann else True)))
         return tvm_ffi.WalkResult.ADVANCE
 
@@ -115,7 +116,7 @@ def trace_choice(trace: Any) -> Choice | None:
             knobs[str(inst.attrs[0])] = sampled[inst.inputs[1]]
     if not knobs:
         return None
-    return Choice(knobs.get(ROWS_KEY, 1), bool(knobs.get(PACK_KEY, 1)))
+    return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)))
 
 
 def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool) -> Any:
