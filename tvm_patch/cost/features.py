@@ -22,7 +22,10 @@ from tvm_patch.names import PATCHES_ATTR
 
 # 4: a border position's pad store counted as the pad, not as what the in-image positions compute; branches that
 # repeat a condition already evaluated counted apart (trips.py)
-FEATURES_VERSION = 4
+# 5: the copy / fill calls (an NCHW stage's runs, kernels round 15) counted apart: their word stores
+# (``stores_call``, no longer in stores_copy / stores_const) and the calls (``run_calls``); tvmp_requant_rbzr counted
+# as a requantization (it was missed since round 10)
+FEATURES_VERSION = 5
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -37,7 +40,7 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
-             "branches_skipped", "branches_repeated")
+             "branches_skipped", "branches_repeated", "stores_call", "run_calls")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
@@ -199,8 +202,10 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
         elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8"):
             out["window_elems"] += v
         elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rbz",
-                   "call_tvmp_requant_rs_narrow"):
+                   "call_tvmp_requant_rbzr", "call_tvmp_requant_rs_narrow"):
             out["requant"] += v
+        elif k in ("call_tvmp_copy_s8", "call_tvmp_fill_s8"):
+            out["run_calls"] += v
         elif k == "call_tvmp_pad_rows":
             out["pad_calls"] += v
         elif k == "call_tvmp_sat_s8":

@@ -228,8 +228,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
     ``red_loops`` (starts of the innermost loop around looped MACs), ``micro_macs`` (the MACs of the
     micro-kernel calls; ``window_macs`` those of the depthwise window calls, kh x kw each), ``call_<name>`` and ``elems_<name>`` per extern call (its length
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations, and the store
-    instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; by what they write: ``stores_const``,
-    ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class; a store of ``if_then_else(c, a, b)``
+    instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; the element
+    stores by what they write: ``stores_const``, ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class,
+    and the calls' word stores as ``stores_call``; a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
     loops: a border patch's in-image check, ``branches_skipped`` its evaluations that skip the guarded statement,
@@ -282,7 +283,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     n = const(call.args[3], env) if len(call.args) > 3 else None
                     words = (n // 4 + n % 4) if n is not None and n > 0 else 0
                     out["stores"] += trips * words
-                    out["stores_copy" if name == COPY else "stores_const"] += trips * words
+                    out["stores_call"] += trips * words  # words a store: priced apart from the byte loops' stores
                 if name.startswith("tvmp_"):
                     out[f"call_{name}"] += trips
                     lengths = [const(a, env) for a in call.args[1:] if isinstance(a, tirx.IntImm)]
