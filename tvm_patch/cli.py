@@ -412,13 +412,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     def cost(c: float | None) -> str:
         return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
 
-    for k in s.kernels:
-        def form(rows: int | None, packed: bool | None) -> str:  # the packing only where it is a knob
-            return f"rows {rows}" + ("" if not k.pack_knob or packed is None else ", packed" if packed else ", unpacked")
+    def form(rows: int | None, packed: bool | None, knob: bool) -> str:  # the packing only where it is a knob
+        return f"rows {rows}" + ("" if not knob or packed is None else ", packed" if packed else ", unpacked")
 
+    for k in s.kernels:
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
-        print(f"  {k.name}: default {form(k.default_rows, k.default_packed)} {cost(k.default_cost)}, tuned "
-              f"{form(k.best_rows, k.best_packed)} {cost(k.best_cost)} ({gain}), {k.failed} failed, {k.calls} calls")
+        print(f"  {k.name}: default {form(k.default_rows, k.default_packed, k.pack_knob)} {cost(k.default_cost)}, "
+              f"tuned {form(k.best_rows, k.best_packed, k.pack_knob)} {cost(k.best_cost)} ({gain}), {k.failed} failed, "
+              f"{k.calls} calls")
     if s.untunable:
         print(f"  no knob: {', '.join(s.untunable)}")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import tvm_ffi
@@ -169,7 +170,7 @@ class KernelHarness:
         and 4 are the same pair kernel there, and rows 1 is another form, the one-pixel copy, decided before)."""
         return [] if self.blocking == "pixels, channels first" else row_choices(self.func)
 
-    @property
+    @cached_property
     def packs(self) -> bool:
         """Whether the export packs this kernel's per-channel constants (the packing knob applies)."""
         funcs = {self.name: self.func}

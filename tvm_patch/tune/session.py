@@ -179,9 +179,8 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
     for name, func in prog.funcs.items():
         if kernels and name not in kernels:
             continue
-        kprog = kernel_program(prog, name)
-        packs = not is_patch_stage(func) and KernelHarness(name, kprog, "none").packs
-        if not (packs or (row_choices(func) and not is_patch_stage(func))):
+        h = KernelHarness(name, kernel_program(prog, name), "none")
+        if is_patch_stage(func) or not (h.packs or row_choices(func)):  # before the costlier matching below
             untunable.append(name)
             continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
@@ -190,8 +189,8 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             log.warning("%s: the network's schedule of this kernel is not one the harness reproduces; skipped", name)
             untunable.append(name)
             continue
-        h = KernelHarness(name, kprog, found[1], found[0])
-        if not (packs or h.row_choices):  # its blockings are one kernel in the network's form
+        h.blocking, h.rewrite = found
+        if not (h.packs or h.row_choices):  # its blockings are one kernel in the network's form
             untunable.append(name)
             continue
         harnesses[name] = h
