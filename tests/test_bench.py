@@ -88,8 +88,9 @@ def check_outputs(out: Path, models: set[str]) -> dict:
     return data
 
 
+@pytest.mark.slow  # about 2 minutes: make test-all runs it; the default run checks kws alone (below)
 def test_bench_quick(tmp_path):
-    """`--quick` as CI runs it (vww, kws, mcunet-in0): every output within the 5-minute budget, patched vww
+    """`--quick` (vww, kws, mcunet-in0): every output within the 5-minute budget, patched vww
     below its per-layer peak, the plan's source and the published figures labelled, the kernel figures."""
     r = bench("--board", "h743", "--quick", "--out", str(tmp_path), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -185,8 +186,21 @@ def test_failing_model_is_recorded_and_the_others_run(tmp_path):
     assert broken["status"] == "error" and broken["error"] and "\n" not in broken["error"]
     assert all(c["status"] == "error" for c in broken["configs"].values())
     assert kws["status"] == "ok" and kws["configs"]["layer_by_layer"]["run"]["bit_exact"] is True
-    assert "broken" in (out / "results.md").read_text().split("## Did not fit or failed")[1]
+    md = (out / "results.md").read_text()
+    assert "broken" in md.split("## Did not fit or failed")[1]
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2 * len(SCHEDULES)  # a row per schedule
+    # kws measured in full (test_bench_quick's checks on one small model, for the default run)
+    for sched, c in kws["configs"].items():
+        assert c["status"] == "ok" and c["fits"] is True and c["run"]["bit_exact"] is True, (sched, c["message"])
+        assert c["sram_bytes"] == c["arena_bytes"] + c["stack_bytes"] + c["data_bss_bytes"]
+    planned = kws["configs"]["plan"]  # `plan --fast`'s choice: built, and its SRAM as predicted
+    assert planned["plan"]["fits"] and planned["plan"]["sram_bytes"] == planned["sram_bytes"]
+    assert kws["plan_source"] == PLAN_SOURCE
+    kernels = kws["kernels"]  # issue 13's figures: measured against the plain kernels
+    assert kernels["status"] == "ok" and kernels["plain"] > kws["configs"]["layer_by_layer"]["run"]["instructions"]
+    assert {"conv1x1", "depthwise", "dense"} <= set(kernels["per_kind"])
+    assert "## Cortex-M kernels" in md and "| kws_int8 | 2,656,768 |" in md
+    assert "## The plan `tvm-patch plan --fast` chooses" in md
 
 
 def test_interrupt_keeps_what_was_measured(tmp_path):
