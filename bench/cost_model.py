@@ -211,7 +211,7 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
         raise TvmPatchError("the cost model has no linear stage model to compare with")
     with tempfile.TemporaryDirectory(prefix="tvmp_stage_layers_") as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
-        result = export_model(model, export_dir, **plan.export_args())
+        result = export_model(model, export_dir, wide=every_kernel, **plan.export_args())
         ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
                                                          "seed": 0})
         counts = instrument_stage(result, proj)

@@ -19,4 +19,9 @@ class ProtocolError(ProjectError):
 
 
 class FitError(ProjectError):
-    """The firmware does not fit the board: the message names the region and the bytes."""
+    """The firmware does not fit the board: the message names the region and the bytes; ``flash_over`` the Flash
+    bytes too many where Flash is what overflows (at least that many, from the export's figures before a link)."""
+
+    def __init__(self, message: str, flash_over: int | None = None) -> None:
+        super().__init__(message)
+        self.flash_over = flash_over

@@ -83,7 +83,7 @@ def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int) ->
     rom = ex["weights_bytes"] + ins
     if rom > board.flash_bytes:
         raise FitError(f"Flash: needs at least {_fmt(rom)} (weights {ex['weights_bytes']:,} + input {ins:,}), "
-                       f"{board.key} has {_fmt(board.flash_bytes)}")
+                       f"{board.key} has {_fmt(board.flash_bytes)}", flash_over=rom - board.flash_bytes)
 
 
 def toolchain(cross: str = "arm-none-eabi-") -> str:
@@ -191,4 +191,4 @@ def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], 
         raise FitError(f"SRAM: needs {_fmt(m.sram_bytes)} (arena {m.arena_bytes:,} + stack {m.stack_bytes:,} + "
                        f"data/bss {m.data_bss_bytes:,}), {board.key} has {_fmt(board.sram_bytes)}")
     raise FitError(f"Flash: needs {_fmt(m.flash_bytes)} (code, weights and constants), {board.key} has "
-                   f"{_fmt(board.flash_bytes)}")
+                   f"{_fmt(board.flash_bytes)}", flash_over=m.flash_bytes - board.flash_bytes)

@@ -9,14 +9,16 @@ import json
 import tempfile
 from pathlib import Path
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from microtvm_projects.api import ProjectAPI
+from microtvm_projects.errors import FitError
 from microtvm_projects.boards import get_board
 from microtvm_projects.firmware import FirmwareBuild, load_project
 
 import tvm_patch
 from tvm_patch.export import export_model
+from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.blocking import DEFAULT_ROWS
 
 
@@ -46,28 +48,86 @@ def firmware_json(fw: FirmwareBuild, project: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WIDE_CHOICES = ("auto", "all", "none")
+T = TypeVar("T")
+MAX_NARROWINGS = 3  # "auto" builds again at most this often (a check before the link knows the weights, not the code)
+
+
 def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int | None = None,
                     split: int | str | None = None, runner: str = "emulator", run: bool = False,
                     profile: bool = False, opt: str = "O3", stack_bytes: int = 8192, seed: int = 0,
                     timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None,
                     integer: bool = True, rounding: str = "tflite", kernels: str = "micro",
                     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
-                    halo: str = "recompute", packing: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
+                    halo: str = "recompute", packing: Callable[[str, Any], bool] | None = None,
+                    wide: str = "auto") -> dict[str, Any]:
     """Export ``model`` (layer by layer, or its first ``split`` layers over ``patches`` x ``patches`` patches,
     the halos as ``halo`` says), generate the ``board`` project in ``out_dir``, build it for ``runner`` and,
-    with ``run``, run it once; returns the JSON report (``"run"`` present when it ran)."""
+    with ``run``, run it once; returns the JSON report (``"run"`` present when it ran).
+
+    ``wide``: which kernels store their weights widened to int16 (export/wide_weights.py): "auto" every kernel
+    that can while the firmware fits the board's Flash (when it does not, the kernels with the fewest MACs per
+    extra byte go back to int8 and it builds once more), "all", or "none"."""
+    if wide not in WIDE_CHOICES:
+        raise TvmPatchError(f"unknown --wide-weights {wide!r}; use {', '.join(WIDE_CHOICES)}")
     get_board(board)  # an unknown board fails before the export's work
-    with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
-        export_dir = Path(tmp) / "export"
-        result = export_model(model, export_dir, patches=patches, split=split, integer=integer, rounding=rounding,
-                              kernels=kernels, rows=rows, halo=halo, packing=packing)
-        api = ProjectAPI()
-        api.generate_project(export_dir, out_dir, {"board": board, "opt": opt, "stack_bytes": stack_bytes,
-                                                   "seed": seed})
-    report = build_project(out_dir, runner=runner, run=run, profile=profile, timeout_sec=timeout_sec, port=port,
-                           probe=probe)
+    result, report = fit_wide(
+        lambda chosen: _export_project(model, out_dir, dict(patches=patches, split=split, integer=integer,
+                                                            rounding=rounding, kernels=kernels, rows=rows, halo=halo,
+                                                            packing=packing, wide=chosen),
+                                       {"board": board, "opt": opt, "stack_bytes": stack_bytes, "seed": seed}),
+        lambda _result: build_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec), wide)
+    if run:
+        report["run"] = run_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec, port=port,
+                                    probe=probe)
     report["export"] = {k: v for k, v in result.to_json().items() if k not in ("out_dir", "files", "check")}
     return report
+
+
+def fit_wide(export: Callable[[Callable[[str], bool] | None], Any], finish: Callable[[Any], T],
+             wide: str = "auto") -> tuple[Any, T]:
+    """``export(chosen)`` (an ExportResult, ``chosen`` the kernels allowed to widen their weights: every one, or
+    None for none) then ``finish(result)`` (a build, a measurement); with ``wide`` "auto", a Flash overflow
+    (FitError) narrows the kernels with the fewest MACs per extra byte back to int8 and tries again (the result's
+    ``wide_narrowed`` names them)."""
+    narrow: set[str] = set()
+    for attempt in range(MAX_NARROWINGS + 1):
+        kept = frozenset(narrow)
+        result = export(None if wide == "none" else (lambda name: name not in kept))
+        result.wide_narrowed = sorted(kept)
+        try:
+            return result, finish(result)
+        except FitError as e:
+            widened = {n: b for n, b in result.wide_weights.items() if n not in narrow}
+            if wide != "auto" or e.flash_over is None or not widened or attempt == MAX_NARROWINGS:
+                raise
+            narrow |= narrowed(widened, result.call_info, e.flash_over)
+    raise AssertionError("unreachable")
+
+
+def _export_project(model: Any, out_dir: str | Path, export_args: dict[str, Any], options: dict[str, Any]) -> Any:
+    """The export of ``model`` and the board project generated from it in ``out_dir``."""
+    with tempfile.TemporaryDirectory(prefix="tvmp_export_") as tmp:
+        export_dir = Path(tmp) / "export"
+        result = export_model(model, export_dir, **export_args)
+        ProjectAPI().generate_project(export_dir, out_dir, options)
+    return result
+
+
+def narrowed(extra: Mapping[str, int], call_info: list[dict[str, Any]], over: int) -> set[str]:
+    """The widened kernels to store as int8 again so that ``over`` Flash bytes go: fewest MACs per extra byte
+    first (all of them when that is what it takes)."""
+    macs: dict[str, int] = {}
+    for c in call_info:
+        macs[c["func"]] = macs.get(c["func"], 0) + int(c["macs"])
+    out: set[str] = set()
+    freed = 0
+    for name in sorted(extra, key=lambda n: (macs.get(n, 0) / max(extra[n], 1), n)):
+        if freed >= over:
+            break
+        out.add(name)
+        freed += extra[name]
+    return out
 
 
 def build_project(project_dir: str | Path, *, runner: str = "emulator", run: bool = False, profile: bool = False,

@@ -77,6 +77,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
                           kernels=args.kernels, halo=args.halo,
+                          wide=(lambda _name: True) if args.wide_weights == "all" else None,
                           **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
     if args.json:
         print(json.dumps(dict(result.to_json(), **({"tuning": tuned.to_json()} if tuned else {})), indent=1))
@@ -148,7 +149,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              runner=args.run or "emulator", run=args.run is not None, profile=args.profile,
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
-                             rounding=args.rounding, kernels=args.kernels,
+                             rounding=args.rounding, kernels=args.kernels, wide=args.wide_weights,
                              **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
     if tuned:
         built["tuning"] = tuned.to_json()
@@ -522,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kernels", choices=["micro", "plain"], default="micro",
                    help="micro (default): kernels call the Cortex-M micro-kernels (SMLAD dot products, a 32-bit "
                         "requantization); plain: TVM's own kernels only, the baseline")
+    b.add_argument("--wide-weights", choices=["auto", "all", "none"], default="auto",
+                   help="weights of the dot kernels stored as int16 in Flash (twice their bytes, no sign extension "
+                        "per use): auto (default) as many as the board's Flash holds (none without --board), all, none")
     b.add_argument("--board", choices=["f412", "f746", "h743"],
                    help="write a board project to -o DIR (STM32 firmware over the export) and build it")
     b.add_argument("--run", choices=["emulator", "device"],

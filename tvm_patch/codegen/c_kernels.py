@@ -58,6 +58,7 @@ from tvm_patch.codegen.copy_kernels import CopyLoops
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.codegen.quantize_kernels import QuantizeCalls
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
+from tvm_patch.codegen.wide_weights import WidenWeights
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
@@ -234,6 +235,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
         passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
+        passes.append(WidenWeights())  # weights the export stores as int16: no SXTB16 on them
         passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time
         passes.append(QuantizeCalls())  # float -> int8 quantization -> tvmp_quant_s8 (VCVTR, QADD, SSAT)
     if not bool(config.get("tirx.disable_cse_tir", False)):

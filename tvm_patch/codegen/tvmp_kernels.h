@@ -12,7 +12,7 @@
  * tvmp_requant_rbzr: tvmp_requant_rbz on the right shift (-shift) the export stores per channel
  *   (export/packed_constants.py).
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
- *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap).
+ *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap); tvmp_pad_rows_w on widened weights.
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
  * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
@@ -31,6 +31,8 @@
  *   (tvmp_widen_px2, before the channel loop), then each block reads them (four word loads per four channels, no SXTB16).
  * tvmp_widen_px2_planes: the same words from a pair stored as channel planes (NCHW: channel c of pixel p at
  *   a[c * cs + p]), so an NCHW kernel widens its pair straight from its input, without a pixel-major copy first.
+ * tvmp_dot_s8w_rows* / tvmp_dot_s8w_px2_rows* / tvmp_dot_q15w_px2_rows*: the same three on weights the export
+ *   stored widened to int16 in Flash (codegen/wide_weights.py): no SXTB16 on weights, two words a load.
  * tvmp_copy_s8 / tvmp_fill_s8: a run of int8 copied or set (pad values) a word at a time (codegen/copy_kernels.py).
  * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale (codegen/quantize_kernels.py).
  *
@@ -361,6 +363,94 @@ TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows2, 2)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
 
+/* The three dot kernels above on weights stored widened in Flash (codegen/wide_weights.py): int16, each four
+   weights (w0, w1, w2, w3) of a row as (w0, w2, w1, w3), so that the two words SXTB16 would make of the int8 word
+   are two loads (one LDRD), and no SXTB16 runs on weights. The export stores them so where every read of the
+   weights is one of these calls at a multiple of four elements (n and ws too); the same sums in the same order. */
+#if defined(__ARM_FEATURE_DSP)
+typedef uint32_t tvmp_wword __attribute__((may_alias, aligned(4)));
+#define TVMP_WIDE_ROW(j) const tvmp_wword *y = (const tvmp_wword *)(w + (j) * ws); uint32_t ye = y[0], yo = y[1]
+#define TVMP_S8W_ROWS_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const int8_t *a, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {          \
+    int32_t s[rows];                                                                                    \
+    for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                                   \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
+        uint32_t x;                                                                                     \
+        memcpy(&x, a, 4);                                                                               \
+        uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                            \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            TVMP_WIDE_ROW(j);                                                                           \
+            s[j] = __smlad(xo, yo, __smlad(xe, ye, s[j]));                                              \
+        }                                                                                               \
+    }                                                                                                   \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
+}
+#define TVMP_WIDE_PX2_ROWS(rows)                                                                        \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            TVMP_WIDE_ROW(j);                                                                           \
+            s0[j] = __smlad(o0, yo, __smlad(e0, ye, s0[j]));                                            \
+            s1[j] = __smlad(o1, yo, __smlad(e1, ye, s1[j]));                                            \
+        }
+#define TVMP_S8W_PX2_KERNEL(name, rows)                                                                 \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    int32_t s0[rows], s1[rows];                                                                         \
+    for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
+    for (; n >= 4; n -= 4, a += 4, w += 4) {                                                            \
+        uint32_t x0, x1;                                                                                \
+        memcpy(&x0, a, 4);                                                                              \
+        memcpy(&x1, a + as, 4);                                                                         \
+        uint32_t e0 = __sxtb16(x0), o0 = tvmp_sxtb16_ror8(x0), e1 = __sxtb16(x1), o1 = tvmp_sxtb16_ror8(x1); \
+        TVMP_WIDE_PX2_ROWS(rows)                                                                        \
+    }                                                                                                   \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
+}
+#define TVMP_Q15W_PX2_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
+    int32_t s0[rows], s1[rows];                                                                         \
+    for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
+    for (; n >= 4; n -= 4, q += 4, w += 4) {                                                            \
+        uint32_t e0 = q[0], o0 = q[1], e1 = q[2], o1 = q[3];                                            \
+        TVMP_WIDE_PX2_ROWS(rows)                                                                        \
+    }                                                                                                   \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
+}
+#else
+/* (w0, w2, w1, w3) at y: the products with activations x0..x3 in the DSP path's order */
+TVMP_INLINE int32_t tvmp_dot4_wide(const int16_t *y, int32_t x0, int32_t x1, int32_t x2, int32_t x3) {
+    return x0 * y[0] + x2 * y[1] + x1 * y[2] + x3 * y[3];
+}
+#define TVMP_S8W_ROWS_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const int8_t *a, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {          \
+    for (int32_t i = 0; i < n; i += 4)                                                                  \
+        for (int32_t j = 0; j < rows; j++) acc[j] += tvmp_dot4_wide(w + j * ws + i, a[i], a[i + 1], a[i + 2], a[i + 3]); \
+}
+#define TVMP_S8W_PX2_KERNEL(name, rows)                                                                 \
+TVMP_INLINE void name(const int8_t *a, int32_t as, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) { \
+    for (int32_t i = 0; i < n; i += 4)                                                                  \
+        for (int32_t p = 0; p < 2; p++)                                                                 \
+            for (int32_t j = 0; j < rows; j++) {                                                        \
+                const int8_t *x = a + p * as + i;                                                       \
+                acc[p * rows + j] += tvmp_dot4_wide(w + j * ws + i, x[0], x[1], x[2], x[3]);            \
+            }                                                                                           \
+}
+#define TVMP_Q15W_PX2_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
+    for (int32_t i = 0; i < n; i += 4, q += 4)                                                          \
+        for (int32_t p = 0; p < 2; p++)                                                                 \
+            for (int32_t j = 0; j < rows; j++) {                                                        \
+                uint32_t e = q[2 * p], o = q[2 * p + 1];                                                \
+                acc[p * rows + j] += tvmp_dot4_wide(w + j * ws + i, (int16_t)(e & 0xffffu), (int16_t)(o & 0xffffu), \
+                                                    (int32_t)e >> 16, (int32_t)o >> 16);                \
+            }                                                                                           \
+}
+#endif
+TVMP_S8W_ROWS_KERNEL(tvmp_dot_s8w_rows2, 2)
+TVMP_S8W_ROWS_KERNEL(tvmp_dot_s8w_rows4, 4)
+TVMP_S8W_PX2_KERNEL(tvmp_dot_s8w_px2_rows2, 2)
+TVMP_S8W_PX2_KERNEL(tvmp_dot_s8w_px2_rows4, 4)
+TVMP_Q15W_PX2_KERNEL(tvmp_dot_q15w_px2_rows2, 2)
+TVMP_Q15W_PX2_KERNEL(tvmp_dot_q15w_px2_rows4, 4)
+
 /* int8(clamp(nearbyintf(q) + zp, -128, 127)) as float32 arithmetic computes it (q = x / scale: a float input's
    quantization; codegen/quantize_kernels.py): rounding half to even (the default rounding mode), a NaN giving 127
    as the float clamp does. With an FPU and the DSP extension: VCVTR (saturating), QADD, SSAT. */
@@ -567,6 +657,16 @@ TVMP_INLINE void tvmp_fill_s8(int8_t *d, int32_t v, int32_t n) {
 /* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */
 TVMP_INLINE void tvmp_pad_rows(int32_t pad, const int8_t *w, int32_t ws, int32_t n, int32_t rows, int32_t *acc) {
     for (int32_t j = 0; j < rows; j++) acc[j] += pad * tvmp_sum_s8(w + j * ws, n);
+}
+
+/* tvmp_pad_rows on widened weights (codegen/wide_weights.py): rows of n int16 (n % 4 == 0, each row a whole
+   number of groups of four, so the same weights in another order: the same sums). */
+TVMP_INLINE void tvmp_pad_rows_w(int32_t pad, const int16_t *w, int32_t ws, int32_t n, int32_t rows, int32_t *acc) {
+    for (int32_t j = 0; j < rows; j++) {
+        int32_t sum = 0;
+        for (int32_t i = 0; i < n; i++) sum += w[j * ws + i];
+        acc[j] += pad * sum;
+    }
 }
 
 #endif

@@ -18,14 +18,14 @@ from tvm_patch.codegen import C_TARGET
 from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.cost.trips import executed
 from tvm_patch.export.kernel_info import kernel_info
-from tvm_patch.names import PATCHES_ATTR
+from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 
 # 4: a border position's pad store counted as the pad, not as what the in-image positions compute; branches that
 # repeat a condition already evaluated counted apart (trips.py)
 # 5: the copy / fill calls (an NCHW stage's runs, kernels round 15) counted apart: their word stores
 # (``stores_call``, no longer in stores_copy / stores_const) and the calls (``run_calls``); tvmp_requant_rbzr counted
 # as a requantization (it was missed since round 10)
-FEATURES_VERSION = 5
+FEATURES_VERSION = 6
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -35,12 +35,12 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
            # how the kernel runs (trips.py, per unit of work): scalar MACs, element stores, dot-product calls
            # and their length, register-blocked share, depthwise windows and their length, requantizations
            "x_mac_pw", "x_store_pw", "x_dot_pw", "x_dot_len", "x_rows_share", "x_window_pw", "x_window_len",
-           "x_requant_pw", "x_pad_pw")
+           "x_requant_pw", "x_pad_pw", "x_wide_pw")
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
-             "branches_skipped", "branches_repeated", "stores_call", "run_calls")
+             "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
@@ -134,7 +134,7 @@ def _stage_row(func: tirx.PrimFunc, patches: tuple[int, int], in_shape: tuple[in
                stage_dw_share=macs["dw"] / total if total else 0.0,
                stage_1x1_share=macs["1x1"] / total if total else 0.0,
                patch_in_h=side, halo=max(0, side - math.ceil(height / patches[0])),
-               out_h=0, out_w=0)
+               out_h=0, out_w=0, nhwc=int(func.attrs is not None and str(func.attrs.get(STAGE_LAYOUT_ATTR, "")) == "NHWC"))
     return row
 
 
@@ -206,11 +206,11 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["requant"] += v
         elif k in ("call_tvmp_copy_s8", "call_tvmp_fill_s8"):
             out["run_calls"] += v
-        elif k == "call_tvmp_pad_rows":
+        elif k in ("call_tvmp_pad_rows", "call_tvmp_pad_rows_w"):
             out["pad_calls"] += v
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
-        elif k in ("dot_simd_macs", "dot_tail_macs", "window_macs") or k.startswith(("stores_", "branches")):
+        elif k in ("dot_simd_macs", "dot_tail_macs", "dot_wide_macs", "window_macs") or k.startswith(("stores_", "branches")):
             out[k] += v
         elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
             out[k] = float(v)
@@ -225,7 +225,7 @@ def _exec_features(row: dict[str, Any]) -> None:
                x_rows_share=e["rows_calls"] / e["dot_calls"] if e["dot_calls"] else 0.0,
                x_window_pw=e["window_calls"] / w,
                x_window_len=e["window_elems"] / e["window_calls"] if e["window_calls"] else 0.0,
-               x_requant_pw=e["requant"] / w, x_pad_pw=e["pad_calls"] / w)
+               x_requant_pw=e["requant"] / w, x_pad_pw=e["pad_calls"] / w, x_wide_pw=e["dot_wide_macs"] / w)
 
 
 def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dict[str, Any]]:

@@ -38,9 +38,9 @@ CV_FOLDS = 8
 # generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
 KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/border_partition.py",
                   "codegen/requant_kernels.py", "codegen/widen_kernels.py", "codegen/bias_init.py",
-                  "codegen/c_kernels.py", "codegen/copy_kernels.py", "codegen/quantize_kernels.py",
+                  "codegen/c_kernels.py", "codegen/copy_kernels.py", "codegen/quantize_kernels.py", "codegen/wide_weights.py",
                   "export/blocking.py", "export/dead_channels.py", "export/inplace_conv.py",
-                  "export/packed_constants.py", "export/padded_copy.py", "export/schedule.py", "export/stage_arena.py",
+                  "export/packed_constants.py", "export/padded_copy.py", "export/wide_weights.py", "export/schedule.py", "export/stage_arena.py",
                   "patch/schedule.py", "patch/cache_stage.py", "transform/patch_stage.py")
 _PACKAGE = Path(__file__).resolve().parents[1]
 _warned: set[str] = set()
@@ -87,7 +87,8 @@ _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"],
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
                "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
                "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "branches",
-               "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls", "patches", "one")
+               "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls", "dot_wide_macs", "patches",
+               "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import get_board
 
-from tvm_patch.board_build import build_project
+from tvm_patch.board_build import build_project, fit_wide
 from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
 from tvm_patch.cost.latency import kernels_fingerprint
 from tvm_patch.cost.plan import Plan
@@ -27,10 +28,18 @@ def core_key(board: str) -> str:
     return get_board(board).core.removeprefix("cortex-")
 
 
-def export_plan(model: Any, plan: Plan, out_dir: Path) -> tuple[Any, list[dict[str, Any]]]:
-    """Export ``model`` under ``plan`` into ``out_dir``; (ExportResult, per-kernel feature rows)."""
-    result = export_model(model, out_dir, **plan.export_args())
+def every_kernel(_name: str) -> bool:
+    """The widening policy allowing every kernel (export_model's ``wide``)."""
+    return True
+
+
+def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], bool] | None = every_kernel
+                ) -> tuple[Any, list[dict[str, Any]]]:
+    """Export ``model`` under ``plan`` into ``out_dir``, the kernels ``wide`` allows with widened weights (every
+    one by default: a board build's "auto" where the Flash holds them); (ExportResult, per-kernel feature rows)."""
+    result = export_model(model, out_dir, wide=wide, **plan.export_args())
     return result, kernel_rows(result, (out_dir / "model.c").read_text(), plan.halo)
+
 
 
 def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
@@ -42,12 +51,19 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
     patch to the stage's count, well under 0.1 %)."""
     with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
-        result, rows = export_plan(model, plan, export_dir)
-        ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
-                                                         "seed": 0})
-        # the recompute mode's patch body is a sequence of layer loop nests (the cache mode's is not)
-        nests = instrument_stage(result, proj) if loop_nests and plan.halo == "recompute" else None
-        report = build_project(proj, runner=runner, run=True, profile=True, timeout_sec=timeout_sec)
+        made: dict[str, Any] = {}
+
+        def export(chosen: Callable[[str], bool] | None) -> Any:  # as `build --board` does: widened where it fits
+            made["result"], made["rows"] = export_plan(model, plan, export_dir, chosen)
+            ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
+                                                             "seed": 0})
+            # the recompute mode's patch body is a sequence of layer loop nests (the cache mode's is not)
+            made["nests"] = instrument_stage(made["result"], proj) if loop_nests and plan.halo == "recompute" else None
+            return made["result"]
+
+        result, report = fit_wide(export, lambda _r: build_project(proj, runner=runner, run=True, profile=True,
+                                                                   timeout_sec=timeout_sec))
+        rows, nests = made["rows"], made["nests"]
     run = report["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
     counts = {k["index"]: k[unit] for k in run.get("kernels", [])}
@@ -67,6 +83,7 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
         "bit_exact": run.get("bit_exact"),
         "io_bytes": sum(io.nbytes for io in result.program.inputs + result.program.outputs),
         "arena_bytes": result.arena_bytes,
+        "wide_narrowed": result.wide_narrowed,  # kernels kept int8 to fit the Flash: refeaturing keeps them so
         "rows": rows,
     }
     if nests is not None:

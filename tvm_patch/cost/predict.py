@@ -14,7 +14,7 @@ from typing import Any
 from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import get_board
 
-from tvm_patch.board_build import build_project
+from tvm_patch.board_build import build_project, narrowed
 from tvm_patch.cost import memory
 from tvm_patch.cost.latency import LatencyModel, for_core
 from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, export_plan
@@ -67,6 +67,16 @@ def firmware_base(board: str, runner: str = "device", timeout_sec: float = 600.0
                                  memory.defined_symbols(Path(report["elf"])))
 
 
+def unwidened(rows: list[dict[str, Any]], names: set[str]) -> list[dict[str, Any]]:
+    """``rows`` with the kernels ``names`` featured as with int8 weights (their dot calls the same, none widened)."""
+    out = []
+    for row in rows:
+        if row.get("func") in names and row.get("exec", {}).get("dot_wide_macs"):
+            row = dict(row, exec=dict(row["exec"], dot_wide_macs=0), x_wide_pw=0.0)
+        out.append(row)
+    return out
+
+
 def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan: Plan, board: str,
                    cost_model: LatencyModel, flash: bool = True, runner: str = "device") -> Prediction:
     """The prediction for an export already made (``export_plan``); Flash of the ``runner``'s firmware (the
@@ -75,12 +85,17 @@ def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan:
     ins = [io.nbytes for io in result.program.inputs]
     outs = [io.nbytes for io in result.program.outputs]
     sram = memory.sram_bytes(result.arena_bytes, outs, STACK_BYTES)
+    extra = result.wide_weights  # the build's "auto": widened weights while the Flash holds them
     if flash:
         objects, undefined = memory.compile_objects(model_c.parent, result.to_json(), b, OPT)
         base, in_base = firmware_base(board, runner)
         flash_b = base + objects + memory.library_bytes(undefined, in_base, b.cpu_flags)
-    else:  # a lower bound: the weights and the input, no code (used to rank plans before the exact figures)
-        flash_b = result.weights_bytes + sum(ins)
+        if flash_b > b.flash_bytes and extra:  # the kernels the build would keep int8, as board_build.fit_wide
+            narrow = narrowed(extra, result.call_info, flash_b - b.flash_bytes)
+            flash_b -= sum(extra[n] for n in narrow)
+            rows = unwidened(rows, narrow)
+    else:  # a lower bound: the weights (all int8) and the input, no code (used to rank plans before the exact figures)
+        flash_b = result.weights_bytes - sum(extra.values()) + sum(ins)
     count = cost_model.network_count(rows, sum(ins) + sum(outs))
     ms = count * b.qemu_cpi / (b.mhz * 1e3) if cost_model.unit == "instructions" else count / (b.mhz * 1e3)
     return Prediction(board=b.key, plan=plan.to_json(), split_layers=result.plan.get("split_layers"),

@@ -154,7 +154,9 @@ def _mac_class(extents: list[int]) -> str:
 def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
     """(rows, length) of a dot-product micro-kernel call (tvmp_kernels.h signatures: tvmp_dot_s8(a, b, n, acc)
     1 row; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J; tvmp_dot_s8_px2_rowsJ(a, as, w, ws, n, acc) and tvmp_dot_q15_px2_rowsJ(q, w, ws, n, acc) 2 pixels x J),
-    None for another call or a length that is not constant."""
+    None for another call or a length that is not constant. The widened-weights twins (``tvmp_dot_s8w_*``,
+    ``tvmp_dot_q15w_*``: codegen/wide_weights.py) have their originals' signatures."""
+    name = name.replace("_s8w_", "_s8_").replace("_q15w_", "_q15_")
     if name == "tvmp_dot_s8" and len(args) > 2 and args[2]:
         return 1, args[2]
     if name.startswith("tvmp_dot_s8_rows") and len(args) > 3 and args[3]:
@@ -237,7 +239,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
     ``branches_repeated`` those of a condition already evaluated on the way: by an enclosing branch or an earlier
     one of the same statement sequence, whose outcome the compiler reuses),
     ``dot_simd_macs`` / ``dot_tail_macs`` the dot-product calls' MACs in words of four (SMLAD) and in their
-    scalar tails (length % 4: a 5-tap kernel row is one word and one scalar MAC), ``wmacs:<buffer>`` the MACs (scalar and micro-kernel) that read each weight buffer named ``*_weight`` (the
+    scalar tails (length % 4: a 5-tap kernel row is one word and one scalar MAC), ``dot_wide_macs`` those on
+    weights stored widened (codegen/wide_weights.py), ``wmacs:<buffer>`` the MACs (scalar and micro-kernel) that read each weight buffer named ``*_weight`` (the
     patch stage's layers: ``layer{i}_weight``)."""
     ana = tvm.sym.Analyzer()
     out: Counter = Counter()
@@ -297,6 +300,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     if shape is not None:  # the SIMD part (words of 4) and the scalar tail (n % 4) of the dot
                         out["dot_tail_macs"] += trips * shape[0] * (shape[1] % 4)
                         out["dot_simd_macs"] += trips * shape[0] * (shape[1] - shape[1] % 4)
+                        if "_s8w_" in name or "_q15w_" in name:  # weights widened in Flash: no SXTB16 on them
+                            out["dot_wide_macs"] += trips * shape[0] * shape[1]
                     for w in _weights(call):
                         out[f"wmacs:{w}"] += trips * macs
             return tvm_ffi.WalkResult.ADVANCE

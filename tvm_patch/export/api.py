@@ -24,7 +24,7 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place, planned_workspace_bytes
+from tvm_patch.codegen.c_kernels import CSource, lower_plain, mark_in_place, planned_workspace_bytes
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.codegen.bias_init import bias_in_init
 from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
@@ -44,6 +44,7 @@ from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_conv import channel_outer_schedule, inplace_conv_pairs, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.packed_constants import pack_channel_constants
+from tvm_patch.export.wide_weights import mark_wide, widen_constants
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena
@@ -94,12 +95,16 @@ class ExportResult:
     model_sha256: str | None = None  # of the model file (zoo: of its serialized ONNX); None for an IRModule
     call_info: list[dict[str, Any]] = field(default_factory=list)  # per kernel call: func, kind, macs
     micro_kernels: bool = True  # False: TVM's own kernels only (--kernels plain)
-    kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)  # as emitted, after every schedule
+    # as emitted, after every schedule (the widened weights' kernels marked: their lowering widens them again)
+    kernel_funcs: dict[str, Any] = field(default_factory=dict, repr=False)
     # the goal's allowance over an analytic peak: alignment x (the most buffers live at once in the network's plan
     # + in each planned stage kernel's workspace), each buffer's start padded to the alignment at most once
     alignment_allowance_bytes: int = 0
     # the largest C-local scratch of one kernel outside the arena (a widened pixel pair, codegen.widen_kernels): stack
     kernel_stack_scratch_bytes: int = 0
+    # the kernels whose weights are stored widened to int16 (export/wide_weights.py): their extra Flash bytes
+    wide_weights: dict[str, int] = field(default_factory=dict)
+    wide_narrowed: list[str] = field(default_factory=list)  # kept int8 to fit the Flash (board_build.fit_wide)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +118,8 @@ class ExportResult:
             "kernel_stack_scratch_bytes": self.kernel_stack_scratch_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
             "weights_bytes": self.weights_bytes,
+            "wide_weights": dict(self.wide_weights),
+            "wide_narrowed": list(self.wide_narrowed),
             "plan": dict(self.plan),
             "tvm_static_plan_bytes": self.tvm_static_plan_bytes,
             "tflm_arena_head_bytes": self.tflm_arena_head_bytes,
@@ -205,6 +212,7 @@ def export_model(
     rows: int | Mapping[str, int] | Callable[[str, Any], int] = DEFAULT_ROWS,
     halo: str = "recompute",
     packing: Callable[[str, Any], bool] | None = None,
+    wide: Callable[[str], bool] | None = None,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -221,6 +229,8 @@ def export_model(
     ``packing``: a callable (name, PrimFunc before blocking) -> whether that kernel's per-channel constants are
     packed into one array (export/packed_constants.py); default every kernel's (``TunedKernels.packed``: a tuning
     database's choice).
+    ``wide``: a callable (kernel name) -> whether that kernel may store its weights widened to int16 (twice their
+    Flash, fewer instructions: codegen/wide_weights.py); default none (``board_build`` chooses within the Flash).
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -230,7 +240,23 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows, halo, packing)
+                       integer, rounding, rows, halo, packing, wide)
+
+
+def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bool = True,
+                 packing: Callable[[str, Any], bool] | None = None, wide: Callable[[str], bool] | None = None
+                 ) -> tuple[Program, CSource, dict[str, int]]:
+    """The kernels ``final`` as C, in the micro-kernels' forms (their requantization facts, the constants packed
+    as ``packing`` says, the weights ``wide`` allows widened) and the program whose constants they take; with
+    each widened kernel's extra Flash bytes. The one emission of the export and of the tuning harness."""
+    emitted, c_prog = final, prog
+    if micro:
+        c_prog, emitted = packed_constants(prog, nonpositive_shift_requant(prog, final), packing)
+        if wide is not None:
+            emitted = mark_wide(c_prog, emitted, wide)
+    csrc = emit_c(emitted, alignment)
+    c_prog, wide_bytes = widen_constants(c_prog, csrc.functions)
+    return c_prog, csrc, wide_bytes
 
 
 def packed_constants(prog: Program, funcs: dict[str, Any], packing: Callable[[str, Any], bool] | None = None
@@ -246,7 +272,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             check: bool, seeds: tuple[int, ...], lean: bool, io_in_arena: bool, alignment: int,
             tflite_path: str | None, integer: bool, rounding: str,
             rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute",
-            packing: Callable[[str, Any], bool] | None = None) -> ExportResult:
+            packing: Callable[[str, Any], bool] | None = None,
+            wide: Callable[[str], bool] | None = None) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -318,11 +345,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
-    emitted, c_prog = final, prog
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
-        c_prog, emitted = packed_constants(prog, nonpositive_shift_requant(prog, final), packing)
-    csrc = emit_c(emitted, alignment)
+    c_prog, csrc, wide_bytes = emit_kernels(prog, final, alignment, micro, packing, wide)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
@@ -348,6 +373,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         analytic_patch_peak_bytes=patch_figs["peak_bytes"] if patch_figs else None,
         lower_bound_bytes=aplan.lower_bound,
         weights_bytes=c_prog.weights_bytes,
+        wide_weights=wide_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
         plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,
@@ -365,7 +391,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
-        kernel_funcs=final,
+        kernel_funcs=mark_wide(prog, final, wide_bytes.__contains__),  # widened as emitted (the cost features')
         kernel_stack_scratch_bytes=max((f.stack_scratch_bytes for f in csrc.functions.values()), default=0),
         alignment_allowance_bytes=alignment * (max_live(aplan.buffers) + sum(
             int(f.attrs[STAGE_OFFSETS_ATTR].get("live", 0)) for f in final.values() if has_workspace_plan(f))),

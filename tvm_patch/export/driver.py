@@ -55,7 +55,8 @@ def constant_arrays(constants: Sequence[np.ndarray]) -> str:
         lines = [", ".join(vals[j : j + _PER_LINE]) for j in range(0, len(vals), _PER_LINE)]
         body = ",\n    ".join(lines)
         shape = "x".join(str(d) for d in arr.shape) or "scalar"
-        parts.append(f"/* {shape} {arr.dtype} */\nstatic const {ctype} tvmp_c{i}[{max(arr.size, 1)}] TVMP_WEIGHTS_ATTRIBUTES = {{\n    {body}\n}};\n")
+        align = " TVMP_WORD_ALIGNED" if arr.dtype == np.int16 else ""  # widened weights: read a word at a time
+        parts.append(f"/* {shape} {arr.dtype} */\nstatic const {ctype} tvmp_c{i}[{max(arr.size, 1)}]{align} TVMP_WEIGHTS_ATTRIBUTES = {{\n    {body}\n}};\n")
     return "\n".join(parts)
 
 
@@ -223,6 +224,11 @@ def driver_source(
         "/* ---------------------------------------------------------------- weights (Flash) */",
         "#ifndef TVMP_WEIGHTS_ATTRIBUTES /* e.g. -D'TVMP_WEIGHTS_ATTRIBUTES=__attribute__((section(\".qspi\")))' */",
         "#define TVMP_WEIGHTS_ATTRIBUTES",
+        "#endif",
+        "#if defined(__GNUC__) /* int16 (widened) weights: word loads */",
+        "#define TVMP_WORD_ALIGNED __attribute__((aligned(4)))",
+        "#else",
+        "#define TVMP_WORD_ALIGNED /* the DSP kernels that read words are GNU C only */",
         "#endif",
         consts,
         "/* ---------------------------------------------------------------- per-call hooks (board profile builds) */",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -110,6 +110,16 @@ class Program:
     @property
     def weights_bytes(self) -> int:
         return sum(c.nbytes for c in self.constants)
+
+    def with_constants(self, consts: list[np.ndarray], calls: list[KernelCall], replaced: set[int]) -> "Program":
+        """This program with ``consts`` and ``calls`` (a rewrite's), the ``replaced`` constants that no call reads
+        any more dropped and the calls' constant indices renumbered."""
+        read = {a.index for c in calls for a in c.args if a.kind == "const"}
+        used = [i for i in range(len(consts)) if i in read or i not in replaced]
+        renumber = {old: new for new, old in enumerate(used)}
+        calls = [replace(c, args=tuple(Arg("const", renumber[a.index]) if a.kind == "const" else a for a in c.args))
+                 for c in calls]
+        return replace(self, constants=[consts[i] for i in used], calls=calls)
 
 
 def fuse(mod: tvm.IRModule) -> tvm.IRModule:

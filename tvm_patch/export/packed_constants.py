@@ -204,9 +204,4 @@ def pack_channel_constants(prog: Program, funcs: dict[str, tirx.PrimFunc]) -> tu
         out[name] = func
     if not replaced:
         return prog, funcs
-    read = {a.index for c in calls for a in c.args if a.kind == "const"}
-    used = [i for i in range(len(consts)) if i in read or i not in replaced]
-    renumber = {old: new for new, old in enumerate(used)}
-    calls = [dataclasses.replace(c, args=tuple(Arg("const", renumber[a.index]) if a.kind == "const" else a
-                                               for a in c.args)) for c in calls]
-    return dataclasses.replace(prog, constants=[consts[i] for i in used], calls=calls), out
+    return prog.with_constants(consts, calls, replaced), out

@@ -21,9 +21,9 @@ from pathlib import Path
 import tvm_ffi
 from tvm import tirx
 
-from tvm_patch.codegen import C_TARGET, emit_c
+from tvm_patch.codegen import C_TARGET
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
-from tvm_patch.export.api import nonpositive_shift_requant, packed_constants, write_directory
+from tvm_patch.export.api import emit_kernels, packed_constants, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.export.driver import driver_source, model_header
@@ -110,10 +110,12 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
     return None
 
 
-def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True) -> Path:
+def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
+                        wide: bool = True) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
-    (``packed``), into ``out_dir``. Raises what the export raises when the candidate does not lower."""
+    (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
+    into ``out_dir``. Raises what the export raises when the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
@@ -123,12 +125,11 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     if aplan.inplace_calls:
         final = mark_in_place(final, pairs[name])
     kprog = quiet_dead_channels(kprog, {name: final})  # as the network's export: its requantization's facts
-    c_prog, emitted = packed_constants(kprog, nonpositive_shift_requant(kprog, {name: final}),
-                                       None if packed else lambda n, f: False)
-    csrc = emit_c(emitted, ALIGNMENT)
+    c_prog, csrc, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
+                                   wide=(lambda _n: True) if wide else None)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
-            "packed_constants": packed,
+            "packed_constants": packed, "wide_weights": wide,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     write_directory(out_dir, {
         "model.c": driver_source(c_prog, csrc.functions, aplan, name, csrc),

@@ -1,0 +1,108 @@
+"""Weights stored widened to int16 (codegen/wide_weights.py): the layout, which kernels take it, and the C on the
+host bit-exact with TVM's build of the int8 kernel (the emulator runs of whole networks check the DSP path)."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from test_micro_kernels import _conv_nhwc_ohwi, _matmul_requant
+from tvm_patch.codegen import emit_c
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.wide_weights import WIDEN_ATTR, widened_layout
+from tvm_patch.export.blocking import block_output_channels, block_pixels
+from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.quant import expand_extern_requantization
+
+
+def test_layout_swaps_the_middle_pair_of_each_four():
+    w = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)
+    got = widened_layout(w)
+    assert got.dtype == np.int16 and got.tolist() == [-8, -6, -7, -5, -4, -2, -3, -1, 0, 2, 1, 3, 4, 6, 5, 7]
+    with pytest.raises(ValueError, match="groups of four"):
+        widened_layout(np.zeros(6, np.int8))
+    with pytest.raises(ValueError, match="groups of four"):
+        widened_layout(np.zeros(8, np.int16))
+
+
+def _run(func, arrays, weight: int, tmp) -> tuple[str, np.ndarray, np.ndarray]:
+    """(the kernels' C without the header, the C kernel's output (gcc, host) with the weights stored as its
+    parameter's type says, TVM's output from the int8 arrays)."""
+    src = emit_c({"kern": func})
+    ours = [x.copy() for x in arrays]
+    if src.functions["kern"].params[weight].dtype == "int16":
+        ours[weight] = widened_layout(arrays[weight])
+    (tmp / "k.c").write_text(src.code)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
+                    str(tmp / "k.so")], check=True)
+    lib = ctypes.CDLL(str(tmp / "k.so"))
+    lib.kern.restype = None
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours])
+    ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
+    tensors = [tvm.runtime.tensor(x) for x in arrays]
+    ex(*tensors)
+    return src.code.replace(MICRO_KERNELS.read_text(), ""), ours[-1], tensors[-1].numpy()
+
+
+@settings(max_examples=10, deadline=None)
+@given(k=st.integers(1, 40), rows=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+@example(k=16, rows=4, seed=0)
+@example(k=18, rows=2, seed=1)  # rows 18 apart: not a multiple of four, stays int8
+def test_dense_rows_widened_exactly(tmp_path_factory, k, rows, seed):
+    f_out = 2 * rows
+    func = lean_schedule(block_output_channels(_matmul_requant(k, False, extern=True, f_out=f_out), rows))
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
+              rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]
+    code, got, want = _run(func.with_attr(WIDEN_ATTR, [1]), arrays, 1, tmp_path_factory.mktemp("rows"))
+    assert (f"tvmp_dot_s8w_rows{rows}(" in code) == (k >= 4 and k % 4 == 0)
+    assert "int16_t" not in code or k % 4 == 0
+    np.testing.assert_array_equal(got, want)
+    plain = emit_c({"kern": func}).code  # without the export's leave: int8, as before
+    assert f"tvmp_dot_s8w_rows{rows}(" not in plain.replace(MICRO_KERNELS.read_text(), "")
+
+
+@settings(max_examples=10, deadline=None)
+@given(cin=st.sampled_from([4, 8, 12, 6]), rows=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+@example(cin=8, rows=2, seed=0)  # the pair widened once for both channel blocks: tvmp_dot_q15w_px2_rows2
+@example(cin=4, rows=4, seed=1)  # one channel block: tvmp_dot_s8w_px2_rows4
+def test_pixel_pairs_widened_exactly(tmp_path_factory, cin, rows, seed):
+    func = lean_schedule(block_pixels(_conv_nhwc_ohwi(cin, 1, 1, 0), rows))
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, 1, 1, cin), dtype=np.int8),
+              np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
+    code, got, want = _run(func.with_attr(WIDEN_ATTR, [1]), arrays, 1, tmp_path_factory.mktemp("px2"))
+    wide = f"tvmp_dot_q15w_px2_rows{rows}(" in code or f"tvmp_dot_s8w_px2_rows{rows}(" in code
+    assert wide == (cin % 4 == 0)
+    assert f"tvmp_dot_q15_px2_rows{rows}(" not in code and f"tvmp_dot_s8_px2_rows{rows}(" not in code or not wide
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cin, rows, pad_value", [(8, 4, -7), (4, 2, 100), (6, 2, -128)])
+def test_padded_conv_border_sums_widened_exactly(tmp_path, cin, rows, pad_value):
+    """A padded 3x3 convolution's border taps sum the weights (tvmp_pad_rows): widened too where every row is
+    whole groups of four (tvmp_pad_rows_w: the same weights summed), bit-exact with TVM."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(cin, 3, 1, pad_value), rows)).with_attr(WIDEN_ATTR, [1])
+    rng = np.random.default_rng(cin)
+    arrays = [rng.integers(-128, 128, (1, 7, 6, cin), dtype=np.int8), rng.integers(-128, 128, (4, 3, 3, cin), dtype=np.int8),
+              np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8)]
+    code, got, want = _run(func, arrays, 1, tmp_path)
+    wide = cin % 4 == 0  # a kernel row's 3 x cin taps are one run of the rows kernel: 3 x 6 = 18 is not
+    assert (f"tvmp_dot_s8w_rows{rows}(" in code and "tvmp_pad_rows_w(" in code) == wide
+    assert ("tvmp_pad_rows(" in code) == (not wide)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_weights_other_reads_keep_int8():
+    """Unblocked, the convolution's taps are tvmp_dot_s8 and its border tvmp_sum_s8, which have no widened twins:
+    the weights stay int8 even where the export allows widening."""
+    func = lean_schedule(block_output_channels(_conv_nhwc_ohwi(8, 3, 1, -7), 1)).with_attr(WIDEN_ATTR, [1])
+    src = emit_c({"kern": func})
+    assert src.functions["kern"].params[1].dtype == "int8"
+    assert "tvmp_dot_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")

@@ -1,0 +1,58 @@
+"""Which kernels store their weights widened to int16 (codegen/wide_weights.py), and those constants.
+
+The export lets a kernel widen the int8 parameters that are constants in every call (``mark_wide``); the C
+emission widens those only its dot micro-kernels read; the C interface says which (an int16 parameter), and
+``widen_constants`` stores each such call's constant in the widened layout. Twice those weights' Flash, so the
+choice is the caller's: per kernel name (``wide``), ``board_build`` widening as many as the board's Flash holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from tvm_patch.codegen.c_kernels import CFunction
+from tvm_patch.codegen.wide_weights import WIDEN_ATTR, widened_layout
+from tvm_patch.export.lower import Arg, Program
+
+
+def mark_wide(prog: Program, funcs: Mapping[str, object], wide: Callable[[str], bool]) -> dict[str, object]:
+    """``funcs`` with each kernel ``wide`` names allowed to widen its int8 parameters that are constants in every
+    call (the ``WIDEN_ATTR`` attribute; the C emission decides which it can)."""
+    out = dict(funcs)
+    for name, func in funcs.items():
+        calls = [c for c in prog.calls if c.func == name]
+        if not calls or not wide(name):
+            continue
+        consts = [p for p in range(len(calls[0].args))
+                  if all(c.args[p].kind == "const" and prog.constants[c.args[p].index].dtype == np.int8 for c in calls)]
+        if consts:
+            out[name] = func.with_attr(WIDEN_ATTR, consts)
+    return out
+
+
+def widen_constants(prog: Program, functions: Mapping[str, CFunction]) -> tuple[Program, dict[str, int]]:
+    """``prog`` with every constant an int16 C parameter takes stored widened (a new constant where another call
+    still reads it as int8; the int8 one dropped where none does); and each widened kernel's extra Flash bytes (its
+    int8 constants' size again: the widened first use of a constant counts it)."""
+    consts = list(prog.constants)
+    made: dict[int, int] = {}
+    extra: dict[str, int] = {}
+    calls = []
+    for call in prog.calls:
+        params = functions[call.func].params if call.func in functions else ()
+        args = list(call.args)
+        for p, a in enumerate(args):
+            if a.kind != "const" or p >= len(params) or params[p].dtype != "int16" or consts[a.index].dtype != np.int8:
+                continue
+            if a.index not in made:
+                consts.append(widened_layout(consts[a.index]))
+                made[a.index] = len(consts) - 1
+                extra[call.func] = extra.get(call.func, 0) + int(consts[a.index].nbytes)
+            args[p] = Arg("const", made[a.index])
+        calls.append(dataclasses.replace(call, args=tuple(args)))
+    if not made:
+        return prog, {}
+    return prog.with_constants(consts, calls, set(made)), extra
