@@ -163,6 +163,11 @@ def test_cli_board_build_and_run_patch_mode(tmp_path):
     r = json.loads(proc.stdout)
     assert r["board"] == "f746" and r["fits"] and r["run"]["bit_exact"]
     assert r["export"]["plan"]["patches"] == 3 and r["export"]["plan"]["split_layers"]
+    # --wide-weights auto (the default): all of mcunet-in0's widened weights overflow the F746's 1 MB of Flash, so
+    # the kernels with the fewest MACs per byte stay int8 and the rest are widened; the run still bit-exact
+    ex = r["export"]
+    assert ex["wide_narrowed"] and ex["wide_weights"] and not set(ex["wide_narrowed"]) & set(ex["wide_weights"])
+    assert r["flash_bytes"] <= r["board_flash_bytes"]
     assert r["sram_bytes"] == r["arena_bytes"] + r["stack_bytes"] + r["data_bss_bytes"]
     assert r["arena_bytes"] == r["export"]["arena_bytes"]
     assert set(r["conditions"]) >= {"clock_mhz", "caches", "opt", "compiler", "model_sha256", "tvm_patch_version"}

@@ -13,9 +13,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from test_micro_kernels import _conv_nhwc_ohwi, _matmul_requant
+from microtvm_projects.errors import FitError
+from tvm_patch.board_build import fit_wide, narrowed
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR, widened_layout
+from tvm_patch.export import export_model
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.quant import expand_extern_requantization
@@ -106,3 +109,66 @@ def test_weights_other_reads_keep_int8():
     src = emit_c({"kern": func})
     assert src.functions["kern"].params[1].dtype == "int8"
     assert "tvmp_dot_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+
+
+def test_narrowed_takes_fewest_macs_per_byte_first():
+    extra = {"a": 1000, "b": 100, "c": 4000, "d": 10}
+    calls = [{"func": "a", "macs": 50_000}, {"func": "b", "macs": 50_000}, {"func": "c", "macs": 40_000},
+             {"func": "a", "macs": 50_000}, {"func": "d", "macs": 100}]  # per byte: a 100, b 500, c 10, d 10
+    assert narrowed(extra, calls, 0) == set()
+    assert narrowed(extra, calls, 1) == {"c"}  # c and d tie at 10 a byte: by name
+    assert narrowed(extra, calls, 4010) == {"c", "d"}
+    assert narrowed(extra, calls, 4011) == {"c", "d", "a"}
+    assert narrowed(extra, calls, 10**9) == {"a", "b", "c", "d"}
+
+
+class _Result:
+    """What fit_wide reads of an export: the widened kernels' extra bytes, the calls' MACs."""
+
+    def __init__(self, chosen):
+        names = {"k1": 3000, "k2": 2000, "k3": 1000}
+        self.wide_weights = {n: b for n, b in names.items() if chosen is not None and chosen(n)}
+        self.call_info = [{"func": n, "macs": m} for n, m in (("k1", 30_000), ("k2", 60_000), ("k3", 5_000))]
+        self.wide_narrowed = []
+
+
+@pytest.mark.parametrize("wide, limit, narrowed_to", [
+    ("auto", 10**6, []), ("auto", 4500, ["k1", "k3"]), ("auto", 2600, ["k1", "k3"]), ("none", 0, []),
+])
+def test_fit_wide_narrows_until_the_flash_holds(wide, limit, narrowed_to):
+    """A fake export (6,000 extra bytes over three kernels) and a fake build that overflows while more than
+    ``limit`` extra bytes are widened, first by the weights' lower bound (half the overflow), then exactly."""
+    seen = []
+
+    def finish(result):
+        used = sum(result.wide_weights.values())
+        seen.append(sorted(result.wide_weights))
+        if used > limit:
+            raise FitError("Flash: too much", flash_over=(used - limit) // (2 if len(seen) == 1 else 1))
+        return used
+
+    result, used = fit_wide(_Result, finish, wide)
+    assert result.wide_narrowed == narrowed_to and used <= limit
+    assert sorted(result.wide_weights) == sorted({"k1", "k2", "k3"} - set(narrowed_to)) or wide == "none"
+
+
+def test_fit_wide_gives_up_with_the_builds_error():
+    def finish(result):
+        raise FitError("Flash: needs more", flash_over=10**6)
+
+    with pytest.raises(FitError, match="needs more"):
+        fit_wide(_Result, finish, "auto")
+    with pytest.raises(FitError, match="needs more"):  # "all" never narrows
+        fit_wide(_Result, finish, "all")
+
+
+def test_export_with_widened_weights_checks_against_tvm(tmp_path, mlperf_paths):
+    """kws exported with every kernel allowed to widen: the host build equals TVM's on seeded inputs (--check),
+    its constants are the int16 ones (the weights' bytes grow by the widened kernels' extra bytes)."""
+    narrow = export_model(str(mlperf_paths["kws_int8"]), tmp_path / "narrow")
+    wide = export_model(str(mlperf_paths["kws_int8"]), tmp_path / "wide", wide=lambda _n: True, check=True)
+    assert wide.check is not None and wide.check.passed
+    assert wide.wide_weights and not narrow.wide_weights
+    assert wide.weights_bytes == narrow.weights_bytes + sum(wide.wide_weights.values())
+    code = (tmp_path / "wide" / "model.c").read_text()
+    assert "tvmp_dot_s8w_rows" in code and "TVMP_WORD_ALIGNED" in code

@@ -105,7 +105,9 @@ def _build_summary(result) -> str:
           if result.plan.get("halo_choice") else []),
         f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
         f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
-        f"weights:             {size(result.weights_bytes)}",
+        f"weights:             {size(result.weights_bytes)}" + (
+            f" ({len(result.wide_weights)} kernels' widened: +{sum(result.wide_weights.values())} B)"
+            if result.wide_weights else ""),
         f"export time:         {result.export_seconds:.1f} s",
     ]
     if result.check is not None:
@@ -158,6 +160,15 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     return _board_output(args, built)
 
 
+def _widened_text(export: dict) -> str:
+    """The Flash line's note on the weights stored widened (``--wide-weights``), or nothing."""
+    wide, kept = export.get("wide_weights") or {}, export.get("wide_narrowed") or []
+    if not wide and not kept:
+        return ""
+    return (f" (weights of {len(wide)} kernels widened: +{sum(wide.values()):,} B"
+            + (f"; {len(kept)} kept int8 to fit" if kept else "") + ")")
+
+
 def _plan_text(plan: dict) -> str:
     where = "layer by layer" if plan["split"] is None else \
         f"split {plan['split']}, {plan['patches'][0]}x{plan['patches'][1]} patches, halo {plan['halo']}"
@@ -188,7 +199,7 @@ def _board_summary(result: dict) -> str:
             f"{c['caches']})",
             f"SRAM:  {result['sram_bytes']:,} of {result['board_sram_bytes']:,} B (arena {result['arena_bytes']:,} + "
             f"stack {result['stack_bytes']:,} + data/bss {result['data_bss_bytes']:,})",
-            f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B",
+            f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B" + _widened_text(result.get("export", {})),
         ]
     run = result.get("run")
     if run is not None:
