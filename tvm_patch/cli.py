@@ -105,9 +105,7 @@ def _build_summary(result) -> str:
           if result.plan.get("halo_choice") else []),
         f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
         f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
-        f"weights:             {size(result.weights_bytes)}" + (
-            f" ({len(result.wide_weights)} kernels' widened: +{sum(result.wide_weights.values())} B)"
-            if result.wide_weights else ""),
+        f"weights:             {size(result.weights_bytes)}" + _widened_text(result.wide_weights, result.wide_narrowed),
         f"export time:         {result.export_seconds:.1f} s",
     ]
     if result.check is not None:
@@ -160,9 +158,9 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     return _board_output(args, built)
 
 
-def _widened_text(export: dict) -> str:
-    """The Flash line's note on the weights stored widened (``--wide-weights``), or nothing."""
-    wide, kept = export.get("wide_weights") or {}, export.get("wide_narrowed") or []
+def _widened_text(wide: dict[str, int] | None, kept: list[str] | None) -> str:
+    """A summary's note on the weights stored widened (``--wide-weights``) and those kept int8, or nothing."""
+    wide, kept = wide or {}, kept or []
     if not wide and not kept:
         return ""
     return (f" (weights of {len(wide)} kernels widened: +{sum(wide.values()):,} B"
@@ -199,7 +197,8 @@ def _board_summary(result: dict) -> str:
             f"{c['caches']})",
             f"SRAM:  {result['sram_bytes']:,} of {result['board_sram_bytes']:,} B (arena {result['arena_bytes']:,} + "
             f"stack {result['stack_bytes']:,} + data/bss {result['data_bss_bytes']:,})",
-            f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B" + _widened_text(result.get("export", {})),
+            f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B"
+            + _widened_text(result.get("export", {}).get("wide_weights"), result.get("export", {}).get("wide_narrowed")),
         ]
     run = result.get("run")
     if run is not None:

@@ -25,6 +25,8 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # 5: the copy / fill calls (an NCHW stage's runs, kernels round 15) counted apart: their word stores
 # (``stores_call``, no longer in stores_copy / stores_const) and the calls (``run_calls``); tvmp_requant_rbzr counted
 # as a requantization (it was missed since round 10)
+# 6: the dot calls' MACs on weights widened in Flash (``dot_wide_macs``, ``x_wide_pw``; kernels round 16); a patch
+# stage's ``nhwc`` from its layout (it was 0 for every stage)
 FEATURES_VERSION = 6
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
