@@ -25,6 +25,7 @@ from tvm_patch.cost import Plan, predict
 from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import collect as cost_collect
+from tvm_patch.cost import memory as cost_memory
 from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
     load as load_cost_model, stage_terms, warn_if_stale
@@ -73,6 +74,23 @@ def _check_memory(built, model: str, board: str, plan: Plan) -> None:
     assert pred.sram_bytes == fw["sram_bytes"], (model, board, plan)
     assert abs(pred.flash_bytes - fw["flash_bytes"]) <= 0.01 * fw["flash_bytes"], (pred.flash_bytes, fw["flash_bytes"])
     assert pred.latency_estimated and pred.latency_ms > 0 and pred.instructions > 0
+
+
+def test_linked_bytes_counts_what_the_link_kept(tmp_path):
+    """The firmware base subtracts the network's objects as linked: sections the link discarded (a function's own
+    copy after GCC inlined it into its one caller) do not count, long section names on their own line do."""
+    (tmp_path / "firmware.map").write_text(
+        "Discarded input sections\n\n .text.tvmp_quantize\n                0x00000000      0x2fc build/device/model/model.o\n"
+        "\nMemory Configuration\n\nLinker script and memory map\n\n"
+        " .text.tvmp_run\n                0x08000200       0x40 build/device/model/model.o\n"
+        " .rodata        0x08000300      0x100 build/device/model/model.o\n"
+        " .text          0x08000400       0x18 build/device/src/startup.o\n"
+        " .rodata.tvmp_input0\n                0x08000420       0x30 build/device/io/tvmp_io.o\n"
+        " .bss           0x20000000     0x2000 build/device/model/model.o\n")
+    assert cost_memory.linked_bytes(tmp_path / "firmware.map", cost_memory.NETWORK_OBJECTS) == 0x40 + 0x100 + 0x30
+    (tmp_path / "bad.map").write_text("not a map\n")
+    with pytest.raises(TvmPatchError, match="not a GNU ld map"):
+        cost_memory.linked_bytes(tmp_path / "bad.map", cost_memory.NETWORK_OBJECTS)
 
 
 @pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2", "kws-f412-2x2-cache"])

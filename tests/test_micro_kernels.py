@@ -131,11 +131,16 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         assert len(x) == n and got == acc0 + int(np.dot(x, w))
     blocked = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("B ")]
     assert len(blocked) == 100
-    for rows, n, ws, *rest in blocked:
+    one_pixel = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("O ")]
+    assert len(one_pixel) == 100 and sum(n4 >= 8 for _, n4, *_ in one_pixel) > 50
+    for (rows, n, ws, *rest), (o_rows, n4, *o_got) in zip(blocked, one_pixel):
         got, acc0 = rest[:rows], rest[rows:2 * rows]
         a = np.array(rest[2 * rows:2 * rows + n], dtype=np.int64)
         w = np.array(rest[2 * rows + n:], dtype=np.int64).reshape(rows, ws)[:, :n]
         assert got == [acc0[j] + int(np.dot(a, w[j])) for j in range(rows)]
+        # the pixel widened once (tvmp_widen_px1), int8 and widened weights (tvmp_dot_q15[w]_rows*)
+        assert (o_rows, n4) == (rows, n & ~3)
+        assert o_got == 2 * [acc0[j] + int(np.dot(a[:n4], w[j, :n4])) for j in range(rows)]
     pixels = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("P ")]
     assert len(pixels) == 100
     widened = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Q ")]
@@ -280,7 +285,8 @@ def test_padded_conv_taps_use_the_dot_kernels_exactly(tmp_path_factory, cin, k, 
     kernels = src.code.replace(MICRO_KERNELS.read_text(), "")
     dot, border = ("tvmp_dot_s8(", "tvmp_sum_s8(") if rows == 1 else (f"tvmp_dot_s8_rows{rows}(", "tvmp_pad_rows(")
     fused = k * cin >= 4  # a kernel row's columns x channels, one contiguous run (micro_kernels._fused_taps)
-    assert (dot in kernels) == (cin >= 4 or fused)
+    # (a pixel's run of a multiple of 4 that both channel blocks read is widened once: tvmp_dot_q15_rows)
+    assert (dot in kernels or f"tvmp_dot_q15_rows{rows}(" in kernels) == (cin >= 4 or fused)
     assert (border in kernels) == ((cin >= 4 or fused) and k > 1)
     rng = np.random.default_rng(seed)
     out_shape = tuple(int(x) for x in func.params[-1].shape)
@@ -308,12 +314,17 @@ def test_padded_conv_interior_runs_without_border_tests(tmp_path, rows):
 
 @settings(max_examples=12, deadline=None)
 @given(k=st.integers(1, 40), rows=st.sampled_from([2, 4]), f_blocks=st.integers(1, 3), seed=st.integers(0, 2**16))
+@example(k=12, rows=4, f_blocks=3, seed=0)  # the input row widened once for three channel blocks
+@example(k=12, rows=2, f_blocks=1, seed=1)  # one block: nothing to share
 def test_blocked_dense_uses_the_rows_kernel_exactly(tmp_path_factory, k, rows, f_blocks, seed):
     """Register blocking (export/blocking.py) + the rows micro-kernel, against TVM on random shapes."""
     f_out = rows * f_blocks
     func = lean_schedule(block_output_channels(_matmul_requant(k, False, extern=True, f_out=f_out), rows))
     kernels = emit_c({"kern": func}).code.replace(MICRO_KERNELS.read_text(), "")
-    assert (f"tvmp_dot_s8_rows{rows}(" in kernels) == (k >= 4)
+    # an input row that several channel blocks read, k % 4 == 0: widened once (tvmp_widen_px1 + tvmp_dot_q15_rows)
+    widened = k % 4 == 0 and f_blocks >= 2
+    assert (f"tvmp_dot_s8_rows{rows}(" in kernels) == (k >= 4 and not widened)
+    assert (f"tvmp_dot_q15_rows{rows}(" in kernels) == ("tvmp_widen_px1(" in kernels) == widened
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
               rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]

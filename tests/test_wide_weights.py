@@ -64,11 +64,15 @@ def test_dense_rows_widened_exactly(tmp_path_factory, k, rows, seed):
     arrays = [rng.integers(-128, 128, (3, k), dtype=np.int8), rng.integers(-128, 128, (f_out, k), dtype=np.int8),
               rng.integers(-(2**14), 2**14, f_out, dtype=np.int32), np.full((3, f_out), 77, dtype=np.int8)]
     code, got, want = _run(func.with_attr(WIDEN_ATTR, [1]), arrays, 1, tmp_path_factory.mktemp("rows"))
-    assert (f"tvmp_dot_s8w_rows{rows}(" in code) == (k >= 4 and k % 4 == 0)
+    # each input row meets both channel blocks: widened once (tvmp_widen_px1) where k % 4 == 0, then the rows
+    # kernel on widened activations and widened weights
+    assert (f"tvmp_dot_q15w_rows{rows}(" in code and "tvmp_widen_px1(" in code) == (k >= 4 and k % 4 == 0)
     assert "int16_t" not in code or k % 4 == 0
     np.testing.assert_array_equal(got, want)
-    plain = emit_c({"kern": func}).code  # without the export's leave: int8, as before
-    assert f"tvmp_dot_s8w_rows{rows}(" not in plain.replace(MICRO_KERNELS.read_text(), "")
+    plain, got, want = _run(func, arrays, 1, tmp_path_factory.mktemp("rows8"))  # without the export's leave: int8
+    assert f"tvmp_dot_s8w_rows{rows}(" not in plain and f"tvmp_dot_q15w_rows{rows}(" not in plain
+    assert (f"tvmp_dot_q15_rows{rows}(" in plain) == (k >= 4 and k % 4 == 0)
+    np.testing.assert_array_equal(got, want)
 
 
 @settings(max_examples=10, deadline=None)

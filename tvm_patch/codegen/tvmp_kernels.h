@@ -29,9 +29,11 @@
  * tvmp_widen_px2 / tvmp_dot_q15_px2_rows2 / _rows4: the same two-pixel product in two steps, where one pixel pair
  *   meets every output-channel block of a layer: the pair's activations sign-extended once into n words
  *   (tvmp_widen_px2, before the channel loop), then each block reads them (four word loads per four channels, no SXTB16).
+ * tvmp_widen_px1 / tvmp_dot_q15_rows2 / _rows4: the same for one pixel and the rows kernels (round 17: one
+ *   pixel's channels meet every output-channel block of an in-place or odd-width 1x1 convolution).
  * tvmp_widen_px2_planes: the same words from a pair stored as channel planes (NCHW: channel c of pixel p at
  *   a[c * cs + p]), so an NCHW kernel widens its pair straight from its input, without a pixel-major copy first.
- * tvmp_dot_s8w_rows* / tvmp_dot_s8w_px2_rows* / tvmp_dot_q15w_px2_rows*: the same three on weights the export
+ * tvmp_dot_s8w_rows* / tvmp_dot_s8w_px2_rows* / tvmp_dot_q15w_rows* / tvmp_dot_q15w_px2_rows*: the same on weights the export
  *   stored widened to int16 in Flash (codegen/wide_weights.py): no SXTB16 on weights, two words a load.
  * tvmp_copy_s8 / tvmp_fill_s8: a run of int8 copied or set (pad values) a word at a time (codegen/copy_kernels.py).
  * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale (codegen/quantize_kernels.py).
@@ -292,6 +294,27 @@ TVMP_INLINE void tvmp_widen_px2_planes(const int8_t *a, int32_t cs, int32_t n, u
     }
 }
 
+/* One pixel's n channels (n % 4 == 0) sign-extended for tvmp_dot_q15_rows*: per four channels (c0, c2), (c1, c3). */
+TVMP_INLINE void tvmp_widen_px1(const int8_t *a, int32_t n, uint32_t *q) {
+    for (; n >= 4; n -= 4, a += 4, q += 2) {
+        uint32_t x;
+        memcpy(&x, a, 4);
+        q[0] = __sxtb16(x), q[1] = tvmp_sxtb16_ror8(x);
+    }
+}
+
+/* tvmp_dot_s8_rows* on a pixel widened by tvmp_widen_px1 (n % 4 == 0): acc[j]. */
+#define TVMP_Q15_ROWS_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
+    int32_t s[rows];                                                                                    \
+    for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                                   \
+    for (; n >= 4; n -= 4, q += 2, w += 4) {                                                            \
+        uint32_t xe = q[0], xo = q[1];                                                                  \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                            \
+    }                                                                                                   \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
+}
+
 /* One word (4 channels at offset off) of the rows against the widened pair at q + off: the body of
    TVMP_Q15_PX2_KERNEL. */
 #define TVMP_Q15_PX2_STEP(rows, off) do {                                                               \
@@ -337,6 +360,19 @@ TVMP_INLINE void tvmp_widen_px2(const int8_t *a, int32_t as, int32_t n, uint32_t
             q[2 * p] = tvmp_pack16(x[0], x[2]), q[2 * p + 1] = tvmp_pack16(x[1], x[3]);
         }
 }
+TVMP_INLINE void tvmp_widen_px1(const int8_t *a, int32_t n, uint32_t *q) {
+    for (int32_t i = 0; i < n; i += 4, q += 2) q[0] = tvmp_pack16(a[i], a[i + 2]), q[1] = tvmp_pack16(a[i + 1], a[i + 3]);
+}
+/* the products of one widened word pair (e, o) = ((x0, x2), (x1, x3)) with int8 weights y[0..3] */
+TVMP_INLINE int32_t tvmp_dot4_q15(uint32_t e, uint32_t o, const int8_t *y) {
+    return (int32_t)(int16_t)(e & 0xffffu) * y[0] + ((int32_t)e >> 16) * y[2] + (int32_t)(int16_t)(o & 0xffffu) * y[1]
+        + ((int32_t)o >> 16) * y[3];
+}
+#define TVMP_Q15_ROWS_KERNEL(name, rows)                                                                \
+TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
+    for (int32_t i = 0; i < n; i += 4, q += 2)                                                          \
+        for (int32_t j = 0; j < rows; j++) acc[j] += tvmp_dot4_q15(q[0], q[1], w + j * ws + i);         \
+}
 TVMP_INLINE void tvmp_widen_px2_planes(const int8_t *a, int32_t cs, int32_t n, uint32_t *q) {
     for (int32_t i = 0; i < n; i += 4, q += 4)
         for (int32_t p = 0; p < 2; p++) {
@@ -349,10 +385,7 @@ TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n,
     for (int32_t i = 0; i < n; i += 4, q += 4)                                                          \
         for (int32_t p = 0; p < 2; p++)                                                                 \
             for (int32_t j = 0; j < rows; j++) {                                                        \
-                uint32_t e = q[2 * p], o = q[2 * p + 1];                                                \
-                const int8_t *y = w + j * ws + i;                                                       \
-                acc[p * rows + j] += (int32_t)(int16_t)(e & 0xffffu) * y[0] + ((int32_t)e >> 16) * y[2] \
-                    + (int32_t)(int16_t)(o & 0xffffu) * y[1] + ((int32_t)o >> 16) * y[3];              \
+                acc[p * rows + j] += tvmp_dot4_q15(q[2 * p], q[2 * p + 1], w + j * ws + i);              \
             }                                                                                           \
 }
 #endif
@@ -360,6 +393,8 @@ TVMP_ROWS_KERNEL(tvmp_dot_s8_rows2, 2)
 TVMP_ROWS_KERNEL(tvmp_dot_s8_rows4, 4)
 TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows2, 2)
 TVMP_PX2_KERNEL(tvmp_dot_s8_px2_rows4, 4)
+TVMP_Q15_ROWS_KERNEL(tvmp_dot_q15_rows2, 2)
+TVMP_Q15_ROWS_KERNEL(tvmp_dot_q15_rows4, 4)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows2, 2)
 TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
 
@@ -368,11 +403,12 @@ TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
    are two loads (one LDRD), and no SXTB16 runs on weights. The export stores them so where every read of the
    weights is one of these calls at a multiple of four elements (n and ws too); the same sums in the same order. */
 #if defined(__ARM_FEATURE_DSP)
-/* (lo, hi) = the two words at p, then p += 4 int16: one LDRD with post-increment. GCC splits an 8-byte load into
-   two LDR on these cores, and a load at row j's offset from one pointer needs the offset in range; one pointer
-   per row walked by the load itself needs neither (round 17: kws 1x1 -26 %). The weights are word-aligned (the
-   driver's TVMP_WORD_ALIGNED, offsets multiples of 4 int16), as LDRD requires. The clobber measured better than a
-   memory input operand (which made GCC keep a second address: kws 1x1 +17 %). */
+/* (lo, hi) = the two words at p, then p advanced by 8 bytes: one LDRD with post-increment. GCC splits an 8-byte
+   load into two LDR on these cores; one pointer per weight row (and one for a widened pixel pair), walked by the
+   load itself, needs no offset and no address arithmetic (round 17: kws's 1x1 kernels -26 %, vww's -22 %). LDRD
+   needs word alignment: the weights are TVMP_WORD_ALIGNED with offsets that are multiples of 4 int16, the pairs
+   uint32_t C locals. The clobber measured better than a memory input operand (which made GCC keep a second address
+   per row: kws's 1x1 kernels +17 %). */
 #define TVMP_LDRD_POST(p, lo, hi) \
     __asm__("ldrd %0, %1, [%2], #8" : "=r"(lo), "=r"(hi), "+r"(p) : : "memory")
 #define TVMP_S8W_ROWS_KERNEL(name, rows)                                                                \
@@ -384,6 +420,22 @@ TVMP_INLINE void name(const int8_t *a, const int16_t *w, int32_t ws, int32_t n, 
         uint32_t x;                                                                                     \
         memcpy(&x, a, 4);                                                                               \
         uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                            \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t ye, yo;                                                                            \
+            TVMP_LDRD_POST(p[j], ye, yo);                                                               \
+            s[j] = __smlad(xo, yo, __smlad(xe, ye, s[j]));                                              \
+        }                                                                                               \
+    }                                                                                                   \
+    for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
+}
+#define TVMP_Q15W_ROWS_KERNEL(name, rows)                                                               \
+TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
+    int32_t s[rows];                                                                                    \
+    const int16_t *p[rows];                                                                             \
+    for (int32_t j = 0; j < rows; j++) s[j] = acc[j], p[j] = w + j * ws;                               \
+    for (; n >= 4; n -= 4) {                                                                            \
+        uint32_t xe, xo;                                                                                \
+        TVMP_LDRD_POST(q, xe, xo);                                                                      \
         for (int32_t j = 0; j < rows; j++) {                                                            \
             uint32_t ye, yo;                                                                            \
             TVMP_LDRD_POST(p[j], ye, yo);                                                               \
@@ -418,8 +470,10 @@ TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n
     int32_t s0[rows], s1[rows];                                                                         \
     const int16_t *p[rows];                                                                             \
     for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j], p[j] = w + j * ws;       \
-    for (; n >= 4; n -= 4, q += 4) {                                                                    \
-        uint32_t e0 = q[0], o0 = q[1], e1 = q[2], o1 = q[3];                                            \
+    for (; n >= 4; n -= 4) { /* the widened pair's words by LDRD too (C locals, word-aligned) */            \
+        uint32_t e0, o0, e1, o1;                                                                        \
+        TVMP_LDRD_POST(q, e0, o0);                                                                      \
+        TVMP_LDRD_POST(q, e1, o1);                                                                      \
         TVMP_WIDE_PX2_ROWS(rows)                                                                        \
     }                                                                                                   \
     for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
@@ -443,6 +497,13 @@ TVMP_INLINE void name(const int8_t *a, int32_t as, const int16_t *w, int32_t ws,
                 acc[p * rows + j] += tvmp_dot4_wide(w + j * ws + i, x[0], x[1], x[2], x[3]);            \
             }                                                                                           \
 }
+#define TVMP_Q15W_ROWS_KERNEL(name, rows)                                                               \
+TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
+    for (int32_t i = 0; i < n; i += 4, q += 2)                                                          \
+        for (int32_t j = 0; j < rows; j++)                                                              \
+            acc[j] += tvmp_dot4_wide(w + j * ws + i, (int16_t)(q[0] & 0xffffu), (int16_t)(q[1] & 0xffffu), \
+                                     (int32_t)q[0] >> 16, (int32_t)q[1] >> 16);                         \
+}
 #define TVMP_Q15W_PX2_KERNEL(name, rows)                                                                \
 TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
     for (int32_t i = 0; i < n; i += 4, q += 4)                                                          \
@@ -458,6 +519,8 @@ TVMP_S8W_ROWS_KERNEL(tvmp_dot_s8w_rows2, 2)
 TVMP_S8W_ROWS_KERNEL(tvmp_dot_s8w_rows4, 4)
 TVMP_S8W_PX2_KERNEL(tvmp_dot_s8w_px2_rows2, 2)
 TVMP_S8W_PX2_KERNEL(tvmp_dot_s8w_px2_rows4, 4)
+TVMP_Q15W_ROWS_KERNEL(tvmp_dot_q15w_rows2, 2)
+TVMP_Q15W_ROWS_KERNEL(tvmp_dot_q15w_rows4, 4)
 TVMP_Q15W_PX2_KERNEL(tvmp_dot_q15w_px2_rows2, 2)
 TVMP_Q15W_PX2_KERNEL(tvmp_dot_q15w_px2_rows4, 4)
 

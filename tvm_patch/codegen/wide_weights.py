@@ -1,6 +1,6 @@
 """Weights stored widened to int16 in Flash, in the order the SMLAD paths read them.
 
-The dot micro-kernels (``tvmp_dot_s8_rows{J}``, ``tvmp_dot_s8_px2_rows{J}``, ``tvmp_dot_q15_px2_rows{J}``) load
+The dot micro-kernels (``tvmp_dot_s8_rows{J}``, ``tvmp_dot_s8_px2_rows{J}``, ``tvmp_dot_q15[_px2]_rows{J}``) load
 each int8 weight word and sign-extend it twice (SXTB16 and SXTB16 ror 8) into the halfword pairs (w0, w2) and
 (w1, w3) that SMLAD multiplies; every pixel (pair) of a layer does it again for every weight. Stored as int16 in
 that order, four weights (w0, w1, w2, w3) as (w0, w2, w1, w3), the two words are one LDRD and the SXTB16 go:
@@ -27,7 +27,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PAD_ROWS, PX2_ROWS, ROWS, _extern_name, _int
-from tvm_patch.codegen.widen_kernels import Q15_PX2_ROWS
+from tvm_patch.codegen.widen_kernels import Q15_PX2_ROWS, Q15_ROWS
 
 WIDEN_ATTR = "tvmp.widen_weights"  # the parameter positions the export allows to store widened
 # each dot kernel: its widened-weights twin and the position of its weight operand (w, then ws, then n)
@@ -35,6 +35,7 @@ WIDE_CALLS: dict[str, tuple[str, int]] = {
     **{name: (name.replace("_s8_rows", "_s8w_rows"), 1) for name in ROWS.values()},
     **{name: (name.replace("_s8_px2", "_s8w_px2"), 2) for name in PX2_ROWS.values()},
     **{name: (name.replace("_q15_px2", "_q15w_px2"), 1) for name in Q15_PX2_ROWS.values()},
+    **{name: (name.replace("_q15_rows", "_q15w_rows"), 1) for name in Q15_ROWS.values()},
     PAD_ROWS: (PAD_ROWS + "_w", 1),  # a blocked border tap's weight sums (pad, w, ws, n, rows, acc)
 }
 

@@ -6,7 +6,9 @@ activation vectors, and each call sign-extends them again (two SXTB16 per word p
 with activation arguments that do not depend on the loop (the channel-block loop around one pixel pair), the pair
 is sign-extended once before the loop into a C local of K words (``tvmp_widen_px2``) and the loop calls
 ``tvmp_dot_q15_px2_rows{J}``, which reads it with word loads and no SXTB16 on the activations (``tvmp_kernels.h``;
-two LDRD per four channels measured slower: GCC then spills).
+since round 17 two LDRD per four channels, tvmp_kernels.h's TVMP_LDRD_POST). Likewise one pixel whose channels
+every block of a rows kernel reads (``tvmp_dot_s8_rows{J}``: an in-place or odd-width 1x1 convolution's pixel):
+``tvmp_widen_px1`` into K / 2 words, then ``tvmp_dot_q15_rows{J}`` (round 17: kws's 1x1 kernels -8.5 %).
 
 Exact: the same products in the same sums. The widening reads the pair before the loop instead of in every
 iteration; a read moved earlier sees the value it saw before, since nothing in the loop stores to the activation
@@ -34,23 +36,29 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import PX2_ROWS, _extern_name, _int
+from tvm_patch.codegen.micro_kernels import PX2_ROWS, ROWS, _extern_name, _int
 from tvm_patch.tir_util import load_counts, uses_var
 
 WIDEN = "tvmp_widen_px2"
+WIDEN_PX1 = "tvmp_widen_px1"
 WIDEN_PLANES = "tvmp_widen_px2_planes"
 Q15_PX2_ROWS = {2: "tvmp_dot_q15_px2_rows2", 4: "tvmp_dot_q15_px2_rows4"}
+Q15_ROWS = {2: "tvmp_dot_q15_rows2", 4: "tvmp_dot_q15_rows4"}
 WIDE_NAME = "px2_q15"  # the widened pair's C local
 MAX_WIDE_BYTES = 2304  # resnet8's 3x3 taps over 64 channels, 1x1 pairs of up to 576 channels; larger keep the one-step kernel
 MIN_BLOCKS = 2  # a loop of one channel block gains nothing
 _PX2_NAMES = {name: rows for rows, name in PX2_ROWS.items()}
+# a dot call on activations -> (its widened form, the widening's name, the activation arguments it takes, words a
+# channel in the widened copy): the pixel pair's kernels (a, as, w, ws, n, acc) and one pixel's (a, w, ws, n, acc)
+_FORMS = {**{name: (Q15_PX2_ROWS[rows], WIDEN, 2, 1) for name, rows in _PX2_NAMES.items()},
+          **{name: (Q15_ROWS[rows], WIDEN_PX1, 1, 2) for rows, name in ROWS.items()}}
 
 
-def _px2_evals(stmt: Any) -> list[tirx.Evaluate]:
+def _dot_evals(stmt: Any) -> list[tirx.Evaluate]:
     found: list[tirx.Evaluate] = []
 
     def on_eval(ev: Any) -> tvm_ffi.WalkResult:
-        if _extern_name(ev.value) in _PX2_NAMES:
+        if _extern_name(ev.value) in _FORMS:
             found.append(ev)
         return tvm_ffi.WalkResult.ADVANCE
 
@@ -88,20 +96,23 @@ def _stores_to(stmt: Any, buf: Any) -> bool:
 
 
 def _widened(loop: tirx.For) -> tirx.Stmt | None:
-    """``loop`` with its two-pixel calls on a loop-invariant pair reading a pair widened once before it, else None."""
+    """``loop`` with its dot calls on a loop-invariant pixel pair (or pixel) reading it widened once before the
+    loop, else None."""
     if loop.kind != tirx.ForKind.SERIAL or (_int(loop.extent) or 0) < MIN_BLOCKS:
         return None
-    evals = _px2_evals(loop.body)
-    if not evals:
+    evals = _dot_evals(loop.body)
+    if not evals or len({_FORMS[_extern_name(ev.value)][1] for ev in evals}) != 1:
         return None
-    args0 = list(evals[0].value.args)[1:]  # a, as, w, ws, n, acc
-    a_ptr, a_step, n = args0[0], args0[1], _int(args0[4])
+    _, widen_name, n_act, _ = _FORMS[_extern_name(evals[0].value)]
+    args0 = list(evals[0].value.args)[1:]  # the activation arguments (a, as or a), then w, ws, n, acc
+    acts, n = args0[:n_act], _int(args0[n_act + 2])
+    a_ptr = acts[0]
     if n is None or n % 4 or n * 4 > MAX_WIDE_BYTES:
         return None
     for ev in evals:
         args = list(ev.value.args)[1:]
-        if not (tvm_ffi.structural_equal(args[0], a_ptr) and tvm_ffi.structural_equal(args[1], a_step)
-                and _int(args[4]) == n):
+        if not (all(tvm_ffi.structural_equal(x, y) for x, y in zip(args[:n_act], acts))
+                and _int(args[n_act + 2]) == n):
             return None
     # the pair may move with loops between ``loop`` and the call (a k x k kernel's taps): one widened pair per
     # iteration of those it uses, each read unconditionally in every iteration of ``loop`` (no test on the path)
@@ -112,35 +123,36 @@ def _widened(loop: tirx.For) -> tirx.Stmt | None:
     if any(_int(f.min) != 0 or _int(f.extent) is None for f in taps):
         return None
     inner = [v for v in [loop.loop_var, *_bound_vars(loop.body)] if not any(v.same_as(f.loop_var) for f in taps)]
-    if any(uses_var(e, v) for e in (a_ptr, a_step) for v in inner):
+    if any(uses_var(e, v) for e in acts for v in inner):
         return None
     count = math.prod(_int(f.extent) for f in taps)
-    if count * n * 4 > MAX_WIDE_BYTES:
+    words = n * n_act // 2  # a pair: 4 words per 4 channels; one pixel: 2
+    if count * words * 4 > MAX_WIDE_BYTES:
         return None
     load = a_ptr.args[0] if isinstance(a_ptr, tvm.ir.Call) and a_ptr.args else None
     if not isinstance(load, TensorLoad) or _stores_to(loop.body, load.source):
         return None
-    q = tirx.decl_buffer((count * n,), "uint32", WIDE_NAME)
+    q = tirx.decl_buffer((count * words,), "uint32", WIDE_NAME)
 
     def at(vs: list[Any]) -> Any:  # the widened pair of tap iteration vs
         flat = tirx.const(0, "int32")
         for f, v in zip(taps, vs):
             flat = flat * _int(f.extent) + tirx.Cast("int32", v)
-        return tirx.address_of(tirx.BufferLoad(q, [tvm.sym.Analyzer().simplify(flat * n)]))
+        return tirx.address_of(tirx.BufferLoad(q, [tvm.sym.Analyzer().simplify(flat * words)]))
 
     def on_eval(ev: Any) -> Any:
         name = _extern_name(ev.value)
-        if name not in _PX2_NAMES:
+        if name not in _FORMS:
             return ev
         args = list(ev.value.args)[1:]
-        return tirx.Evaluate(tirx.call_extern("void", Q15_PX2_ROWS[_PX2_NAMES[name]], at([f.loop_var for f in taps]),
-                                              *args[2:]))
+        return tirx.Evaluate(tirx.call_extern("void", _FORMS[name][0], at([f.loop_var for f in taps]),
+                                              *args[n_act:]))
 
     body = tvm_ffi.structural_map(loop.body, [(tirx.Evaluate, on_eval)])
     fresh = [tirx.Var(f.loop_var.name + "_w", f.loop_var.ty) for f in taps]
-    moved = tvm_ffi.structural_map(a_ptr, [(tirx.Var, lambda v: next(
-        (u for f, u in zip(taps, fresh) if f.loop_var.same_as(v)), v))])
-    widen: Any = tirx.Evaluate(tirx.call_extern("void", WIDEN, moved, a_step, tirx.const(n, "int32"), at(fresh)))
+    moved = [tvm_ffi.structural_map(e, [(tirx.Var, lambda v: next(
+        (u for f, u in zip(taps, fresh) if f.loop_var.same_as(v)), v))]) for e in acts]
+    widen: Any = tirx.Evaluate(tirx.call_extern("void", widen_name, *moved, tirx.const(n, "int32"), at(fresh)))
     for f, v in reversed(list(zip(taps, fresh))):
         widen = tirx.For(v, f.min, f.extent, tirx.ForKind.SERIAL, widen)
     return tirx.SeqStmt([tirx.AllocBuffer(q), widen,

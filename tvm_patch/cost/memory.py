@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -84,6 +85,9 @@ def _compile(src: Path, obj: Path, board: Board, opt: str, includes: list[Path],
         raise TvmPatchError(f"compiling {src.name} for {board.key} failed: {last[-1] if last else 'no message'}")
 
 
+NETWORK_OBJECTS = ("/model.o", "/tvmp_io.o", "/firmware.o")  # the objects compile_objects compiles, as linked
+
+
 def compile_objects(export_dir: Path, export_json: dict[str, Any], board: Board, opt: str = "O3",
                     timeout_sec: float = 600.0) -> tuple[int, list[str]]:
     """The Flash of the firmware's network-dependent objects, compiled for ``board`` as the project's Makefile
@@ -148,6 +152,21 @@ def library_bytes(undefined: list[str], in_base: set[str], cpu_flags: tuple[str,
     return sum(_up(sizes.get(name, 0), 4) for name in set(undefined) - in_base)
 
 
+def linked_bytes(map_file: Path, objects: tuple[str, ...]) -> int:
+    """The Flash a linked firmware gives the input sections (code, read-only and initialised data) of the objects
+    whose paths end with one of ``objects``, from the linker's map: what the link kept of them, so a function the
+    compiler also inlined into its one caller (its own copy unreferenced, dropped by --gc-sections) counts once."""
+    text = map_file.read_text(errors="replace")
+    start = text.find("Linker script and memory map")
+    if start < 0:
+        raise TvmPatchError(f"{map_file}: not a GNU ld map file (no memory map); rebuild the project")
+    total = 0
+    for m in re.finditer(r"^ (\.(?:text|rodata|data)\S*)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+(\S+)$", text[start:], re.M):
+        if int(m.group(2), 16) and m.group(4).endswith(objects):
+            total += int(m.group(3), 16)
+    return total
+
+
 def template_hash() -> str:
     """A hash of the firmware template's sources (a firmware base measured from another template is stale)."""
     h = hashlib.sha256()
@@ -158,7 +177,8 @@ def template_hash() -> str:
 
 def base_cache(board: Board, runner: str, opt: str) -> Path:
     """Where the firmware's own Flash bytes for this board, runner and level are cached."""
-    return cache_dir("cost") / f"firmware_base_{board.key}_{runner}_{opt}_{template_hash()}.json"
+    # v2: the base less what the link kept of the network-dependent objects (v1 subtracted them as compiled)
+    return cache_dir("cost") / f"firmware_base_v2_{board.key}_{runner}_{opt}_{template_hash()}.json"
 
 
 def read_base(board: Board, runner: str, opt: str) -> tuple[int, set[str]] | None:
@@ -173,7 +193,8 @@ def read_base(board: Board, runner: str, opt: str) -> tuple[int, set[str]] | Non
 
 def write_base(board: Board, runner: str, opt: str, built_flash: int, objects_flash: int,
                symbols: list[str]) -> tuple[int, set[str]]:
-    """Record the firmware base from one built firmware: its Flash less the network-dependent objects."""
+    """Record the firmware base from one built firmware: its Flash less the network-dependent objects (as linked:
+    ``linked_bytes``)."""
     base = built_flash - objects_flash
     base_cache(board, runner, opt).write_text(json.dumps({"flash_base_bytes": base, "board": board.key,
                                                           "runner": runner, "opt": opt,
