@@ -411,6 +411,13 @@ TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
    per row: kws's 1x1 kernels +17 %). */
 #define TVMP_LDRD_POST(p, lo, hi) \
     __asm__("ldrd %0, %1, [%2], #8" : "=r"(lo), "=r"(hi), "+r"(p) : : "memory")
+/* The rows' next four widened weights (one LDRD each) against the activations' words (xe, xo). */
+#define TVMP_WIDE_ROWS(rows)                                                                            \
+        for (int32_t j = 0; j < rows; j++) {                                                            \
+            uint32_t ye, yo;                                                                            \
+            TVMP_LDRD_POST(p[j], ye, yo);                                                               \
+            s[j] = __smlad(xo, yo, __smlad(xe, ye, s[j]));                                              \
+        }
 #define TVMP_S8W_ROWS_KERNEL(name, rows)                                                                \
 TVMP_INLINE void name(const int8_t *a, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {          \
     int32_t s[rows];                                                                                    \
@@ -420,11 +427,7 @@ TVMP_INLINE void name(const int8_t *a, const int16_t *w, int32_t ws, int32_t n, 
         uint32_t x;                                                                                     \
         memcpy(&x, a, 4);                                                                               \
         uint32_t xe = __sxtb16(x), xo = tvmp_sxtb16_ror8(x);                                            \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t ye, yo;                                                                            \
-            TVMP_LDRD_POST(p[j], ye, yo);                                                               \
-            s[j] = __smlad(xo, yo, __smlad(xe, ye, s[j]));                                              \
-        }                                                                                               \
+        TVMP_WIDE_ROWS(rows)                                                                            \
     }                                                                                                   \
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
 }
@@ -436,11 +439,7 @@ TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n
     for (; n >= 4; n -= 4) {                                                                            \
         uint32_t xe, xo;                                                                                \
         TVMP_LDRD_POST(q, xe, xo);                                                                      \
-        for (int32_t j = 0; j < rows; j++) {                                                            \
-            uint32_t ye, yo;                                                                            \
-            TVMP_LDRD_POST(p[j], ye, yo);                                                               \
-            s[j] = __smlad(xo, yo, __smlad(xe, ye, s[j]));                                              \
-        }                                                                                               \
+        TVMP_WIDE_ROWS(rows)                                                                            \
     }                                                                                                   \
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
 }
