@@ -32,7 +32,7 @@ from tvm_patch.cost import cache as cost_cache, collect as cost_collect, fingerp
 from tvm_patch.codegen import c_kernels, micro_kernels
 from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.fingerprint import kernels_fingerprint
-from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
+from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
     load as load_cost_model, stage_terms, warn_if_stale
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
@@ -283,6 +283,13 @@ def fresh_fingerprint(monkeypatch, tmp_path):
 
 
 STAGE_PROBE = next(p for p in fingerprint.PROBES if p.plan.halo == "cache")  # one of the quick probes (~2 s)
+
+
+def test_shipped_models_carry_this_installations_fingerprint(installed_fingerprint):
+    """The shipped models were measured on the code this tree generates: a change of the kernels' C without a
+    re-collection (or a re-labelling, when the C is unchanged) fails here, not only with a warning."""
+    for core in CORES:
+        assert load_cost_model(default_path(core)).meta["kernels_fingerprint"] == installed_fingerprint, core
 
 
 def test_fingerprint_is_stable_across_calls_and_processes(installed_fingerprint, tmp_path):
