@@ -47,8 +47,8 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_kernels import is_c_local
 from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe

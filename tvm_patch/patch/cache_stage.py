@@ -30,8 +30,8 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
+from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
