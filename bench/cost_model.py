@@ -38,11 +38,12 @@ from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done
     read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
-from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, every_kernel, measure
+from tvm_patch.cost.fingerprint import OPT, every_kernel, kernels_fingerprint
+from tvm_patch.cost.measure import STACK_BYTES, core_key, measure
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
 from tvm_patch.cost.latency import CORES, STAGE_TERMS, choose_nest_weight, default_path, fit, fit_booster, for_core, \
-    has_stage_terms, kernels_fingerprint, relative_nnls, stage_terms
+    has_stage_terms, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load as load_model

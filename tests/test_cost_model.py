@@ -7,7 +7,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +28,11 @@ from relay_passes import LowerToInteger, float_ops_remaining
 from tvm_patch.cost import Plan, predict
 from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
-from tvm_patch.cost import collect as cost_collect
-from tvm_patch.cost import memory as cost_memory
+from tvm_patch.cost import cache as cost_cache, collect as cost_collect, fingerprint, memory as cost_memory
+from tvm_patch.codegen import c_kernels, micro_kernels
 from tvm_patch.cost.features import kernel_rows
-from tvm_patch.cost.latency import KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, kernels_fingerprint, \
+from tvm_patch.cost.fingerprint import kernels_fingerprint
+from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
     load as load_cost_model, stage_terms, warn_if_stale
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
@@ -275,6 +280,70 @@ def test_stale_model_warns_once_on_stderr(tmp_path, capsys):
     data["meta"]["kernels_fingerprint"] = kernels_fingerprint()
     fresh.write_text(json.dumps(data))
     assert not warn_if_stale(load_cost_model(fresh), fresh) and capsys.readouterr().err == ""
+
+
+@pytest.fixture(scope="session")
+def installed_fingerprint() -> str:
+    """This installation's kernels fingerprint: computed once (about 15 s of probe exports) or read from the disk
+    cache, shared by the session."""
+    return kernels_fingerprint()
+
+
+@pytest.fixture
+def fresh_fingerprint(monkeypatch, tmp_path):
+    """An empty disk cache and no fingerprint remembered in this process, before and after the test (whose
+    monkeypatched probes must not leave their value behind)."""
+    monkeypatch.setenv("TVM_PATCH_CACHE", str(tmp_path / "cache"))
+    kernels_fingerprint.cache_clear()
+    yield
+    kernels_fingerprint.cache_clear()
+
+
+STAGE_PROBE = next(p for p in fingerprint.PROBES if p.plan.halo == "cache")  # one of the quick probes (~2 s)
+
+
+def test_shipped_models_carry_this_installations_fingerprint(installed_fingerprint):
+    """The shipped models were measured on the code this tree generates: a change of the kernels' C without a
+    re-collection (or a re-labelling, when the C is unchanged) fails here, not only with a warning."""
+    for core in CORES:
+        assert load_cost_model(default_path(core)).meta["kernels_fingerprint"] == installed_fingerprint, core
+
+
+def test_fingerprint_is_stable_across_calls_and_processes(installed_fingerprint, tmp_path):
+    """The same value on every call; a probe's digest computed afresh in another process (an empty cache) is
+    this process's."""
+    assert kernels_fingerprint() == installed_fingerprint and re.fullmatch(r"[0-9a-f]{16}", installed_fingerprint)
+    code = f"from tvm_patch.cost import fingerprint as f; print(f.digest((f.PROBES[{fingerprint.PROBES.index(STAGE_PROBE)}],)))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TVM_PATCH_CACHE": str(tmp_path)},
+                         cwd=Path(fingerprint.__file__).parents[2], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == fingerprint.digest((STAGE_PROBE,))
+
+
+def test_fingerprint_follows_the_generated_c_not_its_comments(monkeypatch, tmp_path):
+    """Other kernels' code (no dot-product micro-kernel for short loops) is another fingerprint; the micro-kernel
+    header with one more comment (in model.c, but no code) is the same one."""
+    before = fingerprint.digest((STAGE_PROBE,))
+    header = tmp_path / "tvmp_kernels.h"
+    header.write_text("/* a comment, as a refactor writes one */\n" + c_kernels.MICRO_KERNELS.read_text())
+    monkeypatch.setattr(c_kernels, "MICRO_KERNELS", header)
+    assert fingerprint.digest((STAGE_PROBE,)) == before
+    monkeypatch.setattr(micro_kernels, "MIN_DOT_LENGTH", 10_000)
+    assert fingerprint.digest((STAGE_PROBE,)) != before
+
+
+def test_fingerprint_cached_by_sources_and_same_for_the_same_c(monkeypatch, fresh_fingerprint):
+    """Computed once per installation's sources (the disk cache); after a source change that leaves the C as it
+    was (another cache key) it is computed again, to the same value."""
+    monkeypatch.setattr(fingerprint, "PROBES", (STAGE_PROBE,))
+    computed = []
+    digest = fingerprint.digest
+    monkeypatch.setattr(fingerprint, "digest", lambda probes: computed.append(probes) or digest(probes))
+    first = kernels_fingerprint()
+    kernels_fingerprint.cache_clear()
+    assert kernels_fingerprint() == first and len(computed) == 1
+    monkeypatch.setattr(cost_cache, "source_fingerprint", lambda: "a refactored tree")
+    kernels_fingerprint.cache_clear()
+    assert kernels_fingerprint() == first and len(computed) == 2
 
 
 @pytest.mark.parametrize("content,why", [(b"\x00garbage", "corrupt"), (b'{"format": "x"}', "not a tvm-patch"),

@@ -549,7 +549,7 @@ def test_cached_stage_fused_add_over_its_input_exact():
 def _output_copy_stage(layout: str) -> Stage:
     """A 1x1 conv, a 5x5 stride-2 depthwise whose 4 x 4 output region per channel (16 bytes, a C local) is smaller
     than its 11 x 11 input region, a 1x1 conv: the depthwise computes each channel from its input region into the
-    one-channel buffer, then copies it over (`cache_stage._copies_output`)."""
+    one-channel buffer, then copies it over (`cache_plan.copies_output`)."""
     conv = _int8_conv(np.random.default_rng(11), layout)
     layers = [conv(3, 8, 1, 1, 1, 3)]
     layers.append(conv(8, 8, 5, 2, 8, layers[-1].quant.output_zero_point))

@@ -16,7 +16,7 @@ STAGE_LAYOUT_ATTR = "tvm_patch.stage_layout"
 STAGE_OFFSETS_ATTR = "tvm_patch.workspace_plan"
 """PrimFunc attribute {"offsets": {buffer name: byte offset}, "bytes": workspace size, "live": the most of its
 buffers live at once}: the kernel's buffers as
-planned by its builder (`tvm_patch.export.stage_arena`, `tvm_patch.patch.cache_stage`); the C code generator
+planned by its builder (`tvm_patch.export.stage_arena`, `tvm_patch.patch.cache_plan`); the C code generator
 places them there, lowering the function without StorageRewrite."""
 
 STAGE_FUNC = "patch_stage"

@@ -6,13 +6,13 @@ from tvm_patch.codegen.c_kernels import (
     CFunction,
     CParam,
     CSource,
-    PlainCError,
     emit_c,
     emit_object,
     lower_plain,
-    lowering_passes,
     undefined_symbols,
 )
+from tvm_patch.codegen.c_types import PlainCError
+from tvm_patch.codegen.lowering import lowering_passes
 
 __all__ = [
     "ARM_TARGET",

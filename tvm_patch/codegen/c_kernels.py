@@ -8,21 +8,14 @@ pointer. The whole-network driver places every kernel's workspace in its static 
 How (TVM 0.27):
 
 1. ``BindTarget`` then the lowering passes of ``tvm.s_tir.pipeline.default_s_tir_pipeline`` (the
-   pipeline ``tvm.compile`` runs on a PrimFunc), minus three: ``AnnotateEntryFunc`` (it makes the C
-   backend append a TVM-FFI entry wrapper), ``MakePackedAPI`` (replaced by step 2) and, from the host
-   finalization, ``LowerTVMBuiltin``. For C, ``VectorizeLoop`` runs with vectorization off: the C
-   backend would print vector types C does not have; the loops stay serial, same arithmetic.
+   pipeline ``tvm.compile`` runs on a PrimFunc) minus the packed API's, the micro-kernel rewrites among them
+   (``lowering``).
 2. Plain signature: every Buffer-typed parameter becomes a pointer Var, bound back to the buffer with
    a ``DeclBuffer`` at the top of the body.
-3. Workspace: every ``AllocBuffer`` becomes a ``DeclBuffer`` whose data is ``workspace + offset``.
-   Offsets follow scope nesting like a C stack: allocations in sibling scopes share bytes, nested ones
-   stack up, each aligned to ``workspace_align``; the peak is the function's workspace size. Exception:
-   a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
-   ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so do
-   a widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``) and a patch stage's pixel window copy (up to
-   ``PIXEL_MAX_BYTES``): ``is_c_local``.
+3. Workspace: every ``AllocBuffer`` becomes a ``DeclBuffer`` whose data is ``workspace + offset``, in a stack
+   discipline or the kernel builder's own plan; small buffers stay C locals (``workspace``).
 4. ``FP8StorageLegalize``, ``BF16StorageLegalize``, ``LowerIntrin`` (the rest of the host
-   finalization): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic here.
+   finalization, ``lowering.finalize_passes``): ``q_multiply_shift`` becomes plain 64-bit integer arithmetic.
 5. ``target.build.c`` / ``target.build.llvm``.
 
 Post-processing of the C text (unavoidable: the C host backend always writes TVM ``#include`` lines, a
@@ -48,29 +41,20 @@ from typing import Any
 
 import tvm
 import tvm_ffi
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.ir import PointerType, PrimType
 from tvm.tirx.buffer import is_buffer_var
 
-from tvm_patch.codegen.c_types import C_TYPES, c_float_literal, dtype_bytes, to_f32
-from tvm_patch.codegen.border_partition import PartitionPadding
-from tvm_patch.codegen.copy_kernels import CopyLoops
-from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
-from tvm_patch.codegen.quantize_kernels import QuantizeCalls
-from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME, WidenPixelPairs
-from tvm_patch.codegen.wide_weights import WidenWeights
-from tvm_patch.errors import TvmPatchError
-from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.codegen.c_types import C_TYPES, PlainCError, c_float_literal, const_shape, dtype_str, to_f32
+from tvm_patch.codegen.lowering import finalize_passes, lower_tir
+from tvm_patch.codegen.workspace import fixed_plan, plan_workspace, stack_scratch_bytes, zero_locals
 
 __all__ = [
-    "planned_workspace_bytes",
-    "PlainCError",
     "CParam",
     "CFunction",
     "CSource",
     "C_TARGET",
     "ARM_TARGET",
-    "lowering_passes",
     "lower_plain",
     "emit_c",
     "emit_object",
@@ -122,10 +106,6 @@ def mark_in_place(func: tirx.PrimFunc, pairs: Iterable[tuple[int, int]]) -> tirx
     per-channel constants across stores."""
     aliased = sorted({i for pair in pairs for i in pair})
     return func.with_attr("tirx.noalias", False).with_attr(ALIASED_PARAMS, [tirx.IntImm("int32", i) for i in aliased])
-
-
-class PlainCError(TvmPatchError):
-    """A PrimFunc cannot become plain C (dynamic allocation, unsupported dtype or scope, TVM runtime call)."""
 
 
 @dataclass(frozen=True)
@@ -187,78 +167,6 @@ class CSource:
         return f"#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n\n{protos}\n\n#endif\n"
 
 
-# ---------------------------------------------------------------- lowering
-
-
-def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.transform.Pass]:
-    """The lowering passes run before the plain-API rewrite (see the module docstring, step 1);
-    ``storage_rewrite=False`` for a function whose buffers the caller placed (`STAGE_OFFSETS_ATTR`)."""
-    config = tvm.transform.PassContext.current().config
-    passes = [
-        s_tir.transform.CanonicalizeLoop(),
-        s_tir.transform.LowerCrossThreadReduction(),
-        s_tir.transform.LowerInitBlock(),
-        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(),
-        s_tir.transform.LiftThreadBinding(),
-        s_tir.transform.ManifestSharedMemoryLocalStage(),
-        s_tir.transform.CompactBufferAllocation(),
-        s_tir.transform.LowerAutoCopy(),
-        s_tir.transform.UnifyThreadBinding(),
-        s_tir.transform.LowerMatchBuffer(),
-        s_tir.transform.StmtSimplify(),
-        s_tir.transform.InjectPermutedLayout(),
-        s_tir.transform.AnnotateIrregularLoop(),
-        s_tir.transform.InjectSoftwarePipeline(),
-        s_tir.transform.TransformMmaBufferLayout(),
-        s_tir.transform.LowerOpaqueBlock(),
-        tirx.transform.FlattenBuffer(),
-        # interior windows without tests; not in a function whose buffers the caller placed (one name, one place)
-        *([PartitionPadding()] if for_c and micro_kernels_enabled() and storage_rewrite else []),
-        tirx.transform.BF16ComputeLegalize(),
-        tirx.transform.NarrowDataType(32),
-        s_tir.transform.LoopPartition(),
-        tirx.transform.VectorizeLoop(not for_c and not bool(config.get("tirx.disable_vectorize", False))),
-        s_tir.transform.InjectVirtualThread(),
-        s_tir.transform.InjectDoubleBuffer(),
-    ]
-    if storage_rewrite and not bool(config.get("tirx.disable_storage_rewrite", False)):
-        passes.append(tirx.transform.StorageRewrite())
-    passes += [
-        s_tir.transform.HoistIfThenElse(),
-        tirx.transform.UnrollLoop(),
-        s_tir.transform.RenormalizeSplitPattern(),
-        tirx.transform.StmtSimplify(),
-        tirx.transform.RemoveNoOp(),
-        s_tir.transform.RewriteUnsafeSelect(),
-    ]
-    if for_c and micro_kernels_enabled():
-        passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
-        passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
-        passes.append(WidenWeights())  # weights the export stores as int16: no SXTB16 on them
-        passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time
-        passes.append(QuantizeCalls())  # float -> int8 quantization -> tvmp_quant_s8 (VCVTR, QADD, SSAT)
-    if not bool(config.get("tirx.disable_cse_tir", False)):
-        passes.append(tirx.transform.CommonSubexprElim())
-    passes += [
-        tirx.transform.FP8ComputeLegalize(),
-        s_tir.transform.VerifyVTCMLimit(),
-        s_tir.transform.LowerVtcmAlloc(),
-        tirx.transform.VerifyMemory(),
-        s_tir.transform.MergeSharedMemoryAllocations(),
-        tirx.transform.SplitHostDevice(),
-    ]
-    return passes
-
-
-def _finalize_passes() -> list[tvm.transform.Pass]:
-    return [
-        tirx.transform.FP8StorageLegalize(),
-        tirx.transform.BF16StorageLegalize(),
-        tirx.transform.LowerIntrin(),
-    ]
-
-
 def unique_identifier(ident: str, taken: set[str]) -> str:
     """`ident`, or `ident_1`, `ident_2`, ... : the first one not in `taken`, which it is then added to."""
     base, k = ident, 1
@@ -276,159 +184,10 @@ def _c_identifier(name: str, taken: set[str]) -> str:
     return unique_identifier(ident, taken)
 
 
-def _dtype_str(dtype: Any) -> str:
-    return str(dtype.dtype if isinstance(dtype, PrimType) else dtype)
-
-
-def _const_shape(buf: Any, what: str) -> tuple[int, ...]:
-    shape = []
-    for s in buf.shape:
-        if not isinstance(s, (tirx.IntImm, int)):
-            raise PlainCError(f"{what} {buf.name!r} has a non-constant shape {list(buf.shape)}")
-        shape.append(int(s))
-    return tuple(shape)
-
 
 def _is_op(expr: Any, name: str) -> bool:
     return isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
-
-LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
-PIXEL_NAME = "pixel"  # a patch stage's copy of one or two output pixels' input windows (patch/cache_stage.py)
-PIXEL_MAX_BYTES = 256  # ... a C local up to this size: a 1x1 conv's pixel pair over up to 128 channels
-
-
-def _stack_bound(name: str) -> int:
-    """The bound up to which a buffer of this name stays a C local on the stack: a widened pixel pair's, a stage's
-    pixel window's (``pixel``, or a 1x1 conv's own ``pixel_pair{v}``), else 0 (the general LOCAL_MAX_BYTES)."""
-    if name == WIDE_NAME:
-        return MAX_WIDE_BYTES
-    return PIXEL_MAX_BYTES if name == PIXEL_NAME or name.startswith(PIXEL_NAME + "_") else 0
-
-
-def is_c_local(name: str, nbytes: int) -> bool:
-    """Whether a kernel's buffer of ``nbytes`` named ``name`` is a C local (registers or the stack) rather than
-    workspace: any buffer up to LOCAL_MAX_BYTES, a widened pixel pair or a stage's pixel window up to their own
-    bounds (their stack is reported as the kernel's stack scratch)."""
-    return nbytes <= max(LOCAL_MAX_BYTES, _stack_bound(name))
-
-# STAGE_OFFSETS_ATTR (tvm_patch.names): a plan made by the kernel's builder. Such a function is lowered without
-# StorageRewrite and each named buffer is placed at its offset (its size checked against the plan's); other
-# buffers stack above it.
-
-
-def _fixed_plan(func: tirx.PrimFunc) -> tuple[dict[str, int], int] | None:
-    plan = func.attrs.get(STAGE_OFFSETS_ATTR) if func.attrs is not None else None
-    if plan is None:
-        return None
-    return {str(k): int(v) for k, v in plan["offsets"].items()}, int(plan["bytes"])
-
-
-def planned_workspace_bytes(func: tirx.PrimFunc) -> int | None:
-    """The workspace of a function whose builder placed its buffers (`STAGE_OFFSETS_ATTR`), read from its TIR
-    without lowering it: the plan's extent when every buffer it declares above LOCAL_MAX_BYTES is in the plan
-    and fits there at its declared size (lowering only compacts buffers, and keeps this function's apart), else
-    None (lower it to know). Cache-mode stages: the export's first lowering skipped, 4-6 s on mcunet-in3."""
-    fixed = _fixed_plan(func)
-    if fixed is None:
-        return None
-    offsets, base = fixed
-    bufs: list[Any] = []
-
-    def on_block(b: Any) -> None:
-        bufs.extend(b.alloc_buffers)
-
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, on_block), (tirx.AllocBuffer, lambda a: bufs.append(a.buffer))])
-    for buf in bufs:
-        if not all(isinstance(d, (tirx.IntImm, int)) for d in buf.shape):
-            return None
-        nbytes = math.prod(int(d) for d in buf.shape) * dtype_bytes(_dtype_str(buf.ty.dtype))
-        if not is_c_local(buf.name, nbytes) and (buf.name not in offsets or offsets[buf.name] + nbytes > base):
-            return None
-    return base
-
-
-def _plan_workspace(body: Any, align: int, fname: str,
-                    fixed: tuple[dict[str, int], int] | None = None) -> tuple[list[tuple[Any, int]], int]:
-    """Stack-discipline offsets for every AllocBuffer in ``body``: [(buffer var, offset)], peak bytes.
-    ``fixed`` (offsets by buffer name, their extent): those buffers at their offsets, the stack above them."""
-    offsets, base = fixed if fixed is not None else ({}, 0)
-    state = {"top": base, "peak": base}
-    placed: list[tuple[Any, int]] = []
-    seen: set[str] = set()
-
-    def on_alloc(stmt: Any, visitor: Any) -> None:
-        buf = stmt.buffer
-        scope = buf.ty.storage_scope
-        if scope not in ("", "global", "local"):
-            raise PlainCError(f"{fname}: buffer {buf.name!r} has storage scope {scope!r}; only global/local")
-        nbytes = math.prod(_const_shape(buf, f"{fname}: intermediate buffer")) * dtype_bytes(_dtype_str(buf.ty.dtype))
-        if buf.name in offsets and not is_c_local(buf.name, nbytes):
-            if buf.name in seen:
-                raise PlainCError(f"{fname}: two buffers named {buf.name!r}; the workspace plan is ambiguous")
-            seen.add(buf.name)
-            off = offsets[buf.name]
-            if off + nbytes > base:
-                raise PlainCError(f"{fname}: buffer {buf.name!r} ({nbytes} B at {off}) exceeds its workspace plan")
-            placed.append((buf, off))
-            return
-        if is_c_local(buf.name, nbytes):
-            return  # a C local of the kernel (a register or a few bytes of stack; a widened pixel pair), not workspace
-        off = -(-state["top"] // align) * align
-        placed.append((buf, off))
-        state["top"] = off + nbytes
-        state["peak"] = max(state["peak"], state["top"])
-
-    def on_other(value: Any, visitor: Any) -> None:
-        saved = state["top"]
-        visitor.default_visit(value)
-        state["top"] = saved
-
-    tvm_ffi.structural_visit(body, [(tirx.AllocBuffer, on_alloc), (object, on_other)])
-    peak = -(-state["peak"] // align) * align
-    return placed, peak
-
-
-def _stack_scratch_bytes(body: Any) -> int:
-    """The stack ``body``'s large C locals take at most: per name kept on the stack above LOCAL_MAX_BYTES (a
-    widened pixel pair, a stage's pixel windows), its largest buffer; summed, as they may be live at once."""
-    sizes: dict[str, int] = {}
-
-    def on_alloc(a: Any) -> tvm_ffi.WalkResult:
-        if _stack_bound(a.buffer.name):
-            n = math.prod(_const_shape(a.buffer, "stack local")) * dtype_bytes(_dtype_str(a.buffer.ty.dtype))
-            if LOCAL_MAX_BYTES < n <= _stack_bound(a.buffer.name):
-                sizes[a.buffer.name] = max(sizes.get(a.buffer.name, 0), n)
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(body, [(tirx.AllocBuffer, on_alloc)], order="pre")
-    return sum(sizes.values())
-
-
-def _zero_locals(body: Any, in_workspace: set[Any]) -> Any:
-    """Each small buffer kept as a C local is zeroed right after its declaration. The kernels always write
-    before they read (TVM's reduction init), but a reduction whose init sits under a condition in the
-    loop nest makes gcc's -Wmaybe-uninitialized fire; one store per element settles it for any compiler."""
-
-    def on_seq(seq: Any) -> Any:
-        out: list[Any] = []
-        changed = False
-        for stmt in seq.seq:
-            out.append(stmt)
-            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and not _stack_bound(stmt.buffer.name):
-                buf = stmt.buffer
-                shape = _const_shape(buf, "local buffer")
-                zero = tirx.const(0, _dtype_str(buf.ty.dtype))
-                for i in range(math.prod(shape)):
-                    idx = []
-                    for d in reversed(shape):
-                        idx.append(i % d)
-                        i //= d
-                    out.append(tirx.BufferStore(buf, zero, [tirx.IntImm("int32", j) for j in reversed(idx)]))
-                changed = True
-        return tirx.SeqStmt(out) if changed else seq
-
-    return tvm_ffi.structural_map(body, (tirx.SeqStmt, on_seq))
 
 
 def _written_roots(body: Any, ptr_params: list[Any], workspace: Any | None) -> set[int] | None:
@@ -489,10 +248,10 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
     ptr_params: list[Any] = []
     for p in func.params:
         if is_buffer_var(p):
-            dtype = _dtype_str(p.ty.dtype)
+            dtype = dtype_str(p.ty.dtype)
             if dtype not in C_TYPES:
                 raise PlainCError(f"{name}: parameter {p.name!r} has dtype {dtype}, not supported in plain C")
-            shape = _const_shape(p, f"{name}: parameter")
+            shape = const_shape(p, f"{name}: parameter")
             if len(p.strides) and list(p.strides) != _compact_strides(shape):
                 raise PlainCError(f"{name}: parameter {p.name!r} is strided; only compact buffers")
             if p.elem_offset is not None and not (isinstance(p.elem_offset, tirx.IntImm) and int(p.elem_offset) == 0):
@@ -503,15 +262,15 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
             decls.append(tirx.DeclBuffer(p, data=v))
             info.append({"name": v.name, "dtype": dtype, "pointer": True, "shape": shape})
         else:
-            dtype = _dtype_str(p.ty) if isinstance(p.ty, PrimType) else None
+            dtype = dtype_str(p.ty) if isinstance(p.ty, PrimType) else None
             if dtype not in C_TYPES:
                 raise PlainCError(f"{name}: parameter {p.name!r} of type {p.ty} is not supported")
             taken.add(p.name)
             new_params.append(p)
             info.append({"name": p.name, "dtype": dtype, "pointer": False, "shape": None})
 
-    placed, ws_bytes = _plan_workspace(func.body, workspace_align, name, _fixed_plan(func))
-    body = _zero_locals(func.body, {buf for buf, _ in placed})
+    placed, ws_bytes = plan_workspace(func.body, workspace_align, name, fixed_plan(func))
+    body = zero_locals(func.body, {buf for buf, _ in placed})
     workspace = None
     if placed:
         workspace = tvm.ir.Var(_c_identifier("workspace", taken), PointerType(PrimType("uint8")))
@@ -550,7 +309,7 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
                                                                         if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, _stack_scratch_bytes(func.body))
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, stack_scratch_bytes(func.body))
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:
@@ -569,25 +328,14 @@ def lower_plain(
     """Lower PrimFuncs to plain-signature TIR for ``target`` (steps 1-4 of the module docstring)."""
     if workspace_align <= 0 or workspace_align & (workspace_align - 1):
         raise ValueError(f"workspace_align must be a power of two, got {workspace_align}")
-    tgt = tvm.target.Target(target)
-    for_c = tgt.kind.name == "c"
-    lowered = []
-    for planned in (False, True):  # functions with a caller's workspace plan keep their buffers apart
-        group = {name: f for name, f in funcs.items() if (_fixed_plan(f) is not None) == planned}
-        if not group:
-            continue
-        mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in group.items()})
-        mod = tirx.transform.BindTarget(tgt.with_host(tgt))(mod)
-        # The ambient PassContext, as tvm.compile uses it (its opt_level and config keys apply).
-        lowered += list(tvm.transform.Sequential(lowering_passes(for_c, storage_rewrite=not planned))(mod).functions.items())
     out: dict[str, tirx.PrimFunc] = {}
     infos: dict[str, CFunction] = {}
-    for gv, f in lowered:
+    for gv, f in lower_tir(funcs, tvm.target.Target(target)):
         name = gv.name_hint
         if name not in funcs:
             raise PlainCError(f"lowering produced an extra function {name!r} (device split?)")
         out[name], infos[name] = _to_plain(name, f, workspace_align)
-    mod = tvm.transform.Sequential(_finalize_passes())(tvm.IRModule(out))
+    mod = tvm.transform.Sequential(finalize_passes())(tvm.IRModule(out))
     return mod, {n: infos[n] for n in funcs}
 
 

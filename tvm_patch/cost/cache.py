@@ -1,6 +1,7 @@
 """A disk cache of plan predictions, so that `plan`, and `build`/the bench using its answer, predict each plan
 of a model once: keyed by the model's bytes, the plan, the board, the latency model file and a hash of this
-installation's sources (any change to the export, the kernels or the firmware template invalidates it).
+installation's sources (any change to the export, the kernels or the firmware template invalidates it). The
+kernels fingerprint (fingerprint.py) is kept here too, under the sources' hash.
 """
 
 from __future__ import annotations

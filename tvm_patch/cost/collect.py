@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from tvm_patch.atomic import write_atomic
 from tvm_patch.cost.features import FEATURES_VERSION
-from tvm_patch.cost.latency import kernels_fingerprint
+from tvm_patch.cost.fingerprint import kernels_fingerprint
 from tvm_patch.cost.measure import core_key, export_plan, measure
 from tvm_patch.cost.plan import HALO_MODES, Plan
 from tvm_patch.cost.adaptive import near_items

@@ -22,6 +22,7 @@ import xgboost as xgb
 from scipy.optimize import nnls
 
 from tvm_patch.cost.features import EXEC_KEYS, FEATURES_VERSION, columns, vector, work
+from tvm_patch.cost.fingerprint import kernels_fingerprint
 from tvm_patch.errors import TvmPatchError
 
 FORMAT = "tvm-patch-cost-model"
@@ -34,25 +35,7 @@ ROUNDS = 200
 # over the training stages (choose_nest_weight; 0: the whole stages alone)
 NEST_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 CV_FOLDS = 8
-# The sources that decide what the kernels' code is (the micro-kernels, their register blocking, the C code
-# generator, the patch stage's loop nests and buffers): a model trained on other kernels predicts other code.
-KERNEL_SOURCES = ("codegen/tvmp_kernels.h", "codegen/micro_kernels.py", "codegen/border_partition.py",
-                  "codegen/requant_kernels.py", "codegen/widen_kernels.py", "codegen/bias_init.py",
-                  "codegen/c_kernels.py", "codegen/copy_kernels.py", "codegen/quantize_kernels.py", "codegen/wide_weights.py",
-                  "export/blocking.py", "export/dead_channels.py", "export/inplace_conv.py",
-                  "export/packed_constants.py", "export/padded_copy.py", "export/wide_weights.py", "export/schedule.py", "export/stage_arena.py",
-                  "patch/schedule.py", "patch/cache_stage.py", "transform/patch_stage.py")
-_PACKAGE = Path(__file__).resolve().parents[1]
 _warned: set[str] = set()
-
-
-def kernels_fingerprint() -> str:
-    """A short hash of the kernel sources of this installation (KERNEL_SOURCES; a missing one hashes as empty)."""
-    h = hashlib.sha256()
-    for rel in KERNEL_SOURCES:
-        f = _PACKAGE / rel
-        h.update(rel.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"") + b"\0")
-    return h.hexdigest()[:16]
 
 
 def warn_if_stale(model: "LatencyModel", path: str | Path) -> bool:

@@ -14,23 +14,17 @@ from microtvm_projects.boards import get_board
 
 from tvm_patch.board_build import build_project, fit_wide
 from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
-from tvm_patch.cost.latency import kernels_fingerprint
+from tvm_patch.cost.fingerprint import OPT, every_kernel, kernels_fingerprint
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import consistent, instrument_stage, measured_nests
 from tvm_patch.export import export_model
 
 STACK_BYTES = 8192
-OPT = "O3"
 
 
 def core_key(board: str) -> str:
     """The cost model's core key of a board: "m4" or "m7"."""
     return get_board(board).core.removeprefix("cortex-")
-
-
-def every_kernel(_name: str) -> bool:
-    """The widening policy allowing every kernel (export_model's ``wide``)."""
-    return True
 
 
 def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], bool] | None = every_kernel

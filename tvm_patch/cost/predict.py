@@ -17,7 +17,8 @@ from microtvm_projects.boards import get_board
 from tvm_patch.board_build import build_project, narrowed
 from tvm_patch.cost import memory
 from tvm_patch.cost.latency import LatencyModel, for_core
-from tvm_patch.cost.measure import OPT, STACK_BYTES, core_key, export_plan
+from tvm_patch.cost.fingerprint import OPT
+from tvm_patch.cost.measure import STACK_BYTES, core_key, export_plan
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.synth import write_onnx
 from tvm_patch.zoo.spec import ConvSpec, NetSpec

@@ -24,10 +24,11 @@ from typing import Any
 import tvm
 
 from tvm_patch.codegen import ARM_TARGET, C_TARGET, emit_c, emit_object
-from tvm_patch.codegen.c_kernels import CSource, lower_plain, mark_in_place, planned_workspace_bytes
+from tvm_patch.codegen.c_kernels import CSource, lower_plain, mark_in_place
 from tvm_patch.codegen.micro_kernels import micro_kernels_enabled, plain_kernels
 from tvm_patch.codegen.bias_init import bias_in_init
 from tvm_patch.codegen.requant_kernels import narrow_requant, requant_shift_params, right_shift_requant
+from tvm_patch.codegen.workspace import planned_workspace_bytes
 from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import max_live

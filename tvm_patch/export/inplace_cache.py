@@ -1,9 +1,9 @@
 """Cache mode's workspace plan proven on its TIR, as `stage_arena.py` proves recompute mode's.
 
-`patch/cache_stage.py` places its buffers itself (`STAGE_OFFSETS_ATTR`): per-patch region buffers, one-channel
-copies and the row / column caches, with lifetimes and aliases it knows by construction. This module checks
-the plan against the function's TIR alone (loads, stores, loops, conditions, indices), so that a plan the TIR
-does not bear out is an error, never a silent wrong kernel:
+`patch/cache_stage.py` places its buffers itself (`STAGE_OFFSETS_ATTR`, `patch/cache_plan.py`): per-patch region
+buffers, one-channel copies and the row / column caches, with lifetimes and aliases it knows by construction. This
+module checks the plan against the function's TIR alone (loads, stores, loops, conditions, indices), so that a plan
+the TIR does not bear out is an error, never a silent wrong kernel:
 
 - lifetimes: a per-patch buffer lives from the first to the last statement of the patch body that touches it
   (the statements under the patch loops, in order), a cache (`CACHE_SUFFIXES`: the stage allocates every buffer
@@ -47,8 +47,8 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_kernels import is_c_local
 from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
@@ -235,7 +235,7 @@ def _prove_depthwise(body: _Body, k: int, src: str, dst: str) -> bool:
 
 def _prove_depthwise_out(body: _Body, k: int, src: str, dst: str) -> bool:
     """Statement k writes `dst` over `src` (same offset), channel by channel, each channel computed from `src` itself
-    into a one-channel buffer and then copied over (`cache_stage._copies_output`): in the loop over channels, every
+    into a one-channel buffer and then copied over (`cache_plan.copies_output`): in the loop over channels, every
     access of `src` reads that channel, and the one store of `dst` comes after all of them in a nest of its own, so
     channel c's output, which lands on bytes of channels at most c (`channel_or_pixel_safe`), is written after
     channel c was read whole and before a later channel is read."""

@@ -17,8 +17,9 @@ patch body in execution order, with the same alias rules as the network's plan:
 Each alias is used only when proven on the compacted TIR (`_prove_depthwise`, `_prove_elementwise`): the
 proof reads the loads and stores, their loops and indices, never the schedule's intent. The plan is
 attached to the PrimFunc (`STAGE_OFFSETS_ATTR`: buffer name -> byte offset in the kernel's workspace);
-`tvm_patch.codegen.c_kernels` then lowers the function without StorageRewrite and places each named buffer
-at its offset (and checks its size). Buffers that `c_kernels.is_c_local` keeps as C locals stay so, as everywhere.
+`tvm_patch.codegen` then lowers the function without StorageRewrite and places each named buffer at its
+offset (and checks its size: `codegen.workspace`). Buffers that `workspace.is_c_local` keeps as C locals stay so,
+as everywhere.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-from tvm_patch.codegen.c_kernels import is_c_local
+from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
@@ -64,7 +65,7 @@ class StageArena:
 
 def _compact(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """`func` lowered far enough that every buffer has its compacted (per-patch) shape and every index is
-    written in loop variables: the first passes of the plain-C lowering (`c_kernels.lowering_passes`)."""
+    written in loop variables: the first passes of the plain-C lowering (`codegen.lowering.lowering_passes`)."""
     passes = [
         s_tir.transform.CanonicalizeLoop(),
         s_tir.transform.LowerCrossThreadReduction(),

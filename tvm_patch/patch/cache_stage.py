@@ -13,9 +13,9 @@ state TE cannot express). Per patch (i, j) and value v, in execution order (`reg
    over the patch's new columns (for row i + 1, at the image columns it covers).
 
 Cache sizes are `regions.cache_bytes`; the semantics are those of `reference.run_numpy_cached`, which
-checks them. The per-patch buffers and the caches are placed by `tvm_patch.memplan` (`STAGE_OFFSETS_ATTR`,
-read by the C export): per-patch buffers live from their producer to their last reader in the patch body,
-caches during the whole stage.
+checks them. The per-patch buffers and the caches are placed by `cache_plan` (`STAGE_OFFSETS_ATTR`, read by the
+C export): per-patch buffers live from their producer to their last reader in the patch body, caches during the
+whole stage.
 
 Without its caches (`build_recompute_stage`) the same nest is recompute mode: every patch computes its whole
 region, the halos again; the C export builds recompute mode that way, for these kernel forms (loop bounds instead
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
+from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.names import STAGE_OFFSETS_ATTR
-from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
+from tvm_patch.patch.cache_plan import copies_output, homes, workspace_plan
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
                                      plan_patches)
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
@@ -107,7 +106,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
     dw = depthwise_in_place_layers(stage) if in_place else set()
     fused = skip_accumulations(stage, plan) if in_place else {}
-    home = _homes(plan, fused, last)
+    home = homes(plan, fused, last)
     region: dict[int, Any] = {}  # value -> per-patch buffer (C, rows, cols) in the layout, no batch axis
     rows_c: dict[int, Any] = {}
     cols_c: dict[int, Any] = {}
@@ -152,7 +151,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                     default=0)
     pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name=PIXEL_NAME)
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
-    out_copy = {v for v in dw if _copies_output(stage, plan, v)}
+    out_copy = {v for v in dw if copies_output(stage, plan, v)}
     for v in sorted(dw):
         u = stage.inputs[v][0]
         if v in out_copy:
@@ -563,7 +562,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                                    live_part)
             return stmts
 
-        if v in dw:  # channel by channel: the input's channel copied first, then written over (see _plan)
+        if v in dw:  # channel by channel: the input's channel copied first, then written over (see workspace_plan)
             u = stage.inputs[v][0]
             uh, uw = plan.region_shape(u)
             ch = tirx.Var("ch", _I32)
@@ -612,27 +611,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     func = tirx.PrimFunc([inp, *params.values(), out], s_tir.SBlockRealize([], True, root))
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
-    return func.with_attr(STAGE_OFFSETS_ATTR, _plan(stage, region, rows_c, cols_c, chan, home, alignment))
-
-
-def _copies_output(stage: Stage, plan, v: int) -> bool:
-    """Whether in-place depthwise layer v computes each channel from its input region itself into a one-channel
-    buffer that is then copied over the input (instead of copying the input's channel first): wherever that buffer
-    is smaller than the input's channel (fewer bytes copied), a C local up to `LOCAL_MAX_BYTES`, else planned in
-    the workspace (`_plan`); except an NHWC stride-1 layer whose output channel is a C local. Round 3 kept NHWC
-    stride 1 to the copy-first form, whose contiguous copy `tvmp_window2_s8` reads by words; measured in round 4
-    (vww 4x4 recompute): the stride-2 depthwise 1.04 M -> 0.71 M (network 21.31 M -> 20.98 M), then the stride-1
-    ones too: the 19 x 19 plane 1.76 M -> 1.39 M, but the 7 x 7 one 0.83 M -> 0.89 M, hence the exception (network
-    20.98 M -> 20.65 M; mcunet-in0, NCHW, -13,000 in both modes). Safe as the
-    copy-first form is: channel c's output lands on bytes of channels at most c (`DepthwiseInPlace`), written after
-    channel c was read whole (`inplace_cache` proves both, and that a planned channel buffer is filled before it
-    is copied)."""
-    item = 4 if stage.dtype == "float32" else 1
-    out_bytes = int(np.prod(plan.region_shape(v))) * item
-    in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
-    if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
-        return False  # a small plane: its copy is cheap, its windows pair faster in it (measured, see above)
-    return out_bytes < in_bytes
+    return func.with_attr(STAGE_OFFSETS_ATTR, workspace_plan(stage, region, rows_c, cols_c, chan, home, alignment))
 
 
 def _pixel_pairs(stage: Stage, v: int) -> bool:
@@ -668,78 +647,3 @@ def _window_bytes(stage: Stage, v: int) -> int:
         return 0
     size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
     return size if size <= LOCAL_MAX_BYTES else 0
-
-
-def _homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int, tuple[int, int, int]]:
-    """Residual add -> (the value whose region buffer holds it, row offset, column offset): an add whose
-    projection is fused into it writes over its skip's region (a chain of residual blocks shares the first
-    block input's buffer), where its region is a sub-rectangle of the skip's at a constant offset."""
-    home: dict[int, tuple[int, int, int]] = {}
-    for _, (add, skip) in sorted(fused.items(), key=lambda kv: kv[1][0]):
-        if add == last or skip is None:
-            continue
-        owner, dh0, dw0 = home.get(skip, (skip, 0, 0))
-        offs = []
-        for ax in (plan.h, plan.w):
-            a, s = ax[add].regions, ax[skip].regions
-            steps = {(a[k].lo - s[k].lo) for k in range(len(a))}
-            offs.append(steps.pop() if len(steps) == 1 else None)
-        if None in offs:
-            continue  # the add's region moves against the skip's from patch to patch: keep its own buffer
-        home[add] = (owner, dh0 + offs[0], dw0 + offs[1])
-    return home
-
-
-def _plan(stage: Stage, region: dict, rows_c: dict, cols_c: dict, chan: dict, home: dict, alignment: int) -> dict:
-    """The buffers' offsets in the kernel's workspace: a region buffer lives from the first value stored in it to
-    the last reader of any value it holds in the patch body, a depthwise input's channel copy at its layer's step,
-    the caches during the whole stage (C locals, at most LOCAL_MAX_BYTES, are left out). An in-place depthwise
-    layer's region may start at its input's (`DepthwiseInPlace`: channel c written after channel c was copied,
-    over bytes of input channels at most c in NCHW, of residue c in NHWC)."""
-    order = execution_order(stage)
-    pos = {v: k for k, v in enumerate(order)}
-    end = len(order) - 1
-    item = 4 if stage.dtype == "float32" else 1
-    life: dict[int, tuple[int, int]] = {}
-    for v in order[:-1]:
-        if v not in region and v not in home:
-            continue  # fused into its add
-        owner = home.get(v, (v,))[0]
-        last_use = max(pos[c] for c in stage.consumers(v))
-        f, l = life.get(owner, (pos[v], last_use))
-        life[owner] = (min(f, pos[v]), max(l, last_use))
-    bufs = [Buffer(region[v].name, _nbytes(region[v], item), *life[v]) for v in region]
-    bufs += [Buffer(b.name, _nbytes(b, item), pos[v], pos[v]) for v, b in chan.items()]
-    bufs += [Buffer(b.name, _nbytes(b, item), 0, end) for b in [*rows_c.values(), *cols_c.values()]]
-    bufs = [b for b in bufs if b.size > LOCAL_MAX_BYTES]
-    names = {b.name for b in bufs}
-    hints = []
-    for v in chan:
-        u = home.get(stage.inputs[v][0], (stage.inputs[v][0],))[0]
-        src, dst = region[u].name, region[home.get(v, (v,))[0]].name
-        if src in names and dst in names and life[u][1] == pos[v] == life[home.get(v, (v,))[0]][0]:
-            hints.append(DepthwiseInPlace(src, dst, 0))
-    p = min(plan_memory(bufs, hints, alignment), _caches_below(bufs, hints, alignment, end),
-            key=lambda q: q.arena_size)
-    validate(p, bufs)
-    return {"offsets": {k: int(o) for k, o in p.offsets.items()}, "bytes": int(p.arena_size), "live": max_live(bufs)}
-
-
-def _caches_below(bufs: list[Buffer], hints: list, alignment: int, end: int) -> Plan:
-    """The caches (live at every step) stacked at the bottom, the per-patch buffers planned apart above them: the
-    planner's heuristics, run on all buffers at once, interleave the two (mcunet-in2, 4x4, block:5: 4 kB above
-    the lower bound); stacked, the plan is as good as the per-patch plan."""
-    always = [b for b in bufs if b.first == 0 and b.last == end]
-    rest = [b for b in bufs if b not in always]
-    offsets, top = {}, 0
-    for b in always:
-        offsets[b.name] = top
-        top = -(-(top + b.size) // alignment) * alignment
-    inner = plan_memory(rest, [h for h in hints if h.src not in offsets and h.dst not in offsets], alignment)
-    offsets |= {n: top + o for n, o in inner.offsets.items()}
-    return Plan(offsets, top + inner.arena_size, alignment, "caches below + " + inner.heuristic, inner.hints,
-                inner.aliases)
-
-
-def _nbytes(buf: Any, item: int) -> int:
-    return int(np.prod([int(d) for d in buf.shape])) * item

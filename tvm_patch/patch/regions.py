@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_patch.codegen.c_kernels import LOCAL_MAX_BYTES
+from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES
 from tvm_patch.names import HALO_MODES
 from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage, StageError
 
