@@ -13,7 +13,7 @@ every block of a rows kernel reads (``tvmp_dot_s8_rows{J}``: an in-place or odd-
 Exact: the same products in the same sums. The widening reads the pair before the loop instead of in every
 iteration; a read moved earlier sees the value it saw before, since nothing in the loop stores to the activation
 buffer (checked) and the kernels' in-place proofs make every read see its input unclobbered. The copy is a C
-local of the kernel (``c_kernels``: buffers named ``WIDE_NAME`` up to ``MAX_WIDE_BYTES`` stay on the stack), so no
+local of the kernel (``workspace``: buffers named ``WIDE_NAME`` up to ``MAX_WIDE_BYTES`` stay on the stack), so no
 arena byte; the stack it takes is in the firmware's fixed stack reserve (the emulator run reports the stack used).
 In a patch stage too: its buffers share planned storage, but its in-place proofs make every read of the pair see
 the unclobbered input in every channel block, so reading it once before them reads the same bytes; the widened
