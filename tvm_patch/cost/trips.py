@@ -305,6 +305,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
                         out["dot_simd_macs"] += trips * shape[0] * (shape[1] - shape[1] % 4)
                         if "_s8w_" in name or "_q15w_" in name:  # weights widened in Flash: no SXTB16 on them
                             out["dot_wide_macs"] += trips * shape[0] * shape[1]
+                        if "_q15" not in name:  # activations sign-extended in the call (not widened before it)
+                            out["dot_s8act_macs"] += trips * shape[0] * shape[1]
                     for w in _weights(call):
                         out[f"wmacs:{w}"] += trips * macs
             return tvm_ffi.WalkResult.ADVANCE
