@@ -48,10 +48,10 @@ WIDE_NAME = "px2_q15"  # the widened pair's C local
 MAX_WIDE_BYTES = 2304  # resnet8's 3x3 taps over 64 channels, 1x1 pairs of up to 576 channels; larger keep the one-step kernel
 MIN_BLOCKS = 2  # a loop of one channel block gains nothing
 _PX2_NAMES = {name: rows for rows, name in PX2_ROWS.items()}
-# a dot call on activations -> (its widened form, the widening's name, the activation arguments it takes, words a
-# channel in the widened copy): the pixel pair's kernels (a, as, w, ws, n, acc) and one pixel's (a, w, ws, n, acc)
-_FORMS = {**{name: (Q15_PX2_ROWS[rows], WIDEN, 2, 1) for name, rows in _PX2_NAMES.items()},
-          **{name: (Q15_ROWS[rows], WIDEN_PX1, 1, 2) for rows, name in ROWS.items()}}
+# a dot call on activations -> (its widened form, the widening's name, the activation arguments it takes): the
+# pixel pair's kernels (a, as, w, ws, n, acc) and one pixel's (a, w, ws, n, acc)
+_FORMS = {**{name: (Q15_PX2_ROWS[rows], WIDEN, 2) for name, rows in _PX2_NAMES.items()},
+          **{name: (Q15_ROWS[rows], WIDEN_PX1, 1) for rows, name in ROWS.items()}}
 
 
 def _dot_evals(stmt: Any) -> list[tirx.Evaluate]:
@@ -103,7 +103,7 @@ def _widened(loop: tirx.For) -> tirx.Stmt | None:
     evals = _dot_evals(loop.body)
     if not evals or len({_FORMS[_extern_name(ev.value)][1] for ev in evals}) != 1:
         return None
-    _, widen_name, n_act, _ = _FORMS[_extern_name(evals[0].value)]
+    _, widen_name, n_act = _FORMS[_extern_name(evals[0].value)]
     args0 = list(evals[0].value.args)[1:]  # the activation arguments (a, as or a), then w, ws, n, acc
     acts, n = args0[:n_act], _int(args0[n_act + 2])
     a_ptr = acts[0]
