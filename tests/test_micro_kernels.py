@@ -167,6 +167,17 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
         assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
         assert [got0, got1] == [acc + sum(int(plane[o + p]) * int(w[q]) for p, q in taps) for o, acc in ((0, acc0), (d, acc1))]
+    quads = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("X ")]
+    assert len(quads) == 200
+    assert {(1, 5), (1, 7), (2, 7)} <= {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in quads
+                                        if sx == wx == 1}  # tvmp_window4_s8's SMLAD paths
+    for d, sy, sx, kh, kw, wy, wx, *rest in quads:
+        got, acc0, rest = rest[:4], rest[4:8], rest[8:]
+        n_plane = (kh - 1) * sy + (kw - 1) * sx + 3 * d + 1
+        plane, w = np.array(rest[:n_plane], dtype=np.int64), np.array(rest[n_plane:], dtype=np.int64)
+        taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
+        assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
+        assert got == [acc0[k] + sum(int(plane[k * d + p]) * int(w[q]) for p, q in taps) for k in range(4)]
     copies = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("C ")]
     assert len(copies) == 132
     for n, delta, *rest in copies:  # what the forward byte loop it replaces leaves, for every overlap
@@ -434,13 +445,22 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("h, w, k, pad", [(9, 9, 5, 2), (8, 11, 7, 0), (6, 9, 5, 1)])
-def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad):
-    """NCHW 5x5 / 7x7 stride-1 depthwise windows, whose kernel rows are dot-product calls, pair along a row
-    (micro_kernels._dot_rows_window, then tvmp_window2_s8's wide-row path); bit-exact with TVM."""
-    func = lean_schedule(_depthwise("NCHW", h, w, k, 1, pad, -9))
+@pytest.mark.parametrize("h, w, k, pad, stride, calls", [
+    (9, 9, 5, 2, 1, ("tvmp_window4_s8(",)),  # 5 interior outputs a row: four, then one
+    (8, 11, 7, 0, 1, ("tvmp_window4_s8(",)),
+    (6, 9, 5, 1, 1, ("tvmp_window4_s8(",)),
+    (9, 13, 7, 3, 1, ("tvmp_window4_s8(", "tvmp_window2_s8(")),  # 7 interior: four, a pair, one
+    (12, 22, 7, 3, 2, ("tvmp_window4_s8(",)),  # stride 2, 7 wide: four a call too
+    (9, 17, 5, 2, 2, ("tvmp_window2_s8(",)),  # stride 2, 5 wide: pairs (four measured slower)
+])
+def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad, stride, calls):
+    """NCHW 5x5 / 7x7 depthwise windows, whose kernel rows are dot-product calls, run four or two along a row
+    (micro_kernels._dot_rows_window, then tvmp_window4_s8 / tvmp_window2_s8's wide-row paths); bit-exact with
+    TVM."""
+    func = lean_schedule(_depthwise("NCHW", h, w, k, stride, pad, -9))
     src = emit_c({"kern": func})
-    assert "tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    code = src.code.replace(MICRO_KERNELS.read_text(), "")
+    assert all(c in code for c in calls) and ("tvmp_window4_s8(" in code) == ("tvmp_window4_s8(" in calls)
     rng = np.random.default_rng(5)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
@@ -499,6 +519,46 @@ def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, 
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
     got, want = _c_and_tvm(func, src.code, arrays, tmp_path_factory.mktemp("stem"))
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(3, 10), w=st.integers(3, 10), k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]),
+       cin=st.integers(1, 4), cout=st.sampled_from([2, 4, 8, 6]), pad_value=st.integers(-128, 127),
+       seed=st.integers(0, 2**16))
+def test_nchw_stem_through_a_window_copy_is_exact(tmp_path_factory, h, w, k, stride, cin, cout, pad_value, seed):
+    """An NCHW k x k convolution over few input channels (a stem) through a copy of each output pixel's window
+    (export/window_copy.py): one tvmp_dot_s8_rows* call over the whole window per channel block, the copy a C
+    local (no workspace); against TVM's build of the unscheduled kernel."""
+    from tvm import topi
+
+    from tvm_patch.export.window_copy import window_copy_schedule
+
+    a = te.placeholder((1, cin, h, w), "int8", name="A")
+    wt = te.placeholder((cout, cin, k, k), "int8", name="W")
+    pad = k // 2
+    padded = topi.nn.pad(a, [0, 0, pad, pad], [0, 0, pad, pad], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+    acc = topi.nn.conv(padded, wt, stride, 0, 1, 1, "NCHW", "OIHW", "int32")
+    with extern_requantization():
+        q = requantize_te(acc, 1518500250, -8, 5)
+    out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
+    func = te.create_prim_func([a, wt, out])
+    rows = 4 if cout % 4 == 0 else 2
+    sched = window_copy_schedule(func, rows)
+    too_big = cin * k * k > 64  # LOCAL_MAX_BYTES: the copy would need workspace
+    assert (sched is func) == too_big
+    if too_big:
+        sched = lean_schedule(func)  # no workspace either
+    src = emit_c({"kern": sched})
+    if not too_big:
+        assert f"tvmp_dot_s8_rows{rows}(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+        assert not src.workspace_bytes.get("kern")
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
+    arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
+    got, _ = _c_and_tvm(sched, src.code, arrays, tmp_path_factory.mktemp("stemcopy"))
+    np.testing.assert_array_equal(got, _tvm_out(func, arrays))
+    dw = _depthwise("NCHW", h, w, 3, 1, 1, 0)
+    assert window_copy_schedule(dw, 2) is dw  # a depthwise convolution: unchanged
 
 
 def test_blocking_leaves_other_kernels_alone():

@@ -427,8 +427,15 @@ def _window_call(loop: tirx.For) -> tirx.Stmt | None:
 
 
 WINDOW2 = "tvmp_window2_s8"
+WINDOW4 = "tvmp_window4_s8"
 MIN_WINDOW_PAIRS = 2  # one pair per row measured slower (kws: 3 interior columns; the weight pairs cost per row)
 PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 (NCHW 5x5 and 7x7 rows are dot calls)
+
+
+def _quad_widths(kw: int, d: int) -> bool:
+    """Kernel widths whose contiguous rows ``tvmp_window4_s8`` runs four outputs at a time, the windows ``d`` bytes
+    apart: odd from 5 at stride 1 (5x5, 7x7), 7, 11, ... at stride 2 (5 wide measured slower than in pairs)."""
+    return kw >= 5 and kw % 2 == 1 if d == 1 else d == 2 and kw >= 7 and kw % 4 == 3
 
 
 def _window_store(st: Any) -> tuple[tirx.BufferStore, tirx.For | None] | None:
@@ -481,7 +488,7 @@ def _dot_rows_window(st: Any) -> tirx.BufferStore | None:
     return tirx.BufferStore(store.buffer, tirx.call_extern("int32", WINDOW, *args), list(store.indices))
 
 
-def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
+def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tirx.Stmt | None:
     """An output loop whose body computes one interior window (``tvmp_window_s8`` with the full kernel as its
     bounds) into a one-element accumulator, then an epilogue reading it, as a loop over pairs of outputs:
 
@@ -490,12 +497,14 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     becomes ``for x2 in range(E // 2): pair = {init, init}; tvmp_window2_s8(P, b + 2 d x2, d, ..., pair);
     epilogue(2 x2, pair[0]); epilogue(2 x2 + 1, pair[1])`` (and the last output alone when E is odd), so the taps
     of neighbouring windows are loaded once. The window may sit in a loop of its own (an NCHW stem's input
-    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call. Exact: each output's sum and epilogue are unchanged; the only
-    reordering is the second window's reads moving before the first output's store, and a read moved earlier
+    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call. Odd widths from
+    5 over contiguous rows (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``) go four outputs a call instead (``tvmp_window4_s8``; a pair and
+    a single output after the last four). Exact: each output's sum and epilogue are unchanged; the only
+    reordering is the later windows' reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
-    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < MIN_WINDOW_PAIRS * 2):
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < min_extent):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
     allocs = []  # the accumulator's allocation, where the lowering put it in the loop (its only user)
@@ -528,6 +537,7 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     # NCHW 5x5, 7x7 at stride 1 or 2 over contiguous rows (rows of dot products): the wide-row SMLAD paths of
     # tvmp_window2_s8
     wide = _dot_rows_window(stmts[at]) is not None and (d, step) in ((1, 1), (2, 1))
+    n = 4 if wide and _quad_widths(kw, d) and extent is not None and extent >= 4 else 2
     if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
@@ -538,18 +548,18 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
     rest = stmts[at + 1:]
     if any(st.buffer.same_as(acc) for st in rest):
         return None
-    pair = tirx.decl_buffer((2,), "int32", "window_pair")
-    x2 = tirx.Var(x.name + "_2", x.ty)
+    pair = tirx.decl_buffer((n,), "int32", "window_pair")
+    x2 = tirx.Var(x.name + f"_{n}", x.ty)
     start = init[0].value if init else last
 
-    # one-element temporaries the epilogue stores and reads (the patch stage's requantization step): the second
+    # one-element temporaries the epilogue stores and reads (the patch stage's requantization step): each later
     # output's copy gets its own, so that no two equal loads of one buffer stand on both sides of a store to it
     # (TVM's common subexpression elimination would take the first output's value for the second)
     loaded: set[Any] = set()
     for st in rest:
         tvm_ffi.structural_walk(st, (TensorLoad, lambda ld: loaded.add(ld.source)))
-    temps = {st.buffer: tirx.decl_buffer(st.buffer.shape, st.buffer.dtype, st.buffer.name + "_2") for st in rest
-             if st.buffer in loaded and int(math.prod(int(d) for d in st.buffer.shape)) == 1}
+    temp_of = {st.buffer for st in rest if st.buffer in loaded and int(math.prod(int(d) for d in st.buffer.shape)) == 1}
+    temps = [{b: tirx.decl_buffer(b.shape, b.dtype, b.name + f"_{k + 1}") for b in temp_of} for k in range(n)]
 
     def at_x(stmt: Any, value: Any, k: int) -> Any:
         moved = tvm_ffi.structural_map(stmt, [(tirx.Var, lambda v: value if v.same_as(x) else v)])
@@ -557,18 +567,18 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
             return moved
 
         def on_store(st: Any) -> Any:
-            return tirx.BufferStore(temps[st.buffer], st.value, list(st.indices)) if st.buffer in temps else st
+            return tirx.BufferStore(temps[k][st.buffer], st.value, list(st.indices)) if st.buffer in temps[k] else st
 
         return tvm_ffi.structural_map(moved, [(TensorLoad, lambda ld: tirx.BufferLoad(pair, [tirx.const(k, "int32")])
-                                               if ld.source.same_as(acc) else tirx.BufferLoad(temps[ld.source], list(
-                                                   ld.indices)) if ld.source in temps else ld),
+                                               if ld.source.same_as(acc) else tirx.BufferLoad(temps[k][ld.source], list(
+                                                   ld.indices)) if ld.source in temps[k] else ld),
                                               (tirx.BufferStore, on_store)])
 
-    first = x2 * 2
-    pair_call = tirx.call_extern("void", WINDOW2, args[0], tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first),
-                                 tirx.Cast("int32", lin[0]), *args[2:10],
-                                 tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
-    body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in (0, 1)]
+    first = x2 * n
+    pair_call = tirx.call_extern("void", WINDOW4 if n == 4 else WINDOW2, args[0],
+                                 tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first), tirx.Cast("int32", lin[0]),
+                                 *args[2:10], tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
+    body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in range(n)]
     if inner is None:
         body.append(tirx.Evaluate(pair_call))
     else:  # a fresh loop variable: the odd tail below keeps the original loop
@@ -576,13 +586,18 @@ def _window_pairs(loop: tirx.For) -> tirx.Stmt | None:
         pair_call = tvm_ffi.structural_map(pair_call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
         body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(pair_call)))
     body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
-    body += [at_x(st, first + k, k) for k in (0, 1) for st in rest]
-    n_pairs = tirx.const(extent // 2, str(x.ty)) if extent is not None else loop.extent // 2
+    body += [at_x(st, first + k, k) for k in range(n) for st in rest]
+    n_pairs = tirx.const(extent // n, str(x.ty)) if extent is not None else loop.extent // 2
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for b in temps.values()), *allocs,
-                                   tirx.SeqStmt(body)]))
-    if extent is not None and extent % 2 == 0:
+                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for t in temps[1:] for b in t.values()),
+                                   *allocs, tirx.SeqStmt(body)]))
+    if extent is not None and extent % n == 0:
         return pairs
+    if n == 4 and extent % 4 >= 2:  # the last two or three outputs: a pair (and one alone)
+        xt, base = tirx.Var(x.name + "_t", x.ty), extent - extent % 4
+        rest_loop = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(extent % 4, str(x.ty)), tirx.ForKind.SERIAL,
+                             tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + base if v.same_as(x) else v)]))
+        return tirx.SeqStmt([pairs, _window_pairs(rest_loop, 2) or rest_loop])
     last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
     tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: last_x if v.same_as(x) else v)])
     if extent is None:

@@ -30,7 +30,8 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # 7: the dot calls' MACs on activations they sign-extend themselves (``dot_s8act_macs``, ``x_s8act_pw``): since
 # kernels round 17 the calls on activations widened before them (``tvmp_dot_q15*``) read them by LDRD, so these cost
 # more per MAC; a term of its own on top of ``dot_simd_macs`` (the stage model's coefficients cannot go negative)
-FEATURES_VERSION = 7
+# 8: the depthwise windows computed four a call (``window4_macs``, ``x_window4_share``; kernels round 18)
+FEATURES_VERSION = 8
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -40,12 +41,13 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
            # how the kernel runs (trips.py, per unit of work): scalar MACs, element stores, dot-product calls
            # and their length, register-blocked share, depthwise windows and their length, requantizations
            "x_mac_pw", "x_store_pw", "x_dot_pw", "x_dot_len", "x_rows_share", "x_window_pw", "x_window_len",
-           "x_requant_pw", "x_pad_pw", "x_wide_pw", "x_s8act_pw")
+           "x_requant_pw", "x_pad_pw", "x_wide_pw", "x_s8act_pw", "x_window4_share")
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
-             "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs")
+             "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs",
+             "window4_macs")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
@@ -204,7 +206,9 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["window_calls"] += v
         elif k == "call_tvmp_window2_s8":  # two windows per call
             out["window_calls"] += 2 * v
-        elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8"):
+        elif k == "call_tvmp_window4_s8":  # four
+            out["window_calls"] += 4 * v
+        elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8", "elems_tvmp_window4_s8"):
             out["window_elems"] += v
         elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rbz",
                    "call_tvmp_requant_rbzr", "call_tvmp_requant_rs_narrow"):
@@ -215,7 +219,8 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["pad_calls"] += v
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
-        elif k in ("dot_simd_macs", "dot_tail_macs", "dot_wide_macs", "dot_s8act_macs", "window_macs") or k.startswith(("stores_", "branches")):
+        elif k in ("dot_simd_macs", "dot_tail_macs", "dot_wide_macs", "dot_s8act_macs", "window_macs",
+                   "window4_macs") or k.startswith(("stores_", "branches")):
             out[k] += v
         elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
             out[k] = float(v)
@@ -231,7 +236,8 @@ def _exec_features(row: dict[str, Any]) -> None:
                x_window_pw=e["window_calls"] / w,
                x_window_len=e["window_elems"] / e["window_calls"] if e["window_calls"] else 0.0,
                x_requant_pw=e["requant"] / w, x_pad_pw=e["pad_calls"] / w, x_wide_pw=e["dot_wide_macs"] / w,
-               x_s8act_pw=e["dot_s8act_macs"] / w)
+               x_s8act_pw=e["dot_s8act_macs"] / w,
+               x_window4_share=e["window4_macs"] / e["window_macs"] if e["window_macs"] else 0.0)
 
 
 def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dict[str, Any]]:

@@ -51,7 +51,7 @@ from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena
 from tvm_patch.export.reschedule import (drop_unused_copies, free_pixel_copies, inplace_convs, padded_copies,
                                          pixel_blocked, pixel_blocked_in_place, pixel_pairs_nchw, rows_of,
-                                         shifted_convs, use_shifted)
+                                         shifted_convs, use_shifted, window_copies)
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
@@ -342,6 +342,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
         funcs = pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
+        funcs = window_copies(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
         funcs = {n: channel_outer_schedule(f, n_out[n]) if f is lean_funcs[n] and n not in inplace_funcs else f
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}

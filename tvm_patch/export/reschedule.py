@@ -24,9 +24,11 @@ from tvm_patch.export.lower import Program
 from tvm_patch.export.padded_copy import padded_copy_pays, padded_copy_schedule
 from tvm_patch.export.plan import ArenaPlan, external_tensors, plan_arena, tensor_buffer, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.window_copy import window_copy_schedule
 
 __all__ = ["drop_unused_copies", "free_pixel_copies", "if_no_larger", "inplace_convs", "padded_copies",
-           "pixel_blocked", "pixel_blocked_in_place", "pixel_pairs_nchw", "rows_of", "shifted_convs", "use_shifted"]
+           "pixel_blocked", "pixel_blocked_in_place", "pixel_pairs_nchw", "rows_of", "shifted_convs", "use_shifted",
+           "window_copies"]
 
 
 def shifted_convs(prog: Program, funcs: dict[str, Any], n_out: dict[str, int], io_in_arena: bool,
@@ -93,6 +95,22 @@ def pixel_blocked(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, An
         if name in inplace_funcs and not set(pairs[name]) <= set(inplace_pairs(cand, n_out[name]) + inplace_conv_pairs(cand, n_out[name])):
             continue
         if lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
+            out[name] = cand
+    return out
+
+
+def window_copies(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str, Any], inplace_funcs: set[str],
+                  workspace: dict[str, int], rows: Any, alignment: int) -> dict[str, Any]:
+    """Kernels that kept their lean form, not run in place: an NCHW k x k convolution over few input channels (a
+    stem) through a copy of each output pixel's window (``window_copy_schedule``: one tvmp_dot_s8_rows* call per
+    channel block), where its workspace stays as it was (the copy is a C local)."""
+    out = dict(funcs)
+    for name, func in funcs.items():
+        if func is not lean_funcs[name] or name in inplace_funcs:
+            continue
+        src = prog.funcs[name]
+        cand = window_copy_schedule(src, rows_of(rows, name, src))
+        if cand is not src and lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes == workspace[name]:
             out[name] = cand
     return out
 

@@ -1,0 +1,109 @@
+"""An NCHW k x k convolution over few input channels (a network's stem) through a copy of each output pixel's
+window, so its whole reduction is one register-blocked dot product.
+
+Why: TVM's default nest computes one output channel at a time and, per channel, sums ``C_in`` windows of
+``k x k`` taps; the micro-kernels then run each window on its own (``tvmp_window_s8`` / ``tvmp_window2_s8``:
+mcunet-in3's 3 -> 16 stride-2 stem at 2.4 instructions per MAC, kernels round 17). Here the output pixel loops
+go outside the output channels, the pixel's ``C_in x k x k`` window (with its pad values) is copied into a C
+local once (TVM's ``cache_read`` at the pixel loop, the pad computed into the copy), and the channels are
+blocked by ``rows`` under the reduction, whose three loops fuse into one contiguous run: the innermost nest is
+
+    for f in range(C_in * k * k):
+        for j in range(rows):  acc[j] += int32(window[f]) * int32(W[(c0 + j) * C_in * k * k + f])
+
+which ``micro_kernels`` makes one ``tvmp_dot_s8_rows{rows}`` call: each window word is loaded and
+sign-extended once for ``rows`` channels, each window once for every channel block. The same products in
+other orders: bit-exact. The copy is at most ``LOCAL_MAX_BYTES`` (a C local, no workspace); only kernels in
+TVM's default form with exactly that reduction are rescheduled, anything else is returned unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+
+from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES
+from tvm_patch.errors import TVM_ERRORS
+from tvm_patch.export.blocking import ROW_BLOCKS
+from tvm_patch.export.schedule import is_default_form, lean_schedule
+
+__all__ = ["window_copy_schedule"]
+
+
+def _is_reduction(block: s_tir.SBlock) -> bool:
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in block.iter_vars)
+
+
+def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int] | None:
+    """(window buffer, weights buffer, window bytes) of an NCHW convolution block over all its input channels:
+    iterators (n, f, y, x, c, ry, rx), weights read at [f, c, ry, rx], the window at [n, c, y * s + ry, x * s + rx]
+    (s any stride); else None."""
+    ivs = block.iter_vars
+    if len(ivs) != 7 or [int(iv.iter_type) for iv in ivs] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
+        return None
+    n, f, y, x, c, ry, rx = (iv.var for iv in ivs)
+    loads: list[Any] = []
+    tvm_ffi.structural_walk(block.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
+                            order="pre")
+    int8 = [ld for ld in loads if str(ld.ty) == "int8"]
+    if len(int8) != 2:
+        return None
+    weights = [ld for ld in int8 if len(ld.indices) == 4 and all(i.same_as(v) for i, v in zip(ld.indices, (f, c, ry, rx)))]
+    if len(weights) != 1:
+        return None
+    act = [ld for ld in int8 if ld is not weights[0]][0]
+    if len(act.indices) != 4 or not act.indices[1].same_as(c):
+        return None
+    taps = int(ivs[4].dom.extent) * int(ivs[5].dom.extent) * int(ivs[6].dom.extent)
+    if int(ivs[5].dom.extent) * int(ivs[6].dom.extent) == 1:
+        return None  # a 1x1 convolution: the pixel copies of inplace_conv
+    return act.source, weights[0].source, taps
+
+
+def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
+    """``func`` (a default-form NCHW k x k convolution whose window is at most ``LOCAL_MAX_BYTES``) with each output
+    pixel's window copied once and ``rows`` output channels blocked under its one fused reduction loop (see the
+    module doc), as ``lean_schedule`` leaves it otherwise; ``func`` itself when it is not such a kernel or
+    ``rows`` (of ``ROW_BLOCKS``, > 1) does not divide its channels."""
+    if rows not in ROW_BLOCKS or rows == 1 or not is_default_form(func):
+        return func
+    try:
+        sch = s_tir.Schedule(func)
+        reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch.get(b))]
+        if len(reductions) != 1:
+            return func
+        rv = reductions[0]
+        found = _conv_shape(sch.get(rv))
+        if found is None or found[2] > LOCAL_MAX_BYTES or int(sch.get(rv).iter_vars[1].dom.extent) % rows:
+            return func
+        window, name = found[0], sch.get(rv).name_hint
+        n, f, y, x, c, ry, rx = sch.get_loops(rv)
+        sch.reorder(y, x, f)
+        _, f_in = sch.split(f, [None, rows])
+        sch.reorder(c, ry, rx, f_in)
+        # the window's producers (its pad) stay blocks, so that they are computed into the copy, not per read
+        producers = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
+                     if any(w.source.same_as(window) for w in sch.get(b).writes)}
+        lean = lean_schedule(sch.mod["main"], keep=frozenset(producers))
+        sch = s_tir.Schedule(lean)
+        updates = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                   if _is_reduction(sch.get(b)) and sch.get(b).name_hint.startswith(name)]
+        if len(updates) != 1:
+            return func
+        upd = updates[0]
+        loops = sch.get_loops(upd)
+        x_loop = loops[2]
+        read = [i for i, r in enumerate(sch.get(upd).reads) if r.source.same_as(window)]
+        if len(read) != 1:
+            return func
+        sch.compute_at(sch.cache_read(upd, read[0], "global"), x_loop, preserve_unit_loops=True)
+        for p in producers:  # the pad (and any copy of it) computed into the window copy
+            sch.compute_inline(sch.get_sblock(p))
+        loops = sch.get_loops(upd)
+        sch.fuse(*loops[-4:-1])  # (c, ry, rx): one contiguous run in the copy and in the weights
+    except TVM_ERRORS:
+        return func
+    return sch.mod["main"]
