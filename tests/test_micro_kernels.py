@@ -171,13 +171,19 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     assert len(quads) == 200
     assert {(1, 5), (1, 7), (2, 7)} <= {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in quads
                                         if sx == wx == 1}  # tvmp_window4_s8's SMLAD paths
+    wide = iter([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Y ")])
+    n_wide = 0
     for d, sy, sx, kh, kw, wy, wx, *rest in quads:
         got, acc0, rest = rest[:4], rest[4:8], rest[8:]
+        if wx == 1 and kw % 4 == 3:  # the same windows on the widened weights (tvmp_window4_s8w)
+            assert next(wide) == got
+            n_wide += sx == 1 and kw == 7
         n_plane = (kh - 1) * sy + (kw - 1) * sx + 3 * d + 1
         plane, w = np.array(rest[:n_plane], dtype=np.int64), np.array(rest[n_plane:], dtype=np.int64)
         taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
         assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
         assert got == [acc0[k] + sum(int(plane[k * d + p]) * int(w[q]) for p, q in taps) for k in range(4)]
+    assert next(wide, None) is None and n_wide > 20
     copies = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("C ")]
     assert len(copies) == 132
     for n, delta, *rest in copies:  # what the forward byte loop it replaces leaves, for every overlap
@@ -413,9 +419,9 @@ def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, 
         return  # no output
     func = lean_schedule(_depthwise(layout, h, w, k, stride, pad, pad_value))
     src = emit_c({"kern": func})
-    # a window call (one output, or a pair of interior 3x3 stride-1 outputs), or a dot product where a window
-    # row is contiguous in both operands (NCHW, stride 1)
-    assert re.search(r"\btvmp_(window2?|dot)_s8\(", src.code.replace(MICRO_KERNELS.read_text(), ""))
+    # a window call (one output, or a pair or four of interior 3x3 stride-1 outputs), or a dot product where a
+    # window row is contiguous in both operands (NCHW, stride 1)
+    assert re.search(r"\btvmp_(window[24]?|dot)_s8\(", src.code.replace(MICRO_KERNELS.read_text(), ""))
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
@@ -513,7 +519,9 @@ def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, 
     src = emit_c({"kern": func})
     out_w = (w + 2 - 3) // stride + 1
     interior = sum(1 for x in range(out_w) if x * stride - 1 >= 0 and x * stride + 1 <= w - 1)  # no padded tap
-    assert ("tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")) == (interior >= 2 * MIN_WINDOW_PAIRS)
+    code = src.code.replace(MICRO_KERNELS.read_text(), "")
+    # pairs; at stride 1 four a call (tvmp_window4_s8's 3-wide path)
+    assert ("tvmp_window2_s8(" in code or "tvmp_window4_s8(" in code) == (interior >= 2 * MIN_WINDOW_PAIRS)
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
@@ -531,6 +539,7 @@ def test_nchw_stem_through_a_window_copy_is_exact(tmp_path_factory, h, w, k, str
     local (no workspace); against TVM's build of the unscheduled kernel."""
     from tvm import topi
 
+    from tvm_patch.codegen.wide_weights import padded_layout
     from tvm_patch.export.window_copy import window_copy_schedule
 
     a = te.placeholder((1, cin, h, w), "int8", name="A")
@@ -549,13 +558,19 @@ def test_nchw_stem_through_a_window_copy_is_exact(tmp_path_factory, h, w, k, str
     if too_big:
         sched = lean_schedule(func)  # no workspace either
     src = emit_c({"kern": sched})
-    if not too_big:
-        assert f"tvmp_dot_s8_rows{rows}(" in src.code.replace(MICRO_KERNELS.read_text(), "")
+    code = src.code.replace(MICRO_KERNELS.read_text(), "")
+    taps = cin * k * k
+    if not too_big:  # one rows call a channel block; odd lengths padded to words (pad_rows.py), then widened once
+        padded = -(-taps // 4) * 4
+        assert re.search(rf"tvmp_dot_(s8|q15)_rows{rows}\(.*, {padded}, \(&", code)  # (its length, then acc)
+        assert tuple(src.functions["kern"].params[1].shape) == ((cout, padded) if padded != taps else (cout, cin, k, k))
         assert not src.workspace_bytes.get("kern")
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
-    got, _ = _c_and_tvm(sched, src.code, arrays, tmp_path_factory.mktemp("stemcopy"))
+    ours = [x.copy() for x in arrays]
+    ours[1] = padded_layout(arrays[1], tuple(src.functions["kern"].params[1].shape))  # as the export stores it
+    got = _c_out_of_place(src.code, ours, src.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("stemcopy"))
     np.testing.assert_array_equal(got, _tvm_out(func, arrays))
     dw = _depthwise("NCHW", h, w, 3, 1, 1, 0)
     assert window_copy_schedule(dw, 2) is dw  # a depthwise convolution: unchanged
@@ -787,7 +802,8 @@ def test_pixel_groups_in_the_in_place_proof():
 @given(h=st.integers(3, 8), w=st.integers(3, 8), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory, h, w, pad_value, seed):
     """An in-place 3x3 stride-1 depthwise kernel (a channel's plane copied, then its outputs) computes its interior
-    outputs in pairs (tvmp_window2_s8, micro_kernels._window_pairs); run in place it equals TVM."""
+    outputs four or two at a time (tvmp_window4_s8 / tvmp_window2_s8, micro_kernels._window_pairs); run in place
+    it equals TVM."""
     from tvm_patch.codegen.c_kernels import mark_in_place
     from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 
@@ -796,7 +812,8 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
     pairs = inplace_conv_pairs(func, 1)
     assert pairs == [(0, 2)]
     csrc = emit_c({"kern": mark_in_place(func, pairs)})
-    assert ("tvmp_window2_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
+    code = csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    assert ("tvmp_window2_s8(" in code or "tvmp_window4_s8(" in code) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, h, w, 3), dtype=np.int8), rng.integers(-128, 128, (3, 3, 3, 1), dtype=np.int8),
               np.zeros((1, h, w, 3), dtype=np.int8)]

@@ -21,6 +21,7 @@ from tvm import s_tir, tirx
 from tvm_patch.codegen.border_partition import PartitionPadding
 from tvm_patch.codegen.copy_kernels import CopyLoops
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
+from tvm_patch.codegen.pad_rows import PadDotRows
 from tvm_patch.codegen.quantize_kernels import QuantizeCalls
 from tvm_patch.codegen.widen_kernels import WidenPixelPairs
 from tvm_patch.codegen.wide_weights import WidenWeights
@@ -73,6 +74,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     ]
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
+        passes.append(PadDotRows())  # odd-length dot rows over a local copy (a stem's window) padded to words
         passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
         passes.append(WidenWeights())  # weights the export stores as int16: no SXTB16 on them
         passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time

@@ -537,7 +537,8 @@ def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     # NCHW 5x5, 7x7 at stride 1 or 2 over contiguous rows (rows of dot products): the wide-row SMLAD paths of
     # tvmp_window2_s8
     wide = _dot_rows_window(stmts[at]) is not None and (d, step) in ((1, 1), (2, 1))
-    n = 4 if wide and _quad_widths(kw, d) and extent is not None and extent >= 4 else 2
+    plane3 = not strided and not stem and not wide and (d, step) == (1, 1) and kw == 3  # a 3x3 stride-1 plane
+    n = 4 if (wide and _quad_widths(kw, d) or plane3) and extent is not None and extent >= 4 else 2
     if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
@@ -574,25 +575,30 @@ def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
                                                    ld.indices)) if ld.source in temps[k] else ld),
                                               (tirx.BufferStore, on_store)])
 
-    first = x2 * n
-    pair_call = tirx.call_extern("void", WINDOW4 if n == 4 else WINDOW2, args[0],
-                                 tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first), tirx.Cast("int32", lin[0]),
-                                 *args[2:10], tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
-    body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in range(n)]
-    if inner is None:
-        body.append(tirx.Evaluate(pair_call))
-    else:  # a fresh loop variable: the odd tail below keeps the original loop
-        rc, rc2 = inner.loop_var, tirx.Var(inner.loop_var.name, inner.loop_var.ty)
-        pair_call = tvm_ffi.structural_map(pair_call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
-        body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(pair_call)))
-    body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
-    body += [at_x(st, first + k, k) for k in range(n) for st in rest]
+    def block(first: Any) -> tirx.Stmt:
+        """The n outputs from ``first`` on: one call, then each output's epilogue."""
+        call = tirx.call_extern("void", WINDOW4 if n == 4 else WINDOW2, args[0],
+                                tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first), tirx.Cast("int32", lin[0]),
+                                *args[2:10], tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
+        body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in range(n)]
+        if inner is None:
+            body.append(tirx.Evaluate(call))
+        else:  # a fresh loop variable: the odd tail below keeps the original loop
+            rc, rc2 = inner.loop_var, tirx.Var(inner.loop_var.name, inner.loop_var.ty)
+            call = tvm_ffi.structural_map(call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
+            body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(call)))
+        body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
+        body += [at_x(st, first + k, k) for k in range(n) for st in rest]
+        return tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for t in temps[1:] for b in t.values()),
+                             *allocs, tirx.SeqStmt(body)])
+
     n_pairs = tirx.const(extent // n, str(x.ty)) if extent is not None else loop.extent // 2
-    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL,
-                     tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for t in temps[1:] for b in t.values()),
-                                   *allocs, tirx.SeqStmt(body)]))
+    pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL, block(x2 * n))
     if extent is not None and extent % n == 0:
         return pairs
+    if n == 4 and extent % 4 == 3 and kw % 4 == 3 and _recomputable(stmts, args[0]):
+        # the last three outputs: the last four once more (the first of them computed twice, the same value)
+        return tirx.SeqStmt([pairs, block(tirx.const(extent - 4, str(x.ty)))])
     if n == 4 and extent % 4 >= 2:  # the last two or three outputs: a pair (and one alone)
         xt, base = tirx.Var(x.name + "_t", x.ty), extent - extent % 4
         rest_loop = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(extent % 4, str(x.ty)), tirx.ForKind.SERIAL,
@@ -603,6 +609,21 @@ def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     if extent is None:
         tail = tirx.IfThenElse(tirx.floormod(loop.extent, 2) == 1, tail, None)
     return tirx.SeqStmt([pairs, tail])
+
+
+def _recomputable(stmts: list[Any], src: Any) -> bool:
+    """May an output of this loop body be computed twice? When its windows read a buffer the kernel allocates (a
+    local copy, ``_LOCALS``; not one of its tensors, of which an in-place output may overwrite the input) and the
+    body stores only to buffers it does not allocate (its tensors) or to one-element locals: then a window read
+    again sees what it saw the first time and its output gets the same value."""
+    local = _LOCALS.get()
+    load = src.args[0] if is_call(src, ".address_of") and src.args else None
+    if local is None or not isinstance(load, TensorLoad) or not any(load.source.same_as(b) for b in local):
+        return False
+    stores: list[Any] = []
+    for st in stmts:
+        tvm_ffi.structural_walk(st, (tirx.BufferStore, lambda s: stores.append(s.buffer)))
+    return all(not any(b.same_as(a) for a in local) or int(math.prod(int(d) for d in b.shape)) == 1 for b in stores)
 
 
 def _extern_name(expr: Any) -> str | None:
@@ -660,7 +681,17 @@ def rewrite_dot_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
             found = (_dot_call(fused) or _rows_call(fused) or _px2_rows_call(fused)) if fused is not None else None
         return found or _window_pairs(loop) or loop
 
-    return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
+    local: list[Any] = []
+    tvm_ffi.structural_walk(func.body, (tirx.AllocBuffer, lambda a: local.append(a.buffer)))
+    token = _LOCALS.set(local)
+    try:
+        return tvm_ffi.structural_map(func, [(tirx.For, on_for), (tirx.Max, _saturate), (tirx.Min, _saturate)])
+    finally:
+        _LOCALS.reset(token)
+
+
+# the buffers the function allocates, while rewrite_dot_loops runs (_recomputable)
+_LOCALS: ContextVar[list[Any] | None] = ContextVar("tvmp_micro_kernel_locals", default=None)
 
 
 SAT = "tvmp_sat_s8"

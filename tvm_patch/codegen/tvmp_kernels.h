@@ -17,7 +17,7 @@
  * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled; tvmp_window2_s8 / tvmp_window4_s8: two / four neighbouring interior
- *   windows of a row, their shared taps and weights loaded once.
+ *   windows of a row, their shared taps and weights loaded once; tvmp_window4_s8w the same on weights widened in Flash.
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
  *   (unrolled to eight per iteration).
@@ -721,6 +721,25 @@ TVMP_INLINE void tvmp_window4_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     w += wb;
 #if defined(__ARM_FEATURE_DSP)
+    if (kw == 3 && sx == 1 && d == 1) {
+        /* 3 wide: per kernel row the words at taps 0 and 2, (q0, q2), (q1, q3), (q2, q4), (q3, q5), against the
+           outer weights (w0, w2) by SMLAD and the middle one by SMLA(B|T)B, as tvmp_window2_s8 does for two */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+            uint32_t x, x2;
+            memcpy(&x, r, 4);
+            memcpy(&x2, r + 2, 4);
+            uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), e2 = __sxtb16(x2), o2 = tvmp_sxtb16_ror8(x2);
+            uint32_t w02 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[2 * wx]);
+            int32_t w1 = wr[wx];
+            a0 = __smlabb((int32_t)o, w1, __smlad(e, w02, a0));   /* q0 w0 + q2 w2, q1 w1 */
+            a1 = __smlatb((int32_t)e, w1, __smlad(o, w02, a1));   /* q1 w0 + q3 w2, q2 w1 */
+            a2 = __smlabb((int32_t)o2, w1, __smlad(e2, w02, a2)); /* q2 w0 + q4 w2, q3 w1 */
+            a3 = __smlatb((int32_t)e2, w1, __smlad(o2, w02, a3)); /* q3 w0 + q5 w2, q4 w1 */
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+        return;
+    }
     if (kw >= 5 && (kw & 1) && sx == 1 && wx == 1 && d == 1) {
         for (int32_t ry = 0; ry < kh; ry++) {
             const int8_t *r = q + ry * sy, *wr = w + ry * wy;
@@ -815,6 +834,97 @@ TVMP_INLINE void tvmp_window4_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
     for (int32_t ry = 0; ry < kh; ry++)
         for (int32_t rx = 0; rx < kw; rx++) {
             int32_t wv = w[ry * wy + rx * wx];
+            const int8_t *t = q + ry * sy + rx * sx;
+            a0 += (int32_t)t[0] * wv;
+            a1 += (int32_t)t[d] * wv;
+            a2 += (int32_t)t[2 * d] * wv;
+            a3 += (int32_t)t[3 * d] * wv;
+        }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+
+/* tvmp_window4_s8 on depthwise weights stored widened in Flash (codegen/wide_weights.py): int16, each kernel row
+   of kw taps (kw % 4 == 3: 7x7) padded with a zero to a multiple of four, each four (w0, w1, w2, w3) as
+   (w0, w2, w1, w3) (the last: (w4, w6, w5, 0)); wb and wy count int16 of that layout, wx is 1. A row's weights are
+   two LDRD, no SXTB16 (the int8 kernel's row takes two loads and four SXTB16 for them); the same sums. */
+TVMP_INLINE int32_t tvmp_wide_pos(int32_t rx) { /* tap rx's place in its row: (w0, w2, w1, w3) per four */
+    return (rx & ~3) | ((rx & 1) << 1) | ((rx >> 1) & 1);
+}
+
+TVMP_INLINE void tvmp_window4_s8w(const int8_t *p, int32_t pb, int32_t d, int32_t sy, int32_t sx, const int16_t *w,
+                                  int32_t wb, int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t *acc) {
+    const int8_t *q = p + pb;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    w += wb;
+    (void)wx;
+#if defined(__ARM_FEATURE_DSP)
+    if ((kw & 3) == 3 && sx == 1 && (d == 1 || d == 2)) {
+#pragma GCC unroll 8 /* the kernel rows: GCC leaves the loop of LDRD (asm) rolled, -10 % on a 7x7 stride 2 layer */
+        for (int32_t ry = 0; ry < kh; ry++) {
+            const int8_t *r = q + ry * sy;
+            const int16_t *wp = w + ry * wy;
+            int32_t rx = 0;
+            uint32_t wo = 0, n0 = 0, n1 = 0; /* stride 2: the words at rx + 4, rx + 6 (the next taps' first two) */
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t we, wn, x, x2;
+                TVMP_LDRD_POST(wp, we, wn);
+                if (d == 1) { /* as tvmp_window4_s8 */
+                    memcpy(&x, r + rx, 4);
+                    memcpy(&x2, r + rx + 2, 4);
+                    uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), e2 = __sxtb16(x2), o2 = tvmp_sxtb16_ror8(x2);
+                    if (rx) a3 = __smlad(e, wo, a3); /* the previous four taps' (w1, w3) against (q4, q6) */
+                    a0 = __smlad(o, wn, __smlad(e, we, a0));
+                    a1 = __smlad(e2, wn, __smlad(o, we, a1));
+                    a2 = __smlad(o2, wn, __smlad(e2, we, a2));
+                    a3 = __smlad(o2, we, a3);
+                    wo = wn;
+                } else {
+                    wo = wn;
+                    uint32_t x1, x3;
+                    memcpy(&x, r + rx, 4);
+                    memcpy(&x1, r + rx + 2, 4);
+                    memcpy(&x2, r + rx + 4, 4);
+                    memcpy(&x3, r + rx + 6, 4);
+                    a0 = __smlad(tvmp_sxtb16_ror8(x), wo, __smlad(__sxtb16(x), we, a0));
+                    a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, __smlad(__sxtb16(x1), we, a1));
+                    a2 = __smlad(tvmp_sxtb16_ror8(x2), wo, __smlad(__sxtb16(x2), we, a2));
+                    a3 = __smlad(tvmp_sxtb16_ror8(x3), wo, __smlad(__sxtb16(x3), we, a3));
+                    n0 = x2, n1 = x3; /* kept: after the next LDRD (a memory clobber) GCC would load them again */
+                }
+            }
+            uint32_t w46, w50; /* the last three taps: (w4, w6), (w5, 0) */
+            TVMP_LDRD_POST(wp, w46, w50);
+            if (d == 1) {
+                uint32_t x, x2;
+                memcpy(&x, r + rx, 4);
+                memcpy(&x2, r + rx + 2, 4);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), e2 = __sxtb16(x2), o2 = tvmp_sxtb16_ror8(x2);
+                if (rx) a3 = __smlad(e, wo, a3); /* q4 w1 + q6 w3 of the fourth output's previous four taps */
+                a0 = __smlabb((int32_t)o, (int32_t)w50, __smlad(e, w46, a0));  /* q4 w4 + q6 w6, q5 w5 */
+                a1 = __smlatb((int32_t)e, (int32_t)w50, __smlad(o, w46, a1));  /* q5 w4 + q7 w6, q6 w5 */
+                a2 = __smlabb((int32_t)o2, (int32_t)w50, __smlad(e2, w46, a2)); /* q6 w4 + q8 w6, q7 w5 */
+                a3 = __smlatb((int32_t)e2, (int32_t)w50, __smlad(o2, w46, a3)); /* q7 w4 + q9 w6, q8 w5 */
+            } else {
+                uint32_t x0 = n0, x1 = n1, x2, x3;
+                if (!rx) {
+                    memcpy(&x0, r, 4);
+                    memcpy(&x1, r + 2, 4);
+                }
+                memcpy(&x2, r + rx + 4, 4);
+                memcpy(&x3, r + rx + 5, 4); /* one byte early: the word at rx + 6 would read past the windows */
+                a0 = __smlabb((int32_t)tvmp_sxtb16_ror8(x0), (int32_t)w50, __smlad(__sxtb16(x0), w46, a0));
+                a1 = __smlabb((int32_t)tvmp_sxtb16_ror8(x1), (int32_t)w50, __smlad(__sxtb16(x1), w46, a1));
+                a2 = __smlabb((int32_t)tvmp_sxtb16_ror8(x2), (int32_t)w50, __smlad(__sxtb16(x2), w46, a2));
+                a3 = __smlatb((int32_t)__sxtb16(x3), (int32_t)w50, __smlad(tvmp_sxtb16_ror8(x3), w46, a3));
+            }
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+        return;
+    }
+#endif
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t wv = w[ry * wy + tvmp_wide_pos(rx)];
             const int8_t *t = q + ry * sy + rx * sx;
             a0 += (int32_t)t[0] * wv;
             a1 += (int32_t)t[d] * wv;

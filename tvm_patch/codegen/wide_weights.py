@@ -13,7 +13,10 @@ calls at an element offset, a row stride and a length that are multiples of four
 group of four (a padded convolution's border taps, ``tvmp_pad_rows``, sum the same rows: the same weights); the
 calls become ``tvmp_dot_s8w_*`` / ``tvmp_dot_q15w_*`` / ``tvmp_pad_rows_w`` (tvmp_kernels.h) and the parameter
 int16 (the C emission's parameter type, so the export knows to store that constant widened: ``widened_layout``).
-Exact: the same products in the same sums; only the weights' storage and loads change.
+Depthwise weights read only by ``tvmp_window4_s8`` calls over kernel rows of kw % 4 == 3 taps (7x7) become
+``tvmp_window4_s8w``'s layout: each row padded with zeros to a multiple of four, then as above (the parameter's
+last axis padded too, which tells the export). Exact: the same products in the same sums; only the weights'
+storage and loads change.
 """
 
 from __future__ import annotations
@@ -40,12 +43,36 @@ WIDE_CALLS: dict[str, tuple[str, int]] = {
 }
 
 
-def widened_layout(weights: np.ndarray) -> np.ndarray:
-    """An int8 constant as the widened kernels read it: flat int16, each four (w0, w1, w2, w3) as (w0, w2, w1, w3)."""
-    flat = np.asarray(weights).reshape(-1)
+def padded_layout(weights: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """An int8 constant in the layout of a C parameter of ``shape``: as it is where the element counts agree, else
+    as rows of ``shape[-1]`` (``prod(shape[:-1])`` of them), each of its rows padded with zeros to that length (a
+    depthwise kernel row of 7 taps stored as 8, a stem's 27 weights as 28: pad_rows.py)."""
+    arr = np.asarray(weights)
+    if shape is None or not len(shape) or int(np.prod(shape)) == arr.size:
+        return arr
+    rows = int(np.prod(shape[:-1]))
+    if arr.size % rows or arr.size // rows > shape[-1]:
+        raise ValueError(f"a constant of {arr.size} elements cannot be stored as {rows} rows of {shape[-1]}")
+    flat = arr.reshape(rows, -1)
+    return np.pad(flat, [(0, 0), (0, shape[-1] - flat.shape[1])]).reshape(shape)
+
+
+def widened_layout(weights: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """An int8 constant as the widened kernels read it: flat int16, each four (w0, w1, w2, w3) as (w0, w2, w1, w3);
+    with ``shape`` (the widened C parameter's) its rows first padded to it (``padded_layout``: a depthwise row of
+    7 taps as 8, its last four (w4, w6, w5, 0))."""
+    flat = padded_layout(weights, shape).reshape(-1)
     if flat.dtype != np.int8 or flat.size % 4:
         raise ValueError(f"widened weights need int8 in groups of four, got {flat.dtype} x {flat.size}")
     return flat.reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1).astype(np.int16)
+
+
+WINDOW4, WINDOW4_W = "tvmp_window4_s8", "tvmp_window4_s8w"  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc)
+
+
+def _padded_row(kw: int) -> int:
+    """A widened depthwise kernel row's int16 for ``kw`` taps: padded to a multiple of four."""
+    return (kw + 3) // 4 * 4
 
 
 def _multiple_of_4(expr: Any, ana: tvm.sym.Analyzer) -> bool:
@@ -56,7 +83,7 @@ def _multiple_of_4(expr: Any, ana: tvm.sym.Analyzer) -> bool:
     return int(mod.coeff) % 4 == 0 and int(mod.base) % 4 == 0 and int(mod.coeff) != 0
 
 
-def _views(func: tirx.PrimFunc) -> dict[int, list[Any]]:
+def param_views(func: tirx.PrimFunc) -> dict[int, list[Any]]:
     """{parameter position: the buffers declared over its data (FlattenBuffer's flat views)}."""
     views: dict[int, list[Any]] = {}
 
@@ -83,16 +110,44 @@ def _wide_operand(c: Any, ana: tvm.sym.Analyzer) -> Any | None:
     return load
 
 
+def _window_operand(c: Any, ana: tvm.sym.Analyzer) -> tuple[Any, int, int] | None:
+    """(weight load, kh, kw) of a ``tvmp_window4_s8`` call ``tvmp_window4_s8w`` can take: rows of kw % 4 == 3
+    contiguous taps (wx 1, wy kw), the window's base wb a multiple of kh x kw (a channel's kernel), else None."""
+    if _extern_name(c) != WINDOW4:
+        return None
+    args = list(c.args)[1:]
+    w, wb, wy, wx, kh, kw = args[5:11]
+    kh, kw = _int(kh), _int(kw)
+    load = w.args[0] if isinstance(w, tvm.ir.Call) and w.args and isinstance(w.args[0], TensorLoad) else None
+    if (load is None or len(load.indices) != 1 or _int(load.indices[0]) != 0 or kh is None or kw is None
+            or kw % 4 != 3 or _int(wx) != 1 or _int(wy) != kw
+            or not ana.can_prove_equal(tirx.floormod(wb, kh * kw), 0)):
+        return None
+    return load, kh, kw
+
+
 def _rewritten(body: Any, swap: dict[Any, tuple[Any, Any]]) -> Any:
     """``body`` with each dot call on one of ``swap``'s views (at a multiple of four) on its widened twin and
-    the int16 view; every other read left as it was."""
+    the int16 view, each ``tvmp_window4_s8`` on one whose rows are padded (``_window_operand``) on
+    ``tvmp_window4_s8w``; every other read left as it was."""
     ana = tvm.sym.Analyzer()
 
     def on_call(c: Any) -> Any:
+        window = _window_operand(c, ana)
+        if window is not None:
+            load, kh, kw = window
+            new = next((v for old, v in swap.items() if load.source.same_as(old)), None)
+            if new is None or int(new[1].shape[-1]) != _padded_row(kw):
+                return c
+            args = list(c.args)[1:]
+            args[5] = tirx.address_of(tirx.BufferLoad(new[0], [tirx.const(0, "int32")]))
+            args[6] = ana.simplify(tirx.floordiv(args[6], kh * kw) * (kh * _padded_row(kw)))
+            args[7] = tirx.const(_padded_row(kw), "int32")
+            return tirx.call_extern("void", WINDOW4_W, *args)
         load = _wide_operand(c, ana)
         new = next((v for old, v in swap.items() if load is not None and load.source.same_as(old)), None)
-        if new is None:
-            return c
+        if new is None or _numel(new[0]) != _numel(load.source):
+            return c  # (a parameter widened with padded rows: the dot kernels read the plain layout)
         args = list(c.args)[1:]
         pos = WIDE_CALLS[_extern_name(c)][1]
         args[pos] = tirx.address_of(tirx.BufferLoad(new[0], list(load.indices)))
@@ -118,13 +173,19 @@ def widen_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
     int16 (``widened_layout``), those calls on the widened kernels; unchanged without the attribute."""
     if func.attrs is None or WIDEN_ATTR not in func.attrs:
         return func
-    views = _views(func)
+    views = param_views(func)
     chosen = {i for i in (int(x) for x in func.attrs[WIDEN_ATTR])
               if i < len(func.params) and str(func.params[i].ty.dtype) == "int8" and i in views}
+    rows = _window_rows(func.body)
     while chosen:  # a parameter some other read still takes after the rewrite keeps its int8 storage
-        params16 = {i: tirx.decl_buffer([int(d) for d in func.params[i].ty.shape], "int16", func.params[i].name)
-                    for i in chosen}
-        swap = {v: (tirx.decl_buffer([int(d) for d in v.ty.shape], "int16", v.name), params16[i])
+        shapes = {i: [int(d) for d in func.params[i].ty.shape] for i in chosen}
+        for i in chosen:  # read by tvmp_window4_s8 calls: each kernel row padded to a multiple of four
+            kws = {kw for v in views[i] for b, kw in rows if b.same_as(v)}
+            if len(kws) == 1 and shapes[i][-1] in kws and all(len(v.ty.shape) == 1 for v in views[i]):
+                shapes[i][-1] = _padded_row(shapes[i][-1])
+        params16 = {i: tirx.decl_buffer(shapes[i], "int16", func.params[i].name) for i in chosen}
+        swap = {v: (tirx.decl_buffer([_numel(params16[i])] if len(v.ty.shape) == 1 else [int(d) for d in v.ty.shape],
+                                     "int16", v.name), params16[i])
                 for i in chosen for v in views[i]}
         body = _rewritten(func.body, swap)
         old = [(i, b) for i in sorted(chosen) for b in (func.params[i], *views[i])]
@@ -143,6 +204,28 @@ def widen_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
         params = [params16.get(i, p) for i, p in enumerate(func.params)]
         return tirx.PrimFunc(params, body, ret_type=None, attrs=func.attrs)
     return func
+
+
+def _numel(buf: Any) -> int:
+    out = 1
+    for d in buf.shape:
+        out *= int(d)
+    return out
+
+
+def _window_rows(body: Any) -> list[tuple[Any, int]]:
+    """(weights view, kw) of every ``tvmp_window4_s8`` call in ``body`` that ``tvmp_window4_s8w`` can take."""
+    ana = tvm.sym.Analyzer()
+    out: list[tuple[Any, int]] = []
+
+    def on_call(c: Any) -> tvm_ffi.WalkResult:
+        found = _window_operand(c, ana)
+        if found is not None:
+            out.append((found[0].source, found[2]))
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(body, [(tvm.ir.Call, on_call)], order="pre")
+    return out
 
 
 def _views_read(body: Any) -> list[Any]:

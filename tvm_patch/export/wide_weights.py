@@ -9,12 +9,13 @@ choice is the caller's: per kernel name (``wide``), ``board_build`` widening as 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from tvm_patch.codegen.c_kernels import CFunction
-from tvm_patch.codegen.wide_weights import WIDEN_ATTR, widened_layout
+from tvm_patch.codegen.wide_weights import WIDEN_ATTR, padded_layout, widened_layout
 from tvm_patch.export.lower import Arg, Program
 
 
@@ -35,24 +36,32 @@ def mark_wide(prog: Program, funcs: Mapping[str, object], wide: Callable[[str], 
 
 def widen_constants(prog: Program, functions: Mapping[str, CFunction]) -> tuple[Program, dict[str, int]]:
     """``prog`` with every constant an int16 C parameter takes stored widened (a new constant where another call
-    still reads it as int8; the int8 one dropped where none does); and each widened kernel's extra Flash bytes (its
-    int8 constants' size again: the widened first use of a constant counts it)."""
+    still reads it as int8; the int8 one dropped where none does), its rows padded to the parameter's shape
+    (depthwise rows, ``widened_layout``), and every int8 one whose parameter has more elements stored with its
+    rows padded (``padded_layout``: pad_rows.py); and each widened kernel's extra Flash bytes (the widened
+    constant's size less the int8 one's: the widened first use of a constant counts it)."""
     consts = list(prog.constants)
-    made: dict[int, int] = {}
+    made: dict[tuple[int, tuple[int, ...], bool], int] = {}
     extra: dict[str, int] = {}
     calls = []
     for call in prog.calls:
         params = functions[call.func].params if call.func in functions else ()
         args = list(call.args)
         for p, a in enumerate(args):
-            if a.kind != "const" or p >= len(params) or params[p].dtype != "int16" or consts[a.index].dtype != np.int8:
+            if a.kind != "const" or p >= len(params) or consts[a.index].dtype != np.int8:
                 continue
-            if a.index not in made:
-                consts.append(widened_layout(consts[a.index]))
-                made[a.index] = len(consts) - 1
-                extra[call.func] = extra.get(call.func, 0) + int(consts[a.index].nbytes)
-            args[p] = Arg("const", made[a.index])
+            shape = tuple(params[p].shape or ())
+            widen = params[p].dtype == "int16"
+            if not widen and (params[p].dtype != "int8" or not shape or math.prod(shape) == consts[a.index].size):
+                continue  # as it is
+            key = (a.index, shape, widen)
+            if key not in made:  # widened (and its rows padded), or only padded (pad_rows.py)
+                consts.append(widened_layout(consts[a.index], shape) if widen else padded_layout(consts[a.index], shape))
+                made[key] = len(consts) - 1
+                if widen:
+                    extra[call.func] = extra.get(call.func, 0) + int(consts[-1].nbytes - consts[a.index].nbytes)
+            args[p] = Arg("const", made[key])
         calls.append(dataclasses.replace(call, args=tuple(args)))
     if not made:
         return prog, {}
-    return prog.with_constants(consts, calls, set(made)), extra
+    return prog.with_constants(consts, calls, {i for i, _, _ in made}), extra

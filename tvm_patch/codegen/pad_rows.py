@@ -1,0 +1,171 @@
+"""Dot products over a kernel-local vector of an odd length padded to a multiple of four, with zero weights.
+
+A network's stem through its window copy (export/window_copy.py) reduces over ``C_in x k x k`` taps, 27 for a
+3 x 3 stem on RGB: ``tvmp_dot_s8_rows{J}(window, W + c * 27, 27, 27, acc)``. The micro-kernels take words of four,
+so three taps a row go one at a time (scalar loads and MLAs), and neither the widened pixel (``tvmp_widen_px1``)
+nor widened weights (both need lengths and offsets that are multiples of four) apply: 2.4 instructions per MAC on
+mcunet-in3's stem. Padded to 28, the window's last byte a zero the kernel never writes (a C local, zeroed at its
+declaration; in workspace the product is zero all the same) and each weight row's last a zero too, every row is
+seven words: the same sums, since each added product is a zero weight times a byte.
+
+``pad_dot_rows`` pads where a local int8 buffer of n elements (n % 4 != 0) is read only as the activations of
+``tvmp_dot_s8_rows{J}`` calls of length n, and an int8 parameter only as those calls' weights, rows n apart at
+offsets that are multiples of n: the local becomes ``ceil4(n)`` elements, the parameter ``(rows, ceil4(n))`` (the
+export pads the constant so: ``export.wide_weights.stored_layout``), the calls' length, row stride and offsets
+move to the padded rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.ir.expr import TensorLoad
+
+from tvm_patch.codegen.micro_kernels import ROWS, _extern_name, _int
+from tvm_patch.codegen.wide_weights import param_views
+
+__all__ = ["PadDotRows", "pad_dot_rows"]
+
+
+def _ceil4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def _const(x: Any) -> int | None:
+    """An integer constant, possibly under a cast (the rows calls' row stride), else None."""
+    return _int(x.value) if isinstance(x, tirx.Cast) else _int(x)
+
+
+def _operand(ptr: Any) -> TensorLoad | None:
+    load = ptr.args[0] if isinstance(ptr, tvm.ir.Call) and ptr.args and isinstance(ptr.args[0], TensorLoad) else None
+    return load if load is not None and len(load.indices) == 1 else None
+
+
+def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[list[Any], int]]]:
+    """({local buffer's name: n}, {parameter position: (its views, n)}) of the rows calls that may be padded (see the
+    module doc); a buffer some other read takes, or calls of several lengths, are left out."""
+    views = param_views(func)
+    by_view = {v: i for i, vs in views.items() for v in vs}
+    locals_: list[Any] = []
+    tvm_ffi.structural_walk(func.body, (tirx.AllocBuffer, lambda a: locals_.append(a.buffer)))
+    ana = tvm.sym.Analyzer()
+    acts: dict[Any, set[int]] = {}
+    weights: dict[int, set[int]] = {}
+    bad: set[Any] = set()
+    called: list[Any] = []
+
+    def on_call(c: Any) -> tvm_ffi.WalkResult:
+        if _extern_name(c) not in ROWS.values():
+            return tvm_ffi.WalkResult.ADVANCE
+        a, w, ws, n = list(c.args)[1:5]
+        a_load, w_load, n = _operand(a), _operand(w), _const(n)
+        if a_load is None or w_load is None or n is None or _const(ws) != n:
+            return tvm_ffi.WalkResult.ADVANCE
+        called.extend([a_load, w_load])
+        # (by name: the border partition's copies of a loop nest may hold their own Buffer object for a local)
+        local = next((b for b in locals_ if a_load.source.name == b.name), None)
+        param = next((i for v, i in by_view.items() if w_load.source.same_as(v)), None)
+        if (local is None or param is None or _int(a_load.indices[0]) != 0
+                or not ana.can_prove_equal(tirx.floormod(w_load.indices[0], n), 0)):
+            bad.update({a_load.source, w_load.source})
+            return tvm_ffi.WalkResult.ADVANCE
+        acts.setdefault(local, set()).add(n)
+        weights.setdefault(param, set()).add(n)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, on_call)], order="pre")
+    # every other load of these buffers (not a call's operand) rules them out
+    loads: list[Any] = []
+    tvm_ffi.structural_walk(func.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
+                            order="pre")
+    other = [ld.source for ld in loads if not any(ld.same_as(x) for x in called)]
+    local_n = {b.name: next(iter(ns)) for b, ns in acts.items() if len(ns) == 1 and next(iter(ns)) % 4
+               and not any(b.name == x.name for x in [*bad, *other]) and [int(d) for d in b.shape] == [next(iter(ns))]
+               and sum(1 for x in locals_ if x.name == b.name) == 1}
+    param_n: dict[int, tuple[list[Any], int]] = {}
+    for i, ns in weights.items():
+        if len(ns) != 1 or next(iter(ns)) % 4 == 0 or not all(len(v.shape) == 1 for v in views[i]):
+            continue
+        if any(v.same_as(x) for v in views[i] for x in [*bad, *other]):
+            continue
+        param_n[i] = (views[i], next(iter(ns)))
+    return local_n, param_n
+
+
+def pad_dot_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with its rows calls over odd-length local vectors padded to a multiple of four (module doc), or
+    ``func`` itself where nothing qualifies (a call whose local or weights cannot both be padded stays)."""
+    local_n, param_n = _candidates(func)
+    if not local_n or not param_n:
+        return func
+    ana = tvm.sym.Analyzer()
+    new_local = {name: tirx.decl_buffer([_ceil4(n)], "int8", name) for name, n in local_n.items()}
+    new_param: dict[int, Any] = {}
+    new_view: dict[Any, Any] = {}
+    for i, (views, n) in param_n.items():
+        p = func.params[i]
+        numel = 1
+        for d in p.ty.shape:
+            numel *= int(d)
+        new_param[i] = tirx.decl_buffer([numel // n, _ceil4(n)], "int8", p.name)
+        for v in views:
+            new_view[v] = tirx.decl_buffer([numel // n * _ceil4(n)], "int8", v.name)
+
+    def local_of(buf: Any) -> Any:
+        return new_local.get(buf.name) if str(buf.dtype) == "int8" else None
+
+    def view_of(buf: Any) -> Any:
+        return next((nb for b, nb in new_view.items() if buf.same_as(b)), None)
+
+    def on_call(c: Any) -> Any:
+        if _extern_name(c) not in ROWS.values():
+            return c
+        args = list(c.args)[1:]
+        a_load, w_load, n = _operand(args[0]), _operand(args[1]), _const(args[3])
+        if a_load is None or w_load is None:
+            return c
+        la, vw = local_of(a_load.source), view_of(w_load.source)
+        if la is None or vw is None:
+            return c
+        n4 = _ceil4(n)
+        args[0] = tirx.address_of(tirx.BufferLoad(la, [tirx.const(0, "int32")]))
+        args[1] = tirx.address_of(tirx.BufferLoad(vw, [ana.simplify(tirx.floordiv(w_load.indices[0], n) * n4)]))
+        args[2] = args[3] = tirx.const(n4, "int32")
+        return tirx.call_extern("void", _extern_name(c), *args)
+
+    def on_store(st: Any) -> Any:
+        nb = local_of(st.buffer)
+        return st if nb is None else tirx.BufferStore(nb, st.value, list(st.indices))
+
+    def on_load(ld: Any) -> Any:
+        nb = local_of(ld.source)
+        return ld if nb is None else tirx.BufferLoad(nb, list(ld.indices))
+
+    def on_alloc(a: Any) -> Any:
+        nb = local_of(a.buffer)
+        return a if nb is None else tirx.AllocBuffer(nb)
+
+    def on_decl(d: Any) -> Any:
+        local = local_of(d.buffer)
+        if local is not None:  # a loop partition's declaration of the local over its data: the padded one's
+            return tirx.DeclBuffer(tirx.decl_buffer(local.shape, "int8", local.name, data=local.data), data=local.data)
+        nb = view_of(d.buffer)
+        if nb is None:
+            return d
+        i = next(i for i, (vs, _) in param_n.items() if any(d.buffer.same_as(v) for v in vs))
+        return tirx.DeclBuffer(nb, data=new_param[i].data)
+
+    body = tvm_ffi.structural_map(func.body, [(tvm.ir.Call, on_call)])
+    body = tvm_ffi.structural_map(body, [(tirx.BufferStore, on_store), (TensorLoad, on_load),
+                                         (tirx.AllocBuffer, on_alloc), (tirx.DeclBuffer, on_decl)])
+    params = [new_param.get(i, p) for i, p in enumerate(func.params)]
+    return tirx.PrimFunc(params, body, ret_type=None, attrs=func.attrs)
+
+
+def PadDotRows() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
+    """The pass form of ``pad_dot_rows``, after ``MicroKernels`` in the plain-C lowering."""
+    return tirx.transform.prim_func_pass(lambda f, _m, _c: pad_dot_rows(f), opt_level=0,
+                                         name="tvm_patch.PadDotRows")
