@@ -419,8 +419,8 @@ def test_depthwise_windows_are_exact(tmp_path_factory, layout, h, w, k, stride, 
         return  # no output
     func = lean_schedule(_depthwise(layout, h, w, k, stride, pad, pad_value))
     src = emit_c({"kern": func})
-    # a window call (one output, or a pair or four of interior 3x3 stride-1 outputs), or a dot product where a
-    # window row is contiguous in both operands (NCHW, stride 1)
+    # a window call (one output, a pair of interior 3x3 stride-1 outputs, four of 5x5 / 7x7 ones), or a dot
+    # product where a window row is contiguous in both operands (NCHW, stride 1)
     assert re.search(r"\btvmp_(window[24]?|dot)_s8\(", src.code.replace(MICRO_KERNELS.read_text(), ""))
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
@@ -519,9 +519,7 @@ def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, 
     src = emit_c({"kern": func})
     out_w = (w + 2 - 3) // stride + 1
     interior = sum(1 for x in range(out_w) if x * stride - 1 >= 0 and x * stride + 1 <= w - 1)  # no padded tap
-    code = src.code.replace(MICRO_KERNELS.read_text(), "")
-    # pairs; at stride 1 four a call (tvmp_window4_s8's 3-wide path)
-    assert ("tvmp_window2_s8(" in code or "tvmp_window4_s8(" in code) == (interior >= 2 * MIN_WINDOW_PAIRS)
+    assert ("tvmp_window2_s8(" in src.code.replace(MICRO_KERNELS.read_text(), "")) == (interior >= 2 * MIN_WINDOW_PAIRS)
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
@@ -802,8 +800,7 @@ def test_pixel_groups_in_the_in_place_proof():
 @given(h=st.integers(3, 8), w=st.integers(3, 8), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory, h, w, pad_value, seed):
     """An in-place 3x3 stride-1 depthwise kernel (a channel's plane copied, then its outputs) computes its interior
-    outputs four or two at a time (tvmp_window4_s8 / tvmp_window2_s8, micro_kernels._window_pairs); run in place
-    it equals TVM."""
+    outputs in pairs (tvmp_window2_s8, micro_kernels._window_pairs); run in place it equals TVM."""
     from tvm_patch.codegen.c_kernels import mark_in_place
     from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 
@@ -812,8 +809,7 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
     pairs = inplace_conv_pairs(func, 1)
     assert pairs == [(0, 2)]
     csrc = emit_c({"kern": mark_in_place(func, pairs)})
-    code = csrc.code.replace(MICRO_KERNELS.read_text(), "")
-    assert ("tvmp_window2_s8(" in code or "tvmp_window4_s8(" in code) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
+    assert ("tvmp_window2_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")) == (w - 2 >= 2 * MIN_WINDOW_PAIRS)
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, (1, h, w, 3), dtype=np.int8), rng.integers(-128, 128, (3, 3, 3, 1), dtype=np.int8),
               np.zeros((1, h, w, 3), dtype=np.int8)]

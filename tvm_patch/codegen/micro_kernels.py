@@ -497,11 +497,15 @@ def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     becomes ``for x2 in range(E // 2): pair = {init, init}; tvmp_window2_s8(P, b + 2 d x2, d, ..., pair);
     epilogue(2 x2, pair[0]); epilogue(2 x2 + 1, pair[1])`` (and the last output alone when E is odd), so the taps
     of neighbouring windows are loaded once. The window may sit in a loop of its own (an NCHW stem's input
-    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call. Odd widths from
-    5 over contiguous rows (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``) go four outputs a call instead (``tvmp_window4_s8``; a pair and
-    a single output after the last four). Exact: each output's sum and epilogue are unchanged; the only
-    reordering is the later windows' reads moving before the first output's store, and a read moved earlier
-    sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered)."""
+    channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call.
+
+    Four outputs a call instead (``tvmp_window4_s8``), for a known extent of at least four, over contiguous rows
+    of odd widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``); after
+    the last four a pair and a single output, or, for three left over 7-wide rows that read a local copy
+    (``_recomputable``), the last four outputs once more. Exact: each output's sum and epilogue are unchanged; the
+    only reordering is the later windows' reads moving before the first output's store, and a read moved earlier
+    sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered); an
+    output computed twice gets the same value twice."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < min_extent):
@@ -537,8 +541,9 @@ def _window_pairs(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     # NCHW 5x5, 7x7 at stride 1 or 2 over contiguous rows (rows of dot products): the wide-row SMLAD paths of
     # tvmp_window2_s8
     wide = _dot_rows_window(stmts[at]) is not None and (d, step) in ((1, 1), (2, 1))
-    plane3 = not strided and not stem and not wide and (d, step) == (1, 1) and kw == 3  # a 3x3 stride-1 plane
-    n = 4 if (wide and _quad_widths(kw, d) or plane3) and extent is not None and extent >= 4 else 2
+    # (3x3 stride-1 planes four a call, tvmp_window4_s8's 3-wide path: -1 % on mcunet-in3's, but +7-13 % on kws's
+    # in-place 25 x 5 and +4-6 % on two of vww's: pairs)
+    n = 4 if wide and _quad_widths(kw, d) and extent is not None and extent >= 4 else 2
     if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights

@@ -721,25 +721,6 @@ TVMP_INLINE void tvmp_window4_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     w += wb;
 #if defined(__ARM_FEATURE_DSP)
-    if (kw == 3 && sx == 1 && d == 1) {
-        /* 3 wide: per kernel row the words at taps 0 and 2, (q0, q2), (q1, q3), (q2, q4), (q3, q5), against the
-           outer weights (w0, w2) by SMLAD and the middle one by SMLA(B|T)B, as tvmp_window2_s8 does for two */
-        for (int32_t ry = 0; ry < kh; ry++) {
-            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
-            uint32_t x, x2;
-            memcpy(&x, r, 4);
-            memcpy(&x2, r + 2, 4);
-            uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), e2 = __sxtb16(x2), o2 = tvmp_sxtb16_ror8(x2);
-            uint32_t w02 = tvmp_pack_lo_lo((uint32_t)(int32_t)wr[0], (uint32_t)(int32_t)wr[2 * wx]);
-            int32_t w1 = wr[wx];
-            a0 = __smlabb((int32_t)o, w1, __smlad(e, w02, a0));   /* q0 w0 + q2 w2, q1 w1 */
-            a1 = __smlatb((int32_t)e, w1, __smlad(o, w02, a1));   /* q1 w0 + q3 w2, q2 w1 */
-            a2 = __smlabb((int32_t)o2, w1, __smlad(e2, w02, a2)); /* q2 w0 + q4 w2, q3 w1 */
-            a3 = __smlatb((int32_t)e2, w1, __smlad(o2, w02, a3)); /* q3 w0 + q5 w2, q4 w1 */
-        }
-        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
-        return;
-    }
     if (kw >= 5 && (kw & 1) && sx == 1 && wx == 1 && d == 1) {
         for (int32_t ry = 0; ry < kh; ry++) {
             const int8_t *r = q + ry * sy, *wr = w + ry * wy;

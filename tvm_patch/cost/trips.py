@@ -174,13 +174,14 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
 def _micro_macs(name: str, args: list[int | None]) -> int:
     """Multiply-accumulates of one micro-kernel call (0 when a length is not constant): a dot product's rows x
     length (_dot_shape); tvmp_window_s8(p, pb, sy, sx, w, wb, wy, wx, kh, kw, ...) kh x kw; tvmp_window2_s8 /
-    tvmp_window4_s8 (two / four windows) twice / four times its."""
+    tvmp_window4_s8[w] (two / four windows) twice / four times its."""
     shape = _dot_shape(name, args)
     if shape is not None:
         return shape[0] * shape[1]
     if name == "tvmp_window_s8" and len(args) > 9:
         return (args[8] or 0) * (args[9] or 0)
-    blocks = {"tvmp_window2_s8": 2, "tvmp_window4_s8": 4}  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc)
+    blocks = {"tvmp_window2_s8": 2, "tvmp_window4_s8": 4, "tvmp_window4_s8w": 4}  # (p, pb, d, sy, sx, w, wb, wy,
+    # wx, kh, kw, acc)
     if name in blocks and len(args) > 10:
         return blocks[name] * (args[9] or 0) * (args[10] or 0)
     return 0
@@ -300,7 +301,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     out["micro_macs"] += trips * macs
                     if name.startswith("tvmp_window"):
                         out["window_macs"] += trips * macs
-                    if name == "tvmp_window4_s8":  # four outputs a call: fewer instructions per MAC than pairs
+                    if name.startswith("tvmp_window4"):  # four outputs a call: fewer instructions per MAC than pairs
                         out["window4_macs"] += trips * macs
                     shape = _dot_shape(name, vals)
                     if shape is not None:  # the SIMD part (words of 4) and the scalar tail (n % 4) of the dot
