@@ -12,12 +12,12 @@ import tvm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from test_micro_kernels import _conv_nhwc_ohwi, _matmul_requant
+from test_micro_kernels import _c_out_of_place, _conv_nhwc_ohwi, _depthwise, _matmul_requant, _tvm_out
 from microtvm_projects.errors import FitError
 from tvm_patch.board_build import fit_wide, narrowed
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.codegen.wide_weights import WIDEN_ATTR, widened_layout
+from tvm_patch.codegen.wide_weights import WIDEN_ATTR, padded_layout, widened_layout
 from tvm_patch.export import export_model
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
@@ -32,6 +32,49 @@ def test_layout_swaps_the_middle_pair_of_each_four():
         widened_layout(np.zeros(6, np.int8))
     with pytest.raises(ValueError, match="groups of four"):
         widened_layout(np.zeros(8, np.int16))
+
+
+def test_rows_padded_to_the_parameters_shape():
+    """A C parameter with more elements than its constant: each row padded with zeros (a depthwise kernel row of 7
+    taps as 8, then widened: its last four (w4, w6, w5, 0); a stem's 27 weights a channel as 28, int8)."""
+    w = np.arange(1, 15, dtype=np.int8).reshape(2, 1, 1, 7)
+    assert padded_layout(w, (2, 1, 1, 7)) is w  # the same element count: as it is
+    assert padded_layout(w, (2, 8)).tolist() == [[1, 2, 3, 4, 5, 6, 7, 0], [8, 9, 10, 11, 12, 13, 14, 0]]
+    assert widened_layout(w, (2, 1, 1, 8)).tolist() == [1, 3, 2, 4, 5, 7, 6, 0, 8, 10, 9, 11, 12, 14, 13, 0]
+    stem = np.ones((4, 3, 3, 3), np.int8)
+    assert padded_layout(stem, (4, 28)).sum(axis=1).tolist() == [27] * 4 and padded_layout(stem, (4, 28))[:, 27].tolist() == [0] * 4
+    with pytest.raises(ValueError, match="cannot be stored"):
+        padded_layout(stem, (4, 26))
+
+
+@pytest.mark.parametrize("h, w, stride", [
+    (12, 44, 1),  # 44 outputs a row: eleven calls of four
+    (11, 11, 1),  # 11: two calls of four, then the last four again (a local copy: computed twice, the same)
+    (12, 22, 2),  # stride 2, 11 outputs a row
+])
+def test_depthwise_7x7_quads_widened_exactly(tmp_path, h, w, stride):
+    """An NCHW 7x7 depthwise kernel through its padded channel copy, four windows a call: with the export's leave
+    its weights are stored widened, each kernel row padded to 8 (tvmp_window4_s8w, the parameter (C, 1, 7, 8));
+    bit-exact with TVM, in place (channel by channel, as the export runs it)."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs
+    from tvm_patch.export.padded_copy import padded_copy_schedule
+
+    src = _depthwise("NCHW", h, w, 7, stride, 3, -9)
+    func = padded_copy_schedule(src, 1)
+    pairs = inplace_conv_pairs(func, 1)
+    out = emit_c({"kern": (mark_in_place(func, pairs) if pairs else func).with_attr(WIDEN_ATTR, [1])})
+    code = out.code.replace(MICRO_KERNELS.read_text(), "")
+    param = out.functions["kern"].params[1]
+    assert "tvmp_window4_s8w(" in code and "tvmp_window2_s8(" not in code and "tvmp_window4_s8(" not in code
+    assert param.dtype == "int16" and tuple(param.shape) == (3, 1, 7, 8)
+    rng = np.random.default_rng(h + w)
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    arrays = [rng.integers(-128, 128, (1, 3, h, w), dtype=np.int8), rng.integers(-128, 128, (3, 1, 7, 7), dtype=np.int8),
+              np.zeros((1, 3, oh, ow), dtype=np.int8)]
+    ours = [arrays[0].copy(), widened_layout(arrays[1], tuple(param.shape)), arrays[2].copy()]
+    got = _c_out_of_place(out.code, ours, out.workspace_bytes.get("kern", 0), tmp_path)
+    np.testing.assert_array_equal(got, _tvm_out(src, arrays))
 
 
 def _run(func, arrays, weight: int, tmp) -> tuple[str, np.ndarray, np.ndarray]:
