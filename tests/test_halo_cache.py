@@ -21,6 +21,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.wide_weights import padded_layout
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.export import export_model
@@ -216,6 +217,8 @@ def run_c(func, stage: Stage, x: np.ndarray, seed: int = 0) -> np.ndarray:
                 args.append(ctypes.c_void_p(ws.ctypes.data))
             else:
                 a = next(data)
+                if p.dtype == "int8" and p.shape and int(np.prod(p.shape)) != a.size:  # rows padded (pad_rows.py)
+                    a = padded_layout(a, tuple(p.shape))
                 keep.append(a)
                 args.append(ctypes.c_void_p(a.ctypes.data))
         fn = lib.stage
@@ -403,8 +406,9 @@ def test_blocked_stage_forms_in_c(layout, halo):
     body = code[code.index("void stage("):]
     if halo == "recompute-te":
         assert "tvmp_dot_s8_rows4(" in body
-        if layout == "NCHW":  # the stem reads its copied window: one rows call over 27 bytes
-            assert re.search(r"tvmp_dot_s8_rows4\(\(&\((pixel|input_patch_global)\w*\[[^;]*, 27, ", body)
+        if layout == "NCHW":  # the stem reads its copied window: one rows call over its 27 bytes padded to 28
+            # (codegen/pad_rows.py), the window then widened once
+            assert re.search(r"tvmp_dot_(s8|q15)_rows4\([^;]*, 28, \(&", body)
     else:
         caches = [n for n in func.attrs[STAGE_OFFSETS_ATTR]["offsets"] if str(n).endswith(("_rows", "_cols"))]
         assert has_workspace_plan(func) and bool(caches) == (halo == "cache")

@@ -26,6 +26,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import ROWS, _extern_name, _int
 from tvm_patch.codegen.wide_weights import param_views
+from tvm_patch.codegen.workspace import fixed_plan
 
 __all__ = ["PadDotRows", "pad_dot_rows"]
 
@@ -82,7 +83,9 @@ def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[li
     tvm_ffi.structural_walk(func.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
                             order="pre")
     other = [ld.source for ld in loads if not any(ld.same_as(x) for x in called)]
+    placed = fixed_plan(func)  # a buffer its builder placed (a cache-mode stage's) keeps the size it was placed at
     local_n = {b.name: next(iter(ns)) for b, ns in acts.items() if len(ns) == 1 and next(iter(ns)) % 4
+               and (placed is None or b.name not in placed[0])
                and not any(b.name == x.name for x in [*bad, *other]) and [int(d) for d in b.shape] == [next(iter(ns))]
                and sum(1 for x in locals_ if x.name == b.name) == 1}
     param_n: dict[int, tuple[list[Any], int]] = {}

@@ -35,6 +35,7 @@ from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInf
 from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.tune.space import Choice, row_choices
 
 __all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
@@ -84,11 +85,12 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 
 # How the export blocks a kernel by ``rows``: over output channels, or (NHWC 1x1 kernels the export pixel-blocks,
 # reschedule.pixel_blocked and pixel_blocked_in_place; NCHW ones, pixel_pairs_nchw) over two output pixels and
-# min(rows, 2) channels.
+# min(rows, 2) channels, or (an NCHW stem) over output channels under its window copy.
 BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "channels": block_output_channels,
     "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
     "pixels, channels first": lambda f, rows: block_pixels(f, min(rows, 2), channels_first=True),
+    "window copy": window_copy_schedule,  # an NCHW stem through its pixel window's copy (reschedule.window_copies)
 }
 
 
