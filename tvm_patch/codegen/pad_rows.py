@@ -17,6 +17,7 @@ move to the padded rows.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tvm
@@ -110,9 +111,7 @@ def pad_dot_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
     new_view: dict[Any, Any] = {}
     for i, (views, n) in param_n.items():
         p = func.params[i]
-        numel = 1
-        for d in p.ty.shape:
-            numel *= int(d)
+        numel = math.prod(int(d) for d in p.ty.shape)
         new_param[i] = tirx.decl_buffer([numel // n, _ceil4(n)], "int8", p.name)
         for v in views:
             new_view[v] = tirx.decl_buffer([numel // n * _ceil4(n)], "int8", v.name)

@@ -21,6 +21,7 @@ storage and loads change.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -207,10 +208,7 @@ def widen_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def _numel(buf: Any) -> int:
-    out = 1
-    for d in buf.shape:
-        out *= int(d)
-    return out
+    return math.prod(int(d) for d in buf.shape)
 
 
 def _window_rows(body: Any) -> list[tuple[Any, int]]:

@@ -21,20 +21,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES
 from tvm_patch.errors import TVM_ERRORS
-from tvm_patch.export.blocking import ROW_BLOCKS
-from tvm_patch.export.schedule import is_default_form, lean_schedule
+from tvm_patch.export.blocking import ROW_BLOCKS, _int8_loads
+from tvm_patch.export.schedule import _is_reduction, is_default_form, lean_schedule
 
 __all__ = ["window_copy_schedule"]
-
-
-def _is_reduction(block: s_tir.SBlock) -> bool:
-    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in block.iter_vars)
 
 
 def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int] | None:
@@ -45,10 +39,7 @@ def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int] | None:
     if len(ivs) != 7 or [int(iv.iter_type) for iv in ivs] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
         return None
     n, f, y, x, c, ry, rx = (iv.var for iv in ivs)
-    loads: list[Any] = []
-    tvm_ffi.structural_walk(block.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
-                            order="pre")
-    int8 = [ld for ld in loads if str(ld.ty) == "int8"]
+    int8 = _int8_loads(block)
     if len(int8) != 2:
         return None
     weights = [ld for ld in int8 if len(ld.indices) == 4 and all(i.same_as(v) for i, v in zip(ld.indices, (f, c, ry, rx)))]
