@@ -402,7 +402,8 @@ def test_blocked_stage_forms_in_c(layout, halo):
             func = build_recompute_stage(stage, (3, 3))
         else:
             func = plan_stage_arena(build_stage(stage, (3, 3), in_place=True))[0]
-    code = emit_c({"stage": func}).code
+    emitted = emit_c({"stage": func})
+    code = emitted.code
     body = code[code.index("void stage("):]
     if halo == "recompute-te":
         assert "tvmp_dot_s8_rows4(" in body
@@ -413,13 +414,18 @@ def test_blocked_stage_forms_in_c(layout, halo):
         caches = [n for n in func.attrs[STAGE_OFFSETS_ATTR]["offsets"] if str(n).endswith(("_rows", "_cols"))]
         assert has_workspace_plan(func) and bool(caches) == (halo == "cache")
         prove_cached_plan(func)
-        stem_n = 27 if layout == "NCHW" else 9  # the stem's pixel pairs: one copied window, or one kernel row
-        assert re.search(rf"tvmp_dot_s8_px2_rows2\([^;]*, {stem_n}, \(&", body)
+        if layout == "NCHW":  # the stem's pixel pairs: the two copied windows 28 apart, their 27 taps padded to 28
+            # (cache_stage's zeroed tap, codegen/pad_rows.py's zero weights), then widened once for the channel blocks
+            assert re.search(r"tvmp_widen_px2\(\(&\(pixel\w*\[0\]\)\), 28, 28, ", body)
+            assert re.search(r"tvmp_dot_q15_px2_rows2\([^;]*layer0_weight[^;]*, 28, 28, \(&", body)
+            assert int(emitted.functions["stage"].params[1].shape[-1]) == 28  # the C parameter: rows of 28
+        else:  # one kernel row of 3 x 3 bytes
+            assert re.search(r"tvmp_dot_s8_px2_rows2\([^;]*, 9, \(&", body)
         # the 1x1 conv over 8 channels: its pixel pair widened once for its channel blocks (widen_kernels); in NCHW
         # straight from the channel planes, no copy widened (its pair window has its own buffer, read by nothing else)
         widen = "tvmp_widen_px2_planes(" if layout == "NCHW" else "tvmp_widen_px2("
         assert widen in body and re.search(r"tvmp_dot_q15_px2_rows2\([^;]*, 8, \(&", body)
-        assert layout == "NHWC" or "tvmp_widen_px2(" not in body
+        assert layout == "NHWC" or not re.search(r"tvmp_widen_px2\(\(&\(pixel_pair", body)  # (the stem's is above)
         # the bias as the accumulators' start, the output zero point in the rounding addend (tvmp_requant_rbz)
         assert "tvmp_window2_s8(" in body and "tvmp_requant_rbz(" in body and "tvmp_barrier();" in body
         assert re.search(r"acc\w*\[[^]]*\] = layer\d_bias\[", body)

@@ -527,41 +527,47 @@ def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, 
     np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=10, deadline=None)
-@given(h=st.integers(3, 10), w=st.integers(3, 10), k=st.sampled_from([3, 5]), stride=st.sampled_from([1, 2]),
-       cin=st.integers(1, 4), cout=st.sampled_from([2, 4, 8, 6]), pad_value=st.integers(-128, 127),
-       seed=st.integers(0, 2**16))
-def test_nchw_stem_through_a_window_copy_is_exact(tmp_path_factory, h, w, k, stride, cin, cout, pad_value, seed):
-    """An NCHW k x k convolution over few input channels (a stem) through a copy of each output pixel's window
-    (export/window_copy.py): one tvmp_dot_s8_rows* call over the whole window per channel block, the copy a C
-    local (no workspace); against TVM's build of the unscheduled kernel."""
+@settings(max_examples=14, deadline=None)
+@given(layout=st.sampled_from(["NCHW", "NHWC"]), h=st.integers(3, 12), w=st.integers(3, 10),
+       k=st.sampled_from([(3, 3), (5, 5), (10, 4)]), stride=st.sampled_from([1, 2]), cin=st.integers(1, 4),
+       cout=st.sampled_from([2, 4, 8, 6]), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
+@example(layout="NHWC", h=12, w=10, k=(10, 4), stride=2, cin=1, cout=8, pad_value=83, seed=1)  # kws's stem in small
+@example(layout="NHWC", h=9, w=9, k=(3, 3), stride=2, cin=3, cout=8, pad_value=-128, seed=2)  # vww's (27 taps)
+def test_stem_through_a_window_copy_is_exact(tmp_path_factory, layout, h, w, k, stride, cin, cout, pad_value, seed):
+    """A k x k convolution over few input channels (a stem; NCHW, or NHWC as kws's 10 x 4 over one channel)
+    through a copy of each output pixel's window (export/window_copy.py): one tvmp_dot_s8_rows* call over the
+    whole window per channel block, the copy a C local (no workspace); against TVM's build of the unscheduled
+    kernel."""
     from tvm import topi
 
     from tvm_patch.codegen.wide_weights import padded_layout
     from tvm_patch.export.window_copy import window_copy_schedule
 
-    a = te.placeholder((1, cin, h, w), "int8", name="A")
-    wt = te.placeholder((cout, cin, k, k), "int8", name="W")
-    pad = k // 2
-    padded = topi.nn.pad(a, [0, 0, pad, pad], [0, 0, pad, pad], pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
-    acc = topi.nn.conv(padded, wt, stride, 0, 1, 1, "NCHW", "OIHW", "int32")
+    (kh, kw), nchw = k, layout == "NCHW"
+    h = max(h, kh)
+    a = te.placeholder((1, cin, h, w) if nchw else (1, h, w, cin), "int8", name="A")
+    wt = te.placeholder((cout, cin, kh, kw) if nchw else (cout, kh, kw, cin), "int8", name="W")
+    pads = ([0, 0, kh // 2, kw // 2], [0, 0, (kh - 1) // 2, (kw - 1) // 2]) if nchw else \
+        ([0, kh // 2, kw // 2, 0], [0, (kh - 1) // 2, (kw - 1) // 2, 0])
+    padded = topi.nn.pad(a, *pads, pad_value=tirx.const(pad_value, "int8"), name="pad_temp")
+    acc = topi.nn.conv(padded, wt, stride, 0, 1, 1, layout, "OIHW" if nchw else "OHWI", "int32")
     with extern_requantization():
         q = requantize_te(acc, 1518500250, -8, 5)
     out = te.compute(q.shape, lambda *i: te.max(te.min(q(*i), 127), -128).astype("int8"), name="out")
     func = te.create_prim_func([a, wt, out])
     rows = 4 if cout % 4 == 0 else 2
     sched = window_copy_schedule(func, rows)
-    too_big = cin * k * k > 64  # LOCAL_MAX_BYTES: the copy would need workspace
+    too_big = cin * kh * kw > 64  # LOCAL_MAX_BYTES: the copy would need workspace
     assert (sched is func) == too_big
     if too_big:
         sched = lean_schedule(func)  # no workspace either
     src = emit_c({"kern": sched})
     code = src.code.replace(MICRO_KERNELS.read_text(), "")
-    taps = cin * k * k
+    taps = cin * kh * kw
     if not too_big:  # one rows call a channel block; odd lengths padded to words (pad_rows.py), then widened once
         padded = -(-taps // 4) * 4
         assert re.search(rf"tvmp_dot_(s8|q15)_rows{rows}\(.*, {padded}, \(&", code)  # (its length, then acc)
-        assert tuple(src.functions["kern"].params[1].shape) == ((cout, padded) if padded != taps else (cout, cin, k, k))
+        assert tuple(src.functions["kern"].params[1].shape) == ((cout, padded) if padded != taps else tuple(int(d) for d in wt.shape))
         assert not src.workspace_bytes.get("kern")
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
@@ -570,7 +576,7 @@ def test_nchw_stem_through_a_window_copy_is_exact(tmp_path_factory, h, w, k, str
     ours[1] = padded_layout(arrays[1], tuple(src.functions["kern"].params[1].shape))  # as the export stores it
     got = _c_out_of_place(src.code, ours, src.workspace_bytes.get("kern", 0), tmp_path_factory.mktemp("stemcopy"))
     np.testing.assert_array_equal(got, _tvm_out(func, arrays))
-    dw = _depthwise("NCHW", h, w, 3, 1, 1, 0)
+    dw = _depthwise(layout, h, w, 3, 1, 1, 0)
     assert window_copy_schedule(dw, 2) is dw  # a depthwise convolution: unchanged
 
 
@@ -636,7 +642,7 @@ def test_plain_and_micro_exports_agree(tmp_path, shared_models):
     assert micro.micro_kernels and not plain.micro_kernels
     micro_c, plain_c = ((tmp_path / d / "model.c").read_text() for d in ("micro", "plain"))
     assert re.search(r"= tvmp_dot_s8\(", micro_c) and re.search(r"tvmp_requant\(", micro_c)
-    assert all(f"{k}(" in micro_c for k in ("tvmp_dot_s8_rows4", "tvmp_window_s8", "tvmp_sat_s8"))
+    assert all(f"{k}(" in micro_c for k in ("tvmp_window_s8", "tvmp_sat_s8")) and re.search(r"tvmp_dot_\w+_rows4\(", micro_c)
     assert "tvmp_dot_s8" not in plain_c and "tvmp_requant" not in plain_c
     assert micro.arena_bytes == plain.arena_bytes and micro.weights_bytes == plain.weights_bytes
 

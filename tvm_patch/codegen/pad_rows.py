@@ -8,11 +8,13 @@ mcunet-in3's stem. Padded to 28, the window's last byte a zero the kernel never 
 declaration; in workspace the product is zero all the same) and each weight row's last a zero too, every row is
 seven words: the same sums, since each added product is a zero weight times a byte.
 
-``pad_dot_rows`` pads where a local int8 buffer of n elements (n % 4 != 0) is read only as the activations of
-``tvmp_dot_s8_rows{J}`` calls of length n, and an int8 parameter only as those calls' weights, rows n apart at
-offsets that are multiples of n: the local becomes ``ceil4(n)`` elements, the parameter ``(rows, ceil4(n))`` (the
-export pads the constant so: ``export.wide_weights.stored_layout``), the calls' length, row stride and offsets
-move to the padded rows.
+``pad_dot_rows`` pads where a local int8 buffer is read only as the activations of ``tvmp_dot_s8_rows{J}`` calls
+of length n (n % 4 != 0; the local of n elements, or already ``ceil4(n)`` or more) or of ``tvmp_dot_s8_px2_rows{J}``
+calls whose pixel stride is a multiple of four of at least ``ceil4(n)`` (a patch stage's two copied windows,
+``patch/cache_stage.py``), and an int8 parameter only as those calls' weights, rows n apart at offsets that are
+multiples of n: a local of n elements becomes ``ceil4(n)``, the parameter ``(rows, ceil4(n))`` (the export pads
+the constant so: ``export.wide_weights.padded_layout``), the calls' length, row stride and offsets move to the
+padded rows. A padded tap's byte need not be zero: its weight is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import ROWS, _extern_name, _int
+from tvm_patch.codegen.micro_kernels import PX2_ROWS, ROWS, _extern_name, _int
 from tvm_patch.codegen.wide_weights import param_views
 from tvm_patch.codegen.workspace import fixed_plan
 
@@ -46,9 +48,27 @@ def _operand(ptr: Any) -> TensorLoad | None:
     return load if load is not None and len(load.indices) == 1 else None
 
 
-def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[list[Any], int]]]:
-    """({local buffer's name: n}, {parameter position: (its views, n)}) of the rows calls that may be padded (see the
-    module doc); a buffer some other read takes, or calls of several lengths, are left out."""
+def _dot_args(c: Any) -> tuple[int, list[Any]] | None:
+    """(where the weight pointer is among the arguments, the arguments) of a rows call ``(a, w, ws, n, acc)`` or a
+    pixel-pair call ``(a, as, w, ws, n, acc)``, else None."""
+    name = _extern_name(c)
+    return (1, list(c.args)[1:]) if name in ROWS.values() else (2, list(c.args)[1:]) if name in PX2_ROWS.values() \
+        else None
+
+
+def _span(wi: int, args: list[Any], n: int) -> int | None:
+    """Elements of the activation local a padded call reads: ``ceil4(n)``, or a pixel stride more for a pixel pair
+    (None: a stride not a constant multiple of four at least ``ceil4(n)``)."""
+    if wi == 1:
+        return _ceil4(n)
+    stride = _const(args[1])
+    return None if stride is None or stride % 4 or stride < _ceil4(n) else stride + _ceil4(n)
+
+
+def _candidates(func: tirx.PrimFunc) -> tuple[dict[str, int | None], dict[int, tuple[list[Any], int]]]:
+    """({local buffer's name: n, or None where it is long enough already}, {parameter position: (its views, n)}) of
+    the dot calls that may be padded (see the module doc); a buffer some other read takes, or calls of several
+    lengths, are left out."""
     views = param_views(func)
     by_view = {v: i for i, vs in views.items() for v in vs}
     locals_: list[Any] = []
@@ -58,11 +78,14 @@ def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[li
     weights: dict[int, set[int]] = {}
     bad: set[Any] = set()
     called: list[Any] = []
+    pairs: set[tuple[str, int]] = set()  # (activation local, weight parameter) of each call
 
     def on_call(c: Any) -> tvm_ffi.WalkResult:
-        if _extern_name(c) not in ROWS.values():
+        found = _dot_args(c)
+        if found is None:
             return tvm_ffi.WalkResult.ADVANCE
-        a, w, ws, n = list(c.args)[1:5]
+        wi, args = found
+        a, w, ws, n = args[0], *args[wi:wi + 3]
         a_load, w_load, n = _operand(a), _operand(w), _const(n)
         if a_load is None or w_load is None or n is None or _const(ws) != n:
             return tvm_ffi.WalkResult.ADVANCE
@@ -70,25 +93,38 @@ def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[li
         # (by name: the border partition's copies of a loop nest may hold their own Buffer object for a local)
         local = next((b for b in locals_ if a_load.source.name == b.name), None)
         param = next((i for v, i in by_view.items() if w_load.source.same_as(v)), None)
-        if (local is None or param is None or _int(a_load.indices[0]) != 0
+        if n % 4 == 0:  # whole words: the call reads its local as it is (its weights are not padded: see below)
+            if param is not None:
+                weights.setdefault(param, set()).add(n)
+            return tvm_ffi.WalkResult.ADVANCE
+        span = _span(wi, args, n)
+        if (local is None or param is None or span is None or _int(a_load.indices[0]) != 0
                 or not ana.can_prove_equal(tirx.floormod(w_load.indices[0], n), 0)):
             bad.update({a_load.source, w_load.source})
             return tvm_ffi.WalkResult.ADVANCE
-        acts.setdefault(local, set()).add(n)
         weights.setdefault(param, set()).add(n)
+        acts.setdefault(local, set()).add((n, span))
+        pairs.add((local.name, param))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, on_call)], order="pre")
-    # every other load of these buffers (not a call's operand) rules them out
+    # every other load of a parameter (not a call's operand) rules it out; a local's do not (its padded taps' bytes
+    # are multiplied by zero weights, whatever they hold)
     loads: list[Any] = []
     tvm_ffi.structural_walk(func.body, [(TensorLoad, lambda ld: loads.append(ld) or tvm_ffi.WalkResult.ADVANCE)],
                             order="pre")
     other = [ld.source for ld in loads if not any(ld.same_as(x) for x in called)]
     placed = fixed_plan(func)  # a buffer its builder placed (a cache-mode stage's) keeps the size it was placed at
-    local_n = {b.name: next(iter(ns)) for b, ns in acts.items() if len(ns) == 1 and next(iter(ns)) % 4
-               and (placed is None or b.name not in placed[0])
-               and not any(b.name == x.name for x in [*bad, *other]) and [int(d) for d in b.shape] == [next(iter(ns))]
-               and sum(1 for x in locals_ if x.name == b.name) == 1}
+    local_n: dict[str, int | None] = {}  # a local -> its padded length (None: long enough already)
+    for b, uses in acts.items():
+        ns, size = {n for n, _ in uses}, math.prod(int(d) for d in b.shape)
+        if ((placed is not None and b.name in placed[0]) or len(b.shape) != 1 or any(b.name == x.name for x in bad)
+                or sum(1 for x in locals_ if x.name == b.name) != 1):
+            continue
+        if size >= max(span for _, span in uses):  # (a stage's pixel window: sized for its widest use)
+            local_n[b.name] = None
+        elif ns == {size} and all(span == _ceil4(size) for _, span in uses):  # one window of n: grown by the padding
+            local_n[b.name] = size
     param_n: dict[int, tuple[list[Any], int]] = {}
     for i, ns in weights.items():
         if len(ns) != 1 or next(iter(ns)) % 4 == 0 or not all(len(v.shape) == 1 for v in views[i]):
@@ -96,6 +132,11 @@ def _candidates(func: tirx.PrimFunc) -> tuple[dict[Any, int], dict[int, tuple[li
         if any(v.same_as(x) for v in views[i] for x in [*bad, *other]):
             continue
         param_n[i] = (views[i], next(iter(ns)))
+    # a call is padded whole or not at all: a local and a parameter only where every call pairing them is padded
+    while unpaired := {(a, i) for a, i in pairs if (a in local_n) != (i in param_n)}:
+        for a, i in unpaired:
+            local_n.pop(a, None)
+            param_n.pop(i, None)
     return local_n, param_n
 
 
@@ -106,7 +147,8 @@ def pad_dot_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if not local_n or not param_n:
         return func
     ana = tvm.sym.Analyzer()
-    new_local = {name: tirx.decl_buffer([_ceil4(n)], "int8", name) for name, n in local_n.items()}
+    new_local = {name: tirx.decl_buffer([_ceil4(n)], "int8", name) for name, n in local_n.items() if n is not None}
+    padded = set(local_n)
     new_param: dict[int, Any] = {}
     new_view: dict[Any, Any] = {}
     for i, (views, n) in param_n.items():
@@ -123,19 +165,22 @@ def pad_dot_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return next((nb for b, nb in new_view.items() if buf.same_as(b)), None)
 
     def on_call(c: Any) -> Any:
-        if _extern_name(c) not in ROWS.values():
+        found = _dot_args(c)
+        if found is None:
             return c
-        args = list(c.args)[1:]
-        a_load, w_load, n = _operand(args[0]), _operand(args[1]), _const(args[3])
-        if a_load is None or w_load is None:
+        wi, args = found
+        a_load, w_load, n = _operand(args[0]), _operand(args[wi]), _const(args[wi + 2])
+        if a_load is None or w_load is None or str(a_load.source.dtype) != "int8" or a_load.source.name not in padded:
             return c
-        la, vw = local_of(a_load.source), view_of(w_load.source)
-        if la is None or vw is None:
+        vw = view_of(w_load.source)
+        if vw is None:
             return c
         n4 = _ceil4(n)
-        args[0] = tirx.address_of(tirx.BufferLoad(la, [tirx.const(0, "int32")]))
-        args[1] = tirx.address_of(tirx.BufferLoad(vw, [ana.simplify(tirx.floordiv(w_load.indices[0], n) * n4)]))
-        args[2] = args[3] = tirx.const(n4, "int32")
+        la = local_of(a_load.source)
+        if la is not None:
+            args[0] = tirx.address_of(tirx.BufferLoad(la, [tirx.const(0, "int32")]))
+        args[wi] = tirx.address_of(tirx.BufferLoad(vw, [ana.simplify(tirx.floordiv(w_load.indices[0], n) * n4)]))
+        args[wi + 1] = args[wi + 2] = tirx.const(n4, "int32")
         return tirx.call_extern("void", _extern_name(c), *args)
 
     def on_store(st: Any) -> Any:

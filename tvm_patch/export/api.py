@@ -341,8 +341,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
                                                        alignment)
     inplace_funcs = {prog.calls[k].func for k in aplan.inplace_calls}
     if lean and micro:
-        funcs = pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
         funcs = window_copies(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment)
+        funcs = pixel_blocked(prog, funcs, lean_funcs, inplace_funcs, workspace, rows, alignment, pairs, n_out)
         funcs = {n: channel_outer_schedule(f, n_out[n]) if f is lean_funcs[n] and n not in inplace_funcs else f
                  for n, f in funcs.items()}
     overlaps = {n: (list(pairs[n]) if n in inplace_funcs else []) + _repeated_args(prog, n) for n in funcs}

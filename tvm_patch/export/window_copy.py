@@ -31,27 +31,31 @@ from tvm_patch.export.schedule import _is_reduction, is_default_form, lean_sched
 __all__ = ["window_copy_schedule"]
 
 
-def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int] | None:
-    """(window buffer, weights buffer, window bytes) of an NCHW convolution block over all its input channels:
-    iterators (n, f, y, x, c, ry, rx), weights read at [f, c, ry, rx], the window at [n, c, y * s + ry, x * s + rx]
-    (s any stride); else None."""
+def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int, str] | None:
+    """(window buffer, weights buffer, window bytes, layout) of a convolution block over all its input channels:
+    NCHW, iterators (n, f, y, x, c, ry, rx), weights read at [f, c, ry, rx], the window at [n, c, y * s + ry,
+    x * s + rx]; or NHWC, iterators (n, y, x, f, ry, rx, c), weights at [f, ry, rx, c], the window at
+    [n, y * s + ry, x * s + rx, c] (s any stride); else None."""
     ivs = block.iter_vars
     if len(ivs) != 7 or [int(iv.iter_type) for iv in ivs] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
         return None
-    n, f, y, x, c, ry, rx = (iv.var for iv in ivs)
     int8 = _int8_loads(block)
     if len(int8) != 2:
         return None
-    weights = [ld for ld in int8 if len(ld.indices) == 4 and all(i.same_as(v) for i, v in zip(ld.indices, (f, c, ry, rx)))]
-    if len(weights) != 1:
-        return None
-    act = [ld for ld in int8 if ld is not weights[0]][0]
-    if len(act.indices) != 4 or not act.indices[1].same_as(c):
-        return None
-    taps = int(ivs[4].dom.extent) * int(ivs[5].dom.extent) * int(ivs[6].dom.extent)
-    if int(ivs[5].dom.extent) * int(ivs[6].dom.extent) == 1:
-        return None  # a 1x1 convolution: the pixel copies of inplace_conv
-    return act.source, weights[0].source, taps
+    v = [iv.var for iv in ivs]
+    for layout, w_order, c_at in (("NCHW", (v[1], v[4], v[5], v[6]), 1), ("NHWC", (v[3], v[4], v[5], v[6]), 3)):
+        weights = [ld for ld in int8 if len(ld.indices) == 4 and all(i.same_as(x) for i, x in zip(ld.indices, w_order))]
+        if len(weights) != 1:
+            continue
+        act = [ld for ld in int8 if ld is not weights[0]][0]
+        if len(act.indices) != 4 or not act.indices[c_at].same_as(w_order[1 if layout == "NCHW" else 3]):
+            continue
+        taps = int(ivs[4].dom.extent) * int(ivs[5].dom.extent) * int(ivs[6].dom.extent)
+        kernel = taps // int((ivs[4] if layout == "NCHW" else ivs[6]).dom.extent)
+        if kernel == 1:
+            return None  # a 1x1 convolution: the pixel copies of inplace_conv
+        return act.source, weights[0].source, taps, layout
+    return None
 
 
 def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
@@ -68,13 +72,18 @@ def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
             return func
         rv = reductions[0]
         found = _conv_shape(sch.get(rv))
-        if found is None or found[2] > LOCAL_MAX_BYTES or int(sch.get(rv).iter_vars[1].dom.extent) % rows:
+        if found is None or found[2] > LOCAL_MAX_BYTES:
             return func
-        window, name = found[0], sch.get(rv).name_hint
-        n, f, y, x, c, ry, rx = sch.get_loops(rv)
-        sch.reorder(y, x, f)
+        if int(sch.get(rv).iter_vars[1 if found[3] == "NCHW" else 3].dom.extent) % rows:  # (the output channels)
+            return func
+        window, name, layout = found[0], sch.get(rv).name_hint, found[3]
+        if layout == "NCHW":
+            n, f, y, x, *red = sch.get_loops(rv)
+            sch.reorder(y, x, f)
+        else:  # NHWC: the pixel loops are outside the channels' already
+            n, y, x, f, *red = sch.get_loops(rv)
         _, f_in = sch.split(f, [None, rows])
-        sch.reorder(c, ry, rx, f_in)
+        sch.reorder(*red, f_in)
         # the window's producers (its pad) stay blocks, so that they are computed into the copy, not per read
         producers = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
                      if any(w.source.same_as(window) for w in sch.get(b).writes)}
@@ -94,7 +103,7 @@ def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
         for p in producers:  # the pad (and any copy of it) computed into the window copy
             sch.compute_inline(sch.get_sblock(p))
         loops = sch.get_loops(upd)
-        sch.fuse(*loops[-4:-1])  # (c, ry, rx): one contiguous run in the copy and in the weights
+        sch.fuse(*loops[-4:-1])  # (c, ry, rx) or (ry, rx, c): one contiguous run in the copy and the weights
     except TVM_ERRORS:
         return func
     return sch.mod["main"]

@@ -147,9 +147,9 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # channel planes instead (codegen/widen_kernels: the copy goes); other windows share `pix`
     pair_win = {v: tirx.decl_buffer((2 * _window_bytes(stage, v),), dt, name=f"{PIXEL_NAME}_pair{v}")
                 for v in pairs if _window_bytes(stage, v) and stage.geometry[v].kh * stage.geometry[v].kw == 1}
-    pix_bytes = max([(2 if v in pairs and v not in pair_win else 1) * _window_bytes(stage, v) for v in blocked],
-                    default=0)
-    pix = tirx.decl_buffer((max(pix_bytes // (4 if dt == "float32" else 1), 1),), dt, name=PIXEL_NAME)
+    pix_len = max([(2 if v in pairs and v not in pair_win else 1) * _window_stride(stage, v) for v in blocked],
+                  default=0)
+    pix = tirx.decl_buffer((max(pix_len, 1),), dt, name=PIXEL_NAME)
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
     out_copy = {v for v in dw if copies_output(stage, plan, v)}
     for v in sorted(dw):
@@ -310,14 +310,17 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         (sh, sw), (pt, pl, _, _) = g.stride, g.padding
         cb = tirx.Var("cb", _I32)
         taps = g.kh * g.kw
-        k_len = g.c_in * taps
         stmts = []
         win = pair_win[v] if npx == 2 and v in pair_win else pix
         if _window_bytes(stage, v):  # the pixels' windows, in the weights' (I, H, W) order: one contiguous run
+            step, k_len = _window_stride(stage, v), g.c_in * taps
             stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
                                 lambda p, rc, ry, rx: tirx.BufferStore(
                                     win, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
-                                    [p * _c(k_len) + rc * _c(taps) + ry * _c(g.kw) + rx])))
+                                    [p * _c(step) + rc * _c(taps) + ry * _c(g.kw) + rx])))
+            if step > k_len:  # the padded taps: zeros (their weights are zeros too), and so in the C local's extent
+                stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(step - k_len))], lambda p, t: tirx.BufferStore(
+                    win, _c(0, dt), [p * _c(step) + _c(k_len) + t])))
         stmts.append(tirx.For(cb, _c0, _c(g.c_out // blocked[v]), tirx.ForKind.SERIAL,
                               tirx.SeqStmt(conv_channels(v, y, x, npx, cb, lambda c, p, j, val: dest(c, p, val), win))))
         return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
@@ -337,7 +340,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
 
         def term(rc, ry, rx, p, j):
             if window:  # rc is the flat index into the window
-                a = tirx.BufferLoad(win, [p * _c(k_len) + rc])
+                a = tirx.BufferLoad(win, [p * _c(_window_stride(stage, v)) + rc])
                 rc, ry, rx = (tirx.floordiv(rc, _c(taps)), tirx.floormod(tirx.floordiv(rc, _c(g.kw)), _c(g.kh)),
                               tirx.floormod(rc, _c(g.kw)))
             else:
@@ -636,6 +639,16 @@ def _blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dic
         adds.setdefault(add, []).append(u)
     return {a: us for a, us in adds.items()
             if all(accumulator_rows(stage, u) > 1 and not _window_bytes(stage, u) for u in us)}
+
+
+def _window_stride(stage: Stage, v: int) -> int:
+    """Elements from one pixel's copied window to the next in `pixel`: an int8 k x k window's taps padded to a
+    multiple of four (codegen/pad_rows.py then pads the weight rows with zeros: every row whole words for the
+    micro-kernels, the stem's 27 taps 28), others their taps (0: no window copied)."""
+    g, n = stage.geometry[v], _window_bytes(stage, v)
+    if n and stage.dtype == "int8" and g.kh * g.kw > 1:
+        return (n + 3) // 4 * 4
+    return n // 4 if stage.dtype == "float32" else n
 
 
 def _window_bytes(stage: Stage, v: int) -> int:
