@@ -707,6 +707,19 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
     acc[0] = a0, acc[1] = a1;
 }
 
+/* tvmp_window4_s8[w]'s taps one at a time (no DSP extension, or a form the paths below do not take); `at` is tap
+   (ry, rx)'s place in the weights. Then the four sums stored. */
+#define TVMP_WINDOW4_TAPS(at) do {                                                                         \
+        for (int32_t ry = 0; ry < kh; ry++)                                                                \
+            for (int32_t rx = 0; rx < kw; rx++) {                                                          \
+                int32_t wv = w[at];                                                                        \
+                const int8_t *t = q + ry * sy + rx * sx;                                                   \
+                a0 += (int32_t)t[0] * wv, a1 += (int32_t)t[d] * wv;                                        \
+                a2 += (int32_t)t[2 * d] * wv, a3 += (int32_t)t[3 * d] * wv;                                \
+            }                                                                                              \
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;                                                \
+    } while (0)
+
 /* Four interior windows of one channel, each the next one ``d`` bytes on (four adjacent outputs of a row): acc[0..3].
    With the DSP extension, for odd kernel widths from 5 over contiguous rows (5x5, 7x7), stride 1: per four taps
    the words at taps 0 and 2 give e = (q0, q2), o = (q1, q3), e2 = (q2, q4), o2 = (q3, q5), and the weights'
@@ -812,16 +825,7 @@ TVMP_INLINE void tvmp_window4_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
         return;
     }
 #endif
-    for (int32_t ry = 0; ry < kh; ry++)
-        for (int32_t rx = 0; rx < kw; rx++) {
-            int32_t wv = w[ry * wy + rx * wx];
-            const int8_t *t = q + ry * sy + rx * sx;
-            a0 += (int32_t)t[0] * wv;
-            a1 += (int32_t)t[d] * wv;
-            a2 += (int32_t)t[2 * d] * wv;
-            a3 += (int32_t)t[3 * d] * wv;
-        }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    TVMP_WINDOW4_TAPS(ry * wy + rx * wx);
 }
 
 /* tvmp_window4_s8 on depthwise weights stored widened in Flash (codegen/wide_weights.py): int16, each kernel row
@@ -903,16 +907,7 @@ TVMP_INLINE void tvmp_window4_s8w(const int8_t *p, int32_t pb, int32_t d, int32_
         return;
     }
 #endif
-    for (int32_t ry = 0; ry < kh; ry++)
-        for (int32_t rx = 0; rx < kw; rx++) {
-            int32_t wv = w[ry * wy + tvmp_wide_pos(rx)];
-            const int8_t *t = q + ry * sy + rx * sx;
-            a0 += (int32_t)t[0] * wv;
-            a1 += (int32_t)t[d] * wv;
-            a2 += (int32_t)t[2 * d] * wv;
-            a3 += (int32_t)t[3 * d] * wv;
-        }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    TVMP_WINDOW4_TAPS(ry * wy + tvmp_wide_pos(rx));
 }
 
 /* d[0..n) = s[0..n) as the forward byte loop it replaces does it, for any overlap: four bytes a load and a store
