@@ -414,13 +414,12 @@ def test_blocked_stage_forms_in_c(layout, halo):
         caches = [n for n in func.attrs[STAGE_OFFSETS_ATTR]["offsets"] if str(n).endswith(("_rows", "_cols"))]
         assert has_workspace_plan(func) and bool(caches) == (halo == "cache")
         prove_cached_plan(func)
-        if layout == "NCHW":  # the stem's pixel pairs: the two copied windows 28 apart, their 27 taps padded to 28
-            # (cache_stage's zeroed tap, codegen/pad_rows.py's zero weights), then widened once for the channel blocks
-            assert re.search(r"tvmp_widen_px2\(\(&\(pixel\w*\[0\]\)\), 28, 28, ", body)
-            assert re.search(r"tvmp_dot_q15_px2_rows2\([^;]*layer0_weight[^;]*, 28, 28, \(&", body)
-            assert int(emitted.functions["stage"].params[1].shape[-1]) == 28  # the C parameter: rows of 28
-        else:  # one kernel row of 3 x 3 bytes
-            assert re.search(r"tvmp_dot_s8_px2_rows2\([^;]*, 9, \(&", body)
+        # the stem's pixel pairs: the two copied windows (NCHW: I, H, W; NHWC: H, W, I, its kernel rows of 9 bytes
+        # no whole words) 28 apart, their 27 taps padded to 28 (cache_stage's zeroed tap, codegen/pad_rows.py's
+        # zero weights), then widened once for the channel blocks
+        assert re.search(r"tvmp_widen_px2\(\(&\(pixel\w*\[0\]\)\), 28, 28, ", body)
+        assert re.search(r"tvmp_dot_q15_px2_rows2\([^;]*layer0_weight[^;]*, 28, 28, \(&", body)
+        assert int(emitted.functions["stage"].params[1].shape[-1]) == 28  # the C parameter: rows of 28
         # the 1x1 conv over 8 channels: its pixel pair widened once for its channel blocks (widen_kernels); in NCHW
         # straight from the channel planes, no copy widened (its pair window has its own buffer, read by nothing else)
         widen = "tvmp_widen_px2_planes(" if layout == "NCHW" else "tvmp_widen_px2("

@@ -25,7 +25,7 @@ from microtvm_projects.boards import get_board
 from conftest import FIRMWARE_FIXTURES, run_test_firmware
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.codegen.micro_kernels import MIN_WINDOW_PAIRS
+from tvm_patch.codegen.window_blocks import MIN_WINDOW_PAIRS
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.schedule import lean_schedule
@@ -461,7 +461,7 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
 ])
 def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad, stride, calls):
     """NCHW 5x5 / 7x7 depthwise windows, whose kernel rows are dot-product calls, run four or two along a row
-    (micro_kernels._dot_rows_window, then tvmp_window4_s8 / tvmp_window2_s8's wide-row paths); bit-exact with
+    (window_blocks._dot_rows_window, then tvmp_window4_s8 / tvmp_window2_s8's wide-row paths); bit-exact with
     TVM."""
     func = lean_schedule(_depthwise("NCHW", h, w, k, stride, pad, -9))
     src = emit_c({"kern": func})
@@ -504,7 +504,7 @@ def test_planes_smaller_than_the_kernel_are_peeled(tmp_path, layout):
 @given(w=st.integers(5, 14), stride=st.sampled_from([1, 2]), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, stride, pad_value, seed):
     """An NCHW 3x3 stem over 3 input channels (``for rc: acc = tvmp_window_s8(...)`` per output): neighbouring
-    interior outputs pair (tvmp_window2_s8 inside the channel loop, micro_kernels._window_pairs);
+    interior outputs pair (tvmp_window2_s8 inside the channel loop, window_blocks.window_blocks);
     bit-exact with TVM at stride 1 and 2, odd and even rows."""
     from tvm import topi
 
@@ -806,7 +806,7 @@ def test_pixel_groups_in_the_in_place_proof():
 @given(h=st.integers(3, 8), w=st.integers(3, 8), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory, h, w, pad_value, seed):
     """An in-place 3x3 stride-1 depthwise kernel (a channel's plane copied, then its outputs) computes its interior
-    outputs in pairs (tvmp_window2_s8, micro_kernels._window_pairs); run in place it equals TVM."""
+    outputs in pairs (tvmp_window2_s8, window_blocks.window_blocks); run in place it equals TVM."""
     from tvm_patch.codegen.c_kernels import mark_in_place
     from tvm_patch.export.inplace_conv import inplace_conv_pairs, inplace_conv_schedule
 

@@ -13,7 +13,6 @@ falls back to bytes where a word read could see a byte the loop had already writ
 
 from __future__ import annotations
 
-from typing import Any
 
 import tvm
 import tvm_ffi

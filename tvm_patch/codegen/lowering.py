@@ -26,6 +26,7 @@ from tvm_patch.codegen.quantize_kernels import QuantizeCalls
 from tvm_patch.codegen.widen_kernels import WidenPixelPairs
 from tvm_patch.codegen.wide_weights import WidenWeights
 from tvm_patch.codegen.workspace import fixed_plan
+from tvm_patch.codegen.window_blocks import WindowBlocks
 
 __all__ = ["finalize_passes", "lower_tir", "lowering_passes"]
 
@@ -74,6 +75,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
     ]
     if for_c and micro_kernels_enabled():
         passes.append(MicroKernels())  # contiguous int8 dot products -> tvmp_dot_s8 (tvmp_kernels.h)
+        passes.append(WindowBlocks())  # neighbouring windows two or four a call (tvmp_window2_s8 / _window4_s8)
         passes.append(PadDotRows())  # odd-length dot rows over a local copy (a stem's window) padded to words
         passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
         passes.append(WidenWeights())  # weights the export stores as int16: no SXTB16 on them

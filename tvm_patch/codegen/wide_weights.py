@@ -32,6 +32,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PAD_ROWS, PX2_ROWS, ROWS, _extern_name, _int
 from tvm_patch.codegen.widen_kernels import Q15_PX2_ROWS, Q15_ROWS
+from tvm_patch.codegen.window_blocks import WINDOW4
 
 WIDEN_ATTR = "tvmp.widen_weights"  # the parameter positions the export allows to store widened
 # each dot kernel: its widened-weights twin and the position of its weight operand (w, then ws, then n)
@@ -68,7 +69,7 @@ def widened_layout(weights: np.ndarray, shape: tuple[int, ...] | None = None) ->
     return flat.reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1).astype(np.int16)
 
 
-WINDOW4, WINDOW4_W = "tvmp_window4_s8", "tvmp_window4_s8w"  # (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc)
+WINDOW4_W = WINDOW4 + "w"  # tvmp_window4_s8w: (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc) as tvmp_window4_s8
 
 
 def _padded_row(kw: int) -> int:

@@ -10,7 +10,6 @@ an input that dies at that call. :func:`tvm_patch.memplan.plan_memory` places th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 from dataclasses import dataclass
 
 from tvm_patch.errors import TvmPatchError

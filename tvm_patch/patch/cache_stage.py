@@ -312,12 +312,12 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         taps = g.kh * g.kw
         stmts = []
         win = pair_win[v] if npx == 2 and v in pair_win else pix
-        if _window_bytes(stage, v):  # the pixels' windows, in the weights' (I, H, W) order: one contiguous run
+        if _window_bytes(stage, v):  # the pixels' windows, in the weights' order (I, H, W or H, W, I): one run
             step, k_len = _window_stride(stage, v), g.c_in * taps
             stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(g.c_in)), (_c0, _c(g.kh)), (_c0, _c(g.kw))],
                                 lambda p, rc, ry, rx: tirx.BufferStore(
                                     win, read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx),
-                                    [p * _c(step) + rc * _c(taps) + ry * _c(g.kw) + rx])))
+                                    [p * _c(step) + _window_pos(stage, v, rc, ry, rx)])))
             if step > k_len:  # the padded taps: zeros (their weights are zeros too), and so in the C local's extent
                 stmts.append(_loops([(_c0, _c(npx)), (_c0, _c(step - k_len))], lambda p, t: tirx.BufferStore(
                     win, _c(0, dt), [p * _c(step) + _c(k_len) + t])))
@@ -341,8 +341,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         def term(rc, ry, rx, p, j):
             if window:  # rc is the flat index into the window
                 a = tirx.BufferLoad(win, [p * _c(_window_stride(stage, v)) + rc])
-                rc, ry, rx = (tirx.floordiv(rc, _c(taps)), tirx.floormod(tirx.floordiv(rc, _c(g.kw)), _c(g.kh)),
-                              tirx.floormod(rc, _c(g.kw)))
+                rc, ry, rx = _window_tap(stage, v, rc)
             else:
                 a = read(src, rc, y * _c(sh) - _c(pt) + ry, (x + p) * _c(sw) - _c(pl) + rx)
             wv = weight_at(stage, lambda *idx: tirx.BufferLoad(w, list(idx)), cb * _c(rows) + j, rc, ry, rx)
@@ -651,12 +650,34 @@ def _window_stride(stage: Stage, v: int) -> int:
     return n // 4 if stage.dtype == "float32" else n
 
 
-def _window_bytes(stage: Stage, v: int) -> int:
-    """Bytes of one output pixel's input window that blocked dense conv v copies into a C local in an NCHW cache-mode
-    stage (its reduction then runs over contiguous bytes, as in the weights' I, H, W order), or 0 (NHWC: the
-    channels are contiguous already; a window over `LOCAL_MAX_BYTES`)."""
+def _window_pos(stage: Stage, v: int, c: Any, ry: Any, rx: Any) -> Any:
+    """Tap (c, ry, rx)'s place in conv v's copied window: the weights' order, I, H, W (NCHW) or H, W, I (NHWC)."""
     g = stage.geometry[v]
-    if g is None or stage.layout != "NCHW" or accumulator_rows(stage, v) == 1:
+    if stage.layout == "NCHW":
+        return c * _c(g.kh * g.kw) + ry * _c(g.kw) + rx
+    return (ry * _c(g.kw) + rx) * _c(g.c_in) + c
+
+
+def _window_tap(stage: Stage, v: int, f: Any) -> tuple[Any, Any, Any]:
+    """(c, ry, rx) of the window's element f: `_window_pos` inverted."""
+    g = stage.geometry[v]
+    if stage.layout == "NCHW":
+        return (tirx.floordiv(f, _c(g.kh * g.kw)), tirx.floormod(tirx.floordiv(f, _c(g.kw)), _c(g.kh)),
+                tirx.floormod(f, _c(g.kw)))
+    return (tirx.floormod(f, _c(g.c_in)), tirx.floordiv(f, _c(g.kw * g.c_in)),
+            tirx.floormod(tirx.floordiv(f, _c(g.c_in)), _c(g.kw)))
+
+
+def _window_bytes(stage: Stage, v: int) -> int:
+    """Bytes of one output pixel's input window that blocked dense conv v copies into a C local (its reduction then
+    runs over contiguous bytes, in the weights' order), or 0. NCHW: up to `LOCAL_MAX_BYTES`. NHWC, where a pixel's
+    channels are contiguous already: only a k x k int8 conv whose kernel rows are not whole words (a stem over 3
+    channels: its rows of 9 bytes, scalar tails in every dot call, against one padded run of 28; vww's 3x3 stem,
+    round 19), up to `LOCAL_MAX_BYTES`."""
+    g = stage.geometry[v]
+    if g is None or accumulator_rows(stage, v) == 1:
+        return 0
+    if stage.layout != "NCHW" and (stage.dtype != "int8" or g.kh * g.kw == 1 or g.kw * g.c_in % 4 == 0):
         return 0
     size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
     return size if size <= LOCAL_MAX_BYTES else 0
