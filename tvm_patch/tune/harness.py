@@ -85,12 +85,12 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 
 # How the export blocks a kernel by ``rows``: over output channels, or (NHWC 1x1 kernels the export pixel-blocks,
 # reschedule.pixel_blocked and pixel_blocked_in_place; NCHW ones, pixel_pairs_nchw) over two output pixels and
-# min(rows, 2) channels, or (an NCHW stem) over output channels under its window copy.
+# min(rows, 2) channels, or (a stem) over output channels under its window copy.
 BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "channels": block_output_channels,
     "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
     "pixels, channels first": lambda f, rows: block_pixels(f, min(rows, 2), channels_first=True),
-    "window copy": window_copy_schedule,  # an NCHW stem through its pixel window's copy (reschedule.window_copies)
+    "window copy": window_copy_schedule,  # a stem (NCHW, NHWC) through its pixel window's copy (reschedule.window_copies)
 }
 
 
