@@ -631,9 +631,10 @@ def test_depthwise_output_channel_buffer_planned(halo):
 
 
 def test_bounded_requantization_facts():
-    """`te_stage.bounded_requantization` holds only where its facts do (every shift in [-31, -1], each channel's
-    |bias| + 128 x sum|w| within BOUNDED_ACC_MAX), and where it holds `mbqm_bounded`'s C kernel equals TFLite's
-    MultiplyByQuantizedMultiplier: on the host, 400,000 bounded accumulators with every right shift."""
+    """`te_stage.bounded_requantization` holds only where its facts do (every shift in [-31, -1], every multiplier
+    >= 0, each channel's |bias| + 128 x sum|w| within BOUNDED_ACC_MAX), and where it holds `mbqm_bounded`'s C kernel
+    equals TFLite's MultiplyByQuantizedMultiplier: on the host, 400,000 bounded accumulators with every right shift
+    (small multipliers too, whose high word rounds to 0: the kernel takes the rounding's sign from the accumulator)."""
     stage = _output_copy_stage("NHWC")
     assert all(bounded_requantization(stage, i) for i in range(3))
     layers = list(stage.layers)
@@ -643,15 +644,19 @@ def test_bounded_requantization_facts():
     layers = list(stage.layers)
     layers[2] = replace(layers[2], bias=np.full(8, BOUNDED_ACC_MAX - 10, dtype="int64"))
     assert not bounded_requantization(replace(stage, layers=tuple(layers)), 2)  # the bound is exceeded
+    layers = list(stage.layers)
+    layers[2] = replace(layers[2], quant=replace(q, multiplier=np.where(np.arange(8) == 5, -(2**30), q.multiplier)))
+    assert not bounded_requantization(replace(stage, layers=tuple(layers)), 2)  # one channel's multiplier < 0
     rng = np.random.default_rng(3)
     n = 400_000
     acc = rng.integers(-BOUNDED_ACC_MAX, BOUNDED_ACC_MAX + 1, n, dtype=np.int64)
     acc[::2] >>= rng.integers(0, 30, n // 2)
     mult = rng.integers(2**30, 2**31, n, dtype=np.int64)
-    mult[::7] = rng.integers(-(2**31), 2**31, len(mult[::7]))
+    mult[::7] = rng.integers(0, 2**31, len(mult[::7]))
+    mult[3::7] = rng.integers(0, 2**12, len(mult[3::7]))
     shift = rng.integers(-31, 0, n, dtype=np.int64)
-    edges = np.array([0, 1, -1, BOUNDED_ACC_MAX, -BOUNDED_ACC_MAX, 2**29], dtype=np.int64)
-    ea, em, es = np.meshgrid(edges, np.array([2**31 - 1, -(2**31), 2**30, 1, -1]), np.arange(-31, 0), indexing="ij")
+    edges = np.array([0, 1, -1, -2, BOUNDED_ACC_MAX, -BOUNDED_ACC_MAX, 2**29], dtype=np.int64)
+    ea, em, es = np.meshgrid(edges, np.array([2**31 - 1, 2**30, 1, 0]), np.arange(-31, 0), indexing="ij")
     acc, mult, shift = (np.concatenate([a, b.ravel()]).astype(np.int32) for a, b in ((acc, ea), (mult, em), (shift, es)))
     with tempfile.TemporaryDirectory(prefix="tvmp_rb_") as tmp:
         c, so = Path(tmp) / "rb.c", Path(tmp) / "rb.so"

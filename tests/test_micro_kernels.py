@@ -84,17 +84,25 @@ def test_requant_equals_the_reference_on_the_host(requant_lib):
                           out.ctypes.data_as(p), len(acc))
     np.testing.assert_array_equal(out, want)
     # tvmp_requant_rbz (the output zero point in the rounding addend): where the export proves |acc| + 1 + |zp| 2^right
-    # + 2^(right - 1) + 1 <= 2^31 - 1 (and the shift is in [-31, -1])
+    # + 2^(right - 1) + 1 <= 2^31 - 1 (and the shift is in [-31, -1], the multiplier >= 0)
     zp = rng.integers(-128, 128, len(acc)).astype(np.int32)
     right = -shift.astype(np.int64)
     keep = (right >= 1) & (np.abs(acc.astype(np.int64)) + 2 + np.abs(zp) * 2.0**right + 2.0 ** (right - 1) <= 2**31 - 1) \
-        & (np.abs(2 * zp.astype(np.int64) + 1) * 2.0**right <= 2**31 - 1)
+        & (np.abs(2 * zp.astype(np.int64) + 1) * 2.0**right <= 2**31 - 1) & (mult >= 0)
     acc, mult, shift, zp, want = (np.ascontiguousarray(x[keep]) for x in (acc, mult, shift, zp, want))
     assert len(acc) > 50_000 and (zp != 0).mean() > 0.9
     out = np.empty_like(acc)
     requant_lib.rq_rbz(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), zp.ctypes.data_as(p),
                        out.ctypes.data_as(p), len(acc))
     np.testing.assert_array_equal(out, want.astype(np.int64) + zp)
+    # a small negative acc whose high word rounds to 0 (the rounding's sign taken from acc, not from that word)
+    n = 20_000
+    acc, mult = rng.integers(-8, 0, n).astype(np.int32), rng.integers(0, 2**20, n).astype(np.int32)
+    shift, zp = rng.integers(-20, 0, n).astype(np.int32), rng.integers(-128, 128, n).astype(np.int32)
+    out = np.empty_like(acc)
+    requant_lib.rq_rbz(acc.ctypes.data_as(p), mult.ctypes.data_as(p), shift.ctypes.data_as(p), zp.ctypes.data_as(p),
+                       out.ctypes.data_as(p), n)
+    np.testing.assert_array_equal(out, multiply_by_quantized_multiplier_ref(acc, mult, shift).astype(np.int64) + zp)
 
 
 def _xorshift(state: int):

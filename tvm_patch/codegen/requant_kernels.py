@@ -164,17 +164,20 @@ def _abs_bound(expr: Any, accs: list[tuple[Any, int]], params: list[Any], param_
     return None
 
 
-def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: set[int] | None = None) -> tirx.PrimFunc:
+def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: set[int] | None = None,
+                   nonnegative: set[int] | None = None) -> tirx.PrimFunc:
     """``func`` with each ``tvmp_requant_rs`` call whose accumulator is proven below 2^30 in magnitude (from
     ``accumulator_bounds`` and ``param_bounds``: parameter index -> bound on |element|, the export's constants)
     calling ``tvmp_requant_rs_narrow`` (SMMULR on 2 x acc: no 64-bit accumulate, no saturation case), or
     ``tvmp_requant_rb`` where its shift is also a constant in [-31, -1] or a load of a parameter in ``negative``
-    (every element in [-31, -1] for every call), and ``tvmp_requant_rbz`` for such a call plus a constant (the
-    output zero point) where |acc| + 1 + |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 for the largest right shift:
-    the same value for such accumulators and shifts."""
+    (every element in [-31, -1] for every call) and its multiplier a constant >= 0 or a load of a parameter in
+    ``nonnegative`` (every element >= 0: the kernel takes the rounding's sign from the accumulator), and
+    ``tvmp_requant_rbz`` for such a call plus a constant (the output zero point) where |acc| + 1 + |zp| 2^right +
+    2^(right - 1) + 1 <= 2^31 - 1 for the largest right shift: the same value for such accumulators and shifts."""
     accs = accumulator_bounds(func)
     params = list(func.params)
     negative = negative or set()
+    nonnegative = nonnegative or set()
 
     def right_only(shift: Any) -> bool:
         shift = _int32_value(shift)
@@ -182,13 +185,19 @@ def narrow_requant(func: tirx.PrimFunc, param_bounds: dict[int, int], negative: 
             return -31 <= _int(shift) <= -1
         return isinstance(shift, TensorLoad) and any(shift.source.same_as(params[i]) for i in negative)
 
+    def nonnegative_mult(mult: Any) -> bool:
+        mult = _int32_value(mult)
+        if _int(mult) is not None:
+            return _int(mult) >= 0
+        return isinstance(mult, TensorLoad) and any(mult.source.same_as(params[i]) for i in nonnegative)
+
     def on_call(call: Any) -> Any:
         if pure_extern_name(call) != REQUANT_RS:
             return call
         bound = _abs_bound(call.args[1], accs, params, param_bounds)
         if bound is None or bound > BOUNDED_ACC_MAX:
             return call
-        name = REQUANT_BOUNDED_EXTERN if right_only(call.args[3]) else REQUANT_NARROW
+        name = REQUANT_BOUNDED_EXTERN if right_only(call.args[3]) and nonnegative_mult(call.args[2]) else REQUANT_NARROW
         return tirx.call_pure_extern("int32", name, *call.args[1:])
 
     def max_right(shift: Any) -> int | None:

@@ -6,8 +6,8 @@
  * tvmp_requant_rs: the same where every shift is <= 0 (an export-time fact): no left shift.
  * tvmp_requant_rs_narrow: the same where also |acc| < 2^30 (an export-time bound): one SMMULR on 2 acc
  *   (tvmp_srdhm_narrow).
- * tvmp_requant_rb: the same where also every shift is <= -1 (export-time facts from a patch stage's weights and
- *   biases): tvmp_srdhm_narrow and one rounding add instead of mask and compare.
+ * tvmp_requant_rb: the same where also every shift is <= -1 and every multiplier >= 0 (export-time facts from the
+ *   constants): one SMMLAR (tvmp_srdhm_add) with the rounding addend instead of mask and compare.
  * tvmp_requant_rbz: tvmp_requant_rb plus the output zero point, folded into its rounding addend (export-time bounds).
  * tvmp_requant_rbzr: tvmp_requant_rbz on the right shift (-shift) the export stores per channel
  *   (export/packed_constants.py).
@@ -126,32 +126,44 @@ TVMP_INLINE void tvmp_barrier(void) {
 #endif
 }
 
-/* tvmp_requant_rs for |acc| <= 2^30 - 1 and 1 <= -shift <= 31 (the caller proves both from its constants): then
-   |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and v + 2^(right-1)
-   cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is (v + half - (v < 0)) >> right. */
+/* tvmp_srdhm_narrow(acc, mult) + add in one SMMLAR (the addend as its accumulator: add + the rounded high word). */
+TVMP_INLINE int32_t tvmp_srdhm_add(int32_t acc, int32_t mult, int32_t add) {
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(v) : "r"((int32_t)((uint32_t)acc << 1)), "r"(mult), "r"(add));
+    return v;
+#else
+    return tvmp_srdhm_narrow(acc, mult) + add;
+#endif
+}
+
+/* tvmp_requant_rs for |acc| <= 2^30 - 1, 1 <= -shift <= 31 and mult >= 0 (the caller proves all three from its
+   constants): then |v| <= |acc| (|mult| < 2^31; INT32_MIN x INT32_MIN, the one saturating product, cannot occur) and
+   v + 2^(right-1) cannot overflow, so TFLite's rounding divide by 2^right (half away from zero) is
+   (v + half - (v < 0)) >> right; SMMLAR adds the half (kernels round 19: one instruction an output fewer). With
+   mult >= 0, v < 0 only where acc < 0, and where acc < 0 but v = 0, half - 1 and half give the same quotient
+   (0 <= half - 1 < 2^right): so the sign is taken from acc, which needs no v. */
 TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
     int32_t right = -shift;
-    int32_t v = tvmp_srdhm_narrow(acc, mult);
     int32_t half = (int32_t)((1u << right) >> 1);
-    return (v + half - (int32_t)((uint32_t)v >> 31)) >> right;
+    return (tvmp_srdhm_add(acc, mult, half) - (int32_t)((uint32_t)acc >> 31)) >> right;
 }
 
 /* tvmp_requant_rb(acc, mult, shift) + zp (the output zero point) for a caller that also proves |acc| + 1 +
    |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 (so does the addend below): adding zp 2^right before the floor shift is
    adding zp after it, and zp 2^right + 2^(right - 1) = ((2 zp + 1) << right) >> 1 takes one shift per channel, as
-   the half alone did: one instruction fewer per output. */
+   the half alone did: one instruction fewer per output. The sign from acc as in tvmp_requant_rb (mult >= 0): the
+   quotients of add and add - 1 agree, add = zp 2^right + half. */
 TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
     int32_t right = -shift;
-    int32_t v = tvmp_srdhm_narrow(acc, mult);
     int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
-    return (v + add - (int32_t)((uint32_t)v >> 31)) >> right;
+    return (tvmp_srdhm_add(acc, mult, add) - (int32_t)((uint32_t)acc >> 31)) >> right;
 }
 
 /* tvmp_requant_rbz(acc, mult, -right, zp): the right shift stored per channel by the export, no negation. */
 TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, int32_t zp) {
-    int32_t v = tvmp_srdhm_narrow(acc, mult);
     int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
-    return (v + add - (int32_t)((uint32_t)v >> 31)) >> right;
+    return (tvmp_srdhm_add(acc, mult, add) - (int32_t)((uint32_t)acc >> 31)) >> right;
 }
 
 #if defined(__ARM_FEATURE_DSP)

@@ -422,8 +422,11 @@ def nonpositive_shift_requant(prog: Program, funcs: dict[str, Any]) -> dict[str,
         out[name] = right_shift_requant(func, ok) if ok else func
         negative = {p for p in ok if all(bool(((prog.constants[c.args[p].index] <= -1)
                                                & (prog.constants[c.args[p].index] >= -31)).all()) for c in calls)}
+        nonnegative = {p for p in range(len(calls[0].args) if calls else 0)
+                       if all(c.args[p].kind == "const" and bool((prog.constants[c.args[p].index] >= 0).all())
+                              for c in calls)}  # (the multipliers among them: tvmp_requant_rb's sign from acc)
         if not is_patch_stage(func):  # the stage's buffers share planned storage: its accumulators are not proven
-            out[name] = narrow_requant(out[name], _constant_bounds(prog, name), negative)
+            out[name] = narrow_requant(out[name], _constant_bounds(prog, name), negative, nonnegative)
             out[name] = bias_in_init(out[name], set(_constant_bounds(prog, name)))
     return out
 

@@ -101,13 +101,14 @@ def _stage_bias(stage: Stage, i: int) -> np.ndarray:
 def _accumulator_bound(stage: Stage, i: int) -> int | None:
     """The largest |accumulator| of int8 conv layer i over its output channels whatever the input, |bias| + 128 x the
     sum of its weights' magnitudes (|a| <= 128), when its reduction is a bare sum of int8 products
-    (`folds_input_zero_point`) and every shift is in [-31, -1]; else None."""
+    (`folds_input_zero_point`), every shift is in [-31, -1] and every multiplier >= 0 (the bounded kernels'
+    other preconditions, `tvmp_requant_rb`); else None."""
     layer = stage.layers[i]
     if not isinstance(layer, Conv) or not folds_input_zero_point(stage, layer):
         return None
     g = stage.geometry[i]
     shift = np.broadcast_to(np.asarray(layer.quant.shift, dtype=np.int64), (g.c_out,))
-    if not ((shift >= -31) & (shift <= -1)).all():
+    if not ((shift >= -31) & (shift <= -1)).all() or (np.asarray(layer.quant.multiplier) < 0).any():
         return None
     w = np.abs(stage_weight(stage, i).astype(np.int64)).reshape(g.c_out, -1).sum(axis=1)
     return int((np.abs(_stage_bias(stage, i).astype(np.int64)) + 128 * w).max(initial=0))

@@ -270,8 +270,9 @@ BOUNDED_ACC_MAX = (1 << 30) - 1
 
 
 def mbqm_bounded(B, x, multiplier, shift):
-    """`mbqm` for an x known to satisfy |x| <= BOUNDED_ACC_MAX and a shift known to lie in [-31, -1] (facts the
-    caller proves from its constants: a patch-stage convolution's weights, biases and shifts): the same value,
+    """`mbqm` for an x known to satisfy |x| <= BOUNDED_ACC_MAX, a shift known to lie in [-31, -1] and a multiplier
+    >= 0 (facts the caller proves from its constants: a patch-stage convolution's weights, biases, shifts and
+    multipliers): the same value,
     which the C micro-kernel `tvmp_requant_rb` computes with one rounding add instead of TFLite's mask and
     comparison (|SRDHM(x, m)| <= |x|, so adding 2^(right - 1) cannot overflow). The expression elsewhere."""
     if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
