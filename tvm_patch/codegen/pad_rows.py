@@ -8,7 +8,7 @@ mcunet-in3's stem. Padded to 28, the window's last byte a zero the kernel never 
 declaration; in workspace the product is zero all the same) and each weight row's last a zero too, every row is
 seven words: the same sums, since each added product is a zero weight times a byte.
 
-``pad_dot_rows`` pads where a local int8 buffer is read only as the activations of ``tvmp_dot_s8_rows{J}`` calls
+``pad_dot_rows`` pads where a local int8 buffer is read as the activations of ``tvmp_dot_s8_rows{J}`` calls
 of length n (n % 4 != 0; the local of n elements, or already ``ceil4(n)`` or more) or of ``tvmp_dot_s8_px2_rows{J}``
 calls whose pixel stride is a multiple of four of at least ``ceil4(n)`` (a patch stage's two copied windows,
 ``patch/cache_stage.py``), and an int8 parameter only as those calls' weights, rows n apart at offsets that are
@@ -67,8 +67,8 @@ def _span(wi: int, args: list[Any], n: int) -> int | None:
 
 def _candidates(func: tirx.PrimFunc) -> tuple[dict[str, int | None], dict[int, tuple[list[Any], int]]]:
     """({local buffer's name: n, or None where it is long enough already}, {parameter position: (its views, n)}) of
-    the dot calls that may be padded (see the module doc); a buffer some other read takes, or calls of several
-    lengths, are left out."""
+    the dot calls that may be padded (see the module doc); a parameter some other read takes, or read by calls of
+    several lengths, is left out, and so are the locals its calls read."""
     views = param_views(func)
     by_view = {v: i for i, vs in views.items() for v in vs}
     locals_: list[Any] = []
