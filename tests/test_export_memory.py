@@ -226,7 +226,7 @@ def test_patch_mode_streams_the_input(mlperf_paths, tmp_path):
     assert 0 < j["analytic_patch_peak_bytes"] < j["analytic_peak_bytes"]
     assert "used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
     stage = _stage_source(out)  # NHWC: OHWI weights, register-blocked convs (pixel pairs), one requantization call
-    assert re.search(r"tvmp_dot_s8_(px2_)?rows[24]\(", stage) and re.search(r"tvmp_requant(_rs|_rb|_rbz|_rbzr)?\(", stage)
+    assert re.search(r"tvmp_dot_(s8|s8w|q15|q15w)_(px2_)?rows[24]\(", stage) and re.search(r"tvmp_requant(_rs|_rb|_rbz|_rbzr)?\(", stage)
     assert "tvmp_window_s8(" in stage
 
 
@@ -251,5 +251,5 @@ def test_input_quantize_becomes_the_stage_prologue(tmp_path):
     image = tuple(prog.inputs[0].shape)
     assert not any(t.shape == image and t.dtype == "int8" for t in prog.tensors)  # no int8 copy of the image
     stage = _stage_source(out)  # NCHW: pixel copies feed the register-blocked 1x1 convs
-    assert re.search(r"tvmp_dot_s8_(px2_)?rows[24]\(", stage) and re.search(r"tvmp_requant(_rs|_rb|_rbz|_rbzr)?\(", stage)
+    assert re.search(r"tvmp_dot_(s8|s8w|q15|q15w)_(px2_)?rows[24]\(", stage) and re.search(r"tvmp_requant(_rs|_rb|_rbz|_rbzr)?\(", stage)
     assert re.search(r"(_global|pixel)_ptr\[", stage)
