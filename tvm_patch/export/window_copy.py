@@ -33,11 +33,16 @@ from tvm_patch.export.schedule import _is_reduction, is_default_form, lean_sched
 __all__ = ["window_copy_schedule"]
 
 
-def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int, str] | None:
-    """(window buffer, weights buffer, window bytes, layout) of a convolution block over all its input channels:
-    NCHW, iterators (n, f, y, x, c, ry, rx), weights read at [f, c, ry, rx], the window at [n, c, y * s + ry,
-    x * s + rx]; or NHWC, iterators (n, y, x, f, ry, rx, c), weights at [f, ry, rx, c], the window at
-    [n, y * s + ry, x * s + rx, c] (s any stride); else None."""
+# per layout: (the block iterator of the output channel, of the input channel, the window's axis of the input
+# channel); the weights are read at [output channel, then the three reduction iterators in the block's order]
+_LAYOUTS = {"NCHW": (1, 4, 1), "NHWC": (3, 6, 3)}
+
+
+def _conv_shape(block: s_tir.SBlock) -> tuple[Any, int, str] | None:
+    """(window buffer, window bytes, layout) of a convolution block over all its input channels: NCHW, iterators
+    (n, f, y, x, c, ry, rx), weights read at [f, c, ry, rx], the window at [n, c, y * s + ry, x * s + rx]; or NHWC,
+    iterators (n, y, x, f, ry, rx, c), weights at [f, ry, rx, c], the window at [n, y * s + ry, x * s + rx, c]
+    (s any stride); else None."""
     ivs = block.iter_vars
     if len(ivs) != 7 or [int(iv.iter_type) for iv in ivs] != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
         return None
@@ -45,18 +50,18 @@ def _conv_shape(block: s_tir.SBlock) -> tuple[Any, Any, int, str] | None:
     if len(int8) != 2:
         return None
     v = [iv.var for iv in ivs]
-    for layout, w_order, c_at in (("NCHW", (v[1], v[4], v[5], v[6]), 1), ("NHWC", (v[3], v[4], v[5], v[6]), 3)):
+    for layout, (f_at, c_at, act_c_at) in _LAYOUTS.items():
+        w_order = (v[f_at], v[4], v[5], v[6])
         weights = [ld for ld in int8 if len(ld.indices) == 4 and all(i.same_as(x) for i, x in zip(ld.indices, w_order))]
         if len(weights) != 1:
             continue
         act = [ld for ld in int8 if ld is not weights[0]][0]
-        if len(act.indices) != 4 or not act.indices[c_at].same_as(w_order[1 if layout == "NCHW" else 3]):
+        if len(act.indices) != 4 or not act.indices[act_c_at].same_as(v[c_at]):
             continue
         taps = int(ivs[4].dom.extent) * int(ivs[5].dom.extent) * int(ivs[6].dom.extent)
-        kernel = taps // int((ivs[4] if layout == "NCHW" else ivs[6]).dom.extent)
-        if kernel == 1:
+        if taps == int(ivs[c_at].dom.extent):
             return None  # a 1x1 convolution: the pixel copies of inplace_conv
-        return act.source, weights[0].source, taps, layout
+        return act.source, taps, layout
     return None
 
 
@@ -74,11 +79,12 @@ def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
             return func
         rv = reductions[0]
         found = _conv_shape(sch.get(rv))
-        if found is None or found[2] > LOCAL_MAX_BYTES:
+        if found is None or found[1] > LOCAL_MAX_BYTES:
             return func
-        if int(sch.get(rv).iter_vars[1 if found[3] == "NCHW" else 3].dom.extent) % rows:  # (the output channels)
+        window, _, layout = found
+        if int(sch.get(rv).iter_vars[_LAYOUTS[layout][0]].dom.extent) % rows:  # (the output channels)
             return func
-        window, name, layout = found[0], sch.get(rv).name_hint, found[3]
+        name = sch.get(rv).name_hint
         if layout == "NCHW":
             n, f, y, x, *red = sch.get_loops(rv)
             sch.reorder(y, x, f)
