@@ -432,6 +432,26 @@ def test_blocked_stage_forms_in_c(layout, halo):
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
 
 
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_word_row_stem_windows_copied(halo):
+    """An NHWC stem over one channel whose kernel rows are one word each (4 x 4 over 1 channel, kws's 10 x 4 in
+    small): the stage copies its pixels' 16-byte windows and runs one dot call over each (round 20: a call per
+    kernel row before), bit-exact with the numpy reference."""
+    conv = _int8_conv(np.random.default_rng(5), "NHWC")
+    stem = conv(1, 8, 4, 2, 1, 3)
+    stage = Stage((1, 18, 18, 1), (stem, conv(8, 8, 1, 1, 1, stem.quant.output_zero_point)), "NHWC", "int8")
+    with extern_requantization():
+        func = build_cached_stage(stage, (3, 3)) if halo == "cache" else build_recompute_stage(stage, (3, 3))
+    body = emit_c({"stage": func}).code
+    body = body[body.index("void stage("):]
+    # (the pixel stride 16 a constant or a common subexpression's variable)
+    assert re.search(r"tvmp_widen_px2\(\(&\(pixel\w*\[0\]\)\), (16|cse_\w+), 16, ", body)
+    assert re.search(r"tvmp_dot_q15_px2_rows2\([^;]*layer0_weight[^;]*, (16|cse_\w+), 16, \(&", body)
+    assert not re.search(r"layer0_weight[^;]*, 4, \(&", body)  # no call over one 4-byte kernel row
+    x = np.random.default_rng(3).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
 def _residual_stage() -> Stage:
     """resnet8's stage in small (NHWC int8): a 3x3 stem, a block whose second 3x3 conv is fused into its add over
     the stem's output (written over its skip), a stride-2 block whose 3x3 conv and 1x1 stride-2 projection are

@@ -143,27 +143,28 @@ TVMP_INLINE int32_t tvmp_srdhm_add(int32_t acc, int32_t mult, int32_t add) {
    (v + half - (v < 0)) >> right; SMMLAR adds the half (kernels round 19: one instruction an output fewer). With
    mult >= 0, v < 0 only where acc < 0, and where acc < 0 but v = 0, half - 1 and half give the same quotient
    (0 <= half - 1 < 2^right): so the sign is taken from acc, which needs no v. */
-TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
-    int32_t right = -shift;
-    int32_t half = (int32_t)((1u << right) >> 1);
-    return (tvmp_srdhm_add(acc, mult, half) - (int32_t)((uint32_t)acc >> 31)) >> right;
+TVMP_INLINE int32_t tvmp_requant_add_floor(int32_t acc, int32_t mult, int32_t add, int32_t right) {
+    return (tvmp_srdhm_add(acc, mult, add) - (int32_t)((uint32_t)acc >> 31)) >> right;
 }
 
-/* tvmp_requant_rb(acc, mult, shift) + zp (the output zero point) for a caller that also proves |acc| + 1 +
+/* tvmp_requant_rs under the three conditions above: the rounding half alone as the addend. */
+TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
+    int32_t right = -shift;
+    return tvmp_requant_add_floor(acc, mult, (int32_t)((1u << right) >> 1), right);
+}
+
+/* tvmp_requant_rb(acc, mult, -right) + zp (the output zero point) for a caller that also proves |acc| + 1 +
    |zp| 2^right + 2^(right - 1) + 1 <= 2^31 - 1 (so does the addend below): adding zp 2^right before the floor shift is
    adding zp after it, and zp 2^right + 2^(right - 1) = ((2 zp + 1) << right) >> 1 takes one shift per channel, as
    the half alone did: one instruction fewer per output. The sign from acc as in tvmp_requant_rb (mult >= 0): the
    quotients of add and add - 1 agree, add = zp 2^right + half. */
-TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
-    int32_t right = -shift;
-    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
-    return (tvmp_srdhm_add(acc, mult, add) - (int32_t)((uint32_t)acc >> 31)) >> right;
+TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, int32_t zp) {
+    return tvmp_requant_add_floor(acc, mult, (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1, right);
 }
 
-/* tvmp_requant_rbz(acc, mult, -right, zp): the right shift stored per channel by the export, no negation. */
-TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, int32_t zp) {
-    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
-    return (tvmp_srdhm_add(acc, mult, add) - (int32_t)((uint32_t)acc >> 31)) >> right;
+/* tvmp_requant_rbzr on the shift (-right), where the export keeps the shift. */
+TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
+    return tvmp_requant_rbzr(acc, mult, -shift, zp);
 }
 
 #if defined(__ARM_FEATURE_DSP)

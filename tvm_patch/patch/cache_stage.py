@@ -673,11 +673,13 @@ def _window_bytes(stage: Stage, v: int) -> int:
     runs over contiguous bytes, in the weights' order), or 0. NCHW: up to `LOCAL_MAX_BYTES`. NHWC, where a pixel's
     channels are contiguous already: only a k x k int8 conv whose kernel rows are not whole words (a stem over 3
     channels: its rows of 9 bytes, scalar tails in every dot call, against one padded run of 28; vww's 3x3 stem,
-    round 19), up to `LOCAL_MAX_BYTES`."""
+    round 19) or of at most one word (kws's 10x4 stem over one channel: ten 4-byte dot calls against one of 40;
+    round 20), up to `LOCAL_MAX_BYTES`."""
     g = stage.geometry[v]
     if g is None or accumulator_rows(stage, v) == 1:
         return 0
-    if stage.layout != "NCHW" and (stage.dtype != "int8" or g.kh * g.kw == 1 or g.kw * g.c_in % 4 == 0):
+    if stage.layout != "NCHW" and (stage.dtype != "int8" or g.kh * g.kw == 1
+                                     or (g.kw * g.c_in % 4 == 0 and g.kw * g.c_in > 4)):
         return 0
     size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
     return size if size <= LOCAL_MAX_BYTES else 0
