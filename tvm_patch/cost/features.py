@@ -31,7 +31,10 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # kernels round 17 the calls on activations widened before them (``tvmp_dot_q15*``) read them by LDRD, so these cost
 # more per MAC; a term of its own on top of ``dot_simd_macs`` (the stage model's coefficients cannot go negative)
 # 8: the depthwise windows computed four a call (``window4_macs``, ``x_window4_share``; kernels round 18)
-FEATURES_VERSION = 8
+# 9: the copy / fill calls whose length varies with a patch loop (a stage's border runs) counted value by value
+# (they counted 0 before: mcunet-in0's 4x4 cache stage, 560,000 instructions unpriced); the 64-bit multiplications
+# of stored values (``mul64``: a stage's residual adds, TVM's fixed-point arithmetic spelt out)
+FEATURES_VERSION = 9
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -47,7 +50,7 @@ EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
              "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs",
-             "window4_macs")
+             "window4_macs", "mul64")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
@@ -220,7 +223,7 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
         elif k in ("dot_simd_macs", "dot_tail_macs", "dot_wide_macs", "dot_s8act_macs", "window_macs",
-                   "window4_macs") or k.startswith(("stores_", "branches")):
+                   "window4_macs", "mul64") or k.startswith(("stores_", "branches")):
             out[k] += v
         elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
             out[k] = float(v)

@@ -31,9 +31,9 @@ MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many com
 
 
 def _controls(body: Any, var: tirx.Var) -> bool:
-    """Does ``var`` appear in the bounds of a loop or the condition of a branch inside ``body``, directly or
-    through a let (`tirx.Bind`, `tirx.LetStmt`) whose value uses it (common subexpression elimination binds the
-    patch stage's loop bounds so)?"""
+    """Does ``var`` appear in the bounds of a loop, the condition of a branch or the length of a copy / fill
+    call (a patch stage's border runs) inside ``body``, directly or through a let (`tirx.Bind`, `tirx.LetStmt`)
+    whose value uses it (common subexpression elimination binds the patch stage's loop bounds so)?"""
     found = [False]
     deps = [var]
 
@@ -53,9 +53,28 @@ def _controls(body: Any, var: tirx.Var) -> bool:
         found[0] = found[0] or uses(s.condition)
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
+    def on_call(c: Any) -> tvm_ffi.WalkResult:
+        if c.op.name.endswith("call_extern") and len(c.args) > 3 and str(getattr(c.args[0], "value", "")) in (COPY, FILL):
+            found[0] = found[0] or uses(c.args[3])
+        return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
+
     tvm_ffi.structural_walk(body, [(tirx.Bind, on_let), (tirx.LetStmt, on_let), (tirx.For, on_for),
-                                   (tirx.IfThenElse, on_if)], order="pre")
+                                   (tirx.IfThenElse, on_if), (tvm.ir.Call, on_call)], order="pre")
     return found[0]
+
+
+def _mul64(value: Any) -> int:
+    """The 64-bit multiplications in ``value``: TVM's fixed-point arithmetic spelt out (a patch stage's residual
+    add rescaling both inputs), several instructions each on a 32-bit core where a store of a requantization
+    call's result is one."""
+    n = [0]
+
+    def on_mul(e: Any) -> tvm_ffi.WalkResult:
+        n[0] += str(e.ty) == "int64"
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(value, [(tirx.Mul, on_mul)], order="pre")
+    return n[0]
 
 
 # the integer operations eval_int_expr does not know, as numpy: C's truncating division, the bitwise ones
@@ -237,7 +256,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations, and the store
     instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; the element
     stores by what they write: ``stores_const``, ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class,
-    and the calls' word stores as ``stores_call``; a store of ``if_then_else(c, a, b)``
+    and the calls' word stores as ``stores_call``; ``mul64`` the 64-bit multiplications the stored values compute;
+    a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
     loops: a border patch's in-image check, ``branches_skipped`` its evaluations that skip the guarded statement,
@@ -349,8 +369,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
     def store(node: Any, trips: float, env: dict) -> None:
         # an element store of if_then_else(condition, a, b) (a border position's pad value, computed or not):
         # what it writes and calls split by the share of the iterations that take each side
-        def kind(e: Any) -> tuple[Any, str, bool]:
-            return e, _store_class(e), _calls_tvmp(e)
+        def kind(e: Any) -> tuple[Any, str, bool, int]:
+            return e, _store_class(e), _calls_tvmp(e), _mul64(e)
 
         if node not in parts:
             sel = _select(node.value)
@@ -364,11 +384,12 @@ def executed(func: tirx.PrimFunc) -> Counter:
             if cond_calls:
                 calls(cond, trips, env)
             shares = (trips * share, trips * (1 - share))
-        for (part, cls, has_calls), t in zip(sides, shares):
+        for (part, cls, has_calls, mul64), t in zip(sides, shares):
             if t:
                 if has_calls:
                     calls(part, t, env)
                 out[f"stores_{cls}"] += t
+                out["mul64"] += t * mul64
 
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,
               known: tuple = ()) -> None:
