@@ -228,6 +228,23 @@ def test_border_checks_repeated_and_pad_stores_split():
     assert e["stores_float"] == 3 and e["stores_const"] == 3 + 5 and e["call_tvmp_sat_s8"] == 3
 
 
+def test_runs_of_patch_dependent_length_and_64_bit_multiplies_counted():
+    """trips (features 9): a fill call whose length depends on the patch loop (a stage's border run: here 4 - 2p
+    bytes, then none) runs value by value, its word stores counted for each patch (they counted 0); a stored value's
+    64-bit multiplications (TVM's fixed-point arithmetic of a stage's residual add) are counted as ``mul64``."""
+    p = tirx.Var("p", "int32")
+    out = tirx.decl_buffer((8,), "int8", "out")
+    wide = tirx.decl_buffer((4,), "int32", "wide")
+    fill = tirx.Evaluate(tirx.call_extern("void", "tvmp_fill_s8", out.access_ptr("w"), tirx.const(0, "int32"),
+                                          tirx.max(4 - 2 * p, 0)))
+    scaled = tirx.Cast("int32", (tirx.Cast("int64", wide[p]) * tirx.const(3 << 33, "int64")
+                                 + tirx.Cast("int64", wide[p]) * tirx.const(5, "int64")) >> tirx.const(31, "int64"))
+    body = tirx.SeqStmt([fill, tirx.BufferStore(wide, scaled, [p])])
+    e = executed(tirx.PrimFunc([out, wide], tirx.For(p, 0, 4, tirx.ForKind.SERIAL, body)))
+    assert e["call_tvmp_fill_s8"] == 4 and e["stores_call"] == 1 + 2  # 4 bytes: one word store; 2 bytes: two byte stores
+    assert e["mul64"] == 4 * 2 and e["stores_int"] == 4
+
+
 def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
     """measure(loop_nests=True): the patch stage's firmware instrumented before each top-level loop nest of the
     patch body; the loop nests' counts add up to the stage's (the code between them is a few instructions per
