@@ -387,7 +387,8 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     """Records are flushed one a line; a torn last line (Ctrl-C mid-write) is ignored and its item redone."""
     measured = []
 
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False):  # resume, not measuring
+    # resume, not measuring
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False, narrow=()):
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
@@ -509,6 +510,15 @@ def test_nhwc_synthetic_network_has_tflite_form_kernels(tmp_path):
     rows = kernel_rows(result, (tmp_path / "e" / "model.c").read_text())
     convs = [r for r in rows if r["op"] in ("conv1x1", "convkxk", "depthwise")]
     assert len(convs) >= 2 * len(net.blocks) and all(r["nhwc"] == 1 for r in convs)
+
+
+def test_narrow_round_keeps_the_stage_int8():
+    """The training round of deep patched networks whose stage keeps int8 weights (collect.NARROW_ROUND): its items
+    name the stage kernel as narrow, apart from the deep round's ids."""
+    got = list(cost_collect.items(2, cost_collect.NARROW_ROUND, heldout=False))
+    assert [i for i, _ in got] == ["synth-600000-deep-narrow-patch", "synth-600001-deep-nhwc-narrow-patch"]
+    assert all(it["narrow"] == [cost_collect.STAGE_KERNEL] and it["deep"] and it["patched"] for _, it in got)
+    assert "narrow" not in dict(cost_collect.items(1, cost_collect.DEEP_ROUND, heldout=False))["synth-400000-deep-patch"]
 
 
 def test_adaptive_round_picks_the_worst_training_networks():

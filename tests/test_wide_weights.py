@@ -199,6 +199,22 @@ def test_fit_wide_narrows_until_the_flash_holds(wide, limit, narrowed_to):
     assert sorted(result.wide_weights) == sorted({"k1", "k2", "k3"} - set(narrowed_to)) or wide == "none"
 
 
+def test_fit_wide_keeps_the_given_kernels_narrow():
+    """``narrow`` (the cost model's NARROW_ROUND: a stage measured with int8 weights): those kernels never widen,
+    the result names them, and an overflow narrows others on top."""
+    result, used = fit_wide(_Result, lambda r: sum(r.wide_weights.values()), "auto", narrow=["k2"])
+    assert sorted(result.wide_weights) == ["k1", "k3"] and result.wide_narrowed == ["k2"] and used == 4000
+
+    def finish(result):
+        used = sum(result.wide_weights.values())
+        if used > 3000:
+            raise FitError("Flash: too much", flash_over=used - 3000)
+        return used
+
+    result, used = fit_wide(_Result, finish, "auto", narrow=["k2"])  # k3: the fewest MACs per extra byte
+    assert result.wide_narrowed == ["k2", "k3"] and used == 3000
+
+
 def test_fit_wide_gives_up_with_the_builds_error():
     def finish(result):
         raise FitError("Flash: needs more", flash_over=10**6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from microtvm_projects.api import ProjectAPI
@@ -85,12 +85,12 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
 
 
 def fit_wide(export: Callable[[Callable[[str], bool] | None], Any], finish: Callable[[Any], T],
-             wide: str = "auto") -> tuple[Any, T]:
-    """``export(chosen)`` (an ExportResult, ``chosen`` the kernels allowed to widen their weights: every one, or
-    None for none) then ``finish(result)`` (a build, a measurement); with ``wide`` "auto", a Flash overflow
-    (FitError) narrows the kernels with the fewest MACs per extra byte back to int8 and tries again (the result's
-    ``wide_narrowed`` names them)."""
-    narrow: set[str] = set()
+             wide: str = "auto", narrow: Iterable[str] = ()) -> tuple[Any, T]:
+    """``export(chosen)`` (an ExportResult, ``chosen`` the kernels allowed to widen their weights: every one but
+    ``narrow``, or None for none) then ``finish(result)`` (a build, a measurement); with ``wide`` "auto", a Flash
+    overflow (FitError) narrows the kernels with the fewest MACs per extra byte back to int8 and tries again (the
+    result's ``wide_narrowed`` names them)."""
+    narrow = set(narrow)
     for attempt in range(MAX_NARROWINGS + 1):
         kept = frozenset(narrow)
         result = export(None if wide == "none" else (lambda name: name not in kept))

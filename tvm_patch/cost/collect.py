@@ -5,7 +5,7 @@ one flushed line, so Ctrl-C and a re-run continue where it stopped.
 Items: ``n`` synthetic networks (synth.py), each layer by layer and under one seeded patch plan (a valid
 split, 2..4 patches a side, a halo mode; ``seed`` >= 1: with inserted plain convolutions and a second patch
 plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py; ``seed`` 4, DEEP_ROUND: deep networks, patched
-only), for training; then the held-out real
+only; ``seed`` 6, NARROW_ROUND: the same with the stage's weights kept int8), for training; then the held-out real
 networks (zoo and MLPerf Tiny models, layer by layer and 4x4 patches at the middle valid split, the halos
 recomputed and cached), which training never reads and ``eval`` scores.
 """
@@ -40,10 +40,14 @@ from tvm_patch.split import valid_splits
 
 # The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
 # plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
-DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8))
+DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8), (6, 12))
 # Rounds 4 and 5 are the deep rounds (items()): deep networks patched only, for the patch stage's model; round 5
 # with 5x5 to 8x8 patches (plan's grids go to 8x8), where most of a border patch's positions are out of the image.
-DEEP_ROUND, MANY_PATCHES_ROUND = 4, 5
+# Round 6 as round 4 with the stage's weights int8 (not widened), as a board whose Flash cannot hold them widened
+# builds it (`board_build.fit_wide`; mcunet-in0's cache stage on the F412 and F746): no training stage had that form.
+DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND = 4, 5, 6
+# the kernel NARROW_ROUND keeps int8
+STAGE_KERNEL = "tvmp_patch_stage"
 # Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
 ADAPTIVE_ROUND = (3, 12)
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")
@@ -86,14 +90,16 @@ def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False)
 
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched".
-    Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan)."""
-    if seed in (DEEP_ROUND, MANY_PATCHES_ROUND):
-        many = seed == MANY_PATCHES_ROUND
+    Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan);
+    NARROW_ROUND: the same with ``narrow`` (the stage's weights int8)."""
+    if seed in (DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND):
+        many, narrow = seed == MANY_PATCHES_ROUND, seed == NARROW_ROUND
         for i in range(n):
             s = seed * 100_000 + i
             nhwc = i % 2 == 1
-            yield f"synth-{s}-deep-{'nhwc-' if nhwc else ''}patch", {"synth": s, "deep": True, "inserts": False,
-                                                                      "nhwc": nhwc, "patched": True, "many": many}
+            item = {"synth": s, "deep": True, "inserts": False, "nhwc": nhwc, "patched": True, "many": many}
+            yield f"synth-{s}-deep-{'nhwc-' if nhwc else ''}{'narrow-' if narrow else ''}patch", \
+                item | ({"narrow": [STAGE_KERNEL]} if narrow else {})
         n = 0
     for i in range(n):
         s = seed * 100_000 + i
@@ -186,7 +192,7 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
                     continue
                 rec = measure(model, plan, board, runner, timeout_sec, tmp,
                               label=f"{item_id} (NHWC module)" if item.get("nhwc") else None,
-                              loop_nests=bool(item.get("deep")))
+                              loop_nests=bool(item.get("deep")), narrow=item.get("narrow", ()))
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from microtvm_projects.api import ProjectAPI
@@ -37,12 +37,14 @@ def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], boo
 
 
 def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
-            work_dir: str | Path | None = None, label: str | None = None, loop_nests: bool = False) -> dict[str, Any]:
+            work_dir: str | Path | None = None, label: str | None = None, loop_nests: bool = False,
+            narrow: Iterable[str] = ()) -> dict[str, Any]:
     """Measure ``model`` (a spec, or a Relax module named by ``label``) under ``plan`` on ``board``: the record
     the cost model trains and is evaluated on. ``loop_nests``: the patch stage is also measured loop nest by loop
     nest in recompute mode (stage_layers.py; the record's ``loop_nests`` when they add up to the stage: consistent();
     the readings add a few instructions per loop nest and
-    patch to the stage's count, well under 0.1 %)."""
+    patch to the stage's count, well under 0.1 %). ``narrow``: kernels kept int8 from the start (their weights not
+    widened, as where the Flash cannot hold them)."""
     with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
         made: dict[str, Any] = {}
@@ -56,7 +58,7 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
             return made["result"]
 
         result, report = fit_wide(export, lambda _r: build_project(proj, runner=runner, run=True, profile=True,
-                                                                   timeout_sec=timeout_sec))
+                                                                   timeout_sec=timeout_sec), narrow=narrow)
         rows, nests = made["rows"], made["nests"]
     run = report["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
