@@ -33,12 +33,12 @@ from microtvm_projects.api import ProjectAPI
 from microtvm_projects.errors import ProjectError
 
 from tvm_patch.atomic import write_atomic
-from tvm_patch.board_build import build_project
+from tvm_patch.board_build import build_project, fit_wide
 from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done_ids, heldout_models, heldout_patch_plan, \
     read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
-from tvm_patch.cost.fingerprint import OPT, every_kernel, kernels_fingerprint
+from tvm_patch.cost.fingerprint import OPT, kernels_fingerprint
 from tvm_patch.cost.measure import STACK_BYTES, core_key, measure
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
@@ -212,14 +212,20 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
         raise TvmPatchError("the cost model has no linear stage model to compare with")
     with tempfile.TemporaryDirectory(prefix="tvmp_stage_layers_") as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
-        result = export_model(model, export_dir, wide=every_kernel, **plan.export_args())
-        ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
-                                                         "seed": 0})
-        counts = instrument_stage(result, proj)
-        if counts is None:
-            raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")
+        made: dict[str, Any] = {}
+
+        def export(chosen: Any) -> Any:  # widened where the Flash holds them, as the measured builds are
+            made["result"] = export_model(model, export_dir, wide=chosen, **plan.export_args())
+            ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
+                                                             "seed": 0})
+            made["counts"] = instrument_stage(made["result"], proj)
+            if made["counts"] is None:
+                raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")
+            return made["result"]
+
+        result, report = fit_wide(export, lambda _r: build_project(proj, runner="emulator", run=True, profile=True))
+        counts, run = made["counts"], report["run"]
         n_calls = len(result.program.calls)
-        run = build_project(proj, runner="emulator", run=True, profile=True)["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
     measured = {kk["index"]: kk[unit] for kk in run.get("kernels", [])}
     coef, names = np.array(model_.stage_coef), model_.stage_names
@@ -232,7 +238,8 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
                                                                        for k in row["exec"] if k.startswith("wmacs:")),
                        "measured": meas, "predicted": round(pred), "error": round(pred / meas - 1, 4) if meas else None,
                        "terms": {n: round(v) for v, n in top}})
-    return {"model": model, "plan": plan.to_json(), "board": board, "unit": unit, "stage_measured": measured.get(0),
+    return {"model": model, "plan": plan.to_json(), "board": board, "unit": unit, "wide_narrowed": result.wide_narrowed,
+            "stage_measured": measured.get(0),
             "loop_nests_measured": sum(x["measured"] or 0 for x in layers),
             "loop_nests_predicted": sum(x["predicted"] for x in layers), "loop_nests": layers}
 

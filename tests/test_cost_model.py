@@ -258,6 +258,19 @@ def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
     assert all(n["patches"] == 0 and stage_terms(n, ("one",)) == [0.0] for n in nests)
 
 
+def test_stage_layers_diagnosis_beside_the_prediction(shared_models):
+    """`python -m bench.cost_model --stage-layers`: each loop nest of kws's stage measured (adding up to the stage's
+    count) beside the shipped model's prediction of it; built as the measurements are (widened where the Flash
+    holds them: ``wide_narrowed`` says what was not)."""
+    from bench.cost_model import stage_layers
+
+    out = stage_layers(str(shared_models / KWS), Plan(3, (2, 2)), "f746")
+    nests = out["loop_nests"]
+    assert out["wide_narrowed"] == [] and len(nests) >= 3 and all(n["measured"] > 0 for n in nests)
+    assert out["loop_nests_measured"] == pytest.approx(out["stage_measured"], rel=0.01)
+    assert out["loop_nests_predicted"] > 0 and any(n["layers"] == ["layer0"] for n in nests)
+
+
 def test_shipped_models_load():
     """Both shipped models load; each names the stage terms its coefficients weigh (an older file: fewer)."""
     for core in ("m4", "m7"):
