@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from microtvm_projects.api import ProjectAPI
 from microtvm_projects.errors import ProjectError
 
 from tvm_patch.atomic import write_atomic
@@ -38,8 +37,8 @@ from tvm_patch.cost.collect import ADAPTIVE_ROUND, DEFAULT_ROUNDS, collect, done
     read_records
 from tvm_patch.cost.evaluate import evaluate
 from tvm_patch.cost.features import columns, vector
-from tvm_patch.cost.fingerprint import OPT, kernels_fingerprint
-from tvm_patch.cost.measure import STACK_BYTES, core_key, measure
+from tvm_patch.cost.fingerprint import kernels_fingerprint
+from tvm_patch.cost.measure import core_key, generate_measured_project, measure
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
 from tvm_patch.cost.latency import CORES, STAGE_TERMS, choose_nest_weight, default_path, fit, fit_booster, for_core, \
@@ -216,8 +215,7 @@ def stage_layers(model: str, plan: Plan, board: str, cost_model: str | None = No
 
         def export(chosen: Any) -> Any:  # widened where the Flash holds them, as the measured builds are
             made["result"] = export_model(model, export_dir, wide=chosen, **plan.export_args())
-            ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
-                                                             "seed": 0})
+            generate_measured_project(export_dir, proj, board)
             made["counts"] = instrument_stage(made["result"], proj)
             if made["counts"] is None:
                 raise TvmPatchError(f"{model} under {plan}: no patch stage to instrument; give --split and --patches")

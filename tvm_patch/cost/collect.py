@@ -35,6 +35,7 @@ from tvm_patch.cost.synth import nhwc_model, sample_deep, sample_inserts, sample
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
+from tvm_patch.names import STAGE_FUNC
 from tvm_patch.paths import cache_dir, shared_models_dir
 from tvm_patch.split import valid_splits
 
@@ -46,8 +47,8 @@ DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8), (6, 12))
 # Round 6 as round 4 with the stage's weights int8 (not widened), as a board whose Flash cannot hold them widened
 # builds it (`board_build.fit_wide`; mcunet-in0's cache stage on the F412 and F746): no training stage had that form.
 DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND = 4, 5, 6
-# the kernel NARROW_ROUND keeps int8
-STAGE_KERNEL = "tvmp_patch_stage"
+# the kernel NARROW_ROUND keeps int8: the stage's C name (export/lower.py's ``tvmp_<name>``)
+STAGE_KERNEL = f"tvmp_{STAGE_FUNC}"
 # Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
 ADAPTIVE_ROUND = (3, 12)
 HELDOUT_ZOO = ("mcunet-in0", "mbv2-w0.3-r80", "proxyless-w0.25-r112", "mcunet-in1")

@@ -22,6 +22,12 @@ from tvm_patch.export import export_model
 STACK_BYTES = 8192
 
 
+def generate_measured_project(export_dir: Path, project: Path, board: str) -> None:
+    """The board project of an export as the cost model's measurements build it (OPT, STACK_BYTES, seed 0)."""
+    ProjectAPI().generate_project(export_dir, project, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
+                                                        "seed": 0})
+
+
 def core_key(board: str) -> str:
     """The cost model's core key of a board: "m4" or "m7"."""
     return get_board(board).core.removeprefix("cortex-")
@@ -51,8 +57,7 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
 
         def export(chosen: Callable[[str], bool] | None) -> Any:  # as `build --board` does: widened where it fits
             made["result"], made["rows"] = export_plan(model, plan, export_dir, chosen)
-            ProjectAPI().generate_project(export_dir, proj, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
-                                                             "seed": 0})
+            generate_measured_project(export_dir, proj, board)
             # the recompute mode's patch body is a sequence of layer loop nests (the cache mode's is not)
             made["nests"] = instrument_stage(made["result"], proj) if loop_nests and plan.halo == "recompute" else None
             return made["result"]

@@ -11,14 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import get_board
 
 from tvm_patch.board_build import build_project, narrowed
 from tvm_patch.cost import memory
 from tvm_patch.cost.latency import LatencyModel, for_core
 from tvm_patch.cost.fingerprint import OPT
-from tvm_patch.cost.measure import STACK_BYTES, core_key, export_plan
+from tvm_patch.cost.measure import STACK_BYTES, core_key, export_plan, generate_measured_project
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.synth import write_onnx
 from tvm_patch.zoo.spec import ConvSpec, NetSpec
@@ -60,8 +59,7 @@ def firmware_base(board: str, runner: str = "device", timeout_sec: float = 600.0
     with tempfile.TemporaryDirectory(prefix="tvmp_base_") as tmp:
         model = write_onnx(_tiny_net(), Path(tmp) / "tiny.onnx")
         result, _ = export_plan(str(model), Plan(), Path(tmp) / "export")
-        ProjectAPI().generate_project(Path(tmp) / "export", Path(tmp) / "project",
-                                      {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES, "seed": 0})
+        generate_measured_project(Path(tmp) / "export", Path(tmp) / "project", board)
         report = build_project(Path(tmp) / "project", runner=runner, timeout_sec=timeout_sec)
         # the one-layer network's objects as the link kept them: GCC inlines its input quantization into
         # tvmp_run and the link drops the function's own copy (764 B on the F746), which compile_objects counts

@@ -54,13 +54,21 @@ def _controls(body: Any, var: tirx.Var) -> bool:
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
     def on_call(c: Any) -> tvm_ffi.WalkResult:
-        if c.op.name.endswith("call_extern") and len(c.args) > 3 and str(getattr(c.args[0], "value", "")) in (COPY, FILL):
-            found[0] = found[0] or uses(c.args[3])
+        n = _run_length(c)
+        found[0] = found[0] or (n is not None and uses(n))
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(body, [(tirx.Bind, on_let), (tirx.LetStmt, on_let), (tirx.For, on_for),
                                    (tirx.IfThenElse, on_if), (tvm.ir.Call, on_call)], order="pre")
     return found[0]
+
+
+def _run_length(call: Any) -> Any:
+    """The byte count argument of a ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call (dst, src or value, n), else None."""
+    if call.op.name.endswith(("call_extern", "call_pure_extern")) and len(call.args) > 3 \
+            and str(getattr(call.args[0], "value", "")) in (COPY, FILL):
+        return call.args[3]
+    return None
 
 
 def _mul64(value: Any) -> int:
@@ -307,8 +315,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
         def on_call(call: Any) -> tvm_ffi.WalkResult:
             if call.op.name.endswith(("call_extern", "call_pure_extern")) and call.args and hasattr(call.args[0], "value"):
                 name = str(call.args[0].value)
-                if name in (COPY, FILL):  # a run of bytes: its store instructions (words and tail bytes)
-                    n = const(call.args[3], env) if len(call.args) > 3 else None
+                length = _run_length(call)
+                if length is not None:  # a run of bytes: its store instructions (words and tail bytes)
+                    n = const(length, env)
                     words = (n // 4 + n % 4) if n is not None and n > 0 else 0
                     out["stores"] += trips * words
                     out["stores_call"] += trips * words  # words a store: priced apart from the byte loops' stores
