@@ -544,8 +544,8 @@ def test_nchw_stem_pairs_its_windows_over_channels_exactly(tmp_path_factory, w, 
 def test_stem_through_a_window_copy_is_exact(tmp_path_factory, layout, h, w, k, stride, cin, cout, pad_value, seed):
     """A k x k convolution over few input channels (a stem; NCHW, or NHWC as kws's 10 x 4 over one channel)
     through a copy of each output pixel's window (export/window_copy.py): one tvmp_dot_s8_rows* call over the
-    whole window per channel block, the copy a C local (no workspace); against TVM's build of the unscheduled
-    kernel."""
+    whole window per channel block, or over two pixels' windows (tvmp_dot_s8_px2_rows*) where the output width is
+    even; the copy a C local (no workspace); against TVM's build of the unscheduled kernel."""
     from tvm import topi
 
     from tvm_patch.codegen.wide_weights import padded_layout
@@ -574,7 +574,9 @@ def test_stem_through_a_window_copy_is_exact(tmp_path_factory, layout, h, w, k, 
     taps = cin * kh * kw
     if not too_big:  # one rows call a channel block; odd lengths padded to words (pad_rows.py), then widened once
         padded = -(-taps // 4) * 4
-        assert re.search(rf"tvmp_dot_(s8|q15)_rows{rows}\(.*, {padded}, \(&", code)  # (its length, then acc)
+        out_w = int(func.params[-1].shape[3 if nchw else 2])
+        pair = "_px2" if out_w % 2 == 0 and 2 * padded <= 64 else ""  # two pixels' windows side by side, a call
+        assert re.search(rf"tvmp_dot_(s8|q15){pair}_rows{rows}\(.*, {padded}, \(&", code)  # (its length, then acc)
         assert tuple(src.functions["kern"].params[1].shape) == ((cout, padded) if padded != taps else tuple(int(d) for d in wt.shape))
         assert not src.workspace_bytes.get("kern")
     rng = np.random.default_rng(seed)

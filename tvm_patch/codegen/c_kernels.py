@@ -47,6 +47,7 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, PlainCError, c_float_literal, const_shape, dtype_str, to_f32
 from tvm_patch.codegen.lowering import finalize_passes, lower_tir
+from tvm_patch.codegen.weight_sums import SUM_TABLES_ATTR
 from tvm_patch.codegen.workspace import fixed_plan, plan_workspace, stack_scratch_bytes, zero_locals
 
 __all__ = [
@@ -137,6 +138,9 @@ class CFunction:
     noalias: bool = True
     aliased: frozenset[int] | None = None  # without noalias: the params that may overlap (None: all of them)
     stack_scratch_bytes: int = 0  # its large C locals' stack (widened pixel pairs, pixel windows), not workspace
+    # its trailing pointer parameters (before the workspace) that are weight-sum tables the export fills:
+    # (weight parameter, row length, pad) each (codegen/weight_sums.py)
+    weight_sums: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def prototype(self) -> str:
@@ -309,7 +313,8 @@ def _to_plain(name: str, func: tirx.PrimFunc, workspace_align: int) -> tuple[tir
         aliased = frozenset([int(i) for i in attrs[ALIASED_PARAMS]] + [i for i, p in enumerate(params)
                                                                         if p.role == "workspace"])
     new_func = tirx.PrimFunc(new_params, body, ret_type=None, attrs=tvm.ir.make_node("ir.DictAttrs", **attrs))
-    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, stack_scratch_bytes(func.body))
+    sums = tuple(tuple(int(v) for v in t) for t in attrs.get(SUM_TABLES_ATTR, ()))
+    return new_func, CFunction(name, tuple(params), ws_bytes, noalias, aliased, stack_scratch_bytes(func.body), sums)
 
 
 def _compact_strides(shape: tuple[int, ...]) -> list[int]:

@@ -25,6 +25,7 @@ from tvm_patch.codegen.pad_rows import PadDotRows
 from tvm_patch.codegen.quantize_kernels import QuantizeCalls
 from tvm_patch.codegen.widen_kernels import WidenPixelPairs
 from tvm_patch.codegen.wide_weights import WidenWeights
+from tvm_patch.codegen.weight_sums import WeightSums
 from tvm_patch.codegen.workspace import fixed_plan
 from tvm_patch.codegen.window_blocks import WindowBlocks
 
@@ -79,6 +80,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
         passes.append(PadDotRows())  # odd-length dot rows over a local copy (a stem's window) padded to words
         passes.append(WidenPixelPairs())  # a pixel pair every channel block reads: sign-extended once
         passes.append(WidenWeights())  # weights the export stores as int16: no SXTB16 on them
+        passes.append(WeightSums())  # border taps' weight sums from a table the export stores
         passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time
         passes.append(QuantizeCalls())  # float -> int8 quantization -> tvmp_quant_s8 (VCVTR, QADD, SSAT)
     if not bool(config.get("tirx.disable_cse_tir", False)):

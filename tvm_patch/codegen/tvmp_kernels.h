@@ -12,7 +12,8 @@
  * tvmp_requant_rbzr: tvmp_requant_rbz on the right shift (-shift) the export stores per channel
  *   (export/packed_constants.py).
  * tvmp_sum_s8: the sum of an int8 vector (a padded convolution tap: pad value x the sum of its weights);
- *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap); tvmp_pad_rows_w on widened weights.
+ *   tvmp_pad_rows the same for several weight rows at once (a blocked border tap); tvmp_pad_rows_w on widened weights;
+ *   tvmp_pad_sums the same from a table of those sums the export stores in Flash (codegen/weight_sums.py).
  * tvmp_sat_s8: the int8 clamp of an epilogue (one SSAT on Cortex-M4/M7).
  * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
@@ -956,6 +957,11 @@ TVMP_INLINE void tvmp_pad_rows_w(int32_t pad, const int16_t *w, int32_t ws, int3
         for (int32_t i = 0; i < n; i++) sum += w[j * ws + i];
         acc[j] += pad * sum;
     }
+}
+
+/* acc[j] += s[j * ss]: a blocked border tap from the export's table of pad x weight-row sums (codegen/weight_sums.py). */
+TVMP_INLINE void tvmp_pad_sums(const int32_t *s, int32_t ss, int32_t rows, int32_t *acc) {
+    for (int32_t j = 0; j < rows; j++) acc[j] += s[j * ss];
 }
 
 #endif

@@ -45,6 +45,7 @@ from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_conv import channel_outer_schedule, inplace_conv_pairs, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.packed_constants import pack_channel_constants
+from tvm_patch.export.weight_sums import mark_sums, sum_constants
 from tvm_patch.export.wide_weights import mark_wide, widen_constants
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
@@ -253,9 +254,11 @@ def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bo
     emitted, c_prog = final, prog
     if micro:
         c_prog, emitted = packed_constants(prog, nonpositive_shift_requant(prog, final), packing)
+        emitted = mark_sums(c_prog, emitted)
         if wide is not None:
             emitted = mark_wide(c_prog, emitted, wide)
     csrc = emit_c(emitted, alignment)
+    c_prog = sum_constants(c_prog, csrc.functions)  # before the widening: the tables sum the int8 weights
     c_prog, wide_bytes = widen_constants(c_prog, csrc.functions)
     return c_prog, csrc, wide_bytes
 
@@ -393,7 +396,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
-        kernel_funcs=mark_wide(prog, final, wide_bytes.__contains__),  # widened as emitted (the cost features')
+        # widened and with weight-sum tables as emitted (the cost features')
+        kernel_funcs=mark_wide(prog, mark_sums(prog, final) if micro else final, wide_bytes.__contains__),
         kernel_stack_scratch_bytes=max((f.stack_scratch_bytes for f in csrc.functions.values()), default=0),
         alignment_allowance_bytes=alignment * (max_live(aplan.buffers) + sum(
             int(f.attrs[STAGE_OFFSETS_ATTR].get("live", 0)) for f in final.values() if has_workspace_plan(f))),

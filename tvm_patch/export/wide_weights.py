@@ -19,16 +19,21 @@ from tvm_patch.codegen.wide_weights import WIDEN_ATTR, padded_layout, widened_la
 from tvm_patch.export.lower import Arg, Program
 
 
+def int8_constant_params(prog: Program, name: str) -> list[int]:
+    """The parameter positions of kernel ``name`` that every call of it passes an int8 constant (its weights)."""
+    calls = [c for c in prog.calls if c.func == name]
+    if not calls:
+        return []
+    return [p for p in range(len(calls[0].args))
+            if all(c.args[p].kind == "const" and prog.constants[c.args[p].index].dtype == np.int8 for c in calls)]
+
+
 def mark_wide(prog: Program, funcs: Mapping[str, object], wide: Callable[[str], bool]) -> dict[str, object]:
     """``funcs`` with each kernel ``wide`` names allowed to widen its int8 parameters that are constants in every
     call (the ``WIDEN_ATTR`` attribute; the C emission decides which it can)."""
     out = dict(funcs)
     for name, func in funcs.items():
-        calls = [c for c in prog.calls if c.func == name]
-        if not calls or not wide(name):
-            continue
-        consts = [p for p in range(len(calls[0].args))
-                  if all(c.args[p].kind == "const" and prog.constants[c.args[p].index].dtype == np.int8 for c in calls)]
+        consts = int8_constant_params(prog, name) if wide(name) else []
         if consts:
             out[name] = func.with_attr(WIDEN_ATTR, consts)
     return out

@@ -23,6 +23,8 @@ from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
+from tvm_patch.codegen.weight_sums import SUMS_ATTR
+from tvm_patch.codegen.wide_weights import WIDEN_ATTR
 from tvm_patch.export.api import emit_kernels, packed_constants, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
 from tvm_patch.export.dead_channels import quiet_dead_channels
@@ -95,9 +97,11 @@ BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 
 
 def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
-    """Equal up to the aliasing marks (``mark_in_place``: the driver's call, not the kernel's schedule)."""
+    """Equal up to the aliasing marks (``mark_in_place``: the driver's call, not the kernel's schedule) and the
+    export's lists of constant parameters (``mark_wide``, ``mark_sums``: the emission's choices)."""
     def plain(f: tirx.PrimFunc) -> tirx.PrimFunc:
-        return f.with_attr("tirx.noalias", True).with_attr(ALIASED_PARAMS, [])
+        f = f.with_attr("tirx.noalias", True).with_attr(ALIASED_PARAMS, [])
+        return f.with_attr(WIDEN_ATTR, []).with_attr(SUMS_ATTR, [])
     return tvm_ffi.structural_equal(plain(a), plain(b))
 
 
