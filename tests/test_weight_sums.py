@@ -81,3 +81,18 @@ def test_without_the_list_the_weights_are_summed():
     listed = emit_c({"kern": func.with_attr(SUMS_ATTR, [1])}).functions["kern"]
     assert listed.weight_sums == ((1, 8, -7),) and listed.params[-1].dtype == "int32"
     assert listed.params[-1].shape == (4 * 3 * 3,)  # a row per output channel and tap
+
+
+def test_resnet8_exports_its_tables_bit_exact(mlperf_paths, tmp_path):
+    """A whole network (resnet8: 3x3 layers padded with the input zero point -128): the calls pass each kernel's
+    tables, built from that call's own weights, and the C on the host is bit-exact with TVM's build."""
+    from tvm_patch.export import export_model
+
+    result = export_model(str(mlperf_paths["resnet8_int8"]), tmp_path / "out", check=True, seeds=(0,))
+    code = (tmp_path / "out" / "model.c").read_text()
+    assert MICRO_KERNELS.read_text() in code
+    code = code.replace(MICRO_KERNELS.read_text(), "")  # the kernels' own C
+    assert "tvmp_pad_rows" not in code and "tvmp_sum_s8(" not in code
+    prog = result.program
+    tabled = [c for c in prog.calls if "tvmp_pad_sums(" in code.split(f"void {c.func}(", 1)[-1].split("\n}\n", 1)[0]]
+    assert len(tabled) >= 6  # the 3x3 convolutions after the stem
