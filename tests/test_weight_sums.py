@@ -96,3 +96,8 @@ def test_resnet8_exports_its_tables_bit_exact(mlperf_paths, tmp_path):
     prog = result.program
     tabled = [c for c in prog.calls if "tvmp_pad_sums(" in code.split(f"void {c.func}(", 1)[-1].split("\n}\n", 1)[0]]
     assert len(tabled) >= 6  # the 3x3 convolutions after the stem
+    # their Flash, reported per kernel (--json: weight_sum_tables): int32 per output channel and tap
+    tables = result.to_json()["weight_sum_tables"]
+    assert set(tables) == {c.func for c in tabled}
+    widths = {c.func: prog.tensors[c.outputs[0].index].shape[-1] for c in tabled}  # NHWC: output channels
+    assert all(b > 0 and b % (4 * widths[f]) == 0 for f, b in tables.items())

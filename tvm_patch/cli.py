@@ -105,7 +105,8 @@ def _build_summary(result) -> str:
           if result.plan.get("halo_choice") else []),
         f"TVM static plan:     {size(result.tvm_static_plan_bytes)}  (StaticPlanBlockMemory storages)",
         f"TFLM arena head:     {size(result.tflm_arena_head_bytes)}",
-        f"weights:             {size(result.weights_bytes)}" + _widened_text(result.wide_weights, result.wide_narrowed),
+        f"weights:             {size(result.weights_bytes)}" + _widened_text(result.wide_weights, result.wide_narrowed)
+        + _tables_text(result.weight_sum_tables),
         f"export time:         {result.export_seconds:.1f} s",
     ]
     if result.check is not None:
@@ -167,6 +168,13 @@ def _widened_text(wide: dict[str, int] | None, kept: list[str] | None) -> str:
             + (f"; {len(kept)} kept int8 to fit" if kept else "") + ")")
 
 
+def _tables_text(tables: dict[str, int] | None) -> str:
+    """A summary's note on the padded taps' weight-sum tables in Flash (export/weight_sums.py), or nothing."""
+    if not tables:
+        return ""
+    return f" (border-tap sum tables of {len(tables)} kernels: +{sum(tables.values()):,} B)"
+
+
 def _plan_text(plan: dict) -> str:
     where = "layer by layer" if plan["split"] is None else \
         f"split {plan['split']}, {plan['patches'][0]}x{plan['patches'][1]} patches, halo {plan['halo']}"
@@ -198,7 +206,8 @@ def _board_summary(result: dict) -> str:
             f"SRAM:  {result['sram_bytes']:,} of {result['board_sram_bytes']:,} B (arena {result['arena_bytes']:,} + "
             f"stack {result['stack_bytes']:,} + data/bss {result['data_bss_bytes']:,})",
             f"Flash: {result['flash_bytes']:,} of {result['board_flash_bytes']:,} B"
-            + _widened_text(result.get("export", {}).get("wide_weights"), result.get("export", {}).get("wide_narrowed")),
+            + _widened_text(result.get("export", {}).get("wide_weights"), result.get("export", {}).get("wide_narrowed"))
+            + _tables_text(result.get("export", {}).get("weight_sum_tables")),
         ]
     run = result.get("run")
     if run is not None:

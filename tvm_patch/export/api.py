@@ -107,6 +107,8 @@ class ExportResult:
     # the kernels whose weights are stored widened to int16 (export/wide_weights.py): their extra Flash bytes
     wide_weights: dict[str, int] = field(default_factory=dict)
     wide_narrowed: list[str] = field(default_factory=list)  # kept int8 to fit the Flash (board_build.fit_wide)
+    # the kernels whose padded taps read tables of weight sums (export/weight_sums.py): the tables' Flash bytes
+    weight_sum_tables: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +124,7 @@ class ExportResult:
             "weights_bytes": self.weights_bytes,
             "wide_weights": dict(self.wide_weights),
             "wide_narrowed": list(self.wide_narrowed),
+            "weight_sum_tables": dict(self.weight_sum_tables),
             "plan": dict(self.plan),
             "tvm_static_plan_bytes": self.tvm_static_plan_bytes,
             "tflm_arena_head_bytes": self.tflm_arena_head_bytes,
@@ -247,10 +250,11 @@ def export_model(
 
 def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bool = True,
                  packing: Callable[[str, Any], bool] | None = None, wide: Callable[[str], bool] | None = None
-                 ) -> tuple[Program, CSource, dict[str, int]]:
+                 ) -> tuple[Program, CSource, dict[str, int], dict[str, int]]:
     """The kernels ``final`` as C, in the micro-kernels' forms (their requantization facts, the constants packed
     as ``packing`` says, the weights ``wide`` allows widened) and the program whose constants they take; with
-    each widened kernel's extra Flash bytes. The one emission of the export and of the tuning harness."""
+    each widened kernel's extra Flash bytes and each kernel's weight-sum tables' bytes. The one emission of the
+    export and of the tuning harness."""
     emitted, c_prog = final, prog
     if micro:
         c_prog, emitted = packed_constants(prog, nonpositive_shift_requant(prog, final), packing)
@@ -258,9 +262,9 @@ def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bo
         if wide is not None:
             emitted = mark_wide(c_prog, emitted, wide)
     csrc = emit_c(emitted, alignment)
-    c_prog = sum_constants(c_prog, csrc.functions)  # before the widening: the tables sum the int8 weights
+    c_prog, sum_bytes = sum_constants(c_prog, csrc.functions)  # before the widening: the tables sum the int8 weights
     c_prog, wide_bytes = widen_constants(c_prog, csrc.functions)
-    return c_prog, csrc, wide_bytes
+    return c_prog, csrc, wide_bytes, sum_bytes
 
 
 def packed_constants(prog: Program, funcs: dict[str, Any], packing: Callable[[str, Any], bool] | None = None
@@ -352,7 +356,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
-    c_prog, csrc, wide_bytes = emit_kernels(prog, final, alignment, micro, packing, wide)
+    c_prog, csrc, wide_bytes, sum_bytes = emit_kernels(prog, final, alignment, micro, packing, wide)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {
@@ -379,6 +383,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         lower_bound_bytes=aplan.lower_bound,
         weights_bytes=c_prog.weights_bytes,
         wide_weights=wide_bytes,
+        weight_sum_tables=sum_bytes,
         tvm_static_plan_bytes=baselines.tvm_static_plan_bytes(prog.fused_mod),
         tflm_arena_head_bytes=baselines.tflm_arena_head_bytes(tflite) if tflite else None,
         plan={"split": split, "patches": patches, "split_layers": patch_figs["split"] if patch_figs else None,

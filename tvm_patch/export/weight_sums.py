@@ -34,11 +34,13 @@ def mark_sums(prog: Program, funcs: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def sum_constants(prog: Program, functions: Mapping[str, CFunction]) -> Program:
+def sum_constants(prog: Program, functions: Mapping[str, CFunction]) -> tuple[Program, dict[str, int]]:
     """``prog`` with every call of a kernel with weight-sum tables passing them (new constants, after its other
-    arguments), each computed from the weight constant that call passes."""
+    arguments), each computed from the weight constant that call passes; and each such kernel's tables' Flash bytes
+    (a table counts for the first kernel that takes it)."""
     consts = list(prog.constants)
     made: dict[tuple[int, int, int, tuple[int, ...]], int] = {}
+    table_bytes: dict[str, int] = {}
     calls = []
     for call in prog.calls:
         fn = functions.get(call.func)
@@ -55,6 +57,7 @@ def sum_constants(prog: Program, functions: Mapping[str, CFunction]) -> Program:
             if key not in made:
                 consts.append(table_sums(padded_layout(consts[a.index], shape), n, pad))
                 made[key] = len(consts) - 1
+                table_bytes[call.func] = table_bytes.get(call.func, 0) + int(consts[-1].nbytes)
             args.append(Arg("const", made[key]))
         calls.append(dataclasses.replace(call, args=tuple(args)))
-    return prog.with_constants(consts, calls, set()) if made else prog
+    return (prog.with_constants(consts, calls, set()), table_bytes) if made else (prog, {})

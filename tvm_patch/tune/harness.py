@@ -131,7 +131,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     if aplan.inplace_calls:
         final = mark_in_place(final, pairs[name])
     kprog = quiet_dead_channels(kprog, {name: final})  # as the network's export: its requantization's facts
-    c_prog, csrc, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
+    c_prog, csrc, _, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
                                    wide=(lambda _n: True) if wide else None)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
