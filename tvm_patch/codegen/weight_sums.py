@@ -25,17 +25,17 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import tirx
-from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.micro_kernels import PAD_ROWS, SUM, _extern_name, _int
-from tvm_patch.codegen.wide_weights import param_views
+from tvm_patch.codegen.micro_kernels import PAD_ROWS, SUM, _extern_name
+from tvm_patch.codegen.pad_rows import _const, _operand
+from tvm_patch.codegen.wide_weights import WIDE_CALLS, param_views
 
 __all__ = ["PAD_SUMS", "SUMS_ATTR", "SUM_TABLES_ATTR", "WeightSums", "table_sums", "weight_sums"]
 
 SUMS_ATTR = "tvmp.weight_sums"  # the int8 parameter positions that are constants in every call (the export's)
 SUM_TABLES_ATTR = "tvmp.weight_sum_tables"  # each appended parameter: (weight parameter, row length n, pad)
 PAD_SUMS = "tvmp_pad_sums"
-_PAD_ROW_CALLS = (PAD_ROWS, PAD_ROWS + "_w")
+_PAD_ROW_CALLS = (PAD_ROWS, WIDE_CALLS[PAD_ROWS][0])  # int8 and widened weights
 
 
 def table_sums(weights: np.ndarray, n: int, pad: int) -> np.ndarray:
@@ -45,15 +45,6 @@ def table_sums(weights: np.ndarray, n: int, pad: int) -> np.ndarray:
     if flat.size % n:
         raise ValueError(f"{flat.size} weights are not rows of {n}")
     return (pad * flat.reshape(-1, n).sum(axis=1)).astype(np.int32)
-
-
-def _const_int(x: Any) -> int | None:
-    return _int(x.value) if isinstance(x, tirx.Cast) else _int(x)
-
-
-def _weight_ptr(ptr: Any) -> TensorLoad | None:
-    load = ptr.args[0] if isinstance(ptr, tvm.ir.Call) and ptr.args and isinstance(ptr.args[0], TensorLoad) else None
-    return load if load is not None and len(load.indices) == 1 else None
 
 
 class _Tables:
@@ -67,7 +58,7 @@ class _Tables:
 
     def entry(self, w_ptr: Any, n: int | None, pad: int | None) -> tuple[Any, Any] | None:
         """(table buffer, row index) for a border tap's weight pointer over rows of ``n``, else None."""
-        load = _weight_ptr(w_ptr)
+        load = _operand(w_ptr)
         pos = next((i for v, i in self.by_view.items() if load is not None and load.source.same_as(v)), None)
         if pos is None or n is None or n <= 0 or pad is None:
             return None
@@ -87,8 +78,8 @@ def _rewritten(body: Any, tables: _Tables) -> Any:
         if _extern_name(c) not in _PAD_ROW_CALLS:
             return c
         pad, w_ptr, ws, n, rows, acc = list(c.args)[1:]
-        stride, length = _const_int(ws), _const_int(n)
-        found = tables.entry(w_ptr, length, _const_int(pad))
+        stride, length = _const(ws), _const(n)
+        found = tables.entry(w_ptr, length, _const(pad))
         if found is None or stride is None or stride % length:
             return c
         table, row = found
@@ -99,7 +90,7 @@ def _rewritten(body: Any, tables: _Tables) -> Any:
         for pad, s in ((m.a, m.b), (m.b, m.a)):
             if isinstance(s, tvm.ir.Call) and _extern_name(s) == SUM:
                 w_ptr, n = list(s.args)[1:]
-                found = tables.entry(w_ptr, _const_int(n), _const_int(pad))
+                found = tables.entry(w_ptr, _const(n), _const(pad))
                 if found is not None:
                     return tirx.BufferLoad(found[0], [found[1]])
         return m
@@ -117,8 +108,7 @@ def weight_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
     if not tables.made:
         return func
     spec = [[tirx.IntImm("int32", v) for v in key] for key in tables.made]
-    attrs = func.attrs
-    out = tirx.PrimFunc([*func.params, *tables.made.values()], body, ret_type=None, attrs=attrs)
+    out = tirx.PrimFunc([*func.params, *tables.made.values()], body, ret_type=None, attrs=func.attrs)
     return out.with_attr(SUM_TABLES_ATTR, spec)
 
 

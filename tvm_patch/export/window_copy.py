@@ -72,23 +72,21 @@ def _conv_shape(block: s_tir.SBlock) -> tuple[Any, int, str] | None:
     return None
 
 
-def _pair_width(block: s_tir.SBlock, layout: str) -> int | None:
-    """The output width of a convolution block whose output pixels can go in pairs along it (even), else None."""
-    x = block.iter_vars[2 if layout == "NHWC" else 3]
-    width = int(x.dom.extent)
-    return width if width % 2 == 0 else None
+def _even_width(block: s_tir.SBlock, layout: str) -> bool:
+    """Does the convolution block's output width take its pixels in pairs?"""
+    return int(block.iter_vars[2 if layout == "NHWC" else 3].dom.extent) % 2 == 0
 
 
-def window_copy_schedule(func: tirx.PrimFunc, rows: int, pixels: int = 2) -> tirx.PrimFunc:
+def window_copy_schedule(func: tirx.PrimFunc, rows: int) -> tirx.PrimFunc:
     """``func`` (a default-form NCHW or NHWC k x k convolution whose window is at most ``LOCAL_MAX_BYTES``) with each output
     pixel's window copied once and ``rows`` output channels blocked under its one fused reduction loop (see the
-    module doc), as ``lean_schedule`` leaves it otherwise; ``pixels=2`` (where the output width is even and both
-    windows fit ``LOCAL_MAX_BYTES``): two neighbouring pixels' windows copied side by side, each starting at a
+    module doc), as ``lean_schedule`` leaves it otherwise; where the output width is even and both windows fit
+    ``LOCAL_MAX_BYTES``, two neighbouring pixels' windows copied side by side, each starting at a
     multiple of four bytes, and both under the reduction (one ``tvmp_dot_s8_px2_rows{rows}`` call a channel block:
     each weight word loaded once for two pixels; at most ``PAIR_ROWS`` channels a block then).
     ``func`` itself when it is not such a kernel or ``rows`` (of ``ROW_BLOCKS``, > 1) does not divide its
     channels."""
-    if rows not in ROW_BLOCKS or rows == 1 or pixels not in (1, 2) or not is_default_form(func):
+    if rows not in ROW_BLOCKS or rows == 1 or not is_default_form(func):
         return func
     try:
         sch = s_tir.Schedule(func)
@@ -102,7 +100,7 @@ def window_copy_schedule(func: tirx.PrimFunc, rows: int, pixels: int = 2) -> tir
         window, taps, layout = found
         if int(sch.get(rv).iter_vars[_LAYOUTS[layout][0]].dom.extent) % rows:  # (the output channels)
             return func
-        pair = pixels == 2 and _pair_width(sch.get(rv), layout) is not None and 2 * -(-taps // 4) * 4 <= LOCAL_MAX_BYTES
+        pair = _even_width(sch.get(rv), layout) and 2 * -(-taps // 4) * 4 <= LOCAL_MAX_BYTES
         name = sch.get(rv).name_hint
         # the window's producers (its pad) stay blocks, so that they are computed into the copy, not per read
         producers = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
