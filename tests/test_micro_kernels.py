@@ -203,6 +203,18 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     assert len(fills) == 24
     for n, off, v, *got in fills:
         assert got == [v if off <= k < off + n else 0 for k in range(40)]
+    row_lines = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("K ")]
+    assert len(row_lines) == 100 and {r[0] for r in row_lines} == {4, 8, 12, 16}  # weights in registers (<= 8) and loaded
+    inside = total = 0
+    for n, pairs, _os, bias, mult, right, zp, *rest in row_lines:  # tvmp_row_q15w_px2: bias + dot, requantized, clamped
+        got, rest = rest[:2 * pairs], rest[2 * pairs:]
+        act = np.array(rest[:2 * pairs * n], dtype=np.int64).reshape(2 * pairs, n)
+        acc = bias + act @ np.array(rest[2 * pairs * n:], dtype=np.int64)
+        want = multiply_by_quantized_multiplier_ref(acc, np.full_like(acc, mult), np.full_like(acc, -right)) + zp
+        assert got == np.clip(want, -128, 127).tolist()
+        inside += int(((want > -128) & (want < 127)).sum())
+        total += 2 * pairs
+    assert inside > total // 2  # most outputs unsaturated: a wrong sum shows
     quants = np.array([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("U ")], dtype=np.int64)
     assert len(quants) == 200
     q = quants[:, 0].astype(np.uint32).view(np.float32)

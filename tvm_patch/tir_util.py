@@ -18,6 +18,18 @@ def vars_of(expr: Any) -> list[tirx.Var]:
     return found
 
 
+def substitute_vars(expr: Any, vmap: dict[Any, Any]) -> Any:
+    """``expr`` with the variables of ``vmap`` (matched by identity) replaced."""
+
+    def sub(v: Any) -> Any:
+        for old, new in vmap.items():
+            if v.same_as(old):
+                return new
+        return v
+
+    return tvm_ffi.structural_map(expr, (tirx.Var, sub))
+
+
 def is_patch_stage(func: Any) -> bool:
     """True for the PrimFunc PatchStage emits (it carries the patch counts)."""
     return isinstance(func, tirx.PrimFunc) and func.attrs is not None and PATCHES_ATTR in func.attrs

@@ -37,6 +37,9 @@
  *   a[c * cs + p]), so an NCHW kernel widens its pair straight from its input, without a pixel-major copy first.
  * tvmp_dot_s8w_rows* / tvmp_dot_s8w_px2_rows* / tvmp_dot_q15w_rows* / tvmp_dot_q15w_px2_rows*: the same on weights the export
  *   stored widened to int16 in Flash (codegen/wide_weights.py): no SXTB16 on weights, two words a load.
+ * tvmp_row_q15w_px2: one output channel of a low-K 1x1 convolution along a row of widened pixel pairs, its epilogue
+ *   (requantization, clamp, store) fused, the channel's constants and short weight rows in registers
+ *   (codegen/channel_rows.py).
  * tvmp_copy_s8 / tvmp_fill_s8: a run of int8 copied or set (pad values) a word at a time (codegen/copy_kernels.py).
  * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale (codegen/quantize_kernels.py).
  *
@@ -479,16 +482,24 @@ TVMP_INLINE void name(const int8_t *a, int32_t as, const int16_t *w, int32_t ws,
     }                                                                                                   \
     for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
 }
+/* The next four channels of the widened pair's words by LDRD too (C locals, word-aligned) against the rows. */
+#define TVMP_Q15W_PX2_GROUP(rows) {                                                                     \
+        uint32_t e0, o0, e1, o1;                                                                        \
+        TVMP_LDRD_POST(q, e0, o0);                                                                      \
+        TVMP_LDRD_POST(q, e1, o1);                                                                      \
+        TVMP_WIDE_PX2_ROWS(rows)                                                                        \
+    }
 #define TVMP_Q15W_PX2_KERNEL(name, rows)                                                                \
 TVMP_INLINE void name(const uint32_t *q, const int16_t *w, int32_t ws, int32_t n, int32_t *acc) {        \
     int32_t s0[rows], s1[rows];                                                                         \
     const int16_t *p[rows];                                                                             \
     for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j], p[j] = w + j * ws;       \
-    for (; n >= 4; n -= 4) { /* the widened pair's words by LDRD too (C locals, word-aligned) */            \
-        uint32_t e0, o0, e1, o1;                                                                        \
-        TVMP_LDRD_POST(q, e0, o0);                                                                      \
-        TVMP_LDRD_POST(q, e1, o1);                                                                      \
-        TVMP_WIDE_PX2_ROWS(rows)                                                                        \
+    for (; n >= 8; n -= 8) { /* two groups an iteration: a long row's loop test every eight channels */      \
+        TVMP_Q15W_PX2_GROUP(rows)                                                                       \
+        TVMP_Q15W_PX2_GROUP(rows)                                                                       \
+    }                                                                                                   \
+    if (n >= 4) {                                                                                       \
+        TVMP_Q15W_PX2_GROUP(rows)                                                                       \
     }                                                                                                   \
     for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
 }
@@ -858,10 +869,12 @@ TVMP_INLINE void tvmp_window4_s8w(const int8_t *p, int32_t pb, int32_t d, int32_
     (void)wx;
 #if defined(__ARM_FEATURE_DSP)
     if ((kw & 3) == 3 && sx == 1 && (d == 1 || d == 2)) {
+        /* one pointer walks the weights row after row (LDRD post-increments it; rows padded to wy, the layout's
+           multiple of four): a pointer per row made GCC keep seven, on the stack (mcunet-in3 7x7 layers -6 %) */
+        const int16_t *wp = w;
 #pragma GCC unroll 8 /* the kernel rows: GCC leaves the loop of LDRD (asm) rolled, -10 % on a 7x7 stride 2 layer */
-        for (int32_t ry = 0; ry < kh; ry++) {
+        for (int32_t ry = 0; ry < kh; ry++, wp += wy - 4 * ((kw + 1) / 4)) {
             const int8_t *r = q + ry * sy;
-            const int16_t *wp = w + ry * wy;
             int32_t rx = 0;
             uint32_t wo = 0, n0 = 0, n1 = 0; /* stride 2: the words at rx + 4, rx + 6 (the next taps' first two) */
             for (; rx + 4 <= kw; rx += 4) {
@@ -963,5 +976,62 @@ TVMP_INLINE void tvmp_pad_rows_w(int32_t pad, const int16_t *w, int32_t ws, int3
 TVMP_INLINE void tvmp_pad_sums(const int32_t *s, int32_t ss, int32_t rows, int32_t *acc) {
     for (int32_t j = 0; j < rows; j++) acc[j] += s[j * ss];
 }
+
+/* One output channel of a 1x1 convolution along pairs of output pixels, its epilogue fused (codegen/channel_rows.py):
+   out[(2 i + p) os] = int8(sat(requant_rbzr(bias + the dot of pixel p of pair i with the channel's n widened weights
+   w, mult, right, zp))) for the pairs i < pairs, whose widened words (tvmp_widen_px2's, n per pair) follow one
+   another from q. The loop runs over pixels inside one channel, so the channel's constants stay in registers for the
+   whole row, and with n <= 8 its weights too (at most four words); longer rows read them again per pair, one LDRD per
+   four. The same sums and the same epilogue as the blocked kernels' calls (bias first, then the dot: integers). */
+#define TVMP_ROW_MAX_REG_N 8
+#if defined(__ARM_FEATURE_DSP)
+TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16_t *w, int32_t n, int32_t bias,
+                                   int32_t mult, int32_t right, int32_t zp, int8_t *out, int32_t os) {
+    if (n <= TVMP_ROW_MAX_REG_N) {
+        uint32_t y[TVMP_ROW_MAX_REG_N / 2];
+        for (int32_t g = 0; g < n / 2; g++) memcpy(&y[g], w + 2 * g, 4);
+        for (; pairs > 0; pairs--, out += 2 * os) {
+            int32_t s0 = bias, s1 = bias;
+            for (int32_t g = 0; g < n / 4; g++) {
+                uint32_t e0, o0, e1, o1;
+                TVMP_LDRD_POST(q, e0, o0);
+                TVMP_LDRD_POST(q, e1, o1);
+                s0 = __smlad(o0, y[2 * g + 1], __smlad(e0, y[2 * g], s0));
+                s1 = __smlad(o1, y[2 * g + 1], __smlad(e1, y[2 * g], s1));
+            }
+            out[0] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s0, mult, right, zp));
+            out[os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s1, mult, right, zp));
+        }
+        return;
+    }
+    for (; pairs > 0; pairs--, out += 2 * os) {
+        int32_t s0 = bias, s1 = bias;
+        const int16_t *p = w;
+        for (int32_t g = 0; g < n / 4; g++) {
+            uint32_t e0, o0, e1, o1, ye, yo;
+            TVMP_LDRD_POST(q, e0, o0);
+            TVMP_LDRD_POST(q, e1, o1);
+            TVMP_LDRD_POST(p, ye, yo);
+            s0 = __smlad(o0, yo, __smlad(e0, ye, s0));
+            s1 = __smlad(o1, yo, __smlad(e1, ye, s1));
+        }
+        out[0] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s0, mult, right, zp));
+        out[os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s1, mult, right, zp));
+    }
+}
+#else
+TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16_t *w, int32_t n, int32_t bias,
+                                   int32_t mult, int32_t right, int32_t zp, int8_t *out, int32_t os) {
+    for (int32_t i = 0; i < pairs; i++, q += n)
+        for (int32_t p = 0; p < 2; p++) {
+            int32_t s = bias;
+            for (int32_t g = 0; g < n; g += 4) {
+                uint32_t e = q[g + 2 * p], o = q[g + 2 * p + 1];
+                s += tvmp_dot4_wide(w + g, (int16_t)(e & 0xffffu), (int16_t)(o & 0xffffu), (int32_t)e >> 16, (int32_t)o >> 16);
+            }
+            out[(2 * i + p) * os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s, mult, right, zp));
+        }
+}
+#endif
 
 #endif

@@ -15,6 +15,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen import C_TARGET
+from tvm_patch.codegen.channel_rows import ROW_KERNEL
 from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.cost.trips import executed
 from tvm_patch.export.kernel_info import kernel_info
@@ -34,7 +35,10 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # 9: the copy / fill calls whose length varies with a patch loop (a stage's border runs) counted value by value
 # (they counted 0 before: mcunet-in0's 4x4 cache stage, 560,000 instructions unpriced); the 64-bit multiplications
 # of stored values (``mul64``: a stage's residual adds, TVM's fixed-point arithmetic spelt out)
-FEATURES_VERSION = 9
+# 10: a low-K 1x1 convolution's channel along a row (``tvmp_row_q15w_px2``, kernels round 22) counted as the nest it
+# replaces: a two-pixel dot per pair (dot calls and elements, widened MACs), per output a requantization, a clamp and
+# a store
+FEATURES_VERSION = 10
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -275,10 +279,12 @@ def kernel_rows(result: Any, c_source: str, halo: str = "recompute") -> list[dic
                 row["stage_layers"] = sum(prog.constants[a.index].dtype == "int8" for a in call.inputs
                                           if a.kind == "const")
         body = bodies.get(call.func, "")
-        row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|_q15\w*|4)\(", body))  # plain, register-blocked, widened
+        # plain, register-blocked, widened; a channel along a row (its dot and its requantization inside)
+        rows_fused = body.count(ROW_KERNEL + "(")
+        row["uses_dot"] = len(re.findall(r"\btvmp_dot(_s8\w*|_q15\w*|4)\(", body)) + rows_fused
         row["uses_sum"] = body.count("tvmp_sum_s8(")
         # general, right-shift only, bounded (with the zero point, on a stored right shift)
-        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rbz?|_rbzr|_rs_narrow)?\(", body))
+        row["uses_requant"] = len(re.findall(r"\btvmp_requant(_rs|_rbz?|_rbzr|_rs_narrow)?\(", body)) + rows_fused
         row["log_macs"] = math.log1p(row["macs"])
         row["log_work"] = math.log(work(row))
         _exec_features(row)

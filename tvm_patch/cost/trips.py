@@ -21,6 +21,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.codegen.channel_rows import ROW_KERNEL
 from tvm_patch.codegen.copy_kernels import COPY, FILL
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
@@ -195,6 +196,8 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
         return 2 * int(name.removeprefix("tvmp_dot_q15_px2_rows")), args[3]
     if name.startswith("tvmp_dot_q15_rows") and len(args) > 3 and args[3]:  # (q, w, ws, n, acc): a widened pixel
         return int(name.removeprefix("tvmp_dot_q15_rows")), args[3]
+    if name == "tvmp_row_q15_px2" and len(args) > 3 and args[1] and args[3]:  # (q, pairs, w, n, ...): one channel
+        return 2 * args[1], args[3]  # along pairs of pixels (codegen/channel_rows.py)
     return None
 
 
@@ -340,6 +343,12 @@ def executed(func: tirx.PrimFunc) -> Counter:
                             out["dot_wide_macs"] += trips * shape[0] * shape[1]
                         if "_q15" not in name:  # activations sign-extended in the call (not widened before it)
                             out["dot_s8act_macs"] += trips * shape[0] * shape[1]
+                    if name == ROW_KERNEL and shape is not None:  # counted as the nest it replaces: a two-pixel dot
+                        pairs, n = shape[0] // 2, shape[1]  # per pair, and per output its epilogue and store
+                        out["call_tvmp_dot_row_px2"] += trips * pairs
+                        out["elems_tvmp_dot_row_px2"] += trips * pairs * n
+                        for key in ("call_tvmp_requant_rbzr", "call_tvmp_sat_s8", "stores", "stores_int"):
+                            out[key] += trips * shape[0]
                     for w in _weights(call):
                         out[f"wmacs:{w}"] += trips * macs
             return tvm_ffi.WalkResult.ADVANCE

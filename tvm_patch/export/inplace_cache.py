@@ -52,10 +52,9 @@ from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
-from tvm_patch.export.patterns import substitute_vars
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant.fixedpoint import is_c_barrier
-from tvm_patch.tir_util import mixed_radix, uses_var
+from tvm_patch.tir_util import mixed_radix, substitute_vars, uses_var
 
 __all__ = ["CachedProof", "prove_cached_plan"]
 

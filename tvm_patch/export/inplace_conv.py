@@ -30,8 +30,8 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.inplace import block_accesses
-from tvm_patch.tir_util import uses_var
-from tvm_patch.export.patterns import const_shape, is_pad_of, substitute_vars
+from tvm_patch.tir_util import substitute_vars, uses_var
+from tvm_patch.export.patterns import const_shape, is_pad_of
 
 __all__ = ["channel_or_pixel_safe", "channel_outer_schedule", "depthwise_layout", "inplace_conv_pairs", "inplace_conv_schedule", "pixel_copy_schedule",
            "pixel_major", "pixel_pair_copy_schedule"]

@@ -19,8 +19,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-__all__ = ["ELEMWISE", "BROADCAST", "const_shape", "is_elementwise", "is_pad_of", "mark_elementwise", "same_element", "single_block",
-           "substitute_vars"]
+__all__ = ["ELEMWISE", "BROADCAST", "const_shape", "is_elementwise", "is_pad_of", "mark_elementwise", "same_element", "single_block"]
 
 ELEMWISE, BROADCAST = 0, 1  # TVM's OpPatternKind values
 
@@ -41,18 +40,6 @@ def const_shape(buf: Any) -> tuple[int, ...] | None:
         return tuple(int(s) for s in buf.shape)
     except (TypeError, ValueError):
         return None
-
-
-def substitute_vars(expr: Any, vmap: dict[Any, Any]) -> Any:
-    """``expr`` with the variables of ``vmap`` (matched by identity) replaced."""
-
-    def sub(v: Any) -> Any:
-        for old, new in vmap.items():
-            if v.same_as(old):
-                return new
-        return v
-
-    return tvm_ffi.structural_map(expr, (tirx.Var, sub))
 
 
 def is_pad_of(value: Any, load: Any) -> bool:

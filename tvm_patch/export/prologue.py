@@ -24,8 +24,9 @@ from tvm.ir.expr import TensorLoad, TensorRegion
 from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
-from tvm_patch.export.patterns import is_elementwise, single_block, substitute_vars
+from tvm_patch.export.patterns import is_elementwise, single_block
 from tvm_patch.names import PATCHES_ATTR
+from tvm_patch.tir_util import substitute_vars
 
 __all__ = ["merge_prologues"]
 

@@ -37,8 +37,7 @@ from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import dtype_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
-from tvm_patch.export.patterns import substitute_vars
-from tvm_patch.tir_util import is_patch_stage, uses_var
+from tvm_patch.tir_util import is_patch_stage, substitute_vars, uses_var
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, max_live, plan_memory, validate
 

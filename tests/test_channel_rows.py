@@ -1,0 +1,97 @@
+"""Low-K 1x1 convolutions channel by channel along a row (codegen/channel_rows.py): where the rewrite applies,
+its row chunks, and whole exports with it bit-exact with TVM's build on the host (the DSP path of its kernel,
+tvmp_row_q15w_px2, is checked on the emulator by test_micro_kernels)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from tvm import relax
+
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS
+from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk
+from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
+from tvm_patch.export import export_model
+from tvm_patch.quant import extern_requantization, requantize_te
+
+
+@pytest.mark.parametrize("pairs, k, chunk", [
+    (44, 8, 44),  # mcunet-in3's 88-wide 8 -> 24 layer: the whole row (1,408 B)
+    (44, 16, 22),  # 16 channels over 88: half rows fit the stack budget
+    (22, 16, 22),
+    (12, 16, 12),  # weights read per pair: at least 12 pairs
+    (6, 16, None),  # measured slower (in0's 12-wide layers)
+    (6, 8, 6),
+    (3, 8, None),  # too few pairs to keep a channel's constants for
+    (7, 4, 7),
+])
+def test_row_chunks(pairs, k, chunk):
+    assert _chunk(pairs, k) == chunk
+    if chunk:
+        assert pairs % chunk == 0 and chunk * k * 4 <= MAX_WIDE_BYTES
+
+
+def _pointwise(k: int, c: int, h: int, w: int, layout: str, seed: int) -> tvm.IRModule:
+    """int8 1x1 convolution + bias, per-channel requantization (zero point -5), clamp: the layers LowerToInteger
+    writes (the requantization as the export's extern call, so the export packs its constants)."""
+    rng = np.random.default_rng(seed)
+    nchw = layout == "NCHW"
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, k, h, w) if nchw else (1, h, w, k), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            wt = rng.integers(-128, 128, size=(c, k, 1, 1) if nchw else (1, 1, k, c), dtype=np.int8)
+            acc = bb.emit(relax.op.nn.conv2d(x, relax.const(wt), data_layout=layout,
+                                             kernel_layout="OIHW" if nchw else "HWIO", out_dtype="int32"))
+            bias = rng.integers(-2**12, 2**12, size=(1, c, 1, 1) if nchw else (1, 1, 1, c), dtype=np.int32)
+            acc = bb.emit(relax.op.add(acc, relax.const(bias)))
+            mult = relax.const(rng.integers(2**30, 2**31 - 1, size=(c,), dtype=np.int64).astype(np.int32))
+            shift = relax.const(rng.integers(-12, -6, size=(c,), dtype=np.int32))
+            with extern_requantization():
+                q = bb.emit_te(requantize_te, acc, mult, shift, -5, axis=1 if nchw else 3)
+            gv = bb.emit_output(bb.emit(relax.op.astype(relax.op.clip(q, -128, 127), "int8")))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def _row_calls(out) -> list[str]:
+    code = (out / "model.c").read_text().replace(MICRO_KERNELS.read_text(), "")
+    return re.findall(ROW_KERNEL + r"\(([^;]*)\);", code)
+
+
+@settings(max_examples=8, deadline=None)
+@given(k=st.sampled_from([4, 8, 12, 16, 20, 6]), c=st.sampled_from([4, 6, 8]), h=st.integers(1, 3),
+       w=st.sampled_from([8, 12, 24, 30, 48]), layout=st.sampled_from(["NCHW", "NHWC"]), seed=st.integers(0, 2**16))
+@example(k=8, c=6, h=3, w=24, layout="NCHW", seed=0)  # mcunet-in3's form: weights in registers, a whole row
+@example(k=16, c=6, h=2, w=48, layout="NCHW", seed=1)  # weights read per pair, rows of 24 pairs
+def test_pointwise_rows_bit_exact(tmp_path_factory, k, c, h, w, layout, seed):
+    """Random int8 1x1 layers exported with widened weights: the C on the host equals TVM's build; the row
+    kernel only on widened low-K layers (K a multiple of four, at most MAX_K), one call per output channel."""
+    out = tmp_path_factory.mktemp("rows")
+    result = export_model(_pointwise(k, c, h, w, layout, seed), out, check=True, seeds=(0,), wide=lambda _n: True)
+    assert result.check is not None and result.check.passed
+    calls = _row_calls(out)
+    if calls:
+        assert k % 4 == 0 and k <= MAX_K
+        assert len(calls) in (2, 4)  # a call per channel of the block (blocks of two or four)
+    if (k, c, w, layout) in ((8, 6, 24, "NCHW"), (16, 6, 48, "NCHW")):  # the examples (channels in blocks of two)
+        assert calls
+        pairs = int(calls[0].split(",")[1])  # (row, pairs, weights, K, bias, mult, right, zp, out, stride)
+        assert pairs == _chunk(w // 2, k)
+
+
+def test_vww_rows_bit_exact(mlperf_paths, tmp_path):
+    """A network (vww: NHWC, outputs C bytes apart): its 8- and 16-channel 1x1 layers take the row kernel and the
+    export stays bit-exact with TVM."""
+    result = export_model(str(mlperf_paths["vww_96_int8"]), tmp_path / "out", check=True, seeds=(0,),
+                          wide=lambda _n: True)
+    assert result.check is not None and result.check.passed
+    calls = _row_calls(tmp_path / "out")
+    strides = {int(c.rsplit(",", 1)[1]) for c in calls}
+    ks = {int(c.split(",")[3]) for c in calls}
+    assert len(calls) >= 4 and ks == {8, 16} and min(strides) > 1

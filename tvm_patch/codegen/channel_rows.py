@@ -1,0 +1,214 @@
+"""A low-K 1x1 convolution computed channel by channel along a row of pixel pairs, its epilogue fused.
+
+After ``WidenPixelPairs`` and ``WidenWeights`` a 1x1 convolution's pair loop reads
+
+    for x in range(X):                        # pixel pairs
+        widen(A + a(x), S, K, q)              # the pair's K channels, widened once (tvmp_widen_px2[_planes])
+        for f in range(C // J):               # blocks of J output channels
+            acc[p * J + j] = B(f, j)                                    (p < 2, j < J)
+            tvmp_dot_q15w_px2_rows{J}(q, W + w(f), ws, K, acc)
+            out[o(f, j, x) + p * os] = int8(sat(requant_rbzr(acc[p * J + j], M(f, j), R(f, j), Z(f, j))))
+
+With few input channels (K <= MAX_K) the epilogue dominates: each output reloads its channel's multiplier and
+shift, each block its biases and weights. ``channel_rows`` turns the nest inside out: the pairs of a chunk of the
+row are widened first (a C local of chunk x K words, ``WIDE_NAME``: on the stack, as ``WidenPixelPairs``' pair),
+then one ``tvmp_row_q15w_px2`` call per output channel runs along them with the channel's constants (and, with
+K <= 8, its weights) in registers (tvmp_kernels.h). mcunet-in3's 88 x 88, 8 -> 24 layer on the emulated M7:
+3,613,575 -> 2,797,635 instructions (docs/kernels.md, round 22).
+
+Exact: every output is the same bias plus the same products requantized by the same call (integer sums do not
+depend on their order). The reads move earlier: a chunk's pairs are all widened before any of its outputs is
+stored. In an in-place kernel that is still safe: a read that saw its input unclobbered after the stores of every
+earlier pair (the kernel's in-place proof) sees it after fewer stores too, and every store writes what it wrote.
+
+Matched only in exactly that shape (anything else is left as it is): the widened pair a C local read by nothing
+but the dot call, the accumulators initialized and read per (pixel, row) as above, the epilogue the plain
+``tvmp_sat_s8(tvmp_requant_rbzr(...))`` store whose constants do not depend on the pixel, the output's two pixels
+``os`` apart and the next pair ``2 os`` further.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.ir.expr import TensorLoad
+
+from tvm_patch.codegen.micro_kernels import SAT, _extern_name, _int
+from tvm_patch.codegen.wide_weights import WIDE_CALLS
+from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDE_NAME, WIDEN, WIDEN_PLANES, _drop_unread
+from tvm_patch.tir_util import is_call, pure_extern_name, substitute_vars, uses_var
+
+__all__ = ["ROW_KERNEL", "MAX_K", "ChannelRows", "channel_rows"]
+
+ROW_KERNEL = "tvmp_row_q15w_px2"
+REQUANT = "tvmp_requant_rbzr"
+MAX_K = 16  # longer dot products gain more from the blocked kernels' shared activation loads than the row loses
+REG_K = 8  # tvmp_kernels.h's TVMP_ROW_MAX_REG_N: up to this many weights stay in registers
+# a chunk of fewer pairs gains nothing from keeping the channel's constants; with the weights read again per pair
+# (K > REG_K) it takes more (measured, emulated M7: K = 16 over 6 pairs +7.8 %, over 12 pairs -1.2 %, 22 pairs -2.7 %)
+MIN_PAIRS = 4
+MIN_PAIRS_LOADED = 12
+_DOTS = {WIDE_CALLS[name][0]: rows for rows, name in Q15_PX2_ROWS.items()}  # tvmp_dot_q15w_px2_rows{J} -> J
+
+
+def _nest(stmt: Any) -> tuple[list[tirx.For], Any] | None:
+    """(the serial loops from 0 with constant extents around it, the innermost statement) of a perfect nest."""
+    loops = []
+    while isinstance(stmt, tirx.For):
+        if stmt.kind != tirx.ForKind.SERIAL or _int(stmt.min) != 0 or _int(stmt.extent) is None:
+            return None
+        loops.append(stmt)
+        stmt = stmt.body
+    return loops, stmt
+
+
+def _instances(stmt: Any) -> list[tuple[Any, list[Any], Any]] | None:
+    """(buffer, indices, value) of the store of a small perfect nest once per iteration, its loop variables
+    replaced by their values."""
+    nest = _nest(stmt)
+    if nest is None or not isinstance(nest[1], tirx.BufferStore):
+        return None
+    loops, store = nest
+    ana = tvm.sym.Analyzer()
+    out = []
+    for values in itertools.product(*(range(_int(f.extent)) for f in loops)):
+        sub = {f.loop_var: tirx.const(v, f.loop_var.ty.dtype) for f, v in zip(loops, values)}
+        out.append((store.buffer, [ana.simplify(substitute_vars(i, sub)) for i in store.indices],
+                    ana.simplify(substitute_vars(store.value, sub))))
+    return out
+
+
+def _address(expr: Any) -> TensorLoad | None:
+    load = expr.args[0] if is_call(expr, ".address_of") and expr.args else None
+    return load if isinstance(load, TensorLoad) and len(load.indices) == 1 else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    return tvm_ffi.structural_equal(a, b)
+
+
+def _epilogue(v: Any, acc: Any) -> tuple[int, list[Any]] | None:
+    """(accumulator slot, [mult, right, zp]) of the stored value ``int8(sat(requant_rbzr(acc[slot], mult, right, zp)))``."""
+    if not (isinstance(v, tirx.Cast) and str(v.ty) == "int8" and pure_extern_name(v.value) == SAT):
+        return None
+    req = v.value.args[1]
+    if pure_extern_name(req) != REQUANT or len(req.args) != 5:
+        return None
+    a = req.args[1]
+    if not (isinstance(a, TensorLoad) and a.source.same_as(acc) and _int(a.indices[0]) is not None):
+        return None
+    return _int(a.indices[0]), list(req.args[2:])
+
+
+def _chunk(pairs: int, k: int) -> int | None:
+    """The most pairs of the row, dividing it, whose widened words fit the stack budget of ``WIDE_NAME``; None
+    when that is too few to gain."""
+    best = max((c for c in range(1, pairs + 1) if pairs % c == 0 and c * k * 4 <= MAX_WIDE_BYTES), default=0)
+    return best if best >= (MIN_PAIRS if k <= REG_K else MIN_PAIRS_LOADED) else None
+
+
+def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
+    """(``loop``, a pair loop of the shape in the module doc, channel by channel along its pairs; its accumulator
+    buffer), else None."""
+    nest = _nest(loop)
+    if nest is None or len(nest[0]) != 1 or not isinstance(loop.body, tirx.SeqStmt) or len(loop.body.seq) != 3:
+        return None
+    x, pairs = loop.loop_var, _int(loop.extent)
+    alloc, widen, blocks = loop.body.seq
+    if not (isinstance(alloc, tirx.AllocBuffer) and isinstance(widen, tirx.Evaluate)
+            and _extern_name(widen.value) in (WIDEN, WIDEN_PLANES) and isinstance(blocks, tirx.For)):
+        return None
+    q = alloc.buffer
+    a, a_step, k, q_at = list(widen.value.args)[1:]
+    k = _int(k)
+    if k is None or k % 4 or k > MAX_K or not (_address(q_at) is not None and _address(q_at).source.same_as(q)
+                                               and _int(_address(q_at).indices[0]) == 0):
+        return None
+    chunk = _chunk(pairs, k)
+    body = blocks.body
+    if chunk is None or _nest(blocks) is None or not isinstance(body, tirx.SeqStmt) or len(body.seq) != 3:
+        return None
+    init, dot, epi = body.seq
+    if not (isinstance(dot, tirx.Evaluate) and _extern_name(dot.value) in _DOTS):
+        return None
+    rows = _DOTS[_extern_name(dot.value)]
+    dq, w_at, ws, n, acc_at = list(dot.value.args)[1:]
+    w_load, acc_load, dq_load = _address(w_at), _address(acc_at), _address(dq)
+    ws = _int(tvm.sym.Analyzer().simplify(ws))
+    if (w_load is None or acc_load is None or dq_load is None or not dq_load.source.same_as(q)
+            or _int(dq_load.indices[0]) != 0 or _int(acc_load.indices[0]) != 0 or _int(n) != k or ws is None):
+        return None
+    acc = acc_load.source
+    inits, stores = _instances(init), _instances(epi)
+    if inits is None or stores is None or len(inits) != 2 * rows or len(stores) != 2 * rows:
+        return None
+    bias: dict[int, Any] = {}
+    for buf, idx, value in inits:
+        slot = _int(idx[0])
+        if not buf.same_as(acc) or slot is None or not 0 <= slot < 2 * rows or slot in bias:
+            return None
+        bias[slot] = value
+    outs: dict[int, tuple[Any, list[Any]]] = {}
+    for _, idx, value in stores:
+        found = _epilogue(value, acc)
+        if found is None or found[0] in outs or not 0 <= found[0] < 2 * rows or len(idx) != 1:
+            return None
+        outs[found[0]] = (idx[0], found[1])
+    if len(bias) != 2 * rows or len(outs) != 2 * rows:
+        return None
+    out_buf = stores[0][0]
+    ana = tvm.sym.Analyzer()
+    calls = []
+    xc = tirx.Var(x.name + "_c", x.ty)
+    start = xc * chunk
+    for j in range(rows):
+        (o0, c0), (o1, c1) = outs[j], outs[rows + j]
+        stride = _int(ana.simplify(o1 - o0))
+        step = _int(ana.simplify(substitute_vars(o0, {x: x + 1}) - o0))
+        consts = [bias[j], *c0]
+        if (stride is None or step != 2 * stride or not _same(bias[j], bias[rows + j])
+                or not all(_same(u, v) for u, v in zip(c0, c1)) or any(uses_var(e, x) for e in consts)):
+            return None
+        w_row = tirx.address_of(tirx.BufferLoad(w_load.source, [ana.simplify(w_load.indices[0] + j * ws)]))
+        o_start = tirx.address_of(tirx.BufferLoad(out_buf, [ana.simplify(substitute_vars(o0, {x: start}))]))
+        calls.append((w_row, consts, o_start, stride))
+    row = tirx.decl_buffer((chunk * k,), "uint32", WIDE_NAME)
+    xw = tirx.Var(x.name + "_w", x.ty)
+    moved = substitute_vars(a, {x: start + xw})
+    widen_all = tirx.For(xw, tirx.const(0, x.ty.dtype), tirx.const(chunk, x.ty.dtype), tirx.ForKind.SERIAL,
+                         tirx.Evaluate(tirx.call_extern("void", _extern_name(widen.value), moved, a_step,
+                                                        tirx.const(k, "int32"),
+                                                        tirx.address_of(tirx.BufferLoad(row, [xw * k])))))
+    per_channel = [tirx.Evaluate(tirx.call_extern(
+        "void", ROW_KERNEL, tirx.address_of(tirx.BufferLoad(row, [tirx.const(0, "int32")])),
+        tirx.const(chunk, "int32"), w_row, tirx.const(k, "int32"), *consts, o_start, tirx.const(stride, "int32")))
+        for w_row, consts, o_start, stride in calls]
+    channels = tirx.For(blocks.loop_var, blocks.min, blocks.extent, blocks.kind, tirx.SeqStmt(per_channel)
+                        if len(per_channel) > 1 else per_channel[0])
+    return tirx.For(xc, tirx.const(0, x.ty.dtype), tirx.const(pairs // chunk, x.ty.dtype), tirx.ForKind.SERIAL,
+                    tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), acc
+
+
+def channel_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with each pair loop of the module doc's shape computed channel by channel along its pairs, and the
+    accumulators it no longer reads gone."""
+    accs: list[Any] = []
+
+    def on_for(loop: tirx.For) -> tirx.Stmt:
+        found = _rows(loop)
+        if found is None:
+            return loop
+        accs.append(found[1])
+        return found[0]
+
+    out = tvm_ffi.structural_map(func, [(tirx.For, on_for)])
+    return _drop_unread(out, accs) if accs else out
+
+
+def ChannelRows() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
+    """The pass form of ``channel_rows``, after ``WidenWeights`` in the plain-C lowering."""
+    return tirx.transform.prim_func_pass(lambda f, _m, _c: channel_rows(f), opt_level=0, name="tvm_patch.ChannelRows")
