@@ -40,12 +40,12 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen.micro_kernels import SAT, _extern_name, _int
 from tvm_patch.codegen.wide_weights import WIDE_CALLS
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDE_NAME, WIDEN, WIDEN_PLANES, _drop_unread
+from tvm_patch.quant.fixedpoint import REQUANT_ZP_RIGHT_EXTERN
 from tvm_patch.tir_util import is_call, pure_extern_name, substitute_vars, uses_var
 
 __all__ = ["ROW_KERNEL", "MAX_K", "ChannelRows", "channel_rows"]
 
 ROW_KERNEL = "tvmp_row_q15w_px2"
-REQUANT = "tvmp_requant_rbzr"
 MAX_K = 16  # longer dot products gain more from the blocked kernels' shared activation loads than the row loses
 REG_K = 8  # tvmp_kernels.h's TVMP_ROW_MAX_REG_N: up to this many weights stay in registers
 # a chunk of fewer pairs gains nothing from keeping the channel's constants; with the weights read again per pair
@@ -96,7 +96,7 @@ def _epilogue(v: Any, acc: Any) -> tuple[int, list[Any]] | None:
     if not (isinstance(v, tirx.Cast) and str(v.ty) == "int8" and pure_extern_name(v.value) == SAT):
         return None
     req = v.value.args[1]
-    if pure_extern_name(req) != REQUANT or len(req.args) != 5:
+    if pure_extern_name(req) != REQUANT_ZP_RIGHT_EXTERN or len(req.args) != 5:
         return None
     a = req.args[1]
     if not (isinstance(a, TensorLoad) and a.source.same_as(acc) and _int(a.indices[0]) is not None):

@@ -32,11 +32,10 @@ from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.export.stage_arena import is_patch_stage
 from tvm_patch.patch.te_stage import channel_constant_layer
-from tvm_patch.quant.fixedpoint import REQUANT_ZP_EXTERN
+from tvm_patch.quant.fixedpoint import REQUANT_ZP_EXTERN, REQUANT_ZP_RIGHT_EXTERN
 from tvm_patch.tir_util import is_call, load_counts, pure_extern_name
 
 MAX_PACKED = 3  # a channel's bias, multiplier and shift (a fourth, unused column measured no faster)
-RIGHT_SHIFT_REQUANT = "tvmp_requant_rbzr"
 MIN_CHANNELS = 2
 
 
@@ -139,7 +138,7 @@ def packed_func(func: tirx.PrimFunc, group: list[int], right: int | None = None)
         if (right is None or pure_extern_name(c) != REQUANT_ZP_EXTERN or not isinstance(c.args[3], TensorLoad)
                 or not c.args[3].source.same_as(params[group[right]])):
             return c
-        return tirx.call_pure_extern("int32", RIGHT_SHIFT_REQUANT, *c.args[1:])
+        return tirx.call_pure_extern("int32", REQUANT_ZP_RIGHT_EXTERN, *c.args[1:])
 
     body = tvm_ffi.structural_map(func.body, [(tvm.ir.Call, on_call)])
     body = tvm_ffi.structural_map(body, [(TensorLoad, on_load)])

@@ -263,6 +263,8 @@ REQUANT_EXTERN = "tvmp_requant"
 REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
 # ... and the one that also adds the output zero point (`mbqm_bounded_zp`)
 REQUANT_ZP_EXTERN = "tvmp_requant_rbz"
+# ... and that one on the right shift (-shift) the export stores per channel (export/packed_constants.py)
+REQUANT_ZP_RIGHT_EXTERN = "tvmp_requant_rbzr"
 # |x| at most this: 2 x fits int32 (the SMMULR of tvmp_srdhm_narrow) and x * m / 2^31 plus a rounding half (<= 2^30)
 # does too; the one accumulator bound of both bounded requantizations (patch stage here, per-layer kernels in
 # codegen.requant_kernels.narrow_requant)
