@@ -124,9 +124,9 @@ def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
         return None
     q = alloc.buffer
     a, a_step, k, q_at = list(widen.value.args)[1:]
-    k = _int(k)
-    if k is None or k % 4 or k > MAX_K or not (_address(q_at) is not None and _address(q_at).source.same_as(q)
-                                               and _int(_address(q_at).indices[0]) == 0):
+    k, q_load = _int(k), _address(q_at)
+    if (k is None or k % 4 or k > MAX_K or q_load is None or not q_load.source.same_as(q)
+            or _int(q_load.indices[0]) != 0):
         return None
     chunk = _chunk(pairs, k)
     body = blocks.body

@@ -185,6 +185,8 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
     tvmp_dot_q15_rowsJ(q, w, ws, n, acc) J),
     None for another call or a length that is not constant. The widened-weights twins (``tvmp_dot_s8w_*``,
     ``tvmp_dot_q15w_*``: codegen/wide_weights.py) have their originals' signatures."""
+    if name == ROW_KERNEL:  # (q, pairs, w, n, ...): one channel along pairs of pixels (codegen/channel_rows.py)
+        return (2 * args[1], args[3]) if len(args) > 3 and args[1] and args[3] else None
     name = name.replace("_s8w_", "_s8_").replace("_q15w_", "_q15_")
     if name == "tvmp_dot_s8" and len(args) > 2 and args[2]:
         return 1, args[2]
@@ -196,8 +198,6 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
         return 2 * int(name.removeprefix("tvmp_dot_q15_px2_rows")), args[3]
     if name.startswith("tvmp_dot_q15_rows") and len(args) > 3 and args[3]:  # (q, w, ws, n, acc): a widened pixel
         return int(name.removeprefix("tvmp_dot_q15_rows")), args[3]
-    if name == "tvmp_row_q15_px2" and len(args) > 3 and args[1] and args[3]:  # (q, pairs, w, n, ...): one channel
-        return 2 * args[1], args[3]  # along pairs of pixels (codegen/channel_rows.py)
     return None
 
 
