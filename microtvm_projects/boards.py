@@ -38,8 +38,9 @@ class Board:
 
 
 _M4 = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
-_M7_SP = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16")
-_M7_DP = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")
+# TVMP_FPV5: the kernels' C may use FPv5's instructions (VMINNM); GCC predefines nothing that tells FPv5-SP from FPv4
+_M7_SP = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16", "-DTVMP_FPV5=1")
+_M7_DP = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16", "-DTVMP_FPV5=1")
 
 # qemu_cpi: cycles per instruction used to turn emulator instruction counts into estimated cycles. QEMU counts
 # instructions, not cycles; these are documented guesses for int8 integer code (see docs/boards.md), and every

@@ -11,10 +11,10 @@ import pytest
 import tvm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from tvm import relax
+from tvm import relax, tirx
 
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk
+from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _fused_rows
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export import export_model
 from tvm_patch.quant import extern_requantization, requantize_te
@@ -25,7 +25,7 @@ from tvm_patch.quant import extern_requantization, requantize_te
     (44, 16, 22),  # 16 channels over 88: half rows fit the stack budget
     (22, 16, 22),
     (12, 16, 12),  # weights read per pair: at least 12 pairs
-    (6, 16, None),  # measured slower (in0's 12-wide layers)
+    (6, 16, None),  # a 12-wide row alone measured slower (in0's 12 x 12 layers now run as whole planes)
     (6, 8, 6),
     (3, 8, None),  # too few pairs to keep a channel's constants for
     (7, 4, 7),
@@ -82,7 +82,27 @@ def test_pointwise_rows_bit_exact(tmp_path_factory, k, c, h, w, layout, seed):
     if (k, c, w, layout) in ((8, 6, 24, "NCHW"), (16, 6, 48, "NCHW")):  # the examples (channels in blocks of two)
         assert calls
         pairs = int(calls[0].split(",")[1])  # (row, pairs, weights, K, bias, mult, right, zp, out, stride)
-        assert pairs == _chunk(w // 2, k)
+        assert pairs == _chunk(h * w // 2, k)  # the plane's rows follow one another: one row of h * w / 2 pairs
+
+
+def _plane_nest(width: int, row_stride: int) -> tirx.For:
+    """for y in 0..3: for x in 0..width: out[y * row_stride + x] = inp[y * row_stride + x] + 1."""
+    y, x = tirx.Var("y", "int32"), tirx.Var("x", "int32")
+    inp, out = tirx.decl_buffer((64,), "int8", "inp"), tirx.decl_buffer((64,), "int8", "out")
+    at = y * row_stride + x
+    store = tirx.BufferStore(out, tirx.BufferLoad(inp, [at]) + tirx.const(1, "int8"), [at])
+    serial = tirx.ForKind.SERIAL
+    return tirx.For(y, tirx.const(0, "int32"), tirx.const(3, "int32"), serial,
+                    tirx.For(x, tirx.const(0, "int32"), tirx.const(width, "int32"), serial, store))
+
+
+def test_fused_rows_only_where_rows_follow_one_another():
+    """A plane walked row after row is one loop of rows x width; rows with a gap between them are not."""
+    fused = _fused_rows(_plane_nest(8, 8))
+    assert fused is not None and int(fused.extent) == 24 and not isinstance(fused.body, tirx.For)
+    assert str(fused.body.indices[0]) == fused.loop_var.name  # out[i] = inp[i] + 1
+    assert _fused_rows(_plane_nest(8, 10)) is None  # a padded row: y * 10 + x is not (y * 8 + x)
+    assert _fused_rows(_plane_nest(8, 8).body) is None  # one loop: nothing to fuse
 
 
 def test_vww_rows_bit_exact(mlperf_paths, tmp_path):

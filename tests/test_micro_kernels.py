@@ -122,6 +122,7 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     elf, printed = run_test_firmware(FIRMWARE_FIXTURES / "micro_kernels.c", get_board(key), tmp_path)
     asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
     assert "smlad" in asm and "sxtb16" in asm  # the DSP path was compiled
+    assert ("vminnm" in asm) == (get_board(key).core == "cortex-m7")  # tvmp_quant_s8's FPv5 form: M7 only
     lines = printed.splitlines()
     rq = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("R ")]
     dots = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("D ")]
@@ -180,9 +181,12 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     assert {(1, 5), (1, 7), (2, 7)} <= {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in quads
                                         if sx == wx == 1}  # tvmp_window4_s8's SMLAD paths
     wide = iter([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Y ")])
+    threes = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Z ")]
+    assert len(threes) == 200
     n_wide = 0
-    for d, sy, sx, kh, kw, wy, wx, *rest in quads:
+    for (d, sy, sx, kh, kw, wy, wx, *rest), three in zip(quads, threes):
         got, acc0, rest = rest[:4], rest[4:8], rest[8:]
+        assert three == got[:3]  # tvmp_window3_s8: the quad's first three windows (its SMLAD path: d = 2, 7 wide)
         if wx == 1 and kw % 4 == 3:  # the same windows on the widened weights (tvmp_window4_s8w)
             assert next(wide) == got
             n_wide += sx == 1 and kw == 7
@@ -477,6 +481,8 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
     (6, 9, 5, 1, 1, ("tvmp_window4_s8(",)),
     (9, 13, 7, 3, 1, ("tvmp_window4_s8(", "tvmp_window2_s8(")),  # 7 interior: four, a pair, one
     (12, 22, 7, 3, 2, ("tvmp_window4_s8(",)),  # stride 2, 7 wide: four a call too
+    (9, 11, 7, 0, 2, ("tvmp_window3_s8(",)),  # stride 2, 7 wide, a row of three: three a call (round 25)
+    (9, 19, 7, 0, 2, ("tvmp_window4_s8(", "tvmp_window3_s8(")),  # seven: four, then three
     (9, 17, 5, 2, 2, ("tvmp_window2_s8(",)),  # stride 2, 5 wide: pairs (four measured slower)
 ])
 def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad, stride, calls):
@@ -487,6 +493,7 @@ def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad, stride, calls):
     src = emit_c({"kern": func})
     code = src.code.replace(MICRO_KERNELS.read_text(), "")
     assert all(c in code for c in calls) and ("tvmp_window4_s8(" in code) == ("tvmp_window4_s8(" in calls)
+    assert ("tvmp_window3_s8(" in code) == ("tvmp_window3_s8(" in calls)
     rng = np.random.default_rng(5)
     arrays = [rng.integers(-128, 128, tuple(int(x) for x in p.shape), dtype=np.int8) for p in func.params[:-1]]
     arrays.append(np.full(tuple(int(x) for x in func.params[-1].shape), 77, dtype=np.int8))
@@ -846,11 +853,26 @@ def test_in_place_depthwise_pairs_its_interior_windows_exactly(tmp_path_factory,
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
 
 
+@pytest.mark.parametrize("h, k, stride, pad, pays", [
+    (6, 7, 2, 3, True),  # mcunet-in0's 7x7 stride 2 over 6 x 6: 9 outputs, all border windows (round 25)
+    (3, 7, 2, 3, False),  # 2 x 2 outputs
+    (3, 5, 1, 2, False),  # 5x5 over 3 x 3: measured 45 % slower through the copy
+    (12, 5, 2, 2, True),  # 6 x 6 outputs
+    (12, 3, 2, 1, False),  # 3x3 at stride 2: the strided window pairs
+])
+def test_padded_copy_pays_where_measured(h, k, stride, pad, pays):
+    """Which depthwise layers take the padded copy (padded_copy_pays: window size, stride, outputs a channel)."""
+    from tvm_patch.export.padded_copy import padded_copy_pays
+
+    assert padded_copy_pays(_depthwise("NCHW", h, h, k, stride, pad, -128)) == pays
+
+
 @settings(max_examples=14, deadline=None)
 @given(layout=st.sampled_from(["NHWC", "NCHW"]), h=st.integers(1, 12), w=st.integers(1, 12), k=st.sampled_from([3, 5, 7]),
        stride=st.sampled_from([1, 2]), pad=st.integers(0, 3), pad_value=st.integers(-128, 127), seed=st.integers(0, 2**16))
 @example(layout="NHWC", h=6, w=6, k=7, stride=1, pad=3, pad_value=-7, seed=0)  # mcunet-in3's late 7x7 layers
 @example(layout="NCHW", h=11, w=11, k=7, stride=1, pad=3, pad_value=5, seed=1)
+@example(layout="NCHW", h=6, w=6, k=7, stride=2, pad=3, pad_value=-128, seed=2)  # mcunet-in0's: rows of three
 def test_padded_channel_copy_in_place_is_exact(tmp_path_factory, layout, h, w, k, stride, pad, pad_value, seed):
     """A depthwise kernel through a padded copy of each channel (padded_copy.py: the pad ring and the plane
     written once per channel, every window then read without a border test): its in-place pair is proven on
@@ -875,6 +897,8 @@ def test_padded_channel_copy_in_place_is_exact(tmp_path_factory, layout, h, w, k
     # plane is no larger than the input's (channel c writes below (c + 1) * Ho * Wo)
     assert pairs == ([(0, 2)] if layout == "NHWC" or oh * ow <= h * w else [])
     csrc = emit_c({"kern": mark_in_place(func, pairs) if pairs else func})
+    if layout == "NCHW" and (k, stride, ow) == (7, 2, 3):  # rows of three 7-wide stride-2 windows: one call
+        assert "tvmp_window3_s8(" in csrc.code.replace(MICRO_KERNELS.read_text(), "")
     # the copy holds (a part of) one padded channel plane: a C local up to 64 bytes, else kernel workspace
     assert csrc.workspace_bytes.get("kern", 0) <= -(-(h + 2 * pad) * (w + 2 * pad) // 16) * 16
     rng = np.random.default_rng(seed)

@@ -14,7 +14,9 @@ shift, each block its biases and weights. ``channel_rows`` turns the nest inside
 row are widened first (a C local of chunk x K words, ``WIDE_NAME``: on the stack, as ``WidenPixelPairs``' pair),
 then one ``tvmp_row_q15w_px2`` call per output channel runs along them with the channel's constants (and, with
 K <= 8, its weights) in registers (tvmp_kernels.h). mcunet-in3's 88 x 88, 8 -> 24 layer on the emulated M7:
-3,613,575 -> 2,797,635 instructions (docs/kernels.md, round 22).
+3,613,575 -> 2,797,635 instructions (docs/kernels.md, round 22). Where the rows of a plane follow one another (an
+NCHW or NHWC 1x1 convolution's planes) the row and pair loops are first taken as one loop (``_fused_rows``), so
+short rows (12 x 12: six pairs) still make long chunks (round 24).
 
 Exact: every output is the same bias plus the same products requantized by the same call (integer sums do not
 depend on their order). The reads move earlier: a chunk's pairs are all widened before any of its outputs is
@@ -193,19 +195,56 @@ def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
                     tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), acc
 
 
+def _fused_rows(loop: tirx.For) -> tirx.For | None:
+    """``for y in range(Y): for x in range(X): body`` as the one loop ``for i in range(Y * X): body[y := 0, x := i]``
+    when that is the same nest: every expression of the body that reads y or x (an index, an address, a bound) has
+    the same value at (y, x) as at (0, y X + x), as along a plane whose rows follow one another with nothing
+    between them (an NCHW 1x1 convolution's input and output planes). Else None."""
+    inner = loop.body
+    if not (isinstance(inner, tirx.For) and inner.kind == tirx.ForKind.SERIAL and _int(inner.min) == 0
+            and _int(inner.extent) is not None and loop.kind == tirx.ForKind.SERIAL and _int(loop.min) == 0
+            and _int(loop.extent) is not None):
+        return None
+    y, x, width = loop.loop_var, inner.loop_var, _int(inner.extent)
+    moved = {y: tirx.const(0, y.ty.dtype), x: y * width + x}
+    ana = tvm.sym.Analyzer()
+    same = [True]
+
+    def on_expr(e: Any) -> tvm_ffi.WalkResult:
+        if isinstance(e, TensorLoad) or isinstance(e, tvm.ir.Call):
+            return tvm_ffi.WalkResult.ADVANCE  # their indices and arguments are checked one by one
+        if (uses_var(e, y) or uses_var(e, x)) and not ana.can_prove_equal(e, substitute_vars(e, moved)):
+            same[0] = False
+        return tvm_ffi.WalkResult.SKIP
+
+    tvm_ffi.structural_walk(inner.body, [(tvm.ir.expr.Expr, on_expr)], order="pre")
+    if not same[0]:
+        return None
+    i = tirx.Var(f"{y.name}_{x.name}", x.ty)
+    body = tvm_ffi.structural_map(substitute_vars(inner.body, {y: tirx.const(0, y.ty.dtype), x: i}),
+                                  [(tirx.Add, ana.simplify), (tirx.Mul, ana.simplify)])
+    return tirx.For(i, tirx.const(0, x.ty.dtype), tirx.const(_int(loop.extent) * width, x.ty.dtype),
+                    tirx.ForKind.SERIAL, body)
+
+
 def channel_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with each pair loop of the module doc's shape computed channel by channel along its pairs, and the
-    accumulators it no longer reads gone."""
+    """``func`` with each pair loop of the module doc's shape computed channel by channel along its pairs (the rows
+    of a plane as one row where they follow one another: ``_fused_rows``), and the accumulators it no longer reads
+    gone."""
     accs: list[Any] = []
 
-    def on_for(loop: tirx.For) -> tirx.Stmt:
-        found = _rows(loop)
-        if found is None:
-            return loop
-        accs.append(found[1])
-        return found[0]
+    def rewrite(match: Any) -> Any:
+        def on_for(loop: tirx.For) -> tirx.Stmt:
+            found = match(loop)
+            if found is None:
+                return loop
+            accs.append(found[1])
+            return found[0]
+        return on_for
 
-    out = tvm_ffi.structural_map(func, [(tirx.For, on_for)])
+    # whole planes first (the map is bottom-up: a row's own rewrite would hide its plane), then single rows
+    out = tvm_ffi.structural_map(func, [(tirx.For, rewrite(lambda loop: _rows(f) if (f := _fused_rows(loop)) else None))])
+    out = tvm_ffi.structural_map(out, [(tirx.For, rewrite(_rows))])
     return _drop_unread(out, accs) if accs else out
 
 

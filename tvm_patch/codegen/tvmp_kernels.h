@@ -18,7 +18,8 @@
  * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled; tvmp_window2_s8 / tvmp_window4_s8: two / four neighbouring interior
- *   windows of a row, their shared taps and weights loaded once; tvmp_window4_s8w the same on weights widened in Flash.
+ *   windows of a row, their shared taps and weights loaded once; tvmp_window4_s8w the same on weights widened in Flash;
+ *   tvmp_window3_s8: three (a row of three 7-wide stride-2 windows).
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
  *   (unrolled to eight per iteration).
@@ -554,7 +555,13 @@ TVMP_Q15W_PX2_KERNEL(tvmp_dot_q15w_px2_rows4, 4)
    as the float clamp does. With an FPU and the DSP extension: VCVTR (saturating), QADD, SSAT. */
 TVMP_INLINE int32_t tvmp_quant_s8(float q, int32_t zp) {
 #if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__ARM_FEATURE_DSP)
+#if defined(TVMP_FPV5)
+    /* FPv5 (Cortex-M7; the board's flags define TVMP_FPV5): VMINNM against 2^20 gives the number where q is one (unchanged up to 2^20; above, the sum
+       saturates to 127 either way) and 2^20 for a NaN, which then saturates to 127: no compare and branch */
+    __asm__("vminnm.f32 %0, %1, %2" : "=t"(q) : "t"(q), "t"(1048576.0f));
+#else
     if (q != q) return 127;
+#endif
     float t;
     int32_t r;
     __asm__("vcvtr.s32.f32 %0, %1" : "=t"(t) : "t"(q));
@@ -745,6 +752,43 @@ TVMP_INLINE void tvmp_window2_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
         acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;                                                \
     } while (0)
 
+#if defined(__ARM_FEATURE_DSP)
+/* n (3 or 4) interior windows of a stride-2 row, 7 wide (kw % 4 == 3), each 2 bytes after the previous: a[k] += window
+   k's taps. Output k's taps start 2k bytes on, so each output reads its own words (the later outputs' words serve
+   the earlier ones' next taps); per four taps one word and two SMLAD an output, the weights' word (w0, w2), (w1, w3)
+   shared; the three taps left: the weights' word at tap 3, (w3, w5), (w4, w6), the last output's word one byte
+   early (its word would read past the windows). (5 wide, one tap left a byte an output, measured 3 % slower than
+   tvmp_window2_s8 on mcunet-in3: not here.) */
+TVMP_INLINE void tvmp_s2_rows7(const int8_t *q, int32_t sy, const int8_t *w, int32_t wy, int32_t kh, int32_t kw,
+                               int32_t n, int32_t *a) {
+    for (int32_t ry = 0; ry < kh; ry++) {
+        const int8_t *r = q + ry * sy, *wr = w + ry * wy;
+        int32_t rx = 0;
+        for (; rx + 4 <= kw; rx += 4) {
+            uint32_t y;
+            memcpy(&y, wr + rx, 4);
+            uint32_t we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
+            for (int32_t k = 0; k < n; k++) {
+                uint32_t x;
+                memcpy(&x, r + rx + 2 * k, 4);
+                a[k] = __smlad(tvmp_sxtb16_ror8(x), wo, __smlad(__sxtb16(x), we, a[k]));
+            }
+        }
+        uint32_t y;
+        memcpy(&y, wr + rx - 1, 4);
+        uint32_t w35 = __sxtb16(y), w46 = tvmp_sxtb16_ror8(y);
+        for (int32_t k = 0; k < n - 1; k++) { /* (q4, q6) and q5 */
+            uint32_t x;
+            memcpy(&x, r + rx + 2 * k, 4);
+            a[k] = __smlabt((int32_t)tvmp_sxtb16_ror8(x), (int32_t)w35, __smlad(__sxtb16(x), w46, a[k]));
+        }
+        uint32_t x; /* the last: q3..q6 */
+        memcpy(&x, r + rx + 2 * (n - 1) - 1, 4);
+        a[n - 1] = __smlatt((int32_t)__sxtb16(x), (int32_t)w35, __smlad(tvmp_sxtb16_ror8(x), w46, a[n - 1]));
+    }
+}
+#endif
+
 /* Four interior windows of one channel, each the next one ``d`` bytes on (four adjacent outputs of a row): acc[0..3].
    With the DSP extension, for odd kernel widths from 5 over contiguous rows (5x5, 7x7), stride 1: per four taps
    the words at taps 0 and 2 give e = (q0, q2), o = (q1, q3), e2 = (q2, q4), o2 = (q3, q5), and the weights'
@@ -810,47 +854,42 @@ TVMP_INLINE void tvmp_window4_s8(const int8_t *p, int32_t pb, int32_t d, int32_t
         acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
         return;
     }
-    if (kw >= 7 && (kw & 3) == 3 && sx == 1 && wx == 1 && d == 2) {
-        /* stride 2 (7 wide): output k's taps start 2k bytes on, so each output reads its own words (the later
-           outputs' words serve the earlier ones' next taps); per four taps one word and two SMLAD an output, the
-           weights' word shared; the three taps left: the weights' word at tap 3, (w3, w5), (w4, w6), the fourth
-           output's word one byte early (its word would read past the windows). (5 wide, one tap left a byte an
-           output, measured 3 % slower than tvmp_window2_s8 on mcunet-in3: not here.) */
-        for (int32_t ry = 0; ry < kh; ry++) {
-            const int8_t *r = q + ry * sy, *wr = w + ry * wy;
-            int32_t rx = 0;
-            for (; rx + 4 <= kw; rx += 4) {
-                uint32_t y, x0, x1, x2, x3;
-                memcpy(&y, wr + rx, 4);
-                memcpy(&x0, r + rx, 4);
-                memcpy(&x1, r + rx + 2, 4);
-                memcpy(&x2, r + rx + 4, 4);
-                memcpy(&x3, r + rx + 6, 4);
-                uint32_t we = __sxtb16(y), wo = tvmp_sxtb16_ror8(y);
-                a0 = __smlad(tvmp_sxtb16_ror8(x0), wo, __smlad(__sxtb16(x0), we, a0));
-                a1 = __smlad(tvmp_sxtb16_ror8(x1), wo, __smlad(__sxtb16(x1), we, a1));
-                a2 = __smlad(tvmp_sxtb16_ror8(x2), wo, __smlad(__sxtb16(x2), we, a2));
-                a3 = __smlad(tvmp_sxtb16_ror8(x3), wo, __smlad(__sxtb16(x3), we, a3));
-            }
-            {
-                uint32_t y, x0, x1, x2, x3;
-                memcpy(&y, wr + rx - 1, 4);
-                memcpy(&x0, r + rx, 4);
-                memcpy(&x1, r + rx + 2, 4);
-                memcpy(&x2, r + rx + 4, 4);
-                memcpy(&x3, r + rx + 5, 4);
-                uint32_t w35 = __sxtb16(y), w46 = tvmp_sxtb16_ror8(y);
-                a0 = __smlabt((int32_t)tvmp_sxtb16_ror8(x0), (int32_t)w35, __smlad(__sxtb16(x0), w46, a0));
-                a1 = __smlabt((int32_t)tvmp_sxtb16_ror8(x1), (int32_t)w35, __smlad(__sxtb16(x1), w46, a1));
-                a2 = __smlabt((int32_t)tvmp_sxtb16_ror8(x2), (int32_t)w35, __smlad(__sxtb16(x2), w46, a2));
-                a3 = __smlatt((int32_t)__sxtb16(x3), (int32_t)w35, __smlad(tvmp_sxtb16_ror8(x3), w46, a3));
-            }
-        }
+    if (kw >= 7 && (kw & 3) == 3 && sx == 1 && wx == 1 && d == 2) { /* stride 2, 7 wide */
+        int32_t a[4] = {a0, a1, a2, a3};
+        tvmp_s2_rows7(q, sy, w, wy, kh, kw, 4, a);
+        a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
         acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
         return;
     }
 #endif
     TVMP_WINDOW4_TAPS(ry * wy + rx * wx);
+}
+
+/* Three interior windows of one channel, each the next one ``d`` bytes on: acc[0..2]. tvmp_window4_s8's stride-2
+   path for rows of three outputs (a 7x7 stride-2 layer over a 6 x 6 plane padded to 12 x 12: round 25), without
+   the fourth output, whose window would read past the row: per four taps one weight word and one word and two
+   SMLAD an output. Other forms tap by tap. */
+TVMP_INLINE void tvmp_window3_s8(const int8_t *p, int32_t pb, int32_t d, int32_t sy, int32_t sx, const int8_t *w,
+                                 int32_t wb, int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t *acc) {
+    const int8_t *q = p + pb;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2];
+    w += wb;
+#if defined(__ARM_FEATURE_DSP)
+    if (kw >= 7 && (kw & 3) == 3 && sx == 1 && wx == 1 && d == 2) {
+        int32_t a[3] = {a0, a1, a2};
+        tvmp_s2_rows7(q, sy, w, wy, kh, kw, 3, a);
+        a0 = a[0], a1 = a[1], a2 = a[2];
+        acc[0] = a0, acc[1] = a1, acc[2] = a2;
+        return;
+    }
+#endif
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t wv = w[ry * wy + rx * wx];
+            const int8_t *t = q + ry * sy + rx * sx;
+            a0 += (int32_t)t[0] * wv, a1 += (int32_t)t[d] * wv, a2 += (int32_t)t[2 * d] * wv;
+        }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2;
 }
 
 /* tvmp_window4_s8 on depthwise weights stored widened in Flash (codegen/wide_weights.py): int16, each kernel row
@@ -981,10 +1020,44 @@ TVMP_INLINE void tvmp_pad_sums(const int32_t *s, int32_t ss, int32_t rows, int32
    out[(2 i + p) os] = int8(sat(requant_rbzr(bias + the dot of pixel p of pair i with the channel's n widened weights
    w, mult, right, zp))) for the pairs i < pairs, whose widened words (tvmp_widen_px2's, n per pair) follow one
    another from q. The loop runs over pixels inside one channel, so the channel's constants stay in registers for the
-   whole row, and with n <= 8 its weights too (at most four words); longer rows read them again per pair, one LDRD per
-   four. The same sums and the same epilogue as the blocked kernels' calls (bias first, then the dot: integers). */
+   whole row, and with n <= 8 its weights too (at most four words); longer rows (n = 12 or 16) take two pairs an
+   iteration, each weight word loaded once for four pixels (round 24). The same sums and the same epilogue as the
+   blocked kernels' calls (bias first, then the dot: integers). */
 #define TVMP_ROW_MAX_REG_N 8
 #if defined(__ARM_FEATURE_DSP)
+/* LDRD at a constant byte offset (no write-back): with literal offsets GCC keeps one base register per array and
+   no pointer copies, which it adds around TVMP_LDRD_POST in a fully unrolled body. */
+#define TVMP_LDRD_AT(p, off, lo, hi) \
+    __asm__("ldrd %0, %1, [%2, #%c3]" : "=r"(lo), "=r"(hi) : "r"(p), "n"(off) : "memory")
+/* Group g (four channels) of two widened pairs, the second nb bytes on: s0..s3 += the four pixels' dots with the
+   group's weights, loaded once. */
+#define TVMP_ROW_QUAD_GROUP(g, nb)                                                                      \
+    {                                                                                                   \
+        uint32_t e, o, ye, yo;                                                                          \
+        TVMP_LDRD_AT(w, 8 * (g), ye, yo);                                                               \
+        TVMP_LDRD_AT(q, 16 * (g), e, o);                                                                \
+        s0 = __smlad(o, yo, __smlad(e, ye, s0));                                                        \
+        TVMP_LDRD_AT(q, 16 * (g) + 8, e, o);                                                            \
+        s1 = __smlad(o, yo, __smlad(e, ye, s1));                                                        \
+        TVMP_LDRD_AT(q, (nb) + 16 * (g), e, o);                                                         \
+        s2 = __smlad(o, yo, __smlad(e, ye, s2));                                                        \
+        TVMP_LDRD_AT(q, (nb) + 16 * (g) + 8, e, o);                                                     \
+        s3 = __smlad(o, yo, __smlad(e, ye, s3));                                                        \
+    }
+/* Two pairs an iteration along the row for n (a literal: 12 or 16) widened channels, the epilogue of each output
+   fused; an odd last pair is left to the one-pair loop. */
+#define TVMP_ROW_QUADS(N)                                                                               \
+    for (; pairs >= 2; pairs -= 2, out += 4 * os, q += 2 * (N)) {                                       \
+        int32_t s0 = bias, s1 = bias, s2 = bias, s3 = bias;                                             \
+        TVMP_ROW_QUAD_GROUP(0, 4 * (N))                                                                 \
+        TVMP_ROW_QUAD_GROUP(1, 4 * (N))                                                                 \
+        TVMP_ROW_QUAD_GROUP(2, 4 * (N))                                                                 \
+        if ((N) == 16) TVMP_ROW_QUAD_GROUP(3, 4 * (N))                                                  \
+        out[0] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s0, mult, right, zp));                           \
+        out[os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s1, mult, right, zp));                          \
+        out[2 * os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s2, mult, right, zp));                      \
+        out[3 * os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s3, mult, right, zp));                      \
+    }
 TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16_t *w, int32_t n, int32_t bias,
                                    int32_t mult, int32_t right, int32_t zp, int8_t *out, int32_t os) {
     if (n <= TVMP_ROW_MAX_REG_N) {
@@ -1004,6 +1077,8 @@ TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16
         }
         return;
     }
+    if (n == 16) TVMP_ROW_QUADS(16)
+    else if (n == 12) TVMP_ROW_QUADS(12)
     for (; pairs > 0; pairs--, out += 2 * os) {
         int32_t s0 = bias, s1 = bias;
         const int16_t *p = w;

@@ -45,7 +45,7 @@ WIDEN_PLANES = "tvmp_widen_px2_planes"
 Q15_PX2_ROWS = {2: "tvmp_dot_q15_px2_rows2", 4: "tvmp_dot_q15_px2_rows4"}
 Q15_ROWS = {2: "tvmp_dot_q15_rows2", 4: "tvmp_dot_q15_rows4"}
 WIDE_NAME = "px2_q15"  # the widened pair's C local
-MAX_WIDE_BYTES = 2304  # resnet8's 3x3 taps over 64 channels, 1x1 pairs of up to 576 channels; larger keep the one-step kernel
+MAX_WIDE_BYTES = 2688  # resnet8's 3x3 taps over 64 channels, 1x1 pairs of up to 672 channels (mcunet-in0's last); larger keep the one-step kernel
 MIN_BLOCKS = 2  # a loop of one channel block gains nothing
 _PX2_NAMES = {name: rows for rows, name in PX2_ROWS.items()}
 # a dot call on activations -> (its widened form, the widening's name, the activation arguments it takes): the

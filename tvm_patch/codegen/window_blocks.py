@@ -1,10 +1,11 @@
-"""Neighbouring convolution windows computed together: two or four outputs a ``tvmp_window{2,4}_s8`` call.
+"""Neighbouring convolution windows computed together: two, three or four outputs a ``tvmp_window{2,3,4}_s8`` call.
 
 A TIR pass for the plain-C lowering, after ``MicroKernels`` (which makes each interior convolution window one
 ``tvmp_window_s8`` call, or a kernel row of dot calls): an output loop whose body computes one such window into a
 one-element accumulator, then its epilogue, becomes a loop over blocks of two outputs (``tvmp_window2_s8``) or
-four (``tvmp_window4_s8``: 5x5 and 7x7 rows), so that the taps the neighbouring windows share are loaded once
-(``window_blocks`` says when and why it is exact).
+four (``tvmp_window4_s8``: 5x5 and 7x7 rows; three, ``tvmp_window3_s8``, for the last three of a 7-wide stride-2
+row), so that the taps the neighbouring windows share are loaded once (``window_blocks`` says when and why it is
+exact).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen.micro_kernels import DOT, WINDOW, _extern_name, _int
 from tvm_patch.tir_util import is_call, uses_var
 
-__all__ = ["MIN_WINDOW_PAIRS", "PAIRED_WIDTHS", "WINDOW2", "WINDOW4", "WindowBlocks", "block_windows",
+__all__ = ["MIN_WINDOW_PAIRS", "PAIRED_WIDTHS", "WINDOW2", "WINDOW3", "WINDOW4", "WindowBlocks", "block_windows",
            "window_blocks"]
 
 WINDOW2 = "tvmp_window2_s8"
+WINDOW3 = "tvmp_window3_s8"
 WINDOW4 = "tvmp_window4_s8"
+_BLOCK_CALLS = {2: WINDOW2, 3: WINDOW3, 4: WINDOW4}
 MIN_WINDOW_PAIRS = 2  # one pair per row measured slower (kws: 3 interior columns; the weight pairs cost per row)
 PAIRED_WIDTHS = (3,)  # kernel widths paired: the SMLAD path of tvmp_window2_s8 (NCHW 5x5 and 7x7 rows are dot calls)
 
@@ -100,13 +103,14 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     Four outputs a call instead (``tvmp_window4_s8``), for a known extent of at least four, over contiguous rows
     of odd widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``); after
     the last four a pair and a single output, or, for three left over 7-wide rows that read a local copy
-    (``_recomputable``), the last four outputs once more. Exact: each output's sum and epilogue are unchanged; the
+    (``_recomputable``), the last four outputs once more (all quads: their weights may be widened); at stride 2
+    otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact: each output's sum and epilogue are unchanged; the
     only reordering is the later windows' reads moving before the first output's store, and a read moved earlier
     sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered); an
     output computed twice gets the same value twice."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
-    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < min_extent):
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < min(min_extent, 3)):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
     allocs = []  # the accumulator's allocation, where the lowering put it in the loop (its only user)
@@ -142,6 +146,15 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     # (3x3 stride-1 planes four a call, tvmp_window4_s8's 3-wide path: -1 % on mcunet-in3's, but +7-13 % on kws's
     # in-place 25 x 5 and +4-6 % on two of vww's: pairs)
     n = 4 if wide and _quad_widths(kw, d) and extent is not None and extent >= 4 else 2
+    # three windows a call (tvmp_window3_s8: the quad's stride-2 path without its fourth window) for a row of three
+    # or the three after its quads: mcunet-in0's 7x7 stride-2 layer over a padded 6 x 6 plane, rows of 3 outputs
+    # (where the rows read a local copy, the last four once more instead: quads alone may take widened weights)
+    threes = (wide and d == 2 and _quad_widths(kw, d) and extent is not None and extent % 4 == 3
+              and (extent == 3 or not _recomputable(stmts, args[0])))
+    if threes and extent == 3:
+        n = 3
+    elif extent is not None and extent < min_extent:
+        return None
     if not strided and not stem and not wide and ((d, step) != (1, 1) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies, measured slower elsewhere (stride 2,
         # generic); taps C bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
@@ -180,7 +193,7 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
 
     def block(first: Any) -> tirx.Stmt:
         """The n outputs from ``first`` on: one call, then each output's epilogue."""
-        call = tirx.call_extern("void", WINDOW4 if n == 4 else WINDOW2, args[0],
+        call = tirx.call_extern("void", _BLOCK_CALLS[n], args[0],
                                 tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first), tirx.Cast("int32", lin[0]),
                                 *args[2:10], tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
         body = [tirx.BufferStore(pair, start, [tirx.const(k, "int32")]) for k in range(n)]
@@ -199,6 +212,12 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL, block(x2 * n))
     if extent is not None and extent % n == 0:
         return pairs
+    if threes:  # the last three outputs: one call of three (reads only their windows)
+        xt = tirx.Var(x.name + "_t", x.ty)
+        rest_loop = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(3, str(x.ty)), tirx.ForKind.SERIAL,
+                             tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + (extent - 3) if v.same_as(x)
+                                                                 else v)]))
+        return tirx.SeqStmt([pairs, window_blocks(rest_loop, 3) or rest_loop])
     if n == 4 and extent % 4 == 3 and kw % 4 == 3 and _recomputable(stmts, args[0]):
         # the last three outputs: the last four once more (the first of them computed twice, the same value)
         return tirx.SeqStmt([pairs, block(tirx.const(extent - 4, str(x.ty)))])
