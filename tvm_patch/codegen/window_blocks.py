@@ -212,20 +212,21 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL, block(x2 * n))
     if extent is not None and extent % n == 0:
         return pairs
-    if threes:  # the last three outputs: one call of three (reads only their windows)
+    def tail(count: int, min_count: int) -> tirx.Stmt:
+        """The quads' loop, then the last ``count`` outputs as their own loop, blocked where it can be."""
         xt = tirx.Var(x.name + "_t", x.ty)
-        rest_loop = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(3, str(x.ty)), tirx.ForKind.SERIAL,
-                             tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + (extent - 3) if v.same_as(x)
-                                                                 else v)]))
-        return tirx.SeqStmt([pairs, window_blocks(rest_loop, 3) or rest_loop])
+        rest = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(count, str(x.ty)), tirx.ForKind.SERIAL,
+                        tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + (extent - count) if v.same_as(x)
+                                                            else v)]))
+        return tirx.SeqStmt([pairs, window_blocks(rest, min_count) or rest])
+
+    if threes:  # the last three outputs: one call of three (reads only their windows)
+        return tail(3, 3)
     if n == 4 and extent % 4 == 3 and kw % 4 == 3 and _recomputable(stmts, args[0]):
         # the last three outputs: the last four once more (the first of them computed twice, the same value)
         return tirx.SeqStmt([pairs, block(tirx.const(extent - 4, str(x.ty)))])
     if n == 4 and extent % 4 >= 2:  # the last two or three outputs: a pair (and one alone)
-        xt, base = tirx.Var(x.name + "_t", x.ty), extent - extent % 4
-        rest_loop = tirx.For(xt, tirx.const(0, str(x.ty)), tirx.const(extent % 4, str(x.ty)), tirx.ForKind.SERIAL,
-                             tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + base if v.same_as(x) else v)]))
-        return tirx.SeqStmt([pairs, window_blocks(rest_loop, 2) or rest_loop])
+        return tail(extent % 4, 2)
     last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
     tail = tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: last_x if v.same_as(x) else v)])
     if extent is None:
