@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tvm import relax, tirx
 
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _fused_rows
+from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _Context, _fused_rows, _one_store
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export import export_model
 from tvm_patch.quant import extern_requantization, requantize_te
@@ -79,7 +79,8 @@ def test_pointwise_rows_bit_exact(tmp_path_factory, k, c, h, w, layout, seed):
     if calls:
         assert k % 4 == 0 and k <= MAX_K
         assert len(calls) in (2, 4)  # a call per channel of the block (blocks of two or four)
-    if (k, c, w, layout) in ((8, 6, 24, "NCHW"), (16, 6, 48, "NCHW")):  # the examples (channels in blocks of two)
+    # the examples (channels in blocks of two; h = 1 runs another form, one pixel copied, that has no pixel pairs)
+    if (k, c, h, w, layout) in ((8, 6, 3, 24, "NCHW"), (16, 6, 2, 48, "NCHW")):
         assert calls
         pairs = int(calls[0].split(",")[1])  # (row, pairs, weights, K, bias, mult, right, zp, out, stride)
         assert pairs == _chunk(h * w // 2, k)  # the plane's rows follow one another: one row of h * w / 2 pairs
@@ -103,6 +104,36 @@ def test_fused_rows_only_where_rows_follow_one_another():
     assert str(fused.body.indices[0]) == fused.loop_var.name  # out[i] = inp[i] + 1
     assert _fused_rows(_plane_nest(8, 10)) is None  # a padded row: y * 10 + x is not (y * 8 + x)
     assert _fused_rows(_plane_nest(8, 8).body) is None  # one loop: nothing to fuse
+
+
+def test_one_store_reads_through_a_scratch():
+    """A patch stage's epilogue ``t[0] = v; out[i] = f(t[0])`` is read as ``out[i] = f(v)``; not when the scratch is
+    read twice or is the stored buffer itself."""
+    t, a = tirx.decl_buffer((1,), "int32", "t"), tirx.decl_buffer((8,), "int32", "a")
+    out = tirx.decl_buffer((8,), "int8", "out")
+    i = tirx.Var("i", "int32")
+    zero = tirx.const(0, "int32")
+
+    def epilogue(value_of_t, dest=out):
+        return tirx.SeqStmt([tirx.BufferStore(t, tirx.BufferLoad(a, [i]) * 3, [zero]),
+                             tirx.BufferStore(dest, value_of_t(tirx.BufferLoad(t, [zero])), [zero if dest is t else i])])
+
+    one = _one_store(epilogue(lambda x: tirx.Cast("int8", x + 1)))
+    assert one is not None and one.buffer.same_as(out) and "t[" not in str(one.value) and "a[i] * 3" in str(one.value)
+    assert _one_store(epilogue(lambda x: tirx.Cast("int8", x + x))) is None
+    assert _one_store(epilogue(lambda x: x + 1, dest=t)) is None
+
+
+def test_context_bounds_a_row_length_through_lets():
+    """The most pairs a patch's row can have: the row's length a let of the patch index (vww's cache stage:
+    min(13, 48 - 12 j) - (j > 0) pixels), bounded over the patch loop's range; no bound for a free variable."""
+    j, n, x = tirx.Var("j", "int32"), tirx.Var("n", "int32"), tirx.Var("x", "int32")
+    serial, c = tirx.ForKind.SERIAL, (lambda v: tirx.const(v, "int32"))
+    length = tirx.min(c(13), c(48) - j * 12) - tirx.Select(c(0) < j, c(1), c(0))
+    body = tirx.SeqStmt([tirx.Bind(n, length), tirx.For(x, c(0), tirx.floordiv(n, 2), serial, tirx.Evaluate(c(0)))])
+    ctx = _Context(tirx.PrimFunc([], tirx.For(j, c(0), c(4), serial, body)))
+    assert ctx.bound(tirx.floordiv(n, 2)) == 6  # 13 pixels (j = 0), 12 after (j = 1, 2), 11 (j = 3)
+    assert ctx.bound(tirx.Var("free", "int32")) is None
 
 
 def test_vww_rows_bit_exact(mlperf_paths, tmp_path):

@@ -177,10 +177,12 @@ def test_patch_stage_rejects_an_unknown_halo():
 
 
 def test_vww_cache_mode_export_bit_exact(mlperf_paths, tmp_path):
-    """The C export in cache mode (vww, 4x4 patches, auto split): bit-exact with TVM, the arena within the
-    analytic cache-mode peak, the plan says which mode ran."""
+    """The C export in cache mode (vww, 4x4 patches, auto split), weights widened: bit-exact with TVM, the arena
+    within the analytic cache-mode peak, the plan says which mode ran. Kernels round 26's forms: the 8 -> 16 layer
+    channel by channel along rows whose length the patch decides (`tvmp_row_q15w_px2` with a run-time pair count),
+    the 48 x 48 depthwise over its input channel copied first, the last (stride-2) depthwise in window pairs."""
     result = export_model(str(mlperf_paths["vww_96_int8"]), tmp_path / "vww", patches=4, split="auto", halo="cache",
-                          check=True, seeds=(0,))
+                          check=True, seeds=(0,), wide=lambda _n: True)
     assert result.check.bit_exact, result.check.summary()
     assert result.plan["halo"] == "cache"
     assert result.arena_bytes <= result.analytic_patch_peak_bytes
@@ -192,6 +194,11 @@ def test_vww_cache_mode_export_bit_exact(mlperf_paths, tmp_path):
     assert len(layers) >= 3 and re.findall(r"layer(\d+)_bias", signature) == layers
     assert "_multiplier" not in signature and "_shift" not in signature
     assert "tvmp_requant_rbzr(" in body and "tvmp_requant_rbz(" not in body
+    rows = re.findall(r"tvmp_row_q15w_px2\(([^;]*)\);", body)  # (row, pairs, weights, K, ...)
+    assert rows and all(not c.split(",")[1].strip().isdigit() and c.split(",")[3].strip() == "8" for c in rows)
+    assert "layer1_in_chan" in body and "layer1_chan" not in body
+    last = body[body.rindex("tvmp_barrier();"):]
+    assert "tvmp_window2_s8(" in last and "output[" in last
 
 
 def run_c(func, stage: Stage, x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -610,13 +617,12 @@ def _channel_copy_first(func):
     return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, copy_first)))
 
 
-@pytest.mark.parametrize("halo", ["recompute", "cache"])
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("layout, halo", [("NCHW", "recompute"), ("NCHW", "cache"), ("NHWC", "recompute")])
 def test_depthwise_output_copied_over_its_input(layout, halo):
     """The output-copy form of an in-place depthwise layer: its output shares its input's offset, the proof takes
     it (`inplace_cache._prove_depthwise_out`), the C run with the buffers at their planned offsets is bit-exact;
     the same nest with the copy moved before the computation (writing over the input channel it still reads) is
-    refused."""
+    refused. (An NHWC cache-mode stage copies the input channel first: the next test.)"""
     stage = _output_copy_stage(layout)
     func = build_cached_stage(stage, (3, 3), caches=halo == "cache")
     offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
@@ -625,8 +631,28 @@ def test_depthwise_output_copied_over_its_input(layout, halo):
     _check_output_copy(func, stage, 5, "no in-place step is proven")
 
 
-@pytest.mark.parametrize("halo", ["recompute", "cache"])
-def test_depthwise_output_channel_buffer_planned(halo):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_nhwc_cache_mode_copies_the_input_channel_first(stride):
+    """In cache mode an NHWC in-place depthwise layer copies its input channel into a contiguous buffer first
+    (`cache_plan.copies_output(..., caches=True)`: its windows then pair over adjacent bytes), where recompute mode
+    computes the 5x5 stride-2 layer's small output channel from the input itself; the cache-mode stage is proven
+    and bit-exact in C."""
+    conv = _int8_conv(np.random.default_rng(17), "NHWC")
+    layers = [conv(3, 8, 1, 1, 1, 3)]
+    layers.append(conv(8, 8, 5, stride, 8, layers[-1].quant.output_zero_point))
+    layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 24, 24, 3), tuple(layers), "NHWC", "int8")
+    cached, recomputed = (build_cached_stage(stage, (3, 3), caches=c) for c in (True, False))
+    offs = {str(k) for k in cached.attrs[STAGE_OFFSETS_ATTR]["offsets"].keys()}
+    assert "layer1_in_chan" in offs and "layer1_chan" not in offs
+    if stride == 2:  # recompute mode: the output channel (4 x 4 bytes) is smaller than the input's: copied after
+        assert "layer1_chan" in emit_c({"stage": recomputed}).code
+    prove_cached_plan(cached)
+    x = np.random.default_rng(4).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(cached, stage, x), run_numpy(stage, x))
+
+
+def test_depthwise_output_channel_buffer_planned():
     """The output-copy form where the output channel's buffer is no C local (NHWC stride 2, 100 bytes against its
     input channel's 441: vww's stride-2 depthwise): the buffer is planned in the workspace, sharing bytes with
     buffers of other steps; the proof shows its ring and live part fill it before the copy over the input reads it
@@ -637,7 +663,7 @@ def test_depthwise_output_channel_buffer_planned(halo):
     layers.append(conv(8, 8, 3, 2, 8, layers[-1].quant.output_zero_point))
     layers.append(conv(8, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
     stage = Stage((1, 40, 40, 3), tuple(layers), "NHWC", "int8")
-    func = build_cached_stage(stage, (2, 2), caches=halo == "cache")
+    func = build_cached_stage(stage, (2, 2), caches=False)  # (recompute mode: cache mode copies the input first)
     offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
     assert offs["layer1"] == offs["layer0"] and "layer1_chan" in offs  # over its input; its channel buffer planned
     plan = plan_patches(stage, (2, 2))

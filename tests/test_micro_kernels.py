@@ -170,12 +170,19 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     assert len(windows) == 300
     wide = {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in windows if sx == wx == 1 and kw >= 4}
     assert {(d, kw) for d in (1, 2) for kw in range(4, 9)} <= wide  # tvmp_window2_s8's wide-row paths, every tail
+    wide2 = iter([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("G ")])
+    n_wide2 = set()
     for d, sy, sx, kh, kw, wy, wx, got0, got1, acc0, acc1, *rest in windows:
+        if wx == 1 and kw % 2:  # the same windows on the widened weights (tvmp_window2_s8w)
+            assert next(wide2) == [got0, got1]
+            if sx == 1:
+                n_wide2.add((d, kw))
         n_plane = (kh - 1) * sy + (kw - 1) * sx + d + 1
         plane, w = np.array(rest[:n_plane], dtype=np.int64), np.array(rest[n_plane:], dtype=np.int64)
         taps = [(ry * sy + rx * sx, ry * wy + rx * wx) for ry in range(kh) for rx in range(kw)]
         assert len(w) == (kh - 1) * wy + (kw - 1) * wx + 1
         assert [got0, got1] == [acc + sum(int(plane[o + p]) * int(w[q]) for p, q in taps) for o, acc in ((0, acc0), (d, acc1))]
+    assert next(wide2, None) is None and {(d, kw) for d in (1, 2) for kw in (3, 5, 7)} <= n_wide2  # its SMLAD paths
     quads = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("X ")]
     assert len(quads) == 200
     assert {(1, 5), (1, 7), (2, 7)} <= {(d, kw) for d, _sy, sx, _kh, kw, _wy, wx, *_ in quads

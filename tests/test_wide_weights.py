@@ -47,32 +47,42 @@ def test_rows_padded_to_the_parameters_shape():
         padded_layout(stem, (4, 26))
 
 
-@pytest.mark.parametrize("h, w, stride", [
-    (12, 44, 1),  # 44 outputs a row: eleven calls of four
-    (11, 11, 1),  # 11: two calls of four, then the last four again (a local copy: computed twice, the same)
-    (12, 22, 2),  # stride 2, 11 outputs a row
+@pytest.mark.parametrize("h, w, k, stride, calls", [
+    (12, 44, 7, 1, {"tvmp_window4_s8w"}),  # 44 outputs a row: eleven calls of four
+    (11, 11, 7, 1, {"tvmp_window4_s8w"}),  # 11: two calls of four, then the last four again (a local copy)
+    (12, 22, 7, 2, {"tvmp_window4_s8w"}),  # stride 2, 11 outputs a row
+    (12, 12, 7, 2, {"tvmp_window4_s8w", "tvmp_window2_s8w"}),  # 6 a row: four, then a pair (mcunet-in0's 7x7)
+    (24, 24, 5, 2, {"tvmp_window2_s8w"}),  # 5x5 stride 2, 12 a row in pairs (mcunet-in0's 5x5)
+    (12, 12, 5, 2, {"tvmp_window2_s8w"}),  # 6 a row: three pairs
+    (13, 13, 5, 2, set()),  # 7 a row: the last output read otherwise (no widened twin): the weights stay int8
 ])
-def test_depthwise_7x7_quads_widened_exactly(tmp_path, h, w, stride):
-    """An NCHW 7x7 depthwise kernel through its padded channel copy, four windows a call: with the export's leave
-    its weights are stored widened, each kernel row padded to 8 (tvmp_window4_s8w, the parameter (C, 1, 7, 8));
-    bit-exact with TVM, in place (channel by channel, as the export runs it)."""
+def test_depthwise_windows_widened_exactly(tmp_path, h, w, k, stride, calls):
+    """An NCHW 7x7 or 5x5 depthwise kernel through its padded channel copy, its windows four or two a call: with the
+    export's leave its weights are stored widened, each kernel row padded to 8 (tvmp_window4_s8w, tvmp_window2_s8w:
+    the parameter (C, 1, k, 8)), no int8 window call left (or, where another read of the weights has no widened twin, int8 throughout); bit-exact
+    with TVM, in place (channel by channel, as the export runs it)."""
     from tvm_patch.codegen.c_kernels import mark_in_place
     from tvm_patch.export.inplace_conv import inplace_conv_pairs
     from tvm_patch.export.padded_copy import padded_copy_schedule
 
-    src = _depthwise("NCHW", h, w, 7, stride, 3, -9)
+    src = _depthwise("NCHW", h, w, k, stride, k // 2, -9)
     func = padded_copy_schedule(src, 1)
     pairs = inplace_conv_pairs(func, 1)
     out = emit_c({"kern": (mark_in_place(func, pairs) if pairs else func).with_attr(WIDEN_ATTR, [1])})
     code = out.code.replace(MICRO_KERNELS.read_text(), "")
     param = out.functions["kern"].params[1]
-    assert "tvmp_window4_s8w(" in code and "tvmp_window2_s8(" not in code and "tvmp_window4_s8(" not in code
-    assert param.dtype == "int16" and tuple(param.shape) == (3, 1, 7, 8)
+    assert {c for c in ("tvmp_window4_s8w", "tvmp_window2_s8w") if c + "(" in code} == calls
+    if calls:
+        assert "tvmp_window2_s8(" not in code and "tvmp_window4_s8(" not in code and "tvmp_window_s8(" not in code
+        assert param.dtype == "int16" and tuple(param.shape) == (3, 1, k, 8)
+    else:
+        assert param.dtype == "int8" and "tvmp_window2_s8(" in code
     rng = np.random.default_rng(h + w)
     oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-    arrays = [rng.integers(-128, 128, (1, 3, h, w), dtype=np.int8), rng.integers(-128, 128, (3, 1, 7, 7), dtype=np.int8),
+    arrays = [rng.integers(-128, 128, (1, 3, h, w), dtype=np.int8), rng.integers(-128, 128, (3, 1, k, k), dtype=np.int8),
               np.zeros((1, 3, oh, ow), dtype=np.int8)]
-    ours = [arrays[0].copy(), widened_layout(arrays[1], tuple(param.shape)), arrays[2].copy()]
+    weights = widened_layout(arrays[1], tuple(param.shape)) if calls else arrays[1].copy()
+    ours = [arrays[0].copy(), weights, arrays[2].copy()]
     got = _c_out_of_place(out.code, ours, out.workspace_bytes.get("kern", 0), tmp_path)
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
 

@@ -23,6 +23,12 @@ depend on their order). The reads move earlier: a chunk's pairs are all widened 
 stored. In an in-place kernel that is still safe: a read that saw its input unclobbered after the stores of every
 earlier pair (the kernel's in-place proof) sees it after fewer stores too, and every store writes what it wrote.
 
+A patch stage's rows have a length that depends on the patch (its in-image part, cache mode's new columns): such a
+row is one chunk, its local sized for the most pairs the row can have (``_Context.bound``: TVM's analyzer over the
+loops' ranges and the lets), and the calls take its length at run time. vww's cache stage, its 8 -> 16 layer on
+rows of up to 13 pixels: 706,894 -> 551,441 instructions on the emulated M7 (docs/kernels.md, round 26). The
+stage's epilogue stores through a one-element scratch (``t[0] = requant(...); out = sat(t[0])``): read as one store.
+
 Matched only in exactly that shape (anything else is left as it is): the widened pair a C local read by nothing
 but the dot call, the accumulators initialized and read per (pixel, row) as above, the epilogue the plain
 ``tvmp_sat_s8(tvmp_requant_rbzr(...))`` store whose constants do not depend on the pixel, the output's two pixels
@@ -43,7 +49,7 @@ from tvm_patch.codegen.micro_kernels import SAT, _extern_name, _int
 from tvm_patch.codegen.wide_weights import WIDE_CALLS
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDE_NAME, WIDEN, WIDEN_PLANES, _drop_unread
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_RIGHT_EXTERN
-from tvm_patch.tir_util import is_call, pure_extern_name, substitute_vars, uses_var
+from tvm_patch.tir_util import is_call, load_counts, pure_extern_name, substitute_vars, uses_var
 
 __all__ = ["ROW_KERNEL", "MAX_K", "ChannelRows", "channel_rows"]
 
@@ -68,13 +74,40 @@ def _nest(stmt: Any) -> tuple[list[tirx.For], Any] | None:
     return loops, stmt
 
 
+def _one_store(stmt: Any) -> tirx.BufferStore | None:
+    """``stmt`` as one store: itself, or ``t[0] = v; out[i] = f(t[0])`` (a patch stage's epilogue through a
+    one-element scratch ``t``) as ``out[i] = f(v)``."""
+    if isinstance(stmt, tirx.BufferStore):
+        return stmt
+    if not (isinstance(stmt, tirx.SeqStmt) and len(stmt.seq) == 2
+            and all(isinstance(s, tirx.BufferStore) for s in stmt.seq)):
+        return None
+    tmp, store = stmt.seq
+    if not (len(tmp.buffer.shape) == 1 and _int(tmp.buffer.shape[0]) == 1 and _int(tmp.indices[0]) == 0
+            and not tmp.buffer.same_as(store.buffer)):
+        return None
+    reads = []
+
+    def on_load(ld: Any) -> Any:
+        if ld.source.same_as(tmp.buffer):
+            reads.append(ld)
+            return tmp.value
+        return ld
+
+    value = tvm_ffi.structural_map(store.value, [(TensorLoad, on_load)])
+    if len(reads) != 1 or any(load_counts(i).get(tmp.buffer.name) for i in store.indices):
+        return None
+    return tirx.BufferStore(store.buffer, value, store.indices)
+
+
 def _instances(stmt: Any) -> list[tuple[Any, list[Any], Any]] | None:
     """(buffer, indices, value) of the store of a small perfect nest once per iteration, its loop variables
     replaced by their values."""
     nest = _nest(stmt)
-    if nest is None or not isinstance(nest[1], tirx.BufferStore):
+    store = _one_store(nest[1]) if nest is not None else None
+    if store is None:
         return None
-    loops, store = nest
+    loops = nest[0]
     ana = tvm.sym.Analyzer()
     out = []
     for values in itertools.product(*(range(_int(f.extent)) for f in loops)):
@@ -113,13 +146,51 @@ def _chunk(pairs: int, k: int) -> int | None:
     return best if best >= (MIN_PAIRS if k <= REG_K else MIN_PAIRS_LOADED) else None
 
 
-def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
+class _Context:
+    """What a function's lets and loops say of its expressions: ``resolve`` substitutes the lets, ``bound`` gives the
+    largest value an expression can take over the loops' ranges (TVM's ``const_int_bound``; None if unbounded)."""
+
+    def __init__(self, func: tirx.PrimFunc) -> None:
+        self.ranges: dict[Any, tuple[Any, Any]] = {}
+        self.lets: dict[Any, Any] = {}
+
+        def on_for(f: tirx.For) -> tvm_ffi.WalkResult:
+            self.ranges[f.loop_var] = (f.min, f.extent)
+            return tvm_ffi.WalkResult.ADVANCE
+
+        def on_let(s: Any) -> tvm_ffi.WalkResult:
+            self.lets[s.var] = s.value
+            return tvm_ffi.WalkResult.ADVANCE
+
+        tvm_ffi.structural_walk(func.body, [(tirx.For, on_for), (tirx.Bind, on_let), (tirx.LetStmt, on_let)],
+                                order="pre")
+
+    def resolve(self, expr: Any) -> Any:
+        for _ in range(16):  # lets of lets: each round replaces one level
+            if not any(uses_var(expr, v) for v in self.lets):
+                break
+            expr = substitute_vars(expr, self.lets)
+        return expr
+
+    def bound(self, expr: Any) -> int | None:
+        expr = self.resolve(expr)
+        ana = tvm.sym.Analyzer()
+        for var, (lo, extent) in self.ranges.items():
+            if _int(lo) is not None and _int(extent) is not None and uses_var(expr, var):
+                ana.bind(var, tvm.ir.Range.from_min_extent(lo, extent))
+        hi = ana.const_int_bound(expr).max_value
+        return hi if hi < 1 << 20 else None
+
+
+def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] | None:
     """(``loop``, a pair loop of the shape in the module doc, channel by channel along its pairs; its accumulator
-    buffer), else None."""
-    nest = _nest(loop)
+    buffer), else None. A loop whose length is not constant is one chunk of at most ``ctx.bound(length)`` pairs."""
+    nest = _nest(loop) if _int(loop.extent) is not None or ctx is None else \
+        ([loop], loop.body) if loop.kind == tirx.ForKind.SERIAL and _int(loop.min) == 0 else None
     if nest is None or len(nest[0]) != 1 or not isinstance(loop.body, tirx.SeqStmt) or len(loop.body.seq) != 3:
         return None
     x, pairs = loop.loop_var, _int(loop.extent)
+    most = pairs if pairs is not None else ctx.bound(loop.extent) if ctx is not None else None
     alloc, widen, blocks = loop.body.seq
     if not (isinstance(alloc, tirx.AllocBuffer) and isinstance(widen, tirx.Evaluate)
             and _extern_name(widen.value) in (WIDEN, WIDEN_PLANES) and isinstance(blocks, tirx.For)):
@@ -130,7 +201,10 @@ def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
     if (k is None or k % 4 or k > MAX_K or q_load is None or not q_load.source.same_as(q)
             or _int(q_load.indices[0]) != 0):
         return None
-    chunk = _chunk(pairs, k)
+    if most is None:
+        return None
+    chunk = _chunk(pairs, k) if pairs is not None else \
+        most if most * k * 4 <= MAX_WIDE_BYTES and most >= (MIN_PAIRS if k <= REG_K else MIN_PAIRS_LOADED) else None
     body = blocks.body
     if chunk is None or _nest(blocks) is None or not isinstance(body, tirx.SeqStmt) or len(body.seq) != 3:
         return None
@@ -140,7 +214,7 @@ def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
     rows = _DOTS[_extern_name(dot.value)]
     dq, w_at, ws, n, acc_at = list(dot.value.args)[1:]
     w_load, acc_load, dq_load = _address(w_at), _address(acc_at), _address(dq)
-    ws = _int(tvm.sym.Analyzer().simplify(ws))
+    ws = _int(tvm.sym.Analyzer().simplify(ctx.resolve(ws) if ctx is not None else ws))
     if (w_load is None or acc_load is None or dq_load is None or not dq_load.source.same_as(q)
             or _int(dq_load.indices[0]) != 0 or _int(acc_load.indices[0]) != 0 or _int(n) != k or ws is None):
         return None
@@ -181,16 +255,19 @@ def _rows(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
     row = tirx.decl_buffer((chunk * k,), "uint32", WIDE_NAME)
     xw = tirx.Var(x.name + "_w", x.ty)
     moved = substitute_vars(a, {x: start + xw})
-    widen_all = tirx.For(xw, tirx.const(0, x.ty.dtype), tirx.const(chunk, x.ty.dtype), tirx.ForKind.SERIAL,
+    length = tirx.const(chunk, x.ty.dtype) if pairs is not None else loop.extent  # the row's pairs at run time
+    widen_all = tirx.For(xw, tirx.const(0, x.ty.dtype), length, tirx.ForKind.SERIAL,
                          tirx.Evaluate(tirx.call_extern("void", _extern_name(widen.value), moved, a_step,
                                                         tirx.const(k, "int32"),
                                                         tirx.address_of(tirx.BufferLoad(row, [xw * k])))))
     per_channel = [tirx.Evaluate(tirx.call_extern(
         "void", ROW_KERNEL, tirx.address_of(tirx.BufferLoad(row, [tirx.const(0, "int32")])),
-        tirx.const(chunk, "int32"), w_row, tirx.const(k, "int32"), *consts, o_start, tirx.const(stride, "int32")))
-        for w_row, consts, o_start, stride in calls]
+        length if pairs is None else tirx.const(chunk, "int32"), w_row, tirx.const(k, "int32"), *consts, o_start,
+        tirx.const(stride, "int32"))) for w_row, consts, o_start, stride in calls]
     channels = tirx.For(blocks.loop_var, blocks.min, blocks.extent, blocks.kind, tirx.SeqStmt(per_channel)
                         if len(per_channel) > 1 else per_channel[0])
+    if pairs is None:  # one chunk: the row
+        return substitute_vars(tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels]), {xc: tirx.const(0, x.ty.dtype)}), acc
     return tirx.For(xc, tirx.const(0, x.ty.dtype), tirx.const(pairs // chunk, x.ty.dtype), tirx.ForKind.SERIAL,
                     tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), acc
 
@@ -244,7 +321,8 @@ def channel_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     # whole planes first (the map is bottom-up: a row's own rewrite would hide its plane), then single rows
     out = tvm_ffi.structural_map(func, [(tirx.For, rewrite(lambda loop: _rows(f) if (f := _fused_rows(loop)) else None))])
-    out = tvm_ffi.structural_map(out, [(tirx.For, rewrite(_rows))])
+    ctx = _Context(func)
+    out = tvm_ffi.structural_map(out, [(tirx.For, rewrite(lambda loop: _rows(loop, ctx)))])
     return _drop_unread(out, accs) if accs else out
 
 

@@ -18,7 +18,8 @@
  * tvmp_barrier: a compiler memory barrier (no instruction) between the patch stage's layers.
  * tvmp_window_s8: one convolution window (a depthwise output's taps) with its border bounds: an interior
  *   window runs without tests, unrolled; tvmp_window2_s8 / tvmp_window4_s8: two / four neighbouring interior
- *   windows of a row, their shared taps and weights loaded once; tvmp_window4_s8w the same on weights widened in Flash;
+ *   windows of a row, their shared taps and weights loaded once; tvmp_window4_s8w (7 wide) and tvmp_window2_s8w (5 and
+ *   7 wide) the same on weights widened in Flash;
  *   tvmp_window3_s8: three (a row of three 7-wide stride-2 windows).
  * tvmp_dot_s8: the int8 dot product of two contiguous vectors added to an accumulator; on cores with the DSP
  *   extension (Cortex-M4/M7) four multiply-accumulates take two word loads, four SXTB16 and two SMLAD
@@ -974,6 +975,75 @@ TVMP_INLINE void tvmp_window4_s8w(const int8_t *p, int32_t pb, int32_t d, int32_
     }
 #endif
     TVMP_WINDOW4_TAPS(ry * wy + tvmp_wide_pos(rx));
+}
+
+/* tvmp_window2_s8 on depthwise weights stored widened in Flash, the layout of tvmp_window4_s8w (each kernel row
+   padded with zeros to a multiple of four, each four as (w0, w2, w1, w3); wb, wy in int16 of it, wx 1): for rows of
+   kw % 4 == 1 or 3 taps (5x5, 7x7: a row of 7-wide quads ends in a pair), the groups of four one LDRD each and the
+   taps left the next LDRD's (w4, w6), (w5, 0), no SXTB16 on the weights (the int8 kernel: a load and two SXTB16 per
+   four, byte loads or a word and two SXTB16 for the rest); no word read past the second window. The same sums. */
+TVMP_INLINE void tvmp_window2_s8w(const int8_t *p, int32_t pb, int32_t d, int32_t sy, int32_t sx, const int16_t *w,
+                                  int32_t wb, int32_t wy, int32_t wx, int32_t kh, int32_t kw, int32_t *acc) {
+    const int8_t *q = p + pb;
+    int32_t a0 = acc[0], a1 = acc[1];
+    w += wb;
+    (void)wx;
+#if defined(__ARM_FEATURE_DSP)
+    if ((kw & 1) == 1 && sx == 1 && (d == 1 || d == 2)) {
+        const int16_t *wp = w; /* one pointer through the rows (as tvmp_window4_s8w): LDRD post-increments it */
+        for (int32_t ry = 0; ry < kh; ry++, wp += wy - (kw + 3) / 4 * 4) {
+            const int8_t *r = q + ry * sy;
+            int32_t rx = 0;
+            for (; rx + 4 <= kw; rx += 4) {
+                uint32_t we, wo, x, x2;
+                TVMP_LDRD_POST(wp, we, wo);
+                memcpy(&x, r + rx, 4);
+                memcpy(&x2, r + rx + 2, 4);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x), e2 = __sxtb16(x2); /* (q0, q2), (q1, q3), (q2, q4) */
+                a0 = __smlad(o, wo, __smlad(e, we, a0));
+                if (d == 1)
+                    a1 = __smlad(e2, wo, __smlad(o, we, a1)); /* q1 w0 + q3 w2, q2 w1 + q4 w3 */
+                else
+                    a1 = __smlad(tvmp_sxtb16_ror8(x2), wo, __smlad(e2, we, a1)); /* q2 w0 + q4 w2, q3 w1 + q5 w3 */
+            }
+            uint32_t w46, w50, x; /* the taps left: (w4, w6), (w5, 0) (one tap: (w4, 0), (0, 0)) */
+            TVMP_LDRD_POST(wp, w46, w50);
+            if ((kw & 3) == 1) {
+                if (d == 2) {
+                    memcpy(&x, r + rx - 1, 4);
+                    uint32_t t = tvmp_sxtb16_ror8(x); /* (q4, q6) */
+                    a0 = __smlabb((int32_t)t, (int32_t)w46, a0);
+                    a1 = __smlatb((int32_t)t, (int32_t)w46, a1);
+                } else {
+                    memcpy(&x, r + rx - 2, 4);
+                    a0 = __smlatb((int32_t)__sxtb16(x), (int32_t)w46, a0);         /* q4 w4 */
+                    a1 = __smlatb((int32_t)tvmp_sxtb16_ror8(x), (int32_t)w46, a1); /* q5 w4 */
+                }
+            } else {
+                memcpy(&x, r + rx, 4);
+                uint32_t e = __sxtb16(x), o = tvmp_sxtb16_ror8(x); /* (q4, q6), (q5, q7) */
+                a0 = __smlabb((int32_t)o, (int32_t)w50, __smlad(e, w46, a0)); /* q4 w4 + q6 w6, q5 w5 */
+                if (d == 1) {
+                    a1 = __smlatb((int32_t)e, (int32_t)w50, __smlad(o, w46, a1)); /* q5 w4 + q7 w6, q6 w5 */
+                } else {
+                    uint32_t x1;
+                    memcpy(&x1, r + rx + 1, 4); /* (q5, q6, q7, q8): the word at rx + 2 would read past the window */
+                    a1 = __smlatb((int32_t)__sxtb16(x1), (int32_t)w50,
+                                  __smlad(tvmp_sxtb16_ror8(x1), w46, a1)); /* q6 w4 + q8 w6, q7 w5 */
+                }
+            }
+        }
+        acc[0] = a0, acc[1] = a1;
+        return;
+    }
+#endif
+    for (int32_t ry = 0; ry < kh; ry++)
+        for (int32_t rx = 0; rx < kw; rx++) {
+            int32_t wv = w[ry * wy + tvmp_wide_pos(rx)];
+            const int8_t *t = q + ry * sy + rx * sx;
+            a0 += (int32_t)t[0] * wv, a1 += (int32_t)t[d] * wv;
+        }
+    acc[0] = a0, acc[1] = a1;
 }
 
 /* d[0..n) = s[0..n) as the forward byte loop it replaces does it, for any overlap: four bytes a load and a store

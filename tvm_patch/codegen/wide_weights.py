@@ -13,9 +13,10 @@ calls at an element offset, a row stride and a length that are multiples of four
 group of four (a padded convolution's border taps, ``tvmp_pad_rows``, sum the same rows: the same weights); the
 calls become ``tvmp_dot_s8w_*`` / ``tvmp_dot_q15w_*`` / ``tvmp_pad_rows_w`` (tvmp_kernels.h) and the parameter
 int16 (the C emission's parameter type, so the export knows to store that constant widened: ``widened_layout``).
-Depthwise weights read only by ``tvmp_window4_s8`` calls over kernel rows of kw % 4 == 3 taps (7x7) become
-``tvmp_window4_s8w``'s layout: each row padded with zeros to a multiple of four, then as above (the parameter's
-last axis padded too, which tells the export). Exact: the same products in the same sums; only the weights'
+Depthwise weights read only by ``tvmp_window4_s8`` calls over kernel rows of kw % 4 == 3 taps (7x7) and by
+``tvmp_window2_s8`` calls over rows of kw % 4 == 1 or 3 (5x5, 7x7) become the widened twins' layout (``tvmp_window4_s8w``,
+``tvmp_window2_s8w``): each row padded with zeros to a multiple of four, then as above (the parameter's last axis
+padded too, which tells the export). Exact: the same products in the same sums; only the weights'
 storage and loads change.
 """
 
@@ -32,7 +33,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PAD_ROWS, PX2_ROWS, ROWS, _extern_name, _int
 from tvm_patch.codegen.widen_kernels import Q15_PX2_ROWS, Q15_ROWS
-from tvm_patch.codegen.window_blocks import WINDOW4
+from tvm_patch.codegen.window_blocks import WINDOW2, WINDOW4
 
 WIDEN_ATTR = "tvmp.widen_weights"  # the parameter positions the export allows to store widened
 # each dot kernel: its widened-weights twin and the position of its weight operand (w, then ws, then n)
@@ -70,6 +71,10 @@ def widened_layout(weights: np.ndarray, shape: tuple[int, ...] | None = None) ->
 
 
 WINDOW4_W = WINDOW4 + "w"  # tvmp_window4_s8w: (p, pb, d, sy, sx, w, wb, wy, wx, kh, kw, acc) as tvmp_window4_s8
+WINDOW2_W = WINDOW2 + "w"  # tvmp_window2_s8w: the same arguments as tvmp_window2_s8
+# the window calls whose rows of kw taps (kw % 4 one of the values) have a widened twin: 7-wide quads, 5- and
+# 7-wide pairs
+WIDE_WINDOWS = {WINDOW4: ((3,), WINDOW4_W), WINDOW2: ((1, 3), WINDOW2_W)}
 
 
 def _padded_row(kw: int) -> int:
@@ -113,16 +118,17 @@ def _wide_operand(c: Any, ana: tvm.sym.Analyzer) -> Any | None:
 
 
 def _window_operand(c: Any, ana: tvm.sym.Analyzer) -> tuple[Any, int, int] | None:
-    """(weight load, kh, kw) of a ``tvmp_window4_s8`` call ``tvmp_window4_s8w`` can take: rows of kw % 4 == 3
-    contiguous taps (wx 1, wy kw), the window's base wb a multiple of kh x kw (a channel's kernel), else None."""
-    if _extern_name(c) != WINDOW4:
+    """(weight load, kh, kw) of a window call its widened twin can take (``WIDE_WINDOWS``: ``tvmp_window4_s8`` over
+    rows of kw % 4 == 3 taps, ``tvmp_window2_s8`` over kw % 4 == 1 or 3): contiguous taps (wx 1, wy kw), the window's
+    base wb a multiple of kh x kw (a channel's kernel), else None."""
+    if _extern_name(c) not in WIDE_WINDOWS:
         return None
     args = list(c.args)[1:]
     w, wb, wy, wx, kh, kw = args[5:11]
     kh, kw = _int(kh), _int(kw)
     load = w.args[0] if isinstance(w, tvm.ir.Call) and w.args and isinstance(w.args[0], TensorLoad) else None
     if (load is None or len(load.indices) != 1 or _int(load.indices[0]) != 0 or kh is None or kw is None
-            or kw % 4 != 3 or _int(wx) != 1 or _int(wy) != kw
+            or kw % 4 not in WIDE_WINDOWS[_extern_name(c)][0] or _int(wx) != 1 or _int(wy) != kw
             or not ana.can_prove_equal(tirx.floormod(wb, kh * kw), 0)):
         return None
     return load, kh, kw
@@ -130,8 +136,8 @@ def _window_operand(c: Any, ana: tvm.sym.Analyzer) -> tuple[Any, int, int] | Non
 
 def _rewritten(body: Any, swap: dict[Any, tuple[Any, Any]]) -> Any:
     """``body`` with each dot call on one of ``swap``'s views (at a multiple of four) on its widened twin and
-    the int16 view, each ``tvmp_window4_s8`` on one whose rows are padded (``_window_operand``) on
-    ``tvmp_window4_s8w``; every other read left as it was."""
+    the int16 view, each window call on one whose rows are padded (``_window_operand``) on its widened twin
+    (``WIDE_WINDOWS``); every other read left as it was."""
     ana = tvm.sym.Analyzer()
 
     def on_call(c: Any) -> Any:
@@ -145,7 +151,7 @@ def _rewritten(body: Any, swap: dict[Any, tuple[Any, Any]]) -> Any:
             args[5] = tirx.address_of(tirx.BufferLoad(new[0], [tirx.const(0, "int32")]))
             args[6] = ana.simplify(tirx.floordiv(args[6], kh * kw) * (kh * _padded_row(kw)))
             args[7] = tirx.const(_padded_row(kw), "int32")
-            return tirx.call_extern("void", WINDOW4_W, *args)
+            return tirx.call_extern("void", WIDE_WINDOWS[_extern_name(c)][1], *args)
         load = _wide_operand(c, ana)
         new = next((v for old, v in swap.items() if load is not None and load.source.same_as(old)), None)
         if new is None or _numel(new[0]) != _numel(load.source):
@@ -181,7 +187,7 @@ def widen_weights(func: tirx.PrimFunc) -> tirx.PrimFunc:
     rows = _window_rows(func.body)
     while chosen:  # a parameter some other read still takes after the rewrite keeps its int8 storage
         shapes = {i: [int(d) for d in func.params[i].ty.shape] for i in chosen}
-        for i in chosen:  # read by tvmp_window4_s8 calls: each kernel row padded to a multiple of four
+        for i in chosen:  # read by window calls with widened twins: each kernel row padded to a multiple of four
             kws = {kw for v in views[i] for b, kw in rows if b.same_as(v)}
             if len(kws) == 1 and shapes[i][-1] in kws and all(len(v.ty.shape) == 1 for v in views[i]):
                 shapes[i][-1] = _padded_row(shapes[i][-1])
@@ -213,7 +219,7 @@ def _numel(buf: Any) -> int:
 
 
 def _window_rows(body: Any) -> list[tuple[Any, int]]:
-    """(weights view, kw) of every ``tvmp_window4_s8`` call in ``body`` that ``tvmp_window4_s8w`` can take."""
+    """(weights view, kw) of every window call in ``body`` that its widened twin can take (``WIDE_WINDOWS``)."""
     ana = tvm.sym.Analyzer()
     out: list[tuple[Any, int]] = []
 

@@ -211,11 +211,12 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
             out["dot_elems"] += v
         elif k == "call_tvmp_window_s8":
             out["window_calls"] += v
-        elif k == "call_tvmp_window2_s8":  # two windows per call
+        elif k in ("call_tvmp_window2_s8", "call_tvmp_window2_s8w"):  # two windows per call
             out["window_calls"] += 2 * v
         elif k in ("call_tvmp_window4_s8", "call_tvmp_window4_s8w"):  # four
             out["window_calls"] += 4 * v
-        elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8", "elems_tvmp_window4_s8", "elems_tvmp_window4_s8w"):
+        elif k in ("elems_tvmp_window_s8", "elems_tvmp_window2_s8", "elems_tvmp_window2_s8w", "elems_tvmp_window4_s8",
+                   "elems_tvmp_window4_s8w"):
             out["window_elems"] += v
         elif k in ("call_tvmp_requant", "call_tvmp_requant_rs", "call_tvmp_requant_rb", "call_tvmp_requant_rbz",
                    "call_tvmp_requant_rbzr", "call_tvmp_requant_rs_narrow"):

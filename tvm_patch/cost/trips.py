@@ -210,7 +210,7 @@ def _micro_macs(name: str, args: list[int | None]) -> int:
         return shape[0] * shape[1]
     if name == "tvmp_window_s8" and len(args) > 9:
         return (args[8] or 0) * (args[9] or 0)
-    blocks = {"tvmp_window2_s8": 2, "tvmp_window4_s8": 4, "tvmp_window4_s8w": 4}  # (p, pb, d, sy, sx, w, wb, wy,
+    blocks = {"tvmp_window2_s8": 2, "tvmp_window2_s8w": 2, "tvmp_window4_s8": 4, "tvmp_window4_s8w": 4}  # (p, pb, d, sy, sx, w, wb, wy,
     # wx, kh, kw, acc)
     if name in blocks and len(args) > 10:
         return blocks[name] * (args[9] or 0) * (args[10] or 0)

@@ -151,7 +151,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                   default=0)
     pix = tirx.decl_buffer((max(pix_len, 1),), dt, name=PIXEL_NAME)
     chan: dict[int, Any] = {}  # in-place depthwise layer -> the one-channel copy of its input's (or output's) region
-    out_copy = {v for v in dw if copies_output(stage, plan, v)}
+    out_copy = {v for v in dw if copies_output(stage, plan, v, caches)}
     for v in sorted(dw):
         u = stage.inputs[v][0]
         if v in out_copy:
@@ -518,6 +518,8 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 body.append(blocked_pixels(
                     v, rows, cols, lambda r, q: (pi * _c(th) + r, pj * _c(tw) + q),
                     lambda ch, r, q, val: store(out, val, ch, pi * _c(th) + r, pj * _c(tw) + q, batch=n)))
+            elif not nchw and _depthwise(stage, v):  # channel outermost: its windows neighbour along x (pairs)
+                body.append(_loops([c_ext, rows, cols], final))
             else:
                 body.append(chw_loops(c_ext, rows, cols, final))
             continue
@@ -614,6 +616,12 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
     return func.with_attr(STAGE_OFFSETS_ATTR, workspace_plan(stage, region, rows_c, cols_c, chan, home, alignment))
+
+
+def _depthwise(stage: Stage, v: int) -> bool:
+    """Whether layer v is a depthwise conv (one input channel per output channel)."""
+    g = stage.geometry[v]
+    return g is not None and g.groups > 1 and g.groups == g.c_in
 
 
 def _pixel_pairs(stage: Stage, v: int) -> bool:
