@@ -31,14 +31,15 @@ def copies_output(stage: Stage, plan, v: int, caches: bool = False) -> bool:
     20.98 M -> 20.65 M; mcunet-in0, NCHW, -13,000 in both modes). Safe as the
     copy-first form is: channel c's output lands on bytes of channels at most c (`DepthwiseInPlace`), written after
     channel c was read whole (`inplace_cache` proves both, and that a planned channel buffer is filled before it
-    is copied). `caches` (cache mode): every NHWC layer copies its input channel first (vww 4x4 cache: its 48 x 48
-    depthwise layer's windows pair in the contiguous copy, the stage 2.47 M -> 2.37 M instructions; the same in
-    recompute mode measured +125,000, so recompute mode keeps the rule above; kernels round 26)."""
+    is copied). `caches` (cache mode): every NHWC stride-1 layer copies its input channel first (vww 4x4 cache: its
+    48 x 48 depthwise layer's windows pair in the contiguous copy, the stage 2.47 M -> 2.37 M instructions; the same
+    in recompute mode measured +125,000, so recompute mode keeps the rule above; kernels round 26). Strided layers
+    too measured +512,000 on vww's deeper cache stage (split 12), so they keep the rule above."""
     item = 4 if stage.dtype == "float32" else 1
     out_bytes = int(np.prod(plan.region_shape(v))) * item
     in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
-    if stage.layout == "NHWC" and caches:
-        return False  # a cache-mode patch computes fewer pixels than its region: the copy costs less than the windows
+    if stage.layout == "NHWC" and caches and stage.geometry[v].stride[1] == 1:
+        return False  # a cache-mode patch's windows pair in the copy: it costs less than the windows it speeds up
     if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
         return False  # a small plane: its copy is cheap, its windows pair faster in it (measured, see above)
     return out_bytes < in_bytes
