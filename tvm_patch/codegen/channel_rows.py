@@ -267,7 +267,8 @@ def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] 
     channels = tirx.For(blocks.loop_var, blocks.min, blocks.extent, blocks.kind, tirx.SeqStmt(per_channel)
                         if len(per_channel) > 1 else per_channel[0])
     if pairs is None:  # one chunk: the row
-        return substitute_vars(tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels]), {xc: tirx.const(0, x.ty.dtype)}), acc
+        one = tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])
+        return substitute_vars(one, {xc: tirx.const(0, x.ty.dtype)}), acc
     return tirx.For(xc, tirx.const(0, x.ty.dtype), tirx.const(pairs // chunk, x.ty.dtype), tirx.ForKind.SERIAL,
                     tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), acc
 
