@@ -1,6 +1,7 @@
 """Tuning sessions (tvm_patch/tune): a short emulator session on one vww kernel whose records change the
-build (still bit-exact), the packing knob's record applied, an RPC session through a local tracker and two
-servers, failing candidates, and bad input."""
+build (still bit-exact), the packing knob's record applied, a session on a kernel the F412's build keeps int8
+(measured and recorded in that form), an RPC session through a local tracker and two servers, failing
+candidates, and bad input."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tvm import rpc
@@ -20,6 +22,8 @@ from conftest import mlperf_tflite_files
 from tvm_patch import cli
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
+from tvm_patch.export.wide_weights import weights_key
+from microtvm_projects.boards import get_board
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import RunnerInput
 from tvm.target import Target
@@ -40,6 +44,9 @@ VWW = next((f for f in mlperf_tflite_files() if f.endswith("vww_96_int8.tflite")
 VWW_DENSE = "tvmp_fused_matmul_add10_requantize10_tir_clip10_cast10"
 DENSE = "tvmp_fused_matmul_add1_requantize1_tir_clip1_cast1"  # kws's classifier
 KWS_DW = "tvmp_fused_conv2d1_add_requantize_tir_clip_cast"  # a depthwise kernel: the packing is its only knob
+# mcunet-in0's 3 x 3, 48 -> 192 1x1 layer: the F412's build keeps its weights int8 (the Flash), and there two rows
+# beat the default four (kernels round 22's defaults were measured on widened weights)
+IN0_INT8 = "tvmp_fused_conv2d29_add13_requantize17_tir_clip13_cast13"
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(KWS is None or VWW is None, reason="the MLPerf Tiny models are not in the shared folder")
 
@@ -124,6 +131,51 @@ def dense(tmp_path_factory):
     h = KernelHarness(DENSE, kernel_program(prog, DENSE), "none")
     ref = measure_export(h.export(Choice(), tmp / "ref" / "export"), tmp / "ref", "h743", "host", None).outputs
     return h, ref, tmp
+
+
+def test_a_kernel_kept_int8_is_tuned_and_recorded_in_that_form(tmp_path, capsys):
+    """On the F412 mcunet-in0's widened weights overflow the Flash and its build keeps some kernels int8: a session
+    measures those on int8 weights and records them under that form (``weights_key``), where the exact counts make
+    another blocking than the default win; the build that narrows the kernel applies the record, a build that
+    widens it does not."""
+    db = tmp_path / "db"
+    s = tune_model("zoo:mcunet-in0:int8", "f412", trials=6, runner="emulator", db_dir=db, kernels=[IN0_INT8],
+                   progress=False)
+    (k,) = s.kernels
+    assert k.int8_weights and k.failed == 0 and k.choices == [1, 2, 4] and k.default_rows == 4
+    assert k.best_cost < k.default_cost and k.best_rows != k.default_rows, k
+    func = export_model("zoo:mcunet-in0:int8", tmp_path / "in0").program.funcs[IN0_INT8]
+    tuned = TunedKernels(open_database(db, create=False), get_board("f412").core)
+    assert tuned.choice(IN0_INT8, weights_key(func, False)) == Choice(k.best_rows, k.best_packed)
+    assert tuned.used[IN0_INT8]["cost"] == k.best_cost
+    assert tuned.choice(IN0_INT8, weights_key(func, True)) is None and IN0_INT8 not in tuned.used
+
+
+def test_records_are_keyed_by_the_weights_form(dense, tmp_path):
+    """A record of a kernel on int8 weights applies to that form only; one on widened weights applies to its form
+    and, where no int8 record exists, to the int8 form too (a session that measured the widened form only); the
+    harness exports the kernel's weights in its form."""
+    h, _, _ = dense
+    func = h.func
+    db = open_database(tmp_path / "db", create=True)
+
+    def commit(form: Any, choice: Choice, cost: float) -> None:
+        db.commit_tuning_record(TuningRecord(fixed_trace(DENSE, form, choice, True, False), db.commit_workload(
+            workload(form)), [cost], tuning_target("cortex-m7", "emulator"), ArgInfo.from_prim_func(func)))
+
+    commit(weights_key(func, True), Choice(2, True), 5.0)
+    tuned = TunedKernels(db)
+    assert tuned.choice(DENSE, weights_key(func, False)) == Choice(2, True)  # the widened form's, no int8 record
+    commit(weights_key(func, False), Choice(1, True), 7.0)
+    tuned = TunedKernels(db)
+    assert tuned.choice(DENSE, weights_key(func, False)) == Choice(1, True) and tuned.used[DENSE]["cost"] == 7.0
+    assert tuned.choice(DENSE, weights_key(func, True)) == Choice(2, True) and tuned.used[DENSE]["cost"] == 5.0
+    assert weights_key(func, True).same_as(func)
+    int8 = KernelHarness(DENSE, h.program, h.rewrite, h.blocking, widened=False)
+    assert not int8.workload_func.same_as(func) and h.workload_func.same_as(func)
+    protos = {w: _prototype((x.export(Choice(2), tmp_path / str(w) / "export") / "model.c").read_text(), DENSE)
+              for w, x in ((True, h), (False, int8))}
+    assert "int16_t *restrict param_0" in protos[True] and "int8_t *restrict param_0" in protos[False], protos
 
 
 def _free_port() -> int:

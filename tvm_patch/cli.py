@@ -439,7 +439,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
         print(f"  {k.name}: default {form(k.default_rows, k.default_packed, k.pack_knob)} {cost(k.default_cost)}, "
               f"tuned {form(k.best_rows, k.best_packed, k.pack_knob)} {cost(k.best_cost)} ({gain}), {k.failed} failed, "
-              f"{k.calls} calls")
+              f"{k.calls} calls{', int8 weights (Flash)' if k.int8_weights else ''}")
     if s.untunable:
         print(f"  no knob: {', '.join(s.untunable)}")
     return 0

@@ -243,7 +243,7 @@ TVMP_INLINE void name(const int8_t *a, const int8_t *w, int32_t ws, int32_t n, i
 }
 
 /* The rows' word at offset off against both pixels' sign-extended words (e0, o0), (e1, o1): the rows part of
-   TVMP_PX2_STEP and TVMP_Q15_PX2_STEP. */
+   TVMP_PX2_STEP. */
 #define TVMP_PX2_ROWS(rows, off)                                                                        \
         for (int32_t j = 0; j < rows; j++) {                                                            \
             uint32_t y;                                                                                 \
@@ -323,35 +323,64 @@ TVMP_INLINE void tvmp_widen_px1(const int8_t *a, int32_t n, uint32_t *q) {
     }
 }
 
+/* (lo, hi) = the two words at p, then p advanced by 8 bytes: one LDRD with post-increment. GCC splits an 8-byte
+   load into two LDR on these cores; one pointer per weight row (and one for a widened pixel pair), walked by the
+   load itself, needs no offset and no address arithmetic (round 17: kws's 1x1 kernels -26 %, vww's -22 %). LDRD
+   needs word alignment: the weights are TVMP_WORD_ALIGNED with offsets that are multiples of 4 int16, the pairs
+   uint32_t C locals. The clobber measured better than a memory input operand (which made GCC keep a second address
+   per row: kws's 1x1 kernels +17 %). */
+#define TVMP_LDRD_POST(p, lo, hi) \
+    __asm__("ldrd %0, %1, [%2], #8" : "=r"(lo), "=r"(hi), "+r"(p) : : "memory")
+/* The rows' next four int8 weights (one LDR at a constant offset j * ws after inlining, two SXTB16) against one
+   pixel's words (xe, xo), read by LDRD from the widened copy. One weight pointer for all rows: a pointer per row
+   (as the widened kernels walk theirs) made GCC spill three of four accumulators (mcunet-in0's dense layer +23 %). */
+#define TVMP_Q15_ROWS_GROUP(rows) {                                                                     \
+        uint32_t xe, xo;                                                                                \
+        TVMP_LDRD_POST(q, xe, xo);                                                                      \
+        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                            \
+        w += 4;                                                                                         \
+    }
 /* tvmp_dot_s8_rows* on a pixel widened by tvmp_widen_px1 (n % 4 == 0): acc[j]. */
 #define TVMP_Q15_ROWS_KERNEL(name, rows)                                                                \
 TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
     int32_t s[rows];                                                                                    \
     for (int32_t j = 0; j < rows; j++) s[j] = acc[j];                                                   \
-    for (; n >= 4; n -= 4, q += 2, w += 4) {                                                            \
-        uint32_t xe = q[0], xo = q[1];                                                                  \
-        for (int32_t j = 0; j < rows; j++) TVMP_ROW_STEP(j);                                            \
+    for (; n >= 8; n -= 8) { /* two groups an iteration */                                              \
+        TVMP_Q15_ROWS_GROUP(rows)                                                                       \
+        TVMP_Q15_ROWS_GROUP(rows)                                                                       \
     }                                                                                                   \
+    if (n >= 4) TVMP_Q15_ROWS_GROUP(rows)                                                               \
     for (int32_t j = 0; j < rows; j++) acc[j] = s[j];                                                   \
 }
 
-/* One word (4 channels at offset off) of the rows against the widened pair at q + off: the body of
+/* The next four channels of a widened pair (two LDRD) against the rows' int8 words: the body of
    TVMP_Q15_PX2_KERNEL. */
-#define TVMP_Q15_PX2_STEP(rows, off) do {                                                               \
-        uint32_t e0 = q[(off)], o0 = q[(off) + 1], e1 = q[(off) + 2], o1 = q[(off) + 3];                \
-        TVMP_PX2_ROWS(rows, off)                                                                        \
-    } while (0)
+#define TVMP_Q15_PX2_GROUP(rows) {                                                                      \
+        uint32_t e0, o0, e1, o1;                                                                        \
+        TVMP_LDRD_POST(q, e0, o0);                                                                      \
+        TVMP_LDRD_POST(q, e1, o1);                                                                      \
+        TVMP_PX2_ROWS(rows, 0)                                                                          \
+        w += 4;                                                                                         \
+    }
 
-/* tvmp_dot_s8_px2_rows* on a pair widened by tvmp_widen_px2 (n % 4 == 0): acc[p * rows + j]. */
+/* tvmp_dot_s8_px2_rows* on a pair widened by tvmp_widen_px2 (n % 4 == 0): acc[p * rows + j]. Round 28: the pair by
+   LDRD and four groups an iteration, mcunet-in0's int8 2 x 2 layers on the F412 -13 %. */
 #define TVMP_Q15_PX2_KERNEL(name, rows)                                                                 \
 TVMP_INLINE void name(const uint32_t *q, const int8_t *w, int32_t ws, int32_t n, int32_t *acc) {         \
     int32_t s0[rows], s1[rows];                                                                         \
     for (int32_t j = 0; j < rows; j++) s0[j] = acc[j], s1[j] = acc[rows + j];                          \
-    for (; n >= 8; n -= 8, q += 8, w += 8) {                                                            \
-        TVMP_Q15_PX2_STEP(rows, 0);                                                                     \
-        TVMP_Q15_PX2_STEP(rows, 4);                                                                     \
+    for (; n >= 16; n -= 16) { /* four groups an iteration: the count, on the stack (no register left), once */   \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
     }                                                                                                   \
-    if (n >= 4) TVMP_Q15_PX2_STEP(rows, 0);                                                             \
+    if (n >= 8) {                                                                                       \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
+        TVMP_Q15_PX2_GROUP(rows)                                                                        \
+        n -= 8;                                                                                         \
+    }                                                                                                   \
+    if (n >= 4) TVMP_Q15_PX2_GROUP(rows)                                                                \
     for (int32_t j = 0; j < rows; j++) acc[j] = s0[j], acc[rows + j] = s1[j];                          \
 }
 #else
@@ -423,14 +452,6 @@ TVMP_Q15_PX2_KERNEL(tvmp_dot_q15_px2_rows4, 4)
    are two loads (one LDRD), and no SXTB16 runs on weights. The export stores them so where every read of the
    weights is one of these calls at a multiple of four elements (n and ws too); the same sums in the same order. */
 #if defined(__ARM_FEATURE_DSP)
-/* (lo, hi) = the two words at p, then p advanced by 8 bytes: one LDRD with post-increment. GCC splits an 8-byte
-   load into two LDR on these cores; one pointer per weight row (and one for a widened pixel pair), walked by the
-   load itself, needs no offset and no address arithmetic (round 17: kws's 1x1 kernels -26 %, vww's -22 %). LDRD
-   needs word alignment: the weights are TVMP_WORD_ALIGNED with offsets that are multiples of 4 int16, the pairs
-   uint32_t C locals. The clobber measured better than a memory input operand (which made GCC keep a second address
-   per row: kws's 1x1 kernels +17 %). */
-#define TVMP_LDRD_POST(p, lo, hi) \
-    __asm__("ldrd %0, %1, [%2], #8" : "=r"(lo), "=r"(hi), "+r"(p) : : "memory")
 /* The rows' next four widened weights (one LDRD each) against the activations' words (xe, xo). */
 #define TVMP_WIDE_ROWS(rows)                                                                            \
         for (int32_t j = 0; j < rows; j++) {                                                            \

@@ -46,7 +46,7 @@ from tvm_patch.export.inplace_conv import channel_outer_schedule, inplace_conv_p
 from tvm_patch.export.lower import IOTensor, Program, lower_module
 from tvm_patch.export.packed_constants import pack_channel_constants
 from tvm_patch.export.weight_sums import mark_sums, sum_constants
-from tvm_patch.export.wide_weights import mark_wide, widen_constants
+from tvm_patch.export.wide_weights import keyed_by_weights, mark_wide, widen_constants
 from tvm_patch.export.prefold import prefold_constants
 from tvm_patch.export.prologue import merge_prologues
 from tvm_patch.export.plan import ArenaPlan, arena_buffers, check_fits, external_tensors, plan_arena
@@ -289,6 +289,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if (patches is None) != (split is None):
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
+    rows, packing = keyed_by_weights(rows, wide), keyed_by_weights(packing, wide)  # a database's by the weights' form
     name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)

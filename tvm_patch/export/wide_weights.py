@@ -4,6 +4,7 @@ The export lets a kernel widen the int8 parameters that are constants in every c
 emission widens those only its dot micro-kernels read; the C interface says which (an int16 parameter), and
 ``widen_constants`` stores each such call's constant in the widened layout. Twice those weights' Flash, so the
 choice is the caller's: per kernel name (``wide``), ``board_build`` widening as many as the board's Flash holds.
+A kernel's best blocking depends on that form, so tuning records key a kernel by it too (``weights_key``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from tvm_patch.codegen.c_kernels import CFunction
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR, padded_layout, widened_layout
 from tvm_patch.export.lower import Arg, Program
+
+
+INT8_WEIGHTS_ATTR = "tvmp.int8_weights"  # on a tuning workload: the kernel's weights stay int8
+
+
+def weights_key(func: Any, widened: bool) -> Any:
+    """``func`` (a kernel before blocking) as tuning records key it: marked when its weights stay int8, since its
+    best blocking depends on their form (the F412's int8 1x1 kernels of mcunet-in0: two rows beat the default
+    four on one, lose on three; docs/tuning.md)."""
+    return func if widened else func.with_attr(INT8_WEIGHTS_ATTR, True)
+
+
+def keyed_by_weights(choose: Any, wide: Callable[[str], bool] | None) -> Any:
+    """A per-kernel choice (a callable (name, PrimFunc before blocking), as a tuning database's) asked with the
+    PrimFunc keyed by the form ``wide`` gives that kernel's weights (``weights_key``); any other choice as is."""
+    if not callable(choose):
+        return choose
+    return lambda name, func: choose(name, weights_key(func, wide is not None and wide(name)))
 
 
 def int8_constant_params(prog: Program, name: str) -> list[int]:

@@ -38,6 +38,7 @@ from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.window_copy import window_copy_schedule
+from tvm_patch.export.wide_weights import weights_key
 from tvm_patch.tune.space import Choice, row_choices
 
 __all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
@@ -159,17 +160,23 @@ class KernelHarness:
     program: Program
     rewrite: str
     blocking: str = "channels"
+    widened: bool = True  # its weights may be widened (False: the board's build keeps them int8 to fit its Flash)
 
     @property
     def func(self) -> tirx.PrimFunc:
-        """The kernel as the network's export lowers it, before blocking (the tuning workload)."""
+        """The kernel as the network's export lowers it, before blocking."""
         return self.program.funcs[self.name]
+
+    @property
+    def workload_func(self) -> tirx.PrimFunc:
+        """The tuning workload: ``func`` keyed by its weights' form (``weights_key``), as a build looks it up."""
+        return weights_key(self.func, self.widened)
 
     def export(self, choice: Choice, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
-        (BLOCKINGS), its constants packed as ``choice.packed`` says."""
+        (BLOCKINGS), its constants packed as ``choice.packed`` says, its weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
-                                   self.rewrite, choice.packed)
+                                   self.rewrite, choice.packed, self.widened)
 
     @property
     def row_choices(self) -> list[int]:

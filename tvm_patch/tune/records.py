@@ -1,7 +1,8 @@
 """The tuning database (meta_schedule's JSONDatabase in a directory) and how a build applies it.
 
 Records are keyed by workload: the kernel's PrimFunc before blocking, as the export lowers it (structural
-equality), so a record applies to the same kernel in any build of any model. Each record's target names
+equality), marked when its weights stay int8 (export/wide_weights.py: ``weights_key``), so a record applies to the
+same kernel, its weights in the same form, in any build of any model. Each record's target names
 the core (``mcpu``) and the runner (``model``: emulator, device or host); a build takes, per kernel, the
 fastest record on its board's core of the most faithful runner that measured it (device, emulator, host).
 """
@@ -18,6 +19,7 @@ from tvm.s_tir.meta_schedule.database import JSONDatabase
 
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.export.wide_weights import INT8_WEIGHTS_ATTR
 from tvm_patch.tune.space import Choice, trace_choice
 
 __all__ = ["WORKLOADS", "RECORDS", "TunedKernels", "open_database", "tuning_target", "workload"]
@@ -76,13 +78,17 @@ class TunedKernels:
         self.core = core
         self.runner = runner
         self.used: dict[str, dict[str, Any]] = {}
-        self._chosen: dict[str, Choice | None] = {}
+        self._chosen: dict[tuple[str, bool], tuple[Choice, dict[str, Any]] | None] = {}
 
     def best(self, func: tirx.PrimFunc) -> tuple[Choice, float, str] | None:
         """(choice, cost, runner) of the fastest matching record of ``func``'s workload, None if it has none.
         Costs of different runners are not compared: the records of the most faithful runner present win
-        (device cycles, then emulator instructions, then host seconds)."""
+        (device cycles, then emulator instructions, then host seconds). A kernel keyed int8 (``weights_key``: its
+        weights not widened) without records of that form takes those of its widened form: a session measured
+        that one only (the weights all fitted its board, or a build without one)."""
         mod = workload(func)
+        if not self.db.has_workload(mod) and INT8_WEIGHTS_ATTR in (func.attrs or {}):
+            mod = workload(func.without_attr(INT8_WEIGHTS_ATTR))
         if not self.db.has_workload(mod):
             return None
         best: dict[str, tuple[Choice, float]] = {}
@@ -102,14 +108,19 @@ class TunedKernels:
         return None
 
     def choice(self, name: str, func: tirx.PrimFunc) -> Choice | None:
-        """Kernel ``name``'s tuned choice (``func``: its PrimFunc before blocking, the workload), None if untuned."""
-        if name not in self._chosen:
+        """Kernel ``name``'s tuned choice (``func``: its PrimFunc before blocking, the workload), None if untuned.
+        ``used`` holds the latest lookup's: a build that narrows weights to fit the Flash exports again with them."""
+        key = (name, INT8_WEIGHTS_ATTR in (func.attrs or {}))
+        if key not in self._chosen:
             found = self.best(func)
-            self._chosen[name] = found[0] if found is not None else None
-            if found is not None:
-                choice, cost, runner = found
-                self.used[name] = {"rows": choice.rows, "packed": choice.packed, "cost": cost, "runner": runner}
-        return self._chosen[name]
+            self._chosen[key] = (found[0], {"rows": found[0].rows, "packed": found[0].packed, "cost": found[1],
+                                            "runner": found[2]}) if found is not None else None
+        chosen = self._chosen[key]
+        if chosen is None:
+            self.used.pop(name, None)
+            return None
+        self.used[name] = chosen[1]
+        return chosen[0]
 
     def __call__(self, name: str, func: tirx.PrimFunc) -> int:
         """The blocking of kernel ``name`` (``export_model``'s ``rows`` callable)."""

@@ -1,7 +1,8 @@
 """``tune_model``: a tuning session over a network's kernels with tvm.s_tir.meta_schedule.
 
-The network is exported once as usual (its program gives the kernels as the export lowers them, the patch
-stage's PrimFunc included with --patches). Every kernel with a knob (space.py) becomes a TuneContext: the
+The network is exported once as the board's build exports it (``board_build.fitted_export``: its program gives
+the kernels as the export lowers them, the patch stage's PrimFunc included with --patches, and the kernels whose
+weights stay int8 to fit the board's Flash, whose candidates are measured so and recorded under that form). Every kernel with a knob (space.py) becomes a TuneContext: the
 design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
 built into harness exports (builder.py) and measured by a runner (runners.py). Before the search, each
 kernel's reference output (unblocked) and its default schedule's cost are measured: the summary reports
@@ -35,7 +36,7 @@ from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
 from tvm.s_tir.meta_schedule.space_generator import ScheduleFn
 
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.export import export_model
+from tvm_patch.board_build import fitted_export
 from tvm_patch.export.api import ExportResult
 from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
@@ -68,6 +69,7 @@ class KernelTuning:
     best_packed: bool | None = None
     best_cost: float | None = None
     failed: int = 0
+    int8_weights: bool = False  # measured on int8 weights: the board's build narrows them to fit its Flash
 
 
 @dataclass
@@ -179,7 +181,7 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
     for name, func in prog.funcs.items():
         if kernels and name not in kernels:
             continue
-        h = KernelHarness(name, kernel_program(prog, name), "none")
+        h = KernelHarness(name, kernel_program(prog, name), "none", widened=name not in res.wide_narrowed)
         if is_patch_stage(func) or not (h.packs or row_choices(func)):  # before the costlier matching below
             untunable.append(name)
             continue
@@ -218,11 +220,11 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
             log.warning("%s: default schedule failed: %s", name, e.one_line())
             cost = None
         else:
-            trace = fixed_trace(name, h.func, default, bool(choices), packs)
-            db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.func)), [cost], target,
+            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs)
+            db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.workload_func)), [cost], target,
                                                  ArgInfo.from_prim_func(h.func)))
         summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, packs,
-                                            default.rows, cost))
+                                            default.rows, cost, int8_weights=not h.widened))
     return references
 
 
@@ -251,7 +253,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
     target = tuning_target(b.core, measured_by)
     with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
         work = Path(tmp)
-        res = export_model(model, work / "network", patches=patches, split=split)
+        res = fitted_export(model, work / "network", board, patches=patches, split=split, timeout_sec=timeout_sec)
         harnesses, untunable = _tunable_kernels(res, model, kernels)
         failed: dict[str, int] = {}
         if runner == "rpc":
@@ -264,7 +266,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                                progress)
         names = list(harnesses)
         with _without_tensor_intrinsics():
-            contexts = [ms.TuneContext(workload(h.func), target=target,
+            contexts = [ms.TuneContext(workload(h.workload_func), target=target,
                                        space_generator=ScheduleFn(kernel_space(n, bool(k.choices), k.pack_knob),
                                                                   sch_rules=[], postprocs=[], mutator_probs={}),
                                        search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
@@ -296,7 +298,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         summary.measured = progress_cb.count
         best = TunedKernels(db, b.core, measured_by)
         for k in summary.kernels:
-            found = best.best(harnesses[k.name].func)
+            found = best.best(harnesses[k.name].workload_func)
             if found is not None:
                 k.best_rows, k.best_packed, k.best_cost = found[0].rows, found[0].packed, found[1]
             k.failed = failed.get(k.name, 0)
