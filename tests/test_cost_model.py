@@ -534,6 +534,16 @@ def test_narrow_round_keeps_the_stage_int8():
     assert "narrow" not in dict(cost_collect.items(1, cost_collect.DEEP_ROUND, heldout=False))["synth-400000-deep-patch"]
 
 
+def test_int8_round_keeps_every_kernel_int8():
+    """The training round of networks layer by layer with every weight int8 (collect.INT8_ROUND, the kernels a
+    small Flash keeps int8): its items ask for no widening, alternate ONNX and NHWC, and are never patched."""
+    got = list(cost_collect.items(2, cost_collect.INT8_ROUND, heldout=False))
+    assert [i for i, _ in got] == ["synth-700000-int8-lbl", "synth-700001-nhwc-int8-lbl"]
+    assert all(it["wide"] == "none" and not it["patched"] for _, it in got)
+    assert [it["nhwc"] for _, it in got] == [False, True]
+    assert (cost_collect.INT8_ROUND, 12) in cost_collect.DEFAULT_ROUNDS
+
+
 def test_adaptive_round_picks_the_worst_training_networks():
     """nn-Meter's adaptive sampling: neighbours of the networks worst predicted under cross-validation, never
     of a held-out one."""

@@ -44,13 +44,13 @@ def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], boo
 
 def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,
             work_dir: str | Path | None = None, label: str | None = None, loop_nests: bool = False,
-            narrow: Iterable[str] = ()) -> dict[str, Any]:
+            narrow: Iterable[str] = (), wide: str = "auto") -> dict[str, Any]:
     """Measure ``model`` (a spec, or a Relax module named by ``label``) under ``plan`` on ``board``: the record
     the cost model trains and is evaluated on. ``loop_nests``: the patch stage is also measured loop nest by loop
     nest in recompute mode (stage_layers.py; the record's ``loop_nests`` when they add up to the stage: consistent();
     the readings add a few instructions per loop nest and
     patch to the stage's count, well under 0.1 %). ``narrow``: kernels kept int8 from the start (their weights not
-    widened, as where the Flash cannot hold them)."""
+    widened, as where the Flash cannot hold them); ``wide`` "none": every kernel so (``board_build.fit_wide``)."""
     with tempfile.TemporaryDirectory(prefix="tvmp_measure_", dir=work_dir) as tmp:
         export_dir, proj = Path(tmp) / "export", Path(tmp) / "project"
         made: dict[str, Any] = {}
@@ -63,7 +63,7 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
             return made["result"]
 
         result, report = fit_wide(export, lambda _r: build_project(proj, runner=runner, run=True, profile=True,
-                                                                   timeout_sec=timeout_sec), narrow=narrow)
+                                                                   timeout_sec=timeout_sec), wide, narrow=narrow)
         rows, nests = made["rows"], made["nests"]
     run = report["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
@@ -84,7 +84,8 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
         "bit_exact": run.get("bit_exact"),
         "io_bytes": sum(io.nbytes for io in result.program.inputs + result.program.outputs),
         "arena_bytes": result.arena_bytes,
-        "wide_narrowed": result.wide_narrowed,  # kernels kept int8 to fit the Flash: refeaturing keeps them so
+        # kernels kept int8 (to fit the Flash, or all of them: ``wide`` "none"): refeaturing keeps them so
+        "wide_narrowed": sorted(result.program.funcs) if wide == "none" else result.wide_narrowed,
         "rows": rows,
     }
     if nests is not None:
