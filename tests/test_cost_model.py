@@ -401,7 +401,8 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
     measured = []
 
     # resume, not measuring
-    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False, narrow=()):
+    def fake_measure(model, plan, board, runner, timeout_sec, tmp, label=None, loop_nests=False, narrow=(),
+                     wide="auto"):
         measured.append((Path(model).name, plan))
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
