@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tvm import te, tirx
@@ -266,15 +267,21 @@ def _fresh(d: Path) -> Path:
     return d
 
 
-def _c_and_tvm(func: tirx.PrimFunc, code: str, arrays: list[np.ndarray], tmp: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The last array (the output) after the C kernel ``code`` (gcc) and after TVM's build of ``func`` with its
-    micro-kernel calls expanded, from the same inputs."""
+def _c_lib(code: str, tmp: Path) -> ctypes.CDLL:
+    """The C kernel ``code`` built by gcc (warnings as errors) and loaded; its function ``kern``."""
     (tmp / "k.c").write_text(code)
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
                     str(tmp / "k.so")], check=True)
     lib = ctypes.CDLL(str(tmp / "k.so"))
-    ours = [x.copy() for x in arrays]
     lib.kern.restype = None
+    return lib
+
+
+def _c_and_tvm(func: tirx.PrimFunc, code: str, arrays: list[np.ndarray], tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The last array (the output) after the C kernel ``code`` (gcc) and after TVM's build of ``func`` with its
+    micro-kernel calls expanded, from the same inputs."""
+    lib = _c_lib(code, tmp)
+    ours = [x.copy() for x in arrays]
     lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours])
     ex = tvm.compile(expand_extern_requantization(func), target={"kind": "llvm"})
     tensors = [tvm.runtime.tensor(x) for x in arrays]
@@ -687,13 +694,9 @@ def test_plain_and_micro_exports_agree(tmp_path, shared_models):
 def _c_in_place(code: str, arrays: list[np.ndarray], workspace: int, tmp: Path) -> np.ndarray:
     """The C kernel ``code`` run in place: its output pointer is its first input's (the export's in-place call);
     the output read back from that buffer. ``workspace``: bytes of the kernel's workspace argument (0: none)."""
-    (tmp / "k.c").write_text(code)
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-std=c99", "-shared", "-fPIC", str(tmp / "k.c"), "-o",
-                    str(tmp / "k.so")], check=True)
-    lib = ctypes.CDLL(str(tmp / "k.so"))
+    lib = _c_lib(code, tmp)
     ours = [x.copy() for x in arrays[:-1]]
     ws = np.zeros(max(workspace, 1), dtype=np.uint8)
-    lib.kern.restype = None
     lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours], ctypes.c_void_p(ours[0].ctypes.data),
              *([ctypes.c_void_p(ws.ctypes.data)] if workspace else []))
     out = arrays[-1]
@@ -801,6 +804,64 @@ def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, co
         ip = emit_c({"kern": mark_in_place(func, pairs)})
         got = _c_in_place(ip.code, arrays, ip.workspace_bytes.get("kern", 0), tmp)
         np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=8, deadline=None)
+@given(h=st.sampled_from([1, 3, 5]), w=st.sampled_from([3, 5, 7]), cin=st.integers(4, 40),
+       cout_blocks=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_odd_planes_take_overlapping_pixel_pairs_exactly(tmp_path_factory, h, w, cin, cout_blocks, seed):
+    """An NCHW 1x1 kernel over an odd plane as one row of H * W pixels (odd_planes.plane_as_row), blocked over
+    two pixels with an overhang, its last pair overlapping the one before (overlap_pairs): two-pixel calls only,
+    equal to TVM's result on the H x W planes (the recomputed pixel written twice, the same); never in place."""
+    from tvm_patch.export.inplace import inplace_pairs
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs, pixel_pair_copy_schedule
+    from tvm_patch.export.odd_planes import (OVERLAP_ATTR, block_pairs_nchw, overlap_odd_row, overlap_pairs,
+                                             plane_as_row, predicated)
+
+    cout = 2 * cout_blocks
+    src = _pointwise(h, w, cin, cout, "NCHW")
+    row = plane_as_row(src)
+    assert (row is src) == (h == 1)
+    assert [int(d) for d in row.params[0].ty.shape] == [1, cin, 1, h * w]
+    assert block_pixels(row, 2, channels_first=True) is row  # an odd row: pairs only with the overhang
+    blocked = block_pairs_nchw(src, 2)
+    assert tvm_ffi.structural_equal(blocked, block_pixels(row, 2, channels_first=True, overhang=True))
+    copied = pixel_pair_copy_schedule(lean_schedule(blocked), 1)
+    assert predicated(copied)  # the overhang: exact as it is, the last pair one pixel
+    func = overlap_odd_row(copied)
+    assert OVERLAP_ATTR in func.attrs and not predicated(func)
+    assert inplace_conv_pairs(func, 1) == [] and inplace_pairs(func, 1) == []
+    assert overlap_pairs(func, h * w + 2) is func  # nothing predicated left to overlap
+    csrc = emit_c({"kern": func})
+    assert _px2_call(csrc.code, 2)
+    body = csrc.code.replace(MICRO_KERNELS.read_text(), "")
+    assert "tvmp_dot_s8_rows" not in body and "tvmp_dot_s8(" not in body  # no one-pixel tail
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(-128, 128, (1, cin, h, w), dtype=np.int8),
+              rng.integers(-128, 128, (cout, cin, 1, 1), dtype=np.int8), np.full((1, cout, h, w), 77, dtype=np.int8)]
+    lib = _c_lib(csrc.code, tmp_path_factory.mktemp("px2odd"))
+    ours = [x.copy() for x in arrays]
+    ws = np.zeros(max(csrc.workspace_bytes.get("kern", 0), 1), dtype=np.uint8)
+    lib.kern(*[ctypes.c_void_p(x.ctypes.data) for x in ours],
+             *([ctypes.c_void_p(ws.ctypes.data)] if csrc.workspace_bytes.get("kern", 0) else []))
+    np.testing.assert_array_equal(ours[-1], _tvm_out(src, arrays))
+
+
+def test_odd_planes_refuse_other_kernels():
+    """plane_as_row leaves a kernel whose blocks do not read each output pixel's own input pixel (a 3 x 3 window,
+    a stride) as it is, and overlap_pairs a kernel without predicated pairs."""
+    from tvm_patch.export.odd_planes import overlap_pairs, plane_as_row
+
+    from tvm import topi
+
+    window = _depthwise("NCHW", 5, 5, 3, 1, 1, 0)
+    assert plane_as_row(window) is window
+    a = te.placeholder((1, 8, 6, 6), "int8", name="A")  # a strided 1x1 layer: 3 x 3 out of 6 x 6
+    wt = te.placeholder((4, 8, 1, 1), "int8", name="W")
+    strided = te.create_prim_func([a, wt, topi.nn.conv(a, wt, 2, 0, 1, 1, "NCHW", "OIHW", "int32")])
+    assert plane_as_row(strided) is strided
+    even = lean_schedule(block_pixels(_pointwise(2, 4, 8, 4, "NCHW"), 2, channels_first=True))
+    assert overlap_pairs(even, 7) is even
 
 
 def test_pixel_groups_in_the_in_place_proof():

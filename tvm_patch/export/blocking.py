@@ -146,7 +146,8 @@ def _blockable(func: tirx.PrimFunc, rows: int) -> tuple[s_tir.Schedule, tuple[An
 PIXELS = 2  # output pixels per blocked step (tvmp_dot_s8_px2_rows*)
 
 
-def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -> tirx.PrimFunc:
+def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False,
+                 overhang: bool = False) -> tirx.PrimFunc:
     """``func`` (a default-form NHWC 1x1 convolution) blocked by ``rows`` output channels (as
     ``block_output_channels``) and by two output pixels along its last spatial axis, both under the
     reduction:
@@ -165,7 +166,10 @@ def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -
     ``channels_first``: the same for an NCHW 1x1 convolution (the reduction indexes the activation's channel
     axis, the pixel pair runs along its last axis, W): the nest reads the activation with a stride until
     ``inplace_conv.pixel_major`` gives the pixel pair's copy a pixel-major layout, so only the export's pixel-copy
-    kernels use it."""
+    kernels use it.
+
+    ``overhang``: an odd pixel extent splits too, the last pair predicated (``2 po + pi < W``: exact as it is), for
+    ``odd_planes.overlap_pairs`` to make a full pair of once the schedule is done."""
     started = _blockable(func, rows) if rows in ROW_BLOCKS else None
     if started is None:
         return func
@@ -191,10 +195,11 @@ def block_pixels(func: tirx.PrimFunc, rows: int, channels_first: bool = False) -
                 return func
         px_loop, px_iv = loops[px_pos], block.iter_vars[px_pos]
         extent = int(px_iv.dom.extent)
-        if extent % PIXELS or not any(u.same_as(px_iv.var) for i in act[0].indices for u in vars_of(i)):
+        if extent % PIXELS and not overhang or extent < PIXELS \
+                or not any(u.same_as(px_iv.var) for i in act[0].indices for u in vars_of(i)):
             return func
         split_rows(sch, found, rows)
-        _, px_inner = sch.split(px_loop, [extent // PIXELS, PIXELS])
+        _, px_inner = sch.split(px_loop, [(extent + PIXELS - 1) // PIXELS, PIXELS])
         loops = list(sch.get_loops(rv))
         i = [n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(px_inner))][0]
         sch.reorder(*loops[i + 1:-1], px_inner, loops[-1])

@@ -32,6 +32,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.errors import TVM_ERRORS
+from tvm_patch.export.odd_planes import OVERLAP_ATTR
 from tvm_patch.export.patterns import const_shape, same_element
 
 __all__ = ["Access", "UnmodelledTIR", "block_accesses", "inplace_pairs", "ordered_accesses"]
@@ -186,8 +187,8 @@ def _is_true(expr: Any) -> bool:
 def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
     """(input parameter index, output parameter index) pairs safe to alias (see the module docstring)."""
     params = list(func.params)
-    if not all(is_buffer_var(p) for p in params) or n_outputs <= 0:
-        return []
+    if not all(is_buffer_var(p) for p in params) or n_outputs <= 0 or func.attrs is not None and OVERLAP_ATTR in func.attrs:
+        return []  # (a kernel recomputing pixels reads its inputs after writing some output: odd_planes.py)
     collected = block_accesses(func)
     if collected is None:
         return []

@@ -30,6 +30,7 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.inplace import block_accesses
+from tvm_patch.export.odd_planes import OVERLAP_ATTR
 from tvm_patch.tir_util import substitute_vars, uses_var
 from tvm_patch.export.patterns import const_shape, is_pad_of
 
@@ -224,8 +225,8 @@ def inplace_conv_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, i
     one outer variable) or pixel by pixel (H and W indexed by the two outer variables), in NHWC or NCHW.
     """
     params = list(func.params)
-    if n_outputs != 1 or not all(is_buffer_var(p) for p in params):
-        return []
+    if n_outputs != 1 or not all(is_buffer_var(p) for p in params) or func.attrs is not None and OVERLAP_ATTR in func.attrs:
+        return []  # (a kernel recomputing pixels reads its input after writing some output: odd_planes.py)
     out = params[-1]
     collected = block_accesses(func)
     if collected is None or collected[1]:

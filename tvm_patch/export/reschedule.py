@@ -21,6 +21,7 @@ from tvm_patch.export.inplace_conv import (inplace_conv_pairs, inplace_conv_sche
                                           pixel_pair_copy_schedule)
 from tvm_patch.export.inplace_shift import shifted_inplace_pairs
 from tvm_patch.export.lower import Program
+from tvm_patch.export.odd_planes import block_pairs_nchw, overlap_odd_row, predicated
 from tvm_patch.export.padded_copy import padded_copy_pays, padded_copy_schedule
 from tvm_patch.export.plan import ArenaPlan, external_tensors, plan_arena, tensor_buffer, tensor_lifetimes
 from tvm_patch.export.schedule import lean_schedule
@@ -145,25 +146,27 @@ def pixel_pairs_nchw(prog: Program, funcs: dict[str, Any], lean_funcs: dict[str,
                      pairs: dict[str, list], workspace: dict[str, int], aplan: ArenaPlan, rows: Any,
                      io_in_arena: bool, alignment: int) -> tuple[dict[str, Any], dict[str, list], dict[str, int], ArenaPlan]:
     """NCHW 1x1 kernels that copy their pixel's channels (run in place, or for contiguous reads) as two-pixel
-    kernels: blocked over two output pixels (``block_pixels(..., channels_first=True)``) and copying the pixel pair
+    kernels: blocked over two output pixels (``odd_planes.block_pairs_nchw``) and copying the pixel pair
     pixel-major (``pixel_pair_copy_schedule``: tvmp_dot_s8_px2_rows*), where re-planning with the pair's copy (2 x
     C_in bytes) and the in-place pairs that form proves (none, for an NCHW kernel run in place pixel by pixel: the
     planner then keeps its input and output apart) gives no larger arena (mcunet-in0's 2 x 2, 672 -> 192 layer, in
     place one pixel at a time: 576,701 -> 468,007 instructions as widened pairs, round 25). Where
     the lowering widens the pair straight from the channel planes (``widen_kernels._from_planes``) the copy is gone,
-    workspace and all."""
+    workspace and all. Planes of odd width pair along their H x W row (``odd_planes``: an odd row's last pair
+    overlaps the one before, recomputing a pixel, so such a kernel never runs in place)."""
     funcs, pairs, workspace = dict(funcs), dict(pairs), dict(workspace)
     running = {prog.calls[k].func for k in aplan.inplace_calls}
     for name, func in list(funcs.items()):
         if func is lean_funcs[name]:
             continue  # no pixel copy (nor any other rescheduling) to extend
         src = prog.funcs[name]
-        blocked = block_pixels(src, min(rows_of(rows, name, src), 2), channels_first=True)
+        blocked = block_pairs_nchw(src, min(rows_of(rows, name, src), 2))  # odd planes: along their H x W row
         if blocked is src:
             continue
         lean = lean_schedule(blocked)
-        cand = pixel_pair_copy_schedule(lean, n_out[name])
-        if cand is lean:
+        copied = pixel_pair_copy_schedule(lean, n_out[name])
+        cand = overlap_odd_row(copied)  # an odd row's last pair overlapping the one before
+        if copied is lean or predicated(cand):
             continue
         if name in running and not workspace[name] and lower_plain({name: cand}, C_TARGET, alignment)[1][name].workspace_bytes:
             # an in-place kernel whose one-pixel copy is a C local and whose pair copy would not be: the workspace

@@ -27,6 +27,7 @@ from tvm_patch.codegen.weight_sums import SUMS_ATTR
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR
 from tvm_patch.export.api import emit_kernels, packed_constants, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
+from tvm_patch.export.odd_planes import block_pairs_nchw, overlap_odd_row
 from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
@@ -82,7 +83,7 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "pixel copy in the arena": lambda f, n: pixel_copy_schedule(lean_schedule(f), n, max_channels=1 << 30),
     "padded copy": padded_copy_schedule,  # depthwise kernels through a padded copy of each channel
     "channel outer": lambda f, n: channel_outer_schedule(lean_schedule(f), n),
-    "pixel pair copy": lambda f, n: pixel_pair_copy_schedule(lean_schedule(f), n),  # NCHW 1x1 pairs
+    "pixel pair copy": lambda f, n: overlap_odd_row(pixel_pair_copy_schedule(lean_schedule(f), n)),  # NCHW 1x1 pairs
 }
 
 
@@ -92,7 +93,7 @@ REWRITES: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
     "channels": block_output_channels,
     "pixels": lambda f, rows: block_pixels(f, min(rows, 2)),
-    "pixels, channels first": lambda f, rows: block_pixels(f, min(rows, 2), channels_first=True),
+    "pixels, channels first": lambda f, rows: block_pairs_nchw(f, min(rows, 2)),
     "window copy": window_copy_schedule,  # a stem (NCHW, NHWC) through its pixel window's copy (reschedule.window_copies)
 }
 
