@@ -27,7 +27,6 @@ from tvm_patch.codegen.weight_sums import SUMS_ATTR
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR
 from tvm_patch.export.api import emit_kernels, packed_constants, write_directory
 from tvm_patch.export.blocking import block_output_channels, block_pixels
-from tvm_patch.export.odd_planes import block_pairs_nchw, overlap_odd_row
 from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
@@ -35,6 +34,7 @@ from tvm_patch.export.inplace import inplace_pairs
 from tvm_patch.export.inplace_conv import (channel_outer_schedule, inplace_conv_pairs, inplace_conv_schedule,
                                           pixel_copy_schedule, pixel_pair_copy_schedule)
 from tvm_patch.export.lower import Arg, IOTensor, KernelCall, Program, TensorInfo
+from tvm_patch.export.odd_planes import block_pairs_nchw, overlap_odd_row
 from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
