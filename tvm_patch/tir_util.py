@@ -30,6 +30,11 @@ def substitute_vars(expr: Any, vmap: dict[Any, Any]) -> Any:
     return tvm_ffi.structural_map(expr, (tirx.Var, sub))
 
 
+def is_true(expr: Any) -> bool:
+    """Is ``expr`` the constant true (a block realize's predicate when it has none)?"""
+    return isinstance(expr, tirx.IntImm) and int(expr) == 1 or (isinstance(expr, bool) and expr)
+
+
 def is_patch_stage(func: Any) -> bool:
     """True for the PrimFunc PatchStage emits (it carries the patch counts)."""
     return isinstance(func, tirx.PrimFunc) and func.attrs is not None and PATCHES_ATTR in func.attrs

@@ -34,6 +34,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.odd_planes import OVERLAP_ATTR
 from tvm_patch.export.patterns import const_shape, same_element
+from tvm_patch.tir_util import is_true
 
 __all__ = ["Access", "UnmodelledTIR", "block_accesses", "inplace_pairs", "ordered_accesses"]
 
@@ -179,10 +180,6 @@ def _loop_iterations(func: tirx.PrimFunc, block_name: str) -> int | None:
         return None
 
 
-def _is_true(expr: Any) -> bool:
-    return isinstance(expr, tirx.IntImm) and int(expr) == 1 or (isinstance(expr, bool) and expr)
-
-
 
 def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
     """(input parameter index, output parameter index) pairs safe to alias (see the module docstring)."""
@@ -206,7 +203,7 @@ def inplace_pairs(func: tirx.PrimFunc, n_outputs: int) -> list[tuple[int, int]]:
         store = b.block.body
         if not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(out) or len(b.stores) != 1:
             continue
-        if b.block.init is not None or not _is_true(b.realize.predicate):
+        if b.block.init is not None or not is_true(b.realize.predicate):
             continue
         if any(ld.source.same_as(out) for i in infos for ld in i.loads):
             continue

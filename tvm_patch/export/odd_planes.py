@@ -30,19 +30,16 @@ from tvm.ir.expr import TensorLoad, TensorRegion
 
 from tvm_patch.export.blocking import block_pixels
 from tvm_patch.export.schedule import _root_stmts, is_default_form
-from tvm_patch.tir_util import substitute_vars, uses_var, vars_of
+from tvm_patch.tir_util import is_true, substitute_vars, uses_var, vars_of
 
 __all__ = ["OVERLAP_ATTR", "block_pairs_nchw", "overlap_odd_row", "overlap_pairs", "plane_as_row", "predicated"]
 
 OVERLAP_ATTR = "tvmp.overlapped_pixels"  # a kernel that computes some output pixels twice: never in place
 
 
-def _find(bufs: dict[Any, Any], b: Any) -> Any:
-    return next((new for old, new in bufs.items() if b.same_as(old)), None)
-
-
-def _extent_of(ext: dict[Any, int], v: Any) -> int | None:
-    return next((n for old, n in ext.items() if v.same_as(old)), None)
+def _find(table: dict[Any, Any], key: Any) -> Any:
+    """``table``'s value for ``key`` (TIR nodes compared by identity), None when absent."""
+    return next((value for k, value in table.items() if key.same_as(k)), None)
 
 
 def _accesses(block: s_tir.SBlock) -> list[tuple[Any, list[Any]]]:
@@ -120,7 +117,7 @@ def plane_as_row(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return b if new is None else new
 
     def on_for(loop: tirx.For) -> tirx.For:
-        n = _extent_of(ext, loop.loop_var)
+        n = _find(ext, loop.loop_var)
         return loop if n is None else tirx.For(loop.loop_var, loop.min, tirx.const(n, loop.extent.ty.dtype), loop.kind,
                                                loop.body)
 
@@ -132,7 +129,7 @@ def plane_as_row(func: tirx.PrimFunc) -> tirx.PrimFunc:
     ])
 
     def iter_var(iv: Any) -> Any:
-        n = _extent_of(ext, iv.var)
+        n = _find(ext, iv.var)
         return iv if n is None else tirx.IterVar(tvm.ir.Range.from_min_extent(iv.dom.min, tirx.const(
             n, iv.dom.extent.ty.dtype)), iv.var, iv.iter_type)
 
@@ -176,15 +173,16 @@ def _coeff(e: Any, v: Any) -> int | None:
     return int(coeffs[0].value) if len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) else None
 
 
-def _is_true(e: Any) -> bool:
-    return isinstance(e, tirx.IntImm) and int(e.value) == 1
-
-
 def predicated(func: tirx.PrimFunc) -> list[Any]:
     """The predicates (``T.where``) of ``func``'s blocks."""
     preds: list[Any] = []
-    tvm_ffi.structural_walk(func.body, [(s_tir.SBlockRealize, lambda r: (_is_true(r.predicate) or preds.append(
-        r.predicate)) and None or tvm_ffi.WalkResult.ADVANCE)], order="pre")
+
+    def on_realize(r: s_tir.SBlockRealize) -> tvm_ffi.WalkResult:
+        if not is_true(r.predicate):
+            preds.append(r.predicate)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlockRealize, on_realize)], order="pre")
     return preds
 
 
@@ -239,7 +237,7 @@ def overlap_pairs(func: tirx.PrimFunc, width: int) -> tirx.PrimFunc:
 
     def on_realize(r: s_tir.SBlockRealize) -> s_tir.SBlockRealize:
         pred = r.predicate
-        if not _is_true(pred):
+        if not is_true(pred):
             if not ana.can_prove(tirx.LT(moved(pred.a), pred.b)):
                 raise ValueError(pred)
             pred = tirx.const(True, "bool")

@@ -26,8 +26,8 @@ INT8_WEIGHTS_ATTR = "tvmp.int8_weights"  # on a tuning workload: the kernel's we
 
 def weights_key(func: Any, widened: bool) -> Any:
     """``func`` (a kernel before blocking) as tuning records key it: marked when its weights stay int8, since its
-    best blocking depends on their form (the F412's int8 1x1 kernels of mcunet-in0: two rows beat the default
-    four on one, lose on three; docs/tuning.md)."""
+    best blocking depends on their form (the F412's int8 one-pixel 1x1 kernels of mcunet-in0 in kernels round 28:
+    two rows beat the default four on one, lost on three; docs/tuning.md)."""
     return func if widened else func.with_attr(INT8_WEIGHTS_ATTR, True)
 
 
