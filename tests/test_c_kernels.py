@@ -15,7 +15,7 @@ import tvm
 from tvm import te, topi
 
 from tvm_patch.codegen import ARM_TARGET, CFunction, CSource, PlainCError, emit_c, emit_object, undefined_symbols
-from tvm_patch.codegen.c_kernels import MICRO_KERNELS, mark_in_place
+from tvm_patch.codegen.c_kernels import MICRO_KERNELS, UNROLL_MACRO, mark_in_place
 
 FLT_MAX = float(np.finfo(np.float32).max)
 ARM_GCC = shutil.which("arm-none-eabi-gcc")
@@ -296,6 +296,22 @@ def test_in_place_keeps_restrict_on_the_other_params(prim_funcs):
     decls = cf.prototype.split("(", 1)[1].split(", ")
     assert "restrict" not in decls[0] and "restrict" not in decls[last]
     assert all("restrict" in d for d in decls[1:last])
+
+
+def test_unrolled_kernels_carry_the_unroller_and_compute_the_same(prim_funcs, references, tmp_path):
+    """A kernel named in ``unrolled`` opens with GCC's unroller attribute (the others do not), compiles warning-free
+    and computes what TVM computes; a name that is not a kernel is refused."""
+    name = "dw_q8"
+    src = emit_c(prim_funcs, unrolled=[name])
+    defs = [ln for ln in src.code.splitlines() if ln.startswith(UNROLL_MACRO + " void ")]
+    assert [d.split("(")[0] for d in defs] == [f"{UNROLL_MACRO} void {name}"]
+    assert 'optimize("unroll-loops")' in src.code and UNROLL_MACRO not in emit_c(prim_funcs).code
+    lib = _compile_host(src.code, tmp_path, "unrolled")
+    arrays, expected = references[name]
+    got = _call(lib, src.functions[name], arrays, src.workspace_align, np.random.default_rng(0))
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(PlainCError, match="not among the kernels"):
+        emit_c(prim_funcs, unrolled=["nope"])
 
 
 def test_rejects_symbolic_shapes():

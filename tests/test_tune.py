@@ -1,5 +1,5 @@
 """Tuning sessions (tvm_patch/tune): a short emulator session on one vww kernel whose records change the
-build (still bit-exact), the packing knob's record applied, a session on a kernel the F412's build keeps int8
+build (still bit-exact), the packing and unrolling knobs' record applied, a session on a kernel the F412's build keeps int8
 (measured and recorded in that form), an RPC session through a local tracker and two servers, failing
 candidates, and bad input."""
 
@@ -20,6 +20,7 @@ from tvm.rpc.tracker import Tracker
 
 from conftest import mlperf_tflite_files
 from tvm_patch import cli
+from tvm_patch.codegen.c_kernels import UNROLL_MACRO
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.export.odd_planes import OVERLAP_ATTR
@@ -53,9 +54,9 @@ pytestmark = pytest.mark.skipif(KWS is None or VWW is None, reason="the MLPerf T
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    """Two emulator trials on vww's classifier into a fresh database."""
+    """Emulator trials on vww's classifier into a fresh database: its whole space (rows 1 or 2, unrolled or not)."""
     db = tmp_path_factory.mktemp("tune") / "db"
-    return tune_model(VWW, "h743", trials=2, runner="emulator", db_dir=db, kernels=[VWW_DENSE], progress=False), db
+    return tune_model(VWW, "h743", trials=6, runner="emulator", db_dir=db, kernels=[VWW_DENSE], progress=False), db
 
 
 def test_session_records_every_choice_and_the_best(session):
@@ -72,34 +73,43 @@ def test_session_records_every_choice_and_the_best(session):
     assert all(len(c) == 1 for c in by_choice.values()), by_choice  # exact counts: a choice always costs the same
     assert by_choice[Choice(1, True)] == {k.default_cost}
     assert k.best_cost == min(min(c) for c in by_choice.values())
-    assert by_choice[Choice(k.best_rows, k.best_packed)] == {k.best_cost} and k.best_cost <= k.default_cost
+    assert by_choice[Choice(k.best_rows, k.best_packed, k.best_unrolled)] == {k.best_cost}
+    assert k.best_cost <= k.default_cost
 
 
 def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
     s, db = session
     (k,) = s.kernels
-    assert k.best_rows != k.default_rows, "the emulator's counts make another blocking than the default win here"
+    assert (k.best_rows, k.best_unrolled) != (k.default_rows, False), "the emulator's counts make another choice win"
     assert cli.main(["build", VWW, "-o", str(tmp_path / "tuned"), "--tuning-db", str(db), "--check", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][VWW_DENSE]["rows"] == k.best_rows
     assert out["tuning"]["tuned_kernels"][VWW_DENSE]["packed"] == k.best_packed
+    assert out["tuning"]["tuned_kernels"][VWW_DENSE]["unrolled"] == k.best_unrolled
     assert list(out["tuning"]["tuned_kernels"]) == [VWW_DENSE]
     default = export_model(VWW, tmp_path / "default")
     tuned_c = (tmp_path / "tuned" / "model.c").read_text()
     assert tuned_c != (tmp_path / "default" / "model.c").read_text()
     # the applied choice is the database's: the same lookup on the default build's kernel
     tuned = TunedKernels(open_database(db, create=False))
-    assert tuned.choice(VWW_DENSE, default.program.funcs[VWW_DENSE]) == Choice(k.best_rows, k.best_packed)
+    chosen = Choice(k.best_rows, k.best_packed, k.best_unrolled)
+    assert tuned.choice(VWW_DENSE, default.program.funcs[VWW_DENSE]) == chosen
+
+
+def _definition(model_c: str, kernel: str) -> str:
+    """The line that opens ``kernel``'s definition (with the unrolling macro when it has one)."""
+    return next(line for line in model_c.splitlines()
+                if line.removeprefix(UNROLL_MACRO + " ").startswith(f"void {kernel}("))
 
 
 def _prototype(model_c: str, kernel: str) -> str:
-    return next(line for line in model_c.splitlines() if line.startswith("void " + kernel + "("))
+    return _definition(model_c, kernel).removeprefix(UNROLL_MACRO + " ")
 
 
-def test_a_record_unpacking_the_constants_applies(tmp_path, capsys):
-    """A database whose fastest record of a kws depthwise kernel keeps its constants unpacked (written here, not
-    measured: this is about applying records) builds that kernel with three constant arrays instead of one,
-    bit-exact with TVM; the harness of that choice emits the same parameters."""
+def test_a_record_unpacking_and_unrolling_applies(tmp_path, capsys):
+    """A database whose fastest record of a kws depthwise kernel keeps its constants unpacked and unrolls its loops
+    (written here, not measured: this is about applying records) builds that kernel with three constant arrays
+    instead of one and GCC's unroller on, bit-exact with TVM; the harness of that choice emits the same kernel."""
     default = export_model(KWS, tmp_path / "default")
     func = default.program.funcs[KWS_DW]
     n_out = next(c.n_outputs for c in default.program.calls if c.func == KWS_DW)
@@ -107,7 +117,7 @@ def test_a_record_unpacking_the_constants_applies(tmp_path, capsys):
     h = KernelHarness(KWS_DW, kernel_program(default.program, KWS_DW), rewrite, blocking)
     assert h.packs and not row_choices(func)
     db = open_database(tmp_path / "db", create=True)
-    choice = Choice(1, False)
+    choice = Choice(1, False, True)
     db.commit_tuning_record(TuningRecord(fixed_trace(KWS_DW, func, choice, False, True),
                                          db.commit_workload(workload(func)), [1.0],
                                          tuning_target("cortex-m7", "emulator"), ArgInfo.from_prim_func(func)))
@@ -115,12 +125,19 @@ def test_a_record_unpacking_the_constants_applies(tmp_path, capsys):
                      "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["check"]["passed"] and out["tuning"]["tuned_kernels"][KWS_DW]["packed"] is False
+    assert out["tuning"]["tuned_kernels"][KWS_DW]["unrolled"] is True
     assert list(out["tuning"]["tuned_kernels"]) == [KWS_DW]
     tuned = _prototype((tmp_path / "tuned" / "model.c").read_text(), KWS_DW)
     assert _prototype((tmp_path / "default" / "model.c").read_text(), KWS_DW).count("int32_t *") == 1
     assert tuned.count("int32_t *") == 3, tuned
-    harness = h.export(choice, tmp_path / "harness" / "export")
-    assert _prototype((harness / "model.c").read_text(), KWS_DW).count("int32_t *") == 3
+    tuned_c = (tmp_path / "tuned" / "model.c").read_text()
+    assert _definition(tuned_c, KWS_DW).startswith(UNROLL_MACRO + " void ")
+    assert [ln.split("(")[0] for ln in tuned_c.splitlines() if ln.startswith(UNROLL_MACRO + " ")] == [
+        f"{UNROLL_MACRO} void {KWS_DW}"]  # that kernel only
+    assert UNROLL_MACRO not in (tmp_path / "default" / "model.c").read_text()
+    harness = (h.export(choice, tmp_path / "harness" / "export") / "model.c").read_text()
+    assert _prototype(harness, KWS_DW).count("int32_t *") == 3
+    assert _definition(harness, KWS_DW).startswith(UNROLL_MACRO + " void ")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +162,7 @@ def test_a_kernel_kept_int8_is_tuned_and_recorded_in_that_form(tmp_path, capsys)
     assert k.best_cost <= k.default_cost, k
     func = export_model("zoo:mcunet-in0:int8", tmp_path / "in0").program.funcs[IN0_INT8]
     tuned = TunedKernels(open_database(db, create=False), get_board("f412").core)
-    assert tuned.choice(IN0_INT8, weights_key(func, False)) == Choice(k.best_rows, k.best_packed)
+    assert tuned.choice(IN0_INT8, weights_key(func, False)) == Choice(k.best_rows, k.best_packed, k.best_unrolled)
     assert tuned.used[IN0_INT8]["cost"] == k.best_cost
     assert tuned.choice(IN0_INT8, weights_key(func, True)) is None and IN0_INT8 not in tuned.used
 

@@ -78,7 +78,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
                           kernels=args.kernels, halo=args.halo,
                           wide=(lambda _name: True) if args.wide_weights == "all" else None,
-                          **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
+                          **(tuned.export_args() if tuned else {}))
     if args.json:
         print(json.dumps(dict(result.to_json(), **({"tuning": tuned.to_json()} if tuned else {})), indent=1))
     else:
@@ -151,7 +151,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
                              rounding=args.rounding, kernels=args.kernels, wide=args.wide_weights,
-                             **({"rows": tuned, "packing": tuned.packed} if tuned else {}))
+                             **(tuned.export_args() if tuned else {}))
     if tuned:
         built["tuning"] = tuned.to_json()
     if plan is not None:
@@ -432,16 +432,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     def cost(c: float | None) -> str:
         return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
 
-    def form(rows: int | None, packed: bool | None, knob: bool) -> str:  # the packing only where it is a knob
-        return f"rows {rows}" + ("" if not knob or packed is None else ", packed" if packed else ", unpacked")
+    def form(rows: int | None, packed: bool | None, knob: bool, unrolled: bool | None = False) -> str:
+        # the packing only where it is a knob, the unrolling when on
+        return (f"rows {rows}" + ("" if not knob or packed is None else ", packed" if packed else ", unpacked")
+                + (", unrolled" if unrolled else ""))
 
     for k in s.kernels:
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
         print(f"  {k.name}: default {form(k.default_rows, k.default_packed, k.pack_knob)} {cost(k.default_cost)}, "
-              f"tuned {form(k.best_rows, k.best_packed, k.pack_knob)} {cost(k.best_cost)} ({gain}), {k.failed} failed, "
+              f"tuned {form(k.best_rows, k.best_packed, k.pack_knob, k.best_unrolled)} {cost(k.best_cost)} ({gain}), "
+              f"{k.failed} failed, "
               f"{k.calls} calls{', int8 weights (Flash)' if k.int8_weights else ''}")
     if s.untunable:
-        print(f"  no knob: {', '.join(s.untunable)}")
+        print(f"  not tuned (patch stages, kernels the harness does not reproduce): {', '.join(s.untunable)}")
     return 0
 
 

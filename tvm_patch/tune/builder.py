@@ -43,7 +43,8 @@ class HarnessBuilder(PyBuilder):
                 if choice is None or choice[0] not in self.kernels:
                     raise ValueError("the candidate carries no tvm-patch kernel annotation")
                 name, chosen = choice
-                prefix = f"rows{chosen.rows}_{'packed' if chosen.packed else 'unpacked'}_"
+                prefix = (f"rows{chosen.rows}_{'packed' if chosen.packed else 'unpacked'}"
+                          f"{'_unrolled' if chosen.unrolled else ''}_")
                 cand = Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_dir))
                 self.kernels[name].export(chosen, cand / "export")
                 results.append(BuilderResult(str(cand / "export"), None))

@@ -119,11 +119,12 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
 
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
-                        wide: bool = True) -> Path:
+                        wide: bool = True, unrolled: bool = False) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
-    into ``out_dir``. Raises what the export raises when the candidate does not lower."""
+    compiled with GCC's loop unroller or not (``unrolled``), into ``out_dir``. Raises what the export raises when
+    the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
@@ -134,10 +135,11 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
         final = mark_in_place(final, pairs[name])
     kprog = quiet_dead_channels(kprog, {name: final})  # as the network's export: its requantization's facts
     c_prog, csrc, _, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
-                                   wide=(lambda _n: True) if wide else None)
+                                   wide=(lambda _n: True) if wide else None,
+                                   unroll=(lambda n, f: True) if unrolled else None)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
-            "packed_constants": packed, "wide_weights": wide,
+            "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     write_directory(out_dir, {
         "model.c": driver_source(c_prog, csrc.functions, aplan, name, csrc),
@@ -175,9 +177,10 @@ class KernelHarness:
 
     def export(self, choice: Choice, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
-        (BLOCKINGS), its constants packed as ``choice.packed`` says, its weights in the network's form."""
+        (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, its
+        weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
-                                   self.rewrite, choice.packed, self.widened)
+                                   self.rewrite, choice.packed, self.widened, choice.unrolled)
 
     @property
     def row_choices(self) -> list[int]:

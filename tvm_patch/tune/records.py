@@ -69,9 +69,9 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
 
 
 class TunedKernels:
-    """``export_model(rows=..., packing=...)`` from a database: per kernel, the blocking and the constants' packing
-    of its fastest record (or the export's defaults); ``used`` records which kernels took a tuned schedule, for
-    the build's JSON."""
+    """``export_model(rows=..., packing=..., unroll=...)`` from a database: per kernel, the blocking, the constants'
+    packing and the unrolling of its fastest record (or the export's defaults); ``used`` records which kernels took a
+    tuned schedule, for the build's JSON."""
 
     def __init__(self, db: JSONDatabase, core: str | None = None, runner: str | None = None) -> None:
         self.db = db
@@ -113,8 +113,9 @@ class TunedKernels:
         key = (name, INT8_WEIGHTS_ATTR in (func.attrs or {}))
         if key not in self._chosen:
             found = self.best(func)
-            self._chosen[key] = (found[0], {"rows": found[0].rows, "packed": found[0].packed, "cost": found[1],
-                                            "runner": found[2]}) if found is not None else None
+            self._chosen[key] = (found[0], {"rows": found[0].rows, "packed": found[0].packed,
+                                            "unrolled": found[0].unrolled, "cost": found[1], "runner": found[2]}
+                                 ) if found is not None else None
         chosen = self._chosen[key]
         if chosen is None:
             self.used.pop(name, None)
@@ -132,5 +133,15 @@ class TunedKernels:
         found = self.choice(name, func)
         return True if found is None else found.packed
 
+    def unroll(self, name: str, func: tirx.PrimFunc) -> bool:
+        """Whether kernel ``name`` is compiled with GCC's loop unroller (``export_model``'s ``unroll`` callable)."""
+        found = self.choice(name, func)
+        return False if found is None else found.unrolled
+
+    def export_args(self) -> dict[str, Any]:
+        """``export_model``'s (and ``build_for_board``'s) arguments that apply this database."""
+        return {"rows": self, "packing": self.packed, "unroll": self.unroll}
+
     def to_json(self, rows_default: int = DEFAULT_ROWS) -> dict[str, Any]:
-        return {"default_rows": rows_default, "default_packed": True, "tuned_kernels": dict(self.used)}
+        return {"default_rows": rows_default, "default_packed": True, "default_unrolled": False,
+                "tuned_kernels": dict(self.used)}

@@ -2,7 +2,8 @@
 
 The network is exported once as the board's build exports it (``board_build.fitted_export``: its program gives
 the kernels as the export lowers them, the patch stage's PrimFunc included with --patches, and the kernels whose
-weights stay int8 to fit the board's Flash, whose candidates are measured so and recorded under that form). Every kernel with a knob (space.py) becomes a TuneContext: the
+weights stay int8 to fit the board's Flash, whose candidates are measured so and recorded under that form). Every
+kernel the harness reproduces (harness.py; patch stages not yet) becomes a TuneContext with its knobs (space.py): the
 design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
 built into harness exports (builder.py) and measured by a runner (runners.py). Before the search, each
 kernel's reference output (unblocked) and its default schedule's cost are measured: the summary reports
@@ -46,7 +47,7 @@ from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrit
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
-from tvm_patch.tune.space import Choice, fixed_trace, kernel_space, row_choices
+from tvm_patch.tune.space import Choice, fixed_trace, kernel_space
 
 __all__ = ["KernelTuning", "TuneSummary", "tune_model"]
 
@@ -55,8 +56,8 @@ log = logging.getLogger("tvm_patch.tune")
 
 @dataclass
 class KernelTuning:
-    """One kernel's session: its knobs' choices (the blockings; whether the packing is a knob), the default
-    schedule's cost, the best record's."""
+    """One kernel's session: its knobs' choices (the blockings; whether the packing is a knob; the unrolling
+    always is), the default schedule's cost, the best record's."""
 
     name: str
     calls: int
@@ -67,6 +68,7 @@ class KernelTuning:
     default_packed: bool = True
     best_rows: int | None = None
     best_packed: bool | None = None
+    best_unrolled: bool | None = None
     best_cost: float | None = None
     failed: int = 0
     int8_weights: bool = False  # measured on int8 weights: the board's build narrows them to fit its Flash
@@ -170,8 +172,9 @@ class _StopFlag:
 
 def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -> tuple[dict[str, KernelHarness],
                                                                                      list[str]]:
-    """The harness of each kernel with a knob (those named in ``kernels`` if given), and the others' names. Patch
-    stages have none (their loop nests are not TVM's default form; their packing is per layer)."""
+    """The harness of each kernel the harness reproduces (those named in ``kernels`` if given), and the others'
+    names. Patch stages are not tuned (their loop nests are not TVM's default form, which the harness's blockings
+    and rewrites start from)."""
     prog = res.program
     unknown = sorted(set(kernels or ()) - set(prog.funcs))
     if unknown:
@@ -182,7 +185,7 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
         if kernels and name not in kernels:
             continue
         h = KernelHarness(name, kernel_program(prog, name), "none", widened=name not in res.wide_narrowed)
-        if is_patch_stage(func) or not (h.packs or row_choices(func)):  # before the costlier matching below
+        if is_patch_stage(func):
             untunable.append(name)
             continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
@@ -192,14 +195,10 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             untunable.append(name)
             continue
         h.blocking, h.rewrite = found
-        if not (h.packs or h.row_choices):  # its blockings are one kernel in the network's form
-            untunable.append(name)
-            continue
         harnesses[name] = h
     if not harnesses:
-        raise TvmPatchError(f"{model}: no kernel has a tuning knob (register blocking applies to 1x1/k x k "
-                            "convolutions and dense layers with a contiguous reduction, packing to kernels with "
-                            "per-channel constants)")
+        raise TvmPatchError(f"{model}: no kernel the tuning harness reproduces (patch stages are not tuned); "
+                            "tune the layer-by-layer build")
     return harnesses, untunable
 
 
@@ -220,7 +219,7 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
             log.warning("%s: default schedule failed: %s", name, e.one_line())
             cost = None
         else:
-            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs)
+            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs)  # the unrolling off
             db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.workload_func)), [cost], target,
                                                  ArgInfo.from_prim_func(h.func)))
         summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, packs,
@@ -300,6 +299,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         for k in summary.kernels:
             found = best.best(harnesses[k.name].workload_func)
             if found is not None:
-                k.best_rows, k.best_packed, k.best_cost = found[0].rows, found[0].packed, found[1]
+                k.best_rows, k.best_packed, k.best_unrolled, k.best_cost = (found[0].rows, found[0].packed,
+                                                                            found[0].unrolled, found[1])
             k.failed = failed.get(k.name, 0)
     return summary

@@ -1,7 +1,7 @@
 """The tuning space of one exported kernel, as a meta_schedule design space (TVM 0.27 has none for a "c"
 target: meta_schedule raises "Unsupported kind").
 
-Two knobs, each a ``sch.sample_categorical`` decision of the space:
+Three knobs, each a ``sch.sample_categorical`` decision of the space:
 
 - ``rows``: the micro-kernels' register blocking over output channels (export/blocking.py), among the blockings
   that divide the kernel's channels; the blocking's own schedule steps (``split_rows``) run with the sampled
@@ -9,8 +9,11 @@ Two knobs, each a ``sch.sample_categorical`` decision of the space:
 - ``packed``: whether the kernel's per-channel constants (bias, multiplier, shift) are packed into one
   interleaved array (export/packed_constants.py, the export's default) or stay three arrays. Register allocation
   moves both ways: measured per kernel, some are faster unpacked (docs/tuning.md).
+- ``unrolled``: whether GCC's loop unroller (``-funroll-loops``, as a function attribute: codegen/c_kernels.py)
+  compiles the kernel. Measured, it takes 10 % off some 1x1 kernels and adds up to 2 % to some depthwise ones, and
+  its code grows (Flash): a choice per kernel. Every kernel has this knob.
 
-The kernel's block carries the kernel's name and both choices as annotations: the builder rebuilds the candidate
+The kernel's block carries the kernel's name and the choices as annotations: the builder rebuilds the candidate
 with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
 exactly what ``tvm-patch build --tuning-db`` will emit.
 """
@@ -27,22 +30,25 @@ from tvm import s_tir, tirx
 from tvm_patch.export.blocking import DEFAULT_ROWS, ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["KERNEL_KEY", "PACK_KEY", "ROWS_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
+__all__ = ["KERNEL_KEY", "PACK_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
            "row_choices", "trace_choice"]
 
 KERNEL_KEY = "tvm_patch.kernel"
 ROWS_KEY = "tvm_patch.rows"
 PACK_KEY = "tvm_patch.packed"
 PACK_CHOICES = (1, 0)  # packed (the export's default), three arrays
+UNROLL_KEY = "tvm_patch.unrolled"
+UNROLL_CHOICES = (0, 1)  # the project's flags (the export's default), GCC's unroller on
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One point of a kernel's space: its blocking and whether its per-channel constants are packed (a knob a
-    kernel does not have: the export's default, DEFAULT_ROWS and packed)."""
+    """One point of a kernel's space: its blocking, whether its per-channel constants are packed, whether GCC
+    unrolls its loops (a knob a kernel does not have: the export's default, DEFAULT_ROWS, packed, not unrolled)."""
 
     rows: int = DEFAULT_ROWS
     packed: bool = True
+    unrolled: bool = False
 
 
 def row_choices(func: tirx.PrimFunc) -> list[int]:
@@ -59,7 +65,8 @@ def row_choices(func: tirx.PrimFunc) -> list[int]:
 def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
                  fixed: Choice | None = None) -> Callable[[s_tir.Schedule], None]:
     """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``) with
-    the knobs that apply to it; ``fixed``: the decisions taken instead of sampled (the default schedule's record)."""
+    the knobs that apply to it (the unrolling always); ``fixed``: the decisions taken instead of sampled (the
+    default schedule's record)."""
 
     def space(sch: s_tir.Schedule) -> None:
         block = _main_block(sch)
@@ -74,6 +81,9 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
             packed = sch.sample_categorical(list(PACK_CHOICES), [0.5, 0.5],
                                             decision=None if fixed is None else PACK_CHOICES.index(int(fixed.packed)))
             sch.annotate(block, PACK_KEY, packed)
+        unrolled = sch.sample_categorical(list(UNROLL_CHOICES), [0.5, 0.5],
+                                          decision=None if fixed is None else UNROLL_CHOICES.index(int(fixed.unrolled)))
+        sch.annotate(block, UNROLL_KEY, unrolled)
         if found is not None:
             split_rows(sch, found, rows)
 
@@ -96,7 +106,8 @@ def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
         ann = block.annotations
         if KERNEL_KEY in ann:
             found.append((str(ann[KERNEL_KEY]), Choice(int(ann[ROWS_KEY]) if ROWS_KEY in ann else DEFAULT_ROWS,
-                                                       bool(int(ann[PACK_KEY])) if PACK_KEY in ann else True)))
+                                                       bool(int(ann[PACK_KEY])) if PACK_KEY in ann else True,
+                                                       bool(int(ann[UNROLL_KEY])) if UNROLL_KEY in ann else False)))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(mod["main"].body, [(s_tir.SBlock, on_block)], order="pre")
@@ -106,7 +117,7 @@ def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
 def trace_choice(trace: Any) -> Choice | None:
     """The choice a tuning record's trace made: each knob's sampled value, found through the annotation that
     names it; None when the trace annotates no knob. A knob the trace does not sample takes its default (records
-    of sessions before the packing knob read as packed)."""
+    of sessions before the packing knob read as packed, before the unrolling knob as not unrolled)."""
     sampled: dict[Any, int] = {}
     knobs: dict[str, int] = {}
     for inst in trace.insts:
@@ -116,7 +127,7 @@ def trace_choice(trace: Any) -> Choice | None:
             knobs[str(inst.attrs[0])] = sampled[inst.inputs[1]]
     if not knobs:
         return None
-    return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)))
+    return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)), bool(knobs.get(UNROLL_KEY, 0)))
 
 
 def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool) -> Any:
