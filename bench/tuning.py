@@ -37,6 +37,12 @@ def _cli(args: list[str], timeout: float) -> dict[str, Any]:
     return json.loads(p.stdout)
 
 
+def _form(choice: dict[str, Any]) -> str:
+    """A tuned kernel's choice as the summary says it: its rows, then what differs from the defaults."""
+    return (f"rows {choice['rows']}" + ("" if choice.get("packed", True) else ", unpacked")
+            + (", unrolled" if choice.get("unrolled") else ""))
+
+
 def compare(untuned: dict[str, Any], tuned: dict[str, Any], kind: str = KIND) -> list[dict[str, Any]]:
     """Per call of a ``kind`` kernel (the two builds' profiles, same calls in the same order): instructions
     untuned and tuned, and the verdict."""
@@ -87,8 +93,8 @@ def markdown(results: list[dict[str, Any]], board: str) -> str:
                f"{r['bit_exact']['untuned']} / {r['bit_exact']['tuned']}); 1x1 convolutions: untuned "
                f"{r['conv1x1']['untuned']:,}, tuned {r['conv1x1']['tuned']:,}; per layer "
                f"{verdicts.count('better')} better, {verdicts.count('equal')} equal, {verdicts.count('worse')} worse", "",
-               "tuned kernels: " + (", ".join(f"`{k}` rows {v['rows']}{'' if v.get('packed', True) else ', unpacked'}"
-                                               for k, v in sorted((r.get("tuned_kernels") or {}).items())) or "none"), "",
+               "tuned kernels: " + (", ".join(f"`{k}` {_form(v)}" for k, v in sorted((r.get("tuned_kernels") or {}).items()))
+                                    or "none"), "",
                "| call | kernel | MACs | untuned | tuned | tuned is |", "| --: | --- | --: | --: | --: | --- |"]
         md += [f"| {x['index']} | `{x['kernel']}` | {x['macs']:,} | {x['untuned']:,} | {x['tuned']:,} | {x['verdict']} |"
                for x in r["layers"]]

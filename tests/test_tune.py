@@ -295,8 +295,10 @@ def test_bench_tuning_reports_each_1x1_layer():
     with pytest.raises(ValueError):
         compare(untuned, build([("x", "conv1x1", 1)]))
     md = markdown([{"model": "m.tflite", "network": {"untuned": 129, "tuned": 124}, "bit_exact": {"untuned": True, "tuned": True},
-                    "conv1x1": {"untuned": 120, "tuned": 116}, "layers": rows}], "h743")
+                    "conv1x1": {"untuned": 120, "tuned": 116}, "layers": rows,
+                    "tuned_kernels": {"a": {"rows": 2, "packed": False, "unrolled": True}, "b": {"rows": 4}}}], "h743")
     assert "1 better, 1 equal, 1 worse" in md and "| 0 | `a` | 100 | 50 | 45 | better |" in md
+    assert "tuned kernels: `a` rows 2, unpacked, unrolled, `b` rows 4" in md
 
 
 def test_the_harness_reproduces_every_kernel_of_an_nchw_network(tmp_path):
