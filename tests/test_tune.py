@@ -140,6 +140,26 @@ def test_a_record_unpacking_and_unrolling_applies(tmp_path, capsys):
     assert _definition(harness, KWS_DW).startswith(UNROLL_MACRO + " void ")
 
 
+def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
+    """With --patches the patch stage is a kernel like the others: its loop nest (which TVM's feature extraction
+    rejects: tune/features.py gives it zeros) is measured in both unrollings and packings, and the build applies
+    the best record to the stage."""
+    stage = "tvmp_patch_stage"
+    s = tune_model(KWS, "h743", trials=4, runner="emulator", db_dir=tmp_path / "db", patches=4, split=5,
+                   halo="cache", kernels=[stage], progress=False)
+    (k,) = s.kernels
+    assert k.name == stage and k.failed == 0 and k.choices == [] and s.measured >= 2
+    assert k.best_cost <= k.default_cost and s.untunable == []
+    records = open_database(tmp_path / "db", create=False).get_all_tuning_records()
+    assert {trace_choice(r.trace).unrolled for r in records} == {False, True}  # both measured
+    tuned = TunedKernels(open_database(tmp_path / "db", create=False), get_board("h743").core)
+    res = export_model(KWS, tmp_path / "built", patches=4, split=5, halo="cache", check=True, seeds=(0,),
+                       **tuned.export_args())
+    assert res.check.bit_exact and tuned.used[stage]["unrolled"] == k.best_unrolled
+    code = (tmp_path / "built" / "model.c").read_text()
+    assert _definition(code, stage).startswith(UNROLL_MACRO + " ") == k.best_unrolled
+
+
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     """kws's dense kernel as a harness, with its reference outputs (host build of the unblocked kernel)."""

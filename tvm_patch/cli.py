@@ -420,7 +420,7 @@ def _tuned(args: argparse.Namespace) -> TunedKernels | None:
 def _cmd_tune(args: argparse.Namespace) -> int:
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     s = tune_model(args.model, args.board, trials=args.trials, runner=args.runner, db_dir=args.db,
-                   patches=args.patches, split=split, kernels=args.kernel,
+                   patches=args.patches, split=split, halo=args.halo, kernels=args.kernel,
                    tracker=parse_address(args.tracker) if args.tracker else None, rpc_runner=args.rpc_runner,
                    parallel=args.parallel, timeout_sec=args.timeout, port=args.port, probe=args.probe,
                    progress=not args.json)
@@ -477,6 +477,7 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--db", default="tuning_db", metavar="DIR", help="the record database (default tuning_db)")
     t.add_argument("--patches", type=int, metavar="P", help="tune the patch-mode network (needs --split)")
     t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
+    t.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
     t.add_argument("--tracker", metavar="HOST:PORT", help="with --runner rpc: the RPC tracker")
     t.add_argument("--rpc-runner", choices=["emulator", "device"], default="emulator",

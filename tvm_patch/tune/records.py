@@ -63,7 +63,7 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return JSONDatabase(work_dir=str(path), allow_missing=create)
-    except (OSError, tvm.error.TVMError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:  # TVM's errors are RuntimeErrors
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise TvmPatchError(f"{db_dir}: unreadable tuning database ({first}); remove it or tune again") from None
 

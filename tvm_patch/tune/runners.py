@@ -75,7 +75,7 @@ def rpc_measure(tracker: tuple[str, int], key: str, timeout_sec: float) -> Measu
             sess.upload(bytearray(buf.getvalue()), "candidate.tar")
             answer = json.loads(sess.get_function(MEASURE_FUNC)(
                 "candidate.tar", json.dumps({"reference": [r.hex() for r in reference], "timeout_sec": timeout_sec})))
-        except (tvm.error.TVMError, RuntimeError, OSError, ValueError) as e:
+        except (RuntimeError, OSError, ValueError) as e:  # TVM's errors (RPCError...) are RuntimeErrors
             raise CandidateError(f"RPC measurement through {tracker[0]}:{tracker[1]} key {key}: {first_line(e)}") from None
         if "error" in answer:
             raise CandidateError(answer["error"])

@@ -41,8 +41,8 @@ from tvm_patch.board_build import fitted_export
 from tvm_patch.export.api import ExportResult
 from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
-from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.builder import HarnessBuilder
+from tvm_patch.tune.features import TolerantFeatures
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
@@ -185,9 +185,6 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
         if kernels and name not in kernels:
             continue
         h = KernelHarness(name, kernel_program(prog, name), "none", widened=name not in res.wide_narrowed)
-        if is_patch_stage(func):
-            untunable.append(name)
-            continue
         n_out = next(c.n_outputs for c in prog.calls if c.func == name)
         found = network_rewrite(func, DEFAULT_ROWS, res.kernel_funcs[name], n_out)
         if found is None:  # the harness could not reproduce the network's kernel: measuring it would lie
@@ -233,7 +230,8 @@ def _unit(runner: str, rpc_runner: str) -> str:
 
 
 def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emulator", db_dir: str | Path = "tuning_db",
-               patches: int | None = None, split: int | str | None = None, kernels: list[str] | None = None,
+               patches: int | None = None, split: int | str | None = None, halo: str = "recompute",
+               kernels: list[str] | None = None,
                tracker: tuple[str, int] | None = None, rpc_runner: str = "emulator", parallel: int = 1,
                timeout_sec: float = 120.0, port: str | None = None, probe: str | None = None, seed: int = 1,
                progress: bool = True) -> TuneSummary:
@@ -252,7 +250,8 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
     target = tuning_target(b.core, measured_by)
     with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
         work = Path(tmp)
-        res = fitted_export(model, work / "network", board, patches=patches, split=split, timeout_sec=timeout_sec)
+        res = fitted_export(model, work / "network", board, patches=patches, split=split, halo=halo,
+                            timeout_sec=timeout_sec)
         harnesses, untunable = _tunable_kernels(res, model, kernels)
         failed: dict[str, int] = {}
         if runner == "rpc":
@@ -284,7 +283,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                           work_dir=str(work / "ms"), max_trials_global=trials,
                           max_trials_per_task=trials, num_trials_per_iter=max(2, parallel),
                           builder=HarnessBuilder(harnesses, cand_dir), runner=run, database=db,
-                          cost_model=XGBModel(num_warmup_samples=2, num_tuning_cores=1),
+                          cost_model=XGBModel(extractor=TolerantFeatures(), num_warmup_samples=2, num_tuning_cores=1),
                           measure_callbacks=[AddToDatabase(), RemoveBuildArtifact(), UpdateCostModel(), progress_cb],
                           task_scheduler="round-robin")
         except KeyboardInterrupt:

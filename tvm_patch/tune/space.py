@@ -91,10 +91,12 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
 
 
 def _main_block(sch: s_tir.Schedule) -> Any:
-    """The kernel's reduction block (its first block when it has none)."""
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    """The kernel's reduction block (its first block when it has none; the root block of a kernel written as a
+    plain loop nest, as a patch stage is)."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
     reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
-    return (reductions or blocks)[0]
+    return (reductions or blocks or [root])[0]
 
 
 def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
