@@ -31,7 +31,8 @@ from tvm.s_tir.meta_schedule.runner import RunnerInput
 from tvm.target import Target
 from tvm_patch.tune import CandidateError, tune_model
 from tvm_patch.tune.builder import HarnessBuilder
-from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
+from tvm_patch.tune.harness import (BLOCKINGS, KernelHarness, kernel_program, network_rewrite, runs_in_place,
+                                    write_kernel_export)
 from tvm_patch.tune.measure import measure_export
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.database import TuningRecord
@@ -138,6 +139,26 @@ def test_a_record_unpacking_and_unrolling_applies(tmp_path, capsys):
     harness = (h.export(choice, tmp_path / "harness" / "export") / "model.c").read_text()
     assert _prototype(harness, KWS_DW).count("int32_t *") == 3
     assert _definition(harness, KWS_DW).startswith(UNROLL_MACRO + " void ")
+
+
+def test_the_harness_runs_a_kernel_in_place_exactly_when_the_network_does(tmp_path):
+    """vww's first depthwise kernel could run in place in its one-call harness but does not in the network (its
+    arena plan): the harness follows the network (``restrict`` kept), since the C compiler's unrolled code differs
+    between the two forms; an in-place kernel of the network stays in place in its harness."""
+    res = export_model(VWW, tmp_path / "vww")
+    forms = {}
+    for name in ("tvmp_fused_conv2d1_add_requantize_tir_clip_cast", "tvmp_fused_conv2d3_add3_requantize3_tir_clip3_cast3"):
+        func, emitted = res.program.funcs[name], res.kernel_funcs[name]
+        n_out = next(c.n_outputs for c in res.program.calls if c.func == name)
+        blocking, rewrite = network_rewrite(func, 4, emitted, n_out)
+        h = KernelHarness(name, kernel_program(res.program, name), rewrite, blocking, in_place=runs_in_place(emitted))
+        out = h.export(Choice(unrolled=True), tmp_path / name / "export")
+        forms[name] = (runs_in_place(emitted), json.loads((out / "tvmp_export.json").read_text())["in_place"],
+                       "restrict lv" in _prototype((out / "model.c").read_text(), name))
+        free = write_kernel_export(h.program, BLOCKINGS[blocking](func, 4), tmp_path / "free" / name, rewrite)
+        forms[name] += (json.loads((free / "tvmp_export.json").read_text())["in_place"],)
+    # (in place in the network, in its harness, restrict on its input; in place where the harness alone decides)
+    assert list(forms.values()) == [(False, False, True, True), (True, True, False, True)], forms
 
 
 def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):

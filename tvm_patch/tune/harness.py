@@ -42,7 +42,8 @@ from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.export.wide_weights import weights_key
 from tvm_patch.tune.space import Choice, row_choices
 
-__all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "write_kernel_export"]
+__all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "runs_in_place",
+           "write_kernel_export"]
 
 ALIGNMENT = 16
 
@@ -98,6 +99,11 @@ BLOCKINGS: dict[str, Callable[[tirx.PrimFunc, int], tirx.PrimFunc]] = {
 }
 
 
+def runs_in_place(emitted: tirx.PrimFunc) -> bool:
+    """Whether the export emitted this kernel for an in-place call (``mark_in_place``: no ``tirx.noalias``)."""
+    return emitted.attrs is not None and "tirx.noalias" in emitted.attrs and not bool(emitted.attrs["tirx.noalias"])
+
+
 def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
     """Equal up to the aliasing marks (``mark_in_place``: the driver's call, not the kernel's schedule) and the
     export's lists of constant parameters (``mark_wide``, ``mark_sums``: the emission's choices)."""
@@ -119,16 +125,18 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
 
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
-                        wide: bool = True, unrolled: bool = False) -> Path:
+                        wide: bool = True, unrolled: bool = False, in_place: bool | None = None) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
-    compiled with GCC's loop unroller or not (``unrolled``), into ``out_dir``. Raises what the export raises when
-    the candidate does not lower."""
+    compiled with GCC's loop unroller or not (``unrolled``), run in place where the harness's arena plan can
+    (``in_place`` None) or never (False: the network's export did not; the C differs by ``restrict``, which moves
+    the unrolled code's counts), into ``out_dir``. Raises what the export raises when the candidate does not
+    lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
-    pairs = {name: inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
+    pairs = {name: [] if in_place is False else inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
     _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
     if aplan.inplace_calls:
@@ -164,6 +172,7 @@ class KernelHarness:
     rewrite: str
     blocking: str = "channels"
     widened: bool = True  # its weights may be widened (False: the board's build keeps them int8 to fit its Flash)
+    in_place: bool | None = None  # whether the network runs it in place (None: as the harness's own plan can)
 
     @property
     def func(self) -> tirx.PrimFunc:
@@ -180,7 +189,7 @@ class KernelHarness:
         (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, its
         weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
-                                   self.rewrite, choice.packed, self.widened, choice.unrolled)
+                                   self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place)
 
     @property
     def row_choices(self) -> list[int]:

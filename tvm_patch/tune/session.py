@@ -43,7 +43,7 @@ from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
 from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.features import TolerantFeatures
-from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite
+from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite, runs_in_place
 from tvm_patch.tune.measure import RUNNERS, CandidateError
 from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
@@ -192,6 +192,7 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
             untunable.append(name)
             continue
         h.blocking, h.rewrite = found
+        h.in_place = runs_in_place(res.kernel_funcs[name])  # not in place in the network: never in its harness
         harnesses[name] = h
     if not harnesses:
         raise TvmPatchError(f"{model}: no kernel the tuning harness reproduces (patch stages are not tuned); "
