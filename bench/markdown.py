@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import compare, peers, tables
+from bench import compare, peers, tables, tuning
 from bench.measure import PLAN_SOURCE
 
 
@@ -47,6 +47,8 @@ def render(data: dict[str, Any]) -> str:
              "## Firmware on the board's runner", "", *tables.firmware_table(data), "",
              "## Cortex-M kernels (issue 13's goals: at most 1.5 per MAC, 5x fewer than plain)", "",
              *tables.kernel_table(data), "",
+             *(["## Tuned vs untuned 1x1 convolutions (issue 13's goal: tuned beats untuned; emulator instructions, "
+                "`--tuning TRIALS`)", "", *tuning.sections(data["tuning"], "###")] if data.get("tuning") else []),
              "## The paper and the peers beside this run", "",
              "### MCUNetV2 Table 1: MobileNetV2-224", "", *compare.table1(data), "",
              "### MCUNetV2 Fig. 5: peak-memory reduction of existing networks", "", *compare.fig5(data), "",

@@ -29,8 +29,10 @@ from bench.models import Model, UnknownModel, default_models, resolve
 from bench.plots import write_plots
 from bench.results import Results, write_csv
 from bench.tables import summary_table
+from bench import tuning
 
 RUNNERS = ("emulator", "device")
+TUNING_TIMEOUT = 3600.0  # seconds per step of a model's tuning comparison (its session, its two builds)
 
 
 class UsageError(Exception):
@@ -54,6 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (default: bench_out/<board>)")
     p.add_argument("--quick", action="store_true", help="a few small models (vww, kws, mcunet-in0)")
     p.add_argument("--runner", default="emulator", help="emulator (QEMU, default) or device (the board)")
+    p.add_argument("--tuning", type=int, default=0, metavar="TRIALS",
+                   help="also tune each model (TRIALS trials, emulator) and compare its 1x1 convolutions tuned and "
+                        "untuned (bench/tuning.py; minutes per model; default: not run)")
     return p.parse_args(argv)
 
 
@@ -65,6 +70,8 @@ def prepare(args: argparse.Namespace) -> tuple[Board, list[Model], Path]:
         raise UsageError(e.one_line()) from None
     if args.runner not in RUNNERS:
         raise UsageError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
+    if args.tuning < 0:
+        raise UsageError(f"--tuning {args.tuning}: give a number of trials (0: no tuning)")
     try:
         models = [resolve(m) for m in args.models] if args.models else default_models(args.quick)
     except UnknownModel as e:
@@ -103,8 +110,9 @@ class _Interrupts:
         raise KeyboardInterrupt
 
 
-def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[str]) -> int:
-    """Measure every model, writing the results after each; returns the exit code."""
+def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[str], tuning_trials: int = 0) -> int:
+    """Measure every model, writing the results after each (then, with ``tuning_trials``, tune each and compare
+    tuned with untuned: bench/tuning.py); returns the exit code."""
     t0 = time.perf_counter()
     results = Results(out, conditions(board, runner, argv))
     complete = False
@@ -118,6 +126,12 @@ def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[st
             if interrupts.seen:  # interrupted while measuring this model: its entry may hold the interrupt as an error
                 raise KeyboardInterrupt
             results.add(entry)
+            write_all(results, out, plots=False)
+        for model in tqdm(models if tuning_trials else [], desc="tuning", unit="model", file=sys.stderr):
+            results.data.setdefault("tuning", []).append(
+                tuning.bench_model(model.spec, board.key, tuning_trials, out / "tuning", TUNING_TIMEOUT))
+            if interrupts.seen:
+                raise KeyboardInterrupt
             write_all(results, out, plots=False)
         complete = True
     except KeyboardInterrupt:
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
-    return run(board, models, out, args.runner, argv)
+    return run(board, models, out, args.runner, argv, args.tuning)
 
 
 if __name__ == "__main__":

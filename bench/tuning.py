@@ -82,9 +82,15 @@ def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float) -
 
 def markdown(results: list[dict[str, Any]], board: str) -> str:
     """tuning.md: per model the 1x1 totals, then one row per 1x1 call."""
-    md = [f"# Tuned vs untuned 1x1 convolutions ({board}, emulator instructions)", ""]
+    return "\n".join([f"# Tuned vs untuned 1x1 convolutions ({board}, emulator instructions)", "",
+                      *sections(results, "##")]) + "\n"
+
+
+def sections(results: list[dict[str, Any]], heading: str) -> list[str]:
+    """Markdown lines: per model (a ``heading`` line) the 1x1 totals, the tuned kernels, one row per 1x1 call."""
+    md = []
     for r in results:
-        md.append(f"## {Path(r['model']).name}")
+        md.append(f"{heading} {Path(r['model']).name}")
         if "error" in r:
             md += ["", f"error: {r['error']}", ""]
             continue
@@ -99,7 +105,7 @@ def markdown(results: list[dict[str, Any]], board: str) -> str:
         md += [f"| {x['index']} | `{x['kernel']}` | {x['macs']:,} | {x['untuned']:,} | {x['tuned']:,} | {x['verdict']} |"
                for x in r["layers"]]
         md.append("")
-    return "\n".join(md) + "\n"
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:

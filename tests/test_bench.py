@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from bench import peers
+from bench.conditions import conditions
 from bench.markdown import render
 from bench.measure import PLAN_SOURCE, SCHEDULES
 from bench.results import CSV_COLUMNS, csv_rows
 from bench.run import main
+from microtvm_projects.boards import get_board
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -131,6 +133,7 @@ def one_error_line(capsys, *args: str) -> str:
     (["--board", "h743", "--runner", "jtag"], "unknown runner 'jtag'"),
     (["--board", "h743", "--bogus"], "unrecognized arguments"),
     (["--models", "kws"], "required: --board"),
+    (["--board", "h743", "--tuning", "-1"], "--tuning -1: give a number of trials"),
 ])
 def test_bad_command_line_is_one_line_exit_2(args, words, tmp_path, capsys):
     assert words in one_error_line(capsys, *args, "--out", str(tmp_path / "o"))
@@ -172,6 +175,22 @@ def test_published_figures_are_labelled_with_source_and_convention():
     assert peers.published_for("mcunet-in2")["peers"]["libraries"]["TinyEngine"] == {"latency_ms": 280,
                                                                                      "sram_bytes": 215 * 1024}
     assert peers.TABLE1.patch_bytes == 175_616 and peers.published_for("vww") == {}
+
+
+def test_the_tuning_comparison_has_its_section_in_results_md():
+    """With --tuning, results.md holds each model's tuned-vs-untuned 1x1 comparison (bench/tuning.py's rows),
+    an error as its line; without, no such section."""
+    row = {"index": 2, "kernel": "k1", "macs": 100, "untuned": 50, "tuned": 45, "verdict": "better"}
+    data = {"schema": 1, "conditions": conditions(get_board("h743"), "emulator", []), "models": {}, "complete": True,
+            "elapsed_seconds": 1.0}
+    assert "## Tuned vs untuned" not in render(data)
+    data["tuning"] = [{"model": "/m/kws_int8.tflite", "network": {"untuned": 90, "tuned": 85},
+                       "bit_exact": {"untuned": True, "tuned": True}, "conv1x1": {"untuned": 50, "tuned": 45},
+                       "layers": [row], "tuned_kernels": {"k1": {"rows": 4, "unrolled": True}}},
+                      {"model": "vww", "error": "tune: timeout after 3600 s: tune vww"}]
+    md = render(data).split("## Tuned vs untuned")[1].split("\n## ")[0]
+    assert "### kws_int8.tflite" in md and "1 better, 0 equal, 0 worse" in md and "`k1` rows 4, unrolled" in md
+    assert "| 2 | `k1` | 100 | 50 | 45 | better |" in md and "### vww" in md and "error: tune: timeout" in md
 
 
 def test_failing_model_is_recorded_and_the_others_run(tmp_path):
