@@ -49,6 +49,19 @@ def read_export(export_dir: Path) -> dict[str, Any]:
     return info
 
 
+def sample_bytes(export_dir: Path, io: dict[str, Any]) -> bytes:
+    """An input the export carries (``"sample"``: a file in the export directory, e.g. the tuning harness's
+    activations of the network), checked to have the input's size."""
+    path = export_dir / io["sample"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProjectError(f"{path}: the export's sample input {io['name']} is unreadable ({e.strerror})") from None
+    if len(data) != io["bytes"]:
+        raise ProjectError(f"{path}: {len(data)} bytes, but input {io['name']} has {io['bytes']}; export it again")
+    return data
+
+
 def seeded_bytes(dtype: str, n_elems: int, rng: random.Random) -> bytes:
     """Deterministic input bytes: integers over the dtype's whole range, floats uniform in [-1, 1)."""
     if dtype == "float32":
@@ -170,7 +183,8 @@ def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLi
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:
         rng = random.Random(options["seed"])
-        inputs = [seeded_bytes(io["dtype"], _elems(io), rng) for io in info["inputs"]]
+        inputs = [sample_bytes(export, io) if io.get("sample") else seeded_bytes(io["dtype"], _elems(io), rng)
+                  for io in info["inputs"]]
         expected = host_outputs(export, tmp, info, inputs)
         shutil.rmtree(tmp / "host")
         shutil.copytree(TEMPLATE / "src", tmp / "src")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tvm import rpc
 from tvm.rpc.tracker import Tracker
@@ -33,6 +34,7 @@ from tvm_patch.tune import CandidateError, tune_model
 from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.harness import (BLOCKINGS, KernelHarness, kernel_program, network_rewrite, runs_in_place,
                                     write_kernel_export)
+from tvm_patch.tune.activations import call_inputs
 from tvm_patch.tune.measure import measure_export
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.database import TuningRecord
@@ -159,6 +161,26 @@ def test_the_harness_runs_a_kernel_in_place_exactly_when_the_network_does(tmp_pa
         forms[name] += (json.loads((free / "tvmp_export.json").read_text())["in_place"],)
     # (in place in the network, in its harness, restrict on its input; in place where the harness alone decides)
     assert list(forms.values()) == [(False, False, True, True), (True, True, False, True)], forms
+
+
+def test_the_harness_runs_on_the_networks_activations(tmp_path):
+    """The network's host program snapshots its arena before a call (tune/activations.py): vww's first kernel's
+    harness, fed the network's input that way, computes exactly the activations the second kernel then reads; the
+    project takes the export's sample input, and refuses one of the wrong size."""
+    res = export_model(VWW, tmp_path / "vww")
+    first, second = res.program.calls[0].func, res.program.calls[1].func
+    net_in = [np.random.default_rng(5).integers(-128, 128, io.nbytes, dtype=np.int8).tobytes() for io in res.program.inputs]
+    acts = call_inputs(res.program, res.arena_plan.tensor_offsets, tmp_path / "vww", net_in, [first, second], 120)
+    assert acts[first] == net_in  # the first call reads the input as the driver copied it into the arena
+    h = KernelHarness(first, kernel_program(res.program, first), "none", "window copy", inputs=acts[first])
+    blocking, rewrite = network_rewrite(h.func, 4, res.kernel_funcs[first], 1)
+    h.blocking, h.rewrite = blocking, rewrite
+    export = h.export(Choice(), tmp_path / "h" / "export")
+    got = measure_export(export, tmp_path / "h", "h743", "host", None).outputs
+    assert got == [acts[second][0]]
+    (export / "sample_input0.bin").write_bytes(net_in[0][:-1])
+    with pytest.raises(CandidateError, match="bytes, but input input0 has"):
+        measure_export(export, tmp_path / "h2", "h743", "host", None)
 
 
 def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):

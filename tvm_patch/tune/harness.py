@@ -125,14 +125,16 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
 
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
-                        wide: bool = True, unrolled: bool = False, in_place: bool | None = None) -> Path:
+                        wide: bool = True, unrolled: bool = False, in_place: bool | None = None,
+                        inputs: list[bytes] | None = None) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
     compiled with GCC's loop unroller or not (``unrolled``), run in place where the harness's arena plan can
     (``in_place`` None) or never (False: the network's export did not; the C differs by ``restrict``, which moves
-    the unrolled code's counts), into ``out_dir``. Raises what the export raises when the candidate does not
-    lower."""
+    the unrolled code's counts), into ``out_dir``; ``inputs``: the bytes its project runs on (the network's
+    activations, tune/activations.py; None: the project's seeded input). Raises what the export raises when the
+    candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
@@ -149,7 +151,14 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
+    samples: dict[str, bytes | str] = {}
+    for io, data in zip(info["inputs"], inputs or []):
+        if len(data) != io["bytes"]:
+            raise ValueError(f"{name}: {len(data)} bytes of activations for its input {io['name']} of {io['bytes']}")
+        io["sample"] = f"sample_{io['name']}.bin"
+        samples[io["sample"]] = data
     write_directory(out_dir, {
+        **samples,
         "model.c": driver_source(c_prog, csrc.functions, aplan, name, csrc),
         "tvmp_model.h": model_header(kprog, aplan.arena_bytes, name),
         "main.c": host_main(kprog.inputs, kprog.outputs),
@@ -173,6 +182,7 @@ class KernelHarness:
     blocking: str = "channels"
     widened: bool = True  # its weights may be widened (False: the board's build keeps them int8 to fit its Flash)
     in_place: bool | None = None  # whether the network runs it in place (None: as the harness's own plan can)
+    inputs: list[bytes] | None = None  # the network's activations at its first call (None: seeded bytes)
 
     @property
     def func(self) -> tirx.PrimFunc:
@@ -189,7 +199,8 @@ class KernelHarness:
         (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, its
         weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
-                                   self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place)
+                                   self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place,
+                                   self.inputs)
 
     @property
     def row_choices(self) -> list[int]:

@@ -41,6 +41,7 @@ from tvm_patch.board_build import fitted_export
 from tvm_patch.export.api import ExportResult
 from tvm_patch.export.lower import Program
 from tvm_patch.export.blocking import DEFAULT_ROWS
+from tvm_patch.tune.activations import call_inputs
 from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.features import TolerantFeatures
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite, runs_in_place
@@ -254,6 +255,11 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         res = fitted_export(model, work / "network", board, patches=patches, split=split, halo=halo,
                             timeout_sec=timeout_sec)
         harnesses, untunable = _tunable_kernels(res, model, kernels)
+        network_input = [(work / "network" / "io" / f"input{i}.bin").read_bytes() for i in range(len(res.program.inputs))]
+        activations = call_inputs(res.program, res.arena_plan.tensor_offsets, work / "network" / "export",
+                                  network_input, list(harnesses), timeout_sec)
+        for name, h in harnesses.items():  # each kernel measured on the network's own activations where they are known
+            h.inputs = activations.get(name)
         failed: dict[str, int] = {}
         if runner == "rpc":
             measure = rpc_measure(tracker, rpc_key(board, rpc_runner), timeout_sec)
