@@ -151,7 +151,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
-    samples: dict[str, bytes | str] = {}
+    samples: dict[str, bytes] = {}
     for io, data in zip(info["inputs"], inputs or []):
         if len(data) != io["bytes"]:
             raise ValueError(f"{name}: {len(data)} bytes of activations for its input {io['name']} of {io['bytes']}")

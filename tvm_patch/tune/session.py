@@ -3,8 +3,8 @@
 The network is exported once as the board's build exports it (``board_build.fitted_export``: its program gives
 the kernels as the export lowers them, the patch stage's PrimFunc included with --patches, and the kernels whose
 weights stay int8 to fit the board's Flash, whose candidates are measured so and recorded under that form). Every
-kernel the harness reproduces (harness.py; patch stages not yet) becomes a TuneContext with its knobs (space.py): the
-design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
+kernel the harness reproduces (harness.py; the patch stage included) becomes a TuneContext with its knobs
+(space.py), its harness fed the network's own activations at its first call (activations.py): the design space, the evolutionary search, XGBoost's cost model, the JSON database in ``--db``; candidates are
 built into harness exports (builder.py) and measured by a runner (runners.py). Before the search, each
 kernel's reference output (unblocked) and its default schedule's cost are measured: the summary reports
 default vs tuned per kernel. Ctrl-C stops the search and keeps every record committed so far.
@@ -173,9 +173,8 @@ class _StopFlag:
 
 def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -> tuple[dict[str, KernelHarness],
                                                                                      list[str]]:
-    """The harness of each kernel the harness reproduces (those named in ``kernels`` if given), and the others'
-    names. Patch stages are not tuned (their loop nests are not TVM's default form, which the harness's blockings
-    and rewrites start from)."""
+    """The harness of each kernel the harness reproduces in the form the network's export emitted it (those named in
+    ``kernels`` if given), and the others' names."""
     prog = res.program
     unknown = sorted(set(kernels or ()) - set(prog.funcs))
     if unknown:
@@ -196,8 +195,8 @@ def _tunable_kernels(res: ExportResult, model: str, kernels: list[str] | None) -
         h.in_place = runs_in_place(res.kernel_funcs[name])  # not in place in the network: never in its harness
         harnesses[name] = h
     if not harnesses:
-        raise TvmPatchError(f"{model}: no kernel the tuning harness reproduces (patch stages are not tuned); "
-                            "tune the layer-by-layer build")
+        raise TvmPatchError(f"{model}: the tuning harness reproduces none of the kernels asked for as the export emits "
+                            f"them ({', '.join(untunable[:3])}); name others with --kernel")
     return harnesses, untunable
 
 
