@@ -78,6 +78,8 @@ def test_session_records_every_choice_and_the_best(session):
     assert k.best_cost == min(min(c) for c in by_choice.values())
     assert by_choice[Choice(k.best_rows, k.best_packed, k.best_unrolled)] == {k.best_cost}
     assert k.best_cost <= k.default_cost
+    assert s.totals() == (k.calls * k.default_cost, k.calls * k.best_cost)  # what the session saves per inference
+    assert s.to_json()["totals"] == {"default": k.calls * k.default_cost, "tuned": k.calls * k.best_cost}
 
 
 def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):

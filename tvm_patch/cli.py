@@ -443,6 +443,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
               f"tuned {form(k.best_rows, k.best_packed, k.pack_knob, k.best_unrolled)} {cost(k.best_cost)} ({gain}), "
               f"{k.failed} failed, "
               f"{k.calls} calls{', int8 weights (Flash)' if k.int8_weights else ''}")
+    totals = s.totals()
+    if totals is not None and totals[0]:
+        print(f"  all kernels, weighted by their calls: default {cost(totals[0])}, tuned {cost(totals[1])} "
+              f"({totals[1] / totals[0] - 1:+.1%})")
     if s.untunable:
         print(f"  not tuned (patch stages, kernels the harness does not reproduce): {', '.join(s.untunable)}")
     return 0

@@ -90,8 +90,19 @@ class TuneSummary:
     kernels: list[KernelTuning] = field(default_factory=list)
     untunable: list[str] = field(default_factory=list)
 
+    def totals(self) -> tuple[float, float] | None:
+        """The kernels' costs weighted by their calls, default and tuned (the best record; the default where none
+        is better), over the kernels whose default was measured: what the session saves per inference, copies
+        between kernels aside. None when no default was measured."""
+        measured = [k for k in self.kernels if k.default_cost is not None]
+        if not measured:
+            return None
+        return (sum(k.calls * k.default_cost for k in measured),
+                sum(k.calls * min(k.default_cost, k.best_cost or k.default_cost) for k in measured))
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        totals = self.totals()
+        return dict(asdict(self), totals=None if totals is None else {"default": totals[0], "tuned": totals[1]})
 
 
 @derived_object
