@@ -127,12 +127,13 @@ def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[st
                 raise KeyboardInterrupt
             results.add(entry)
             write_all(results, out, plots=False)
-        for model in tqdm(models if tuning_trials else [], desc="tuning", unit="model", file=sys.stderr):
-            results.data.setdefault("tuning", []).append(
-                tuning.bench_model(model.spec, board.key, tuning_trials, out / "tuning", TUNING_TIMEOUT))
-            if interrupts.seen:
-                raise KeyboardInterrupt
-            write_all(results, out, plots=False)
+        if tuning_trials:
+            for model in tqdm(models, desc="tuning", unit="model", file=sys.stderr):
+                results.data.setdefault("tuning", []).append(
+                    tuning.bench_model(model.spec, board.key, tuning_trials, out / "tuning", TUNING_TIMEOUT))
+                if interrupts.seen:
+                    raise KeyboardInterrupt
+                write_all(results, out, plots=False)
         complete = True
     except KeyboardInterrupt:
         print("\nbench: interrupted; writing what was measured", file=sys.stderr)

@@ -156,10 +156,12 @@ def host_outputs(export_dir: Path, work: Path, info: dict[str, Any], inputs: lis
     return [p.read_bytes() for p in outs]
 
 
-def run_checked(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run a tool with a timeout; a timeout or a failure is a one-line ProjectError (its last output line)."""
+def run_checked(cmd: list[str], what: str, timeout: float, cwd: Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a tool with a timeout (in ``cwd``, with ``env``); a timeout or a failure is a one-line ProjectError (its
+    last output line)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     except subprocess.TimeoutExpired:
         raise ProjectError(f"{what} took more than {timeout:.0f} s; stopped") from None
     if proc.returncode != 0:

@@ -174,9 +174,8 @@ def test_the_harness_runs_on_the_networks_activations(tmp_path):
     net_in = [np.random.default_rng(5).integers(-128, 128, io.nbytes, dtype=np.int8).tobytes() for io in res.program.inputs]
     acts = call_inputs(res.program, res.arena_plan.tensor_offsets, tmp_path / "vww", net_in, [first, second], 120)
     assert acts[first] == net_in  # the first call reads the input as the driver copied it into the arena
-    h = KernelHarness(first, kernel_program(res.program, first), "none", "window copy", inputs=acts[first])
-    blocking, rewrite = network_rewrite(h.func, 4, res.kernel_funcs[first], 1)
-    h.blocking, h.rewrite = blocking, rewrite
+    blocking, rewrite = network_rewrite(res.program.funcs[first], 4, res.kernel_funcs[first], 1)
+    h = KernelHarness(first, kernel_program(res.program, first), rewrite, blocking, inputs=acts[first])
     export = h.export(Choice(), tmp_path / "h" / "export")
     got = measure_export(export, tmp_path / "h", "h743", "host", None).outputs
     assert got == [acts[second][0]]

@@ -10,12 +10,12 @@ inputs are then cut out of its first call's snapshot at their planned offsets (`
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-from tvm_patch.errors import TvmPatchError
+from microtvm_projects.generate import run_checked
 from tvm_patch.export.lower import Program
+from tvm_patch.tune.harness import input_tensors
 
 __all__ = ["call_inputs"]
 
@@ -37,16 +37,6 @@ static void tvmp_tap(int index, const void *arena, size_t n) {
 """
 
 
-def _input_tensors(prog: Program, call_index: int) -> list[int]:
-    """The activation tensors a call reads, in the order ``harness.kernel_program`` makes them its inputs."""
-    call = prog.calls[call_index]
-    seen: list[int] = []
-    for a in call.args[:len(call.args) - call.n_outputs]:
-        if a.kind == "tensor" and a.index not in seen:
-            seen.append(a.index)
-    return seen
-
-
 def call_inputs(prog: Program, offsets: dict[int, int], export_dir: Path, network_input: list[bytes],
                 kernels: list[str], timeout_sec: float) -> dict[str, list[bytes]]:
     """Per kernel of ``kernels`` (its first call in ``prog``), the bytes of its activation inputs as the network's
@@ -56,35 +46,25 @@ def call_inputs(prog: Program, offsets: dict[int, int], export_dir: Path, networ
     for k, call in enumerate(prog.calls):
         first.setdefault(call.func, k)
     wanted = {n: first[n] for n in kernels
-              if n in first and all(t in offsets for t in _input_tensors(prog, first[n]))}
+              if n in first and all(t in offsets for t in input_tensors(prog.calls[first[n]]))}
     if not wanted:
         return {}
     with tempfile.TemporaryDirectory(prefix="tvmp_tap_") as tmp:
         work = Path(tmp)
         (work / "tvmp_tap.h").write_text(_TAP_HEADER)
         exe = work / "tap"
-        _run(["gcc", "-O1", "-std=c99", "-fno-strict-aliasing", "-I", str(export_dir), "-include",
-              str(work / "tvmp_tap.h"), "-o", str(exe), str(export_dir / "model.c"), str(export_dir / "main.c"), "-lm"],
-             work, timeout_sec, "compiling the network's host program to read its activations")
+        run_checked(["gcc", "-O1", "-std=c99", "-fno-strict-aliasing", "-I", str(export_dir), "-include",
+                     str(work / "tvmp_tap.h"), "-o", str(exe), str(export_dir / "model.c"), str(export_dir / "main.c"),
+                     "-lm"], "compiling the network's host program to read its activations", timeout_sec)
         ins = []
         for i, data in enumerate(network_input):
             ins.append(work / f"input{i}.bin")
             ins[-1].write_bytes(data)
         outs = [work / f"output{i}.bin" for i in range(len(prog.outputs))]
         env = dict(os.environ, TVMP_TAP_CALLS="," + ",".join(str(k) for k in sorted(set(wanted.values()))) + ",")
-        _run([str(exe), *map(str, ins), *map(str, outs)], work, timeout_sec, "the network's host program", env)
+        run_checked([str(exe), *map(str, ins), *map(str, outs)], "the network's host program", timeout_sec, work, env)
         taken: dict[str, list[bytes]] = {}
         for name, k in wanted.items():
             arena = (work / f"tap{k}.bin").read_bytes()
-            taken[name] = [arena[offsets[t]:offsets[t] + prog.tensors[t].nbytes] for t in _input_tensors(prog, k)]
+            taken[name] = [arena[offsets[t]:offsets[t] + prog.tensors[t].nbytes] for t in input_tensors(prog.calls[k])]
     return taken
-
-
-def _run(cmd: list[str], cwd: Path, timeout_sec: float, what: str, env: dict[str, str] | None = None) -> None:
-    try:
-        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_sec, env=env)
-    except subprocess.TimeoutExpired:
-        raise TvmPatchError(f"{what}: no result within {timeout_sec:.0f} s") from None
-    if p.returncode != 0:
-        last = (p.stderr or p.stdout).strip().splitlines()
-        raise TvmPatchError(f"{what} failed (exit {p.returncode}): {last[-1] if last else 'no message'}")

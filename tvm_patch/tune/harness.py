@@ -42,35 +42,47 @@ from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.export.wide_weights import weights_key
 from tvm_patch.tune.space import Choice, row_choices
 
-__all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "kernel_program", "network_rewrite", "runs_in_place",
-           "write_kernel_export"]
+__all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "input_tensors", "kernel_program", "network_rewrite",
+           "runs_in_place", "write_kernel_export"]
 
 ALIGNMENT = 16
 
 
+def input_tensors(call: KernelCall) -> list[int]:
+    """The activation tensors (by index) a call reads, first use first: its one-call program's inputs."""
+    n_in = len(call.args) - call.n_outputs
+    reads: list[int] = []
+    for a in call.args[:n_in]:
+        if a.kind == "tensor" and a.index not in reads:
+            reads.append(a.index)
+    return reads
+
+
 def kernel_program(prog: Program, kernel: str) -> Program:
-    """A program of one call: ``kernel``'s first call in ``prog``, its activations as inputs and outputs."""
+    """A program of one call: ``kernel``'s first call in ``prog``, its activations as inputs (``input_tensors``, in
+    that order) and outputs."""
     call = next(c for c in prog.calls if c.func == kernel)
+    reads = input_tensors(call)
     tensors: list[TensorInfo] = []
     consts = []
     new_index: dict[int, int] = {}
     args: list[Arg] = []
-    ins: list[IOTensor] = []
     outs: list[IOTensor] = []
-    n_in = len(call.args) - call.n_outputs
-    for pos, a in enumerate(call.args):
+    for a in call.args:
         if a.kind == "const":
             args.append(Arg("const", len(consts)))
             consts.append(prog.constants[a.index])
             continue
         if a.index not in new_index:
             t = prog.tensors[a.index]
-            role = "output" if pos >= n_in else "input"
+            role = "input" if a.index in reads else "output"
             idx = new_index[a.index] = len(tensors)
             tensors.append(TensorInfo(idx, t.name, t.shape, t.dtype, role))
-            group = outs if role == "output" else ins
-            group.append(IOTensor(f"{role}{len(group)}", idx, t.shape, t.dtype))
+            if role == "output":
+                outs.append(IOTensor(f"output{len(outs)}", idx, t.shape, t.dtype))
         args.append(Arg("tensor", new_index[a.index]))
+    ins = [IOTensor(f"input{i}", new_index[t], prog.tensors[t].shape, prog.tensors[t].dtype)
+           for i, t in enumerate(reads)]
     return Program({kernel: prog.funcs[kernel]}, [KernelCall(kernel, tuple(args), call.n_outputs, call.binding)],
                    tensors, consts, ins, outs, prog.fused_mod)
 
