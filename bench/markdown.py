@@ -47,6 +47,10 @@ def render(data: dict[str, Any]) -> str:
              "## Firmware on the board's runner", "", *tables.firmware_table(data), "",
              "## Cortex-M kernels (issue 13's goals: at most 1.5 per MAC, 5x fewer than plain)", "",
              *tables.kernel_table(data), "",
+             "At kernel parity: the patched build if the stage ran each of its layers at the instructions per MAC of "
+             "that layer's own kernel layer by layer (bench/parity.py). Above its bound, no stage kernel at the "
+             "per-layer kernels' speed meets the goal: recompute mode's extra MACs fall on the layers dearest per "
+             "MAC.", "",
              *(["## Tuned vs untuned 1x1 convolutions (issue 13's goal: tuned beats untuned; emulator instructions, "
                 "`--tuning TRIALS`)", "", *tuning.sections(data["tuning"], "###")] if data.get("tuning") else []),
              "## The paper and the peers beside this run", "",

@@ -37,6 +37,7 @@ SCHEDULES: dict[str, tuple[int | None, str | None]] = {
 FIRMWARE_KEYS = ("fits", "sram_bytes", "flash_bytes", "arena_bytes", "stack_bytes", "data_bss_bytes",
                  "board_sram_bytes", "board_flash_bytes", "conditions")
 EXPORT_DROP = ("out_dir", "files", "check")
+CALL_KEYS = ("name", "kind", "macs", "instructions", "cycles")  # a profiled kernel call, in execution order
 ERRORS = (TvmPatchError, ProjectError)
 
 Step = Callable[[str], None]
@@ -120,12 +121,13 @@ def measure_schedule(model: Model, board: Board, runner: str, patches: int | Non
 def measure_kernels(model: Model, board: Board, runner: str, work: Path) -> dict[str, Any]:
     """The kernel figures of issue 13, layer by layer: one run with TVM's plain kernels (the baseline) and one
     profiled run with the micro-kernels (instructions, or cycles on a board, per op kind)."""
-    out: dict[str, Any] = {"status": "ok", "message": None, "plain": None, "per_kind": None}
+    out: dict[str, Any] = {"status": "ok", "message": None, "plain": None, "per_kind": None, "calls": None}
     try:
         plain = build_for_board(model.spec, work / "plain", board.key, run=True, runner=runner, kernels="plain")
         out["plain"] = _count(plain["run"])
         prof = build_for_board(model.spec, work / "profile", board.key, run=True, runner=runner, profile=True)
         out["per_kind"] = prof["run"].get("per_kind")
+        out["calls"] = [{k: c.get(k) for k in CALL_KEYS} for c in prof["run"].get("kernels") or []]
     except Exception as e:  # noqa: BLE001  (recorded in the entry; the run goes on)
         out.update(status="error", message=one_line(e))
     return out
@@ -151,13 +153,15 @@ def analytic(model: Model, split_layers: int | None) -> dict[str, Any]:
     pb = prof.get("patch_based")
     if pb is None:  # the auto split picked no stage: the patched schedule is the layer-by-layer one
         out.update(patch_peak_bytes=lbl["peak_bytes"], patch_peak_bytes_with_input=lbl["peak_bytes"], reduction=1.0,
-                   patched_macs=lbl["macs"], mac_overhead=0.0, stage_mac_overhead=0.0, split_layers=None,
+                   patched_macs=lbl["macs"], mac_overhead=0.0, stage_mac_overhead=0.0, stage_layer_macs=[],
+                   split_layers=None,
                    split_layer=None, patches=None, patch_input_hw=None, stage_peak_bytes=None,
                    after_stage_peak_bytes=None, tir_allocated_bytes=None)
         return out
     out.update(patch_peak_bytes=pb["peak_bytes"], patch_peak_bytes_with_input=pb["peak_bytes_with_input"],
                reduction=pb["reduction"], patched_macs=pb["macs"], mac_overhead=pb["mac_overhead"],
-               stage_mac_overhead=pb["stage_mac_overhead"], split_layers=pb["split"], split_layer=pb["split_layer"],
+               stage_mac_overhead=pb["stage_mac_overhead"], stage_layer_macs=pb["stage_layer_macs"],
+               split_layers=pb["split"], split_layer=pb["split_layer"],
                patches=pb["patches"], patch_input_hw=pb["patch_input_hw"], stage_peak_bytes=pb["stage_peak_bytes"],
                after_stage_peak_bytes=pb["after_stage_peak_bytes"], tir_allocated_bytes=pb.get("tir_allocated_bytes"))
     return out

@@ -19,6 +19,8 @@ from bench import peers
 from bench.conditions import conditions
 from bench.markdown import render
 from bench.measure import PLAN_SOURCE, SCHEDULES
+from bench.parity import parity_extra
+from bench.tables import kernel_table
 from bench.results import CSV_COLUMNS, csv_rows
 from bench.run import main
 from microtvm_projects.boards import get_board
@@ -34,7 +36,7 @@ CONFIG_KEYS = {"patches", "split", "status", "message", "run", "fits", "sram_byt
                "seconds"}
 ANALYTIC_KEYS = {"convention", "macs", "layer_by_layer_peak_bytes", "peak_layer", "stage", "layers",
                  "patch_peak_bytes", "patch_peak_bytes_with_input", "reduction", "patched_macs", "mac_overhead",
-                 "stage_mac_overhead", "split_layers", "split_layer", "patches", "patch_input_hw", "stage_peak_bytes",
+                 "stage_mac_overhead", "stage_layer_macs", "split_layers", "split_layer", "patches", "patch_input_hw", "stage_peak_bytes",
                  "after_stage_peak_bytes", "tir_allocated_bytes"}
 
 
@@ -61,6 +63,12 @@ def check_outputs(out: Path, models: set[str]) -> dict:
         a = e["analytic"]
         assert a["macs"] > 0 and a["patch_peak_bytes"] <= a["layer_by_layer_peak_bytes"]
         assert a["patched_macs"] >= a["macs"] and a["mac_overhead"] >= 0
+        assert sum(p - m for m, p in a["stage_layer_macs"]) == a["patched_macs"] - a["macs"]
+        calls = e["kernels"]["calls"]  # the profiled layer-by-layer run, call by call
+        assert sum(c["macs"] for c in calls) == a["macs"] and all(c["instructions"] > 0 for c in calls)
+        if a["stage"]:  # the patched build at kernel parity: the stage's calls scaled up by their extra MACs
+            extra = parity_extra(calls, a["stage_layer_macs"])
+            assert extra > 0 if a["mac_overhead"] else extra == 0
         assert set(e["configs"]) == set(SCHEDULES)
         for sched, c in e["configs"].items():
             assert CONFIG_KEYS <= set(c), (key, sched)
@@ -175,6 +183,24 @@ def test_published_figures_are_labelled_with_source_and_convention():
     assert peers.published_for("mcunet-in2")["peers"]["libraries"]["TinyEngine"] == {"latency_ms": 280,
                                                                                      "sram_bytes": 215 * 1024}
     assert peers.TABLE1.patch_bytes == 175_616 and peers.published_for("vww") == {}
+
+
+def test_kernel_table_gives_the_patched_build_at_kernel_parity():
+    """The kernel table's last column: the patched build with the stage's layers' calls scaled by their patched
+    MACs (bench/parity.py), over the layer-by-layer count; '-' without a stage."""
+    calls = [{"name": "stem", "kind": "conv3x3", "macs": 100, "instructions": 300},
+             {"name": "pw", "kind": "conv1x1", "macs": 300, "instructions": 400},
+             {"name": "fc", "kind": "dense", "macs": 100, "instructions": 300}]
+    per_kind = {c["kind"]: {"per_mac": c["instructions"] / c["macs"]} for c in calls}
+    entry = {"model": "m", "status": "ok", "kernels": {"status": "ok", "plain": 5000, "per_kind": per_kind,
+                                                       "calls": calls},
+             "analytic": {"macs": 500, "stage": True, "mac_overhead": 0.2, "stage_layer_macs": [[100, 200]]},
+             "configs": {"layer_by_layer": {"run": {"instructions": 1000}},
+                         "patch_4x4_auto": {"run": {"instructions": 1400}}}}
+    md = "\n".join(kernel_table({"models": {"m": entry}}))
+    assert "at kernel parity |" in md and "| 1.400x (bound 1.220x) | 1.300x |" in md
+    entry["analytic"].update(stage=False, mac_overhead=0.0, stage_layer_macs=[])
+    assert kernel_table({"models": {"m": entry}})[-1].endswith("| - | - |")
 
 
 def test_the_tuning_comparison_has_its_section_in_results_md():

@@ -35,8 +35,8 @@ from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.te_stage import bounded_requantization, param_arrays
-from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, new_interval, plan_patches,
-                                     stage_macs)
+from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, layer_macs, macs_by_patch,
+                                     new_interval, plan_patches, stage_macs)
 from tvm_patch.patch.stage import StageError
 from tvm_patch.quant import extern_requantization, multiply_by_quantized_multiplier_ref
 from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
@@ -152,6 +152,11 @@ def test_cache_figures_by_hand():
     assert macs.sum() == stage_macs(stage) == 8 * 8 * 2 * 9 + 8 * 8 * 1 * 18
     # patch (0, 0) computes layer 0 rows/columns 0..4 (5 x 5 live of its 6 x 6 region), the output 4 x 4
     assert macs[0, 0] == 5 * 5 * 2 * 9 + 4 * 4 * 18
+    # per layer (layer by layer, patched): cache mode computes each element once; recompute mode computes layer
+    # 0's 5 live rows and columns of its 6-wide region in both patches, 10 x 10 where layer by layer has 8 x 8
+    assert layer_macs(stage, (2, 2), "cache") == [(1152, 1152), (1152, 1152)]
+    assert layer_macs(stage, (2, 2), "recompute") == [(1152, 10 * 10 * 2 * 9), (1152, 1152)]
+    assert halo_macs(stage, (2, 2), "recompute") == 1800 + 1152 == macs_by_patch(stage, (2, 2)).sum()
 
 
 @pytest.mark.parametrize("layout,dtype,patches", [("NCHW", "int8", (2, 2)), ("NHWC", "int8", (3, 2)),

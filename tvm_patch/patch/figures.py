@@ -66,6 +66,7 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
         "macs": m.macs,
         "mac_overhead": m.macs / graph.macs - 1,
         "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
+        "stage_layer_macs": [list(x) for x in m.layer_macs],
         "split": n,
         "split_layer": graph.layers[n - 1].name,
         "split_choice": (f"auto: the fewest MACs among the splits whose peak is within {PEAK_SLACK:.0%} of the "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tvm_patch.convention import accumulates_into_skip, core_bytes, inplace_shift
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import Graph
-from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, halo_macs, plan_patches, stage_macs
+from tvm_patch.patch.regions import HALO_MODES, cache_bytes, check_halo, execution_order, layer_macs, plan_patches
 import numpy as np
 
 from tvm_patch.patch.stage import STAGE_INPUT, Add, AddQuant, Conv, ConvQuant, Lookup, MaxPool, Stage
@@ -47,6 +47,7 @@ class PatchMemory:
     stage_layer_bytes: list[int]
     halo: str = "recompute"
     cache_bytes: int = 0  # cache mode: the row and column caches of every intermediate, live during the stage
+    layer_macs: tuple[tuple[int, int], ...] = ()  # per conv layer of the stage: (layer by layer, patched)
 
 
 def _region_elems(stage: Stage, plan, v: int) -> int:
@@ -106,8 +107,9 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
 
     rest = [layer_bytes(graph, layer) for layer in graph.layers[n:]]
     rest_peak = max(rest, default=0)
-    patched = halo_macs(stage, patches, halo)
-    flat = stage_macs(stage)
+    by_layer = tuple(layer_macs(stage, patches, halo))
+    patched = sum(p for _, p in by_layer)
+    flat = sum(m for m, _ in by_layer)
     return PatchMemory(
         peak_bytes=max(max(rows), rest_peak),
         peak_bytes_with_input=max(max(rows_with_input), rest_peak),
@@ -121,6 +123,7 @@ def patch_memory(graph: Graph, stage: Stage, n: int, patches: tuple[int, int], h
         stage_layer_bytes=rows,
         halo=halo,
         cache_bytes=caches,
+        layer_macs=by_layer,
     )
 
 

@@ -353,25 +353,42 @@ def full_size_bytes(stage: Stage) -> dict[str, int]:
     return out
 
 
+def _recomputed(region: AxisPlan, p: int) -> int:
+    """Rows (columns) patch p computes in recompute mode: its region's live part."""
+    return region.computed(p)
+
+
+def _cached(region: AxisPlan, p: int) -> int:
+    """Rows (columns) patch p computes in cache mode: the live part of what the previous patch did not compute."""
+    return new_interval(region, p).clip(region.live).size
+
+
 def macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
     """MACs each patch position performs (summed over the batch), shape (rows of patches, cols of patches).
 
     A conv computes the live part of its region only: the padding ring is a select, not a convolution.
     """
-    return _macs_grid(stage, patches, lambda region, p: region.computed(p))
+    return _macs_grid(stage, patches, _recomputed)
 
 
 def _macs_grid(stage: Stage, patches: tuple[int, int], computed: Callable[[Any, int], int]) -> np.ndarray:
     """MACs per patch position: per conv layer, rows x cols computed (``computed(axis region, patch)``)."""
+    return sum(_layer_grids(stage, patches, computed).values(), np.zeros(plan_patches(stage, patches).counts,
+                                                                          dtype=np.int64))
+
+
+def _layer_grids(stage: Stage, patches: tuple[int, int],
+                 computed: Callable[[Any, int], int]) -> dict[int, np.ndarray]:
+    """Conv layer -> the MACs it performs at each patch position (rows x cols computed, as `_macs_grid`)."""
     plan = plan_patches(stage, patches)
     nh, nw = plan.counts
-    out = np.zeros((nh, nw), dtype=np.int64)
+    out = {}
     for i, g in enumerate(stage.geometry):
         if g is None:
             continue
         rows = np.array([computed(plan.h[i], p) for p in range(nh)], dtype=np.int64)
         cols = np.array([computed(plan.w[i], p) for p in range(nw)], dtype=np.int64)
-        out += np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
+        out[i] = np.outer(rows, cols) * (stage.batch * g.c_out * g.macs_per_output)
     return out
 
 
@@ -438,10 +455,21 @@ def cache_bytes(stage: Stage, patches: tuple[int, int], item: int | None = None)
 
 def cache_macs_by_patch(stage: Stage, patches: tuple[int, int]) -> np.ndarray:
     """MACs each patch performs in cache mode: the live part of its new rows x new columns only."""
-    return _macs_grid(stage, patches, lambda region, p: new_interval(region, p).clip(region.live).size)
+    return _macs_grid(stage, patches, _cached)
 
 
 def halo_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> int:
     """Total MACs of the stage patch by patch: halos recomputed, or cached (each live element once)."""
-    by_patch = cache_macs_by_patch if check_halo(halo) == "cache" else macs_by_patch
-    return int(by_patch(stage, patches).sum())
+    return sum(patched for _, patched in layer_macs(stage, patches, halo))
+
+
+def layer_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> list[tuple[int, int]]:
+    """(MACs layer by layer, MACs patch by patch) of each conv layer of the stage, in layer order: where the
+    recompute mode's extra MACs fall (the stem and the early layers, whose regions overlap most)."""
+    grids = _layer_grids(stage, patches, _cached if check_halo(halo) == "cache" else _recomputed)
+    out = []
+    for i, grid in grids.items():
+        _, h, w = stage.shapes[i]
+        g = stage.geometry[i]
+        out.append((stage.batch * g.c_out * h * w * g.macs_per_output, int(grid.sum())))
+    return out
