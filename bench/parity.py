@@ -13,8 +13,9 @@ stage must beat the per-layer kernels per MAC).
 from the profiled layer-by-layer run's calls (execution order) and the analytic MACs of each conv layer of the
 stage (`stage_layer_macs`: layer by layer, patch by patch). The stage's calls are the shortest prefix of the calls
 whose MAC-doing calls have exactly the stage's layers' MACs; each takes the ratio of the first stage layer, in layer
-order, with its MACs. Calls without MACs inside the prefix (a float input's quantization) count once: recompute
-mode redoes them per patch too, so the figure is a lower bound there.
+order, with its MACs. Calls without MACs before the first of them (a float input's quantization) take the ratio of
+the input elements the patches read to the input's (`stage_input_reads`: recompute mode quantizes every patch's
+input region again); calls without MACs between them (a residual add, a pool) count once, a lower bound.
 """
 
 from __future__ import annotations
@@ -28,22 +29,28 @@ def _count(call: dict[str, Any]) -> int | None:
     return call.get("instructions") if call.get("instructions") is not None else call.get("cycles")
 
 
-def parity_extra(calls: list[dict[str, Any]], layer_macs: list[list[int]]) -> int | None:
-    """What the stage's layers' calls would add to the layer-by-layer count at their patched MACs (module
-    docstring); None when the calls' MACs do not match the stage's layers (or a count is missing)."""
+def parity_extra(calls: list[dict[str, Any]], layer_macs: list[list[int]],
+                 input_reads: tuple[int, int] | list[int] | None = None) -> int | None:
+    """What the stage's layers' calls would add to the layer-by-layer count at their patched MACs, and the calls
+    before them at ``input_reads`` = (input elements, elements the patches read) (module docstring); None when the
+    calls' MACs do not match the stage's layers (or a count is missing)."""
     if not layer_macs or not calls or any(_count(c) is None for c in calls):
         return None
+    image, read = input_reads or (1, 1)
     pending = Counter(m for m, _ in layer_macs)
     ratios: dict[int, list[float]] = {}  # MACs -> the patched / layer-by-layer ratios of the layers with them
     for m, patched in layer_macs:
         ratios.setdefault(m, []).append(patched / m)
-    extra = 0
+    extra, started = 0, False
     for c in calls:
         if not pending:
             break
         macs = c.get("macs") or 0
         if macs == 0:
+            if not started:  # before the stage's first layer: work on the stage's input
+                extra += round(_count(c) * (read / image - 1))
             continue
+        started = True
         if pending[macs] == 0:
             return None  # a call the stage has no layer for before the stage's layers are all seen
         pending[macs] -= 1

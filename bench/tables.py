@@ -157,7 +157,8 @@ def kernel_table(data: dict[str, Any]) -> list[str]:
                  if n not in dict(KINDS) and v.get("per_mac") is not None]
         patched = "-" if not pcount or not a["stage"] else \
             f"{pcount / count:.3f}x (bound {1 + a['mac_overhead'] + 0.02:.3f}x)"
-        extra = parity_extra(k.get("calls") or [], a.get("stage_layer_macs") or []) if a["stage"] else None
+        extra = parity_extra(k.get("calls") or [], a.get("stage_layer_macs") or [],
+                             a.get("stage_input_reads")) if a["stage"] else None
         rows.append([e["model"], a["macs"], count, f"{count / a['macs']:.2f}", k["plain"], ratio(k["plain"], count),
                      *[f"{kinds[n]['per_mac']:.2f}" if kinds.get(n, {}).get("per_mac") else "-" for n, _ in KINDS],
                      " / ".join(other) or "-", patched, "-" if extra is None else f"{(count + extra) / count:.3f}x"])

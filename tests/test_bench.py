@@ -36,8 +36,8 @@ CONFIG_KEYS = {"patches", "split", "status", "message", "run", "fits", "sram_byt
                "seconds"}
 ANALYTIC_KEYS = {"convention", "macs", "layer_by_layer_peak_bytes", "peak_layer", "stage", "layers",
                  "patch_peak_bytes", "patch_peak_bytes_with_input", "reduction", "patched_macs", "mac_overhead",
-                 "stage_mac_overhead", "stage_layer_macs", "split_layers", "split_layer", "patches", "patch_input_hw", "stage_peak_bytes",
-                 "after_stage_peak_bytes", "tir_allocated_bytes"}
+                 "stage_mac_overhead", "stage_layer_macs", "stage_input_reads", "split_layers", "split_layer", "patches",
+                 "patch_input_hw", "stage_peak_bytes", "after_stage_peak_bytes", "tir_allocated_bytes"}
 
 
 def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -67,7 +67,8 @@ def check_outputs(out: Path, models: set[str]) -> dict:
         calls = e["kernels"]["calls"]  # the profiled layer-by-layer run, call by call
         assert sum(c["macs"] for c in calls) == a["macs"] and all(c["instructions"] > 0 for c in calls)
         if a["stage"]:  # the patched build at kernel parity: the stage's calls scaled up by their extra MACs
-            extra = parity_extra(calls, a["stage_layer_macs"])
+            assert a["stage_input_reads"][1] >= a["stage_input_reads"][0] > 0  # recompute: the regions overlap
+            extra = parity_extra(calls, a["stage_layer_macs"], a["stage_input_reads"])
             assert extra > 0 if a["mac_overhead"] else extra == 0
         assert set(e["configs"]) == set(SCHEDULES)
         for sched, c in e["configs"].items():

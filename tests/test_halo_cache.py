@@ -35,8 +35,8 @@ from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.te_stage import bounded_requantization, param_arrays
-from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, layer_macs, macs_by_patch,
-                                     new_interval, plan_patches, stage_macs)
+from tvm_patch.patch.regions import (Interval, cache_bytes, cache_macs_by_patch, halo_macs, input_reads, layer_macs,
+                                     macs_by_patch, new_interval, plan_patches, stage_macs)
 from tvm_patch.patch.stage import StageError
 from tvm_patch.quant import extern_requantization, multiply_by_quantized_multiplier_ref
 from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX
@@ -157,6 +157,10 @@ def test_cache_figures_by_hand():
     assert layer_macs(stage, (2, 2), "cache") == [(1152, 1152), (1152, 1152)]
     assert layer_macs(stage, (2, 2), "recompute") == [(1152, 10 * 10 * 2 * 9), (1152, 1152)]
     assert halo_macs(stage, (2, 2), "recompute") == 1800 + 1152 == macs_by_patch(stage, (2, 2)).sum()
+    # the input's regions: rows (columns) -2..5 and 2..9, two 3x3 convs' halos, 6 of each inside the 8 x 8 image;
+    # recompute mode reads 12 x 12 elements of its 8 x 8; cache mode counts each once
+    assert input_reads(stage, (2, 2), "recompute") == (64, 12 * 12)
+    assert input_reads(stage, (2, 2), "cache") == (64, 64)
 
 
 @pytest.mark.parametrize("layout,dtype,patches", [("NCHW", "int8", (2, 2)), ("NHWC", "int8", (3, 2)),

@@ -30,6 +30,17 @@ def test_parity_scales_the_stage_calls_by_their_patched_macs(layer_macs, want):
     assert parity_extra(CALLS, layer_macs) == want
 
 
+def test_the_input_side_calls_take_the_input_reads_ratio():
+    """The quantization before the stage's first layer: recompute mode reads 2.5x the input, so 1.5 x 700 more;
+    without the figure (or in cache mode, 1x) it counts once."""
+    layer_macs = [[1000, 2000], [400, 600], [800, 800]]
+    assert parity_extra(CALLS, layer_macs, (400, 1000)) == 1050 + 1500 + 500
+    assert parity_extra(CALLS, layer_macs, (400, 400)) == parity_extra(CALLS, layer_macs) == 1500 + 500
+    # a call without MACs between the stage's layers (a residual add) counts once
+    calls = [CALLS[0], CALLS[1], call("add", 0, 300), *CALLS[2:]]
+    assert parity_extra(calls, layer_macs, (400, 1000)) == 1050 + 1500 + 500
+
+
 def test_equal_macs_are_matched_in_order():
     calls = [call("a", 500, 1000), call("b", 500, 3000), call("c", 700, 10)]
     assert parity_extra(calls, [[500, 1000], [500, 500]]) == 1000

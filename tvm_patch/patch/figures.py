@@ -10,7 +10,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.graph import build_graph
 from tvm_patch.patch.from_graph import is_qdq_stage, stage_from_graph, stage_from_qdq
 from tvm_patch.patch.memory import PEAK_SLACK, ScheduleChoice, best_halo, best_schedule, int8_twin, patch_memory
-from tvm_patch.patch.regions import HALO_MODES
+from tvm_patch.patch.regions import HALO_MODES, input_reads
 from tvm_patch.patch.regions import per_patch_bytes
 from tvm_patch.patch.schedule import allocated_bytes, build_stage
 from tvm_patch.profile import peak, profile_layers
@@ -67,6 +67,7 @@ def patch_based(graph, mod, patches: int, split: int | str, tir: bool, imported=
         "mac_overhead": m.macs / graph.macs - 1,
         "stage_mac_overhead": m.stage_macs_patched / m.stage_macs_layer_by_layer - 1,
         "stage_layer_macs": [list(x) for x in m.layer_macs],
+        "stage_input_reads": list(input_reads(stage, pp, halo)),
         "split": n,
         "split_layer": graph.layers[n - 1].name,
         "split_choice": (f"auto: the fewest MACs among the splits whose peak is within {PEAK_SLACK:.0%} of the "

@@ -463,6 +463,21 @@ def halo_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -
     return sum(patched for _, patched in layer_macs(stage, patches, halo))
 
 
+def input_reads(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> tuple[int, int]:
+    """(the stage input's elements, the elements the patches read of it): recompute mode reads every patch's input
+    region inside the image again (a float input is quantized again per patch); cache mode counts each element once
+    (its patches skip the rows and columns their readers' caches hold; a stride-2 window's overlap is read twice)."""
+    plan = plan_patches(stage, patches)
+    c, h, w = stage.input_chw
+    image = stage.batch * c * h * w
+    if check_halo(halo) == "cache":
+        return image, image
+    inside = Interval(0, h), Interval(0, w)
+    rows = sum(r.clip(inside[0]).size for r in plan.h[STAGE_INPUT].regions)
+    cols = sum(r.clip(inside[1]).size for r in plan.w[STAGE_INPUT].regions)
+    return image, stage.batch * c * rows * cols
+
+
 def layer_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> list[tuple[int, int]]:
     """(MACs layer by layer, MACs patch by patch) of each conv layer of the stage, in layer order: where the
     recompute mode's extra MACs fall (the stem and the early layers, whose regions overlap most)."""
