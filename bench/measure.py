@@ -22,6 +22,7 @@ from tvm_patch.report import profile
 
 from bench import peers
 from bench.models import Model
+from bench.results import count
 
 PATCHES = 4
 PLAN_SOURCE = ("layer by layer; the paper's settings (4x4, auto split); and `tvm-patch plan --fast`'s choice for "
@@ -124,18 +125,13 @@ def measure_kernels(model: Model, board: Board, runner: str, work: Path) -> dict
     out: dict[str, Any] = {"status": "ok", "message": None, "plain": None, "per_kind": None, "calls": None}
     try:
         plain = build_for_board(model.spec, work / "plain", board.key, run=True, runner=runner, kernels="plain")
-        out["plain"] = _count(plain["run"])
+        out["plain"] = count(plain["run"])
         prof = build_for_board(model.spec, work / "profile", board.key, run=True, runner=runner, profile=True)
         out["per_kind"] = prof["run"].get("per_kind")
         out["calls"] = [{k: c.get(k) for k in CALL_KEYS} for c in prof["run"].get("kernels") or []]
     except Exception as e:  # noqa: BLE001  (recorded in the entry; the run goes on)
         out.update(status="error", message=one_line(e))
     return out
-
-
-def _count(run: dict[str, Any]) -> int | None:
-    """Exact instructions on the emulator, cycles on a board."""
-    return run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
 
 
 def analytic(model: Model, split_layers: int | None) -> dict[str, Any]:

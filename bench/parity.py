@@ -23,10 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-
-def _count(call: dict[str, Any]) -> int | None:
-    """A call's instructions (emulator) or cycles (board)."""
-    return call.get("instructions") if call.get("instructions") is not None else call.get("cycles")
+from bench.results import count as _count
 
 
 def parity_extra(calls: list[dict[str, Any]], layer_macs: list[list[int]],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from bench.parity import parity_extra
-from bench.results import schedule_macs
+from bench.results import count, schedule_macs
 
 SCHEDULE_LABEL = {"layer_by_layer": "layer by layer", "patch_4x4_auto": "4x4, auto split", "plan": "plan --fast"}
 NOT_BUILT = ("cycles on a real board (nothing has run on one; `--runner device` needs one attached), kernels at "
@@ -62,12 +62,12 @@ def summary_rows(data: dict[str, Any]) -> list[list[Any]]:
         for sched, c in e.get("configs", {}).items():
             run = c.get("run") or {}
             export = c.get("export") or {}
-            count = run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
+            measured = count(run)
             lat = run.get("latency_ms")
             lat_s = "-" if lat is None else f"{lat:,.1f}{' (est.)' if run.get('latency_estimated') else ''}"
             fits = c.get("fits") if c.get("fits") is not None else ("error" if c["status"] == "error" else None)
             rows.append([e["model"], SCHEDULE_LABEL[sched], export.get("arena_bytes"), c.get("sram_bytes"),
-                         c.get("flash_bytes"), fits, schedule_macs(e, sched), count, lat_s, run.get("bit_exact")])
+                         c.get("flash_bytes"), fits, schedule_macs(e, sched), measured, lat_s, run.get("bit_exact")])
     return rows
 
 
@@ -85,7 +85,7 @@ def plan_table(data: dict[str, Any]) -> list[str]:
         p, run = c["plan"], c.get("run") or {}
         where = "layer by layer" if p["split"] is None else \
             f"split {p['split']}, {p['patches'][0]}x{p['patches'][1]}, {p['halo']}"
-        measured = run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
+        measured = count(run)
         pred = p.get("predicted_instructions")
         err = f"{(pred - measured) / measured:+.1%}" if pred and measured else "-"
         rows.append([e["model"], where if p.get("fits") else "nothing fits", p.get("sram_bytes"), c.get("sram_bytes"),
@@ -148,20 +148,19 @@ def kernel_table(data: dict[str, Any]) -> list[str]:
     for e in _ok(data["models"]):
         k, a = e.get("kernels") or {}, e["analytic"]
         lx, px = ((e["configs"].get(c) or {}).get("run") or {} for c in ("layer_by_layer", "patch_4x4_auto"))
-        count = lx.get("instructions") if lx.get("instructions") is not None else lx.get("cycles")
-        if not count or k.get("status") != "ok":
+        lcount, pcount = count(lx), count(px)
+        if not lcount or k.get("status") != "ok":
             continue
-        pcount = px.get("instructions") if px.get("instructions") is not None else px.get("cycles")
         kinds = k.get("per_kind") or {}
         other = [f"{v['per_mac']:.2f}" for n, v in sorted(kinds.items())
                  if n not in dict(KINDS) and v.get("per_mac") is not None]
         patched = "-" if not pcount or not a["stage"] else \
-            f"{pcount / count:.3f}x (bound {1 + a['mac_overhead'] + 0.02:.3f}x)"
+            f"{pcount / lcount:.3f}x (bound {1 + a['mac_overhead'] + 0.02:.3f}x)"
         extra = parity_extra(k.get("calls") or [], a.get("stage_layer_macs") or [],
                              a.get("stage_input_reads")) if a["stage"] else None
-        rows.append([e["model"], a["macs"], count, f"{count / a['macs']:.2f}", k["plain"], ratio(k["plain"], count),
+        rows.append([e["model"], a["macs"], lcount, f"{lcount / a['macs']:.2f}", k["plain"], ratio(k["plain"], lcount),
                      *[f"{kinds[n]['per_mac']:.2f}" if kinds.get(n, {}).get("per_mac") else "-" for n, _ in KINDS],
-                     " / ".join(other) or "-", patched, "-" if extra is None else f"{(count + extra) / count:.3f}x"])
+                     " / ".join(other) or "-", patched, "-" if extra is None else f"{(lcount + extra) / lcount:.3f}x"])
     return md_table(("model", "MACs", "instructions", "per MAC", "plain kernels", "x fewer",
                      *[f"{label} per MAC" for _, label in KINDS], "k x k per MAC", "4x4 patched / layer by layer",
                      "at kernel parity"), rows)
@@ -207,10 +206,10 @@ def firmware_table(data: dict[str, Any]) -> list[str]:
                 continue
             run = c.get("run") or {}
             macs = schedule_macs(e, sched)
-            count = run.get("instructions")
-            per_mac = f"{count / macs:.2f}" if count and macs else "-"
+            instructions = run.get("instructions")
+            per_mac = f"{instructions / macs:.2f}" if instructions and macs else "-"
             rows.append([e["model"], SCHEDULE_LABEL[sched], c["sram_bytes"], c["arena_bytes"], c["stack_bytes"],
-                         c["data_bss_bytes"], c["flash_bytes"], count, run.get("cycles"), per_mac,
+                         c["data_bss_bytes"], c["flash_bytes"], instructions, run.get("cycles"), per_mac,
                          run.get("stack_used_bytes"), run.get("bit_exact"), c["seconds"]])
     return md_table(("model", "schedule", "SRAM B", "arena", "stack", "data/bss", "Flash B", "instructions", "cycles",
                      "instr/MAC", "stack used", "bit-exact", "s"), rows)
