@@ -283,18 +283,27 @@ def test_device_runner_without_a_board_keeps_the_firmware_figures(tmp_path):
                     reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
 def test_line_profile_counts_each_nest_exactly(tmp_path):
     """bench.line_profile on a fixture kernel of two loop nests split by tvmp_barrier(), each a loop of exactly 2
-    instructions an iteration, called twice with known counts: per line and per nest the exact instructions."""
-    from bench.line_profile import address_counts, line_counts, nests
+    instructions an iteration, called three times with known counts (once for 4 M instructions, during which QEMU
+    stops the loop's block and translates it again: the trace's blocks told apart by their translations): per line
+    and per nest the exact instructions; and on a kernel that calls such a loop out of line: the call's line counts
+    the BL and everything the callee ran."""
+    from bench.line_profile import execution, line_counts, nests
     from conftest import FIRMWARE_FIXTURES, run_test_firmware
     from microtvm_projects.boards import get_board
 
     board = get_board("f412")
     elf, _ = run_test_firmware(FIRMWARE_FIXTURES / "line_profile.c", board, tmp_path, "-g")
-    per_line = line_counts(elf, address_counts(elf, board), "two_nests")
+    run = execution(elf, board)
+    per_line = line_counts(elf, run, "two_nests")
     source = (FIRMWARE_FIXTURES / "line_profile.c").read_text().splitlines()
     first, second = nests(source, "two_nests")
-    assert per_line == {first[0] + 1: 2 * (1000 + 7), second[0]: 2 * (3000 + 11), second[0] + 1: 2}  # + bx lr, twice
-    assert sum(n for ln, n in per_line.items() if second[0] <= ln < second[1]) == 2 * 3011 + 2
+    # called with (1000, 3000), (7, 11), (2000000, 1): a bx lr each
+    assert per_line == {first[0] + 1: 2 * (1000 + 7 + 2000000), second[0]: 2 * (3000 + 11 + 1), second[0] + 1: 3}
+    assert sum(n for ln, n in per_line.items() if second[0] <= ln < second[1]) == 2 * 3012 + 3
+    call = source.index("    out_of_line(k);") + 1
+    calling = line_counts(elf, run, "calls_out")
+    assert calling[call] == (1 + 2 * 500 + 1) + (1 + 2 * 20 + 1)  # bl; the callee's loop and its bx lr; twice
+    assert calling[call - 1] == calling[call + 2] == 2  # push, pop: the function's own lines, as before
 
 
 def test_line_profile_without_firmware_is_one_line(tmp_path):
