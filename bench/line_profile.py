@@ -83,6 +83,7 @@ class _Replay:
         self.pending = (addrs, ret)
 
     def executed(self, host: str, pc: int) -> None:
+        """A trace line: the translation at ``host`` (guest address ``pc``) ran."""
         if self.pending is not None and self.pending[0][0] == pc:
             self.shapes[host], self.pending = self.pending, None
         block, ret = self.shapes.get(host, ([], None))

@@ -150,16 +150,13 @@ def analytic(model: Model, split_layers: int | None) -> dict[str, Any]:
     if pb is None:  # the auto split picked no stage: the patched schedule is the layer-by-layer one
         out.update(patch_peak_bytes=lbl["peak_bytes"], patch_peak_bytes_with_input=lbl["peak_bytes"], reduction=1.0,
                    patched_macs=lbl["macs"], mac_overhead=0.0, stage_mac_overhead=0.0, stage_layer_macs=[],
-                   stage_input_reads=None,
-                   split_layers=None,
-                   split_layer=None, patches=None, patch_input_hw=None, stage_peak_bytes=None,
-                   after_stage_peak_bytes=None, tir_allocated_bytes=None)
+                   stage_input_reads=None, split_layers=None, split_layer=None, patches=None, patch_input_hw=None,
+                   stage_peak_bytes=None, after_stage_peak_bytes=None, tir_allocated_bytes=None)
         return out
     out.update(patch_peak_bytes=pb["peak_bytes"], patch_peak_bytes_with_input=pb["peak_bytes_with_input"],
                reduction=pb["reduction"], patched_macs=pb["macs"], mac_overhead=pb["mac_overhead"],
                stage_mac_overhead=pb["stage_mac_overhead"], stage_layer_macs=pb["stage_layer_macs"],
-               stage_input_reads=pb["stage_input_reads"],
-               split_layers=pb["split"], split_layer=pb["split_layer"],
+               stage_input_reads=pb["stage_input_reads"], split_layers=pb["split"], split_layer=pb["split_layer"],
                patches=pb["patches"], patch_input_hw=pb["patch_input_hw"], stage_peak_bytes=pb["stage_peak_bytes"],
                after_stage_peak_bytes=pb["after_stage_peak_bytes"], tir_allocated_bytes=pb.get("tir_allocated_bytes"))
     return out

@@ -10,16 +10,15 @@ from typing import Any
 from tvm_patch.atomic import write_atomic
 
 SCHEMA = 1
+CSV_COLUMNS = ("model", "board", "runner", "schedule", "status", "macs", "ram_bytes", "rom_bytes", "arena_bytes",
+               "analytic_peak_bytes", "tflm_arena_bytes", "fits", "instructions", "cycles", "latency_ms",
+               "latency_estimated", "bit_exact", "stack_used_bytes", "split_layers", "export_seconds", "sha256",
+               "message")
 
 
 def count(run: dict[str, Any]) -> int | None:
     """A run's (or a profiled call's) count: exact instructions on the emulator, cycles on a board."""
     return run.get("instructions") if run.get("instructions") is not None else run.get("cycles")
-
-CSV_COLUMNS = ("model", "board", "runner", "schedule", "status", "macs", "ram_bytes", "rom_bytes", "arena_bytes",
-               "analytic_peak_bytes", "tflm_arena_bytes", "fits", "instructions", "cycles", "latency_ms",
-               "latency_estimated", "bit_exact", "stack_used_bytes", "split_layers", "export_seconds", "sha256",
-               "message")
 
 
 class Results:

@@ -399,12 +399,14 @@ def patch_macs(stage: Stage, patches: tuple[int, int]) -> int:
 
 def stage_macs(stage: Stage) -> int:
     """MACs of the stage computed layer by layer (every output element once)."""
-    total = 0
-    for i, g in enumerate(stage.geometry):
-        if g is not None:
-            _, h, w = stage.shapes[i]
-            total += stage.batch * g.c_out * h * w * g.macs_per_output
-    return total
+    return sum(_flat_macs(stage, i) for i, g in enumerate(stage.geometry) if g is not None)
+
+
+def _flat_macs(stage: Stage, i: int) -> int:
+    """MACs of conv layer i computed layer by layer."""
+    _, h, w = stage.shapes[i]
+    g = stage.geometry[i]
+    return stage.batch * g.c_out * h * w * g.macs_per_output
 
 
 # -- halo caching (cache mode) -------------------------------------------------------------------------
@@ -466,7 +468,8 @@ def halo_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -
 def input_reads(stage: Stage, patches: tuple[int, int], halo: str = "recompute") -> tuple[int, int]:
     """(the stage input's elements, the elements the patches read of it): recompute mode reads every patch's input
     region inside the image again (a float input is quantized again per patch); cache mode counts each element once
-    (its patches skip the rows and columns their readers' caches hold; a stride-2 window's overlap is read twice)."""
+    (its patches skip the rows and columns their readers' caches hold: an approximation, a stride-2 window's
+    overlap row or column is read by two patches)."""
     plan = plan_patches(stage, patches)
     c, h, w = stage.input_chw
     image = stage.batch * c * h * w
@@ -482,9 +485,4 @@ def layer_macs(stage: Stage, patches: tuple[int, int], halo: str = "recompute") 
     """(MACs layer by layer, MACs patch by patch) of each conv layer of the stage, in layer order: where the
     recompute mode's extra MACs fall (the stem and the early layers, whose regions overlap most)."""
     grids = _layer_grids(stage, patches, _cached if check_halo(halo) == "cache" else _recomputed)
-    out = []
-    for i, grid in grids.items():
-        _, h, w = stage.shapes[i]
-        g = stage.geometry[i]
-        out.append((stage.batch * g.c_out * h * w * g.macs_per_output, int(grid.sum())))
-    return out
+    return [(_flat_macs(stage, i), int(grid.sum())) for i, grid in grids.items()]
