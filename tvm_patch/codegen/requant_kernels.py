@@ -20,7 +20,8 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import SAT, _int
-from tvm_patch.quant.fixedpoint import BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN, REQUANT_ZP_EXTERN, zero_point_fits
+from tvm_patch.quant.fixedpoint import (BOUNDED_ACC_MAX, REQUANT_BOUNDED_EXTERN, REQUANT_NARROW_EXTERN, REQUANT_ZP_EXTERN,
+                                        zero_point_fits)
 from tvm_patch.tir_util import pure_extern_name
 
 
@@ -70,7 +71,7 @@ def right_shift_requant(func: tirx.PrimFunc, nonpositive: set[int]) -> tirx.Prim
     return tvm_ffi.structural_map(func, [(tvm.ir.Call, on_call)])
 
 
-REQUANT_NARROW = "tvmp_requant_rs_narrow"
+REQUANT_NARROW = REQUANT_NARROW_EXTERN
 REQUANT_ZP = REQUANT_ZP_EXTERN
 PRODUCT_BOUND = 1 << 14  # |int8 x int8|
 

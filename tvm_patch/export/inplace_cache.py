@@ -446,6 +446,13 @@ def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]])
                     return False
         except UnmodelledTIR:
             return False
+    return _fills_clear(body, k, name, patches)
+
+
+def _fills_clear(body: _Body, k: int, name: str, patches: list[dict[Any, Any]]) -> bool:
+    """The updated value's cache fills before statement k (from its caches into buffer `name`) write, in every
+    patch, none of the elements statement k reads."""
+    buf = body.bufs[name]
     # the updated value's caches: filled from this buffer after k, before the buffer is next updated
     later_updates = [j for j in range(k + 1, len(body.stmts)) if _reads_and_writes(body, j, name)]
     end = later_updates[0] if later_updates else len(body.stmts)
@@ -461,6 +468,82 @@ def _prove_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]])
     except UnmodelledTIR:
         return False
     return True
+
+
+def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any, Any]]) -> bool:
+    """Statement k computes values from elements of buffer `name` and stores them over elements of it that no later
+    iteration reads (an in-place depthwise layer written over its input's region at the region's top-left corner,
+    `cache_stage`): one store, each element once, its loops enclosing every load, each load before it in the
+    iteration; then, exactly in every patch (every index affine in the loops, enumerated), the last iteration that
+    loads an element is no later than the one that stores over it; and the cache fills before k clear of what k
+    reads (`_fills_clear`)."""
+    buf = body.bufs[name]
+    accs = [a for a in body.accs[k] if a.buffer.same_as(buf)]
+    stores = [a for a in accs if a.store]
+    loads = [a for a in accs if not a.store]
+    if len(stores) != 1 or stores[0].guarded or not loads or any(a.guarded for a in loads) \
+            or not _store_once(stores[0]):
+        return False
+    st = stores[0]
+    outer = st.loops
+    if any(len(ld.loops) < len(outer) or not all(x.same_as(y) for x, y in zip(outer, ld.loops)) or ld.order > st.order
+           for ld in loads):
+        return False
+    strides = [math.prod(int(d) for d in buf.shape[i + 1:]) for i in range(len(buf.shape))]
+    ana = tvm.sym.Analyzer()
+
+    def grid(loops: Any, env: dict[Any, Any]) -> tuple[list[Any], list[np.ndarray]] | None:
+        """The loops' variables and their values at every iteration, in execution order (lexicographic)."""
+        vars_, ranges = [], []
+        for lp in loops:
+            lo = ana.simplify(substitute_vars(lp.min, env))
+            ext = ana.simplify(substitute_vars(lp.extent, env))
+            if not isinstance(lo, tirx.IntImm) or not isinstance(ext, tirx.IntImm):
+                return None
+            vars_.append(lp.loop_var)
+            ranges.append(np.arange(int(lo), int(lo) + max(int(ext), 0)))
+        mesh = np.meshgrid(*ranges, indexing="ij") if ranges else []
+        return vars_, [m.reshape(-1) for m in mesh]
+
+    def address(indices: Any, env: dict[Any, Any], vars_: list[Any], values: list[np.ndarray]) -> np.ndarray | None:
+        n = values[0].size if values else 1
+        total = np.zeros(n, np.int64)
+        for idx, stride in zip(indices, strides):
+            e = ana.simplify(substitute_vars(idx, env))
+            coeffs = tvm.sym.detect_linear_equation(e, vars_) if vars_ else [e]
+            if len(coeffs) != len(vars_) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs):
+                return None
+            total += stride * (int(coeffs[-1]) + sum(int(c) * v for c, v in zip(coeffs[:-1], values)))
+        return total
+
+    for env in patches:
+        g = grid(outer, env)
+        if g is None:
+            return False
+        vars_, values = g
+        n = values[0].size if values else 1
+        if n == 0:
+            continue
+        stored = address(st.indices, env, vars_, values)
+        if stored is None:
+            return False
+        last = np.full(_nbytes(buf) // dtype_bytes(str(buf.ty.dtype)), -1, np.int64)
+        for ld in loads:
+            inner = grid(ld.loops[len(outer):], env)
+            if inner is None:
+                return False
+            ivars, ivalues = inner
+            m = ivalues[0].size if ivalues else 1
+            if m == 0:
+                continue
+            both = [np.repeat(v, m) for v in values] + [np.tile(v, n) for v in ivalues]
+            addr = address(ld.indices, env, vars_ + ivars, both)
+            if addr is None or addr.min() < 0 or addr.max() >= last.size:
+                return False
+            np.maximum.at(last, addr, np.repeat(np.arange(n), m))
+        if (last[stored] > np.arange(n)).any():
+            return False
+    return _fills_clear(body, k, name, patches)
 
 
 def _reads_and_writes(body: _Body, k: int, name: str) -> bool:
@@ -527,7 +610,7 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     for name in names:
         for k in range(life[name][0] + 1, life[name][1] + 1):
             if _reads_and_writes(body, k, name):
-                if not _prove_update(body, k, name, patches):
+                if not (_prove_update(body, k, name, patches) or _prove_window_update(body, k, name, patches)):
                     raise TvmPatchError(f"internal error: the cache-mode stage updates {name} in place at statement "
                                         f"{k} and that cannot be proven safe")
                 updates.append((name, k))

@@ -1,5 +1,6 @@
 """Cache mode's buffer plan: which per-patch region buffer holds each value (a residual add computed over its
-skip's, ``homes``), which way an in-place depthwise layer's one-channel buffer goes (``copies_output``), and
+skip's, ``homes``), which way an in-place depthwise layer's one-channel buffer goes (``copies_output``) or whether it
+needs none (``writes_top_left``), and
 every buffer's offset in the kernel's workspace (``workspace_plan``, the function's ``STAGE_OFFSETS_ATTR``): per-patch
 buffers live from their producer to their last reader in the patch body, the row and column caches during the
 whole stage. ``cache_stage`` builds the loop nest over these buffers; ``export/inplace_cache.prove_cached_plan``
@@ -17,7 +18,7 @@ from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_mem
 from tvm_patch.patch.regions import execution_order
 from tvm_patch.patch.stage import Stage
 
-__all__ = ["copies_output", "homes", "workspace_plan"]
+__all__ = ["copies_output", "homes", "workspace_plan", "writes_top_left"]
 
 
 def copies_output(stage: Stage, plan, v: int, caches: bool = False) -> bool:
@@ -43,6 +44,28 @@ def copies_output(stage: Stage, plan, v: int, caches: bool = False) -> bool:
     if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
         return False  # a small plane: its copy is cheap, its windows pair faster in it (measured, see above)
     return out_bytes < in_bytes
+
+
+def writes_top_left(stage: Stage, plan, v: int, caches: bool = False) -> bool:
+    """Whether in-place depthwise layer v writes each output over its input's region at the region's top-left
+    corner (output (r, q) of channel c over input (r, q) of channel c; no one-channel buffer, no copy): where every
+    patch's window of output (r, q) starts at input (r s + a, q s + b) with the same a, b >= 0, so that in raster
+    order no later window reads an element already written (`inplace_cache` proves it per patch). Not where the
+    output channel would be a C local (`copies_output`: its copy is cheap, its windows over a small plane faster)
+    nor for cache mode's NHWC stride-1 layers (their copy's windows pair by words): measured, kernels.md."""
+    u = stage.inputs[v][0]
+    g = stage.geometry[v]
+    (uh, uw), (vh, vw) = plan.region_shape(u), plan.region_shape(v)
+    out_bytes = vh * vw * (4 if stage.dtype == "float32" else 1)
+    if copies_output(stage, plan, v, caches) and out_bytes <= LOCAL_MAX_BYTES:
+        return False
+    if stage.layout == "NHWC" and caches and g.stride[1] == 1:
+        return False
+    starts = set()
+    for ax, stride, pad in ((plan.h, g.stride[0], g.padding[0]), (plan.w, g.stride[1], g.padding[1])):
+        offs = {ax[v].regions[k].lo * stride - pad - ax[u].regions[k].lo for k in range(len(ax[v].regions))}
+        starts.add(offs.pop() if len(offs) == 1 else -1)
+    return min(starts) >= 0 and vh <= uh and vw <= uw
 
 
 def homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int, tuple[int, int, int]]:

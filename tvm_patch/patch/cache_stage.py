@@ -32,7 +32,7 @@ from tvm import s_tir, tirx
 from tvm_patch.codegen.micro_kernels import MIN_DOT_LENGTH
 from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES, PIXEL_MAX_BYTES, PIXEL_NAME
 from tvm_patch.names import STAGE_OFFSETS_ATTR
-from tvm_patch.patch.cache_plan import copies_output, homes, workspace_plan
+from tvm_patch.patch.cache_plan import copies_output, homes, workspace_plan, writes_top_left
 from tvm_patch.patch.regions import (Interval, acc_dtype, accumulator_rows, buffer_names, execution_order, halo_overlap,
                                      plan_patches)
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
@@ -40,7 +40,7 @@ from tvm_patch.patch.stage import STAGE_INPUT, Add, Conv, Lookup, MaxPool, Stage
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, pad_value,
                                       zero_point_requantization,
                                       param_arrays, param_names, reduction_order, requantized, weight_at)
-from tvm_patch.quant.fixedpoint import TEOps, c_barrier, mbqm_high, mbqm_shifts, rdbpot
+from tvm_patch.quant.fixedpoint import TEOps, c_barrier, mbqm_proven
 
 __all__ = ["build_cached_stage", "build_recompute_stage"]
 
@@ -107,6 +107,12 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     dw = depthwise_in_place_layers(stage) if in_place else set()
     fused = skip_accumulations(stage, plan) if in_place else {}
     home = homes(plan, fused, last)
+    # in-place depthwise layers written over their input's region at its top-left corner: held in its buffer
+    top_left = {v for v in dw if stage.inputs[v][0] not in fused and stage.inputs[v][0] != STAGE_INPUT
+                and writes_top_left(stage, plan, v, caches)}
+    for v in sorted(top_left):
+        home[v] = home.get(stage.inputs[v][0], (stage.inputs[v][0], 0, 0))
+    dw -= top_left
     region: dict[int, Any] = {}  # value -> per-patch buffer (C, rows, cols) in the layout, no batch axis
     rows_c: dict[int, Any] = {}
     cols_c: dict[int, Any] = {}
@@ -280,22 +286,25 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
         return _seq([*steps, *add_steps(v, *operands, dest)])
 
     def add_steps(v: int, a, o, dest) -> list:
-        """Residual add v of the operand values a and o, `dest(value)`-ed: TFLite's integer add."""
+        """Residual add v of the operand values a and o, `dest(value)`-ed: TFLite's integer add, each of its three
+        requantizations the cheapest call its bounds allow (`fixedpoint.mbqm_proven`): an operand's
+        |(value - zero point) 2^left_shift| <= 255 2^20 for int8, each rescaled one at most 1 more, their sum."""
         layer = stage.layers[v]
         if dt == "float32":
             return [dest(_float_act(a + o, layer.activation))]
         q = layer.quant
-        steps = []
+        steps, total_bound = [], 0
         for k, val in enumerate((a, o)):
-            s = (val.astype(_I32) - _c(q.input_zero_points[k])) * _c(1 << q.left_shift)
-            hi_ = mbqm_high(TEOps, s, q.input_multipliers[k], mbqm_shifts(TEOps, q.input_shifts[k])[0])
-            steps.append(tirx.BufferStore(tmp[k], hi_, [_c(0)]))
-        total = sum(rdbpot(TEOps, tirx.BufferLoad(tmp[k], [_c(0)]), mbqm_shifts(TEOps, q.input_shifts[k])[1])
-                    for k in range(2))
-        steps.append(tirx.BufferStore(tmp[2], mbqm_high(TEOps, total, q.output_multiplier,
-                                                        mbqm_shifts(TEOps, q.output_shift)[0]), [_c(0)]))
-        r = rdbpot(TEOps, tirx.BufferLoad(tmp[2], [_c(0)]), mbqm_shifts(TEOps, q.output_shift)[1])
-        steps.append(dest(_clamp_i8(r + _c(q.output_zero_point), q.act_min, q.act_max)))
+            zp = q.input_zero_points[k]
+            bound = max(127 - zp, 128 + zp) << q.left_shift
+            s = (val.astype(_I32) - _c(zp)) * _c(1 << q.left_shift)
+            steps.append(tirx.BufferStore(tmp[k], mbqm_proven(TEOps, s, q.input_multipliers[k], q.input_shifts[k],
+                                                              bound), [_c(0)]))
+            total_bound += bound + 1
+        total = tirx.BufferLoad(tmp[0], [_c(0)]) + tirx.BufferLoad(tmp[1], [_c(0)])
+        steps.append(tirx.BufferStore(tmp[2], mbqm_proven(TEOps, total, q.output_multiplier, q.output_shift,
+                                                          total_bound, q.output_zero_point), [_c(0)]))
+        steps.append(dest(_clamp_i8(tirx.BufferLoad(tmp[2], [_c(0)]), q.act_min, q.act_max)))
         return steps
 
     def conv_block(v: int, y, x, npx: int, dest) -> Any:
@@ -558,13 +567,17 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
                 if v in blocked:
                     return blocked_pixels(v, rows, cols, lambda r, q: (r + lo(v, 0), q + lo(v, 1)),
                                           lambda ch, r, q, val: reg_store(v, val, ch, r, q))
+                if v in top_left:  # channel outermost: a channel's windows neighbour along x (pairs)
+                    return _loops([c_ext, rows, cols], compute)
                 return chw_loops(c_ext, rows, cols, compute)
 
-            stmts += live_and_ring((r0, _c(rh)), (q0, _c(rw)), (lo(v, 0), lo(v, 1)), (lh, lw),
+            pieces = live_and_ring((r0, _c(rh)), (q0, _c(rw)), (lo(v, 0), lo(v, 1)), (lh, lw),
                                    lambda rows, cols: chw_loops(c_ext, rows, cols,
                                                                 lambda ch, r, q: reg_store(v, pad, ch, r, q)),
                                    live_part)
-            return stmts
+            if v in top_left:  # over its input: the live part first (its windows read under the ring)
+                pieces = [pieces[-1], *pieces[:-1]]
+            return stmts + pieces
 
         if v in dw:  # channel by channel: the input's channel copied first, then written over (see workspace_plan)
             u = stage.inputs[v][0]

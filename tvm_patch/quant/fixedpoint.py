@@ -259,6 +259,8 @@ def mbqm(B, x, multiplier, shift):
 
 # The C micro-kernel that computes `mbqm` (tvm_patch/codegen/tvmp_kernels.h), for the C export's kernels.
 REQUANT_EXTERN = "tvmp_requant"
+# ... and the one that computes it for a bounded x and a shift <= 0 (`mbqm_proven`; codegen.requant_kernels)
+REQUANT_NARROW_EXTERN = "tvmp_requant_rs_narrow"
 # ... and the one that computes it for a bounded x and a right shift only (`mbqm_bounded`)
 REQUANT_BOUNDED_EXTERN = "tvmp_requant_rb"
 # ... and the one that also adds the output zero point (`mbqm_bounded_zp`)
@@ -296,6 +298,23 @@ def mbqm_bounded_zp(B, x, multiplier, shift, zp: int):
     if _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
         return tirx.call_pure_extern("int32", REQUANT_ZP_EXTERN, B.to32(x), B.to32(multiplier), B.to32(shift), B.c32(zp))
     return mbqm(B, x, multiplier, shift) + B.c32(zp)
+
+
+def mbqm_proven(B, x, multiplier: int, shift: int, bound: int, zp: int = 0):
+    """`mbqm`(x, multiplier, shift) + zp for constants and an x its caller proves |x| <= bound: in the C export's
+    kernels the cheapest call those facts allow (`tvmp_requant_rbz` where also `zero_point_fits`, else
+    `tvmp_requant_rb` for a shift in [-31, -1] and a multiplier >= 0, `tvmp_requant_rs_narrow` for a shift <= 0,
+    all for bound <= BOUNDED_ACC_MAX; else `tvmp_requant`), the same value."""
+    narrow = bound <= BOUNDED_ACC_MAX
+    if narrow and -31 <= shift <= -1 and multiplier >= 0:
+        if zp and zero_point_fits(bound, zp, -shift):
+            return mbqm_bounded_zp(B, x, multiplier, shift, zp)
+        value = mbqm_bounded(B, x, multiplier, shift)
+    elif narrow and shift <= 0 and _EXTERN_REQUANT.get() and getattr(B, "is_tir", False):
+        value = tirx.call_pure_extern("int32", REQUANT_NARROW_EXTERN, B.to32(x), B.c32(multiplier), B.c32(shift))
+    else:
+        value = mbqm(B, x, multiplier, shift)
+    return value + B.c32(zp) if zp else value
 
 
 _EXTERN_REQUANT: ContextVar[bool] = ContextVar("tvmp_extern_requant", default=False)
@@ -339,7 +358,8 @@ def expand_extern_requantization(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     def on_call(c: Any) -> Any:
         if not (isinstance(c.op, tvm.ir.Op) and c.op.name.endswith("call_pure_extern")
-                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_BOUNDED_EXTERN, REQUANT_ZP_EXTERN)):
+                and str(c.args[0].value) in (REQUANT_EXTERN, REQUANT_NARROW_EXTERN, REQUANT_BOUNDED_EXTERN,
+                                             REQUANT_ZP_EXTERN)):
             return c
         x, m, s = c.args[1:4]
         mv, sv = const_value(m), const_value(s)
