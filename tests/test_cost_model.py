@@ -162,7 +162,9 @@ def test_stage_executes_exactly_the_analysed_macs(tmp_path, shared_models, capsy
     for row in counts.values():  # per layer (trips' wmacs:<weight buffer>): five convolutions
         per_layer = [v for k, v in row["exec"].items() if k.startswith("wmacs:layer")]
         assert len(per_layer) == 5 and sum(per_layer) == pytest.approx(row["exec"]["all_macs"])
-    assert counts["cache"]["exec"]["stores"] < counts["recompute"]["exec"]["stores"]
+    # each element computed once: fewer computed stores (its copies, caches and the NHWC stride-1 depthwise layers'
+    # input channels, may outnumber recompute mode's, whose depthwise layers write at their input's top-left)
+    assert counts["cache"]["exec"]["stores_int"] < counts["recompute"]["exec"]["stores_int"]
 
 
 @T.prim_func
