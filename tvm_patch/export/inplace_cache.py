@@ -492,8 +492,9 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
     strides = [math.prod(int(d) for d in buf.shape[i + 1:]) for i in range(len(buf.shape))]
     ana = tvm.sym.Analyzer()
 
-    def grid(loops: Any, env: dict[Any, Any]) -> tuple[list[Any], list[np.ndarray]] | None:
-        """The loops' variables and their values at every iteration, in execution order (lexicographic)."""
+    def grid(loops: Any, env: dict[Any, Any]) -> tuple[list[Any], list[np.ndarray], int] | None:
+        """The loops' variables, their values at every iteration in execution order (lexicographic), and the
+        number of iterations."""
         vars_, ranges = [], []
         for lp in loops:
             lo = ana.simplify(substitute_vars(lp.min, env))
@@ -502,11 +503,12 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
                 return None
             vars_.append(lp.loop_var)
             ranges.append(np.arange(int(lo), int(lo) + max(int(ext), 0)))
-        mesh = np.meshgrid(*ranges, indexing="ij") if ranges else []
-        return vars_, [m.reshape(-1) for m in mesh]
+        mesh = [m.reshape(-1) for m in np.meshgrid(*ranges, indexing="ij")] if ranges else []
+        return vars_, mesh, mesh[0].size if mesh else 1
 
-    def address(indices: Any, env: dict[Any, Any], vars_: list[Any], values: list[np.ndarray]) -> np.ndarray | None:
-        n = values[0].size if values else 1
+    def address(indices: Any, env: dict[Any, Any], vars_: list[Any], values: list[np.ndarray],
+                n: int) -> np.ndarray | None:
+        """The flat element each of the n iterations (``values`` of ``vars_``) addresses; None where not affine."""
         total = np.zeros(n, np.int64)
         for idx, stride in zip(indices, strides):
             e = ana.simplify(substitute_vars(idx, env))
@@ -520,11 +522,10 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
         g = grid(outer, env)
         if g is None:
             return False
-        vars_, values = g
-        n = values[0].size if values else 1
+        vars_, values, n = g
         if n == 0:
             continue
-        stored = address(st.indices, env, vars_, values)
+        stored = address(st.indices, env, vars_, values, n)
         if stored is None:
             return False
         last = np.full(_nbytes(buf) // dtype_bytes(str(buf.ty.dtype)), -1, np.int64)
@@ -532,12 +533,11 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
             inner = grid(ld.loops[len(outer):], env)
             if inner is None:
                 return False
-            ivars, ivalues = inner
-            m = ivalues[0].size if ivalues else 1
+            ivars, ivalues, m = inner
             if m == 0:
                 continue
             both = [np.repeat(v, m) for v in values] + [np.tile(v, n) for v in ivalues]
-            addr = address(ld.indices, env, vars_ + ivars, both)
+            addr = address(ld.indices, env, vars_ + ivars, both, n * m)
             if addr is None or addr.min() < 0 or addr.max() >= last.size:
                 return False
             np.maximum.at(last, addr, np.repeat(np.arange(n), m))

@@ -36,9 +36,7 @@ def copies_output(stage: Stage, plan, v: int, caches: bool = False) -> bool:
     48 x 48 depthwise layer's windows pair in the contiguous copy, the stage 2.47 M -> 2.37 M instructions; the same
     in recompute mode measured +125,000, so recompute mode keeps the rule above; kernels round 26). Strided layers
     too measured +512,000 on vww's deeper cache stage (split 12), so they keep the rule above."""
-    item = 4 if stage.dtype == "float32" else 1
-    out_bytes = int(np.prod(plan.region_shape(v))) * item
-    in_bytes = int(np.prod(plan.region_shape(stage.inputs[v][0]))) * item
+    out_bytes, in_bytes = _plane_bytes(stage, plan, v), _plane_bytes(stage, plan, stage.inputs[v][0])
     if stage.layout == "NHWC" and caches and stage.geometry[v].stride[1] == 1:
         return False  # a cache-mode patch's windows pair in the copy: it costs less than the windows it speeds up
     if stage.layout == "NHWC" and stage.geometry[v].stride[1] == 1 and out_bytes <= LOCAL_MAX_BYTES:
@@ -56,8 +54,7 @@ def writes_top_left(stage: Stage, plan, v: int, caches: bool = False) -> bool:
     u = stage.inputs[v][0]
     g = stage.geometry[v]
     (uh, uw), (vh, vw) = plan.region_shape(u), plan.region_shape(v)
-    out_bytes = vh * vw * (4 if stage.dtype == "float32" else 1)
-    if copies_output(stage, plan, v, caches) and out_bytes <= LOCAL_MAX_BYTES:
+    if copies_output(stage, plan, v, caches) and _plane_bytes(stage, plan, v) <= LOCAL_MAX_BYTES:
         return False
     if stage.layout == "NHWC" and caches and g.stride[1] == 1:
         return False
@@ -66,6 +63,11 @@ def writes_top_left(stage: Stage, plan, v: int, caches: bool = False) -> bool:
         offs = {ax[v].regions[k].lo * stride - pad - ax[u].regions[k].lo for k in range(len(ax[v].regions))}
         starts.add(offs.pop() if len(offs) == 1 else -1)
     return min(starts) >= 0 and vh <= uh and vw <= uw
+
+
+def _plane_bytes(stage: Stage, plan, v: int) -> int:
+    """Bytes of one channel of value v's per-patch region."""
+    return int(np.prod(plan.region_shape(v))) * (4 if stage.dtype == "float32" else 1)
 
 
 def homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int, tuple[int, int, int]]:
