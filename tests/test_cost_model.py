@@ -537,6 +537,23 @@ def test_narrow_round_keeps_the_stage_int8():
     assert "narrow" not in dict(cost_collect.items(1, cost_collect.DEEP_ROUND, heldout=False))["synth-400000-deep-patch"]
 
 
+def test_nhwc_cache_round_caches_every_halo(tmp_path):
+    """The training round of deep NHWC stages with their halos cached (collect.NHWC_CACHE_ROUND, the MLPerf Tiny
+    models' cache-mode form): every item is NHWC, deep and patched, and its drawn plan caches the halos whatever the
+    seed draws (the deep round's draw would recompute two times in three)."""
+    got = list(cost_collect.items(3, cost_collect.NHWC_CACHE_ROUND, heldout=False))
+    assert [i for i, _ in got] == [f"synth-80000{k}-deep-nhwc-cache" for k in range(3)]
+    assert all(it["nhwc"] and it["deep"] and it["patched"] and it["halo"] == "cache" for _, it in got)
+    assert (cost_collect.NHWC_CACHE_ROUND, 12) in cost_collect.DEFAULT_ROUNDS
+    model = cost_collect._item_model(got[0][1], got[0][0], str(tmp_path))
+    drawn = {cost_collect._patched_plan(model, seed, deep=True).halo for seed in range(12)}
+    assert drawn == {"recompute", "cache"}  # the deep round's own draw, both modes
+    plans = [cost_collect._patched_plan(model, seed, deep=True, halo="cache") for seed in range(12)]
+    assert {p.halo for p in plans} == {"cache"}
+    assert [(p.split, p.patches) for p in plans] == \
+        [(q.split, q.patches) for q in (cost_collect._patched_plan(model, seed, deep=True) for seed in range(12))]
+
+
 def test_int8_round_keeps_every_kernel_int8():
     """The training round of networks layer by layer with every weight int8 (collect.INT8_ROUND, the kernels a
     small Flash keeps int8): its items ask for no widening, alternate ONNX and NHWC, and are never patched."""
