@@ -19,6 +19,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from microtvm_projects.boards import BOARDS
+from microtvm_projects.errors import FitError
 
 from bench import cost_model as bench_cost_model
 from bench.cost_model import stage_comparison
@@ -37,6 +38,7 @@ from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, defaul
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
 from tvm_patch.cost.trips import _micro_macs, executed
+from tvm_patch.split import valid_splits
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
@@ -543,7 +545,8 @@ def test_nhwc_cache_round_caches_every_halo(tmp_path):
     seed draws (the deep round's draw would recompute two times in three)."""
     got = list(cost_collect.items(3, cost_collect.NHWC_CACHE_ROUND, heldout=False))
     assert [i for i, _ in got] == [f"synth-80000{k}-deep-nhwc-cache" for k in range(3)]
-    assert all(it["nhwc"] and it["deep"] and it["patched"] and it["halo"] == "cache" for _, it in got)
+    assert all(it["nhwc"] and it["deep"] and it["patched"] and it["halo"] == "cache" and it["fit_split"]
+               for _, it in got)
     assert (cost_collect.NHWC_CACHE_ROUND, 12) in cost_collect.DEFAULT_ROUNDS
     model = cost_collect._item_model(got[0][1], got[0][0], str(tmp_path))
     drawn = {cost_collect._patched_plan(model, seed, deep=True).halo for seed in range(12)}
@@ -552,6 +555,28 @@ def test_nhwc_cache_round_caches_every_halo(tmp_path):
     assert {p.halo for p in plans} == {"cache"}
     assert [(p.split, p.patches) for p in plans] == \
         [(q.split, q.patches) for q in (cost_collect._patched_plan(model, seed, deep=True) for seed in range(12))]
+    # where the drawn split's arena does not fit, the next shallower valid split is measured, deepest first
+    chain = cost_collect.shallower_plans(model, plans[0])
+    assert chain[0] == plans[0] and [p.split for p in chain[1:]] == sorted(
+        (s for s in valid_splits(build_graph(cost_collect._module(model)), plans[0].patches) if s < plans[0].split),
+        reverse=True)
+    assert {(p.patches, p.halo) for p in chain} == {(plans[0].patches, "cache")}
+    tried = []
+
+    def run(plan):
+        tried.append(plan.split)
+        if len(tried) < 3:
+            raise FitError("SRAM: needs at least ...")
+        return {"plan": plan}
+    assert cost_collect.first_fitting(chain, run)["plan"] == chain[2] and tried == [p.split for p in chain[:3]]
+    tried.clear()
+
+    def flash(plan):
+        tried.append(plan.split)
+        raise FitError("Flash: needs at least ...", flash_over=100)
+    with pytest.raises(FitError, match="Flash"):  # a Flash overflow is not what a shallower split cures
+        cost_collect.first_fitting(chain, flash)
+    assert tried == [chain[0].split]
 
 
 def test_int8_round_keeps_every_kernel_int8():

@@ -19,11 +19,11 @@ import json
 import random
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.errors import ProjectError
+from microtvm_projects.errors import FitError, ProjectError
 from tqdm import tqdm
 
 from tvm_patch.atomic import write_atomic
@@ -103,6 +103,26 @@ def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False,
     return Plan(split, (p, p), halo or drawn)
 
 
+def shallower_plans(model: Any, plan: Plan) -> list[Plan]:
+    """``plan``, then the same patches and halo mode at each shallower valid split, deepest first: a cache-mode
+    stage's arena grows with its depth (NHWC_CACHE_ROUND's deep networks at the deeper half of their splits need
+    0.5-10 MB), so the deepest one that fits the board is the one measured."""
+    splits = valid_splits(build_graph(_module(model)), plan.patches)
+    return [plan] + [Plan(s, plan.patches, plan.halo) for s in sorted(splits, reverse=True) if s < plan.split]
+
+
+def first_fitting(plans: list[Plan], run: Callable[[Plan], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` of the first of ``plans`` whose firmware fits the board's SRAM (a Flash overflow, or the last
+    plan's, is raised: the caller records the item as failed)."""
+    for plan in plans[:-1]:
+        try:
+            return run(plan)
+        except FitError as e:
+            if e.flash_over is not None:
+                raise
+    return run(plans[-1])
+
+
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched".
     Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan);
@@ -111,7 +131,7 @@ def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[s
         for i in range(n):
             s = seed * 100_000 + i
             yield f"synth-{s}-deep-nhwc-cache", {"synth": s, "deep": True, "inserts": False, "nhwc": True,
-                                                 "patched": True, "many": False, "halo": "cache"}
+                                                 "patched": True, "many": False, "halo": "cache", "fit_split": True}
         n = 0
     if seed in (DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND):
         many, narrow = seed == MANY_PATCHES_ROUND, seed == NARROW_ROUND
@@ -218,10 +238,11 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
                 if plan is None:
                     counts["failed"] += 1
                     continue
-                rec = measure(model, plan, board, runner, timeout_sec, tmp,
-                              label=f"{item_id} (NHWC module)" if item.get("nhwc") else None,
-                              loop_nests=bool(item.get("deep")), narrow=item.get("narrow", ()),
-                              wide=item.get("wide", "auto"))
+                rec = first_fitting(shallower_plans(model, plan) if item.get("fit_split") else [plan],
+                                    lambda p: measure(model, p, board, runner, timeout_sec, tmp,
+                                                      label=f"{item_id} (NHWC module)" if item.get("nhwc") else None,
+                                                      loop_nests=bool(item.get("deep")), narrow=item.get("narrow", ()),
+                                                      wide=item.get("wide", "auto")))
             except (TvmPatchError, ProjectError) as e:  # cannot be built or does not fit: recorded, skipped
                 f.write(json.dumps({"id": item_id, "failed": str(e).splitlines()[0]}) + "\n")
                 f.flush()
