@@ -411,7 +411,7 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
     monkeypatch.setattr(cost_collect, "measure", fake_measure)
-    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False, many=False: Plan(1, (2, 2)))
+    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False, many=False, halo=None: Plan(1, (2, 2)))
     out = tmp_path / "m.jsonl"
     assert cost_collect.collect("f746", out, n=2, heldout=False)["measured"] == 4
     lines = out.read_text().splitlines()
