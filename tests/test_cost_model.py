@@ -411,7 +411,7 @@ def test_collect_resumes_after_interruption(tmp_path, monkeypatch):
         return {"core": "m7", "unit": "instructions", "rows": [], "total": 1, "io_bytes": 0}
 
     monkeypatch.setattr(cost_collect, "measure", fake_measure)
-    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False, many=False, halo=None: Plan(1, (2, 2)))
+    monkeypatch.setattr(cost_collect, "_patched_plan", lambda model, seed, deep=False, many=False, halo=None, grid=None: Plan(1, (2, 2)))
     out = tmp_path / "m.jsonl"
     assert cost_collect.collect("f746", out, n=2, heldout=False)["measured"] == 4
     lines = out.read_text().splitlines()
@@ -539,15 +539,22 @@ def test_narrow_round_keeps_the_stage_int8():
     assert "narrow" not in dict(cost_collect.items(1, cost_collect.DEEP_ROUND, heldout=False))["synth-400000-deep-patch"]
 
 
-def test_nhwc_cache_round_caches_every_halo(tmp_path):
-    """The training round of deep NHWC stages with their halos cached (collect.NHWC_CACHE_ROUND, the MLPerf Tiny
-    models' cache-mode form): every item is NHWC, deep and patched, and its drawn plan caches the halos whatever the
-    seed draws (the deep round's draw would recompute two times in three)."""
-    got = list(cost_collect.items(3, cost_collect.NHWC_CACHE_ROUND, heldout=False))
+def test_kind_rounds_fix_their_kind(tmp_path):
+    """The training rounds of one kind of deep stage (collect.KIND_ROUNDS): round 8 NHWC with the halos cached (the
+    MLPerf Tiny models' cache-mode form), round 9 NCHW with 3x3 patches recomputing them: every item deep and
+    patched, of its layout, and its drawn plan of its halo mode (and grid) whatever the seed draws (the deep round's
+    draw would recompute two times in three), its split drawn as the deep round draws it."""
+    got = list(cost_collect.items(3, 8, heldout=False))
     assert [i for i, _ in got] == [f"synth-80000{k}-deep-nhwc-cache" for k in range(3)]
     assert all(it["nhwc"] and it["deep"] and it["patched"] and it["halo"] == "cache" and it["fit_split"]
-               for _, it in got)
-    assert (cost_collect.NHWC_CACHE_ROUND, 12) in cost_collect.DEFAULT_ROUNDS
+               and "grid" not in it for _, it in got)
+    nine = list(cost_collect.items(2, 9, heldout=False))
+    assert [i for i, _ in nine] == [f"synth-90000{k}-deep-3x3-recompute" for k in range(2)]
+    assert all(not it["nhwc"] and it["deep"] and it["halo"] == "recompute" and it["grid"] == 3 for _, it in nine)
+    assert {(8, 12), (9, 12)} <= set(cost_collect.DEFAULT_ROUNDS)
+    model9 = cost_collect._item_model(nine[0][1], nine[0][0], str(tmp_path))
+    assert {cost_collect._patched_plan(model9, seed, deep=True, halo="recompute", grid=3).patches
+            for seed in range(8)} == {(3, 3)}
     model = cost_collect._item_model(got[0][1], got[0][0], str(tmp_path))
     drawn = {cost_collect._patched_plan(model, seed, deep=True).halo for seed in range(12)}
     assert drawn == {"recompute", "cache"}  # the deep round's own draw, both modes

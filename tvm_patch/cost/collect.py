@@ -6,8 +6,8 @@ Items: ``n`` synthetic networks (synth.py), each layer by layer and under one se
 split, 2..4 patches a side, a halo mode; ``seed`` >= 1: with inserted plain convolutions and a second patch
 plan; ``seed`` >= 2: as NHWC modules in TFLite's form, nhwc.py; ``seed`` 4, DEEP_ROUND: deep networks, patched
 only; ``seed`` 6, NARROW_ROUND: the same with the stage's weights kept int8; ``seed`` 7, INT8_ROUND: round 2's
-networks layer by layer with every weight int8; ``seed`` 8, NHWC_CACHE_ROUND: deep NHWC networks, their halos
-cached), for training; then the held-out real
+networks layer by layer with every weight int8; ``seed`` 8 and 9, KIND_ROUNDS: deep networks of one layout, patch
+grid or halo mode that the deep round draws too rarely), for training; then the held-out real
 networks (zoo and MLPerf Tiny models, layer by layer and 4x4 patches at the middle valid split, the halos
 recomputed and cached), which training never reads and ``eval`` scores.
 """
@@ -43,7 +43,7 @@ from tvm_patch.split import valid_splits
 
 # The training set of the shipped models, as (seed, n) rounds: MCUNet-space ONNX networks; with inserted
 # plain k x k convolutions and a second patch plan; NHWC modules in TFLite's form (see items()).
-DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8), (6, 12), (7, 12), (8, 12))
+DEFAULT_ROUNDS = ((0, 30), (2, 12), (4, 24), (5, 8), (6, 12), (7, 12), (8, 12), (9, 12))
 # Rounds 4 and 5 are the deep rounds (items()): deep networks patched only, for the patch stage's model; round 5
 # with 5x5 to 8x8 patches (plan's grids go to 8x8), where most of a border patch's positions are out of the image.
 # Round 6 as round 4 with the stage's weights int8 (not widened), as a board whose Flash cannot hold them widened
@@ -54,11 +54,15 @@ DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND = 4, 5, 6
 # hardly have (5 of 156 training networks on either core before it); kernels round 28 made them 13 % faster, and
 # both models then missed mcunet-in0 layer by layer by +12 % and +15 %, those kernels overpredicted by 40-70 %.
 INT8_ROUND = 7
-# Round 8: the deep round's kind of network, every one NHWC (TFLite's form) with its halos cached: the form of the
-# MLPerf Tiny models' cache-mode stages (copy-first and top-left depthwise layers, row and column caches of
-# interleaved channels). The deep round draws it one time in six (NHWC one in two, cache one in three): 8 of 86
-# training stages on the M7 before this round, cross-validated 12.8 % off against 5-8 % for the other kinds.
-NHWC_CACHE_ROUND = 8
+# Rounds 8 and 9, the kind rounds: the deep round's kind of network, all of one kind the deep round draws too rarely
+# (its stages cross-validated worse than the others, and held-out stages of that kind missed), patched only:
+# round 8 NHWC (TFLite's form) with the halos cached, the MLPerf Tiny models' cache-mode stages (copy-first and
+# top-left depthwise layers, row and column caches of interleaved channels): 8 of 86 training stages on the M7
+# before it, cross-validated 12.8 % off against 5-8 % for the other kinds; round 9 NCHW (ONNX) with 3x3 patches
+# and the halos recomputed, the zoo networks' deep 3x3 stages (1 training stage of that kind on the M7 after
+# round 8; the held-out 3x3 recompute runs of mcunet-in0, mbv2-w0.3-r80, mcunet-in1 overpredicted by 9.5-12.4 %).
+# (nhwc, patches a side or None: drawn as the deep round does, halo mode, the items' id tag)
+KIND_ROUNDS = {8: (True, None, "cache", "nhwc-cache"), 9: (False, 3, "recompute", "3x3-recompute")}
 # the kernel NARROW_ROUND keeps int8: the stage's C name (export/lower.py's ``tvmp_<name>``)
 STAGE_KERNEL = f"tvmp_{STAGE_FUNC}"
 # Then an adaptive round (adaptive.py): (round number, networks): neighbours of the worst-predicted ones.
@@ -89,12 +93,14 @@ def _module(model: Any) -> Any:
 
 
 def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False,
-                  halo: str | None = None) -> Plan | None:
+                  halo: str | None = None, grid: int | None = None) -> Plan | None:
     """A seeded valid patch plan for ``model``, or None when no split can be patched. ``deep``: the deep round's
     plans, the paper's 3x3-4x4 patches (``many``: 5x5-8x8) at a split in the deeper half of the valid ones (long
-    stages), the halos recomputed two times in three; ``halo``: this halo mode instead of a drawn one."""
+    stages), the halos recomputed two times in three; ``halo``, ``grid``: this halo mode, these patches a side
+    instead of drawn ones (the draws still made, so that the other draws stay those of the seed)."""
     rng = random.Random(seed)
     p = rng.choice((5, 6, 8) if many else (3, 4, 4) if deep else (2, 2, 3, 4))
+    p = grid or p
     splits = valid_splits(build_graph(_module(model)), (p, p))
     if not splits:
         return None
@@ -105,7 +111,7 @@ def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False,
 
 def shallower_plans(model: Any, plan: Plan) -> list[Plan]:
     """``plan``, then the same patches and halo mode at each shallower valid split, deepest first: a cache-mode
-    stage's arena grows with its depth (NHWC_CACHE_ROUND's deep networks at the deeper half of their splits need
+    stage's arena grows with its depth (round 8's deep NHWC networks at the deeper half of their splits need
     0.5-10 MB), so the deepest one that fits the board is the one measured."""
     splits = valid_splits(build_graph(_module(model)), plan.patches)
     return [plan] + [Plan(s, plan.patches, plan.halo) for s in sorted(splits, reverse=True) if s < plan.split]
@@ -126,12 +132,13 @@ def first_fitting(plans: list[Plan], run: Callable[[Plan], dict[str, Any]]) -> d
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, item) pairs in collection order; an item is {"synth": seed} or {"model": spec}, with "patched".
     Round DEEP_ROUND: deep networks (synth.sample_deep), NCHW and NHWC in turn, patched only (_deep_plan);
-    NARROW_ROUND: the same with ``narrow`` (the stage's weights int8); NHWC_CACHE_ROUND: NHWC only, halos cached."""
-    if seed == NHWC_CACHE_ROUND:
+    NARROW_ROUND: the same with ``narrow`` (the stage's weights int8); KIND_ROUNDS: the same of one kind."""
+    if seed in KIND_ROUNDS:
+        nhwc, grid, halo, tag = KIND_ROUNDS[seed]
         for i in range(n):
             s = seed * 100_000 + i
-            yield f"synth-{s}-deep-nhwc-cache", {"synth": s, "deep": True, "inserts": False, "nhwc": True,
-                                                 "patched": True, "many": False, "halo": "cache", "fit_split": True}
+            yield f"synth-{s}-deep-{tag}", {"synth": s, "deep": True, "inserts": False, "nhwc": nhwc, "patched": True,
+                                            "many": False, "halo": halo, "fit_split": True} | ({"grid": grid} if grid else {})
         n = 0
     if seed in (DEEP_ROUND, MANY_PATCHES_ROUND, NARROW_ROUND):
         many, narrow = seed == MANY_PATCHES_ROUND, seed == NARROW_ROUND
@@ -232,7 +239,8 @@ def collect(board: str, out: Path, n: int = 40, seed: int = 0, runner: str = "em
             try:
                 model = _item_model(item, item_id, tmp)
                 plan = _patched_plan(model, zlib.crc32(item_id.encode()), item.get("deep", False),
-                                     item.get("many", False), item.get("halo")) if item["patched"] else Plan()
+                                     item.get("many", False), item.get("halo"), item.get("grid")) \
+                    if item["patched"] else Plan()
                 if item["patched"] and "model" in item:
                     plan = heldout_patch_plan(model, item.get("halo", "recompute"))
                 if plan is None:
