@@ -563,7 +563,7 @@ def test_kind_rounds_fix_their_kind(tmp_path):
     assert [(p.split, p.patches) for p in plans] == \
         [(q.split, q.patches) for q in (cost_collect._patched_plan(model, seed, deep=True) for seed in range(12))]
     # where the drawn split's arena does not fit, the next shallower valid split is measured, deepest first
-    chain = cost_collect.shallower_plans(model, plans[0])
+    chain = list(cost_collect.shallower_plans(model, plans[0]))
     assert chain[0] == plans[0] and [p.split for p in chain[1:]] == sorted(
         (s for s in valid_splits(build_graph(cost_collect._module(model)), plans[0].patches) if s < plans[0].split),
         reverse=True)

@@ -19,7 +19,7 @@ import json
 import random
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,24 +109,28 @@ def _patched_plan(model: Any, seed: int, deep: bool = False, many: bool = False,
     return Plan(split, (p, p), halo or drawn)
 
 
-def shallower_plans(model: Any, plan: Plan) -> list[Plan]:
+def shallower_plans(model: Any, plan: Plan) -> Iterator[Plan]:
     """``plan``, then the same patches and halo mode at each shallower valid split, deepest first: a cache-mode
     stage's arena grows with its depth (round 8's deep NHWC networks at the deeper half of their splits need
-    0.5-10 MB), so the deepest one that fits the board is the one measured."""
+    0.5-10 MB), so the deepest one that fits the board is the one measured. Lazy: the splits are only looked up
+    when ``plan`` did not fit."""
+    yield plan
     splits = valid_splits(build_graph(_module(model)), plan.patches)
-    return [plan] + [Plan(s, plan.patches, plan.halo) for s in sorted(splits, reverse=True) if s < plan.split]
+    yield from (Plan(s, plan.patches, plan.halo) for s in sorted(splits, reverse=True) if s < plan.split)
 
 
-def first_fitting(plans: list[Plan], run: Callable[[Plan], dict[str, Any]]) -> dict[str, Any]:
+def first_fitting(plans: Iterable[Plan], run: Callable[[Plan], dict[str, Any]]) -> dict[str, Any]:
     """``run`` of the first of ``plans`` whose firmware fits the board's SRAM (a Flash overflow, or the last
-    plan's, is raised: the caller records the item as failed)."""
-    for plan in plans[:-1]:
+    plan's SRAM overflow, is raised: the caller records the item as failed)."""
+    error = None
+    for plan in plans:
         try:
             return run(plan)
         except FitError as e:
             if e.flash_over is not None:
                 raise
-    return run(plans[-1])
+            error = e
+    raise error
 
 
 def items(n: int, seed: int, heldout: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
