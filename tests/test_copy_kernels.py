@@ -10,15 +10,18 @@ import tvm_ffi
 from tvm import tirx
 from tvm.script import tirx as T
 
-from tvm_patch.codegen.copy_kernels import COPY, FILL, MIN_RUN, rewrite_copy_loops
+from tvm_patch.codegen.copy_kernels import COPY, FILL, MIN_RUN, SHORT_RUN, rewrite_copy_loops
 from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
-from tvm_patch.tir_util import is_call
+from tvm_patch.tir_util import is_call, uses_var
 
 
 @T.prim_func
-def _kernel(a: T.Buffer((64,), "int8"), b: T.Buffer((64,), "int8"), n: T.int32):
-    # flat TIR as the C export's lowering leaves it: per row r, a copy of a run of n bytes (a run-time extent), a
-    # fill of 12 pad values, a copy of MIN_RUN - 1 = 7 bytes, and a strided copy (a column)
+def _kernel(a: T.Buffer((128,), "int8"), b: T.Buffer((128,), "int8"), n: T.int32):
+    # flat TIR as the C export's lowering leaves it (a and b over LOCAL_MAX_BYTES: planned buffers, not C locals):
+    # per row r, a copy of a run of n bytes (a run-time extent), a fill of 12 pad values, a copy of 7 bytes (shorter
+    # than MIN_RUN, between two planned buffers), a strided copy (a column), a copy of 2 bytes (shorter than
+    # SHORT_RUN) and one of 3 bytes into a C-local pixel window
+    pixel = T.alloc_buffer((8,), "int8")
     for r in range(2):
         for k0 in range(n):
             b[r * 16 + k0 + 1] = a[r * 16 + k0]
@@ -28,9 +31,28 @@ def _kernel(a: T.Buffer((64,), "int8"), b: T.Buffer((64,), "int8"), n: T.int32):
             b[k2 + 52] = a[k2]
         for k3 in range(12):
             b[k3] = a[k3 * 4]
+        for k4 in range(2):
+            b[k4 + 60] = a[k4]
+        for k5 in range(3):
+            pixel[k5] = a[k5 + 8]
+        b[63] = pixel[r]
 
 
-def _calls(func: tirx.PrimFunc) -> list[str]:
+@T.prim_func
+def _rings(b: T.Buffer((128,), "int8"), n: T.int32, m: T.int32):
+    # a patch stage's ring fills: n pad values a row and channel (the same for the whole nest: a patch's border),
+    # then runs whose length depends on the row
+    for c in range(4):
+        for r in range(3):
+            for k in range(n):
+                b[c * 16 + r * 4 + k] = T.int8(-128)
+    for c in range(4):
+        for r in range(3):
+            for k in range(m + r):
+                b[c * 16 + r * 4 + k] = T.int8(0)
+
+
+def _calls(node) -> list[str]:
     names: list[str] = []
 
     def on_call(call) -> tvm_ffi.WalkResult:
@@ -38,14 +60,34 @@ def _calls(func: tirx.PrimFunc) -> list[str]:
             names.append(str(call.args[0].value))
         return tvm_ffi.WalkResult.ADVANCE
 
-    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, on_call)], order="pre")
+    tvm_ffi.structural_walk(node.body if isinstance(node, tirx.PrimFunc) else node, [(tvm.ir.Call, on_call)],
+                            order="pre")
     return names
 
 
+def _stage(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    return func.with_attr(PATCHES_ATTR, [1, 1]).with_attr(STAGE_LAYOUT_ATTR, "NCHW")
+
+
 def test_stage_copy_and_fill_loops_become_calls():
-    assert MIN_RUN == 8
-    calls = _calls(rewrite_copy_loops(_kernel.with_attr(PATCHES_ATTR, [1, 1]).with_attr(STAGE_LAYOUT_ATTR, "NCHW")))
-    assert sorted(calls) == [COPY, FILL]  # not the short constant run, not the strided column
+    assert SHORT_RUN <= 7 < MIN_RUN
+    calls = _calls(rewrite_copy_loops(_stage(_kernel)))
+    # the run-time run, the fill, the 7 bytes between planned buffers; not the 2 bytes, the column, the pixel copy
+    assert sorted(calls) == [COPY, COPY, FILL]
+
+
+def test_a_nests_run_length_is_tested_once():
+    func = rewrite_copy_loops(_stage(_rings))
+    first, second = func.body.seq
+    # the fill's length is the same for the whole nest: one test before it, the calls inside
+    assert isinstance(first, tirx.IfThenElse) and first.else_case is None
+    assert isinstance(first.then_case, tirx.For) and isinstance(first.then_case.body, tirx.For)
+    cond = first.condition  # n > 0
+    assert isinstance(cond, tirx.GT) and uses_var(cond.a, _rings.params[1]) and int(cond.b.value) == 0
+    assert _calls(first) == [FILL]
+    # a length that varies with the row: no test (the loops as they were, the call inside)
+    assert isinstance(second, tirx.For) and isinstance(second.body, tirx.For)
+    assert isinstance(second.body.body, tirx.Evaluate) and _calls(second) == [FILL]
 
 
 def test_other_kernels_keep_their_loops():

@@ -13,7 +13,7 @@ from tvm.ir import PrimType
 
 from tvm_patch.errors import TvmPatchError
 
-__all__ = ["C_TYPES", "PlainCError", "c_float_literal", "c_type", "const_shape", "dtype_bytes", "dtype_str", "to_f32"]
+__all__ = ["C_TYPES", "PlainCError", "c_float_literal", "c_type", "buffer_bytes", "const_shape", "dtype_bytes", "dtype_str", "to_f32"]
 
 C_TYPES = {
     "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
@@ -37,6 +37,11 @@ def dtype_bytes(dtype: str) -> int:
     """Bytes of one element of `dtype` (vector lanes included, rounded up to whole bytes)."""
     t = tvm.runtime.DataType(dtype)
     return (t.bits * t.lanes + 7) // 8
+
+
+def buffer_bytes(buf: Any) -> int:
+    """Bytes of a buffer of constant shape (a stage's planned buffers, a kernel's locals)."""
+    return math.prod(int(d) for d in buf.shape) * dtype_bytes(str(buf.ty.dtype))
 
 
 def dtype_str(dtype: Any) -> str:

@@ -14,28 +14,37 @@ falls back to bytes where a word read could see a byte the loop had already writ
 from __future__ import annotations
 
 
+from typing import Any
+
 import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_patch.codegen.c_types import buffer_bytes
 from tvm_patch.codegen.micro_kernels import _int, _unit_stride_base
+from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.names import STAGE_LAYOUT_ATTR
 from tvm_patch.tir_util import is_patch_stage, uses_var
 
 COPY = "tvmp_copy_s8"
 FILL = "tvmp_fill_s8"
-MIN_RUN = 8  # bytes: a constant-extent loop shorter than this stays a loop (a run-time extent is called)
+MIN_RUN = 8  # bytes: a constant-extent loop shorter than this stays a loop (a run-time extent is called) ...
+SHORT_RUN = 3  # ... unless it is at least this long and between two of the stage's planned buffers (no C local)
 
 
 def _copy_call(loop: tirx.For) -> tirx.Stmt | None:
     """The call replacing ``loop`` when it is an int8 copy or fill loop (module docstring), else None."""
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or not isinstance(loop.body, tirx.BufferStore):
         return None
-    extent, k = loop.extent, loop.loop_var
-    if (_int(extent) is not None and _int(extent) < MIN_RUN) or uses_var(extent, k):
+    extent, k, st = loop.extent, loop.loop_var, loop.body
+    if uses_var(extent, k) or (_int(extent) is not None and _int(extent) < SHORT_RUN):
         return None
-    st = loop.body
+    if _int(extent) is not None and _int(extent) < MIN_RUN:
+        value = st.value
+        touched = [st.buffer] + ([value.source] if isinstance(value, TensorLoad) else [])
+        if any(is_c_local(b.name, buffer_bytes(b)) for b in touched):
+            return None
     if str(st.buffer.ty.dtype) != "int8" or len(st.indices) != 1:
         return None
     d = _unit_stride_base(st.indices[0], k)
@@ -55,6 +64,44 @@ def _copy_call(loop: tirx.For) -> tirx.Stmt | None:
     return tirx.Evaluate(tirx.call_extern("void", COPY, dst, src, tirx.Cast("int32", extent)))
 
 
+def _is_run(stmt: Any) -> bool:
+    """Is ``stmt`` a copy / fill call, or a loop nest (possibly guarded, `_guarded`) around one?"""
+    while True:
+        if isinstance(stmt, tirx.For):
+            stmt = stmt.body
+        elif isinstance(stmt, tirx.IfThenElse) and stmt.else_case is None:
+            stmt = stmt.then_case
+        else:
+            return isinstance(stmt, tirx.Evaluate) and run_length(stmt.value) is not None
+
+
+def run_length(value: Any) -> Any:
+    """The byte count argument of a ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call (dst, src or value, n), else None."""
+    if isinstance(value, tvm.ir.Call) and value.op.name.endswith(("call_extern", "call_pure_extern")) \
+            and len(value.args) > 3 and str(getattr(value.args[0], "value", "")) in (COPY, FILL):
+        return value.args[3]
+    return None
+
+
+def _guarded(loop: tirx.For) -> tirx.Stmt:
+    """``loop`` (its body already rewritten) with the test of a run-time copy or fill length moved out of it: a
+    call whose length does not depend on the loop's variables runs under ``if (n > 0)``, and such a test goes out
+    of every loop of its nest that does not set it, so a border ring's nest costs one test in a patch with no such
+    border instead of a call of length 0 per row and channel."""
+    body = loop.body
+    if isinstance(body, tirx.Evaluate):
+        n = run_length(body.value)
+        if n is None or _int(n) is not None or uses_var(n, loop.loop_var):
+            return loop
+        return tirx.IfThenElse(n > 0, loop, None)
+    if isinstance(body, tirx.IfThenElse) and body.else_case is None and _is_run(body.then_case) \
+            and not uses_var(body.condition, loop.loop_var):
+        return tirx.IfThenElse(body.condition, tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                                                        body.then_case, loop.thread_binding, loop.annotations),
+                               None)
+    return loop
+
+
 def rewrite_copy_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func``, when it is an NCHW patch stage, with every int8 copy or fill loop (module docstring) replaced by its
     ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call. Where it was measured (M7, instructions of the stage): mcunet-in0 3x3
@@ -64,7 +111,8 @@ def rewrite_copy_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     gained nothing and three 3x3 depthwise kernels lost 8-12 % (GCC then spilled the window loop's weight words)."""
     if not is_patch_stage(func) or str(func.attrs.get(STAGE_LAYOUT_ATTR, "")) != "NCHW":
         return func
-    return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _copy_call(loop) or loop)])
+    calls = tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _copy_call(loop) or loop)])
+    return tvm_ffi.structural_map(calls, [(tirx.For, _guarded)])
 
 
 def CopyLoops() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)

@@ -1071,12 +1071,21 @@ TVMP_INLINE void tvmp_window2_s8w(const int8_t *p, int32_t pb, int32_t d, int32_
    (unaligned word accesses, which Cortex-M3 and later make in one instruction each), except where d is 1-3 bytes
    after s, where a word read would see bytes the byte loop had already overwritten: then byte by byte. */
 TVMP_INLINE void tvmp_copy_s8(int8_t *d, const int8_t *s, int32_t n) {
-    if ((uintptr_t)d - (uintptr_t)s - 1u >= 3u)
+    if ((uintptr_t)d - (uintptr_t)s - 1u >= 3u) {
         for (; n >= 4; n -= 4, d += 4, s += 4) {
             uint32_t w;
             memcpy(&w, s, 4);
             memcpy(d, &w, 4);
         }
+        if (n & 2) {
+            uint16_t h;
+            memcpy(&h, s, 2);
+            memcpy(d, &h, 2);
+            d += 2, s += 2;
+        }
+        if (n & 1) *d = *s;
+        return;
+    }
     for (; n > 0; n--) *d++ = *s++;
 }
 
@@ -1084,7 +1093,8 @@ TVMP_INLINE void tvmp_copy_s8(int8_t *d, const int8_t *s, int32_t n) {
 TVMP_INLINE void tvmp_fill_s8(int8_t *d, int32_t v, int32_t n) {
     uint32_t w = (uint32_t)(uint8_t)v * 0x01010101u;
     for (; n >= 4; n -= 4, d += 4) memcpy(d, &w, 4);
-    for (; n > 0; n--) *d++ = (int8_t)v;
+    if (n & 2) memcpy(d, &w, 2), d += 2;
+    if (n & 1) *d = (int8_t)v;
 }
 
 /* acc[j] += pad * (the sum of weight row j), rows weight rows ws bytes apart: a blocked border tap. */

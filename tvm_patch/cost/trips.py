@@ -22,7 +22,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.channel_rows import ROW_KERNEL
-from tvm_patch.codegen.copy_kernels import COPY, FILL
+from tvm_patch.codegen.copy_kernels import run_length
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
 from tvm_patch.tir_util import uses_var, vars_of
@@ -55,21 +55,13 @@ def _controls(body: Any, var: tirx.Var) -> bool:
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
     def on_call(c: Any) -> tvm_ffi.WalkResult:
-        n = _run_length(c)
+        n = run_length(c)
         found[0] = found[0] or (n is not None and uses(n))
         return tvm_ffi.WalkResult.SKIP if found[0] else tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(body, [(tirx.Bind, on_let), (tirx.LetStmt, on_let), (tirx.For, on_for),
                                    (tirx.IfThenElse, on_if), (tvm.ir.Call, on_call)], order="pre")
     return found[0]
-
-
-def _run_length(call: Any) -> Any:
-    """The byte count argument of a ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call (dst, src or value, n), else None."""
-    if call.op.name.endswith(("call_extern", "call_pure_extern")) and len(call.args) > 3 \
-            and str(getattr(call.args[0], "value", "")) in (COPY, FILL):
-        return call.args[3]
-    return None
 
 
 def _mul64(value: Any) -> int:
@@ -318,7 +310,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
         def on_call(call: Any) -> tvm_ffi.WalkResult:
             if call.op.name.endswith(("call_extern", "call_pure_extern")) and call.args and hasattr(call.args[0], "value"):
                 name = str(call.args[0].value)
-                length = _run_length(call)
+                length = run_length(call)
                 if length is not None:  # a run of bytes: its store instructions (words and tail bytes)
                     n = const(length, env)
                     words = (n // 4 + n % 4) if n is not None and n > 0 else 0

@@ -47,7 +47,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.codegen.c_types import buffer_bytes, dtype_bytes
 from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
@@ -79,10 +79,6 @@ class _Body:
     accs: list[list[Access]]
     caches: dict[str, Any]
     bufs: dict[str, Any]  # every buffer by name: the root block's and the caches
-
-
-def _nbytes(buf: Any) -> int:
-    return math.prod(int(d) for d in buf.shape) * dtype_bytes(str(buf.ty.dtype))
 
 
 def _cached_body(func: tirx.PrimFunc) -> _Body:
@@ -135,7 +131,7 @@ def _fills_whole_first(body: _Body, k: int, name: str, patches: list[dict[Any, A
                         min(len(cp.loops), len(a.loops))))
     inner = cp.loops[n:]
     return _store_once(replace(cp, loops=tuple(inner))) and all(isinstance(lp.extent, tirx.IntImm) for lp in inner) \
-        and math.prod(int(lp.extent) for lp in inner) == _nbytes(body.bufs[name]) // dtype_bytes(str(cp.buffer.ty.dtype))
+        and math.prod(int(lp.extent) for lp in inner) == buffer_bytes(body.bufs[name]) // dtype_bytes(str(cp.buffer.ty.dtype))
 
 
 def _filled_by_stores(body: _Body, k: int, name: str, accs: list[Access], patches: list[dict[Any, Any]]) -> bool:
@@ -528,7 +524,7 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
         stored = address(st.indices, env, vars_, values, n)
         if stored is None:
             return False
-        last = np.full(_nbytes(buf) // dtype_bytes(str(buf.ty.dtype)), -1, np.int64)
+        last = np.full(buffer_bytes(buf) // dtype_bytes(str(buf.ty.dtype)), -1, np.int64)
         for ld in loads:
             inner = grid(ld.loops[len(outer):], env)
             if inner is None:
@@ -565,11 +561,11 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
         life[name] = (0, end)
     if any(n not in body.bufs for n in offsets):
         raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer its TIR does not have")
-    sizes = {n: _nbytes(body.bufs[n]) for n in offsets}
+    sizes = {n: buffer_bytes(body.bufs[n]) for n in offsets}
     if any(o < 0 or o + sizes[n] > int(plan["bytes"]) for n, o in offsets.items()):
         raise TvmPatchError("internal error: the cache-mode stage's plan places a buffer outside its workspace")
     for n, b in body.bufs.items():
-        if n not in offsets and not is_c_local(n, _nbytes(b)) and n in life:
+        if n not in offsets and not is_c_local(n, buffer_bytes(b)) and n in life:
             raise TvmPatchError(f"internal error: the cache-mode stage's buffer {n} has no place in its plan")
     loops = body.patch_loops
     patches = [{lp.loop_var: tirx.const(v, lp.loop_var.ty.dtype) for lp, v in zip(loops, ijk)}

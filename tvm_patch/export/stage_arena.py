@@ -24,7 +24,6 @@ as everywhere.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ from tvm import s_tir, tirx
 
 from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.names import STAGE_OFFSETS_ATTR
-from tvm_patch.codegen.c_types import dtype_bytes
+from tvm_patch.codegen.c_types import buffer_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.tir_util import is_patch_stage, substitute_vars, uses_var
@@ -83,10 +82,6 @@ class _Body:
     allocs: dict[str, Any]  # name -> Buffer (the patch block's and nested ones)
     nested: dict[str, int]  # nested allocation name -> statement index
     stmts: list[list[Access]]
-
-
-def _bytes(buf: Any) -> int:
-    return math.prod(int(d) for d in buf.shape) * dtype_bytes(str(buf.ty.dtype))
 
 
 def _patch_body(func: tirx.PrimFunc) -> _Body | None:
@@ -281,7 +276,7 @@ def plan_stage_arena(func: tirx.PrimFunc, alignment: int = 16) -> tuple[tirx.Pri
     life = _lifetimes(body)
     buffers = []
     for name, buf in body.allocs.items():
-        size = _bytes(buf)
+        size = buffer_bytes(buf)
         if is_c_local(name, size) or name not in life:
             continue  # a C local (accumulators, requantization steps), or never used
         buffers.append(Buffer(name, size, *life[name]))
