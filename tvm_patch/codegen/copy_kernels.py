@@ -5,14 +5,18 @@ A TIR pass for the plain-C lowering (after the buffers are flat): an innermost s
     for k in range(E):  D[d + k] = S[s + k]      (or  D[d + k] = v, a constant)
 
 over int8 elements, d and s free of k, becomes ``tvmp_copy_s8(&D[d], &S[s], E)`` (``tvmp_fill_s8(&D[d], v, E)``),
-which moves four bytes a load and a store (``tvmp_kernels.h``). In an NCHW patch stage only (``rewrite_copy_loops``
-says what was measured): its regions' rings (pad values), its halo caches' rows saved and restored. Exact: the call gives every byte the value the loop gave it, for any overlap of D and S (the kernel
-falls back to bytes where a word read could see a byte the loop had already written). Loops shorter than
-``MIN_RUN`` elements (constant extents) are left alone: the call's setup would cost what the words save.
+which moves four bytes a load and a store, then a halfword and a byte for the tail (``tvmp_kernels.h``). In an NCHW
+patch stage only (``rewrite_copy_loops`` says what was measured): its regions' rings (pad values), its halo caches'
+rows and columns saved and restored. Exact: the call gives every byte the value the loop gave it, for any overlap
+of D and S (the kernel falls back to bytes where a word read could see a byte the loop had already written).
+Constant extents shorter than ``MIN_RUN`` stay loops where D or S is a C local (a pixel window: GCC keeps those in
+registers) or the run is shorter than ``SHORT_RUN``; between two of the stage's planned buffers (the cache mode's
+3- and 5-byte column runs) they are calls, which GCC compiles to a word, halfword and byte each: measured below.
+A run-time length the same for a whole nest (a border patch's ring) is tested once before the nest, ``if (n > 0)``,
+instead of a call of length 0 per row and channel in the patches without that border.
 """
 
 from __future__ import annotations
-
 
 from typing import Any
 
@@ -105,7 +109,10 @@ def _guarded(loop: tirx.For) -> tirx.Stmt:
 def rewrite_copy_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func``, when it is an NCHW patch stage, with every int8 copy or fill loop (module docstring) replaced by its
     ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call. Where it was measured (M7, instructions of the stage): mcunet-in0 3x3
-    cache mode -2.8 %, recompute -0.9 %; mcunet-in1 4x4 -0.4 % and -0.05 %. Not NHWC stages: vww 4x4 recompute
+    cache mode -2.8 %, recompute -0.9 %; mcunet-in1 4x4 -0.4 % and -0.05 %; the short runs, the tested nests and
+    the tails (kernels round 31, docs/kernels.md) then the network: mcunet-in0 3x3 cache -0.4 %, 4x4 recompute
+    -0.3 %, mcunet-in1 4x4 recompute -0.2 %, but its cache mode +0.25 % (the stage's last 1x1 nest, its C unchanged,
+    compiled worse in the longer function). Not NHWC stages: vww 4x4 recompute
     +1.5 %, cache +0.4 %, resnet8 +0.01 % (few runs to copy there, a row of channels; the long function's other
     nests then compiled worse). Not the per-layer kernels: on mcunet-in0 their padded copies' rows (12-24 bytes)
     gained nothing and three 3x3 depthwise kernels lost 8-12 % (GCC then spilled the window loop's weight words)."""
