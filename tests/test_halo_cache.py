@@ -496,7 +496,7 @@ def _residual_stage() -> Stage:
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 def test_convs_inside_residual_adds_blocked(halo):
     """A dense conv computed inside its residual add (`schedule.skip_accumulations`: resnet8's) is register
-    blocked there in the written nest, two pixels x 2 channels (`cache_stage.add_block`): recompute mode keeps the
+    blocked there in the written nest, two pixels x 2 channels (`blocked_convs.add_block`): recompute mode keeps the
     written nest (no TE form), the add over its skip is proven in place on the TIR (mixed-radix stores, the pair
     loop's and the odd last pixel's stores disjoint), and the C run is bit-exact."""
     stage = _residual_stage()
@@ -603,7 +603,7 @@ def test_cached_stage_fused_add_over_its_input_exact():
 ])
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 def test_residual_add_requantization_calls(halo, reals, zps, out_real, out_zp, calls):
-    """The stage's residual add (`cache_stage.add_steps`) requantizes with the cheapest call its constants' bounds
+    """The stage's residual add (`element_values.add_steps`) requantizes with the cheapest call its constants' bounds
     allow (`fixedpoint.mbqm_proven`: an operand's |(value - zero point) 2^20| <= 255 2^20, each rescaled one at most
     1 more, their sum), exactly the calls expected, and the C run equals the numpy reference bit for bit; the add
     over a conv fused into it and over the stage's input, on inputs spanning int8."""

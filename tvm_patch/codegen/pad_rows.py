@@ -11,7 +11,7 @@ seven words: the same sums, since each added product is a zero weight times a by
 ``pad_dot_rows`` pads where a local int8 buffer is read as the activations of ``tvmp_dot_s8_rows{J}`` calls
 of length n (n % 4 != 0; the local of n elements, or already ``ceil4(n)`` or more) or of ``tvmp_dot_s8_px2_rows{J}``
 calls whose pixel stride is a multiple of four of at least ``ceil4(n)`` (a patch stage's two copied windows,
-``patch/cache_stage.py``), and an int8 parameter only as those calls' weights, rows n apart at offsets that are
+``patch/blocked_convs.py``), and an int8 parameter only as those calls' weights, rows n apart at offsets that are
 multiples of n: a local of n elements becomes ``ceil4(n)``, the parameter ``(rows, ceil4(n))`` (the export pads
 the constant so: ``export.wide_weights.padded_layout``), the calls' length, row stride and offsets move to the
 padded rows. A padded tap's byte need not be zero: its weight is.

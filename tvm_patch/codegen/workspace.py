@@ -25,7 +25,7 @@ __all__ = ["LOCAL_MAX_BYTES", "PIXEL_MAX_BYTES", "PIXEL_NAME", "fixed_plan", "is
            "planned_workspace_bytes", "stack_scratch_bytes", "zero_locals"]
 
 LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
-PIXEL_NAME = "pixel"  # a patch stage's copy of one or two output pixels' input windows (patch/cache_stage.py)
+PIXEL_NAME = "pixel"  # a patch stage's copy of one or two output pixels' input windows (patch/nest_context.py)
 PIXEL_MAX_BYTES = 256  # ... a C local up to this size: a 1x1 conv's pixel pair over up to 128 channels
 
 
