@@ -101,7 +101,7 @@ def _guarded(loop: tirx.For) -> tirx.Stmt:
     if isinstance(body, tirx.IfThenElse) and body.else_case is None and _is_run(body.then_case) \
             and not uses_var(body.condition, loop.loop_var):
         return tirx.IfThenElse(body.condition, tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
-                                                        body.then_case, loop.thread_binding, loop.annotations),
+                                                        body.then_case, loop.thread_binding, loop.annotations, loop.step),
                                None)
     return loop
 
