@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from tvm.rpc.tracker import Tracker
 
 from conftest import mlperf_tflite_files
 from tvm_patch import cli
-from tvm_patch.codegen.c_kernels import UNROLL_MACRO
+from tvm_patch.codegen.c_kernels import NOINLINE_MACRO, UNROLL_MACRO
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.export.odd_planes import OVERLAP_ATTR
@@ -102,13 +103,16 @@ def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
 
 
 def _definition(model_c: str, kernel: str) -> str:
-    """The line that opens ``kernel``'s definition (with the unrolling macro when it has one)."""
-    return next(line for line in model_c.splitlines()
-                if line.removeprefix(UNROLL_MACRO + " ").startswith(f"void {kernel}("))
+    """The line that opens ``kernel``'s definition (with the unrolling and no-inlining macros when it has them)."""
+    return next(line for line in model_c.splitlines() if _prototype_of(line).startswith(f"void {kernel}("))
+
+
+def _prototype_of(line: str) -> str:
+    return line.removeprefix(UNROLL_MACRO + " ").removeprefix(NOINLINE_MACRO + " ")
 
 
 def _prototype(model_c: str, kernel: str) -> str:
-    return _definition(model_c, kernel).removeprefix(UNROLL_MACRO + " ")
+    return _prototype_of(_definition(model_c, kernel))
 
 
 def test_a_record_unpacking_and_unrolling_applies(tmp_path, capsys):
@@ -186,22 +190,30 @@ def test_the_harness_runs_on_the_networks_activations(tmp_path):
 
 def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     """With --patches the patch stage is a kernel like the others: its loop nest (which TVM's feature extraction
-    rejects: tune/features.py gives it zeros) is measured in both unrollings and packings, and the build applies
-    the best record to the stage."""
+    rejects: tune/features.py gives it a row of its decisions) is measured unrolled or not and with its layer nests
+    outlined or not (every candidate bit-exact on the emulator: none failed), and the build applies the best record
+    to the stage: its unrolling, and each outlined nest a static noinline function the stage calls."""
     stage = "tvmp_patch_stage"
-    s = tune_model(KWS, "h743", trials=4, runner="emulator", db_dir=tmp_path / "db", patches=4, split=5,
+    s = tune_model(KWS, "h743", trials=6, runner="emulator", db_dir=tmp_path / "db", patches=4, split=5,
                    halo="cache", kernels=[stage], progress=False)
     (k,) = s.kernels
     assert k.name == stage and k.failed == 0 and k.choices == [] and s.measured >= 2
     assert k.best_cost <= k.default_cost and s.untunable == []
+    assert k.nests == 6  # the stage's input copy and its five layers (split 5)
     records = open_database(tmp_path / "db", create=False).get_all_tuning_records()
-    assert {trace_choice(r.trace).unrolled for r in records} == {False, True}  # both measured
+    choices = [trace_choice(r.trace) for r in records]
+    assert {c.unrolled for c in choices} == {False, True}  # both measured
+    assert any(c.outlined for c in choices) and all(set(c.outlined) <= set(range(k.nests)) for c in choices)
     tuned = TunedKernels(open_database(tmp_path / "db", create=False), get_board("h743").core)
     res = export_model(KWS, tmp_path / "built", patches=4, split=5, halo="cache", check=True, seeds=(0,),
                        **tuned.export_args())
     assert res.check.bit_exact and tuned.used[stage]["unrolled"] == k.best_unrolled
+    assert tuned.used[stage]["outlined"] == k.best_outlined
     code = (tmp_path / "built" / "model.c").read_text()
     assert _definition(code, stage).startswith(UNROLL_MACRO + " ") == k.best_unrolled
+    assert (NOINLINE_MACRO + " void " + stage + "(" in _definition(code, stage)) == bool(k.best_outlined)
+    helpers = sorted(int(m) for m in re.findall(r"^static .*\bvoid " + stage + r"_nest(\d+)\(", code, flags=re.M))
+    assert helpers == k.best_outlined
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from tvm.tirx.buffer import is_buffer_var
 
 from tvm_patch.codegen.c_types import C_TYPES, PlainCError, c_float_literal, const_shape, dtype_str, to_f32
 from tvm_patch.codegen.lowering import finalize_passes, lower_tir
+from tvm_patch.codegen.outline import outline_nests
 from tvm_patch.codegen.weight_sums import SUM_TABLES_ATTR
 from tvm_patch.codegen.workspace import fixed_plan, plan_workspace, stack_scratch_bytes, zero_locals
 
@@ -426,28 +427,40 @@ _UNROLL_DEFINE = (f"#if defined(__GNUC__) && !defined(__clang__)\n#define {UNROL
                   f"__attribute__((optimize(\"unroll-loops\")))\n#else\n#define {UNROLL_MACRO}\n#endif\n")
 
 
+# A function GCC must not inline (a patch stage's outlined nests and the stage itself: codegen/outline.py).
+NOINLINE_MACRO = "TVMP_NOINLINE"
+_NOINLINE_DEFINE = (f"#if defined(__GNUC__)\n#define {NOINLINE_MACRO} __attribute__((noinline))\n#else\n"
+                    f"#define {NOINLINE_MACRO}\n#endif\n")
+
+
 def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
-           unrolled: Iterable[str] = ()) -> CSource:
+           unrolled: Iterable[str] = (), outlined: Mapping[str, Iterable[int]] | None = None) -> CSource:
     """Plain C99 for each PrimFunc: definitions with pointer parameters and a workspace pointer.
 
     Keys of ``funcs`` become the C function names. A PrimFunc with the attribute ``tirx.noalias``
     False (for kernels the driver runs in place) gets no ``restrict``. The kernels named in ``unrolled`` are
     compiled with GCC's ``-funroll-loops`` (``TVMP_UNROLL_LOOPS``: a tuning database's choice per kernel).
+    ``outlined``: patch stage -> its layer nests (codegen/outline.py) moved into ``static`` ``noinline``
+    functions; such a stage is itself ``noinline`` (inlined into the network's function it would lose what the
+    outlining gains: measured, docs/kernels.md). Both are tuning choices per kernel.
     """
     unrolled = set(unrolled)
-    unknown = unrolled - set(funcs)
+    outlined = {n: sorted(set(v)) for n, v in (outlined or {}).items() if v}
+    unknown = (unrolled | set(outlined)) - set(funcs)
     if unknown:
-        raise PlainCError(f"unrolled kernels {sorted(unknown)} are not among the kernels emitted")
+        raise PlainCError(f"unrolled or outlined kernels {sorted(unknown)} are not among the kernels emitted")
     for name in funcs:
         if not re.fullmatch(r"[A-Za-z_]\w*", name) or name in _C_KEYWORDS:
             raise PlainCError(f"{name!r} is not a usable C function name")
     mod, infos = lower_plain(funcs, C_TARGET, workspace_align)
+    mod, helpers = _outlined(mod, infos, outlined)
+    owner = {h: s for s in outlined for h in helpers if h.startswith(s + "_nest")}  # a nest is compiled as its stage
     mod, literals = _mark_float_constants(mod)
     src = tvm.get_global_func("target.build.c")(mod, tvm.target.Target(C_TARGET)).inspect_source()
-    bodies = _split_functions(src, list(funcs))
+    bodies = _split_functions(src, [*helpers, *funcs])
     parts = []
     for name, (tvm_params, body) in bodies.items():
-        info = infos[name]
+        info = helpers.get(name) or infos[name]
         tvm_names = [re.split(r"[\s\*]+", p.strip())[-1] for p in tvm_params.split(",") if p.strip()]
         if tvm_names != [p.name for p in info.params]:
             raise PlainCError(f"{name}: the C backend renamed parameters {tvm_names}, expected {[p.name for p in info.params]}")
@@ -456,7 +469,10 @@ def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
         if _MARK in body:
             raise PlainCError(f"{name}: a float constant marker was not replaced")
         _check_body(name, body)
-        parts.append(f"{UNROLL_MACRO + ' ' if name in unrolled else ''}{info.prototype} {{\n{body}}}\n")
+        prefix = ("static " if name in helpers else "") + "".join(
+            m + " " for m, on in ((UNROLL_MACRO, owner.get(name, name) in unrolled),
+                                  (NOINLINE_MACRO, name in helpers or name in outlined)) if on)
+        parts.append(f"{prefix}{info.prototype} {{\n{body}}}\n")
     code = "\n".join(parts)
     includes = ["#include <stdint.h>"]
     if re.search(r"\bbool\b", code):
@@ -468,7 +484,38 @@ def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
         header += MICRO_KERNELS.read_text() + "\n"
     if unrolled:
         header += _UNROLL_DEFINE + "\n"
+    if outlined:
+        header += _NOINLINE_DEFINE + "\n"
     return CSource(header + code, dict(infos), workspace_align)
+
+
+def _outlined(mod: tvm.IRModule, infos: dict[str, CFunction], outlined: Mapping[str, list[int]]
+              ) -> tuple[tvm.IRModule, dict[str, CFunction]]:
+    """``mod`` with the chosen nests of each stage in ``outlined`` moved into functions of their own (first in the
+    module, so each is defined before its stage calls it), and those functions' C interfaces."""
+    if not outlined:
+        return mod, {}
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items()}
+    helpers: dict[str, tirx.PrimFunc] = {}
+    cinfos: dict[str, CFunction] = {}
+    for name, nests in outlined.items():
+        funcs[name], made = outline_nests(name, funcs[name], nests)
+        stage = infos[name]
+        by_name = {p.name: (i, p) for i, p in enumerate(stage.params)}
+        for fname, f in made.items():
+            params, aliased = [], []
+            for v in f.params:
+                if v.name in by_name and isinstance(v.ty, PointerType):
+                    i, p = by_name[v.name]
+                    if stage.aliased is not None and i in stage.aliased:
+                        aliased.append(len(params))
+                    params.append(p)
+                else:
+                    params.append(CParam(v.name, C_TYPES[dtype_str(v.ty)], False, "scalar", dtype_str(v.ty)))
+            helpers[fname] = f
+            cinfos[fname] = CFunction(fname, tuple(params), 0, stage.noalias,
+                                      frozenset(aliased) if stage.aliased is not None else None)
+    return tvm.IRModule({**helpers, **funcs}), cinfos
 
 
 # ---------------------------------------------------------------- objects

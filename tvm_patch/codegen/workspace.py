@@ -22,7 +22,7 @@ from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
 __all__ = ["LOCAL_MAX_BYTES", "PIXEL_MAX_BYTES", "PIXEL_NAME", "fixed_plan", "is_c_local", "plan_workspace",
-           "planned_workspace_bytes", "stack_scratch_bytes", "zero_locals"]
+           "planned_workspace_bytes", "stack_scratch_bytes", "zero_locals", "zero_stores"]
 
 LOCAL_MAX_BYTES = 64  # intermediate buffers up to this size are C locals (stack/registers), not workspace
 PIXEL_NAME = "pixel"  # a patch stage's copy of one or two output pixels' input windows (patch/nest_context.py)
@@ -137,6 +137,23 @@ def stack_scratch_bytes(body: Any) -> int:
     return sum(sizes.values())
 
 
+def zero_stores(buf: Any) -> list[Any]:
+    """One store of zero per element of the C-local array ``buf`` (none for a stack-bound one: a pixel window
+    or widened pixel pair, which its kernel writes whole first)."""
+    if _stack_bound(buf.name):
+        return []
+    shape = const_shape(buf, "local buffer")
+    zero = tirx.const(0, dtype_str(buf.ty.dtype))
+    stores = []
+    for i in range(math.prod(shape)):
+        idx = []
+        for d in reversed(shape):
+            idx.append(i % d)
+            i //= d
+        stores.append(tirx.BufferStore(buf, zero, [tirx.IntImm("int32", j) for j in reversed(idx)]))
+    return stores
+
+
 def zero_locals(body: Any, in_workspace: set[Any]) -> Any:
     """Each small buffer kept as a C local is zeroed right after its declaration. The kernels always write
     before they read (TVM's reduction init), but a reduction whose init sits under a condition in the
@@ -147,17 +164,10 @@ def zero_locals(body: Any, in_workspace: set[Any]) -> Any:
         changed = False
         for stmt in seq.seq:
             out.append(stmt)
-            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace and not _stack_bound(stmt.buffer.name):
-                buf = stmt.buffer
-                shape = const_shape(buf, "local buffer")
-                zero = tirx.const(0, dtype_str(buf.ty.dtype))
-                for i in range(math.prod(shape)):
-                    idx = []
-                    for d in reversed(shape):
-                        idx.append(i % d)
-                        i //= d
-                    out.append(tirx.BufferStore(buf, zero, [tirx.IntImm("int32", j) for j in reversed(idx)]))
-                changed = True
+            if isinstance(stmt, tirx.AllocBuffer) and stmt.buffer not in in_workspace:
+                zeros = zero_stores(stmt.buffer)
+                out.extend(zeros)
+                changed = changed or bool(zeros)
         return tirx.SeqStmt(out) if changed else seq
 
     return tvm_ffi.structural_map(body, (tirx.SeqStmt, on_seq))

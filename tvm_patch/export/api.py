@@ -219,6 +219,7 @@ def export_model(
     packing: Callable[[str, Any], bool] | None = None,
     wide: Callable[[str], bool] | None = None,
     unroll: Callable[[str, Any], bool] | None = None,
+    outline: Callable[[str, Any], tuple[int, ...]] | None = None,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -239,6 +240,8 @@ def export_model(
     Flash, fewer instructions: codegen/wide_weights.py); default none (``board_build`` chooses within the Flash).
     ``unroll``: a callable (name, PrimFunc before blocking) -> whether that kernel is compiled with GCC's loop
     unroller (``TunedKernels.unroll``: a tuning database's choice); default none is.
+    ``outline``: a callable (name, PrimFunc before blocking) -> which layer nests of that patch stage are compiled as
+    functions of their own (codegen/outline.py; ``TunedKernels.outline``: a tuning database's choice); default none.
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -248,15 +251,17 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows, halo, packing, wide, unroll)
+                       integer, rounding, rows, halo, packing, wide, unroll, outline)
 
 
 def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bool = True,
                  packing: Callable[[str, Any], bool] | None = None, wide: Callable[[str], bool] | None = None,
-                 unroll: Callable[[str, Any], bool] | None = None
+                 unroll: Callable[[str, Any], bool] | None = None,
+                 outline: Callable[[str, Any], tuple[int, ...]] | None = None
                  ) -> tuple[Program, CSource, dict[str, int], dict[str, int]]:
     """The kernels ``final`` as C, in the micro-kernels' forms (their requantization facts, the constants packed
-    as ``packing`` says, the weights ``wide`` allows widened, GCC's unroller on the kernels ``unroll`` names) and
+    as ``packing`` says, the weights ``wide`` allows widened, GCC's unroller on the kernels ``unroll`` names, the
+    patch stages' nests ``outline`` says outlined) and
     the program whose constants they take; with each widened kernel's extra Flash bytes and each kernel's
     weight-sum tables' bytes. The one emission of the export and of the tuning harness."""
     emitted, c_prog = final, prog
@@ -266,7 +271,8 @@ def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bo
         if wide is not None:
             emitted = mark_wide(c_prog, emitted, wide)
     unrolled = [n for n in emitted if micro and unroll is not None and unroll(n, prog.funcs.get(n, final[n]))]
-    csrc = emit_c(emitted, alignment, unrolled)
+    outlined = {n: outline(n, prog.funcs.get(n, final[n])) for n in emitted if micro and outline is not None}
+    csrc = emit_c(emitted, alignment, unrolled, outlined)
     c_prog, sum_bytes = sum_constants(c_prog, csrc.functions)  # before the widening: the tables sum the int8 weights
     c_prog, wide_bytes = widen_constants(c_prog, csrc.functions)
     return c_prog, csrc, wide_bytes, sum_bytes
@@ -287,7 +293,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             rows: int | Mapping[str, int] | Callable[[str, Any], int], halo: str = "recompute",
             packing: Callable[[str, Any], bool] | None = None,
             wide: Callable[[str], bool] | None = None,
-            unroll: Callable[[str, Any], bool] | None = None) -> ExportResult:
+            unroll: Callable[[str, Any], bool] | None = None,
+            outline: Callable[[str, Any], tuple[int, ...]] | None = None) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -296,7 +303,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
     # a database's choices, asked by the weights' form
-    rows, packing, unroll = (keyed_by_weights(c, wide) for c in (rows, packing, unroll))
+    rows, packing, unroll, outline = (keyed_by_weights(c, wide) for c in (rows, packing, unroll, outline))
     name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
@@ -364,7 +371,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     final = {n: mark_in_place(f, overlaps[n]) if n in inplace_funcs or overlaps[n] else f for n, f in funcs.items()}
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
-    c_prog, csrc, wide_bytes, sum_bytes = emit_kernels(prog, final, alignment, micro, packing, wide, unroll)
+    c_prog, csrc, wide_bytes, sum_bytes = emit_kernels(prog, final, alignment, micro, packing, wide, unroll,
+                                                         outline)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {

@@ -1,10 +1,11 @@
-"""The features meta_schedule's XGBoost cost model learns from: TVM's per-store features of each candidate, and a
-row of zeros for a candidate whose loop nest TVM's feature extraction rejects.
+"""The features meta_schedule's XGBoost cost model learns from: TVM's per-store features of each candidate, and for
+a candidate whose loop nest TVM's feature extraction rejects, one row of its knobs' decisions.
 
 A patch stage is such a kernel: its loop nest (patch/cache_stage.py) has loops whose extents depend on enclosing
 loop variables, and TVM 0.27's extraction stops on it ("Trying to update var 'ax0' with a different maximum
-value") for the whole batch. The stage's space is its unrolling alone (two points), so its candidates need no
-features: with zeros the model ranks them alike and the search measures both.
+value") for the whole batch. The stage's space is its unrolling and, per layer nest, whether that nest is outlined
+(tune/space.py): the row holds those decisions (unrolled, then one column per nest), so the model learns what each
+nest's outlining is worth (nearly additive, measured: docs/tuning.md) and the search ranks untried combinations.
 """
 
 from __future__ import annotations
@@ -14,12 +15,28 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
-__all__ = ["TolerantFeatures"]
+from tvm_patch.tune.space import candidate_choice
+
+__all__ = ["TolerantFeatures", "decision_row"]
+
+
+def decision_row(mod: tvm.IRModule, length: int) -> np.ndarray:
+    """One feature row of ``length`` for a candidate TVM cannot extract: its unrolling (column 0) and each layer
+    nest outlined (column 1 + nest), zeros elsewhere (no annotation: all zeros)."""
+    row = np.zeros((1, length), "float32")
+    found = candidate_choice(mod)
+    if found is not None:
+        choice = found[1]
+        row[0, 0] = float(choice.unrolled)
+        for n in choice.outlined:
+            if 1 + n < length:
+                row[0, 1 + n] = 1.0
+    return row
 
 
 @derived_object
 class TolerantFeatures(PyFeatureExtractor):
-    """``PerStoreFeature`` candidate by candidate; a single zero row where it fails."""
+    """``PerStoreFeature`` candidate by candidate; where it fails, the candidate's decisions (``decision_row``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,5 +48,5 @@ class TolerantFeatures(PyFeatureExtractor):
             try:
                 out.extend(self.inner.extract_from(context, [cand]))
             except RuntimeError:  # TVM's errors are RuntimeErrors
-                out.append(tvm.runtime.tensor(np.zeros((1, self.inner.feature_vector_length), "float32")))
+                out.append(tvm.runtime.tensor(decision_row(cand.sch.mod, self.inner.feature_vector_length)))
         return out

@@ -23,10 +23,11 @@ from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET
 from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
+from tvm_patch.codegen.outline import layer_nests
 from tvm_patch.codegen.weight_sums import SUMS_ATTR
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR
 from tvm_patch.export.api import emit_kernels, packed_constants, write_directory
-from tvm_patch.export.blocking import block_output_channels, block_pixels
+from tvm_patch.export.blocking import DEFAULT_ROWS, block_output_channels, block_pixels
 from tvm_patch.export.dead_channels import quiet_dead_channels
 from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.host import host_main, makefile
@@ -38,6 +39,7 @@ from tvm_patch.export.odd_planes import block_pairs_nchw, overlap_odd_row
 from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
+from tvm_patch.export.stage_arena import is_patch_stage
 from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.export.wide_weights import weights_key
 from tvm_patch.tune.space import Choice, row_choices
@@ -138,15 +140,16 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
                         wide: bool = True, unrolled: bool = False, in_place: bool | None = None,
-                        inputs: list[bytes] | None = None) -> Path:
+                        inputs: list[bytes] | None = None, outlined: tuple[int, ...] = ()) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
     compiled with GCC's loop unroller or not (``unrolled``), run in place where the harness's arena plan can
     (``in_place`` None) or never (False: the network's export did not; the C differs by ``restrict``, which moves
     the unrolled code's counts), into ``out_dir``; ``inputs``: the bytes its project runs on (the network's
-    activations, tune/activations.py; None: the project's seeded input). Raises what the export raises when the
-    candidate does not lower."""
+    activations, tune/activations.py; None: the project's seeded input), a patch stage's layer nests ``outlined``
+    into functions of their own (codegen/outline.py). Raises what the export raises when the candidate does not
+    lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
@@ -158,10 +161,11 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     kprog = quiet_dead_channels(kprog, {name: final})  # as the network's export: its requantization's facts
     c_prog, csrc, _, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
                                    wide=(lambda _n: True) if wide else None,
-                                   unroll=(lambda n, f: True) if unrolled else None)
+                                   unroll=(lambda n, f: True) if unrolled else None,
+                                   outline=(lambda n, f: outlined) if outlined else None)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
-            "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled,
+            "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled, "outlined": list(outlined),
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     samples: dict[str, bytes] = {}
     for io, data in zip(info["inputs"], inputs or []):
@@ -208,11 +212,21 @@ class KernelHarness:
 
     def export(self, choice: Choice, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
-        (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, its
-        weights in the network's form."""
+        (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, the
+        nests ``choice.outlined`` names outlined, its weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
                                    self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place,
-                                   self.inputs)
+                                   self.inputs, choice.outlined)
+
+    @cached_property
+    def nests(self) -> int:
+        """How many layer nests of this kernel, a patch stage, can be outlined (the outlining knob); 0 for any
+        other kernel."""
+        if not is_patch_stage(self.func):
+            return 0
+        final = REWRITES[self.rewrite](BLOCKINGS[self.blocking](self.func, DEFAULT_ROWS),
+                                       self.program.calls[0].n_outputs)
+        return layer_nests(lower_plain({self.name: final}, C_TARGET, ALIGNMENT)[0][self.name])
 
     @property
     def row_choices(self) -> list[int]:

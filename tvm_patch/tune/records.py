@@ -69,9 +69,9 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
 
 
 class TunedKernels:
-    """``export_model(rows=..., packing=..., unroll=...)`` from a database: per kernel, the blocking, the constants'
-    packing and the unrolling of its fastest record (or the export's defaults); ``used`` records which kernels took a
-    tuned schedule, for the build's JSON."""
+    """``export_model(rows=..., packing=..., unroll=..., outline=...)`` from a database: per kernel, the blocking, the
+    constants' packing, the unrolling and (patch stages) the outlined nests of its fastest record (or the export's
+    defaults); ``used`` records which kernels took a tuned schedule, for the build's JSON."""
 
     def __init__(self, db: JSONDatabase, core: str | None = None, runner: str | None = None) -> None:
         self.db = db
@@ -114,7 +114,8 @@ class TunedKernels:
         if key not in self._chosen:
             found = self.best(func)
             self._chosen[key] = (found[0], {"rows": found[0].rows, "packed": found[0].packed,
-                                            "unrolled": found[0].unrolled, "cost": found[1], "runner": found[2]}
+                                            "unrolled": found[0].unrolled, "outlined": list(found[0].outlined),
+                                            "cost": found[1], "runner": found[2]}
                                  ) if found is not None else None
         chosen = self._chosen[key]
         if chosen is None:
@@ -138,10 +139,15 @@ class TunedKernels:
         found = self.choice(name, func)
         return False if found is None else found.unrolled
 
+    def outline(self, name: str, func: tirx.PrimFunc) -> tuple[int, ...]:
+        """Which layer nests of patch stage ``name`` are outlined (``export_model``'s ``outline`` callable)."""
+        found = self.choice(name, func)
+        return () if found is None else found.outlined
+
     def export_args(self) -> dict[str, Any]:
         """``export_model``'s (and ``build_for_board``'s) arguments that apply this database."""
-        return {"rows": self, "packing": self.packed, "unroll": self.unroll}
+        return {"rows": self, "packing": self.packed, "unroll": self.unroll, "outline": self.outline}
 
     def to_json(self, rows_default: int = DEFAULT_ROWS) -> dict[str, Any]:
-        return {"default_rows": rows_default, "default_packed": True, "default_unrolled": False,
+        return {"default_rows": rows_default, "default_packed": True, "default_unrolled": False, "default_outlined": [],
                 "tuned_kernels": dict(self.used)}

@@ -70,6 +70,8 @@ class KernelTuning:
     best_rows: int | None = None
     best_packed: bool | None = None
     best_unrolled: bool | None = None
+    best_outlined: list[int] | None = None  # a patch stage's outlined layer nests
+    nests: int = 0  # a patch stage's layer nests (the outlining knob's)
     best_cost: float | None = None
     failed: int = 0
     int8_weights: bool = False  # measured on int8 weights: the board's build narrows them to fit its Flash
@@ -228,11 +230,11 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
             log.warning("%s: default schedule failed: %s", name, e.one_line())
             cost = None
         else:
-            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs)  # the unrolling off
+            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs, h.nests)  # unrolling off, inline
             db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.workload_func)), [cost], target,
                                                  ArgInfo.from_prim_func(h.func)))
         summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, packs,
-                                            default.rows, cost, int8_weights=not h.widened))
+                                            default.rows, cost, int8_weights=not h.widened, nests=h.nests))
     return references
 
 
@@ -282,7 +284,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         names = list(harnesses)
         with _without_tensor_intrinsics():
             contexts = [ms.TuneContext(workload(h.workload_func), target=target,
-                                       space_generator=ScheduleFn(kernel_space(n, bool(k.choices), k.pack_knob),
+                                       space_generator=ScheduleFn(kernel_space(n, bool(k.choices), k.pack_knob, nests=k.nests),
                                                                   sch_rules=[], postprocs=[], mutator_probs={}),
                                        search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
                                                                           genetic_num_iters=2),
@@ -317,5 +319,6 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
             if found is not None:
                 k.best_rows, k.best_packed, k.best_unrolled, k.best_cost = (found[0].rows, found[0].packed,
                                                                             found[0].unrolled, found[1])
+                k.best_outlined = list(found[0].outlined)
             k.failed = failed.get(k.name, 0)
     return summary

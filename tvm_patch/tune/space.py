@@ -12,6 +12,9 @@ Three knobs, each a ``sch.sample_categorical`` decision of the space:
 - ``unrolled``: whether GCC's loop unroller (``-funroll-loops``, as a function attribute: codegen/c_kernels.py)
   compiles the kernel. Measured, it takes 10 % off some 1x1 kernels and adds up to 2 % to some depthwise ones, and
   its code grows (Flash): a choice per kernel. Every kernel has this knob.
+- ``outlined`` (patch stages only): which of the stage's layer nests are moved into ``noinline`` functions of their
+  own (codegen/outline.py), one ``sample_categorical`` per nest. Measured on mcunet-in0's 3x3 cache stage: the last
+  1x1 layer's nest -50,000 instructions outlined, the first depthwise layer's +46,000 (docs/tuning.md).
 
 The kernel's block carries the kernel's name and the choices as annotations: the builder rebuilds the candidate
 with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
@@ -30,7 +33,7 @@ from tvm import s_tir, tirx
 from tvm_patch.export.blocking import DEFAULT_ROWS, ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["KERNEL_KEY", "PACK_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
+__all__ = ["KERNEL_KEY", "OUTLINE_KEY", "PACK_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
            "row_choices", "trace_choice"]
 
 KERNEL_KEY = "tvm_patch.kernel"
@@ -39,16 +42,20 @@ PACK_KEY = "tvm_patch.packed"
 PACK_CHOICES = (1, 0)  # packed (the export's default), three arrays
 UNROLL_KEY = "tvm_patch.unrolled"
 UNROLL_CHOICES = (0, 1)  # the project's flags (the export's default), GCC's unroller on
+OUTLINE_KEY = "tvm_patch.outlined"  # one annotation per layer nest: OUTLINE_KEY + ".<nest>"
+OUTLINE_CHOICES = (0, 1)  # inline in the stage (the export's default), its own function
 
 
 @dataclass(frozen=True)
 class Choice:
     """One point of a kernel's space: its blocking, whether its per-channel constants are packed, whether GCC
-    unrolls its loops (a knob a kernel does not have: the export's default, DEFAULT_ROWS, packed, not unrolled)."""
+    unrolls its loops, which layer nests of a patch stage are outlined (a knob a kernel does not have: the export's
+    default, DEFAULT_ROWS, packed, not unrolled, none outlined)."""
 
     rows: int = DEFAULT_ROWS
     packed: bool = True
     unrolled: bool = False
+    outlined: tuple[int, ...] = ()
 
 
 def row_choices(func: tirx.PrimFunc) -> list[int]:
@@ -63,10 +70,10 @@ def row_choices(func: tirx.PrimFunc) -> list[int]:
 
 
 def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
-                 fixed: Choice | None = None) -> Callable[[s_tir.Schedule], None]:
+                 fixed: Choice | None = None, nests: int = 0) -> Callable[[s_tir.Schedule], None]:
     """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``) with
-    the knobs that apply to it (the unrolling always); ``fixed``: the decisions taken instead of sampled (the
-    default schedule's record)."""
+    the knobs that apply to it (the unrolling always; ``nests``: a patch stage's layer nests, each outlined or
+    not); ``fixed``: the decisions taken instead of sampled (the default schedule's record)."""
 
     def space(sch: s_tir.Schedule) -> None:
         block = _main_block(sch)
@@ -84,6 +91,10 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
         unrolled = sch.sample_categorical(list(UNROLL_CHOICES), [0.5, 0.5],
                                           decision=None if fixed is None else UNROLL_CHOICES.index(int(fixed.unrolled)))
         sch.annotate(block, UNROLL_KEY, unrolled)
+        for n in range(nests):
+            out = sch.sample_categorical(list(OUTLINE_CHOICES), [0.5, 0.5],
+                                         decision=None if fixed is None else int(n in fixed.outlined))
+            sch.annotate(block, f"{OUTLINE_KEY}.{n}", out)
         if found is not None:
             split_rows(sch, found, rows)
 
@@ -107,9 +118,8 @@ def candidate_choice(mod: Any) -> tuple[str, Choice] | None:
     def on_block(block: Any) -> tvm_ffi.WalkResult:
         ann = block.annotations
         if KERNEL_KEY in ann:
-            found.append((str(ann[KERNEL_KEY]), Choice(int(ann[ROWS_KEY]) if ROWS_KEY in ann else DEFAULT_ROWS,
-                                                       bool(int(ann[PACK_KEY])) if PACK_KEY in ann else True,
-                                                       bool(int(ann[UNROLL_KEY])) if UNROLL_KEY in ann else False)))
+            found.append((str(ann[KERNEL_KEY]), _choice({str(k): int(v) for k, v in ann.items()
+                                                         if str(k).startswith("tvm_patch.") and str(k) != KERNEL_KEY})))
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(mod["main"].body, [(s_tir.SBlock, on_block)], order="pre")
@@ -127,14 +137,21 @@ def trace_choice(trace: Any) -> Choice | None:
             sampled[inst.outputs[0]] = int(inst.attrs[0][int(trace.decisions[inst])])
         elif inst.kind.name == "Annotate" and len(inst.inputs) > 1 and inst.inputs[1] in sampled:
             knobs[str(inst.attrs[0])] = sampled[inst.inputs[1]]
-    if not knobs:
-        return None
-    return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)), bool(knobs.get(UNROLL_KEY, 0)))
+    return _choice(knobs) if knobs else None
 
 
-def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool) -> Any:
+def _choice(knobs: dict[str, int]) -> Choice:
+    """The Choice of a candidate's knob annotations (key -> value); a knob absent takes the export's default."""
+    outlined = tuple(sorted(int(k[len(OUTLINE_KEY) + 1:]) for k, v in knobs.items()
+                            if k.startswith(OUTLINE_KEY + ".") and v))
+    return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)), bool(knobs.get(UNROLL_KEY, 0)),
+                  outlined)
+
+
+def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool,
+                nests: int = 0) -> Any:
     """The trace of ``kernel_space`` with the decisions of ``choice`` (a record of a schedule measured outside the
     search)."""
     sch = s_tir.Schedule(func)
-    kernel_space(kernel, rows_knob, pack_knob, choice)(sch)
+    kernel_space(kernel, rows_knob, pack_knob, choice, nests)(sch)
     return sch.trace

@@ -1,0 +1,74 @@
+"""A patch stage's layer nests outlined into functions of their own (codegen/outline.py, the tuning knob of
+tune/space.py): the outlined C is bit-exact with TVM in both halo modes, has one static noinline function per
+chosen nest and no declaration the stage no longer uses (the host build is -Werror); the knob's decisions round
+trip through a trace and become the stage's feature row; a nest the stage lacks is refused."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from tvm import s_tir, te
+
+from conftest import mlperf_tflite_files
+from tvm_patch.codegen.c_kernels import C_TARGET, NOINLINE_MACRO, lower_plain
+from tvm_patch.codegen.c_types import PlainCError
+from tvm_patch.codegen.outline import layer_nests, outline_nests, outlined_name
+from tvm_patch.export import export_model
+from tvm_patch.tune.features import decision_row
+from tvm_patch.tune.space import Choice, kernel_space, trace_choice
+
+KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
+STAGE = "tvmp_patch_stage"
+needs_kws = pytest.mark.skipif(KWS is None, reason="the MLPerf Tiny models are not in the shared folder")
+
+
+@needs_kws
+@pytest.mark.parametrize("halo, chosen", [("cache", "all"), ("recompute", "odd")])
+def test_outlined_nests_are_bit_exact_and_the_stage_calls_them(tmp_path, halo, chosen):
+    plain = export_model(KWS, tmp_path / "plain", patches=4, split=5, halo=halo)
+    assert STAGE + "_nest" not in (tmp_path / "plain" / "model.c").read_text()  # the default: nothing outlined
+    low, _ = lower_plain({STAGE: plain.kernel_funcs[STAGE]}, C_TARGET, 16)
+    n = layer_nests(low[STAGE])
+    assert n >= 5
+    nests = tuple(range(n)) if chosen == "all" else tuple(range(1, n, 2))
+    seen = []
+
+    def outline(name, func):
+        seen.append(name)
+        return nests if name == STAGE else ()
+
+    res = export_model(KWS, tmp_path / "out", patches=4, split=5, halo=halo, check=True, seeds=(0, 1),
+                       outline=outline)
+    assert res.check.bit_exact and STAGE in seen
+    code = (tmp_path / "out" / "model.c").read_text()
+    helpers = re.findall(r"^static " + NOINLINE_MACRO + r" void (\w+)\(", code, flags=re.M)
+    assert helpers == [outlined_name(STAGE, k) for k in nests]
+    assert re.search(r"^" + NOINLINE_MACRO + r" void " + STAGE + r"\(", code, flags=re.M)
+    body = code[code.index(f"void {STAGE}("):]
+    assert all(body.count(f"{h}(") == 1 for h in helpers)  # each called once, from the stage
+    assert res.arena_bytes == plain.arena_bytes  # the workspace plan is the stage's, unchanged
+
+
+def test_a_nest_the_stage_lacks_is_refused():
+    a = te.placeholder((4,), "int8", name="a")
+    b = te.compute((4,), lambda i: a[i] + 1, name="b")
+    func = te.create_prim_func([a, b])
+    low, _ = lower_plain({"k": func}, C_TARGET, 16)
+    assert layer_nests(low["k"]) == 0  # no patch loop: not a stage
+    with pytest.raises(PlainCError, match="no layer nest"):
+        outline_nests("k", low["k"], [0])
+
+
+def test_the_outlining_decisions_round_trip_and_make_the_feature_row():
+    a = te.placeholder((4, 4), "int8", name="a")
+    k = te.reduce_axis((0, 4), name="k")
+    b = te.compute((4,), lambda i: te.sum(a[i, k].astype("int32"), axis=k), name="b")
+    sch = s_tir.Schedule(te.create_prim_func([a, b]))
+    chosen = Choice(unrolled=True, outlined=(1, 3))
+    kernel_space("k", False, False, chosen, nests=4)(sch)
+    assert trace_choice(sch.trace) == chosen
+    row = decision_row(sch.mod, 8)
+    assert row.shape == (1, 8) and row[0].tolist() == [1, 0, 1, 0, 1, 0, 0, 0]
+    assert not np.any(decision_row(s_tir.Schedule(te.create_prim_func([a, b])).mod, 8))
