@@ -453,8 +453,7 @@ def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
         if not re.fullmatch(r"[A-Za-z_]\w*", name) or name in _C_KEYWORDS:
             raise PlainCError(f"{name!r} is not a usable C function name")
     mod, infos = lower_plain(funcs, C_TARGET, workspace_align)
-    mod, helpers = _outlined(mod, infos, outlined)
-    owner = {h: s for s in outlined for h in helpers if h.startswith(s + "_nest")}  # a nest is compiled as its stage
+    mod, helpers, owner = _outlined(mod, infos, outlined)  # owner: outlined nest -> its stage (compiled alike)
     mod, literals = _mark_float_constants(mod)
     src = tvm.get_global_func("target.build.c")(mod, tvm.target.Target(C_TARGET)).inspect_source()
     bodies = _split_functions(src, [*helpers, *funcs])
@@ -490,14 +489,15 @@ def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
 
 
 def _outlined(mod: tvm.IRModule, infos: dict[str, CFunction], outlined: Mapping[str, list[int]]
-              ) -> tuple[tvm.IRModule, dict[str, CFunction]]:
+              ) -> tuple[tvm.IRModule, dict[str, CFunction], dict[str, str]]:
     """``mod`` with the chosen nests of each stage in ``outlined`` moved into functions of their own (first in the
-    module, so each is defined before its stage calls it), and those functions' C interfaces."""
+    module, so each is defined before its stage calls it), those functions' C interfaces and their stages."""
     if not outlined:
-        return mod, {}
+        return mod, {}, {}
     funcs = {gv.name_hint: f for gv, f in mod.functions.items()}
     helpers: dict[str, tirx.PrimFunc] = {}
     cinfos: dict[str, CFunction] = {}
+    owner: dict[str, str] = {}
     for name, nests in outlined.items():
         funcs[name], made = outline_nests(name, funcs[name], nests)
         stage = infos[name]
@@ -512,10 +512,10 @@ def _outlined(mod: tvm.IRModule, infos: dict[str, CFunction], outlined: Mapping[
                     params.append(p)
                 else:
                     params.append(CParam(v.name, C_TYPES[dtype_str(v.ty)], False, "scalar", dtype_str(v.ty)))
-            helpers[fname] = f
+            helpers[fname], owner[fname] = f, name
             cinfos[fname] = CFunction(fname, tuple(params), 0, stage.noalias,
                                       frozenset(aliased) if stage.aliased is not None else None)
-    return tvm.IRModule({**helpers, **funcs}), cinfos
+    return tvm.IRModule({**helpers, **funcs}), cinfos, owner
 
 
 # ---------------------------------------------------------------- objects

@@ -25,15 +25,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import tirx
-from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.c_types import PlainCError
 from tvm_patch.codegen.workspace import zero_stores
 from tvm_patch.quant.fixedpoint import is_c_barrier
 
 __all__ = ["layer_nests", "outline_nests", "outlined_name"]
+
 
 def outlined_name(kernel: str, nest: int) -> str:
     """The C name of ``kernel``'s outlined nest number ``nest`` (its index among ``layer_nests``)."""
@@ -93,12 +92,14 @@ def _nest_indices(func: tirx.PrimFunc) -> list[int]:
         return []
     before, _, body = found
     pointers = {p for p in func.params if isinstance(p.ty, tvm.ir.PointerType)}
+    # the kernel's buffer parameters (a declaration binds each to its pointer; the workspace's buffers are offsets)
+    params = {s.data for s in before if isinstance(s, tirx.DeclBuffer) and s.data in pointers}
     out = []
     for k, stmt in enumerate(body.seq):
         if _defines(stmt) is not None or is_c_barrier(stmt):
             continue
         _, free = _closure(stmt, [*before, *body.seq[:k]])
-        if any(v in pointers and v.name != "workspace" for v in free):
+        if any(v in params for v in free):
             out.append(k)
     return out
 
@@ -106,22 +107,6 @@ def _nest_indices(func: tirx.PrimFunc) -> list[int]:
 def layer_nests(func: tirx.PrimFunc) -> int:
     """How many nests of a plain (``lower_plain``) patch stage can be outlined; 0 for any other kernel."""
     return len(_nest_indices(func))
-
-
-def _buffers(stmt: Any) -> list[Any]:
-    """The buffers ``stmt`` loads or stores, first use first."""
-    seen: dict[Any, None] = {}
-
-    def on_load(node: Any) -> tvm_ffi.WalkResult:
-        seen.setdefault(node.source, None)
-        return tvm_ffi.WalkResult.ADVANCE
-
-    def on_store(node: Any) -> tvm_ffi.WalkResult:
-        seen.setdefault(node.buffer, None)
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(stmt, [(TensorLoad, on_load), (tirx.BufferStore, on_store)], order="pre")
-    return list(seen)
 
 
 def outline_nests(name: str, func: tirx.PrimFunc, nests: Iterable[int]) -> tuple[tirx.PrimFunc, dict[str, tirx.PrimFunc]]:
