@@ -72,3 +72,28 @@ def test_the_outlining_decisions_round_trip_and_make_the_feature_row():
     row = decision_row(sch.mod, 8)
     assert row.shape == (1, 8) and row[0].tolist() == [1, 0, 1, 0, 1, 0, 0, 0]
     assert not np.any(decision_row(s_tir.Schedule(te.create_prim_func([a, b])).mod, 8))
+
+
+RESNET8 = next((f for f in mlperf_tflite_files() if f.endswith("resnet8_int8.tflite")), None)
+
+
+@pytest.mark.skipif(RESNET8 is None, reason="the MLPerf Tiny models are not in the shared folder")
+def test_a_stage_candidate_gets_its_decisions_without_tvms_extraction(tmp_path):
+    """TVM's PerStoreFeature kills the process (SIGFPE) on resnet8's 4x4 recompute stage: a stage's candidates never
+    reach it; each gets its decision row."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
+    from tvm.target import Target
+    from tvm_patch.tune.features import TolerantFeatures
+    from tvm_patch.tune.records import workload
+    from tvm_patch.tune.session import _without_tensor_intrinsics
+
+    stage = export_model(RESNET8, tmp_path / "r8", patches=4, split="auto").program.funcs[STAGE]
+    sch = s_tir.Schedule(workload(stage))
+    kernel_space(STAGE, False, True, Choice(unrolled=False, outlined=(0, 2)), nests=4)(sch)
+    with _without_tensor_intrinsics():  # (as a session makes its contexts)
+        context = ms.TuneContext(workload(stage), target=Target("c"), num_threads=1)
+    (feats,) = TolerantFeatures().extract_from(context, [MeasureCandidate(sch, ArgInfo.from_prim_func(stage))])
+    row = feats.numpy()
+    assert row.shape[0] == 1 and row[0, :5].tolist() == [0, 1, 0, 1, 0]

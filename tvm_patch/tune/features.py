@@ -3,7 +3,8 @@ a candidate whose loop nest TVM's feature extraction rejects, one row of its kno
 
 A patch stage is such a kernel: its loop nest (patch/cache_stage.py) has loops whose extents depend on enclosing
 loop variables, and TVM 0.27's extraction stops on it ("Trying to update var 'ax0' with a different maximum
-value") for the whole batch. The stage's space is its unrolling and, per layer nest, whether that nest is outlined
+value") for the whole batch, or on some stages (resnet8's and vww's 4x4 recompute stages) divides by zero and kills
+the process (SIGFPE, no exception to catch): a stage's candidates are never given to it. The stage's space is its unrolling and, per layer nest, whether that nest is outlined
 (tune/space.py): the row holds those decisions (unrolled, then one column per nest), so the model learns what each
 nest's outlining is worth (nearly additive, measured: docs/tuning.md) and the search ranks untried combinations.
 """
@@ -15,6 +16,7 @@ import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
 
+from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.space import candidate_choice
 
 __all__ = ["TolerantFeatures", "decision_row"]
@@ -36,7 +38,8 @@ def decision_row(mod: tvm.IRModule, length: int) -> np.ndarray:
 
 @derived_object
 class TolerantFeatures(PyFeatureExtractor):
-    """``PerStoreFeature`` candidate by candidate; where it fails, the candidate's decisions (``decision_row``)."""
+    """``PerStoreFeature`` candidate by candidate; for a patch stage, or where it fails, the candidate's decisions
+    (``decision_row``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,8 +48,12 @@ class TolerantFeatures(PyFeatureExtractor):
     def extract_from(self, context, candidates):  # meta_schedule's signature
         out = []
         for cand in candidates:
-            try:
-                out.extend(self.inner.extract_from(context, [cand]))
-            except RuntimeError:  # TVM's errors are RuntimeErrors
-                out.append(tvm.runtime.tensor(decision_row(cand.sch.mod, self.inner.feature_vector_length)))
+            mod = cand.sch.mod
+            if not is_patch_stage(mod["main"]):
+                try:
+                    out.extend(self.inner.extract_from(context, [cand]))
+                    continue
+                except RuntimeError:  # TVM's errors are RuntimeErrors
+                    pass
+            out.append(tvm.runtime.tensor(decision_row(mod, self.inner.feature_vector_length)))
         return out
