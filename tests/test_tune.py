@@ -355,6 +355,23 @@ def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):
     assert built.artifact_path is None and "annotation" in built.error_msg
 
 
+def test_bench_tuning_reports_the_patched_goal_with_both_builds_tuned():
+    """bench.tuning --patches: each patched build against the layer-by-layer build in the same state, the bound from
+    the MAC overhead, within or over, and the stage's tuned choice in the report."""
+    from bench.tuning import _patched_line, goal
+
+    g = goal({"untuned": 1000, "tuned": 900}, {"untuned": 1800, "tuned": 1570}, 0.7)
+    assert g["bound"] == pytest.approx(1.72) and g["ratio"] == {"untuned": 1.8, "tuned": pytest.approx(1.7444, 1e-3)}
+    assert g["within"] == {"untuned": False, "tuned": False}
+    assert goal({"untuned": 1000, "tuned": 900}, {"untuned": 1800, "tuned": 1540}, 0.7)["within"]["tuned"]
+    line = _patched_line({"patches": 4, "split_layers": 8, "network": {"untuned": 1800, "tuned": 1570},
+                          "bit_exact": {"untuned": True, "tuned": True},
+                          "stage": {"rows": 4, "packed": True, "unrolled": True, "outlined": [1, 2]}, **g})
+    assert "bound 1.720x" in line and "1.800x the untuned" in line and "over" in line
+    assert "unrolled, nests 1,2 outlined" in line
+    assert _patched_line({"error": "tune (patch stage): boom"}) == "patched: error: tune (patch stage): boom"
+
+
 def test_bench_tuning_reports_each_1x1_layer():
     """bench.tuning's per-layer verdicts: better, equal or worse per 1x1 call, other kinds left out, and builds
     whose calls differ refused."""
