@@ -35,6 +35,7 @@ from tvm_patch.cost.features import kernel_rows
 from tvm_patch.cost.fingerprint import kernels_fingerprint
 from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
     load as load_cost_model, stage_terms, warn_if_stale
+from tvm_patch.cost import measure as cost_measure
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
 from tvm_patch.cost.trips import _micro_macs, executed
@@ -260,6 +261,49 @@ def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
     for key in ("stores", "all_macs", "requant"):
         assert sum(n["exec"][key] for n in nests) == pytest.approx(stage["exec"][key])
     assert all(n["patches"] == 0 and stage_terms(n, ("one",)) == [0.0] for n in nests)
+
+
+def test_an_emulator_run_of_the_same_firmware_is_reused(tmp_path, monkeypatch, shared_models):
+    """measure() reuses the emulator run of a firmware built from the same files (QEMU's counts are exact): kws from
+    another path (which the generated C names in a comment) is not built again and counts the same."""
+    monkeypatch.setenv("TVM_PATCH_CACHE", str(tmp_path / "cache"))
+    first = measure(str(shared_models / KWS), Plan(), "f746", work_dir=tmp_path)
+    other = tmp_path / "elsewhere" / "kws_int8.tflite"
+    other.parent.mkdir()
+    shutil.copy(shared_models / KWS, other)
+
+    def no_build(*_a, **_k):
+        raise AssertionError("the same firmware was built again")
+
+    monkeypatch.setattr(cost_measure, "build_project", no_build)
+    again = measure(str(other), Plan(), "f746", work_dir=tmp_path)
+    assert again["total"] == first["total"] and [r["measured"] for r in again["rows"]] == \
+        [r["measured"] for r in first["rows"]]
+    with pytest.raises(AssertionError, match="built again"):  # another firmware (int8 weights) is measured
+        measure(str(other), Plan(), "f746", work_dir=tmp_path, wide="none")
+
+
+def test_a_runs_key_is_what_the_firmware_is_built_from(tmp_path):
+    """run_key: the firmware's files, board and options; not the export folder or the model's name; None on a
+    board (cycles are always measured)."""
+    proj = tmp_path / "p"
+    for rel, text in (("Makefile", "all:"), ("src/a.c", "int a;"), ("model/model.c", "/* from /tmp/x/n.onnx */ int m;"),
+                      ("export/tvmp_export.json", '{"export_seconds": 1.0}')):
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text(text)
+    meta = {"board": "f746", "options": {"opt": "O3"}, "model": "/tmp/x/n.onnx"}
+    (proj / "tvmp_project.json").write_text(json.dumps(meta))
+    key = cost_measure.run_key(proj, "emulator", "/tmp/x/n.onnx")
+    assert cost_measure.run_key(proj, "device", "/tmp/x/n.onnx") is None
+    (proj / "export" / "tvmp_export.json").write_text('{"export_seconds": 2.0}')
+    (proj / "tvmp_project.json").write_text(json.dumps({**meta, "model": "/tmp/y/n.onnx"}))
+    (proj / "model" / "model.c").write_text("/* from /tmp/y/n.onnx */ int m;")
+    assert cost_measure.run_key(proj, "emulator", "/tmp/y/n.onnx") == key
+    (proj / "src" / "a.c").write_text("int a, b;")
+    assert cost_measure.run_key(proj, "emulator", "/tmp/y/n.onnx") != key
+    (proj / "src" / "a.c").write_text("int a;")
+    (proj / "tvmp_project.json").write_text(json.dumps({**meta, "options": {"opt": "O2"}}))
+    assert cost_measure.run_key(proj, "emulator", "/tmp/y/n.onnx") != key
 
 
 def test_stage_layers_diagnosis_beside_the_prediction(shared_models):

@@ -1,7 +1,8 @@
 """A disk cache of plan predictions, so that `plan`, and `build`/the bench using its answer, predict each plan
 of a model once: keyed by the model's bytes, the plan, the board, the latency model file and a hash of this
 installation's sources (any change to the export, the kernels or the firmware template invalidates it). The
-kernels fingerprint (fingerprint.py) is kept here too, under the sources' hash.
+kernels fingerprint (fingerprint.py) is kept here too, under the sources' hash. ``kind`` "runs": the emulator runs
+of the cost model's measurements, keyed by what the firmware is built from instead (measure.py).
 """
 
 from __future__ import annotations
@@ -35,18 +36,18 @@ def key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([source_fingerprint(), *parts], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def get(k: str) -> dict[str, Any] | None:
+def get(k: str, kind: str = "plans") -> dict[str, Any] | None:
     """The cached JSON of key ``k``, or None (missing or unreadable: recomputed)."""
-    path = cache_dir("plans") / f"{k}.json"
+    path = cache_dir(kind) / f"{k}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def put(k: str, value: dict[str, Any]) -> None:
+def put(k: str, value: dict[str, Any], kind: str = "plans") -> None:
     """Store ``value`` under ``k`` (whole-file write; a cache that cannot be written is skipped)."""
     try:
-        write_atomic(cache_dir("plans") / f"{k}.json", json.dumps(value))
+        write_atomic(cache_dir(kind) / f"{k}.json", json.dumps(value))
     except OSError:
         pass

@@ -1,10 +1,20 @@
 """One measurement: a network under a plan exported, built for a board with the per-kernel profile, run
 once on the emulator (instructions) or the board (cycles), and returned as a record: the per-kernel
-features with each kernel's measured count, the total, and the firmware's memory."""
+features with each kernel's measured count, the total, and the firmware's memory.
+
+An emulator run is reused when the firmware it would build is the same (``run_key``: every file the firmware is
+built from, the board and options, the compiler's and QEMU's versions, the project template's and runner's
+sources): QEMU's instruction counts are exact, so the same firmware counts the same. A kernel change re-collects
+only the networks whose generated C it changed (the others' projects are byte-identical). Board runs (cycles) are
+always measured."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
 import tempfile
+from functools import cache
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,6 +23,7 @@ from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import get_board
 
 from tvm_patch.board_build import build_project, fit_wide
+from tvm_patch.cost import cache as disk_cache
 from tvm_patch.cost.features import FEATURES_VERSION, kernel_rows
 from tvm_patch.cost.fingerprint import OPT, every_kernel, kernels_fingerprint
 from tvm_patch.cost.plan import Plan
@@ -26,6 +37,62 @@ def generate_measured_project(export_dir: Path, project: Path, board: str) -> No
     """The board project of an export as the cost model's measurements build it (OPT, STACK_BYTES, seed 0)."""
     ProjectAPI().generate_project(export_dir, project, {"board": board, "opt": OPT, "stack_bytes": STACK_BYTES,
                                                         "seed": 0})
+
+
+# what the firmware is built from (the project's "export" folder and tvmp_project.json also say what it came from)
+_FIRMWARE_PARTS = ("Makefile", "src", "linker", "model", "io")
+RUNS = "runs"  # the disk cache's kind of reused emulator runs
+
+
+@cache
+def _tools() -> str:
+    """The compiler's and QEMU's version lines and the project template's sources (firmware, runner, profiler)."""
+    lines = []
+    for cmd in (["arm-none-eabi-gcc", "--version"], ["qemu-system-arm", "--version"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        lines.append(out.splitlines()[0] if out else f"{cmd[0]}: none")
+    h = hashlib.sha256("\n".join(lines).encode())
+    root = Path(__file__).resolve().parents[2] / "microtvm_projects"
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def run_key(project: Path, runner: str, model_name: str) -> str | None:
+    """The key of a profiled run of ``project``: its firmware's files (``model_name``, which the generated files
+    name in a comment, replaced: a synthetic network's path is a temporary one), board and options, ``_tools()``;
+    None for a board run."""
+    if runner != "emulator":
+        return None
+    h = hashlib.sha256(_tools().encode())
+    meta = json.loads((project / "tvmp_project.json").read_text())
+    h.update(json.dumps([runner, meta.get("board"), meta.get("options")], sort_keys=True).encode())
+    name = model_name.encode()
+    for part in _FIRMWARE_PARTS:
+        base = project / part
+        for f in sorted(base.rglob("*")) if base.is_dir() else [base]:
+            if f.is_file():
+                data = f.read_bytes()
+                h.update(str(f.relative_to(project)).encode() + b"\0" + (data.replace(name, b"<model>") if name else data)
+                         + b"\0")
+    return h.hexdigest()
+
+
+def measured_run(project: Path, runner: str, timeout_sec: float, model_name: str) -> dict[str, Any]:
+    """``build_project(project, run=True, profile=True)``'s report, an emulator run reused when its firmware was
+    already run (``run_key``; the module docstring). A build that does not fit raises as the build does."""
+    key = run_key(project, runner, model_name)
+    hit = disk_cache.get(key, RUNS) if key else None
+    if hit is not None:
+        return hit
+    report = build_project(project, runner=runner, run=True, profile=True, timeout_sec=timeout_sec)
+    if key:
+        disk_cache.put(key, report, RUNS)
+    return report
 
 
 def core_key(board: str) -> str:
@@ -62,8 +129,8 @@ def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeou
             made["nests"] = instrument_stage(made["result"], proj) if loop_nests and plan.halo == "recompute" else None
             return made["result"]
 
-        result, report = fit_wide(export, lambda _r: build_project(proj, runner=runner, run=True, profile=True,
-                                                                   timeout_sec=timeout_sec), wide, narrow=narrow)
+        result, report = fit_wide(export, lambda r: measured_run(proj, runner, timeout_sec, r.model), wide,
+                                  narrow=narrow)
         rows, nests = made["rows"], made["nests"]
     run = report["run"]
     unit = "instructions" if run.get("instructions") is not None else "cycles"
