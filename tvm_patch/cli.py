@@ -450,7 +450,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"  all kernels, weighted by their calls: default {cost(totals[0])}, tuned {cost(totals[1])} "
               f"({totals[1] / totals[0] - 1:+.1%})")
     if s.untunable:
-        print(f"  not tuned (patch stages, kernels the harness does not reproduce): {', '.join(s.untunable)}")
+        print(f"  not tuned (kernels the harness does not reproduce as the network emits them): {', '.join(s.untunable)}")
     return 0
 
 
