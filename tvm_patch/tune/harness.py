@@ -40,8 +40,8 @@ from tvm_patch.export.padded_copy import padded_copy_schedule
 from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.window_copy import window_copy_schedule
-from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.export.wide_weights import weights_key
+from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.space import Choice, row_choices
 
 __all__ = ["ALIGNMENT", "BLOCKINGS", "REWRITES", "KernelHarness", "input_tensors", "kernel_program", "network_rewrite",
