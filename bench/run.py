@@ -24,7 +24,7 @@ from microtvm_projects.errors import ProjectError
 
 from bench.conditions import conditions
 from bench.markdown import write_markdown
-from bench.measure import measure_model, one_line
+from bench.measure import PATCHES, measure_model, one_line
 from bench.models import Model, UnknownModel, default_models, resolve
 from bench.plots import write_plots
 from bench.results import Results, write_csv
@@ -58,7 +58,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runner", default="emulator", help="emulator (QEMU, default) or device (the board)")
     p.add_argument("--tuning", type=int, default=0, metavar="TRIALS",
                    help="also tune each model (TRIALS trials, emulator) and compare its 1x1 convolutions tuned and "
-                        "untuned (bench/tuning.py; minutes per model; default: not run)")
+                        "untuned, then its 4x4 patch stage and the patched goal with both builds tuned "
+                        "(bench/tuning.py; minutes per model; default: not run)")
     return p.parse_args(argv)
 
 
@@ -130,7 +131,8 @@ def run(board: Board, models: list[Model], out: Path, runner: str, argv: list[st
         if tuning_trials:
             for model in tqdm(models, desc="tuning", unit="model", file=sys.stderr):
                 results.data.setdefault("tuning", []).append(
-                    tuning.bench_model(model.spec, board.key, tuning_trials, out / "tuning", TUNING_TIMEOUT))
+                    tuning.bench_model(model.spec, board.key, tuning_trials, out / "tuning", TUNING_TIMEOUT,
+                                       patches=PATCHES))
                 if interrupts.seen:
                     raise KeyboardInterrupt
                 write_all(results, out, plots=False)
