@@ -11,6 +11,11 @@ from tvm import tirx
 from tvm_patch.names import PATCHES_ATTR
 
 
+def seq(stmts: list[Any]) -> Any:
+    """The statements in order: one as itself (TVM refuses a SeqStmt of one), none as a no-op."""
+    return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0] if stmts else tirx.Evaluate(0)
+
+
 def vars_of(expr: Any) -> list[tirx.Var]:
     """Every variable occurrence in ``expr``, in pre-order."""
     found: list[tirx.Var] = []

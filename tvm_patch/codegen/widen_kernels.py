@@ -37,7 +37,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, ROWS, _extern_name, _int
-from tvm_patch.tir_util import load_counts, uses_var
+from tvm_patch.tir_util import load_counts, seq, uses_var
 
 WIDEN = "tvmp_widen_px2"
 WIDEN_PX1 = "tvmp_widen_px1"
@@ -200,8 +200,8 @@ def _pair_copy(stmt: Any) -> tuple[Any, int, TensorLoad, int] | None:
     return store.buffer, k, tirx.BufferLoad(load.source, [base]), stride
 
 
-def _flat(seq: Any) -> list[Any]:
-    return [x for st in seq.seq for x in (_flat(st) if isinstance(st, tirx.SeqStmt) else [st])]
+def _flat(node: Any) -> list[Any]:
+    return [x for st in node.seq for x in (_flat(st) if isinstance(st, tirx.SeqStmt) else [st])]
 
 
 def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -211,8 +211,8 @@ def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
     reads = load_counts(func)  # buffers sharing a name count together: errs towards keeping a copy
     dropped: list[Any] = []
 
-    def on_seq(seq: Any) -> Any:
-        flat, changed = _flat(seq), False
+    def on_seq(node: Any) -> Any:
+        flat, changed = _flat(node), False
         for i, st in enumerate(flat):
             if not (isinstance(st, tirx.Evaluate) and _extern_name(st.value) == WIDEN):
                 continue
@@ -238,14 +238,10 @@ def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
             flat[j] = tirx.Evaluate(0)
             dropped.append(local.source)
             changed = True
-        return _seq([st for st in flat if not _is_noop(st)]) if changed else seq
+        return seq([st for st in flat if not _is_noop(st)]) if changed else node
 
     out = tvm_ffi.structural_map(func, [(tirx.SeqStmt, on_seq)])
     return _drop_unread(out, dropped) if dropped else out
-
-
-def _seq(stmts: list[Any]) -> Any:
-    return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0] if stmts else tirx.Evaluate(0)
 
 
 def _is_noop(st: Any) -> bool:
@@ -261,10 +257,10 @@ def _drop_unread(func: tirx.PrimFunc, bufs: list[Any]) -> tirx.PrimFunc:
     def dead(st: Any) -> bool:
         return isinstance(st, (tirx.AllocBuffer, tirx.BufferStore)) and any(st.buffer.same_as(b) for b in gone)
 
-    def on_seq(seq: Any) -> Any:
-        flat = _flat(seq)
+    def on_seq(node: Any) -> Any:
+        flat = _flat(node)
         kept = [st for st in flat if not dead(st)]
-        return seq if len(kept) == len(flat) else _seq(kept)
+        return node if len(kept) == len(flat) else seq(kept)
 
     return tvm_ffi.structural_map(func, [(tirx.SeqStmt, on_seq)])
 

@@ -11,10 +11,11 @@ from tvm import tirx
 
 from tvm_patch.patch.block_plan import window_bytes, window_pos, window_stride, window_tap
 from tvm_patch.patch.element_values import add_steps, requant_steps
-from tvm_patch.patch.loops import I32, imm, loops, seq
+from tvm_patch.patch.loops import I32, imm, loops
 from tvm_patch.patch.nest_context import NestContext
 from tvm_patch.patch.regions import acc_dtype
 from tvm_patch.patch.te_stage import _float_act, conv_term, reduction_order, weight_at
+from tvm_patch.tir_util import seq
 
 __all__ = ["add_block", "blocked_pixels", "conv_block", "conv_channels"]
 

@@ -8,13 +8,14 @@ from typing import Any, Callable
 
 from tvm import tirx
 
-from tvm_patch.patch.loops import I32, imm, loops, seq
+from tvm_patch.patch.loops import I32, imm, loops
 from tvm_patch.patch.nest_context import NestContext
 from tvm_patch.patch.regions import acc_dtype
 from tvm_patch.patch.stage import Add, Conv, Lookup, MaxPool
 from tvm_patch.patch.te_stage import (_clamp_i8, _float_act, bounded_requantization, conv_term, reduction_order,
                                       requantized, weight_at, zero_point_requantization)
 from tvm_patch.quant.fixedpoint import TEOps, mbqm_proven
+from tvm_patch.tir_util import seq
 
 __all__ = ["add_steps", "requant_steps", "value_stmt"]
 

@@ -9,7 +9,7 @@ from tvm import tirx
 
 from tvm_patch.patch.regions import Interval
 
-__all__ = ["I32", "imm", "live_and_ring", "loops", "seq"]
+__all__ = ["I32", "imm", "live_and_ring", "loops"]
 
 I32 = "int32"
 
@@ -17,11 +17,6 @@ I32 = "int32"
 def imm(v: int, dtype: str = I32) -> Any:
     """The constant v as a TIR immediate (int32 unless told): every index and bound of the nest is one."""
     return tirx.const(int(v), dtype)
-
-
-def seq(stmts: list) -> Any:
-    """The statements in order (TVM refuses a SeqStmt of one)."""
-    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
 def loops(extents: list[tuple[Any, Any]], body_fn: Callable[..., Any], unroll_inner: bool = False) -> Any:
