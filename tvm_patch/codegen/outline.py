@@ -30,6 +30,7 @@ from tvm import tirx
 from tvm_patch.codegen.c_types import PlainCError
 from tvm_patch.codegen.workspace import zero_stores
 from tvm_patch.quant.fixedpoint import is_c_barrier
+from tvm_patch.tir_util import seq as seq_of
 
 __all__ = ["layer_nests", "outline_nests", "outlined_name"]
 
@@ -121,34 +122,27 @@ def outline_nests(name: str, func: tirx.PrimFunc, nests: Iterable[int]) -> tuple
         raise PlainCError(f"{name}: no layer nest {bad} to outline (it has {len(positions)})")
     before, loop_vars, body = _patch_body(func)
     pointers = [p for p in func.params if isinstance(p.ty, tvm.ir.PointerType)]
-    seq = list(body.seq)
+    stmts = list(body.seq)
     outlined: dict[str, tirx.PrimFunc] = {}
     for n in nests:
         k = positions[n]
         fname = outlined_name(name, n)
-        prologue, free = _closure(seq[k], [*before, *body.seq[:k]])
+        prologue, free = _closure(stmts[k], [*before, *body.seq[:k]])
         other = [v for v in free if v not in loop_vars and v not in pointers]
         if other:
             raise PlainCError(f"{fname}: the nest reads {[str(v) for v in other]}, neither a patch loop variable, "
                               "a pointer parameter nor a value the stage declares")
         params = [v for v in loop_vars if v in free] + [p for p in pointers if p in free]
         zeros = [z for s in prologue if isinstance(s, tirx.AllocBuffer) for z in zero_stores(s.buffer)]
-        outlined[fname] = tirx.PrimFunc(params, tirx.SeqStmt([*prologue, *zeros, seq[k]]),
+        outlined[fname] = tirx.PrimFunc(params, tirx.SeqStmt([*prologue, *zeros, stmts[k]]),
                                         ret_type=None).with_attr("global_symbol", fname)
-        seq[k] = tirx.Evaluate(tirx.call_extern("void", fname, *params))
-    return _pruned(_replace_patch_body(func, tirx.SeqStmt(seq))), outlined
-
-
-def _pruned(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` without the declarations, bound values and zeroed C locals its remaining statements no longer use
-    (they moved with their nests; left, GCC warns of unused variables)."""
-    before, loop_vars, body = _patch_body(func)
-    kept_body = _kept(list(body.seq), set())
-    func = _replace_patch_body(func, tirx.SeqStmt(kept_body))
-    top = list(func.body.seq)
-    loop = top[len(before)]
+        stmts[k] = tirx.Evaluate(tirx.call_extern("void", fname, *params))
+    # the stage without the declarations, bound values and zeroed C locals only the outlined nests used (GCC
+    # would warn of unused variables): first in the patch body, then before the patch loops
+    top = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
+    loop = _with_body(top[len(before)], seq_of(_kept(stmts, set())))
     kept_top = _kept(before, set(tirx.analysis.undefined_vars(loop, [])))
-    return func.with_body(tirx.SeqStmt([*kept_top, loop, *top[len(before) + 1:]]))
+    return func.with_body(seq_of([*kept_top, loop, *top[len(before) + 1:]])), outlined
 
 
 def _kept(stmts: list[Any], used: set[Any]) -> list[Any]:
@@ -176,15 +170,8 @@ def _kept(stmts: list[Any], used: set[Any]) -> list[Any]:
     return [s for s, k in zip(stmts, keep) if k]
 
 
-def _replace_patch_body(func: tirx.PrimFunc, new: Any) -> tirx.PrimFunc:
-    """``func`` with its patch loops' body (``_patch_body``) replaced by ``new``."""
-    top = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
-    k = len(_patch_body(func)[0])
-
-    def rebuilt(loop: Any) -> Any:
-        inner = rebuilt(loop.body) if isinstance(loop.body, tirx.For) else new
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, inner, loop.thread_binding,
-                        loop.annotations, loop.step)
-
-    top[k] = rebuilt(top[k])
-    return func.with_body(tirx.SeqStmt(top) if len(top) > 1 else top[0])
+def _with_body(loop: tirx.For, new: Any) -> tirx.For:
+    """The patch loops ``loop`` with their innermost body replaced by ``new``."""
+    inner = _with_body(loop.body, new) if isinstance(loop.body, tirx.For) else new
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, inner, loop.thread_binding, loop.annotations,
+                    loop.step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,24 @@ from tvm_patch.atomic import write_atomic
 from tvm_patch.paths import cache_dir
 
 _ROOTS = ("tvm_patch", "microtvm_projects")
+_SOURCE_SUFFIXES = (".py", ".h", ".c", ".ld", ".s", ".S", ".mk", "")
+BASE = Path(__file__).resolve().parents[2]  # the folder holding tvm_patch and microtvm_projects
+
+
+def hash_files(h: Any, base: Path, roots: Iterable[str], suffixes: tuple[str, ...] | None = None) -> None:
+    """Feed ``h`` each file under ``base``/root (its path relative to ``base``, then its bytes), in order;
+    ``suffixes``: only those (None: every file); never __pycache__."""
+    for root in roots:
+        for f in sorted((base / root).rglob("*")):
+            if f.is_file() and (suffixes is None or f.suffix in suffixes) and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
 
 
 @cache
 def source_fingerprint() -> str:
-    """A hash of every source file of tvm_patch and microtvm_projects (.py, .h, .c, .ld, Makefiles, .json)."""
-    base = Path(__file__).resolve().parents[2]
+    """A hash of every source file of tvm_patch and microtvm_projects (.py, .h, .c, .ld, .s, Makefiles)."""
     h = hashlib.sha256()
-    for root in _ROOTS:
-        for f in sorted((base / root).rglob("*")):
-            if f.is_file() and f.suffix in (".py", ".h", ".c", ".ld", ".s", ".S", ".mk", "") and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
+    hash_files(h, BASE, _ROOTS, _SOURCE_SUFFIXES)
     return h.hexdigest()[:20]
 
 

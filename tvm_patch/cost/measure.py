@@ -55,10 +55,7 @@ def _tools() -> str:
             out = ""
         lines.append(out.splitlines()[0] if out else f"{cmd[0]}: none")
     h = hashlib.sha256("\n".join(lines).encode())
-    root = Path(__file__).resolve().parents[2] / "microtvm_projects"
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts:
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    disk_cache.hash_files(h, disk_cache.BASE / "microtvm_projects", [""])  # every file, the template's too
     return h.hexdigest()
 
 
