@@ -42,6 +42,9 @@ from tvm.s_tir.meta_schedule.database import TuningRecord
 from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, local_measure
 from tvm_patch.tune.space import Choice, fixed_trace, row_choices, trace_choice
+from tvm_patch.cost import Plan, predict
+from tvm_patch.cost.latency import for_core
+from tvm_patch.cost.measure import export_plan
 
 KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
 VWW = next((f for f in mlperf_tflite_files() if f.endswith("vww_96_int8.tflite")), None)
@@ -100,6 +103,32 @@ def test_records_apply_and_change_the_built_kernel(session, tmp_path, capsys):
     tuned = TunedKernels(open_database(db, create=False))
     chosen = Choice(k.best_rows, k.best_packed, k.best_unrolled)
     assert tuned.choice(VWW_DENSE, default.program.funcs[VWW_DENSE]) == chosen
+
+
+def test_predict_counts_a_tuned_kernel_at_its_records_cost(session, tmp_path, capsys):
+    """`predict`/`plan` with the database: the plan exported as `build --tuning-db` builds it, the tuned kernel
+    counted at its record's measured cost instead of the model's prediction (the rest as without it); the record's
+    cost is the kernel's count in the built network's emulator run (a one-kernel firmware on the network's own
+    activations: the same instructions, within 0.1 %)."""
+    s, db = session
+    (k,) = s.kernels
+    lm = for_core("m7")
+    default = predict(VWW, Plan(), "h743", lm, flash=False)
+    tuned = predict(VWW, Plan(), "h743", lm, flash=False, tuning_db=db)
+    assert default.measured_kernels == [] and tuned.measured_kernels == [VWW_DENSE]
+    _, rows = export_plan(VWW, Plan(), tmp_path / "default")
+    predicted = sum(c for r, c in zip(rows, lm.kernel_counts(rows)) if r["func"] == VWW_DENSE)
+    assert abs(tuned.instructions - (default.instructions - predicted + k.calls * k.best_cost)) <= 1
+    assert (tuned.sram_bytes, tuned.arena_bytes) == (default.sram_bytes, default.arena_bytes)
+    assert cli.main(["build", VWW, "--board", "h743", "--plan", "none", "--tuning-db", str(db), "--run", "emulator",
+                     "--profile", "--json", "-o", str(tmp_path / "built")]) == 0
+    run = json.loads(capsys.readouterr().out)["run"]
+    counts = [c["instructions"] for c in run["kernels"] if c["name"] == VWW_DENSE]
+    assert len(counts) == k.calls and all(abs(c - k.best_cost) <= 1e-3 * k.best_cost for c in counts), counts
+    assert cli.main(["plan", VWW, "--board", "h743", "--fast", "--json", "--tuning-db", str(db)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["patches"] is None and out["pareto"][0]["measured_kernels"] == [VWW_DENSE]
+    assert out["pareto"][0]["instructions"] == tuned.instructions
 
 
 def _definition(model_c: str, kernel: str) -> str:
@@ -326,6 +355,7 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
     (["tune", "MODEL", "--board", "h743", "--runner", "rpc", "--tracker", "127.0.0.1:1"], "cannot reach the tracker"),
     (["build", "MODEL", "-o", "OUT", "--tuning-db", "DB"], "unreadable tuning database"),
     (["build", "MODEL", "-o", "OUT", "--tuning-db", "NODB"], "no tuning records"),
+    (["plan", "MODEL", "--board", "h743", "--fast", "--tuning-db", "NODB"], "no tuning records"),
     (["rpc-server", "--tracker", "127.0.0.1:1", "--board", "h743"], "cannot reach the tracker"),
     (["rpc-server", "--tracker", "nohost", "--board", "h743"], "give HOST:PORT"),
 ])

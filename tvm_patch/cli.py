@@ -120,7 +120,7 @@ def _planned(args: argparse.Namespace, split: int | str | None) -> tuple[int | N
     --patches/--split (and --plan auto) `tvm-patch plan`'s answer (the fastest plan that fits the board)."""
     if args.patches is not None or args.split is not None or args.plan == "none":
         return args.patches, split, args.halo, None
-    res = plan_search(args.model, args.board, "latency", args.cost_model, fast=True)
+    res = plan_search(args.model, args.board, "latency", args.cost_model, fast=True, tuning_db=args.tuning_db)
     out = res.to_json()
     if res.chosen is None:
         raise TvmPatchError(_no_plan_message(args.model, args.board, res, out) + "; give --patches/--split or "
@@ -347,7 +347,8 @@ def _cmd_costmodel(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    res = plan_search(args.model, args.board, args.objective, args.cost_model, fast=args.fast)
+    res = plan_search(args.model, args.board, args.objective, args.cost_model, fast=args.fast,
+                      tuning_db=args.tuning_db)
     out = res.to_json()
     if args.json:
         print(json.dumps(out, indent=1))
@@ -371,6 +372,9 @@ def _print_plan(args: argparse.Namespace, res) -> None:
           f"{c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms (estimated)" if c.plan["split"]
           else f"chosen: layer by layer: SRAM {c.sram_bytes:,} B, Flash {c.flash_bytes:,} B, {c.latency_ms:.2f} ms "
                "(estimated)")
+    if c.measured_kernels:
+        print(f"  {len(c.measured_kernels)} kernels counted at their tuning records' measured cost "
+              f"(--tuning-db {args.tuning_db})")
 
 
 def _add_cost_parsers(sub) -> None:
@@ -399,6 +403,9 @@ def _add_cost_parsers(sub) -> None:
     pl.add_argument("--fast", action="store_true",
                     help="predict plans in increasing estimated latency and stop at the first that fits (what "
                          "`build --board` and the bench use) instead of the whole exact Pareto front")
+    pl.add_argument("--tuning-db", metavar="DIR",
+                    help="predict each plan as `build --tuning-db DIR` builds it: the records applied, each tuned "
+                         "kernel counted at its record's measured cost")
     pl.set_defaults(func=_cmd_plan)
 
 

@@ -160,9 +160,14 @@ class LatencyModel:
                    for r, c in zip(rows, out)]
         return out
 
-    def network_count(self, rows: list[dict[str, Any]], io_bytes: int) -> float:
-        """Predicted instructions (or cycles) of one inference: the kernels plus the input/output copies."""
-        return sum(self.kernel_counts(rows)) + self.overhead[0] + self.overhead[1] * io_bytes
+    def network_count(self, rows: list[dict[str, Any]], io_bytes: int,
+                      measured: dict[str, float] | None = None) -> float:
+        """Predicted instructions (or cycles) of one inference: the kernels plus the input/output copies; a kernel
+        named in ``measured`` (its count per call, a tuning record's) counts that instead of its prediction."""
+        measured = measured or {}
+        counts = self.kernel_counts(rows)
+        return (sum(measured.get(r.get("func"), c) for r, c in zip(rows, counts)) + self.overhead[0]
+                + self.overhead[1] * io_bytes)
 
     def save(self, path: str | Path) -> Path:
         """Write the model file (JSON; the booster as base64 of zlib-compressed UBJSON)."""

@@ -29,6 +29,7 @@ from tvm_patch.cost.fingerprint import OPT, every_kernel, kernels_fingerprint
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import consistent, instrument_stage, measured_nests
 from tvm_patch.export import export_model
+from tvm_patch.tune.records import TunedKernels
 
 STACK_BYTES = 8192
 
@@ -97,13 +98,13 @@ def core_key(board: str) -> str:
     return get_board(board).core.removeprefix("cortex-")
 
 
-def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], bool] | None = every_kernel
-                ) -> tuple[Any, list[dict[str, Any]]]:
+def export_plan(model: Any, plan: Plan, out_dir: Path, wide: Callable[[str], bool] | None = every_kernel,
+                tuned: TunedKernels | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Export ``model`` under ``plan`` into ``out_dir``, the kernels ``wide`` allows with widened weights (every
-    one by default: a board build's "auto" where the Flash holds them); (ExportResult, per-kernel feature rows)."""
-    result = export_model(model, out_dir, wide=wide, **plan.export_args())
+    one by default: a board build's "auto" where the Flash holds them), with ``tuned``'s records applied (a
+    `tvm-patch tune` database, as `build --tuning-db`); (ExportResult, per-kernel feature rows)."""
+    result = export_model(model, out_dir, wide=wide, **plan.export_args(), **(tuned.export_args() if tuned else {}))
     return result, kernel_rows(result, (out_dir / "model.c").read_text(), plan.halo)
-
 
 
 def measure(model: Any, plan: Plan, board: str, runner: str = "emulator", timeout_sec: float = 600.0,

@@ -2,12 +2,14 @@
 inference, without building the firmware: the export of the plan gives the arena, the outputs and the
 kernels; memory.py turns them into linked bytes; the latency model sums its per-kernel predictions.
 Instructions (emulator) x the board's documented CPI / clock = latency in ms, an estimate, and says so.
+With a tuning database (`tvm-patch tune`), the plan is exported with its records applied, as `build --tuning-db`
+builds it, and each kernel that took a record counts the record's measured cost instead of its prediction.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tvm_patch.cost.fingerprint import OPT
 from tvm_patch.cost.measure import STACK_BYTES, core_key, export_plan, generate_measured_project
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.synth import write_onnx
+from tvm_patch.tune.records import TunedKernels, open_database
 from tvm_patch.zoo.spec import ConvSpec, NetSpec
 
 
@@ -41,6 +44,7 @@ class Prediction:
     fits: bool
     sram_margin_bytes: int  # board SRAM - predicted SRAM (negative: misses by that much)
     flash_margin_bytes: int
+    measured_kernels: list[str] = field(default_factory=list)  # counted from a tuning database's records
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,14 +83,17 @@ def unwidened(rows: list[dict[str, Any]], names: set[str]) -> list[dict[str, Any
 
 
 def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan: Plan, board: str,
-                   cost_model: LatencyModel, flash: bool = True, runner: str = "device") -> Prediction:
+                   cost_model: LatencyModel, flash: bool = True, runner: str = "device",
+                   measured: dict[str, float] | None = None) -> Prediction:
     """The prediction for an export already made (``export_plan``); Flash of the ``runner``'s firmware (the
-    board's by default, which is what must fit; the emulator's links other board code)."""
+    board's by default, which is what must fit; the emulator's links other board code). ``measured``: per kernel,
+    a count per call to use instead of the prediction (``TunedKernels.measured``)."""
     b = get_board(board)
     ins = [io.nbytes for io in result.program.inputs]
     outs = [io.nbytes for io in result.program.outputs]
     sram = memory.sram_bytes(result.arena_bytes, outs, STACK_BYTES)
     extra = result.wide_weights  # the build's "auto": widened weights while the Flash holds them
+    measured = dict(measured or {})
     if flash:
         objects, undefined = memory.compile_objects(model_c.parent, result.to_json(), b, OPT)
         base, in_base = firmware_base(board, runner)
@@ -95,25 +102,39 @@ def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan:
             narrow = narrowed(extra, result.call_info, flash_b - b.flash_bytes)
             flash_b -= sum(extra[n] for n in narrow)
             rows = unwidened(rows, narrow)
+            for n in narrow:  # a record may be of the widened form: predicted as int8 instead
+                measured.pop(n, None)
     else:  # a lower bound: the weights (all int8) and the input, no code (used to rank plans before the exact figures)
         flash_b = result.weights_bytes - sum(extra.values()) + sum(ins)
-    count = cost_model.network_count(rows, sum(ins) + sum(outs))
+    measured = {n: c for n, c in measured.items() if any(r.get("func") == n for r in rows)}
+    count = cost_model.network_count(rows, sum(ins) + sum(outs), measured)
     ms = count * b.qemu_cpi / (b.mhz * 1e3) if cost_model.unit == "instructions" else count / (b.mhz * 1e3)
     return Prediction(board=b.key, plan=plan.to_json(), split_layers=result.plan.get("split_layers"),
                       sram_bytes=sram, flash_bytes=flash_b, flash_exact=flash, arena_bytes=result.arena_bytes, stack_bytes=STACK_BYTES,
                       instructions=int(round(count)), latency_ms=round(ms, 3),
                       latency_estimated=cost_model.unit == "instructions",
                       fits=sram <= b.sram_bytes and flash_b <= b.flash_bytes,
-                      sram_margin_bytes=b.sram_bytes - sram, flash_margin_bytes=b.flash_bytes - flash_b)
+                      sram_margin_bytes=b.sram_bytes - sram, flash_margin_bytes=b.flash_bytes - flash_b,
+                      measured_kernels=sorted(measured))
+
+
+def tuned_kernels(tuning_db: str | Path | None, board: str) -> TunedKernels | None:
+    """The records of ``tuning_db`` for ``board``'s core, as a build applies them (None without a database)."""
+    if tuning_db is None:
+        return None
+    return TunedKernels(open_database(tuning_db, create=False), get_board(board).core)
 
 
 def predict(model: Any, plan: Plan, board: str, cost_model: str | Path | LatencyModel | None = None,
-            flash: bool = True, runner: str = "device") -> Prediction:
+            flash: bool = True, runner: str = "device", tuning_db: str | Path | None = None) -> Prediction:
     """SRAM, Flash and latency of ``model`` (a spec: path or zoo:NAME) under ``plan`` on ``board``; the
-    memory of the ``runner``'s firmware (device: the board's; SRAM is the same for both)."""
+    memory of the ``runner``'s firmware (device: the board's; SRAM is the same for both); with ``tuning_db``,
+    of the build that applies it."""
     get_board(board)
     lm = cost_model if isinstance(cost_model, LatencyModel) else for_core(core_key(board), cost_model)
+    tuned = tuned_kernels(tuning_db, board)
     with tempfile.TemporaryDirectory(prefix="tvmp_predict_") as tmp:
         export_dir = Path(tmp) / "export"
-        result, rows = export_plan(model, plan, export_dir)
-        return predict_export(result, rows, export_dir / "model.c", plan, board, lm, flash, runner)
+        result, rows = export_plan(model, plan, export_dir, tuned=tuned)
+        return predict_export(result, rows, export_dir / "model.c", plan, board, lm, flash, runner,
+                              tuned.measured(lm.unit) if tuned else None)

@@ -20,7 +20,7 @@ from tvm_patch.cost import cache
 from tvm_patch.cost.latency import LatencyModel, for_core
 from tvm_patch.cost.measure import core_key, export_plan
 from tvm_patch.cost.plan import HALO_MODES, MAX_PATCHES, Plan
-from tvm_patch.cost.predict import Prediction, predict_export
+from tvm_patch.cost.predict import Prediction, predict_export, tuned_kernels
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.api import model_sha256
 from tvm_patch.export.prefold import prefold_constants
@@ -29,6 +29,7 @@ from tvm_patch.graph import build_graph
 from tvm_patch.patch.figures import patch_based
 from tvm_patch.profile import peak, profile_layers
 from tvm_patch.split import valid_splits
+from tvm_patch.tune.records import TunedKernels, database_digest
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 
 MAX_EXACT = 12  # plans exported and predicted exactly (each is one export: seconds)
@@ -128,18 +129,21 @@ class PlanResult:
 
 
 def search(model: str, board: str, objective: str = "latency", cost_model: str | Path | LatencyModel | None = None,
-           max_exact: int = MAX_EXACT, fast: bool = False) -> PlanResult:
+           max_exact: int = MAX_EXACT, fast: bool = False, tuning_db: str | Path | None = None) -> PlanResult:
     """Search the plans of ``model`` on ``board`` (see the module docstring). ``fast``: predict the picked plans
     one at a time in increasing estimated latency (MACs; ``objective="memory"``: analytic peak) and stop at the
     first whose exact SRAM and Flash fit (usually one export: layer by layer when it fits), instead of
-    predicting them all for the exact Pareto front; the front reported is that of the plans predicted."""
+    predicting them all for the exact Pareto front; the front reported is that of the plans predicted.
+    ``tuning_db``: each plan predicted as `build --tuning-db` builds it (predict.py)."""
     if objective not in ("latency", "memory"):
         raise TvmPatchError(f"unknown --objective {objective!r}; use latency or memory")
     b = get_board(board)
     lm = cost_model if isinstance(cost_model, LatencyModel) else for_core(core_key(board), cost_model)
     sha = model_sha256(model) if isinstance(model, str) else None
-    ck = cache.key("plan", sha, b.key, objective, lm.digest, max_exact, HALO_MODES, fast) if sha and lm.digest \
-        else None
+    tuned = tuned_kernels(tuning_db, board)  # opened here: a bad database is an error before any export
+    db = database_digest(tuning_db) if tuned else None
+    ck = cache.key("plan", sha, b.key, objective, lm.digest, max_exact, HALO_MODES, fast, db) \
+        if sha and lm.digest else None
     hit = cache.get(ck) if ck else None
     if hit is not None:
         return PlanResult.from_cache(hit)
@@ -155,7 +159,7 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
     preds: list[Prediction] = []
     chosen = None
     with tempfile.TemporaryDirectory(prefix="tvmp_plan_") as tmp:
-        predictor = _Predictor(model, board, lm, Path(tmp))
+        predictor = _Predictor(model, board, lm, Path(tmp), tuned, db)
         if fast:
             # estimated latency: MACs, then fewer patches (cache mode computes as many MACs as layer by layer,
             # plus its copies)
@@ -199,13 +203,15 @@ class _Predictor:
     """Predictions of plans of one model on one board, from the disk cache (cache.py) or by exporting the plan
     (each plan exported at most once in a search)."""
 
-    def __init__(self, model: Any, board: str, lm: LatencyModel, tmp: Path) -> None:
-        self.model, self.board, self.lm, self.tmp = model, board, lm, tmp
+    def __init__(self, model: Any, board: str, lm: LatencyModel, tmp: Path, tuned: TunedKernels | None = None,
+                 db: str | None = None) -> None:
+        """``tuned``: a tuning database's records to apply, ``db`` its digest (``database_digest``)."""
+        self.model, self.board, self.lm, self.tmp, self.tuned, self.db = model, board, lm, tmp, tuned, db
         self.sha = model_sha256(model) if isinstance(model, str) else None
-        self.exports: dict[str, tuple[Any, list[dict[str, Any]], Path]] = {}
+        self.exports: dict[str, tuple[Any, list[dict[str, Any]], Path, dict[str, float] | None]] = {}
 
     def __call__(self, plan: Plan, flash: bool) -> Prediction | None:
-        ck = cache.key("prediction", self.sha, plan.to_json(), self.board, self.lm.digest, flash) \
+        ck = cache.key("prediction", self.sha, plan.to_json(), self.board, self.lm.digest, flash, self.db) \
             if self.sha and self.lm.digest else None
         hit = cache.get(ck) if ck else None
         if hit is not None:
@@ -213,13 +219,15 @@ class _Predictor:
         label = plan.label()
         if label not in self.exports:
             out = self.tmp / f"p{len(self.exports)}"
+            # a lookup of its own per export: its `used` is that export's, its choices keyed by kernel name
+            tuned = TunedKernels(self.tuned.db, self.tuned.core) if self.tuned else None
             try:
-                result, rows = export_plan(self.model, plan, out)
+                result, rows = export_plan(self.model, plan, out, tuned=tuned)
             except TvmPatchError:
                 return None
-            self.exports[label] = (result, rows, out)
-        result, rows, out = self.exports[label]
-        p = predict_export(result, rows, out / "model.c", plan, self.board, self.lm, flash=flash)
+            self.exports[label] = (result, rows, out, tuned.measured(self.lm.unit) if tuned else None)
+        result, rows, out, measured = self.exports[label]
+        p = predict_export(result, rows, out / "model.c", plan, self.board, self.lm, flash=flash, measured=measured)
         if ck:
             cache.put(ck, p.to_json())
         return p

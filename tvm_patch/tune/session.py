@@ -46,7 +46,7 @@ from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.features import TolerantFeatures
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite, runs_in_place
 from tvm_patch.tune.measure import RUNNERS, CandidateError
-from tvm_patch.tune.records import TunedKernels, open_database, tuning_target, workload
+from tvm_patch.tune.records import UNITS, TunedKernels, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
 from tvm_patch.tune.space import Choice, fixed_trace, kernel_space
 
@@ -240,7 +240,7 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
 
 def _unit(runner: str, rpc_runner: str) -> str:
     kind = rpc_runner if runner == "rpc" else runner
-    return {"emulator": "instructions", "device": "cycles", "host": "seconds"}[kind]
+    return UNITS[kind]
 
 
 def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emulator", db_dir: str | Path = "tuning_db",
