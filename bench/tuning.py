@@ -48,7 +48,8 @@ def _form(choice: dict[str, Any]) -> str:
     """A tuned kernel's choice as the summary says it: its rows, then what differs from the defaults."""
     return (f"rows {choice['rows']}" + ("" if choice.get("packed", True) else ", unpacked")
             + (", unrolled" if choice.get("unrolled") else "")
-            + (f", nests {','.join(map(str, choice['outlined']))} outlined" if choice.get("outlined") else ""))
+            + (f", nests {','.join(map(str, choice['outlined']))} outlined" if choice.get("outlined") else "")
+            + (", patches peeled" if choice.get("peeled") else ""))
 
 
 def compare(untuned: dict[str, Any], tuned: dict[str, Any], kind: str = KIND) -> list[dict[str, Any]]:

@@ -219,9 +219,10 @@ def test_the_harness_runs_on_the_networks_activations(tmp_path):
 
 def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     """With --patches the patch stage is a kernel like the others: its loop nest (which TVM's feature extraction
-    rejects: tune/features.py gives it a row of its decisions) is measured unrolled or not and with its layer nests
-    outlined or not (every candidate bit-exact on the emulator: none failed), and the build applies the best record
-    to the stage: its unrolling, and each outlined nest a static noinline function the stage calls."""
+    rejects: tune/features.py gives it a row of its decisions) is measured unrolled or not, its patch loops peeled or
+    not and its layer nests outlined or not (every candidate's outputs those of the default schedule on the emulator:
+    none failed), and the build applies the best record to the stage: its unrolling, its peeling, and each outlined
+    nest a static noinline function the stage calls."""
     stage = "tvmp_patch_stage"
     s = tune_model(KWS, "h743", trials=6, runner="emulator", db_dir=tmp_path / "db", patches=4, split=5,
                    halo="cache", kernels=[stage], progress=False)
@@ -233,11 +234,12 @@ def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     choices = [trace_choice(r.trace) for r in records]
     assert {c.unrolled for c in choices} == {False, True}  # both measured
     assert any(c.outlined for c in choices) and all(set(c.outlined) <= set(range(k.nests)) for c in choices)
+    assert {c.peeled for c in choices} == {False, True}  # the patch loops peeled or not: both measured, none failed
     tuned = TunedKernels(open_database(tmp_path / "db", create=False), get_board("h743").core)
     res = export_model(KWS, tmp_path / "built", patches=4, split=5, halo="cache", check=True, seeds=(0,),
                        **tuned.export_args())
     assert res.check.bit_exact and tuned.used[stage]["unrolled"] == k.best_unrolled
-    assert tuned.used[stage]["outlined"] == k.best_outlined
+    assert tuned.used[stage]["outlined"] == k.best_outlined and tuned.used[stage]["peeled"] == k.best_peeled
     code = (tmp_path / "built" / "model.c").read_text()
     assert _definition(code, stage).startswith(UNROLL_MACRO + " ") == k.best_unrolled
     assert (NOINLINE_MACRO + " void " + stage + "(" in _definition(code, stage)) == bool(k.best_outlined)

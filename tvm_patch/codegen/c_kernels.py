@@ -48,6 +48,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.codegen.c_types import C_TYPES, PlainCError, c_float_literal, const_shape, dtype_str, to_f32
 from tvm_patch.codegen.lowering import finalize_passes, lower_tir
 from tvm_patch.codegen.outline import outline_nests
+from tvm_patch.codegen.peel_patches import peel_patches
 from tvm_patch.codegen.weight_sums import SUM_TABLES_ATTR
 from tvm_patch.codegen.workspace import fixed_plan, plan_workspace, stack_scratch_bytes, zero_locals
 
@@ -434,7 +435,8 @@ _NOINLINE_DEFINE = (f"#if defined(__GNUC__)\n#define {NOINLINE_MACRO} __attribut
 
 
 def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
-           unrolled: Iterable[str] = (), outlined: Mapping[str, Iterable[int]] | None = None) -> CSource:
+           unrolled: Iterable[str] = (), outlined: Mapping[str, Iterable[int]] | None = None,
+           peeled: Iterable[str] = ()) -> CSource:
     """Plain C99 for each PrimFunc: definitions with pointer parameters and a workspace pointer.
 
     Keys of ``funcs`` become the C function names. A PrimFunc with the attribute ``tirx.noalias``
@@ -442,18 +444,21 @@ def emit_c(funcs: Mapping[str, tirx.PrimFunc], workspace_align: int = 16,
     compiled with GCC's ``-funroll-loops`` (``TVMP_UNROLL_LOOPS``: a tuning database's choice per kernel).
     ``outlined``: patch stage -> its layer nests (codegen/outline.py) moved into ``static`` ``noinline``
     functions; such a stage is itself ``noinline`` (inlined into the network's function it would lose what the
-    outlining gains: measured, docs/kernels.md). Both are tuning choices per kernel.
+    outlining gains: measured, docs/kernels.md). The patch stages named in ``peeled`` have their patch loops
+    peeled (codegen/peel_patches.py), after the outlining. All are tuning choices per kernel.
     """
-    unrolled = set(unrolled)
+    unrolled, peeled = set(unrolled), set(peeled)
     outlined = {n: sorted(set(v)) for n, v in (outlined or {}).items() if v}
-    unknown = (unrolled | set(outlined)) - set(funcs)
+    unknown = (unrolled | set(outlined) | peeled) - set(funcs)
     if unknown:
-        raise PlainCError(f"unrolled or outlined kernels {sorted(unknown)} are not among the kernels emitted")
+        raise PlainCError(f"unrolled, outlined or peeled kernels {sorted(unknown)} are not among the kernels emitted")
     for name in funcs:
         if not re.fullmatch(r"[A-Za-z_]\w*", name) or name in _C_KEYWORDS:
             raise PlainCError(f"{name!r} is not a usable C function name")
     mod, infos = lower_plain(funcs, C_TARGET, workspace_align)
     mod, helpers, owner = _outlined(mod, infos, outlined)  # owner: outlined nest -> its stage (compiled alike)
+    if peeled:
+        mod = tvm.IRModule({gv: peel_patches(f) if gv.name_hint in peeled else f for gv, f in mod.functions.items()})
     mod, literals = _mark_float_constants(mod)
     src = tvm.get_global_func("target.build.c")(mod, tvm.target.Target(C_TARGET)).inspect_source()
     bodies = _split_functions(src, [*helpers, *funcs])

@@ -32,7 +32,7 @@ from tvm_patch.codegen.workspace import zero_stores
 from tvm_patch.quant.fixedpoint import is_c_barrier
 from tvm_patch.tir_util import seq as seq_of
 
-__all__ = ["layer_nests", "outline_nests", "outlined_name"]
+__all__ = ["layer_nests", "outline_nests", "outlined_name", "patch_body"]
 
 
 def outlined_name(kernel: str, nest: int) -> str:
@@ -40,7 +40,7 @@ def outlined_name(kernel: str, nest: int) -> str:
     return f"{kernel}_nest{nest}"
 
 
-def _patch_body(func: tirx.PrimFunc) -> tuple[list[Any], list[Any], Any] | None:
+def patch_body(func: tirx.PrimFunc) -> tuple[list[Any], list[Any], Any] | None:
     """(the statements before the patch loops, the patch loops' variables, the loops' body sequence) of a plain
     patch stage: the first loop nest of the function's top sequence whose innermost body holds barriers."""
     top = func.body.seq if isinstance(func.body, tirx.SeqStmt) else [func.body]
@@ -88,7 +88,7 @@ def _closure(stmt: Any, scope: list[Any]) -> tuple[list[Any], list[Any]]:
 
 def _nest_indices(func: tirx.PrimFunc) -> list[int]:
     """Positions, in the patch body's sequence, of its layer nests (see the module docstring)."""
-    found = _patch_body(func)
+    found = patch_body(func)
     if found is None:
         return []
     before, _, body = found
@@ -120,7 +120,7 @@ def outline_nests(name: str, func: tirx.PrimFunc, nests: Iterable[int]) -> tuple
     bad = [n for n in nests if not 0 <= n < len(positions)]
     if bad:
         raise PlainCError(f"{name}: no layer nest {bad} to outline (it has {len(positions)})")
-    before, loop_vars, body = _patch_body(func)
+    before, loop_vars, body = patch_body(func)
     pointers = [p for p in func.params if isinstance(p.ty, tvm.ir.PointerType)]
     stmts = list(body.seq)
     outlined: dict[str, tirx.PrimFunc] = {}

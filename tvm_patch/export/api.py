@@ -220,6 +220,7 @@ def export_model(
     wide: Callable[[str], bool] | None = None,
     unroll: Callable[[str, Any], bool] | None = None,
     outline: Callable[[str, Any], tuple[int, ...]] | None = None,
+    peel: Callable[[str, Any], bool] | None = None,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -242,6 +243,8 @@ def export_model(
     unroller (``TunedKernels.unroll``: a tuning database's choice); default none is.
     ``outline``: a callable (name, PrimFunc before blocking) -> which layer nests of that patch stage are compiled as
     functions of their own (codegen/outline.py; ``TunedKernels.outline``: a tuning database's choice); default none.
+    ``peel``: a callable (name, PrimFunc before blocking) -> whether that patch stage's patch loops are peeled
+    (codegen/peel_patches.py; ``TunedKernels.peel``); default none is.
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -251,17 +254,18 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows, halo, packing, wide, unroll, outline)
+                       integer, rounding, rows, halo, packing, wide, unroll, outline, peel)
 
 
 def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bool = True,
                  packing: Callable[[str, Any], bool] | None = None, wide: Callable[[str], bool] | None = None,
                  unroll: Callable[[str, Any], bool] | None = None,
-                 outline: Callable[[str, Any], tuple[int, ...]] | None = None
+                 outline: Callable[[str, Any], tuple[int, ...]] | None = None,
+                 peel: Callable[[str, Any], bool] | None = None
                  ) -> tuple[Program, CSource, dict[str, int], dict[str, int]]:
     """The kernels ``final`` as C, in the micro-kernels' forms (their requantization facts, the constants packed
     as ``packing`` says, the weights ``wide`` allows widened, GCC's unroller on the kernels ``unroll`` names, the
-    patch stages' nests ``outline`` says outlined) and
+    patch stages' nests ``outline`` says outlined, their patch loops peeled where ``peel`` says) and
     the program whose constants they take; with each widened kernel's extra Flash bytes and each kernel's
     weight-sum tables' bytes. The one emission of the export and of the tuning harness."""
     emitted, c_prog = final, prog
@@ -272,7 +276,8 @@ def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bo
             emitted = mark_wide(c_prog, emitted, wide)
     unrolled = [n for n in emitted if micro and unroll is not None and unroll(n, prog.funcs.get(n, final[n]))]
     outlined = {n: outline(n, prog.funcs.get(n, final[n])) for n in emitted if micro and outline is not None}
-    csrc = emit_c(emitted, alignment, unrolled, outlined)
+    peeled = [n for n in emitted if micro and peel is not None and peel(n, prog.funcs.get(n, final[n]))]
+    csrc = emit_c(emitted, alignment, unrolled, outlined, peeled)
     c_prog, sum_bytes = sum_constants(c_prog, csrc.functions)  # before the widening: the tables sum the int8 weights
     c_prog, wide_bytes = widen_constants(c_prog, csrc.functions)
     return c_prog, csrc, wide_bytes, sum_bytes
@@ -294,7 +299,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             packing: Callable[[str, Any], bool] | None = None,
             wide: Callable[[str], bool] | None = None,
             unroll: Callable[[str, Any], bool] | None = None,
-            outline: Callable[[str, Any], tuple[int, ...]] | None = None) -> ExportResult:
+            outline: Callable[[str, Any], tuple[int, ...]] | None = None,
+            peel: Callable[[str, Any], bool] | None = None) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -303,7 +309,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
     # a database's choices, asked by the weights' form
-    rows, packing, unroll, outline = (keyed_by_weights(c, wide) for c in (rows, packing, unroll, outline))
+    rows, packing, unroll, outline, peel = (keyed_by_weights(c, wide) for c in (rows, packing, unroll, outline, peel))
     name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
@@ -372,7 +378,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if micro:  # dead channels' huge biases would keep their kernels' 64-bit requantization
         prog = quiet_dead_channels(prog, final)
     c_prog, csrc, wide_bytes, sum_bytes = emit_kernels(prog, final, alignment, micro, packing, wide, unroll,
-                                                         outline)
+                                                         outline, peel)
     if csrc.workspace_bytes != workspace:
         raise TvmPatchError("internal error: kernel workspace sizes changed between planning and emission")
     files: dict[str, bytes | str] = {

@@ -4,8 +4,8 @@ a candidate whose loop nest TVM's feature extraction rejects, one row of its kno
 A patch stage is such a kernel: its loop nest (patch/cache_stage.py) has loops whose extents depend on enclosing
 loop variables, and TVM 0.27's extraction stops on it ("Trying to update var 'ax0' with a different maximum
 value") for the whole batch, or on some stages (resnet8's and vww's 4x4 recompute stages) divides by zero and kills
-the process (SIGFPE, no exception to catch): a stage's candidates are never given to it. The stage's space is its unrolling and, per layer nest, whether that nest is outlined
-(tune/space.py): the row holds those decisions (unrolled, then one column per nest), so the model learns what each
+the process (SIGFPE, no exception to catch): a stage's candidates are never given to it. The stage's space is its unrolling, its patch loops peeled or not and, per layer nest, whether that nest is
+outlined (tune/space.py): the row holds those decisions (unrolled, peeled, then one column per nest), so the model learns what each
 nest's outlining is worth (nearly additive, measured: docs/tuning.md) and the search ranks untried combinations.
 """
 
@@ -23,16 +23,17 @@ __all__ = ["TolerantFeatures", "decision_row"]
 
 
 def decision_row(mod: tvm.IRModule, length: int) -> np.ndarray:
-    """One feature row of ``length`` for a candidate TVM cannot extract: its unrolling (column 0) and each layer
-    nest outlined (column 1 + nest), zeros elsewhere (no annotation: all zeros)."""
+    """One feature row of ``length`` for a candidate TVM cannot extract: its unrolling (column 0), its patch loops
+    peeled (column 1) and each layer nest outlined (column 2 + nest), zeros elsewhere (no annotation: all zeros)."""
     row = np.zeros((1, length), "float32")
     found = candidate_choice(mod)
     if found is not None:
         choice = found[1]
         row[0, 0] = float(choice.unrolled)
+        row[0, 1] = float(choice.peeled)
         for n in choice.outlined:
-            if 1 + n < length:
-                row[0, 1 + n] = 1.0
+            if 2 + n < length:
+                row[0, 2 + n] = 1.0
     return row
 
 

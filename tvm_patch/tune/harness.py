@@ -140,7 +140,7 @@ def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_ou
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
                         wide: bool = True, unrolled: bool = False, in_place: bool | None = None,
-                        inputs: list[bytes] | None = None, outlined: tuple[int, ...] = ()) -> Path:
+                        inputs: list[bytes] | None = None, outlined: tuple[int, ...] = (), peeled: bool = False) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
@@ -148,8 +148,8 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     (``in_place`` None) or never (False: the network's export did not; the C differs by ``restrict``, which moves
     the unrolled code's counts), into ``out_dir``; ``inputs``: the bytes its project runs on (the network's
     activations, tune/activations.py; None: the project's seeded input), a patch stage's layer nests ``outlined``
-    into functions of their own (codegen/outline.py). Raises what the export raises when the candidate does not
-    lower."""
+    into functions of their own (codegen/outline.py), its patch loops ``peeled`` (codegen/peel_patches.py). Raises
+    what the export raises when the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
     final = REWRITES[rewrite](func, n_out)
@@ -162,10 +162,12 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     c_prog, csrc, _, _ = emit_kernels(kprog, {name: final}, ALIGNMENT, packing=None if packed else lambda n, f: False,
                                    wide=(lambda _n: True) if wide else None,
                                    unroll=(lambda n, f: True) if unrolled else None,
-                                   outline=(lambda n, f: outlined) if outlined else None)
+                                   outline=(lambda n, f: outlined) if outlined else None,
+                                   peel=(lambda n, f: True) if peeled else None)
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled, "outlined": list(outlined),
+            "peeled": peeled,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     samples: dict[str, bytes] = {}
     for io, data in zip(info["inputs"], inputs or []):
@@ -213,10 +215,11 @@ class KernelHarness:
     def export(self, choice: Choice, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
         (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, the
-        nests ``choice.outlined`` names outlined, its weights in the network's form."""
+        nests ``choice.outlined`` names outlined, its patch loops peeled as ``choice.peeled`` says, its weights in the
+        network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
                                    self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place,
-                                   self.inputs, choice.outlined)
+                                   self.inputs, choice.outlined, choice.peeled)
 
     @cached_property
     def nests(self) -> int:

@@ -71,6 +71,7 @@ class KernelTuning:
     best_packed: bool | None = None
     best_unrolled: bool | None = None
     best_outlined: list[int] | None = None  # a patch stage's outlined layer nests
+    best_peeled: bool | None = None  # a patch stage's patch loops peeled
     nests: int = 0  # a patch stage's layer nests (the outlining knob's)
     best_cost: float | None = None
     failed: int = 0
@@ -319,6 +320,6 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
             if found is not None:
                 k.best_rows, k.best_packed, k.best_unrolled, k.best_cost = (found[0].rows, found[0].packed,
                                                                             found[0].unrolled, found[1])
-                k.best_outlined = list(found[0].outlined)
+                k.best_outlined, k.best_peeled = list(found[0].outlined), found[0].peeled
             k.failed = failed.get(k.name, 0)
     return summary

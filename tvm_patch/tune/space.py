@@ -1,7 +1,7 @@
 """The tuning space of one exported kernel, as a meta_schedule design space (TVM 0.27 has none for a "c"
 target: meta_schedule raises "Unsupported kind").
 
-Three knobs, each a ``sch.sample_categorical`` decision of the space:
+The knobs, each a ``sch.sample_categorical`` decision of the space:
 
 - ``rows``: the micro-kernels' register blocking over output channels (export/blocking.py), among the blockings
   that divide the kernel's channels; the blocking's own schedule steps (``split_rows``) run with the sampled
@@ -15,6 +15,9 @@ Three knobs, each a ``sch.sample_categorical`` decision of the space:
 - ``outlined`` (patch stages only): which of the stage's layer nests are moved into ``noinline`` functions of their
   own (codegen/outline.py), one ``sample_categorical`` per nest. Measured on mcunet-in0's 3x3 cache stage: the last
   1x1 layer's nest -50,000 instructions outlined, the first depthwise layer's +46,000 (docs/tuning.md).
+- ``peeled`` (patch stages only): whether the stage's patch loops are peeled, the first, interior and last
+  patches of each axis as copies of their own (codegen/peel_patches.py): the halo copies and fills get constant
+  lengths. With every layer nest outlined, peeling the rest took 1.7-3.5 % off four stages (docs/tuning.md).
 
 The kernel's block carries the kernel's name and the choices as annotations: the builder rebuilds the candidate
 with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
@@ -33,8 +36,8 @@ from tvm import s_tir, tirx
 from tvm_patch.export.blocking import DEFAULT_ROWS, ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["KERNEL_KEY", "OUTLINE_KEY", "PACK_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice", "fixed_trace", "kernel_space",
-           "row_choices", "trace_choice"]
+__all__ = ["KERNEL_KEY", "OUTLINE_KEY", "PACK_KEY", "PEEL_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice",
+           "fixed_trace", "kernel_space", "row_choices", "trace_choice"]
 
 KERNEL_KEY = "tvm_patch.kernel"
 ROWS_KEY = "tvm_patch.rows"
@@ -44,18 +47,22 @@ UNROLL_KEY = "tvm_patch.unrolled"
 UNROLL_CHOICES = (0, 1)  # the project's flags (the export's default), GCC's unroller on
 OUTLINE_KEY = "tvm_patch.outlined"  # one annotation per layer nest: OUTLINE_KEY + ".<nest>"
 OUTLINE_CHOICES = (0, 1)  # inline in the stage (the export's default), its own function
+PEEL_KEY = "tvm_patch.peeled"
+PEEL_CHOICES = (0, 1)  # one patch loop (the export's default), peeled
 
 
 @dataclass(frozen=True)
 class Choice:
     """One point of a kernel's space: its blocking, whether its per-channel constants are packed, whether GCC
-    unrolls its loops, which layer nests of a patch stage are outlined (a knob a kernel does not have: the export's
-    default, DEFAULT_ROWS, packed, not unrolled, none outlined)."""
+    unrolls its loops, which layer nests of a patch stage are outlined and whether its patch loops are peeled (a
+    knob a kernel does not have: the export's default, DEFAULT_ROWS, packed, not unrolled, none outlined, not
+    peeled)."""
 
     rows: int = DEFAULT_ROWS
     packed: bool = True
     unrolled: bool = False
     outlined: tuple[int, ...] = ()
+    peeled: bool = False
 
 
 def row_choices(func: tirx.PrimFunc) -> list[int]:
@@ -73,7 +80,8 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
                  fixed: Choice | None = None, nests: int = 0) -> Callable[[s_tir.Schedule], None]:
     """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``) with
     the knobs that apply to it (the unrolling always; ``nests``: a patch stage's layer nests, each outlined or
-    not); ``fixed``: the decisions taken instead of sampled (the default schedule's record)."""
+    not, and its patch loops peeled or not); ``fixed``: the decisions taken instead of sampled (the default
+    schedule's record)."""
 
     def space(sch: s_tir.Schedule) -> None:
         block = _main_block(sch)
@@ -95,6 +103,10 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
             out = sch.sample_categorical(list(OUTLINE_CHOICES), [0.5, 0.5],
                                          decision=None if fixed is None else int(n in fixed.outlined))
             sch.annotate(block, f"{OUTLINE_KEY}.{n}", out)
+        if nests:
+            peeled = sch.sample_categorical(list(PEEL_CHOICES), [0.5, 0.5],
+                                            decision=None if fixed is None else PEEL_CHOICES.index(int(fixed.peeled)))
+            sch.annotate(block, PEEL_KEY, peeled)
         if found is not None:
             split_rows(sch, found, rows)
 
@@ -145,7 +157,7 @@ def _choice(knobs: dict[str, int]) -> Choice:
     outlined = tuple(sorted(int(k[len(OUTLINE_KEY) + 1:]) for k, v in knobs.items()
                             if k.startswith(OUTLINE_KEY + ".") and v))
     return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)), bool(knobs.get(UNROLL_KEY, 0)),
-                  outlined)
+                  outlined, bool(knobs.get(PEEL_KEY, 0)))
 
 
 def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool,
