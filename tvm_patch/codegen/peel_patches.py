@@ -1,4 +1,4 @@
-"""A patch stage's patch loops peeled: the first and last row and column of patches as copies of their own (a
+"""A patch stage's patch loops peeled: the first and the last row and column of patches as copies of their own (a
 tuning choice, tune/space.py).
 
 Inside the patch loop every border test, halo-cache copy length and padding fill depends on the patch's
@@ -70,8 +70,7 @@ def peel_patches(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 parts.append(tirx.For(own, start, count, tirx.ForKind.SERIAL, peeled_axes(level + 1, {**subst, v: own})))
         return seq(parts)
 
-    copies = [peeled_axes(0, {})]
-    peeled = func.with_body(seq([*before, seq(copies), *top[len(before) + 1:]]))
+    peeled = func.with_body(seq([*before, peeled_axes(0, {}), *top[len(before) + 1:]]))
     mod = tirx.transform.RemoveNoOp()(tirx.transform.StmtSimplify()(tvm.IRModule({"main": peeled})))
     return _without_unused_definitions(mod["main"])
 
