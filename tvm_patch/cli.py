@@ -31,7 +31,7 @@ from tvm_patch.plot import plot_profile
 from tvm_patch.reference import ORT_INT8_KERNELS, verify_against_reference
 from tvm_patch.search import search, write_results
 from tvm_patch.search.output import format_summary
-from tvm_patch.tune import RUNNERS, TunedKernels, open_database, parse_address, start_server, tune_model
+from tvm_patch.tune import RUNNERS, parse_address, start_server, tune_model, tuned_kernels
 from tvm_patch.verify import verify_patch
 
 PROG = "tvm-patch"
@@ -73,7 +73,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _build_board(args, split)
     if args.run or args.profile:
         raise TvmPatchError("--run and --profile need --board f412|f746|h743")
-    tuned = _tuned(args)
+    tuned = tuned_kernels(args.tuning_db, args.board)
     result = export_model(args.model, args.output, patches=args.patches, split=split, emit=args.emit,
                           check=args.check, integer=not args.float_chains, rounding=args.rounding,
                           kernels=args.kernels, halo=args.halo,
@@ -142,7 +142,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
     if args.check or args.emit != "c":
         raise TvmPatchError("--check and --emit are host options; a board build checks its run against the host "
                             "build with --run")
-    tuned = _tuned(args)
+    tuned = tuned_kernels(args.tuning_db, args.board)
     patches, split, halo, plan = _planned(args, split)
     if plan is not None and not args.json:
         print(f"plan: {_plan_text(plan)}", flush=True)
@@ -418,12 +418,6 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------- tuning (tvm_patch/tune, docs/tuning.md)
-def _tuned(args: argparse.Namespace) -> TunedKernels | None:
-    if not args.tuning_db:
-        return None
-    return TunedKernels(open_database(args.tuning_db, create=False), get_board(args.board).core if args.board else None)
-
-
 def _cmd_tune(args: argparse.Namespace) -> int:
     split = int(args.split) if args.split is not None and args.split.isdigit() else args.split
     s = tune_model(args.model, args.board, trials=args.trials, runner=args.runner, db_dir=args.db,

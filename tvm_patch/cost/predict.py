@@ -22,7 +22,7 @@ from tvm_patch.cost.fingerprint import OPT
 from tvm_patch.cost.measure import STACK_BYTES, core_key, export_plan, generate_measured_project
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.synth import write_onnx
-from tvm_patch.tune.records import TunedKernels, open_database
+from tvm_patch.tune.records import tuned_kernels
 from tvm_patch.zoo.spec import ConvSpec, NetSpec
 
 
@@ -116,13 +116,6 @@ def predict_export(result: Any, rows: list[dict[str, Any]], model_c: Path, plan:
                       fits=sram <= b.sram_bytes and flash_b <= b.flash_bytes,
                       sram_margin_bytes=b.sram_bytes - sram, flash_margin_bytes=b.flash_bytes - flash_b,
                       measured_kernels=sorted(measured))
-
-
-def tuned_kernels(tuning_db: str | Path | None, board: str) -> TunedKernels | None:
-    """The records of ``tuning_db`` for ``board``'s core, as a build applies them (None without a database)."""
-    if tuning_db is None:
-        return None
-    return TunedKernels(open_database(tuning_db, create=False), get_board(board).core)
 
 
 def predict(model: Any, plan: Plan, board: str, cost_model: str | Path | LatencyModel | None = None,

@@ -20,7 +20,7 @@ from tvm_patch.cost import cache
 from tvm_patch.cost.latency import LatencyModel, for_core
 from tvm_patch.cost.measure import core_key, export_plan
 from tvm_patch.cost.plan import HALO_MODES, MAX_PATCHES, Plan
-from tvm_patch.cost.predict import Prediction, predict_export, tuned_kernels
+from tvm_patch.cost.predict import Prediction, predict_export
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export.api import model_sha256
 from tvm_patch.export.prefold import prefold_constants
@@ -29,7 +29,7 @@ from tvm_patch.graph import build_graph
 from tvm_patch.patch.figures import patch_based
 from tvm_patch.profile import peak, profile_layers
 from tvm_patch.split import valid_splits
-from tvm_patch.tune.records import TunedKernels, database_digest
+from tvm_patch.tune.records import TunedKernels, database_digest, tuned_kernels
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 
 MAX_EXACT = 12  # plans exported and predicted exactly (each is one export: seconds)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import tvm
+from microtvm_projects.boards import get_board
 from tvm import tirx
 from tvm.s_tir.meta_schedule.database import JSONDatabase
 
@@ -23,8 +24,8 @@ from tvm_patch.export.blocking import DEFAULT_ROWS
 from tvm_patch.export.wide_weights import INT8_WEIGHTS_ATTR
 from tvm_patch.tune.space import Choice, trace_choice
 
-__all__ = ["WORKLOADS", "RECORDS", "UNITS", "TunedKernels", "database_digest", "open_database", "tuning_target",
-           "workload"]
+__all__ = ["WORKLOADS", "RECORDS", "UNITS", "TunedKernels", "database_digest", "open_database", "tuned_kernels",
+           "tuning_target", "workload"]
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -69,6 +70,14 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
     except (OSError, RuntimeError, ValueError) as e:  # TVM's errors are RuntimeErrors
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise TvmPatchError(f"{db_dir}: unreadable tuning database ({first}); remove it or tune again") from None
+
+
+def tuned_kernels(db_dir: str | Path | None, board: str | None = None) -> TunedKernels | None:
+    """The records of ``db_dir`` as a build applies them: those of ``board``'s core (any core without a board);
+    None without a database."""
+    if db_dir is None:
+        return None
+    return TunedKernels(open_database(db_dir, create=False), get_board(board).core if board else None)
 
 
 def database_digest(db_dir: str | Path) -> str:
