@@ -17,7 +17,7 @@ The knobs, each a ``sch.sample_categorical`` decision of the space:
   1x1 layer's nest -50,000 instructions outlined, the first depthwise layer's +46,000 (docs/tuning.md).
 - ``peeled`` (patch stages only): whether the stage's patch loops are peeled, the first, interior and last
   patches of each axis as copies of their own (codegen/peel_patches.py): the halo copies and fills get constant
-  lengths. With every layer nest outlined, peeling the rest took 1.7-3.5 % off four stages (docs/tuning.md).
+  lengths. With every layer nest outlined, peeling the rest took 1.4-3.4 % off three networks (docs/tuning.md).
 
 The kernel's block carries the kernel's name and the choices as annotations: the builder rebuilds the candidate
 with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
