@@ -224,7 +224,7 @@ def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     none failed), and the build applies the best record to the stage: its unrolling, its peeling, and each outlined
     nest a static noinline function the stage calls."""
     stage = "tvmp_patch_stage"
-    s = tune_model(KWS, "h743", trials=6, runner="emulator", db_dir=tmp_path / "db", patches=4, split=5,
+    s = tune_model(KWS, "h743", trials=6, runner="emulator", db_dir=tmp_path / "db", patches=2, split=5,
                    halo="cache", kernels=[stage], progress=False)
     (k,) = s.kernels
     assert k.name == stage and k.failed == 0 and k.choices == [] and s.measured >= 2
@@ -236,7 +236,7 @@ def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     assert any(c.outlined for c in choices) and all(set(c.outlined) <= set(range(k.nests)) for c in choices)
     assert {c.peeled for c in choices} == {False, True}  # the patch loops peeled or not: both measured, none failed
     tuned = TunedKernels(open_database(tmp_path / "db", create=False), get_board("h743").core)
-    res = export_model(KWS, tmp_path / "built", patches=4, split=5, halo="cache", check=True, seeds=(0,),
+    res = export_model(KWS, tmp_path / "built", patches=2, split=5, halo="cache", check=True, seeds=(0,),
                        **tuned.export_args())
     assert res.check.bit_exact and tuned.used[stage]["unrolled"] == k.best_unrolled
     assert tuned.used[stage]["outlined"] == k.best_outlined and tuned.used[stage]["peeled"] == k.best_peeled
