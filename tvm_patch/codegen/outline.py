@@ -28,6 +28,7 @@ import tvm
 from tvm import tirx
 
 from tvm_patch.codegen.c_types import PlainCError
+from tvm_patch.codegen.prune import without_unused_definitions
 from tvm_patch.codegen.workspace import zero_stores
 from tvm_patch.quant.fixedpoint import is_c_barrier
 from tvm_patch.tir_util import seq as seq_of
@@ -138,36 +139,10 @@ def outline_nests(name: str, func: tirx.PrimFunc, nests: Iterable[int]) -> tuple
                                         ret_type=None).with_attr("global_symbol", fname)
         stmts[k] = tirx.Evaluate(tirx.call_extern("void", fname, *params))
     # the stage without the declarations, bound values and zeroed C locals only the outlined nests used (GCC
-    # would warn of unused variables): first in the patch body, then before the patch loops
+    # would warn of unused variables)
     top = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
-    loop = _with_body(top[len(before)], seq_of(_kept(stmts, set())))
-    kept_top = _kept(before, set(tirx.analysis.undefined_vars(loop, [])))
-    return func.with_body(seq_of([*kept_top, loop, *top[len(before) + 1:]])), outlined
-
-
-def _kept(stmts: list[Any], used: set[Any]) -> list[Any]:
-    """``stmts`` without the definitions nothing after them uses (``used``: the variables read after the
-    sequence), a dropped C local's constant stores with it."""
-    keep = [True] * len(stmts)
-    locals_ = {s.buffer for s in stmts if isinstance(s, tirx.AllocBuffer)}
-    stores: dict[Any, list[int]] = {}  # a local's constant stores (its zeroing), not counted as uses
-    for k in range(len(stmts) - 1, -1, -1):
-        stmt = stmts[k]
-        var = _defines(stmt)
-        if var is not None and var not in used:
-            keep[k] = False
-            for j in stores.get(var, []):
-                keep[j] = False
-            continue
-        if isinstance(stmt, tirx.BufferStore) and stmt.buffer in locals_ \
-                and isinstance(stmt.value, (tirx.IntImm, tirx.FloatImm)):
-            stores.setdefault(stmt.buffer, []).append(k)
-            continue
-        used |= set(tirx.analysis.undefined_vars(stmt, []))
-        if isinstance(stmt, (tirx.DeclBuffer, tirx.Bind)):  # a kept definition: what it is defined from is used
-            node = stmt.data if isinstance(stmt, tirx.DeclBuffer) else stmt.value
-            used |= set(tirx.analysis.undefined_vars(tirx.Evaluate(node), []))
-    return [s for s, k in zip(stmts, keep) if k]
+    loop = _with_body(top[len(before)], seq_of(stmts))
+    return without_unused_definitions(func.with_body(seq_of([*before, loop, *top[len(before) + 1:]]))), outlined
 
 
 def _with_body(loop: tirx.For, new: Any) -> tirx.For:

@@ -17,15 +17,14 @@ Works on the plain TIR of ``c_kernels.lower_plain``, after the nests chosen for 
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen.outline import patch_body
-from tvm_patch.tir_util import seq, substitute_vars, vars_of
+from tvm_patch.codegen.prune import without_unused_definitions
+from tvm_patch.tir_util import seq, substitute_vars
 
 __all__ = ["peel_patches"]
 
@@ -72,62 +71,4 @@ def peel_patches(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     peeled = func.with_body(seq([*before, peeled_axes(0, {}), *top[len(before) + 1:]]))
     mod = tirx.transform.RemoveNoOp()(tirx.transform.StmtSimplify()(tvm.IRModule({"main": peeled})))
-    return _without_unused_definitions(mod["main"])
-
-
-def _key(v: Any) -> int:
-    """A variable's identity (Python's wrappers of one TIR variable differ; a buffer's ``data`` is rebuilt per access)."""
-    return v.__chandle__()
-
-
-def _data(node: Any) -> int:
-    """The identity of the data variable of the buffer an allocation, a declaration or a store names: the first
-    variable of its walk (the buffer's first field; ``buffer.data`` itself does not give the variable back)."""
-    return _key(vars_of(node)[0])
-
-
-def _without_unused_definitions(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` without the bound values and C-local arrays nothing reads any more (the simplifier folded their
-    uses away in some copy; GCC would warn of unused variables), a dropped array's declarations and constant stores
-    (its zeroing) with it, until none is left."""
-    while True:
-        uses = Counter(_key(v) for v in vars_of(func.body))  # definitions included; a buffer's, per reference
-        own: Counter = Counter()  # occurrences of a C local's data variable in its definition and constant stores
-        binds: set[int] = set()
-        allocated: set[int] = set()
-
-        def visit(node: Any) -> tvm_ffi.WalkResult:
-            if isinstance(node, tirx.Bind):
-                if uses[_key(node.var)] == 1:
-                    binds.add(_key(node.var))
-            elif isinstance(node, (tirx.AllocBuffer, tirx.DeclBuffer)) or isinstance(node.value,
-                                                                                   (tirx.IntImm, tirx.FloatImm)):
-                data = _data(node)
-                own[data] += sum(1 for v in vars_of(node) if _key(v) == data)
-                if isinstance(node, tirx.AllocBuffer):
-                    allocated.add(data)
-            return tvm_ffi.WalkResult.ADVANCE
-
-        tvm_ffi.structural_walk(func.body, [(t, visit) for t in (tirx.AllocBuffer, tirx.DeclBuffer, tirx.BufferStore,
-                                                                 tirx.Bind)], order="pre")
-        gone = {v for v in allocated if uses[v] == own[v]} | binds  # C locals only, never the workspace's buffers
-        if not gone:
-            return func
-
-        def dead(stmt: Any) -> bool:
-            return (isinstance(stmt, tirx.Bind) and _key(stmt.var) in gone) or (
-                isinstance(stmt, (tirx.AllocBuffer, tirx.DeclBuffer, tirx.BufferStore)) and _data(stmt) in gone)
-
-        def drop_seq(node: tirx.SeqStmt) -> Any:
-            return seq([s for s in node.seq if not dead(s)])
-
-        def drop_body(node: tirx.For) -> Any:
-            if not dead(node.body):
-                return node
-            return tirx.For(node.loop_var, node.min, node.extent, node.kind, tirx.Evaluate(0), node.thread_binding,
-                            node.annotations, node.step)
-
-        body = tvm_ffi.structural_map(func.body, [(tirx.SeqStmt, drop_seq), (tirx.For, drop_body)])
-        if tvm_ffi.structural_equal(body, func.body):  # what is left sits elsewhere (never seen): kept
-            return func
-        func = tirx.transform.RemoveNoOp()(tvm.IRModule({"main": func.with_body(body)}))["main"]
+    return without_unused_definitions(mod["main"])
