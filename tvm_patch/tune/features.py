@@ -4,8 +4,9 @@ a candidate whose loop nest TVM's feature extraction rejects, one row of its kno
 A patch stage is such a kernel: its loop nest (patch/cache_stage.py) has loops whose extents depend on enclosing
 loop variables, and TVM 0.27's extraction stops on it ("Trying to update var 'ax0' with a different maximum
 value") for the whole batch, or on some stages (resnet8's and vww's 4x4 recompute stages) divides by zero and kills
-the process (SIGFPE, no exception to catch): a stage's candidates are never given to it. The stage's space is its unrolling, its patch loops peeled or not and, per layer nest, whether that nest is
-outlined (tune/space.py): the row holds those decisions (unrolled, peeled, then one column per nest), so the model learns what each
+the process (SIGFPE, no exception to catch): a stage's candidates are never given to it. The stage's space is its
+unrolling, its patch loops peeled or not and, per layer nest, whether that nest is outlined (tune/space.py): the row
+holds those decisions (unrolled, peeled, then one column per nest), so the model learns what each
 nest's outlining is worth (nearly additive, measured: docs/tuning.md) and the search ranks untried combinations.
 """
 
