@@ -9,7 +9,7 @@ compared (both builds bit-exact with their host build, or the row says so). Writ
 
 With `--patches P`, also the issue's goal for the patched build (at most layer by layer x (1 + MAC overhead + 2 %))
 with both builds tuned: a session on the patch stage (`--kernel tvmp_patch_stage`, at the split `auto` picks,
-halos recomputed) into the same database, so the kernels after the stage keep the layer-by-layer session's
+halos recomputed, or cached with `--halo cache`) into the same database, so the kernels after the stage keep the layer-by-layer session's
 records; the patched network built untuned and tuned, each against the layer-by-layer build in the same state; the
 MAC overhead from `tvm-patch profile` at the build's split.
 """
@@ -77,33 +77,34 @@ def goal(layer_by_layer: dict[str, int], patched: dict[str, int], mac_overhead: 
 
 
 def bench_patched(spec: str, board: str, trials: int, out: Path, timeout: float, patches: int, db: Path,
-                  layer_by_layer: dict[str, int]) -> dict[str, Any]:
-    """The patch stage's session into ``db``, the patched network built untuned and tuned, and the goal."""
-    session = _cli(["tune", spec, "--board", board, "--patches", str(patches), "--split", "auto", "--kernel", STAGE,
-                    "--trials", str(trials), "--db", str(db)], timeout)
+                  layer_by_layer: dict[str, int], halo: str = "recompute") -> dict[str, Any]:
+    """The patch stage's session into ``db``, the patched network built untuned and tuned, and the goal (halos
+    ``halo``: recomputed or cached)."""
+    plan = ["--patches", str(patches), "--split", "auto", "--halo", halo]
+    session = _cli(["tune", spec, "--board", board, *plan, "--kernel", STAGE, "--trials", str(trials), "--db", str(db)],
+                   timeout)
     if "error" in session:
         return {"error": f"tune (patch stage): {session['error']}"}
     builds = {}
     for label, extra in (("untuned", []), ("tuned", ["--tuning-db", str(db)])):
-        res = _cli(["build", spec, "--board", board, "--plan", "none", "--patches", str(patches), "--split", "auto",
-                    "--run", "emulator", "-o", str(out / "builds" / f"patched_{label}" /
+        res = _cli(["build", spec, "--board", board, "--plan", "none", *plan, "--run", "emulator", "-o", str(out / "builds" / f"patched_{label}" /
                                                   Path(spec).stem.replace(":", "_")), *extra], timeout)
         if "error" in res:
             return {"error": f"build (patched, {label}): {res['error']}"}
         builds[label] = res
     split = builds["untuned"]["export"]["plan"]["split_layers"]
-    prof = _cli(["profile", spec, "--patches", str(patches), "--split", str(split)], timeout)
+    prof = _cli(["profile", spec, "--patches", str(patches), "--split", str(split), "--halo", halo], timeout)
     if "error" in prof:
         return {"error": f"profile: {prof['error']}"}
     network = {k: builds[k]["run"]["instructions"] for k in builds}
-    return {"patches": patches, "split_layers": split, "network": network,
+    return {"patches": patches, "halo": halo, "split_layers": split, "network": network,
             "bit_exact": {k: builds[k]["run"]["bit_exact"] for k in builds},
             "stage": builds["tuned"].get("tuning", {}).get("tuned_kernels", {}).get(STAGE),
             **goal(layer_by_layer, network, prof["patch_based"]["mac_overhead"])}
 
 
 def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float,
-                patches: int | None = None, stage_trials: int = 32) -> dict[str, Any]:
+                patches: int | None = None, stage_trials: int = 32, halo: str = "recompute") -> dict[str, Any]:
     """The session, the two builds and the per-layer comparison of one model (with ``patches``, the patched
     build's goal too: ``bench_patched``, its stage's session of ``stage_trials``)."""
     db = out / "db" / Path(spec).stem.replace(":", "_")
@@ -126,7 +127,7 @@ def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float,
               "conv1x1": total, "layers": rows,
               "tuned_kernels": builds["tuned"].get("tuning", {}).get("tuned_kernels")}
     if patches:
-        result["patched"] = bench_patched(spec, board, stage_trials, out, timeout, patches, db, network)
+        result["patched"] = bench_patched(spec, board, stage_trials, out, timeout, patches, db, network, halo)
     return result
 
 
@@ -166,7 +167,8 @@ def _patched_line(p: dict[str, Any]) -> str:
         return f"patched: error: {p['error']}"
     stage = p.get("stage")
     state = {k: ("within" if p["within"][k] else "over") for k in ("untuned", "tuned")}
-    return (f"patched ({p['patches']}x{p['patches']}, split {p['split_layers']}, halos recomputed; bound "
+    halos = "halos cached" if p.get("halo") == "cache" else "halos recomputed"
+    return (f"patched ({p['patches']}x{p['patches']}, split {p['split_layers']}, {halos}; bound "
             f"{p['bound']:.3f}x: MAC overhead {p['mac_overhead']:.1%} + 2 %): untuned {p['network']['untuned']:,} "
             f"({p['ratio']['untuned']:.3f}x the untuned layer-by-layer build, {state['untuned']}), tuned "
             f"{p['network']['tuned']:,} ({p['ratio']['tuned']:.3f}x the tuned one, {state['tuned']}; bit-exact: "
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also tune the PxP patch stage and report the patched build's goal, both builds tuned")
     ap.add_argument("--stage-trials", type=int, default=32, help="with --patches: the stage session's trials (its "
                     "space: 2 x 2 x 2^nests points; on resnet8's, 64 trials more than 24 gained 0.01 %%)")
+    ap.add_argument("--halo", choices=("recompute", "cache"), default="recompute",
+                    help="with --patches: the patched build's halos, recomputed (the paper's) or cached")
     ap.add_argument("--out", type=Path, default=Path("bench_out/tuning"))
     args = ap.parse_args(argv)
     try:
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for spec in specs:
         results.append(bench_model(spec, args.board, args.trials, args.out, args.timeout, args.patches,
-                                   args.stage_trials))
+                                   args.stage_trials, args.halo))
         (args.out / "tuning.json").write_text(json.dumps(results, indent=1) + "\n")
         (args.out / "tuning.md").write_text(markdown(results, args.board))
         r = results[-1]

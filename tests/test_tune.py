@@ -400,7 +400,11 @@ def test_bench_tuning_reports_the_patched_goal_with_both_builds_tuned():
                           "bit_exact": {"untuned": True, "tuned": True},
                           "stage": {"rows": 4, "packed": True, "unrolled": True, "outlined": [1, 2]}, **g})
     assert "bound 1.720x" in line and "1.800x the untuned" in line and "over" in line
-    assert "unrolled, nests 1,2 outlined" in line
+    assert "unrolled, nests 1,2 outlined" in line and "halos recomputed" in line
+    cached = _patched_line({"patches": 2, "halo": "cache", "split_layers": 8,
+                            "network": {"untuned": 1800, "tuned": 1570}, "bit_exact": {"untuned": True, "tuned": True},
+                            "stage": None, **g})
+    assert "halos cached" in cached and "the stage tuned: its default" in cached
     assert _patched_line({"error": "tune (patch stage): boom"}) == "patched: error: tune (patch stage): boom"
 
 
