@@ -55,8 +55,15 @@ def test_profile_table(tmp_path):
     assert "<- peak" in proc.stdout and "layer-by-layer peak: 1280 B" in proc.stdout
 
 
-def test_missing_file():
-    assert_one_line_error(run("profile", "/no/such/model.onnx"), "/no/such/model.onnx", "no such file")
+@pytest.mark.parametrize("argv", [
+    ["profile"],
+    ["plan", "--board", "h743"],  # hashed for the plan cache before it is loaded
+    ["build", "--board", "f412", "-o", "OUT"],  # the default plan (auto) is searched first
+])
+def test_missing_file(argv, tmp_path):
+    argv = [argv[0], "/no/such/model.onnx", *(str(tmp_path / a) if a == "OUT" else a for a in argv[1:])]
+    assert_one_line_error(run(*argv), "/no/such/model.onnx", "no such file")
+    assert not (tmp_path / "OUT").exists()
 
 
 def test_directory_and_unknown_extension(tmp_path):

@@ -360,14 +360,17 @@ def test_rpc_session_with_a_local_tracker_and_two_servers(dense, tmp_path):
     (["plan", "MODEL", "--board", "h743", "--fast", "--tuning-db", "NODB"], "no tuning records"),
     (["rpc-server", "--tracker", "127.0.0.1:1", "--board", "h743"], "cannot reach the tracker"),
     (["rpc-server", "--tracker", "nohost", "--board", "h743"], "give HOST:PORT"),
+    (["tune", "NOMODEL", "--board", "h743", "--db", "NODB"], "no such file"),
+    (["tune", "MODEL", "--board", "h743", "--db", "NODB", "--kernel", "nosuch"], "no such kernel"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     (tmp_path / "DB").mkdir()
     (tmp_path / "DB" / "database_tuning_record.json").write_text("{not json\n")
-    argv = [str(tmp_path / a) if a in ("OUT", "DB", "NODB") else KWS if a == "MODEL" else a for a in argv]
+    argv = [str(tmp_path / a) if a in ("OUT", "DB", "NODB", "NOMODEL") else KWS if a == "MODEL" else a for a in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "NODB").exists()  # no empty database left behind
 
 
 def test_a_wrong_output_fails_the_candidate_and_the_session_goes_on(dense):

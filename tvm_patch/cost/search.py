@@ -22,9 +22,8 @@ from tvm_patch.cost.measure import core_key, export_plan
 from tvm_patch.cost.plan import HALO_MODES, MAX_PATCHES, Plan
 from tvm_patch.cost.predict import Prediction, predict_export
 from tvm_patch.errors import TvmPatchError
-from tvm_patch.export.api import model_sha256
 from tvm_patch.export.prefold import prefold_constants
-from tvm_patch.frontend import load
+from tvm_patch.frontend import load, model_sha256
 from tvm_patch.graph import build_graph
 from tvm_patch.patch.figures import patch_based
 from tvm_patch.profile import peak, profile_layers

@@ -10,7 +10,6 @@ half-written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -56,8 +55,7 @@ from tvm_patch.export.reschedule import (drop_unused_copies, free_pixel_copies, 
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
-from tvm_patch import zoo
-from tvm_patch.frontend import load
+from tvm_patch.frontend import load, model_sha256
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 from tvm_patch.transform.patch_stage import PatchStage
 
@@ -155,15 +153,6 @@ def expand_micro_kernels(mod: tvm.IRModule) -> tvm.IRModule:
 def _io_json(io: IOTensor) -> dict[str, Any]:
     """An input or output of ``tvmp_run`` as the board projects need it: name, dtype, shape, bytes."""
     return {"name": io.name, "dtype": io.dtype, "shape": list(io.shape), "bytes": io.nbytes}
-
-
-def model_sha256(spec: str) -> str:
-    """The SHA-256 of a model: the file's bytes, or for ``zoo:NAME[:int8]`` the bytes of its ONNX model."""
-    if spec.startswith("zoo:"):
-        name, _, variant = spec[len("zoo:"):].partition(":")
-        return hashlib.sha256(zoo.onnx_model(name, int8=variant == "int8").SerializeToString()).hexdigest()
-    with open(spec, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _repeated_args(prog: Program, name: str) -> list[tuple[int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -37,10 +38,7 @@ def load(spec: str) -> Model:
             raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
         proto = zoo.onnx_model(name, int8=variant == "int8")
         return Model(spec, onnx_to_relax(proto, spec), "onnx", "NCHW", *onnx_io_names(proto))
-    if not os.path.exists(spec):
-        raise TvmPatchError(f"{spec}: no such file; give an .onnx or .tflite path, or zoo:NAME (see `tvm-patch zoo`)")
-    if os.path.isdir(spec):
-        raise TvmPatchError(f"{spec}: is a directory; give an .onnx or .tflite file")
+    _check_file(spec)
     ext = os.path.splitext(spec)[1].lower()
     if ext == ".json":
         net, int8 = zoo.spec_file(spec)
@@ -65,6 +63,25 @@ def load(spec: str) -> Model:
         return Model(os.path.basename(spec), tflite_to_relax(data, spec), "tflite", "NHWC", *tflite_io_names(data))
     raise TvmPatchError(f"{spec}: unknown model format '{ext or '(none)'}'; expected .onnx, .tflite or a "
                         "zoo spec .json")
+
+
+def _check_file(spec: str) -> None:
+    """One line naming ``spec`` (a model path) when there is no file to read there."""
+    if not os.path.exists(spec):
+        raise TvmPatchError(f"{spec}: no such file; give an .onnx or .tflite path, or zoo:NAME (see `tvm-patch zoo`)")
+    if os.path.isdir(spec):
+        raise TvmPatchError(f"{spec}: is a directory; give an .onnx or .tflite file")
+
+
+def model_sha256(spec: str) -> str:
+    """The SHA-256 of a model (a cache key): the file's bytes, or for ``zoo:NAME[:int8]`` the bytes of its ONNX
+    model. Raises TvmPatchError as ``load`` does for a spec that names no file."""
+    if spec.startswith(ZOO_PREFIX):
+        name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
+        return hashlib.sha256(zoo.onnx_model(name, int8=variant == "int8").SerializeToString()).hexdigest()
+    _check_file(spec)
+    with open(spec, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def onnx_io_names(proto) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -44,14 +44,12 @@ def workload(func: tirx.PrimFunc) -> tvm.IRModule:
     return tvm.IRModule({"main": func})
 
 
-def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
-    """The JSONDatabase in ``db_dir`` (made when ``create``); a missing or unreadable one is a one-line error."""
+def check_database(db_dir: str | Path) -> None:
+    """A one-line error if ``db_dir`` cannot be a tuning database: a file, or holding unreadable records (a session
+    checks this before its export, and makes the directory only after it)."""
     path = Path(db_dir)
     if path.exists() and not path.is_dir():
         raise TvmPatchError(f"{db_dir}: not a directory; give the --db directory of a `tvm-patch tune` session")
-    if not create and not (path / RECORDS).is_file():
-        raise TvmPatchError(f"{db_dir}: no tuning records ({RECORDS} missing); run `tvm-patch tune MODEL --board B "
-                            f"--db {db_dir}` first")
     for name in (WORKLOADS, RECORDS):
         f = path / name
         if f.exists():
@@ -63,6 +61,15 @@ def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
                 where = f" line {n}" if isinstance(e, ValueError) else ""
                 raise TvmPatchError(f"{f}{where}: unreadable tuning database ({type(e).__name__}); remove it or "
                                     "tune again into a new --db") from None
+
+
+def open_database(db_dir: str | Path, create: bool) -> JSONDatabase:
+    """The JSONDatabase in ``db_dir`` (made when ``create``); a missing or unreadable one is a one-line error."""
+    path = Path(db_dir)
+    check_database(path)
+    if not create and not (path / RECORDS).is_file():
+        raise TvmPatchError(f"{db_dir}: no tuning records ({RECORDS} missing); run `tvm-patch tune MODEL --board B "
+                            f"--db {db_dir}` first")
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)

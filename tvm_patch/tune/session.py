@@ -46,7 +46,7 @@ from tvm_patch.tune.builder import HarnessBuilder
 from tvm_patch.tune.features import TolerantFeatures
 from tvm_patch.tune.harness import KernelHarness, kernel_program, network_rewrite, runs_in_place
 from tvm_patch.tune.measure import RUNNERS, CandidateError
-from tvm_patch.tune.records import UNITS, TunedKernels, open_database, tuning_target, workload
+from tvm_patch.tune.records import UNITS, TunedKernels, check_database, open_database, tuning_target, workload
 from tvm_patch.tune.runners import HarnessRunner, Measure, check_tracker, local_measure, rpc_key, rpc_measure
 from tvm_patch.tune.space import Choice, fixed_trace, kernel_space
 
@@ -260,7 +260,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         raise TvmPatchError(f"--trials {trials}: give at least 1")
     if runner == "rpc":
         check_tracker(tracker, rpc_key(board, rpc_runner))
-    db = open_database(db_dir, create=True)
+    check_database(db_dir)  # made only once the model exported and its kernels were found (no empty one left)
     measured_by = rpc_runner if runner == "rpc" else runner
     target = tuning_target(b.core, measured_by)
     with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
@@ -268,6 +268,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
         res = fitted_export(model, work / "network", board, patches=patches, split=split, halo=halo,
                             timeout_sec=timeout_sec)
         harnesses, untunable = _tunable_kernels(res, model, kernels)
+        db = open_database(db_dir, create=True)
         network_input = [(work / "network" / "io" / f"input{i}.bin").read_bytes() for i in range(len(res.program.inputs))]
         activations = call_inputs(res.program, res.arena_plan.tensor_offsets, work / "network" / "export",
                                   network_input, list(harnesses), timeout_sec)
