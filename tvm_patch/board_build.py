@@ -160,9 +160,11 @@ def build_project(project_dir: str | Path, *, runner: str = "emulator", run: boo
 
 def run_project(project_dir: str | Path, *, runner: str = "emulator", profile: bool = False,
                 timeout_sec: float = 600.0, port: str | None = None, probe: str | None = None) -> dict[str, Any]:
-    """Run the firmware already built in ``project_dir`` once (flashing it on a board); the run as JSON, with
-    the network's MACs and, with ``profile``, each kernel's kind and MACs from the export."""
+    """Run the firmware of ``project_dir`` once (flashing it on a board); the run as JSON, with the network's MACs
+    and, with ``profile``, each kernel's kind and MACs from the export. The runner's variant is built first where
+    it is missing or older than its sources (``make``: nothing to do otherwise; a project's C edited by hand too)."""
     api = ProjectAPI(project_dir)
+    api.build({"runner": runner, "profile": profile, "timeout_sec": timeout_sec})
     run = api.run({"runner": runner, "profile": profile, "timeout_sec": timeout_sec, "port": port,
                    "probe": probe}).to_json()
     export_json = Path(project_dir) / "export" / "tvmp_export.json"

@@ -576,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "fastest record's schedule (on --board's core, else any); --json says which")
     b.set_defaults(func=_cmd_build)
     _add_tune_commands(sub)
-    r = sub.add_parser("run", help="run a board project already built (tvm-patch build --board) once")
+    r = sub.add_parser("run", help="run a board project (tvm-patch build --board) once, its firmware built first "
+                       "where missing or stale")
     r.add_argument("project", help="the project directory (-o DIR of `tvm-patch build --board`)")
     r.add_argument("--runner", choices=["emulator", "device"], default="emulator",
                    help="emulator: QEMU, exact instruction counts; device: flash the board and read its serial port")
