@@ -66,6 +66,10 @@ def test_missing_file(argv, tmp_path):
     assert not (tmp_path / "OUT").exists()
 
 
+def test_unknown_zoo_variant_before_the_plan_search():
+    assert_one_line_error(run("plan", "zoo:mcunet-in0:int4", "--board", "h743"), "unknown zoo variant 'int4'")
+
+
 def test_directory_and_unknown_extension(tmp_path):
     assert_one_line_error(run("profile", str(tmp_path)), "directory")
     other = tmp_path / "model.pb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import tvm
 
@@ -33,10 +34,7 @@ def load(spec: str) -> Model:
     """Load `spec`: a path to an .onnx/.tflite file, a zoo spec .json file (ProxylessNAS/MCUNet config, as
     `tvm-patch search` writes them), or `zoo:NAME` (float32) / `zoo:NAME:int8` (QDQ int8)."""
     if spec.startswith(ZOO_PREFIX):
-        name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
-        if variant not in ("", "int8"):
-            raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
-        proto = zoo.onnx_model(name, int8=variant == "int8")
+        proto = _zoo_onnx(spec)
         return Model(spec, onnx_to_relax(proto, spec), "onnx", "NCHW", *onnx_io_names(proto))
     _check_file(spec)
     ext = os.path.splitext(spec)[1].lower()
@@ -65,6 +63,14 @@ def load(spec: str) -> Model:
                         "zoo spec .json")
 
 
+def _zoo_onnx(spec: str) -> Any:
+    """The ONNX model of ``zoo:NAME[:int8]``; one line for an unknown variant (an unknown name: ``zoo``'s)."""
+    name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
+    if variant not in ("", "int8"):
+        raise TvmPatchError(f"{spec}: unknown zoo variant '{variant}'; use zoo:NAME or zoo:NAME:int8")
+    return zoo.onnx_model(name, int8=variant == "int8")
+
+
 def _check_file(spec: str) -> None:
     """One line naming ``spec`` (a model path) when there is no file to read there."""
     if not os.path.exists(spec):
@@ -77,8 +83,7 @@ def model_sha256(spec: str) -> str:
     """The SHA-256 of a model (a cache key): the file's bytes, or for ``zoo:NAME[:int8]`` the bytes of its ONNX
     model. Raises TvmPatchError as ``load`` does for a spec that names no file."""
     if spec.startswith(ZOO_PREFIX):
-        name, _, variant = spec[len(ZOO_PREFIX):].partition(":")
-        return hashlib.sha256(zoo.onnx_model(name, int8=variant == "int8").SerializeToString()).hexdigest()
+        return hashlib.sha256(_zoo_onnx(spec).SerializeToString()).hexdigest()
     _check_file(spec)
     with open(spec, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
