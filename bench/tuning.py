@@ -4,7 +4,8 @@ beats untuned on the 1x1 convolutions"), reported honestly layer by layer: bette
 Per model: a tuning session (`tvm-patch tune MODEL --board B --trials N --db DIR`, exact instructions on QEMU),
 then the network built and run twice on the board's emulator with `--profile` (`tvm-patch build ... --run
 emulator --profile --json`), without and with `--tuning-db DIR`. Each 1x1 convolution call's instructions are
-compared (both builds bit-exact with their host build, or the row says so). Writes tuning.json and tuning.md to
+compared (both builds bit-exact with their host build, or the row says so); the networks' totals are those of the
+same projects run without the profile's counters (`tvm-patch run DIR`), as every other count here. Writes tuning.json and tuning.md to
 --out. Each step runs in its own process with a timeout.
 
 With `--patches P`, also the issue's goal for the patched build (at most layer by layer x (1 + MAC overhead + 2 %))
@@ -120,7 +121,14 @@ def bench_model(spec: str, board: str, trials: int, out: Path, timeout: float,
         builds[label] = res
     rows = compare(builds["untuned"], builds["tuned"])
     total = {k: sum(r[k] for r in rows) for k in ("untuned", "tuned")}
-    network = {k: builds[k]["run"]["instructions"] for k in builds}
+    # the networks' counts without the profile's counters (as the patched builds are run): the same projects' plain
+    # firmware, which `tvm-patch run` builds
+    network = {}
+    for label, res in builds.items():
+        run = _cli(["run", res["project_dir"], "--runner", "emulator"], timeout)
+        if "error" in run:
+            return {"model": spec, "error": f"run ({label}, without the profile): {run['error']}"}
+        network[label] = run["run"]["instructions"]
     result = {"model": spec, "trials": trials,
               "session": {k: session.get(k) for k in ("measured", "kernels", "untunable")}, "network": network,
               "bit_exact": {k: builds[k]["run"]["bit_exact"] for k in builds},

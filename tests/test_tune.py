@@ -411,6 +411,31 @@ def test_bench_tuning_reports_the_patched_goal_with_both_builds_tuned():
     assert _patched_line({"error": "tune (patch stage): boom"}) == "patched: error: tune (patch stage): boom"
 
 
+def test_bench_tuning_totals_are_runs_without_the_profile(monkeypatch, tmp_path):
+    """bench.tuning compares 1x1 calls in profiled builds, but its network totals (and the patched goal) are the
+    same projects run without the profile's counters, as the patched builds are: a profiled firmware counts more."""
+    import bench.tuning as bt
+
+    calls = []
+
+    def fake_cli(args, timeout):
+        calls.append(args)
+        if args[0] == "tune":
+            return {"measured": 1, "kernels": [], "untunable": []}
+        if args[0] == "build":
+            tuned = "--tuning-db" in args
+            k = {"index": 0, "name": "k", "kind": "conv1x1", "macs": 10, "instructions": 90 if tuned else 100}
+            return {"project_dir": str(tmp_path / ("t" if tuned else "u")), "tuning": {"tuned_kernels": {}},
+                    "run": {"instructions": 1_010 if tuned else 1_110, "bit_exact": True, "kernels": [k]}}
+        assert args[0] == "run" and args[2:] == ["--runner", "emulator"]  # the plain firmware of a built project
+        return {"run": {"instructions": 1_000 if args[1] == str(tmp_path / "t") else 1_100}}
+
+    monkeypatch.setattr(bt, "_cli", fake_cli)
+    r = bt.bench_model("m.tflite", "h743", 4, tmp_path, 60.0)
+    assert r["network"] == {"untuned": 1_100, "tuned": 1_000}
+    assert r["conv1x1"] == {"untuned": 100, "tuned": 90} and [c[0] for c in calls] == ["tune", "build", "build", "run", "run"]
+
+
 def test_bench_tuning_reports_each_1x1_layer():
     """bench.tuning's per-layer verdicts: better, equal or worse per 1x1 call, other kinds left out, and builds
     whose calls differ refused."""
