@@ -5,14 +5,14 @@ Per model: a tuning session (`tvm-patch tune MODEL --board B --trials N --db DIR
 then the network built and run twice on the board's emulator with `--profile` (`tvm-patch build ... --run
 emulator --profile --json`), without and with `--tuning-db DIR`. Each 1x1 convolution call's instructions are
 compared (both builds bit-exact with their host build, or the row says so); the networks' totals are those of the
-same projects run without the profile's counters (`tvm-patch run DIR`), as every other count here. Writes tuning.json and tuning.md to
---out. Each step runs in its own process with a timeout.
+same projects run without the profile's counters (`tvm-patch run DIR`), as every other count here. Writes
+tuning.json and tuning.md to --out. Each step runs in its own process with a timeout.
 
 With `--patches P`, also the issue's goal for the patched build (at most layer by layer x (1 + MAC overhead + 2 %))
 with both builds tuned: a session on the patch stage (`--kernel tvmp_patch_stage`, at the split `auto` picks,
-halos recomputed, or cached with `--halo cache`) into the same database, so the kernels after the stage keep the layer-by-layer session's
-records; the patched network built untuned and tuned, each against the layer-by-layer build in the same state; the
-MAC overhead from `tvm-patch profile` at the build's split.
+halos recomputed, or cached with `--halo cache`) into the same database, so the kernels after the stage keep the
+layer-by-layer session's records; the patched network built untuned and tuned, each against the layer-by-layer
+build in the same state; the MAC overhead from `tvm-patch profile` at the build's split.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def bench_patched(spec: str, board: str, trials: int, out: Path, timeout: float,
         return {"error": f"tune (patch stage): {session['error']}"}
     builds = {}
     for label, extra in (("untuned", []), ("tuned", ["--tuning-db", str(db)])):
-        res = _cli(["build", spec, "--board", board, "--plan", "none", *plan, "--run", "emulator", "-o", str(out / "builds" / f"patched_{label}" /
-                                                  Path(spec).stem.replace(":", "_")), *extra], timeout)
+        where = out / "builds" / f"patched_{label}" / Path(spec).stem.replace(":", "_")
+        res = _cli(["build", spec, "--board", board, "--plan", "none", *plan, "--run", "emulator", "-o", str(where),
+                    *extra], timeout)
         if "error" in res:
             return {"error": f"build (patched, {label}): {res['error']}"}
         builds[label] = res

@@ -433,7 +433,8 @@ def test_bench_tuning_totals_are_runs_without_the_profile(monkeypatch, tmp_path)
     monkeypatch.setattr(bt, "_cli", fake_cli)
     r = bt.bench_model("m.tflite", "h743", 4, tmp_path, 60.0)
     assert r["network"] == {"untuned": 1_100, "tuned": 1_000}
-    assert r["conv1x1"] == {"untuned": 100, "tuned": 90} and [c[0] for c in calls] == ["tune", "build", "build", "run", "run"]
+    assert r["conv1x1"] == {"untuned": 100, "tuned": 90}
+    assert [c[0] for c in calls] == ["tune", "build", "build", "run", "run"]
 
 
 def test_bench_tuning_reports_each_1x1_layer():

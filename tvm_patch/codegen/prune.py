@@ -25,7 +25,8 @@ __all__ = ["without_unused_definitions"]
 
 
 def _key(v: Any) -> int:
-    """A variable's identity (Python's wrappers of one TIR variable differ; a buffer's ``data`` is rebuilt per access)."""
+    """A variable's identity (Python's wrappers of one TIR variable differ; a buffer's ``data`` is rebuilt per
+    access)."""
     return v.__chandle__()
 
 
