@@ -422,8 +422,13 @@ def test_bench_tuning_totals_are_runs_without_the_profile(monkeypatch, tmp_path)
         calls.append(args)
         if args[0] == "tune":
             return {"measured": 1, "kernels": [], "untunable": []}
+        if args[0] == "profile":
+            return {"patch_based": {"mac_overhead": 0.0}}
+        tuned = "--tuning-db" in args
+        if args[0] == "build" and "--patches" in args:  # run without --profile: its count is the plain one
+            return {"export": {"plan": {"split_layers": 6}}, "tuning": {"tuned_kernels": {}},
+                    "run": {"instructions": 1_019 if tuned else 1_300, "bit_exact": True}}
         if args[0] == "build":
-            tuned = "--tuning-db" in args
             k = {"index": 0, "name": "k", "kind": "conv1x1", "macs": 10, "instructions": 90 if tuned else 100}
             return {"project_dir": str(tmp_path / ("t" if tuned else "u")), "tuning": {"tuned_kernels": {}},
                     "run": {"instructions": 1_010 if tuned else 1_110, "bit_exact": True, "kernels": [k]}}
@@ -431,10 +436,14 @@ def test_bench_tuning_totals_are_runs_without_the_profile(monkeypatch, tmp_path)
         return {"run": {"instructions": 1_000 if args[1] == str(tmp_path / "t") else 1_100}}
 
     monkeypatch.setattr(bt, "_cli", fake_cli)
-    r = bt.bench_model("m.tflite", "h743", 4, tmp_path, 60.0)
+    r = bt.bench_model("m.tflite", "h743", 4, tmp_path, 60.0, patches=2, halo="cache")
     assert r["network"] == {"untuned": 1_100, "tuned": 1_000}
     assert r["conv1x1"] == {"untuned": 100, "tuned": 90}
-    assert [c[0] for c in calls] == ["tune", "build", "build", "run", "run"]
+    assert [c[0] for c in calls] == ["tune", "build", "build", "run", "run", "tune", "build", "build", "profile"]
+    assert all(c[c.index("--halo") + 1] == "cache" for c in calls[5:])
+    p = r["patched"]
+    assert p["halo"] == "cache" and p["ratio"]["tuned"] == pytest.approx(1.019) and p["within"]["tuned"]
+    assert not p["within"]["untuned"]  # 1,300 / 1,100
 
 
 def test_bench_tuning_reports_each_1x1_layer():
