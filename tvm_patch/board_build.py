@@ -81,8 +81,7 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                                        {"board": board, "opt": opt, "stack_bytes": stack_bytes, "seed": seed}),
         lambda _result: build_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec), wide)
     if run:
-        report["run"] = run_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec, port=port,
-                                    probe=probe)
+        report["run"] = _run_built(out_dir, runner, profile, timeout_sec, port, probe)
     report["export"] = {k: v for k, v in result.to_json().items() if k not in ("out_dir", "files", "check")}
     return report
 
@@ -153,8 +152,7 @@ def build_project(project_dir: str | Path, *, runner: str = "emulator", run: boo
     report = firmware_json(fw, load_project(project_dir))
     report["project_dir"] = str(Path(project_dir))
     if run:
-        report["run"] = run_project(project_dir, runner=runner, profile=profile, timeout_sec=timeout_sec,
-                                    port=port, probe=probe)
+        report["run"] = _run_built(project_dir, runner, profile, timeout_sec, port, probe)
     return report
 
 
@@ -163,8 +161,14 @@ def run_project(project_dir: str | Path, *, runner: str = "emulator", profile: b
     """Run the firmware of ``project_dir`` once (flashing it on a board); the run as JSON, with the network's MACs
     and, with ``profile``, each kernel's kind and MACs from the export. The runner's variant is built first where
     it is missing or older than its sources (``make``: nothing to do otherwise; a project's C edited by hand too)."""
+    ProjectAPI(project_dir).build({"runner": runner, "profile": profile, "timeout_sec": timeout_sec})
+    return _run_built(project_dir, runner, profile, timeout_sec, port, probe)
+
+
+def _run_built(project_dir: str | Path, runner: str, profile: bool, timeout_sec: float, port: str | None,
+               probe: str | None) -> dict[str, Any]:
+    """``run_project`` on firmware just built (the build functions here): no second ``make``."""
     api = ProjectAPI(project_dir)
-    api.build({"runner": runner, "profile": profile, "timeout_sec": timeout_sec})
     run = api.run({"runner": runner, "profile": profile, "timeout_sec": timeout_sec, "port": port,
                    "probe": probe}).to_json()
     export_json = Path(project_dir) / "export" / "tvmp_export.json"

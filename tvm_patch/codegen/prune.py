@@ -36,6 +36,11 @@ def _data(node: Any) -> int:
     return _key(vars_of(node)[0])
 
 
+def _occurrences(node: Any, key: int) -> int:
+    """How often the variable ``key`` occurs in ``node``."""
+    return sum(1 for v in vars_of(node) if _key(v) == key)
+
+
 def _unread(body: Any) -> set[int]:
     """The variables ``body`` defines and nothing reads: bound values, declared buffers, C-local arrays (for these
     the constant stores do not count as reads)."""
@@ -52,12 +57,12 @@ def _unread(body: Any) -> set[int]:
         elif isinstance(node, (tirx.AllocBuffer, tirx.DeclBuffer)):
             data = _data(node)
             defined.add(data)
-            own[data] += sum(1 for v in vars_of(node) if _key(v) == data)
+            own[data] += _occurrences(node, data)
             if isinstance(node, tirx.AllocBuffer):
                 local.add(data)
         elif isinstance(node.value, (tirx.IntImm, tirx.FloatImm)):
             data = _data(node)
-            constant_stores[data] += sum(1 for v in vars_of(node) if _key(v) == data)
+            constant_stores[data] += _occurrences(node, data)
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(body, [(t, visit) for t in (tirx.AllocBuffer, tirx.DeclBuffer, tirx.BufferStore,

@@ -24,8 +24,8 @@ from tvm_patch.export.blocking import DEFAULT_ROWS
 from tvm_patch.export.wide_weights import INT8_WEIGHTS_ATTR
 from tvm_patch.tune.space import Choice, trace_choice
 
-__all__ = ["WORKLOADS", "RECORDS", "UNITS", "TunedKernels", "database_digest", "open_database", "tuned_kernels",
-           "tuning_target", "workload"]
+__all__ = ["WORKLOADS", "RECORDS", "UNITS", "TunedKernels", "check_database", "database_digest", "open_database",
+           "tuned_kernels", "tuning_target", "workload"]
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
