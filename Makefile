@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BOARD ?= h743
 PYTEST_ARGS ?=
+# the suite's workers (pytest-xdist; one per core of the 2-core CI machine); TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 APT_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm
 
 .PHONY: test test-all bench setup system-deps clean
@@ -34,10 +37,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-all: setup
-	$(PY) -m pytest -q -m '' $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m '' $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run --board $(BOARD)

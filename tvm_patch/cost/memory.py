@@ -24,6 +24,7 @@ from typing import Any
 from microtvm_projects.boards import Board
 from microtvm_projects.generate import TEMPLATE, io_sources
 
+from tvm_patch.atomic import write_atomic
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.paths import cache_dir
 
@@ -196,7 +197,8 @@ def write_base(board: Board, runner: str, opt: str, built_flash: int, objects_fl
     """Record the firmware base from one built firmware: its Flash less the network-dependent objects (as linked:
     ``linked_bytes``)."""
     base = built_flash - objects_flash
-    base_cache(board, runner, opt).write_text(json.dumps({"flash_base_bytes": base, "board": board.key,
-                                                          "runner": runner, "opt": opt,
-                                                          "symbols": sorted(symbols)}) + "\n")
+    # whole-file: test workers (and parallel tuning sessions) read and write the same cache file
+    write_atomic(base_cache(board, runner, opt), json.dumps({"flash_base_bytes": base, "board": board.key,
+                                                             "runner": runner, "opt": opt,
+                                                             "symbols": sorted(symbols)}) + "\n")
     return base, set(symbols)
