@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from onnx_graphs import tiny_residual
+from tvm_patch import cli
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -105,6 +106,21 @@ def test_unsupported_onnx_op(tmp_path):
 
 def test_unknown_zoo_name():
     assert_one_line_error(run("profile", "zoo:no-such-net"), "no-such-net")
+
+
+@pytest.mark.parametrize("argv", [["profile", "M", "--split", "3", "--patches", "0"],
+                                  ["verify", "M", "--split", "3", "--patches", "-1"],
+                                  ["build", "M", "--split", "3", "--patches", "0"],
+                                  ["tune", "M", "--board", "h743", "--split", "3", "--db", "DB", "--patches", "0"]])
+def test_patch_count_below_one_is_refused_alike(argv, tmp_path, capsys):
+    """Every command's --patches is checked by the parser, with one message, before any work (no --db made)."""
+    argv = [str(tmp_path / "DB") if a == "DB" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: argument --patches: {argv[-1]}: give at least 1 patch per side")
+    assert not (tmp_path / "DB").exists()
 
 
 def test_no_command_prints_help():

@@ -505,7 +505,6 @@ def test_cli_build_text(tmp_path):
     "args,needle",
     [
         (["--patches", "2"], "both --patches and --split"),
-        (["--patches", "0", "--split", "3"], "--patches must be positive"),
         (["--emit", "c", "--split", "3"], "both --patches and --split"),
         (["--rounding", "onnxruntime", "--patches", "2", "--split", "3"], "works layer by layer only"),
     ],
@@ -516,6 +515,15 @@ def test_cli_build_errors(tmp_path, args, needle):
     proc = _cli("build", str(model), "-o", str(tmp_path / "out"), *args)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_patch_count_below_one(tmp_path):
+    """The library call checks what the command line's parser checks for its users (test_cli)."""
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_residual(), model)
+    with pytest.raises(TvmPatchError, match="--patches must be positive"):
+        export_model(str(model), tmp_path / "out", patches=0, split=3)
     assert not (tmp_path / "out").exists()
 
 

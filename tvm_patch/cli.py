@@ -474,6 +474,17 @@ def _cmd_rpc_server(args: argparse.Namespace) -> int:
         server.terminate()
 
 
+def _patch_count(text: str) -> int:
+    """``--patches P`` of every command: a whole number of at least 1 (argparse prints the one line)."""
+    try:
+        p = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of patches per side") from None
+    if p < 1:
+        raise argparse.ArgumentTypeError(f"{p}: give at least 1 patch per side")
+    return p
+
+
 def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="tune the kernels' schedules with meta_schedule; records to --db")
     t.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
@@ -483,7 +494,7 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
                    help="emulator (exact instructions on QEMU), host (seconds, a quick check), device (cycles on "
                         "the board), rpc (a farm behind --tracker)")
     t.add_argument("--db", default="tuning_db", metavar="DIR", help="the record database (default tuning_db)")
-    t.add_argument("--patches", type=int, metavar="P", help="tune the patch-mode network (needs --split)")
+    t.add_argument("--patches", type=_patch_count, metavar="P", help="tune the patch-mode network (needs --split)")
     t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
     t.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
@@ -525,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.add_argument("--plot", metavar="FILE.png", help="draw the per-layer memory bar chart (MCUNetV2 Fig. 1)")
-    pr.add_argument("--patches", type=int, metavar="P", help="also profile running the first stage over PxP patches")
+    pr.add_argument("--patches", type=_patch_count, metavar="P", help="also profile running the first stage over PxP patches")
     pr.add_argument("--split", metavar="S",
                     help="with --patches: where the stage ends, a layer count N, block:N or auto (the split "
                          "PatchStage picks; the profile says which)")
@@ -537,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", choices=["host"], default="host",
                    help="host: gcc build with the generated Makefile (see --board for the STM32 boards)")
     b.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory (replaced atomically)")
-    b.add_argument("--patches", type=int, metavar="P", help="patch mode: P x P patches (needs --split)")
+    b.add_argument("--patches", type=_patch_count, metavar="P", help="patch mode: P x P patches (needs --split)")
     b.add_argument("--split", metavar="S",
                    help="patch mode: layers in the patch stage, block:N or auto (needs --patches)")
     b.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
@@ -587,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check the patch-based module against the layer-by-layer one "
                                       "(quantized models: both after LowerToInteger, bit-exact)")
     v.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
-    v.add_argument("--patches", type=int, metavar="P", help="PxP patches")
+    v.add_argument("--patches", type=_patch_count, metavar="P", help="PxP patches")
     v.add_argument("--split", metavar="S", help="where the stage ends: a layer count N, block:N or auto")
     v.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     v.add_argument("--reference", choices=["tflm", "tflite-micro", "onnxruntime", "auto"],

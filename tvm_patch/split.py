@@ -49,7 +49,7 @@ def _untileable(graph: Graph, layer: Layer, quantized: bool) -> str | None:
 def check_split(graph: Graph, n: int, patches: tuple[int, int] | None = None) -> str | None:
     """Why the first n layers cannot be one patch stage, or None when they can."""
     if n < 1 or n > len(graph.layers):
-        return f"split {n} is outside the network (1..{len(graph.layers)} layers)"
+        return f"outside the network (1..{len(graph.layers)} layers)"
     if len(graph.inputs) != 1:
         return "the network has several inputs"
     quantized = _quantized(graph)
