@@ -29,8 +29,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from microtvm_projects.api import ProjectAPI
 from microtvm_projects.boards import Board, get_board
 from microtvm_projects.emulator import qemu_command
+from microtvm_projects.errors import ProjectError
 
 BARRIER = "tvmp_barrier();"
 TIMEOUT_SEC = 1800
@@ -200,16 +202,14 @@ def nests(source: list[str], function: str) -> list[tuple[int, int]]:
 
 
 def profile(project: Path, function: str) -> dict:
-    """Per nest of ``function`` in ``project``'s firmware (the profile build's if there is one): its lines, the
-    instructions executed on them, the micro-kernels it calls and the buffers it writes."""
-    build = project / "build"
-    elf = next((p for p in (build / "emulator-profile" / "firmware.elf", build / "emulator" / "firmware.elf")
-                if p.is_file()), None)
-    if elf is None:
-        _fail(f"{project}: no emulator firmware; build it with `tvm-patch build MODEL --board B --run emulator -o "
-              f"{project}`")
-    project_json = json.loads((project / "tvmp_project.json").read_text())
-    board = get_board(project_json["board"])
+    """Per nest of ``function`` in ``project``'s firmware (its emulator profile build, made first where missing or
+    older than its C, a ``model.c`` edited by hand included): its lines, the instructions executed on them, the
+    micro-kernels it calls and the buffers it writes."""
+    try:  # `make`: nothing to do when the ELF is newer than its sources, so lines and counts never disagree
+        elf = ProjectAPI(project).build({"runner": "emulator", "profile": True}).elf
+    except ProjectError as e:
+        _fail(e.one_line())
+    board = get_board(json.loads((project / "tvmp_project.json").read_text())["board"])
     source = (project / "model" / "model.c").read_text().splitlines()
     per_line = line_counts(elf, execution(elf, board), function)
     rows = []

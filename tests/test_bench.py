@@ -306,11 +306,13 @@ def test_line_profile_counts_each_nest_exactly(tmp_path):
     assert calling[call - 1] == calling[call + 2] == 2  # push, pop: the function's own lines, as before
 
 
-def test_line_profile_without_firmware_is_one_line(tmp_path):
+def test_line_profile_outside_a_project_is_one_line(tmp_path):
+    """The profile build is made (or found up to date) through the project API first, so a folder that is no project
+    is the API's one line; a project's stale ELF is rebuilt as `tvm-patch run` rebuilds it (test_board_projects)."""
     proc = subprocess.run([sys.executable, "-m", "bench.line_profile", str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"line_profile: {tmp_path}: no emulator firmware; build it with `tvm-patch build")
+    assert proc.stderr.startswith(f"line_profile: {tmp_path}: not a board project (no tvmp_project.json)")
 
 
 def test_line_profile_bad_line_range_is_one_line(tmp_path):
