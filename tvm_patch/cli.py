@@ -536,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="an .onnx or .tflite file, or zoo:NAME[:int8]")
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.add_argument("--plot", metavar="FILE.png", help="draw the per-layer memory bar chart (MCUNetV2 Fig. 1)")
-    pr.add_argument("--patches", type=_patch_count, metavar="P", help="also profile running the first stage over PxP patches")
+    pr.add_argument("--patches", type=_patch_count, metavar="P",
+                    help="also profile running the first stage over PxP patches")
     pr.add_argument("--split", metavar="S",
                     help="with --patches: where the stage ends, a layer count N, block:N or auto (the split "
                          "PatchStage picks; the profile says which)")
