@@ -31,7 +31,9 @@ from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
 from tvm_patch import report
 from tvm_patch.patch import cache_stage
 from tvm_patch.patch.cache_plan import writes_top_left
+from tvm_patch.patch.block_plan import pairs_down
 from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stage
+from tvm_patch.patch.stage_forms import PAIRS_DOWN, form_default, pairs_down_default, with_form
 from tvm_patch.patch.memory import PatchMemory, pick_schedule
 from tvm_patch.patch.examples import mbv2_stage
 from tvm_patch.patch.reference import compile_func, run_numpy, run_numpy_cached, run_tvm
@@ -448,6 +450,45 @@ def test_blocked_stage_forms_in_c(layout, halo):
         assert re.search(r"acc\w*\[[^]]*\] = layer\d_bias\[", body)
     x = np.random.default_rng(2).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_odd_column_in_pairs_down(halo):
+    """An NCHW 1x1 conv of 16 blocks of 2 channels (8 -> 32) over regions of odd width and height: its rows in pixel
+    pairs, then its odd last column either in pairs down it (`block_plan.pairs_down`: the two pixels, a row apart,
+    copied into `pixel_down` and widened; the last row's pixel alone) or each row's last pixel alone, both forms in
+    the stage's TIR under its flag (`stage_forms`), the default by halo mode; TVM runs the default, the C export the
+    form chosen, each bit for bit the numpy reference. A 1x1 of fewer blocks has no such choice."""
+    conv = _int8_conv(np.random.default_rng(11), "NCHW")
+    layers = [conv(3, 8, 3, 1, 1, 4)]
+    layers.append(conv(8, 32, 1, 1, 1, layers[-1].quant.output_zero_point))
+    layers.append(conv(32, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 3, 15, 15), tuple(layers), "NCHW", "int8")
+    assert [pairs_down(stage, {1: 2, 2: 2}, v) for v in (1, 2)] == [True, False]
+    build = build_cached_stage if halo == "cache" else build_recompute_stage
+    x = np.random.default_rng(3).integers(-128, 128, stage.input_shape).astype("int8")
+    want = run_numpy(stage, x)
+    assert np.array_equal(run_tvm(build(stage, (3, 3)), stage, x), want)  # TVM's requantization: runs on the host
+    with extern_requantization():
+        func = build(stage, (3, 3))
+    assert form_default(func) is (halo == "cache") is pairs_down_default(halo == "cache")
+    for down in (True, False):
+        formed = with_form(func, down)
+        assert form_default(formed) is None and with_form(formed, not down) is formed
+        body = emit_c({"stage": formed}).code
+        body = body[body.index("void stage("):]
+        assert PAIRS_DOWN not in body
+        # the 8 -> 32 layer: its row pairs from the channel planes; down its odd column, pairs of copied pixels
+        assert re.search(r"tvmp_widen_px2_planes\(\(&\(layer0\[", body)
+        assert bool(re.search(r"tvmp_widen_px2\(\(&\(pixel_down\w*\[0\]\)\), \w+, 8, ", body)) is down
+        assert ("pixel_down" in body) is down
+        assert np.array_equal(run_c(formed, stage, x), want)
+    # no conv of 16 blocks: no flag, the function as written
+    small = Stage((1, 3, 15, 15), tuple(layers[:1]) + (conv(8, 8, 1, 1, 1, layers[0].quant.output_zero_point),),
+                  "NCHW", "int8")
+    with extern_requantization():
+        plain = build_cached_stage(small, (3, 3))
+    assert form_default(plain) is None and with_form(plain, True) is plain
 
 
 @pytest.mark.parametrize("halo", ["recompute", "cache"])

@@ -98,10 +98,19 @@ def test_the_outlining_decisions_round_trip_and_make_the_feature_row():
     sch = s_tir.Schedule(te.create_prim_func([a, b]))
     chosen = Choice(unrolled=True, outlined=(1, 3), peeled=True)
     kernel_space("k", False, False, chosen, nests=4)(sch)
-    assert trace_choice(sch.trace) == chosen
+    assert trace_choice(sch.trace) == chosen  # no odd-column knob: paired_down None
     row = decision_row(sch.mod, 8)
-    assert row.shape == (1, 8) and row[0].tolist() == [1, 1, 0, 1, 0, 1, 0, 0]
+    assert row.shape == (1, 8) and row[0].tolist() == [1, 1, 0, 0, 1, 0, 1, 0]
     assert not np.any(decision_row(s_tir.Schedule(te.create_prim_func([a, b])).mod, 8))
+    # the odd-column knob (a stage of two forms, stage_forms.py): either value round trips, whatever the default;
+    # the default schedule's record (paired_down None) takes the stage's default
+    for default, down in [(True, False), (False, True), (True, True)]:
+        sch = s_tir.Schedule(te.create_prim_func([a, b]))
+        kernel_space("k", False, False, Choice(paired_down=down), nests=2, down_default=default)(sch)
+        assert trace_choice(sch.trace).paired_down is down and decision_row(sch.mod, 8)[0, 2] == float(down)
+    sch = s_tir.Schedule(te.create_prim_func([a, b]))
+    kernel_space("k", False, False, Choice(), nests=2, down_default=True)(sch)
+    assert trace_choice(sch.trace).paired_down is True
 
 
 RESNET8 = next((f for f in mlperf_tflite_files() if f.endswith("resnet8_int8.tflite")), None)
@@ -126,4 +135,4 @@ def test_a_stage_candidate_gets_its_decisions_without_tvms_extraction(tmp_path):
         context = ms.TuneContext(workload(stage), target=Target("c"), num_threads=1)
     (feats,) = TolerantFeatures().extract_from(context, [MeasureCandidate(sch, ArgInfo.from_prim_func(stage))])
     row = feats.numpy()
-    assert row.shape[0] == 1 and row[0, :6].tolist() == [0, 0, 1, 0, 1, 0]
+    assert row.shape[0] == 1 and row[0, :7].tolist() == [0, 0, 0, 1, 0, 1, 0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from tvm import rpc
 from tvm.rpc.tracker import Tracker
@@ -27,6 +28,7 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.export.odd_planes import OVERLAP_ATTR
 from tvm_patch.export.wide_weights import weights_key
+from tvm_patch.patch.stage_forms import PAIRS_DOWN
 from microtvm_projects.boards import get_board
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import RunnerInput
@@ -45,6 +47,8 @@ from tvm_patch.tune.space import Choice, fixed_trace, row_choices, trace_choice
 from tvm_patch.cost import Plan, predict
 from tvm_patch.cost.latency import for_core
 from tvm_patch.cost.measure import export_plan
+from tvm_patch.zoo import build_spec
+from tvm_patch.zoo.spec import BlockSpec, ConvSpec, NetSpec
 
 KWS = next((f for f in mlperf_tflite_files() if f.endswith("kws_int8.tflite")), None)
 VWW = next((f for f in mlperf_tflite_files() if f.endswith("vww_96_int8.tflite")), None)
@@ -245,6 +249,40 @@ def test_a_patch_stage_is_tuned_and_its_record_applies(tmp_path):
     assert (NOINLINE_MACRO + " void " + stage + "(" in _definition(code, stage)) == bool(k.best_outlined)
     helpers = sorted(int(m) for m in re.findall(r"^static .*\bvoid " + stage + r"_nest(\d+)\(", code, flags=re.M))
     assert helpers == k.best_outlined
+
+
+@pytest.fixture(scope="module")
+def odd_columns(tmp_path_factory) -> str:
+    """A tiny int8 NCHW network (30 x 30, a stride-2 stem 3 -> 8, one block 8 -> 32 -> 8) whose 3 x 3 patch stage has
+    a 1x1 conv of 16 channel blocks over regions of odd width: a stage of two odd-column forms (stage_forms.py)."""
+    net = NetSpec("odd_columns", "mbv2", 30, ConvSpec(3, 8, 3, 2), (BlockSpec(8, 32, 8, 3, 1, True, True),), None, 10)
+    path = tmp_path_factory.mktemp("odd_columns") / "odd_columns.onnx"
+    onnx.save(build_spec(net, int8=True), path)
+    return str(path)
+
+
+def test_the_odd_columns_form_is_a_knob_of_the_stage(odd_columns, tmp_path):
+    """A patch stage with such columns: the export writes the form asked (`pairs_down`; the stage's default
+    otherwise: paired down in cache mode), both bit-exact with TVM; a session measures both forms (the knob
+    sampled, none failed) and the build applies the best record's."""
+    stage = "tvmp_patch_stage"
+    for down in (None, True, False):
+        res = export_model(odd_columns, tmp_path / f"x{down}", patches=3, split="auto", halo="cache", check=True,
+                           seeds=(0,), pairs_down=None if down is None else lambda n, f, down=down: down)
+        assert res.check.bit_exact
+        code = (tmp_path / f"x{down}" / "model.c").read_text()
+        assert ("pixel_down" in code) is (down is not False) and PAIRS_DOWN not in code
+    s = tune_model(odd_columns, "h743", trials=6, runner="emulator", db_dir=tmp_path / "db", patches=3,
+                   split="auto", halo="cache", kernels=[stage], progress=False)
+    (k,) = s.kernels
+    assert k.name == stage and k.failed == 0 and k.down_default is True and s.measured >= 2
+    records = open_database(tmp_path / "db", create=False).get_all_tuning_records()
+    assert {trace_choice(r.trace).paired_down for r in records} == {False, True}
+    tuned = TunedKernels(open_database(tmp_path / "db", create=False), get_board("h743").core)
+    res = export_model(odd_columns, tmp_path / "built", patches=3, split="auto", halo="cache", check=True,
+                       seeds=(0,), **tuned.export_args())
+    assert res.check.bit_exact and tuned.used[stage]["paired_down"] == k.best_paired_down is not None
+    assert ("pixel_down" in (tmp_path / "built" / "model.c").read_text()) is k.best_paired_down
 
 
 @pytest.fixture(scope="module")

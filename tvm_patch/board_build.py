@@ -62,7 +62,8 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     halo: str = "recompute", packing: Callable[[str, Any], bool] | None = None,
                     wide: str = "auto", unroll: Callable[[str, Any], bool] | None = None,
                     outline: Callable[[str, Any], tuple[int, ...]] | None = None,
-                    peel: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
+                    peel: Callable[[str, Any], bool] | None = None,
+                    pairs_down: Callable[[str, Any], bool | None] | None = None) -> dict[str, Any]:
     """Export ``model`` (layer by layer, or its first ``split`` layers over ``patches`` x ``patches`` patches,
     the halos as ``halo`` says), generate the ``board`` project in ``out_dir``, build it for ``runner`` and,
     with ``run``, run it once; returns the JSON report (``"run"`` present when it ran).
@@ -77,7 +78,7 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
         lambda chosen: _export_project(model, out_dir, dict(patches=patches, split=split, integer=integer,
                                                             rounding=rounding, kernels=kernels, rows=rows, halo=halo,
                                                             packing=packing, wide=chosen, unroll=unroll,
-                                                            outline=outline, peel=peel),
+                                                            outline=outline, peel=peel, pairs_down=pairs_down),
                                        {"board": board, "opt": opt, "stack_bytes": stack_bytes, "seed": seed}),
         lambda _result: build_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec), wide)
     if run:

@@ -434,17 +434,21 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return "-" if c is None else f"{c:.3g} s" if s.unit == "seconds" else f"{int(c):,}"
 
     def form(rows: int | None, packed: bool | None, knob: bool, unrolled: bool | None = False,
-             outlined: list[int] | None = None, peeled: bool | None = False) -> str:
-        # the packing only where it is a knob, the unrolling when on, a stage's outlined nests when any, its peeling
+             outlined: list[int] | None = None, peeled: bool | None = False, down: bool | None = None) -> str:
+        # the packing only where it is a knob, the unrolling when on, a stage's outlined nests when any, its peeling,
+        # its odd columns' form where it is a knob
         return (f"rows {rows}" + ("" if not knob or packed is None else ", packed" if packed else ", unpacked")
                 + (", unrolled" if unrolled else "")
                 + (f", nests {','.join(map(str, outlined))} outlined" if outlined else "")
-                + (", patches peeled" if peeled else ""))
+                + (", patches peeled" if peeled else "")
+                + ("" if down is None else ", odd columns paired down" if down else ", odd columns alone"))
 
     for k in s.kernels:
         gain = f"{k.default_cost / k.best_cost:.3f}x" if k.default_cost and k.best_cost else "-"
-        print(f"  {k.name}: default {form(k.default_rows, k.default_packed, k.pack_knob)} {cost(k.default_cost)}, "
-              f"tuned {form(k.best_rows, k.best_packed, k.pack_knob, k.best_unrolled, k.best_outlined, k.best_peeled)} {cost(k.best_cost)} ({gain}), "
+        default = form(k.default_rows, k.default_packed, k.pack_knob, down=k.down_default)
+        tuned = form(k.best_rows, k.best_packed, k.pack_knob, k.best_unrolled, k.best_outlined, k.best_peeled,
+                     k.best_paired_down if k.best_paired_down is not None else k.down_default)
+        print(f"  {k.name}: default {default} {cost(k.default_cost)}, tuned {tuned} {cost(k.best_cost)} ({gain}), "
               f"{k.failed} failed, "
               f"{k.calls} calls{', int8 weights (Flash)' if k.int8_weights else ''}")
     totals = s.totals()

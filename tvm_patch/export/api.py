@@ -56,6 +56,7 @@ from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch.frontend import load, model_sha256
+from tvm_patch.patch.stage_forms import with_form
 from tvm_patch.transform.lower_to_integer import lower_to_integer
 from tvm_patch.transform.patch_stage import PatchStage
 
@@ -210,6 +211,7 @@ def export_model(
     unroll: Callable[[str, Any], bool] | None = None,
     outline: Callable[[str, Any], tuple[int, ...]] | None = None,
     peel: Callable[[str, Any], bool] | None = None,
+    pairs_down: Callable[[str, Any], bool | None] | None = None,
 ) -> ExportResult:
     """Export ``model`` as plain C over one static arena into ``out_dir`` (see the package docstring).
 
@@ -234,6 +236,9 @@ def export_model(
     functions of their own (codegen/outline.py; ``TunedKernels.outline``: a tuning database's choice); default none.
     ``peel``: a callable (name, PrimFunc before blocking) -> whether that patch stage's patch loops are peeled
     (codegen/peel_patches.py; ``TunedKernels.peel``); default none is.
+    ``pairs_down``: a callable (name, PrimFunc before blocking) -> whether that patch stage computes its odd last
+    columns in pairs down them (patch/stage_forms.py; ``TunedKernels.pairs_down``); None, or no callable: the
+    stage's default.
     ``halo`` (patch mode): "recompute", "cache" (each intermediate element computed once, the halo kept in
     row and column caches) or "auto" (see ``PatchStage``).
     ``rounding`` is LowerToInteger's: "tflite" (TFLite Micro's) or "onnxruntime" (its int8 kernels'; not with
@@ -243,7 +248,7 @@ def export_model(
         raise TvmPatchError(f"unknown --kernels {kernels!r}; use micro or plain")
     with plain_kernels() if kernels == "plain" else contextlib.nullcontext():
         return _export(model, out_dir, patches, split, emit, check, seeds, lean, io_in_arena, alignment, tflite_path,
-                       integer, rounding, rows, halo, packing, wide, unroll, outline, peel)
+                       integer, rounding, rows, halo, packing, wide, unroll, outline, peel, pairs_down)
 
 
 def emit_kernels(prog: Program, final: dict[str, Any], alignment: int, micro: bool = True,
@@ -289,7 +294,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
             wide: Callable[[str], bool] | None = None,
             unroll: Callable[[str, Any], bool] | None = None,
             outline: Callable[[str, Any], tuple[int, ...]] | None = None,
-            peel: Callable[[str, Any], bool] | None = None) -> ExportResult:
+            peel: Callable[[str, Any], bool] | None = None,
+            pairs_down: Callable[[str, Any], bool | None] | None = None) -> ExportResult:
     """``export_model`` with its arguments checked, under the chosen kernels' context."""
     t0 = time.monotonic()
     if emit not in ("c", "object"):
@@ -298,7 +304,8 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         raise TvmPatchError("patch mode needs both --patches and --split")
     check_target(Path(out_dir))  # before the work: a bad output path fails at once
     # a database's choices, asked by the weights' form
-    rows, packing, unroll, outline, peel = (keyed_by_weights(c, wide) for c in (rows, packing, unroll, outline, peel))
+    rows, packing, unroll, outline, peel, pairs_down = (keyed_by_weights(c, wide)
+                                                        for c in (rows, packing, unroll, outline, peel, pairs_down))
     name, src_mod, tflite, io_names = _resolve(model)
     tflite = tflite_path or tflite
     imported = src_mod  # the analytic peak is the model's, as imported (the paper's convention)
@@ -317,10 +324,12 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     if patches is not None:
         prog = merge_prologues(prog)
     prog = name_io(prog, *io_names)  # tvmp_run's buffers after the model's tensor names
-    blocked = prog.funcs
+    # each patch stage in one of its forms (prog.funcs keeps both: the workloads the choices are asked with)
+    formed = {n: with_form(f, pairs_down(n, f) if pairs_down is not None else None) for n, f in prog.funcs.items()}
+    blocked = formed
     if lean and micro:  # register blocking over output channels (the micro-kernels' tvmp_dot_s8_rows*)
-        blocked = {n: block_output_channels(f, rows_of(rows, n, f)) for n, f in prog.funcs.items()}
-    funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(prog.funcs)
+        blocked = {n: block_output_channels(formed[n], rows_of(rows, n, f)) for n, f in prog.funcs.items()}
+    funcs = {n: lean_schedule(f) for n, f in blocked.items()} if lean else dict(formed)
     lean_funcs = dict(funcs)
     cached = [n for n, f in funcs.items() if is_patch_stage(f) and has_workspace_plan(f)]  # cache mode's own plan
     n_out = {c.func: c.n_outputs for c in prog.calls}

@@ -34,6 +34,7 @@ from tvm.tirx.buffer import is_buffer_var
 from tvm_patch.errors import TVM_ERRORS
 from tvm_patch.export.odd_planes import OVERLAP_ATTR
 from tvm_patch.export.patterns import const_shape, same_element
+from tvm_patch.patch.stage_forms import ONE_NEST
 from tvm_patch.tir_util import is_true
 
 __all__ = ["Access", "UnmodelledTIR", "block_accesses", "inplace_pairs", "ordered_accesses"]
@@ -59,8 +60,8 @@ class UnmodelledTIR(Exception):
 
 def ordered_accesses(stmt: Any, counter: list[int] | None = None,
                      on_block: Callable[[s_tir.SBlock], None] | None = None, evaluate: bool = True) -> list[Access]:
-    """Every load and store under ``stmt`` (For, SeqStmt, SBlockRealize, BufferStore, IfThenElse and, with
-    ``evaluate``, Evaluate, whose loads count), in program order: a store's value and index loads come
+    """Every load and store under ``stmt`` (For, SeqStmt, SBlockRealize, BufferStore, IfThenElse, a stage's
+    `stage_forms.ONE_NEST` and, with ``evaluate``, Evaluate, whose loads count), in program order: a store's value and index loads come
     before the store. ``counter`` numbers them across calls; ``on_block`` sees every block on the way.
     Raises UnmodelledTIR on any other statement."""
     counter = [0] if counter is None else counter
@@ -80,6 +81,8 @@ def ordered_accesses(stmt: Any, counter: list[int] | None = None,
         elif isinstance(node, tirx.SeqStmt):
             for s in node.seq:
                 walk(s, loops, guarded)
+        elif isinstance(node, tirx.AttrStmt) and node.attr_key == ONE_NEST:  # statements kept one (stage_forms.py)
+            walk(node.body, loops, guarded)
         elif isinstance(node, s_tir.SBlockRealize):
             pred = node.predicate
             if on_block is not None:

@@ -55,6 +55,7 @@ from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.quant.fixedpoint import is_c_barrier
 from tvm_patch.tir_util import mixed_radix, substitute_vars, uses_var
+from tvm_patch.patch.stage_forms import ONE_NEST, form_default, with_form
 
 __all__ = ["CachedProof", "prove_cached_plan"]
 
@@ -368,6 +369,8 @@ def _patch_accesses(stmt: Any, env: dict[Any, Any]) -> list[_Rec]:
         elif isinstance(node, tirx.SeqStmt):
             for s in node.seq:
                 walk(s, loops, sure)
+        elif isinstance(node, tirx.AttrStmt) and node.attr_key == ONE_NEST:  # statements kept one (stage_forms.py)
+            walk(node.body, loops, sure)
         elif isinstance(node, tirx.BufferStore):
             loads(node.value)
             out.append(_Rec(True, node.buffer.name, box(node.indices), sure and exact(node.indices, loops)))
@@ -548,7 +551,12 @@ def _reads_and_writes(body: _Body, k: int, name: str) -> bool:
 
 
 def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
-    """Check a cache-mode stage's workspace plan on its TIR (module docstring); TvmPatchError when it does not hold."""
+    """Check a cache-mode stage's workspace plan on its TIR (module docstring); TvmPatchError when it does not hold.
+    A stage of two forms (patch/stage_forms.py) has each proven; the proof returned is its default form's."""
+    default = form_default(func)
+    if default is not None:
+        prove_cached_plan(with_form(func, not default))
+        return prove_cached_plan(with_form(func, default))
     plan = func.attrs[STAGE_OFFSETS_ATTR]
     offsets = {str(n): int(o) for n, o in plan["offsets"].items()}
     try:

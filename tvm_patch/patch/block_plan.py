@@ -14,8 +14,14 @@ from tvm_patch.patch.loops import imm
 from tvm_patch.patch.regions import accumulator_rows
 from tvm_patch.patch.stage import Stage
 
-__all__ = ["blocked_adds", "blocking", "depthwise", "pixel_pairs", "window_bytes", "window_pos", "window_stride",
-           "window_tap"]
+__all__ = ["DOWN_MIN_BLOCKS", "blocked_adds", "blocking", "depthwise", "pairs_down", "pixel_pairs", "window_bytes",
+           "window_pos", "window_stride", "window_tap"]
+
+# an odd last column in pairs down it only for a 1x1 conv of this many channel blocks or more: such a pair copies its
+# two pixels (a row apart) before the widening, which the blocks must pay back (mcunet-in0's 2x2 cache stage,
+# session 36, all its pair layers paired down: its 16 -> 64 layer, 32 blocks, -7,972 instructions; its 24 -> 16
+# layer, 8 blocks, +2,750; its 3x3 stem, 8 blocks, +3,686)
+DOWN_MIN_BLOCKS = 16
 
 
 def depthwise(stage: Stage, v: int) -> bool:
@@ -35,6 +41,14 @@ def pixel_pairs(stage: Stage, v: int) -> bool:
     if stage.dtype != "int8" or accumulator_rows(stage, v) == 1 or g.c_in * g.kh * g.kw < MIN_DOT_LENGTH:
         return False  # (a reduction shorter than a dot call: nothing to share; TVM's buffer compaction divided by
     return stage.layout == "NHWC" or 0 < 2 * window_bytes(stage, v) <= PIXEL_MAX_BYTES  # zero on such pair loops)
+
+
+def pairs_down(stage: Stage, blocked: dict[int, int], v: int) -> bool:
+    """Whether pair conv v (`pixel_pairs`) computes the odd last column of its rows in pairs down the column
+    (`blocked_convs.blocked_pixels`) rather than pixel by pixel: an NCHW 1x1 conv of at least `DOWN_MIN_BLOCKS`
+    blocks of `blocked[v]` channels."""
+    g = stage.geometry[v]
+    return window_bytes(stage, v) > 0 and g.kh * g.kw == 1 and g.c_out // blocked[v] >= DOWN_MIN_BLOCKS
 
 
 def blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dict[int, list[int]]:

@@ -44,6 +44,7 @@ from tvm_patch.patch.nest_context import NestContext, declare_scratch, in_layout
 from tvm_patch.patch.regions import Interval, PatchPlan, buffer_names, execution_order, halo_overlap, plan_patches
 from tvm_patch.patch.schedule import build_stage, depthwise_in_place_layers, skip_accumulations
 from tvm_patch.patch.stage import STAGE_INPUT, Conv, MaxPool, Stage
+from tvm_patch.patch.stage_forms import bind_flag, pairs_down_default, pairs_down_flag
 from tvm_patch.patch.te_stage import pad_value, param_arrays, param_names
 from tvm_patch.quant.fixedpoint import c_barrier
 
@@ -115,7 +116,8 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -
     return NestContext(stage=stage, plan=plan, inp=inp, params=params, out=out, region=region, rows_c=rows_c,
                        cols_c=cols_c, chan=chan, home=home, fused=fused, fused_adds=fused_adds, dw=dw,
                        top_left=top_left, out_copy=out_copy, blocked=blocked, pairs=pairs, scratch=scratch,
-                       n=tirx.Var("n", I32), pi=pi, pj=pj, patch_ana=patch_ana)
+                       n=tirx.Var("n", I32), pi=pi, pj=pj, patch_ana=patch_ana, down=pairs_down_flag(),
+                       down_default=pairs_down_default(caches))
 
 
 def _region_buffers(stage: Stage, plan: PatchPlan, fused: dict, home: dict,
@@ -359,6 +361,8 @@ def _prim_func(ctx: NestContext, body: list, alignment: int) -> tirx.PrimFunc:
     # (loop bounds in min / max of the patch index) could only loosen them beyond the plan.
     for b in [*ctx.rows_c.values(), *ctx.cols_c.values(), *ctx.region.values(), *ctx.chan.values()]:
         nest = tirx.SeqStmt([tirx.AllocBuffer(b), nest])
+    # both forms of the odd last columns where the stage has such columns, the flag bound to the default
+    nest = bind_flag(ctx.down, ctx.down_default, nest)
     root = s_tir.SBlock([], [], [], "root", nest, None, ctx.scratch.buffers(ctx.fused_adds))
     func = tirx.PrimFunc([ctx.inp, *ctx.params.values(), ctx.out], s_tir.SBlockRealize([], True, root))
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C

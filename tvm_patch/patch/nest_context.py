@@ -10,9 +10,10 @@ from typing import Any, Callable
 from tvm import tirx
 
 from tvm_patch.codegen.workspace import PIXEL_NAME
-from tvm_patch.patch.block_plan import window_bytes, window_stride
+from tvm_patch.patch.block_plan import pairs_down, window_bytes, window_stride
 from tvm_patch.patch.loops import I32, imm, loops
 from tvm_patch.patch.regions import PatchPlan, acc_dtype
+from tvm_patch.patch.stage_forms import DOWN_WINDOW
 from tvm_patch.patch.stage import Stage
 
 __all__ = ["NestContext", "Scratch", "declare_scratch", "in_layout"]
@@ -34,11 +35,13 @@ class Scratch:
     fvals: list  # `fused_rows0/1`: a blocked add's convs' values
     pix: Any  # `pixel`: one or two output pixels' copied input windows
     pair_win: dict  # 1x1 conv with pixel pairs -> its own window buffer (`pixel_pair{v}`)
+    down_win: Any = None  # `pixel_down`: a pair down an odd last column's windows (`block_plan.pairs_down`)
 
     def buffers(self, fused_adds: dict[int, list[int]]) -> list:
         """The root block's buffers in order: the `fused_rows*` only as many as an add has fused convs."""
         return [self.acc, *self.tmp, self.fval, self.accb, self.pix, *self.pair_win.values(),
-                *self.fvals[:max(map(len, fused_adds.values()), default=0)]]
+                *self.fvals[:max(map(len, fused_adds.values()), default=0)],
+                *([self.down_win] if self.down_win is not None else [])]
 
 
 def declare_scratch(stage: Stage, blocked: dict[int, int], pairs: set[int]) -> Scratch:
@@ -49,14 +52,18 @@ def declare_scratch(stage: Stage, blocked: dict[int, int], pairs: set[int]) -> S
     fval = tirx.decl_buffer((1,), dt, name="fused")
     accb = tirx.decl_buffer((2 * max(blocked.values(), default=1),), acc_dtype(stage), name="acc_rows")
     fvals = [tirx.decl_buffer((2 * max(blocked.values(), default=1),), dt, name=f"fused_rows{k}") for k in range(2)]
-    # a 1x1 conv's pixel pair gets its own window buffer, read by nothing but its widening, which then reads the
-    # channel planes instead (codegen/widen_kernels: the copy goes); other windows share `pix`
+    # a 1x1 conv's pixel pair along a row gets its own window buffer, read by nothing but its widening, which then
+    # reads the channel planes instead (codegen/widen_kernels: the copy goes); other windows share `pix`; the pairs
+    # down an odd last column (`block_plan.pairs_down`: their pixels a row apart, copied) have theirs, scratch of
+    # that form only (`stage_forms.DOWN_WINDOW`, dropped with the form)
     pair_win = {v: tirx.decl_buffer((2 * window_bytes(stage, v),), dt, name=f"{PIXEL_NAME}_pair{v}")
                 for v in pairs if window_bytes(stage, v) and stage.geometry[v].kh * stage.geometry[v].kw == 1}
     pix_len = max([(2 if v in pairs and v not in pair_win else 1) * window_stride(stage, v) for v in blocked],
                   default=0)
     pix = tirx.decl_buffer((max(pix_len, 1),), dt, name=PIXEL_NAME)
-    return Scratch(acc, tmp, fval, accb, fvals, pix, pair_win)
+    down_len = max([2 * window_stride(stage, v) for v in pairs if pairs_down(stage, blocked, v)], default=0)
+    down_win = tirx.decl_buffer((down_len,), dt, name=DOWN_WINDOW) if down_len else None
+    return Scratch(acc, tmp, fval, accb, fvals, pix, pair_win, down_win)
 
 
 @dataclass
@@ -85,6 +92,8 @@ class NestContext:
     pi: Any  # the patch row's
     pj: Any  # the patch column's
     patch_ana: Any  # an Analyzer knowing pi's and pj's ranges
+    down: Any  # the stage's `stage_forms.PAIRS_DOWN` flag: odd last columns in pairs down them, or each row's alone
+    down_default: bool  # the flag's default (`stage_forms.pairs_down_default`)
 
     @property
     def last(self) -> int:

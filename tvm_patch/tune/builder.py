@@ -46,7 +46,8 @@ class HarnessBuilder(PyBuilder):
                 prefix = (f"rows{chosen.rows}_{'packed' if chosen.packed else 'unpacked'}"
                           f"{'_unrolled' if chosen.unrolled else ''}"
                           f"{'_outlined' + '-'.join(map(str, chosen.outlined)) if chosen.outlined else ''}"
-                          f"{'_peeled' if chosen.peeled else ''}_")
+                          f"{'_peeled' if chosen.peeled else ''}"
+                          f"{'' if chosen.paired_down is None else '_down' if chosen.paired_down else '_alone'}_")
                 cand = Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_dir))
                 self.kernels[name].export(chosen, cand / "export")
                 results.append(BuilderResult(str(cand / "export"), None))

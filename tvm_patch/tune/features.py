@@ -25,16 +25,18 @@ __all__ = ["TolerantFeatures", "decision_row"]
 
 def decision_row(mod: tvm.IRModule, length: int) -> np.ndarray:
     """One feature row of ``length`` for a candidate TVM cannot extract: its unrolling (column 0), its patch loops
-    peeled (column 1) and each layer nest outlined (column 2 + nest), zeros elsewhere (no annotation: all zeros)."""
+    peeled (column 1), its odd last columns paired down (column 2) and each layer nest outlined (column 3 + nest),
+    zeros elsewhere (no annotation: all zeros)."""
     row = np.zeros((1, length), "float32")
     found = candidate_choice(mod)
     if found is not None:
         choice = found[1]
         row[0, 0] = float(choice.unrolled)
         row[0, 1] = float(choice.peeled)
+        row[0, 2] = float(bool(choice.paired_down))
         for n in choice.outlined:
-            if 2 + n < length:
-                row[0, 2 + n] = 1.0
+            if 3 + n < length:
+                row[0, 3 + n] = 1.0
     return row
 
 

@@ -41,6 +41,7 @@ from tvm_patch.export.plan import plan_arena
 from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.export.wide_weights import weights_key
+from tvm_patch.patch.stage_forms import form_default, with_form
 from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.space import Choice, row_choices
 
@@ -129,18 +130,23 @@ def _same(a: tirx.PrimFunc, b: tirx.PrimFunc) -> bool:
 
 def network_rewrite(func: tirx.PrimFunc, rows: int, emitted: tirx.PrimFunc, n_outputs: int) -> tuple[str, str] | None:
     """(blocking, rewrite) (BLOCKINGS and REWRITES keys) that turn ``func`` blocked by ``rows`` and rewritten
-    into ``emitted`` (the network export's kernel), None if none does."""
+    into ``emitted`` (the network export's kernel), None if none does. A patch stage of two forms
+    (patch/stage_forms.py) in either."""
+    default = form_default(func)
+    forms = [func] if default is None else [with_form(func, d) for d in (default, not default)]
     for blocking, block in BLOCKINGS.items():
-        blocked = block(func, rows)
-        found = next((k for k, rw in REWRITES.items() if _same(rw(blocked, n_outputs), emitted)), None)
-        if found is not None:
-            return blocking, found
+        for formed in forms:
+            blocked = block(formed, rows)
+            found = next((k for k, rw in REWRITES.items() if _same(rw(blocked, n_outputs), emitted)), None)
+            if found is not None:
+                return blocking, found
     return None
 
 
 def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewrite: str, packed: bool = True,
                         wide: bool = True, unrolled: bool = False, in_place: bool | None = None,
-                        inputs: list[bytes] | None = None, outlined: tuple[int, ...] = (), peeled: bool = False) -> Path:
+                        inputs: list[bytes] | None = None, outlined: tuple[int, ...] = (), peeled: bool = False,
+                        paired_down: bool | None = None) -> Path:
     """Export ``kprog`` (from ``kernel_program``) with its kernel scheduled as ``func`` (after blocking), then
     rewritten as ``rewrite`` (the network's form of it, REWRITES), its per-channel constants packed or not
     (``packed``), its weights widened where it can (``wide``: a board build's default where the Flash holds them),
@@ -148,11 +154,12 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     (``in_place`` None) or never (False: the network's export did not; the C differs by ``restrict``, which moves
     the unrolled code's counts), into ``out_dir``; ``inputs``: the bytes its project runs on (the network's
     activations, tune/activations.py; None: the project's seeded input), a patch stage's layer nests ``outlined``
-    into functions of their own (codegen/outline.py), its patch loops ``peeled`` (codegen/peel_patches.py). Raises
-    what the export raises when the candidate does not lower."""
+    into functions of their own (codegen/outline.py), its patch loops ``peeled`` (codegen/peel_patches.py), its odd
+    last columns ``paired_down`` or not (None: the stage's default; patch/stage_forms.py). Raises what the export
+    raises when the candidate does not lower."""
     name = kprog.calls[0].func
     n_out = kprog.calls[0].n_outputs
-    final = REWRITES[rewrite](func, n_out)
+    final = REWRITES[rewrite](with_form(func, paired_down), n_out)
     pairs = {name: [] if in_place is False else inplace_pairs(final, n_out) + inplace_conv_pairs(final, n_out)}
     _, infos = lower_plain({name: final}, C_TARGET, ALIGNMENT)
     aplan = plan_arena(kprog, {name: infos[name].workspace_bytes}, pairs, True, ALIGNMENT)
@@ -167,7 +174,7 @@ def write_kernel_export(kprog: Program, func: tirx.PrimFunc, out_dir: Path, rewr
     info = {"model": name, "model_sha256": None, "arena_bytes": aplan.arena_bytes,
             "weights_bytes": kprog.weights_bytes, "rewrite": rewrite, "in_place": bool(aplan.inplace_calls),
             "packed_constants": packed, "wide_weights": wide, "unrolled": unrolled, "outlined": list(outlined),
-            "peeled": peeled,
+            "peeled": peeled, "paired_down": paired_down,
             "inputs": [_io(io) for io in kprog.inputs], "outputs": [_io(io) for io in kprog.outputs]}
     samples: dict[str, bytes] = {}
     for io, data in zip(info["inputs"], inputs or []):
@@ -215,11 +222,11 @@ class KernelHarness:
     def export(self, choice: Choice, out_dir: Path) -> Path:
         """The harness export of this kernel blocked by ``choice.rows`` as the network's export blocks it
         (BLOCKINGS), its constants packed as ``choice.packed`` says, unrolled as ``choice.unrolled`` says, the
-        nests ``choice.outlined`` names outlined, its patch loops peeled as ``choice.peeled`` says, its weights in the
-        network's form."""
+        nests ``choice.outlined`` names outlined, its patch loops peeled as ``choice.peeled`` says, its odd last
+        columns as ``choice.paired_down`` says, its weights in the network's form."""
         return write_kernel_export(self.program, BLOCKINGS[self.blocking](self.func, choice.rows), out_dir,
                                    self.rewrite, choice.packed, self.widened, choice.unrolled, self.in_place,
-                                   self.inputs, choice.outlined, choice.peeled)
+                                   self.inputs, choice.outlined, choice.peeled, choice.paired_down)
 
     @cached_property
     def nests(self) -> int:
@@ -227,9 +234,15 @@ class KernelHarness:
         other kernel."""
         if not is_patch_stage(self.func):
             return 0
-        final = REWRITES[self.rewrite](BLOCKINGS[self.blocking](self.func, DEFAULT_ROWS),
+        final = REWRITES[self.rewrite](BLOCKINGS[self.blocking](with_form(self.func), DEFAULT_ROWS),
                                        self.program.calls[0].n_outputs)
         return layer_nests(lower_plain({self.name: final}, C_TARGET, ALIGNMENT)[0][self.name])
+
+    @property
+    def down_default(self) -> bool | None:
+        """The default of this patch stage's odd-column form (its knob's), None when it has no such choice
+        (patch/stage_forms.py)."""
+        return form_default(self.func)
 
     @property
     def row_choices(self) -> list[int]:

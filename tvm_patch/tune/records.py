@@ -98,10 +98,10 @@ def database_digest(db_dir: str | Path) -> str:
 
 
 class TunedKernels:
-    """``export_model(rows=..., packing=..., unroll=..., outline=..., peel=...)`` from a database: per kernel, the
-    blocking, the constants' packing, the unrolling and (patch stages) the outlined nests and the peeling of its
-    fastest record (or the export's defaults); ``used`` records which kernels took a tuned schedule, for the build's
-    JSON."""
+    """``export_model(rows=..., packing=..., unroll=..., outline=..., peel=..., pairs_down=...)`` from a database:
+    per kernel, the blocking, the constants' packing, the unrolling and (patch stages) the outlined nests, the
+    peeling and the odd columns' form of its fastest record (or the export's defaults); ``used`` records which
+    kernels took a tuned schedule, for the build's JSON."""
 
     def __init__(self, db: JSONDatabase, core: str | None = None, runner: str | None = None) -> None:
         self.db = db
@@ -145,7 +145,7 @@ class TunedKernels:
             found = self.best(func)
             self._chosen[key] = (found[0], {"rows": found[0].rows, "packed": found[0].packed,
                                             "unrolled": found[0].unrolled, "outlined": list(found[0].outlined),
-                                            "peeled": found[0].peeled,
+                                            "peeled": found[0].peeled, "paired_down": found[0].paired_down,
                                             "cost": found[1], "runner": found[2]}
                                  ) if found is not None else None
         chosen = self._chosen[key]
@@ -180,6 +180,12 @@ class TunedKernels:
         found = self.choice(name, func)
         return False if found is None else found.peeled
 
+    def pairs_down(self, name: str, func: tirx.PrimFunc) -> bool | None:
+        """Whether patch stage ``name`` computes its odd last columns in pairs down them (``export_model``'s
+        ``pairs_down`` callable; None: the stage's default, patch/stage_forms.py)."""
+        found = self.choice(name, func)
+        return None if found is None else found.paired_down
+
     def measured(self, unit: str) -> dict[str, float]:
         """Per kernel of the latest export that took a record: its cost per call, where the record's runner counts
         ``unit`` (emulator: instructions, device: cycles). A record measures the kernel on the network's own
@@ -188,9 +194,10 @@ class TunedKernels:
 
     def export_args(self) -> dict[str, Any]:
         """``export_model``'s (and ``build_for_board``'s) arguments that apply this database."""
-        return {"rows": self, "packing": self.packed, "unroll": self.unroll, "outline": self.outline, "peel": self.peel}
+        return {"rows": self, "packing": self.packed, "unroll": self.unroll, "outline": self.outline, "peel": self.peel,
+                "pairs_down": self.pairs_down}
 
     def to_json(self, rows_default: int = DEFAULT_ROWS) -> dict[str, Any]:
         return {"default_rows": rows_default, "default_packed": True, "default_unrolled": False, "default_outlined": [],
-                "default_peeled": False,
+                "default_peeled": False, "default_paired_down": None,
                 "tuned_kernels": dict(self.used)}

@@ -73,6 +73,8 @@ class KernelTuning:
     best_outlined: list[int] | None = None  # a patch stage's outlined layer nests
     best_peeled: bool | None = None  # a patch stage's patch loops peeled
     nests: int = 0  # a patch stage's layer nests (the outlining knob's)
+    down_default: bool | None = None  # a patch stage's odd-column form by default (its knob's; None: no knob)
+    best_paired_down: bool | None = None  # its odd last columns paired down
     best_cost: float | None = None
     failed: int = 0
     int8_weights: bool = False  # measured on int8 weights: the board's build narrows them to fit its Flash
@@ -231,11 +233,13 @@ def _defaults(harnesses: dict[str, KernelHarness], prog: Program, measure: Measu
             log.warning("%s: default schedule failed: %s", name, e.one_line())
             cost = None
         else:
-            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs, h.nests)  # unrolling off, inline
+            trace = fixed_trace(name, h.workload_func, default, bool(choices), packs, h.nests,  # unrolling off, inline
+                                h.down_default)
             db.commit_tuning_record(TuningRecord(trace, db.commit_workload(workload(h.workload_func)), [cost], target,
                                                  ArgInfo.from_prim_func(h.func)))
         summary.kernels.append(KernelTuning(name, sum(c.func == name for c in prog.calls), choices, packs,
-                                            default.rows, cost, int8_weights=not h.widened, nests=h.nests))
+                                            default.rows, cost, int8_weights=not h.widened, nests=h.nests,
+                                            down_default=h.down_default))
     return references
 
 
@@ -285,13 +289,14 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                                progress)
         names = list(harnesses)
         with _without_tensor_intrinsics():
+            spaces = [kernel_space(n, bool(k.choices), k.pack_knob, nests=k.nests, down_default=k.down_default)
+                      for n, k in zip(harnesses, summary.kernels)]
             contexts = [ms.TuneContext(workload(h.workload_func), target=target,
-                                       space_generator=ScheduleFn(kernel_space(n, bool(k.choices), k.pack_knob, nests=k.nests),
-                                                                  sch_rules=[], postprocs=[], mutator_probs={}),
+                                       space_generator=ScheduleFn(space, sch_rules=[], postprocs=[], mutator_probs={}),
                                        search_strategy=EvolutionarySearch(population_size=16, init_min_unmeasured=8,
                                                                           genetic_num_iters=2),
                                        task_name=n, rand_state=seed, num_threads=1)
-                        for (n, h), k in zip(harnesses.items(), summary.kernels)]
+                        for (n, h), space in zip(harnesses.items(), spaces)]
         cand_dir = work / "candidates"
         cand_dir.mkdir()
         stop = _StopFlag()
@@ -322,5 +327,6 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                 k.best_rows, k.best_packed, k.best_unrolled, k.best_cost = (found[0].rows, found[0].packed,
                                                                             found[0].unrolled, found[1])
                 k.best_outlined, k.best_peeled = list(found[0].outlined), found[0].peeled
+                k.best_paired_down = found[0].paired_down if k.down_default is not None else None
             k.failed = failed.get(k.name, 0)
     return summary

@@ -18,6 +18,10 @@ The knobs, each a ``sch.sample_categorical`` decision of the space:
 - ``peeled`` (patch stages only): whether the stage's patch loops are peeled, the first, interior and last
   patches of each axis as copies of their own (codegen/peel_patches.py): the halo copies and fills get constant
   lengths. With every layer nest outlined, peeling the rest took 1.4-3.4 % off three networks (docs/tuning.md).
+- ``paired_down`` (patch stages with such columns only): whether the stage's pair convs compute their odd last
+  columns in pairs down them or each row's last pixel alone (patch/stage_forms.py: both forms are in the stage's
+  TIR, the export keeps one). Measured on mcunet-in0, M7: -0.3 % untuned in cache mode, +2.3 % untuned in recompute
+  mode through GCC, -0.4 % with the stage tuned (docs/kernels.md, session 36).
 
 The kernel's block carries the kernel's name and the choices as annotations: the builder rebuilds the candidate
 with the export's own functions (``block_output_channels``, ``pack_channel_constants``), so what is measured is
@@ -36,8 +40,8 @@ from tvm import s_tir, tirx
 from tvm_patch.export.blocking import DEFAULT_ROWS, ROW_BLOCKS, rows_loop, split_rows
 from tvm_patch.export.schedule import is_default_form
 
-__all__ = ["KERNEL_KEY", "OUTLINE_KEY", "PACK_KEY", "PEEL_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice", "candidate_choice",
-           "fixed_trace", "kernel_space", "row_choices", "trace_choice"]
+__all__ = ["DOWN_KEY", "KERNEL_KEY", "OUTLINE_KEY", "PACK_KEY", "PEEL_KEY", "ROWS_KEY", "UNROLL_KEY", "Choice",
+           "candidate_choice", "fixed_trace", "kernel_space", "row_choices", "trace_choice"]
 
 KERNEL_KEY = "tvm_patch.kernel"
 ROWS_KEY = "tvm_patch.rows"
@@ -49,20 +53,22 @@ OUTLINE_KEY = "tvm_patch.outlined"  # one annotation per layer nest: OUTLINE_KEY
 OUTLINE_CHOICES = (0, 1)  # inline in the stage (the export's default), its own function
 PEEL_KEY = "tvm_patch.peeled"
 PEEL_CHOICES = (0, 1)  # one patch loop (the export's default), peeled
+DOWN_KEY = "tvm_patch.paired_down"  # sampled from (the stage's default, the other), annotated as 1 (down) or 0
 
 
 @dataclass(frozen=True)
 class Choice:
     """One point of a kernel's space: its blocking, whether its per-channel constants are packed, whether GCC
-    unrolls its loops, which layer nests of a patch stage are outlined and whether its patch loops are peeled (a
-    knob a kernel does not have: the export's default, DEFAULT_ROWS, packed, not unrolled, none outlined, not
-    peeled)."""
+    unrolls its loops, which layer nests of a patch stage are outlined, whether its patch loops are peeled and
+    whether its odd last columns are paired down (a knob a kernel does not have: the export's default,
+    DEFAULT_ROWS, packed, not unrolled, none outlined, not peeled, the stage's own form: None)."""
 
     rows: int = DEFAULT_ROWS
     packed: bool = True
     unrolled: bool = False
     outlined: tuple[int, ...] = ()
     peeled: bool = False
+    paired_down: bool | None = None
 
 
 def row_choices(func: tirx.PrimFunc) -> list[int]:
@@ -77,11 +83,13 @@ def row_choices(func: tirx.PrimFunc) -> list[int]:
 
 
 def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
-                 fixed: Choice | None = None, nests: int = 0) -> Callable[[s_tir.Schedule], None]:
+                 fixed: Choice | None = None, nests: int = 0,
+                 down_default: bool | None = None) -> Callable[[s_tir.Schedule], None]:
     """The schedule function of ``kernel``'s design space (for ``meta_schedule.space_generator.ScheduleFn``) with
     the knobs that apply to it (the unrolling always; ``nests``: a patch stage's layer nests, each outlined or
-    not, and its patch loops peeled or not); ``fixed``: the decisions taken instead of sampled (the default
-    schedule's record)."""
+    not, and its patch loops peeled or not; ``down_default``: a stage's odd-column form's default, None for a
+    kernel without the choice, ``stage_forms.form_default``); ``fixed``: the decisions taken instead of sampled
+    (the default schedule's record)."""
 
     def space(sch: s_tir.Schedule) -> None:
         block = _main_block(sch)
@@ -107,6 +115,11 @@ def kernel_space(kernel: str, rows_knob: bool, pack_knob: bool,
             peeled = sch.sample_categorical(list(PEEL_CHOICES), [0.5, 0.5],
                                             decision=None if fixed is None else PEEL_CHOICES.index(int(fixed.peeled)))
             sch.annotate(block, PEEL_KEY, peeled)
+        if down_default is not None:
+            forms = [int(down_default), int(not down_default)]
+            down = sch.sample_categorical(forms, [0.5, 0.5], decision=None if fixed is None else int(
+                fixed.paired_down is not None and fixed.paired_down != down_default))
+            sch.annotate(block, DOWN_KEY, down)
         if found is not None:
             split_rows(sch, found, rows)
 
@@ -157,13 +170,13 @@ def _choice(knobs: dict[str, int]) -> Choice:
     outlined = tuple(sorted(int(k[len(OUTLINE_KEY) + 1:]) for k, v in knobs.items()
                             if k.startswith(OUTLINE_KEY + ".") and v))
     return Choice(knobs.get(ROWS_KEY, DEFAULT_ROWS), bool(knobs.get(PACK_KEY, 1)), bool(knobs.get(UNROLL_KEY, 0)),
-                  outlined, bool(knobs.get(PEEL_KEY, 0)))
+                  outlined, bool(knobs.get(PEEL_KEY, 0)), bool(knobs[DOWN_KEY]) if DOWN_KEY in knobs else None)
 
 
 def fixed_trace(kernel: str, func: tirx.PrimFunc, choice: Choice, rows_knob: bool, pack_knob: bool,
-                nests: int = 0) -> Any:
+                nests: int = 0, down_default: bool | None = None) -> Any:
     """The trace of ``kernel_space`` with the decisions of ``choice`` (a record of a schedule measured outside the
     search)."""
     sch = s_tir.Schedule(func)
-    kernel_space(kernel, rows_knob, pack_knob, choice, nests)(sch)
+    kernel_space(kernel, rows_knob, pack_knob, choice, nests, down_default)(sch)
     return sch.trace
