@@ -471,7 +471,7 @@ def test_odd_column_in_pairs_down(halo):
     assert np.array_equal(run_tvm(build(stage, (3, 3)), stage, x), want)  # TVM's requantization: runs on the host
     with extern_requantization():
         func = build(stage, (3, 3))
-    assert form_default(func) is (halo == "cache") is pairs_down_default(halo == "cache")
+    assert form_default(func) is (halo == "cache") is pairs_down_default(halo == "cache", "NCHW")
     for down in (True, False):
         formed = with_form(func, down)
         assert form_default(formed) is None and with_form(formed, not down) is formed
@@ -489,6 +489,34 @@ def test_odd_column_in_pairs_down(halo):
     with extern_requantization():
         plain = build_cached_stage(small, (3, 3))
     assert form_default(plain) is None and with_form(plain, True) is plain
+
+
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_odd_column_in_pairs_down_nhwc(halo):
+    """NHWC: every 1x1 pair conv can take its odd last column in pairs down it, its dot reading the two pixels where
+    they are, a row apart (the widening's pixel stride a constant row of the region, no copy); off by default in
+    both modes (the cost models' probes), each form bit for bit the numpy reference."""
+    conv = _int8_conv(np.random.default_rng(11), "NHWC")
+    layers = [conv(3, 8, 3, 1, 1, 4)]
+    layers.append(conv(8, 32, 1, 1, 1, layers[-1].quant.output_zero_point))
+    layers.append(conv(32, 8, 1, 1, 1, layers[-1].quant.output_zero_point))
+    stage = Stage((1, 15, 15, 3), tuple(layers), "NHWC", "int8")
+    assert [pairs_down(stage, {1: 2, 2: 2}, v) for v in (0, 1, 2)] == [False, True, True]
+    build = build_cached_stage if halo == "cache" else build_recompute_stage
+    x = np.random.default_rng(3).integers(-128, 128, stage.input_shape).astype("int8")
+    want = run_numpy(stage, x)
+    with extern_requantization():
+        func = build(stage, (3, 3))
+    assert form_default(func) is False is pairs_down_default(halo == "cache", "NHWC")
+    for down in (True, False):
+        formed = with_form(func, down)
+        body = emit_c({"stage": formed}).code
+        body = body[body.index("void stage("):]
+        for v, c in ((0, 8), (1, 32)):  # the inputs of the two 1x1 layers, c channels a pixel
+            strides = re.findall(rf"tvmp_widen_px2\(\(&\(layer{v}\[[^;]*?\]\)\), (\d+), {c}, ", body)
+            assert bool(strides) is down and all(int(t) % c == 0 and int(t) > c for t in strides)
+        assert "pixel_down" not in body
+        assert np.array_equal(run_c(formed, stage, x), want)
 
 
 @pytest.mark.parametrize("halo", ["recompute", "cache"])

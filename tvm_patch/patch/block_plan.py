@@ -44,11 +44,16 @@ def pixel_pairs(stage: Stage, v: int) -> bool:
 
 
 def pairs_down(stage: Stage, blocked: dict[int, int], v: int) -> bool:
-    """Whether pair conv v (`pixel_pairs`) computes the odd last column of its rows in pairs down the column
-    (`blocked_convs.blocked_pixels`) rather than pixel by pixel: an NCHW 1x1 conv of at least `DOWN_MIN_BLOCKS`
-    blocks of `blocked[v]` channels."""
+    """Whether pair conv v (`pixel_pairs`) can compute the odd last column of its rows in pairs down the column
+    (`blocked_convs.blocked_pixels`; a stage's choice, `stage_forms`) rather than pixel by pixel: an NHWC 1x1 conv
+    (its dot reads the two pixels where they are, a row apart), an NCHW 1x1 conv of at least `DOWN_MIN_BLOCKS` blocks
+    of `blocked[v]` channels (its pair's two pixels are copied first)."""
     g = stage.geometry[v]
-    return window_bytes(stage, v) > 0 and g.kh * g.kw == 1 and g.c_out // blocked[v] >= DOWN_MIN_BLOCKS
+    if g is None or g.kh * g.kw != 1:
+        return False
+    if stage.layout == "NHWC":
+        return True
+    return window_bytes(stage, v) > 0 and g.c_out // blocked[v] >= DOWN_MIN_BLOCKS
 
 
 def blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dict[int, list[int]]:

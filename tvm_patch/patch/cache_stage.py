@@ -117,7 +117,7 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -
                        cols_c=cols_c, chan=chan, home=home, fused=fused, fused_adds=fused_adds, dw=dw,
                        top_left=top_left, out_copy=out_copy, blocked=blocked, pairs=pairs, scratch=scratch,
                        n=tirx.Var("n", I32), pi=pi, pj=pj, patch_ana=patch_ana, down=pairs_down_flag(),
-                       down_default=pairs_down_default(caches))
+                       down_default=pairs_down_default(caches, stage.layout))
 
 
 def _region_buffers(stage: Stage, plan: PatchPlan, fused: dict, home: dict,
