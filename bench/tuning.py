@@ -50,7 +50,9 @@ def _form(choice: dict[str, Any]) -> str:
     return (f"rows {choice['rows']}" + ("" if choice.get("packed", True) else ", unpacked")
             + (", unrolled" if choice.get("unrolled") else "")
             + (f", nests {','.join(map(str, choice['outlined']))} outlined" if choice.get("outlined") else "")
-            + (", patches peeled" if choice.get("peeled") else ""))
+            + (", patches peeled" if choice.get("peeled") else "")
+            + ("" if choice.get("paired_down") is None else
+               ", odd columns paired down" if choice["paired_down"] else ", odd columns alone"))
 
 
 def compare(untuned: dict[str, Any], tuned: dict[str, Any], kind: str = KIND) -> list[dict[str, Any]]:

@@ -213,10 +213,12 @@ def test_the_tuning_comparison_has_its_section_in_results_md():
     assert "## Tuned vs untuned" not in render(data)
     data["tuning"] = [{"model": "/m/kws_int8.tflite", "network": {"untuned": 90, "tuned": 85},
                        "bit_exact": {"untuned": True, "tuned": True}, "conv1x1": {"untuned": 50, "tuned": 45},
-                       "layers": [row], "tuned_kernels": {"k1": {"rows": 4, "unrolled": True}}},
+                       "layers": [row], "tuned_kernels": {"k1": {"rows": 4, "unrolled": True},
+                                                          "s": {"rows": 4, "peeled": True, "paired_down": False}}},
                       {"model": "vww", "error": "tune: timeout after 3600 s: tune vww"}]
     md = render(data).split("## Tuned vs untuned")[1].split("\n## ")[0]
     assert "### kws_int8.tflite" in md and "1 better, 0 equal, 0 worse" in md and "`k1` rows 4, unrolled" in md
+    assert "`s` rows 4, patches peeled, odd columns alone" in md
     assert "| 2 | `k1` | 100 | 50 | 45 | better |" in md and "### vww" in md and "error: tune: timeout" in md
 
 
