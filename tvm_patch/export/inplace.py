@@ -61,8 +61,9 @@ class UnmodelledTIR(Exception):
 def ordered_accesses(stmt: Any, counter: list[int] | None = None,
                      on_block: Callable[[s_tir.SBlock], None] | None = None, evaluate: bool = True) -> list[Access]:
     """Every load and store under ``stmt`` (For, SeqStmt, SBlockRealize, BufferStore, IfThenElse, a stage's
-    `stage_forms.ONE_NEST` and, with ``evaluate``, Evaluate, whose loads count), in program order: a store's value and index loads come
-    before the store. ``counter`` numbers them across calls; ``on_block`` sees every block on the way.
+    `stage_forms.ONE_NEST` and, with ``evaluate``, Evaluate, whose loads count), in program order: a store's value
+    and index loads come before the store. ``counter`` numbers them across calls; ``on_block`` sees every block on
+    the way.
     Raises UnmodelledTIR on any other statement."""
     counter = [0] if counter is None else counter
     out: list[Access] = []
