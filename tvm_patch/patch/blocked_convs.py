@@ -179,14 +179,13 @@ def blocked_pixels(ctx: NestContext, v: int, rows: tuple, cols: tuple, pos: Call
     def row(r):
         return loops([(imm(0), tirx.floordiv(q_n, imm(2)))], lambda t: pair(r, t))
 
-    def odd(q_n: Any) -> Any:
-        return tirx.floormod(q_n, imm(2)) == imm(1)
+    def odd(n: Any) -> Any:
+        return tirx.floormod(n, imm(2)) == imm(1)
 
-    def alone(r):  # a row's odd last pixel, after its pairs
-        return tirx.IfThenElse(odd(q_n), one(r, last_column), None)
-
+    # each row's odd last pixel alone, after the row's pairs
+    each_alone = loops([rows], lambda r: tirx.SeqStmt([row(r), tirx.IfThenElse(odd(q_n), one(r, last_column), None)]))
     if region[0] < 2 or not pairs_down(ctx.stage, ctx.blocked, v):
-        return loops([rows], lambda r: tirx.SeqStmt([row(r), alone(r)]))
+        return each_alone
 
     def down(t):
         r = r_lo + t * imm(2)
@@ -198,5 +197,4 @@ def blocked_pixels(ctx: NestContext, v: int, rows: tuple, cols: tuple, pos: Call
     # both forms, the stage's flag choosing (`stage_forms`: resolved at export, TVM running the default); the rows
     # and their column one statement (`stage_forms.one_nest`), as the rows alone are: one layer nest either way
     return tirx.IfThenElse(ctx.down, one_nest(tirx.SeqStmt([loops([rows], row),
-                                                            tirx.IfThenElse(odd(q_n), column, None)])),
-                           loops([rows], lambda r: tirx.SeqStmt([row(r), alone(r)])))
+                                                            tirx.IfThenElse(odd(q_n), column, None)])), each_alone)
