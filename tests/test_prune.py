@@ -22,6 +22,8 @@ def _names(func: tirx.PrimFunc) -> list[str]:
             out.append(f"decl {s.buffer.name}")
         elif isinstance(s, tirx.BufferStore):
             out.append(f"store {s.buffer.name}")
+        elif isinstance(s, (tirx.AttrStmt, tirx.IfThenElse)):
+            out.append(type(s).__name__)
     return out
 
 
@@ -49,6 +51,13 @@ def _func(case: str) -> tirx.PrimFunc:
         "chain": [decl_w, decl_v, tirx.BufferStore(out, tirx.const(1, "int8"), [0])],
         # V read: both kept
         "chain read": [decl_w, decl_v, tirx.BufferStore(out, tirx.BufferLoad(v, [2]), [0])],
+        # y bound alone under an attribute (a patch stage's one-statement nest whose loops a peeled copy folded
+        # away, stage_forms.one_nest) or in a branch: gone, and the attribute and the branch with it
+        "attr": [tirx.Bind(x, 3), tirx.AttrStmt(tvm.ir.expr.StringImm("nest"), "tvm_patch_one_nest",
+                                               tirx.const(1, "int32"), tirx.Bind(y, x + 1)),
+                 tirx.BufferStore(out, tirx.Cast("int8", x), [0])],
+        "branch": [tirx.Bind(x, 3), tirx.IfThenElse(x > 1, tirx.Bind(y, x + 1), None),
+                   tirx.BufferStore(out, tirx.Cast("int8", x), [0])],
     }[case]
     return tirx.PrimFunc([ws, out_ptr], seq(body))
 
@@ -59,6 +68,8 @@ def _func(case: str) -> tirx.PrimFunc:
     ("local read", ["alloc L", "store L", "store out"]),
     ("chain", ["store out"]),
     ("chain read", ["decl W", "decl V", "store out"]),
+    ("attr", ["bind x", "store out"]),
+    ("branch", ["bind x", "store out"]),
 ])
 def test_which_definitions_go(case: str, kept: list[str]) -> None:
     assert _names(without_unused_definitions(_func(case))) == kept

@@ -8,6 +8,9 @@ unused variables, so they go: a bound value (``Bind``), a declaration of a works
 ``workspace.zero_locals``: writes to a local nothing reads). Constant stores into a declared buffer are kept:
 they write memory that outlives the kernel's scope (the workspace, a parameter). Dropping one definition can
 leave another unread (a declaration whose address a dropped one was computed from), so it repeats until none is.
+A dead definition can be the only statement of a loop, an attribute (a stage's one-statement nest,
+``stage_forms.one_nest``, whose loops a peeled copy folded away: kws's cache stage with its odd columns paired
+down) or a branch: the statement goes with it.
 """
 
 from __future__ import annotations
@@ -90,7 +93,16 @@ def without_unused_definitions(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return tirx.For(node.loop_var, node.min, node.extent, node.kind, tirx.Evaluate(0), node.thread_binding,
                             node.annotations, node.step)
 
-        body = tvm_ffi.structural_map(func.body, [(tirx.SeqStmt, drop_seq), (tirx.For, drop_body)])
+        def drop_attr_body(node: tirx.AttrStmt) -> Any:  # an attribute over nothing but a dead definition
+            return tirx.Evaluate(0) if dead(node.body) else node
+
+        def drop_branch(node: tirx.IfThenElse) -> Any:
+            then, other = (tirx.Evaluate(0) if dead(s) else s for s in (node.then_case, node.else_case))
+            return node if then.same_as(node.then_case) and (other is None or other.same_as(node.else_case)) \
+                else tirx.IfThenElse(node.condition, then, other)
+
+        body = tvm_ffi.structural_map(func.body, [(tirx.SeqStmt, drop_seq), (tirx.For, drop_body),
+                                                  (tirx.AttrStmt, drop_attr_body), (tirx.IfThenElse, drop_branch)])
         if tvm_ffi.structural_equal(body, func.body):  # what is left sits elsewhere (never seen): kept
             return func
         func = tirx.transform.RemoveNoOp()(tvm.IRModule({"main": func.with_body(body)}))["main"]
