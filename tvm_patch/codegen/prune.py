@@ -96,10 +96,11 @@ def without_unused_definitions(func: tirx.PrimFunc) -> tirx.PrimFunc:
         def drop_attr_body(node: tirx.AttrStmt) -> Any:  # an attribute over nothing but a dead definition
             return tirx.Evaluate(0) if dead(node.body) else node
 
-        def drop_branch(node: tirx.IfThenElse) -> Any:
-            then, other = (tirx.Evaluate(0) if dead(s) else s for s in (node.then_case, node.else_case))
-            return node if then.same_as(node.then_case) and (other is None or other.same_as(node.else_case)) \
-                else tirx.IfThenElse(node.condition, then, other)
+        def drop_branch(node: tirx.IfThenElse) -> Any:  # a branch of nothing but a dead definition
+            if not (dead(node.then_case) or dead(node.else_case)):
+                return node
+            return tirx.IfThenElse(node.condition, tirx.Evaluate(0) if dead(node.then_case) else node.then_case,
+                                   None if dead(node.else_case) else node.else_case)
 
         body = tvm_ffi.structural_map(func.body, [(tirx.SeqStmt, drop_seq), (tirx.For, drop_body),
                                                   (tirx.AttrStmt, drop_attr_body), (tirx.IfThenElse, drop_branch)])
