@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import onnx
 import pytest
 import tvm
 from hypothesis import example, given, settings
@@ -18,6 +19,8 @@ from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _Context, 
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export import export_model
 from tvm_patch.quant import extern_requantization, requantize_te
+from tvm_patch.zoo import build_spec
+from tvm_patch.zoo.spec import BlockSpec, ConvSpec, NetSpec
 
 
 @pytest.mark.parametrize("pairs, k, chunk", [
@@ -60,7 +63,11 @@ def _pointwise(k: int, c: int, h: int, w: int, layout: str, seed: int) -> tvm.IR
 
 
 def _row_calls(out) -> list[str]:
-    code = (out / "model.c").read_text().replace(MICRO_KERNELS.read_text(), "")
+    return _row_calls_in((out / "model.c").read_text().replace(MICRO_KERNELS.read_text(), ""))
+
+
+def _row_calls_in(code: str) -> list[str]:
+    """The argument lists of the row kernel's calls in ``code``."""
     return re.findall(ROW_KERNEL + r"\(([^;]*)\);", code)
 
 
@@ -146,3 +153,32 @@ def test_vww_rows_bit_exact(mlperf_paths, tmp_path):
     strides = {int(c.rsplit(",", 1)[1]) for c in calls}
     ks = {int(c.split(",")[3]) for c in calls}
     assert len(calls) >= 4 and ks == {8, 16} and min(strides) > 1
+
+
+@pytest.mark.parametrize("k", [8, 16])
+def test_stage_regions_as_wide_as_their_buffers_run_as_one_row(tmp_path, k):
+    """A recompute-mode patch stage (NCHW, 3 x 3 patches: a 30 x 30 input, stem 3 -> k stride 2, a block k -> 32 ->
+    16 without the residual add): its k -> 32 1x1 layer's regions are 7 x 7 where the image's border does not clip
+    them and 6 wide where it does, in buffers of 7-pixel rows. The export writes both (`_flat_rows`): where a region
+    is as wide as its buffer, its 49 pixels as one run of pairs channel by channel along the row kernel, the run's
+    length known at run time and its odd last pixel in a pair overlapping the one before; the rows as before where
+    not. Bit-exact with TVM's build on the host; no such form in cache mode (its rows are the new columns)."""
+    net = NetSpec("flat_rows", "mbv2", 30, ConvSpec(3, k, 3, 2), (BlockSpec(k, 32, 16, 3, 1, True, False),), None, 10)
+    path = tmp_path / "flat_rows.onnx"
+    onnx.save(build_spec(net, int8=True), path)
+    for halo in ("recompute", "cache"):
+        result = export_model(str(path), tmp_path / halo, patches=3, split="auto", halo=halo, check=True, seeds=(0,),
+                              wide=lambda _n: True)
+        assert result.check is not None and result.check.bit_exact
+        code = (tmp_path / halo / "model.c").read_text()
+        stage = code[code.index("void tvmp_patch_stage("):]
+        stage = stage[:stage.index("\n}\n")]
+        runs = [c for c in _row_calls_in(stage) if c.split(",")[3].strip() == str(k)]
+        if halo == "cache":
+            assert not runs
+            continue
+        assert re.search(r"if \(\w+ == 7\) \{", stage)  # a row as wide as the buffer's: the run
+        lengths = {c.split(",")[1].strip() for c in runs}
+        assert "1" in lengths and any(not n.isdigit() for n in lengths)  # the overlapping pair; the run's pairs
+        assert len(runs) == 2 * 2  # both channels of a block, along the run and its overlapping pair
+        assert "tvmp_dot_q15w_px2_rows2" in stage  # the clipped regions' rows, pair by pair

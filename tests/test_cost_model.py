@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 from tvm import tirx
 from tvm.script import tirx as T
@@ -44,6 +45,8 @@ from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load
 from tvm_patch.graph import build_graph
+from tvm_patch.zoo import build_spec
+from tvm_patch.zoo.spec import BlockSpec, ConvSpec, NetSpec
 
 pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
                                 reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
@@ -261,6 +264,32 @@ def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
     for key in ("stores", "all_macs", "requant"):
         assert sum(n["exec"][key] for n in nests) == pytest.approx(stage["exec"][key])
     assert all(n["patches"] == 0 and stage_terms(n, ("one",)) == [0.0] for n in nests)
+
+
+def test_stage_loop_nests_with_a_region_run(tmp_path):
+    """A recompute stage whose 1x1 layer's rows run as one run where the region is as wide as its buffer (the
+    export's choice, `if (n == W) { run } else { rows }`: codegen/channel_rows.py): that choice is one loop nest in
+    the TIR and in the instrumented C, and the loop nests add up to the stage."""
+    net = NetSpec("run_nests", "mbv2", 30, ConvSpec(3, 16, 3, 2), (BlockSpec(16, 32, 16, 3, 1, True, False),), None, 10)
+    path = tmp_path / "run_nests.onnx"
+    onnx.save(build_spec(net, int8=True), path)
+    rec = measure(str(path), Plan(4, (3, 3)), "f746", work_dir=tmp_path, loop_nests=True)
+    stage, nests = rec["rows"][0], rec["loop_nests"]
+    assert rec["bit_exact"] and stage["op"] == "patch_stage" and len(nests) >= 4
+    assert sum(n["measured"] for n in nests) == pytest.approx(stage["measured"], rel=0.01)
+
+
+def test_stage_loop_nests_with_a_column_paired_down(tmp_path):
+    """An NHWC recompute stage whose last layer's tiles are odd both ways (30 -> 15, 3 x 3 patches: 5 x 5): its
+    odd column paired down after the rows (`stage_forms.one_nest`) shows in the C as three blocks at the body's
+    level (the rows' loop, the column's pairs, the last pixel's channel loop; the deep round's
+    synth-400009-deep-nhwc-patch failed "120 loop nests in the C, 116 in its TIR" on it): one loop nest, and the
+    loop nests add up to the stage."""
+    net = NetSpec("odd_nests", "mbv2", 30, ConvSpec(3, 16, 3, 2), (BlockSpec(16, 32, 16, 3, 1, True, False),), None, 10)
+    rec = measure(nhwc_model(net), Plan(4, (3, 3)), "f746", work_dir=tmp_path, label="odd_nests", loop_nests=True)
+    stage, nests = rec["rows"][0], rec["loop_nests"]
+    assert rec["bit_exact"] and stage["op"] == "patch_stage" and len(nests) >= 4
+    assert sum(n["measured"] for n in nests) == pytest.approx(stage["measured"], rel=0.02)
 
 
 def test_an_emulator_run_of_the_same_firmware_is_reused(tmp_path, monkeypatch, shared_models):

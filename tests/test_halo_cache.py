@@ -494,8 +494,8 @@ def test_odd_column_in_pairs_down(halo):
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 def test_odd_column_in_pairs_down_nhwc(halo):
     """NHWC: every 1x1 pair conv can take its odd last column in pairs down it, its dot reading the two pixels where
-    they are, a row apart (the widening's pixel stride a constant row of the region, no copy); off by default in
-    both modes (the cost models' probes), each form bit for bit the numpy reference."""
+    they are, a row apart (the widening's pixel stride a constant row of the region, no copy); on by default in
+    both modes, each form bit for bit the numpy reference."""
     conv = _int8_conv(np.random.default_rng(11), "NHWC")
     layers = [conv(3, 8, 3, 1, 1, 4)]
     layers.append(conv(8, 32, 1, 1, 1, layers[-1].quant.output_zero_point))
@@ -507,7 +507,7 @@ def test_odd_column_in_pairs_down_nhwc(halo):
     want = run_numpy(stage, x)
     with extern_requantization():
         func = build(stage, (3, 3))
-    assert form_default(func) is False is pairs_down_default(halo == "cache", "NHWC")
+    assert form_default(func) is True is pairs_down_default(halo == "cache", "NHWC")
     for down in (True, False):
         formed = with_form(func, down)
         body = emit_c({"stage": formed}).code

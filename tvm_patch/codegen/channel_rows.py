@@ -28,6 +28,10 @@ row is one chunk, its local sized for the most pairs the row can have (``_Contex
 loops' ranges and the lets), and the calls take its length at run time. vww's cache stage, its 8 -> 16 layer on
 rows of up to 13 pixels: 706,894 -> 551,441 instructions on the emulated M7 (docs/kernels.md, round 26). The
 stage's epilogue stores through a one-element scratch (``t[0] = requant(...); out = sat(t[0])``): read as one store.
+A stage's region whose rows are as wide as its buffers' rows (recompute mode's patches that the image's border does
+not clip) is one contiguous run of pixels, input and output: ``_flat_rows`` writes the region's rows as a run-time
+choice, that run in chunks along the row kernel where it is, the rows as before where not (mcunet-in0's 4x4 stage,
+its 16 -> 64 layer over 9 x 9 regions: rows of four pairs, runs of 40; docs/kernels.md, round 32).
 
 Matched only in exactly that shape (anything else is left as it is): the widened pair a C local read by nothing
 but the dot call, the accumulators initialized and read per (pixel, row) as above, the epilogue the plain
@@ -38,6 +42,7 @@ but the dot call, the accumulators initialized and read per (pixel, row) as abov
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import tvm
@@ -182,15 +187,32 @@ class _Context:
         return hi if hi < 1 << 20 else None
 
 
-def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] | None:
-    """(``loop``, a pair loop of the shape in the module doc, channel by channel along its pairs; its accumulator
-    buffer), else None. A loop whose length is not constant is one chunk of at most ``ctx.bound(length)`` pairs."""
-    nest = _nest(loop) if _int(loop.extent) is not None or ctx is None else \
-        ([loop], loop.body) if loop.kind == tirx.ForKind.SERIAL and _int(loop.min) == 0 else None
-    if nest is None or len(nest[0]) != 1 or not isinstance(loop.body, tirx.SeqStmt) or len(loop.body.seq) != 3:
+@dataclass
+class _PairLoop:
+    """A pair loop of the module doc's shape, read: its widening (the call's name, the address ``a`` of the pair's
+    first pixel as a function of the loop variable, the next pixel's or plane's step, K), the loop over blocks of
+    output channels, and per channel j of a block (w_row, [bias, mult, right, zp], o0, stride): its weight row, its
+    constants, the index of its output at the pair's first pixel (a function of the loop variable) and the second
+    pixel's distance from it."""
+
+    loop: tirx.For
+    widen: str
+    a: Any
+    a_step: Any
+    k: int
+    blocks: tirx.For
+    calls: list[tuple[Any, list[Any], Any, int]]
+    out: Any
+    acc: Any
+
+
+def _pair_loop(loop: tirx.For, ctx: _Context | None) -> _PairLoop | None:
+    """``loop`` read as a pair loop of the module doc's shape (any extent; ``ctx`` resolves the lets in its weight
+    rows' stride), else None."""
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or not isinstance(loop.body, tirx.SeqStmt) \
+            or len(loop.body.seq) != 3:
         return None
-    x, pairs = loop.loop_var, _int(loop.extent)
-    most = pairs if pairs is not None else ctx.bound(loop.extent) if ctx is not None else None
+    x = loop.loop_var
     alloc, widen, blocks = loop.body.seq
     if not (isinstance(alloc, tirx.AllocBuffer) and isinstance(widen, tirx.Evaluate)
             and _extern_name(widen.value) in (WIDEN, WIDEN_PLANES) and isinstance(blocks, tirx.For)):
@@ -201,12 +223,8 @@ def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] 
     if (k is None or k % 4 or k > MAX_K or q_load is None or not q_load.source.same_as(q)
             or _int(q_load.indices[0]) != 0):
         return None
-    if most is None:
-        return None
-    chunk = _chunk(pairs, k) if pairs is not None else \
-        most if most * k * 4 <= MAX_WIDE_BYTES and most >= (MIN_PAIRS if k <= REG_K else MIN_PAIRS_LOADED) else None
     body = blocks.body
-    if chunk is None or _nest(blocks) is None or not isinstance(body, tirx.SeqStmt) or len(body.seq) != 3:
+    if _nest(blocks) is None or not isinstance(body, tirx.SeqStmt) or len(body.seq) != 3:
         return None
     init, dot, epi = body.seq
     if not (isinstance(dot, tirx.Evaluate) and _extern_name(dot.value) in _DOTS):
@@ -236,11 +254,8 @@ def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] 
         outs[found[0]] = (idx[0], found[1])
     if len(bias) != 2 * rows or len(outs) != 2 * rows:
         return None
-    out_buf = stores[0][0]
     ana = tvm.sym.Analyzer()
     calls = []
-    xc = tirx.Var(x.name + "_c", x.ty)
-    start = xc * chunk
     for j in range(rows):
         (o0, c0), (o1, c1) = outs[j], outs[rows + j]
         stride = _int(ana.simplify(o1 - o0))
@@ -250,27 +265,152 @@ def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] 
                 or not all(_same(u, v) for u, v in zip(c0, c1)) or any(uses_var(e, x) for e in consts)):
             return None
         w_row = tirx.address_of(tirx.BufferLoad(w_load.source, [ana.simplify(w_load.indices[0] + j * ws)]))
-        o_start = tirx.address_of(tirx.BufferLoad(out_buf, [ana.simplify(substitute_vars(o0, {x: start}))]))
-        calls.append((w_row, consts, o_start, stride))
-    row = tirx.decl_buffer((chunk * k,), "uint32", WIDE_NAME)
+        calls.append((w_row, consts, o0, stride))
+    return _PairLoop(loop, _extern_name(widen.value), a, a_step, k, blocks, calls, stores[0][0], acc)
+
+
+def _worth(pairs: int, k: int) -> bool:
+    """Whether a chunk of ``pairs`` pairs of K channels fits the stack budget and gains (see ``MIN_PAIRS``)."""
+    return pairs * k * 4 <= MAX_WIDE_BYTES and pairs >= (MIN_PAIRS if k <= REG_K else MIN_PAIRS_LOADED)
+
+
+def _widen_call(p: _PairLoop, at: Any, row: Any, slot: Any) -> tirx.Evaluate:
+    """``p``'s widening of the pair whose first pixel's address is ``at`` into ``row``'s pair ``slot``."""
+    return tirx.Evaluate(tirx.call_extern("void", p.widen, at, p.a_step, tirx.const(p.k, "int32"),
+                                          tirx.address_of(tirx.BufferLoad(row, [slot * p.k]))))
+
+
+def _row_call(p: _PairLoop, row: Any, slot: Any, pairs: Any, call: tuple, o_at: Any) -> tirx.Evaluate:
+    """One channel (``call``: a ``_PairLoop.calls`` item) along ``pairs`` pairs of ``row`` from ``slot``, its first
+    output at index ``o_at``."""
+    w_row, consts, _, stride = call
+    return tirx.Evaluate(tirx.call_extern(
+        "void", ROW_KERNEL, tirx.address_of(tirx.BufferLoad(row, [slot * p.k])), pairs, w_row,
+        tirx.const(p.k, "int32"), *consts, tirx.address_of(tirx.BufferLoad(p.out, [o_at])),
+        tirx.const(stride, "int32")))
+
+
+def _channels(p: _PairLoop, per_call: Any) -> tirx.For:
+    """``p``'s loop over blocks of output channels with ``per_call(j, call)``'s statements for each channel j of a
+    block."""
+    body = [s for j, call in enumerate(p.calls) for s in per_call(j, call)]
+    b = p.blocks
+    cb = tirx.Var(b.loop_var.name, b.loop_var.ty)  # its own variable: the original loop may stay beside it
+    return tirx.For(cb, b.min, b.extent, b.kind,
+                    substitute_vars(tirx.SeqStmt(body) if len(body) > 1 else body[0], {b.loop_var: cb}))
+
+
+def _rows(loop: tirx.For, ctx: _Context | None = None) -> tuple[tirx.Stmt, Any] | None:
+    """(``loop``, a pair loop of the shape in the module doc, channel by channel along its pairs; its accumulator
+    buffer), else None. A loop whose length is not constant is one chunk of at most ``ctx.bound(length)`` pairs."""
+    if _int(loop.extent) is None and ctx is None:
+        return None
+    p = _pair_loop(loop, ctx)
+    if p is None:
+        return None
+    x, pairs = loop.loop_var, _int(loop.extent)
+    most = pairs if pairs is not None else ctx.bound(loop.extent)
+    if most is None:
+        return None
+    chunk = _chunk(pairs, p.k) if pairs is not None else most if _worth(most, p.k) else None
+    if chunk is None:
+        return None
+    xc = tirx.Var(x.name + "_c", x.ty)
+    start = xc * chunk
+    ana = tvm.sym.Analyzer()
+    row = tirx.decl_buffer((chunk * p.k,), "uint32", WIDE_NAME)
     xw = tirx.Var(x.name + "_w", x.ty)
-    moved = substitute_vars(a, {x: start + xw})
     length = tirx.const(chunk, x.ty.dtype) if pairs is not None else loop.extent  # the row's pairs at run time
     widen_all = tirx.For(xw, tirx.const(0, x.ty.dtype), length, tirx.ForKind.SERIAL,
-                         tirx.Evaluate(tirx.call_extern("void", _extern_name(widen.value), moved, a_step,
-                                                        tirx.const(k, "int32"),
-                                                        tirx.address_of(tirx.BufferLoad(row, [xw * k])))))
-    per_channel = [tirx.Evaluate(tirx.call_extern(
-        "void", ROW_KERNEL, tirx.address_of(tirx.BufferLoad(row, [tirx.const(0, "int32")])),
-        length if pairs is None else tirx.const(chunk, "int32"), w_row, tirx.const(k, "int32"), *consts, o_start,
-        tirx.const(stride, "int32"))) for w_row, consts, o_start, stride in calls]
-    channels = tirx.For(blocks.loop_var, blocks.min, blocks.extent, blocks.kind, tirx.SeqStmt(per_channel)
-                        if len(per_channel) > 1 else per_channel[0])
+                         _widen_call(p, substitute_vars(p.a, {x: start + xw}), row, xw))
+    zero = tirx.const(0, "int32")
+    channels = _channels(p, lambda _j, call: [_row_call(
+        p, row, zero, length if pairs is None else tirx.const(chunk, "int32"), call,
+        ana.simplify(substitute_vars(call[2], {x: start})))])
     if pairs is None:  # one chunk: the row
         one = tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])
-        return substitute_vars(one, {xc: tirx.const(0, x.ty.dtype)}), acc
+        return substitute_vars(one, {xc: tirx.const(0, x.ty.dtype)}), p.acc
     return tirx.For(xc, tirx.const(0, x.ty.dtype), tirx.const(pairs // chunk, x.ty.dtype), tirx.ForKind.SERIAL,
-                    tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), acc
+                    tirx.SeqStmt([tirx.AllocBuffer(row), widen_all, channels])), p.acc
+
+
+def _half(extent: Any) -> Any:
+    """n of a pair loop's extent ``n // 2`` (a patch stage's row of n pixels), else None."""
+    return extent.a if isinstance(extent, tirx.FloorDiv) and _int(extent.b) == 2 else None
+
+
+def _odd_test(cond: Any, n: Any) -> bool:
+    """Whether ``cond`` is ``n % 2 == 1`` (a patch stage's row has an odd last pixel)."""
+    return (isinstance(cond, tirx.EQ) and _int(cond.b) == 1 and isinstance(cond.a, tirx.FloorMod)
+            and _int(cond.a.b) == 2 and _same(cond.a.a, n))
+
+
+def _flat_rows(loop: tirx.For, ctx: _Context) -> tuple[tirx.Stmt, Any] | None:
+    """A patch stage's rows of a region (``for r: pairs of the row's n pixels; its odd last pixel alone``,
+    `patch.blocked_convs.blocked_pixels`) as ``if n == W: the region's R x W pixels as one row, channel by channel;
+    else: the rows as they are`` where W is the row stride of both the input and the output in pixels: a region as
+    wide as its buffers is one contiguous run of pixels (an interior patch's, or any patch's that the image's border
+    does not clip), and one run of R x W pixels makes a long chunk where each row alone is too short for the row
+    kernel (mcunet-in0's 4x4 recompute stage, 16 -> 64 over 9 x 9: rows of 4 pairs). An odd run ends with a pair
+    overlapping the one before it (its first pixel computed twice, the same value: the output is not the input).
+    The pixels' order changes as in ``_rows``: a run's pairs are all widened before any output is stored."""
+    if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or not isinstance(loop.body, tirx.SeqStmt) \
+            or len(loop.body.seq) != 2:
+        return None
+    pairs_loop, odd = loop.body.seq
+    n = _half(pairs_loop.extent) if isinstance(pairs_loop, tirx.For) else None
+    if (n is None or not isinstance(odd, tirx.IfThenElse) or odd.else_case is not None
+            or not _odd_test(odd.condition, n)):
+        return None
+    p = _pair_loop(pairs_loop, ctx)
+    first_load = _address(p.a) if p is not None else None
+    if first_load is None or first_load.source.same_as(p.out):
+        return None
+    r, x = loop.loop_var, pairs_loop.loop_var
+    ana = tvm.sym.Analyzer()
+
+    def step(e: Any, v: Any) -> int | None:
+        return _int(ana.simplify(substitute_vars(e, {v: v + 1}) - e))
+
+    ia = first_load.indices[0]
+    pair_step, row_step = step(ia, x), step(ia, r)
+    if not pair_step or pair_step % 2 or row_step is None or row_step % (pair_step // 2):
+        return None
+    ps, width = pair_step // 2, row_step // (pair_step // 2)
+    if width < 2 or uses_var(p.a_step, r) or uses_var(p.a_step, x):
+        return None
+    for w_row, consts, o0, stride in p.calls:
+        if (step(o0, r) != width * stride or any(uses_var(e, r) for e in [w_row, *consts])):
+            return None
+    most_rows = ctx.bound(loop.extent)
+    most = most_rows * width // 2 if most_rows is not None else None
+    if most is None or not _worth(min(most, MAX_WIDE_BYTES // (4 * p.k)), p.k):
+        return None
+    chunk = min(most, MAX_WIDE_BYTES // (4 * p.k))  # pairs a chunk: the stack budget, as ``_chunk``'s
+    dtype = x.ty.dtype
+    c = (lambda v: tirx.const(v, dtype))
+    total = ana.simplify(loop.extent * width)
+    pairs = tirx.floordiv(total, c(2))
+    row = tirx.decl_buffer((chunk * p.k,), "uint32", WIDE_NAME)
+    origin = {r: c(0), x: c(0)}
+    base = ana.simplify(substitute_vars(ia, origin))
+    o_base = [ana.simplify(substitute_vars(call[2], origin)) for call in p.calls]
+
+    def run(first: Any, length: Any) -> list:
+        """The run's ``length`` pairs from its pixel ``first``: widened, then each channel along them."""
+        i = tirx.Var(x.name + "_f", x.ty)
+        at = tirx.address_of(tirx.BufferLoad(first_load.source, [base + (first + i * 2) * ps]))
+        widen = tirx.For(i, c(0), length, tirx.ForKind.SERIAL, _widen_call(p, at, row, i))
+        return [widen, _channels(p, lambda j, call: [_row_call(p, row, c(0), length, call,
+                                                               o_base[j] + first * call[3])])]
+
+    t = tirx.Var(x.name + "_t", x.ty)  # the chunks, the last one shorter
+    chunks = tirx.For(t, c(0), tirx.floordiv(pairs + c(chunk - 1), c(chunk)), tirx.ForKind.SERIAL,
+                      tirx.SeqStmt(run(t * (2 * chunk), tirx.min(c(chunk), pairs - t * chunk))))
+    # an odd run's last pixel: in a pair overlapping the run's last one (the same value stored twice)
+    last = tirx.IfThenElse(tirx.floormod(total, c(2)) == c(1), tirx.SeqStmt(run(total - c(2), c(1))), None)
+    flat = tirx.SeqStmt([tirx.AllocBuffer(row), chunks, last])
+    return tirx.IfThenElse(n == tirx.const(width, dtype), flat, loop), p.acc
 
 
 def _fused_rows(loop: tirx.For) -> tirx.For | None:
@@ -320,9 +460,11 @@ def channel_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return found[0]
         return on_for
 
-    # whole planes first (the map is bottom-up: a row's own rewrite would hide its plane), then single rows
+    # whole planes first (the map is bottom-up: a row's own rewrite would hide its plane), then a patch stage's
+    # regions as wide as their buffers, then single rows (the regions' other form included)
     out = tvm_ffi.structural_map(func, [(tirx.For, rewrite(lambda loop: _rows(f) if (f := _fused_rows(loop)) else None))])
     ctx = _Context(func)
+    out = tvm_ffi.structural_map(out, [(tirx.For, rewrite(lambda loop: _flat_rows(loop, ctx)))])
     out = tvm_ffi.structural_map(out, [(tirx.For, rewrite(lambda loop: _rows(loop, ctx)))])
     return _drop_unread(out, accs) if accs else out
 

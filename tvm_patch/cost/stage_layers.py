@@ -19,6 +19,7 @@ from tvm_patch.codegen.c_kernels import lower_plain
 from tvm_patch.cost.features import exec_counts
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import PATCHES_ATTR
+from tvm_patch.patch.stage_forms import ONE_NEST
 
 
 def patch_body(func: tirx.PrimFunc) -> tuple[Any, list[Any]]:
@@ -36,6 +37,25 @@ def patch_body(func: tirx.PrimFunc) -> tuple[Any, list[Any]]:
     return loops[1], list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
 
 
+def _is_loop_nest(stmt: Any) -> bool:
+    """A top-level loop nest of the patch body: a loop; a form's statements kept one (`stage_forms.one_nest`); or the
+    export's choice between a region's rows as one run and as rows (codegen/channel_rows.py ``_flat_rows``: a branch
+    with an else, which no other top-level statement has)."""
+    return (isinstance(stmt, tirx.For) or (isinstance(stmt, tirx.AttrStmt) and stmt.attr_key == ONE_NEST)
+            or (isinstance(stmt, tirx.IfThenElse) and stmt.else_case is not None))
+
+
+def c_blocks(stmt: Any) -> int:
+    """How many blocks a statement of the patch body opens at the body's level of the C: a loop (``for (``) or a
+    branch with an else (``if (``) each; a `one_nest` form shows its statements only (its loops, a column's pair
+    loop and the odd one's, one after the other), so it opens as many as they do; any other statement none."""
+    if isinstance(stmt, tirx.For) or (isinstance(stmt, tirx.IfThenElse) and stmt.else_case is not None):
+        return 1
+    if isinstance(stmt, tirx.AttrStmt):
+        return c_blocks(stmt.body)
+    return sum(c_blocks(s) for s in stmt.seq) if isinstance(stmt, tirx.SeqStmt) else 0
+
+
 def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     """The executed counts (features.exec_counts) of each top-level loop nest of the patch body of a stage, over
     all patches: the stage with every other loop nest of the body removed (the lets and allocations kept), so that
@@ -44,7 +64,7 @@ def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     body = loop.body
     while not isinstance(body, tirx.SeqStmt) and hasattr(body, "body"):
         body = body.body
-    fors = [i for i, st in enumerate(stmts) if isinstance(st, tirx.For)]
+    fors = [i for i, st in enumerate(stmts) if _is_loop_nest(st)]
     # a statement between loop nests (a barrier, a cache mode's guarded copy) is counted with the loop nest before
     # it, as the instrumented C measures it (a reading before each loop nest: instrument()); the first loop nest
     # takes those before it; lets and allocations are kept for every loop nest
@@ -65,41 +85,50 @@ def loop_nest_counts(func: tirx.PrimFunc) -> list[dict[str, float]]:
     return out
 
 
-def instrument(project: Path, loop_var: str, n_calls: int) -> int:
+def instrument(project: Path, loop_var: str, n_calls: int, blocks: list[int]) -> None:
     """Add a counter reading before each top-level loop nest of the stage's patch body (loop ``loop_var``) and
-    after the last, accumulated per loop nest into the profile's extra entries ``n_calls`` + k; returns their
-    number. Edits the generated project's model.c, tvmp_model.h and firmware.c (this copy only)."""
+    after the last, accumulated per loop nest into the profile's extra entries ``n_calls`` + k; loop nest k opens
+    ``blocks``[k] blocks at the body's level of the C (c_blocks), the reading goes before its first. Edits the
+    generated project's model.c, tvmp_model.h and firmware.c (this copy only)."""
     model_c = next(project.rglob("model.c"))
     src = model_c.read_text().split("\n")
     start = next(i for i, line in enumerate(src) if line.startswith("void tvmp_patch_stage("))
     head = next(i for i in range(start, len(src)) if re.match(rf"\s+for \(int32_t {loop_var} ", src[i]))
     indent = len(src[head]) - len(src[head].lstrip()) + 2
     close = next(i for i in range(head + 1, len(src)) if src[i] == " " * (indent - 2) + "}")
-    out, k = [], 0
+    pad = " " * indent
+    # the blocks opened at the body's level (c_blocks): a loop, or a branch whose block's closing line at the same
+    # indentation an ``} else {`` follows
+    opened = [i for i in range(head + 1, close) if src[i].startswith(pad + "for (") or (
+        src[i].startswith(pad + "if (")
+        and src[next(j for j in range(i + 1, close + 1) if src[j].startswith(pad + "}"))] == pad + "} else {")]
+    if len(opened) != sum(blocks):
+        raise TvmPatchError(f"{len(opened)} blocks at the level of the patch body in its C, {sum(blocks)} in its TIR "
+                            f"({len(blocks)} loop nests): cannot match them")
+    firsts = {opened[sum(blocks[:k])]: k for k in range(len(blocks))}
+    out = []
     for i, line in enumerate(src):
-        if head < i < close and line.startswith(" " * indent + "for ("):
-            out.append(" " * indent + f"tvmp_layer_mark({k});")
-            k += 1
+        if i in firsts:
+            out.append(pad + f"tvmp_layer_mark({firsts[i]});")
         if i == close:
-            out.append(" " * indent + f"tvmp_layer_mark({k});")
+            out.append(pad + f"tvmp_layer_mark({len(blocks)});")
         out.append(line)
         if i == head:
-            out.append(" " * indent + "tvmp_layer_mark(-1);")
-    hook = (f"uint64_t tvmp_counter_now(void);\nvoid tvmp_layer_add(uint32_t i, uint64_t ticks);\n"
-            f"static uint64_t tvmp_layer_t;\nstatic void tvmp_layer_mark(int k) {{ uint64_t t = tvmp_counter_now(); "
-            f"if (k > 0) tvmp_layer_add({n_calls - 1} + (uint32_t)k, t - tvmp_layer_t); tvmp_layer_t = tvmp_counter_now(); }}\n")
+            out.append(pad + "tvmp_layer_mark(-1);")
+    hook = ("uint64_t tvmp_counter_now(void);\nvoid tvmp_layer_add(uint32_t i, uint64_t ticks);\n"
+            "static uint64_t tvmp_layer_t;\nstatic void tvmp_layer_mark(int k) { uint64_t t = tvmp_counter_now(); "
+            f"if (k > 0) tvmp_layer_add({n_calls - 1} + (uint32_t)k, t - tvmp_layer_t); "
+            "tvmp_layer_t = tvmp_counter_now(); }\n")
     model_c.write_text("\n".join(out).replace("void tvmp_patch_stage(", hook + "void tvmp_patch_stage(", 1))
     header = next(project.rglob("tvmp_model.h"))
-    text = header.read_text()
-    if f"#define TVMP_NUM_CALLS {n_calls}\n" not in text:
+    text, calls = header.read_text(), f"#define TVMP_NUM_CALLS {n_calls}\n"
+    if calls not in text:
         raise TvmPatchError(f"{header}: no TVMP_NUM_CALLS {n_calls} to extend; the project layout changed")
-    header.write_text(text.replace(f"#define TVMP_NUM_CALLS {n_calls}\n", f"#define TVMP_NUM_CALLS {n_calls + k}\n"))
+    header.write_text(text.replace(calls, f"#define TVMP_NUM_CALLS {n_calls + len(blocks)}\n"))
     fw = next(project.rglob("firmware.c"))
-    fw.write_text(fw.read_text().replace("/* ------------------------------------------------------------------ the run */",
-                                         "void tvmp_layer_add(uint32_t i, uint64_t ticks) { prof_count[i] += "
-                                         "tvmp_counter_to_count(ticks); prof_name[i] = \"stage_layer\"; }\n"
-                                         "/* ------------------------------------------------------------------ the run */", 1))
-    return k
+    run = "/* ------------------------------------------------------------------ the run */"
+    fw.write_text(fw.read_text().replace(run, "void tvmp_layer_add(uint32_t i, uint64_t ticks) { prof_count[i] += "
+                                         "tvmp_counter_to_count(ticks); prof_name[i] = \"stage_layer\"; }\n" + run, 1))
 
 
 def _lowered_stage(result: Any) -> tirx.PrimFunc | None:
@@ -123,10 +152,9 @@ def instrument_stage(result: Any, project: Path) -> list[dict[str, float]] | Non
     if func is None:
         return None
     counts = loop_nest_counts(func)
-    loop, _ = patch_body(func)
-    k = instrument(project, str(loop.loop_var.name), len(result.program.calls))
-    if k != len(counts):
-        raise TvmPatchError(f"{k} loop nests in the C of the patch body, {len(counts)} in its TIR: cannot match them")
+    loop, stmts = patch_body(func)
+    instrument(project, str(loop.loop_var.name), len(result.program.calls), [c_blocks(s) for s in stmts
+                                                                             if _is_loop_nest(s)])
     return counts
 
 

@@ -10,11 +10,10 @@ stage in its default form is exactly the function written without the choice.
 
 One flag so far, ``PAIRS_DOWN``: a pair conv's odd last column computed in pairs down the column
 (``block_plan.pairs_down``, ``blocked_convs.blocked_pixels``) rather than pixel by pixel after each row. Its
-default (``pairs_down_default``) is on for an NCHW stage in cache mode, off otherwise. Measured (M7, untuned):
-mcunet-in0 (NCHW) 2x2 and 3x3 cache -26,699 and -35,369 instructions, 4x4 recompute +261,877 (GCC compiling the
-unchanged row pairs' dot 21 % slower), with the stage tuned all three faster (docs/kernels.md, session 36); vww
-(NHWC) 4x4 cache -8,364, 4x4 recompute -71,115 (session 37), left off by default until the cost models are
-collected again (its default C would change the kernels fingerprint's probes).
+default (``pairs_down_default``) is on for an NHWC stage and for an NCHW stage in cache mode, off for an NCHW stage
+in recompute mode. Measured (M7, untuned): mcunet-in0 (NCHW) 2x2 and 3x3 cache -26,699 and -35,369 instructions,
+4x4 recompute +261,877 (GCC compiling the unchanged row pairs' dot 21 % slower), with the stage tuned all three
+faster (docs/kernels.md, session 36); vww (NHWC) 4x4 cache -8,364, 4x4 recompute -71,115 (session 37).
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ def pairs_down_flag() -> tirx.Var:
 def pairs_down_default(caches: bool, layout: str) -> bool:
     """The PAIRS_DOWN default of a stage in cache mode (``caches``) or recompute mode, in ``layout`` (see the module
     docstring)."""
-    return caches and layout == "NCHW"
+    return caches or layout == "NHWC"
 
 
 def bind_flag(flag: tirx.Var, default: bool, body: Any) -> Any:
