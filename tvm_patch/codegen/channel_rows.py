@@ -383,10 +383,11 @@ def _flat_rows(loop: tirx.For, ctx: _Context) -> tuple[tirx.Stmt, Any] | None:
         if (step(o0, r) != width * stride or any(uses_var(e, r) for e in [w_row, *consts])):
             return None
     most_rows = ctx.bound(loop.extent)
-    most = most_rows * width // 2 if most_rows is not None else None
-    if most is None or not _worth(min(most, MAX_WIDE_BYTES // (4 * p.k)), p.k):
+    if most_rows is None:
         return None
-    chunk = min(most, MAX_WIDE_BYTES // (4 * p.k))  # pairs a chunk: the stack budget, as ``_chunk``'s
+    chunk = min(most_rows * width // 2, MAX_WIDE_BYTES // (4 * p.k))  # pairs a chunk: the stack budget, as _chunk's
+    if not _worth(chunk, p.k):
+        return None
     dtype = x.ty.dtype
     c = (lambda v: tirx.const(v, dtype))
     total = ana.simplify(loop.extent * width)

@@ -37,19 +37,23 @@ def patch_body(func: tirx.PrimFunc) -> tuple[Any, list[Any]]:
     return loops[1], list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
 
 
+def _opens_block(stmt: Any) -> bool:
+    """A loop, or a branch with an else (the export's choice between a region's rows as one run and as rows,
+    codegen/channel_rows.py ``_flat_rows``, which no other top-level statement is): one block in the C."""
+    return isinstance(stmt, tirx.For) or (isinstance(stmt, tirx.IfThenElse) and stmt.else_case is not None)
+
+
 def _is_loop_nest(stmt: Any) -> bool:
-    """A top-level loop nest of the patch body: a loop; a form's statements kept one (`stage_forms.one_nest`); or the
-    export's choice between a region's rows as one run and as rows (codegen/channel_rows.py ``_flat_rows``: a branch
-    with an else, which no other top-level statement has)."""
-    return (isinstance(stmt, tirx.For) or (isinstance(stmt, tirx.AttrStmt) and stmt.attr_key == ONE_NEST)
-            or (isinstance(stmt, tirx.IfThenElse) and stmt.else_case is not None))
+    """A top-level loop nest of the patch body: a statement that opens a block (_opens_block), or a form's
+    statements kept one (`stage_forms.one_nest`)."""
+    return _opens_block(stmt) or (isinstance(stmt, tirx.AttrStmt) and stmt.attr_key == ONE_NEST)
 
 
 def c_blocks(stmt: Any) -> int:
-    """How many blocks a statement of the patch body opens at the body's level of the C: a loop (``for (``) or a
-    branch with an else (``if (``) each; a `one_nest` form shows its statements only (its loops, a column's pair
+    """How many blocks a statement of the patch body opens at the body's level of the C: one a loop or a branch
+    with an else (``for (``, ``if (``); a `one_nest` form shows its statements only (its loops, a column's pair
     loop and the odd one's, one after the other), so it opens as many as they do; any other statement none."""
-    if isinstance(stmt, tirx.For) or (isinstance(stmt, tirx.IfThenElse) and stmt.else_case is not None):
+    if _opens_block(stmt):
         return 1
     if isinstance(stmt, tirx.AttrStmt):
         return c_blocks(stmt.body)
