@@ -172,6 +172,9 @@ def test_cli_board_build_and_run_patch_mode(tmp_path):
     assert r["flash_bytes"] <= r["board_flash_bytes"]
     assert r["sram_bytes"] == r["arena_bytes"] + r["stack_bytes"] + r["data_bss_bytes"]
     assert r["arena_bytes"] == r["export"]["arena_bytes"]
+    # the network's instructions per MAC count the stage's patched MACs (its halos recomputed), not zero for it
+    assert r["run"]["macs"] == r["export"]["macs"] > 6_364_224  # mcunet-in0's layer-by-layer MACs
+    assert r["run"]["per_mac"] == round(r["run"]["instructions"] / r["run"]["macs"], 3)
     assert set(r["conditions"]) >= {"clock_mhz", "caches", "opt", "compiler", "model_sha256", "tvm_patch_version"}
     assert r["conditions"]["clock_mhz"] == 216 and r["conditions"]["opt"] == "O3"
     run = subprocess.run([sys.executable, "-m", "tvm_patch", "run", str(out), "--runner", "emulator", "--json"],
@@ -216,3 +219,16 @@ def test_project_options_are_records():
             resolve_options(bad, "generate_project")
     with pytest.raises(ProjectError, match="unknown board"):
         get_board("f999")
+
+
+def test_per_mac_without_the_stage_macs_is_unknown():
+    """A patch stage whose MACs are unknown (no analytic profile) leaves the network's instructions per MAC unset
+    rather than dividing by the other kernels' MACs alone; the other calls keep theirs."""
+    from tvm_patch.board_build import per_mac
+
+    run = {"instructions": 3000, "kernels": [{"index": 0, "instructions": 2000}, {"index": 1, "instructions": 1000}]}
+    calls = [{"index": 0, "kind": "patch_stage", "macs": 0}, {"index": 1, "kind": "conv1x1", "macs": 500}]
+    out = per_mac(run, calls)
+    assert out["per_mac"] is None and out["kernels"][1]["per_mac"] == 2.0
+    known = per_mac(run, [dict(calls[0], macs=1000), calls[1]])
+    assert known["macs"] == 1500 and known["per_mac"] == 2.0

@@ -14,6 +14,7 @@ from tvm_patch.export import export_model, lower_module
 from tvm_patch.export.lower import Arg
 from tvm_patch.export.padfuse import merge_pads
 from tvm_patch.export.patterns import BROADCAST, ELEMWISE, is_elementwise, mark_elementwise
+from tvm_patch.report import profile
 
 
 def _ops(mod: tvm.IRModule) -> list[str]:
@@ -224,6 +225,11 @@ def test_patch_mode_streams_the_input(mlperf_paths, tmp_path):
     j = result.to_json()
     assert isinstance(j["plan"]["split_layers"], int) and j["plan"]["split_layers"] > 0
     assert 0 < j["analytic_patch_peak_bytes"] < j["analytic_peak_bytes"]
+    # the stage's call counts its layers' patched MACs (halos included): the calls add up to the patched network's
+    stage_calls = [c for c in j["call_info"] if c["kind"] == "patch_stage"]
+    assert len(stage_calls) == 1 and stage_calls[0]["macs"] > 0
+    prof = profile(str(mlperf_paths["vww_96_int8"]), patches=4, split="auto", tir=False)
+    assert j["macs"] == prof["patch_based"]["macs"] > prof["layer_by_layer"]["macs"]
     assert "used in place in the caller's buffer" in (out / "tvmp_model.h").read_text()
     stage = _stage_source(out)  # NHWC: OHWI weights, register-blocked convs (pixel pairs), one requantization call
     assert re.search(r"tvmp_dot_(s8|s8w|q15|q15w)_(px2_)?rows[24]\(", stage) and re.search(r"tvmp_requant(_rs|_rb|_rbz|_rbzr)?\(", stage)

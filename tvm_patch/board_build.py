@@ -180,7 +180,8 @@ def _run_built(project_dir: str | Path, runner: str, profile: bool, timeout_sec:
 def per_mac(run: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
     """``run`` with instructions (or cycles) per MAC for the network, each kernel call and each op kind."""
     unit = "instructions" if run.get("instructions") is not None else "cycles"
-    macs = sum(c["macs"] for c in calls)
+    # a patch stage without its MACs (no analytic profile of the model) leaves the network's figure unknown
+    macs = 0 if any(c["kind"] == "patch_stage" and not c["macs"] for c in calls) else sum(c["macs"] for c in calls)
     run = dict(run, macs=macs, per_mac=round(run[unit] / macs, 3) if macs else None)
     by_index = {c["index"]: c for c in calls}
     kinds: dict[str, dict[str, Any]] = {}

@@ -223,10 +223,10 @@ def _board_summary(result: dict) -> str:
                      f"{'bit-exact with the host build' if run['bit_exact'] else 'DIFFER from the host build'}")
         for k in run.get("kernels", []):
             ratio = f"{k['per_mac']:8.2f}/MAC" if k.get("per_mac") else " " * 12
-            lines.append(f"  {k['index']:4d} {k['name']:58s} {k['kind']:10s} {k[unit]:>13,} {ratio}")
+            lines.append(f"  {k['index']:4d} {k['name']:58s} {k['kind']:11s} {k[unit]:>13,} {ratio}")
         for kind, agg in sorted(run.get("per_kind", {}).items()):
             ratio = f"{agg['per_mac']:.2f} per MAC" if agg.get("per_mac") else ""
-            lines.append(f"  {kind:10s} {agg['calls']:3d} calls {agg[unit]:>13,} {unit} {ratio}")
+            lines.append(f"  {kind:11s} {agg['calls']:3d} calls {agg[unit]:>13,} {unit} {ratio}")
     return "\n".join(lines)
 
 

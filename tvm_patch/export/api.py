@@ -39,7 +39,7 @@ from tvm_patch.export.driver import driver_source, model_header
 from tvm_patch.export.io_names import name_io
 from tvm_patch.export.host import CheckResult, build_host, check_outputs, host_main, makefile
 from tvm_patch.export.inplace import inplace_pairs
-from tvm_patch.export.kernel_info import kernel_info
+from tvm_patch.export.kernel_info import KernelInfo, kernel_info
 from tvm_patch.export.inplace_cache import prove_cached_plan
 from tvm_patch.export.inplace_conv import channel_outer_schedule, inplace_conv_pairs, pixel_copy_schedule
 from tvm_patch.export.lower import IOTensor, Program, lower_module
@@ -418,7 +418,7 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
         arena_plan=aplan,
         source_mod=mod,
         model_sha256=model_sha256(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None,
-        call_info=[{"index": k, "func": c.func, **asdict(kernel_info(prog.funcs[c.func]))}
+        call_info=[{"index": k, "func": c.func, **asdict(_call_kind(prog.funcs[c.func], patch_figs))}
                    for k, c in enumerate(prog.calls)],
         micro_kernels=micro,
         # widened and with weight-sum tables as emitted (the cost features')
@@ -547,3 +547,11 @@ def write_directory(out_dir: Path, files: dict[str, bytes | str]) -> None:
                     left.append(str(d))
         tail = f"; left behind: {', '.join(left)}" if left else "; nothing was left behind"
         raise TvmPatchError(f"{out_dir}: cannot write ({e.strerror or e}){tail}") from None
+
+
+def _call_kind(func: Any, patch_figs: dict | None) -> KernelInfo:
+    """A call's kind and MACs: the patch stage (a loop nest written in TIR, no MAC blocks to read) counts the
+    analytic profile's patched MACs of its layers, halos included; 0 where the profile could not be built."""
+    if not is_patch_stage(func):
+        return kernel_info(func)
+    return KernelInfo("patch_stage", sum(int(p) for _, p in patch_figs["stage_layer_macs"]) if patch_figs else 0)
