@@ -148,7 +148,7 @@ def kernel_table(data: dict[str, Any]) -> list[str]:
     for e in _ok(data["models"]):
         k, a = e.get("kernels") or {}, e["analytic"]
         lx, px = ((e["configs"].get(c) or {}).get("run") or {} for c in ("layer_by_layer", "patch_4x4_auto"))
-        lcount, pcount = count(lx), count(px)
+        lcount, pcount = count(lx) or k.get("micro"), count(px)  # "micro": counted with the QEMU machine's memory
         if not lcount or k.get("status") != "ok":
             continue
         kinds = k.get("per_kind") or {}
@@ -158,7 +158,8 @@ def kernel_table(data: dict[str, Any]) -> list[str]:
             f"{pcount / lcount:.3f}x (bound {1 + a['mac_overhead'] + 0.02:.3f}x)"
         extra = parity_extra(k.get("calls") or [], a.get("stage_layer_macs") or [],
                              a.get("stage_input_reads")) if a["stage"] else None
-        rows.append([e["model"], a["macs"], lcount, f"{lcount / a['macs']:.2f}", k["plain"], ratio(k["plain"], lcount),
+        name = e["model"] + (" (QEMU's memory: does not fit the board)" if k.get("emulator_memory") == "machine" else "")
+        rows.append([name, a["macs"], lcount, f"{lcount / a['macs']:.2f}", k["plain"], ratio(k["plain"], lcount),
                      *[f"{kinds[n]['per_mac']:.2f}" if kinds.get(n, {}).get("per_mac") else "-" for n, _ in KINDS],
                      " / ".join(other) or "-", patched, "-" if extra is None else f"{(lcount + extra) / lcount:.3f}x"])
     return md_table(("model", "MACs", "instructions", "per MAC", "plain kernels", "x fewer",

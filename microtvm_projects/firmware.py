@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.boards import Board, get_board
+from microtvm_projects.boards import QEMU_CODE_BYTES, QEMU_RAM_BYTES, Board, get_board
 from microtvm_projects.errors import FitError, ProjectError
-from microtvm_projects.generate import PROJECT_JSON, linker_script
+from microtvm_projects.generate import PROJECT_JSON, link_sizes, linker_script
 
 ARENA_SYMBOL = "tvmp_arena"
 RAM_SECTIONS = (".data", ".bss", ".stack")
@@ -43,6 +43,7 @@ class FirmwareBuild:
     sections: dict[str, int]
     compiler: str
     opt: str
+    memory: str = "board"  # the emulator's link: the board's sizes or the QEMU machine's ("emulator_memory")
 
 
 def load_project(project_dir: str | Path) -> dict[str, Any]:
@@ -66,24 +67,33 @@ def _fmt(n: int) -> str:
 STACK_HEADROOM = 1024
 
 
-def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int) -> None:
-    """The check from the export's figures, before anything is compiled."""
+def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int, memory: str = "board") -> None:
+    """The check from the export's figures, before anything is compiled: the stack always, the SRAM and Flash
+    against the board's sizes, or the QEMU machine's with ``memory`` "machine" (an emulator link)."""
     ex = project["export"]
     scratch = ex.get("kernel_stack_scratch_bytes") or 0  # (projects of older exports: not recorded)
     if scratch + STACK_HEADROOM > stack_bytes:
         raise FitError(f"stack: the kernels keep up to {scratch:,} B on the stack (widened pixel pairs), so a stack of "
                        f"{stack_bytes:,} B leaves less than {STACK_HEADROOM:,} B for the rest; give --stack "
                        f"{-(-(scratch + STACK_HEADROOM) // 8) * 8:,} or more")
+    where, flash_cap, sram_cap = _limits(board, memory)
     outs = sum(io["bytes"] for io in project["outputs"])
     ram = ex["arena_bytes"] + stack_bytes + outs
-    if ram > board.sram_bytes:
+    if ram > sram_cap:
         raise FitError(f"SRAM: needs at least {_fmt(ram)} (arena {ex['arena_bytes']:,} + stack {stack_bytes:,} + "
-                       f"outputs {outs:,}), {board.key} has {_fmt(board.sram_bytes)}")
+                       f"outputs {outs:,}), {where} has {_fmt(sram_cap)}")
     ins = sum(io["bytes"] for io in project["inputs"])
     rom = ex["weights_bytes"] + ins
-    if rom > board.flash_bytes:
+    if rom > flash_cap:
         raise FitError(f"Flash: needs at least {_fmt(rom)} (weights {ex['weights_bytes']:,} + input {ins:,}), "
-                       f"{board.key} has {_fmt(board.flash_bytes)}", flash_over=rom - board.flash_bytes)
+                       f"{where} has {_fmt(flash_cap)}", flash_over=rom - flash_cap)
+
+
+def _limits(board: Board, memory: str) -> tuple[str, int, int]:
+    """(what holds the firmware, its Flash bytes, its SRAM bytes): the board, or the QEMU machine standing in."""
+    if memory == "machine":
+        return f"the QEMU machine ({board.qemu_machine})", QEMU_CODE_BYTES, QEMU_RAM_BYTES
+    return board.key, board.flash_bytes, board.sram_bytes
 
 
 def toolchain(cross: str = "arm-none-eabi-") -> str:
@@ -143,11 +153,13 @@ def build_firmware(project_dir: str | Path, runner: str = "emulator", profile: b
     opts = project["options"]
     opt = opt or opts["opt"]
     stack = opts["stack_bytes"]
-    check_fit_before(project, board, stack)
+    emulator_memory = opts.get("emulator_memory", "board")  # (projects generated before the option: the board's)
+    memory = emulator_memory if runner == "emulator" else "board"
+    check_fit_before(project, board, stack, memory)
     compiler = toolchain()
-    for kind in ("device", "emulator"):  # the project's options are the one source of the stack size
+    for kind in ("device", "emulator"):  # the project's options are the one source of the stack and link sizes
         script = proj_dir / "linker" / f"{kind}.ld"
-        text = linker_script(board, kind, stack)
+        text = linker_script(board, kind, stack, *link_sizes(kind, emulator_memory))
         if not script.is_file() or script.read_text() != text:
             script.write_text(text)
     make = ["make", "-C", str(proj_dir), f"RUNNER={runner}", f"PROFILE={int(profile)}", f"OPT=-{opt}"]
@@ -156,24 +168,24 @@ def build_firmware(project_dir: str | Path, runner: str = "emulator", profile: b
     if proc.returncode != 0:
         text = proc.stderr + proc.stdout
         if "overflowed by" in text or "will not fit in region" in text:
-            _raise_overflow(proj_dir, board, runner, make, build, stack, timeout_sec)
+            _raise_overflow(proj_dir, board, runner, make, build, stack, timeout_sec, memory)
         raise ProjectError(f"firmware build in {proj_dir} failed: {_first_error(text)}")
     elf = build / "firmware.elf"
-    return _measure(elf, board, runner, profile, stack, compiler, opt)
+    return _measure(elf, board, runner, profile, stack, compiler, opt, memory)
 
 
 def _measure(elf: Path, board: Board, runner: str, profile: bool, stack: int, compiler: str,
-             opt: str) -> FirmwareBuild:
+             opt: str, memory: str = "board") -> FirmwareBuild:
     sizes = section_sizes(elf)
     sram = sum(sizes.get(s, 0) for s in RAM_SECTIONS)
     flash = sum(sizes.get(s, 0) for s in FLASH_SECTIONS)
     arena = symbol_size(elf, ARENA_SYMBOL)
     return FirmwareBuild(board.key, runner, profile, elf, flash, sram, arena, sizes.get(".stack", stack),
-                         sizes.get(".data", 0) + sizes.get(".bss", 0) - arena, sizes, compiler, opt)
+                         sizes.get(".data", 0) + sizes.get(".bss", 0) - arena, sizes, compiler, opt, memory)
 
 
 def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], build: Path, stack: int,
-                    timeout_sec: float) -> None:
+                    timeout_sec: float, memory: str = "board") -> None:
     """Link again against an oversized script, then report exactly what the firmware needs."""
     script = proj_dir / "linker" / "measure.ld"
     script.write_text(linker_script(board, runner, stack, MEASURE_BYTES, MEASURE_BYTES))
@@ -187,8 +199,9 @@ def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], 
     finally:
         script.unlink(missing_ok=True)
         (build / "firmware.elf").unlink(missing_ok=True)
-    if m.sram_bytes > board.sram_bytes:
+    where, flash_cap, sram_cap = _limits(board, memory)
+    if m.sram_bytes > sram_cap:
         raise FitError(f"SRAM: needs {_fmt(m.sram_bytes)} (arena {m.arena_bytes:,} + stack {m.stack_bytes:,} + "
-                       f"data/bss {m.data_bss_bytes:,}), {board.key} has {_fmt(board.sram_bytes)}")
-    raise FitError(f"Flash: needs {_fmt(m.flash_bytes)} (code, weights and constants), {board.key} has "
-                   f"{_fmt(board.flash_bytes)}", flash_over=m.flash_bytes - board.flash_bytes)
+                       f"data/bss {m.data_bss_bytes:,}), {where} has {_fmt(sram_cap)}")
+    raise FitError(f"Flash: needs {_fmt(m.flash_bytes)} (code, weights and constants), {where} has "
+                   f"{_fmt(flash_cap)}", flash_over=m.flash_bytes - flash_cap)

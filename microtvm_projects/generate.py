@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.boards import Board, get_board
+from microtvm_projects.boards import QEMU_CODE_BYTES, QEMU_RAM_BYTES, Board, get_board
 from microtvm_projects.errors import ProjectError
 
 TEMPLATE = Path(__file__).parent / "template"
@@ -106,10 +106,19 @@ def io_sources(info: dict[str, Any], inputs: list[bytes]) -> tuple[str, str]:
     return header, source
 
 
+def link_sizes(kind: str, emulator_memory: str = "board") -> tuple[int | None, int | None]:
+    """(Flash, RAM) bytes of ``kind``'s link: None for the board's own sizes; the QEMU machine's memory for the
+    emulator link with ``emulator_memory`` "machine"."""
+    if kind == "emulator" and emulator_memory == "machine":
+        return QEMU_CODE_BYTES, QEMU_RAM_BYTES
+    return None, None
+
+
 def linker_script(board: Board, kind: str, stack_bytes: int, flash_bytes: int | None = None,
                   ram_bytes: int | None = None) -> str:
     """The link script for ``kind``: "device" (the board's map) or "emulator" (QEMU's mps2 map, the board's
-    sizes, so that fitting means the same); explicit sizes make the oversized script used to measure."""
+    sizes, so that fitting means the same); explicit sizes: the QEMU machine's (``link_sizes``), or the oversized
+    script used to measure."""
     flash_origin, ram_origin = (board.flash_origin, board.sram_origin) if kind == "device" else (0x0, 0x20000000)
     subst = {
         "@BOARD_NAME@": board.name, "@LINK_KIND@": kind,
@@ -204,13 +213,14 @@ def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLi
             (tmp / "io" / f"expected{i}.bin").write_bytes(data)
         (tmp / "linker").mkdir()
         for kind in ("device", "emulator"):
-            (tmp / "linker" / f"{kind}.ld").write_text(linker_script(board, kind, options["stack_bytes"]))
+            (tmp / "linker" / f"{kind}.ld").write_text(linker_script(board, kind, options["stack_bytes"],
+                                                                     *link_sizes(kind, options["emulator_memory"])))
         model_id = (info.get("model_sha256") or "0" * 16)[:16]
         (tmp / "Makefile").write_text(makefile(board, options, model_id))
         project = {
             "version": 1,
             "board": board.key,
-            "options": {k: options[k] for k in ("opt", "stack_bytes", "seed", "icount_shift")},
+            "options": {k: options[k] for k in ("opt", "stack_bytes", "seed", "icount_shift", "emulator_memory")},
             "model": info.get("model"),
             "model_sha256": info.get("model_sha256"),
             "export": {k: info.get(k) for k in ("arena_bytes", "weights_bytes", "kernel_stack_scratch_bytes",

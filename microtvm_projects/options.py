@@ -14,6 +14,7 @@ from microtvm_projects.errors import ProjectError
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3", "Os", "Ofast")
 RUNNERS = ("emulator", "device")
+EMULATOR_MEMORY = ("board", "machine")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ PROJECT_OPTIONS: tuple[ProjectOption, ...] = (
     ProjectOption("runner", "str", "emulator: QEMU with exact instruction counts; device: the board over its "
                   "probe and serial port", default="emulator", choices=RUNNERS,
                   optional=("build", "flash", "open_transport")),
+    ProjectOption("emulator_memory", "str", "the emulator firmware's link: the board's Flash and SRAM sizes (board, "
+                  "so that fitting means the same) or the QEMU machine's 4 MB + 4 MB (machine: a network too large "
+                  "for the board still runs and is counted on its core; the report says it does not fit the board)",
+                  default="board", choices=EMULATOR_MEMORY, optional=("generate_project",)),
     ProjectOption("profile", "bool", "count every kernel call (TVMP1 KERNEL lines)", default=False,
                   optional=("build", "flash", "open_transport")),
     ProjectOption("icount_shift", "int", "QEMU -icount shift: one instruction is 2^shift ns of emulated time "

@@ -204,6 +204,37 @@ def test_kernel_table_gives_the_patched_build_at_kernel_parity():
     assert kernel_table({"models": {"m": entry}})[-1].endswith("| - | - |")
 
 
+def test_kernels_too_large_for_the_board_are_counted_with_the_machines_memory(tmp_path, monkeypatch):
+    """On the emulator a network the board cannot hold is counted on its core with QEMU's memory: every build of
+    the kernel figures after the first refusal takes it, the refusal is kept, and the table takes the micro-kernel
+    count from there (no layer-by-layer run) and says so beside the model."""
+    from microtvm_projects.boards import get_board
+    from microtvm_projects.errors import FitError
+    from bench import measure
+    from bench.models import Model
+
+    seen = []
+
+    def fake_build(spec, out, board, *, run, runner, emulator_memory="board", kernels="micro", profile=False):
+        seen.append((out.name, emulator_memory))
+        if emulator_memory == "board":
+            raise FitError("Flash: needs at least 1,197,000 B (weights 1,190,000 + input 7,000), f412 has 1,048,576 B")
+        n = 5000 if kernels == "plain" else 1100 if profile else 1000
+        return {"run": {"instructions": n, "per_kind": {"conv1x1": {"per_mac": 2.0}}, "kernels": []}}
+
+    monkeypatch.setattr(measure, "build_for_board", fake_build)
+    k = measure.measure_kernels(Model("m", "m.tflite", None), get_board("f412"), "emulator", tmp_path)
+    assert seen == [("plain", "board"), ("plain", "machine"), ("profile", "machine"), ("micro", "machine")]
+    assert k["status"] == "ok" and k["emulator_memory"] == "machine" and "f412 has" in k["board_fit"]
+    assert (k["plain"], k["micro"]) == (5000, 1000)
+    entry = {"model": "m", "status": "ok", "kernels": k, "analytic": {"macs": 500, "stage": False},
+             "configs": {"layer_by_layer": {"status": "does_not_fit", "run": None}}}
+    assert "| m (QEMU's memory: does not fit the board) | 500 | 1,000 | 2.00 | 5,000 | 5.00x |" \
+        in "\n".join(kernel_table({"models": {"m": entry}}))
+    # on a board there is no machine to fall back on: the refusal is the entry's error
+    assert measure.measure_kernels(Model("m", "m.tflite", None), get_board("f412"), "device", tmp_path)["status"] == "error"
+
+
 def test_the_tuning_comparison_has_its_section_in_results_md():
     """With --tuning, results.md holds each model's tuned-vs-untuned 1x1 comparison (bench/tuning.py's rows),
     an error as its line; without, no such section."""

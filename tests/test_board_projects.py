@@ -183,6 +183,31 @@ def test_cli_board_build_and_run_patch_mode(tmp_path):
     assert json.loads(run.stdout)["run"]["instructions"] == r["run"]["instructions"]
 
 
+def test_emulator_with_the_machines_memory(projects, export_in0, tmp_path):
+    """emulator_memory "machine": a firmware the F412 cannot hold (a 300 kB stack) is linked with the QEMU machine's
+    memory, runs bit-exact and counts what the board-sized link counts; the report says it does not fit the board.
+    The board's link and the device's keep refusing it, naming the board."""
+    from microtvm_projects.boards import QEMU_RAM_BYTES
+    from tvm_patch.board_build import firmware_json
+
+    opts = {"board": "f412", "stack_bytes": 300 * 1024, "emulator_memory": "machine"}
+    big = ProjectAPI().generate_project(export_in0, tmp_path / "machine", opts)
+    fw = ProjectAPI(big).build({"runner": "emulator"})
+    assert fw.memory == "machine" and get_board("f412").sram_bytes < fw.sram_bytes < QEMU_RAM_BYTES
+    report = firmware_json(fw, load_project(big))
+    assert report["emulator_memory"] == "machine" and report["fits"] is False
+    assert f"LENGTH = {QEMU_RAM_BYTES}" in (big / "linker" / "emulator.ld").read_text()
+    assert f"LENGTH = {get_board('f412').sram_bytes}" in (big / "linker" / "device.ld").read_text()
+    run = run_project(big, runner="emulator", timeout_sec=600)
+    assert run["bit_exact"]
+    assert run["instructions"] == run_project(projects["f412"], runner="emulator", timeout_sec=600)["instructions"]
+    with pytest.raises(FitError, match=r"SRAM: needs at least .*, f412 has 262,144 B"):
+        ProjectAPI(big).build({"runner": "device"})
+    board_sized = ProjectAPI().generate_project(export_in0, tmp_path / "board", dict(opts, emulator_memory="board"))
+    with pytest.raises(FitError, match=r"f412 has 262,144 B"):
+        ProjectAPI(board_sized).build({"runner": "emulator"})
+
+
 def test_emulator_failures_are_one_line(projects, tmp_path):
     api = ProjectAPI(projects["f746"])
     api.build({"runner": "emulator"})
@@ -202,6 +227,10 @@ def test_cli_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tvm_patch", "build", "zoo:mcunet-in0:int8", "--run", "emulator",
                            "-o", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--board" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tvm_patch", "build", "zoo:mcunet-in0:int8", "--board", "f412",
+                           "--plan", "none", "--run", "device", "--emulator-memory", "machine", "-o",
+                           str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "--emulator-memory machine" in proc.stderr
 
 
 def test_project_options_are_records():

@@ -36,6 +36,7 @@ def firmware_json(fw: FirmwareBuild, project: dict[str, Any]) -> dict[str, Any]:
         "board_flash_bytes": board.flash_bytes,
         "fits": fw.sram_bytes <= board.sram_bytes and fw.flash_bytes <= board.flash_bytes,
         "runner": fw.runner,
+        "emulator_memory": fw.memory,  # "machine": linked with the QEMU machine's memory, "fits" still the board's
         "elf": str(fw.elf),
         "conditions": {
             "clock_mhz": board.mhz,
@@ -63,23 +64,32 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
                     wide: str = "auto", unroll: Callable[[str, Any], bool] | None = None,
                     outline: Callable[[str, Any], tuple[int, ...]] | None = None,
                     peel: Callable[[str, Any], bool] | None = None,
-                    pairs_down: Callable[[str, Any], bool | None] | None = None) -> dict[str, Any]:
+                    pairs_down: Callable[[str, Any], bool | None] | None = None,
+                    emulator_memory: str = "board") -> dict[str, Any]:
     """Export ``model`` (layer by layer, or its first ``split`` layers over ``patches`` x ``patches`` patches,
     the halos as ``halo`` says), generate the ``board`` project in ``out_dir``, build it for ``runner`` and,
     with ``run``, run it once; returns the JSON report (``"run"`` present when it ran).
+
+    ``emulator_memory``: "machine" links the emulator firmware with the QEMU machine's memory instead of the board's
+    sizes (a network too large for the board still runs on its core; ``"fits"`` still says whether the board holds
+    it, and "auto" widens what the machine's memory holds).
 
     ``wide``: which kernels store their weights widened to int16 (export/wide_weights.py): "auto" every kernel
     that can while the firmware fits the board's Flash (when it does not, the kernels with the fewest MACs per
     extra byte go back to int8 and it builds once more), "all", or "none"."""
     if wide not in WIDE_CHOICES:
         raise TvmPatchError(f"unknown --wide-weights {wide!r}; use {', '.join(WIDE_CHOICES)}")
+    if emulator_memory == "machine" and runner != "emulator":
+        raise TvmPatchError("--emulator-memory machine links the emulator's firmware; a device build always takes "
+                            "the board's memory: drop it or use --run emulator")
     get_board(board)  # an unknown board fails before the export's work
     result, report = fit_wide(
         lambda chosen: _export_project(model, out_dir, dict(patches=patches, split=split, integer=integer,
                                                             rounding=rounding, kernels=kernels, rows=rows, halo=halo,
                                                             packing=packing, wide=chosen, unroll=unroll,
                                                             outline=outline, peel=peel, pairs_down=pairs_down),
-                                       {"board": board, "opt": opt, "stack_bytes": stack_bytes, "seed": seed}),
+                                       {"board": board, "opt": opt, "stack_bytes": stack_bytes, "seed": seed,
+                                        "emulator_memory": emulator_memory}),
         lambda _result: build_project(out_dir, runner=runner, profile=profile, timeout_sec=timeout_sec), wide)
     if run:
         report["run"] = _run_built(out_dir, runner, profile, timeout_sec, port, probe)

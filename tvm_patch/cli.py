@@ -151,7 +151,7 @@ def _build_board(args: argparse.Namespace, split: int | str | None) -> int:
                              opt=args.opt, stack_bytes=args.stack, seed=args.seed, timeout_sec=args.timeout,
                              port=args.port, probe=args.probe, integer=not args.float_chains,
                              rounding=args.rounding, kernels=args.kernels, wide=args.wide_weights,
-                             **(tuned.export_args() if tuned else {}))
+                             emulator_memory=args.emulator_memory, **(tuned.export_args() if tuned else {}))
     if tuned:
         built["tuning"] = tuned.to_json()
     if plan is not None:
@@ -209,6 +209,9 @@ def _board_summary(result: dict) -> str:
             + _widened_text(result.get("export", {}).get("wide_weights"), result.get("export", {}).get("wide_narrowed"))
             + _tables_text(result.get("export", {}).get("weight_sum_tables")),
         ]
+        if result.get("emulator_memory") == "machine":
+            lines.append(f"linked with the QEMU machine's memory (--emulator-memory machine): "
+                         f"{'fits' if result['fits'] else 'does NOT fit'} {result['board']}")
     run = result.get("run")
     if run is not None:
         if run["runner"] == "emulator":
@@ -583,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stack", type=int, default=8192, metavar="BYTES",
                    help="with --board: stack reserved in SRAM (default 8192)")
     b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
+    b.add_argument("--emulator-memory", choices=["board", "machine"], default="board",
+                   help="with --board: link the emulator firmware with the board's Flash and SRAM sizes (default) or "
+                        "the QEMU machine's 4 MB + 4 MB, to count a network too large for the board on its core "
+                        "(the report still says whether the board holds it)")
     b.add_argument("--plan", choices=["auto", "none"], default="auto",
                    help="with --board and no --patches/--split: auto (default) builds `tvm-patch plan --fast`'s answer "
                         "(cached per model and board); none: layer by layer")
