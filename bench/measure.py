@@ -78,7 +78,8 @@ def measure_planned(model: Model, board: Board, runner: str, work: Path,
     summary = {k: v for k, v in res.to_json().items() if k != "pareto"}
     if res.chosen is None:
         return {"patches": None, "split": None, "status": "does_not_fit", "fits": False, "run": None, "plan": summary,
-                "message": f"no plan fits {board.key}", "seconds": round(time.perf_counter() - t0, 2)}
+                "message": f"no plan fits {board.key}" + (f": {res.reason}" if res.reason else ""),
+                "seconds": round(time.perf_counter() - t0, 2)}
     p = res.chosen.plan
     if p["patches"] is None and "layer_by_layer" in measured:
         out = dict(measured["layer_by_layer"], same_as="layer_by_layer")

@@ -570,6 +570,36 @@ def test_nothing_fits_says_by_how_much(monkeypatch, shared_models, capsys):
         search(str(shared_models / KWS), "f746", objective="speed")
 
 
+@pytest.mark.parametrize("model,board,plan", FAST_CASES, ids=["kws-f746-lbl", "kws-f412-2x2", "kws-f412-2x2-cache"])
+def test_flash_floor_is_below_every_plans_flash(built, shared_models, model, board, plan):
+    """The search's Flash floor (int8 weights and the input) is at most each plan's constants as int8 (biases and
+    tables besides the weights) with the input, so at most what its firmware links."""
+    from tvm_patch.cost.search import estimates
+
+    spec = _spec(model, shared_models)
+    floor = estimates(spec)[1]
+    fw = built(spec, board, plan)
+    ex, ins = fw["export"], sum(io["bytes"] for io in fw["export"]["inputs"])
+    assert ins < floor <= ex["weights_bytes"] - sum(ex["wide_weights"].values()) + ins <= fw["flash_bytes"]
+
+
+def test_a_network_over_the_flash_floor_is_refused_without_exports(monkeypatch, shared_models):
+    """A board whose Flash is below the floor (kws's weights and input) fits no plan: the search says so from the
+    estimates alone, in the one line `plan` and `build --plan auto` exit 2 with."""
+    from tvm_patch.cli import _no_plan_message
+    from tvm_patch.cost import search as search_mod
+
+    spec = str(shared_models / KWS)
+    floor = search_mod.estimates(spec)[1]
+    small = dataclasses.replace(BOARDS["f412"], key="small-flash", flash_bytes=floor - 1)
+    monkeypatch.setitem(BOARDS, "small-flash", small)
+    monkeypatch.setattr(search_mod, "export_plan", lambda *a, **k: pytest.fail("a plan was exported"))
+    res = search(spec, "small-flash")
+    assert res.chosen is None and res.exact == 0 and not res.pareto
+    assert res.to_json()["reason"] == res.reason and f"need {floor:,} B of Flash, small-flash has {floor - 1:,} B" in res.reason
+    assert _no_plan_message(spec, "small-flash", res, res.to_json()) == f"no plan of {spec} fits small-flash: {res.reason}"
+
+
 DATA = Path(__file__).resolve().parent.parent / "bench" / "cost_data"
 
 

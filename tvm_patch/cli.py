@@ -133,6 +133,8 @@ def _planned(args: argparse.Namespace, split: int | str | None) -> tuple[int | N
 
 
 def _no_plan_message(model: str, board: str, res, out: dict) -> str:
+    if res.reason:
+        return f"no plan of {model} fits {board}: {res.reason}"
     return f"no plan of {model} fits {board}" + (
         f": the closest misses by {out['misses_sram_by_bytes']:,} B of SRAM and {out['misses_flash_by_bytes']:,} "
         "B of Flash" if res.best_miss else ": no plan could be exported")

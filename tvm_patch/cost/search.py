@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from microtvm_projects.boards import get_board
+import tvm
 from tvm import relax
 
 from tvm_patch.cost import cache
@@ -53,13 +54,14 @@ def pareto(points: list[Any], key) -> list[Any]:
 
 
 def estimates(model: str) -> tuple[list[Estimate], int]:
-    """Every plan of the space with its estimate, and how many plans the space holds."""
+    """Every plan of the space with its estimate, and the Flash no plan can do with less of (``flash_floor``)."""
     mod = load(model).mod
     base = prefold_constants(lower_to_integer(mod))
     folded = relax.transform.FoldConstant()(prefold_constants(base))
     graph = build_graph(folded)
     rows = profile_layers(graph)
     out = [Estimate(Plan(), peak(rows).bytes, graph.macs)]
+    floor = flash_floor(graph, folded["main"])
     for p in range(1, MAX_PATCHES + 1):
         for n in valid_splits(graph, (p, p)):
             try:
@@ -69,7 +71,25 @@ def estimates(model: str) -> tuple[list[Estimate], int]:
             for halo in HALO_MODES:
                 mode = fig["halo_modes"][halo]
                 out.append(Estimate(Plan(n, (p, p), halo), mode["peak_bytes"], mode["macs"]))
-    return out, len(out)
+    return out, floor
+
+
+def flash_floor(graph: Any, func: relax.Function) -> int:
+    """Bytes of Flash every plan needs at least: the convolutions' and dense layers' weights, one byte each (the
+    integer-lowered module's constants; a plan only adds to them: widened copies, tables, code), and the input the
+    firmware keeps in Flash (``microtvm_projects.firmware.check_fit_before``'s count). A network over the board's
+    Flash by this alone fits no plan: the search says so without exporting any (mcunet-in3 on the F412)."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    weights = 0
+    for layer in graph.layers:
+        call = values.get(layer.anchor)
+        if layer.op not in ("conv2d", "depthwise_conv2d", "dense") or call is None or len(call.args) < 2:
+            continue
+        w = call.args[1]
+        w = values.get(w, w)
+        if isinstance(w, tvm.ir.expr.Constant):
+            weights += w.value.numpy().size
+    return weights + sum(graph.tensors[t].nbytes for t in graph.inputs)
 
 
 @dataclass
@@ -82,12 +102,13 @@ class PlanResult:
     space: int
     exact: int
     note: str
+    reason: str | None = None  # why nothing fits, where that is known before any plan is predicted
 
     def to_cache(self) -> dict[str, Any]:
         """Everything, for the disk cache (from_cache reads it back)."""
         return {"chosen": self.chosen.to_json() if self.chosen else None, "pareto": [p.to_json() for p in self.pareto],
                 "best_miss": self.best_miss.to_json() if self.best_miss else None, "space": self.space,
-                "exact": self.exact, "note": self.note}
+                "exact": self.exact, "note": self.note, "reason": self.reason}
 
     @classmethod
     def from_cache(cls, d: dict[str, Any]) -> PlanResult:
@@ -95,7 +116,7 @@ class PlanResult:
             return Prediction(**x) if x else None
 
         return cls(pred(d["chosen"]), [Prediction(**p) for p in d["pareto"]], pred(d["best_miss"]), d["space"],
-                   d["exact"], d["note"])
+                   d["exact"], d["note"], d.get("reason"))
 
     def plan(self) -> Plan | None:
         """The chosen plan (None when nothing fits)."""
@@ -120,6 +141,7 @@ class PlanResult:
             "plans_in_space": self.space,
             "plans_predicted_exactly": self.exact,
             "note": self.note,
+            "reason": self.reason,
         }
         if self.chosen is None and c is not None:
             out["misses_sram_by_bytes"] = max(0, -c.sram_margin_bytes)
@@ -146,7 +168,16 @@ def search(model: str, board: str, objective: str = "latency", cost_model: str |
     hit = cache.get(ck) if ck else None
     if hit is not None:
         return PlanResult.from_cache(hit)
-    est, space = estimates(model)
+    est, floor = estimates(model)
+    space = len(est)
+    if floor > b.flash_bytes:
+        result = PlanResult(None, [], None, space, 0, f"{space} plans; none predicted: the Flash floor decides",
+                            f"its weights (int8) and input alone need {floor:,} B of Flash, {b.key} has "
+                            f"{b.flash_bytes:,} B (a larger board, or `build --emulator-memory machine` to count it "
+                            "on the emulator)")
+        if ck is not None:
+            cache.put(ck, result.to_cache())
+        return result
     lbl = est[0]
     # estimated latency: MACs. The first two Pareto layers of (analytic peak, MACs): the analytic peak ranks
     # plans of one split close together, and the exact arena can reorder them (e.g. 4x4 below 3x3 patches)
