@@ -197,7 +197,8 @@ def measure_model(model: Model, board: Board, runner: str, step: Step = lambda _
             entry["configs"][key] = measure_planned(model, board, runner, Path(tmp) / key, entry["configs"]) \
                 if split == PLANNED \
                 else measure_schedule(model, board, runner, patches, split, Path(tmp) / key)
-        if entry["configs"]["layer_by_layer"]["status"] == "ok":
+        lbl = entry["configs"]["layer_by_layer"]["status"]
+        if lbl == "ok" or (lbl == "does_not_fit" and runner == "emulator"):  # the latter on QEMU's memory
             step("kernels")
             entry["kernels"] = measure_kernels(model, board, runner, Path(tmp) / "kernels")
     step("profile")

@@ -235,6 +235,23 @@ def test_kernels_too_large_for_the_board_are_counted_with_the_machines_memory(tm
     assert measure.measure_kernels(Model("m", "m.tflite", None), get_board("f412"), "device", tmp_path)["status"] == "error"
 
 
+@pytest.mark.parametrize("runner,measured", [("emulator", True), ("device", False)])
+def test_a_network_the_board_refuses_gets_its_kernel_figures_on_the_emulator(runner, measured, monkeypatch):
+    """measure_model: the kernel figures are measured when the layer-by-layer build fits, and on the emulator also
+    when it does not (QEMU's memory, measure_kernels); never after a failure on a board."""
+    from microtvm_projects.boards import get_board
+    from bench import measure
+    from bench.models import Model
+
+    refused = {"status": "does_not_fit", "message": "Flash: ...", "run": None}
+    monkeypatch.setattr(measure, "measure_schedule", lambda *a, **k: dict(refused))
+    monkeypatch.setattr(measure, "measure_planned", lambda *a, **k: dict(refused))
+    monkeypatch.setattr(measure, "measure_kernels", lambda *a, **k: {"status": "ok"})
+    monkeypatch.setattr(measure, "analytic", lambda *a, **k: {})
+    entry = measure.measure_model(Model("m", "m.tflite", None), get_board("f412"), runner)
+    assert ("kernels" in entry) == measured
+
+
 def test_the_tuning_comparison_has_its_section_in_results_md():
     """With --tuning, results.md holds each model's tuned-vs-untuned 1x1 comparison (bench/tuning.py's rows),
     an error as its line; without, no such section."""
