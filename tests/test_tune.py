@@ -312,6 +312,15 @@ def test_a_kernel_kept_int8_is_tuned_and_recorded_in_that_form(tmp_path, capsys)
     assert tuned.choice(IN0_INT8, weights_key(func, True)) is None and IN0_INT8 not in tuned.used
 
 
+def test_with_the_machines_memory_the_kernel_is_tuned_widened(tmp_path):
+    """`tune --emulator-memory machine` tunes the kernels as `build --emulator-memory machine` builds them: with QEMU's
+    memory nothing needs narrowing, so the dense layer the F412's build keeps int8 is measured widened."""
+    s = tune_model("zoo:mcunet-in0:int8", "f412", trials=1, runner="emulator", db_dir=tmp_path / "db",
+                   kernels=[IN0_INT8], progress=False, emulator_memory="machine")
+    (k,) = s.kernels
+    assert not k.int8_weights and k.failed == 0 and k.best_cost <= k.default_cost
+
+
 def test_records_are_keyed_by_the_weights_form(dense, tmp_path):
     """A record of a kernel on int8 weights applies to that form only; one on widened weights applies to its form
     and, where no int8 record exists, to the int8 form too (a session that measured the widened form only); the

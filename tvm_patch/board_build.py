@@ -98,13 +98,15 @@ def build_for_board(model: Any, out_dir: str | Path, board: str, *, patches: int
 
 
 def fitted_export(model: Any, out_dir: str | Path, board: str, *, patches: int | None = None,
-                  split: int | str | None = None, halo: str = "recompute", timeout_sec: float = 600.0) -> Any:
+                  split: int | str | None = None, halo: str = "recompute", timeout_sec: float = 600.0,
+                  emulator_memory: str = "board") -> Any:
     """The export of ``model`` with its weights in the form ``build_for_board`` gives them on ``board`` (``wide``
-    "auto": its ``wide_narrowed`` kept int8 to fit the Flash), found by generating the project in ``out_dir`` and
-    linking its emulator firmware: a tuning session measures each kernel in the form the build will run."""
+    "auto": its ``wide_narrowed`` kept int8 to fit the Flash; with ``emulator_memory`` "machine", QEMU's), found by
+    generating the project in ``out_dir`` and linking its emulator firmware: a tuning session measures each kernel
+    in the form the build will run."""
     result, _ = fit_wide(
         lambda chosen: _export_project(model, out_dir, dict(patches=patches, split=split, halo=halo, wide=chosen),
-                                       {"board": board}),
+                                       {"board": board, "emulator_memory": emulator_memory}),
         lambda _result: build_project(out_dir, runner="emulator", timeout_sec=timeout_sec))
     return result
 

@@ -429,7 +429,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                    patches=args.patches, split=split, halo=args.halo, kernels=args.kernel,
                    tracker=parse_address(args.tracker) if args.tracker else None, rpc_runner=args.rpc_runner,
                    parallel=args.parallel, timeout_sec=args.timeout, port=args.port, probe=args.probe,
-                   progress=not args.json)
+                   progress=not args.json, emulator_memory=args.emulator_memory)
     if args.json:
         print(json.dumps(s.to_json(), indent=1))
         return 0
@@ -507,6 +507,9 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
     t.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
+    t.add_argument("--emulator-memory", choices=["board", "machine"], default="board",
+                   help="machine: tune the kernels as `build --emulator-memory machine` builds them (a network too "
+                        "large for the board, counted on its core)")
     t.add_argument("--tracker", metavar="HOST:PORT", help="with --runner rpc: the RPC tracker")
     t.add_argument("--rpc-runner", choices=["emulator", "device"], default="emulator",
                    help="with --runner rpc: the servers' runner (key BOARD-RUNNER)")

@@ -253,8 +253,10 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
                kernels: list[str] | None = None,
                tracker: tuple[str, int] | None = None, rpc_runner: str = "emulator", parallel: int = 1,
                timeout_sec: float = 120.0, port: str | None = None, probe: str | None = None, seed: int = 1,
-               progress: bool = True) -> TuneSummary:
-    """Tune ``model``'s kernels for ``board`` (see the module doc); records go to ``db_dir``."""
+               progress: bool = True, emulator_memory: str = "board") -> TuneSummary:
+    """Tune ``model``'s kernels for ``board`` (see the module doc); records go to ``db_dir``. ``emulator_memory``
+    "machine": the kernels in the form `build --emulator-memory machine` gives them (a network the board cannot
+    hold, its weights widened as QEMU's memory allows; each kernel is still measured in a harness of its own)."""
     b = get_board(board)
     if runner not in RUNNERS:
         raise TvmPatchError(f"unknown --runner {runner!r}; use one of {', '.join(RUNNERS)}")
@@ -270,7 +272,7 @@ def tune_model(model: str, board: str, *, trials: int = 16, runner: str = "emula
     with tempfile.TemporaryDirectory(prefix="tvmp_tune_") as tmp:
         work = Path(tmp)
         res = fitted_export(model, work / "network", board, patches=patches, split=split, halo=halo,
-                            timeout_sec=timeout_sec)
+                            timeout_sec=timeout_sec, emulator_memory=emulator_memory)
         harnesses, untunable = _tunable_kernels(res, model, kernels)
         db = open_database(db_dir, create=True)
         network_input = [(work / "network" / "io" / f"input{i}.bin").read_bytes() for i in range(len(res.program.inputs))]
