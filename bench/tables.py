@@ -157,7 +157,8 @@ def kernel_table(data: dict[str, Any]) -> list[str]:
             f"{pcount / lcount:.3f}x (bound {bound:.3f}x: {'within' if pcount / lcount <= bound else 'over'})"
         extra = parity_extra(k.get("calls") or [], a.get("stage_layer_macs") or [],
                              a.get("stage_input_reads")) if a["stage"] else None
-        name = e["model"] + (" (QEMU's memory: does not fit the board)" if k.get("emulator_memory") == "machine" else "")
+        machine = k.get("emulator_memory") == "machine"
+        name = e["model"] + (" (QEMU's memory: does not fit the board)" if machine else "")
         rows.append([name, a["macs"], lcount, f"{lcount / a['macs']:.2f}", k["plain"], ratio(k["plain"], lcount),
                      *[f"{kinds[n]['per_mac']:.2f}" if kinds.get(n, {}).get("per_mac") else "-" for n, _ in KINDS],
                      " / ".join(other) or "-", patched, "-" if extra is None else f"{(lcount + extra) / lcount:.3f}x"])

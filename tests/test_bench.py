@@ -232,7 +232,8 @@ def test_kernels_too_large_for_the_board_are_counted_with_the_machines_memory(tm
     assert "| m (QEMU's memory: does not fit the board) | 500 | 1,000 | 2.00 | 5,000 | 5.00x |" \
         in "\n".join(kernel_table({"models": {"m": entry}}))
     # on a board there is no machine to fall back on: the refusal is the entry's error
-    assert measure.measure_kernels(Model("m", "m.tflite", None), get_board("f412"), "device", tmp_path)["status"] == "error"
+    on_board = measure.measure_kernels(Model("m", "m.tflite", None), get_board("f412"), "device", tmp_path)
+    assert on_board["status"] == "error"
 
 
 @pytest.mark.parametrize("runner,measured", [("emulator", True), ("device", False)])
