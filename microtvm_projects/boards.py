@@ -65,6 +65,14 @@ QEMU_CODE_BYTES = 4 * 1024 * KB
 QEMU_RAM_BYTES = 4 * 1024 * KB
 
 
+def link_memory(board: Board, memory: str = "board") -> tuple[str, int, int]:
+    """(what holds the firmware, its Flash bytes, its SRAM bytes) of a link with ``memory`` "board" (the board's
+    sizes) or "machine" (the QEMU machine standing in for it)."""
+    if memory == "machine":
+        return f"the QEMU machine ({board.qemu_machine})", QEMU_CODE_BYTES, QEMU_RAM_BYTES
+    return board.key, board.flash_bytes, board.sram_bytes
+
+
 def get_board(key: str) -> Board:
     """The board called `key`; an unknown key is a one-line error listing the known ones."""
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.boards import QEMU_CODE_BYTES, QEMU_RAM_BYTES, Board, get_board
+from microtvm_projects.boards import Board, get_board, link_memory
 from microtvm_projects.errors import FitError, ProjectError
 from microtvm_projects.generate import PROJECT_JSON, link_sizes, linker_script
 
@@ -76,7 +76,7 @@ def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int, me
         raise FitError(f"stack: the kernels keep up to {scratch:,} B on the stack (widened pixel pairs), so a stack of "
                        f"{stack_bytes:,} B leaves less than {STACK_HEADROOM:,} B for the rest; give --stack "
                        f"{-(-(scratch + STACK_HEADROOM) // 8) * 8:,} or more")
-    where, flash_cap, sram_cap = _limits(board, memory)
+    where, flash_cap, sram_cap = link_memory(board, memory)
     outs = sum(io["bytes"] for io in project["outputs"])
     ram = ex["arena_bytes"] + stack_bytes + outs
     if ram > sram_cap:
@@ -88,12 +88,6 @@ def check_fit_before(project: dict[str, Any], board: Board, stack_bytes: int, me
         raise FitError(f"Flash: needs at least {_fmt(rom)} (weights {ex['weights_bytes']:,} + input {ins:,}), "
                        f"{where} has {_fmt(flash_cap)}", flash_over=rom - flash_cap)
 
-
-def _limits(board: Board, memory: str) -> tuple[str, int, int]:
-    """(what holds the firmware, its Flash bytes, its SRAM bytes): the board, or the QEMU machine standing in."""
-    if memory == "machine":
-        return f"the QEMU machine ({board.qemu_machine})", QEMU_CODE_BYTES, QEMU_RAM_BYTES
-    return board.key, board.flash_bytes, board.sram_bytes
 
 
 def toolchain(cross: str = "arm-none-eabi-") -> str:
@@ -159,7 +153,7 @@ def build_firmware(project_dir: str | Path, runner: str = "emulator", profile: b
     compiler = toolchain()
     for kind in ("device", "emulator"):  # the project's options are the one source of the stack and link sizes
         script = proj_dir / "linker" / f"{kind}.ld"
-        text = linker_script(board, kind, stack, *link_sizes(kind, emulator_memory))
+        text = linker_script(board, kind, stack, *link_sizes(board, kind, emulator_memory))
         if not script.is_file() or script.read_text() != text:
             script.write_text(text)
     make = ["make", "-C", str(proj_dir), f"RUNNER={runner}", f"PROFILE={int(profile)}", f"OPT=-{opt}"]
@@ -199,7 +193,7 @@ def _raise_overflow(proj_dir: Path, board: Board, runner: str, make: list[str], 
     finally:
         script.unlink(missing_ok=True)
         (build / "firmware.elf").unlink(missing_ok=True)
-    where, flash_cap, sram_cap = _limits(board, memory)
+    where, flash_cap, sram_cap = link_memory(board, memory)
     if m.sram_bytes > sram_cap:
         raise FitError(f"SRAM: needs {_fmt(m.sram_bytes)} (arena {m.arena_bytes:,} + stack {m.stack_bytes:,} + "
                        f"data/bss {m.data_bss_bytes:,}), {where} has {_fmt(sram_cap)}")

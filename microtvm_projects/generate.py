@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from microtvm_projects.boards import QEMU_CODE_BYTES, QEMU_RAM_BYTES, Board, get_board
+from microtvm_projects.boards import Board, get_board, link_memory
 from microtvm_projects.errors import ProjectError
 
 TEMPLATE = Path(__file__).parent / "template"
@@ -106,12 +106,10 @@ def io_sources(info: dict[str, Any], inputs: list[bytes]) -> tuple[str, str]:
     return header, source
 
 
-def link_sizes(kind: str, emulator_memory: str = "board") -> tuple[int | None, int | None]:
-    """(Flash, RAM) bytes of ``kind``'s link: None for the board's own sizes; the QEMU machine's memory for the
-    emulator link with ``emulator_memory`` "machine"."""
-    if kind == "emulator" and emulator_memory == "machine":
-        return QEMU_CODE_BYTES, QEMU_RAM_BYTES
-    return None, None
+def link_sizes(board: Board, kind: str, emulator_memory: str = "board") -> tuple[int, int]:
+    """(Flash, RAM) bytes of ``kind``'s link: the board's, or the QEMU machine's for the emulator link with
+    ``emulator_memory`` "machine" (``boards.link_memory``)."""
+    return link_memory(board, emulator_memory if kind == "emulator" else "board")[1:]
 
 
 def linker_script(board: Board, kind: str, stack_bytes: int, flash_bytes: int | None = None,
@@ -213,8 +211,8 @@ def generate_project(export_dir: str | os.PathLike, project_dir: str | os.PathLi
             (tmp / "io" / f"expected{i}.bin").write_bytes(data)
         (tmp / "linker").mkdir()
         for kind in ("device", "emulator"):
-            (tmp / "linker" / f"{kind}.ld").write_text(linker_script(board, kind, options["stack_bytes"],
-                                                                     *link_sizes(kind, options["emulator_memory"])))
+            sizes = link_sizes(board, kind, options["emulator_memory"])
+            (tmp / "linker" / f"{kind}.ld").write_text(linker_script(board, kind, options["stack_bytes"], *sizes))
         model_id = (info.get("model_sha256") or "0" * 16)[:16]
         (tmp / "Makefile").write_text(makefile(board, options, model_id))
         project = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from microtvm_projects.boards import get_board
 from microtvm_projects.errors import ProjectError
 from microtvm_projects.firmware import load_project
+from microtvm_projects.options import EMULATOR_MEMORY
 
 from tvm_patch import report, zoo
 from tvm_patch.atomic import write_atomic
@@ -507,7 +508,7 @@ def _add_tune_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--split", metavar="S", help="with --patches: layer count, block:N or auto")
     t.add_argument("--halo", choices=["recompute", "cache", "auto"], default="recompute", help=HALO_HELP)
     t.add_argument("--kernel", action="append", metavar="NAME", help="tune only this kernel (repeatable)")
-    t.add_argument("--emulator-memory", choices=["board", "machine"], default="board",
+    t.add_argument("--emulator-memory", choices=EMULATOR_MEMORY, default="board",
                    help="machine: tune the kernels as `build --emulator-memory machine` builds them (a network too "
                         "large for the board, counted on its core)")
     t.add_argument("--tracker", metavar="HOST:PORT", help="with --runner rpc: the RPC tracker")
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stack", type=int, default=8192, metavar="BYTES",
                    help="with --board: stack reserved in SRAM (default 8192)")
     b.add_argument("--seed", type=int, default=0, help="with --board: seed of the input compiled into the firmware")
-    b.add_argument("--emulator-memory", choices=["board", "machine"], default="board",
+    b.add_argument("--emulator-memory", choices=EMULATOR_MEMORY, default="board",
                    help="with --board: link the emulator firmware with the board's Flash and SRAM sizes (default) or "
                         "the QEMU machine's 4 MB + 4 MB, to count a network too large for the board on its core "
                         "(the report still says whether the board holds it)")
