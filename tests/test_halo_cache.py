@@ -31,7 +31,7 @@ from tvm_patch.patch import Add, AddQuant, Conv, ConvQuant, Stage
 from tvm_patch import report
 from tvm_patch.patch import cache_stage
 from tvm_patch.patch.cache_plan import writes_top_left
-from tvm_patch.patch.block_plan import pairs_down
+from tvm_patch.patch.block_plan import blocked_adds, pairs_down, window_bytes
 from tvm_patch.patch.cache_stage import build_cached_stage, build_recompute_stage
 from tvm_patch.patch.stage_forms import PAIRS_DOWN, form_default, pairs_down_default, with_form
 from tvm_patch.patch.memory import PatchMemory, pick_schedule
@@ -412,8 +412,8 @@ def test_blocked_stage_forms_in_c(layout, halo):
     pixels' 27-byte windows copied), the 1x1's pair widened once (`tvmp_widen_px2`; NCHW: `tvmp_widen_px2_planes`
     from the channel planes, no copy), window pairs over the live
     part's run-time extent, the bias as the accumulators' start and the bounded requantization with the output zero
-    point (`tvmp_requant_rbz`), barriers between the loop nests. The TE form (`build_stage`, kept for stages with a conv
-    inside its residual add): rows 4 / 2, the NCHW stem's window copy."""
+    point (`tvmp_requant_rbz`), barriers between the loop nests. The TE form (`build_stage`, kept for stages whose residual
+    add computes two convs that copy windows): rows 4 / 2, the NCHW stem's window copy."""
     stage = _blocked_forms_stage(layout)
     with extern_requantization():
         if halo == "cache":
@@ -878,3 +878,46 @@ def test_bounded_requantization_facts():
         ctypes.CDLL(str(so)).rb(acc.ctypes.data_as(ptr), mult.ctypes.data_as(ptr), shift.ctypes.data_as(ptr),
                                 out.ctypes.data_as(ptr), len(acc))
     np.testing.assert_array_equal(out, multiply_by_quantized_multiplier_ref(acc, mult, shift))
+
+
+def _inverted_residual_stage(expand: int) -> Stage:
+    """An NCHW int8 stage with an inverted residual block (MobileNetV2's): a 3x3 stride-2 stem over 3 channels,
+    a 1x1 expansion 8 -> ``expand``, a 3x3 depthwise layer, the 1x1 projection ``expand`` -> 8 added to the stem's
+    output, then a 1x1 conv; on a 17 x 17 input (9 x 9 outputs: 3 x 3 patches, odd pixel-pair remainders)."""
+    conv = _int8_conv(np.random.default_rng(11), "NCHW")
+    layers = [conv(3, 8, 3, 2, 1, 5)]
+    for cin, cout, k, groups in ((8, expand, 1, 1), (expand, expand, 3, expand), (expand, 8, 1, 1)):
+        layers.append(conv(cin, cout, k, 1, groups, layers[-1].quant.output_zero_point))
+    m, s = quantize_multiplier(0.5)
+    mo, so = quantize_multiplier(1.0 / (1 << 20) / 0.6)
+    zps = (layers[3].quant.output_zero_point, layers[0].quant.output_zero_point)
+    layers.append(Add(0, quant=AddQuant(zps, (m, m), (s, s), -3, mo, so)))
+    layers.append(conv(8, 8, 1, 1, 1, -3))
+    return Stage((1, 3, 17, 17), tuple(layers), "NCHW", "int8")
+
+
+@pytest.mark.parametrize("expand", [16, 80, 160])
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_inverted_residual_projection_blocked_in_its_add(halo, expand):
+    """NCHW: an inverted residual block's projection, computed inside its add (`skip_accumulations`), copies its
+    pixels' channels into `pixel` (`window_bytes`: an int8 1x1 conv's up to `PIXEL_MAX_BYTES`, two pixels a call up
+    to 128 channels) as any NCHW 1x1 conv does; as the add's only conv it is register blocked there
+    (`block_plan.blocked_adds`), so recompute mode keeps the written nest (`build_recompute_stage`: until session 41
+    such a stage fell back to the TE form, whose scalar one-element accumulators cost mcunet-in3's 4x4 build 588.8 M
+    instructions on the M7 against 277.2 M now), its reduction a dot call on the weights; the C run equal to the
+    numpy reference bit for bit."""
+    stage = _inverted_residual_stage(expand)
+    fused = skip_accumulations(stage, plan_patches(stage, (3, 3)))
+    assert set(fused) == {3} and window_bytes(stage, 3) == expand and blocked_adds(stage, fused) == {4: [3]}
+    with extern_requantization():
+        func = build_cached_stage(stage, (3, 3)) if halo == "cache" else build_recompute_stage(stage, (3, 3))
+    assert has_workspace_plan(func)  # the written nest (the TE form's plan is made by plan_stage_arena)
+    prove_cached_plan(func)
+    body = emit_c({"stage": func}).code
+    body = body[body.index("void stage("):]
+    assert re.search(r"tvmp_dot_\w+\([^;]*layer3_weight", body)
+    assert "layer3_acc" not in body  # not the TE form's accumulator (one element, scalar MACs)
+    rng = np.random.default_rng(12)
+    for _ in range(2):
+        x = rng.integers(-128, 128, stage.input_shape).astype("int8")
+        assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))

@@ -56,11 +56,11 @@ PROBE_INSERTS = (Inserted("stem.relu6", 8, 3, 1), Inserted("b4.add", 16, 5, 1))
 STAGE_NET = replace(PROBE_NET, name="kernels-probe-stage", blocks=PROBE_NET.blocks[:2], head=None)
 STAGE_INSERTS = PROBE_INSERTS[:1]
 LAYOUTS = ("NCHW", "NHWC")  # the ONNX networks' kernels and the TFLite form's (nhwc.py)
-# The written nest of an NCHW stage in recompute mode, which the stage probe does not reach there (its residual
-# add's conv reads a copied window: `cache_stage.build_recompute_stage` keeps `schedule.build_stage`): a block
-# without the add (the stage its four layers), its 8 -> 32 1x1 layer over 7-wide regions, the interior patches'
-# as wide as their buffers (one row of pixel pairs: codegen/channel_rows.py's ``_flat_rows``), the others clipped
-# by the image's border.
+# An NCHW stage in recompute mode of a block without the add (the stage its four layers), its 8 -> 32 1x1 layer
+# over 7-wide regions, the interior patches' as wide as their buffers (one row of pixel pairs: codegen/channel_rows.py's
+# ``_flat_rows``), the others clipped by the image's border. (Until session 41 the stage probe's NCHW recompute stage
+# kept the TE form, `schedule.build_stage`, its residual add's conv reading a copied window: this probe was the
+# written nest's only one there.)
 ROWS_NET = NetSpec("kernels-probe-rows", "synthetic", 30, ConvSpec(3, 8, 3, 2, 1, "relu6"),
                    (BlockSpec(8, 32, 16, 3, 1, True, False),), None, num_classes=10)
 

@@ -58,13 +58,14 @@ def pairs_down(stage: Stage, blocked: dict[int, int], v: int) -> bool:
 
 def blocked_adds(stage: Stage, fused: dict[int, tuple[int, int | None]]) -> dict[int, list[int]]:
     """Residual add -> its fused convs (`skip_accumulations`), where they are computed register blocked inside it
-    (`blocked_convs.add_block`): every one blocked (`accumulator_rows`) and reading its input in place
-    (no window copied into `pixel`, which two convs of one add would share). Others element by element."""
+    (`blocked_convs.add_block`): every one blocked (`accumulator_rows`), and reading its input in place or the
+    add's only conv (its window copied into `pixel`, which two convs of one add would share: an inverted residual
+    block's 1x1 projection in NCHW). Others element by element."""
     adds: dict[int, list[int]] = {}
     for u, (add, _) in sorted(fused.items()):
         adds.setdefault(add, []).append(u)
     return {a: us for a, us in adds.items()
-            if all(accumulator_rows(stage, u) > 1 and not window_bytes(stage, u) for u in us)}
+            if all(accumulator_rows(stage, u) > 1 and (len(us) == 1 or not window_bytes(stage, u)) for u in us)}
 
 
 def blocking(stage: Stage, dw: set[int], fused: dict, fused_adds: dict[int, list[int]]) -> tuple[dict[int, int],
@@ -119,7 +120,8 @@ def window_tap(stage: Stage, v: int, f: Any) -> tuple[Any, Any, Any]:
 
 def window_bytes(stage: Stage, v: int) -> int:
     """Bytes of one output pixel's input window that blocked dense conv v copies into a C local (its reduction then
-    runs over contiguous bytes, in the weights' order), or 0. NCHW: up to `LOCAL_MAX_BYTES`. NHWC, where a pixel's
+    runs over contiguous bytes, in the weights' order), or 0. NCHW: up to `LOCAL_MAX_BYTES` (an int8 1x1 conv's
+    pixel up to `PIXEL_MAX_BYTES`). NHWC, where a pixel's
     channels are contiguous already: only a k x k int8 conv whose kernel rows are not whole words (a stem over 3
     channels: its rows of 9 bytes, scalar tails in every dot call, against one padded run of 28; vww's 3x3 stem,
     round 19) or of at most one word (kws's 10x4 stem over one channel: ten 4-byte dot calls against one of 40;
@@ -131,4 +133,8 @@ def window_bytes(stage: Stage, v: int) -> int:
                                      or (g.kw * g.c_in % 4 == 0 and g.kw * g.c_in > 4)):
         return 0
     size = g.c_in * g.kh * g.kw * (4 if stage.dtype == "float32" else 1)
-    return size if size <= LOCAL_MAX_BYTES else 0
+    # an int8 NCHW 1x1 conv's pixel (its channels, gathered from their planes) up to a pixel window's own bound:
+    # read in place, its reduction would be scalar MACs a plane apart (mcunet-in2's inverted residual projections
+    # over 96-144 channels, computed inside their adds, session 41)
+    one_by_one = stage.layout == "NCHW" and stage.dtype == "int8" and g.kh * g.kw == 1
+    return size if size <= (PIXEL_MAX_BYTES if one_by_one else LOCAL_MAX_BYTES) else 0

@@ -18,7 +18,7 @@ from tvm_patch.patch.regions import acc_dtype
 from tvm_patch.patch.te_stage import _float_act, conv_term, reduction_order, weight_at
 from tvm_patch.tir_util import seq
 
-__all__ = ["add_block", "blocked_pixels", "conv_block", "conv_channels"]
+__all__ = ["add_block", "blocked_pixels", "conv_block", "conv_channels", "copy_windows"]
 
 
 def _py(y: Any, p: Any, down: bool) -> Any:
@@ -40,11 +40,23 @@ def conv_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callabl
     In NCHW the pixels' windows (channels x kernel rows x columns, at most `LOCAL_MAX_BYTES`: a 1x1 conv's
     channels, a stem's 3x3x3) are first copied into `pixel` (a C local), so that the reduction is one contiguous
     run against the weight rows."""
+    cb = tirx.Var("cb", I32)
+    stmts, win = copy_windows(ctx, v, y, x, npx, down)
+    stmts.append(tirx.For(cb, imm(0), imm(ctx.stage.geometry[v].c_out // ctx.blocked[v]), tirx.ForKind.SERIAL,
+                          tirx.SeqStmt(conv_channels(ctx, v, y, x, npx, cb,
+                                                     lambda c, p, j, val: dest(c, p, val), win, down))))
+    return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+
+
+def copy_windows(ctx: NestContext, v: int, y: Any, x: Any, npx: int, down: bool = False) -> tuple[list, Any]:
+    """(the statements copying conv v's input windows at (y, x) and, with npx = 2, its pair pixel's into a C local,
+    the buffer its reduction then reads): where v copies its windows (`block_plan.window_bytes`: NCHW, or an NHWC
+    k x k conv of narrow kernel rows), the npx windows in the weights' order (I, H, W or H, W, I), one run each,
+    the padded taps zero; no statement otherwise (the reduction reads the input where it is)."""
     stage, sc = ctx.stage, ctx.scratch
     g = stage.geometry[v]
     src = stage.inputs[v][0]
     (sh, sw), (pt, pl, _, _) = g.stride, g.padding
-    cb = tirx.Var("cb", I32)
     taps = g.kh * g.kw
     stmts = []
     win = sc.down_win if down else sc.pair_win[v] if npx == 2 and v in sc.pair_win else sc.pix
@@ -58,10 +70,7 @@ def conv_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callabl
         if step > k_len:  # the padded taps: zeros (their weights are zeros too), and so in the C local's extent
             stmts.append(loops([(imm(0), imm(npx)), (imm(0), imm(step - k_len))], lambda p, t: tirx.BufferStore(
                 win, imm(0, stage.dtype), [p * imm(step) + imm(k_len) + t])))
-    stmts.append(tirx.For(cb, imm(0), imm(g.c_out // ctx.blocked[v]), tirx.ForKind.SERIAL,
-                          tirx.SeqStmt(conv_channels(ctx, v, y, x, npx, cb,
-                                                     lambda c, p, j, val: dest(c, p, val), win, down))))
-    return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
+    return stmts, win
 
 
 def conv_channels(ctx: NestContext, v: int, y: Any, x: Any, npx: int, cb: Any,
@@ -124,16 +133,19 @@ def conv_channels(ctx: NestContext, v: int, y: Any, x: Any, npx: int, cb: Any,
 def add_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callable[[Any, Any, Any], Any],
               down: bool = False) -> Any:
     """Residual add v at image (y, x) and, with npx = 2, (y, x + 1) (``down``: (y + 1, x)), all channels, its fused
-    convs (`block_plan.blocked_adds`) computed as `conv_block` does, a block of R channels at a time into
-    `fused_rows*` (C locals), then the R x npx adds; `dest(c, p, value)` each."""
+    convs (`block_plan.blocked_adds`) computed as `conv_block` does (a conv that copies its windows, the add's
+    only one, copies them first), a block of R channels at a time into `fused_rows*` (C locals), then the R x npx
+    adds; `dest(c, p, value)` each."""
     stage, fvals = ctx.stage, ctx.scratch.fvals
     layer, rows = stage.layers[v], ctx.blocked[v]
     cb = tirx.Var("cb", I32)
-    stmts, slot = [], {}
+    copies, stmts, slot = [], [], {}
     for u in ctx.fused_adds[v]:
         k = slot[u] = len(slot)
+        copied, win = copy_windows(ctx, u, y, x, npx, down)  # (an add copying a window has that conv alone)
+        copies += copied
         stmts += conv_channels(ctx, u, y, x, npx, cb, lambda c, p, j, val, k=k: tirx.BufferStore(
-            fvals[k], val, [p * imm(rows) + j]), down=down)
+            fvals[k], val, [p * imm(rows) + j]), win, down)
 
     def add(p, j):
         c = cb * imm(rows) + j
@@ -143,7 +155,8 @@ def add_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callable
         return seq(add_steps(ctx, v, *ops, lambda val: dest(c, p, val)))
 
     stmts.append(loops([(imm(0), imm(npx)), (imm(0), imm(rows))], add))
-    return tirx.For(cb, imm(0), imm(stage.value_shape(v)[0] // rows), tirx.ForKind.SERIAL, tirx.SeqStmt(stmts))
+    channels = tirx.For(cb, imm(0), imm(stage.value_shape(v)[0] // rows), tirx.ForKind.SERIAL, tirx.SeqStmt(stmts))
+    return tirx.SeqStmt(copies + [channels]) if copies else channels
 
 
 def blocked_pixels(ctx: NestContext, v: int, rows: tuple, cols: tuple, pos: Callable[[Any, Any], tuple],

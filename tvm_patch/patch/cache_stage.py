@@ -56,8 +56,9 @@ def build_recompute_stage(stage: Stage, patches: tuple[int, int], alignment: int
     computes its whole region, as `schedule.build_stage` does), so recompute mode gets cache mode's kernel forms:
     live parts as loop bounds instead of a test per element, two pixels for 1x1 convs, a copied input without a
     test per byte. A dense conv computed inside its residual add (`skip_accumulations`) is register blocked there
-    too, two pixels at a time where its form allows (`block_plan.blocked_adds`); a stage with such a conv this nest
-    would compute element by element (an NCHW window copy) keeps `build_stage(in_place=True)`, which blocks it."""
+    too, two pixels at a time where its form allows (`block_plan.blocked_adds`: an NCHW inverted residual block's
+    projection, its pixels' channels copied, since session 41); a stage with such a conv this nest would compute
+    element by element (two convs of one add both copying windows) keeps `build_stage(in_place=True)`."""
     fused = skip_accumulations(stage, plan_patches(stage, patches))
     if set(fused) - {u for us in blocked_adds(stage, fused).values() for u in us}:
         return build_stage(stage, patches, in_place=True)
