@@ -196,10 +196,35 @@ def _blocked_and_window(ha: T.handle, hw: T.handle, hd: T.handle, hout: T.handle
 
 def test_scalar_macs_classed_by_their_reduction_loops():
     """trips: a MAC's class is the number of loops it reduces over (not of all the loops around it: a scalar 1x1
-    over 8 channels blocked over 4 outputs is `blk`, not depthwise); stores are told by what they write."""
+    over 8 channels blocked over 4 outputs is `blk`, not depthwise); stores are told by what they write, the
+    zeros into the kernel's own 4-element accumulator as `stores_reg` (features 11: kept in registers)."""
     e = executed(_blocked_and_window)
     assert e["mac_blk"] == 10 * 8 * 4 and e["mac_dw"] == 10 * 9 and e["mac_1x1"] == e["mac_kxk"] == 0
-    assert e["stores"] == e["stores_const"] + e["stores_copy"] == 80 and e["stores_const"] == 40
+    assert e["stores"] == e["stores_reg"] + e["stores_copy"] == 80 and e["stores_reg"] == 40
+    assert e["stores_const"] == 0
+
+
+@T.prim_func
+def _local_inits(hout: T.handle):
+    out = T.match_buffer(hout, (10, 8), "int32")
+    for p in range(10):
+        acc = T.alloc_buffer((1,), "int32")
+        window = T.alloc_buffer((8,), "int32")
+        acc[0] = 0
+        for j in range(8):
+            window[j] = 0
+        for j in range(8):
+            acc[0] = acc[0] + window[j]
+            out[p, j] = 0
+        out[p, 0] = acc[0]
+
+
+def test_constant_stores_into_registers_told_from_memory():
+    """trips (features 11): a constant into a local the kernel allocates with at most REG_ELEMS elements (a one-
+    element accumulator, which GCC keeps in a register) is `stores_reg`; into a larger local (a padded window copy,
+    on the stack) or a parameter's buffer it stays `stores_const`."""
+    e = executed(_local_inits)
+    assert e["stores_reg"] == 10 and e["stores_const"] == 10 * 8 + 10 * 8
 
 
 def test_let_expressions_under_loops_run_value_by_value():

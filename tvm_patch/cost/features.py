@@ -38,7 +38,9 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # 10: a low-K 1x1 convolution's channel along a row (``tvmp_row_q15w_px2``, kernels round 22) counted as the nest it
 # replaces: a two-pixel dot per pair (dot calls and elements, widened MACs), per output a requantization, a clamp and
 # a store
-FEATURES_VERSION = 10
+# 11: a constant stored into a local of at most 4 elements (an accumulator's initialisation, which the compiler keeps
+# in a register: a TE-form stage's one-element locals) counted apart as ``stores_reg``, no longer in stores_const
+FEATURES_VERSION = 11
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -52,7 +54,8 @@ NUMERIC = ("nhwc", "out_h", "out_w", "out_c", "in_c", "kernel", "stride", "group
 # The executed counts a row keeps (``exec``), the patch stage's linear model's terms (latency.py)
 EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems", "rows_calls", "window_calls",
              "window_elems", "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw",
-             "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_copy", "stores_float", "stores_int", "branches", "branches_varying",
+             "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_reg", "stores_copy", "stores_float",
+             "stores_int", "branches", "branches_varying",
              "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs",
              "window4_macs", "mul64")
 

@@ -67,12 +67,11 @@ _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"],
             # the branch evaluations that run what they guard (an in-image position; NNLS cannot price the skipping
             # ones below the others, so the model weighs every evaluation and, on top, the taken ones)
             "branches_taken": lambda r: r["exec"]["branches"] - r["exec"]["branches_skipped"]}
-STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_copy", "stores_float", "stores_int", "dot_calls",
-               "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant", "pad_calls", "sat",
-               "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk", "branches",
-               "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs",
-               "patches", "mul64",
-               "one")
+STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_reg", "stores_copy", "stores_float", "stores_int",
+               "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant",
+               "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk",
+               "branches", "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls",
+               "dot_wide_macs", "dot_s8act_macs", "patches", "mul64", "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 

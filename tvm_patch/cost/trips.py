@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tvm
@@ -29,6 +29,9 @@ from tvm_patch.tir_util import uses_var, vars_of
 
 MAX_ENUMERATE = 64  # a loop whose variable bounds inner loops is run value by value up to this extent
 MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many combinations of its loops' values
+# a buffer the function allocates itself with at most this many elements is an accumulator that the compiler keeps
+# in registers (a TE-form stage's ``layer0_acc_ptr[0] = 0;``): a constant stored into it is ``stores_reg``
+REG_ELEMS = 4
 
 
 def _controls(body: Any, var: tirx.Var) -> bool:
@@ -240,6 +243,23 @@ def _store_class(value: Any) -> str:
     return "float" if floats[0] else "int"
 
 
+def _register_locals(func: tirx.PrimFunc) -> Callable[[Any], bool]:
+    """Whether a buffer is one that ``func`` allocates with at most REG_ELEMS elements (an accumulator); buffers
+    compared by identity (``same_as``), found by name."""
+    small: dict[str, list[Any]] = {}
+
+    def on_alloc(node: Any) -> tvm_ffi.WalkResult:
+        n = 1
+        for d in node.buffer.shape:
+            n = n * int(d) if isinstance(d, tirx.IntImm) else REG_ELEMS + 1
+        if n <= REG_ELEMS:
+            small.setdefault(node.buffer.name, []).append(node.buffer)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(func.body, [(tirx.AllocBuffer, on_alloc)], order="pre")
+    return lambda buf: any(b.same_as(buf) for b in small.get(buf.name, ()))
+
+
 def _reduction(chain: list[tuple[int, Any]], indices: Any) -> tuple[list[int], bool]:
     """The reduction loops' extents of an accumulation in lowered code (``chain``: (extent, variable) of the loops
     around it since the last statement sequence; a reduction loop's variable is not in the accumulator's
@@ -259,7 +279,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
     argument times its calls, when constant), ``stores`` (element stores that are not accumulations, and the store
     instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; the element
     stores by what they write: ``stores_const``, ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class,
-    and the calls' word stores as ``stores_call``; ``mul64`` the 64-bit multiplications the stored values compute;
+    a constant into a small local (an accumulator's initialisation, kept in a register) as ``stores_reg`` instead of
+    ``stores_const``, and the calls' word stores as ``stores_call``; ``mul64`` the 64-bit multiplications the stored
+    values compute;
     a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
@@ -375,6 +397,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
     # element store -> (its select's condition or None, whether that condition calls a tvmp_ function, the parts
     # it writes: [(expression, store class, calls a tvmp_ function)], the whole value as one part)
     parts: dict[Any, tuple] = {}
+    in_register = _register_locals(func)
 
     def store(node: Any, trips: float, env: dict) -> None:
         # an element store of if_then_else(condition, a, b) (a border position's pad value, computed or not):
@@ -398,7 +421,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
             if t:
                 if has_calls:
                     calls(part, t, env)
-                out[f"stores_{cls}"] += t
+                out["stores_reg" if cls == "const" and in_register(node.buffer) else f"stores_{cls}"] += t
                 out["mul64"] += t * mul64
 
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,
