@@ -145,7 +145,8 @@ def test_patch_stage_features(tmp_path):
     assert stage["halo_cache"] == 0 and stage["exec"]["all_macs"] == stage["macs"]
     e = stage["exec"]  # the stores by what they write (the float input quantized into the first patch: float), and
     # the copy / fill calls' word stores apart (an NCHW stage's runs: codegen/copy_kernels.py)
-    assert sum(e[f"stores_{c}"] for c in ("const", "copy", "float", "int", "call")) == e["stores"] and e["stores_float"] > 0
+    assert sum(e[f"stores_{c}"] for c in ("const", "reg", "copy", "float", "int", "call")) == e["stores"] \
+        and e["stores_float"] > 0
     assert e["stores_call"] > 0 and e["run_calls"] > 0 and e["requant"] > 0  # tvmp_requant_rbzr counted since version 5
     assert e["window_macs"] >= 9 * e["window_calls"] > 0  # 3x3 windows and larger
 
