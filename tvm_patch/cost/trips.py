@@ -395,7 +395,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
         return seen[(node, known)]
 
     # element store -> (its select's condition or None, whether that condition calls a tvmp_ function, the parts
-    # it writes: [(expression, store class, calls a tvmp_ function)], the whole value as one part)
+    # it writes: [(expression, store class (``reg``: a constant into a register local), calls a tvmp_ function)],
+    # the whole value as one part)
     parts: dict[Any, tuple] = {}
     in_register = _register_locals(func)
 
@@ -403,7 +404,8 @@ def executed(func: tirx.PrimFunc) -> Counter:
         # an element store of if_then_else(condition, a, b) (a border position's pad value, computed or not):
         # what it writes and calls split by the share of the iterations that take each side
         def kind(e: Any) -> tuple[Any, str, bool, int]:
-            return e, _store_class(e), _calls_tvmp(e), _mul64(e)
+            cls = _store_class(e)
+            return e, "reg" if cls == "const" and in_register(node.buffer) else cls, _calls_tvmp(e), _mul64(e)
 
         if node not in parts:
             sel = _select(node.value)
@@ -421,7 +423,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
             if t:
                 if has_calls:
                     calls(part, t, env)
-                out["stores_reg" if cls == "const" and in_register(node.buffer) else f"stores_{cls}"] += t
+                out[f"stores_{cls}"] += t
                 out["mul64"] += t * mul64
 
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,

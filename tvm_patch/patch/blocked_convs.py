@@ -18,7 +18,7 @@ from tvm_patch.patch.regions import acc_dtype
 from tvm_patch.patch.te_stage import _float_act, conv_term, reduction_order, weight_at
 from tvm_patch.tir_util import seq
 
-__all__ = ["add_block", "blocked_pixels", "conv_block", "conv_channels", "copy_windows"]
+__all__ = ["add_block", "blocked_pixels", "conv_block", "conv_channels"]
 
 
 def _py(y: Any, p: Any, down: bool) -> Any:
@@ -37,18 +37,18 @@ def conv_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callabl
     register blocked: per block of R channels the R x npx accumulators (`acc_rows`, a C local) are reduced
     together, the reduction loops outside the channel (and pixel) loop, the `tvmp_dot_s8_rows*` /
     `tvmp_dot_s8_px2_rows*` nests of the per-layer kernels; then the R x npx epilogues, `dest(c, p, value)` each.
-    In NCHW the pixels' windows (channels x kernel rows x columns, at most `LOCAL_MAX_BYTES`: a 1x1 conv's
-    channels, a stem's 3x3x3) are first copied into `pixel` (a C local), so that the reduction is one contiguous
-    run against the weight rows."""
+    In NCHW the pixels' windows (channels x kernel rows x columns, `block_plan.window_bytes`: an int8 1x1 conv's
+    channels up to `PIXEL_MAX_BYTES`, a stem's 3x3x3) are first copied into `pixel` (a C local), so that the
+    reduction is one contiguous run against the weight rows."""
     cb = tirx.Var("cb", I32)
-    stmts, win = copy_windows(ctx, v, y, x, npx, down)
+    stmts, win = _copy_windows(ctx, v, y, x, npx, down)
     stmts.append(tirx.For(cb, imm(0), imm(ctx.stage.geometry[v].c_out // ctx.blocked[v]), tirx.ForKind.SERIAL,
                           tirx.SeqStmt(conv_channels(ctx, v, y, x, npx, cb,
                                                      lambda c, p, j, val: dest(c, p, val), win, down))))
     return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0]
 
 
-def copy_windows(ctx: NestContext, v: int, y: Any, x: Any, npx: int, down: bool = False) -> tuple[list, Any]:
+def _copy_windows(ctx: NestContext, v: int, y: Any, x: Any, npx: int, down: bool = False) -> tuple[list, Any]:
     """(the statements copying conv v's input windows at (y, x) and, with npx = 2, its pair pixel's into a C local,
     the buffer its reduction then reads): where v copies its windows (`block_plan.window_bytes`: NCHW, or an NHWC
     k x k conv of narrow kernel rows), the npx windows in the weights' order (I, H, W or H, W, I), one run each,
@@ -142,7 +142,7 @@ def add_block(ctx: NestContext, v: int, y: Any, x: Any, npx: int, dest: Callable
     copies, stmts, slot = [], [], {}
     for u in ctx.fused_adds[v]:
         k = slot[u] = len(slot)
-        copied, win = copy_windows(ctx, u, y, x, npx, down)  # (an add copying a window has that conv alone)
+        copied, win = _copy_windows(ctx, u, y, x, npx, down)  # (an add copying a window has that conv alone)
         copies += copied
         stmts += conv_channels(ctx, u, y, x, npx, cb, lambda c, p, j, val, k=k: tirx.BufferStore(
             fvals[k], val, [p * imm(rows) + j]), win, down)
