@@ -921,3 +921,34 @@ def test_inverted_residual_projection_blocked_in_its_add(halo, expand):
     for _ in range(2):
         x = rng.integers(-128, 128, stage.input_shape).astype("int8")
         assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+def _depthwise_rows_stage(k: int, size: int) -> Stage:
+    """An NCHW int8 stage whose depthwise ``k`` x ``k`` layer (stride 1) has contiguous rows of ``k`` taps: a 3x3
+    stride-2 stem over 3 channels, a 1x1 expansion 8 -> 16, the depthwise layer, a 3x3 depthwise layer (so that the
+    first one's output regions reach past the image: its rows clipped to the live part), a 1x1 projection 16 -> 8."""
+    conv = _int8_conv(np.random.default_rng(k), "NCHW")
+    layers = [conv(3, 8, 3, 2, 1, 5)]
+    for cin, cout, kk, groups in ((8, 16, 1, 1), (16, 16, k, 16), (16, 16, 3, 16), (16, 8, 1, 1)):
+        layers.append(conv(cin, cout, kk, 1, groups, layers[-1].quant.output_zero_point))
+    return Stage((1, 3, size, size), tuple(layers), "NCHW", "int8")
+
+
+@pytest.mark.parametrize("size", [17, 29, 35])
+@pytest.mark.parametrize("k", [5, 7])
+@pytest.mark.parametrize("halo", ["recompute", "cache"])
+def test_stage_depthwise_rows_four_windows_a_call(halo, k, size):
+    """NCHW 5x5 and 7x7 depthwise rows in a patch stage, whose output rows are as wide as the patch's region (known
+    only at run time), run four windows a call (`window_blocks`: `tvmp_window4_s8`, as the per-layer kernels do;
+    until session 42 two), the last `E % 4` outputs a pair and one alone, each under its test. Over 3 x 3 patches of
+    9, 15 and 18 outputs its rows are 4 and 5, 6 and 7, 7 and 8 wide (a patch at the image's border and one
+    inside): every remainder. The C run equal to numpy bit for bit."""
+    stage = _depthwise_rows_stage(k, size)
+    with extern_requantization():
+        func = build_cached_stage(stage, (3, 3)) if halo == "cache" else build_recompute_stage(stage, (3, 3))
+    body = emit_c({"stage": func}).code
+    body = body[body.index("void stage("):]
+    assert re.search(r"tvmp_window4_s8w?\([^;]*layer2_weight", body)
+    rng = np.random.default_rng(size)
+    x = rng.integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))

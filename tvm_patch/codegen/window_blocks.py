@@ -89,7 +89,7 @@ def _dot_rows_window(st: Any) -> tirx.BufferStore | None:
     return tirx.BufferStore(store.buffer, tirx.call_extern("int32", WINDOW, *args), list(store.indices))
 
 
-def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tirx.Stmt | None:
+def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads: bool = True) -> tirx.Stmt | None:
     """An output loop whose body computes one interior window (``tvmp_window_s8`` with the full kernel as its
     bounds) into a one-element accumulator, then an epilogue reading it, as a loop over pairs of outputs:
 
@@ -100,9 +100,10 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     of neighbouring windows are loaded once. The window may sit in a loop of its own (an NCHW stem's input
     channels: ``for rc: acc[0] = tvmp_window_s8(...)``), which then runs around the pair call.
 
-    Four outputs a call instead (``tvmp_window4_s8``), for a known extent of at least four, over contiguous rows
-    of odd widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``); after
-    the last four a pair and a single output, or, for three left over 7-wide rows that read a local copy
+    Four outputs a call instead (``tvmp_window4_s8``; unless ``quads`` is false), over contiguous rows of odd
+    widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``), for an extent of at least four or
+    one known only at run time (the patch stage's regions: then the last ``E % 4`` outputs in pairs and a single
+    one, each under a test); after the last four a pair and a single output, or, for three left over 7-wide rows that read a local copy
     (``_recomputable``), the last four outputs once more (all quads: their weights may be widened); at stride 2
     otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact: each output's sum and epilogue are unchanged; the
     only reordering is the later windows' reads moving before the first output's store, and a read moved earlier
@@ -145,7 +146,7 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
     wide = _dot_rows_window(stmts[at]) is not None and (d, step) in ((1, 1), (2, 1))
     # (3x3 stride-1 planes four a call, tvmp_window4_s8's 3-wide path: -1 % on mcunet-in3's, but +7-13 % on kws's
     # in-place 25 x 5 and +4-6 % on two of vww's: pairs)
-    n = 4 if wide and _quad_widths(kw, d) and extent is not None and extent >= 4 else 2
+    n = 4 if quads and wide and _quad_widths(kw, d) and (extent is None or extent >= 4) else 2
     # three windows a call (tvmp_window3_s8: the quad's stride-2 path without its fourth window) for a row of three
     # or the three after its quads: mcunet-in0's 7x7 stride-2 layer over a padded 6 x 6 plane, rows of 3 outputs
     # (where the rows read a local copy, the last four once more instead: quads alone may take widened weights)
@@ -208,10 +209,17 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2) -> tir
         return tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for t in temps[1:] for b in t.values()),
                              *allocs, tirx.SeqStmt(body)])
 
-    n_pairs = tirx.const(extent // n, str(x.ty)) if extent is not None else loop.extent // 2
+    n_pairs = tirx.const(extent // n, str(x.ty)) if extent is not None else tirx.floordiv(loop.extent, n)
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL, block(x2 * n))
     if extent is not None and extent % n == 0:
         return pairs
+    if extent is None and n == 4:  # the last E % 4 outputs (known at run time): a pair, then one alone, as E says
+        left, xt = tirx.floormod(loop.extent, 4), tirx.Var(x.name + "_t", x.ty)
+        rest = tirx.For(xt, tirx.const(0, str(x.ty)), left, tirx.ForKind.SERIAL,
+                        tvm_ffi.structural_map(loop.body, [(tirx.Var, lambda v: xt + (loop.extent - left)
+                                                            if v.same_as(x) else v)]))
+        return tirx.SeqStmt([pairs, window_blocks(rest, 2, quads=False) or rest])
+
     def tail(count: int, min_count: int) -> tirx.Stmt:
         """The quads' loop, then the last ``count`` outputs as their own loop, blocked where it can be."""
         xt = tirx.Var(x.name + "_t", x.ty)
