@@ -103,11 +103,12 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
     Four outputs a call instead (``tvmp_window4_s8``; unless ``quads`` is false), over contiguous rows of odd
     widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``), for an extent of at least four or
     one known only at run time (the patch stage's regions: then the last ``E % 4`` outputs in pairs and a single
-    one, each under a test); after the last four a pair and a single output, or, for three left over 7-wide rows that read a local copy
-    (``_recomputable``), the last four outputs once more (all quads: their weights may be widened); at stride 2
-    otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact: each output's sum and epilogue are unchanged; the
-    only reordering is the later windows' reads moving before the first output's store, and a read moved earlier
-    sees the value it saw before (the kernels' in-place proofs make every read see its input unclobbered); an
+    one, each under a test); after the last four a pair and a single output, or, for three left over 7-wide rows
+    that read a local copy (``_recomputable``), the last four outputs once more (all quads: their weights may be
+    widened); at stride 2 otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact:
+    each output's sum and epilogue are unchanged; the only reordering is the later windows' reads moving before the
+    first output's store, and a read moved earlier sees the value it saw before (the kernels' in-place proofs make
+    every read see its input unclobbered); an
     output computed twice gets the same value twice."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
