@@ -108,10 +108,10 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
     widened); at stride 2 otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact:
     each output's sum and epilogue are unchanged; the only reordering is the later windows' reads moving before the
     first output's store, and a read moved earlier sees the value it saw before (the kernels' in-place proofs make
-    every read see its input unclobbered); an
-    output computed twice gets the same value twice."""
+    every read see its input unclobbered); an output computed twice gets the same value twice."""
     extent, x = _int(loop.extent), loop.loop_var
-    # an extent known only at run time (the patch stage's live parts) pairs too: E // 2 pairs, then one if E is odd
+    # an extent known only at run time (the patch stage's live parts) blocks too: E // 2 pairs, then one if E is odd
+    # (or E // 4 quads, then the rest)
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or (extent is not None and extent < min(min_extent, 3)):
         return None
     stmts = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
