@@ -5,6 +5,9 @@ against what it counts, the TIR PrimFunc and the C export bit-exact."""
 from __future__ import annotations
 
 import ctypes
+import json
+import shutil
+import sys
 from dataclasses import replace
 import re
 import subprocess
@@ -22,6 +25,8 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen import emit_c
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
 from tvm_patch.codegen.wide_weights import padded_layout
+from tvm_patch.cost.fingerprint import DW_ROWS_NET
+from tvm_patch.cost.synth import write_onnx
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.export import export_model
@@ -934,21 +939,49 @@ def _depthwise_rows_stage(k: int, size: int) -> Stage:
     return Stage((1, 3, size, size), tuple(layers), "NCHW", "int8")
 
 
-@pytest.mark.parametrize("size", [17, 29, 35])
+@pytest.mark.parametrize("size", [11, 17, 29, 35])
 @pytest.mark.parametrize("k", [5, 7])
 @pytest.mark.parametrize("halo", ["recompute", "cache"])
 def test_stage_depthwise_rows_four_windows_a_call(halo, k, size):
     """NCHW 5x5 and 7x7 depthwise rows in a patch stage, whose output rows are as wide as the patch's region (known
     only at run time), run four windows a call (`window_blocks`: `tvmp_window4_s8`, as the per-layer kernels do;
-    until session 42 two), the last `E % 4` outputs a pair and one alone, each under its test. Over 3 x 3 patches of
-    9, 15 and 18 outputs its rows are 4 and 5, 6 and 7, 7 and 8 wide (a patch at the image's border and one
-    inside): every remainder. The C run equal to numpy bit for bit."""
+    until session 42 two). Where every row has at least four outputs (`_min_value`), the last `E % 4` are the last
+    four windows of the row, only those outputs stored (the others' windows may read what the row's outputs
+    overwrote in place); else they are a pair and one alone, each under its test. Recomputing the halos over 3 x 3
+    patches of 6, 9, 15 and 18 outputs, the rows are 3-4, 4-5, 6-7 and 7-8 wide: every remainder, and the pair and
+    the single for the first; caching them, the rows are only the new columns, 1-4, 2-5, 4-7 and 5-8 wide. The C
+    run equal to numpy bit for bit."""
     stage = _depthwise_rows_stage(k, size)
     with extern_requantization():
         func = build_cached_stage(stage, (3, 3)) if halo == "cache" else build_recompute_stage(stage, (3, 3))
     body = emit_c({"stage": func}).code
     body = body[body.index("void stage("):]
-    assert re.search(r"tvmp_window4_s8w?\([^;]*layer2_weight", body)
+    calls = re.findall(r"(tvmp_window\d?_s8w?)\([^;]*layer2_weight", body)
+    assert "tvmp_window4_s8" in calls
+    # the rows' last outputs: the pair (and the single, dot calls) only where a row may be narrower than four
+    narrow = size == 11 or (halo == "cache" and size == 17)
+    assert ("tvmp_window2_s8" in calls) == narrow
+    assert bool(re.search(r"tvmp_dot_s8\([^;]*layer2_weight", body)) == narrow
     rng = np.random.default_rng(size)
     x = rng.integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                    reason="make setup installs arm-none-eabi-gcc and qemu-system-arm")
+def test_stage_depthwise_quads_widened_on_the_emulator(tmp_path):
+    """The fingerprint's probe of that form (`DW_ROWS_NET`: a 7x7 depthwise layer whose rows a 5x5 one after it
+    clips to the image) built for the H743 and run on the emulated M7 (the DSP paths): every window of the 7x7
+    layer in the stage is a quad (`tvmp_window4_s8w`: the rows' last outputs the last four windows), so its weights
+    are stored widened; the outputs equal TVM's bit for bit."""
+    onnx = write_onnx(DW_ROWS_NET, tmp_path / "dw_rows.onnx")
+    out = tmp_path / "build"
+    proc = subprocess.run([sys.executable, "-m", "tvm_patch", "build", str(onnx), "--board", "h743", "--split",
+                           "block:3", "--patches", "3", "--halo", "recompute", "--run", "emulator", "--json", "-o",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run"]["bit_exact"]
+    code = (out / "model" / "model.c").read_text()
+    stage = code[code.index("{", code.index("void tvmp_patch_stage(")):]  # its body
+    calls = re.findall(r"(tvmp_\w+)\([^;]*layer2_weight", stage)
+    assert len(calls) == 2 and set(calls) == {"tvmp_window4_s8w"}  # the rows' quads, then their last four

@@ -10,6 +10,7 @@ exact).
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextvars import ContextVar
 from typing import Any
@@ -20,7 +21,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import DOT, WINDOW, _extern_name, _int
-from tvm_patch.tir_util import is_call, uses_var
+from tvm_patch.tir_util import is_call, substitute_vars, uses_var, vars_of
 
 __all__ = ["MIN_WINDOW_PAIRS", "PAIRED_WIDTHS", "WINDOW2", "WINDOW3", "WINDOW4", "WindowBlocks", "block_windows",
            "window_blocks"]
@@ -102,13 +103,16 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
 
     Four outputs a call instead (``tvmp_window4_s8``; unless ``quads`` is false), over contiguous rows of odd
     widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``), for an extent of at least four or
-    one known only at run time (the patch stage's regions: then the last ``E % 4`` outputs in pairs and a single
-    one, each under a test); after the last four a pair and a single output, or, for three left over 7-wide rows
-    that read a local copy (``_recomputable``), the last four outputs once more (all quads: their weights may be
-    widened); at stride 2 otherwise, and for a row of only three, one call of three (``tvmp_window3_s8``). Exact:
-    each output's sum and epilogue are unchanged; the only reordering is the later windows' reads moving before the
-    first output's store, and a read moved earlier sees the value it saw before (the kernels' in-place proofs make
-    every read see its input unclobbered); an output computed twice gets the same value twice."""
+    one known only at run time (a patch stage's region width). For a known extent, after the last four a pair and
+    a single output, or, for three left over 7-wide rows that read a local copy (``_recomputable``), the last four
+    outputs once more (all quads: their weights may be widened); at stride 2 otherwise, and for a row of only
+    three, one call of three (``tvmp_window3_s8``). For an extent known at run time, the last ``E % 4`` outputs
+    are the last four windows of the row with only those outputs stored, where the extent is at least four for
+    every value of the loops around (``_min_value``; all quads again); else a pair and a single output, each
+    under its test. Exact: each stored output's sum and epilogue are unchanged; the only reordering is the later
+    windows' reads moving before the first output's store, and a read moved earlier sees the value it saw before
+    (the kernels' in-place proofs make every read see its input unclobbered); an output computed twice gets the
+    same value twice, and one whose window may read what an earlier output overwrote in place is not stored."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) blocks too: E // 2 pairs, then one if E is odd
     # (or E // 4 quads, then the rest)
@@ -193,8 +197,9 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
                                                    ld.indices)) if ld.source in temps[k] else ld),
                                               (tirx.BufferStore, on_store)])
 
-    def block(first: Any) -> tirx.Stmt:
-        """The n outputs from ``first`` on: one call, then each output's epilogue."""
+    def block(first: Any, stored: list[tuple[int, Any]] | None = None) -> tirx.Stmt:
+        """The n outputs from ``first`` on: one call, then each output's epilogue (only the ``stored`` ones, each as
+        (k, the condition it runs under or None), when given)."""
         call = tirx.call_extern("void", _BLOCK_CALLS[n], args[0],
                                 tvm.sym.Analyzer().simplify(lin[1] + lin[0] * first), tirx.Cast("int32", lin[0]),
                                 *args[2:10], tirx.address_of(tirx.BufferLoad(pair, [tirx.const(0, "int32")])))
@@ -206,7 +211,9 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
             call = tvm_ffi.structural_map(call, [(tirx.Var, lambda v: rc2 if v.same_as(rc) else v)])
             body.append(tirx.For(rc2, inner.min, inner.extent, inner.kind, tirx.Evaluate(call)))
         body.append(tirx.BufferStore(acc, tirx.BufferLoad(pair, [tirx.const(0, "int32")]), [tirx.const(0, "int32")]))
-        body += [at_x(st, first + k, k) for k in range(n) for st in rest]
+        for k, cond in [(k, None) for k in range(n)] if stored is None else stored:
+            epilogue = [at_x(st, first + k, k) for st in rest]
+            body += epilogue if cond is None else [tirx.IfThenElse(cond, tirx.SeqStmt(epilogue), None)]
         return tirx.SeqStmt([tirx.AllocBuffer(pair), *(tirx.AllocBuffer(b) for t in temps[1:] for b in t.values()),
                              *allocs, tirx.SeqStmt(body)])
 
@@ -214,6 +221,12 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
     pairs = tirx.For(x2, tirx.const(0, str(x.ty)), n_pairs, tirx.ForKind.SERIAL, block(x2 * n))
     if extent is not None and extent % n == 0:
         return pairs
+    if extent is None and n == 4 and _min_value(loop.extent) >= 4:
+        # the last E % 4 outputs (known at run time): the four windows ending at the last, only those stored (the
+        # others' windows may read what their outputs overwrote in place: their sums are thrown away)
+        left = tirx.floormod(loop.extent, 4)
+        stored = [(1, left == 3), (2, left >= 2), (3, None)]
+        return tirx.SeqStmt([pairs, tirx.IfThenElse(left > 0, block(loop.extent - 4, stored), None)])
     if extent is None and n == 4:  # the last E % 4 outputs (known at run time): a pair, then one alone, as E says
         left, xt = tirx.floormod(loop.extent, 4), tirx.Var(x.name + "_t", x.ty)
         rest = tirx.For(xt, tirx.const(0, str(x.ty)), left, tirx.ForKind.SERIAL,
@@ -260,6 +273,32 @@ def _recomputable(stmts: list[Any], src: Any) -> bool:
 
 # the buffers the function allocates, while block_windows runs (_recomputable)
 _LOCALS: ContextVar[list[Any] | None] = ContextVar("tvmp_window_block_locals", default=None)
+# the ranges of the function's loop variables, while block_windows runs (_min_value)
+_RANGES: ContextVar[dict[Any, Any] | None] = ContextVar("tvmp_window_block_ranges", default=None)
+
+
+def _min_value(extent: Any, most: int = 4096) -> int:
+    """The least value of a loop extent known only at run time, over the ranges of the loops of the function
+    (``block_windows``); a patch stage's region width, e.g. ``10 - max(3 j, 5) - max(0, 1 - 3 j)`` for j in 0..2:
+    4. Exact (every value of its loop variables tried) where those loops have constant ranges of at most ``most``
+    values in all; else the analyzer's bound, which may be lower (it bounds each ``max`` on its own: 3 there)."""
+    ranges = _RANGES.get() or {}
+    free: list[Any] = []
+    for v in vars_of(extent):
+        if not any(v.same_as(f) for f in free):
+            free.append(v)
+    spans = [(v, _int(ranges[v].min), _int(ranges[v].extent)) if v in ranges else (v, None, None) for v in free]
+    if all(lo is not None and n is not None for _, lo, n in spans) and math.prod(n for _, _, n in spans) <= most:
+        ana = tvm.sym.Analyzer()
+        values = [_int(ana.simplify(substitute_vars(extent, dict(zip(free, (tirx.const(i, v.ty) for (v, _, _), i
+                                                                              in zip(spans, point)))))))
+                  for point in itertools.product(*(range(lo, lo + n) for _, lo, n in spans))]
+        if values and all(v is not None for v in values):
+            return min(values)
+    ana = tvm.sym.Analyzer()
+    for var, rng in ranges.items():
+        ana.bind(var, rng)
+    return int(ana.const_int_bound(extent).min_value)
 
 
 def block_windows(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -267,11 +306,18 @@ def block_windows(func: tirx.PrimFunc) -> tirx.PrimFunc:
     a call where ``window_blocks`` allows it."""
     local: list[Any] = []
     tvm_ffi.structural_walk(func.body, (tirx.AllocBuffer, lambda a: local.append(a.buffer)))
-    token = _LOCALS.set(local)
+    ranges: dict[Any, Any] = {}
+
+    def on_loop(f: tirx.For) -> None:
+        ranges[f.loop_var] = tvm.ir.Range.from_min_extent(f.min, f.extent)
+
+    tvm_ffi.structural_walk(func.body, (tirx.For, on_loop))
+    tokens = _LOCALS.set(local), _RANGES.set(ranges)
     try:
         return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: window_blocks(loop) or loop)])
     finally:
-        _LOCALS.reset(token)
+        _LOCALS.reset(tokens[0])
+        _RANGES.reset(tokens[1])
 
 
 def WindowBlocks() -> tvm.transform.Pass:  # noqa: N802 (TVM's naming of passes)
