@@ -65,7 +65,7 @@ ROWS_NET = NetSpec("kernels-probe-rows", "synthetic", 30, ConvSpec(3, 8, 3, 2, 1
                    (BlockSpec(8, 32, 16, 3, 1, True, False),), None, num_classes=10)
 # An NCHW stage in recompute mode whose 7x7 depthwise layer (stride 1) is followed by a 5x5 one: the 7x7 layer's
 # output regions reach past the image, so its rows are clipped to the live part and as wide as the patch says at
-# run time (window_blocks: four windows a call since session 42, then a pair and one alone).
+# run time (window_blocks: four windows a call since session 42, each row's last outputs from its last four windows).
 DW_ROWS_NET = NetSpec("kernels-probe-dw-rows", "synthetic", 30, ConvSpec(3, 8, 3, 2, 1, "relu6"),
                       (BlockSpec(8, 16, 8, 7, 1, True, False), BlockSpec(8, 16, 8, 5, 1, True, True)), None,
                       num_classes=10)
