@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from tvm_patch.codegen.workspace import LOCAL_MAX_BYTES
-from tvm_patch.memplan import Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
+from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, Plan, max_live, plan_memory, validate
+from tvm_patch.patch.block_plan import window_bytes
 from tvm_patch.patch.regions import execution_order
-from tvm_patch.patch.stage import Stage
+from tvm_patch.patch.stage import Conv, Stage
 
-__all__ = ["copies_output", "homes", "workspace_plan", "writes_top_left"]
+__all__ = ["copies_output", "homes", "over_input", "workspace_plan", "writes_top_left"]
 
 
 def copies_output(stage: Stage, plan, v: int, caches: bool = False) -> bool:
@@ -65,6 +66,33 @@ def writes_top_left(stage: Stage, plan, v: int, caches: bool = False) -> bool:
     return min(starts) >= 0 and vh <= uh and vw <= uw
 
 
+def over_input(stage: Stage, plan, v: int, home: dict, blocked: dict, top_left: set, caches: bool) -> bool:
+    """Whether layer v may write its own region buffer over its input's, at the same offset (`workspace_plan` offers
+    the alias, `inplace_cache` proves it on the TIR, per patch and element), its live part first:
+    - a strided top-left depthwise layer (`writes_top_left`) in recompute mode: its compact buffer instead of its
+      input's whole region held until v's last reader (in cache mode its caches fill the buffer before the
+      windows read under it). Output (c, r, q) lands at or before its window's first input element, in raster
+      order channel by channel, as in its input's buffer;
+    - an int8 NCHW register-blocked 1x1 conv (stride 1) whose input is read last by it, of the same region: it
+      copies each pixel's (pair's) channels before it writes that pixel's outputs (`block_plan.window_bytes`), and
+      output (c, r, q) lands on input element (c, r, q) or past the input's end.
+    Session 42 measured why: the TE form had these two aliases and round 33's written nest did not (mcunet-in3 4x4
+    recompute: 116,544 B against 123,024)."""
+    u = stage.inputs[v][0]
+    g = stage.geometry[v]
+    if v in top_left:
+        return not caches and max(g.stride) > 1
+    if not isinstance(stage.layers[v], Conv) or g is None or stage.dtype != "int8" or stage.layout != "NCHW":
+        return False
+    if (g.kh, g.kw, g.groups) != (1, 1, 1) or g.stride != (1, 1) or any(g.padding) or v in home or v not in blocked \
+            or not window_bytes(stage, v):
+        return False
+    owner, dh, dw_ = home.get(u, (u, 0, 0))
+    same = all(ax[owner].regions[k].lo == ax[v].regions[k].lo for ax in (plan.h, plan.w)
+               for k in range(len(ax[v].regions)))
+    return (dh, dw_) == (0, 0) and same and plan.region_shape(owner) == plan.region_shape(v)
+
+
 def _plane_bytes(stage: Stage, plan, v: int) -> int:
     """Bytes of one channel of value v's per-patch region."""
     return int(np.prod(plan.region_shape(v))) * (4 if stage.dtype == "float32" else 1)
@@ -90,12 +118,14 @@ def homes(plan, fused: dict[int, tuple[int, int | None]], last: int) -> dict[int
     return home
 
 
-def workspace_plan(stage: Stage, region: dict, rows_c: dict, cols_c: dict, chan: dict, home: dict, alignment: int) -> dict:
+def workspace_plan(stage: Stage, region: dict, rows_c: dict, cols_c: dict, chan: dict, home: dict, alignment: int,
+                   over: set[int] = frozenset()) -> dict:
     """The buffers' offsets in the kernel's workspace: a region buffer lives from the first value stored in it to
     the last reader of any value it holds in the patch body, a depthwise input's channel copy at its layer's step,
     the caches during the whole stage (C locals, at most LOCAL_MAX_BYTES, are left out). An in-place depthwise
     layer's region may start at its input's (`DepthwiseInPlace`: channel c written after channel c was copied,
-    over bytes of input channels at most c in NCHW, of residue c in NHWC)."""
+    over bytes of input channels at most c in NCHW, of residue c in NHWC), and so may a layer of `over`
+    (`over_input`: an `Alias`, proven on the TIR by `inplace_cache`)."""
     order = execution_order(stage)
     pos = {v: k for k, v in enumerate(order)}
     end = len(order) - 1
@@ -119,6 +149,13 @@ def workspace_plan(stage: Stage, region: dict, rows_c: dict, cols_c: dict, chan:
         src, dst = region[u].name, region[home.get(v, (v,))[0]].name
         if src in names and dst in names and life[u][1] == pos[v] == life[home.get(v, (v,))[0]][0]:
             hints.append(DepthwiseInPlace(src, dst, 0))
+    for v in over:
+        u = home.get(stage.inputs[v][0], (stage.inputs[v][0],))[0]
+        if u not in region or v not in region:
+            continue
+        src, dst = region[u].name, region[v].name
+        if src in names and dst in names and life[u][1] == pos[v] == life[v][0]:
+            hints.append(Alias(src, dst, 0))
     p = min(plan_memory(bufs, hints, alignment), _caches_below(bufs, hints, alignment, end),
             key=lambda q: q.arena_size)
     validate(p, bufs)

@@ -37,7 +37,7 @@ from tvm import s_tir, tirx
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 from tvm_patch.patch.block_plan import blocked_adds, blocking, depthwise
 from tvm_patch.patch.blocked_convs import blocked_pixels
-from tvm_patch.patch.cache_plan import copies_output, homes, workspace_plan, writes_top_left
+from tvm_patch.patch.cache_plan import copies_output, homes, over_input, workspace_plan, writes_top_left
 from tvm_patch.patch.element_values import value_stmt
 from tvm_patch.patch.loops import I32, imm, live_and_ring, loops
 from tvm_patch.patch.nest_context import NestContext, declare_scratch, in_layout
@@ -71,7 +71,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     arguments as `schedule.build_stage`: (input, parameters of `te_stage.param_names`, output). `in_place`: the
     convention's in-place steps, as in recompute mode (see the module docstring). `caches=False`: no row or
     column caches, every patch computing its whole region (recompute mode, `build_recompute_stage`)."""
-    ctx = _nest_context(stage, plan_patches(stage, patches), in_place, caches)
+    ctx = _nest_context(stage, plan_patches(stage, patches), in_place, caches, alignment)
     body = []
     for v in execution_order(stage):
         if v in ctx.fused:
@@ -85,7 +85,7 @@ def build_cached_stage(stage: Stage, patches: tuple[int, int], alignment: int = 
     return _prim_func(ctx, body, alignment)
 
 
-def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -> NestContext:
+def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool, alignment: int) -> NestContext:
     """The nest's buffers and per-layer facts: which values are computed inside their adds or held in another's
     buffer, the per-patch region buffers and caches, the one-channel buffers of in-place depthwise layers, the
     register blocks and their C locals, and the batch and patch loops' variables."""
@@ -96,7 +96,9 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -
     # in-place depthwise layers written over their input's region at its top-left corner: held in its buffer
     top_left = {v for v in dw if stage.inputs[v][0] not in fused and stage.inputs[v][0] != STAGE_INPUT
                 and writes_top_left(stage, plan, v, caches)}
-    for v in sorted(top_left):
+    # ... or, strided in recompute mode, in a compact buffer of their own at their input's offset (`over_input`)
+    compact = {v for v in top_left if over_input(stage, plan, v, home, {}, top_left, caches)}
+    for v in sorted(top_left - compact):
         home[v] = home.get(stage.inputs[v][0], (stage.inputs[v][0], 0, 0))
     dw -= top_left
     region, rows_c, cols_c = _region_buffers(stage, plan, fused, home, caches)
@@ -106,6 +108,7 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -
     scratch = declare_scratch(stage, blocked, pairs)
     out_copy = {v for v in dw if copies_output(stage, plan, v, caches)}
     chan = _channel_buffers(stage, plan, dw, out_copy)
+    over = _over_inputs(stage, plan, home, blocked, top_left, caches, compact, (region, rows_c, cols_c, chan), alignment)
     pi, pj = tirx.Var("i", I32), tirx.Var("j", I32)
     patch_ana = tvm.sym.Analyzer()  # expressions of the patch index in their simplest form
     patch_ana.bind(pi, tvm.ir.Range.from_min_extent(0, plan.counts[0]))
@@ -116,9 +119,26 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool) -
     out = tirx.decl_buffer(stage.output_shape, stage.dtype, name="output")
     return NestContext(stage=stage, plan=plan, inp=inp, params=params, out=out, region=region, rows_c=rows_c,
                        cols_c=cols_c, chan=chan, home=home, fused=fused, fused_adds=fused_adds, dw=dw,
-                       top_left=top_left, out_copy=out_copy, blocked=blocked, pairs=pairs, scratch=scratch,
+                       top_left=top_left, over=over, out_copy=out_copy, blocked=blocked, pairs=pairs, scratch=scratch,
                        n=tirx.Var("n", I32), pi=pi, pj=pj, patch_ana=patch_ana, down=pairs_down_flag(),
                        down_default=pairs_down_default(caches, stage.layout))
+
+
+def _over_inputs(stage: Stage, plan: PatchPlan, home: dict, blocked: dict, top_left: set, caches: bool,
+                 compact: set[int], bufs: tuple, alignment: int) -> set[int]:
+    """The layers that write their buffer over their input's (`cache_plan.over_input`): the compact top-left ones,
+    and each 1x1 conv that can where that lowers the stage's workspace (tried in execution order), since the
+    alias costs a conv nothing but may cost the planner: mcunet-in0's 4x4 stage, kept there, ran 2 % slower
+    (session 42, its network's peak outside the stage)."""
+    over = set(compact)
+    best = workspace_plan(stage, *bufs, home, alignment, over)["bytes"]
+    for v in execution_order(stage):
+        if v in bufs[0] and v not in top_left and \
+                over_input(stage, plan, v, home, blocked, top_left, caches):
+            size = workspace_plan(stage, *bufs, home, alignment, over | {v})["bytes"]
+            if size < best:
+                over, best = over | {v}, size
+    return over
 
 
 def _region_buffers(stage: Stage, plan: PatchPlan, fused: dict, home: dict,
@@ -292,7 +312,7 @@ def _fill_and_compute(ctx: NestContext, v: int, c_ext: tuple, reader: Callable |
                            lambda rows, cols: ctx.chw_loops(c_ext, rows, cols,
                                                             lambda ch, r, q: reg_store(v, pad, ch, r, q)),
                            live_part)
-    if v in ctx.top_left:  # over its input: the live part first (its windows read under the ring)
+    if v in ctx.top_left or v in ctx.over:  # over its input: the live part first (it reads under the ring)
         pieces = [pieces[-1], *pieces[:-1]]
     return stmts + pieces
 
@@ -369,4 +389,4 @@ def _prim_func(ctx: NestContext, body: list, alignment: int) -> tirx.PrimFunc:
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
     return func.with_attr(STAGE_OFFSETS_ATTR, workspace_plan(ctx.stage, ctx.region, ctx.rows_c, ctx.cols_c, ctx.chan,
-                                                             ctx.home, alignment))
+                                                             ctx.home, alignment, ctx.over))

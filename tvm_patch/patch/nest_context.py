@@ -84,6 +84,7 @@ class NestContext:
     fused_adds: dict[int, list[int]]  # residual add -> its fused convs, computed register blocked inside it
     dw: set[int]  # in-place depthwise layers computed channel by channel through `chan`
     top_left: set[int]  # in-place depthwise layers written over their input's region at its top-left corner
+    over: set[int]  # layers whose own buffer is written over their input's (`cache_plan.over_input`)
     out_copy: set[int]  # in-place depthwise layers computed into `chan`, then copied over their input
     blocked: dict[int, int]  # layer -> its channels a register block (`block_plan.blocking`)
     pairs: set[int]  # layers computed two output pixels at a time
