@@ -843,6 +843,49 @@ def test_depthwise_written_at_its_inputs_top_left(layout, stride, halo, monkeypa
             prove_cached_plan(build_cached_stage(stage, (2, 2), caches=caches))
 
 
+def _over_input_stage(layout: str) -> Stage:
+    """An int8 stage whose 1x1 expansion's input dies there, a 3x3 stride-2 depthwise written at its input's top-left
+    corner, a 1x1 projection over it and a 3x3 conv last, on a 40 x 40 input."""
+    conv = _int8_conv(np.random.default_rng(21), layout)
+    layers = [conv(3, 8, 3, 1, 1, 3)]
+    for cin, cout, k, s, groups in ((8, 24, 1, 1, 1), (24, 24, 3, 2, 24), (24, 8, 1, 1, 1), (8, 8, 3, 1, 1)):
+        layers.append(conv(cin, cout, k, s, groups, layers[-1].quant.output_zero_point))
+    return Stage((1, 3, 40, 40) if layout == "NCHW" else (1, 40, 40, 3), tuple(layers), layout, "int8")
+
+
+@pytest.mark.parametrize("patches", [(2, 2), (3, 3)])
+def test_layers_written_over_their_inputs(patches, monkeypatch):
+    """Recompute mode's written nest gives a layer its own buffer at its input's offset where that is safe
+    (`cache_plan.over_input`): the strided top-left depthwise layer a compact one (it was held in its input's
+    whole region), the NCHW 1x1 convs theirs over their inputs, pixel by pixel, kept where the stage's workspace
+    falls. The proof takes them (`inplace_cache._prove_over_input`: per patch, every shared element last read
+    before it is first written), the workspace is smaller than without them, and the C run is bit-exact. An NHWC
+    1x1 expansion forced over its input (it reads a pixel's channels while writing wider pixels over later ones) is
+    refused."""
+    stage = _over_input_stage("NCHW")
+    func = build_recompute_stage(stage, patches)
+    offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
+    assert offs["layer2"] == offs["layer1"]  # the depthwise's compact buffer over its input
+    assert offs["layer1"] == offs["layer0"] or offs["layer3"] == offs["layer2"]  # a 1x1 conv over its input
+    prove_cached_plan(func)
+    x = np.random.default_rng(4).integers(-128, 128, stage.input_shape).astype("int8")
+    assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
+    cached = build_cached_stage(stage, patches)  # (its 1x1 convs with caches keep their own place)
+    prove_cached_plan(cached)
+    assert np.array_equal(run_c(cached, stage, x), run_numpy(stage, x))
+    monkeypatch.setattr(cache_stage, "over_input", lambda *a: False)
+    plain = build_recompute_stage(stage, patches)
+    assert int(func.attrs[STAGE_OFFSETS_ATTR]["bytes"]) < int(plain.attrs[STAGE_OFFSETS_ATTR]["bytes"])
+
+    nhwc = _over_input_stage("NHWC")
+    monkeypatch.setattr(cache_stage, "over_input", lambda stage, plan, v, *a: v == 1)
+    forced = build_recompute_stage(nhwc, patches)
+    offs = {str(k): int(v) for k, v in forced.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
+    assert offs["layer1"] == offs["layer0"]
+    with pytest.raises(TvmPatchError, match="overlaps layer0 and layer1"):
+        prove_cached_plan(forced)
+
+
 def test_bounded_requantization_facts():
     """`te_stage.bounded_requantization` holds only where its facts do (every shift in [-31, -1], every multiplier
     >= 0, each channel's |bias| + 128 x sum|w| within BOUNDED_ACC_MAX), and where it holds `mbqm_bounded`'s C kernel

@@ -19,6 +19,11 @@ buffers live at once}: the kernel's buffers as
 planned by its builder (`tvm_patch.export.stage_arena`, `tvm_patch.patch.cache_plan`); the C code generator
 places them there, lowering the function without StorageRewrite."""
 
+STAGE_OFFSETS_ALT_ATTR = "tvm_patch.workspace_plan_without_conv_aliases"
+"""PrimFunc attribute, as STAGE_OFFSETS_ATTR: the stage's plan without its 1x1 convs written over their inputs
+(`tvm_patch.patch.cache_plan.over_input`), which the export takes where the network's arena is no larger with it
+(`tvm_patch.export.stage_arena.without_conv_aliases`)."""
+
 STAGE_FUNC = "patch_stage"
 """Global symbol of the PrimFunc PatchStage emits."""
 

@@ -53,7 +53,7 @@ from tvm_patch.export.reschedule import (drop_unused_copies, free_pixel_copies, 
                                          pixel_blocked, pixel_blocked_in_place, pixel_pairs_nchw, rows_of,
                                          shifted_convs, use_shifted, window_copies)
 from tvm_patch.export.schedule import lean_schedule
-from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena
+from tvm_patch.export.stage_arena import has_workspace_plan, is_patch_stage, plan_stage_arena, without_conv_aliases
 from tvm_patch.export.stderr import captured_stderr
 from tvm_patch.frontend import load, model_sha256
 from tvm_patch.patch.stage_forms import with_form
@@ -350,6 +350,14 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     check_fits(*arena_buffers(prog, {}, pairs, io_in_arena))  # fail fast, before lowering huge loops
     workspace = _workspaces(funcs, alignment)
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
+    for n in cached:  # a stage's 1x1 convs over their inputs only where the network's arena falls with them
+        if (alt := without_conv_aliases(funcs[n])) is not None and planned_workspace_bytes(alt) is not None:
+            alt_workspace = workspace | {n: planned_workspace_bytes(alt)}
+            alt_plan = plan_arena(prog, alt_workspace, pairs, io_in_arena, alignment)
+            if alt_plan.arena_bytes <= aplan.arena_bytes:
+                prove_cached_plan(alt)
+                funcs[n] = lean_funcs[n] = alt
+                workspace, aplan = alt_workspace, alt_plan
     if shifted:
         funcs, pairs, workspace, aplan = use_shifted(prog, funcs, lean_funcs, shifted, n_out, pairs, workspace, aplan,
                                                      io_in_arena, alignment)

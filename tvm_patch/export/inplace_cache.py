@@ -549,10 +549,10 @@ def _timed_accesses(stmt: Any, env: dict[Any, Any], names: set[str],
                     strides: dict[str, list[int]]) -> list[tuple[str, bool, np.ndarray, np.ndarray]]:
     """Every load and store of the buffers `names` (-> their axes' strides) in `stmt`, with the patch loops'
     variables at the values of `env`: (buffer, store?, the time of each of its iterations, the flat element each
-    addresses). Times number every
-    access's every iteration in program order (a store's value and index loads before the store), each affine in
-    the loops around it; every access is counted as executed unless its condition fails in the patch. Raises UnmodelledTIR where a
-    loop's bounds depend on more than the patch, an index is not affine, or a statement is not modelled."""
+    addresses). Times number every access's every iteration in program order (a store's value and index loads
+    before the store), each affine in the loops around it; every access is counted as executed unless its
+    condition fails in the patch. Raises UnmodelledTIR where a loop's bounds depend on more than the patch, an index
+    is not affine, or a statement is not modelled."""
     ana = tvm.sym.Analyzer()
     env = dict(env)
     found: list[tuple[str, bool, Any, list[Any], list[tuple[Any, int, int]]]] = []
@@ -681,8 +681,8 @@ def _prove_over_input(body: _Body, k: int, src: str, dst: str, patches: list[dic
     """Statement k writes `dst` over `src` (same offset and element size, `cache_plan.over_input`): exactly, in every
     patch, each element the two share is read as `src` for the last time before it is first written as `dst`
     (`_timed_accesses`: every iteration of every access in program order; counting an access as executed where
-    its condition depends on more than the patch can only make the test stricter); `src` is not written there, `dst` not read, and every
-    access stays inside its buffer."""
+    its condition depends on more than the patch can only make the test stricter); `src` is not written there,
+    `dst` not read, and every access stays inside its buffer."""
     s, d = body.bufs[src], body.bufs[dst]
     if str(s.ty.dtype) != str(d.ty.dtype):
         return False

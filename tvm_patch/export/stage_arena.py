@@ -32,7 +32,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen.workspace import is_c_local
-from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.names import STAGE_OFFSETS_ALT_ATTR, STAGE_OFFSETS_ATTR
 from tvm_patch.codegen.c_types import buffer_bytes
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
@@ -40,11 +40,21 @@ from tvm_patch.tir_util import is_patch_stage, substitute_vars, uses_var
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.memplan import Alias, Buffer, DepthwiseInPlace, InPlace, Plan, max_live, plan_memory, validate
 
-__all__ = ["StageArena", "has_workspace_plan", "is_patch_stage", "plan_stage_arena"]
+__all__ = ["StageArena", "has_workspace_plan", "is_patch_stage", "plan_stage_arena", "without_conv_aliases"]
 
 def has_workspace_plan(func: Any) -> bool:
     """True for a kernel whose builder already placed its buffers (`STAGE_OFFSETS_ATTR`: cache mode)."""
     return func.attrs is not None and STAGE_OFFSETS_ATTR in func.attrs
+
+
+def without_conv_aliases(func: Any) -> Any | None:
+    """The stage with its plan without the 1x1 convs written over their inputs (`STAGE_OFFSETS_ALT_ATTR`, set by
+    `patch/cache_stage`), else None. The export takes it where the network's arena is no larger: the aliases only
+    move the stage's buffers, and the moved offsets change how GCC compiles the whole stage function (mcunet-in0's
+    4x4 stage 2 % slower with them, its network's peak outside the stage; session 43)."""
+    if func.attrs is None or STAGE_OFFSETS_ALT_ATTR not in func.attrs:
+        return None
+    return func.with_attr(STAGE_OFFSETS_ATTR, func.attrs[STAGE_OFFSETS_ALT_ATTR]).without_attr(STAGE_OFFSETS_ALT_ATTR)
 
 
 @dataclass

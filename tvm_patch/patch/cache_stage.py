@@ -34,7 +34,7 @@ from typing import Any, Callable
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_patch.names import STAGE_OFFSETS_ATTR
+from tvm_patch.names import STAGE_OFFSETS_ALT_ATTR, STAGE_OFFSETS_ATTR
 from tvm_patch.patch.block_plan import blocked_adds, blocking, depthwise
 from tvm_patch.patch.blocked_convs import blocked_pixels
 from tvm_patch.patch.cache_plan import copies_output, homes, over_input, workspace_plan, writes_top_left
@@ -108,7 +108,8 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool, a
     scratch = declare_scratch(stage, blocked, pairs)
     out_copy = {v for v in dw if copies_output(stage, plan, v, caches)}
     chan = _channel_buffers(stage, plan, dw, out_copy)
-    over = _over_inputs(stage, plan, home, blocked, top_left, caches, compact, (region, rows_c, cols_c, chan), alignment)
+    over = _over_inputs(stage, plan, home, blocked, top_left, caches, compact, (region, rows_c, cols_c, chan),
+                        alignment)
     pi, pj = tirx.Var("i", I32), tirx.Var("j", I32)
     patch_ana = tvm.sym.Analyzer()  # expressions of the patch index in their simplest form
     patch_ana.bind(pi, tvm.ir.Range.from_min_extent(0, plan.counts[0]))
@@ -127,13 +128,14 @@ def _nest_context(stage: Stage, plan: PatchPlan, in_place: bool, caches: bool, a
 def _over_inputs(stage: Stage, plan: PatchPlan, home: dict, blocked: dict, top_left: set, caches: bool,
                  compact: set[int], bufs: tuple, alignment: int) -> set[int]:
     """The layers that write their buffer over their input's (`cache_plan.over_input`): the compact top-left ones,
-    and each 1x1 conv that can where that lowers the stage's workspace (tried in execution order), since the
+    and each 1x1 conv that can and has no caches (their rows and columns are written into its buffer before its
+    input is read) where that lowers the stage's workspace (tried in execution order), since the
     alias costs a conv nothing but may cost the planner: mcunet-in0's 4x4 stage, kept there, ran 2 % slower
     (session 42, its network's peak outside the stage)."""
     over = set(compact)
     best = workspace_plan(stage, *bufs, home, alignment, over)["bytes"]
     for v in execution_order(stage):
-        if v in bufs[0] and v not in top_left and \
+        if v in bufs[0] and v not in top_left and v not in bufs[1] and v not in bufs[2] and \
                 over_input(stage, plan, v, home, blocked, top_left, caches):
             size = workspace_plan(stage, *bufs, home, alignment, over | {v})["bytes"]
             if size < best:
@@ -367,7 +369,8 @@ def _to_caches(ctx: NestContext, v: int, c_ext: tuple) -> list:
 
 def _prim_func(ctx: NestContext, body: list, alignment: int) -> tirx.PrimFunc:
     """The patch steps under the batch and patch loops, the buffers allocated, as the stage's PrimFunc with its
-    workspace plan (`STAGE_OFFSETS_ATTR`)."""
+    workspace plan (`STAGE_OFFSETS_ATTR`) and, where 1x1 convs write over their inputs, the plan without them
+    (`STAGE_OFFSETS_ALT_ATTR`)."""
     barrier = c_barrier() if ctx.stage.dtype == "int8" else None  # between the loop nests, in the C export's kernels
     if barrier is not None:
         body = [x for st in body for x in (barrier, st)][1:]
@@ -388,5 +391,8 @@ def _prim_func(ctx: NestContext, body: list, alignment: int) -> tirx.PrimFunc:
     func = tirx.PrimFunc([ctx.inp, *ctx.params.values(), ctx.out], s_tir.SBlockRealize([], True, root))
     # the parameters never overlap (as in recompute mode's TE-made function): restrict in C
     func = func.with_attr("tirx.noalias", True)
-    return func.with_attr(STAGE_OFFSETS_ATTR, workspace_plan(ctx.stage, ctx.region, ctx.rows_c, ctx.cols_c, ctx.chan,
-                                                             ctx.home, alignment, ctx.over))
+    bufs = (ctx.stage, ctx.region, ctx.rows_c, ctx.cols_c, ctx.chan, ctx.home, alignment)
+    func = func.with_attr(STAGE_OFFSETS_ATTR, workspace_plan(*bufs, ctx.over))
+    if ctx.over - ctx.top_left:  # the 1x1 convs' aliases pay only where the network's arena falls: the export's call
+        func = func.with_attr(STAGE_OFFSETS_ALT_ATTR, workspace_plan(*bufs, ctx.over & ctx.top_left))
+    return func
