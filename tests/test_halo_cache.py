@@ -813,7 +813,8 @@ class _ShiftedHomes(dict):
 @pytest.mark.parametrize("layout, stride", [("NHWC", 1), ("NHWC", 2), ("NCHW", 1), ("NCHW", 2)])
 def test_depthwise_written_at_its_inputs_top_left(layout, stride, halo, monkeypatch):
     """An in-place depthwise layer whose output channel is no C local writes output (r, q) of channel c over input
-    (r, q) of channel c (`cache_plan.writes_top_left`): no one-channel buffer, its region in its input's; the proof
+    (r, q) of channel c (`cache_plan.writes_top_left`): no one-channel buffer, its region in its input's (a strided
+    one in recompute mode in a compact buffer of its own at its input's offset, `cache_plan.over_input`); the proof
     takes it (`inplace_cache._prove_window_update`: per patch, every element's last load no later than the store
     over it) and the C run is bit-exact; the same nest written one row and column further on (a stride-1 window
     then reads an element already written) is refused. Cache mode's NHWC stride-1 layer keeps its input channel's
@@ -829,9 +830,11 @@ def test_depthwise_written_at_its_inputs_top_left(layout, stride, halo, monkeypa
     top_left = writes_top_left(stage, plan_patches(stage, (2, 2)), 1, caches)
     assert top_left == (not (layout == "NHWC" and stride == 1 and caches))
     proof = prove_cached_plan(func)
-    if top_left:
-        assert not offs & {"layer1", "layer1_chan", "layer1_in_chan"}
-        assert [n for n, _ in proof.updates] == ["layer0"]
+    if top_left:  # strided in recompute mode: a compact buffer of its own over its input's (`over_input`)
+        compact = stride == 2 and not caches
+        assert ("layer1" in offs) == compact and not offs & {"layer1_chan", "layer1_in_chan"}
+        assert [n for n, _ in proof.updates] == ([] if compact else ["layer0"])
+        assert [(s, d) for s, d, _ in proof.over if d == "layer1"] == ([("layer0", "layer1")] if compact else [])
     else:
         assert "layer1_in_chan" in offs
     x = np.random.default_rng(8).integers(-128, 128, stage.input_shape).astype("int8")
@@ -867,7 +870,8 @@ def test_layers_written_over_their_inputs(patches, monkeypatch):
     offs = {str(k): int(v) for k, v in func.attrs[STAGE_OFFSETS_ATTR]["offsets"].items()}
     assert offs["layer2"] == offs["layer1"]  # the depthwise's compact buffer over its input
     assert offs["layer1"] == offs["layer0"] or offs["layer3"] == offs["layer2"]  # a 1x1 conv over its input
-    prove_cached_plan(func)
+    over = {(s, d) for s, d, _ in prove_cached_plan(func).over}
+    assert ("layer1", "layer2") in over and over & {("layer0", "layer1"), ("layer2", "layer3")}
     x = np.random.default_rng(4).integers(-128, 128, stage.input_shape).astype("int8")
     assert np.array_equal(run_c(func, stage, x), run_numpy(stage, x))
     cached = build_cached_stage(stage, patches)  # (its 1x1 convs with caches keep their own place)

@@ -71,6 +71,7 @@ class CachedProof:
     caches: tuple[str, ...]
     depthwise: tuple[tuple[str, str, int], ...]  # (input, output, statement)
     updates: tuple[tuple[str, int], ...]  # (buffer, statement)
+    over: tuple[tuple[str, str, int], ...] = ()  # (input, output, statement): `_prove_over_input`
 
 
 @dataclass
@@ -738,7 +739,8 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
     loops = body.patch_loops
     patches = [{lp.loop_var: tirx.const(v, lp.loop_var.ty.dtype) for lp, v in zip(loops, ijk)}
                for ijk in itertools.product(*(range(int(lp.extent)) for lp in loops))]
-    depthwise = []
+    depthwise: list[tuple[str, str, int]] = []
+    over: list[tuple[str, str, int]] = []
     names = sorted(n for n in offsets if n in life)
     shares = {a for a in names for b in names if a != b and offsets[a] < offsets[b] + sizes[b]
               and offsets[b] < offsets[a] + sizes[a]}
@@ -755,12 +757,18 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                 continue  # never live at once (a cache always is; a per-patch buffer holds nothing across patches)
             src, dst = (a, b) if la == fb else (b, a)
             k = life[src][1]
-            if offsets[a] != offsets[b] or life[dst][0] != k or not (
-                    _prove_depthwise(body, k, src, dst) or _prove_depthwise_out(body, k, src, dst)
-                    or _prove_over_input(body, k, src, dst, patches)):
+            if offsets[a] != offsets[b] or life[dst][0] != k:
+                proven = None
+            elif _prove_depthwise(body, k, src, dst) or _prove_depthwise_out(body, k, src, dst):
+                proven = depthwise
+            elif _prove_over_input(body, k, src, dst, patches):
+                proven = over
+            else:
+                proven = None
+            if proven is None:
                 raise TvmPatchError(f"internal error: the cache-mode stage's plan overlaps {a} and {b} while both "
                                     "live, and no in-place step is proven there")
-            depthwise.append((src, dst, k))
+            proven.append((src, dst, k))
     # nothing carried from patch to patch: what a statement reads of a per-patch buffer, an earlier one wrote (a
     # buffer used by one statement only, the one-channel copy, is written first there: _prove_depthwise)
     tracked = {n: body.bufs[n] for n in names if n not in body.caches and life[n][0] < life[n][1]}
@@ -779,4 +787,4 @@ def prove_cached_plan(func: tirx.PrimFunc) -> CachedProof:
                     raise TvmPatchError(f"internal error: the cache-mode stage updates {name} in place at statement "
                                         f"{k} and that cannot be proven safe")
                 updates.append((name, k))
-    return CachedProof(life, tuple(body.caches), tuple(depthwise), tuple(updates))
+    return CachedProof(life, tuple(body.caches), tuple(depthwise), tuple(updates), tuple(over))
