@@ -40,7 +40,12 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # a store
 # 11: a constant stored into a local of at most 4 elements (an accumulator's initialisation, which the compiler keeps
 # in a register: a TE-form stage's one-element locals) counted apart as ``stores_reg``, no longer in stores_const
-FEATURES_VERSION = 11
+# 12: a nest of loops storing an int8 constant through one unit-stride run (an NHWC stage's padding rows and columns,
+# ``for q < 107: for c < 3: input_patch[r * 321 + q * 3 + c] = -128``, which GCC compiles to word stores) counted as
+# the ``tvmp_fill_s8`` call of that run's length (``stores_call`` words, ``run_calls``), no longer ``stores_const``:
+# vww 96 3x3 split 14 recompute (M7), its 52 fill nests measured 0.44 M instructions and predicted 6.8 M at the
+# stores_const price; the stage's stores_const 833,544 -> 14,752 (trips.py _fill_run)
+FEATURES_VERSION = 12
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
