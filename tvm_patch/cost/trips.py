@@ -22,10 +22,10 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.channel_rows import ROW_KERNEL
-from tvm_patch.codegen.copy_kernels import FILL, run_length
+from tvm_patch.codegen.copy_kernels import run_length
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
-from tvm_patch.tir_util import mixed_radix, substitute_vars, uses_var, vars_of
+from tvm_patch.tir_util import mixed_radix, uses_var, vars_of
 
 MAX_ENUMERATE = 64  # a loop whose variable bounds inner loops is run value by value up to this extent
 MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many combinations of its loops' values
@@ -264,19 +264,15 @@ def _fill_nest(loop: tirx.For) -> tuple[list[tirx.For], tirx.BufferStore] | None
     return None
 
 
-def _fill_run(nest: tuple[list[tirx.For], tirx.BufferStore], spans: list[tuple[int, int]]) -> Any | None:
-    """The ``tvmp_fill_s8`` call a fill nest (_fill_nest; its loops' (min, extent) ``spans``, known in this visit)
-    is counted as when its index is the base plus the loops' variables in mixed radix in their nesting order
-    (`tir_util.mixed_radix`: innermost stride 1, the next the inner extent, ...), so the nest writes one unit-
-    stride run, of at least MIN_FILL bytes; None otherwise (a strided store, a shorter run: stores_const)."""
+def _fill_run(nest: tuple[list[tirx.For], tirx.BufferStore], spans: list[tuple[int, int]]) -> int | None:
+    """The length of the one unit-stride run a fill nest (_fill_nest; its loops' (min, extent) ``spans``, known in
+    this visit) writes, where its index is the base plus the loops' variables in mixed radix in their nesting order
+    (`tir_util.mixed_radix`: innermost stride 1, the next the inner extent, ...) and the run is at least MIN_FILL
+    bytes; None otherwise (a strided store, a shorter run: stores_const)."""
     loops, store = nest
     length = math.prod(e for _, e in spans)
     order = mixed_radix(store.indices[0], [(f.loop_var, lo, e) for f, (lo, e) in zip(loops, spans)])
-    if length < MIN_FILL or order != list(range(len(loops)))[::-1]:
-        return None
-    base = substitute_vars(store.indices[0], {f.loop_var: f.min for f in loops})
-    return tirx.call_extern("void", FILL, tirx.address_of(tirx.BufferLoad(store.buffer, [base])),
-                            tirx.const(int(store.value.value), "int32"), tirx.const(length, "int32"))
+    return length if length >= MIN_FILL and order == list(range(len(loops)))[::-1] else None
 
 
 def _register_locals(func: tirx.PrimFunc) -> Callable[[Any], bool]:
@@ -317,8 +313,9 @@ def executed(func: tirx.PrimFunc) -> Counter:
     stores by what they write: ``stores_const``, ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class,
     a constant into a small local (an accumulator's initialisation, kept in a register) as ``stores_reg`` instead of
     ``stores_const``, and the calls' word stores as ``stores_call``; a loop nest storing an int8 constant through
-    one unit-stride run of at least MIN_FILL bytes counted as the fill call of that length (_fill_run); ``mul64`` the
-    64-bit multiplications the stored values compute;
+    one unit-stride run of at least MIN_FILL bytes (_fill_run: GCC compiles it to word stores or a memset) as
+    ``stores_fill`` (its words and tail bytes) and ``fill_runs`` (its runs), apart from the calls (measured about
+    2 instructions a word against a call's 6); ``mul64`` the 64-bit multiplications the stored values compute;
     a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
@@ -464,12 +461,13 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 out[f"stores_{cls}"] += t
                 out["mul64"] += t * mul64
 
-    runs: dict[tuple, Any] = {}  # (loop, its nest's spans) -> the fill call it is counted as, or None
+    runs: dict[tuple, int | None] = {}  # (loop, its nest's spans) -> the run's length (_fill_run), or None
 
     def fill(loop: tirx.For, nest: tuple, trips: float, env: dict) -> bool:
         # a contiguous fill of an int8 constant (_fill_nest, _fill_run), its loops' bounds known in this visit
         # (constant, or known from the patch loops around, value by value): GCC compiles the nest to word stores (a
-        # memset, or its own unrolled ones), so it is counted as the fill call of its length; False when it is not
+        # memset, or its own unrolled ones), counted as its words (stores_fill) and runs (fill_runs); False when it is
+        # not such a nest
         if in_register(nest[1].buffer):  # a register local's initialisation: stores_reg (store())
             return False
         spans = [(const(f.min, env), const(f.extent, env)) for f in nest[0]]
@@ -482,7 +480,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
             runs[key] = _fill_run(nest, spans)
         if runs[key] is None:
             return False
-        calls(runs[key], trips, env)
+        n = runs[key]
+        out["stores"] += trips * (n // 4 + n % 4)
+        out["stores_fill"] += trips * (n // 4 + n % 4)  # words, then the tail bytes: priced apart from the calls'
+        out["fill_runs"] += trips
         return True
 
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,
