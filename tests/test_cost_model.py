@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -32,13 +33,14 @@ from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import cache as cost_cache, collect as cost_collect, fingerprint, memory as cost_memory
 from tvm_patch.codegen import c_kernels, micro_kernels
-from tvm_patch.cost.features import kernel_rows
+from tvm_patch.cost.features import exec_counts, kernel_rows
 from tvm_patch.cost.fingerprint import kernels_fingerprint
 from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
     load as load_cost_model, stage_terms, warn_if_stale
 from tvm_patch.cost import measure as cost_measure
 from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
+from tvm_patch.cost import trips
 from tvm_patch.cost.trips import _micro_macs, executed
 from tvm_patch.split import valid_splits
 from tvm_patch.errors import TvmPatchError
@@ -277,6 +279,45 @@ def test_runs_of_patch_dependent_length_and_64_bit_multiplies_counted():
     e = executed(tirx.PrimFunc([out, wide], tirx.For(p, 0, 4, tirx.ForKind.SERIAL, body)))
     assert e["call_tvmp_fill_s8"] == 4 and e["stores_call"] == 1 + 2  # 4 bytes: one word store; 2 bytes: two byte stores
     assert e["mul64"] == 4 * 2 and e["stores_int"] == 4
+
+
+def test_contiguous_constant_fills_counted_as_fill_calls():
+    """trips (features 12): a nest of loops storing an int8 constant whose index runs through one unit-stride run
+    (an NHWC stage's padding rows: ``for q: for c: buf[q * 3 + c] = -128``, which GCC compiles to word stores) is
+    counted as that run's word stores and tail bytes (``stores_fill``) and one run (``fill_runs``), apart from an
+    NCHW stage's fill calls (``stores_call``, ``run_calls``); a strided constant store, a run shorter than MIN_FILL and
+    a nest with a branch inside stay ``stores_const``. A run's length may depend on a patch loop (counted value by value)."""
+    def loop(v: tirx.Var, n: Any, body: Any) -> tirx.For:
+        return tirx.For(v, 0, n, tirx.ForKind.SERIAL, body)
+
+    r, q, c, p = (tirx.Var(n, "int32") for n in "rqcp")
+    a, b = tirx.decl_buffer((256,), "int8", "a"), tirx.decl_buffer((256,), "int8", "b")
+    pad = tirx.const(-128, "int8")
+    assert trips.MIN_FILL == 4
+    nests = {
+        # rows as long as the stride: one run of 4 x 5 x 3 = 60 bytes, 15 words
+        "whole": (loop(r, 4, loop(q, 5, loop(c, 3, tirx.BufferStore(a, pad, [r * 15 + q * 3 + c])))),
+                  dict(fill_runs=1, stores_fill=15, stores_const=0)),
+        # rows of 15 bytes 20 apart: four runs of 3 words and 3 tail bytes
+        "rows": (loop(r, 4, loop(q, 5, loop(c, 3, tirx.BufferStore(a, pad, [r * 20 + q * 3 + c])))),
+                 dict(fill_runs=4, stores_fill=4 * (3 + 3), stores_const=0)),
+        # every third byte: strided, not a run
+        "strided": (loop(q, 5, tirx.BufferStore(b, pad, [q * 3])), dict(fill_runs=0, stores_const=5)),
+        # runs of 3 bytes (below MIN_FILL) 8 apart
+        "short": (loop(r, 4, loop(c, 3, tirx.BufferStore(b, pad, [r * 8 + c]))),
+                  dict(fill_runs=0, stores_const=12)),
+        # a condition inside the nest: not a plain fill
+        "guarded": (loop(q, 8, tirx.IfThenElse(q < 6, tirx.BufferStore(b, pad, [q]), None)),
+                    dict(fill_runs=0, stores_const=6)),
+        # a run of 2p x 3 bytes for patch p = 0, 1, 2: none, then 6 bytes (1 word, 2 bytes), then 12 (3 words)
+        "patches": (loop(p, 3, loop(q, 2 * p, loop(c, 3, tirx.BufferStore(a, pad, [q * 3 + c])))),
+                    dict(fill_runs=2, stores_fill=(1 + 2) + 3, stores_const=0)),
+    }
+    for name, (nest, want) in nests.items():
+        e = executed(tirx.PrimFunc([a, b], nest))
+        assert {k: e[k] for k in want} == want, name
+        counts = exec_counts(tirx.PrimFunc([a, b], nest))
+        assert counts["fill_runs"] == want["fill_runs"] and counts["run_calls"] == e["call_tvmp_fill_s8"] == 0, name
 
 
 def test_stage_measured_loop_nest_by_loop_nest(tmp_path, shared_models):
@@ -792,7 +833,8 @@ def test_loop_nests_count_what_the_instrumented_c_measures():
                                                               tirx.SeqStmt([nest_a, guarded, nest_b])))
     func = tirx.PrimFunc([buf], tirx.SeqStmt([tirx.BufferStore(buf, one, [63]), patches]))
     first, second = loop_nest_counts(func)
-    assert (first["stores"], first["stores_copy"], first["branches"]) == (1 + 4 * 4 + 2 * 8, 2 * 8, 4)
+    # nest_a's 4 bytes are a run: one word store a patch (a fill, features 12); nest_b's 2 bytes stay byte stores
+    assert (first["stores"], first["stores_copy"], first["branches"]) == (1 + 4 * 1 + 2 * 8, 2 * 8, 4)
     assert (second["stores"], second["stores_copy"], second["branches"]) == (4 * 2, 0, 0)
     assert first["stores"] + second["stores"] == exec_counts(func)["stores"]
 

@@ -40,7 +40,12 @@ from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 # a store
 # 11: a constant stored into a local of at most 4 elements (an accumulator's initialisation, which the compiler keeps
 # in a register: a TE-form stage's one-element locals) counted apart as ``stores_reg``, no longer in stores_const
-FEATURES_VERSION = 11
+# 12: a nest of loops storing an int8 constant through one unit-stride run (an NHWC stage's padding rows and columns,
+# ``for q < 107: for c < 3: input_patch[r * 321 + q * 3 + c] = -128``, which GCC compiles to word stores) counted as
+# its words and tail bytes (``stores_fill``) and runs (``fill_runs``), no longer ``stores_const``:
+# vww 96 3x3 split 14 recompute (M7), its 52 fill nests measured 0.44 M instructions and predicted 6.8 M at the
+# stores_const price; the stage's stores_const 833,544 -> 14,752 (trips.py _fill_run)
+FEATURES_VERSION = 12
 OPS = ("conv1x1", "convkxk", "depthwise", "dense", "pool", "add", "other", "patch_stage")
 _REDUCE = 2
 # The numeric features, in the regressor's column order (the op one-hot comes first).
@@ -57,7 +62,7 @@ EXEC_KEYS = ("mac", "mac_flat", "red_loops", "stores", "dot_calls", "dot_elems",
              "mac_kxk", "mac_blk", "window_macs", "stores_const", "stores_reg", "stores_copy", "stores_float",
              "stores_int", "branches", "branches_varying",
              "branches_skipped", "branches_repeated", "stores_call", "run_calls", "dot_wide_macs", "dot_s8act_macs",
-             "window4_macs", "mul64")
+             "window4_macs", "mul64", "stores_fill", "fill_runs")
 
 
 # Derived when a row becomes a vector (a record keeps what was measured): ``even_w``, whether the output width is
@@ -231,7 +236,7 @@ def exec_counts(func: tirx.PrimFunc) -> dict[str, float]:
         elif k == "call_tvmp_sat_s8":
             out["sat"] += v
         elif k in ("dot_simd_macs", "dot_tail_macs", "dot_wide_macs", "dot_s8act_macs", "window_macs",
-                   "window4_macs", "mul64") or k.startswith(("stores_", "branches")):
+                   "window4_macs", "mul64", "fill_runs") or k.startswith(("stores_", "branches")):
             out[k] += v
         elif k.startswith("wmacs:"):  # per weight buffer: the patch stage's MACs layer by layer
             out[k] = float(v)

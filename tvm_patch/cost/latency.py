@@ -70,7 +70,8 @@ _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"],
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_reg", "stores_copy", "stores_float", "stores_int",
                "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant",
                "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk",
-               "branches", "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls",
+               "branches", "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls", "stores_fill",
+               "fill_runs",
                "dot_wide_macs", "dot_s8act_macs", "patches", "mul64", "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 

@@ -25,13 +25,20 @@ from tvm_patch.codegen.channel_rows import ROW_KERNEL
 from tvm_patch.codegen.copy_kernels import run_length
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
-from tvm_patch.tir_util import uses_var, vars_of
+from tvm_patch.tir_util import mixed_radix, uses_var, vars_of
 
 MAX_ENUMERATE = 64  # a loop whose variable bounds inner loops is run value by value up to this extent
 MAX_GRID = 1 << 20  # a branch condition is evaluated over at most this many combinations of its loops' values
 # a buffer the function allocates itself with at most this many elements is an accumulator that the compiler keeps
 # in registers (a TE-form stage's ``layer0_acc_ptr[0] = 0;``): a constant stored into it is ``stores_reg``
 REG_ELEMS = 4
+# bytes: a contiguous fill nest of an int8 constant at least this long is counted as a fill call (_fill_run); a
+# shorter one stays ``stores_const``. GCC 12.2 -O3 (cortex-m7) compiles a row of n such bytes to ``str`` words from
+# n = 4 on (4: one word, 8: two, 12-24: three to six, 32 and more: a memset call), below to a halfword and a byte
+# (n = 2: one strh, 3: strh and strb), so byte stores price those as well as a fill's tail bytes would. vww 96 3x3
+# split 14 recompute (M7): the stage's 52 padding fill nests measured 0.33-0.52 instructions a byte (least squares:
+# 2.06 a word store), their runs 32 bytes or more once their patch-dependent extents are known (a few of 1 and 4)
+MIN_FILL = 4
 
 
 def _controls(body: Any, var: tirx.Var) -> bool:
@@ -243,6 +250,31 @@ def _store_class(value: Any) -> str:
     return "float" if floats[0] else "int"
 
 
+def _fill_nest(loop: tirx.For) -> tuple[list[tirx.For], tirx.BufferStore] | None:
+    """``loop`` and the loops perfectly nested in it (nothing else in them: no branch, no let) around one store of
+    an int8 constant into a flat buffer: (the loops, outermost first; the store), else None (_fill_run)."""
+    loops = []
+    node: Any = loop
+    while isinstance(node, tirx.For):
+        loops.append(node)
+        node = node.body
+    if isinstance(node, tirx.BufferStore) and isinstance(node.value, tirx.IntImm) \
+            and str(node.buffer.ty.dtype) == "int8" and len(node.indices) == 1:
+        return loops, node
+    return None
+
+
+def _fill_run(nest: tuple[list[tirx.For], tirx.BufferStore], spans: list[tuple[int, int]]) -> int | None:
+    """The length of the one unit-stride run a fill nest (_fill_nest; its loops' (min, extent) ``spans``, known in
+    this visit) writes, where its index is the base plus the loops' variables in mixed radix in their nesting order
+    (`tir_util.mixed_radix`: innermost stride 1, the next the inner extent, ...) and the run is at least MIN_FILL
+    bytes; None otherwise (a strided store, a shorter run: stores_const)."""
+    loops, store = nest
+    length = math.prod(e for _, e in spans)
+    order = mixed_radix(store.indices[0], [(f.loop_var, lo, e) for f, (lo, e) in zip(loops, spans)])
+    return length if length >= MIN_FILL and order == list(range(len(loops)))[::-1] else None
+
+
 def _register_locals(func: tirx.PrimFunc) -> Callable[[Any], bool]:
     """Whether a buffer is one that ``func`` allocates with at most REG_ELEMS elements (an accumulator); buffers
     compared by identity (``same_as``), found by name."""
@@ -280,8 +312,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
     instructions of the ``tvmp_copy_s8`` / ``tvmp_fill_s8`` calls: a word each, then the tail bytes; the element
     stores by what they write: ``stores_const``, ``stores_copy``, ``stores_float``, ``stores_int``, see _store_class,
     a constant into a small local (an accumulator's initialisation, kept in a register) as ``stores_reg`` instead of
-    ``stores_const``, and the calls' word stores as ``stores_call``; ``mul64`` the 64-bit multiplications the stored
-    values compute;
+    ``stores_const``, and the calls' word stores as ``stores_call``; a loop nest storing an int8 constant through
+    one unit-stride run of at least MIN_FILL bytes (_fill_run: GCC compiles it to word stores or a memset) as
+    ``stores_fill`` (its words and tail bytes) and ``fill_runs`` (its runs), apart from the calls (measured about
+    2 instructions a word against a call's 6); ``mul64`` the 64-bit multiplications the stored values compute;
     a store of ``if_then_else(c, a, b)``
     counts as a's class and b's in the shares of the iterations that take each, as do the calls in a and b),
     ``branches`` (evaluations of a branch condition, ``branches_varying`` those whose outcome varies over the
@@ -376,6 +410,7 @@ def executed(func: tirx.PrimFunc) -> Counter:
     mac: dict[Any, bool] = {}
     tvmp: dict[Any, bool] = {}
     seq_macs: dict[Any, int] = {}
+    fills: dict[Any, Any] = {}  # loop -> its fill nest (_fill_nest), or None
 
     def has_calls(stmt: Any) -> bool:  # does the statement's value call a tvmp_ function
         if stmt not in tvmp:
@@ -426,6 +461,31 @@ def executed(func: tirx.PrimFunc) -> Counter:
                 out[f"stores_{cls}"] += t
                 out["mul64"] += t * mul64
 
+    runs: dict[tuple, int | None] = {}  # (loop, its nest's spans) -> the run's length (_fill_run), or None
+
+    def fill(loop: tirx.For, nest: tuple, trips: float, env: dict) -> bool:
+        # a contiguous fill of an int8 constant (_fill_nest, _fill_run), its loops' bounds known in this visit
+        # (constant, or known from the patch loops around, value by value): GCC compiles the nest to word stores (a
+        # memset, or its own unrolled ones), counted as its words (stores_fill) and runs (fill_runs); False when it is
+        # not such a nest
+        if in_register(nest[1].buffer):  # a register local's initialisation: stores_reg (store())
+            return False
+        spans = [(const(f.min, env), const(f.extent, env)) for f in nest[0]]
+        if any(lo is None or e is None for lo, e in spans):
+            return False
+        if any(e <= 0 for _, e in spans):  # the nest does not run
+            return True
+        key = (loop, tuple(spans))
+        if key not in runs:
+            runs[key] = _fill_run(nest, spans)
+        if runs[key] is None:
+            return False
+        n = runs[key]
+        out["stores"] += trips * (n // 4 + n % 4)
+        out["stores_fill"] += trips * (n // 4 + n % 4)  # words, then the tail bytes: priced apart from the calls'
+        out["fill_runs"] += trips
+        return True
+
     def visit(node: Any, trips: float, env: dict, chain: list[tuple[int, Any]], red: list[int] | None,
               known: tuple = ()) -> None:
         # known: the branch conditions evaluated on the way to ``node`` in this iteration (an enclosing branch, an
@@ -433,6 +493,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
         if trips == 0:
             return
         if isinstance(node, tirx.For):
+            if node not in fills:
+                fills[node] = _fill_nest(node)
+            if fills[node] is not None and fill(node, fills[node], trips, env):
+                return
             ext, lo = const(node.extent, env), const(node.min, env)
             ext = 1 if ext is None else ext
             if lo is not None and 1 < ext <= MAX_ENUMERATE and node not in controls:
