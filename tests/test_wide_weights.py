@@ -12,7 +12,7 @@ import tvm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from test_micro_kernels import _c_out_of_place, _conv_nhwc_ohwi, _depthwise, _matmul_requant, _tvm_out
+from test_micro_kernels import _c_in_place, _c_out_of_place, _conv_nhwc_ohwi, _depthwise, _matmul_requant, _tvm_out
 from microtvm_projects.errors import FitError
 from tvm_patch.board_build import fit_wide, narrowed
 from tvm_patch.codegen import emit_c
@@ -85,6 +85,61 @@ def test_depthwise_windows_widened_exactly(tmp_path, h, w, k, stride, calls):
     ours = [arrays[0].copy(), weights, arrays[2].copy()]
     got = _c_out_of_place(out.code, ours, out.workspace_bytes.get("kern", 0), tmp_path)
     np.testing.assert_array_equal(got, _tvm_out(src, arrays))
+
+
+@pytest.mark.parametrize("k, stride", [(7, 1), (7, 2), (5, 1)])
+def test_depthwise_rows_end_in_their_last_four_windows(tmp_path, k, stride):
+    """Per-layer NCHW 7x7 and 5x5 depthwise rows of 4 to 9 outputs (every remainder after the quads), as the export
+    builds them (through the padded channel copy, proven in place) and without padding (the windows read the input
+    tensor): where ``window_blocks._last_four`` says so (three left; one over 7-wide rows that read the copy) the
+    row's last outputs come from its last four windows, only those stored (round 35), so every 7x7 call through the
+    copy is a quad on widened weights (`tvmp_window4_s8w`, no `tvmp_dot_s8` single left; two left: a widened pair,
+    as before). Bit-exact with TVM out of place and run in place; the unpadded kernel is run in place too (its
+    channel by channel, row by row order never reads what an earlier output overwrote), where the last four
+    windows' unstored ones do read outputs written over their input: their sums are thrown away (storing all four
+    fails that run)."""
+    from tvm_patch.codegen.c_kernels import mark_in_place
+    from tvm_patch.export.inplace_conv import inplace_conv_pairs
+    from tvm_patch.export.padded_copy import padded_copy_schedule
+
+    for e in range(4, 10):
+        for pad in (k // 2, 0):
+            h = w = (e - 1) * stride + k - 2 * pad  # rows of e outputs
+            src = _depthwise("NCHW", h, w, k, stride, pad, -9)
+            func = padded_copy_schedule(src, 1) if pad else lean_schedule(src)
+            pairs = inplace_conv_pairs(func, 1) if pad else [(0, 2)]  # unpadded: run in place all the same
+            assert pairs == [(0, 2)]
+            out = emit_c({"kern": mark_in_place(func, pairs).with_attr(WIDEN_ATTR, [1])})
+            code = out.code.replace(MICRO_KERNELS.read_text(), "")
+            calls = {c for c in ("tvmp_window4_s8", "tvmp_window4_s8w", "tvmp_window3_s8", "tvmp_window2_s8",
+                                 "tvmp_window2_s8w", "tvmp_dot_s8") if c + "(" in code}
+            param = out.functions["kern"].params[1]
+            left = e % 4
+            if k == 7 and pad:  # through the copy: quads alone (two left: a pair), the weights widened
+                want_calls = {"tvmp_window4_s8w"} | ({"tvmp_window2_s8w"} if left == 2 else set())
+                assert calls == want_calls and param.dtype == "int16", (e, calls)
+            elif left in (0, 3) and not (stride == 2 and left == 3):  # quads alone (int8 where a border reads them)
+                assert calls in ({"tvmp_window4_s8"}, {"tvmp_window4_s8w"}), (e, pad, calls)
+            elif left == 3:  # 7 wide, stride 2, reading the tensor: its last three one call (tvmp_window3_s8)
+                assert calls == {"tvmp_window4_s8", "tvmp_window3_s8"}, (e, calls)
+            else:  # a pair or a single after the quads (measured faster than the last four there)
+                assert "tvmp_window4_s8" in calls or "tvmp_window4_s8w" in calls, (e, pad, calls)
+                assert ("tvmp_dot_s8" in calls) == (left == 1) and (left == 2) == bool(
+                    calls & {"tvmp_window2_s8", "tvmp_window2_s8w"}), (e, pad, calls)
+            oh = ow = (h + 2 * pad - k) // stride + 1
+            assert ow == e
+            rng = np.random.default_rng(10 * e + pad)
+            # small weights: outputs mostly unsaturated, so that one tap read wrong shows
+            arrays = [rng.integers(-128, 128, (1, 3, h, w), dtype=np.int8),
+                      rng.integers(-4, 5, (3, 1, k, k), dtype=np.int8), np.zeros((1, 3, oh, ow), dtype=np.int8)]
+            want = _tvm_out(src, [a.copy() for a in arrays])
+            weights = widened_layout(arrays[1], tuple(param.shape)) if param.dtype == "int16" else arrays[1].copy()
+            ours = [arrays[0].copy(), weights, arrays[2].copy()]
+            ws = out.workspace_bytes.get("kern", 0)
+            for run, where in ((_c_out_of_place, "out"), (_c_in_place, "in")):
+                tmp = tmp_path / f"e{e}p{pad}{where}"
+                tmp.mkdir()
+                np.testing.assert_array_equal(run(out.code, ours, ws, tmp), want, err_msg=f"{e} {pad} {where}")
 
 
 def _run(func, arrays, weight: int, tmp) -> tuple[str, np.ndarray, np.ndarray]:

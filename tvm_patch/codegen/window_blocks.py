@@ -103,16 +103,18 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
 
     Four outputs a call instead (``tvmp_window4_s8``; unless ``quads`` is false), over contiguous rows of odd
     widths from 5 (5x5, 7x7 at stride 1; 7x7 at stride 2: ``_quad_widths``), for an extent of at least four or
-    one known only at run time (a patch stage's region width). For a known extent, after the last four a pair and
-    a single output, or, for three left over 7-wide rows that read a local copy (``_recomputable``), the last four
-    outputs once more (all quads: their weights may be widened); at stride 2 otherwise, and for a row of only
-    three, one call of three (``tvmp_window3_s8``). For an extent known at run time, the last ``E % 4`` outputs
-    are the last four windows of the row with only those outputs stored, where the extent is at least four for
-    every value of the loops around (``_min_value``; all quads again); else a pair and a single output, each
-    under its test. Exact: each stored output's sum and epilogue are unchanged; the only reordering is the later
-    windows' reads moving before the first output's store, and a read moved earlier sees the value it saw before
-    (the kernels' in-place proofs make every read see its input unclobbered); an output computed twice gets the
-    same value twice, and one whose window may read what an earlier output overwrote in place is not stored."""
+    one known only at run time (a patch stage's region width). For a known extent, after the quads, where
+    ``_last_four`` says so (three left; one over 7-wide rows that read a local copy, ``_recomputable``) the last
+    ``E % 4`` outputs are the row's last four windows with only those outputs stored (as below: all quads, so 7x7
+    weights may be widened); else a pair and a single output; at stride 2, three left over rows that do not read a
+    local copy, and for a row of only three, one call of three (``tvmp_window3_s8``). For an extent known at run
+    time, the last ``E % 4`` outputs are the last four windows of the row with only those outputs stored, where the
+    extent is at least four for every value of the loops around (``_min_value``; all quads again); else a pair and
+    a single output, each under its test. Exact: each stored output's sum and epilogue are unchanged; the only
+    reordering is the later windows' reads moving before the first output's store, and a read moved earlier sees
+    the value it saw before (the kernels' in-place proofs make every read see its input unclobbered); an output
+    whose window may read what an earlier output overwrote in place (the last four's first ones, computed before)
+    is not stored again: its sum is thrown away."""
     extent, x = _int(loop.extent), loop.loop_var
     # an extent known only at run time (the patch stage's live parts) blocks too: E // 2 pairs, then one if E is odd
     # (or E // 4 quads, then the rest)
@@ -244,9 +246,11 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
 
     if threes:  # the last three outputs: one call of three (reads only their windows)
         return tail(3, 3)
-    if n == 4 and extent % 4 == 3 and kw % 4 == 3 and _recomputable(stmts, args[0]):
-        # the last three outputs: the last four once more (the first of them computed twice, the same value)
-        return tirx.SeqStmt([pairs, block(tirx.const(extent - 4, str(x.ty)))])
+    if n == 4 and _last_four(kw, extent % 4, _recomputable(stmts, args[0])):
+        # the last E % 4 outputs: the four windows ending at the last, only those stored (as for an extent known at
+        # run time: the others' windows may read what their outputs overwrote in place, their sums thrown away)
+        return tirx.SeqStmt([pairs, block(tirx.const(extent - 4, str(x.ty)),
+                                          [(k, None) for k in range(4 - extent % 4, 4)])])
     if n == 4 and extent % 4 >= 2:  # the last two or three outputs: a pair (and one alone)
         return tail(extent % 4, 2)
     last_x = tirx.const(extent - 1, str(x.ty)) if extent is not None else loop.extent - 1
@@ -256,11 +260,23 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
     return tirx.SeqStmt([pairs, tail])
 
 
+def _last_four(kw: int, left: int, local: bool) -> bool:
+    """Do the last ``left`` outputs of a quad row of ``kw`` taps and a known extent come from the row's last four
+    windows (only those outputs stored) rather than a pair and a single output? Measured layer by layer on the
+    emulated M7 (docs/kernels.md, round 35): for three left, always (one call for a pair and a single, or for the
+    last four stored whole: -0.8 to -9.8 % a layer); for one, over 7-wide rows that read a local copy (the padded
+    copy: no border window, so every call is then a quad and the weights are widened: -17 to -21 % a layer). Not
+    for two (a 7x7 pair is widened already: -0.2 to +0.2 % a layer, yet +0.6 % over mcunet-in0; 5x5 up to +3.5 %)
+    nor for one elsewhere (+0.1 to +1.3 %: the quad's three extra windows cost more than the single saves)."""
+    return left == 3 or (left == 1 and kw % 4 == 3 and local)
+
+
 def _recomputable(stmts: list[Any], src: Any) -> bool:
-    """May an output of this loop body be computed twice? When its windows read a buffer the kernel allocates (a
-    local copy, ``_LOCALS``; not one of its tensors, of which an in-place output may overwrite the input) and the
-    body stores only to buffers it does not allocate (its tensors) or to one-element locals: then a window read
-    again sees what it saw the first time and its output gets the same value."""
+    """Do this loop body's windows read a local copy? When they read a buffer the kernel allocates (``_LOCALS``;
+    not one of its tensors, of which an in-place output may overwrite the input) and the body stores only to
+    buffers it does not allocate (its tensors) or to one-element locals: then a window read again sees what it saw
+    the first time (an output may be computed twice); through the padded copy (the export's form of a padded
+    depthwise layer) the rows have no border windows either."""
     local = _LOCALS.get()
     load = src.args[0] if is_call(src, ".address_of") and src.args else None
     if local is None or not isinstance(load, TensorLoad) or not any(load.source.same_as(b) for b in local):
