@@ -286,7 +286,8 @@ def test_contiguous_constant_fills_counted_as_fill_calls():
     (an NHWC stage's padding rows: ``for q: for c: buf[q * 3 + c] = -128``, which GCC compiles to word stores) is
     counted as that run's word stores and tail bytes (``stores_fill``) and one run (``fill_runs``), apart from an
     NCHW stage's fill calls (``stores_call``, ``run_calls``); a strided constant store, a run shorter than MIN_FILL and
-    a nest with a branch inside stay ``stores_const``. A run's length may depend on a patch loop (counted value by value)."""
+    a nest with a branch inside stay ``stores_const``. A run's length may depend on a patch loop (counted value by
+    value)."""
     def loop(v: tirx.Var, n: Any, body: Any) -> tirx.For:
         return tirx.For(v, 0, n, tirx.ForKind.SERIAL, body)
 
