@@ -351,8 +351,9 @@ def _export(model: Any, out_dir: str | os.PathLike, patches: int | None, split: 
     workspace = _workspaces(funcs, alignment)
     aplan = plan_arena(prog, workspace, pairs, io_in_arena, alignment)
     for n in cached:  # a stage's 1x1 convs over their inputs only where the network's arena falls with them
-        if (alt := without_conv_aliases(funcs[n])) is not None and planned_workspace_bytes(alt) is not None:
-            alt_workspace = workspace | {n: planned_workspace_bytes(alt)}
+        alt = without_conv_aliases(funcs[n])
+        if alt is not None and (alt_bytes := planned_workspace_bytes(alt)) is not None:
+            alt_workspace = workspace | {n: alt_bytes}
             alt_plan = plan_arena(prog, alt_workspace, pairs, io_in_arena, alignment)
             if alt_plan.arena_bytes <= aplan.arena_bytes:
                 prove_cached_plan(alt)

@@ -17,6 +17,9 @@ the TIR does not bear out is an error, never a silent wrong kernel:
   output's starts, at the same offset, the input is read only by a copy into a one-channel buffer, inside a
   loop over channels whose every write of the output comes after that copy; `inplace_conv.channel_or_pixel_safe`
   shows from indices and shapes that no write of channel c reaches bytes of a channel copied later;
+- a layer written over its input's buffer at the same offset (`cache_plan.over_input`, `_prove_over_input`): in
+  every patch, every element the two share last read before it is first written, every iteration of the step
+  enumerated in program order (`access_times`);
 - an in-place update (a residual add written over its skip's buffer, `_prove_update`): a statement that reads
   and writes one buffer reads it only at the element it stores, in the same iteration, before the store, each
   element stored once (each store's indices in mixed radix, as `stage_arena._prove_update`; several stores of
@@ -50,6 +53,7 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen.c_types import buffer_bytes, dtype_bytes
 from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.errors import TvmPatchError
+from tvm_patch.export.access_times import flat_elements, iterations, timed_accesses
 from tvm_patch.export.inplace import Access, UnmodelledTIR, ordered_accesses
 from tvm_patch.export.inplace_conv import channel_or_pixel_safe
 from tvm_patch.names import STAGE_OFFSETS_ATTR
@@ -502,21 +506,13 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
             if not isinstance(lo, tirx.IntImm) or not isinstance(ext, tirx.IntImm):
                 return None
             vars_.append(lp.loop_var)
-            ranges.append(np.arange(int(lo), int(lo) + max(int(ext), 0)))
-        mesh = [m.reshape(-1) for m in np.meshgrid(*ranges, indexing="ij")] if ranges else []
-        return vars_, mesh, mesh[0].size if mesh else 1
+            ranges.append((int(lo), max(int(ext), 0)))
+        return (vars_, *iterations(ranges))
 
     def address(indices: Any, env: dict[Any, Any], vars_: list[Any], values: list[np.ndarray],
                 n: int) -> np.ndarray | None:
         """The flat element each of the n iterations (``values`` of ``vars_``) addresses; None where not affine."""
-        total = np.zeros(n, np.int64)
-        for idx, stride in zip(indices, strides):
-            e = ana.simplify(substitute_vars(idx, env))
-            coeffs = tvm.sym.detect_linear_equation(e, vars_) if vars_ else [e]
-            if len(coeffs) != len(vars_) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs):
-                return None
-            total += stride * (int(coeffs[-1]) + sum(int(c) * v for c, v in zip(coeffs[:-1], values)))
-        return total
+        return flat_elements(ana, indices, strides, env, vars_, values, n)
 
     for env in patches:
         g = grid(outer, env)
@@ -546,144 +542,12 @@ def _prove_window_update(body: _Body, k: int, name: str, patches: list[dict[Any,
     return _fills_clear(body, k, name, patches)
 
 
-def _timed_accesses(stmt: Any, env: dict[Any, Any], names: set[str],
-                    strides: dict[str, list[int]]) -> list[tuple[str, bool, np.ndarray, np.ndarray]]:
-    """Every load and store of the buffers `names` (-> their axes' strides) in `stmt`, with the patch loops'
-    variables at the values of `env`: (buffer, store?, the time of each of its iterations, the flat element each
-    addresses). Times number every access's every iteration in program order (a store's value and index loads
-    before the store), each affine in the loops around it; every access is counted as executed unless its
-    condition fails in the patch. Raises UnmodelledTIR where a loop's bounds depend on more than the patch, an index
-    is not affine, or a statement is not modelled."""
-    ana = tvm.sym.Analyzer()
-    env = dict(env)
-    found: list[tuple[str, bool, Any, list[Any], list[tuple[Any, int, int]]]] = []
-
-    def n_loads(expr: Any) -> int:
-        count = [0]
-
-        def on_load(_: Any) -> tvm_ffi.WalkResult:
-            count[0] += 1
-            return tvm_ffi.WalkResult.ADVANCE
-
-        tvm_ffi.structural_walk(expr, [(TensorLoad, on_load)], order="pre")
-        return count[0]
-
-    def bounds(node: Any) -> tuple[int, int]:
-        lo = ana.simplify(substitute_vars(node.min, env))
-        ext = ana.simplify(substitute_vars(node.extent, env))
-        if not isinstance(lo, tirx.IntImm) or not isinstance(ext, tirx.IntImm):
-            raise UnmodelledTIR("a loop bound that depends on more than the patch")
-        return int(lo), max(int(ext), 0)
-
-    def size(node: Any) -> int:
-        """The time slots one execution of `node` takes."""
-        if isinstance(node, tirx.For):
-            lo, ext = bounds(node)
-            if ext == 1:
-                env[node.loop_var] = tirx.const(lo, node.loop_var.ty.dtype)
-            return ext * size(node.body)
-        if isinstance(node, tirx.SeqStmt):
-            return sum(size(x) for x in node.seq)
-        if isinstance(node, tirx.AttrStmt):
-            return size(node.body)
-        if isinstance(node, tirx.BufferStore):
-            return n_loads(node.value) + sum(n_loads(i) for i in node.indices) + 1
-        if isinstance(node, tirx.IfThenElse):
-            return n_loads(node.condition) + size(node.then_case) + (
-                size(node.else_case) if node.else_case is not None else 0)
-        if isinstance(node, tirx.Evaluate):
-            if _escapes(node.value, names):
-                raise UnmodelledTIR("an address taken")
-            return n_loads(node.value)
-        raise UnmodelledTIR(type(node).__name__)
-
-    def loads(exprs: list[Any], time: Any, loops: list) -> Any:
-        def on_load(ld: Any) -> tvm_ffi.WalkResult:
-            nonlocal time
-            if ld.source.name in names:
-                found.append((ld.source.name, False, time, list(ld.indices), list(loops)))
-            time = time + 1
-            return tvm_ffi.WalkResult.ADVANCE
-
-        for e in exprs:
-            tvm_ffi.structural_walk(e, [(TensorLoad, on_load)], order="pre")
-        return time
-
-    def walk(node: Any, time: Any, loops: list) -> None:
-        if isinstance(node, tirx.For):
-            lo, ext = bounds(node)
-            if ext == 1:
-                env[node.loop_var] = tirx.const(lo, node.loop_var.ty.dtype)
-                walk(node.body, time, loops)
-            elif ext > 1:
-                step = size(node.body)
-                walk(node.body, time + (node.loop_var - lo) * step, loops + [(node.loop_var, lo, ext)])
-        elif isinstance(node, tirx.SeqStmt):
-            for x in node.seq:
-                walk(x, time, loops)
-                time = time + size(x)
-        elif isinstance(node, tirx.AttrStmt):
-            walk(node.body, time, loops)
-        elif isinstance(node, tirx.BufferStore):
-            time = loads([node.value, *node.indices], time, loops)
-            if node.buffer.name in names:
-                found.append((node.buffer.name, True, time, list(node.indices), list(loops)))
-        elif isinstance(node, tirx.IfThenElse):
-            time = loads([node.condition], time, loops)
-            cond = ana.simplify(substitute_vars(node.condition, env))
-            known = int(cond) if isinstance(cond, tirx.IntImm) else None
-            if known != 0:
-                walk(node.then_case, time, loops)
-            if node.else_case is not None and known != 1:
-                walk(node.else_case, time + size(node.then_case), loops)
-        elif isinstance(node, tirx.Evaluate):
-            loads([node.value], time, loops)
-        else:
-            raise UnmodelledTIR(type(node).__name__)
-
-    walk(stmt, tirx.const(0, "int32"), [])
-    out = []
-    for name, store, time, indices, loops in found:
-        vars_ = [v for v, _, _ in loops]
-        mesh = [m.reshape(-1) for m in np.meshgrid(*(np.arange(lo, lo + ext) for _, lo, ext in loops),
-                                                    indexing="ij")] if loops else []
-        n = mesh[0].size if mesh else 1
-
-        def affine(e: Any) -> np.ndarray:
-            e = ana.simplify(substitute_vars(e, env))
-            coeffs = tvm.sym.detect_linear_equation(e, vars_) if vars_ else [e]
-            if len(coeffs) != len(vars_) + 1 or any(not isinstance(c, tirx.IntImm) for c in coeffs):
-                raise UnmodelledTIR("an index not affine in its loops")
-            return int(coeffs[-1]) + sum((int(c) * m for c, m in zip(coeffs[:-1], mesh)), np.zeros(n, np.int64))
-
-        flat = sum((stride * affine(i) for i, stride in zip(indices, strides[name])), np.zeros(n, np.int64))
-        out.append((name, store, affine(time), flat))
-    return out
-
-
-def _escapes(expr: Any, names: set[str]) -> bool:
-    """Does `expr` take the address of an element of one of the buffers `names`?"""
-    hit = [False]
-
-    def on_load(ld: Any) -> tvm_ffi.WalkResult:
-        hit[0] = hit[0] or ld.source.name in names
-        return tvm_ffi.WalkResult.ADVANCE
-
-    def on_call(call: Any) -> tvm_ffi.WalkResult:
-        if str(call.op.name) == "tirx.address_of":
-            tvm_ffi.structural_walk(call, [(TensorLoad, on_load)], order="pre")
-        return tvm_ffi.WalkResult.ADVANCE
-
-    tvm_ffi.structural_walk(expr, [(tirx.Call, on_call)], order="pre")
-    return hit[0]
-
-
 def _prove_over_input(body: _Body, k: int, src: str, dst: str, patches: list[dict[Any, Any]]) -> bool:
     """Statement k writes `dst` over `src` (same offset and element size, `cache_plan.over_input`): exactly, in every
     patch, each element the two share is read as `src` for the last time before it is first written as `dst`
-    (`_timed_accesses`: every iteration of every access in program order; counting an access as executed where
-    its condition depends on more than the patch can only make the test stricter); `src` is not written there,
-    `dst` not read, and every access stays inside its buffer."""
+    (`access_times.timed_accesses`: every iteration of every access in program order; counting an access as
+    executed where its condition depends on more than the patch can only make the test stricter); `src` is not
+    written there, `dst` not read, and every access stays inside its buffer."""
     s, d = body.bufs[src], body.bufs[dst]
     if str(s.ty.dtype) != str(d.ty.dtype):
         return False
@@ -694,7 +558,7 @@ def _prove_over_input(body: _Body, k: int, src: str, dst: str, patches: list[dic
         for env in patches:
             last_read = np.full(shared, -1, np.int64)
             first_write = np.full(shared, np.iinfo(np.int64).max, np.int64)
-            for name, store, times, addrs in _timed_accesses(body.stmts[k], env, {src, dst}, strides):
+            for name, store, times, addrs in timed_accesses(body.stmts[k], env, {src, dst}, strides):
                 if store != (name == dst) or addrs.min(initial=0) < 0 or addrs.max(initial=0) >= sizes[name]:
                     return False
                 keep = addrs < shared

@@ -17,7 +17,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-__all__ = ["KernelInfo", "kernel_info"]
+__all__ = ["KernelInfo", "count_loads", "kernel_info"]
 
 _REDUCE = 2  # IterVar.iter_type of a reduction iterator
 
@@ -30,7 +30,8 @@ class KernelInfo:
     macs: int
 
 
-def _loads(expr: Any) -> int:
+def count_loads(expr: Any) -> int:
+    """How many buffer loads ``expr`` holds."""
     n = [0]
 
     def on_load(_: Any) -> tvm_ffi.WalkResult:
@@ -46,7 +47,7 @@ def has_mac(expr: Any) -> bool:
     found = [False]
 
     def on_mul(m: Any) -> tvm_ffi.WalkResult:
-        found[0] = found[0] or (_loads(m.a) > 0 and _loads(m.b) > 0)
+        found[0] = found[0] or (count_loads(m.a) > 0 and count_loads(m.b) > 0)
         return tvm_ffi.WalkResult.ADVANCE
 
     tvm_ffi.structural_walk(expr, [(tirx.Mul, on_mul)], order="pre")
