@@ -42,7 +42,7 @@ from tvm_patch.cost.measure import core_key, generate_measured_project, measure
 from tvm_patch.cost.plan import Plan
 from tvm_patch.cost.stage_layers import instrument_stage, measured_nests
 from tvm_patch.cost.latency import CORES, STAGE_TERMS, choose_nest_weight, default_path, fit, fit_booster, for_core, \
-    has_stage_terms, relative_nnls, stage_terms
+    has_stage_terms, pinned_nnls, pinned_prices, relative_nnls, stage_terms
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
 from tvm_patch.frontend import load as load_model
@@ -144,7 +144,7 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
                  if n.get("measured") and has_stage_terms(n)]
     stores = tuple(t for t in STAGE_TERMS if not t.startswith("stores_")) + ("stores",)
     linear = {"linear": STAGE_TERMS, "linear_without_loop_nests": STAGE_TERMS, "linear_one_store_term": stores,
-              "linear_without_window_macs": tuple(t for t in STAGE_TERMS if t != "window_macs"),
+              "linear_without_window_macs": tuple(t for t in STAGE_TERMS if t not in ("window_macs", "window12_macs")),
               "linear_one_scalar_mac_term": ("mac", *(t for t in STAGE_TERMS if not t.startswith("mac_") or t == "mac_flat")),
               "linear_without_branches": tuple(t for t in STAGE_TERMS if not t.startswith("branches")),
               "linear_branches_skipped": tuple("branches_skipped" if t == "branches_taken" else t for t in STAGE_TERMS),
@@ -176,10 +176,13 @@ def stage_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
         use = fit_mask & (twin if m == "per_layer" else True)
         a, y = terms([r for r, u in zip(train, use) if u], m, booster), y_train[use]
         w = np.ones_like(y)
-        if m in linear and m != "linear_without_loop_nests" and nest_recs and weight:
-            a = np.vstack([a, terms([n for (_, n), u in zip(nest_recs, nest_mask) if u], m, None)])
+        if m not in linear:
+            return terms(test, m, booster) @ relative_nnls(a, y, w) / y_test - 1
+        nests = [n for (_, n), u in zip(nest_recs, nest_mask) if u] if m != "linear_without_loop_nests" else []
+        if nests and weight:
+            a = np.vstack([a, terms(nests, m, None)])
             y, w = np.concatenate([y, y_nest[nest_mask]]), np.concatenate([w, np.full(int(nest_mask.sum()), weight)])
-        return terms(test, m, booster) @ relative_nnls(a, y, w) / y_test - 1
+        return terms(test, m, booster) @ pinned_nnls(a, y, w, linear[m], pinned_prices(nests, linear[m])) / y_test - 1
 
     cv: dict[str, list[float]] = {m: [] for m in models}
     for f in range(CV_FOLDS):

@@ -33,7 +33,7 @@ from tvm_patch.cost.adaptive import cv_errors, near_items
 from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
 from tvm_patch.cost import cache as cost_cache, collect as cost_collect, fingerprint, memory as cost_memory
 from tvm_patch.codegen import c_kernels, micro_kernels
-from tvm_patch.cost.features import exec_counts, kernel_rows
+from tvm_patch.cost.features import EXEC_KEYS, exec_counts, kernel_rows
 from tvm_patch.cost.fingerprint import kernels_fingerprint
 from tvm_patch.cost.latency import CORES, KNOWN_STAGE_TERMS, STAGE_TERMS, default_path, for_core, \
     load as load_cost_model, stage_terms, warn_if_stale
@@ -438,6 +438,31 @@ def test_stage_model_comparison_on_the_shipped_measurements():
     for m in models:
         assert out["heldout_mape"][m] == pytest.approx(sum(abs(h[m]) for h in out["heldout"]) / len(out["heldout"]),
                                                        abs=1e-3)
+
+
+def test_fill_terms_priced_on_their_own_loop_nests():
+    """The PINNED_TERMS (constant fills) take the price their loop nests measure alone, not what the stages' fit
+    would give them: here the stages' fills grow with a cost no term names (3 a MAC beyond the modelled 1), which an
+    unpinned fit loads on the fills; with the fill nests measuring 2 a word and 10 a run, the fit keeps those."""
+    from tvm_patch.cost.latency import PINNED_TERMS, fit_stage, pinned_prices
+
+    def row(measured, nest=False, **exec_):
+        return {"measured": measured, "patches": 0 if nest else 4, "halo_cache": 0,
+                **({"loop_nest": 0} if nest else {}),
+                "exec": {**dict.fromkeys(EXEC_KEYS, 0.0), **exec_}}
+    nests = [row(2 * w + 10 * r, True, stores_fill=w, fill_runs=r) for w, r in ((100, 2), (400, 3), (50, 5), (900, 4))]
+    stages = []
+    for i in range(80):
+        macs, fills, big = 1000.0 * (1 + i % 7), 10.0 * (1 + (i * 5) % 11), i % 2
+        # what only the big-kernel stages pay (3 a MAC), whose padded regions (fills) are 21 times larger
+        stages.append(row(macs + 2 * fills * (1 + 20 * big) + 3 * macs * big, mac_flat=macs,
+                          stores_fill=fills * (1 + 20 * big)))
+    assert set(PINNED_TERMS) == {"stores_fill", "fill_runs"}
+    assert pinned_prices(nests) == pytest.approx({"stores_fill": 2.0, "fill_runs": 10.0}, rel=1e-6)
+    coef = dict(zip(STAGE_TERMS, fit_stage(stages, nests=nests, nest_weight=0.0)))
+    assert coef["stores_fill"] == pytest.approx(2.0) and coef["fill_runs"] == pytest.approx(10.0)
+    free = dict(zip(STAGE_TERMS, fit_stage(stages, nests=[], nest_weight=0.0)))  # no nests: the fills fitted freely
+    assert free["stores_fill"] > 2 * coef["stores_fill"]
 
 
 def test_stale_model_warns_once_on_stderr(tmp_path, capsys):

@@ -34,6 +34,10 @@ ROUNDS = 200
 # a loop nest's equation in the stage fit, against a whole stage's 1: the one of these that cross-validates best
 # over the training stages (choose_nest_weight; 0: the whole stages alone)
 NEST_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+# stage terms priced on the loop nests that execute them alone, not by the stages' fit (pinned_prices): the
+# constant fills, whose nests measure about 2 instructions a word where the stages' fit, through terms that grow
+# with them (an NHWC stage's padded regions), priced them at 35
+PINNED_TERMS = ("stores_fill", "fill_runs")
 CV_FOLDS = 8
 _warned: set[str] = set()
 
@@ -66,13 +70,15 @@ _DERIVED = {"cache_stores": lambda r: r["exec"]["stores"] * r["halo_cache"],
             "one": lambda r: 0.0 if "loop_nest" in r else 1.0,  # a loop nest of a stage (stage_layers.py): no constant
             # the branch evaluations that run what they guard (an in-image position; NNLS cannot price the skipping
             # ones below the others, so the model weighs every evaluation and, on top, the taken ones)
-            "branches_taken": lambda r: r["exec"]["branches"] - r["exec"]["branches_skipped"]}
+            "branches_taken": lambda r: r["exec"]["branches"] - r["exec"]["branches_skipped"],
+            # the MACs of the window calls computing one or two windows (NHWC stages' single windows, NCHW pairs):
+            # 2.5-3.3 instructions a MAC measured in the loop nests, against 1.3-1.7 in four-window calls
+            "window12_macs": lambda r: r["exec"]["window_macs"] - r["exec"]["window4_macs"]}
 STAGE_TERMS = ("mac_flat", "red_loops", "stores_const", "stores_reg", "stores_copy", "stores_float", "stores_int",
-               "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "requant",
-               "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk", "mac_blk",
-               "branches", "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls", "stores_fill",
-               "fill_runs",
-               "dot_wide_macs", "dot_s8act_macs", "patches", "mul64", "one")
+               "dot_calls", "dot_elems", "rows_calls", "window_calls", "window_elems", "window_macs", "window12_macs",
+               "requant", "pad_calls", "sat", "dot_simd_macs", "dot_tail_macs", "mac_1x1", "mac_dw", "mac_kxk",
+               "mac_blk", "branches", "branches_taken", "cache_stores", "cache_copies", "stores_call", "run_calls",
+               "stores_fill", "fill_runs", "dot_wide_macs", "dot_s8act_macs", "patches", "mul64", "one")
 KNOWN_STAGE_TERMS = frozenset(EXEC_KEYS) | frozenset(_DERIVED)  # what a model file's stage terms may name
 
 
@@ -100,14 +106,40 @@ def relative_nnls(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> 
     return nnls(a / y[:, None] * w[:, None], w)[0]
 
 
+def pinned_prices(nests: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS) -> dict[str, float]:
+    """The prices of PINNED_TERMS (those in ``names``) measured on the loop nests that execute nothing else (a
+    stage's constant fills: their cost per word and per run), by relative_nnls; {} without such nests."""
+    pins = [t for t in PINNED_TERMS if t in names]
+    if not pins:
+        return {}
+    pure = [n for n in nests if not any(v for t, v in zip(names, stage_terms(n, names)) if t not in pins)]
+    a = np.array([stage_terms(n, tuple(pins)) for n in pure], dtype=np.float64).reshape(len(pure), len(pins))
+    if len(pure) < 2 * len(pins) or np.linalg.matrix_rank(a) < len(pins):
+        return {}
+    return dict(zip(pins, map(float, relative_nnls(a, np.array([n["measured"] for n in pure], dtype=np.float64)))))
+
+
+def pinned_nnls(a: np.ndarray, y: np.ndarray, w: np.ndarray, names: tuple[str, ...],
+                pins: dict[str, float]) -> np.ndarray:
+    """relative_nnls of the terms ``names`` (the columns of ``a``) with those in ``pins`` held at their price:
+    their share of each count comes off it, the others are fitted to the rest."""
+    held = np.array([t in pins for t in names])
+    rest = 1 - a[:, held] @ np.array([pins[t] for t in names if t in pins]) / y
+    coef = np.array([pins.get(t, 0.0) for t in names])
+    coef[~held] = nnls(a[:, ~held] / y[:, None] * w[:, None], rest * w)[0]
+    return coef
+
+
 def fit_stage(stages: list[dict[str, Any]], names: tuple[str, ...] = STAGE_TERMS,
               nests: list[dict[str, Any]] = (), nest_weight: float = 0.5) -> list[float]:
     """The linear stage model's coefficients (``names``) on measured patch stage rows and loop nest rows
-    (stage_layers.py; each weighs ``nest_weight`` of a stage), by relative_nnls."""
+    (stage_layers.py; each weighs ``nest_weight`` of a stage), by relative_nnls, the PINNED_TERMS priced first
+    on the loop nests that execute them alone (pinned_prices), whatever ``nest_weight``."""
     rows = list(stages) + list(nests)
     a = np.array([stage_terms(k, names) for k in rows], dtype=np.float64)
     w = np.array([1.0] * len(stages) + [nest_weight] * len(nests))
-    return [float(c) for c in relative_nnls(a, np.array([k["measured"] for k in rows], dtype=np.float64), w)]
+    y = np.array([k["measured"] for k in rows], dtype=np.float64)
+    return [float(c) for c in pinned_nnls(a, y, w, names, pinned_prices(list(nests), names))]
 
 
 def choose_nest_weight(stages: list[dict[str, Any]], groups: list[str], nests: list[dict[str, Any]],
