@@ -42,6 +42,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import _extern_name, _int
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDEN, WIDEN_PLANES, _drop_unread
+from tvm_patch.names import ALIASED_PARAMS
 from tvm_patch.tir_util import is_call, seq, substitute_vars, uses_var
 
 __all__ = ["FourPixels", "MAX_WIDE4_BYTES", "Q15_PX4_ROWS", "WIDE4_NAME", "four_pixels"]
@@ -159,8 +160,6 @@ def _four(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
 def four_pixels(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each loop over two widened pixel pairs on int8 weights as one four-pixel channel loop (the
     module doc), where its parameters do not overlap."""
-    from tvm_patch.codegen.c_kernels import ALIASED_PARAMS  # c_kernels imports the lowering, which imports this
-
     attrs = func.attrs
     if attrs is None or ALIASED_PARAMS in attrs or not bool(attrs.get("tirx.noalias", False)):
         return func
