@@ -812,6 +812,7 @@ def test_adaptive_round_picks_the_worst_training_networks():
     ("tvmp_dot_s8_rows4", [0, 0, 0, 16, 0], 64),
     ("tvmp_dot_s8_px2_rows2", [0, 0, 0, 0, 16, 0], 64),
     ("tvmp_dot_q15_px2_rows4", [0, 0, 0, 32, 0], 256),  # a widened pair: (q, w, ws, n, acc)
+    ("tvmp_dot_q15_px4_rows2", [0, 0, 0, 32, 0], 256),  # two widened pairs (four pixels) x 2 rows
     ("tvmp_window2_s8", [0] * 9 + [3, 3, 0], 18),
     ("tvmp_window4_s8", [0] * 9 + [7, 7, 0], 196),  # four 7x7 windows
     ("tvmp_window2_s8w", [0] * 9 + [5, 5, 0], 50),  # two 5x5 windows on widened weights

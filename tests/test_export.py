@@ -542,7 +542,7 @@ def test_channel_constants_are_packed_per_call(tmp_path, shared_models):
     constant the k-th original array; a tvmp_requant_rbz shift stored as the right shift, the calls then
     tvmp_requant_rbzr), the other parameters and the constants no call reads any more gone, an in-place kernel's
     aliased parameters still the same buffers, the same Flash; the export that packs is bit-exact with TVM."""
-    from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
+    from tvm_patch.names import ALIASED_PARAMS
     from tvm_patch.export.api import nonpositive_shift_requant
     from tvm_patch.export.packed_constants import pack_channel_constants, packable, rbz_shift
 

@@ -155,6 +155,8 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
     assert len(pixels) == 100
     widened = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("Q ")]
     assert len(widened) == 100 and sum(n4 >= 8 for _, n4, *_ in widened) > 50
+    fours = iter([list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("E ")])
+    assert {n4 % 16 for _, n4, *_ in widened} == {0, 4, 8, 12}  # every tail of the four-pixel kernel's loop
     for (rows, n, *rest), (q_rows, n4, *q_got) in zip(pixels, widened):
         got, acc0 = rest[:2 * rows], rest[2 * rows:4 * rows]
         a = np.array(rest[4 * rows:4 * rows + 2 * n], dtype=np.int64).reshape(2, n)
@@ -162,6 +164,12 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         assert got == [acc0[p * rows + j] + int(np.dot(a[p], w[j])) for p in range(2) for j in range(rows)]
         assert (q_rows, n4) == (rows, n & ~3)  # the widened pair (tvmp_widen_px2 + tvmp_dot_q15_px2_rows*)
         assert q_got == [acc0[p * rows + j] + int(np.dot(a[p, :n4], w[j, :n4])) for p in range(2) for j in range(rows)]
+        # four pixels, the pair and it reversed (tvmp_dot_q15_px4_rows*: each int8 weight word extended once for four)
+        e_rows, e_n4, *e_got = next(fours)
+        assert (e_rows, e_n4) == (rows, n & ~3)
+        assert e_got == [acc0[(p % 2) * rows + j] + int(np.dot(a[(0, 1, 1, 0)[p], :n4], w[j, :n4]))
+                         for p in range(4) for j in range(rows)]
+    assert next(fours, None) is None
     planes = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("V ")]
     assert len(planes) == 100 and len({cs for _, cs, *_ in planes}) == 6
     for (rows, n, *rest), (n4, _cs, *words) in zip(pixels, planes):  # the widened words, from channel planes
@@ -423,7 +431,8 @@ def _px2_call(code: str, rows: int) -> bool:
     several channel blocks (codegen.widen_kernels)."""
     body = code.replace(MICRO_KERNELS.read_text(), "")
     widen = "tvmp_widen_px2(" in body or "tvmp_widen_px2_planes(" in body  # a pixel-major pair, or channel planes
-    return f"tvmp_dot_s8_px2_rows{rows}(" in body or (f"tvmp_dot_q15_px2_rows{rows}(" in body and widen)
+    four = f"tvmp_dot_q15_px4_rows{rows}(" in body  # two widened pairs a call (codegen.four_pixels)
+    return f"tvmp_dot_s8_px2_rows{rows}(" in body or ((f"tvmp_dot_q15_px2_rows{rows}(" in body or four) and widen)
 
 
 def _depthwise(layout: str, h: int, w: int, k: int, stride: int, pad: int, pad_value: int) -> tirx.PrimFunc:
@@ -766,10 +775,13 @@ def test_in_place_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin
 @settings(max_examples=10, deadline=None)
 @given(h=st.integers(1, 4), w=st.sampled_from([2, 4, 6, 5]), cin=st.integers(4, 40), cout_blocks=st.integers(1, 12),
        seed=st.integers(0, 2**16))
+@example(h=2, w=2, cin=16, cout_blocks=3, seed=0)  # a 2 x 2 plane: four pixels a call (and in place: pairs)
+@example(h=3, w=4, cin=12, cout_blocks=2, seed=1)  # rows of four: four pixels a call, the loop's tails
 def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, cout_blocks, seed):
     """An NCHW 1x1 kernel blocked over two pixels (block_pixels channels_first) copies the pixel pair pixel-major
-    (pixel_pair_copy_schedule) and calls tvmp_dot_s8_px2_rows2 (odd W: left as it is); against TVM out of place
-    and, with no more output than input channels, run in place (the proof's NCHW pixel groups)."""
+    (pixel_pair_copy_schedule) and calls tvmp_dot_s8_px2_rows2 (odd W: left as it is), or widened pairs, two of
+    them a call where they are four pixels (codegen.four_pixels); against TVM out of place and, with no more
+    output than input channels, run in place (the proof's NCHW pixel groups; never four pixels a call)."""
     from tvm_patch.codegen.c_kernels import mark_in_place
     from tvm_patch.export.inplace_conv import inplace_conv_pairs, pixel_pair_copy_schedule
 
@@ -790,8 +802,12 @@ def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, co
     assert _px2_call(csrc.code, 2)
     body = csrc.code.replace(MICRO_KERNELS.read_text(), "")
     # from the channel planes (no pixel-major copy) where the pair is widened: 4-channel groups, 2+ channel blocks
-    assert ("tvmp_widen_px2_planes(" in body) == (cin % 4 == 0 and cout_blocks >= 2 and 4 * cin <= MAX_WIDE_BYTES)
+    widened = cin % 4 == 0 and cout_blocks >= 2 and 4 * cin <= MAX_WIDE_BYTES
+    assert ("tvmp_widen_px2_planes(" in body) == widened
     assert "tvmp_widen_px2(" not in body
+    # four pixels a call where a loop of two widened pairs meets every channel block (a row of 4, a 2 x 2 plane)
+    assert ("tvmp_dot_q15_px4_rows2(" in body) == (widened and (w == 4 or (h, w) == (2, 2)))
+    assert ("tvmp_dot_q15_px2_rows2(" in body) == (widened and not (w == 4 or (h, w) == (2, 2)))
     tmp = tmp_path_factory.mktemp("px2nchw")
     want = _tvm_out(src, arrays)
     if not csrc.workspace_bytes.get("kern", 0):
@@ -802,6 +818,7 @@ def test_nchw_pointwise_takes_two_pixels_exactly(tmp_path_factory, h, w, cin, co
         assert pairs == [(0, 2)]
     if pairs and cout <= cin:
         ip = emit_c({"kern": mark_in_place(func, pairs)})
+        assert "tvmp_dot_q15_px4_rows" not in ip.code.replace(MICRO_KERNELS.read_text(), "")  # reorders: not in place
         got = _c_in_place(ip.code, arrays, ip.workspace_bytes.get("kern", 0), tmp)
         np.testing.assert_array_equal(got, want)
 

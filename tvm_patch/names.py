@@ -24,6 +24,10 @@ STAGE_OFFSETS_ALT_ATTR = "tvm_patch.workspace_plan_without_conv_aliases"
 (`tvm_patch.patch.cache_plan.over_input`), which the export takes where the network's arena is no larger with it
 (`tvm_patch.export.stage_arena.without_conv_aliases`)."""
 
+ALIASED_PARAMS = "tvmp.aliased_params"
+"""PrimFunc attribute: the parameters a driver may pass overlapping (an in-place input and output,
+`tvm_patch.codegen.c_kernels.mark_in_place`); passes that move reads past stores leave such kernels alone."""
+
 STAGE_FUNC = "patch_stage"
 """Global symbol of the PrimFunc PatchStage emits."""
 

@@ -51,6 +51,7 @@ from tvm_patch.codegen.outline import outline_nests
 from tvm_patch.codegen.peel_patches import peel_patches
 from tvm_patch.codegen.weight_sums import SUM_TABLES_ATTR
 from tvm_patch.codegen.workspace import fixed_plan, plan_workspace, stack_scratch_bytes, zero_locals
+from tvm_patch.names import ALIASED_PARAMS
 
 __all__ = [
     "CParam",
@@ -98,8 +99,6 @@ MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
 MICRO_KERNEL_CALL = r"\b(" + "|".join(sorted(set(re.findall(
     r"^(?:TVMP_INLINE [\w ]+?\**|TVMP_\w+_KERNEL\()(tvmp_\w+)", MICRO_KERNELS.read_text(), re.M)))) + r")\("
 
-
-ALIASED_PARAMS = "tvmp.aliased_params"
 
 
 def mark_in_place(func: tirx.PrimFunc, pairs: Iterable[tuple[int, int]]) -> tirx.PrimFunc:

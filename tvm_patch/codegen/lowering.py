@@ -21,6 +21,7 @@ from tvm import s_tir, tirx
 from tvm_patch.codegen.border_partition import PartitionPadding
 from tvm_patch.codegen.channel_rows import ChannelRows
 from tvm_patch.codegen.copy_kernels import CopyLoops
+from tvm_patch.codegen.four_pixels import FourPixels
 from tvm_patch.codegen.merge_taps import MergeTaps
 from tvm_patch.codegen.micro_kernels import MicroKernels, micro_kernels_enabled
 from tvm_patch.codegen.pad_rows import PadDotRows
@@ -85,6 +86,7 @@ def lowering_passes(for_c: bool, storage_rewrite: bool = True) -> list[tvm.trans
         passes.append(WeightSums())  # border taps' weight sums from a table the export stores
         passes.append(ChannelRows())  # a low-K 1x1 convolution channel by channel along a row, epilogue fused
         passes.append(MergeTaps())  # a window's per-tap dot calls over contiguous runs as one call
+        passes.append(FourPixels())  # two pixel pairs on int8 weights: each weight word extended once for four
         passes.append(CopyLoops())  # int8 copy and fill loops -> tvmp_copy_s8 / tvmp_fill_s8, a word at a time
         passes.append(QuantizeCalls())  # float -> int8 quantization -> tvmp_quant_s8 (VCVTR, QADD, SSAT)
     if not bool(config.get("tirx.disable_cse_tir", False)):

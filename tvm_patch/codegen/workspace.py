@@ -4,9 +4,10 @@ in its static arena. Offsets follow scope nesting like a C stack: allocations in
 nested ones stack up, each aligned to ``workspace_align``; the peak is the function's workspace size.
 Exception: a buffer of at most ``LOCAL_MAX_BYTES`` (a convolution's one-element accumulator, see
 ``tvm_patch.export.schedule``) stays a C local array: a register or a few bytes of stack, not arena; so do a
-widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``) and a patch stage's pixel window copy (up to
-``PIXEL_MAX_BYTES``): ``is_c_local``. A function whose builder placed its buffers (``STAGE_OFFSETS_ATTR``) keeps
-that plan. The one rule for what is a C local, used by the C emitter and both stage planners.
+widened pixel pair (``widen_kernels``, up to ``MAX_WIDE_BYTES``; two pairs, ``four_pixels``, up to twice that)
+and a patch stage's pixel window copy (up to ``PIXEL_MAX_BYTES``): ``is_c_local``. A function whose builder
+placed its buffers (``STAGE_OFFSETS_ATTR``) keeps that plan. The one rule for what is a C local, used by the C
+emitter and both stage planners.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 
 from tvm_patch.codegen.c_types import PlainCError, const_shape, dtype_bytes, dtype_str
+from tvm_patch.codegen.four_pixels import MAX_WIDE4_BYTES, WIDE4_NAME
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, WIDE_NAME
 from tvm_patch.names import STAGE_OFFSETS_ATTR
 
@@ -34,6 +36,8 @@ def _stack_bound(name: str) -> int:
     pixel window's (``pixel``, or a 1x1 conv's own ``pixel_pair{v}``), else 0 (the general LOCAL_MAX_BYTES)."""
     if name == WIDE_NAME:
         return MAX_WIDE_BYTES
+    if name == WIDE4_NAME:
+        return MAX_WIDE4_BYTES
     return PIXEL_MAX_BYTES if name == PIXEL_NAME or name.startswith(PIXEL_NAME + "_") else 0
 
 

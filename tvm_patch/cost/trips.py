@@ -184,7 +184,7 @@ def _mac_class(extents: list[int]) -> str:
 def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
     """(rows, length) of a dot-product micro-kernel call (tvmp_kernels.h signatures: tvmp_dot_s8(a, b, n, acc)
     1 row; tvmp_dot_s8_rowsJ(a, w, ws, n, acc) J; tvmp_dot_s8_px2_rowsJ(a, as, w, ws, n, acc) and tvmp_dot_q15_px2_rowsJ(q, w, ws, n, acc) 2 pixels x J;
-    tvmp_dot_q15_rowsJ(q, w, ws, n, acc) J),
+    tvmp_dot_q15_rowsJ(q, w, ws, n, acc) J; tvmp_dot_q15_px4_rowsJ(q, w, ws, n, acc) 4 pixels x J),
     None for another call or a length that is not constant. The widened-weights twins (``tvmp_dot_s8w_*``,
     ``tvmp_dot_q15w_*``: codegen/wide_weights.py) have their originals' signatures."""
     if name == ROW_KERNEL:  # (q, pairs, w, n, ...): one channel along pairs of pixels (codegen/channel_rows.py)
@@ -198,6 +198,8 @@ def _dot_shape(name: str, args: list[int | None]) -> tuple[int, int] | None:
         return 2 * int(name.removeprefix("tvmp_dot_s8_px2_rows")), args[4]
     if name.startswith("tvmp_dot_q15_px2_rows") and len(args) > 3 and args[3]:  # (q, w, ws, n, acc): a widened pair
         return 2 * int(name.removeprefix("tvmp_dot_q15_px2_rows")), args[3]
+    if name.startswith("tvmp_dot_q15_px4_rows") and len(args) > 3 and args[3]:  # (q, w, ws, n, acc): two pairs
+        return 4 * int(name.removeprefix("tvmp_dot_q15_px4_rows")), args[3]
     if name.startswith("tvmp_dot_q15_rows") and len(args) > 3 and args[3]:  # (q, w, ws, n, acc): a widened pixel
         return int(name.removeprefix("tvmp_dot_q15_rows")), args[3]
     return None

@@ -28,11 +28,11 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from tvm_patch.codegen.c_kernels import ALIASED_PARAMS
 from tvm_patch.export.lower import Arg, Program
 from tvm_patch.export.stage_arena import is_patch_stage
 from tvm_patch.patch.te_stage import channel_constant_layer
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_EXTERN, REQUANT_ZP_RIGHT_EXTERN
+from tvm_patch.names import ALIASED_PARAMS
 from tvm_patch.tir_util import is_call, load_counts, pure_extern_name
 
 MAX_PACKED = 3  # a channel's bias, multiplier and shift (a fourth, unused column measured no faster)

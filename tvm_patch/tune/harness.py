@@ -22,7 +22,7 @@ import tvm_ffi
 from tvm import tirx
 
 from tvm_patch.codegen import C_TARGET
-from tvm_patch.codegen.c_kernels import ALIASED_PARAMS, lower_plain, mark_in_place
+from tvm_patch.codegen.c_kernels import lower_plain, mark_in_place
 from tvm_patch.codegen.outline import layer_nests
 from tvm_patch.codegen.weight_sums import SUMS_ATTR
 from tvm_patch.codegen.wide_weights import WIDEN_ATTR
@@ -42,6 +42,7 @@ from tvm_patch.export.schedule import lean_schedule
 from tvm_patch.export.window_copy import window_copy_schedule
 from tvm_patch.export.wide_weights import weights_key
 from tvm_patch.patch.stage_forms import form_default, with_form
+from tvm_patch.names import ALIASED_PARAMS
 from tvm_patch.tir_util import is_patch_stage
 from tvm_patch.tune.space import Choice, row_choices
 
