@@ -16,6 +16,19 @@ def seq(stmts: list[Any]) -> Any:
     return tirx.SeqStmt(stmts) if len(stmts) > 1 else stmts[0] if stmts else tirx.Evaluate(0)
 
 
+def flat_seq(stmt: Any) -> list[Any]:
+    """The statements of ``stmt``, nested SeqStmts flattened in order (a statement that is not one: itself)."""
+    if isinstance(stmt, tirx.SeqStmt):
+        return [x for st in stmt.seq for x in flat_seq(st)]
+    return [stmt]
+
+
+def address_load(expr: Any) -> Any | None:
+    """The one-index load ``B[i]`` of an address ``&B[i]`` (a micro-kernel call's pointer argument), else None."""
+    load = expr.args[0] if is_call(expr, ".address_of") and expr.args else None
+    return load if isinstance(load, tvm.ir.expr.TensorLoad) and len(load.indices) == 1 else None
+
+
 def vars_of(expr: Any) -> list[tirx.Var]:
     """Every variable occurrence in ``expr``, in pre-order."""
     found: list[tirx.Var] = []

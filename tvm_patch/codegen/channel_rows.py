@@ -54,7 +54,7 @@ from tvm_patch.codegen.micro_kernels import SAT, _extern_name, _int
 from tvm_patch.codegen.wide_weights import WIDE_CALLS
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDE_NAME, WIDEN, WIDEN_PLANES, _drop_unread
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_RIGHT_EXTERN
-from tvm_patch.tir_util import is_call, load_counts, pure_extern_name, substitute_vars, uses_var
+from tvm_patch.tir_util import address_load, load_counts, pure_extern_name, substitute_vars, uses_var
 
 __all__ = ["ROW_KERNEL", "MAX_K", "ChannelRows", "channel_rows"]
 
@@ -120,11 +120,6 @@ def _instances(stmt: Any) -> list[tuple[Any, list[Any], Any]] | None:
         out.append((store.buffer, [ana.simplify(substitute_vars(i, sub)) for i in store.indices],
                     ana.simplify(substitute_vars(store.value, sub))))
     return out
-
-
-def _address(expr: Any) -> TensorLoad | None:
-    load = expr.args[0] if is_call(expr, ".address_of") and expr.args else None
-    return load if isinstance(load, TensorLoad) and len(load.indices) == 1 else None
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -219,7 +214,7 @@ def _pair_loop(loop: tirx.For, ctx: _Context | None) -> _PairLoop | None:
         return None
     q = alloc.buffer
     a, a_step, k, q_at = list(widen.value.args)[1:]
-    k, q_load = _int(k), _address(q_at)
+    k, q_load = _int(k), address_load(q_at)
     if (k is None or k % 4 or k > MAX_K or q_load is None or not q_load.source.same_as(q)
             or _int(q_load.indices[0]) != 0):
         return None
@@ -231,7 +226,7 @@ def _pair_loop(loop: tirx.For, ctx: _Context | None) -> _PairLoop | None:
         return None
     rows = _DOTS[_extern_name(dot.value)]
     dq, w_at, ws, n, acc_at = list(dot.value.args)[1:]
-    w_load, acc_load, dq_load = _address(w_at), _address(acc_at), _address(dq)
+    w_load, acc_load, dq_load = address_load(w_at), address_load(acc_at), address_load(dq)
     ws = _int(tvm.sym.Analyzer().simplify(ctx.resolve(ws) if ctx is not None else ws))
     if (w_load is None or acc_load is None or dq_load is None or not dq_load.source.same_as(q)
             or _int(dq_load.indices[0]) != 0 or _int(acc_load.indices[0]) != 0 or _int(n) != k or ws is None):
@@ -363,7 +358,7 @@ def _flat_rows(loop: tirx.For, ctx: _Context) -> tuple[tirx.Stmt, Any] | None:
             or not _odd_test(odd.condition, n)):
         return None
     p = _pair_loop(pairs_loop, ctx)
-    first_load = _address(p.a) if p is not None else None
+    first_load = address_load(p.a) if p is not None else None
     if first_load is None or first_load.source.same_as(p.out):
         return None
     r, x = loop.loop_var, pairs_loop.loop_var

@@ -43,7 +43,7 @@ from tvm.ir.expr import TensorLoad
 from tvm_patch.codegen.micro_kernels import _extern_name, _int
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDEN, WIDEN_PLANES, _drop_unread
 from tvm_patch.names import ALIASED_PARAMS
-from tvm_patch.tir_util import is_call, seq, substitute_vars, uses_var
+from tvm_patch.tir_util import address_load, flat_seq, seq, substitute_vars, uses_var
 
 __all__ = ["FourPixels", "MAX_WIDE4_BYTES", "Q15_PX4_ROWS", "WIDE4_NAME", "four_pixels"]
 
@@ -53,16 +53,10 @@ MAX_WIDE4_BYTES = 2 * MAX_WIDE_BYTES  # two pairs of up to 672 channels (mcunet-
 _ROWS = {name: rows for rows, name in Q15_PX2_ROWS.items()}
 
 
-def _flat(node: Any) -> list[Any]:
-    if isinstance(node, tirx.SeqStmt):
-        return [x for st in node.seq for x in _flat(st)]
-    return [node]
-
-
 def _buffer_of(arg: Any) -> Any | None:
     """(buffer, index) of ``&B[i]``, else None."""
-    load = arg.args[0] if is_call(arg, ".address_of") and arg.args else None
-    return (load.source, load.indices[0]) if isinstance(load, TensorLoad) and len(load.indices) == 1 else None
+    load = address_load(arg)
+    return (load.source, load.indices[0]) if load is not None else None
 
 
 def _rebase(stmt: Any, acc: Any, acc4: Any, offset: Any) -> Any:
@@ -94,7 +88,7 @@ def _four(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
     if loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0 or _int(loop.extent) != 2:
         return None
     yy = loop.loop_var
-    flat = _flat(loop.body)
+    flat = flat_seq(loop.body)
     if len(flat) != 3 or not isinstance(flat[0], tirx.AllocBuffer) or not isinstance(flat[1], tirx.Evaluate):
         return None
     alloc, widen, chan = flat
@@ -108,7 +102,7 @@ def _four(loop: tirx.For) -> tuple[tirx.Stmt, Any] | None:
         return None
     if any(uses_var(a, yy) for a in wargs[1:]) or chan.kind != tirx.ForKind.SERIAL or uses_var(chan.extent, yy):
         return None
-    body = _flat(chan.body)
+    body = flat_seq(chan.body)
     calls = [i for i, st in enumerate(body) if isinstance(st, tirx.Evaluate) and _extern_name(st.value) in _ROWS]
     if len(calls) != 1 or any(isinstance(st, (tirx.Bind, tirx.LetStmt, tirx.AllocBuffer)) for st in body):
         return None

@@ -37,7 +37,7 @@ from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.micro_kernels import PX2_ROWS, ROWS, _extern_name, _int
-from tvm_patch.tir_util import load_counts, seq, uses_var
+from tvm_patch.tir_util import flat_seq, load_counts, seq, uses_var
 
 WIDEN = "tvmp_widen_px2"
 WIDEN_PX1 = "tvmp_widen_px1"
@@ -200,10 +200,6 @@ def _pair_copy(stmt: Any) -> tuple[Any, int, TensorLoad, int] | None:
     return store.buffer, k, tirx.BufferLoad(load.source, [base]), stride
 
 
-def _flat(node: Any) -> list[Any]:
-    return [x for st in node.seq for x in (_flat(st) if isinstance(st, tirx.SeqStmt) else [st])]
-
-
 def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each widening of a pixel-major pair copy read by nothing else (``_pair_copy``, in the same
     sequence before it, only declarations in between) widening the source's channel
@@ -212,7 +208,7 @@ def _from_planes(func: tirx.PrimFunc) -> tirx.PrimFunc:
     dropped: list[Any] = []
 
     def on_seq(node: Any) -> Any:
-        flat, changed = _flat(node), False
+        flat, changed = flat_seq(node), False
         for i, st in enumerate(flat):
             if not (isinstance(st, tirx.Evaluate) and _extern_name(st.value) == WIDEN):
                 continue
@@ -258,7 +254,7 @@ def _drop_unread(func: tirx.PrimFunc, bufs: list[Any]) -> tirx.PrimFunc:
         return isinstance(st, (tirx.AllocBuffer, tirx.BufferStore)) and any(st.buffer.same_as(b) for b in gone)
 
     def on_seq(node: Any) -> Any:
-        flat = _flat(node)
+        flat = flat_seq(node)
         kept = [st for st in flat if not dead(st)]
         return node if len(kept) == len(flat) else seq(kept)
 
