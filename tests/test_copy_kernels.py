@@ -10,7 +10,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.script import tirx as T
 
-from tvm_patch.codegen.copy_kernels import COPY, FILL, MIN_RUN, SHORT_RUN, rewrite_copy_loops
+from tvm_patch.codegen.copy_kernels import COPY, FILL, MIN_RUN, PLANE_RUN, SHORT_RUN, rewrite_copy_loops
 from tvm_patch.names import PATCHES_ATTR, STAGE_LAYOUT_ATTR
 from tvm_patch.tir_util import is_call, uses_var
 
@@ -52,6 +52,23 @@ def _rings(b: T.Buffer((128,), "int8"), n: T.int32, m: T.int32):
                 b[c * 16 + r * 4 + k] = T.int8(0)
 
 
+@T.prim_func
+def _planes(a: T.Buffer((4 * 400,), "int8"), b: T.Buffer((4 * 22 * 20,), "int8")):
+    # an in-place NCHW depthwise kernel's input channel copied whole into its buffer (20 x 20 = 400 bytes), then a
+    # padded copy's rows (20 bytes of 22, not one run) and a small plane (4 x 4)
+    plane = T.alloc_buffer((400,), "int8")
+    for c in range(4):
+        for y in range(20):
+            for x in range(20):
+                plane[y * 20 + x] = a[c * 400 + y * 20 + x]
+        for y in range(20):
+            for x in range(20):
+                b[c * 440 + y * 22 + x + 1] = plane[y * 20 + x]
+        for y in range(4):
+            for x in range(4):
+                plane[y * 4 + x] = a[c * 400 + y * 4 + x]
+
+
 def _calls(node) -> list[str]:
     names: list[str] = []
 
@@ -91,6 +108,16 @@ def test_a_nests_run_length_is_tested_once():
 
 
 def test_other_kernels_keep_their_loops():
-    assert _calls(rewrite_copy_loops(_kernel)) == []  # per-layer kernels: measured no gain
+    assert _calls(rewrite_copy_loops(_kernel)) == []  # per-layer kernels: measured no gain (but whole planes, below)
     nhwc = _kernel.with_attr(PATCHES_ATTR, [1, 1]).with_attr(STAGE_LAYOUT_ATTR, "NHWC")
     assert _calls(rewrite_copy_loops(nhwc)) == []  # NHWC stages: measured slower
+
+
+def test_a_per_layer_kernels_whole_plane_copy_is_one_call():
+    assert 16 < PLANE_RUN <= 400
+    func = rewrite_copy_loops(_planes)
+    assert _calls(func) == [COPY]  # the 20 x 20 plane; not the padded rows, not the 4 x 4 plane
+    copies: list = []
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, lambda c: copies.append(c) if is_call(c, ".call_extern")
+                                         else None)])
+    assert int(copies[0].args[3]) == 400

@@ -219,6 +219,13 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         for k in range(n):
             want[8 + delta + k] = want[8 + k]
         assert rest[40:] == want, (n, delta)
+    long_copies = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("L ")]
+    assert len(long_copies) == 20  # runs of 64 and 71 bytes: memcpy where apart, the word loop where they overlap
+    for n, delta, *rest in long_copies:
+        want = rest[:224]
+        for k in range(n):
+            want[76 + delta + k] = want[76 + k]
+        assert rest[224:] == want, (n, delta)
     fills = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("F ")]
     assert len(fills) == 24
     for n, off, v, *got in fills:
@@ -507,11 +514,13 @@ def test_channel_outer_depthwise_pairs_strided_windows_exactly(tmp_path_factory,
     (9, 11, 7, 0, 2, ("tvmp_window3_s8(",)),  # stride 2, 7 wide, a row of three: three a call (round 25)
     (9, 19, 7, 0, 2, ("tvmp_window4_s8(", "tvmp_window3_s8(")),  # seven: four, then three
     (9, 17, 5, 2, 2, ("tvmp_window2_s8(",)),  # stride 2, 5 wide: pairs (four measured slower)
+    (9, 14, 3, 1, 2, ("tvmp_window2_s8(",)),  # stride 2, 3 wide: pairs too (round 37)
+    (8, 11, 3, 0, 2, ("tvmp_window2_s8(",)),  # the same, no padding, an odd row: pairs, then one
 ])
 def test_nchw_wide_windows_pair_exactly(tmp_path, h, w, k, pad, stride, calls):
     """NCHW 5x5 / 7x7 depthwise windows, whose kernel rows are dot-product calls, run four or two along a row
-    (window_blocks._dot_rows_window, then tvmp_window4_s8 / tvmp_window2_s8's wide-row paths); bit-exact with
-    TVM."""
+    (window_blocks._dot_rows_window, then tvmp_window4_s8 / tvmp_window2_s8's wide-row paths), and 3x3 ones at
+    stride 2 two a call (tvmp_window2_s8's 3-wide path); bit-exact with TVM."""
     func = lean_schedule(_depthwise("NCHW", h, w, k, stride, pad, -9))
     src = emit_c({"kern": func})
     code = src.code.replace(MICRO_KERNELS.read_text(), "")

@@ -5,10 +5,12 @@ A TIR pass for the plain-C lowering (after the buffers are flat): an innermost s
     for k in range(E):  D[d + k] = S[s + k]      (or  D[d + k] = v, a constant)
 
 over int8 elements, d and s free of k, becomes ``tvmp_copy_s8(&D[d], &S[s], E)`` (``tvmp_fill_s8(&D[d], v, E)``),
-which moves four bytes a load and a store, then a halfword and a byte for the tail (``tvmp_kernels.h``). In an NCHW
-patch stage only (``rewrite_copy_loops`` says what was measured): its regions' rings (pad values), its halo caches'
-rows and columns saved and restored. Exact: the call gives every byte the value the loop gave it, for any overlap
-of D and S (the kernel falls back to bytes where a word read could see a byte the loop had already written).
+which moves four bytes a load and a store, then a halfword and a byte for the tail (``tvmp_kernels.h``; a long run
+apart from its source: the C library's memcpy). In an NCHW patch stage only (``rewrite_copy_loops`` says what was
+measured): its regions' rings (pad values), its halo caches' rows and columns saved and restored; in the per-layer
+kernels only whole channel planes (``_plane_copy``). Exact: the call gives every byte the value the loop gave it,
+for any overlap of D and S (the kernel falls back to bytes where a word read could see a byte the loop had already
+written).
 Constant extents shorter than ``MIN_RUN`` stay loops where D or S is a C local (a pixel window: GCC keeps those in
 registers) or the run is shorter than ``SHORT_RUN``; between two of the stage's planned buffers (the cache mode's
 3- and 5-byte column runs) they are calls, which GCC compiles to a word, halfword and byte each: measured below.
@@ -35,6 +37,7 @@ COPY = "tvmp_copy_s8"
 FILL = "tvmp_fill_s8"
 MIN_RUN = 8  # bytes: a constant-extent loop shorter than this stays a loop (a run-time extent is called) ...
 SHORT_RUN = 3  # ... unless it is at least this long and between two of the stage's planned buffers (no C local)
+PLANE_RUN = 256  # bytes: a per-layer kernel's whole-plane copy at least this long is one call (round 37)
 
 
 def _copy_call(loop: tirx.For) -> tirx.Stmt | None:
@@ -79,6 +82,33 @@ def _is_run(stmt: Any) -> bool:
             return isinstance(stmt, tirx.Evaluate) and run_length(stmt.value) is not None
 
 
+def _plane_copy(loop: tirx.For) -> tirx.Stmt | None:
+    """``for i in range(H): for k in range(W): D[d + i W + k] = S[s + i W + k]`` (int8; d, s free of both: a
+    whole channel plane copied, as an in-place NCHW depthwise kernel copies its input channel) as one
+    ``tvmp_copy_s8(&D[d], &S[s], H W)`` when H W >= PLANE_RUN, else None."""
+    inner = loop.body
+    h, w = _int(loop.extent), _int(inner.extent) if isinstance(inner, tirx.For) else None
+    if (h is None or w is None or h * w < PLANE_RUN or loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0
+            or inner.kind != tirx.ForKind.SERIAL or _int(inner.min) != 0
+            or not isinstance(inner.body, tirx.BufferStore)):
+        return None
+    st, value = inner.body, inner.body.value
+    if not (str(st.buffer.ty.dtype) == "int8" and len(st.indices) == 1 and isinstance(value, TensorLoad)
+            and str(value.source.ty.dtype) == "int8" and len(value.indices) == 1):
+        return None
+    bases = []
+    for index in (st.indices[0], value.indices[0]):
+        b = _unit_stride_base(index, inner.loop_var)
+        lin = tvm.sym.detect_linear_equation(b, [loop.loop_var]) if b is not None else []
+        if len(lin) != 2 or _int(lin[0]) != w or uses_var(lin[1], inner.loop_var):
+            return None
+        bases.append(lin[1])
+    d, s = bases
+    return tirx.Evaluate(tirx.call_extern("void", COPY, tirx.address_of(tirx.BufferLoad(st.buffer, [d])),
+                                          tirx.address_of(tirx.BufferLoad(value.source, [s])),
+                                          tirx.const(h * w, "int32")))
+
+
 def run_length(value: Any) -> Any:
     """The byte count argument of a ``tvmp_copy_s8`` / ``tvmp_fill_s8`` call (dst, src or value, n), else None."""
     if isinstance(value, tvm.ir.Call) and value.op.name.endswith(("call_extern", "call_pure_extern")) \
@@ -115,8 +145,13 @@ def rewrite_copy_loops(func: tirx.PrimFunc) -> tirx.PrimFunc:
     compiled worse in the longer function). Not NHWC stages: vww 4x4 recompute
     +1.5 %, cache +0.4 %, resnet8 +0.01 % (few runs to copy there, a row of channels; the long function's other
     nests then compiled worse). Not the per-layer kernels: on mcunet-in0 their padded copies' rows (12-24 bytes)
-    gained nothing and three 3x3 depthwise kernels lost 8-12 % (GCC then spilled the window loop's weight words)."""
-    if not is_patch_stage(func) or str(func.attrs.get(STAGE_LAYOUT_ATTR, "")) != "NCHW":
+    gained nothing and three 3x3 depthwise kernels lost 8-12 % (GCC then spilled the window loop's weight words);
+    but a per-layer kernel's whole-plane copy (``_plane_copy``, round 37: an in-place NCHW depthwise kernel's input
+    channel) is one call, which the C library's memcpy runs: mbv2-w0.35-r144's stride-2 depthwise layers -2.5 to
+    -8 %."""
+    if not is_patch_stage(func):
+        return tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _plane_copy(loop) or loop)])
+    if str(func.attrs.get(STAGE_LAYOUT_ATTR, "")) != "NCHW":
         return func
     calls = tvm_ffi.structural_map(func, [(tirx.For, lambda loop: _copy_call(loop) or loop)])
     return tvm_ffi.structural_map(calls, [(tirx.For, _guarded)])

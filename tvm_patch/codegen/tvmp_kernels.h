@@ -1130,8 +1130,20 @@ TVMP_INLINE void tvmp_window2_s8w(const int8_t *p, int32_t pb, int32_t d, int32_
 
 /* d[0..n) = s[0..n) as the forward byte loop it replaces does it, for any overlap: four bytes a load and a store
    (unaligned word accesses, which Cortex-M3 and later make in one instruction each), except where d is 1-3 bytes
-   after s, where a word read would see bytes the byte loop had already overwritten: then byte by byte. */
+   after s, where a word read would see bytes the byte loop had already overwritten: then byte by byte. A run of at
+   least TVMP_COPY_LIBC bytes that does not overlap its source goes to the C library's memcpy (kernels round 37: a
+   whole channel plane, copied by an in-place depthwise kernel; newlib's copies aligned words several a loop). */
+#define TVMP_COPY_LIBC 64
+#if defined(__GNUC__)
+__attribute__((noinline, unused)) /* out of line: GCC's -Wrestrict would judge the call at each short run inlined */
+#endif
+static void tvmp_copy_libc(int8_t *d, const int8_t *s, int32_t n) { memcpy(d, s, (size_t)n); }
 TVMP_INLINE void tvmp_copy_s8(int8_t *d, const int8_t *s, int32_t n) {
+    uintptr_t du = (uintptr_t)d, su = (uintptr_t)s;
+    if (n >= TVMP_COPY_LIBC && (du + (uint32_t)n <= su || su + (uint32_t)n <= du)) {
+        tvmp_copy_libc(d, s, n);
+        return;
+    }
     if ((uintptr_t)d - (uintptr_t)s - 1u >= 3u) {
         for (; n >= 4; n -= 4, d += 4, s += 4) {
             uint32_t w;
