@@ -170,6 +170,20 @@ TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, 
     return tvmp_requant_add_floor(acc, mult, (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1, right);
 }
 
+/* tvmp_requant_rbzr(acc, mult, right, zp) given acc2 = 2 acc (a kernel whose weights and bias it doubled; the
+   caller's narrow bound |acc| < 2^30 keeps 2 acc in int32): the same SMMLAR operand without the shift that makes it,
+   the sign from acc2 (acc's). One instruction fewer an output (kernels round 38). */
+TVMP_INLINE int32_t tvmp_requant_rbzr2(int32_t acc2, int32_t mult, int32_t right, int32_t zp) {
+    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
+#if defined(__ARM_FEATURE_DSP)
+    int32_t v;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(v) : "r"(acc2), "r"(mult), "r"(add));
+    return (v - (int32_t)((uint32_t)acc2 >> 31)) >> right;
+#else
+    return tvmp_requant_add_floor(acc2 / 2, mult, add, right);
+#endif
+}
+
 /* tvmp_requant_rbzr on the shift (-right), where the export keeps the shift. */
 TVMP_INLINE int32_t tvmp_requant_rbz(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
     return tvmp_requant_rbzr(acc, mult, -shift, zp);
@@ -1235,10 +1249,16 @@ TVMP_INLINE void tvmp_pad_sums(const int32_t *s, int32_t ss, int32_t rows, int32
 TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16_t *w, int32_t n, int32_t bias,
                                    int32_t mult, int32_t right, int32_t zp, int8_t *out, int32_t os) {
     if (n <= TVMP_ROW_MAX_REG_N) {
+        /* the weights doubled once a row (SADD16: each halfword 2 w, |2 w| <= 256) and the bias with them, so the
+           sums come out doubled and the epilogue skips its shift (tvmp_requant_rbzr2: round 38) */
         uint32_t y[TVMP_ROW_MAX_REG_N / 2];
-        for (int32_t g = 0; g < n / 2; g++) memcpy(&y[g], w + 2 * g, 4);
+        for (int32_t g = 0; g < n / 2; g++) {
+            memcpy(&y[g], w + 2 * g, 4);
+            y[g] = __sadd16(y[g], y[g]);
+        }
+        int32_t bias2 = 2 * bias;
         for (; pairs > 0; pairs--, out += 2 * os) {
-            int32_t s0 = bias, s1 = bias;
+            int32_t s0 = bias2, s1 = bias2;
             for (int32_t g = 0; g < n / 4; g++) {
                 uint32_t e0, o0, e1, o1;
                 TVMP_LDRD_POST(q, e0, o0);
@@ -1246,8 +1266,8 @@ TVMP_INLINE void tvmp_row_q15w_px2(const uint32_t *q, int32_t pairs, const int16
                 s0 = __smlad(o0, y[2 * g + 1], __smlad(e0, y[2 * g], s0));
                 s1 = __smlad(o1, y[2 * g + 1], __smlad(e1, y[2 * g], s1));
             }
-            out[0] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s0, mult, right, zp));
-            out[os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr(s1, mult, right, zp));
+            out[0] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr2(s0, mult, right, zp));
+            out[os] = (int8_t)tvmp_sat_s8(tvmp_requant_rbzr2(s1, mult, right, zp));
         }
         return;
     }
