@@ -284,7 +284,7 @@ def test_workspace_is_not_assumed_zero(csource, host_lib, references):
 
 def test_noalias_false_drops_restrict(prim_funcs):
     src = emit_c({"dw_inplace": prim_funcs["dw_q8"].with_attr("tirx.noalias", False)})
-    assert "restrict" not in src.code
+    assert "restrict" not in src.code.replace(MICRO_KERNELS.read_text(), "")  # the kernel, not the header's prose
     assert src.functions["dw_inplace"].prototype.startswith("void dw_inplace(const int8_t *A, ")
 
 
