@@ -31,7 +31,7 @@ from tvm_patch.codegen.c_types import buffer_bytes
 from tvm_patch.codegen.micro_kernels import _int, _unit_stride_base
 from tvm_patch.codegen.workspace import is_c_local
 from tvm_patch.names import STAGE_LAYOUT_ATTR
-from tvm_patch.tir_util import is_patch_stage, uses_var
+from tvm_patch.tir_util import address_load, is_patch_stage, uses_var
 
 COPY = "tvmp_copy_s8"
 FILL = "tvmp_fill_s8"
@@ -85,28 +85,22 @@ def _is_run(stmt: Any) -> bool:
 def _plane_copy(loop: tirx.For) -> tirx.Stmt | None:
     """``for i in range(H): for k in range(W): D[d + i W + k] = S[s + i W + k]`` (int8; d, s free of both: a
     whole channel plane copied, as an in-place NCHW depthwise kernel copies its input channel) as one
-    ``tvmp_copy_s8(&D[d], &S[s], H W)`` when H W >= PLANE_RUN, else None."""
-    inner = loop.body
-    h, w = _int(loop.extent), _int(inner.extent) if isinstance(inner, tirx.For) else None
+    ``tvmp_copy_s8(&D[d], &S[s], H W)`` when H W >= PLANE_RUN, else None: the row's own copy (``_copy_call``),
+    its two bases W bytes on a row."""
+    h, inner = _int(loop.extent), loop.body
+    row = _copy_call(inner) if isinstance(inner, tirx.For) else None
+    w = _int(inner.extent) if row is not None else None
     if (h is None or w is None or h * w < PLANE_RUN or loop.kind != tirx.ForKind.SERIAL or _int(loop.min) != 0
-            or inner.kind != tirx.ForKind.SERIAL or _int(inner.min) != 0
-            or not isinstance(inner.body, tirx.BufferStore)):
-        return None
-    st, value = inner.body, inner.body.value
-    if not (str(st.buffer.ty.dtype) == "int8" and len(st.indices) == 1 and isinstance(value, TensorLoad)
-            and str(value.source.ty.dtype) == "int8" and len(value.indices) == 1):
+            or str(row.value.args[0].value) != COPY):
         return None
     bases = []
-    for index in (st.indices[0], value.indices[0]):
-        b = _unit_stride_base(index, inner.loop_var)
-        lin = tvm.sym.detect_linear_equation(b, [loop.loop_var]) if b is not None else []
-        if len(lin) != 2 or _int(lin[0]) != w or uses_var(lin[1], inner.loop_var):
+    for ptr in row.value.args[1:3]:
+        load = address_load(ptr)
+        lin = tvm.sym.detect_linear_equation(load.indices[0], [loop.loop_var]) if load is not None else []
+        if len(lin) != 2 or _int(lin[0]) != w:
             return None
-        bases.append(lin[1])
-    d, s = bases
-    return tirx.Evaluate(tirx.call_extern("void", COPY, tirx.address_of(tirx.BufferLoad(st.buffer, [d])),
-                                          tirx.address_of(tirx.BufferLoad(value.source, [s])),
-                                          tirx.const(h * w, "int32")))
+        bases.append(tirx.address_of(tirx.BufferLoad(load.source, [lin[1]])))
+    return tirx.Evaluate(tirx.call_extern("void", COPY, *bases, tirx.const(h * w, "int32")))
 
 
 def run_length(value: Any) -> Any:

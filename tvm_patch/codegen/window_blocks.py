@@ -165,7 +165,7 @@ def window_blocks(loop: tirx.For, min_extent: int = MIN_WINDOW_PAIRS * 2, quads:
         return None
     if not strided and not stem and not wide and ((d, step) not in ((1, 1), (2, 1)) or kw not in PAIRED_WIDTHS):
         # a contiguous plane: only where the C kernel's SMLAD path applies (3 wide, stride 1 or 2; stride 2 since
-        # round 37: -11 to -16 % on mbv2-w0.3-r80's stride-2 layers), measured slower elsewhere (generic); taps C
+        # round 37: -4 to -16 % on mbv2-w0.3-r80's stride-2 layers), measured slower elsewhere (generic); taps C
         # bytes apart (stride 1 or 2) take the generic path, which shares taps and weights
         return None
     init = stmts[:at]
