@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tvm import relax, tirx
 
 from tvm_patch.codegen.c_kernels import MICRO_KERNELS
-from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _Context, _fused_rows, _one_store
+from tvm_patch.codegen.channel_rows import MAX_K, ROW_KERNEL, _chunk, _Context, _fused_rows, _odd_test, _one_store
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES
 from tvm_patch.export import export_model
 from tvm_patch.quant import extern_requantization, requantize_te
@@ -141,6 +141,37 @@ def test_context_bounds_a_row_length_through_lets():
     ctx = _Context(tirx.PrimFunc([], tirx.For(j, c(0), c(4), serial, body)))
     assert ctx.bound(tirx.floordiv(n, 2)) == 6  # 13 pixels (j = 0), 12 after (j = 1, 2), 11 (j = 3)
     assert ctx.bound(tirx.Var("free", "int32")) is None
+
+
+def test_odd_test_as_the_simplifier_writes_it():
+    """A row's odd last pixel: ``n % 2 == 1`` as written, or as TVM's simplifier rewrites it over the patch loop
+    (mbv2-w0.3-r80's regions: 10 pixels in the first patch column, 11 in the others: ``min(1, j * 10) == 1``),
+    checked at every patch; not a condition that differs at one patch, nor one over a variable without a range."""
+    j, i = tirx.Var("j", "int32"), tirx.Var("i", "int32")
+    c = (lambda v: tirx.const(v, "int32"))
+    ctx = _Context(tirx.PrimFunc([], tirx.For(j, c(0), c(4), tirx.ForKind.SERIAL, tirx.Evaluate(c(0)))))
+    n = c(11) - tirx.max(c(0), c(1) - j * 10)
+    assert _odd_test(tirx.floormod(n, c(2)) == c(1), n, ctx)
+    assert _odd_test(tirx.min(c(1), j * 10) == c(1), n, ctx)
+    assert not _odd_test(tirx.min(c(1), j * 10) == c(0), n, ctx)
+    assert not _odd_test(j < c(3), n, ctx)  # odd at j = 1, 2 only: wrong at j = 3
+    assert not _odd_test(tirx.min(c(1), i * 10) == c(1), c(11) - tirx.max(c(0), c(1) - i * 10), ctx)
+
+
+@pytest.mark.slow
+def test_mbv2_stage_rows_as_one_run_bit_exact(tmp_path):
+    """mbv2-w0.3-r80 over 4 x 4 patches: its 8 -> 48 layer's 11 x 11 regions (10 wide in the first patch column,
+    the odd test in the simplifier's form) run as one row where they are as wide as their buffers; bit-exact."""
+    result = export_model("zoo:mbv2-w0.3-r80:int8", tmp_path / "out", patches=4, split="auto", check=True,
+                          seeds=(0,), wide=lambda _n: True)
+    assert result.check is not None and result.check.bit_exact
+    code = (tmp_path / "out" / "model.c").read_text()
+    stage = code[code.index("void tvmp_patch_stage("):]
+    stage = stage[:stage.index("\n}\n")]
+    assert re.search(r"if \(\w+ == 11\) \{", stage)
+    runs = [c for c in _row_calls_in(stage) if c.split(",")[3].strip() == "8"]
+    assert "1" in {c.split(",")[1].strip() for c in runs}  # the run's odd last pixel, in an overlapping pair
+    assert len(runs) == 3 * 2  # a block's two channels: along the run, its overlapping pair, the rows as before
 
 
 def test_vww_rows_bit_exact(mlperf_paths, tmp_path):

@@ -30,7 +30,7 @@ from tvm_patch.cli import main
 from relay_passes import LowerToInteger, float_ops_remaining
 from tvm_patch.cost import Plan, predict
 from tvm_patch.cost.adaptive import cv_errors, near_items
-from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net
+from tvm_patch.cost.synth import nhwc_model, sample_inserts, sample_near, sample_net, synth_layers
 from tvm_patch.cost import cache as cost_cache, collect as cost_collect, fingerprint, memory as cost_memory
 from tvm_patch.codegen import c_kernels, micro_kernels
 from tvm_patch.cost.features import EXEC_KEYS, exec_counts, kernel_rows
@@ -42,6 +42,7 @@ from tvm_patch.cost.measure import measure
 from tvm_patch.cost.search import search
 from tvm_patch.cost import trips
 from tvm_patch.cost.trips import _micro_macs, executed
+from tvm_patch.zoo.quantize import calibrate
 from tvm_patch.split import valid_splits
 from tvm_patch.errors import TvmPatchError
 from tvm_patch.export import export_model
@@ -529,6 +530,17 @@ def test_fingerprint_follows_the_generated_c_not_its_comments(monkeypatch, tmp_p
     assert fingerprint.digest((STAGE_PROBE,)) == before
     monkeypatch.setattr(micro_kernels, "MIN_DOT_LENGTH", 10_000)
     assert fingerprint.digest((STAGE_PROBE,)) != before
+
+
+def test_a_probe_quantizes_an_input_of_zero_point_0(tmp_path):
+    """One probe's float input calibrates to zero point 0 (TVM then drops the "+ 0", its own quantize match):
+    the fingerprint sees that match's code."""
+    probe = next(p for p in fingerprint.PROBES if p.net is fingerprint.ZP0_NET)
+    layers = synth_layers(probe.net)
+    assert calibrate(probe.net.name, layers, probe.net.resolution)["input"].zero_point == 0
+    c = fingerprint.probe_c(probe, tmp_path)["model.c"].decode()
+    quantize = c[c.index("void tvmp_quantize("):]
+    assert re.search(r"tvmp_quant_row_s8\([^;]*, 0\);", quantize[:quantize.index("\n}")])
 
 
 def test_fingerprint_cached_by_sources_and_same_for_the_same_c(monkeypatch, fresh_fingerprint):

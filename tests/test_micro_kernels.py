@@ -251,6 +251,15 @@ def test_micro_kernels_on_the_emulator(tmp_path, key):
         ties = (np.abs(q - np.trunc(q)) == 0.5).sum()
     np.testing.assert_array_equal(quants[:, 2], want)
     assert np.isnan(q).any() and np.isinf(q).any() and ties > 30
+    rows = [list(map(int, ln.split()[1:])) for ln in lines if ln.startswith("N ")]
+    assert [r[0] for r in rows] == list(range(14))
+    for n, offset, sbits, zp, *rest in rows:  # tvmp_quant_row_s8: each value as tvmp_quant_s8, nothing else written
+        src, got = np.array(rest[:n], np.uint32).view(np.float32), np.array(rest[n:], np.int64)
+        scale = np.array([sbits], np.uint32).view(np.float32)[0]
+        v = np.rint(src / scale) + np.float32(zp)  # float32 throughout, as the kernel divides
+        want = np.full(20, 0x55, np.int64)
+        want[offset:offset + n] = np.where(v < 127, np.where(v > -128, v, -128), 127)
+        np.testing.assert_array_equal(got, want)
 
 
 def _widened_words(pair: np.ndarray) -> list[int]:

@@ -42,6 +42,7 @@ but the dot call, the accumulators initialized and read per (pixel, row) as abov
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ from tvm_patch.codegen.micro_kernels import SAT, _extern_name, _int
 from tvm_patch.codegen.wide_weights import WIDE_CALLS
 from tvm_patch.codegen.widen_kernels import MAX_WIDE_BYTES, Q15_PX2_ROWS, WIDE_NAME, WIDEN, WIDEN_PLANES, _drop_unread
 from tvm_patch.quant.fixedpoint import REQUANT_ZP_RIGHT_EXTERN
-from tvm_patch.tir_util import address_load, load_counts, pure_extern_name, substitute_vars, uses_var
+from tvm_patch.tir_util import address_load, load_counts, pure_extern_name, substitute_vars, uses_var, vars_of
 
 __all__ = ["ROW_KERNEL", "MAX_K", "ChannelRows", "channel_rows"]
 
@@ -171,6 +172,25 @@ class _Context:
                 break
             expr = substitute_vars(expr, self.lets)
         return expr
+
+    def same_everywhere(self, a: Any, b: Any, most: int = 1024) -> bool:
+        """Whether ``a`` and ``b`` (the lets substituted) take the same value at every point of the ranges of the
+        loops they read, checked point by point (at most ``most`` points); False when they read anything else."""
+        a, b = self.resolve(a), self.resolve(b)
+        free = list({v: None for v in vars_of(a) + vars_of(b)})
+        if not all(v in self.ranges and _int(self.ranges[v][0]) is not None and _int(self.ranges[v][1]) is not None
+                   for v in free):
+            return False
+        spans = [range(_int(self.ranges[v][0]), _int(self.ranges[v][0]) + _int(self.ranges[v][1])) for v in free]
+        if math.prod(len(r) for r in spans) > most:
+            return False
+        ana = tvm.sym.Analyzer()
+        for point in itertools.product(*spans):
+            vmap = {v: tirx.const(x, v.ty.dtype) for v, x in zip(free, point)}
+            va, vb = ana.simplify(substitute_vars(a, vmap)), ana.simplify(substitute_vars(b, vmap))
+            if _int(va) is None or _int(va) != _int(vb):
+                return False
+        return True
 
     def bound(self, expr: Any) -> int | None:
         expr = self.resolve(expr)
@@ -334,10 +354,15 @@ def _half(extent: Any) -> Any:
     return extent.a if isinstance(extent, tirx.FloorDiv) and _int(extent.b) == 2 else None
 
 
-def _odd_test(cond: Any, n: Any) -> bool:
-    """Whether ``cond`` is ``n % 2 == 1`` (a patch stage's row has an odd last pixel)."""
-    return (isinstance(cond, tirx.EQ) and _int(cond.b) == 1 and isinstance(cond.a, tirx.FloorMod)
-            and _int(cond.a.b) == 2 and _same(cond.a.a, n))
+def _odd_test(cond: Any, n: Any, ctx: _Context) -> bool:
+    """Whether ``cond`` is ``n % 2 == 1`` (a patch stage's row has an odd last pixel): as written, or as TVM's
+    simplifier rewrote it over the patch loops (mbv2-w0.3-r80's 11-wide regions, whose first column's is 10 wide:
+    ``min(1, j * 10) == 1``), which ``ctx`` checks at every patch."""
+    if (isinstance(cond, tirx.EQ) and _int(cond.b) == 1 and isinstance(cond.a, tirx.FloorMod)
+            and _int(cond.a.b) == 2 and _same(cond.a.a, n)):
+        return True
+    odd = tirx.floormod(n, tirx.const(2, n.ty.dtype)) == tirx.const(1, n.ty.dtype)
+    return ctx.same_everywhere(tirx.Cast("int32", cond), tirx.Cast("int32", odd))
 
 
 def _flat_rows(loop: tirx.For, ctx: _Context) -> tuple[tirx.Stmt, Any] | None:
@@ -355,7 +380,7 @@ def _flat_rows(loop: tirx.For, ctx: _Context) -> tuple[tirx.Stmt, Any] | None:
     pairs_loop, odd = loop.body.seq
     n = _half(pairs_loop.extent) if isinstance(pairs_loop, tirx.For) else None
     if (n is None or not isinstance(odd, tirx.IfThenElse) or odd.else_case is not None
-            or not _odd_test(odd.condition, n)):
+            or not _odd_test(odd.condition, n, ctx)):
         return None
     p = _pair_loop(pairs_loop, ctx)
     first_load = address_load(p.a) if p is not None else None

@@ -45,7 +45,8 @@
  *   (requantization, clamp, store) fused, the channel's constants and short weight rows in registers
  *   (codegen/channel_rows.py).
  * tvmp_copy_s8 / tvmp_fill_s8: a run of int8 copied or set (pad values) a word at a time (codegen/copy_kernels.py).
- * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale (codegen/quantize_kernels.py).
+ * tvmp_quant_s8: a float input's quantization to int8 after its division by the scale; tvmp_quant_row_s8: a row of them
+ *   four a step (codegen/quantize_kernels.py).
  *
  * Plain C99 elsewhere (the host build uses the same functions), so every target computes the same bits.
  */
@@ -166,15 +167,19 @@ TVMP_INLINE int32_t tvmp_requant_rb(int32_t acc, int32_t mult, int32_t shift) {
    adding zp after it, and zp 2^right + 2^(right - 1) = ((2 zp + 1) << right) >> 1 takes one shift per channel, as
    the half alone did: one instruction fewer per output. The sign from acc as in tvmp_requant_rb (mult >= 0): the
    quotients of add and add - 1 agree, add = zp 2^right + half. */
+TVMP_INLINE int32_t tvmp_rbzr_add(int32_t right, int32_t zp) {  /* the addend: (zp + 1/2) 2^right */
+    return (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
+}
+
 TVMP_INLINE int32_t tvmp_requant_rbzr(int32_t acc, int32_t mult, int32_t right, int32_t zp) {
-    return tvmp_requant_add_floor(acc, mult, (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1, right);
+    return tvmp_requant_add_floor(acc, mult, tvmp_rbzr_add(right, zp), right);
 }
 
 /* tvmp_requant_rbzr(acc, mult, right, zp) given acc2 = 2 acc (a kernel whose weights and bias it doubled; the
    caller's narrow bound |acc| < 2^30 keeps 2 acc in int32): the same SMMLAR operand without the shift that makes it,
    the sign from acc2 (acc's). One instruction fewer an output (kernels round 38). */
 TVMP_INLINE int32_t tvmp_requant_rbzr2(int32_t acc2, int32_t mult, int32_t right, int32_t zp) {
-    int32_t add = (int32_t)((uint32_t)(2 * zp + 1) << right) >> 1;
+    int32_t add = tvmp_rbzr_add(right, zp);
 #if defined(__ARM_FEATURE_DSP)
     int32_t v;
     __asm__("smmlar %0, %1, %2, %3" : "=r"(v) : "r"(acc2), "r"(mult), "r"(add));
@@ -670,6 +675,20 @@ TVMP_INLINE int32_t tvmp_quant_s8(float q, int32_t zp) {
 #endif
 }
 
+/* A row of a float input's quantization: dst[i] = tvmp_quant_s8(src[i] / scale, zp) for i < n (the same division
+   and rounding as the loop it replaces, codegen/quantize_kernels.py), four values a step so that the loop's test
+   and the pointers' steps are shared (a patch's input rows are short: the loop's own test cost 4 a value). */
+TVMP_INLINE void tvmp_quant_row_s8(int8_t *restrict dst, const float *restrict src, int32_t n, float scale,
+                                   int32_t zp) {
+    for (; n >= 4; n -= 4, src += 4, dst += 4) {
+        dst[0] = (int8_t)tvmp_quant_s8(src[0] / scale, zp);
+        dst[1] = (int8_t)tvmp_quant_s8(src[1] / scale, zp);
+        dst[2] = (int8_t)tvmp_quant_s8(src[2] / scale, zp);
+        dst[3] = (int8_t)tvmp_quant_s8(src[3] / scale, zp);
+    }
+    for (; n > 0; --n) *dst++ = (int8_t)tvmp_quant_s8(*src++ / scale, zp);
+}
+
 /* x clamped to [-128, 127]: one SSAT on cores with the DSP extension. */
 TVMP_INLINE int32_t tvmp_sat_s8(int32_t x) {
 #if defined(__ARM_FEATURE_DSP)
@@ -1158,7 +1177,7 @@ TVMP_INLINE void tvmp_copy_s8(int8_t *d, const int8_t *s, int32_t n) {
         tvmp_copy_libc(d, s, n);
         return;
     }
-    if ((uintptr_t)d - (uintptr_t)s - 1u >= 3u) {
+    if (du - su - 1u >= 3u) {
         for (; n >= 4; n -= 4, d += 4, s += 4) {
             uint32_t w;
             memcpy(&w, s, 4);

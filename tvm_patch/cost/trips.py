@@ -23,6 +23,7 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_patch.codegen.channel_rows import ROW_KERNEL
 from tvm_patch.codegen.copy_kernels import run_length
+from tvm_patch.codegen.quantize_kernels import QUANT_ROW
 from tvm_patch.export.kernel_info import has_mac
 from tvm_patch.patch.schedule import eval_int_expr
 from tvm_patch.tir_util import mixed_radix, uses_var, vars_of
@@ -374,6 +375,10 @@ def executed(func: tirx.PrimFunc) -> Counter:
                     words = (n // 4 + n % 4) if n is not None and n > 0 else 0
                     out["stores"] += trips * words
                     out["stores_call"] += trips * words  # words a store: priced apart from the byte loops' stores
+                if name == QUANT_ROW:  # a row of quantization stores, counted as the loop it replaces counted them
+                    values = trips * max(const(call.args[3], env) or 0, 0)
+                    out["stores"] += values
+                    out["stores_float"] += values
                 if name.startswith("tvmp_"):
                     out[f"call_{name}"] += trips
                     lengths = [const(a, env) for a in call.args[1:] if isinstance(a, tirx.IntImm)]
