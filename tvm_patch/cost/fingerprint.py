@@ -3,7 +3,7 @@ measured counts, so that a model or a measurement record is stale when that code
 sources are only rearranged. Hashed: the C (model.c, tvmp_model.h) that the measurements' own export (the
 micro-kernels, every kernel's weights widened) writes for a fixed set of probe exports, and the firmware's
 compile flags (each board's generated Makefile, comments left out, and the header it force-includes into
-model.c). Computed once per installation's sources (cost/cache.py) and TVM version, about 17 s, then read
+model.c). Computed once per installation's sources (cost/cache.py) and TVM version, about 28 s, then read
 from the disk cache.
 """
 
@@ -74,6 +74,13 @@ DW_ROWS_NET = NetSpec("kernels-probe-dw-rows", "synthetic", 30, ConvSpec(3, 8, 3
 # own match in codegen/quantize_kernels.py (tests/test_cost_model.py checks the zero point).
 ZP0_NET = replace(ROWS_NET, name="kernels-probe-zp0-11")
 
+# Small planes through 7x7 depthwise layers, NCHW layer by layer: 12 x 12 at stride 2 (rows of six), 6 x 6 at stride
+# 1 (a quad and a pair a row: the pair on widened weights, `tvmp_window2_s8w`), 6 x 6 at stride 2 (rows of three,
+# `tvmp_window3_s8`), the forms of mcunet-in0's late layers that no other probe has.
+SMALL_PLANES_NET = NetSpec("kernels-probe-small-planes", "synthetic", 24, ConvSpec(3, 8, 3, 2, 1, "relu6"),
+                           (BlockSpec(8, 16, 8, 7, 2, True, False), BlockSpec(8, 16, 8, 7, 1, True, True),
+                            BlockSpec(8, 16, 16, 7, 2, True, False)), None, num_classes=10)
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -83,11 +90,12 @@ class Probe:
     inserts: tuple[Inserted, ...]
     layout: str
     plan: Plan
+    wide: bool = True  # every kernel's weights widened (the measured builds'), or none (a Flash that cannot hold them)
 
     @property
     def name(self) -> str:
-        """Network, layout and plan, e.g. ``kernels-probe/NHWC/layer-by-layer``."""
-        return f"{self.net.name}/{self.layout}/{self.plan.label()}"
+        """Network, layout, plan and int8 weights if so, e.g. ``kernels-probe/NHWC/layer-by-layer``."""
+        return f"{self.net.name}/{self.layout}/{self.plan.label()}" + ("" if self.wide else "/int8-weights")
 
 
 PROBES = tuple(p for layout in LAYOUTS for p in (
@@ -95,7 +103,12 @@ PROBES = tuple(p for layout in LAYOUTS for p in (
     *(Probe(STAGE_NET, STAGE_INSERTS, layout, Plan("block:3", (3, 3), halo)) for halo in ("recompute", "cache")))) \
     + (Probe(ROWS_NET, (), "NCHW", Plan(4, (3, 3), "recompute")),
        Probe(DW_ROWS_NET, (), "NCHW", Plan("block:3", (3, 3), "recompute")),
-       Probe(ZP0_NET, (), "NCHW", Plan()))
+       Probe(ZP0_NET, (), "NCHW", Plan())) \
+    + tuple(Probe(PROBE_NET, PROBE_INSERTS, layout, Plan(), wide=False) for layout in LAYOUTS) \
+    + (Probe(ROWS_NET, (), "NCHW", Plan(4, (3, 3), "recompute"), wide=False),
+       Probe(SMALL_PLANES_NET, (), "NCHW", Plan()))
+# (the three before the last: every kernel's weights int8, as a board whose Flash cannot hold them widened builds them and the
+# collection's rounds 6 and 7 measure them: the int8-weight dot kernels, which the widened probes never call)
 
 
 def probe_model(probe: Probe, tmp: Path) -> Any:
@@ -109,7 +122,7 @@ def probe_model(probe: Probe, tmp: Path) -> Any:
 def probe_c(probe: Probe, tmp: Path) -> dict[str, bytes]:
     """The C files a probe export writes that the firmware compiles (model.c, tvmp_model.h), as code_text."""
     out = tmp / re.sub(r"\W+", "_", probe.name)
-    export_model(probe_model(probe, tmp), out, wide=every_kernel, **probe.plan.export_args())
+    export_model(probe_model(probe, tmp), out, wide=every_kernel if probe.wide else None, **probe.plan.export_args())
     return {name: code_text((out / name).read_bytes()) for name in ("model.c", "tvmp_model.h")}
 
 
