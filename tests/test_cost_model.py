@@ -532,13 +532,20 @@ def test_fingerprint_follows_the_generated_c_not_its_comments(monkeypatch, tmp_p
     assert fingerprint.digest((STAGE_PROBE,)) != before
 
 
-def test_a_probe_quantizes_an_input_of_zero_point_0(tmp_path):
+@pytest.fixture(scope="module")
+def probes_model_c(tmp_path_factory) -> dict[fingerprint.Probe, str]:
+    """Each probe export's model.c (as the fingerprint hashes it), exported once for the tests that read them."""
+    tmp = tmp_path_factory.mktemp("probes")
+    return {p: fingerprint.probe_c(p, tmp)["model.c"].decode() for p in fingerprint.PROBES}
+
+
+def test_a_probe_quantizes_an_input_of_zero_point_0(probes_model_c):
     """One probe's float input calibrates to zero point 0 (TVM then drops the "+ 0", its own quantize match):
     the fingerprint sees that match's code."""
     probe = next(p for p in fingerprint.PROBES if p.net is fingerprint.ZP0_NET)
     layers = synth_layers(probe.net)
     assert calibrate(probe.net.name, layers, probe.net.resolution)["input"].zero_point == 0
-    c = fingerprint.probe_c(probe, tmp_path)["model.c"].decode()
+    c = probes_model_c[probe]
     quantize = c[c.index("void tvmp_quantize("):]
     assert re.search(r"tvmp_quant_row_s8\([^;]*, 0\);", quantize[:quantize.index("\n}")])
 
@@ -558,16 +565,14 @@ UNPROBED_KERNELS = frozenset({
     "tvmp_requant_rs"})
 
 
-def test_the_probes_call_every_micro_kernel_but_the_listed_ones(tmp_path):
+def test_the_probes_call_every_micro_kernel_but_the_listed_ones(probes_model_c):
     """Each micro-kernel a kernel may call (one the header defines and does not call itself) is called by some probe
     export's kernels, except UNPROBED_KERNELS, which stays the exact list of those that are not."""
     header = fingerprint.code_text(c_kernels.MICRO_KERNELS.read_bytes()).decode()
-    defined = set(re.findall(r"\w+", c_kernels.MICRO_KERNEL_CALL[len(r"\b("):-len(r")\(")]))
     # not called by the header itself: its one "name(" is its definition (a macro-made kernel's has none)
-    entries = {name for name in defined if len(re.findall(rf"\b{name}\(", header)) <= 1}
+    entries = {name for name in c_kernels.MICRO_KERNEL_NAMES if len(re.findall(rf"\b{name}\(", header)) <= 1}
     called: set[str] = set()
-    for probe in fingerprint.PROBES:
-        c = fingerprint.probe_c(probe, tmp_path)["model.c"].decode()
+    for probe, c in probes_model_c.items():
         assert header in c, probe.name
         called |= set(re.findall(c_kernels.MICRO_KERNEL_CALL, c.replace(header, "")))
     assert UNPROBED_KERNELS <= entries and entries - called == UNPROBED_KERNELS

@@ -96,8 +96,9 @@ _MATH_FUNCS = frozenset(
 MICRO_KERNELS = Path(__file__).with_name("tvmp_kernels.h")
 # A call to any function the header defines (inline ones and the register-blocked ones its macros make) pulls the
 # header into the kernels' C; the names come from the header itself, so a new micro-kernel needs no list here.
-MICRO_KERNEL_CALL = r"\b(" + "|".join(sorted(set(re.findall(
-    r"^(?:TVMP_INLINE [\w ]+?\**|TVMP_\w+_KERNEL\()(tvmp_\w+)", MICRO_KERNELS.read_text(), re.M)))) + r")\("
+MICRO_KERNEL_NAMES = tuple(sorted(set(re.findall(
+    r"^(?:TVMP_INLINE [\w ]+?\**|TVMP_\w+_KERNEL\()(tvmp_\w+)", MICRO_KERNELS.read_text(), re.M))))
+MICRO_KERNEL_CALL = r"\b(" + "|".join(MICRO_KERNEL_NAMES) + r")\("
 
 
 

@@ -1,10 +1,10 @@
 """The kernels fingerprint: which kernels a latency model was measured on, as a hash of what decides the
 measured counts, so that a model or a measurement record is stale when that code changes and not when its
 sources are only rearranged. Hashed: the C (model.c, tvmp_model.h) that the measurements' own export (the
-micro-kernels, every kernel's weights widened) writes for a fixed set of probe exports, and the firmware's
-compile flags (each board's generated Makefile, comments left out, and the header it force-includes into
-model.c). Computed once per installation's sources (cost/cache.py) and TVM version, about 28 s, then read
-from the disk cache.
+micro-kernels, every kernel's weights widened, or int8 for a few probes) writes for a fixed set of probe
+exports, and the firmware's compile flags (each board's generated Makefile, comments left out, and the header it
+force-includes into model.c). Computed once per installation's sources (cost/cache.py) and TVM version, about
+28 s, then read from the disk cache.
 """
 
 from __future__ import annotations
@@ -98,17 +98,16 @@ class Probe:
         return f"{self.net.name}/{self.layout}/{self.plan.label()}" + ("" if self.wide else "/int8-weights")
 
 
+# Every kernel's weights int8, as a board whose Flash cannot hold them widened builds them and the collection's rounds
+# 6 and 7 measure them: the int8-weight dot kernels, which the widened probes never call.
+INT8_PROBES = (*(Probe(PROBE_NET, PROBE_INSERTS, layout, Plan(), wide=False) for layout in LAYOUTS),
+               Probe(ROWS_NET, (), "NCHW", Plan(4, (3, 3), "recompute"), wide=False))
 PROBES = tuple(p for layout in LAYOUTS for p in (
     Probe(PROBE_NET, PROBE_INSERTS, layout, Plan()),
     *(Probe(STAGE_NET, STAGE_INSERTS, layout, Plan("block:3", (3, 3), halo)) for halo in ("recompute", "cache")))) \
     + (Probe(ROWS_NET, (), "NCHW", Plan(4, (3, 3), "recompute")),
        Probe(DW_ROWS_NET, (), "NCHW", Plan("block:3", (3, 3), "recompute")),
-       Probe(ZP0_NET, (), "NCHW", Plan())) \
-    + tuple(Probe(PROBE_NET, PROBE_INSERTS, layout, Plan(), wide=False) for layout in LAYOUTS) \
-    + (Probe(ROWS_NET, (), "NCHW", Plan(4, (3, 3), "recompute"), wide=False),
-       Probe(SMALL_PLANES_NET, (), "NCHW", Plan()))
-# (the three before the last: every kernel's weights int8, as a board whose Flash cannot hold them widened builds them and the
-# collection's rounds 6 and 7 measure them: the int8-weight dot kernels, which the widened probes never call)
+       Probe(ZP0_NET, (), "NCHW", Plan()), *INT8_PROBES, Probe(SMALL_PLANES_NET, (), "NCHW", Plan()))
 
 
 def probe_model(probe: Probe, tmp: Path) -> Any:
